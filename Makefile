@@ -1,0 +1,107 @@
+# Makefile — builds lib/libnanochat.so (C11, OpenMP, OpenBLAS), lib/libnanochat_cuda.so (when nvcc
+# exists; CUDA=0 skips it) and the ./nanochat launcher (LuaJIT + readline).
+# Targets: all (default), test, bench, cuda, install, clean, deps.
+# Missing Debian packages are installed with apt-get when running as root; otherwise the exact
+# command is printed and the build stops.
+
+PKGS := luajit libluajit-5.1-dev lua-busted lua-dkjson libopenblas-dev libnuma-dev libzstd-dev \
+        libreadline-dev pkg-config
+
+CC ?= cc
+PREFIX ?= /usr/local
+OPT ?= -O2
+CFLAGS_BASE := -std=c11 $(OPT) -g -fPIC -fopenmp -pthread -D_GNU_SOURCE -Icore \
+               -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -fvisibility=default
+AVX2FLAGS := -mavx2 -mfma -mf16c
+LDLIBS := -lopenblas -lm -ldl -lpthread
+
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+ifeq ($(strip $(NVCC)),)
+CUDA ?= 0
+else
+CUDA ?= 1
+endif
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+NVCCFLAGS := -O2 -std=c++17 -Xcompiler -fPIC -Icore \
+             -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+             -gencode arch=compute_90,code=compute_90
+
+CORE_SRC := $(filter-out core/launcher.c,$(wildcard core/*.c))
+KERN_SRC := $(wildcard kernels/cpu/*.c)
+LIB_OBJ := $(patsubst %.c,build/%.o,$(CORE_SRC) $(KERN_SRC))
+CUDA_SRC := $(wildcard kernels/cuda/*.cu)
+CUDA_OBJ := $(patsubst %.cu,build/%.o,$(CUDA_SRC))
+CTEST_SRC := $(wildcard spec/c/test_*.c)
+CTEST_BIN := $(patsubst spec/c/%.c,build/spec/%,$(CTEST_SRC))
+
+TARGETS := deps lib/libnanochat.so nanochat
+ifeq ($(CUDA),1)
+TARGETS += lib/libnanochat_cuda.so
+endif
+
+.PHONY: all test bench cuda install clean deps
+all: $(TARGETS)
+
+# ---- Debian packages ---------------------------------------------------------------------
+deps: build/.deps-ok
+build/.deps-ok: Makefile
+	@missing=""; for p in $(PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    (apt-get install -y $$missing || (apt-get update && apt-get install -y $$missing)) || exit 1; \
+	  else \
+	    echo "missing Debian packages:$$missing"; \
+	    echo "run: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+	@mkdir -p build && touch $@
+
+# ---- library -----------------------------------------------------------------------------
+build/%_avx2.o: %_avx2.c | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(AVX2FLAGS) -MMD -MP -c $< -o $@
+
+build/%.o: %.c | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) -MMD -MP -c $< -o $@
+
+lib/libnanochat.so: $(LIB_OBJ)
+	@mkdir -p lib
+	$(CC) -shared -fopenmp -o $@ $^ $(LDLIBS)
+
+# ---- launcher ----------------------------------------------------------------------------
+nanochat: core/launcher.c | deps
+	$(CC) $(CFLAGS_BASE) $$(pkg-config --cflags luajit) -o $@ $< $$(pkg-config --libs luajit) -lreadline -ldl -lm
+
+# ---- CUDA backend (dlopen'ed by the core on first use) -------------------------------------
+cuda: lib/libnanochat_cuda.so
+build/kernels/cuda/%.o: kernels/cuda/%.cu core/backend.h core/nanochat.h
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+lib/libnanochat_cuda.so: $(CUDA_OBJ)
+	@mkdir -p lib
+	$(NVCC) -shared -o $@ $^ -L$(CUDA_HOME)/lib64 -lcublas -lcudart
+
+# ---- tests -------------------------------------------------------------------------------
+build/spec/%: spec/c/%.c lib/libnanochat.so
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) -o $@ $< -Llib -Wl,-rpath,'$$ORIGIN/../../lib' -lnanochat -lm
+
+test: all $(CTEST_BIN)
+	@bash spec/run.sh $(CTEST_BIN)
+
+bench: all
+	./nanochat tools/bench/ops.lua
+
+install: all
+	install -d $(PREFIX)/bin $(PREFIX)/lib/nanochat $(PREFIX)/share/nanochat
+	install -m 755 nanochat $(PREFIX)/bin/nanochat
+	install -m 644 lib/*.so $(PREFIX)/lib/nanochat/
+	cp -r lua $(PREFIX)/share/nanochat/
+
+clean:
+	rm -rf build lib nanochat
+
+-include $(LIB_OBJ:.o=.d)

@@ -1,0 +1,82 @@
+/* core/internal.h — private helpers shared by core/ and kernels/ (never seen by Lua).
+ *
+ * Promise: one way to report errors (nc_fail), to check arguments (nc_check_*), to allocate
+ * counted host memory, to walk strided tensors, and to reach the optional CUDA backend.
+ */
+#ifndef NC_INTERNAL_H
+#define NC_INTERNAL_H
+
+#include "nanochat.h"
+#include "backend.h"
+#include <stdarg.h>
+#include <stdbool.h>
+
+/* ---- errors ------------------------------------------------------------------------------ */
+/* Sets the thread-local message and returns code, so `return nc_fail(NC_ERR_SHAPE, ...)`. */
+nc_status nc_fail(nc_status code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* "(2, 3) f32 cpu" into buf; returns buf. "NULL" for a NULL tensor. */
+const char *nc_describe(const nc_tensor *t, char *buf, size_t n);
+#define NC_DESC_LEN 160
+/* Evaluate an nc_status expression; return it on failure. */
+#define NC_TRY(expr) do { nc_status nc_try_s_ = (expr); if (nc_try_s_ != NC_OK) return nc_try_s_; } while (0)
+
+/* Argument checks: each returns NC_OK or fails with "op: arg ..." naming expected vs actual. */
+nc_status nc_check_not_null(const char *op, const char *arg, const nc_tensor *t);
+nc_status nc_check_dtype(const char *op, const char *arg, const nc_tensor *t, int32_t dtype);
+nc_status nc_check_index_dtype(const char *op, const char *arg, const nc_tensor *t); /* i32 or i64 */
+nc_status nc_check_device(const char *op, const char *arg, const nc_tensor *t, int32_t device);
+nc_status nc_check_cpu(const char *op, const char *arg, const nc_tensor *t);
+nc_status nc_check_contiguous(const char *op, const char *arg, const nc_tensor *t);
+nc_status nc_check_ndim(const char *op, const char *arg, const nc_tensor *t, int32_t ndim);
+nc_status nc_check_same_shape(const char *op, const char *an, const nc_tensor *a, const char *bn, const nc_tensor *b);
+/* shape must equal `shape` (entries < 0 are wildcards) */
+nc_status nc_check_shape(const char *op, const char *arg, const nc_tensor *t, int32_t ndim, const int64_t *shape);
+/* normalize a possibly negative dim against ndim; fails with NC_ERR_INDEX */
+nc_status nc_norm_dim(const char *op, int32_t *dim, int32_t ndim);
+
+/* ---- memory ------------------------------------------------------------------------------ */
+void *nc_host_alloc(int64_t nbytes);           /* 64-byte aligned, counted; NULL + error on OOM */
+void nc_host_free(void *p, int64_t nbytes);
+void nc_count_device(int64_t delta_bytes);     /* the CUDA path reports its allocations here */
+
+/* ---- element access ---------------------------------------------------------------------- */
+static inline char *nc_ptr(const nc_tensor *t) {
+    const nc_dtype_traits *tr = nc_dtype_info(t->dtype);
+    return (char *)t->storage->data + t->offset * (int64_t)tr->elem_size;
+}
+static inline float *nc_f32p(const nc_tensor *t) { return (float *)t->storage->data + t->offset; }
+
+/* Offset (elements, relative to t->offset) of the element with logical (row-major) index i. */
+static inline int64_t nc_offset_of(const nc_tensor *t, int64_t i) {
+    int64_t off = 0;
+    for (int32_t d = t->ndim - 1; d >= 0; d--) {
+        int64_t n = t->shape[d];
+        off += (i % n) * t->strides[d];
+        i /= n;
+    }
+    return off;
+}
+
+/* Reads element at element offset `off` from t's data pointer (any plain dtype) as double. */
+double nc_load_as_f64(const void *base, int32_t dtype, int64_t off);
+void nc_store_from_f64(void *base, int32_t dtype, int64_t off, double v);
+float nc_bf16_to_f32(uint16_t h);
+uint16_t nc_f32_to_bf16(float f);      /* round to nearest even, NaN preserved */
+float nc_f16_to_f32(uint16_t h);
+uint16_t nc_f32_to_f16(float f);       /* round to nearest even, overflow to inf */
+
+/* ---- threads ----------------------------------------------------------------------------- */
+int32_t nc_threads(void);              /* OpenMP thread count the ops use */
+/* Work below this many elements runs on one thread (OpenMP start-up costs ~1-3 µs). */
+#define NC_PAR_MIN 32768
+
+/* ---- kernels ----------------------------------------------------------------------------- */
+/* 1 when the AVX2+FMA kernels are selected (CPUID at init, NC_KERNEL env, nc_set_cpu_kernel). */
+bool nc_cpu_avx2(void);
+
+/* ---- CUDA backend (optional, dlopen'ed) -------------------------------------------------- */
+/* Returns the CUDA vtable, loading lib/libnanochat_cuda.so on first use; NULL (with
+ * nc_last_error set) when the library or a GPU is missing. */
+const nc_cuda_api *nc_cuda(void);
+
+#endif

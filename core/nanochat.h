@@ -1,0 +1,286 @@
+/* core/nanochat.h — the whole public ABI of libnanochat.
+ *
+ * Promise: everything a caller (LuaJIT FFI today, Python ctypes/cffi later) may use is declared
+ * between NC_FFI_BEGIN and NC_FFI_END. That region holds only typedefs, enums, structs and
+ * prototypes (no preprocessor lines): lua/nanochat/ffi.lua reads it from this file and passes it
+ * to ffi.cdef once, so the Lua view of the ABI can never drift from the C one.
+ *
+ * Conventions (docs/design.md):
+ *  - sizes, shapes, strides and offsets are int64_t; flags and enums are int32_t;
+ *  - fallible functions return nc_status and set a thread-local message (nc_last_error) naming
+ *    the op and the expected vs actual shapes / dtypes / devices; nothing here calls exit/abort;
+ *  - functions whose name contains _new, _view or _retain return a +1 reference, and only they;
+ *    release it with nc_tensor_release (NULL on failure, with nc_last_error set);
+ *  - ops take outputs first, then saved tensors, then inputs, then sizes and options;
+ *    backward functions ACCUMULATE (+=) into their gradient outputs, any of which may be NULL;
+ *  - weight layout is W (out, in) and linear is y = x W^T; strides and offsets count elements.
+ */
+#ifndef NANOCHAT_H
+#define NANOCHAT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* NC_FFI_BEGIN */
+
+enum { NC_ABI_VERSION = 1, NC_MAX_DIMS = 8 };
+
+typedef int32_t nc_status;
+enum nc_status_code {
+    NC_OK = 0,
+    NC_ERR_SHAPE = 1,        /* shapes do not fit the op */
+    NC_ERR_DTYPE = 2,        /* dtype not supported by the op / mismatched */
+    NC_ERR_DEVICE = 3,       /* tensors on different devices, or device unavailable */
+    NC_ERR_INDEX = 4,        /* index out of range */
+    NC_ERR_IO = 5,           /* file system error (open, write, fsync, rename, short read) */
+    NC_ERR_FORMAT = 6,       /* corrupt or unsupported file content */
+    NC_ERR_OOM = 7,          /* allocation failed */
+    NC_ERR_ARG = 8,          /* invalid argument value */
+    NC_ERR_UNSUPPORTED = 9   /* combination the library does not provide (message says which) */
+};
+
+/* dtypes: append-only, explicit values. Traits live in C only (nc_dtype_info). */
+enum nc_dtype {
+    NC_F32 = 0, NC_BF16 = 1, NC_F16 = 2, NC_I8 = 3, NC_I32 = 4, NC_I64 = 5, NC_U8 = 6,
+    NC_F64 = 7,
+    NC_TQ2 = 8,   /* packed ternary, 2 bits/weight, blocks of 256 (TQ2_0-like); storage only */
+    NC_TQ1 = 9,   /* packed ternary, 1.6875 bits/weight, blocks of 256 (TQ1_0-like); storage only */
+    NC_DTYPE_COUNT = 10
+};
+
+enum nc_device { NC_CPU = 0, NC_CUDA = 1, NC_DEVICE_COUNT = 2 };
+
+typedef struct nc_dtype_traits {
+    const char *name;        /* "f32", "bf16", ... */
+    int32_t dtype;
+    int32_t elem_size;       /* bytes per element; 0 for packed block formats */
+    int32_t block_elems;     /* elements per block (1 for plain dtypes) */
+    int32_t block_bytes;     /* bytes per block (== elem_size for plain dtypes) */
+    int32_t is_float;
+    int32_t is_signed;
+    int32_t is_packed;       /* packed formats support storage, copy and views of whole blocks only */
+} nc_dtype_traits;
+
+typedef struct nc_storage {
+    int64_t refcount;
+    void *data;
+    int64_t nbytes;
+    int32_t device;
+    int32_t flags;           /* NC_STORAGE_* */
+} nc_storage;
+
+enum nc_storage_flags { NC_STORAGE_OWNS = 1 };
+
+typedef struct nc_tensor {
+    int64_t refcount;
+    nc_storage *storage;     /* a view retains its storage */
+    int64_t offset;          /* in elements from storage->data */
+    int64_t shape[8];
+    int64_t strides[8];      /* in elements; 0 for expanded (broadcast) dims */
+    int32_t ndim;            /* 0 = scalar */
+    int32_t dtype;
+    int32_t device;
+    int32_t flags;
+} nc_tensor;
+
+typedef struct nc_mem_stats {
+    int64_t host_bytes, host_peak, host_allocs, host_frees;
+    int64_t device_bytes, device_peak, device_allocs, device_frees;
+    int64_t tensors_live;    /* nc_tensor headers alive */
+} nc_mem_stats;
+
+/* ---- library, errors, ABI ---------------------------------------------------------------- */
+const char *nc_version(void);
+int32_t nc_abi_version(void);
+int64_t nc_abi_sizeof(const char *type_name);   /* C's sizeof for "nc_tensor", ...; -1 unknown */
+const char *nc_last_error(void);                /* message of the last failure on this thread */
+void nc_clear_error(void);
+const char *nc_status_name(nc_status s);
+const nc_dtype_traits *nc_dtype_info(int32_t dtype);   /* NULL if out of range */
+int32_t nc_dtype_from_name(const char *name);          /* -1 if unknown */
+void nc_mem_stats_get(nc_mem_stats *out);
+
+/* threads and kernels */
+void nc_set_num_threads(int32_t n);
+int32_t nc_get_num_threads(void);
+const char *nc_cpu_kernel_name(void);           /* "avx2" or "scalar" (NC_KERNEL=scalar forces it) */
+nc_status nc_set_cpu_kernel(const char *name);  /* "auto", "avx2", "scalar" */
+
+/* devices */
+int32_t nc_cuda_available(void);                /* 1 when the CUDA backend loaded and a GPU exists */
+const char *nc_cuda_status(void);               /* why CUDA is (un)available, for messages */
+int32_t nc_device_count(int32_t device);
+
+/* ---- tensors ------------------------------------------------------------------------------ */
+nc_tensor *nc_tensor_new(int32_t dtype, int32_t device, int32_t ndim, const int64_t *shape);
+nc_tensor *nc_tensor_new_zeros(int32_t dtype, int32_t device, int32_t ndim, const int64_t *shape);
+nc_tensor *nc_tensor_new_from_data(int32_t dtype, int32_t ndim, const int64_t *shape,
+                                   const void *data, int64_t nbytes);   /* CPU, copies */
+nc_tensor *nc_tensor_new_contiguous(const nc_tensor *t);  /* retains t itself if contiguous */
+nc_tensor *nc_tensor_new_clone(const nc_tensor *t);       /* always a fresh contiguous copy */
+nc_tensor *nc_tensor_new_to(const nc_tensor *t, int32_t dtype, int32_t device); /* convert/move */
+void nc_tensor_retain(nc_tensor *t);
+void nc_tensor_release(nc_tensor *t);
+
+int64_t nc_tensor_numel(const nc_tensor *t);
+int32_t nc_tensor_is_contiguous(const nc_tensor *t);
+void *nc_tensor_data(const nc_tensor *t);       /* pointer to element 0 (host or device) */
+int32_t nc_tensor_same_shape(const nc_tensor *a, const nc_tensor *b);
+
+/* views (share storage; dims may be negative = counted from the end) */
+nc_tensor *nc_tensor_view_as_strided(const nc_tensor *t, int32_t ndim, const int64_t *shape,
+                                     const int64_t *strides, int64_t offset);
+nc_tensor *nc_tensor_view_reshape(const nc_tensor *t, int32_t ndim, const int64_t *shape); /* -1 infers one dim; fails if strides do not allow */
+nc_tensor *nc_tensor_view_permute(const nc_tensor *t, const int32_t *perm);
+nc_tensor *nc_tensor_view_transpose(const nc_tensor *t, int32_t d0, int32_t d1);
+nc_tensor *nc_tensor_view_narrow(const nc_tensor *t, int32_t dim, int64_t start, int64_t length);
+nc_tensor *nc_tensor_view_select(const nc_tensor *t, int32_t dim, int64_t index);
+nc_tensor *nc_tensor_view_expand(const nc_tensor *t, int32_t ndim, const int64_t *shape);  /* -1 keeps */
+nc_tensor *nc_tensor_view_unsqueeze(const nc_tensor *t, int32_t dim);
+nc_tensor *nc_tensor_view_squeeze(const nc_tensor *t, int32_t dim);
+
+/* data movement */
+nc_status nc_tensor_copy(nc_tensor *dst, const nc_tensor *src);   /* same numel & shape (src may broadcast); converts dtype; any strides; cross-device */
+nc_status nc_tensor_fill(nc_tensor *t, double value);
+nc_status nc_tensor_get(const nc_tensor *t, const int64_t *index, double *out);   /* one element, index has ndim entries */
+nc_status nc_tensor_set(nc_tensor *t, const int64_t *index, double value);
+nc_status nc_tensor_read_f64(const nc_tensor *t, double *out, int64_t n);        /* logical order, any layout, CPU or CUDA */
+nc_status nc_tensor_write_f64(nc_tensor *t, const double *src, int64_t n);       /* logical order */
+
+/* creation helpers filling an existing tensor */
+nc_status nc_tensor_arange(nc_tensor *t, double start, double step);
+/* counter-based RNG (Philox4x32-10): element i of the logical order draws from counter
+ * (offset + i), key = seed. Same seed and offset give the same values on any thread count. */
+nc_status nc_tensor_rand(nc_tensor *t, uint64_t seed, uint64_t offset, double lo, double hi);
+nc_status nc_tensor_randn(nc_tensor *t, uint64_t seed, uint64_t offset, double mean, double std);
+void nc_philox4x32(uint64_t seed, uint64_t counter, uint32_t out[4]);   /* exposed for tests */
+
+/* ---- ops (CPU always; CUDA where noted) ---------------------------------------------------- *
+ * Float ops compute in f32 (inputs and outputs f32 unless stated). Inputs may have any strides
+ * (including broadcast strides of 0); outputs must be contiguous unless stated. */
+
+enum nc_binary_op { NC_OP_ADD = 0, NC_OP_SUB = 1, NC_OP_MUL = 2, NC_OP_DIV = 3,
+                    NC_OP_MAXIMUM = 4, NC_OP_MINIMUM = 5, NC_OP_POW = 6 };
+enum nc_unary_op { NC_OP_NEG = 0, NC_OP_EXP = 1, NC_OP_LOG = 2, NC_OP_TANH = 3, NC_OP_SIGMOID = 4,
+                   NC_OP_RELU = 5, NC_OP_RELU2 = 6, NC_OP_SILU = 7, NC_OP_GELU = 8 /* erf form */,
+                   NC_OP_GELU_TANH = 9, NC_OP_SQRT = 10, NC_OP_RSQRT = 11, NC_OP_ABS = 12,
+                   NC_OP_SQUARE = 13, NC_OP_RECIP = 14, NC_OP_SIN = 15, NC_OP_COS = 16 };
+enum nc_reduce_op { NC_RED_SUM = 0, NC_RED_MEAN = 1, NC_RED_MAX = 2, NC_RED_MIN = 3 };
+
+/* out shape = broadcast(a.shape, b.shape). CUDA: yes. */
+nc_status nc_broadcast_shape(int32_t *ndim_out, int64_t *shape_out, const nc_tensor *a, const nc_tensor *b);
+nc_status nc_binary(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t op);
+nc_status nc_binary_backward(nc_tensor *ga, nc_tensor *gb, const nc_tensor *out,
+                             const nc_tensor *a, const nc_tensor *b, const nc_tensor *gout, int32_t op);
+/* out = op(a, s) elementwise with a scalar on the right (ADD, SUB, MUL, DIV, MAXIMUM, MINIMUM, POW).
+ * CUDA: yes. Backward of the a-side is nc_binary_scalar_backward. */
+nc_status nc_binary_scalar(nc_tensor *out, const nc_tensor *a, double s, int32_t op);
+nc_status nc_binary_scalar_backward(nc_tensor *ga, const nc_tensor *a, const nc_tensor *gout, double s, int32_t op);
+/* out = f(a). CUDA: yes. Backward uses out when cheaper (exp, tanh, sigmoid, sqrt, rsqrt, recip). */
+nc_status nc_unary(nc_tensor *out, const nc_tensor *a, int32_t op);
+nc_status nc_unary_backward(nc_tensor *ga, const nc_tensor *out, const nc_tensor *a, const nc_tensor *gout, int32_t op);
+/* dst += alpha * src, src broadcast to dst's shape; dst may be a strided view. CUDA: yes. */
+nc_status nc_add_scaled(nc_tensor *dst, const nc_tensor *src, double alpha);
+/* dst += alpha * sum of src over the dims where dst is broadcast (dst.shape broadcasts to src.shape;
+ * dst may have fewer dims). The gradient of broadcasting. */
+nc_status nc_sum_to(nc_tensor *dst, const nc_tensor *src, double alpha);
+nc_status nc_clamp(nc_tensor *out, const nc_tensor *a, double lo, double hi);
+nc_status nc_clamp_backward(nc_tensor *ga, const nc_tensor *a, const nc_tensor *gout, double lo, double hi);
+/* cond: u8 (nonzero = take a); a, b, cond broadcast together; out f32. */
+nc_status nc_where(nc_tensor *out, const nc_tensor *cond, const nc_tensor *a, const nc_tensor *b);
+nc_status nc_where_backward(nc_tensor *ga, nc_tensor *gb, const nc_tensor *cond, const nc_tensor *gout);
+/* comparisons produce u8 0/1 (op: 0 eq, 1 ne, 2 lt, 3 le, 4 gt, 5 ge); no gradient */
+nc_status nc_compare(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t cmp);
+
+/* reduce one dim; out has the input's shape with that dim set to 1 (keepdim); index (i64, same
+ * shape as out, may be NULL) receives argmax/argmin positions for MAX/MIN. */
+nc_status nc_reduce_dim(nc_tensor *out, nc_tensor *index, const nc_tensor *a, int32_t dim, int32_t op);
+nc_status nc_reduce_dim_backward(nc_tensor *ga, const nc_tensor *index, const nc_tensor *gout, int32_t dim, int32_t op);
+
+/* out (..., M, N) = alpha * op(a) op(b) + beta * out, op = transpose when trans_* is 1.
+ * a (..., M, K) [or (..., K, M) with trans_a]; b (..., K, N) [(..., N, K) with trans_b] or 2-D
+ * (broadcast over a's batch dims). Batch dims must match exactly. OpenBLAS sgemm on CPU,
+ * cuBLAS on CUDA. beta = 1 accumulates (backward). */
+nc_status nc_matmul(nc_tensor *out, const nc_tensor *a, const nc_tensor *b,
+                    int32_t trans_a, int32_t trans_b, double alpha, double beta);
+
+/* softmax / log-softmax over the last dim (log = 1 for log-softmax) */
+nc_status nc_softmax(nc_tensor *out, const nc_tensor *a, int32_t log);
+nc_status nc_softmax_backward(nc_tensor *ga, const nc_tensor *out, const nc_tensor *gout, int32_t log);
+
+/* Fused cross-entropy over logits (N, V) and targets (N) i32/i64. loss (scalar f32) = mean over
+ * targets != ignore_index of: (1-ls) * (lse - x_t) + ls * (lse - mean_j x_j) + z_loss * lse^2.
+ * lse (N) f32 is saved for backward. A target outside [0, V) that is not ignore_index is an error. */
+nc_status nc_cross_entropy(nc_tensor *loss, nc_tensor *lse, const nc_tensor *logits, const nc_tensor *targets,
+                           int64_t ignore_index, double label_smoothing, double z_loss);
+nc_status nc_cross_entropy_backward(nc_tensor *glogits, const nc_tensor *lse, const nc_tensor *logits,
+                                    const nc_tensor *targets, double gloss, int64_t ignore_index,
+                                    double label_smoothing, double z_loss);
+
+/* out (..., D) = weight[idx]; idx i32/i64 (...), weight (V, D). backward scatter-adds. */
+nc_status nc_embedding(nc_tensor *out, const nc_tensor *weight, const nc_tensor *idx);
+nc_status nc_embedding_backward(nc_tensor *gweight, const nc_tensor *idx, const nc_tensor *gout);
+
+/* out = a.index_select(dim, idx) (idx 1-D i32/i64); backward index-adds into ga. */
+nc_status nc_index_select(nc_tensor *out, const nc_tensor *a, int32_t dim, const nc_tensor *idx);
+nc_status nc_index_add(nc_tensor *dst, int32_t dim, const nc_tensor *idx, const nc_tensor *src);
+/* torch.gather / scatter_add semantics: idx has out's shape; dst[.. idx[..] ..] += src[..] */
+nc_status nc_gather(nc_tensor *out, const nc_tensor *a, int32_t dim, const nc_tensor *idx);
+nc_status nc_scatter_add(nc_tensor *dst, int32_t dim, const nc_tensor *idx, const nc_tensor *src);
+/* concatenate n tensors along dim into out (any dtype, same for all); split is narrow views */
+nc_status nc_cat(nc_tensor *out, int32_t n, const nc_tensor *const *inputs, int32_t dim);
+
+/* RMSNorm over the last dim: out = x * rstd (* weight when non-NULL), rstd (rows) saved. */
+nc_status nc_rmsnorm(nc_tensor *out, nc_tensor *rstd, const nc_tensor *x, const nc_tensor *weight, double eps);
+nc_status nc_rmsnorm_backward(nc_tensor *gx, nc_tensor *gweight, const nc_tensor *x, const nc_tensor *weight,
+                              const nc_tensor *rstd, const nc_tensor *gout);
+
+/* RoPE, half-split pairing (x1 = x[..., :D/2], x2 = x[..., D/2:]):
+ * out1 = x1 cos + x2 sin, out2 = -x1 sin + x2 cos.  x (B, T, H, D); cos, sin (T, D/2).
+ * nc_rope_tables fills cos/sin for positions pos0 .. pos0+T-1 with theta_i = base^(-2i/D). */
+nc_status nc_rope_tables(nc_tensor *cos, nc_tensor *sin, int64_t pos0, double base);
+nc_status nc_rope(nc_tensor *out, const nc_tensor *x, const nc_tensor *cos, const nc_tensor *sin);
+nc_status nc_rope_backward(nc_tensor *gx, const nc_tensor *gout, const nc_tensor *cos, const nc_tensor *sin);
+
+/* Attention with GQA, memory-efficient (online softmax over key blocks; never a full T x S matrix).
+ * q (B, T, H, D), k and v (B, S, Hkv, D), H % Hkv == 0; out (B, T, H, D); lse (B, H, T) saved.
+ * causal: query t (absolute position S - T + t) sees keys s <= S - T + t. */
+nc_status nc_attention(nc_tensor *out, nc_tensor *lse, const nc_tensor *q, const nc_tensor *k,
+                       const nc_tensor *v, int32_t causal, double scale);
+nc_status nc_attention_backward(nc_tensor *gq, nc_tensor *gk, nc_tensor *gv, const nc_tensor *out,
+                                const nc_tensor *lse, const nc_tensor *q, const nc_tensor *k,
+                                const nc_tensor *v, const nc_tensor *gout, int32_t causal, double scale);
+
+/* BitNet b1.58 (algorithms.md §1). Fake-quantized forward; the straight-through backward is the
+ * identity, so no backward functions exist.
+ * weight: out = gamma * clamp(round(w / gamma), -1, 1), gamma = max(mean|w|, eps) per group of
+ * group_size consecutive elements in logical order (group_size 0 = whole tensor); scale receives
+ * one gamma per group (f32). Round half to even.
+ * activation: per row of x (N, D): s = 127 / max(max|x_row|, eps); out = clamp(round(x s), -128, 127) / s;
+ * scale (N) receives s. */
+nc_status nc_quant_weight_absmean(nc_tensor *out, nc_tensor *scale, const nc_tensor *w, int64_t group_size, double eps);
+nc_status nc_quant_act_absmax(nc_tensor *out, nc_tensor *scale, const nc_tensor *x, double eps);
+
+/* ---- files -------------------------------------------------------------------------------- */
+/* safetensors. Save is atomic: writes path.tmp.<pid>, fsyncs, renames over path, fsyncs the dir.
+ * metadata_json: a JSON object of string values or NULL. Tensors may be on any device / layout. */
+nc_status nc_safetensors_save(const char *path, int32_t n, const char *const *names,
+                              const nc_tensor *const *tensors, const char *metadata_json);
+/* Reads the header: returns its JSON text (malloc'd, free with nc_free) and the data start. */
+nc_status nc_safetensors_read_header(const char *path, char **json_out, int64_t *data_start, int64_t *file_size);
+/* Reads nbytes at file offset into a new CPU tensor of the given dtype and shape (checks sizes). */
+nc_tensor *nc_tensor_new_from_file(const char *path, int64_t offset, int64_t nbytes,
+                                   int32_t dtype, int32_t ndim, const int64_t *shape);
+void nc_free(void *p);
+
+/* NC_FFI_END */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NANOCHAT_H */

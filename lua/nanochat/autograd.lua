@@ -1,0 +1,130 @@
+-- lua/nanochat/autograd.lua — reverse-mode autodiff driven from Lua.
+--
+-- Promise: every op that produces a tensor from inputs needing gradients records one node
+-- (inputs + a backward closure). `loss:backward()` visits nodes in reverse topological order,
+-- calls each closure exactly once with the gradient of its output, and then drops the node
+-- and the intermediate gradient, so nothing from one step stays alive into the next (the
+-- memory-growth spec checks this). Leaf gradients accumulate across backward calls until
+-- zero_grad. C backward kernels accumulate (+=) into the buffers from grad_of.
+local M = {}
+
+local enabled = true
+local Tensor  -- set by tensor.lua (breaks the require cycle)
+
+function M._set_tensor_class(T) Tensor = T end
+
+function M.enabled() return enabled end
+
+-- Run fn(...) with gradient recording off; restores the previous mode even on error.
+function M.no_grad(fn, ...)
+    local prev = enabled
+    enabled = false
+    local res = { pcall(fn, ...) }
+    enabled = prev
+    if not res[1] then error(res[2], 0) end
+    return unpack(res, 2, table.maxn(res))
+end
+
+function M.set_enabled(on)
+    local prev = enabled
+    enabled = not not on
+    return prev
+end
+
+-- true when grad mode is on and any Tensor argument requires grad
+function M.needs(...)
+    if not enabled then return false end
+    for i = 1, select('#', ...) do
+        local x = select(i, ...)
+        if type(x) == 'table' and x.requires_grad then return true end
+    end
+    return false
+end
+
+-- Mark `out` as produced from `inputs` (a list that may hold non-tensors) by an op whose
+-- gradient is computed by backward(gout).
+function M.record(out, inputs, backward)
+    local ins = {}
+    for _, x in pairs(inputs) do
+        if type(x) == 'table' and x.requires_grad then ins[#ins + 1] = x end
+    end
+    out.requires_grad = true
+    out._node = { inputs = ins, backward = backward }
+    return out
+end
+
+-- The gradient accumulator of t (allocated as zeros on first use), or nil when t needs none.
+function M.grad_of(t)
+    if type(t) ~= 'table' or not t.requires_grad then return nil end
+    local g = rawget(t, 'grad')
+    if not g then
+        g = Tensor.zeros(t:shape(), 'f32', t:device())
+        t.grad = g
+    end
+    return g
+end
+
+-- Reverse topological order of the graph under root (iterative: deep graphs do not overflow
+-- the Lua stack).
+local function topo(root)
+    local order, state = {}, {}
+    local stack = { root }
+    while #stack > 0 do
+        local t = stack[#stack]
+        local st = state[t]
+        if st == nil then
+            state[t] = 1
+            local node = t._node
+            if node then
+                for _, x in ipairs(node.inputs) do
+                    if state[x] == nil then stack[#stack + 1] = x end
+                end
+            end
+        else
+            stack[#stack] = nil
+            if st == 1 then
+                state[t] = 2
+                order[#order + 1] = t
+            end
+        end
+    end
+    return order
+end
+
+-- Backpropagate from root. grad defaults to ones (root must then be a scalar or 1 element).
+function M.backward(root, grad, opts)
+    opts = opts or {}
+    if not root.requires_grad then
+        error('backward: the tensor does not require grad (no parameter with requires_grad reaches it)', 2)
+    end
+    if grad == nil then
+        if root:numel() ~= 1 then
+            error('backward: grad can be implicit only for a 1-element output, got shape ('
+                .. table.concat(root:shape(), ', ') .. ')', 2)
+        end
+        grad = Tensor.ones(root:shape(), 'f32', root:device())
+    end
+    local order = topo(root)
+    local g = M.grad_of(root)
+    g:add_scaled_(grad, 1)
+    local prev = enabled
+    enabled = false   -- backward closures build no graph
+    local ok, err = pcall(function()
+        for i = #order, 1, -1 do
+            local t = order[i]
+            local node = t._node
+            if node then
+                local gt = rawget(t, 'grad')
+                if gt then
+                    node.backward(gt)
+                    if not t._retain_grad then t.grad = nil end
+                end
+                if not opts.retain_graph then t._node = nil end
+            end
+        end
+    end)
+    enabled = prev
+    if not ok then error(err, 0) end
+end
+
+return M

@@ -1,0 +1,464 @@
+-- lua/nanochat/tensor.lua — the Lua Tensor class over nc_tensor*.
+--
+-- Promise: a Tensor is a Lua table { _c = nc_tensor* } whose pointer is released by exactly one
+-- ffi.gc finalizer (attached in Tensor.wrap, the only place that takes ownership). Views share
+-- storage and record autograd like any op. Dims are 0-based and may be negative. Host memory
+-- churn drives Lua's collector: once enough bytes were allocated since the last collection
+-- (more than what was live after it, and at least 64 MiB) a full collection runs, so C
+-- memory stays bounded even though the Lua GC cannot see it.
+local core = require 'nanochat.core'
+local ag = require 'nanochat.autograd'
+local ffi, C = core.ffi, core.C
+
+local Tensor = {}
+Tensor.__index = Tensor
+Tensor.__name = 'Tensor'
+ag._set_tensor_class(Tensor)
+
+-- ---- ownership and memory pressure -------------------------------------------------------
+local release = C.nc_tensor_release
+local since_gc, live_after_gc = 0, 0
+local GC_MIN = 64 * 1024 * 1024
+local stats = ffi.new('nc_mem_stats')
+
+local function pressure(nbytes)
+    since_gc = since_gc + nbytes
+    if since_gc > GC_MIN and since_gc > live_after_gc then
+        collectgarbage('collect')
+        C.nc_mem_stats_get(stats)
+        live_after_gc = tonumber(stats.host_bytes) + tonumber(stats.device_bytes)
+        since_gc = 0
+    end
+end
+
+-- Take ownership of a +1 nc_tensor* (NULL -> Lua error with the C message).
+function Tensor.wrap(p, op)
+    if p == nil then
+        local msg = ffi.string(C.nc_last_error())
+        if op and msg:sub(1, #op + 1) ~= op .. ':' then msg = op .. ': ' .. msg end
+        error(msg, 0)
+    end
+    return setmetatable({ _c = ffi.gc(p, release) }, Tensor)
+end
+local wrap = Tensor.wrap
+
+function Tensor.is(x) return getmetatable(x) == Tensor end
+
+local check = core.check
+local dtype_id, device_id = core.dtype_id, core.device_id
+
+-- scratch arrays for passing shapes (the C side copies them)
+local shape_buf = ffi.new('int64_t[8]')
+local shape_buf2 = ffi.new('int64_t[8]')
+local perm_buf = ffi.new('int32_t[8]')
+
+-- shape arguments: a list {2, 3}, varargs numbers (2, 3), or another tensor's shape
+local function to_shape(shape, ...)
+    if type(shape) == 'number' then shape = { shape, ... } end
+    if type(shape) ~= 'table' then error('expected a shape (a list of sizes), got ' .. type(shape), 3) end
+    if Tensor.is(shape) then shape = shape:shape() end
+    local n = #shape
+    if n > 8 then error('a shape has at most 8 dims, got ' .. n, 3) end
+    for i = 1, n do
+        local s = shape[i]
+        if type(s) ~= 'number' or s ~= math.floor(s) then
+            error('shape entries must be integers, got ' .. tostring(s) .. ' at position ' .. i, 3)
+        end
+        shape_buf[i - 1] = s
+    end
+    return n, shape_buf, shape
+end
+Tensor._to_shape = to_shape
+
+local function bytes_of(p)
+    return tonumber(p.storage.nbytes)
+end
+
+-- ---- creation ------------------------------------------------------------------------------
+function Tensor.empty(shape, dtype, device)
+    local n, buf = to_shape(shape)
+    local p = C.nc_tensor_new(dtype_id(dtype), device_id(device), n, buf)
+    local t = wrap(p, 'empty')
+    pressure(bytes_of(p))
+    return t
+end
+
+function Tensor.zeros(shape, dtype, device)
+    local n, buf = to_shape(shape)
+    local p = C.nc_tensor_new_zeros(dtype_id(dtype), device_id(device), n, buf)
+    local t = wrap(p, 'zeros')
+    pressure(bytes_of(p))
+    return t
+end
+
+function Tensor.ones(shape, dtype, device)
+    local t = Tensor.empty(shape, dtype, device)
+    check(C.nc_tensor_fill(t._c, 1), 'ones')
+    return t
+end
+
+function Tensor.empty_like(t, dtype, device)
+    return Tensor.empty(t:shape(), dtype or t:dtype(), device or t:device())
+end
+
+function Tensor.zeros_like(t, dtype, device)
+    return Tensor.zeros(t:shape(), dtype or t:dtype(), device or t:device())
+end
+
+-- ---- properties ----------------------------------------------------------------------------
+function Tensor:dim() return self._c.ndim end
+function Tensor:numel() return tonumber(C.nc_tensor_numel(self._c)) end
+function Tensor:dtype() return core.dtype_names[self._c.dtype] end
+function Tensor:device() return core.device_names[self._c.device] end
+function Tensor:is_contiguous() return C.nc_tensor_is_contiguous(self._c) == 1 end
+
+function Tensor:shape()
+    local c, s = self._c, {}
+    for i = 0, c.ndim - 1 do s[i + 1] = tonumber(c.shape[i]) end
+    return s
+end
+
+function Tensor:strides()
+    local c, s = self._c, {}
+    for i = 0, c.ndim - 1 do s[i + 1] = tonumber(c.strides[i]) end
+    return s
+end
+
+local function norm_dim(self, d, extra)
+    local n = self._c.ndim + (extra or 0)
+    if type(d) ~= 'number' then error('expected a dim number, got ' .. type(d), 3) end
+    local dd = d < 0 and d + n or d
+    if dd < 0 or dd >= n then
+        error(string.format('dim %d out of range for a tensor with %d dims', d, self._c.ndim), 3)
+    end
+    return dd
+end
+Tensor._norm_dim = norm_dim
+
+function Tensor:size(d)
+    if d == nil then return self:shape() end
+    return tonumber(self._c.shape[norm_dim(self, d)])
+end
+
+function Tensor.__len(self) return self._c.ndim > 0 and tonumber(self._c.shape[0]) or 0 end
+
+-- ---- autograd entry points -----------------------------------------------------------------
+function Tensor:requires_grad_(on)
+    if on == nil then on = true end
+    if on and not (self._c.dtype == C.NC_F32) then
+        error('requires_grad_: only f32 tensors can require grad, got ' .. self:dtype(), 2)
+    end
+    self.requires_grad = on and true or false
+    return self
+end
+
+function Tensor:backward(grad, opts) ag.backward(self, grad, opts) end
+function Tensor:retain_grad() self._retain_grad = true; return self end
+function Tensor:zero_grad() self.grad = nil end
+function Tensor:is_leaf() return self._node == nil end
+
+-- A tensor sharing storage with self, cut from the graph.
+function Tensor:detach()
+    local p = C.nc_tensor_view_as_strided(self._c, self._c.ndim, self._c.shape, self._c.strides, self._c.offset)
+    return wrap(p, 'detach')
+end
+
+-- ---- in-place data ops (no autograd: they act on data, like torch's no_grad updates) --------
+function Tensor:fill_(v) check(C.nc_tensor_fill(self._c, v), 'fill_'); return self end
+function Tensor:zero_() return self:fill_(0) end
+function Tensor:copy_(src)
+    if type(src) == 'number' then return self:fill_(src) end
+    check(C.nc_tensor_copy(self._c, src._c), 'copy_')
+    return self
+end
+-- self += alpha * src (src broadcast to self); used by the autograd engine and optimizers
+function Tensor:add_scaled_(src, alpha)
+    check(C.nc_add_scaled(self._c, src._c, alpha or 1), 'add_scaled_')
+    return self
+end
+
+-- ---- views (with autograd) -----------------------------------------------------------------
+-- g_view(ga) must return the view of the input's gradient that matches the output.
+local function record_view(out, x, g_view)
+    if ag.needs(x) then
+        ag.record(out, { x }, function(gout)
+            local ga = ag.grad_of(x)
+            if ga then check(C.nc_add_scaled(g_view(ga)._c, gout._c, 1), 'view backward') end
+        end)
+    end
+    return out
+end
+
+function Tensor:view(shape, ...)
+    local n, buf = to_shape(shape, ...)
+    local out = wrap(C.nc_tensor_view_reshape(self._c, n, buf), 'view')
+    -- the input's gradient buffer is contiguous with the input's shape: view it like the output
+    return record_view(out, self, function(ga) return ga:_raw_view(out:shape()) end)
+end
+
+-- reshape: a view when the strides allow, else a contiguous copy
+function Tensor:reshape(shape, ...)
+    local n, buf = to_shape(shape, ...)
+    local p = C.nc_tensor_view_reshape(self._c, n, buf)
+    if p == nil then
+        C.nc_clear_error()
+        return self:contiguous():view(shape, ...)
+    end
+    local out = wrap(p, 'reshape')
+    return record_view(out, self, function(ga) return ga:_raw_view(out:shape()) end)
+end
+
+-- a reshape view without autograd (for gradient buffers)
+function Tensor:_raw_view(shape)
+    local n, buf = to_shape(shape)
+    return wrap(C.nc_tensor_view_reshape(self._c, n, buf), 'view')
+end
+
+function Tensor:flatten(start_dim, end_dim)
+    local s = self:shape()
+    local nd = #s
+    if nd == 0 then return self:reshape { 1 } end
+    start_dim = start_dim and norm_dim(self, start_dim) or 0
+    end_dim = end_dim and norm_dim(self, end_dim) or nd - 1
+    local out, prod = {}, 1
+    for i = 0, nd - 1 do
+        if i < start_dim or i > end_dim then out[#out + 1] = s[i + 1]
+        else
+            prod = prod * s[i + 1]
+            if i == end_dim then out[#out + 1] = prod end
+        end
+    end
+    return self:reshape(out)
+end
+
+function Tensor:permute(perm, ...)
+    if type(perm) == 'number' then perm = { perm, ... } end
+    local nd = self._c.ndim
+    if #perm ~= nd then error(string.format('permute: expected %d dims in the permutation, got %d', nd, #perm), 2) end
+    for i = 1, nd do perm_buf[i - 1] = perm[i] end
+    local out = wrap(C.nc_tensor_view_permute(self._c, perm_buf), 'permute')
+    local p = {}
+    for i = 1, nd do p[i] = perm[i] end
+    return record_view(out, self, function(ga)
+        for i = 1, nd do perm_buf[i - 1] = p[i] end
+        return wrap(C.nc_tensor_view_permute(ga._c, perm_buf), 'permute')
+    end)
+end
+
+function Tensor:transpose(d0, d1)
+    d0, d1 = d0 or 0, d1 or 1
+    local out = wrap(C.nc_tensor_view_transpose(self._c, d0, d1), 'transpose')
+    return record_view(out, self, function(ga)
+        return wrap(C.nc_tensor_view_transpose(ga._c, d0, d1), 'transpose')
+    end)
+end
+
+-- matrix transpose of the last two dims
+function Tensor:t() return self:transpose(-2, -1) end
+
+function Tensor:narrow(dim, start, length)
+    local out = wrap(C.nc_tensor_view_narrow(self._c, dim, start, length), 'narrow')
+    return record_view(out, self, function(ga)
+        return wrap(C.nc_tensor_view_narrow(ga._c, dim, start, length), 'narrow')
+    end)
+end
+
+function Tensor:select(dim, index)
+    local out = wrap(C.nc_tensor_view_select(self._c, dim, index), 'select')
+    return record_view(out, self, function(ga)
+        return wrap(C.nc_tensor_view_select(ga._c, dim, index), 'select')
+    end)
+end
+
+function Tensor:unsqueeze(dim)
+    local out = wrap(C.nc_tensor_view_unsqueeze(self._c, dim), 'unsqueeze')
+    return record_view(out, self, function(ga) return ga:_raw_view(out:shape()) end)
+end
+
+function Tensor:squeeze(dim)
+    if dim == nil then
+        local s = {}
+        for _, n in ipairs(self:shape()) do if n ~= 1 then s[#s + 1] = n end end
+        return self:reshape(s)
+    end
+    local out = wrap(C.nc_tensor_view_squeeze(self._c, dim), 'squeeze')
+    return record_view(out, self, function(ga) return ga:_raw_view(out:shape()) end)
+end
+
+-- expand: the gradient sums over broadcast dims
+function Tensor:expand(shape, ...)
+    local n, buf = to_shape(shape, ...)
+    local out = wrap(C.nc_tensor_view_expand(self._c, n, buf), 'expand')
+    if ag.needs(self) then
+        local x = self
+        ag.record(out, { x }, function(gout)
+            local ga = ag.grad_of(x)
+            if ga then check(C.nc_sum_to(ga._c, gout._c, 1), 'expand backward') end
+        end)
+    end
+    return out
+end
+
+function Tensor:expand_as(other) return self:expand(other:shape()) end
+
+-- ---- copies (with autograd) ----------------------------------------------------------------
+local function record_copy(out, x)
+    if ag.needs(x) then
+        ag.record(out, { x }, function(gout)
+            local ga = ag.grad_of(x)
+            if ga then
+                if gout._c.device ~= ga._c.device then gout = gout:to(ga:device()) end
+                check(C.nc_add_scaled(ga._c, gout._c, 1), 'copy backward')
+            end
+        end)
+    end
+    return out
+end
+
+function Tensor:contiguous()
+    if C.nc_tensor_is_contiguous(self._c) == 1 then return self end
+    local p = C.nc_tensor_new_clone(self._c)
+    local out = wrap(p, 'contiguous')
+    pressure(bytes_of(p))
+    return record_copy(out, self)
+end
+
+function Tensor:clone()
+    local p = C.nc_tensor_new_clone(self._c)
+    local out = wrap(p, 'clone')
+    pressure(bytes_of(p))
+    return record_copy(out, self)
+end
+
+-- t:to('cuda'), t:to('f64'), t:to{dtype='bf16', device='cpu'}, t:to('cpu', 'f32')
+function Tensor:to(a, b)
+    local dtype, device = -1, -1
+    local function take(x)
+        if x == nil then return end
+        if type(x) == 'table' then
+            if x.dtype then dtype = dtype_id(x.dtype) end
+            if x.device then device = device_id(x.device) end
+        elseif core.device_ids[x] then device = core.device_ids[x]
+        else dtype = dtype_id(x) end
+    end
+    take(a)
+    take(b)
+    if (dtype < 0 or dtype == self._c.dtype) and (device < 0 or device == self._c.device) then return self end
+    local p = C.nc_tensor_new_to(self._c, dtype, device)
+    local out = wrap(p, 'to')
+    pressure(bytes_of(p))
+    if out._c.dtype == C.NC_F32 and self._c.dtype == C.NC_F32 then record_copy(out, self) end
+    return out
+end
+
+function Tensor:float() return self:to('f32') end
+function Tensor:long() return self:to('i64') end
+function Tensor:cuda() return self:to('cuda') end
+function Tensor:cpu() return self:to('cpu') end
+
+-- ---- element access ------------------------------------------------------------------------
+local idx_buf = ffi.new('int64_t[8]')
+local val_buf = ffi.new('double[1]')
+
+function Tensor:get(...)
+    local n = select('#', ...)
+    if n ~= self._c.ndim then error(string.format('get: expected %d indices, got %d', self._c.ndim, n), 2) end
+    for i = 1, n do idx_buf[i - 1] = select(i, ...) end
+    check(C.nc_tensor_get(self._c, idx_buf, val_buf), 'get')
+    return val_buf[0]
+end
+
+function Tensor:set(...)
+    local n = select('#', ...) - 1
+    if n ~= self._c.ndim then error(string.format('set: expected %d indices and a value', self._c.ndim), 2) end
+    for i = 1, n do idx_buf[i - 1] = select(i, ...) end
+    check(C.nc_tensor_set(self._c, idx_buf, (select(n + 1, ...))), 'set')
+    return self
+end
+
+function Tensor:item()
+    if self:numel() ~= 1 then
+        error('item: expected a 1-element tensor, got shape (' .. table.concat(self:shape(), ', ') .. ')', 2)
+    end
+    local buf = ffi.new('double[1]')
+    check(C.nc_tensor_read_f64(self._c, buf, 1), 'item')
+    return buf[0]
+end
+
+-- flat list of values in logical order (1-based Lua list)
+function Tensor:tolist()
+    local n = self:numel()
+    local buf = ffi.new('double[?]', math.max(n, 1))
+    check(C.nc_tensor_read_f64(self._c, buf, n), 'tolist')
+    local out = {}
+    for i = 0, n - 1 do out[i + 1] = buf[i] end
+    return out
+end
+
+-- nested Lua tables (a number for a scalar)
+function Tensor:totable()
+    local flat, shape = self:tolist(), self:shape()
+    if #shape == 0 then return flat[1] end
+    local pos = 0
+    local function build(d)
+        local out = {}
+        for i = 1, shape[d] do
+            if d == #shape then pos = pos + 1; out[i] = flat[pos]
+            else out[i] = build(d + 1) end
+        end
+        return out
+    end
+    return build(1)
+end
+
+-- ---- from Lua data --------------------------------------------------------------------------
+-- nested tables (or a number) -> tensor
+function Tensor.from_table(data, dtype, device)
+    local shape, flat = {}, {}
+    if type(data) == 'number' or type(data) == 'boolean' then
+        flat[1] = data == true and 1 or data == false and 0 or data
+    else
+        local d = data
+        while type(d) == 'table' do
+            shape[#shape + 1] = #d
+            d = d[1]
+        end
+        local function walk(x, depth)
+            if depth > #shape then
+                if type(x) == 'boolean' then x = x and 1 or 0 end
+                if type(x) ~= 'number' then error('tensor: expected numbers, got ' .. type(x), 4) end
+                flat[#flat + 1] = x
+                return
+            end
+            if type(x) ~= 'table' or #x ~= shape[depth] then
+                error(string.format('tensor: ragged nested table: expected %d entries at depth %d', shape[depth], depth), 4)
+            end
+            for i = 1, #x do walk(x[i], depth + 1) end
+        end
+        walk(data, 1)
+    end
+    local n = #flat
+    local buf = ffi.new('double[?]', math.max(n, 1))
+    for i = 1, n do buf[i - 1] = flat[i] end
+    local t = Tensor.empty(shape, dtype, 'cpu')
+    check(C.nc_tensor_write_f64(t._c, buf, n), 'tensor')
+    if device and device_id(device) ~= 0 then t = t:to(device) end
+    return t
+end
+
+-- ---- printing --------------------------------------------------------------------------------
+function Tensor.__tostring(t)
+    local ok, pretty = pcall(require, 'nanochat.pretty')
+    if ok and pretty.tensor then return pretty.tensor(t) end
+    return string.format('Tensor(shape=(%s), dtype=%s, device=%s)', table.concat(t:shape(), ', '), t:dtype(), t:device())
+end
+
+-- ---- operators (the functions come from the ops modules merged by init.lua) -----------------
+Tensor.__add = function(a, b) return Tensor.add(a, b) end
+Tensor.__sub = function(a, b) return Tensor.sub(a, b) end
+Tensor.__mul = function(a, b) return Tensor.mul(a, b) end
+Tensor.__div = function(a, b) return Tensor.div(a, b) end
+Tensor.__pow = function(a, b) return Tensor.pow(a, b) end
+Tensor.__unm = function(a) return Tensor.neg(a) end
+
+return Tensor
