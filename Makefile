@@ -96,10 +96,11 @@ bench: all
 	./nanochat tools/bench/ops.lua
 
 install: all
-	install -d $(PREFIX)/bin $(PREFIX)/lib/nanochat $(PREFIX)/share/nanochat
+	install -d $(PREFIX)/bin $(PREFIX)/lib/nanochat $(PREFIX)/share/nanochat/include
 	install -m 755 nanochat $(PREFIX)/bin/nanochat
 	install -m 644 lib/*.so $(PREFIX)/lib/nanochat/
-	cp -r lua $(PREFIX)/share/nanochat/
+	install -m 644 core/nanochat.h $(PREFIX)/share/nanochat/include/nanochat.h
+	cp -r lua recipes configs tools $(PREFIX)/share/nanochat/
 
 clean:
 	rm -rf build lib nanochat
