@@ -91,6 +91,7 @@ typedef struct nc_mem_stats {
     int64_t host_bytes, host_peak, host_allocs, host_frees;
     int64_t device_bytes, device_peak, device_allocs, device_frees;
     int64_t tensors_live;    /* nc_tensor headers alive */
+    int64_t host_cached;     /* freed host blocks kept for reuse (not in host_bytes) */
 } nc_mem_stats;
 
 /* ---- library, errors, ABI ---------------------------------------------------------------- */
@@ -103,6 +104,9 @@ const char *nc_status_name(nc_status s);
 const nc_dtype_traits *nc_dtype_info(int32_t dtype);   /* NULL if out of range */
 int32_t nc_dtype_from_name(const char *name);          /* -1 if unknown */
 void nc_mem_stats_get(nc_mem_stats *out);
+/* Large host blocks (>= 64 KiB) are recycled through a size-class cache capped at
+ * NC_HOST_CACHE_MB (default 1024; 0 disables); nc_mem_trim returns the cache to the system. */
+void nc_mem_trim(void);
 
 /* threads and kernels */
 void nc_set_num_threads(int32_t n);

@@ -10,6 +10,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -187,11 +188,55 @@ static void raise_peak(_Atomic int64_t *peak, int64_t v) {
     while (v > p && !atomic_compare_exchange_weak(peak, &p, v)) {}
 }
 
+/* Size classes: 8 per octave above 64 KiB, so a cached block wastes at most 12.5%. Freed blocks
+ * of a class form a list threaded through their first bytes. Big buffers (activations,
+ * gradients) are freed and re-allocated every training step; recycling them avoids a
+ * munmap/mmap and the page faults of touching fresh pages each time. */
+#define CACHE_MIN (64 * 1024)
+#define CACHE_CLASSES (8 * 48)
+static void *cache_head[CACHE_CLASSES];
+static int64_t cache_bytes, cache_cap = -1;
+static pthread_mutex_t cache_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int size_class(int64_t n, int64_t *rounded) {
+    int e = 63 - __builtin_clzll((unsigned long long)n);          /* 2^e <= n < 2^(e+1) */
+    int64_t step = (int64_t)1 << (e - 3);
+    int64_t r = (n + step - 1) / step * step;                      /* 8 steps per octave */
+    int k = (int)((r >> (e - 3)) - 8);                             /* 0..8 */
+    int cls = (e - 16) * 8 + k;
+    *rounded = r;
+    return cls;
+}
+
+static int64_t cache_limit(void) {
+    if (cache_cap < 0) {
+        const char *e = getenv("NC_HOST_CACHE_MB");
+        cache_cap = (e ? atoll(e) : 1024) * 1048576LL;
+    }
+    return cache_cap;
+}
+
 void *nc_host_alloc(int64_t nbytes) {
     if (nbytes < 0) { nc_fail(NC_ERR_ARG, "alloc: negative size %lld", (long long)nbytes); return NULL; }
     size_t n = (size_t)((nbytes + 63) / 64 * 64);
     if (n == 0) n = 64;
-    void *p = aligned_alloc(64, n);
+    void *p = NULL;
+    if ((int64_t)n >= CACHE_MIN && cache_limit() > 0) {
+        int64_t r;
+        int cls = size_class((int64_t)n, &r);
+        n = (size_t)r;
+        if (cls < CACHE_CLASSES) {
+            pthread_mutex_lock(&cache_mu);
+            p = cache_head[cls];
+            if (p) { cache_head[cls] = *(void **)p; cache_bytes -= r; }
+            pthread_mutex_unlock(&cache_mu);
+        }
+    }
+    if (!p) p = aligned_alloc(64, n);
+    if (!p) {
+        nc_mem_trim();
+        p = aligned_alloc(64, n);
+    }
     if (!p) {
         nc_fail(NC_ERR_OOM, "alloc: out of host memory allocating %lld bytes (%.1f MiB live)",
                 (long long)nbytes, atomic_load(&host_bytes) / 1048576.0);
@@ -204,9 +249,36 @@ void *nc_host_alloc(int64_t nbytes) {
 
 void nc_host_free(void *p, int64_t nbytes) {
     if (!p) return;
-    free(p);
     atomic_fetch_sub(&host_bytes, nbytes);
     atomic_fetch_add(&host_frees, 1);
+    int64_t n = (nbytes + 63) / 64 * 64;
+    if (n >= CACHE_MIN && cache_limit() > 0) {
+        int64_t r;
+        int cls = size_class(n, &r);
+        if (cls < CACHE_CLASSES) {
+            pthread_mutex_lock(&cache_mu);
+            if (cache_bytes + r <= cache_limit()) {
+                *(void **)p = cache_head[cls];
+                cache_head[cls] = p;
+                cache_bytes += r;
+                p = NULL;
+            }
+            pthread_mutex_unlock(&cache_mu);
+            if (!p) return;
+        }
+    }
+    free(p);
+}
+
+void nc_mem_trim(void) {
+    pthread_mutex_lock(&cache_mu);
+    for (int c = 0; c < CACHE_CLASSES; c++) {
+        void *p = cache_head[c];
+        while (p) { void *next = *(void **)p; free(p); p = next; }
+        cache_head[c] = NULL;
+    }
+    cache_bytes = 0;
+    pthread_mutex_unlock(&cache_mu);
 }
 
 void nc_count_device(int64_t delta) {
@@ -230,6 +302,9 @@ void nc_mem_stats_get(nc_mem_stats *out) {
     out->device_allocs = atomic_load(&dev_allocs);
     out->device_frees = atomic_load(&dev_frees);
     out->tensors_live = atomic_load(&nc_tensors_live);
+    pthread_mutex_lock(&cache_mu);
+    out->host_cached = cache_bytes;
+    pthread_mutex_unlock(&cache_mu);
 }
 
 /* ---- threads ------------------------------------------------------------------------------ */

@@ -130,7 +130,7 @@ function M.mem_stats()
     C.nc_mem_stats_get(s)
     local t = {}
     for _, k in ipairs { 'host_bytes', 'host_peak', 'host_allocs', 'host_frees', 'device_bytes',
-                         'device_peak', 'device_allocs', 'device_frees', 'tensors_live' } do
+                         'device_peak', 'device_allocs', 'device_frees', 'tensors_live', 'host_cached' } do
         t[k] = tonumber(s[k])
     end
     return t

@@ -23,6 +23,7 @@ function nc.set_cpu_kernel(name) core.check(C.nc_set_cpu_kernel(name), 'set_cpu_
 function nc.cuda_available() return C.nc_cuda_available() == 1 end
 function nc.cuda_status() return ffi.string(C.nc_cuda_status()) end
 nc.mem_stats = core.mem_stats
+function nc.mem_trim() C.nc_mem_trim() end
 
 -- ---- autograd ------------------------------------------------------------------------------
 nc.no_grad = ag.no_grad

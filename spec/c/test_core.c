@@ -53,6 +53,25 @@ static void test_refcounts(void) {
     ok(live() == l0 && host() == h0, "all memory returned after the last release");
 }
 
+static void test_cache(void) {
+    nc_mem_trim();
+    int64_t shape[1] = {1 << 20};   /* 4 MiB */
+    nc_tensor *a = nc_tensor_new(NC_F32, NC_CPU, 1, shape);
+    void *pa = a->storage->data;
+    nc_mem_stats s0, s1, s2;
+    nc_tensor_release(a);
+    nc_mem_stats_get(&s0);
+    nc_tensor *b = nc_tensor_new(NC_F32, NC_CPU, 1, shape);
+    nc_mem_stats_get(&s1);
+    ok(b->storage->data == pa && s0.host_cached >= (4 << 20) && s1.host_cached == s0.host_cached - (4 << 20),
+       "a freed large block is reused from the cache and leaves it");
+    ok(s1.host_bytes == s0.host_bytes + (4 << 20), "cached bytes do not count as live");
+    nc_tensor_release(b);
+    nc_mem_trim();
+    nc_mem_stats_get(&s2);
+    ok(s2.host_cached == 0, "trim empties the cache");
+}
+
 static void test_views(void) {
     int64_t shape[3] = {2, 3, 4};
     nc_tensor *a = nc_tensor_new(NC_F32, NC_CPU, 3, shape);
@@ -197,6 +216,7 @@ static void test_errors(void) {
 int main(void) {
     test_traits();
     test_refcounts();
+    test_cache();
     test_views();
     test_copy_convert();
     test_rng();
