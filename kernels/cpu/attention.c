@@ -1,0 +1,425 @@
+/* kernels/cpu/attention.c — memory-efficient (flash-style) scaled dot-product attention with GQA.
+ *
+ * Promise: q (B, T, H, D), k and v (B, S, Hkv, D) in any strides; out (B, T, H, D) and
+ * lse (B, H, T) contiguous. Query head j reads kv head j / (H / Hkv). Causal: query t (absolute
+ * position S - T + t) sees keys s <= S - T + t, so decoding with a KV cache (T = 1, S = cache
+ * length) works. A query that sees no key gets out = 0 and lse = -inf (and zero gradient).
+ *
+ * Forward: for each (b, h, block of BR queries) an online softmax over key blocks of BC keys:
+ * scores of one block row are computed, the running max m, sum l and accumulator are rescaled
+ * by exp(m_old - m_new), and out = acc / l, lse = m + log l at the end. No T x S matrix ever
+ * exists: per thread scratch is a few BR x D / BC x D tiles.
+ * Backward (FlashAttention-2): D_i = rowsum(dO_i * O_i); per block P = exp(S - lse),
+ * dP = dO V^T, dS = P * (dP - D), dV += P^T dO, dK += scale dS^T Q, dQ += scale dS K. It runs in
+ * two race-free passes: one parallel over (b, kv head, key block) owning dK and dV rows (it
+ * loops over every query head of the group and every query block), one parallel over
+ * (b, head, query block) owning dQ rows. Each gradient element is summed in a fixed order, so
+ * results do not depend on the thread count.
+ *
+ * Compiled twice: as itself (portable baseline, the reference) and from attention_avx2.c with
+ * AVX2/FMA; nc_cpu_avx2() picks one. Inner loops are `omp simd` over keys or over head dims.
+ */
+#include "nn_common.h"
+
+#ifndef NC_KSUFFIX
+#define NC_KSUFFIX _base
+#define NC_KPRIMARY 1
+#endif
+#define NC_CAT2(a, b) a##b
+#define NC_CAT(a, b) NC_CAT2(a, b)
+#define KFN(name) NC_CAT(name, NC_KSUFFIX)
+
+#ifndef NC_ATTN_TYPES
+#define NC_ATTN_TYPES
+enum { ATT_BR = 64, ATT_BC = 64 };
+
+typedef struct {
+    int64_t B, T, S, H, Hkv, D;
+    int causal;
+    float scale;
+    const float *q, *k, *v, *o, *go;       /* element 0 of each input */
+    int64_t qs[4], ks[4], vs[4], os[4], gs[4];
+    float *out, *lse;                      /* forward outputs (contiguous) */
+    const float *lse_in, *dvec;            /* backward: saved lse and D = rowsum(dO * O), (B, H, T) */
+    float *gq, *gk, *gv;                   /* backward outputs (contiguous, accumulate), may be NULL */
+} attn_args;
+
+/* floats of per-thread scratch */
+static inline int64_t attn_scratch_floats(int64_t D) {
+    return 4 * (int64_t)ATT_BR * D + 6 * (int64_t)ATT_BC * D + 4 * (int64_t)ATT_BC + 2 * (int64_t)ATT_BR + 64;
+}
+#endif
+
+/* rows [r0, r0+n) of a (B, L, Hx, D) tensor at (b, hx), optionally scaled, into dst (n x D) */
+static inline void load_rows(float *dst, const float *base, const int64_t *st, int64_t b, int64_t r0, int64_t n,
+                             int64_t hx, int64_t D, float mul) {
+    for (int64_t i = 0; i < n; i++) {
+        const float *src = base + b * st[0] + (r0 + i) * st[1] + hx * st[2];
+        float *d = dst + i * D;
+        if (st[3] == 1) {
+#pragma omp simd
+            for (int64_t e = 0; e < D; e++) d[e] = src[e] * mul;
+        } else {
+            for (int64_t e = 0; e < D; e++) d[e] = src[e * st[3]] * mul;
+        }
+    }
+}
+
+/* the same rows transposed into dst (D x ATT_BC) */
+static inline void load_rows_t(float *dst, const float *base, const int64_t *st, int64_t b, int64_t r0, int64_t n,
+                               int64_t hx, int64_t D) {
+    for (int64_t j = 0; j < n; j++) {
+        const float *src = base + b * st[0] + (r0 + j) * st[1] + hx * st[2];
+        for (int64_t e = 0; e < D; e++) dst[e * ATT_BC + j] = src[e * st[3]];
+    }
+}
+
+/* row[j] = sum_d qi[d] * kt[d][j] for j < jn */
+static inline void dot_row(float *restrict row, const float *restrict qi, const float *restrict kt, int64_t D,
+                           int64_t jn) {
+#pragma omp simd
+    for (int64_t j = 0; j < jn; j++) row[j] = 0.0f;
+    for (int64_t d = 0; d < D; d++) {
+        float qd = qi[d];
+        const float *kr = kt + d * ATT_BC;
+#pragma omp simd
+        for (int64_t j = 0; j < jn; j++) row[j] += qd * kr[j];
+    }
+}
+
+/* acc[d] += sum_j p[j] * vb[j][d] */
+static inline void axpy_rows(float *restrict acc, const float *restrict p, const float *restrict vb, int64_t D,
+                             int64_t jn) {
+    for (int64_t j = 0; j < jn; j++) {
+        float pj = p[j];
+        const float *vr = vb + j * D;
+#pragma omp simd
+        for (int64_t d = 0; d < D; d++) acc[d] += pj * vr[d];
+    }
+}
+
+/* number of keys of block [s0, s0+nk) visible to query t */
+static inline int64_t visible(const attn_args *a, int64_t t, int64_t s0, int64_t nk) {
+    if (!a->causal) return nk;
+    int64_t lim = a->S - a->T + t - s0 + 1;
+    return lim < 0 ? 0 : (lim < nk ? lim : nk);
+}
+
+/* ---- forward: one (b, h, query block) ------------------------------------------------------- */
+void KFN(nc_k_attn_fwd_item)(const attn_args *a, int64_t item, float *scratch) {
+    int64_t D = a->D, H = a->H, T = a->T, S = a->S;
+    int64_t nqb = (T + ATT_BR - 1) / ATT_BR;
+    int64_t qb = item % nqb, h = (item / nqb) % H, b = item / (nqb * H);
+    int64_t hk = h / (H / a->Hkv);
+    int64_t t0 = qb * ATT_BR, nq = T - t0 < ATT_BR ? T - t0 : ATT_BR;
+    float *Qs = scratch, *acc = Qs + ATT_BR * D, *Kt = acc + ATT_BR * D, *Vb = Kt + ATT_BC * D;
+    float *row = Vb + ATT_BC * D, *m = row + ATT_BC, *l = m + ATT_BR;
+    load_rows(Qs, a->q, a->qs, b, t0, nq, h, D, a->scale);
+    for (int64_t i = 0; i < nq; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
+    memset(acc, 0, (size_t)(nq * D) * sizeof(float));
+    int64_t kend = S;
+    if (a->causal) {
+        kend = S - T + t0 + nq;
+        if (kend > S) kend = S;
+    }
+    for (int64_t s0 = 0; s0 < kend; s0 += ATT_BC) {
+        int64_t nk = kend - s0 < ATT_BC ? kend - s0 : ATT_BC;
+        load_rows_t(Kt, a->k, a->ks, b, s0, nk, hk, D);
+        load_rows(Vb, a->v, a->vs, b, s0, nk, hk, D, 1.0f);
+        for (int64_t i = 0; i < nq; i++) {
+            int64_t jn = visible(a, t0 + i, s0, nk);
+            if (jn <= 0) continue;
+            dot_row(row, Qs + i * D, Kt, D, jn);
+            float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+            for (int64_t j = 0; j < jn; j++) mx = row[j] > mx ? row[j] : mx;
+            float mnew = mx > m[i] ? mx : m[i];
+            float corr = m[i] == -INFINITY ? 0.0f : nc_expf_fast(m[i] - mnew);
+            float ps = 0.0f;
+#pragma omp simd reduction(+ : ps)
+            for (int64_t j = 0; j < jn; j++) {
+                float p = nc_expf_fast(row[j] - mnew);
+                row[j] = p;
+                ps += p;
+            }
+            l[i] = l[i] * corr + ps;
+            m[i] = mnew;
+            float *ai = acc + i * D;
+            if (corr != 1.0f) {
+#pragma omp simd
+                for (int64_t d = 0; d < D; d++) ai[d] *= corr;
+            }
+            axpy_rows(ai, row, Vb, D, jn);
+        }
+    }
+    for (int64_t i = 0; i < nq; i++) {
+        int64_t t = t0 + i;
+        float *o = a->out + ((b * T + t) * H + h) * D;
+        float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
+        const float *ai = acc + i * D;
+#pragma omp simd
+        for (int64_t d = 0; d < D; d++) o[d] = ai[d] * inv;
+        a->lse[(b * H + h) * T + t] = l[i] > 0.0f ? m[i] + logf(l[i]) : -INFINITY;
+    }
+}
+
+/* P (jn) = exp(Qs_i K^T - lse_i), dS (jn) = P * (dO_i V^T - D_i); returns jn (0 = nothing) */
+static inline int64_t prob_row(const attn_args *a, int64_t b, int64_t h, int64_t t, int64_t s0, int64_t nk,
+                               const float *qi, const float *doi, const float *Kt, const float *Vt, float *P,
+                               float *dS) {
+    int64_t jn = visible(a, t, s0, nk);
+    if (jn <= 0) return 0;
+    float L = a->lse_in[(b * a->H + h) * a->T + t];
+    if (L == -INFINITY) return 0;
+    float Di = a->dvec[(b * a->H + h) * a->T + t];
+    dot_row(P, qi, Kt, a->D, jn);
+    dot_row(dS, doi, Vt, a->D, jn);
+#pragma omp simd
+    for (int64_t j = 0; j < jn; j++) {
+        float p = nc_expf_fast(P[j] - L);
+        P[j] = p;
+        dS[j] = p * (dS[j] - Di);
+    }
+    return jn;
+}
+
+/* ---- backward pass 1: one (b, kv head, key block) owns its dK and dV rows -------------------- */
+void KFN(nc_k_attn_bwd_kv_item)(const attn_args *a, int64_t item, float *scratch) {
+    int64_t D = a->D, H = a->H, T = a->T, S = a->S, Hkv = a->Hkv, G = H / Hkv;
+    int64_t nkb = (S + ATT_BC - 1) / ATT_BC;
+    int64_t kb = item % nkb, hk = (item / nkb) % Hkv, b = item / (nkb * Hkv);
+    int64_t s0 = kb * ATT_BC, nk = S - s0 < ATT_BC ? S - s0 : ATT_BC;
+    float *Qs = scratch, *dO = Qs + ATT_BR * D, *Kt = dO + ATT_BR * D, *Vt = Kt + ATT_BC * D;
+    float *dK = Vt + ATT_BC * D, *dV = dK + ATT_BC * D, *P = dV + ATT_BC * D, *dS = P + ATT_BC;
+    load_rows_t(Kt, a->k, a->ks, b, s0, nk, hk, D);
+    load_rows_t(Vt, a->v, a->vs, b, s0, nk, hk, D);
+    memset(dK, 0, (size_t)(nk * D) * sizeof(float));
+    memset(dV, 0, (size_t)(nk * D) * sizeof(float));
+    /* first query that sees key s0: S - T + t >= s0 */
+    int64_t tfirst = a->causal ? s0 - (S - T) : 0;
+    if (tfirst < 0) tfirst = 0;
+    for (int64_t h = hk * G; h < (hk + 1) * G; h++) {
+        for (int64_t t0 = (tfirst / ATT_BR) * ATT_BR; t0 < T; t0 += ATT_BR) {
+            int64_t nq = T - t0 < ATT_BR ? T - t0 : ATT_BR;
+            load_rows(Qs, a->q, a->qs, b, t0, nq, h, D, a->scale);
+            load_rows(dO, a->go, a->gs, b, t0, nq, h, D, 1.0f);
+            for (int64_t i = 0; i < nq; i++) {
+                const float *qi = Qs + i * D, *doi = dO + i * D;
+                int64_t jn = prob_row(a, b, h, t0 + i, s0, nk, qi, doi, Kt, Vt, P, dS);
+                for (int64_t j = 0; j < jn; j++) {
+                    float pj = P[j], sj = dS[j];
+                    float *dv = dV + j * D, *dk = dK + j * D;
+#pragma omp simd
+                    for (int64_t d = 0; d < D; d++) {
+                        dv[d] += pj * doi[d];
+                        dk[d] += sj * qi[d];
+                    }
+                }
+            }
+        }
+    }
+    for (int64_t j = 0; j < nk; j++) {
+        int64_t off = ((b * S + s0 + j) * Hkv + hk) * D;
+        if (a->gk) {
+            float *g = a->gk + off;
+            const float *src = dK + j * D;
+#pragma omp simd
+            for (int64_t d = 0; d < D; d++) g[d] += src[d];
+        }
+        if (a->gv) {
+            float *g = a->gv + off;
+            const float *src = dV + j * D;
+#pragma omp simd
+            for (int64_t d = 0; d < D; d++) g[d] += src[d];
+        }
+    }
+}
+
+/* ---- backward pass 2: one (b, head, query block) owns its dQ rows ---------------------------- */
+void KFN(nc_k_attn_bwd_q_item)(const attn_args *a, int64_t item, float *scratch) {
+    int64_t D = a->D, H = a->H, T = a->T, S = a->S;
+    int64_t nqb = (T + ATT_BR - 1) / ATT_BR;
+    int64_t qb = item % nqb, h = (item / nqb) % H, b = item / (nqb * H);
+    int64_t hk = h / (H / a->Hkv);
+    int64_t t0 = qb * ATT_BR, nq = T - t0 < ATT_BR ? T - t0 : ATT_BR;
+    float *Qs = scratch, *dO = Qs + ATT_BR * D, *dQ = dO + ATT_BR * D, *Kt = dQ + ATT_BR * D;
+    float *Vt = Kt + ATT_BC * D, *Kb = Vt + ATT_BC * D, *P = Kb + ATT_BC * D, *dS = P + ATT_BC;
+    load_rows(Qs, a->q, a->qs, b, t0, nq, h, D, a->scale);
+    load_rows(dO, a->go, a->gs, b, t0, nq, h, D, 1.0f);
+    memset(dQ, 0, (size_t)(nq * D) * sizeof(float));
+    int64_t kend = S;
+    if (a->causal) {
+        kend = S - T + t0 + nq;
+        if (kend > S) kend = S;
+    }
+    for (int64_t s0 = 0; s0 < kend; s0 += ATT_BC) {
+        int64_t nk = kend - s0 < ATT_BC ? kend - s0 : ATT_BC;
+        load_rows_t(Kt, a->k, a->ks, b, s0, nk, hk, D);
+        load_rows_t(Vt, a->v, a->vs, b, s0, nk, hk, D);
+        load_rows(Kb, a->k, a->ks, b, s0, nk, hk, D, a->scale);
+        for (int64_t i = 0; i < nq; i++) {
+            int64_t jn = prob_row(a, b, h, t0 + i, s0, nk, Qs + i * D, dO + i * D, Kt, Vt, P, dS);
+            axpy_rows(dQ + i * D, dS, Kb, D, jn);
+        }
+    }
+    for (int64_t i = 0; i < nq; i++) {
+        float *g = a->gq + ((b * T + t0 + i) * H + h) * D;
+        const float *src = dQ + i * D;
+#pragma omp simd
+        for (int64_t d = 0; d < D; d++) g[d] += src[d];
+    }
+}
+
+#ifdef NC_KPRIMARY
+void nc_k_attn_fwd_item_avx2(const attn_args *a, int64_t item, float *scratch);
+void nc_k_attn_bwd_kv_item_avx2(const attn_args *a, int64_t item, float *scratch);
+void nc_k_attn_bwd_q_item_avx2(const attn_args *a, int64_t item, float *scratch);
+
+typedef void (*attn_item_fn)(const attn_args *, int64_t, float *);
+
+/* Run fn over items in parallel, each thread with its own scratch tile set. */
+static nc_status run_items(const char *op, attn_item_fn fn, const attn_args *a, int64_t items, double flops) {
+    int64_t nfl = attn_scratch_floats(a->D);
+    int oom = 0;
+#pragma omp parallel if (items > 1 && flops > 2e5) num_threads(nc_threads())
+    {
+        float *scratch = nc_host_alloc(nfl * (int64_t)sizeof(float));
+        if (!scratch) {
+#pragma omp atomic write
+            oom = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it < items; it++)
+            if (scratch) fn(a, it, scratch);
+        nc_host_free(scratch, nfl * (int64_t)sizeof(float));
+    }
+    if (oom) return nc_fail(NC_ERR_OOM, "%s: out of memory for attention scratch tiles", op);
+    return NC_OK;
+}
+
+static void strides4(int64_t *dst, const nc_tensor *t) {
+    for (int d = 0; d < 4; d++) dst[d] = t->shape[d] > 1 ? t->strides[d] : 0;
+}
+
+static nc_status check_qkv(const char *op, const nc_tensor *q, const nc_tensor *k, const nc_tensor *v) {
+    NC_TRY(nc_check_f32_cpu(op, "q", q));
+    NC_TRY(nc_check_f32_cpu(op, "k", k));
+    NC_TRY(nc_check_f32_cpu(op, "v", v));
+    NC_TRY(nc_check_ndim(op, "q", q, 4));
+    NC_TRY(nc_check_ndim(op, "k", k, 4));
+    NC_TRY(nc_check_same_shape(op, "k", k, "v", v));
+    char bq[NC_DESC_LEN], bk[NC_DESC_LEN];
+    if (k->shape[0] != q->shape[0] || k->shape[3] != q->shape[3] || k->shape[2] == 0 || q->shape[2] % k->shape[2])
+        return nc_fail(NC_ERR_SHAPE,
+                       "%s: expected q (B, T, H, D) and k, v (B, S, Hkv, D) with H %% Hkv == 0, got q %s and k %s", op,
+                       nc_describe(q, bq, sizeof bq), nc_describe(k, bk, sizeof bk));
+    return NC_OK;
+}
+
+static void fill_args(attn_args *a, const nc_tensor *q, const nc_tensor *k, const nc_tensor *v, int32_t causal,
+                      double scale) {
+    memset(a, 0, sizeof *a);
+    a->B = q->shape[0]; a->T = q->shape[1]; a->H = q->shape[2]; a->D = q->shape[3];
+    a->S = k->shape[1]; a->Hkv = k->shape[2];
+    a->causal = causal != 0;
+    a->scale = (float)scale;
+    a->q = nc_f32p(q); a->k = nc_f32p(k); a->v = nc_f32p(v);
+    strides4(a->qs, q); strides4(a->ks, k); strides4(a->vs, v);
+}
+
+nc_status nc_attention(nc_tensor *out, nc_tensor *lse, const nc_tensor *q, const nc_tensor *k, const nc_tensor *v,
+                       int32_t causal, double scale) {
+    static const char *op = "attention";
+    NC_TRY(check_qkv(op, q, k, v));
+    NC_TRY(nc_check_f32_cpu(op, "out", out));
+    NC_TRY(nc_check_contiguous(op, "out", out));
+    NC_TRY(nc_check_same_shape(op, "out", out, "q", q));
+    NC_TRY(nc_check_f32_cpu(op, "lse", lse));
+    NC_TRY(nc_check_contiguous(op, "lse", lse));
+    int64_t lshape[3] = {q->shape[0], q->shape[2], q->shape[1]};
+    NC_TRY(nc_check_shape(op, "lse", lse, 3, lshape));
+    attn_args a;
+    fill_args(&a, q, k, v, causal, scale);
+    a.out = nc_f32p(out);
+    a.lse = nc_f32p(lse);
+    if (a.B * a.T * a.H == 0) return NC_OK;
+    if (a.D == 0 || a.S == 0) {
+        /* no keys: out 0, lse -inf; empty head dim: every score is 0, lse = log S */
+        for (int64_t i = 0; i < a.B * a.T * a.H * a.D; i++) a.out[i] = 0.0f;
+        for (int64_t i = 0; i < a.B * a.H * a.T; i++) a.lse[i] = a.S == 0 ? -INFINITY : logf((float)a.S);
+        return NC_OK;
+    }
+    int64_t items = a.B * a.H * ((a.T + ATT_BR - 1) / ATT_BR);
+    double flops = 4.0 * a.B * a.H * a.T * a.S * a.D;
+    return run_items(op, nc_cpu_avx2() ? nc_k_attn_fwd_item_avx2 : nc_k_attn_fwd_item_base, &a, items, flops);
+}
+
+nc_status nc_attention_backward(nc_tensor *gq, nc_tensor *gk, nc_tensor *gv, const nc_tensor *out,
+                                const nc_tensor *lse, const nc_tensor *q, const nc_tensor *k, const nc_tensor *v,
+                                const nc_tensor *gout, int32_t causal, double scale) {
+    static const char *op = "attention_backward";
+    if (!gq && !gk && !gv) return NC_OK;
+    NC_TRY(check_qkv(op, q, k, v));
+    NC_TRY(nc_check_f32_cpu(op, "out", out));
+    NC_TRY(nc_check_same_shape(op, "out", out, "q", q));
+    NC_TRY(nc_check_f32_cpu(op, "gout", gout));
+    NC_TRY(nc_check_same_shape(op, "gout", gout, "q", q));
+    NC_TRY(nc_check_f32_cpu(op, "lse", lse));
+    NC_TRY(nc_check_contiguous(op, "lse", lse));
+    int64_t lshape[3] = {q->shape[0], q->shape[2], q->shape[1]};
+    NC_TRY(nc_check_shape(op, "lse", lse, 3, lshape));
+    if (gq) {
+        NC_TRY(nc_check_f32_cpu(op, "gq", gq));
+        NC_TRY(nc_check_contiguous(op, "gq", gq));
+        NC_TRY(nc_check_same_shape(op, "gq", gq, "q", q));
+    }
+    if (gk) {
+        NC_TRY(nc_check_f32_cpu(op, "gk", gk));
+        NC_TRY(nc_check_contiguous(op, "gk", gk));
+        NC_TRY(nc_check_same_shape(op, "gk", gk, "k", k));
+    }
+    if (gv) {
+        NC_TRY(nc_check_f32_cpu(op, "gv", gv));
+        NC_TRY(nc_check_contiguous(op, "gv", gv));
+        NC_TRY(nc_check_same_shape(op, "gv", gv, "v", v));
+    }
+    attn_args a;
+    fill_args(&a, q, k, v, causal, scale);
+    if (a.B * a.T * a.H == 0 || a.S == 0 || a.D == 0) return NC_OK;
+    a.o = nc_f32p(out);
+    a.go = nc_f32p(gout);
+    strides4(a.os, out);
+    strides4(a.gs, gout);
+    a.lse_in = nc_f32p(lse);
+    a.gq = gq ? nc_f32p(gq) : NULL;
+    a.gk = gk ? nc_f32p(gk) : NULL;
+    a.gv = gv ? nc_f32p(gv) : NULL;
+    /* D = rowsum(dO * O), (B, H, T) */
+    int64_t nrow = a.B * a.H * a.T;
+    float *dvec = nc_host_alloc(nrow * (int64_t)sizeof(float));
+    if (!dvec) return NC_ERR_OOM;
+#pragma omp parallel for schedule(static) if (nrow * a.D >= NC_PAR_MIN) num_threads(nc_threads())
+    for (int64_t r = 0; r < nrow; r++) {
+        int64_t t = r % a.T, h = (r / a.T) % a.H, b = r / (a.T * a.H);
+        const float *o = a.o + b * a.os[0] + t * a.os[1] + h * a.os[2];
+        const float *g = a.go + b * a.gs[0] + t * a.gs[1] + h * a.gs[2];
+        float s = 0.0f;
+        for (int64_t d = 0; d < a.D; d++) s += o[d * a.os[3]] * g[d * a.gs[3]];
+        dvec[r] = s;
+    }
+    a.dvec = dvec;
+    double flops = 4.0 * a.B * a.H * a.T * a.S * a.D;
+    int avx2 = nc_cpu_avx2();
+    nc_status st = NC_OK;
+    if (gk || gv) {
+        int64_t items = a.B * a.Hkv * ((a.S + ATT_BC - 1) / ATT_BC);
+        st = run_items(op, avx2 ? nc_k_attn_bwd_kv_item_avx2 : nc_k_attn_bwd_kv_item_base, &a, items, flops);
+    }
+    if (st == NC_OK && gq) {
+        int64_t items = a.B * a.H * ((a.T + ATT_BR - 1) / ATT_BR);
+        st = run_items(op, avx2 ? nc_k_attn_bwd_q_item_avx2 : nc_k_attn_bwd_q_item_base, &a, items, flops);
+    }
+    nc_host_free(dvec, nrow * (int64_t)sizeof(float));
+    return st;
+}
+#endif

@@ -1,0 +1,191 @@
+/* kernels/cpu/loss.c — fused cross-entropy (with label smoothing and z-loss) over (N, V) logits.
+ *
+ * Promise: numerically stable (max-subtracted log-sum-exp per row, lse saved for backward);
+ * rows run in parallel but the mean is summed in a fixed order in double, so the loss does not
+ * depend on the thread count. Targets equal to ignore_index contribute nothing; when every
+ * target is ignored the loss is 0 and the gradient is 0. Compiled twice like softmax.c
+ * (loss_avx2.c adds AVX2/FMA); this file is the reference.
+ *
+ * Per row with lse = log sum_j exp(x_j), p = softmax(x):
+ *   loss_row = (1-ls) (lse - x_t) + ls (lse - mean_j x_j) + z lse^2
+ *   d loss_row / d x_j = p_j (1 + 2 z lse) - (1-ls) [j == t] - ls / V
+ */
+#include "nn_common.h"
+
+#ifndef NC_KSUFFIX
+#define NC_KSUFFIX _base
+#define NC_KPRIMARY 1
+#endif
+#define NC_CAT2(a, b) a##b
+#define NC_CAT(a, b) NC_CAT2(a, b)
+#define KFN(name) NC_CAT(name, NC_KSUFFIX)
+
+/* lse and sum of one contiguous row of V logits */
+void KFN(nc_k_ce_row)(const float *x, int64_t V, float *lse, float *sum) {
+    float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 0; j < V; j++) m = x[j] > m ? x[j] : m;
+    float s = 0.0f, sx = 0.0f;
+#pragma omp simd reduction(+ : s, sx)
+    for (int64_t j = 0; j < V; j++) {
+        s += nc_expf_fast(x[j] - m);
+        sx += x[j];
+    }
+    *lse = m + logf(s);
+    *sum = sx;
+}
+
+/* g (V) += a * exp(x - lse) - c */
+void KFN(nc_k_ce_backward_row)(float *g, const float *x, int64_t V, float lse, float a, float c) {
+#pragma omp simd
+    for (int64_t j = 0; j < V; j++) g[j] += a * nc_expf_fast(x[j] - lse) - c;
+}
+
+#ifdef NC_KPRIMARY
+void nc_k_ce_row_avx2(const float *x, int64_t V, float *lse, float *sum);
+void nc_k_ce_backward_row_avx2(float *g, const float *x, int64_t V, float lse, float a, float c);
+
+static int64_t target_at(const nc_tensor *t, int64_t i) {
+    int64_t off = i * (t->ndim ? t->strides[0] : 0);
+    if (t->dtype == NC_I32) return ((const int32_t *)nc_tensor_data(t))[off];
+    return ((const int64_t *)nc_tensor_data(t))[off];
+}
+
+static nc_status check_args(const char *op, const nc_tensor *logits, const nc_tensor *targets, const nc_tensor *lse) {
+    NC_TRY(nc_check_f32_cpu(op, "logits", logits));
+    NC_TRY(nc_check_ndim(op, "logits", logits, 2));
+    NC_TRY(nc_check_index_dtype(op, "targets", targets));
+    NC_TRY(nc_check_cpu(op, "targets", targets));
+    int64_t n = logits->shape[0];
+    NC_TRY(nc_check_shape(op, "targets", targets, 1, &n));
+    NC_TRY(nc_check_f32_cpu(op, "lse", lse));
+    NC_TRY(nc_check_shape(op, "lse", lse, 1, &n));
+    return NC_OK;
+}
+
+/* a contiguous view of logits row r (gathered into buf when the vocab stride is not 1) */
+static const float *logit_row(const nc_tensor *x, int64_t r, float *buf) {
+    const float *p = nc_f32p(x) + r * x->strides[0];
+    int64_t V = x->shape[1], st = x->strides[1];
+    if (st == 1 || V <= 1) return p;
+    for (int64_t j = 0; j < V; j++) buf[j] = p[j * st];
+    return buf;
+}
+
+nc_status nc_cross_entropy(nc_tensor *loss, nc_tensor *lse, const nc_tensor *logits, const nc_tensor *targets,
+                           int64_t ignore_index, double label_smoothing, double z_loss) {
+    static const char *op = "cross_entropy";
+    NC_TRY(check_args(op, logits, targets, lse));
+    NC_TRY(nc_check_f32_cpu(op, "loss", loss));
+    NC_TRY(nc_check_contiguous(op, "lse", lse));
+    if (nc_tensor_numel(loss) != 1) {
+        char b[NC_DESC_LEN];
+        return nc_fail(NC_ERR_SHAPE, "%s: expected loss to be a scalar (1 element), got %s", op, nc_describe(loss, b, sizeof b));
+    }
+    int64_t N = logits->shape[0], V = logits->shape[1];
+    if (V == 0 && N > 0) return nc_fail(NC_ERR_SHAPE, "%s: logits have an empty vocab dim (%lld, 0)", op, (long long)N);
+    float *lsep = nc_f32p(lse);
+    double *row_loss = N ? nc_host_alloc(N * (int64_t)sizeof(double)) : NULL;
+    if (N && !row_loss) return NC_ERR_OOM;
+    void (*rowfn)(const float *, int64_t, float *, float *) = nc_cpu_avx2() ? nc_k_ce_row_avx2 : nc_k_ce_row_base;
+    int need_buf = logits->strides[1] != 1 && V > 1;
+    int64_t bad = -1, bad_t = 0;
+    int oom = 0;
+    double ls = label_smoothing, z = z_loss;
+#pragma omp parallel if (N * V >= NC_PAR_MIN && N > 1) num_threads(nc_threads())
+    {
+        float *buf = need_buf ? nc_host_alloc(V * (int64_t)sizeof(float)) : NULL;
+        if (need_buf && !buf) {
+#pragma omp atomic write
+            oom = 1;
+        } else {
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < N; r++) {
+                const float *x = logit_row(logits, r, buf);
+                float l, sx;
+                rowfn(x, V, &l, &sx);
+                lsep[r] = l;
+                int64_t t = target_at(targets, r);
+                if (t == ignore_index) { row_loss[r] = 0.0; continue; }
+                if (t < 0 || t >= V) {
+#pragma omp critical(nc_ce_bad)
+                    if (bad < 0 || r < bad) { bad = r; bad_t = t; }
+                    row_loss[r] = 0.0;
+                    continue;
+                }
+                double lse_d = l;
+                row_loss[r] = (1.0 - ls) * (lse_d - x[t]) + ls * (lse_d - (double)sx / (double)V) + z * lse_d * lse_d;
+            }
+        }
+        nc_host_free(buf, V * (int64_t)sizeof(float));
+    }
+    if (oom) { nc_host_free(row_loss, N * (int64_t)sizeof(double)); return nc_fail(NC_ERR_OOM, "%s: out of memory", op); }
+    if (bad >= 0) {
+        nc_host_free(row_loss, N * (int64_t)sizeof(double));
+        return nc_fail(NC_ERR_INDEX, "%s: target %lld at row %lld is outside [0, %lld) and is not ignore_index (%lld)", op,
+                       (long long)bad_t, (long long)bad, (long long)V, (long long)ignore_index);
+    }
+    double total = 0.0;
+    int64_t count = 0;
+    for (int64_t r = 0; r < N; r++) {
+        if (target_at(targets, r) == ignore_index) continue;
+        total += row_loss[r];
+        count++;
+    }
+    nc_host_free(row_loss, N * (int64_t)sizeof(double));
+    *nc_f32p(loss) = count ? (float)(total / (double)count) : 0.0f;
+    return NC_OK;
+}
+
+nc_status nc_cross_entropy_backward(nc_tensor *glogits, const nc_tensor *lse, const nc_tensor *logits,
+                                    const nc_tensor *targets, double gloss, int64_t ignore_index,
+                                    double label_smoothing, double z_loss) {
+    static const char *op = "cross_entropy_backward";
+    if (!glogits) return NC_OK;
+    NC_TRY(check_args(op, logits, targets, lse));
+    NC_TRY(nc_check_f32_cpu(op, "glogits", glogits));
+    NC_TRY(nc_check_contiguous(op, "glogits", glogits));
+    NC_TRY(nc_check_same_shape(op, "glogits", glogits, "logits", logits));
+    int64_t N = logits->shape[0], V = logits->shape[1];
+    int64_t count = 0;
+    for (int64_t r = 0; r < N; r++) {
+        int64_t t = target_at(targets, r);
+        if (t == ignore_index) continue;
+        if (t < 0 || t >= V)
+            return nc_fail(NC_ERR_INDEX, "%s: target %lld at row %lld is outside [0, %lld) and is not ignore_index (%lld)",
+                           op, (long long)t, (long long)r, (long long)V, (long long)ignore_index);
+        count++;
+    }
+    if (count == 0) return NC_OK;
+    void (*rowfn)(float *, const float *, int64_t, float, float, float) =
+        nc_cpu_avx2() ? nc_k_ce_backward_row_avx2 : nc_k_ce_backward_row_base;
+    const float *lsep = nc_f32p(lse);
+    float *g = nc_f32p(glogits);
+    double scale = gloss / (double)count, ls = label_smoothing, z = z_loss;
+    int need_buf = logits->strides[1] != 1 && V > 1;
+    int oom = 0;
+#pragma omp parallel if (N * V >= NC_PAR_MIN && N > 1) num_threads(nc_threads())
+    {
+        float *buf = need_buf ? nc_host_alloc(V * (int64_t)sizeof(float)) : NULL;
+        if (need_buf && !buf) {
+#pragma omp atomic write
+            oom = 1;
+        } else {
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < N; r++) {
+                int64_t t = target_at(targets, r);
+                if (t == ignore_index) continue;
+                const float *x = logit_row(logits, r, buf);
+                float l = lsep[r];
+                float a = (float)(scale * (1.0 + 2.0 * z * l));
+                float c = (float)(scale * ls / (double)V);
+                rowfn(g + r * V, x, V, l, a, c);
+                g[r * V + t] -= (float)(scale * (1.0 - ls));
+            }
+        }
+        nc_host_free(buf, V * (int64_t)sizeof(float));
+    }
+    if (oom) return nc_fail(NC_ERR_OOM, "%s: out of memory", op);
+    return NC_OK;
+}
+#endif

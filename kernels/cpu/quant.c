@@ -1,0 +1,130 @@
+/* kernels/cpu/quant.c — BitNet b1.58 fake quantizers (algorithms.md §1.1, §1.2).
+ *
+ * Promise: weight: gamma = max(mean|w|, eps) per group of group_size consecutive elements in
+ * logical order (0 = whole tensor), out = gamma * clamp(round(w / gamma), -1, 1); activation:
+ * per row s = 127 / max(max|x_row|, eps), out = clamp(round(x s), -128, 127) / s. Rounding is
+ * half to even (nearbyintf under the default FE_TONEAREST mode), as in PyTorch. Sums run in
+ * double over fixed chunks combined in a fixed order, so results do not depend on threads.
+ * The straight-through backward is the identity and lives in Lua.
+ */
+#include "nn_common.h"
+
+#define QCHUNK 65536   /* elements per partial sum of a per-tensor absmean */
+
+static inline float w_at(const nc_tensor *w, const float *p, int contig, int64_t i) {
+    return contig ? p[i] : p[nc_offset_of(w, i)];
+}
+
+nc_status nc_quant_weight_absmean(nc_tensor *out, nc_tensor *scale, const nc_tensor *w, int64_t group_size, double eps) {
+    static const char *op = "quant_weight_absmean";
+    NC_TRY(nc_check_f32_cpu(op, "w", w));
+    NC_TRY(nc_check_f32_cpu(op, "out", out));
+    NC_TRY(nc_check_contiguous(op, "out", out));
+    NC_TRY(nc_check_same_shape(op, "out", out, "w", w));
+    int64_t n = nc_tensor_numel(w);
+    if (group_size < 0) return nc_fail(NC_ERR_ARG, "%s: expected group_size >= 0, got %lld", op, (long long)group_size);
+    int64_t gs = group_size == 0 ? n : group_size;
+    if (gs > 0 && n % gs) {
+        char b[NC_DESC_LEN];
+        return nc_fail(NC_ERR_SHAPE, "%s: group_size %lld does not divide the %lld elements of w %s", op,
+                       (long long)group_size, (long long)n, nc_describe(w, b, sizeof b));
+    }
+    int64_t ngroups = gs > 0 ? n / gs : 0;
+    if (group_size == 0) ngroups = 1;
+    if (scale) {
+        NC_TRY(nc_check_f32_cpu(op, "scale", scale));
+        NC_TRY(nc_check_contiguous(op, "scale", scale));
+        if (nc_tensor_numel(scale) != ngroups) {
+            char b[NC_DESC_LEN];
+            return nc_fail(NC_ERR_SHAPE, "%s: expected scale with %lld elements (one per group), got %s", op,
+                           (long long)ngroups, nc_describe(scale, b, sizeof b));
+        }
+    }
+    if (n == 0) {
+        if (scale && ngroups) *nc_f32p(scale) = (float)eps;
+        return NC_OK;
+    }
+    const float *wp = nc_f32p(w);
+    int contig = nc_tensor_is_contiguous(w);
+    float *o = nc_f32p(out), *sc = scale ? nc_f32p(scale) : NULL;
+    int par = n >= NC_PAR_MIN;
+    if (group_size == 0) {
+        int64_t nch = (n + QCHUNK - 1) / QCHUNK;
+        double *part = nc_host_alloc(nch * (int64_t)sizeof(double));
+        if (!part) return NC_ERR_OOM;
+#pragma omp parallel for schedule(static) if (par && nch > 1) num_threads(nc_threads())
+        for (int64_t c = 0; c < nch; c++) {
+            int64_t i0 = c * QCHUNK, i1 = i0 + QCHUNK < n ? i0 + QCHUNK : n;
+            double s = 0.0;
+            for (int64_t i = i0; i < i1; i++) s += fabsf(w_at(w, wp, contig, i));
+            part[c] = s;
+        }
+        double tot = 0.0;
+        for (int64_t c = 0; c < nch; c++) tot += part[c];
+        nc_host_free(part, nch * (int64_t)sizeof(double));
+        double g = tot / (double)n;
+        float gamma = (float)(g > eps ? g : eps);
+        if (sc) sc[0] = gamma;
+#pragma omp parallel for schedule(static) if (par) num_threads(nc_threads())
+        for (int64_t i = 0; i < n; i++) {
+            float q = nearbyintf(w_at(w, wp, contig, i) / gamma);
+            q = q > 1.0f ? 1.0f : (q < -1.0f ? -1.0f : q);
+            o[i] = gamma * q;
+        }
+        return NC_OK;
+    }
+#pragma omp parallel for schedule(static) if (par && ngroups > 1) num_threads(nc_threads())
+    for (int64_t gi = 0; gi < ngroups; gi++) {
+        int64_t i0 = gi * gs, i1 = i0 + gs;
+        double s = 0.0;
+        for (int64_t i = i0; i < i1; i++) s += fabsf(w_at(w, wp, contig, i));
+        double g = s / (double)gs;
+        float gamma = (float)(g > eps ? g : eps);
+        if (sc) sc[gi] = gamma;
+        for (int64_t i = i0; i < i1; i++) {
+            float q = nearbyintf(w_at(w, wp, contig, i) / gamma);
+            q = q > 1.0f ? 1.0f : (q < -1.0f ? -1.0f : q);
+            o[i] = gamma * q;
+        }
+    }
+    return NC_OK;
+}
+
+nc_status nc_quant_act_absmax(nc_tensor *out, nc_tensor *scale, const nc_tensor *x, double eps) {
+    static const char *op = "quant_act_absmax";
+    NC_TRY(nc_check_f32_cpu(op, "x", x));
+    if (x->ndim < 1) return nc_fail(NC_ERR_SHAPE, "%s: expected x (N, D) with at least 1 dim, got a scalar", op);
+    NC_TRY(nc_check_f32_cpu(op, "out", out));
+    NC_TRY(nc_check_contiguous(op, "out", out));
+    NC_TRY(nc_check_same_shape(op, "out", out, "x", x));
+    int64_t rows = nc_rows_of(x), D = nc_last_dim(x), xs = nc_last_stride(x);
+    if (scale) {
+        NC_TRY(nc_check_f32_cpu(op, "scale", scale));
+        NC_TRY(nc_check_contiguous(op, "scale", scale));
+        if (nc_tensor_numel(scale) != rows) {
+            char b[NC_DESC_LEN];
+            return nc_fail(NC_ERR_SHAPE, "%s: expected scale with %lld elements (one per row), got %s", op,
+                           (long long)rows, nc_describe(scale, b, sizeof b));
+        }
+    }
+    float *o = nc_f32p(out), *sc = scale ? nc_f32p(scale) : NULL;
+    float feps = (float)eps;
+#pragma omp parallel for schedule(static) if (rows * D >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = nc_f32p(x) + nc_row_offset(x, r);
+        float m = 0.0f;
+        for (int64_t j = 0; j < D; j++) {
+            float a = fabsf(xr[j * xs]);
+            m = a > m ? a : m;
+        }
+        float s = 127.0f / (m > feps ? m : feps);
+        if (sc) sc[r] = s;
+        float *orow = o + r * D;
+        for (int64_t j = 0; j < D; j++) {
+            float q = nearbyintf(xr[j * xs] * s);
+            q = q > 127.0f ? 127.0f : (q < -128.0f ? -128.0f : q);
+            orow[j] = q / s;
+        }
+    }
+    return NC_OK;
+}

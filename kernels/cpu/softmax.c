@@ -1,0 +1,136 @@
+/* kernels/cpu/softmax.c — softmax / log-softmax over the last dim, and their backward.
+ *
+ * Promise: rows are max-subtracted before exp (no overflow for any finite input); sums are
+ * accumulated in f32 lanes of a fixed order, so results do not depend on the thread count.
+ * This file is compiled twice: as itself (portable baseline, the reference) and from
+ * softmax_avx2.c with AVX2/FMA enabled; nc_cpu_avx2() picks one at run time.
+ */
+#include "nn_common.h"
+
+#ifndef NC_KSUFFIX
+#define NC_KSUFFIX _base
+#define NC_KPRIMARY 1
+#endif
+#define NC_CAT2(a, b) a##b
+#define NC_CAT(a, b) NC_CAT2(a, b)
+#define KFN(name) NC_CAT(name, NC_KSUFFIX)
+
+/* y (n) = softmax or log-softmax of x (n); contiguous rows */
+void KFN(nc_k_softmax_row)(float *y, const float *x, int64_t n, int log) {
+    float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 0; j < n; j++) m = x[j] > m ? x[j] : m;
+    if (m == -INFINITY) m = 0.0f;   /* all -inf row: avoid -inf - -inf; the result is NaN like torch */
+    float s = 0.0f;
+    if (log) {
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < n; j++) s += nc_expf_fast(x[j] - m);
+        float lse = m + logf(s);
+#pragma omp simd
+        for (int64_t j = 0; j < n; j++) y[j] = x[j] - lse;
+    } else {
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < n; j++) {
+            float e = nc_expf_fast(x[j] - m);
+            y[j] = e;
+            s += e;
+        }
+        float inv = 1.0f / s;
+#pragma omp simd
+        for (int64_t j = 0; j < n; j++) y[j] *= inv;
+    }
+}
+
+/* ga (n) += backward of softmax (y = out) or log-softmax; contiguous rows */
+void KFN(nc_k_softmax_backward_row)(float *ga, const float *y, const float *g, int64_t n, int log) {
+    float s = 0.0f;
+    if (log) {
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < n; j++) s += g[j];
+#pragma omp simd
+        for (int64_t j = 0; j < n; j++) ga[j] += g[j] - nc_expf_fast(y[j]) * s;
+    } else {
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < n; j++) s += g[j] * y[j];
+#pragma omp simd
+        for (int64_t j = 0; j < n; j++) ga[j] += y[j] * (g[j] - s);
+    }
+}
+
+#ifdef NC_KPRIMARY
+void nc_k_softmax_row_avx2(float *y, const float *x, int64_t n, int log);
+void nc_k_softmax_backward_row_avx2(float *ga, const float *y, const float *g, int64_t n, int log);
+
+/* Pointer to row r of t as a contiguous float row: t's own memory when its last dim has unit
+ * stride, else a gather into buf. */
+static const float *row_in(const nc_tensor *t, int64_t r, float *buf) {
+    const float *p = nc_f32p(t) + nc_row_offset(t, r);
+    int64_t n = nc_last_dim(t), st = nc_last_stride(t);
+    if (st == 1) return p;
+    for (int64_t j = 0; j < n; j++) buf[j] = p[j * st];
+    return buf;
+}
+
+nc_status nc_softmax(nc_tensor *out, const nc_tensor *a, int32_t log) {
+    static const char *op = "softmax";
+    NC_TRY(nc_check_f32_cpu(op, "a", a));
+    NC_TRY(nc_check_f32_cpu(op, "out", out));
+    NC_TRY(nc_check_contiguous(op, "out", out));
+    NC_TRY(nc_check_same_shape(op, "out", out, "a", a));
+    if (a->ndim < 1) return nc_fail(NC_ERR_SHAPE, "%s: expected a tensor with at least 1 dim, got a scalar", op);
+    int64_t rows = nc_rows_of(a), n = nc_last_dim(a);
+    if (rows == 0 || n == 0) return NC_OK;
+    void (*row)(float *, const float *, int64_t, int) = nc_cpu_avx2() ? nc_k_softmax_row_avx2 : nc_k_softmax_row_base;
+    float *y = nc_f32p(out);
+    int need_buf = nc_last_stride(a) != 1;
+    int oom = 0;
+#pragma omp parallel if (rows * n >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
+    {
+        float *buf = need_buf ? nc_host_alloc(n * (int64_t)sizeof(float)) : NULL;
+        if (need_buf && !buf) {
+#pragma omp atomic write
+            oom = 1;
+        } else {
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < rows; r++) row(y + r * n, row_in(a, r, buf), n, log);
+        }
+        nc_host_free(buf, n * (int64_t)sizeof(float));
+    }
+    if (oom) return nc_fail(NC_ERR_OOM, "%s: out of memory for a row buffer of %lld floats", op, (long long)n);
+    return NC_OK;
+}
+
+nc_status nc_softmax_backward(nc_tensor *ga, const nc_tensor *out, const nc_tensor *gout, int32_t log) {
+    static const char *op = "softmax_backward";
+    if (!ga) return NC_OK;
+    NC_TRY(nc_check_f32_cpu(op, "ga", ga));
+    NC_TRY(nc_check_f32_cpu(op, "out", out));
+    NC_TRY(nc_check_f32_cpu(op, "gout", gout));
+    NC_TRY(nc_check_contiguous(op, "ga", ga));
+    NC_TRY(nc_check_same_shape(op, "ga", ga, "out", out));
+    NC_TRY(nc_check_same_shape(op, "gout", gout, "out", out));
+    if (out->ndim < 1) return nc_fail(NC_ERR_SHAPE, "%s: expected a tensor with at least 1 dim, got a scalar", op);
+    int64_t rows = nc_rows_of(out), n = nc_last_dim(out);
+    if (rows == 0 || n == 0) return NC_OK;
+    void (*row)(float *, const float *, const float *, int64_t, int) =
+        nc_cpu_avx2() ? nc_k_softmax_backward_row_avx2 : nc_k_softmax_backward_row_base;
+    float *g = nc_f32p(ga);
+    int need_buf = nc_last_stride(out) != 1 || nc_last_stride(gout) != 1;
+    int oom = 0;
+#pragma omp parallel if (rows * n >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
+    {
+        float *buf = need_buf ? nc_host_alloc(2 * n * (int64_t)sizeof(float)) : NULL;
+        if (need_buf && !buf) {
+#pragma omp atomic write
+            oom = 1;
+        } else {
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < rows; r++)
+                row(g + r * n, row_in(out, r, buf), row_in(gout, r, buf ? buf + n : NULL), n, log);
+        }
+        nc_host_free(buf, 2 * n * (int64_t)sizeof(float));
+    }
+    if (oom) return nc_fail(NC_ERR_OOM, "%s: out of memory for a row buffer of %lld floats", op, (long long)n);
+    return NC_OK;
+}
+#endif

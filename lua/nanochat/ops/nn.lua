@@ -1,0 +1,298 @@
+-- lua/nanochat/ops/nn.lua — neural-net ops with autograd: matmul, linear, softmax, log_softmax,
+-- cross_entropy, rmsnorm, rope, attention and the BitNet fake quantizers.
+--
+-- Promise: each op allocates its (contiguous) outputs, calls one C kernel (shapes and dtypes are
+-- checked there, so error messages name the op and both shapes), and records one autograd node
+-- whose closure accumulates (+=) into the inputs' gradients with the C backward kernels.
+-- Matmul-shaped gradients are sgemm calls with beta = 1; when a 2-D weight is shared across a
+-- batch its gradient is ONE gemm over the flattened (rows, features) views.
+local core = require 'nanochat.core'
+local Tensor = require 'nanochat.tensor'
+local ag = require 'nanochat.autograd'
+local ffi, C = core.ffi, core.C
+local check = core.check
+
+local M = {}
+
+local function shape_str(t)
+    return '(' .. table.concat(t:shape(), ', ') .. ')'
+end
+
+local function cptr(t) return t and t._c or nil end
+
+-- (rows, last) view of t without autograd (a contiguous copy when the strides do not allow)
+local function rows2d(t)
+    local n = t:size(-1)
+    local p = C.nc_tensor_view_reshape(t._c, 2, ffi.new('int64_t[2]', -1, n))
+    if p == nil then
+        C.nc_clear_error()
+        local c = Tensor.wrap(C.nc_tensor_new_clone(t._c), 'reshape')
+        p = C.nc_tensor_view_reshape(c._c, 2, ffi.new('int64_t[2]', -1, n))
+    end
+    return Tensor.wrap(p, 'reshape')
+end
+
+local function empty_like_shape(shape, like)
+    return Tensor.empty(shape, 'f32', like:device())
+end
+
+-- ---- matmul / linear -------------------------------------------------------------------------
+-- broadcast the batch dims of a (..., M, K) and b (..., K, N) (b is batched here)
+local function broadcast_batch(a, b)
+    local sa, sb = a:shape(), b:shape()
+    local na, nb = #sa - 2, #sb - 2
+    local n = math.max(na, nb)
+    local batch = {}
+    for i = 1, n do
+        local da = sa[na - n + i] or 1
+        local db = sb[nb - n + i] or 1
+        if da ~= db and da ~= 1 and db ~= 1 then
+            error(string.format('matmul: batch dims of a %s and b %s do not broadcast', shape_str(a), shape_str(b)), 3)
+        end
+        batch[i] = da == 1 and db or da
+    end
+    local function expand_to(t, s)
+        local nb_t = #s - 2
+        local same = nb_t == n
+        if same then for i = 1, n do if s[i] ~= batch[i] then same = false end end end
+        if same then return t end
+        local full = {}
+        for i = 1, n do full[i] = batch[i] end
+        full[n + 1], full[n + 2] = s[#s - 1], s[#s]
+        while t:dim() < #full do t = t:unsqueeze(0) end
+        return t:expand(full)
+    end
+    return expand_to(a, sa), expand_to(b, sb)
+end
+
+-- a @ b: a (..., M, K), b (..., K, N) or (K, N) (shared across a's batch). Transposed views
+-- (e.g. w:t()) reach sgemm as a transpose flag, never as a copy.
+function M.matmul(a, b)
+    if not (Tensor.is(a) and Tensor.is(b)) then error('matmul: expected two tensors', 2) end
+    if a:dim() < 2 or b:dim() < 2 then
+        error(string.format('matmul: expected tensors with at least 2 dims, got a %s and b %s', shape_str(a), shape_str(b)), 2)
+    end
+    if b:dim() > 2 then a, b = broadcast_batch(a, b) end
+    local sa = a:shape()
+    local oshape = {}
+    for i = 1, #sa - 1 do oshape[i] = sa[i] end
+    oshape[#sa] = b:size(-1)
+    local out = empty_like_shape(oshape, a)
+    check(C.nc_matmul(out._c, a._c, b._c, 0, 0, 1, 0), 'matmul')
+    if ag.needs(a, b) then
+        ag.record(out, { a, b }, function(g)
+            local ga = ag.grad_of(a)
+            if ga then check(C.nc_matmul(ga._c, g._c, b._c, 0, 1, 1, 1), 'matmul backward') end
+            local gb = ag.grad_of(b)
+            if gb then
+                if b:dim() == 2 and a:dim() > 2 then
+                    -- shared weight: ONE gemm over all rows, gb (K, N) += a2^T g2
+                    check(C.nc_matmul(gb._c, rows2d(a)._c, rows2d(g)._c, 1, 0, 1, 1), 'matmul backward')
+                else
+                    check(C.nc_matmul(gb._c, a._c, g._c, 1, 0, 1, 1), 'matmul backward')
+                end
+            end
+        end)
+    end
+    return out
+end
+
+-- y = x W^T (+ bias): x (..., in), w (out, in), bias (out) or nil. One sgemm over all rows.
+function M.linear(x, w, bias)
+    if not (Tensor.is(x) and Tensor.is(w)) then error('linear: expected tensors x and w', 2) end
+    if w:dim() ~= 2 then error('linear: expected w (out, in), got ' .. shape_str(w), 2) end
+    if x:dim() == 1 then return M.linear(x:unsqueeze(0), w, bias):squeeze(0) end
+    if x:dim() < 1 then error('linear: expected x (..., in), got a scalar', 2) end
+    local sx = x:shape()
+    local oshape = {}
+    for i = 1, #sx - 1 do oshape[i] = sx[i] end
+    oshape[#sx] = w:size(0)
+    local out = empty_like_shape(oshape, x)
+    check(C.nc_matmul(out._c, x._c, w._c, 0, 1, 1, 0), 'linear')
+    if bias then
+        if bias:dim() ~= 1 or bias:size(0) ~= w:size(0) then
+            error(string.format('linear: expected bias (%d) for w %s, got %s', w:size(0), shape_str(w), shape_str(bias)), 2)
+        end
+        check(C.nc_add_scaled(out._c, bias._c, 1), 'linear')
+    end
+    if ag.needs(x, w, bias) then
+        ag.record(out, { x, w, bias }, function(g)
+            local gx = ag.grad_of(x)
+            if gx then check(C.nc_matmul(gx._c, g._c, w._c, 0, 0, 1, 1), 'linear backward') end
+            local gw = ag.grad_of(w)
+            if gw then check(C.nc_matmul(gw._c, rows2d(g)._c, rows2d(x)._c, 1, 0, 1, 1), 'linear backward') end
+            local gbias = bias and ag.grad_of(bias)
+            if gbias then check(C.nc_sum_to(gbias._c, g._c, 1), 'linear backward') end
+        end)
+    end
+    return out
+end
+
+-- ---- softmax ----------------------------------------------------------------------------------
+local function softmax_impl(x, dim, log, name)
+    if not Tensor.is(x) then error(name .. ': expected a tensor', 3) end
+    local nd = x:dim()
+    if nd == 0 then error(name .. ': expected a tensor with at least 1 dim, got a scalar', 3) end
+    dim = dim or -1
+    local d = dim < 0 and dim + nd or dim
+    if d < 0 or d >= nd then error(string.format('%s: dim %d out of range for a tensor with %d dims', name, dim, nd), 3) end
+    if d ~= nd - 1 then
+        return softmax_impl(x:transpose(d, nd - 1), -1, log, name):transpose(d, nd - 1)
+    end
+    local out = empty_like_shape(x:shape(), x)
+    local flag = log and 1 or 0
+    check(C.nc_softmax(out._c, x._c, flag), name)
+    if ag.needs(x) then
+        ag.record(out, { x }, function(g)
+            local gx = ag.grad_of(x)
+            if gx then check(C.nc_softmax_backward(gx._c, out._c, g._c, flag), name .. ' backward') end
+        end)
+    end
+    return out
+end
+
+function M.softmax(x, dim) return softmax_impl(x, dim, false, 'softmax') end
+function M.log_softmax(x, dim) return softmax_impl(x, dim, true, 'log_softmax') end
+
+-- ---- cross-entropy ---------------------------------------------------------------------------
+-- logits (..., V) -> (N, V); targets (...) i32/i64 -> (N). opts: ignore_index (-1),
+-- label_smoothing (0), z_loss (0). Returns the scalar mean loss over non-ignored targets.
+function M.cross_entropy(logits, targets, opts)
+    opts = opts or {}
+    if not (Tensor.is(logits) and Tensor.is(targets)) then error('cross_entropy: expected tensors logits and targets', 2) end
+    if logits:dim() < 1 then error('cross_entropy: expected logits (..., V), got a scalar', 2) end
+    local ii = opts.ignore_index or -1
+    local ls = opts.label_smoothing or 0
+    local z = opts.z_loss or 0
+    if ls < 0 or ls > 1 then error('cross_entropy: label_smoothing must be in [0, 1], got ' .. tostring(ls), 2) end
+    local V = logits:size(-1)
+    local l2 = logits:dim() == 2 and logits or logits:reshape { -1, V }
+    local t2 = targets:dim() == 1 and targets or targets:reshape { -1 }
+    local N = l2:size(0)
+    local loss = Tensor.empty({}, 'f32', logits:device())
+    local lse = Tensor.empty({ N }, 'f32', logits:device())
+    check(C.nc_cross_entropy(loss._c, lse._c, l2._c, t2._c, ii, ls, z), 'cross_entropy')
+    if ag.needs(l2) then
+        ag.record(loss, { l2 }, function(g)
+            local gl = ag.grad_of(l2)
+            if gl then
+                check(C.nc_cross_entropy_backward(gl._c, lse._c, l2._c, t2._c, g:item(), ii, ls, z),
+                    'cross_entropy backward')
+            end
+        end)
+    end
+    return loss
+end
+
+-- ---- RMSNorm ------------------------------------------------------------------------------------
+-- y = x / sqrt(mean(x^2, -1) + eps) (* weight); weight (D) or nil; eps default 1e-6
+function M.rmsnorm(x, weight, eps)
+    if not Tensor.is(x) then error('rmsnorm: expected a tensor', 2) end
+    if type(weight) == 'number' then weight, eps = nil, weight end
+    eps = eps or 1e-6
+    if x:dim() < 1 then error('rmsnorm: expected x (..., D), got a scalar', 2) end
+    local rows = x:numel() / math.max(x:size(-1), 1)
+    if x:size(-1) == 0 then rows = 0 end
+    local out = empty_like_shape(x:shape(), x)
+    local rstd = Tensor.empty({ rows }, 'f32', x:device())
+    check(C.nc_rmsnorm(out._c, rstd._c, x._c, cptr(weight), eps), 'rmsnorm')
+    if ag.needs(x, weight) then
+        ag.record(out, { x, weight }, function(g)
+            local gx, gw = ag.grad_of(x), weight and ag.grad_of(weight)
+            check(C.nc_rmsnorm_backward(cptr(gx), cptr(gw), x._c, cptr(weight), rstd._c, g._c), 'rmsnorm backward')
+        end)
+    end
+    return out
+end
+
+-- ---- RoPE ---------------------------------------------------------------------------------------
+-- cos, sin (T, D/2) for positions pos0 .. pos0+T-1; opts: pos0 (0), base (10000)
+function M.rope_tables(T, D, opts)
+    opts = opts or {}
+    if type(T) ~= 'number' or type(D) ~= 'number' or D % 2 ~= 0 then
+        error('rope_tables: expected (T, D) with an even head dim D, got (' .. tostring(T) .. ', ' .. tostring(D) .. ')', 2)
+    end
+    local cos = Tensor.empty({ T, D / 2 }, 'f32', 'cpu')
+    local sin = Tensor.empty({ T, D / 2 }, 'f32', 'cpu')
+    check(C.nc_rope_tables(cos._c, sin._c, opts.pos0 or 0, opts.base or 10000), 'rope_tables')
+    if opts.device and opts.device ~= 'cpu' then cos, sin = cos:to(opts.device), sin:to(opts.device) end
+    return cos, sin
+end
+
+-- x (B, T, H, D) rotated with the half-split pairing; cos, sin (T, D/2) carry no gradient
+function M.rope(x, cos, sin)
+    if not (Tensor.is(x) and Tensor.is(cos) and Tensor.is(sin)) then error('rope: expected tensors x, cos, sin', 2) end
+    local out = empty_like_shape(x:shape(), x)
+    check(C.nc_rope(out._c, x._c, cos._c, sin._c), 'rope')
+    if ag.needs(x) then
+        ag.record(out, { x }, function(g)
+            local gx = ag.grad_of(x)
+            if gx then check(C.nc_rope_backward(gx._c, g._c, cos._c, sin._c), 'rope backward') end
+        end)
+    end
+    return out
+end
+
+-- ---- attention ----------------------------------------------------------------------------------
+-- q (B, T, H, D), k, v (B, S, Hkv, D) -> (B, T, H, D). opts: causal (true), scale (1/sqrt(D)).
+-- Memory-efficient: saves only lse (B, H, T) for backward.
+function M.attention(q, k, v, opts)
+    opts = opts or {}
+    if not (Tensor.is(q) and Tensor.is(k) and Tensor.is(v)) then error('attention: expected tensors q, k, v', 2) end
+    if q:dim() ~= 4 then error('attention: expected q (B, T, H, D), got ' .. shape_str(q), 2) end
+    local causal = opts.causal
+    if causal == nil then causal = true end
+    local cflag = causal and 1 or 0
+    local scale = opts.scale or 1 / math.sqrt(q:size(3))
+    local out = empty_like_shape(q:shape(), q)
+    local lse = Tensor.empty({ q:size(0), q:size(2), q:size(1) }, 'f32', q:device())
+    check(C.nc_attention(out._c, lse._c, q._c, k._c, v._c, cflag, scale), 'attention')
+    if ag.needs(q, k, v) then
+        ag.record(out, { q, k, v }, function(g)
+            local gq, gk, gv = ag.grad_of(q), ag.grad_of(k), ag.grad_of(v)
+            check(C.nc_attention_backward(cptr(gq), cptr(gk), cptr(gv), out._c, lse._c, q._c, k._c, v._c, g._c,
+                cflag, scale), 'attention backward')
+        end)
+    end
+    return out, lse
+end
+
+-- ---- BitNet fake quantizers (straight-through backward) ------------------------------------------
+local function ste(out, x)
+    if ag.needs(x) then
+        ag.record(out, { x }, function(g)
+            local gx = ag.grad_of(x)
+            if gx then gx:add_scaled_(g, 1) end
+        end)
+    end
+    return out
+end
+
+-- gamma * clamp(round(w / gamma), -1, 1); opts: group_size (0 = per tensor), eps (1e-5).
+-- Returns the fake-quantized tensor and the scales (one gamma per group).
+function M.quant_weight(w, opts)
+    opts = opts or {}
+    if not Tensor.is(w) then error('quant_weight: expected a tensor', 2) end
+    local gs = opts.group_size or 0
+    local n = w:numel()
+    local ng = gs == 0 and 1 or math.floor(n / gs)
+    local out = empty_like_shape(w:shape(), w)
+    local scale = Tensor.empty({ ng }, 'f32', w:device())
+    check(C.nc_quant_weight_absmean(out._c, scale._c, w._c, gs, opts.eps or 1e-5), 'quant_weight')
+    return ste(out, w), scale
+end
+
+-- per row (last dim): s = 127 / max|x_row|, clamp(round(x s), -128, 127) / s; opts: eps (1e-5).
+-- Returns the fake-quantized tensor and the per-row scales s (rows).
+function M.quant_act(x, opts)
+    opts = opts or {}
+    if not Tensor.is(x) then error('quant_act: expected a tensor', 2) end
+    if x:dim() < 1 then error('quant_act: expected x (..., D), got a scalar', 2) end
+    local rows = x:size(-1) == 0 and 0 or x:numel() / x:size(-1)
+    local out = empty_like_shape(x:shape(), x)
+    local scale = Tensor.empty({ rows }, 'f32', x:device())
+    check(C.nc_quant_act_absmax(out._c, scale._c, x._c, opts.eps or 1e-5), 'quant_act')
+    return ste(out, x), scale
+end
+
+return M
