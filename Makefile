@@ -68,7 +68,7 @@ build/%.o: %.c | deps
 
 lib/libnanochat.so: $(LIB_OBJ)
 	@mkdir -p lib
-	$(CC) -shared -fopenmp -o $@ $^ $(LDLIBS)
+	$(CC) -shared -fopenmp -Wl,-z,nodelete -o $@ $^ $(LDLIBS)
 
 # ---- launcher ----------------------------------------------------------------------------
 nanochat: core/launcher.c | deps
@@ -82,7 +82,7 @@ build/kernels/cuda/%.o: kernels/cuda/%.cu core/backend.h core/nanochat.h
 
 lib/libnanochat_cuda.so: $(CUDA_OBJ)
 	@mkdir -p lib
-	$(NVCC) -shared -o $@ $^ -L$(CUDA_HOME)/lib64 -lcublas -lcudart
+	$(NVCC) -shared -o $@ $^ -L$(CUDA_HOME)/lib64 -Xlinker -rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart
 
 # ---- tests -------------------------------------------------------------------------------
 build/spec/%: spec/c/%.c lib/libnanochat.so
@@ -100,7 +100,8 @@ install: all
 	install -m 755 nanochat $(PREFIX)/bin/nanochat
 	install -m 644 lib/*.so $(PREFIX)/lib/nanochat/
 	install -m 644 core/nanochat.h $(PREFIX)/share/nanochat/include/nanochat.h
-	cp -r lua recipes configs tools $(PREFIX)/share/nanochat/
+	cp -r lua recipes tools $(PREFIX)/share/nanochat/
+	if [ -d configs ]; then cp -r configs $(PREFIX)/share/nanochat/; fi
 
 clean:
 	rm -rf build lib nanochat

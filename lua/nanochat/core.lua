@@ -55,6 +55,25 @@ function M.ffi_region(path)
     return region
 end
 
+-- OpenBLAS 0.3.21 (Debian 12) does not recognise some newer CPUs and silently falls back to its
+-- slowest (Prescott) kernels, ~6x slower sgemm. It reads OPENBLAS_CORETYPE once, when loaded, so
+-- pick the best core type the CPU supports before ffi.load, unless the user has chosen one.
+ffi.cdef [[ int setenv(const char *name, const char *value, int overwrite); ]]
+function M.openblas_coretype(flags)
+    if flags:find('%savx512f%s') and flags:find('%savx512bw%s') then return 'SkylakeX' end
+    if flags:find('%savx2%s') and flags:find('%sfma%s') then return 'Haswell' end
+end
+if not os.getenv('OPENBLAS_CORETYPE') then
+    local f = io.open('/proc/cpuinfo', 'rb')
+    if f then
+        local line = ''
+        for l in f:lines() do if l:match('^flags') then line = l .. ' ' break end end
+        f:close()
+        local core = M.openblas_coretype(line)
+        if core then ffi.C.setenv('OPENBLAS_CORETYPE', core, 0) end
+    end
+end
+
 ffi.cdef(M.ffi_region())
 local C = ffi.load(M.lib_path)
 M.C = C

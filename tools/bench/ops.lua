@@ -1,0 +1,430 @@
+-- tools/bench/ops.lua — are the ops as fast as the hardware allows?
+--
+-- Measures, in one run and against baselines measured in the same run:
+--   1. GEMM: raw OpenBLAS cblas_sgemm called through the FFI on plain aligned float buffers vs
+--      our nc.linear / nc.matmul through the whole Lua + FFI + C path (and the bare C nc_matmul
+--      call the autograd backward makes, beta = 1), for a linear layer x (512, 512), W (2048, 512)
+--      forward, its two backward GEMMs, one real autograd forward+backward, and a 1024^3 matmul.
+--   2. Streaming kernels on tensors larger than the L3 the design assumes (16M floats = 64 MiB
+--      each): add, mul, relu, silu, gelu, scale, rmsnorm, softmax — GB/s counting bytes read +
+--      written, through the Lua op and as a bare C kernel call into a preallocated output, vs
+--      copy baselines: libc memcpy (1 thread), nc copy_ (contiguous -> memcpy; and a row-strided
+--      source that takes the OpenMP path), OpenBLAS saxpy (threaded, y += a x).
+--   3. FFI overhead: µs per call of nc.add on 4-element tensors, of the bare C nc_binary call on
+--      preallocated 4-element tensors, and of a trivial C function (nc_tensor_numel).
+-- Every number is the median of `reps` samples after warmup (wall clock, CLOCK_MONOTONIC).
+-- Prints readable tables and, as the LAST line, one JSON object.
+--
+-- Usage: ./nanochat tools/bench/ops.lua [reps=7] [threads=N] [quick=1] [mb=64]
+--    or: LUA_PATH='lua/?.lua;lua/?/init.lua;;' luajit tools/bench/ops.lua ...
+if not package.path:find('lua/?/init.lua', 1, true) then
+    package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
+end
+
+local ffi = require 'ffi'
+local here = (debug.getinfo(1, 'S').source:match('^@(.*/)') or './')
+local L = dofile(here .. 'lib.lua')
+local args = L.parse_args()
+-- blas_core=SkylakeX: force OpenBLAS's kernel family (OPENBLAS_CORETYPE) before it loads, to see
+-- what a correctly detected CPU would give
+if args.blas_core then
+    pcall(ffi.cdef, 'int setenv(const char *name, const char *value, int overwrite);')
+    ffi.C.setenv('OPENBLAS_CORETYPE', tostring(args.blas_core), 1)
+end
+local nc = require 'nanochat'
+local core = require 'nanochat.core'
+local C = core.C
+
+local function main()
+    local quick = args.quick == 1 or args.quick == true or args.quick == 'true'
+    local reps = tonumber(args.reps) or (quick and 3 or 7)
+    local warmup = tonumber(args.warmup) or (quick and 1 or 2)
+    local threads = tonumber(args.threads) or L.ncpus()
+    local stream_mb = tonumber(args.mb) or (quick and 16 or 64)
+    local target_s = quick and 0.01 or 0.05      -- each timed sample lasts at least this long
+    nc.set_num_threads(threads)
+    threads = nc.get_num_threads()
+
+    local notes = {}
+    local function note(s) notes[#notes + 1] = s end
+
+    -- does symbol `name` exist in the library (ops may not have landed yet)
+    local function has_sym(name)
+        return (pcall(function() return C[name] end))
+    end
+
+    -- ---- raw buffers for the baselines -----------------------------------------------------------
+    pcall(ffi.cdef, 'int posix_memalign(void **memptr, size_t alignment, size_t size);')
+    pcall(ffi.cdef, 'void free(void *ptr);')
+    local function aligned_floats(n)
+        local pp = ffi.new('void *[1]')
+        assert(ffi.C.posix_memalign(pp, 64, n * 4) == 0, 'posix_memalign failed')
+        return ffi.gc(ffi.cast('float *', pp[0]), ffi.C.free)
+    end
+    local function fdata(t) return ffi.cast('float *', C.nc_tensor_data(t._c)) end
+    -- a plain aligned float copy of a contiguous f32 tensor
+    local function raw_copy_of(t)
+        local n = t:numel()
+        local p = aligned_floats(n)
+        ffi.C.memcpy(p, fdata(t), n * 4)
+        return p
+    end
+
+    -- =============================================================================================
+    -- 1. GEMM vs raw OpenBLAS sgemm
+    -- =============================================================================================
+    pcall(ffi.cdef, [[
+    void cblas_sgemm(int order, int transa, int transb, int m, int n, int k, float alpha,
+                     const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
+    ]])
+    pcall(ffi.cdef, 'void cblas_saxpy(int n, float alpha, const float *x, int incx, float *y, int incy);')
+    local ok_blas, blas = pcall(ffi.load, 'openblas')
+    if not ok_blas then ok_blas, blas = pcall(ffi.load, 'libopenblas.so.0') end
+    if not ok_blas then error('ops bench: cannot load OpenBLAS through the FFI: ' .. tostring(blas)) end
+    local RowMajor, NoTrans, Trans = 101, 111, 112
+    pcall(ffi.cdef, 'char *openblas_get_corename(void);')
+    local okc, blas_core = pcall(function() return ffi.string(blas.openblas_get_corename()) end)
+    blas_core = okc and blas_core or '?'
+    if blas_core == 'Prescott' or blas_core == 'Core2' or blas_core == 'Nehalem' or blas_core == 'Katmai' then
+        note(string.format('OpenBLAS runs its SSE-era "%s" kernels on this CPU (it does not recognise it); '
+            .. 'OPENBLAS_CORETYPE=SkylakeX (AVX-512) or Haswell (AVX2) set before the library loads '
+            .. 'is several times faster (try blas_core=SkylakeX)', blas_core))
+    end
+
+    nc.manual_seed(1234)
+    local M_, IN, OUT = 512, 512, 2048
+    local x = nc.randn { M_, IN }
+    local W = nc.randn({ OUT, IN }, { std = 0.05 })
+    local dy = nc.randn { M_, OUT }
+    local gx = nc.zeros { M_, IN }
+    local gw = nc.zeros { OUT, IN }
+    local SQ = 1024
+    local sa, sb = nc.randn { SQ, SQ }, nc.randn { SQ, SQ }
+
+    local rx, rW, rdy = raw_copy_of(x), raw_copy_of(W), raw_copy_of(dy)
+    local ry, rgx, rgw = aligned_floats(M_ * OUT), aligned_floats(M_ * IN), aligned_floats(OUT * IN)
+    ffi.fill(rgx, M_ * IN * 4); ffi.fill(rgw, OUT * IN * 4)
+    local rsa, rsb, rsc = raw_copy_of(sa), raw_copy_of(sb), aligned_floats(SQ * SQ)
+
+    local gemm_rows = {}
+    local function gemm_case(name, desc, flops, raw_fn, lua_fn, c_fn)
+        local fns = { raw_fn, lua_fn }
+        if c_fn then fns[3] = c_fn end
+        local res, ratio = L.compare(fns, { warmup = warmup, reps = reps, target = target_s })
+        local t_raw, t_lua, t_c = res[1].median, res[2].median, c_fn and res[3].median
+        local r = {
+            name = name, desc = desc,
+            raw_gflops = flops / t_raw / 1e9,
+            lua_gflops = flops / t_lua / 1e9,
+            c_gflops = t_c and flops / t_c / 1e9 or nil,
+            raw_ms = t_raw * 1e3, lua_ms = t_lua * 1e3, c_ms = t_c and t_c * 1e3 or nil,
+            ratio = ratio[2], c_ratio = c_fn and ratio[3] or nil,
+        }
+        gemm_rows[#gemm_rows + 1] = r
+        return r
+    end
+
+    local lin_flops = 2 * M_ * OUT * IN
+    local fwd_raw = function()
+        blas.cblas_sgemm(RowMajor, NoTrans, Trans, M_, OUT, IN, 1, rx, IN, rW, IN, 0, ry, OUT)
+    end
+    local dx_raw = function()
+        blas.cblas_sgemm(RowMajor, NoTrans, NoTrans, M_, IN, OUT, 1, rdy, OUT, rW, IN, 1, rgx, IN)
+    end
+    local dw_raw = function()
+        blas.cblas_sgemm(RowMajor, Trans, NoTrans, OUT, IN, M_, 1, rdy, OUT, rx, IN, 1, rgw, IN)
+    end
+
+    nc.no_grad(function()
+        gemm_case('linear_fwd', 'y = x W^T  x(512,512) W(2048,512)', lin_flops, fwd_raw,
+            function() return nc.linear(x, W) end,
+            function()
+                local y = nc.empty { M_, OUT }
+                core.check(C.nc_matmul(y._c, x._c, W._c, 0, 1, 1, 0), 'matmul')
+            end)
+        gemm_case('linear_bwd_dx', 'dX += dY W  (512,2048)x(2048,512)', lin_flops, dx_raw,
+            function() return nc.matmul(dy, W) end,
+            function() core.check(C.nc_matmul(gx._c, dy._c, W._c, 0, 0, 1, 1), 'matmul') end)
+        gemm_case('linear_bwd_dw', 'dW += dY^T X  (2048,512)x(512,512)', lin_flops, dw_raw,
+            function() return nc.matmul(dy:t(), x) end,
+            function() core.check(C.nc_matmul(gw._c, dy._c, x._c, 1, 0, 1, 1), 'matmul') end)
+        gemm_case('square_1024', 'C = A B  1024^3', 2 * SQ * SQ * SQ,
+            function() blas.cblas_sgemm(RowMajor, NoTrans, NoTrans, SQ, SQ, SQ, 1, rsa, SQ, rsb, SQ, 0, rsc, SQ) end,
+            function() return nc.matmul(sa, sb) end,
+            function()
+                local c = nc.empty { SQ, SQ }
+                core.check(C.nc_matmul(c._c, sa._c, sb._c, 0, 0, 1, 0), 'matmul')
+            end)
+    end)
+
+    -- one real autograd step of nc.linear: forward + backward (fresh leaf grads each time, as after
+    -- zero_grad), against the three raw sgemm calls it amounts to
+    do
+        local xg = x:clone():requires_grad_(true)
+        local Wg = W:clone():requires_grad_(true)
+        local ok, err = pcall(function()
+            gemm_case('linear_autograd', 'nc.linear fwd + loss:backward (3 GEMMs)', 3 * lin_flops,
+                function() fwd_raw(); dx_raw(); dw_raw() end,
+                function()
+                    xg.grad, Wg.grad = nil, nil
+                    local y = nc.linear(xg, Wg)
+                    nc.backward(y, dy)
+                end)
+        end)
+        if not ok then note('linear_autograd skipped: ' .. tostring(err)) end
+    end
+
+    print(string.format('nanochat ops benchmark: %d thread(s), cpu kernel %s, OpenBLAS core %s, reps %d (median), %s mode',
+        threads, nc.cpu_kernel(), blas_core, reps, quick and 'quick' or 'full'))
+    print('')
+    print('GEMM (GFLOP/s; ratio = ours / raw cblas_sgemm, target >= 0.90)')
+    do
+        local rows = {}
+        for _, r in ipairs(gemm_rows) do
+            rows[#rows + 1] = { r.name, r.raw_gflops, r.lua_gflops, r.ratio, r.c_gflops, r.c_ratio, r.desc }
+        end
+        L.print_table({ 'shape', 'raw sgemm', 'nc (Lua)', 'ratio', 'nc_matmul (C)', 'ratio C', 'what' }, rows,
+            { nil, '%.1f', '%.1f', '%.3f', '%.1f', '%.3f' })
+    end
+    print('  nc (Lua): nc.linear / nc.matmul (fresh output, beta 0; dW via a transposed view dY:t());')
+    print('  nc_matmul (C): the bare C call; for the bwd rows exactly the call autograd makes (beta 1 into a')
+    print('  preallocated gradient), for fwd/square into a fresh nc.empty output. Ratios are paired medians.')
+    print('')
+
+    -- =============================================================================================
+    -- 2. Streaming kernels vs copy baselines
+    -- =============================================================================================
+    local N = math.floor(stream_mb * 1024 * 1024 / 4)
+    local ROW = 1024
+    N = math.floor(N / ROW) * ROW
+    local ROWS = math.floor(N / ROW)
+    local MiB = N * 4 / (1024 * 1024)
+    local function gbps(bytes, t) return bytes / t / 1e9 end
+
+    local a = nc.rand({ ROWS, ROW }, { lo = -2, hi = 2 })
+    local b = nc.rand({ ROWS, ROW }, { lo = -2, hi = 2 })
+    local out = nc.empty { ROWS, ROW }
+    local rstd = nc.empty { ROWS }
+    local bytes1 = N * 4
+
+    -- baselines, timed interleaved; the best one is then re-timed paired with every kernel
+    local src_p, dst_p = fdata(a), fdata(out)
+    local wide = nc.rand { ROWS, ROW + 1 }
+    local strided = wide:narrow(1, 0, ROW)   -- rows of 1024 with stride 1025: nc copy's OpenMP loop
+    local yax = nc.zeros { ROWS, ROW }
+    local yax_p = fdata(yax)
+    local baselines = {
+        { name = 'memcpy', streams = 2, fn = function() ffi.C.memcpy(dst_p, src_p, bytes1) end,
+          what = 'libc memcpy via FFI, 1 thread (read + write)' },
+        { name = 'nc_copy', streams = 2, fn = function() out:copy_(a) end,
+          what = 'dst:copy_(src), contiguous: memcpy inside tensor.c (1 thread)' },
+        { name = 'nc_copy_omp', streams = 2, fn = function() out:copy_(strided) end,
+          what = 'dst:copy_(row-strided src): the OpenMP copy loop' },
+        { name = 'saxpy', streams = 3, fn = function() blas.cblas_saxpy(N, 1e-7, src_p, 1, yax_p, 1) end,
+          what = 'OpenBLAS cblas_saxpy y += a x, threaded; in place (no write-allocate), info only',
+          info_only = true },
+    }
+    local par_memcpy, why = L.par_memcpy()
+    if par_memcpy then
+        table.insert(baselines, 2, { name = 'par_memcpy', streams = 2,
+            fn = function() par_memcpy(dst_p, src_p, bytes1, threads) end,
+            what = string.format('memcpy split over %d OpenMP threads (helper compiled at run time)', threads) })
+    else
+        note('no multi-threaded memcpy baseline: ' .. tostring(why))
+    end
+    local base = {}
+    local best
+    do
+        local fns = {}
+        for i, bl in ipairs(baselines) do fns[i] = bl.fn end
+        local res = L.compare(fns, { warmup = warmup, reps = reps, target = target_s })
+        for i, bl in ipairs(baselines) do
+            bl.gbps = gbps(bl.streams * bytes1, res[i].median)
+            base[bl.name] = bl.gbps
+            if not bl.info_only and (not best or bl.gbps > best.gbps) then best = bl end
+        end
+    end
+    local best_base, best_name = best.gbps, best.name
+
+    -- the Lua op for each kernel: probe candidates on a tiny tensor, use the first that works
+    local tiny = nc.rand { 4 }
+    local function pick(cands)
+        for _, f in ipairs(cands) do
+            local ok, r = pcall(f, tiny, tiny)
+            if ok and nc.is_tensor(r) then return f end
+        end
+    end
+
+    local stream_cases = {
+        { 'add', 3, { function(p, q) return nc.add(p, q) end, function(p, q) return p + q end },
+          'nc_binary', function() return C.nc_binary(out._c, a._c, b._c, C.NC_OP_ADD) end },
+        { 'mul', 3, { function(p, q) return nc.mul(p, q) end, function(p, q) return p * q end },
+          'nc_binary', function() return C.nc_binary(out._c, a._c, b._c, C.NC_OP_MUL) end },
+        { 'relu', 2, { function(p) return nc.relu(p) end }, 'nc_unary', function() return C.nc_unary(out._c, a._c, C.NC_OP_RELU) end },
+        { 'silu', 2, { function(p) return nc.silu(p) end }, 'nc_unary', function() return C.nc_unary(out._c, a._c, C.NC_OP_SILU) end },
+        { 'gelu', 2, { function(p) return nc.gelu(p) end }, 'nc_unary', function() return C.nc_unary(out._c, a._c, C.NC_OP_GELU) end },
+        { 'scale', 2, { function(p) return nc.scale(p, 0.5) end, function(p) return nc.mul(p, 0.5) end,
+                        function(p) return p * 0.5 end },
+          'nc_binary_scalar', function() return C.nc_binary_scalar(out._c, a._c, 0.5, C.NC_OP_MUL) end },
+        { 'rmsnorm', 2, { function(p) return nc.rmsnorm(p, nil, 1e-6) end }, 'nc_rmsnorm',
+          function() return C.nc_rmsnorm(out._c, rstd._c, a._c, nil, 1e-6) end },
+        { 'softmax', 2, { function(p) return nc.softmax(p, -1) end }, 'nc_softmax',
+          function() return C.nc_softmax(out._c, a._c, 0) end },
+    }
+
+    local stream_rows, stream_json = {}, {}
+    local worst_stream, worst_stream_kernel = math.huge, math.huge
+    local worst_stream_name
+    for _, c in ipairs(stream_cases) do
+        local name, nt, cands, sym, cfn = c[1], c[2], c[3], c[4], c[5]
+        local bytes = nt * bytes1
+        local lua_f = pick(cands)
+        if not lua_f then note(name .. ': no working Lua op (nc.' .. name .. ') yet') end
+        local c_ok = has_sym(sym)
+        if not c_ok then note(name .. ': C symbol ' .. sym .. ' not in the library yet') end
+        local fns, idx = { best.fn }, {}
+        if lua_f then fns[#fns + 1] = function() return lua_f(a, b) end; idx.lua = #fns end
+        if c_ok then fns[#fns + 1] = function() core.check(cfn(), sym) end; idx.c = #fns end
+        local r = { name = name, bytes_per_elem = nt * 4 }
+        if #fns > 1 then
+            local res, ratio = L.compare(fns, { warmup = warmup, reps = reps, target = target_s })
+            collectgarbage('collect')
+            -- bandwidth ratio = (bytes / t_kernel) / (base_bytes / t_base), paired per repeat
+            local scale = nt / best.streams
+            r.base_gbps = gbps(best.streams * bytes1, res[1].median)
+            if idx.lua then
+                r.gbps = gbps(bytes, res[idx.lua].median)
+                r.ratio = ratio[idx.lua] * scale
+                r.ms = res[idx.lua].median * 1e3
+            end
+            if idx.c then
+                r.kernel_gbps = gbps(bytes, res[idx.c].median)
+                r.kernel_ratio = ratio[idx.c] * scale
+                r.kernel_ms = res[idx.c].median * 1e3
+            end
+        end
+        stream_rows[#stream_rows + 1] = r
+        stream_json[name] = {
+            gbps = r.gbps and L.round(r.gbps, 2), kernel_gbps = r.kernel_gbps and L.round(r.kernel_gbps, 2),
+            ratio = r.ratio and L.round(r.ratio, 3), kernel_ratio = r.kernel_ratio and L.round(r.kernel_ratio, 3),
+            ms = r.ms and L.round(r.ms, 3), base_gbps = r.base_gbps and L.round(r.base_gbps, 2),
+        }
+        if r.ratio and r.ratio < worst_stream then worst_stream, worst_stream_name = r.ratio, name end
+        if r.kernel_ratio and r.kernel_ratio < worst_stream_kernel then worst_stream_kernel = r.kernel_ratio end
+    end
+
+    print(string.format('Streaming kernels on (%d, %d) f32 = %.0f MiB per tensor (GB/s counting bytes read + written)', ROWS, ROW, MiB))
+    do
+        local rows = {}
+        for i, bl in ipairs(baselines) do rows[i] = { bl.name, bl.gbps, bl.what } end
+        L.print_table({ 'baseline', 'GB/s', 'what' }, rows, { nil, '%.2f' })
+    end
+    print(string.format('ratios below: against the best copy baseline (%s; saxpy excluded: in place), re-timed interleaved with each kernel; target >= 0.70', best_name))
+    do
+        local rows = {}
+        for _, r in ipairs(stream_rows) do
+            rows[#rows + 1] = { r.name, r.bytes_per_elem, r.gbps, r.ratio, r.kernel_gbps, r.kernel_ratio, r.base_gbps, r.ms }
+        end
+        L.print_table({ 'kernel', 'B/elem', 'nc (Lua) GB/s', 'ratio', 'C call GB/s', 'ratio C', best_name .. ' GB/s', 'Lua ms' }, rows,
+            { nil, '%d', '%.2f', '%.3f', '%.2f', '%.3f', '%.2f', '%.2f' })
+    end
+    print('  nc (Lua): the op as a user calls it (allocates its output); C call: bare kernel into a preallocated output.')
+    print('  scale = x * 0.5; rmsnorm without weight, rows of 1024; softmax over rows of 1024.')
+    print('')
+
+    a, b, out, rstd, wide, strided, yax = nil, nil, nil, nil, nil, nil, nil
+    collectgarbage('collect')
+
+    -- =============================================================================================
+    -- 3. FFI / call overhead
+    -- =============================================================================================
+    local CALLS = quick and 20000 or 100000
+    local ffi_res = {}
+    do
+        local t4 = nc.rand { 4 }
+        local u4 = nc.rand { 4 }
+        local o4 = nc.empty { 4 }
+        local tc = t4._c
+        local sink = 0
+        -- raw FFI call of a trivial C function
+        local t = L.time(function()
+            local s = 0
+            for _ = 1, CALLS do s = s + tonumber(C.nc_tensor_numel(tc)) end
+            sink = sink + s
+        end, { warmup = warmup, reps = reps })
+        ffi_res.raw_us = t / CALLS * 1e6
+        -- bare kernel call on preallocated tiny tensors
+        if has_sym('nc_binary') then
+            local oc, ac, bc = o4._c, t4._c, u4._c
+            t = L.time(function()
+                for _ = 1, CALLS do
+                    if C.nc_binary(oc, ac, bc, 0) ~= 0 then error('nc_binary failed') end
+                end
+            end, { warmup = warmup, reps = reps })
+            ffi_res.kernel_us = t / CALLS * 1e6
+        end
+        -- the op through Lua (allocation, wrapper, autograd check, GC of the result)
+        if pick { function(p, q) return nc.add(p, q) end } then
+            t = L.time(function()
+                for _ = 1, CALLS do nc.add(t4, u4) end
+            end, { warmup = warmup, reps = reps, gc = false })
+            ffi_res.op_us = t / CALLS * 1e6
+        else
+            note('ffi: nc.add missing, ffi_us_per_call not measured')
+        end
+    end
+    print(string.format('Call overhead (µs per call, loops of %d)', CALLS))
+    L.print_table({ 'call', 'µs/call', 'what' }, {
+        { 'raw FFI', ffi_res.raw_us, 'C.nc_tensor_numel(t) from compiled Lua (target <= 1)' },
+        { 'C kernel', ffi_res.kernel_us, 'C.nc_binary(out, a, b, ADD) on preallocated 4-element tensors' },
+        { 'nc.add', ffi_res.op_us, 'nc.add(a, b) on 4-element tensors (alloc + wrap + GC included)' },
+    }, { nil, '%.4f' })
+    print('')
+    for _, s in ipairs(notes) do print('note: ' .. s) end
+
+    -- =============================================================================================
+    -- JSON (last line)
+    -- =============================================================================================
+    local worst_gemm, worst_gemm_c = math.huge, math.huge
+    local gemm_json = {}
+    for _, r in ipairs(gemm_rows) do
+        if r.ratio < worst_gemm then worst_gemm = r.ratio end
+        if r.c_ratio and r.c_ratio < worst_gemm_c then worst_gemm_c = r.c_ratio end
+        gemm_json[r.name] = {
+            raw_gflops = L.round(r.raw_gflops, 2), gflops = L.round(r.lua_gflops, 2), ratio = L.round(r.ratio, 3),
+            c_gflops = r.c_gflops and L.round(r.c_gflops, 2), c_ratio = r.c_ratio and L.round(r.c_ratio, 3),
+        }
+    end
+    local function num(v, d) if v == nil or v == math.huge then return nil end return L.round(v, d or 4) end
+    print(L.json {
+        matmul_vs_sgemm = num(worst_gemm, 3),
+        matmul_c_vs_sgemm = num(worst_gemm_c, 3),
+        elementwise_vs_memcpy = num(worst_stream, 3),
+        elementwise_worst = worst_stream_name,
+        elementwise_kernel_vs_memcpy = num(worst_stream_kernel, 3),
+        ffi_us_per_call = num(ffi_res.op_us, 4),
+        ffi_kernel_us_per_call = num(ffi_res.kernel_us, 4),
+        ffi_raw_us_per_call = num(ffi_res.raw_us, 5),
+        threads = threads,
+        kernel = nc.cpu_kernel(),
+        openblas_core = blas_core,
+        quick = quick,
+        reps = reps,
+        stream_mib = L.round(MiB, 1),
+        baseline_gbps = { memcpy = num(base.memcpy, 2), nc_copy = num(base.nc_copy, 2),
+                          nc_copy_omp = num(base.nc_copy_omp, 2), par_memcpy = num(base.par_memcpy, 2),
+                          saxpy = num(base.saxpy, 2) },
+        baseline_best = best_name,
+        matmul = gemm_json,
+        elementwise = stream_json,
+    })
+end
+
+local ok, err = xpcall(main, debug.traceback)
+if not ok then io.stderr:write('ops bench failed: ', tostring(err), '\n') end
+io.stdout:flush()
+io.stderr:flush()
+-- Leave without lua_close: LuaJIT's lua_close dlcloses libnanochat (and with it libgomp) while
+-- OpenMP worker threads still exist, which segfaults at exit unless the library is linked with
+-- -Wl,-z,nodelete. os.exit without `close` exits through C exit() and is safe either way.
+os.exit(ok and 0 or 1)
