@@ -4,7 +4,7 @@
 # Missing Debian packages are installed with apt-get when running as root; otherwise the exact
 # command is printed and the build stops.
 
-PKGS := luajit libluajit-5.1-dev lua-busted lua-dkjson libopenblas-dev libnuma-dev libzstd-dev \
+PKGS := luajit libluajit-5.1-dev lua-busted lua-dkjson libopenblas-dev libnuma-dev libzstd-dev libpcre2-dev \
         libreadline-dev pkg-config
 
 CC ?= cc
@@ -13,7 +13,7 @@ OPT ?= -O2
 CFLAGS_BASE := -std=c11 $(OPT) -g -fPIC -fopenmp -pthread -D_GNU_SOURCE -Icore \
                -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -fvisibility=default
 AVX2FLAGS := -mavx2 -mfma -mf16c
-LDLIBS := -lopenblas -lm -ldl -lpthread
+LDLIBS := -lopenblas -lpcre2-8 -lzstd -lm -ldl -lpthread
 
 NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 ifeq ($(strip $(NVCC)),)

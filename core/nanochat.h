@@ -281,6 +281,31 @@ nc_tensor *nc_tensor_new_from_file(const char *path, int64_t offset, int64_t nby
                                    int32_t dtype, int32_t ndim, const int64_t *shape);
 void nc_free(void *p);
 
+/* ---- tokenizer: byte-level BPE (core/tokenizer.c) - issue 3 -------- */
+/* (end of tokenizer section) */
+
+
+
+/* ---- token shards and data loader: core/shards.c, core/loader.c - issue 3  */
+/* (end of token shards and data loader section) */
+
+
+
+/* ---- optimizers: kernels/cpu/optim*.c - issues 4/5 ----------------- */
+/* (end of optimizers section) */
+
+
+
+/* ---- training runtime: signals, checkpoints, event files - issue 4 - */
+/* (end of training runtime section) */
+
+
+
+/* ---- inference engine: packed ternary kernels, engine, GGUF - issue 7  */
+/* (end of inference engine section) */
+
+
+
 /* NC_FFI_END */
 
 #ifdef __cplusplus

@@ -158,28 +158,31 @@ nc.is_tensor = Tensor.is
 
 -- ---- ops modules: each returns a table of functions merged into nc and the Tensor methods ----
 nc._modules = {}
-local function merge(modname)
+-- (as_methods = false: functions join nc only, e.g. nc.save/nc.load are not tensor methods)
+local function merge(modname, as_methods)
     if not package.searchpath(modname, package.path) then return end
     local M = require(modname)
     nc._modules[#nc._modules + 1] = modname
     for k, v in pairs(M) do
         nc[k] = v
-        if type(v) == 'function' and rawget(Tensor, k) == nil then Tensor[k] = v end
+        if as_methods ~= false and type(v) == 'function' and rawget(Tensor, k) == nil then Tensor[k] = v end
     end
 end
 merge('nanochat.ops.elementwise')
 merge('nanochat.ops.index')
 merge('nanochat.ops.nn')
-merge('nanochat.io')
+merge('nanochat.io', false)
 
--- nc.nn is loaded on first use (it builds on the ops above)
+-- Subsystems load on first use: nc.X is require('nanochat.X') for any module file
+-- lua/nanochat/X.lua or X/init.lua (nn, tokenizer, data, optim, sched, models, train, generate...).
 setmetatable(nc, {
     __index = function(t, k)
-        if k == 'nn' and package.searchpath('nanochat.nn', package.path) then
-            local nn = require 'nanochat.nn'
-            rawset(t, 'nn', nn)
-            return nn
-        end
+        if type(k) ~= 'string' or not k:match('^[%a_][%w_]*$') then return nil end
+        local modname = 'nanochat.' .. k
+        if not package.searchpath(modname, package.path) then return nil end
+        local m = require(modname)
+        rawset(t, k, m)
+        return m
     end,
 })
 
