@@ -65,7 +65,7 @@ describe('nc.nn.Module', function()
         assert.is_false(nc.nn.is_module(Triple))
         local ok, err = pcall(function() return nc.nn.Module()(1) end)
         assert.is_false(ok)
-        assert.is_truthy(tostring(err):find('forward is not implemented', 1, true))
+        assert.is_truthy(tostring(err):find('must define forward', 1, true))
     end)
 
     it('lists parameters in registration order with dotted names', function()

@@ -84,7 +84,7 @@ setmetatable(Module, { __call = construct, __tostring = function() return 'class
 
 function Module:init() end
 function Module:forward()
-    error((self.__name or 'Module') .. ':forward is not implemented', 2)
+    error((self.__name or 'Module') .. ': a Module subclass must define forward(...)', 2)
 end
 
 local function check_name(self, what, name)
