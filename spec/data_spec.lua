@@ -12,13 +12,29 @@ local HASH = '0123456789abcdef'
 local OTHER_HASH = 'fedcba9876543210'
 local BOS = 256
 
-local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local lfs = require 'lfs'
+
+local function mkdir_p(path)
+    if lfs.attributes(path, 'mode') == 'directory' then return end
+    local parent = path:match('^(.*)/[^/]+$')
+    if parent and parent ~= '' then mkdir_p(parent) end
+    assert(lfs.mkdir(path))
+end
 
 local function tmpdir()
     local base = os.tmpname()
     os.remove(base)
-    assert(os.execute('mkdir -p ' .. shell_quote(base)) == 0)
+    mkdir_p(base)
     return base
+end
+
+local function rm_rf(path)
+    if lfs.attributes(path, 'mode') == 'directory' then
+        for name in lfs.dir(path) do
+            if name ~= '.' and name ~= '..' then rm_rf(path .. '/' .. name) end
+        end
+    end
+    os.remove(path)
 end
 
 local function read_bytes(path)
@@ -140,14 +156,14 @@ describe('nc_xxh64', function()
         local b1, b2, b3, b4 = z:byte(#z - 3, #z)
         local h = hx(s)
         assert.are.equal(string.format('%02x%02x%02x%02x', b4, b3, b2, b1), h:sub(9, 16))
-        os.execute('rm -rf ' .. shell_quote(dir))
+        rm_rf(dir)
     end)
 end)
 
 describe('token shards', function()
     local dir
     setup(function() dir = tmpdir() end)
-    teardown(function() os.execute('rm -rf ' .. shell_quote(dir)) end)
+    teardown(function() rm_rf(dir) end)
 
     it('round-trips uint16 ids exactly, with the header fields', function()
         local ids = doc_tokens(50, 7)
@@ -322,7 +338,7 @@ describe('token shards', function()
         assert.are.same({ d .. '/val_00000.shard' }, data.shards(d .. '/', 'val'))
         local e = assert_err(data.shards, d .. '/missing', 'train')
         assert.is_true(has(e, d .. '/missing'), e)
-        os.execute('rm -rf ' .. shell_quote(d))
+        rm_rf(d)
     end)
 end)
 
@@ -339,8 +355,8 @@ describe('nc.data.loader', function()
         end
     end)
     teardown(function()
-        os.execute('rm -rf ' .. shell_quote(dir))
-        os.execute('rm -rf ' .. shell_quote(docdir))
+        rm_rf(dir)
+        rm_rf(docdir)
     end)
 
     it('returns (B, T) i64 x and y, y being x shifted by one, from real shard windows', function()
@@ -505,7 +521,7 @@ describe('nc.data.loader', function()
         assert.is_true(same_list({ unpack(got[1].x, 1, 16) }, { unpack(got[13].x, 25, 40) }))
         assert.is_true(same_list({ unpack(got[1].y, 1, 16) }, { unpack(got[13].y, 25, 40) }))
         W:close()
-        os.execute('rm -rf ' .. shell_quote(d))
+        rm_rf(d)
     end)
 
     it('gives clear errors for an empty shard list, an empty directory, short shards and bad options', function()
@@ -522,7 +538,7 @@ describe('nc.data.loader', function()
         assert.is_true(has(e, 'B'), e)
         e = assert_err(data.loader, { shards = { d .. '/nope.shard' }, B = 2, T = 8 })
         assert.is_true(has(e, d .. '/nope.shard'), e)
-        os.execute('rm -rf ' .. shell_quote(d))
+        rm_rf(d)
     end)
 
     it('checks the tokenizer hash of every shard and refuses mixed tokenizers', function()
@@ -535,7 +551,7 @@ describe('nc.data.loader', function()
         data.write_shard(mixed[2], { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 }, { tok_hash = OTHER_HASH })
         e = assert_err(data.loader, { shards = mixed, B = 2, T = 8 })
         assert.is_true(has(e, mixed[2]) and has(e, 'mixed tokenizers'), e)
-        os.execute('rm -rf ' .. shell_quote(d))
+        rm_rf(d)
     end)
 
     it('reports a shard corrupted after opening from next(), naming the file', function()
@@ -548,7 +564,7 @@ describe('nc.data.loader', function()
         assert.is_true(has(e, ps[1]) and has(e, 'corrupt'), e)
         assert_err(L.next, L)   -- stays failed, no hang
         L:close()
-        os.execute('rm -rf ' .. shell_quote(d))
+        rm_rf(d)
     end)
 
     it('counts consumer wait time, closes idempotently and survives garbage collection', function()
@@ -590,7 +606,8 @@ describe('nc.data.tokenize_corpus', function()
     end
 
     local function make_corpus(root, train_parts, val_parts)
-        os.execute('mkdir -p ' .. shell_quote(root .. '/train') .. ' ' .. shell_quote(root .. '/val'))
+        mkdir_p(root .. '/train')
+        mkdir_p(root .. '/val')
         for i, docs in ipairs(train_parts) do
             write_bytes(string.format('%s/train/part-%05d.docs', root, i - 1), table.concat(docs, '\0') .. '\0')
         end
@@ -658,7 +675,7 @@ describe('nc.data.tokenize_corpus', function()
         -- a second run replaces the shards (no stale files from a bigger earlier run)
         data.tokenize_corpus { corpus = root, tok = ByteTok, out = out, shard_tokens = 100000 }
         assert.are.equal(1, #data.shards(out, 'train'))
-        os.execute('rm -rf ' .. shell_quote(root) .. ' ' .. shell_quote(out))
+        rm_rf(root); rm_rf(out)
     end)
 
     it('splits a document longer than a shard', function()
@@ -670,7 +687,7 @@ describe('nc.data.tokenize_corpus', function()
         local total = 0
         for _, p in ipairs(data.shards(out, 'train')) do total = total + data.read_header(p).count end
         assert.are.equal(257, total)
-        os.execute('rm -rf ' .. shell_quote(root) .. ' ' .. shell_quote(out))
+        rm_rf(root); rm_rf(out)
     end)
 
     it('gives clear errors for a missing or empty corpus and a truncated part file', function()
@@ -688,6 +705,76 @@ describe('nc.data.tokenize_corpus', function()
         assert.is_true(has(e, root .. '/train/part-00000.docs') and has(e, 'NUL'), e)
         e = assert_err(data.tokenize_corpus, { corpus = root, tok = {}, out = out })
         assert.is_true(has(e, 'tokenizer'), e)
-        os.execute('rm -rf ' .. shell_quote(root) .. ' ' .. shell_quote(out))
+        rm_rf(root); rm_rf(out)
+    end)
+end)
+
+describe('tools/bench/data.lua (quick mode)', function()
+    it('runs and ends with a JSON line holding the loader and tokenizer keys', function()
+        local exe = io.open('./nanochat', 'rb') and './nanochat' or "env LUA_PATH='lua/?.lua;lua/?/init.lua;;' luajit"
+        if exe == './nanochat' then io.open('./nanochat', 'rb'):close() end
+        local p = io.popen('timeout 300 ' .. exe .. ' tools/bench/data.lua quick=1 2>&1; echo "__EXIT__:$?"')
+        local text = p:read('*a')
+        p:close()
+        local lines = {}
+        for line in text:gmatch('[^\n]+') do lines[#lines + 1] = line end
+        assert.are.equal('__EXIT__:0', lines[#lines], text)
+        local last = lines[#lines - 1]
+        local obj = json.decode(last)
+        assert.is_table(obj, text)
+        for _, k in ipairs { 'loader_tokens_per_s', 'loader_tokens_per_s_small_cache', 'shard_read_tokens_per_s',
+                             'shard_write_mb_per_s' } do
+            assert.is_true(type(obj[k]) == 'number' and obj[k] > 0 and obj[k] < math.huge, k .. ' in ' .. last)
+        end
+        -- present even when the tokenizer is not available (then null)
+        assert.is_truthy(last:find('"tok_encode_mb_per_s":', 1, true))
+        assert.is_truthy(last:find('"tok_train_seconds_50mb":', 1, true))
+    end)
+end)
+
+describe('tools/tokenize.lua', function()
+    local function run(argstr)
+        local exe = io.open('./nanochat', 'rb') and './nanochat' or "env LUA_PATH='lua/?.lua;lua/?/init.lua;;' luajit"
+        local p = io.popen('timeout 300 ' .. exe .. ' tools/tokenize.lua ' .. argstr .. ' 2>&1; echo "__EXIT__:$?"')
+        local text = p:read('*a')
+        p:close()
+        return tonumber(text:match('__EXIT__:(%d+)%s*$')), text
+    end
+
+    it('prints usage and exits 2 without a tokenizer file', function()
+        local code, text = run('corpus=/nonexistent out=/tmp/nowhere')
+        assert.are.equal(2, code, text)
+        assert.is_truthy(text:find('tok=FILE', 1, true), text)
+    end)
+
+    it('tokenizes a small corpus with a real tokenizer (when nc.tokenizer exists)', function()
+        if not package.searchpath('nanochat.tokenizer', package.path) then
+            pending('nc.tokenizer is not in this tree')
+            return
+        end
+        local root, out = tmpdir(), tmpdir()
+        mkdir_p(root .. '/train')
+        mkdir_p(root .. '/val')
+        local docs = {}
+        for i = 1, 60 do docs[i] = 'fn f' .. i .. '(x: u32) -> u32 { x * ' .. i .. ' + 1 }\n' end
+        write_bytes(root .. '/train/part-00000.docs', table.concat(docs, '\0') .. '\0')
+        write_bytes(root .. '/val/part-00000.docs', 'fn main() {}\n\0')
+        local tok = nc.tokenizer.train { texts = docs, vocab = 300, threads = 1 }
+        tok:save(root .. '/tok.bin')
+        local code, text = run('corpus=' .. root .. ' tok=' .. root .. '/tok.bin out=' .. out .. ' quiet=true')
+        assert.are.equal(0, code, text)
+        local info = json.decode(read_bytes(out .. '/info.json'))
+        assert.are.equal(tok:hash(), info.tok_hash)
+        assert.are.equal(60, info.splits.train.docs)
+        local shards = data.shards(out, 'train')
+        assert.are.equal(1, #shards)
+        local ids, h = data.read_shard(shards[1], tok:hash())
+        assert.are.equal(60, h.docs)
+        -- decoding the shard without its BOS tokens gives the documents back
+        local text_ids = {}
+        for _, v in ipairs(ids_of(ids)) do if v ~= tok.bos_id then text_ids[#text_ids + 1] = v end end
+        assert.are.equal(table.concat(docs), tok:decode(text_ids))
+        assert.are.equal(1, #data.shards(out, 'val'))
+        rm_rf(root); rm_rf(out)
     end)
 end)

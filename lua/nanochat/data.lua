@@ -83,8 +83,14 @@ end
 
 local function mkdir_p(path)
     if is_dir(path) then return end
-    local r = os.execute("mkdir -p '" .. path:gsub("'", "'\\''") .. "'")
-    if not (r == 0 or r == true) or not is_dir(path) then error('cannot create directory ' .. path, 3) end
+    if lfs_ok then
+        local parent = path:match('^(.*)/[^/]+/*$')
+        if parent and parent ~= '' then mkdir_p(parent) end
+        lfs.mkdir(path)
+    else
+        os.execute("mkdir -p '" .. path:gsub("'", "'\\''") .. "'")
+    end
+    if not is_dir(path) then error('tokenize: cannot create directory ' .. path, 0) end
 end
 
 local function sorted_matching(dir, pattern)
@@ -344,7 +350,7 @@ local function shard_writer(out, split, o)
     local buf = Tensor.empty({ cap }, 'i32')
     local ptr = ffi.cast('int32_t *', C.nc_tensor_data(buf._c))
     local n, index = 0, 0
-    local w = { shards = 0, tokens = 0 }
+    local w = { shards = 0, tokens = 0, added = 0 }
     local function flush(len)
         local path = string.format('%s/%s_%05d.shard', out, split, index)
         index = index + 1
@@ -355,6 +361,7 @@ local function shard_writer(out, split, o)
     end
     function w.add(ids)
         local m = ids:numel()
+        w.added = w.added + m
         local src = ffi.cast('const int32_t *', C.nc_tensor_data(ids._c))
         local done = 0
         while done < m do
@@ -427,7 +434,7 @@ function M.tokenize_corpus(opts)
                 w.add(ids:contiguous())
             end
             docs, bytes = docs + #list, bytes + nbytes
-            progress(string.format('%s: %s: %d documents, %d tokens so far', split, path, docs, w.tokens))
+            progress(string.format('%s: %s: %d documents, %d tokens so far', split, path, docs, w.added))
         end
         w.finish()
         if split == 'train' and docs == 0 then
