@@ -238,48 +238,86 @@ static nc_status copy_tokens(nc_loader *L, int32_t i, int64_t off, int64_t n, in
     return NC_OK;
 }
 
-/* Fill blk (B, T+1) with batch k; *rows = rows filled. */
-static nc_status fill_batch(nc_loader *L, int64_t k, int64_t *blk, int64_t *rows) {
+/* Sequential: window w = k*B + r starts at global token w*T and may span several shards. */
+static nc_status fill_sequential(nc_loader *L, int64_t k, int64_t *blk, int64_t *rows) {
     const int64_t B = L->B, W = L->T + 1;
-    *rows = 0;
     for (int64_t r = 0; r < B; r++) {
         int64_t *dst = blk + r * W;
-        if (L->sampling == NC_SAMPLE_SEQUENTIAL) {
-            int64_t w = k * B + r;
-            if (L->loop) w %= L->positions;
-            else if (w >= L->positions) break;
-            int64_t g = w * L->T, need = W;          /* global token offset of the window */
-            int32_t i = find_shard(L->tok_prefix, L->n_shards, g);
-            while (need > 0) {
-                while (g >= L->tok_prefix[i + 1]) i++;   /* skips empty shards too */
-                int64_t off = g - L->tok_prefix[i];
-                int64_t n = L->info[i].count - off;
-                if (n > need) n = need;
-                NC_TRY(copy_tokens(L, i, off, n, dst));
-                dst += n;
-                g += n;
-                need -= n;
-            }
-        } else {
-            int64_t g = draw(L->seed, (uint64_t)(k * B + r), L->positions);
-            int32_t i = find_shard(L->prefix, L->n_shards, g);
-            int64_t j = g - L->prefix[i];
-            if (L->sampling == NC_SAMPLE_RANDOM) {
-                NC_TRY(copy_tokens(L, i, j, W, dst));
-            } else {
-                cache_entry *e;
-                NC_TRY(cache_get(L, i, &e));
-                int64_t p = j < e->n_starts ? e->starts[j] : -1;
-                cache_put(L, e);
-                if (p < 0) {
-                    return nc_fail(NC_ERR_FORMAT, "shard %s: BOS index out of date (corrupt or changed file)", L->paths[i]);
-                }
-                NC_TRY(copy_tokens(L, i, p, W, dst));
-            }
+        int64_t w = k * B + r;
+        if (L->loop) w %= L->positions;
+        else if (w >= L->positions) break;
+        int64_t g = w * L->T, need = W;          /* global token offset of the window */
+        int32_t i = find_shard(L->tok_prefix, L->n_shards, g);
+        while (need > 0) {
+            while (g >= L->tok_prefix[i + 1]) i++;   /* skips empty shards too */
+            int64_t off = g - L->tok_prefix[i];
+            int64_t n = L->info[i].count - off;
+            if (n > need) n = need;
+            NC_TRY(copy_tokens(L, i, off, n, dst));
+            dst += n;
+            g += n;
+            need -= n;
         }
         *rows = r + 1;
     }
     return NC_OK;
+}
+
+typedef struct { int64_t g, r; } draw_t;
+static int cmp_draw(const void *a, const void *b) {
+    const draw_t *x = a, *y = b;
+    return x->g < y->g ? -1 : x->g > y->g ? 1 : (x->r > y->r) - (x->r < y->r);
+}
+
+/* Fill blk (B, T+1) with batch k; *rows = rows filled. Random/doc rows are drawn first and
+ * then filled in position order, so each shard of the batch is pinned (or loaded, when the
+ * cache is smaller than the data) once per run of rows instead of once per row; row r's
+ * content depends only on its own draw. */
+static nc_status fill_batch(nc_loader *L, int64_t k, int64_t *blk, int64_t *rows) {
+    const int64_t B = L->B, W = L->T + 1;
+    *rows = 0;
+    if (L->sampling == NC_SAMPLE_SEQUENTIAL) return fill_sequential(L, k, blk, rows);
+    draw_t *d = malloc((size_t)B * sizeof *d);
+    if (!d) return nc_fail(NC_ERR_OOM, "nc_loader: out of memory for a batch of %lld rows", (long long)B);
+    for (int64_t r = 0; r < B; r++) {
+        d[r].g = draw(L->seed, (uint64_t)(k * B + r), L->positions);
+        d[r].r = r;
+    }
+    qsort(d, (size_t)B, sizeof *d, cmp_draw);
+    nc_status s = NC_OK;
+    cache_entry *e = NULL;
+    int32_t cur = -1;
+    for (int64_t q = 0; q < B && s == NC_OK; q++) {
+        int32_t i = find_shard(L->prefix, L->n_shards, d[q].g);
+        int64_t j = d[q].g - L->prefix[i];
+        if (i != cur) {
+            if (e) cache_put(L, e);
+            e = NULL;
+            cur = i;
+            s = cache_get(L, i, &e);
+            if (s != NC_OK) break;
+        }
+        int64_t p = j;
+        if (L->sampling == NC_SAMPLE_DOC) {
+            if (j >= e->n_starts) {
+                s = nc_fail(NC_ERR_FORMAT, "shard %s: BOS index out of date (corrupt or changed file)", L->paths[i]);
+                break;
+            }
+            p = e->starts[j];
+        }
+        int64_t *dst = blk + d[q].r * W;
+        if (L->info[i].token_bytes == 2) {
+            const uint16_t *src = (const uint16_t *)e->tokens + p;
+            for (int64_t t = 0; t < W; t++) dst[t] = src[t];
+        } else {
+            const uint32_t *src = (const uint32_t *)e->tokens + p;
+            for (int64_t t = 0; t < W; t++) dst[t] = src[t];
+        }
+    }
+    if (e) cache_put(L, e);
+    free(d);
+    if (s == NC_OK) *rows = B;
+    return s;
 }
 
 /* ---- producer threads ---------------------------------------------------------------------- */
