@@ -160,6 +160,19 @@ function M.shards(dir, split)
     return out
 end
 
+-- nc.data.info(dir) -> the decoded OUT/info.json written by tokenize_corpus (tok_hash, vocab,
+-- bos_id, splits = {train = {docs, bytes, tokens, shards}, val = ...}), or nil + message.
+function M.info(dir)
+    local path = tostring(dir):gsub('/+$', '') .. '/info.json'
+    local f = io.open(path, 'rb')
+    if not f then return nil, 'nc.data.info: no ' .. path end
+    local text = f:read('*a')
+    f:close()
+    local obj = require('dkjson').decode(text)
+    if type(obj) ~= 'table' then error('nc.data.info: ' .. path .. ' is not a JSON object', 2) end
+    return obj
+end
+
 -- ---- loader --------------------------------------------------------------------------------
 local SAMPLING = { random = C.NC_SAMPLE_RANDOM, doc = C.NC_SAMPLE_DOC, sequential = C.NC_SAMPLE_SEQUENTIAL }
 local STATE_VERSION = 1
