@@ -287,6 +287,83 @@ void nc_free(void *p);
 
 
 /* ---- token shards and data loader: core/shards.c, core/loader.c - issue 3  */
+/* Token shards (byte layout at the top of core/shards.c and in README "Data: shards and loader"):
+ * an 80-byte header (magic "NCSHARD\0", version, token width 2|4, token and document counts,
+ * bos id, vocab, tokenizer hash, XXH64 checksum of the tokens, payload size, header checksum)
+ * and one zstd frame of uint16/uint32 ids. Every read error message starts "shard <path>:". */
+enum nc_shard_consts { NC_SHARD_VERSION = 1, NC_SHARD_HEADER_BYTES = 80 };
+typedef struct nc_shard_info {
+    int32_t version;
+    int32_t token_bytes;        /* 2 (uint16 ids) or 4 (uint32 ids) */
+    int64_t count;              /* tokens */
+    int64_t docs;               /* tokens equal to bos_id (0 when bos_id is unknown) */
+    int64_t bos_id;             /* -1 = unknown */
+    int64_t vocab;              /* 0 = unknown */
+    uint64_t checksum;          /* XXH64 (seed 0) of the uncompressed little-endian ids */
+    int64_t compressed_bytes;   /* zstd payload */
+    int64_t file_bytes;
+    char tok_hash[24];          /* 16 lowercase hex digits + NUL; "" = none */
+} nc_shard_info;
+/* ids: CPU contiguous 1-D i32, every id in [0, vocab) (vocab 0: [0, 2^(8 token_bytes))).
+ * bos_id -1 = unknown (docs = 0); tok_hash NULL/"" = none; zstd_level 1..19 (3 is a good default).
+ * Atomic: writes path.tmp.<pid>, fsyncs, renames. */
+nc_status nc_shard_write(const char *path, const nc_tensor *ids, int32_t token_bytes, int64_t vocab,
+                         int64_t bos_id, const char *tok_hash, int32_t zstd_level);
+/* Header only (validated against the file size); cheap. */
+nc_status nc_shard_read_info(const char *path, nc_shard_info *out);
+/* Whole shard as a new 1-D i32 CPU tensor, checksum verified; expect_tok_hash NULL/"" = no check.
+ * info_out may be NULL. */
+nc_tensor *nc_shard_read_new(const char *path, const char *expect_tok_hash, nc_shard_info *info_out);
+/* XXH64 of n bytes (our implementation of the published algorithm). */
+uint64_t nc_xxh64(const void *data, int64_t n, uint64_t seed);
+
+/* Data loader: background pthreads assemble [B, T+1] token blocks into a bounded queue; the
+ * consumer pulls (nc_loader_next blocks while the next batch is not ready). Batch k is a pure
+ * function of (shards, B, T, sampling, seed, k), whatever the thread count or timing, so the
+ * cursor k is the whole resume state.
+ *  random:     each row starts at a uniform position over every valid start of every shard
+ *              (shards weighted by size); row r of batch k draws Philox(seed, k*B + r).
+ *  doc:        each row starts at a uniform BOS token (over all shards) whose window fits.
+ *  sequential: the shards concatenated in order are cut into windows of T+1 tokens that overlap
+ *              by one (window w starts at token w*T); batch k holds windows k*B .. k*B+B-1. With
+ *              loop = 0 the last batch may have fewer rows and then next reports rows = 0. */
+enum nc_loader_sampling { NC_SAMPLE_RANDOM = 0, NC_SAMPLE_DOC = 1, NC_SAMPLE_SEQUENTIAL = 2 };
+typedef struct nc_loader nc_loader;
+typedef struct nc_loader_opts {
+    int64_t B, T;
+    uint64_t seed;
+    int32_t sampling;           /* NC_SAMPLE_* */
+    int32_t loop;               /* sequential: 1 = wrap around forever, 0 = one pass */
+    int32_t threads;            /* producer threads, 1..64 */
+    int32_t prefetch;           /* queue depth in batches, 1..1024 */
+    int64_t cache_bytes;        /* LRU cap on decompressed shards kept in memory; <= 0: 1 GiB */
+    int64_t bos_id;             /* -1: from the shard headers (doc sampling needs one) */
+    const char *tok_hash;       /* NULL/"": no check; else every shard must carry this hash */
+} nc_loader_opts;
+typedef struct nc_loader_stats {
+    double wait_seconds;        /* total time nc_loader_next waited for a batch */
+    int64_t cursor;             /* index of the batch the next nc_loader_next returns */
+    int64_t batches_total;      /* batches in one pass (sequential, loop = 0); -1 = endless */
+    int64_t batches_made;       /* batches the producers assembled so far (includes prefetch) */
+    int64_t shard_loads;        /* shard decompressions (cache misses) */
+    int64_t cache_bytes;        /* decompressed shard bytes held now */
+    int64_t total_tokens;       /* tokens over all shards */
+    int64_t positions;          /* sampling space: window starts, BOS starts or windows */
+    int32_t n_shards;
+    int32_t threads;
+} nc_loader_stats;
+/* Reads and checks every shard header (doc sampling also loads every shard to index its BOS
+ * tokens); threads start on the first nc_loader_next. NULL + nc_last_error on failure. */
+nc_loader *nc_loader_new(int32_t n_shards, const char *const *paths, const nc_loader_opts *opts);
+/* Stops and joins the threads and frees everything (NULL is fine). */
+void nc_loader_free(nc_loader *L);
+/* x, y: CPU contiguous i64 (B, T). Fills rows (*rows_out of them, B except at the end of a
+ * sequential pass; 0 = no more batches): x[r] = block[r][0:T], y[r] = block[r][1:T+1]. A
+ * producer error (corrupt shard, ...) is returned here with its message. */
+nc_status nc_loader_next(nc_loader *L, nc_tensor *x, nc_tensor *y, int64_t *rows_out);
+/* The next nc_loader_next returns batch `cursor` drawn with `seed` (joins and restarts threads). */
+nc_status nc_loader_seek(nc_loader *L, int64_t cursor, uint64_t seed);
+void nc_loader_get_stats(nc_loader *L, nc_loader_stats *out);
 /* (end of token shards and data loader section) */
 
 
