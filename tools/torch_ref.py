@@ -13,6 +13,11 @@ returns logits, loss and gradients. Needs pip `torch` (or Debian python3-torch) 
     python3 tools/torch_ref.py fixture [--out spec/fixtures/gpt_micro.safetensors]
         regenerates the committed fixture of spec/models/torch_ref_spec.lua (runs luajit to write
         the micro config's initial weights with our own code, then computes the references).
+    python3 tools/torch_ref.py bench --config tiny [--B 8 --T 256 --threads 2 --steps 5 --warmup 2]
+    python3 tools/torch_ref.py --bench ...      (the same)
+        PyTorch eager training-step throughput of the same model (forward, backward, AdamW step)
+        from a configs/models/<name>.lua preset (or a .lua path); prints one JSON line
+        {"tokens_per_s", "step_s", "threads", "B", "T", "params"} (median step time).
     python3 tools/torch_ref.py train ...
         HOOK, not implemented yet: the optimizer/schedule part (issue 4's 30-step loss curve);
         see train_steps() below.
@@ -364,7 +369,54 @@ def cmd_fixture(a):
           f"ternary loss {out['tq.loss'].item():.6f}, fp loss {out['fp.loss'].item():.6f}")
 
 
+LUA_CONFIG = r"""
+package.path = ROOT .. '/lua/?.lua;' .. ROOT .. '/lua/?/init.lua;' .. package.path
+local nc = require 'nanochat'
+io.write(require('dkjson').encode(nc.models.gpt.config(nc.models.config(NAME))))
+"""
+
+
+def lua_config(name):
+    """a configs/models preset, completed by our own nc.models.gpt.config (needs luajit)"""
+    lua = f"ROOT = {json.dumps(ROOT)}; NAME = {json.dumps(name)}" + LUA_CONFIG
+    out = subprocess.run(["luajit", "-e", lua], check=True, cwd=ROOT, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def cmd_bench(a):
+    import time
+
+    torch.set_num_threads(a.threads)
+    cfg = lua_config(a.config)
+    m = TorchGPT(cfg, torch.float32)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, p in m.named():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.02 if p.dim() == 2 else 0.0) + (1.0 if p.dim() == 1 else 0.0))
+    params = [p for _, p in m.named()]
+    opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0, foreach=True)
+    V = cfg["vocab_size"]
+    x = torch.randint(0, V, (a.B, a.T), generator=g)
+    y = torch.randint(0, V, (a.B, a.T), generator=g)
+    times = []
+    for i in range(a.warmup + a.steps):
+        t0 = time.perf_counter()
+        _, loss = m(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        if i >= a.warmup:
+            times.append(dt)
+    times.sort()
+    med = times[len(times) // 2]
+    print(json.dumps({"tokens_per_s": a.B * a.T / med, "step_s": med, "threads": a.threads, "B": a.B, "T": a.T,
+                      "params": sum(p.numel() for p in params), "torch": torch.__version__}))
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--bench":
+        sys.argv[1] = "bench"
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("forward")
@@ -374,8 +426,17 @@ def main():
     f.add_argument("--f64", action="store_true")
     x = sub.add_parser("fixture")
     x.add_argument("--out", default=FIXTURE)
+    b = sub.add_parser("bench")
+    b.add_argument("--config", default="tiny")
+    b.add_argument("--B", type=int, default=8)
+    b.add_argument("--T", type=int, default=256)
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--steps", type=int, default=5)
+    b.add_argument("--warmup", type=int, default=2)
     sub.add_parser("train")
     a = ap.parse_args()
+    if a.cmd == "bench":
+        return cmd_bench(a)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     if a.cmd == "forward":
         cmd_forward(a)

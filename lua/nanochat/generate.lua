@@ -95,8 +95,20 @@ end
 -- each filter zeroes entries in place and returns probs
 function M.top_k(probs, k)
     if not k or k <= 0 or k >= #probs then return probs end
-    local idx = ranked(probs)
-    for r = k + 1, #idx do probs[idx[r]] = 0 end
+    -- one pass keeping the best k indices sorted (prob desc, index asc): O(V) plus insertions
+    local top, n = {}, 0
+    for i = 1, #probs do
+        local p = probs[i]
+        if p > 0 and (n < k or p > probs[top[n]]) then
+            local j = n < k and n + 1 or n
+            while j > 1 and p > probs[top[j - 1]] do top[j] = top[j - 1]; j = j - 1 end
+            top[j] = i
+            if n < k then n = n + 1 end
+        end
+    end
+    local keep = {}
+    for r = 1, n do keep[top[r]] = true end
+    for i = 1, #probs do if not keep[i] then probs[i] = 0 end end
     return probs
 end
 

@@ -66,6 +66,20 @@ describe('nc.generate filtering rules (hand-made logits)', function()
         assert.are.same({ 0, 0.4, 0.3, 0 }, G.top_k({ 0.1, 0.4, 0.3, 0.2 }, 2))
         assert.are.same({ 0.25, 0.25, 0, 0 }, G.top_k({ 0.25, 0.25, 0.25, 0.25 }, 2))
         assert.are.same({ 0.1, 0.9 }, G.top_k({ 0.1, 0.9 }, 0))
+        -- the one-pass selection against a full sort, on random probabilities with many ties
+        local g = nc.generator(17)
+        local r = nc.rand({ 500 }, { lo = 0, hi = 20, generator = g }):tolist()
+        for i = 1, #r do r[i] = math.floor(r[i]) / 20 end
+        for _, k in ipairs { 1, 3, 37, 499 } do
+            local got = G.top_k({ unpack(r) }, k)
+            local idx = {}
+            for i = 1, #r do if r[i] > 0 then idx[#idx + 1] = i end end
+            table.sort(idx, function(a, b) if r[a] ~= r[b] then return r[a] > r[b] end return a < b end)
+            local want = {}
+            for i = 1, #r do want[i] = 0 end
+            for j = 1, math.min(k, #idx) do want[idx[j]] = r[idx[j]] end
+            assert.are.same(want, got, 'k = ' .. k)
+        end
     end)
 
     it('top_p keeps the shortest prefix by probability whose mass reaches p', function()

@@ -348,6 +348,12 @@ describe('KV cache', function()
             'gpt: forward_cached: idx has B = 2, the cache 1')
         assert.is_true(same_bits(a, m:forward_cached(x, cache:reset())))
         assert.are.equal(2 * 2 * 4 * 2 * 8 * 4, cache:bytes())
+        -- the cache snapshots Qw(W) at first use; reset() re-takes it after a weight change
+        local w = m.h[1].mlp.w1.weight
+        nc.no_grad(function() w:copy_(w * -1) end)
+        local stale = m:forward_cached(x:narrow(1, 0, 1), m:new_cache(1, 4))
+        assert.is_false(same_bits(a:narrow(1, 0, 1), stale))
+        assert.is_true(max_abs_diff(m:forward(x), m:forward_cached(x, cache:reset())) <= CACHE_ATOL)
         local long = m:new_cache(1, 40)   -- beyond seq_len: its own RoPE tables
         assert.are.same({ 40, 4 }, long.cos:shape())
     end)

@@ -53,19 +53,29 @@ function BitLinear.prepare(x, opts)
 end
 
 -- The weight the matmul uses: Qw(W) through the STE when ternary, else W. The quantizer is looked
--- up on nc at call time (a spec swaps it to check the STE gradient).
-function BitLinear:effective_weight()
+-- up on nc at call time (a spec swaps it to check the STE gradient). snap (optional, a table):
+-- inference snapshot — the first call stores Qw(W) (no autograd) in snap[self] and later calls
+-- reuse it, so decoding does not re-quantize every matrix per token (a KV cache carries one).
+function BitLinear:effective_weight(snap)
     if not self.ternary then return self.weight end
+    if snap then
+        local w = snap[self]
+        if not w then
+            w = nc().no_grad(function() return (nc().quant_weight(self.weight, { group_size = self.group })) end)
+            snap[self] = w
+        end
+        return w
+    end
     return (nc().quant_weight(self.weight, { group_size = self.group }))
 end
 
 -- y = xq Wq^T for an input already passed through prepare() with this layer's settings
-function BitLinear:forward_prepared(xq)
-    return nc().linear(xq, self:effective_weight())
+function BitLinear:forward_prepared(xq, snap)
+    return nc().linear(xq, self:effective_weight(snap))
 end
 
-function BitLinear:forward(x)
-    return self:forward_prepared(BitLinear.prepare(x, self))
+function BitLinear:forward(x, snap)
+    return self:forward_prepared(BitLinear.prepare(x, self), snap)
 end
 
 -- Ternary codes and scales for export/inspection (no gradient): codes (out, in) f32 in {-1, 0, 1},

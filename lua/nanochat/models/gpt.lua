@@ -37,6 +37,8 @@
 -- Generation: model:new_cache(B, max_T) preallocates per-layer K/V (B, max_T, n_kv_head, head_dim)
 -- and RoPE tables for positions 0 .. max_T-1; model:forward_cached(idx, cache) runs idx (B, T) at
 -- positions cache.pos .. cache.pos+T-1 (no autograd), appends its K/V and returns logits (B, T, V).
+-- A cache also snapshots the ternary weights Qw(W) at its first use (decoding would otherwise
+-- re-quantize every matrix per token): weights changed afterwards are seen after cache:reset().
 local nn = require 'nanochat.nn'
 local BitLinear = require 'nanochat.layers.bitlinear'
 local Module = nn.Module
@@ -148,10 +150,11 @@ function Attention:forward(h, cos, sin, cache, layer)
     local n = nc()
     local B, T = h:size(0), h:size(1)
     local H, Hkv, hd = self.n_head, self.n_kv_head, self.head_dim
+    local snap = cache and cache.qw
     local xq = BitLinear.prepare(h, { ternary = self.ternary })
-    local q = self.wq:forward_prepared(xq):view { B, T, H, hd }
-    local k = self.wk:forward_prepared(xq):view { B, T, Hkv, hd }
-    local v = self.wv:forward_prepared(xq):view { B, T, Hkv, hd }
+    local q = self.wq:forward_prepared(xq, snap):view { B, T, H, hd }
+    local k = self.wk:forward_prepared(xq, snap):view { B, T, Hkv, hd }
+    local v = self.wv:forward_prepared(xq, snap):view { B, T, Hkv, hd }
     if self.qk_norm then
         q, k = n.rmsnorm(q, nil, self.eps), n.rmsnorm(k, nil, self.eps)
     end
@@ -165,7 +168,7 @@ function Attention:forward(h, cos, sin, cache, layer)
     end
     local a = n.attention(q, k, v, { causal = true }):view { B, T, H * hd }
     if self.sub_norm then a = self.sub_norm(a) end
-    return self.wo(a)
+    return self.wo(a, snap)
 end
 
 local MLP = Module:extend('MLP')
@@ -182,18 +185,18 @@ function MLP:init(c, gen)
                                 std = c.init_std / math.sqrt(2 * c.n_layer), norm = not c.subln })
 end
 
--- h (B, T, d) already RMS-normalized
-function MLP:forward(h)
+-- h (B, T, d) already RMS-normalized; snap: a cache's quantized-weight snapshot or nil
+function MLP:forward(h, snap)
     local n = nc()
     local xq = BitLinear.prepare(h, { ternary = self.ternary })
     local u
     if self.kind == 'relu2' then
-        u = n.relu2(self.w1:forward_prepared(xq))
+        u = n.relu2(self.w1:forward_prepared(xq, snap))
     else
-        u = n.silu(self.w1:forward_prepared(xq)) * self.w3:forward_prepared(xq)
+        u = n.silu(self.w1:forward_prepared(xq, snap)) * self.w3:forward_prepared(xq, snap)
     end
     if self.sub_norm then u = self.sub_norm(u) end
-    return self.w2(u)
+    return self.w2(u, snap)
 end
 
 local Block = Module:extend('Block')
@@ -208,7 +211,7 @@ end
 function Block:forward(x, cos, sin, cache, layer)
     local n = nc()
     x = x + self.attn(n.rmsnorm(x, nil, self.eps), cos, sin, cache, layer)
-    return x + self.mlp(n.rmsnorm(x, nil, self.eps))
+    return x + self.mlp(n.rmsnorm(x, nil, self.eps), cache and cache.qw)
 end
 
 -- ---- the model -----------------------------------------------------------------------------------
@@ -277,7 +280,8 @@ end
 local Cache = {}
 Cache.__index = Cache
 
-function Cache:reset() self.pos = 0; return self end
+-- back to position 0; the quantized-weight snapshot is dropped too (re-taken on the next use)
+function Cache:reset() self.pos = 0; self.qw = {}; return self end
 function Cache:bytes()
     local b = 0
     for i = 1, #self.k do b = b + 8 * self.k[i]:numel() end
@@ -292,7 +296,7 @@ function GPT:new_cache(B, max_T)
     if not is_posint(B) or not is_posint(max_T) then error('gpt: new_cache: expected positive integers (B, max_T)', 2) end
     local n = nc()
     local dev = self.wte.weight:device()
-    local cache = setmetatable({ B = B, max_T = max_T, pos = 0, k = {}, v = {} }, Cache)
+    local cache = setmetatable({ B = B, max_T = max_T, pos = 0, k = {}, v = {}, qw = {} }, Cache)
     for i = 1, c.n_layer do
         cache.k[i] = n.zeros({ B, max_T, c.n_kv_head, c.head_dim }, { device = dev })
         cache.v[i] = n.zeros({ B, max_T, c.n_kv_head, c.head_dim }, { device = dev })
