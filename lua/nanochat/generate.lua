@@ -1,0 +1,330 @@
+-- lua/nanochat/generate.lua — nc.generate: sampling from a model with a KV cache, pull style.
+--
+--   for id in nc.generate(model, prompt_ids, opts) do io.write(tok:decode{ id }) end
+--
+-- Promise: `nc.generate(model, prompt, opts)` returns an iterator yielding 0-based token ids one
+-- at a time (a pull-style stream; nothing runs until the caller asks for the next id). The prompt
+-- (a Lua array of ids or a 1-D integer tensor) is prefilled in one forward_cached call; each new
+-- token costs one forward_cached of a single position. model needs new_cache(B, max_T) and
+-- forward_cached(idx, cache) (nc.models.gpt provides both) and cfg.seq_len.
+--
+-- opts:
+--   max_tokens (64)        new tokens at most; generation also ends when the context is full
+--   max_context            cache length (default cfg.seq_len); the prompt must fit in it
+--   temperature (1.0)      0 = greedy (argmax, lowest id on ties; no random draws)
+--   top_k, top_p, min_p    filters (see below); nil/0 = off (top_p 1 = off)
+--   repetition_penalty     > 0, 1 = off (CTRL / HF rule, below)
+--   stop_tokens            list of ids that end generation (not yielded)
+--   stop_strings           list of strings that end generation; needs opts.tokenizer (decode)
+--   seed (0)               the counter-based generator (nc.generator(seed)): one uniform draw
+--                          per sampled token, so a seed reproduces the stream exactly
+--   messages + tokenizer   chat prompt: ids = tokenizer:render_chat(messages), then
+--                          '<|assistant_start|>' is appended (unless already last) and
+--                          '<|assistant_end|>' joins stop_tokens; prompt must be nil then
+--
+-- Sampling, per step, on the last position's logits l (fp32 -> Lua numbers, all in double):
+--   1. repetition penalty p: for every distinct id in prompt + generated so far,
+--      l[id] = l[id] / p if l[id] > 0 else l[id] * p
+--   2. temperature 0 -> argmax of l. Else probs = softmax(l / temperature)
+--   3. top_k: keep the k most probable (ties broken by lower id)
+--   4. top_p: sort by prob (desc, ties by id); keep the shortest prefix whose mass >= top_p
+--      (at least one token); mass measured on the distribution left by step 3
+--   5. min_p: drop ids with prob < min_p * (largest remaining prob)
+--   6. renormalize what is left and draw with u ~ U[0, 1) from the generator: the first id (in
+--      id order) whose cumulative mass exceeds u * total.
+-- Stop strings: decoded text is held back while its tail could still begin a stop string; when a
+-- stop string appears, the tokens entirely before it are released and the stream ends (tokens
+-- overlapping the stop string are not yielded). Held tokens are released at the normal end.
+-- The filtering rules are exported (repetition_penalty, softmax, top_k, top_p, min_p, pick,
+-- next_token) for specs and for other samplers; they take 1-based Lua arrays (entry i = id i-1).
+local M = {}
+
+local function nc() return require 'nanochat' end
+
+-- ---- the filtering rules ---------------------------------------------------------------------
+-- in place on logits; history: array of 0-based ids
+function M.repetition_penalty(logits, history, p)
+    if not p or p == 1 then return logits end
+    if p <= 0 then error('generate: repetition_penalty must be > 0, got ' .. tostring(p), 2) end
+    local seen = {}
+    for _, id in ipairs(history) do
+        if not seen[id] then
+            seen[id] = true
+            local i = id + 1
+            local v = logits[i]
+            if v then logits[i] = v > 0 and v / p or v * p end
+        end
+    end
+    return logits
+end
+
+function M.argmax(logits)
+    local best, bi = -math.huge, 1
+    for i = 1, #logits do
+        if logits[i] > best then best, bi = logits[i], i end
+    end
+    return bi - 1
+end
+
+-- softmax(logits / temperature) as a new array (masked -inf entries give 0)
+function M.softmax(logits, temperature)
+    temperature = temperature or 1
+    local m = -math.huge
+    for i = 1, #logits do if logits[i] > m then m = logits[i] end end
+    local out, s = {}, 0
+    for i = 1, #logits do
+        local e = math.exp((logits[i] - m) / temperature)
+        out[i] = e
+        s = s + e
+    end
+    for i = 1, #out do out[i] = out[i] / s end
+    return out
+end
+
+-- indices (1-based) of the nonzero probs sorted by prob desc, then index asc
+local function ranked(probs)
+    local idx = {}
+    for i = 1, #probs do if probs[i] > 0 then idx[#idx + 1] = i end end
+    table.sort(idx, function(a, b)
+        if probs[a] ~= probs[b] then return probs[a] > probs[b] end
+        return a < b
+    end)
+    return idx
+end
+
+-- each filter zeroes entries in place and returns probs
+function M.top_k(probs, k)
+    if not k or k <= 0 or k >= #probs then return probs end
+    -- one pass keeping the best k indices sorted (prob desc, index asc): O(V) plus insertions
+    local top, n = {}, 0
+    for i = 1, #probs do
+        local p = probs[i]
+        if p > 0 and (n < k or p > probs[top[n]]) then
+            local j = n < k and n + 1 or n
+            while j > 1 and p > probs[top[j - 1]] do top[j] = top[j - 1]; j = j - 1 end
+            top[j] = i
+            if n < k then n = n + 1 end
+        end
+    end
+    local keep = {}
+    for r = 1, n do keep[top[r]] = true end
+    for i = 1, #probs do if not keep[i] then probs[i] = 0 end end
+    return probs
+end
+
+function M.top_p(probs, p)
+    if not p or p >= 1 then return probs end
+    if p <= 0 then error('generate: top_p must be in (0, 1], got ' .. tostring(p), 2) end
+    local idx = ranked(probs)
+    local total = 0
+    for _, i in ipairs(idx) do total = total + probs[i] end
+    local cum, keep = 0, #idx
+    for r, i in ipairs(idx) do
+        cum = cum + probs[i]
+        if cum >= p * total then keep = r; break end
+    end
+    for r = keep + 1, #idx do probs[idx[r]] = 0 end
+    return probs
+end
+
+function M.min_p(probs, mp)
+    if not mp or mp <= 0 then return probs end
+    local m = 0
+    for i = 1, #probs do if probs[i] > m then m = probs[i] end end
+    local thr = mp * m
+    for i = 1, #probs do if probs[i] < thr then probs[i] = 0 end end
+    return probs
+end
+
+-- the id drawn by u in [0, 1) from (unnormalized) probs
+function M.pick(probs, u)
+    local total = 0
+    for i = 1, #probs do total = total + probs[i] end
+    local target, cum, last = u * total, 0, nil
+    for i = 1, #probs do
+        local p = probs[i]
+        if p > 0 then
+            cum = cum + p
+            last = i
+            if cum > target then return i - 1 end
+        end
+    end
+    if not last then error('generate: every token was filtered out', 2) end
+    return last - 1
+end
+
+-- One token from a logits array (modified in place by the penalty). draw() -> u in [0, 1) is
+-- called only when sampling (temperature > 0).
+function M.next_token(logits, opts, history, draw)
+    M.repetition_penalty(logits, history or {}, opts.repetition_penalty)
+    local temp = opts.temperature
+    if temp == nil then temp = 1 end
+    if temp < 0 then error('generate: temperature must be >= 0, got ' .. tostring(temp), 2) end
+    if temp == 0 then return M.argmax(logits) end
+    local probs = M.softmax(logits, temp)
+    M.top_k(probs, opts.top_k)
+    M.top_p(probs, opts.top_p)
+    M.min_p(probs, opts.min_p)
+    return M.pick(probs, draw())
+end
+
+-- ---- the stream --------------------------------------------------------------------------------
+local function prompt_list(prompt)
+    local n = nc()
+    if n.is_tensor(prompt) then
+        if prompt:dim() ~= 1 then error('generate: expected a 1-D prompt tensor, got ' .. prompt:dim() .. ' dims', 3) end
+        prompt = prompt:tolist()
+    end
+    if type(prompt) ~= 'table' then error('generate: expected prompt ids (a Lua array or a 1-D tensor)', 3) end
+    local out = {}
+    for i, v in ipairs(prompt) do
+        if type(v) ~= 'number' or v ~= math.floor(v) or v < 0 then
+            error('generate: prompt entry ' .. i .. ' is not a token id: ' .. tostring(v), 3)
+        end
+        out[i] = v
+    end
+    return out
+end
+
+local function chat_prompt(opts)
+    local tok = opts.tokenizer
+    if not tok then error('generate: opts.messages needs opts.tokenizer (render_chat)', 3) end
+    local ids = tok:render_chat(opts.messages)
+    local out = {}
+    for i, v in ipairs(ids) do out[i] = v end
+    local ok, start = pcall(tok.special, tok, '<|assistant_start|>')
+    if ok and start and out[#out] ~= start then out[#out + 1] = start end
+    local ok2, stop = pcall(tok.special, tok, '<|assistant_end|>')
+    return out, (ok2 and stop) or nil
+end
+
+function M.generate(model, prompt, opts)
+    opts = opts or {}
+    local n = nc()
+    local extra_stop
+    if opts.messages then
+        if prompt ~= nil then error('generate: give either prompt ids or opts.messages, not both', 2) end
+        prompt, extra_stop = chat_prompt(opts)
+    else
+        prompt = prompt_list(prompt)
+    end
+    if #prompt == 0 then error('generate: the prompt is empty (give at least one token, e.g. BOS)', 2) end
+    local cfg = model.cfg or {}
+    local ctx = opts.max_context or cfg.seq_len
+    if not ctx then error('generate: opts.max_context is needed (the model has no cfg.seq_len)', 2) end
+    if #prompt > ctx then
+        error(string.format('generate: the prompt has %d tokens, more than the context of %d', #prompt, ctx), 2)
+    end
+    local max_tokens = opts.max_tokens or 64
+    local stop_tokens = {}
+    for _, id in ipairs(opts.stop_tokens or {}) do stop_tokens[id] = true end
+    if extra_stop then stop_tokens[extra_stop] = true end
+    local stops = opts.stop_strings or {}
+    local tok = opts.tokenizer
+    if #stops > 0 and not tok then error('generate: stop_strings need opts.tokenizer (to decode tokens)', 2) end
+    for _, s in ipairs(stops) do
+        if type(s) ~= 'string' or s == '' then error('generate: stop_strings must be non-empty strings', 2) end
+    end
+    local gen = n.generator(opts.seed or 0)
+    local function draw() return n.rand({ 1 }, { generator = gen }):item() end
+
+    local cache = model:new_cache(1, math.min(ctx, #prompt + max_tokens))
+    local history = {}
+    for i, v in ipairs(prompt) do history[i] = v end
+    local produced, done = 0, false
+    local pending_input = prompt       -- ids not yet fed to the model
+    local queue, qhead, qtail = {}, 1, 0   -- ids ready to yield
+    local held, held_text = {}, ''     -- stop strings: tokens held back and their text
+
+    local function last_logits()
+        local T = #pending_input
+        local idx = n.tensor({ pending_input }, { dtype = 'i64' })
+        local logits = model:forward_cached(idx, cache)          -- (1, T, V)
+        pending_input = nil
+        return logits:select(1, T - 1):select(0, 0):tolist()
+    end
+
+    local function release(k)   -- the first k held tokens go to the queue
+        local rest, text = {}, ''
+        for i, h in ipairs(held) do
+            if i <= k then qtail = qtail + 1; queue[qtail] = h.id
+            else rest[#rest + 1] = h; text = text .. h.text end
+        end
+        held, held_text = rest, text
+    end
+
+    -- feed the text of a new token; returns true when a stop string completed
+    local function scan(id)
+        local piece = tok:decode({ id })
+        held[#held + 1] = { id = id, text = piece }
+        held_text = held_text .. piece
+        local first
+        for _, s in ipairs(stops) do
+            local p = held_text:find(s, 1, true)
+            if p and (not first or p < first) then first = p end
+        end
+        local function release_before(limit)   -- tokens whose text ends at or before byte `limit`
+            local k, e = 0, 0
+            for i, h in ipairs(held) do
+                e = e + #h.text
+                if e <= limit then k = i else break end
+            end
+            release(k)
+        end
+        if first then
+            release_before(first - 1)
+            return true
+        end
+        local keep = 0   -- longest tail that is a proper prefix of a stop string
+        for _, s in ipairs(stops) do
+            for L = math.min(#s - 1, #held_text), 1, -1 do
+                if L > keep and held_text:sub(-L) == s:sub(1, L) then keep = L; break end
+            end
+        end
+        release_before(#held_text - keep)
+        return false
+    end
+
+    local function finish()
+        release(#held)
+        done = true
+    end
+
+    local function step()
+        if produced >= max_tokens or cache.pos + #pending_input > cache.max_T then return finish() end
+        local logits = last_logits()
+        local id = M.next_token(logits, opts, history, draw)
+        produced = produced + 1
+        history[#history + 1] = id
+        if stop_tokens[id] then return finish() end
+        pending_input = { id }
+        if #stops > 0 then
+            if scan(id) then held = {}; done = true end
+        else
+            qtail = qtail + 1
+            queue[qtail] = id
+        end
+    end
+
+    return function()
+        while true do
+            if qhead <= qtail then
+                local id = queue[qhead]
+                queue[qhead] = nil
+                qhead = qhead + 1
+                return id
+            end
+            if done then return nil end
+            step()
+        end
+    end
+end
+
+-- all ids of one generate() call as a Lua array
+function M.collect(model, prompt, opts)
+    local out = {}
+    for id in M.generate(model, prompt, opts) do out[#out + 1] = id end
+    return out
+end
+
+return setmetatable(M, { __call = function(_, ...) return M.generate(...) end })

@@ -1,0 +1,99 @@
+-- lua/nanochat/layers/bitlinear.lua — BitLinear (BitNet b1.58, algorithms.md §1.1-1.4).
+--
+-- Promise: y = Qa(xn) Qw(W)^T with
+--   xn = RMSNorm(x)              when opts.norm (parameter-free: no gain, eps opts.eps), else x
+--   Qa = per-token int8 absmax   (nc.quant_act: s = 127 / max|row|, round half to even, / s)
+--   Qw = absmean ternary         (nc.quant_weight: gamma = mean|W| per tensor, or per group of
+--                                 opts.group consecutive elements; clamp(round(W / gamma), -1, 1) * gamma)
+-- and the straight-through estimator (both quantizers pass the gradient unchanged; they are
+-- recorded by the ops). No bias (BitNet uses none). W (out, in) is the fp32 latent weight; gamma
+-- is recomputed from it on every forward. With opts.ternary = false both quantizers are skipped
+-- and the layer is a plain (optionally input-normalized) fp32 linear: the same architecture as an
+-- fp32 ablation.
+--
+-- Where the norm sits (§1.4): the invariant is that the input of every ternary matmul is RMS-
+-- normalized. The GPT block normalizes once before q/k/v (and before the MLP up projection), so
+-- those layers are built with norm = false and share one quantized input through
+-- BitLinear.prepare(x, opts) + layer:forward_prepared(xq); the output projections (wo, w2) see
+-- an un-normalized input and normalize it themselves (norm = true) unless the model puts a
+-- learnable SubLN RMSNorm in front of them.
+--
+-- Init: W ~ N(0, opts.std) (default 0.02) from opts.generator (an nc.generator) or the global one.
+local Module = require('nanochat.nn').Module
+
+local function nc() return require 'nanochat' end
+
+local BitLinear = Module:extend('BitLinear')
+
+function BitLinear:init(in_features, out_features, opts)
+    opts = opts or {}
+    if type(in_features) ~= 'number' or type(out_features) ~= 'number' then
+        error('BitLinear: expected (in_features, out_features[, opts])', 3)
+    end
+    self.in_features, self.out_features = in_features, out_features
+    self.ternary = opts.ternary ~= false
+    self.norm = opts.norm and true or false
+    self.eps = opts.eps or 1e-6
+    self.group = opts.group or 0
+    if self.group ~= 0 and (in_features * out_features) % self.group ~= 0 then
+        error(string.format('BitLinear: quant group %d does not divide the %d x %d weight', self.group,
+            out_features, in_features), 3)
+    end
+    self:param('weight', nc().randn({ out_features, in_features },
+        { std = opts.std or 0.02, generator = opts.generator, device = opts.device }))
+end
+
+-- The (normalized, quantized) input a BitLinear consumes; layers built with norm = false can
+-- share one prepare() of the same tensor. opts: norm (false), ternary (true), eps (1e-6).
+function BitLinear.prepare(x, opts)
+    local n = nc()
+    if opts.norm then x = n.rmsnorm(x, nil, opts.eps or 1e-6) end
+    if opts.ternary ~= false then x = (n.quant_act(x)) end
+    return x
+end
+
+-- The weight the matmul uses: Qw(W) through the STE when ternary, else W. The quantizer is looked
+-- up on nc at call time (a spec swaps it to check the STE gradient). snap (optional, a table):
+-- inference snapshot — the first call stores Qw(W) (no autograd) in snap[self] and later calls
+-- reuse it, so decoding does not re-quantize every matrix per token (a KV cache carries one).
+function BitLinear:effective_weight(snap)
+    if not self.ternary then return self.weight end
+    if snap then
+        local w = snap[self]
+        if not w then
+            w = nc().no_grad(function() return (nc().quant_weight(self.weight, { group_size = self.group })) end)
+            snap[self] = w
+        end
+        return w
+    end
+    return (nc().quant_weight(self.weight, { group_size = self.group }))
+end
+
+-- y = xq Wq^T for an input already passed through prepare() with this layer's settings
+function BitLinear:forward_prepared(xq, snap)
+    return nc().linear(xq, self:effective_weight(snap))
+end
+
+function BitLinear:forward(x, snap)
+    return self:forward_prepared(BitLinear.prepare(x, self), snap)
+end
+
+-- Ternary codes and scales for export/inspection (no gradient): codes (out, in) f32 in {-1, 0, 1},
+-- gamma (groups) f32. Wq = gamma * codes.
+function BitLinear:ternary_weight()
+    local n = nc()
+    return n.no_grad(function()
+        local wq, gamma = n.quant_weight(self.weight, { group_size = self.group })
+        if self.group == 0 then return wq / gamma:item(), gamma end
+        local g = self.group
+        local codes = (wq:reshape { -1, g } / gamma:reshape { -1, 1 }):reshape(self.weight:shape())
+        return codes, gamma
+    end)
+end
+
+function BitLinear:extra_repr()
+    return string.format('in=%d, out=%d, ternary=%s, norm=%s%s', self.in_features, self.out_features,
+        tostring(self.ternary), tostring(self.norm), self.group ~= 0 and (', group=' .. self.group) or '')
+end
+
+return BitLinear

@@ -1,0 +1,379 @@
+-- lua/nanochat/models/gpt.lua — nc.models.gpt: the ternary (BitNet b1.58) GPT.
+--
+-- Promise: `nc.models.gpt.new(cfg)` builds a decoder-only transformer from a plain cfg table
+-- (configs/models/*.lua), deterministically from cfg.seed (its own nc.generator; the global
+-- generator is not touched). Architecture (algorithms.md §1, §14):
+--
+--   x = rmsnorm(wte[idx])                                  token embedding (fp32), then a norm
+--   per block (pre-norm, residual):
+--     h = rmsnorm(x); xq = Qa(h) (one int8 quantization shared by q, k and v)
+--     q, k, v = xq Qw(Wq)^T, xq Qw(Wk)^T, xq Qw(Wv)^T     GQA: n_head query, n_kv_head kv heads
+--     [qk_norm: parameter-free rmsnorm of q and k per head]; RoPE (half split, base rope_theta)
+--     a = causal attention(q, k, v), scale 1/sqrt(head_dim)
+--     x = x + BitLinear_o(a)       BitLinear_o normalizes its own input (parameter-free), or with
+--                                  cfg.subln a learnable-gain RMSNorm (SubLN, 2B4T) comes first
+--     h = rmsnorm(x); xq = Qa(h)
+--     relu2:  u = relu(xq Qw(W1)^T)^2          swiglu: u = silu(xq Qw(W1)^T) * (xq Qw(W3)^T)
+--     x = x + BitLinear_2(u)       (own norm, or SubLN like the attention output)
+--   logits = rmsnorm(x) Whead^T   (fp32 head; tied to wte with cfg.tie_embeddings)
+--   [logit_softcap c: logits = c tanh(logits / c)]
+-- so the input of every ternary matmul is RMS-normalized (§1.4). All pre-norms are parameter-
+-- free (nanochat); no biases. cfg.ternary = false switches both quantizers off and leaves the same
+-- network in fp32 (an ablation, and what the finite-difference specs differentiate).
+--
+-- Init (a documented choice): block matrices W ~ N(0, init_std = 0.02); the two output
+-- projections (wo, w2) N(0, init_std / sqrt(2 n_layer)) (GPT-2); wte ~ N(0, embed_std = 1) (a norm
+-- follows it); the untied head ~ N(0, head_std = 0.001) so the loss starts at ln(V); tied
+-- embeddings use init_std for the shared matrix. SubLN gains start at 1. Note the ternary forward
+-- is scale invariant per matrix, so the std only sets the latent scale the optimizer moves.
+--
+-- Parameter names: wte.weight, h.<i>.attn.{wq,wk,wv,wo}.weight, h.<i>.attn.sub_norm.weight,
+-- h.<i>.mlp.{w1,w3,w2}.weight, h.<i>.mlp.sub_norm.weight, lm_head.weight.
+--
+-- FLOPs (design.md): flops_per_token(T) = 6 N + 6 L d T with N = the parameters that take part in
+-- a matmul (every block matrix plus the head matrix; the token embedding is a lookup and norm
+-- gains are elementwise, so neither counts; a tied matrix counts once, as the head).
+--
+-- Generation: model:new_cache(B, max_T) preallocates per-layer K/V (B, max_T, n_kv_head, head_dim)
+-- and RoPE tables for positions 0 .. max_T-1; model:forward_cached(idx, cache) runs idx (B, T) at
+-- positions cache.pos .. cache.pos+T-1 (no autograd), appends its K/V and returns logits (B, T, V).
+-- A cache also snapshots the ternary weights Qw(W) at its first use (decoding would otherwise
+-- re-quantize every matrix per token): weights changed afterwards are seen after cache:reset().
+local nn = require 'nanochat.nn'
+local BitLinear = require 'nanochat.layers.bitlinear'
+local Module = nn.Module
+
+local function nc() return require 'nanochat' end
+
+local M = {}
+
+-- ---- config ----------------------------------------------------------------------------------
+local KNOWN = {
+    vocab_size = 'number', seq_len = 'number', d_model = 'number', n_layer = 'number', n_head = 'number',
+    n_kv_head = 'number', head_dim = 'number', d_ff = 'number', mlp = 'string', rope_theta = 'number',
+    qk_norm = 'boolean', tie_embeddings = 'boolean', logit_softcap = 'number', ternary = 'boolean',
+    quant_group = 'number', subln = 'boolean', init_std = 'number', embed_std = 'number',
+    head_std = 'number', norm_eps = 'number', seed = 'number', name = 'string', arch = 'string',
+}
+
+local function is_posint(v) return type(v) == 'number' and v >= 1 and v == math.floor(v) end
+
+-- A complete, validated copy of cfg with the defaults filled in (errors name the bad field).
+function M.config(cfg)
+    if type(cfg) ~= 'table' then error('gpt: expected a cfg table, got ' .. type(cfg), 2) end
+    local c = {}
+    for k, v in pairs(cfg) do
+        local want = KNOWN[k]
+        if not want then error('gpt: unknown cfg field ' .. tostring(k), 2) end
+        if type(v) ~= want then error(string.format('gpt: cfg.%s must be a %s, got %s', k, want, type(v)), 2) end
+        c[k] = v
+    end
+    for _, k in ipairs { 'vocab_size', 'd_model', 'n_layer', 'n_head' } do
+        if not is_posint(c[k]) then error('gpt: cfg.' .. k .. ' must be a positive integer, got ' .. tostring(c[k]), 2) end
+    end
+    c.arch = c.arch or 'gpt'
+    c.seq_len = c.seq_len or 256
+    c.n_kv_head = c.n_kv_head or c.n_head
+    c.head_dim = c.head_dim or c.d_model / c.n_head
+    c.mlp = c.mlp or 'relu2'
+    if c.mlp ~= 'relu2' and c.mlp ~= 'swiglu' then error("gpt: cfg.mlp must be 'relu2' or 'swiglu', got " .. c.mlp, 2) end
+    if not c.d_ff then
+        -- relu2: 4d; swiglu: 8/3 d rounded up to a multiple of 64 (same params/FLOPs as 4d, §14.5)
+        c.d_ff = c.mlp == 'relu2' and 4 * c.d_model or 64 * math.ceil(8 * c.d_model / 3 / 64)
+    end
+    c.rope_theta = c.rope_theta or 10000
+    if c.qk_norm == nil then c.qk_norm = false end
+    if c.tie_embeddings == nil then c.tie_embeddings = false end
+    if c.ternary == nil then c.ternary = true end
+    c.quant_group = c.quant_group or 0
+    if c.subln == nil then c.subln = false end
+    c.init_std = c.init_std or 0.02
+    c.embed_std = c.embed_std or (c.tie_embeddings and c.init_std or 1.0)
+    c.head_std = c.head_std or 0.001
+    c.norm_eps = c.norm_eps or 1e-6
+    c.seed = c.seed or 0
+    for _, k in ipairs { 'seq_len', 'n_kv_head', 'head_dim', 'd_ff' } do
+        if not is_posint(c[k]) then error('gpt: cfg.' .. k .. ' must be a positive integer, got ' .. tostring(c[k]), 2) end
+    end
+    if c.head_dim % 2 ~= 0 then error('gpt: head_dim ' .. c.head_dim .. ' must be even (RoPE rotates pairs)', 2) end
+    if c.n_head % c.n_kv_head ~= 0 then
+        error(string.format('gpt: n_head %d must be a multiple of n_kv_head %d (GQA)', c.n_head, c.n_kv_head), 2)
+    end
+    if c.logit_softcap and c.logit_softcap <= 0 then error('gpt: cfg.logit_softcap must be > 0', 2) end
+    if c.quant_group < 0 or c.quant_group ~= math.floor(c.quant_group) then
+        error('gpt: cfg.quant_group must be 0 (per tensor) or a positive group size', 2)
+    end
+    return c
+end
+
+-- Closed-form parameter counts of a cfg: { total, embedding, head, matrix, norm, matmul }.
+function M.count_params(cfg)
+    local c = M.config(cfg)
+    local d, hd, L = c.d_model, c.head_dim, c.n_layer
+    local attn = d * c.n_head * hd * 2 + d * c.n_kv_head * hd * 2
+    local mlp = (c.mlp == 'swiglu' and 3 or 2) * d * c.d_ff
+    local norm = c.subln and L * (c.n_head * hd + c.d_ff) or 0
+    local emb = c.vocab_size * d
+    local head = c.tie_embeddings and 0 or c.vocab_size * d
+    local matrix = L * (attn + mlp)
+    return { total = emb + head + matrix + norm, embedding = emb, head = head, matrix = matrix, norm = norm,
+             matmul = matrix + c.vocab_size * d }
+end
+
+-- ---- layers ------------------------------------------------------------------------------------
+-- A bare weight holder (embedding table / head matrix), so names read wte.weight, lm_head.weight.
+local Weight = Module:extend('Weight')
+function Weight:init(rows, cols, std, gen)
+    self:param('weight', nc().randn({ rows, cols }, { std = std, generator = gen }))
+end
+function Weight:extra_repr() return table.concat(self.weight:shape(), ', ') end
+
+local Attention = Module:extend('Attention')
+M.Attention = Attention
+
+function Attention:init(c, gen)
+    local d, H, Hkv, hd = c.d_model, c.n_head, c.n_kv_head, c.head_dim
+    self.n_head, self.n_kv_head, self.head_dim = H, Hkv, hd
+    self.ternary, self.qk_norm, self.eps = c.ternary, c.qk_norm, c.norm_eps
+    local o = { ternary = c.ternary, group = c.quant_group, std = c.init_std, generator = gen, eps = c.norm_eps }
+    self.wq = BitLinear(d, H * hd, o)
+    self.wk = BitLinear(d, Hkv * hd, o)
+    self.wv = BitLinear(d, Hkv * hd, o)
+    if c.subln then self.sub_norm = nn.RMSNorm(H * hd, { eps = c.norm_eps }) end
+    self.wo = BitLinear(H * hd, d, { ternary = c.ternary, group = c.quant_group, generator = gen, eps = c.norm_eps,
+                                     std = c.init_std / math.sqrt(2 * c.n_layer), norm = not c.subln })
+end
+
+-- h (B, T, d) already RMS-normalized; cos, sin (T, head_dim/2) for these positions.
+-- With a cache (no autograd) K/V are appended at cache.pos and attention runs over the whole prefix.
+function Attention:forward(h, cos, sin, cache, layer)
+    local n = nc()
+    local B, T = h:size(0), h:size(1)
+    local H, Hkv, hd = self.n_head, self.n_kv_head, self.head_dim
+    local snap = cache and cache.qw
+    local xq = BitLinear.prepare(h, { ternary = self.ternary })
+    local q = self.wq:forward_prepared(xq, snap):view { B, T, H, hd }
+    local k = self.wk:forward_prepared(xq, snap):view { B, T, Hkv, hd }
+    local v = self.wv:forward_prepared(xq, snap):view { B, T, Hkv, hd }
+    if self.qk_norm then
+        q, k = n.rmsnorm(q, nil, self.eps), n.rmsnorm(k, nil, self.eps)
+    end
+    q, k = n.rope(q, cos, sin), n.rope(k, cos, sin)
+    if cache then
+        local pos = cache.pos
+        cache.k[layer]:narrow(1, pos, T):copy_(k)
+        cache.v[layer]:narrow(1, pos, T):copy_(v)
+        k = cache.k[layer]:narrow(1, 0, pos + T)
+        v = cache.v[layer]:narrow(1, 0, pos + T)
+    end
+    local a = n.attention(q, k, v, { causal = true }):view { B, T, H * hd }
+    if self.sub_norm then a = self.sub_norm(a) end
+    return self.wo(a, snap)
+end
+
+local MLP = Module:extend('MLP')
+M.MLP = MLP
+
+function MLP:init(c, gen)
+    local d, f = c.d_model, c.d_ff
+    self.kind, self.ternary = c.mlp, c.ternary
+    local o = { ternary = c.ternary, group = c.quant_group, std = c.init_std, generator = gen, eps = c.norm_eps }
+    self.w1 = BitLinear(d, f, o)
+    if c.mlp == 'swiglu' then self.w3 = BitLinear(d, f, o) end
+    if c.subln then self.sub_norm = nn.RMSNorm(f, { eps = c.norm_eps }) end
+    self.w2 = BitLinear(f, d, { ternary = c.ternary, group = c.quant_group, generator = gen, eps = c.norm_eps,
+                                std = c.init_std / math.sqrt(2 * c.n_layer), norm = not c.subln })
+end
+
+-- h (B, T, d) already RMS-normalized; snap: a cache's quantized-weight snapshot or nil
+function MLP:forward(h, snap)
+    local n = nc()
+    local xq = BitLinear.prepare(h, { ternary = self.ternary })
+    local u
+    if self.kind == 'relu2' then
+        u = n.relu2(self.w1:forward_prepared(xq, snap))
+    else
+        u = n.silu(self.w1:forward_prepared(xq, snap)) * self.w3:forward_prepared(xq, snap)
+    end
+    if self.sub_norm then u = self.sub_norm(u) end
+    return self.w2(u, snap)
+end
+
+local Block = Module:extend('Block')
+M.Block = Block
+
+function Block:init(c, gen)
+    self.eps = c.norm_eps
+    self.attn = Attention(c, gen)
+    self.mlp = MLP(c, gen)
+end
+
+function Block:forward(x, cos, sin, cache, layer)
+    local n = nc()
+    x = x + self.attn(n.rmsnorm(x, nil, self.eps), cos, sin, cache, layer)
+    return x + self.mlp(n.rmsnorm(x, nil, self.eps), cache and cache.qw)
+end
+
+-- ---- the model -----------------------------------------------------------------------------------
+local GPT = Module:extend('GPT')
+M.GPT = GPT
+
+function GPT:init(cfg)
+    local c = M.config(cfg)
+    rawset(self, 'cfg', c)
+    local n = nc()
+    local gen = n.generator(c.seed)
+    self.wte = Weight(c.vocab_size, c.d_model, c.embed_std, gen)
+    local blocks = {}
+    for i = 1, c.n_layer do blocks[i] = Block(c, gen) end
+    self.h = nn.ModuleList(blocks)
+    if not c.tie_embeddings then self.lm_head = Weight(c.vocab_size, c.d_model, c.head_std, gen) end
+    local cos, sin = n.rope_tables(c.seq_len, c.head_dim, { base = c.rope_theta })
+    self:buffer('rope_cos', cos, { persistent = false })
+    self:buffer('rope_sin', sin, { persistent = false })
+end
+
+function M.new(cfg) return GPT(cfg) end
+
+function GPT:head_weight() return self.lm_head and self.lm_head.weight or self.wte.weight end
+
+-- rope tables for positions pos .. pos+T-1 (from the model's tables or the cache's)
+local function rope_slice(cos, sin, pos, T, what)
+    if pos + T > cos:size(0) then
+        error(string.format('gpt: %s: positions %d..%d exceed the %d positions available', what, pos, pos + T - 1,
+            cos:size(0)), 3)
+    end
+    return cos:narrow(0, pos, T), sin:narrow(0, pos, T)
+end
+
+local function check_idx(idx, what)
+    if not nc().is_tensor(idx) or idx:dim() ~= 2 then
+        error('gpt: ' .. what .. ': expected idx (B, T) integer tensor', 3)
+    end
+    local dt = idx:dtype()
+    if dt ~= 'i64' and dt ~= 'i32' then error('gpt: ' .. what .. ': expected i64/i32 token ids, got ' .. dt, 3) end
+end
+
+-- shared trunk: x (B, T, d) from the embedding -> logits (B, T, V)
+function GPT:_run(idx, cos, sin, cache)
+    local n = nc()
+    local c = self.cfg
+    local x = n.rmsnorm(n.embedding(idx, self.wte.weight), nil, c.norm_eps)
+    for i, block in ipairs(self.h) do x = block(x, cos, sin, cache, i) end
+    local logits = n.linear(n.rmsnorm(x, nil, c.norm_eps), self:head_weight())
+    local cap = c.logit_softcap
+    if cap then logits = n.tanh(logits * (1 / cap)) * cap end
+    return logits
+end
+
+-- forward(idx) -> logits (B, T, V); forward(idx, targets, opts) -> mean loss (scalar), logits.
+-- opts: z_loss, label_smoothing, ignore_index (nc.cross_entropy's).
+function GPT:forward(idx, targets, opts)
+    check_idx(idx, 'forward')
+    local cos, sin = rope_slice(self.rope_cos, self.rope_sin, 0, idx:size(1), 'forward')
+    local logits = self:_run(idx, cos, sin, nil)
+    if targets == nil then return logits end
+    return nc().cross_entropy(logits, targets, opts), logits
+end
+
+-- ---- KV cache ------------------------------------------------------------------------------------
+local Cache = {}
+Cache.__index = Cache
+
+-- back to position 0; the quantized-weight snapshot is dropped too (re-taken on the next use)
+function Cache:reset() self.pos = 0; self.qw = {}; return self end
+function Cache:bytes()
+    local b = 0
+    for i = 1, #self.k do b = b + 8 * self.k[i]:numel() end
+    return b
+end
+
+-- A cache for B sequences of up to max_T positions (default cfg.seq_len); RoPE tables beyond the
+-- training length are computed here (extrapolation is the caller's choice).
+function GPT:new_cache(B, max_T)
+    local c = self.cfg
+    max_T = max_T or c.seq_len
+    if not is_posint(B) or not is_posint(max_T) then error('gpt: new_cache: expected positive integers (B, max_T)', 2) end
+    local n = nc()
+    local dev = self.wte.weight:device()
+    local cache = setmetatable({ B = B, max_T = max_T, pos = 0, k = {}, v = {}, qw = {} }, Cache)
+    for i = 1, c.n_layer do
+        cache.k[i] = n.zeros({ B, max_T, c.n_kv_head, c.head_dim }, { device = dev })
+        cache.v[i] = n.zeros({ B, max_T, c.n_kv_head, c.head_dim }, { device = dev })
+    end
+    if max_T <= self.rope_cos:size(0) then
+        cache.cos, cache.sin = self.rope_cos, self.rope_sin
+    else
+        cache.cos, cache.sin = n.rope_tables(max_T, c.head_dim, { base = c.rope_theta, device = dev })
+    end
+    return cache
+end
+
+-- idx (B, T) at positions cache.pos .. cache.pos+T-1 -> logits (B, T, V); advances cache.pos.
+function GPT:forward_cached(idx, cache)
+    check_idx(idx, 'forward_cached')
+    if getmetatable(cache) ~= Cache then error('gpt: forward_cached: expected a cache from model:new_cache', 2) end
+    local B, T = idx:size(0), idx:size(1)
+    if B ~= cache.B then error(string.format('gpt: forward_cached: idx has B = %d, the cache %d', B, cache.B), 2) end
+    if cache.pos + T > cache.max_T then
+        error(string.format('gpt: forward_cached: cache full (%d + %d positions > max_T %d)', cache.pos, T, cache.max_T), 2)
+    end
+    local cos, sin = rope_slice(cache.cos, cache.sin, cache.pos, T, 'forward_cached')
+    local logits = nc().no_grad(function() return self:_run(idx, cos, sin, cache) end)
+    cache.pos = cache.pos + T
+    return logits
+end
+
+-- ---- introspection -------------------------------------------------------------------------------
+-- { [name] = 'matrix' | 'embedding' | 'head' | 'norm' }: block BitLinear weights are 'matrix';
+-- a tied wte is 'embedding' (the optimizer treats it as the embedding).
+function GPT:param_roles()
+    local roles = { ['wte.weight'] = 'embedding' }
+    if self.lm_head then roles['lm_head.weight'] = 'head' end
+    for _, nm in ipairs(self:named_modules()) do
+        local name, m = nm[1], nm[2]
+        if getmetatable(m) == BitLinear then roles[name .. '.weight'] = 'matrix'
+        elseif getmetatable(m) == nn.RMSNorm and m.weight then roles[name .. '.weight'] = 'norm' end
+    end
+    for _, nv in ipairs(self:named_parameters()) do
+        if not roles[nv[1]] then roles[nv[1]] = 'scalar' end
+    end
+    return roles
+end
+
+-- counted from the actual parameters: { total, embedding, head, matrix, norm, matmul }
+function GPT:param_counts()
+    local roles = self:param_roles()
+    local out = { total = 0, embedding = 0, head = 0, matrix = 0, norm = 0, scalar = 0 }
+    for _, nv in ipairs(self:named_parameters()) do
+        local r, k = roles[nv[1]], nv[2]:numel()
+        out.total = out.total + k
+        out[r] = out[r] + k
+    end
+    out.matmul = out.matrix + (self.lm_head and out.head or out.embedding)
+    return out
+end
+
+-- all parameters (a tied matrix once)
+function GPT:num_params() return self:param_counts().total end
+
+-- 6 N + 6 L d T with N = matmul parameters (see the file header); T defaults to cfg.seq_len
+function GPT:flops_per_token(T)
+    local c = self.cfg
+    T = T or c.seq_len
+    return 6 * self:param_counts().matmul + 6 * c.n_layer * c.d_model * T
+end
+
+function GPT:config()
+    local out = {}
+    for k, v in pairs(self.cfg) do out[k] = v end
+    return out
+end
+
+function GPT:extra_repr()
+    local c = self.cfg
+    return string.format('V=%d, d=%d, L=%d, H=%d, Hkv=%d, ff=%d %s, ternary=%s', c.vocab_size, c.d_model, c.n_layer,
+        c.n_head, c.n_kv_head, c.d_ff, c.mlp, tostring(c.ternary))
+end
+
+return M
