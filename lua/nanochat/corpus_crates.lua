@@ -7,7 +7,8 @@
 --   small   — the built-in default that recipes use on first run (corpus.default_dir()):
 --             18 small popular crates, ~4-5 MB of Rust after filtering.
 --   default — the curated list of popular crates (`nanochat tools/corpus.lua crates=default`),
---             top-level crates only (deps=true pulls their librust dependencies as well).
+--             top-level crates only (deps=true pulls their librust dependencies as well);
+--             libc is left out on purpose (3.4 MB of FFI declarations).
 local M = {}
 
 M.small = {
@@ -34,7 +35,7 @@ M.default = {
     'num-traits', 'num-integer', 'num-bigint', 'num-rational', 'num-complex', 'num-cpus',
     'num-derive', 'half', 'ordered-float', 'base64', 'hex', 'sha2', 'sha1', 'md5', 'digest',
     'blake3', 'crc32fast', 'adler', 'flate2', 'miniz-oxide', 'zip', 'tar', 'bzip2', 'xz2',
-    'snap', 'byteorder', 'memmap2', 'libc', 'nix', 'signal-hook', 'ctrlc', 'dirs',
+    'snap', 'byteorder', 'memmap2', 'nix', 'signal-hook', 'ctrlc', 'dirs',
     'directories', 'which', 'home', 'atty', 'termcolor', 'colored', 'ansi-term', 'console',
     'indicatif', 'dialoguer', 'crossterm', 'termion', 'textwrap', 'unicode-width',
     'unicode-segmentation', 'unicode-normalization', 'unicode-xid', 'unicode-ident', 'semver',
@@ -57,6 +58,10 @@ M.default = {
     'jsonwebtoken', 'oauth2', 'mime', 'mime-guess', 'encoding-rs', 'content-inspector',
     'serde-urlencoded', 'cookie', 'tokio-rustls', 'hyper-rustls', 'native-tls',
     'tokio-native-tls', 'trust-dns-resolver', 'ipnet',
+    -- systems / tooling
+    'rustix', 'object', 'gimli', 'addr2line', 'backtrace', 'cc', 'bindgen', 'regex-automata',
+    'sharded-slab', 'arc-swap', 'encoding', 'darling', 'derive-builder', 'erased-serde', 'goblin', 'rustc-demangle',
+    'cpp-demangle', 'fancy-regex', 'grep-searcher', 'plotters', 'unicase', 'synstructure', 'tracing-log', 'valuable',
 }
 
 return M
