@@ -329,7 +329,7 @@ describe('corpus download', function()
         local cache = tmpdir()
         local out = tmpdir() .. '/real'
         local ok, m = pcall(corpus.build, { out = out, crates = { 'either', 'scopeguard', 'cfg_if', 'no-such-crate-xyz' },
-                                            cache = cache, quiet = true })
+                                            cache = cache, quiet = true, timeout = 15 })
         if not ok and tostring(m):find('could be downloaded', 1, true) then
             pending('no network for apt-get download: ' .. tostring(m):match('^[^\n]*')) return
         end

@@ -291,6 +291,8 @@ function M.fetch(pkgs, opts)
         return have
     end
     local have = cached()
+    -- opts.timeout: seconds allowed per apt-get call (coreutils timeout), so no network cannot hang
+    local apt = (opts.timeout and ('timeout ' .. math.floor(opts.timeout) .. ' ') or '') .. 'apt-get download -q '
     local failed, need = {}, {}
     for _, p in ipairs(pkgs) do
         if not p:match('^[%w%.%+%-]+$') then
@@ -317,13 +319,14 @@ function M.fetch(pkgs, opts)
         for i = 1, #todo, B do
             local batch = {}
             for j = i, math.min(i + B - 1, #todo) do batch[#batch + 1] = todo[j] end
-            local ok, out = run('cd ' .. q(debs) .. ' && apt-get download -q ' .. table.concat(batch, ' '))
+            local ok, out = run('cd ' .. q(debs) .. ' && ' .. apt .. table.concat(batch, ' '))
             if not ok then
                 -- retry one by one so one bad package does not sink the batch
                 for _, p in ipairs(batch) do
-                    local ok1, out1 = run('cd ' .. q(debs) .. ' && apt-get download -q ' .. p)
+                    local ok1, out1, rc1 = run('cd ' .. q(debs) .. ' && ' .. apt .. p)
                     if not ok1 then
                         local msg = (out1:match('E: [^\n]*') or out1:match('[^\n]+') or 'failed'):sub(1, 300)
+                        if rc1 == 124 then msg = 'timed out after ' .. opts.timeout .. ' s' end
                         first_error = first_error or msg
                         failed[#failed + 1] = { package = p, reason = 'apt-get download: ' .. msg }
                     end
@@ -470,7 +473,8 @@ end
 --   out = DIR (required); crates = 'default'|'small'|'all'|FILE|list; rustc_src = false;
 --   deps = false (also take librust dependencies); roots = list of {package=, root=} or
 --   extracted = DIR (each subdirectory an extracted .deb) instead of downloading;
---   val_fraction = 0.01; part_bytes = 16 MiB; cache = root; log = function(msg) | quiet = true.
+--   val_fraction = 0.01; part_bytes = 16 MiB; cache = root; log = function(msg) | quiet = true;
+--   timeout = seconds per apt-get download call (default: none).
 function M.build(opts)
     opts = opts or {}
     local out = opts.out or error('nc.corpus.build: out=DIR is required', 0)
@@ -497,7 +501,7 @@ function M.build(opts)
             if why then excluded_pkgs[#excluded_pkgs + 1] = { package = p, reason = why }
             else keep[#keep + 1] = p end
         end
-        roots, failed = M.fetch(keep, { cache = opts.cache, log = log })
+        roots, failed = M.fetch(keep, { cache = opts.cache, log = log, timeout = opts.timeout })
         for _, f in ipairs(failed) do log('skipped package ' .. f.package .. ': ' .. f.reason) end
     end
     log(string.format('scanning %d packages', #roots))
