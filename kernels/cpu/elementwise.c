@@ -202,7 +202,7 @@ static void k_add_scaled(float *o, const float *a, float alpha, int64_t n, int p
     else nc_ew_add_scaled_base(o, a, alpha, n, par);
 }
 
-static const char *const bin_names[] = { "add", "sub", "mul", "div", "maximum", "minimum", "pow" };
+static const char *const bin_names[] = { "add", "sub", "mul", "div", "maximum", "minimum", "pow", "floor_div" };
 static const char *const un_names[] = { "neg", "exp", "log", "tanh", "sigmoid", "relu", "relu2", "silu",
                                         "gelu", "gelu_tanh", "sqrt", "rsqrt", "abs", "square", "recip",
                                         "sin", "cos" };
@@ -494,10 +494,168 @@ static nc_tensor *tmp_zeros(int32_t nd, const int64_t *shape) {
     return nc_tensor_new_zeros(NC_F32, NC_CPU, nd, shape);
 }
 
+/* ---- integer tensors (i32, i64) ------------------------------------------------------------ *
+ * Exact two's-complement arithmetic: + - * wrap (computed in the unsigned type, no UB), floor_div
+ * rounds toward -inf (INT_MIN floor_div -1 wraps to INT_MIN), division by zero is reported. No
+ * autograd, CPU only. One row function per dtype (macro-instantiated) serves the flat and the
+ * strided cases alike through geo_run. */
+static int ew_is_int(int32_t dt) { return dt == NC_I32 || dt == NC_I64; }
+
+typedef struct { int32_t op; int64_t s; int *zero; } ew_ictx;
+
+#define EW_INT_FUNCS(T, UT)                                                                          \
+    static inline T ew_ibin_##T(int32_t op, T x, T y, int *zero) {                                   \
+        switch (op) {                                                                                \
+        case NC_OP_ADD: return (T)((UT)x + (UT)y);                                                   \
+        case NC_OP_SUB: return (T)((UT)x - (UT)y);                                                   \
+        case NC_OP_MUL: return (T)((UT)x * (UT)y);                                                   \
+        case NC_OP_MAXIMUM: return x >= y ? x : y;                                                   \
+        case NC_OP_MINIMUM: return x <= y ? x : y;                                                   \
+        default: {                                                                                   \
+            if (y == 0) { __atomic_store_n(zero, 1, __ATOMIC_RELAXED); return 0; }                   \
+            if (y == -1) return (T)((UT)0 - (UT)x);                                                  \
+            T q = (T)(x / y);                                                                        \
+            if ((T)(x % y) != 0 && ((x < 0) != (y < 0))) q--;                                        \
+            return q;                                                                                \
+        }                                                                                            \
+        }                                                                                            \
+    }                                                                                                \
+    static void row_ibin_##T(const void *cv, char *const *p, const int64_t *s, int64_t n) {          \
+        const ew_ictx *c = cv;                                                                       \
+        T *o = (T *)p[0];                                                                            \
+        const T *a = (const T *)p[1], *b = (const T *)p[2];                                          \
+        int32_t op = c->op;                                                                          \
+        if (op == NC_OP_ADD && s[0] == 1 && s[1] == 1 && s[2] == 1) {                                \
+            for (int64_t i = 0; i < n; i++) o[i] = (T)((UT)a[i] + (UT)b[i]);                         \
+            return;                                                                                  \
+        }                                                                                            \
+        for (int64_t i = 0; i < n; i++) o[i * s[0]] = ew_ibin_##T(op, a[i * s[1]], b[i * s[2]], c->zero); \
+    }                                                                                                \
+    static void row_ibin_s_##T(const void *cv, char *const *p, const int64_t *s, int64_t n) {        \
+        const ew_ictx *c = cv;                                                                       \
+        T *o = (T *)p[0];                                                                            \
+        const T *a = (const T *)p[1];                                                                \
+        T y = (T)c->s;                                                                               \
+        int32_t op = c->op;                                                                          \
+        if (op == NC_OP_ADD && s[0] == 1 && s[1] == 1) {                                             \
+            for (int64_t i = 0; i < n; i++) o[i] = (T)((UT)a[i] + (UT)y);                            \
+            return;                                                                                  \
+        }                                                                                            \
+        for (int64_t i = 0; i < n; i++) o[i * s[0]] = ew_ibin_##T(op, a[i * s[1]], y, c->zero);      \
+    }                                                                                                \
+    static void row_iun_##T(const void *cv, char *const *p, const int64_t *s, int64_t n) {           \
+        const ew_ictx *c = cv;                                                                       \
+        T *o = (T *)p[0];                                                                            \
+        const T *a = (const T *)p[1];                                                                \
+        if (c->op == NC_OP_NEG)                                                                      \
+            for (int64_t i = 0; i < n; i++) o[i * s[0]] = (T)((UT)0 - (UT)a[i * s[1]]);              \
+        else                                                                                         \
+            for (int64_t i = 0; i < n; i++) {                                                        \
+                T x = a[i * s[1]];                                                                   \
+                o[i * s[0]] = x < 0 ? (T)((UT)0 - (UT)x) : x;                                        \
+            }                                                                                        \
+    }                                                                                                \
+    static void row_iclamp_##T(const void *cv, char *const *p, const int64_t *s, int64_t n) {        \
+        const int64_t *lh = cv;                                                                      \
+        T lo = (T)lh[0], hi = (T)lh[1];                                                              \
+        T *o = (T *)p[0];                                                                            \
+        const T *a = (const T *)p[1];                                                                \
+        for (int64_t i = 0; i < n; i++) {                                                            \
+            T x = a[i * s[1]];                                                                       \
+            x = x < lo ? lo : x;                                                                     \
+            o[i * s[0]] = x > hi ? hi : x;                                                           \
+        }                                                                                            \
+    }
+EW_INT_FUNCS(int32_t, uint32_t)
+EW_INT_FUNCS(int64_t, uint64_t)
+
+/* dtype rules shared by the ops below: every given operand has a's dtype; a message names both */
+static nc_status same_dtypes(const char *op, int n, const nc_tensor *const *ts, const char *const *names) {
+    for (int i = 1; i < n; i++) {
+        if (!ts[i] || ts[i]->dtype == ts[0]->dtype) continue;
+        char b0[NC_DESC_LEN], b1[NC_DESC_LEN];
+        return nc_fail(NC_ERR_DTYPE,
+                       "%s: expected %s and %s of the same dtype, got %s %s and %s %s (convert one with :to('%s') "
+                       "or :to('%s'))",
+                       op, names[0], names[i], names[0], nc_describe(ts[0], b0, sizeof b0), names[i],
+                       nc_describe(ts[i], b1, sizeof b1), nc_dtype_info(ts[0]->dtype)->name,
+                       nc_dtype_info(ts[i]->dtype)->name);
+    }
+    return NC_OK;
+}
+
+static nc_status int_cpu_only(const char *op, int n, const nc_tensor *const *ts) {
+    for (int i = 0; i < n; i++)
+        if (ts[i] && ts[i]->device != NC_CPU)
+            return nc_fail(NC_ERR_UNSUPPORTED, "%s: integer tensors are CPU-only; move them with :to('cpu')", op);
+    return NC_OK;
+}
+
+static nc_status int_op_ok(const char *name, int32_t op, int32_t dtype) {
+    const char *dn = nc_dtype_info(dtype)->name;
+    if (op == NC_OP_DIV)
+        return nc_fail(NC_ERR_DTYPE, "%s: integer division of %s tensors is not defined; convert with :to('f32') "
+                       "first, or use nc.floor_div for floor division", name, dn);
+    if (op == NC_OP_POW)
+        return nc_fail(NC_ERR_DTYPE, "%s: pow of %s tensors is not supported; convert with :to('f32') first", name, dn);
+    return NC_OK;
+}
+
+static nc_status int_binary(const char *name, nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t op,
+                            int32_t nd, const int64_t *shape) {
+    NC_TRY(int_op_ok(name, op, a->dtype));
+    const nc_tensor *ts[3] = { out, a, b };
+    NC_TRY(int_cpu_only(name, 3, ts));
+    ew_geo g;
+    geo_build(&g, nd, shape, 3, ts);
+    char *base[3] = { nc_ptr(out), nc_ptr(a), nc_ptr(b) };
+    int32_t es = nc_dtype_info(a->dtype)->elem_size, esz[3] = { es, es, es };
+    int zero = 0;
+    ew_ictx c = { op, 0, &zero };
+    geo_run(&g, base, esz, a->dtype == NC_I32 ? row_ibin_int32_t : row_ibin_int64_t, &c);
+    if (zero) return nc_fail(NC_ERR_ARG, "%s: division by zero (b has a 0 element)", name);
+    return NC_OK;
+}
+
+static nc_status int_binary_scalar(const char *name, nc_tensor *out, const nc_tensor *a, double s, int32_t op) {
+    NC_TRY(int_op_ok(name, op, a->dtype));
+    const nc_tensor *ts[2] = { out, a };
+    NC_TRY(int_cpu_only(name, 2, ts));
+    double lim = a->dtype == NC_I32 ? 2147483648.0 : 9223372036854775808.0;
+    if (s != floor(s) || s < -lim || s >= lim)
+        return nc_fail(NC_ERR_ARG, "%s: expected an integral scalar in the range of %s for an %s tensor, got %.17g "
+                       "(convert the tensor with :to('f32') for fractional values)", name,
+                       nc_dtype_info(a->dtype)->name, nc_dtype_info(a->dtype)->name, s);
+    if (op == NC_OP_FLOOR_DIV && s == 0.0) return nc_fail(NC_ERR_ARG, "%s: division by zero (the scalar is 0)", name);
+    ew_geo g;
+    geo_build(&g, out->ndim, out->shape, 2, ts);
+    char *base[2] = { nc_ptr(out), nc_ptr(a) };
+    int32_t es = nc_dtype_info(a->dtype)->elem_size, esz[2] = { es, es };
+    int zero = 0;
+    ew_ictx c = { op, (int64_t)s, &zero };
+    geo_run(&g, base, esz, a->dtype == NC_I32 ? row_ibin_s_int32_t : row_ibin_s_int64_t, &c);
+    return NC_OK;
+}
+
+static nc_status int_unary(const char *name, nc_tensor *out, const nc_tensor *a, int32_t op) {
+    if (op != NC_OP_NEG && op != NC_OP_ABS)
+        return nc_fail(NC_ERR_DTYPE, "%s: not defined for %s tensors (integer tensors support neg and abs); convert "
+                       "with :to('f32') first", name, nc_dtype_info(a->dtype)->name);
+    const nc_tensor *ts[2] = { out, a };
+    NC_TRY(int_cpu_only(name, 2, ts));
+    ew_geo g;
+    geo_build(&g, out->ndim, out->shape, 2, ts);
+    char *base[2] = { nc_ptr(out), nc_ptr(a) };
+    int32_t es = nc_dtype_info(a->dtype)->elem_size, esz[2] = { es, es };
+    ew_ictx c = { op, 0, NULL };
+    geo_run(&g, base, esz, a->dtype == NC_I32 ? row_iun_int32_t : row_iun_int64_t, &c);
+    return NC_OK;
+}
+
 /* ---- binary -------------------------------------------------------------------------------- */
 nc_status nc_binary(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t op) {
-    if (op < NC_OP_ADD || op > NC_OP_POW)
-        return nc_fail(NC_ERR_ARG, "binary: expected op in [0, %d] (enum nc_binary_op), got %d", NC_OP_POW, op);
+    if (op < NC_OP_ADD || op > NC_OP_FLOOR_DIV)
+        return nc_fail(NC_ERR_ARG, "binary: expected op in [0, %d] (enum nc_binary_op), got %d", NC_OP_FLOOR_DIV, op);
     const char *name = bin_names[op];
     NC_TRY(nc_check_not_null(name, "out", out));
     NC_TRY(nc_check_not_null(name, "a", a));
@@ -505,12 +663,22 @@ nc_status nc_binary(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int3
     const nc_tensor *ts[3] = { out, a, b };
     static const char *const tn[3] = { "out", "a", "b" };
     NC_TRY(check_all_device(name, out->device, 3, ts, tn));
-    for (int i = 0; i < 3; i++) NC_TRY(nc_check_dtype(name, tn[i], ts[i], NC_F32));
+    {
+        const nc_tensor *ab[3] = { a, b, out };
+        static const char *const abn[3] = { "a", "b", "out" };
+        NC_TRY(same_dtypes(name, 3, ab, abn));
+    }
+    if (!ew_is_int(a->dtype)) {
+        for (int i = 0; i < 3; i++) NC_TRY(nc_check_dtype(name, tn[i], ts[i], NC_F32));
+        if (op == NC_OP_FLOOR_DIV)
+            return nc_fail(NC_ERR_DTYPE, "floor_div: defined for i32/i64 tensors only, got f32 (use a / b for floats)");
+    }
     int32_t nd;
     int64_t shape[NC_MAX_DIMS];
     NC_TRY(bcast2(name, &nd, shape, a, "a", b, "b"));
     NC_TRY(check_out_shape(name, out, nd, shape, "the broadcast of a and b"));
     NC_TRY(check_writable(name, "out", out));
+    if (ew_is_int(a->dtype)) return int_binary(name, out, a, b, op, nd, shape);
     if (out->device == NC_CUDA) {
         const nc_cuda_api *cu = nc_cuda();
         if (!cu) return NC_ERR_DEVICE;
@@ -566,8 +734,8 @@ static nc_status grad_into(const char *name, nc_tensor *dst, int32_t nd, const i
 nc_status nc_binary_backward(nc_tensor *ga, nc_tensor *gb, const nc_tensor *out, const nc_tensor *a,
                              const nc_tensor *b, const nc_tensor *gout, int32_t op) {
     if (op < NC_OP_ADD || op > NC_OP_POW)
-        return nc_fail(NC_ERR_ARG, "binary_backward: expected op in [0, %d] (enum nc_binary_op), got %d", NC_OP_POW,
-                       op);
+        return nc_fail(NC_ERR_ARG, "binary_backward: expected a differentiable op in [0, %d] (enum nc_binary_op), "
+                       "got %d", NC_OP_POW, op);
     char name[48];
     snprintf(name, sizeof name, "%s backward", bin_names[op]);
     if (!ga && !gb) return NC_OK;
@@ -603,14 +771,25 @@ nc_status nc_binary_backward(nc_tensor *ga, nc_tensor *gb, const nc_tensor *out,
 
 /* ---- binary with a scalar ------------------------------------------------------------------- */
 nc_status nc_binary_scalar(nc_tensor *out, const nc_tensor *a, double s, int32_t op) {
-    if (op < NC_OP_ADD || op > NC_OP_POW)
-        return nc_fail(NC_ERR_ARG, "binary_scalar: expected op in [0, %d] (enum nc_binary_op), got %d", NC_OP_POW, op);
+    if (op < NC_OP_ADD || op > NC_OP_FLOOR_DIV)
+        return nc_fail(NC_ERR_ARG, "binary_scalar: expected op in [0, %d] (enum nc_binary_op), got %d", NC_OP_FLOOR_DIV,
+                       op);
     const char *name = bin_names[op];
     NC_TRY(nc_check_not_null(name, "out", out));
     NC_TRY(nc_check_not_null(name, "a", a));
     NC_TRY(nc_check_device(name, "a", a, out->device));
+    if (ew_is_int(a->dtype)) {
+        const nc_tensor *ao[2] = { a, out };
+        static const char *const aon[2] = { "a", "out" };
+        NC_TRY(same_dtypes(name, 2, ao, aon));
+        NC_TRY(nc_check_same_shape(name, "out", out, "a", a));
+        NC_TRY(check_writable(name, "out", out));
+        return int_binary_scalar(name, out, a, s, op);
+    }
     NC_TRY(nc_check_dtype(name, "out", out, NC_F32));
     NC_TRY(nc_check_dtype(name, "a", a, NC_F32));
+    if (op == NC_OP_FLOOR_DIV)
+        return nc_fail(NC_ERR_DTYPE, "floor_div: defined for i32/i64 tensors only, got f32 (use a / s for floats)");
     NC_TRY(nc_check_same_shape(name, "out", out, "a", a));
     NC_TRY(check_writable(name, "out", out));
     if (out->device == NC_CUDA) {
@@ -637,8 +816,8 @@ nc_status nc_binary_scalar(nc_tensor *out, const nc_tensor *a, double s, int32_t
 
 nc_status nc_binary_scalar_backward(nc_tensor *ga, const nc_tensor *a, const nc_tensor *gout, double s, int32_t op) {
     if (op < NC_OP_ADD || op > NC_OP_POW)
-        return nc_fail(NC_ERR_ARG, "binary_scalar_backward: expected op in [0, %d] (enum nc_binary_op), got %d",
-                       NC_OP_POW, op);
+        return nc_fail(NC_ERR_ARG, "binary_scalar_backward: expected a differentiable op in [0, %d] (enum "
+                       "nc_binary_op), got %d", NC_OP_POW, op);
     char name[48];
     snprintf(name, sizeof name, "%s backward", bin_names[op]);
     if (!ga) return NC_OK;
@@ -677,6 +856,14 @@ nc_status nc_unary(nc_tensor *out, const nc_tensor *a, int32_t op) {
     NC_TRY(nc_check_not_null(name, "out", out));
     NC_TRY(nc_check_not_null(name, "a", a));
     NC_TRY(nc_check_device(name, "a", a, out->device));
+    if (ew_is_int(a->dtype)) {
+        const nc_tensor *ao[2] = { a, out };
+        static const char *const aon[2] = { "a", "out" };
+        NC_TRY(same_dtypes(name, 2, ao, aon));
+        NC_TRY(nc_check_same_shape(name, "out", out, "a", a));
+        NC_TRY(check_writable(name, "out", out));
+        return int_unary(name, out, a, op);
+    }
     NC_TRY(nc_check_dtype(name, "out", out, NC_F32));
     NC_TRY(nc_check_dtype(name, "a", a, NC_F32));
     NC_TRY(nc_check_same_shape(name, "out", out, "a", a));
@@ -830,6 +1017,26 @@ nc_status nc_clamp(nc_tensor *out, const nc_tensor *a, double lo, double hi) {
     NC_TRY(nc_check_not_null(name, "a", a));
     const nc_tensor *ts[2] = { out, a };
     static const char *const tn[2] = { "out", "a" };
+    if (ew_is_int(a->dtype)) {
+        static const char *const aon[2] = { "out", "a" };
+        NC_TRY(int_cpu_only(name, 2, ts));
+        NC_TRY(same_dtypes(name, 2, ts, aon));
+        NC_TRY(nc_check_same_shape(name, "out", out, "a", a));
+        NC_TRY(check_writable(name, "out", out));
+        if (lo > hi || lo != lo || hi != hi)
+            return nc_fail(NC_ERR_ARG, "clamp: expected lo <= hi, got lo %g and hi %g", lo, hi);
+        double mn = a->dtype == NC_I32 ? -2147483648.0 : -9223372036854775808.0, mx = -mn;
+        int64_t lh[2];
+        lh[0] = lo <= mn ? (a->dtype == NC_I32 ? INT32_MIN : INT64_MIN) : lo >= mx ? (a->dtype == NC_I32 ? INT32_MAX : INT64_MAX) : (int64_t)ceil(lo);
+        lh[1] = hi >= mx ? (a->dtype == NC_I32 ? INT32_MAX : INT64_MAX) : hi <= mn ? (a->dtype == NC_I32 ? INT32_MIN : INT64_MIN) : (int64_t)floor(hi);
+        if (lh[0] > lh[1]) return nc_fail(NC_ERR_ARG, "clamp: no integer lies in [%g, %g]", lo, hi);
+        ew_geo g;
+        geo_build(&g, out->ndim, out->shape, 2, ts);
+        char *base[2] = { nc_ptr(out), nc_ptr(a) };
+        int32_t es = nc_dtype_info(a->dtype)->elem_size, esz[2] = { es, es };
+        geo_run(&g, base, esz, a->dtype == NC_I32 ? row_iclamp_int32_t : row_iclamp_int64_t, lh);
+        return NC_OK;
+    }
     NC_TRY(cpu_f32_args(name, 2, ts, tn));
     NC_TRY(nc_check_same_shape(name, "out", out, "a", a));
     NC_TRY(check_writable(name, "out", out));
@@ -864,12 +1071,22 @@ nc_status nc_clamp_backward(nc_tensor *ga, const nc_tensor *a, const nc_tensor *
 }
 
 /* ---- where ---------------------------------------------------------------------------------- */
+/* ctx: the element size in bytes (values are moved as bit patterns, so any plain dtype works) */
+#define EW_WHERE_ROW(T)                                                                              \
+    do {                                                                                             \
+        T *o = (T *)p[0];                                                                            \
+        const T *a = (const T *)p[2], *b = (const T *)p[3];                                          \
+        for (int64_t i = 0; i < n; i++) o[i * s[0]] = c[i * s[1]] ? a[i * s[2]] : b[i * s[3]];       \
+    } while (0)
 static void row_where(const void *cv, char *const *p, const int64_t *s, int64_t n) {
-    (void)cv;
-    float *o = (float *)p[0];
+    int32_t es = *(const int32_t *)cv;
     const uint8_t *c = (const uint8_t *)p[1];
-    const float *a = (const float *)p[2], *b = (const float *)p[3];
-    for (int64_t i = 0; i < n; i++) o[i * s[0]] = c[i * s[1]] ? a[i * s[2]] : b[i * s[3]];
+    switch (es) {
+    case 1: EW_WHERE_ROW(uint8_t); break;
+    case 2: EW_WHERE_ROW(uint16_t); break;
+    case 4: EW_WHERE_ROW(uint32_t); break;
+    default: EW_WHERE_ROW(uint64_t); break;
+    }
 }
 
 /* operands: dst, cond, g; ctx which: 0 = take where cond, 1 = where !cond */
@@ -889,10 +1106,20 @@ nc_status nc_where(nc_tensor *out, const nc_tensor *cond, const nc_tensor *a, co
     NC_TRY(nc_check_not_null(name, "cond", cond));
     NC_TRY(nc_check_not_null(name, "a", a));
     NC_TRY(nc_check_not_null(name, "b", b));
-    const nc_tensor *fs[3] = { out, a, b };
-    static const char *const fn[3] = { "out", "a", "b" };
+    const nc_tensor *fs[3] = { a, b, out };
+    static const char *const fn[3] = { "a", "b", "out" };
     if (cond->device == NC_CUDA) return no_cuda(name);
-    NC_TRY(cpu_f32_args(name, 3, fs, fn));
+    for (int i = 0; i < 3; i++)
+        if (fs[i]->device == NC_CUDA) return no_cuda(name);
+    NC_TRY(check_all_device(name, NC_CPU, 3, fs, fn));
+    NC_TRY(same_dtypes(name, 3, fs, fn));
+    {
+        const nc_dtype_traits *tr = nc_dtype_info(a->dtype);
+        if (!tr || tr->is_packed) {
+            char bb[NC_DESC_LEN];
+            return nc_fail(NC_ERR_DTYPE, "%s: expected a of a plain dtype, got %s", name, nc_describe(a, bb, sizeof bb));
+        }
+    }
     NC_TRY(nc_check_cpu(name, "cond", cond));
     NC_TRY(nc_check_dtype(name, "cond", cond, NC_U8));
     int32_t nd;
@@ -909,9 +1136,10 @@ nc_status nc_where(nc_tensor *out, const nc_tensor *cond, const nc_tensor *a, co
     const nc_tensor *ts[4] = { out, cond, a, b };
     ew_geo g;
     geo_build(&g, nd, shape, 4, ts);
-    char *base[4] = { (char *)nc_f32p(out), nc_ptr(cond), (char *)nc_f32p(a), (char *)nc_f32p(b) };
-    int32_t esz[4] = { 4, 1, 4, 4 };
-    geo_run(&g, base, esz, row_where, NULL);
+    char *base[4] = { nc_ptr(out), nc_ptr(cond), nc_ptr(a), nc_ptr(b) };
+    int32_t es = nc_dtype_info(a->dtype)->elem_size;
+    int32_t esz[4] = { es, 1, es, es };
+    geo_run(&g, base, esz, row_where, &es);
     return NC_OK;
 }
 
@@ -989,12 +1217,44 @@ static inline uint8_t cmp_f(int32_t cmp, double x, double y) {
     }
 }
 
+static inline uint8_t cmp_i(int32_t cmp, int64_t x, int64_t y) {
+    switch (cmp) {
+    case 0: return x == y;
+    case 1: return x != y;
+    case 2: return x < y;
+    case 3: return x <= y;
+    case 4: return x > y;
+    default: return x >= y;
+    }
+}
+
+static inline int cmp_is_int(int32_t dt) { return dt == NC_I32 || dt == NC_I64 || dt == NC_I8 || dt == NC_U8; }
+
+static inline int64_t cmp_load_i(const char *base, int32_t dt, int64_t off) {
+    switch (dt) {
+    case NC_I32: return ((const int32_t *)base)[off];
+    case NC_I64: return ((const int64_t *)base)[off];
+    case NC_I8: return ((const int8_t *)base)[off];
+    default: return ((const uint8_t *)base)[off];
+    }
+}
+
 static void row_compare(const void *cv, char *const *p, const int64_t *s, int64_t n) {
     const cmp_ctx *c = cv;
     uint8_t *o = (uint8_t *)p[0];
     if (c->da == NC_F32 && c->db == NC_F32) {
         const float *a = (const float *)p[1], *b = (const float *)p[2];
         for (int64_t i = 0; i < n; i++) o[i * s[0]] = cmp_f(c->cmp, a[i * s[1]], b[i * s[2]]);
+        return;
+    }
+    if (cmp_is_int(c->da) && cmp_is_int(c->db)) {   /* exact, also beyond 2^53 */
+        if (c->da == NC_I64 && c->db == NC_I64) {
+            const int64_t *a = (const int64_t *)p[1], *b = (const int64_t *)p[2];
+            for (int64_t i = 0; i < n; i++) o[i * s[0]] = cmp_i(c->cmp, a[i * s[1]], b[i * s[2]]);
+            return;
+        }
+        for (int64_t i = 0; i < n; i++)
+            o[i * s[0]] = cmp_i(c->cmp, cmp_load_i(p[1], c->da, i * s[1]), cmp_load_i(p[2], c->db, i * s[2]));
         return;
     }
     for (int64_t i = 0; i < n; i++)

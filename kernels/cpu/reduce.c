@@ -212,6 +212,51 @@ nc_status nc_sum_to(nc_tensor *dst, const nc_tensor *src, double alpha) {
 /* ---- reduce_dim ------------------------------------------------------------------------------ */
 static const char *const red_names[] = { "sum", "mean", "max", "min" };
 
+static inline int64_t ld_int(const char *base, int32_t dt, int64_t off) {
+    return dt == NC_I32 ? ((const int32_t *)base)[off] : ((const int64_t *)base)[off];
+}
+static inline void st_int(char *base, int32_t dt, int64_t off, int64_t v) {
+    if (dt == NC_I32) ((int32_t *)base)[off] = (int32_t)v;
+    else ((int64_t *)base)[off] = v;
+}
+
+/* Integer reduction of a along g's single reduced dim: SUM wraps in 64 bits (then narrows to out's
+ * dtype), MAX/MIN keep the first position of the extreme. Exact for any i64 value. */
+static void red_int(const red_geo *g, const nc_tensor *a, nc_tensor *out, nc_tensor *index, int32_t dim, int32_t op) {
+    const char *src = nc_ptr(a);
+    char *dst = nc_ptr(out);
+    int32_t da = a->dtype, dout = out->dtype;
+    int64_t *ip = index ? (int64_t *)nc_tensor_data(index) : NULL;
+    int64_t n = g->nred, ist = g->rst_src[0], nk = g->nkept;
+#pragma omp parallel for schedule(static) if (nk * n >= NC_PAR_MIN && nk > 1)
+    for (int64_t k = 0; k < nk; k++) {
+        int64_t so, dof;
+        kept_offsets(g, k, &so, &dof);
+        if (op == NC_RED_SUM) {
+            uint64_t acc = 0;
+            for (int64_t j = 0; j < n; j++) acc += (uint64_t)ld_int(src, da, so + j * ist);
+            st_int(dst, dout, dof, (int64_t)acc);
+            continue;
+        }
+        int64_t best = ld_int(src, da, so), bi = 0;
+        for (int64_t j = 1; j < n; j++) {
+            int64_t v = ld_int(src, da, so + j * ist);
+            if (op == NC_RED_MAX ? v > best : v < best) { best = v; bi = j; }
+        }
+        st_int(dst, dout, dof, best);
+        if (ip) {
+            int64_t kk = k, off = 0;
+            for (int32_t d = a->ndim - 1; d >= 0; d--) {
+                if (d == dim) continue;
+                int64_t sz = a->shape[d];
+                off += (kk % sz) * index->strides[d];
+                kk /= sz;
+            }
+            ip[off] = bi;
+        }
+    }
+}
+
 nc_status nc_reduce_dim(nc_tensor *out, nc_tensor *index, const nc_tensor *a, int32_t dim, int32_t op) {
     if (op < NC_RED_SUM || op > NC_RED_MIN)
         return nc_fail(NC_ERR_ARG, "reduce_dim: expected op in [0, 3] (sum mean max min), got %d", op);
@@ -221,8 +266,21 @@ nc_status nc_reduce_dim(nc_tensor *out, nc_tensor *index, const nc_tensor *a, in
     if (out->device == NC_CUDA || a->device == NC_CUDA || (index && index->device == NC_CUDA)) return no_cuda(name);
     NC_TRY(nc_check_cpu(name, "out", out));
     NC_TRY(nc_check_cpu(name, "a", a));
-    NC_TRY(nc_check_dtype(name, "out", out, NC_F32));
-    NC_TRY(nc_check_dtype(name, "a", a, NC_F32));
+    int is_int = a->dtype == NC_I32 || a->dtype == NC_I64;
+    if (is_int) {
+        if (op == NC_RED_MEAN)
+            return nc_fail(NC_ERR_DTYPE, "mean: not defined for %s tensors; convert with :to('f32') first",
+                           nc_dtype_info(a->dtype)->name);
+        if (out->dtype != a->dtype && !(op == NC_RED_SUM && out->dtype == NC_I64)) {
+            char b1[NC_DESC_LEN], b2[NC_DESC_LEN];
+            return nc_fail(NC_ERR_DTYPE, "%s: expected out of dtype %s%s for a %s, got %s", name,
+                           nc_dtype_info(a->dtype)->name, op == NC_RED_SUM ? " or i64" : "",
+                           nc_describe(a, b1, sizeof b1), nc_describe(out, b2, sizeof b2));
+        }
+    } else {
+        NC_TRY(nc_check_dtype(name, "out", out, NC_F32));
+        NC_TRY(nc_check_dtype(name, "a", a, NC_F32));
+    }
     if (index) {
         NC_TRY(nc_check_cpu(name, "index", index));
         NC_TRY(nc_check_dtype(name, "index", index, NC_I64));
@@ -257,6 +315,11 @@ nc_status nc_reduce_dim(nc_tensor *out, nc_tensor *index, const nc_tensor *a, in
     g.rst_src[0] = a->strides[dim];
     g.nred = n;
     if (g.nkept == 0) return NC_OK;
+    if (is_int) {
+        if (n == 0) return nc_tensor_fill(out, 0.0);   /* sum of nothing */
+        red_int(&g, a, out, index, dim, op);
+        return NC_OK;
+    }
     const float *src = nc_f32p(a);
     float *dst = nc_f32p(out);
     if (op == NC_RED_SUM || op == NC_RED_MEAN) {
