@@ -113,6 +113,10 @@ void nc_set_num_threads(int32_t n);
 int32_t nc_get_num_threads(void);
 const char *nc_cpu_kernel_name(void);           /* "avx2" or "scalar" (NC_KERNEL=scalar forces it) */
 nc_status nc_set_cpu_kernel(const char *name);  /* "auto", "avx2", "scalar" */
+/* Outputs of at least this many bytes use streaming (non-temporal) stores in the AVX2 streaming
+ * kernels (default 32 MiB or $NC_NT_BYTES; <= 0 disables). Results are identical either way. */
+void nc_set_nt_bytes(int64_t bytes);
+int64_t nc_get_nt_bytes(void);
 
 /* devices */
 int32_t nc_cuda_available(void);                /* 1 when the CUDA backend loaded and a GPU exists */

@@ -8,14 +8,19 @@
  * -mavx2 -mfma (`_avx2`); nc_cpu_avx2() picks one. Exact ops (+ - * / max min neg relu relu2 abs
  * square sqrt rsqrt recip, add_scaled) give bit-identical results on both paths: the build is ISO
  * C11, so GCC never contracts a*b+c into an FMA, and both loops evaluate the same expressions.
- * Transcendental ops call the same libm functions on both paths. Results never depend on the
- * thread count (every element is computed independently).
+ * The AVX2 build computes exp, sigmoid, silu and gelu (and the silu/gelu backward) with vector
+ * polynomials (simd_avx2.h; checked against float64 references with tolerances in
+ * spec/ops/simd_spec.lua); the other transcendental ops call the same libm functions on both
+ * paths. Outputs of at least nc_nt_bytes() are written through an L1 chunk with streaming stores
+ * (same arithmetic, no read-for-ownership of the output). Results never depend on the thread
+ * count (every element is computed independently).
  * Device rules: CUDA tensors go to the CUDA backend for binary, binary_scalar, unary,
  * unary_backward (contiguous) and add_scaled; the other ops here are CPU-only.
  */
 #pragma GCC optimize("no-trapping-math")
 
 #include "internal.h"
+#include "simd_avx2.h"
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -104,15 +109,64 @@ static inline int ew_uses_out(int32_t op) {
 }
 
 /* ---- flat contiguous kernels (compiled per instruction set) ---------------------------------- */
-/* Each `case` is its own simple loop so the exact ops vectorize; `par` allows OpenMP. The pragma
- * names the kernels' own `n` and `par` (a _Pragma string cannot take macro arguments). */
+/* Each `case` is its own simple loop so the exact ops vectorize; `par` allows OpenMP. The
+ * serial branch has no `omp parallel` at all: an `if(0)` parallel region still costs a trip
+ * through the OpenMP runtime, which the strided engine would pay once per row. */
 #define EW_LOOP(N, PAR, BODY)                                                                  \
     do {                                                                                       \
-        _Pragma("omp parallel for simd schedule(static) if (par && n >= NC_PAR_MIN)")        \
-        for (int64_t i = 0; i < N; i++) { BODY; }                                              \
+        if ((PAR) && (N) >= NC_PAR_MIN) {                                                      \
+            _Pragma("omp parallel for simd schedule(static)")                                  \
+            for (int64_t i = 0; i < N; i++) { BODY; }                                          \
+        } else {                                                                               \
+            _Pragma("omp simd")                                                                \
+            for (int64_t i = 0; i < N; i++) { BODY; }                                          \
+        }                                                                                      \
     } while (0)
 
-void KFN(nc_ew_binary)(float *o, const float *a, const float *b, int64_t n, int32_t op, int par) {
+/* Streaming-store wrapper (AVX2 build): large outputs are produced chunk by chunk into an L1
+ * buffer by the very same loop (serial), then streamed out; in-place calls (o == a) are safe. */
+#if NC_SIMD_AVX2
+enum { EW_NT_CHUNK = 2048 };
+#define EW_NT_RUN(N, CALL_INTO_TMP)                                                                \
+    do {                                                                                           \
+        int64_t nch_ = (N + EW_NT_CHUNK - 1) / EW_NT_CHUNK;                                        \
+        _Pragma("omp parallel for schedule(static)")                                               \
+        for (int64_t c_ = 0; c_ < nch_; c_++) {                                                    \
+            float tmp[EW_NT_CHUNK] __attribute__((aligned(32)));                                   \
+            int64_t i0 = c_ * EW_NT_CHUNK, len = N - i0 < EW_NT_CHUNK ? N - i0 : EW_NT_CHUNK;     \
+            CALL_INTO_TMP;                                                                         \
+            nc_stream_store(o + i0, tmp, len);                                                     \
+        }                                                                                          \
+        _mm_sfence();                                                                              \
+    } while (0)
+#define EW_USE_NT(N, PAR) ((PAR) && (N) * (int64_t)sizeof(float) >= nc_nt_bytes())
+
+/* one-input vector loop; tails use masked loads/stores so every element takes the same path */
+#define EW_V1_BODY(N, VEXPR)                                                                       \
+    {                                                                                              \
+        int64_t i = k_ * 8;                                                                        \
+        if (i + 8 <= N) {                                                                          \
+            __m256 v = _mm256_loadu_ps(a + i);                                                     \
+            _mm256_storeu_ps(o + i, VEXPR);                                                        \
+        } else {                                                                                   \
+            __m256i mk_ = nc_tailmask256(N - i);                                                   \
+            __m256 v = _mm256_maskload_ps(a + i, mk_);                                             \
+            _mm256_maskstore_ps(o + i, mk_, VEXPR);                                                \
+        }                                                                                          \
+    }
+#define EW_V1(N, PAR, VEXPR)                                                                       \
+    do {                                                                                           \
+        int64_t nv_ = (N + 7) / 8;                                                                 \
+        if ((PAR) && (N) >= NC_PAR_MIN) {                                                          \
+            _Pragma("omp parallel for schedule(static)")                                           \
+            for (int64_t k_ = 0; k_ < nv_; k_++) EW_V1_BODY(N, VEXPR)                             \
+        } else {                                                                                   \
+            for (int64_t k_ = 0; k_ < nv_; k_++) EW_V1_BODY(N, VEXPR)                             \
+        }                                                                                          \
+    } while (0)
+#endif
+
+static void KFN(ew_binary_body)(float *o, const float *a, const float *b, int64_t n, int32_t op, int par) {
     switch (op) {
     case NC_OP_ADD: EW_LOOP(n, par, o[i] = a[i] + b[i]); break;
     case NC_OP_SUB: EW_LOOP(n, par, o[i] = a[i] - b[i]); break;
@@ -124,7 +178,17 @@ void KFN(nc_ew_binary)(float *o, const float *a, const float *b, int64_t n, int3
     }
 }
 
-void KFN(nc_ew_binary_scalar)(float *o, const float *a, float s, int64_t n, int32_t op, int par) {
+void KFN(nc_ew_binary)(float *o, const float *a, const float *b, int64_t n, int32_t op, int par) {
+#if NC_SIMD_AVX2
+    if (EW_USE_NT(n, par)) {
+        EW_NT_RUN(n, KFN(ew_binary_body)(tmp, a + i0, b + i0, len, op, 0));
+        return;
+    }
+#endif
+    KFN(ew_binary_body)(o, a, b, n, op, par);
+}
+
+static void KFN(ew_binary_scalar_body)(float *o, const float *a, float s, int64_t n, int32_t op, int par) {
     switch (op) {
     case NC_OP_ADD: EW_LOOP(n, par, o[i] = a[i] + s); break;
     case NC_OP_SUB: EW_LOOP(n, par, o[i] = a[i] - s); break;
@@ -136,8 +200,24 @@ void KFN(nc_ew_binary_scalar)(float *o, const float *a, float s, int64_t n, int3
     }
 }
 
-void KFN(nc_ew_unary)(float *o, const float *a, int64_t n, int32_t op, int par) {
+void KFN(nc_ew_binary_scalar)(float *o, const float *a, float s, int64_t n, int32_t op, int par) {
+#if NC_SIMD_AVX2
+    if (EW_USE_NT(n, par)) {
+        EW_NT_RUN(n, KFN(ew_binary_scalar_body)(tmp, a + i0, s, len, op, 0));
+        return;
+    }
+#endif
+    KFN(ew_binary_scalar_body)(o, a, s, n, op, par);
+}
+
+static void KFN(ew_unary_body)(float *o, const float *a, int64_t n, int32_t op, int par) {
     switch (op) {
+#if NC_SIMD_AVX2
+    case NC_OP_EXP: EW_V1(n, par, nc_exp256(v)); break;
+    case NC_OP_SIGMOID: EW_V1(n, par, nc_sigmoid256(v)); break;
+    case NC_OP_SILU: EW_V1(n, par, _mm256_mul_ps(v, nc_sigmoid256(v))); break;
+    case NC_OP_GELU: EW_V1(n, par, _mm256_mul_ps(v, nc_phi256(v))); break;
+#endif
     case NC_OP_NEG: EW_LOOP(n, par, o[i] = -a[i]); break;
     case NC_OP_RELU: EW_LOOP(n, par, float x = a[i]; o[i] = x > 0.0f ? x : 0.0f); break;
     case NC_OP_RELU2: EW_LOOP(n, par, float x = a[i]; float r = x > 0.0f ? x : 0.0f; o[i] = r * r); break;
@@ -150,6 +230,39 @@ void KFN(nc_ew_unary)(float *o, const float *a, int64_t n, int32_t op, int par) 
     }
 }
 
+void KFN(nc_ew_unary)(float *o, const float *a, int64_t n, int32_t op, int par) {
+#if NC_SIMD_AVX2
+    if (EW_USE_NT(n, par)) {
+        EW_NT_RUN(n, KFN(ew_unary_body)(tmp, a + i0, len, op, 0));
+        return;
+    }
+#endif
+    KFN(ew_unary_body)(o, a, n, op, par);
+}
+
+#if NC_SIMD_AVX2
+/* o (= ga) += g * d_, d_ computed by DEF from v = a[i .. i+8) (a = x) */
+#define EW_BWD_BODY(N, ...)                                                                        \
+    {                                                                                              \
+        int64_t i = k_ * 8;                                                                        \
+        __m256i mk_ = nc_tailmask256(N - i < 8 ? N - i : 8);                                       \
+        __m256 v = _mm256_maskload_ps(a + i, mk_);                                                 \
+        __VA_ARGS__;                                                                               \
+        __m256 r_ = _mm256_fmadd_ps(_mm256_maskload_ps(g + i, mk_), d_, _mm256_maskload_ps(o + i, mk_)); \
+        _mm256_maskstore_ps(o + i, mk_, r_);                                                       \
+    }
+#define EW_BWD_V(N, PAR, ...)                                                                      \
+    do {                                                                                           \
+        int64_t nv_ = (N + 7) / 8;                                                                 \
+        if ((PAR) && (N) >= NC_PAR_MIN) {                                                          \
+            _Pragma("omp parallel for schedule(static)")                                           \
+            for (int64_t k_ = 0; k_ < nv_; k_++) EW_BWD_BODY(N, __VA_ARGS__)                       \
+        } else {                                                                                   \
+            for (int64_t k_ = 0; k_ < nv_; k_++) EW_BWD_BODY(N, __VA_ARGS__)                       \
+        }                                                                                          \
+    } while (0)
+#endif
+
 /* ga += g * f'(x); y = f(x) is read instead of x for the ew_uses_out ops */
 void KFN(nc_ew_unary_bwd)(float *ga, const float *y, const float *x, const float *g, int64_t n, int32_t op,
                           int par) {
@@ -158,6 +271,24 @@ void KFN(nc_ew_unary_bwd)(float *ga, const float *y, const float *x, const float
     case NC_OP_RELU: EW_LOOP(n, par, ga[i] += x[i] > 0.0f ? g[i] : 0.0f); break;
     case NC_OP_RELU2: EW_LOOP(n, par, float v = x[i]; ga[i] += g[i] * (v > 0.0f ? 2.0f * v : 0.0f)); break;
     case NC_OP_SQUARE: EW_LOOP(n, par, ga[i] += g[i] * (2.0f * x[i])); break;
+#if NC_SIMD_AVX2
+    case NC_OP_SILU: {   /* s (1 + x (1 - s)) */
+        const float *a = x;
+        float *o = ga;
+        const __m256 one = _mm256_set1_ps(1.0f);
+#define EW_SILU_D(v) _mm256_mul_ps(s_, _mm256_fmadd_ps(v, _mm256_sub_ps(one, s_), one))
+        EW_BWD_V(n, par, __m256 s_ = nc_sigmoid256(v); __m256 d_ = EW_SILU_D(v));
+#undef EW_SILU_D
+        break;
+    }
+    case NC_OP_GELU: {   /* Phi(x) + x phi(x) */
+        const float *a = x;
+        float *o = ga;
+        EW_BWD_V(n, par, __m256 e_ = nc_exp256(_mm256_mul_ps(_mm256_set1_ps(-0.5f), _mm256_mul_ps(v, v)));
+                 __m256 d_ = _mm256_fmadd_ps(_mm256_mul_ps(v, _mm256_set1_ps(EW_INV_SQRT_2PI)), e_, nc_phi256(v)));
+        break;
+    }
+#endif
     default:
         if (ew_uses_out(op)) EW_LOOP(n, par, ga[i] += g[i] * ew_unary_df(op, 0.0f, y[i]));
         else EW_LOOP(n, par, ga[i] += g[i] * ew_unary_df(op, x[i], 0.0f));
