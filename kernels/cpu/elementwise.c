@@ -275,10 +275,7 @@ void KFN(nc_ew_unary_bwd)(float *ga, const float *y, const float *x, const float
     case NC_OP_SILU: {   /* s (1 + x (1 - s)) */
         const float *a = x;
         float *o = ga;
-        const __m256 one = _mm256_set1_ps(1.0f);
-#define EW_SILU_D(v) _mm256_mul_ps(s_, _mm256_fmadd_ps(v, _mm256_sub_ps(one, s_), one))
-        EW_BWD_V(n, par, __m256 s_ = nc_sigmoid256(v); __m256 d_ = EW_SILU_D(v));
-#undef EW_SILU_D
+        EW_BWD_V(n, par, __m256 d_ = nc_silu_d256(v));
         break;
     }
     case NC_OP_GELU: {   /* Phi(x) + x phi(x) */

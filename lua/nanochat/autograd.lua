@@ -31,6 +31,12 @@ function M.set_enabled(on)
     return prev
 end
 
+-- needs(a, b) for exactly one or two arguments without varargs (the hot path of every op)
+function M.needs2(a, b)
+    if not enabled then return false end
+    return (type(a) == 'table' and a.requires_grad == true) or (type(b) == 'table' and b.requires_grad == true)
+end
+
 -- true when grad mode is on and any Tensor argument requires grad
 function M.needs(...)
     if not enabled then return false end

@@ -60,10 +60,29 @@ local BIN = { add = C.NC_OP_ADD, sub = C.NC_OP_SUB, mul = C.NC_OP_MUL, div = C.N
               floor_div = C.NC_OP_FLOOR_DIV }
 local COMMUTES = { add = true, mul = true, maximum = true, minimum = true }
 
+local empty_c = Tensor._empty_c
+local needs2 = ag.needs2
+
+-- same ndim and sizes (compared on the C headers, no Lua tables)
+local function same_shape_c(ac, bc)
+    local nd = ac.ndim
+    if bc.ndim ~= nd then return false end
+    for i = 0, nd - 1 do
+        if ac.shape[i] ~= bc.shape[i] then return false end
+    end
+    return true
+end
+
 local function binary_tt(name, op, a, b)
-    local out = Tensor.empty(bshape(name, a, b), a._c.dtype, a:device())
-    check(C.nc_binary(out._c, a._c, b._c, op), name)
-    if ag.needs(a, b) then
+    local ac, bc = a._c, b._c
+    local out
+    if same_shape_c(ac, bc) then
+        out = empty_c(ac.ndim, ac.shape, ac.dtype, ac.device)
+    else
+        out = Tensor.empty(bshape(name, a, b), ac.dtype, ac.device)
+    end
+    check(C.nc_binary(out._c, ac, bc, op), name)
+    if needs2(a, b) then
         ag.record(out, { a, b }, function(gout)
             local ga, gb = ag.grad_of(a), ag.grad_of(b)
             check(C.nc_binary_backward(cptr(ga), cptr(gb), nil, a._c, b._c, gout._c, op), name .. ' backward')
@@ -73,9 +92,10 @@ local function binary_tt(name, op, a, b)
 end
 
 local function binary_ts(name, op, a, s)
-    local out = Tensor.empty(a:shape(), a._c.dtype, a:device())
-    check(C.nc_binary_scalar(out._c, a._c, s, op), name)
-    if ag.needs(a) then
+    local ac = a._c
+    local out = empty_c(ac.ndim, ac.shape, ac.dtype, ac.device)
+    check(C.nc_binary_scalar(out._c, ac, s, op), name)
+    if needs2(a) then
         ag.record(out, { a }, function(gout)
             local ga = ag.grad_of(a)
             if ga then check(C.nc_binary_scalar_backward(ga._c, a._c, gout._c, s, op), name .. ' backward') end
@@ -117,9 +137,10 @@ local UN = { neg = C.NC_OP_NEG, exp = C.NC_OP_EXP, log = C.NC_OP_LOG, tanh = C.N
 
 local function unary(name, op, a)
     want_tensor(name, a, 1)
-    local out = Tensor.empty(a:shape(), a._c.dtype, a:device())
-    check(C.nc_unary(out._c, a._c, op), name)
-    if ag.needs(a) then
+    local ac = a._c
+    local out = empty_c(ac.ndim, ac.shape, ac.dtype, ac.device)
+    check(C.nc_unary(out._c, ac, op), name)
+    if needs2(a) then
         ag.record(out, { a }, function(gout)
             local ga = ag.grad_of(a)
             if ga then check(C.nc_unary_backward(ga._c, out._c, a._c, gout._c, op), name .. ' backward') end
