@@ -66,12 +66,12 @@ void KFN(nc_k_ce_backward_row)(float *g, const float *x, int64_t V, float lse, f
         __m256 vl = _mm256_set1_ps(lse), va = _mm256_set1_ps(a), vc = _mm256_set1_ps(c);
         int64_t j = 0;
         for (; j + 8 <= V; j += 8) {
-            __m256 e = nc_exp256(_mm256_sub_ps(_mm256_loadu_ps(x + j), vl));
+            __m256 e = nc_exp256_le(_mm256_sub_ps(_mm256_loadu_ps(x + j), vl));
             _mm256_storeu_ps(g + j, _mm256_sub_ps(_mm256_fmadd_ps(va, e, _mm256_loadu_ps(g + j)), vc));
         }
         if (j < V) {
             __m256i mk = nc_tailmask256(V - j);
-            __m256 e = nc_exp256(_mm256_sub_ps(_mm256_maskload_ps(x + j, mk), vl));
+            __m256 e = nc_exp256_le(_mm256_sub_ps(_mm256_maskload_ps(x + j, mk), vl));
             _mm256_maskstore_ps(g + j, mk, _mm256_sub_ps(_mm256_fmadd_ps(va, e, _mm256_maskload_ps(g + j, mk)), vc));
         }
         return;

@@ -49,6 +49,14 @@ static inline __m256 nc_exp256(__m256 x) {
 /* 1 / d, correctly rounded (rcp + a Newton step measured no faster here and is 1 ulp off at d = 1) */
 static inline __m256 nc_recip256(__m256 d) { return _mm256_div_ps(_mm256_set1_ps(1.0f), d); }
 
+/* exp(x) for x <= 88.37 (softmax / cross-entropy arguments x - max <= 0, -inf, NaN): no upper
+ * clamp; exactly 0 below -87.3; NaN stays NaN (max_ps returns its second operand on NaN) */
+static inline __m256 nc_exp256_le(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.3f);
+    __m256 y = nc_exp256_in(_mm256_max_ps(lo, x));
+    return _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), y);
+}
+
 /* erfc(z) for z >= 0 (NaN -> NaN): t = 1 / (1 + z/2), erfc = t exp(-z^2 + P(t)); z is capped at 10
  * (erfc(10) = 2e-45 is 0 in f32), which keeps every intermediate finite */
 static inline __m256 nc_erfc256(__m256 z) {
@@ -151,8 +159,8 @@ static inline float nc_rowexpsum_avx2(float *y, const float *x, int64_t n, float
     __m256 vm = _mm256_set1_ps(m), s0 = _mm256_setzero_ps(), s1 = s0;
     int64_t j = 0;
     for (; j + 16 <= n; j += 16) {
-        __m256 e0 = nc_exp256(_mm256_sub_ps(_mm256_loadu_ps(x + j), vm));
-        __m256 e1 = nc_exp256(_mm256_sub_ps(_mm256_loadu_ps(x + j + 8), vm));
+        __m256 e0 = nc_exp256_le(_mm256_sub_ps(_mm256_loadu_ps(x + j), vm));
+        __m256 e1 = nc_exp256_le(_mm256_sub_ps(_mm256_loadu_ps(x + j + 8), vm));
         if (y) {
             _mm256_storeu_ps(y + j, e0);
             _mm256_storeu_ps(y + j + 8, e1);
@@ -162,14 +170,14 @@ static inline float nc_rowexpsum_avx2(float *y, const float *x, int64_t n, float
     }
     if (j < n) {
         __m256i mk = nc_tailmask256(n - j < 8 ? n - j : 8);
-        __m256 e0 = nc_exp256(_mm256_sub_ps(_mm256_maskload_ps(x + j, mk), vm));
+        __m256 e0 = nc_exp256_le(_mm256_sub_ps(_mm256_maskload_ps(x + j, mk), vm));
         e0 = _mm256_and_ps(e0, _mm256_castsi256_ps(mk));
         if (y) _mm256_maskstore_ps(y + j, mk, e0);
         s0 = _mm256_add_ps(s0, e0);
         j += 8;
         if (j < n) {
             mk = nc_tailmask256(n - j);
-            __m256 e1 = nc_exp256(_mm256_sub_ps(_mm256_maskload_ps(x + j, mk), vm));
+            __m256 e1 = nc_exp256_le(_mm256_sub_ps(_mm256_maskload_ps(x + j, mk), vm));
             e1 = _mm256_and_ps(e1, _mm256_castsi256_ps(mk));
             if (y) _mm256_maskstore_ps(y + j, mk, e1);
             s1 = _mm256_add_ps(s1, e1);

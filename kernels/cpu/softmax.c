@@ -104,7 +104,7 @@ void KFN(nc_k_softmax_backward_row)(float *ga, const float *y, const float *g, i
         j = 0;
         if (log) {
             for (; j + 8 <= n; j += 8) {
-                __m256 e = nc_exp256(_mm256_loadu_ps(y + j));
+                __m256 e = nc_exp256_le(_mm256_loadu_ps(y + j));
                 __m256 r = _mm256_fnmadd_ps(e, vs, _mm256_add_ps(_mm256_loadu_ps(ga + j), _mm256_loadu_ps(g + j)));
                 _mm256_storeu_ps(ga + j, r);
             }

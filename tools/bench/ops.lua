@@ -347,8 +347,6 @@ local function main()
     print('  (info) rows: backward kernels ga += ..., 4 streams (x or y, gout, ga read + written); not in the worst ratio.')
     print('')
 
-    a, b, out, rstd, wide, strided, yax, gacc = nil, nil, nil, nil, nil, nil, nil, nil
-    collectgarbage('collect')
 
     -- =============================================================================================
     -- 2b. Fused cross-entropy over a large vocab (the hot loop of training)
@@ -390,8 +388,9 @@ local function main()
         print('  ratio vs ' .. best_name .. ' as above; x scalar = speedup over NC_KERNEL=scalar (the reference rows). Info only.')
         print('')
         logits, glog = nil, nil
-        collectgarbage('collect')
     end
+    a, b, out, rstd, wide, strided, yax, gacc = nil, nil, nil, nil, nil, nil, nil, nil
+    collectgarbage('collect')
 
     -- =============================================================================================
     -- 3. FFI / call overhead
