@@ -255,6 +255,26 @@ describe('cuda elementwise vs cpu', function()
         assert_close(dc, hc, ELEMENTWISE_RTOL, 'add_scaled contiguous')
     end)
 
+    gpu_it('sum_to (the gradient of broadcasting) over leading, inner and strided dims', function()
+        local src = randn { 4, 5, 6 }
+        for _, ds in ipairs { { 6 }, { 5, 1 }, { 4, 1, 6 }, { 1 }, { 4, 5, 6 } } do
+            local base = randn(ds)
+            local hd, dd = base:clone(), base:to('cuda')
+            check(C.nc_sum_to(hd._c, src._c, 0.5), 'sum_to (cpu)')
+            check(C.nc_sum_to(dd._c, src:to('cuda')._c, 0.5), 'sum_to (cuda)')
+            assert_close(dd, hd, 1e-6, 'sum_to ' .. shape_str(base))
+        end
+        local st = src:transpose(0, 2)   -- (6, 5, 4) strided source, on the device
+        local hd, dd = nc.zeros { 6, 1, 1 }, nc.zeros({ 6, 1, 1 }):to('cuda')
+        check(C.nc_sum_to(hd._c, st._c, 1), 'sum_to (cpu)')
+        check(C.nc_sum_to(dd._c, src:to('cuda'):transpose(0, 2)._c, 1), 'sum_to (cuda)')
+        assert_close(dd, hd, 1e-6, 'sum_to strided source')
+        -- mixed devices are an error naming the op
+        local ok, err = pcall(check, C.nc_sum_to(nc.zeros({ 6 })._c, src:to('cuda')._c, 1), 'sum_to')
+        assert.is_false(ok)
+        assert.matches('sum_to', err, 1, true)
+    end)
+
     gpu_it('a tensor larger than one grid (4097 x 4099 > 65536 blocks x 256 threads) matches', function()
         local a, b = randn { 4097, 4099 }, randn { 4099 }
         local oh = Tensor.empty({ 4097, 4099 }, 'f32', 'cpu')

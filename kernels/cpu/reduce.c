@@ -5,7 +5,8 @@
  * the reduced index space in logical order, or in fixed segments combined in order when few
  * positions are kept), so results never depend on the thread count. Inputs may have any strides.
  * max/min propagate NaN (the first NaN wins) and report the first position of the extreme value.
- * CPU only: CUDA tensors fail with NC_ERR_UNSUPPORTED.
+ * CPU only, except nc_sum_to, which also runs on CUDA (the backend's sum_to, same geometry);
+ * other CUDA calls fail with NC_ERR_UNSUPPORTED.
  */
 #include "internal.h"
 #include <math.h>
@@ -16,12 +17,7 @@ enum { RED_KB = 64, RED_SEG = 65536 };
 
 /* The iteration split of a source tensor into kept dims (one output position each) and reduced
  * dims (summed over). kst_dst are the output's strides on the kept dims. */
-typedef struct {
-    int32_t nk, nr;
-    int64_t kshape[NC_MAX_DIMS], kst_src[NC_MAX_DIMS], kst_dst[NC_MAX_DIMS];
-    int64_t rshape[NC_MAX_DIMS], rst_src[NC_MAX_DIMS];
-    int64_t nkept, nred;
-} red_geo;
+typedef nc_reduce_geo red_geo;   /* core/backend.h: shared with the CUDA sum_to */
 
 static void kept_offsets(const red_geo *g, int64_t k, int64_t *so, int64_t *dof) {
     int64_t s = 0, d = 0;
@@ -164,9 +160,9 @@ nc_status nc_sum_to(nc_tensor *dst, const nc_tensor *src, double alpha) {
     static const char *name = "sum_to";
     NC_TRY(nc_check_not_null(name, "dst", dst));
     NC_TRY(nc_check_not_null(name, "src", src));
-    if (dst->device == NC_CUDA || src->device == NC_CUDA) return no_cuda(name);
-    NC_TRY(nc_check_cpu(name, "dst", dst));
-    NC_TRY(nc_check_cpu(name, "src", src));
+    int cuda = dst->device == NC_CUDA || src->device == NC_CUDA;
+    NC_TRY(nc_check_device(name, "dst", dst, cuda ? NC_CUDA : NC_CPU));
+    NC_TRY(nc_check_device(name, "src", src, cuda ? NC_CUDA : NC_CPU));
     NC_TRY(nc_check_dtype(name, "dst", dst, NC_F32));
     NC_TRY(nc_check_dtype(name, "src", src, NC_F32));
     int ok = dst->ndim <= src->ndim;
@@ -206,6 +202,14 @@ nc_status nc_sum_to(nc_tensor *dst, const nc_tensor *src, double alpha) {
         g.rst_src[0] = 0;
     }
     if (nc_tensor_numel(src) == 0) return NC_OK;   /* dst += 0 */
+    if (cuda) {
+        const nc_cuda_api *cu = nc_cuda();
+        if (!cu) return NC_ERR_DEVICE;
+        nc_status st = cu->sum_to(nc_f32p(dst), nc_f32p(src), &g, alpha);
+        if (st != NC_OK)
+            return nc_fail(st, "%s: CUDA: %s", name, cu->last_error ? cu->last_error() : "unknown error");
+        return NC_OK;
+    }
     return red_sum(&g, nc_f32p(dst), nc_f32p(src), alpha, 1);
 }
 
