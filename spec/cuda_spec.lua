@@ -275,6 +275,29 @@ describe('cuda elementwise vs cpu', function()
         assert.matches('sum_to', err, 1, true)
     end)
 
+    gpu_it('binary backward (add, sub, mul, div with broadcasting) and scalar backward match the cpu', function()
+        for _, op in ipairs { 'add', 'sub', 'mul', 'div' } do
+            local a0, b0 = randn { 4, 1, 7 }, rand({ 3, 1 }, 0.5, 2)
+            local g = randn { 4, 3, 7 }
+            local ha, hb = a0:clone():requires_grad_(true), b0:clone():requires_grad_(true)
+            nc[op](ha, hb):backward(g)
+            local da = a0:to('cuda'):detach():requires_grad_(true)
+            local db = b0:to('cuda'):detach():requires_grad_(true)
+            nc[op](da, db):backward(g:to('cuda'))
+            assert_close(da.grad, ha.grad, 1e-5, op .. ' backward ga')
+            assert_close(db.grad, hb.grad, 1e-5, op .. ' backward gb')
+            local hs = a0:clone():requires_grad_(true)
+            nc[op](hs, 1.5):backward(g:narrow(1, 0, 1))
+            local ds = a0:to('cuda'):detach():requires_grad_(true)
+            nc[op](ds, 1.5):backward(g:narrow(1, 0, 1):contiguous():to('cuda'))
+            assert_close(ds.grad, hs.grad, 1e-6, op .. ' scalar backward')
+        end
+        local x = randn({ 3 }):to('cuda'):detach():requires_grad_(true)
+        local ok, err = pcall(function() nc.maximum(x, x * 2):backward(nc.ones({ 3 }):to('cuda')) end)
+        assert.is_false(ok)
+        assert.matches('no CUDA backward', err, 1, true)
+    end)
+
     gpu_it('a tensor larger than one grid (4097 x 4099 > 65536 blocks x 256 threads) matches', function()
         local a, b = randn { 4097, 4099 }, randn { 4099 }
         local oh = Tensor.empty({ 4097, 4099 }, 'f32', 'cpu')

@@ -859,6 +859,55 @@ static nc_status grad_into(const char *name, nc_tensor *dst, int32_t nd, const i
     return s;
 }
 
+/* CUDA backward of binary ops, composed from CUDA primitives: dst += alpha * sum_to(gout [op y])
+ * (the product/quotient in a temporary of the broadcast shape, then nc_sum_to onto dst's shape). */
+static nc_status cuda_bwd_term(nc_tensor *dst, const nc_tensor *gout, const nc_tensor *y, int32_t yop, double alpha,
+                               int32_t nd, const int64_t *shape) {
+    nc_tensor *tmp = NULL;
+    const nc_tensor *src = gout;
+    if (y) {
+        tmp = nc_tensor_new(NC_F32, NC_CUDA, nd, shape);
+        if (!tmp) return NC_ERR_OOM;
+        nc_status st = nc_binary(tmp, gout, y, yop);
+        if (st != NC_OK) { nc_tensor_release(tmp); return st; }
+        src = tmp;
+    }
+    nc_status st = nc_sum_to(dst, src, alpha);
+    nc_tensor_release(tmp);
+    return st;
+}
+
+static nc_status cuda_binary_backward(const char *name, nc_tensor *ga, nc_tensor *gb, const nc_tensor *a,
+                                      const nc_tensor *b, const nc_tensor *gout, int32_t op, int32_t nd,
+                                      const int64_t *shape) {
+    switch (op) {
+    case NC_OP_ADD:
+    case NC_OP_SUB:
+        if (ga) NC_TRY(cuda_bwd_term(ga, gout, NULL, 0, 1.0, nd, shape));
+        if (gb) NC_TRY(cuda_bwd_term(gb, gout, NULL, 0, op == NC_OP_SUB ? -1.0 : 1.0, nd, shape));
+        return NC_OK;
+    case NC_OP_MUL:
+        if (ga) NC_TRY(cuda_bwd_term(ga, gout, b, NC_OP_MUL, 1.0, nd, shape));
+        if (gb) NC_TRY(cuda_bwd_term(gb, gout, a, NC_OP_MUL, 1.0, nd, shape));
+        return NC_OK;
+    case NC_OP_DIV:
+        if (ga) NC_TRY(cuda_bwd_term(ga, gout, b, NC_OP_DIV, 1.0, nd, shape));
+        if (gb) {   /* gb -= sum_to(gout * a / b / b) */
+            nc_tensor *q = nc_tensor_new(NC_F32, NC_CUDA, nd, shape);
+            if (!q) return NC_ERR_OOM;
+            nc_status st = nc_binary(q, a, b, NC_OP_DIV);
+            if (st == NC_OK) st = nc_binary(q, q, b, NC_OP_DIV);
+            if (st == NC_OK) st = cuda_bwd_term(gb, gout, q, NC_OP_MUL, -1.0, nd, shape);
+            nc_tensor_release(q);
+            return st;
+        }
+        return NC_OK;
+    default:
+        return nc_fail(NC_ERR_UNSUPPORTED, "%s: no CUDA backward for this op yet (add, sub, mul, div have one); "
+                       "compute it on the CPU with :to('cpu')", name);
+    }
+}
+
 nc_status nc_binary_backward(nc_tensor *ga, nc_tensor *gb, const nc_tensor *out, const nc_tensor *a,
                              const nc_tensor *b, const nc_tensor *gout, int32_t op) {
     if (op < NC_OP_ADD || op > NC_OP_POW)
@@ -872,8 +921,7 @@ nc_status nc_binary_backward(nc_tensor *ga, nc_tensor *gb, const nc_tensor *out,
     NC_TRY(nc_check_not_null(name, "gout", gout));
     const nc_tensor *ts[5] = { ga, gb, a, b, gout };
     static const char *const tn[5] = { "ga", "gb", "a", "b", "gout" };
-    if (gout->device == NC_CUDA) return no_cuda(name);
-    NC_TRY(check_all_device(name, NC_CPU, 5, ts, tn));
+    NC_TRY(check_all_device(name, gout->device, 5, ts, tn));
     for (int i = 0; i < 5; i++)
         if (ts[i]) NC_TRY(nc_check_dtype(name, tn[i], ts[i], NC_F32));
     int32_t nd;
@@ -889,6 +937,7 @@ nc_status nc_binary_backward(nc_tensor *ga, nc_tensor *gb, const nc_tensor *out,
     }
     if (ga) NC_TRY(nc_check_same_shape(name, "ga", ga, "a", a));
     if (gb) NC_TRY(nc_check_same_shape(name, "gb", gb, "b", b));
+    if (gout->device == NC_CUDA) return cuda_binary_backward(name, ga, gb, a, b, gout, op, nd, shape);
     const nc_tensor *ins[3] = { a, b, gout };
     ew_ctx c = { op, 0.0f, 0 };
     if (ga) NC_TRY(grad_into(name, ga, nd, shape, 3, ins, row_binary_bwd, &c));
@@ -951,9 +1000,19 @@ nc_status nc_binary_scalar_backward(nc_tensor *ga, const nc_tensor *a, const nc_
     if (!ga) return NC_OK;
     NC_TRY(nc_check_not_null(name, "a", a));
     NC_TRY(nc_check_not_null(name, "gout", gout));
-    if (ga->device == NC_CUDA) return no_cuda(name);
     const nc_tensor *ts[3] = { ga, a, gout };
     static const char *const tn[3] = { "ga", "a", "gout" };
+    if (ga->device == NC_CUDA) {   /* the linear ops: ga += c * gout (add_scaled on the device) */
+        NC_TRY(check_all_device(name, NC_CUDA, 3, ts, tn));
+        for (int i = 0; i < 3; i++) NC_TRY(nc_check_dtype(name, tn[i], ts[i], NC_F32));
+        NC_TRY(nc_check_same_shape(name, "ga", ga, "a", a));
+        NC_TRY(nc_check_same_shape(name, "gout", gout, "a", a));
+        double c = op == NC_OP_ADD || op == NC_OP_SUB ? 1.0 : op == NC_OP_MUL ? s : op == NC_OP_DIV ? 1.0 / s : 0.0;
+        if (op > NC_OP_DIV)
+            return nc_fail(NC_ERR_UNSUPPORTED, "%s: no CUDA backward for this op yet (add, sub, mul, div have one); "
+                           "compute it on the CPU with :to('cpu')", name);
+        return nc_add_scaled(ga, gout, c);
+    }
     NC_TRY(check_all_device(name, NC_CPU, 3, ts, tn));
     for (int i = 0; i < 3; i++) NC_TRY(nc_check_dtype(name, tn[i], ts[i], NC_F32));
     NC_TRY(nc_check_same_shape(name, "ga", ga, "a", a));
