@@ -298,6 +298,23 @@ describe('cuda elementwise vs cpu', function()
         assert.matches('no CUDA backward', err, 1, true)
     end)
 
+    gpu_it('sum and mean over dims, with backward, match the cpu', function()
+        local a0 = randn { 4, 5, 6 }
+        for _, op in ipairs { 'sum', 'mean' } do
+            for _, d in ipairs { 0, 1, 2, -1 } do
+                local h = a0:clone():requires_grad_(true)
+                local dv = a0:to('cuda'):detach():requires_grad_(true)
+                local hr, dr = nc[op](h, d), nc[op](dv, d)
+                assert_close(dr, hr, 1e-6, op .. ' dim ' .. d)
+                local g = randn(hr:shape())
+                hr:backward(g)
+                dr:backward(g:to('cuda'))
+                assert_close(dv.grad, h.grad, 1e-6, op .. ' backward dim ' .. d)
+            end
+        end
+        assert_close(nc.sum(a0:to('cuda')), nc.sum(a0), 1e-6, 'sum of everything')
+    end)
+
     gpu_it('a tensor larger than one grid (4097 x 4099 > 65536 blocks x 256 threads) matches', function()
         local a, b = randn { 4097, 4099 }, randn { 4099 }
         local oh = Tensor.empty({ 4097, 4099 }, 'f32', 'cpu')

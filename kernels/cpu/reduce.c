@@ -5,8 +5,9 @@
  * the reduced index space in logical order, or in fixed segments combined in order when few
  * positions are kept), so results never depend on the thread count. Inputs may have any strides.
  * max/min propagate NaN (the first NaN wins) and report the first position of the extreme value.
- * CPU only, except nc_sum_to, which also runs on CUDA (the backend's sum_to, same geometry);
- * other CUDA calls fail with NC_ERR_UNSUPPORTED.
+ * CPU only, except nc_sum_to (the backend's sum_to, same geometry) and SUM / MEAN of
+ * nc_reduce_dim and its backward (built on sum_to and add_scaled), which also run on CUDA;
+ * other CUDA calls (max / min, integer tensors) fail with NC_ERR_UNSUPPORTED.
  */
 #include "internal.h"
 #include <math.h>
@@ -267,7 +268,25 @@ nc_status nc_reduce_dim(nc_tensor *out, nc_tensor *index, const nc_tensor *a, in
     const char *name = red_names[op];
     NC_TRY(nc_check_not_null(name, "out", out));
     NC_TRY(nc_check_not_null(name, "a", a));
-    if (out->device == NC_CUDA || a->device == NC_CUDA || (index && index->device == NC_CUDA)) return no_cuda(name);
+    if (out->device == NC_CUDA || a->device == NC_CUDA || (index && index->device == NC_CUDA)) {
+        /* sum / mean on the device: out = 0, then the CUDA sum_to onto out's keepdim shape */
+        if (op != NC_RED_SUM && op != NC_RED_MEAN) return no_cuda(name);
+        NC_TRY(nc_check_device(name, "out", out, NC_CUDA));
+        NC_TRY(nc_check_device(name, "a", a, NC_CUDA));
+        NC_TRY(nc_check_dtype(name, "out", out, NC_F32));
+        NC_TRY(nc_check_dtype(name, "a", a, NC_F32));
+        if (a->ndim == 0) return nc_fail(NC_ERR_SHAPE, "%s: expected a tensor with at least 1 dim, got a scalar", name);
+        NC_TRY(nc_norm_dim(name, &dim, a->ndim));
+        int64_t want[NC_MAX_DIMS];
+        memcpy(want, a->shape, sizeof(int64_t) * (size_t)a->ndim);
+        want[dim] = 1;
+        NC_TRY(nc_check_shape(name, "out", out, a->ndim, want));
+        NC_TRY(check_writable(name, "out", out));
+        int64_t n = a->shape[dim];
+        if (n == 0) return nc_tensor_fill(out, op == NC_RED_SUM ? 0.0 : NAN);
+        NC_TRY(nc_tensor_fill(out, 0.0));
+        return nc_sum_to(out, a, op == NC_RED_MEAN ? 1.0 / (double)n : 1.0);
+    }
     NC_TRY(nc_check_cpu(name, "out", out));
     NC_TRY(nc_check_cpu(name, "a", a));
     int is_int = a->dtype == NC_I32 || a->dtype == NC_I64;
@@ -381,9 +400,10 @@ nc_status nc_reduce_dim_backward(nc_tensor *ga, const nc_tensor *index, const nc
     snprintf(name, sizeof name, "%s backward", red_names[op]);
     if (!ga) return NC_OK;
     NC_TRY(nc_check_not_null(name, "gout", gout));
-    if (ga->device == NC_CUDA || gout->device == NC_CUDA) return no_cuda(name);
-    NC_TRY(nc_check_cpu(name, "ga", ga));
-    NC_TRY(nc_check_cpu(name, "gout", gout));
+    int cuda = ga->device == NC_CUDA || gout->device == NC_CUDA;
+    if (cuda && op != NC_RED_SUM && op != NC_RED_MEAN) return no_cuda(name);   /* max/min need scatter_add */
+    NC_TRY(nc_check_device(name, "ga", ga, cuda ? NC_CUDA : NC_CPU));
+    NC_TRY(nc_check_device(name, "gout", gout, cuda ? NC_CUDA : NC_CPU));
     NC_TRY(nc_check_dtype(name, "ga", ga, NC_F32));
     NC_TRY(nc_check_dtype(name, "gout", gout, NC_F32));
     if (ga->ndim == 0) return nc_fail(NC_ERR_SHAPE, "%s: expected ga with at least 1 dim, got a scalar", name);
