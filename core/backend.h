@@ -14,7 +14,7 @@
 
 #include "nanochat.h"
 
-#define NC_CUDA_API_VERSION 1
+#define NC_CUDA_API_VERSION 2
 
 /* Up to three strided operands sharing one logical shape (broadcast operands have stride 0). */
 typedef struct nc_strided3 {
@@ -24,6 +24,15 @@ typedef struct nc_strided3 {
     int64_t st_a[NC_MAX_DIMS];
     int64_t st_b[NC_MAX_DIMS];
 } nc_strided3;
+
+/* A reduction split (nc_sum_to): kept dims (one output element each, strides in src and dst)
+ * and reduced dims (summed over, strides in src); nkept / nred are the products of the shapes. */
+typedef struct nc_reduce_geo {
+    int32_t nk, nr;
+    int64_t kshape[NC_MAX_DIMS], kst_src[NC_MAX_DIMS], kst_dst[NC_MAX_DIMS];
+    int64_t rshape[NC_MAX_DIMS], rst_src[NC_MAX_DIMS];
+    int64_t nkept, nred;
+} nc_reduce_geo;
 
 enum nc_copy_kind { NC_COPY_H2D = 0, NC_COPY_D2H = 1, NC_COPY_D2D = 2 };
 
@@ -54,6 +63,9 @@ typedef struct nc_cuda_api {
     nc_status (*unary_backward)(float *ga, const float *out, const float *a, const float *gout, int64_t n, int32_t op);
     /* out (strided dst, may be a view) += alpha * a (broadcast strided) */
     nc_status (*add_scaled)(float *out, const float *a, const nc_strided3 *g, double alpha);
+    /* dst[kept] += alpha * sum over the reduced dims of src (double accumulation in a fixed order,
+     * one thread per kept element); dst's kept positions must be distinct (no stride-0 dims) */
+    nc_status (*sum_to)(float *dst, const float *src, const nc_reduce_geo *g, double alpha);
 } nc_cuda_api;
 
 typedef const nc_cuda_api *(*nc_cuda_api_get_fn)(void);

@@ -69,6 +69,11 @@ uint16_t nc_f32_to_f16(float f);       /* round to nearest even, overflow to inf
 int32_t nc_threads(void);              /* OpenMP thread count the ops use */
 /* Work below this many elements runs on one thread (OpenMP start-up costs ~1-3 µs). */
 #define NC_PAR_MIN 32768
+/* Outputs of at least this many bytes are written with non-temporal (streaming) stores by the
+ * AVX2 streaming kernels and copied by several threads: they will not stay in cache anyway, and
+ * streaming skips the read-for-ownership of every output line. NC_NT_BYTES overrides the default
+ * (32 MiB); NC_NT_BYTES=0 disables streaming stores. */
+int64_t nc_nt_bytes(void);
 
 /* ---- kernels ----------------------------------------------------------------------------- */
 /* 1 when the AVX2+FMA kernels are selected (CPUID at init, NC_KERNEL env, nc_set_cpu_kernel). */

@@ -113,6 +113,10 @@ void nc_set_num_threads(int32_t n);
 int32_t nc_get_num_threads(void);
 const char *nc_cpu_kernel_name(void);           /* "avx2" or "scalar" (NC_KERNEL=scalar forces it) */
 nc_status nc_set_cpu_kernel(const char *name);  /* "auto", "avx2", "scalar" */
+/* Outputs of at least this many bytes use streaming (non-temporal) stores in the AVX2 streaming
+ * kernels (default 32 MiB or $NC_NT_BYTES; <= 0 disables). Results are identical either way. */
+void nc_set_nt_bytes(int64_t bytes);
+int64_t nc_get_nt_bytes(void);
 
 /* devices */
 int32_t nc_cuda_available(void);                /* 1 when the CUDA backend loaded and a GPU exists */
@@ -168,14 +172,20 @@ void nc_philox4x32(uint64_t seed, uint64_t counter, uint32_t out[4]);   /* expos
  * (including broadcast strides of 0); outputs must be contiguous unless stated. */
 
 enum nc_binary_op { NC_OP_ADD = 0, NC_OP_SUB = 1, NC_OP_MUL = 2, NC_OP_DIV = 3,
-                    NC_OP_MAXIMUM = 4, NC_OP_MINIMUM = 5, NC_OP_POW = 6 };
+                    NC_OP_MAXIMUM = 4, NC_OP_MINIMUM = 5, NC_OP_POW = 6,
+                    NC_OP_FLOOR_DIV = 7 /* integer tensors only (floor of the exact quotient) */ };
 enum nc_unary_op { NC_OP_NEG = 0, NC_OP_EXP = 1, NC_OP_LOG = 2, NC_OP_TANH = 3, NC_OP_SIGMOID = 4,
                    NC_OP_RELU = 5, NC_OP_RELU2 = 6, NC_OP_SILU = 7, NC_OP_GELU = 8 /* erf form */,
                    NC_OP_GELU_TANH = 9, NC_OP_SQRT = 10, NC_OP_RSQRT = 11, NC_OP_ABS = 12,
                    NC_OP_SQUARE = 13, NC_OP_RECIP = 14, NC_OP_SIN = 15, NC_OP_COS = 16 };
 enum nc_reduce_op { NC_RED_SUM = 0, NC_RED_MEAN = 1, NC_RED_MAX = 2, NC_RED_MIN = 3 };
 
-/* out shape = broadcast(a.shape, b.shape). CUDA: yes. */
+/* Integer tensors (CPU): ADD SUB MUL MAXIMUM MINIMUM FLOOR_DIV (binary, binary_scalar with an
+ * integral s), NEG ABS (unary), clamp, where, compare, reduce_dim SUM (into i64 or the input dtype)
+ * MAX MIN work on i32 and i64 with exact two's-complement (wrapping) arithmetic and no gradient;
+ * every operand and out must share the dtype (mixed dtypes fail naming both). DIV and POW of
+ * integers fail: convert with :to('f32') or use FLOOR_DIV (division by zero is an error).
+ * out shape = broadcast(a.shape, b.shape). CUDA: yes (f32). */
 nc_status nc_broadcast_shape(int32_t *ndim_out, int64_t *shape_out, const nc_tensor *a, const nc_tensor *b);
 nc_status nc_binary(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t op);
 nc_status nc_binary_backward(nc_tensor *ga, nc_tensor *gb, const nc_tensor *out,

@@ -329,6 +329,25 @@ int32_t nc_threads(void) {
     return n_threads;
 }
 
+static int64_t nt_bytes = -1;
+
+int64_t nc_nt_bytes(void) {
+    int64_t v = __atomic_load_n(&nt_bytes, __ATOMIC_RELAXED);
+    if (v < 0) {
+        const char *e = getenv("NC_NT_BYTES");
+        v = e ? atoll(e) : (int64_t)32 << 20;
+        if (v <= 0) v = INT64_MAX;   /* disabled */
+        __atomic_store_n(&nt_bytes, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+void nc_set_nt_bytes(int64_t bytes) {
+    __atomic_store_n(&nt_bytes, bytes <= 0 ? INT64_MAX : bytes, __ATOMIC_RELAXED);
+}
+
+int64_t nc_get_nt_bytes(void) { return nc_nt_bytes(); }
+
 /* ---- CPU kernel selection ----------------------------------------------------------------- */
 static int kernel_sel = -1;   /* -1 unset, 0 scalar, 1 avx2 */
 

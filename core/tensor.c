@@ -533,7 +533,19 @@ static void cpu_copy(const nc_tensor *dst, const nc_tensor *src) {
     bool same = dst->dtype == src->dtype;
     int32_t es = nc_dtype_info(dst->dtype)->elem_size;
     if (same && nc_tensor_is_contiguous(dst) && nc_tensor_is_contiguous(src) && nc_tensor_numel(src) == n) {
-        memcpy(dp, sp, (size_t)(n * es));
+        int64_t nb = n * es;
+        int32_t nt = nc_threads();
+        if (nt < 2 || nb < ((int64_t)4 << 20)) {
+            memcpy(dp, sp, (size_t)nb);
+            return;
+        }
+        /* large copies: one page-aligned slice per thread (a single core cannot saturate DRAM) */
+        int64_t chunk = ((nb + nt - 1) / nt + 4095) & ~(int64_t)4095;
+#pragma omp parallel for schedule(static) num_threads(nt)
+        for (int32_t t = 0; t < nt; t++) {
+            int64_t s0 = (int64_t)t * chunk, s1 = s0 + chunk < nb ? s0 + chunk : nb;
+            if (s0 < s1) memcpy(dp + s0, sp + s0, (size_t)(s1 - s0));
+        }
         return;
     }
     int32_t nd = g.ndim;

@@ -255,6 +255,66 @@ describe('cuda elementwise vs cpu', function()
         assert_close(dc, hc, ELEMENTWISE_RTOL, 'add_scaled contiguous')
     end)
 
+    gpu_it('sum_to (the gradient of broadcasting) over leading, inner and strided dims', function()
+        local src = randn { 4, 5, 6 }
+        for _, ds in ipairs { { 6 }, { 5, 1 }, { 4, 1, 6 }, { 1 }, { 4, 5, 6 } } do
+            local base = randn(ds)
+            local hd, dd = base:clone(), base:to('cuda')
+            check(C.nc_sum_to(hd._c, src._c, 0.5), 'sum_to (cpu)')
+            check(C.nc_sum_to(dd._c, src:to('cuda')._c, 0.5), 'sum_to (cuda)')
+            assert_close(dd, hd, 1e-6, 'sum_to ' .. shape_str(base))
+        end
+        local st = src:transpose(0, 2)   -- (6, 5, 4) strided source, on the device
+        local hd, dd = nc.zeros { 6, 1, 1 }, nc.zeros({ 6, 1, 1 }):to('cuda')
+        check(C.nc_sum_to(hd._c, st._c, 1), 'sum_to (cpu)')
+        check(C.nc_sum_to(dd._c, src:to('cuda'):transpose(0, 2)._c, 1), 'sum_to (cuda)')
+        assert_close(dd, hd, 1e-6, 'sum_to strided source')
+        -- mixed devices are an error naming the op
+        local ok, err = pcall(check, C.nc_sum_to(nc.zeros({ 6 })._c, src:to('cuda')._c, 1), 'sum_to')
+        assert.is_false(ok)
+        assert.matches('sum_to', err, 1, true)
+    end)
+
+    gpu_it('binary backward (add, sub, mul, div with broadcasting) and scalar backward match the cpu', function()
+        for _, op in ipairs { 'add', 'sub', 'mul', 'div' } do
+            local a0, b0 = randn { 4, 1, 7 }, rand({ 3, 1 }, 0.5, 2)
+            local g = randn { 4, 3, 7 }
+            local ha, hb = a0:clone():requires_grad_(true), b0:clone():requires_grad_(true)
+            nc[op](ha, hb):backward(g)
+            local da = a0:to('cuda'):detach():requires_grad_(true)
+            local db = b0:to('cuda'):detach():requires_grad_(true)
+            nc[op](da, db):backward(g:to('cuda'))
+            assert_close(da.grad, ha.grad, 1e-5, op .. ' backward ga')
+            assert_close(db.grad, hb.grad, 1e-5, op .. ' backward gb')
+            local hs = a0:clone():requires_grad_(true)
+            nc[op](hs, 1.5):backward(g:narrow(1, 0, 1))
+            local ds = a0:to('cuda'):detach():requires_grad_(true)
+            nc[op](ds, 1.5):backward(g:narrow(1, 0, 1):contiguous():to('cuda'))
+            assert_close(ds.grad, hs.grad, 1e-6, op .. ' scalar backward')
+        end
+        local x = randn({ 3 }):to('cuda'):detach():requires_grad_(true)
+        local ok, err = pcall(function() nc.maximum(x, x * 2):backward(nc.ones({ 3 }):to('cuda')) end)
+        assert.is_false(ok)
+        assert.matches('no CUDA backward', err, 1, true)
+    end)
+
+    gpu_it('sum and mean over dims, with backward, match the cpu', function()
+        local a0 = randn { 4, 5, 6 }
+        for _, op in ipairs { 'sum', 'mean' } do
+            for _, d in ipairs { 0, 1, 2, -1 } do
+                local h = a0:clone():requires_grad_(true)
+                local dv = a0:to('cuda'):detach():requires_grad_(true)
+                local hr, dr = nc[op](h, d), nc[op](dv, d)
+                assert_close(dr, hr, 1e-6, op .. ' dim ' .. d)
+                local g = randn(hr:shape())
+                hr:backward(g)
+                dr:backward(g:to('cuda'))
+                assert_close(dv.grad, h.grad, 1e-6, op .. ' backward dim ' .. d)
+            end
+        end
+        assert_close(nc.sum(a0:to('cuda')), nc.sum(a0), 1e-6, 'sum of everything')
+    end)
+
     gpu_it('a tensor larger than one grid (4097 x 4099 > 65536 blocks x 256 threads) matches', function()
         local a, b = randn { 4097, 4099 }, randn { 4099 }
         local oh = Tensor.empty({ 4097, 4099 }, 'f32', 'cpu')

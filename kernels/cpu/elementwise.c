@@ -8,14 +8,19 @@
  * -mavx2 -mfma (`_avx2`); nc_cpu_avx2() picks one. Exact ops (+ - * / max min neg relu relu2 abs
  * square sqrt rsqrt recip, add_scaled) give bit-identical results on both paths: the build is ISO
  * C11, so GCC never contracts a*b+c into an FMA, and both loops evaluate the same expressions.
- * Transcendental ops call the same libm functions on both paths. Results never depend on the
- * thread count (every element is computed independently).
+ * The AVX2 build computes exp, sigmoid, silu and gelu (and the silu/gelu backward) with vector
+ * polynomials (simd_avx2.h; checked against float64 references with tolerances in
+ * spec/ops/simd_spec.lua); the other transcendental ops call the same libm functions on both
+ * paths. Outputs of at least nc_nt_bytes() are written through an L1 chunk with streaming stores
+ * (same arithmetic, no read-for-ownership of the output). Results never depend on the thread
+ * count (every element is computed independently).
  * Device rules: CUDA tensors go to the CUDA backend for binary, binary_scalar, unary,
  * unary_backward (contiguous) and add_scaled; the other ops here are CPU-only.
  */
 #pragma GCC optimize("no-trapping-math")
 
 #include "internal.h"
+#include "simd_avx2.h"
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -104,15 +109,64 @@ static inline int ew_uses_out(int32_t op) {
 }
 
 /* ---- flat contiguous kernels (compiled per instruction set) ---------------------------------- */
-/* Each `case` is its own simple loop so the exact ops vectorize; `par` allows OpenMP. The pragma
- * names the kernels' own `n` and `par` (a _Pragma string cannot take macro arguments). */
+/* Each `case` is its own simple loop so the exact ops vectorize; `par` allows OpenMP. The
+ * serial branch has no `omp parallel` at all: an `if(0)` parallel region still costs a trip
+ * through the OpenMP runtime, which the strided engine would pay once per row. */
 #define EW_LOOP(N, PAR, BODY)                                                                  \
     do {                                                                                       \
-        _Pragma("omp parallel for simd schedule(static) if (par && n >= NC_PAR_MIN)")        \
-        for (int64_t i = 0; i < N; i++) { BODY; }                                              \
+        if ((PAR) && (N) >= NC_PAR_MIN) {                                                      \
+            _Pragma("omp parallel for simd schedule(static)")                                  \
+            for (int64_t i = 0; i < N; i++) { BODY; }                                          \
+        } else {                                                                               \
+            _Pragma("omp simd")                                                                \
+            for (int64_t i = 0; i < N; i++) { BODY; }                                          \
+        }                                                                                      \
     } while (0)
 
-void KFN(nc_ew_binary)(float *o, const float *a, const float *b, int64_t n, int32_t op, int par) {
+/* Streaming-store wrapper (AVX2 build): large outputs are produced chunk by chunk into an L1
+ * buffer by the very same loop (serial), then streamed out; in-place calls (o == a) are safe. */
+#if NC_SIMD_AVX2
+enum { EW_NT_CHUNK = 2048 };
+#define EW_NT_RUN(N, CALL_INTO_TMP)                                                                \
+    do {                                                                                           \
+        int64_t nch_ = (N + EW_NT_CHUNK - 1) / EW_NT_CHUNK;                                        \
+        _Pragma("omp parallel for schedule(static)")                                               \
+        for (int64_t c_ = 0; c_ < nch_; c_++) {                                                    \
+            float tmp[EW_NT_CHUNK] __attribute__((aligned(32)));                                   \
+            int64_t i0 = c_ * EW_NT_CHUNK, len = N - i0 < EW_NT_CHUNK ? N - i0 : EW_NT_CHUNK;     \
+            CALL_INTO_TMP;                                                                         \
+            nc_stream_store(o + i0, tmp, len);                                                     \
+        }                                                                                          \
+        _mm_sfence();                                                                              \
+    } while (0)
+#define EW_USE_NT(N, PAR) ((PAR) && (N) * (int64_t)sizeof(float) >= nc_nt_bytes())
+
+/* one-input vector loop; tails use masked loads/stores so every element takes the same path */
+#define EW_V1_BODY(N, VEXPR)                                                                       \
+    {                                                                                              \
+        int64_t i = k_ * 8;                                                                        \
+        if (i + 8 <= N) {                                                                          \
+            __m256 v = _mm256_loadu_ps(a + i);                                                     \
+            _mm256_storeu_ps(o + i, VEXPR);                                                        \
+        } else {                                                                                   \
+            __m256i mk_ = nc_tailmask256(N - i);                                                   \
+            __m256 v = _mm256_maskload_ps(a + i, mk_);                                             \
+            _mm256_maskstore_ps(o + i, mk_, VEXPR);                                                \
+        }                                                                                          \
+    }
+#define EW_V1(N, PAR, VEXPR)                                                                       \
+    do {                                                                                           \
+        int64_t nv_ = (N + 7) / 8;                                                                 \
+        if ((PAR) && (N) >= NC_PAR_MIN) {                                                          \
+            _Pragma("omp parallel for schedule(static)")                                           \
+            for (int64_t k_ = 0; k_ < nv_; k_++) EW_V1_BODY(N, VEXPR)                             \
+        } else {                                                                                   \
+            for (int64_t k_ = 0; k_ < nv_; k_++) EW_V1_BODY(N, VEXPR)                             \
+        }                                                                                          \
+    } while (0)
+#endif
+
+static void KFN(ew_binary_body)(float *o, const float *a, const float *b, int64_t n, int32_t op, int par) {
     switch (op) {
     case NC_OP_ADD: EW_LOOP(n, par, o[i] = a[i] + b[i]); break;
     case NC_OP_SUB: EW_LOOP(n, par, o[i] = a[i] - b[i]); break;
@@ -124,7 +178,17 @@ void KFN(nc_ew_binary)(float *o, const float *a, const float *b, int64_t n, int3
     }
 }
 
-void KFN(nc_ew_binary_scalar)(float *o, const float *a, float s, int64_t n, int32_t op, int par) {
+void KFN(nc_ew_binary)(float *o, const float *a, const float *b, int64_t n, int32_t op, int par) {
+#if NC_SIMD_AVX2
+    if (EW_USE_NT(n, par)) {
+        EW_NT_RUN(n, KFN(ew_binary_body)(tmp, a + i0, b + i0, len, op, 0));
+        return;
+    }
+#endif
+    KFN(ew_binary_body)(o, a, b, n, op, par);
+}
+
+static void KFN(ew_binary_scalar_body)(float *o, const float *a, float s, int64_t n, int32_t op, int par) {
     switch (op) {
     case NC_OP_ADD: EW_LOOP(n, par, o[i] = a[i] + s); break;
     case NC_OP_SUB: EW_LOOP(n, par, o[i] = a[i] - s); break;
@@ -136,8 +200,24 @@ void KFN(nc_ew_binary_scalar)(float *o, const float *a, float s, int64_t n, int3
     }
 }
 
-void KFN(nc_ew_unary)(float *o, const float *a, int64_t n, int32_t op, int par) {
+void KFN(nc_ew_binary_scalar)(float *o, const float *a, float s, int64_t n, int32_t op, int par) {
+#if NC_SIMD_AVX2
+    if (EW_USE_NT(n, par)) {
+        EW_NT_RUN(n, KFN(ew_binary_scalar_body)(tmp, a + i0, s, len, op, 0));
+        return;
+    }
+#endif
+    KFN(ew_binary_scalar_body)(o, a, s, n, op, par);
+}
+
+static void KFN(ew_unary_body)(float *o, const float *a, int64_t n, int32_t op, int par) {
     switch (op) {
+#if NC_SIMD_AVX2
+    case NC_OP_EXP: EW_V1(n, par, nc_exp256(v)); break;
+    case NC_OP_SIGMOID: EW_V1(n, par, nc_sigmoid256(v)); break;
+    case NC_OP_SILU: EW_V1(n, par, _mm256_mul_ps(v, nc_sigmoid256(v))); break;
+    case NC_OP_GELU: EW_V1(n, par, _mm256_mul_ps(v, nc_phi256(v))); break;
+#endif
     case NC_OP_NEG: EW_LOOP(n, par, o[i] = -a[i]); break;
     case NC_OP_RELU: EW_LOOP(n, par, float x = a[i]; o[i] = x > 0.0f ? x : 0.0f); break;
     case NC_OP_RELU2: EW_LOOP(n, par, float x = a[i]; float r = x > 0.0f ? x : 0.0f; o[i] = r * r); break;
@@ -150,6 +230,39 @@ void KFN(nc_ew_unary)(float *o, const float *a, int64_t n, int32_t op, int par) 
     }
 }
 
+void KFN(nc_ew_unary)(float *o, const float *a, int64_t n, int32_t op, int par) {
+#if NC_SIMD_AVX2
+    if (EW_USE_NT(n, par)) {
+        EW_NT_RUN(n, KFN(ew_unary_body)(tmp, a + i0, len, op, 0));
+        return;
+    }
+#endif
+    KFN(ew_unary_body)(o, a, n, op, par);
+}
+
+#if NC_SIMD_AVX2
+/* o (= ga) += g * d_, d_ computed by DEF from v = a[i .. i+8) (a = x) */
+#define EW_BWD_BODY(N, ...)                                                                        \
+    {                                                                                              \
+        int64_t i = k_ * 8;                                                                        \
+        __m256i mk_ = nc_tailmask256(N - i < 8 ? N - i : 8);                                       \
+        __m256 v = _mm256_maskload_ps(a + i, mk_);                                                 \
+        __VA_ARGS__;                                                                               \
+        __m256 r_ = _mm256_fmadd_ps(_mm256_maskload_ps(g + i, mk_), d_, _mm256_maskload_ps(o + i, mk_)); \
+        _mm256_maskstore_ps(o + i, mk_, r_);                                                       \
+    }
+#define EW_BWD_V(N, PAR, ...)                                                                      \
+    do {                                                                                           \
+        int64_t nv_ = (N + 7) / 8;                                                                 \
+        if ((PAR) && (N) >= NC_PAR_MIN) {                                                          \
+            _Pragma("omp parallel for schedule(static)")                                           \
+            for (int64_t k_ = 0; k_ < nv_; k_++) EW_BWD_BODY(N, __VA_ARGS__)                       \
+        } else {                                                                                   \
+            for (int64_t k_ = 0; k_ < nv_; k_++) EW_BWD_BODY(N, __VA_ARGS__)                       \
+        }                                                                                          \
+    } while (0)
+#endif
+
 /* ga += g * f'(x); y = f(x) is read instead of x for the ew_uses_out ops */
 void KFN(nc_ew_unary_bwd)(float *ga, const float *y, const float *x, const float *g, int64_t n, int32_t op,
                           int par) {
@@ -158,6 +271,21 @@ void KFN(nc_ew_unary_bwd)(float *ga, const float *y, const float *x, const float
     case NC_OP_RELU: EW_LOOP(n, par, ga[i] += x[i] > 0.0f ? g[i] : 0.0f); break;
     case NC_OP_RELU2: EW_LOOP(n, par, float v = x[i]; ga[i] += g[i] * (v > 0.0f ? 2.0f * v : 0.0f)); break;
     case NC_OP_SQUARE: EW_LOOP(n, par, ga[i] += g[i] * (2.0f * x[i])); break;
+#if NC_SIMD_AVX2
+    case NC_OP_SILU: {   /* s (1 + x (1 - s)) */
+        const float *a = x;
+        float *o = ga;
+        EW_BWD_V(n, par, __m256 d_ = nc_silu_d256(v));
+        break;
+    }
+    case NC_OP_GELU: {   /* Phi(x) + x phi(x) */
+        const float *a = x;
+        float *o = ga;
+        EW_BWD_V(n, par, __m256 e_ = nc_exp256(_mm256_mul_ps(_mm256_set1_ps(-0.5f), _mm256_mul_ps(v, v)));
+                 __m256 d_ = _mm256_fmadd_ps(_mm256_mul_ps(v, _mm256_set1_ps(EW_INV_SQRT_2PI)), e_, nc_phi256(v)));
+        break;
+    }
+#endif
     default:
         if (ew_uses_out(op)) EW_LOOP(n, par, ga[i] += g[i] * ew_unary_df(op, 0.0f, y[i]));
         else EW_LOOP(n, par, ga[i] += g[i] * ew_unary_df(op, x[i], 0.0f));
@@ -202,7 +330,7 @@ static void k_add_scaled(float *o, const float *a, float alpha, int64_t n, int p
     else nc_ew_add_scaled_base(o, a, alpha, n, par);
 }
 
-static const char *const bin_names[] = { "add", "sub", "mul", "div", "maximum", "minimum", "pow" };
+static const char *const bin_names[] = { "add", "sub", "mul", "div", "maximum", "minimum", "pow", "floor_div" };
 static const char *const un_names[] = { "neg", "exp", "log", "tanh", "sigmoid", "relu", "relu2", "silu",
                                         "gelu", "gelu_tanh", "sqrt", "rsqrt", "abs", "square", "recip",
                                         "sin", "cos" };
@@ -494,10 +622,168 @@ static nc_tensor *tmp_zeros(int32_t nd, const int64_t *shape) {
     return nc_tensor_new_zeros(NC_F32, NC_CPU, nd, shape);
 }
 
+/* ---- integer tensors (i32, i64) ------------------------------------------------------------ *
+ * Exact two's-complement arithmetic: + - * wrap (computed in the unsigned type, no UB), floor_div
+ * rounds toward -inf (INT_MIN floor_div -1 wraps to INT_MIN), division by zero is reported. No
+ * autograd, CPU only. One row function per dtype (macro-instantiated) serves the flat and the
+ * strided cases alike through geo_run. */
+static int ew_is_int(int32_t dt) { return dt == NC_I32 || dt == NC_I64; }
+
+typedef struct { int32_t op; int64_t s; int *zero; } ew_ictx;
+
+#define EW_INT_FUNCS(T, UT)                                                                          \
+    static inline T ew_ibin_##T(int32_t op, T x, T y, int *zero) {                                   \
+        switch (op) {                                                                                \
+        case NC_OP_ADD: return (T)((UT)x + (UT)y);                                                   \
+        case NC_OP_SUB: return (T)((UT)x - (UT)y);                                                   \
+        case NC_OP_MUL: return (T)((UT)x * (UT)y);                                                   \
+        case NC_OP_MAXIMUM: return x >= y ? x : y;                                                   \
+        case NC_OP_MINIMUM: return x <= y ? x : y;                                                   \
+        default: {                                                                                   \
+            if (y == 0) { __atomic_store_n(zero, 1, __ATOMIC_RELAXED); return 0; }                   \
+            if (y == -1) return (T)((UT)0 - (UT)x);                                                  \
+            T q = (T)(x / y);                                                                        \
+            if ((T)(x % y) != 0 && ((x < 0) != (y < 0))) q--;                                        \
+            return q;                                                                                \
+        }                                                                                            \
+        }                                                                                            \
+    }                                                                                                \
+    static void row_ibin_##T(const void *cv, char *const *p, const int64_t *s, int64_t n) {          \
+        const ew_ictx *c = cv;                                                                       \
+        T *o = (T *)p[0];                                                                            \
+        const T *a = (const T *)p[1], *b = (const T *)p[2];                                          \
+        int32_t op = c->op;                                                                          \
+        if (op == NC_OP_ADD && s[0] == 1 && s[1] == 1 && s[2] == 1) {                                \
+            for (int64_t i = 0; i < n; i++) o[i] = (T)((UT)a[i] + (UT)b[i]);                         \
+            return;                                                                                  \
+        }                                                                                            \
+        for (int64_t i = 0; i < n; i++) o[i * s[0]] = ew_ibin_##T(op, a[i * s[1]], b[i * s[2]], c->zero); \
+    }                                                                                                \
+    static void row_ibin_s_##T(const void *cv, char *const *p, const int64_t *s, int64_t n) {        \
+        const ew_ictx *c = cv;                                                                       \
+        T *o = (T *)p[0];                                                                            \
+        const T *a = (const T *)p[1];                                                                \
+        T y = (T)c->s;                                                                               \
+        int32_t op = c->op;                                                                          \
+        if (op == NC_OP_ADD && s[0] == 1 && s[1] == 1) {                                             \
+            for (int64_t i = 0; i < n; i++) o[i] = (T)((UT)a[i] + (UT)y);                            \
+            return;                                                                                  \
+        }                                                                                            \
+        for (int64_t i = 0; i < n; i++) o[i * s[0]] = ew_ibin_##T(op, a[i * s[1]], y, c->zero);      \
+    }                                                                                                \
+    static void row_iun_##T(const void *cv, char *const *p, const int64_t *s, int64_t n) {           \
+        const ew_ictx *c = cv;                                                                       \
+        T *o = (T *)p[0];                                                                            \
+        const T *a = (const T *)p[1];                                                                \
+        if (c->op == NC_OP_NEG)                                                                      \
+            for (int64_t i = 0; i < n; i++) o[i * s[0]] = (T)((UT)0 - (UT)a[i * s[1]]);              \
+        else                                                                                         \
+            for (int64_t i = 0; i < n; i++) {                                                        \
+                T x = a[i * s[1]];                                                                   \
+                o[i * s[0]] = x < 0 ? (T)((UT)0 - (UT)x) : x;                                        \
+            }                                                                                        \
+    }                                                                                                \
+    static void row_iclamp_##T(const void *cv, char *const *p, const int64_t *s, int64_t n) {        \
+        const int64_t *lh = cv;                                                                      \
+        T lo = (T)lh[0], hi = (T)lh[1];                                                              \
+        T *o = (T *)p[0];                                                                            \
+        const T *a = (const T *)p[1];                                                                \
+        for (int64_t i = 0; i < n; i++) {                                                            \
+            T x = a[i * s[1]];                                                                       \
+            x = x < lo ? lo : x;                                                                     \
+            o[i * s[0]] = x > hi ? hi : x;                                                           \
+        }                                                                                            \
+    }
+EW_INT_FUNCS(int32_t, uint32_t)
+EW_INT_FUNCS(int64_t, uint64_t)
+
+/* dtype rules shared by the ops below: every given operand has a's dtype; a message names both */
+static nc_status same_dtypes(const char *op, int n, const nc_tensor *const *ts, const char *const *names) {
+    for (int i = 1; i < n; i++) {
+        if (!ts[i] || ts[i]->dtype == ts[0]->dtype) continue;
+        char b0[NC_DESC_LEN], b1[NC_DESC_LEN];
+        return nc_fail(NC_ERR_DTYPE,
+                       "%s: expected %s and %s of the same dtype, got %s %s and %s %s (convert one with :to('%s') "
+                       "or :to('%s'))",
+                       op, names[0], names[i], names[0], nc_describe(ts[0], b0, sizeof b0), names[i],
+                       nc_describe(ts[i], b1, sizeof b1), nc_dtype_info(ts[0]->dtype)->name,
+                       nc_dtype_info(ts[i]->dtype)->name);
+    }
+    return NC_OK;
+}
+
+static nc_status int_cpu_only(const char *op, int n, const nc_tensor *const *ts) {
+    for (int i = 0; i < n; i++)
+        if (ts[i] && ts[i]->device != NC_CPU)
+            return nc_fail(NC_ERR_UNSUPPORTED, "%s: integer tensors are CPU-only; move them with :to('cpu')", op);
+    return NC_OK;
+}
+
+static nc_status int_op_ok(const char *name, int32_t op, int32_t dtype) {
+    const char *dn = nc_dtype_info(dtype)->name;
+    if (op == NC_OP_DIV)
+        return nc_fail(NC_ERR_DTYPE, "%s: integer division of %s tensors is not defined; convert with :to('f32') "
+                       "first, or use nc.floor_div for floor division", name, dn);
+    if (op == NC_OP_POW)
+        return nc_fail(NC_ERR_DTYPE, "%s: pow of %s tensors is not supported; convert with :to('f32') first", name, dn);
+    return NC_OK;
+}
+
+static nc_status int_binary(const char *name, nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t op,
+                            int32_t nd, const int64_t *shape) {
+    NC_TRY(int_op_ok(name, op, a->dtype));
+    const nc_tensor *ts[3] = { out, a, b };
+    NC_TRY(int_cpu_only(name, 3, ts));
+    ew_geo g;
+    geo_build(&g, nd, shape, 3, ts);
+    char *base[3] = { nc_ptr(out), nc_ptr(a), nc_ptr(b) };
+    int32_t es = nc_dtype_info(a->dtype)->elem_size, esz[3] = { es, es, es };
+    int zero = 0;
+    ew_ictx c = { op, 0, &zero };
+    geo_run(&g, base, esz, a->dtype == NC_I32 ? row_ibin_int32_t : row_ibin_int64_t, &c);
+    if (zero) return nc_fail(NC_ERR_ARG, "%s: division by zero (b has a 0 element)", name);
+    return NC_OK;
+}
+
+static nc_status int_binary_scalar(const char *name, nc_tensor *out, const nc_tensor *a, double s, int32_t op) {
+    NC_TRY(int_op_ok(name, op, a->dtype));
+    const nc_tensor *ts[2] = { out, a };
+    NC_TRY(int_cpu_only(name, 2, ts));
+    double lim = a->dtype == NC_I32 ? 2147483648.0 : 9223372036854775808.0;
+    if (s != floor(s) || s < -lim || s >= lim)
+        return nc_fail(NC_ERR_ARG, "%s: expected an integral scalar in the range of %s for an %s tensor, got %.17g "
+                       "(convert the tensor with :to('f32') for fractional values)", name,
+                       nc_dtype_info(a->dtype)->name, nc_dtype_info(a->dtype)->name, s);
+    if (op == NC_OP_FLOOR_DIV && s == 0.0) return nc_fail(NC_ERR_ARG, "%s: division by zero (the scalar is 0)", name);
+    ew_geo g;
+    geo_build(&g, out->ndim, out->shape, 2, ts);
+    char *base[2] = { nc_ptr(out), nc_ptr(a) };
+    int32_t es = nc_dtype_info(a->dtype)->elem_size, esz[2] = { es, es };
+    int zero = 0;
+    ew_ictx c = { op, (int64_t)s, &zero };
+    geo_run(&g, base, esz, a->dtype == NC_I32 ? row_ibin_s_int32_t : row_ibin_s_int64_t, &c);
+    return NC_OK;
+}
+
+static nc_status int_unary(const char *name, nc_tensor *out, const nc_tensor *a, int32_t op) {
+    if (op != NC_OP_NEG && op != NC_OP_ABS)
+        return nc_fail(NC_ERR_DTYPE, "%s: not defined for %s tensors (integer tensors support neg and abs); convert "
+                       "with :to('f32') first", name, nc_dtype_info(a->dtype)->name);
+    const nc_tensor *ts[2] = { out, a };
+    NC_TRY(int_cpu_only(name, 2, ts));
+    ew_geo g;
+    geo_build(&g, out->ndim, out->shape, 2, ts);
+    char *base[2] = { nc_ptr(out), nc_ptr(a) };
+    int32_t es = nc_dtype_info(a->dtype)->elem_size, esz[2] = { es, es };
+    ew_ictx c = { op, 0, NULL };
+    geo_run(&g, base, esz, a->dtype == NC_I32 ? row_iun_int32_t : row_iun_int64_t, &c);
+    return NC_OK;
+}
+
 /* ---- binary -------------------------------------------------------------------------------- */
 nc_status nc_binary(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t op) {
-    if (op < NC_OP_ADD || op > NC_OP_POW)
-        return nc_fail(NC_ERR_ARG, "binary: expected op in [0, %d] (enum nc_binary_op), got %d", NC_OP_POW, op);
+    if (op < NC_OP_ADD || op > NC_OP_FLOOR_DIV)
+        return nc_fail(NC_ERR_ARG, "binary: expected op in [0, %d] (enum nc_binary_op), got %d", NC_OP_FLOOR_DIV, op);
     const char *name = bin_names[op];
     NC_TRY(nc_check_not_null(name, "out", out));
     NC_TRY(nc_check_not_null(name, "a", a));
@@ -505,12 +791,22 @@ nc_status nc_binary(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int3
     const nc_tensor *ts[3] = { out, a, b };
     static const char *const tn[3] = { "out", "a", "b" };
     NC_TRY(check_all_device(name, out->device, 3, ts, tn));
-    for (int i = 0; i < 3; i++) NC_TRY(nc_check_dtype(name, tn[i], ts[i], NC_F32));
+    {
+        const nc_tensor *ab[3] = { a, b, out };
+        static const char *const abn[3] = { "a", "b", "out" };
+        NC_TRY(same_dtypes(name, 3, ab, abn));
+    }
+    if (!ew_is_int(a->dtype)) {
+        for (int i = 0; i < 3; i++) NC_TRY(nc_check_dtype(name, tn[i], ts[i], NC_F32));
+        if (op == NC_OP_FLOOR_DIV)
+            return nc_fail(NC_ERR_DTYPE, "floor_div: defined for i32/i64 tensors only, got f32 (use a / b for floats)");
+    }
     int32_t nd;
     int64_t shape[NC_MAX_DIMS];
     NC_TRY(bcast2(name, &nd, shape, a, "a", b, "b"));
     NC_TRY(check_out_shape(name, out, nd, shape, "the broadcast of a and b"));
     NC_TRY(check_writable(name, "out", out));
+    if (ew_is_int(a->dtype)) return int_binary(name, out, a, b, op, nd, shape);
     if (out->device == NC_CUDA) {
         const nc_cuda_api *cu = nc_cuda();
         if (!cu) return NC_ERR_DEVICE;
@@ -563,11 +859,60 @@ static nc_status grad_into(const char *name, nc_tensor *dst, int32_t nd, const i
     return s;
 }
 
+/* CUDA backward of binary ops, composed from CUDA primitives: dst += alpha * sum_to(gout [op y])
+ * (the product/quotient in a temporary of the broadcast shape, then nc_sum_to onto dst's shape). */
+static nc_status cuda_bwd_term(nc_tensor *dst, const nc_tensor *gout, const nc_tensor *y, int32_t yop, double alpha,
+                               int32_t nd, const int64_t *shape) {
+    nc_tensor *tmp = NULL;
+    const nc_tensor *src = gout;
+    if (y) {
+        tmp = nc_tensor_new(NC_F32, NC_CUDA, nd, shape);
+        if (!tmp) return NC_ERR_OOM;
+        nc_status st = nc_binary(tmp, gout, y, yop);
+        if (st != NC_OK) { nc_tensor_release(tmp); return st; }
+        src = tmp;
+    }
+    nc_status st = nc_sum_to(dst, src, alpha);
+    nc_tensor_release(tmp);
+    return st;
+}
+
+static nc_status cuda_binary_backward(const char *name, nc_tensor *ga, nc_tensor *gb, const nc_tensor *a,
+                                      const nc_tensor *b, const nc_tensor *gout, int32_t op, int32_t nd,
+                                      const int64_t *shape) {
+    switch (op) {
+    case NC_OP_ADD:
+    case NC_OP_SUB:
+        if (ga) NC_TRY(cuda_bwd_term(ga, gout, NULL, 0, 1.0, nd, shape));
+        if (gb) NC_TRY(cuda_bwd_term(gb, gout, NULL, 0, op == NC_OP_SUB ? -1.0 : 1.0, nd, shape));
+        return NC_OK;
+    case NC_OP_MUL:
+        if (ga) NC_TRY(cuda_bwd_term(ga, gout, b, NC_OP_MUL, 1.0, nd, shape));
+        if (gb) NC_TRY(cuda_bwd_term(gb, gout, a, NC_OP_MUL, 1.0, nd, shape));
+        return NC_OK;
+    case NC_OP_DIV:
+        if (ga) NC_TRY(cuda_bwd_term(ga, gout, b, NC_OP_DIV, 1.0, nd, shape));
+        if (gb) {   /* gb -= sum_to(gout * a / b / b) */
+            nc_tensor *q = nc_tensor_new(NC_F32, NC_CUDA, nd, shape);
+            if (!q) return NC_ERR_OOM;
+            nc_status st = nc_binary(q, a, b, NC_OP_DIV);
+            if (st == NC_OK) st = nc_binary(q, q, b, NC_OP_DIV);
+            if (st == NC_OK) st = cuda_bwd_term(gb, gout, q, NC_OP_MUL, -1.0, nd, shape);
+            nc_tensor_release(q);
+            return st;
+        }
+        return NC_OK;
+    default:
+        return nc_fail(NC_ERR_UNSUPPORTED, "%s: no CUDA backward for this op yet (add, sub, mul, div have one); "
+                       "compute it on the CPU with :to('cpu')", name);
+    }
+}
+
 nc_status nc_binary_backward(nc_tensor *ga, nc_tensor *gb, const nc_tensor *out, const nc_tensor *a,
                              const nc_tensor *b, const nc_tensor *gout, int32_t op) {
     if (op < NC_OP_ADD || op > NC_OP_POW)
-        return nc_fail(NC_ERR_ARG, "binary_backward: expected op in [0, %d] (enum nc_binary_op), got %d", NC_OP_POW,
-                       op);
+        return nc_fail(NC_ERR_ARG, "binary_backward: expected a differentiable op in [0, %d] (enum nc_binary_op), "
+                       "got %d", NC_OP_POW, op);
     char name[48];
     snprintf(name, sizeof name, "%s backward", bin_names[op]);
     if (!ga && !gb) return NC_OK;
@@ -576,8 +921,7 @@ nc_status nc_binary_backward(nc_tensor *ga, nc_tensor *gb, const nc_tensor *out,
     NC_TRY(nc_check_not_null(name, "gout", gout));
     const nc_tensor *ts[5] = { ga, gb, a, b, gout };
     static const char *const tn[5] = { "ga", "gb", "a", "b", "gout" };
-    if (gout->device == NC_CUDA) return no_cuda(name);
-    NC_TRY(check_all_device(name, NC_CPU, 5, ts, tn));
+    NC_TRY(check_all_device(name, gout->device, 5, ts, tn));
     for (int i = 0; i < 5; i++)
         if (ts[i]) NC_TRY(nc_check_dtype(name, tn[i], ts[i], NC_F32));
     int32_t nd;
@@ -593,6 +937,7 @@ nc_status nc_binary_backward(nc_tensor *ga, nc_tensor *gb, const nc_tensor *out,
     }
     if (ga) NC_TRY(nc_check_same_shape(name, "ga", ga, "a", a));
     if (gb) NC_TRY(nc_check_same_shape(name, "gb", gb, "b", b));
+    if (gout->device == NC_CUDA) return cuda_binary_backward(name, ga, gb, a, b, gout, op, nd, shape);
     const nc_tensor *ins[3] = { a, b, gout };
     ew_ctx c = { op, 0.0f, 0 };
     if (ga) NC_TRY(grad_into(name, ga, nd, shape, 3, ins, row_binary_bwd, &c));
@@ -603,14 +948,25 @@ nc_status nc_binary_backward(nc_tensor *ga, nc_tensor *gb, const nc_tensor *out,
 
 /* ---- binary with a scalar ------------------------------------------------------------------- */
 nc_status nc_binary_scalar(nc_tensor *out, const nc_tensor *a, double s, int32_t op) {
-    if (op < NC_OP_ADD || op > NC_OP_POW)
-        return nc_fail(NC_ERR_ARG, "binary_scalar: expected op in [0, %d] (enum nc_binary_op), got %d", NC_OP_POW, op);
+    if (op < NC_OP_ADD || op > NC_OP_FLOOR_DIV)
+        return nc_fail(NC_ERR_ARG, "binary_scalar: expected op in [0, %d] (enum nc_binary_op), got %d", NC_OP_FLOOR_DIV,
+                       op);
     const char *name = bin_names[op];
     NC_TRY(nc_check_not_null(name, "out", out));
     NC_TRY(nc_check_not_null(name, "a", a));
     NC_TRY(nc_check_device(name, "a", a, out->device));
+    if (ew_is_int(a->dtype)) {
+        const nc_tensor *ao[2] = { a, out };
+        static const char *const aon[2] = { "a", "out" };
+        NC_TRY(same_dtypes(name, 2, ao, aon));
+        NC_TRY(nc_check_same_shape(name, "out", out, "a", a));
+        NC_TRY(check_writable(name, "out", out));
+        return int_binary_scalar(name, out, a, s, op);
+    }
     NC_TRY(nc_check_dtype(name, "out", out, NC_F32));
     NC_TRY(nc_check_dtype(name, "a", a, NC_F32));
+    if (op == NC_OP_FLOOR_DIV)
+        return nc_fail(NC_ERR_DTYPE, "floor_div: defined for i32/i64 tensors only, got f32 (use a / s for floats)");
     NC_TRY(nc_check_same_shape(name, "out", out, "a", a));
     NC_TRY(check_writable(name, "out", out));
     if (out->device == NC_CUDA) {
@@ -637,16 +993,26 @@ nc_status nc_binary_scalar(nc_tensor *out, const nc_tensor *a, double s, int32_t
 
 nc_status nc_binary_scalar_backward(nc_tensor *ga, const nc_tensor *a, const nc_tensor *gout, double s, int32_t op) {
     if (op < NC_OP_ADD || op > NC_OP_POW)
-        return nc_fail(NC_ERR_ARG, "binary_scalar_backward: expected op in [0, %d] (enum nc_binary_op), got %d",
-                       NC_OP_POW, op);
+        return nc_fail(NC_ERR_ARG, "binary_scalar_backward: expected a differentiable op in [0, %d] (enum "
+                       "nc_binary_op), got %d", NC_OP_POW, op);
     char name[48];
     snprintf(name, sizeof name, "%s backward", bin_names[op]);
     if (!ga) return NC_OK;
     NC_TRY(nc_check_not_null(name, "a", a));
     NC_TRY(nc_check_not_null(name, "gout", gout));
-    if (ga->device == NC_CUDA) return no_cuda(name);
     const nc_tensor *ts[3] = { ga, a, gout };
     static const char *const tn[3] = { "ga", "a", "gout" };
+    if (ga->device == NC_CUDA) {   /* the linear ops: ga += c * gout (add_scaled on the device) */
+        NC_TRY(check_all_device(name, NC_CUDA, 3, ts, tn));
+        for (int i = 0; i < 3; i++) NC_TRY(nc_check_dtype(name, tn[i], ts[i], NC_F32));
+        NC_TRY(nc_check_same_shape(name, "ga", ga, "a", a));
+        NC_TRY(nc_check_same_shape(name, "gout", gout, "a", a));
+        double c = op == NC_OP_ADD || op == NC_OP_SUB ? 1.0 : op == NC_OP_MUL ? s : op == NC_OP_DIV ? 1.0 / s : 0.0;
+        if (op > NC_OP_DIV)
+            return nc_fail(NC_ERR_UNSUPPORTED, "%s: no CUDA backward for this op yet (add, sub, mul, div have one); "
+                           "compute it on the CPU with :to('cpu')", name);
+        return nc_add_scaled(ga, gout, c);
+    }
     NC_TRY(check_all_device(name, NC_CPU, 3, ts, tn));
     for (int i = 0; i < 3; i++) NC_TRY(nc_check_dtype(name, tn[i], ts[i], NC_F32));
     NC_TRY(nc_check_same_shape(name, "ga", ga, "a", a));
@@ -677,6 +1043,14 @@ nc_status nc_unary(nc_tensor *out, const nc_tensor *a, int32_t op) {
     NC_TRY(nc_check_not_null(name, "out", out));
     NC_TRY(nc_check_not_null(name, "a", a));
     NC_TRY(nc_check_device(name, "a", a, out->device));
+    if (ew_is_int(a->dtype)) {
+        const nc_tensor *ao[2] = { a, out };
+        static const char *const aon[2] = { "a", "out" };
+        NC_TRY(same_dtypes(name, 2, ao, aon));
+        NC_TRY(nc_check_same_shape(name, "out", out, "a", a));
+        NC_TRY(check_writable(name, "out", out));
+        return int_unary(name, out, a, op);
+    }
     NC_TRY(nc_check_dtype(name, "out", out, NC_F32));
     NC_TRY(nc_check_dtype(name, "a", a, NC_F32));
     NC_TRY(nc_check_same_shape(name, "out", out, "a", a));
@@ -830,6 +1204,26 @@ nc_status nc_clamp(nc_tensor *out, const nc_tensor *a, double lo, double hi) {
     NC_TRY(nc_check_not_null(name, "a", a));
     const nc_tensor *ts[2] = { out, a };
     static const char *const tn[2] = { "out", "a" };
+    if (ew_is_int(a->dtype)) {
+        static const char *const aon[2] = { "out", "a" };
+        NC_TRY(int_cpu_only(name, 2, ts));
+        NC_TRY(same_dtypes(name, 2, ts, aon));
+        NC_TRY(nc_check_same_shape(name, "out", out, "a", a));
+        NC_TRY(check_writable(name, "out", out));
+        if (lo > hi || lo != lo || hi != hi)
+            return nc_fail(NC_ERR_ARG, "clamp: expected lo <= hi, got lo %g and hi %g", lo, hi);
+        double mn = a->dtype == NC_I32 ? -2147483648.0 : -9223372036854775808.0, mx = -mn;
+        int64_t lh[2];
+        lh[0] = lo <= mn ? (a->dtype == NC_I32 ? INT32_MIN : INT64_MIN) : lo >= mx ? (a->dtype == NC_I32 ? INT32_MAX : INT64_MAX) : (int64_t)ceil(lo);
+        lh[1] = hi >= mx ? (a->dtype == NC_I32 ? INT32_MAX : INT64_MAX) : hi <= mn ? (a->dtype == NC_I32 ? INT32_MIN : INT64_MIN) : (int64_t)floor(hi);
+        if (lh[0] > lh[1]) return nc_fail(NC_ERR_ARG, "clamp: no integer lies in [%g, %g]", lo, hi);
+        ew_geo g;
+        geo_build(&g, out->ndim, out->shape, 2, ts);
+        char *base[2] = { nc_ptr(out), nc_ptr(a) };
+        int32_t es = nc_dtype_info(a->dtype)->elem_size, esz[2] = { es, es };
+        geo_run(&g, base, esz, a->dtype == NC_I32 ? row_iclamp_int32_t : row_iclamp_int64_t, lh);
+        return NC_OK;
+    }
     NC_TRY(cpu_f32_args(name, 2, ts, tn));
     NC_TRY(nc_check_same_shape(name, "out", out, "a", a));
     NC_TRY(check_writable(name, "out", out));
@@ -864,12 +1258,22 @@ nc_status nc_clamp_backward(nc_tensor *ga, const nc_tensor *a, const nc_tensor *
 }
 
 /* ---- where ---------------------------------------------------------------------------------- */
+/* ctx: the element size in bytes (values are moved as bit patterns, so any plain dtype works) */
+#define EW_WHERE_ROW(T)                                                                              \
+    do {                                                                                             \
+        T *o = (T *)p[0];                                                                            \
+        const T *a = (const T *)p[2], *b = (const T *)p[3];                                          \
+        for (int64_t i = 0; i < n; i++) o[i * s[0]] = c[i * s[1]] ? a[i * s[2]] : b[i * s[3]];       \
+    } while (0)
 static void row_where(const void *cv, char *const *p, const int64_t *s, int64_t n) {
-    (void)cv;
-    float *o = (float *)p[0];
+    int32_t es = *(const int32_t *)cv;
     const uint8_t *c = (const uint8_t *)p[1];
-    const float *a = (const float *)p[2], *b = (const float *)p[3];
-    for (int64_t i = 0; i < n; i++) o[i * s[0]] = c[i * s[1]] ? a[i * s[2]] : b[i * s[3]];
+    switch (es) {
+    case 1: EW_WHERE_ROW(uint8_t); break;
+    case 2: EW_WHERE_ROW(uint16_t); break;
+    case 4: EW_WHERE_ROW(uint32_t); break;
+    default: EW_WHERE_ROW(uint64_t); break;
+    }
 }
 
 /* operands: dst, cond, g; ctx which: 0 = take where cond, 1 = where !cond */
@@ -889,10 +1293,20 @@ nc_status nc_where(nc_tensor *out, const nc_tensor *cond, const nc_tensor *a, co
     NC_TRY(nc_check_not_null(name, "cond", cond));
     NC_TRY(nc_check_not_null(name, "a", a));
     NC_TRY(nc_check_not_null(name, "b", b));
-    const nc_tensor *fs[3] = { out, a, b };
-    static const char *const fn[3] = { "out", "a", "b" };
+    const nc_tensor *fs[3] = { a, b, out };
+    static const char *const fn[3] = { "a", "b", "out" };
     if (cond->device == NC_CUDA) return no_cuda(name);
-    NC_TRY(cpu_f32_args(name, 3, fs, fn));
+    for (int i = 0; i < 3; i++)
+        if (fs[i]->device == NC_CUDA) return no_cuda(name);
+    NC_TRY(check_all_device(name, NC_CPU, 3, fs, fn));
+    NC_TRY(same_dtypes(name, 3, fs, fn));
+    {
+        const nc_dtype_traits *tr = nc_dtype_info(a->dtype);
+        if (!tr || tr->is_packed) {
+            char bb[NC_DESC_LEN];
+            return nc_fail(NC_ERR_DTYPE, "%s: expected a of a plain dtype, got %s", name, nc_describe(a, bb, sizeof bb));
+        }
+    }
     NC_TRY(nc_check_cpu(name, "cond", cond));
     NC_TRY(nc_check_dtype(name, "cond", cond, NC_U8));
     int32_t nd;
@@ -909,9 +1323,10 @@ nc_status nc_where(nc_tensor *out, const nc_tensor *cond, const nc_tensor *a, co
     const nc_tensor *ts[4] = { out, cond, a, b };
     ew_geo g;
     geo_build(&g, nd, shape, 4, ts);
-    char *base[4] = { (char *)nc_f32p(out), nc_ptr(cond), (char *)nc_f32p(a), (char *)nc_f32p(b) };
-    int32_t esz[4] = { 4, 1, 4, 4 };
-    geo_run(&g, base, esz, row_where, NULL);
+    char *base[4] = { nc_ptr(out), nc_ptr(cond), nc_ptr(a), nc_ptr(b) };
+    int32_t es = nc_dtype_info(a->dtype)->elem_size;
+    int32_t esz[4] = { es, 1, es, es };
+    geo_run(&g, base, esz, row_where, &es);
     return NC_OK;
 }
 
@@ -989,12 +1404,44 @@ static inline uint8_t cmp_f(int32_t cmp, double x, double y) {
     }
 }
 
+static inline uint8_t cmp_i(int32_t cmp, int64_t x, int64_t y) {
+    switch (cmp) {
+    case 0: return x == y;
+    case 1: return x != y;
+    case 2: return x < y;
+    case 3: return x <= y;
+    case 4: return x > y;
+    default: return x >= y;
+    }
+}
+
+static inline int cmp_is_int(int32_t dt) { return dt == NC_I32 || dt == NC_I64 || dt == NC_I8 || dt == NC_U8; }
+
+static inline int64_t cmp_load_i(const char *base, int32_t dt, int64_t off) {
+    switch (dt) {
+    case NC_I32: return ((const int32_t *)base)[off];
+    case NC_I64: return ((const int64_t *)base)[off];
+    case NC_I8: return ((const int8_t *)base)[off];
+    default: return ((const uint8_t *)base)[off];
+    }
+}
+
 static void row_compare(const void *cv, char *const *p, const int64_t *s, int64_t n) {
     const cmp_ctx *c = cv;
     uint8_t *o = (uint8_t *)p[0];
     if (c->da == NC_F32 && c->db == NC_F32) {
         const float *a = (const float *)p[1], *b = (const float *)p[2];
         for (int64_t i = 0; i < n; i++) o[i * s[0]] = cmp_f(c->cmp, a[i * s[1]], b[i * s[2]]);
+        return;
+    }
+    if (cmp_is_int(c->da) && cmp_is_int(c->db)) {   /* exact, also beyond 2^53 */
+        if (c->da == NC_I64 && c->db == NC_I64) {
+            const int64_t *a = (const int64_t *)p[1], *b = (const int64_t *)p[2];
+            for (int64_t i = 0; i < n; i++) o[i * s[0]] = cmp_i(c->cmp, a[i * s[1]], b[i * s[2]]);
+            return;
+        }
+        for (int64_t i = 0; i < n; i++)
+            o[i * s[0]] = cmp_i(c->cmp, cmp_load_i(p[1], c->da, i * s[1]), cmp_load_i(p[2], c->db, i * s[2]));
         return;
     }
     for (int64_t i = 0; i < n; i++)

@@ -4,13 +4,15 @@
  * rows run in parallel but the mean is summed in a fixed order in double, so the loss does not
  * depend on the thread count. Targets equal to ignore_index contribute nothing; when every
  * target is ignored the loss is 0 and the gradient is 0. Compiled twice like softmax.c
- * (loss_avx2.c adds AVX2/FMA); this file is the reference.
+ * (loss_avx2.c adds AVX2/FMA; its rows use nc_exp256 and FMA, checked against float64 references
+ * with tolerances in spec/ops/simd_spec.lua); this file is the reference.
  *
  * Per row with lse = log sum_j exp(x_j), p = softmax(x):
  *   loss_row = (1-ls) (lse - x_t) + ls (lse - mean_j x_j) + z lse^2
  *   d loss_row / d x_j = p_j (1 + 2 z lse) - (1-ls) [j == t] - ls / V
  */
 #include "nn_common.h"
+#include "simd_avx2.h"
 
 #ifndef NC_KSUFFIX
 #define NC_KSUFFIX _base
@@ -22,6 +24,28 @@
 
 /* lse and sum of one contiguous row of V logits */
 void KFN(nc_k_ce_row)(const float *x, int64_t V, float *lse, float *sum) {
+#if NC_SIMD_AVX2
+    {
+        /* pass 1: max and plain sum together; pass 2 (row still in L2): sum of exp(x - max) */
+        __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0, a0 = _mm256_setzero_ps(), a1 = a0;
+        int64_t j = 0;
+        for (; j + 16 <= V; j += 16) {
+            __m256 u = _mm256_loadu_ps(x + j), w = _mm256_loadu_ps(x + j + 8);
+            m0 = _mm256_max_ps(m0, u);
+            m1 = _mm256_max_ps(m1, w);
+            a0 = _mm256_add_ps(a0, u);
+            a1 = _mm256_add_ps(a1, w);
+        }
+        float m = nc_hmax256(_mm256_max_ps(m0, m1)), sx = nc_hsum256(_mm256_add_ps(a0, a1));
+        for (; j < V; j++) {
+            m = x[j] > m ? x[j] : m;
+            sx += x[j];
+        }
+        *lse = m + logf(nc_rowexpsum_avx2(NULL, x, V, m));
+        *sum = sx;
+        return;
+    }
+#endif
     float m = -INFINITY;
 #pragma omp simd reduction(max : m)
     for (int64_t j = 0; j < V; j++) m = x[j] > m ? x[j] : m;
@@ -37,6 +61,22 @@ void KFN(nc_k_ce_row)(const float *x, int64_t V, float *lse, float *sum) {
 
 /* g (V) += a * exp(x - lse) - c */
 void KFN(nc_k_ce_backward_row)(float *g, const float *x, int64_t V, float lse, float a, float c) {
+#if NC_SIMD_AVX2
+    {
+        __m256 vl = _mm256_set1_ps(lse), va = _mm256_set1_ps(a), vc = _mm256_set1_ps(c);
+        int64_t j = 0;
+        for (; j + 8 <= V; j += 8) {
+            __m256 e = nc_exp256_le(_mm256_sub_ps(_mm256_loadu_ps(x + j), vl));
+            _mm256_storeu_ps(g + j, _mm256_sub_ps(_mm256_fmadd_ps(va, e, _mm256_loadu_ps(g + j)), vc));
+        }
+        if (j < V) {
+            __m256i mk = nc_tailmask256(V - j);
+            __m256 e = nc_exp256_le(_mm256_sub_ps(_mm256_maskload_ps(x + j, mk), vl));
+            _mm256_maskstore_ps(g + j, mk, _mm256_sub_ps(_mm256_fmadd_ps(va, e, _mm256_maskload_ps(g + j, mk)), vc));
+        }
+        return;
+    }
+#endif
 #pragma omp simd
     for (int64_t j = 0; j < V; j++) g[j] += a * nc_expf_fast(x[j] - lse) - c;
 }

@@ -6,8 +6,117 @@
  *   gw_i  += sum over rows of g_i x_i r
  * gx rows run in parallel; gweight is reduced per column block (each column summed over rows in
  * a fixed order), so results do not depend on the thread count.
+ * Rows with unit stride go through row kernels compiled twice (NC_KSUFFIX pattern): here as the
+ * reference, and from norm_avx2.c with AVX2/FMA intrinsics (sums of squares still accumulated in
+ * double, four accumulators; outputs of at least nc_nt_bytes() written with streaming stores).
+ * The AVX2 rows use FMA contraction, so spec/ops/simd_spec.lua checks them against float64
+ * references with a tolerance; NC_KERNEL=scalar forces the reference rows.
  */
 #include "nn_common.h"
+#include "simd_avx2.h"
+
+#ifndef NC_KSUFFIX
+#define NC_KSUFFIX _base
+#define NC_KPRIMARY 1
+#endif
+#define NC_CAT2(a, b) a##b
+#define NC_CAT(a, b) NC_CAT2(a, b)
+#define KFN(name) NC_CAT(name, NC_KSUFFIX)
+
+/* y (D) = x * rstd (* w); returns rstd. Contiguous x, y, w (w may be NULL). nt: streaming stores. */
+float KFN(nc_k_rmsnorm_row)(float *y, const float *x, const float *w, int64_t D, double eps, int nt) {
+#if NC_SIMD_AVX2
+    __m256d s0 = _mm256_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
+    int64_t j = 0;
+    for (; j + 16 <= D; j += 16) {
+        __m256 a = _mm256_loadu_ps(x + j), b = _mm256_loadu_ps(x + j + 8);
+        __m256d a0 = _mm256_cvtps_pd(_mm256_castps256_ps128(a)), a1 = _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1));
+        __m256d b0 = _mm256_cvtps_pd(_mm256_castps256_ps128(b)), b1 = _mm256_cvtps_pd(_mm256_extractf128_ps(b, 1));
+        s0 = _mm256_fmadd_pd(a0, a0, s0);
+        s1 = _mm256_fmadd_pd(a1, a1, s1);
+        s2 = _mm256_fmadd_pd(b0, b0, s2);
+        s3 = _mm256_fmadd_pd(b1, b1, s3);
+    }
+    double ss = nc_hsum256d(_mm256_add_pd(_mm256_add_pd(s0, s1), _mm256_add_pd(s2, s3)));
+    for (; j < D; j++) ss += (double)x[j] * (double)x[j];
+    float inv = (float)(1.0 / sqrt(ss / (double)(D ? D : 1) + eps));
+    __m256 vi = _mm256_set1_ps(inv);
+    j = 0;
+    if (nt) {   /* scalar head up to a 32-byte boundary of y, then streaming stores */
+        for (; j < D && ((uintptr_t)(y + j) & 31); j++) y[j] = w ? x[j] * inv * w[j] : x[j] * inv;
+        if (w) for (; j + 8 <= D; j += 8)
+            _mm256_stream_ps(y + j, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + j), vi), _mm256_loadu_ps(w + j)));
+        else for (; j + 8 <= D; j += 8) _mm256_stream_ps(y + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), vi));
+    } else {
+        if (w) for (; j + 8 <= D; j += 8)
+            _mm256_storeu_ps(y + j, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + j), vi), _mm256_loadu_ps(w + j)));
+        else for (; j + 8 <= D; j += 8) _mm256_storeu_ps(y + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), vi));
+    }
+    for (; j < D; j++) y[j] = w ? x[j] * inv * w[j] : x[j] * inv;
+    return inv;
+#else
+    (void)nt;
+    double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t j = 0; j < D; j++) ss += (double)x[j] * (double)x[j];
+    float inv = (float)(1.0 / sqrt(ss / (double)(D ? D : 1) + eps));
+    if (w) {
+#pragma omp simd
+        for (int64_t j = 0; j < D; j++) y[j] = x[j] * inv * w[j];
+    } else {
+#pragma omp simd
+        for (int64_t j = 0; j < D; j++) y[j] = x[j] * inv;
+    }
+    return inv;
+#endif
+}
+
+/* gx (D) += inv w g - x c with c = inv^3 / D * sum_j w_j g_j x_j (w may be NULL = ones); contiguous */
+void KFN(nc_k_rmsnorm_bwd_row)(float *gx, const float *x, const float *w, const float *g, int64_t D, float inv) {
+#if NC_SIMD_AVX2
+    __m256d d0 = _mm256_setzero_pd(), d1 = d0;
+    int64_t j = 0;
+    for (; j + 8 <= D; j += 8) {
+        __m256 p = _mm256_mul_ps(_mm256_loadu_ps(g + j), _mm256_loadu_ps(x + j));
+        if (w) p = _mm256_mul_ps(p, _mm256_loadu_ps(w + j));
+        d0 = _mm256_add_pd(d0, _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
+        d1 = _mm256_add_pd(d1, _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)));
+    }
+    double dot = nc_hsum256d(_mm256_add_pd(d0, d1));
+    for (; j < D; j++) dot += (double)(w ? w[j] : 1.0f) * g[j] * x[j];
+    float c = (float)(dot * (double)inv * inv * inv / (double)D);
+    __m256 vi = _mm256_set1_ps(inv), vc = _mm256_set1_ps(c);
+    j = 0;
+    for (; j + 8 <= D; j += 8) {
+        __m256 gg = _mm256_loadu_ps(g + j);
+        if (w) gg = _mm256_mul_ps(gg, _mm256_loadu_ps(w + j));
+        __m256 r = _mm256_fmadd_ps(vi, gg, _mm256_loadu_ps(gx + j));
+        _mm256_storeu_ps(gx + j, _mm256_fnmadd_ps(_mm256_loadu_ps(x + j), vc, r));
+    }
+    for (; j < D; j++) gx[j] += inv * (w ? w[j] : 1.0f) * g[j] - x[j] * c;
+#else
+    double dot = 0.0;
+    if (w) {
+#pragma omp simd reduction(+ : dot)
+        for (int64_t j = 0; j < D; j++) dot += (double)w[j] * g[j] * x[j];
+    } else {
+#pragma omp simd reduction(+ : dot)
+        for (int64_t j = 0; j < D; j++) dot += (double)g[j] * x[j];
+    }
+    float c = (float)(dot * (double)inv * inv * inv / (double)D);
+    if (w) {
+#pragma omp simd
+        for (int64_t j = 0; j < D; j++) gx[j] += inv * w[j] * g[j] - x[j] * c;
+    } else {
+#pragma omp simd
+        for (int64_t j = 0; j < D; j++) gx[j] += inv * g[j] - x[j] * c;
+    }
+#endif
+}
+
+#ifdef NC_KPRIMARY
+float nc_k_rmsnorm_row_avx2(float *y, const float *x, const float *w, int64_t D, double eps, int nt);
+void nc_k_rmsnorm_bwd_row_avx2(float *gx, const float *x, const float *w, const float *g, int64_t D, float inv);
 
 static nc_status check_x(const char *op, const nc_tensor *x, const nc_tensor *weight) {
     NC_TRY(nc_check_f32_cpu(op, "x", x));
@@ -40,6 +149,20 @@ nc_status nc_rmsnorm(nc_tensor *out, nc_tensor *rstd, const nc_tensor *x, const 
     float *y = nc_f32p(out), *rs = rstd ? nc_f32p(rstd) : NULL;
     const float *w = weight ? nc_f32p(weight) : NULL;
     int64_t ws = weight && D > 1 ? weight->strides[0] : 1;
+    if (xs == 1 && ws == 1) {
+        float (*row)(float *, const float *, const float *, int64_t, double, int) =
+            nc_cpu_avx2() ? nc_k_rmsnorm_row_avx2 : nc_k_rmsnorm_row_base;
+        int nt = rows * D * (int64_t)sizeof(float) >= nc_nt_bytes();
+#pragma omp parallel for schedule(static) if (rows * D >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
+        for (int64_t r = 0; r < rows; r++) {
+            float inv = row(y + r * D, nc_f32p(x) + nc_row_offset(x, r), w, D, eps, nt);
+            if (rs) rs[r] = inv;
+        }
+#if defined(__SSE2__)
+        if (nt) __builtin_ia32_sfence();
+#endif
+        return NC_OK;
+    }
 #pragma omp parallel for schedule(static) if (rows * D >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = nc_f32p(x) + nc_row_offset(x, r);
@@ -90,7 +213,14 @@ nc_status nc_rmsnorm_backward(nc_tensor *gx, nc_tensor *gweight, const nc_tensor
     int64_t ws = weight && D > 1 ? weight->strides[0] : 1;
     int64_t xs = nc_last_stride(x), gs = nc_last_stride(gout);
     int par = rows * D >= NC_PAR_MIN;
-    if (gx) {
+    if (gx && xs == 1 && gs == 1 && ws == 1) {
+        void (*row)(float *, const float *, const float *, const float *, int64_t, float) =
+            nc_cpu_avx2() ? nc_k_rmsnorm_bwd_row_avx2 : nc_k_rmsnorm_bwd_row_base;
+        float *g = nc_f32p(gx);
+#pragma omp parallel for schedule(static) if (par && rows > 1) num_threads(nc_threads())
+        for (int64_t r = 0; r < rows; r++)
+            row(g + r * D, nc_f32p(x) + nc_row_offset(x, r), w, nc_f32p(gout) + nc_row_offset(gout, r), D, rs[r]);
+    } else if (gx) {
         float *g = nc_f32p(gx);
 #pragma omp parallel for schedule(static) if (par && rows > 1) num_threads(nc_threads())
         for (int64_t r = 0; r < rows; r++) {
@@ -129,11 +259,17 @@ nc_status nc_rmsnorm_backward(nc_tensor *gx, nc_tensor *gweight, const nc_tensor
                 const float *xr = nc_f32p(x) + nc_row_offset(x, r);
                 const float *gr = nc_f32p(gout) + nc_row_offset(gout, r);
                 double inv = rs[r];
+                if (xs == 1 && gs == 1) {
 #pragma omp simd
-                for (int64_t j = j0; j < j1; j++) acc[j - j0] += (double)gr[j * gs] * xr[j * xs] * inv;
+                    for (int64_t j = j0; j < j1; j++) acc[j - j0] += (double)gr[j] * xr[j] * inv;
+                } else {
+#pragma omp simd
+                    for (int64_t j = j0; j < j1; j++) acc[j - j0] += (double)gr[j * gs] * xr[j * xs] * inv;
+                }
             }
             for (int64_t j = j0; j < j1; j++) gw[j] += (float)acc[j - j0];
         }
     }
     return NC_OK;
 }
+#endif /* NC_KPRIMARY */

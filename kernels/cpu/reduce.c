@@ -5,7 +5,9 @@
  * the reduced index space in logical order, or in fixed segments combined in order when few
  * positions are kept), so results never depend on the thread count. Inputs may have any strides.
  * max/min propagate NaN (the first NaN wins) and report the first position of the extreme value.
- * CPU only: CUDA tensors fail with NC_ERR_UNSUPPORTED.
+ * CPU only, except nc_sum_to (the backend's sum_to, same geometry) and SUM / MEAN of
+ * nc_reduce_dim and its backward (built on sum_to and add_scaled), which also run on CUDA;
+ * other CUDA calls (max / min, integer tensors) fail with NC_ERR_UNSUPPORTED.
  */
 #include "internal.h"
 #include <math.h>
@@ -16,12 +18,7 @@ enum { RED_KB = 64, RED_SEG = 65536 };
 
 /* The iteration split of a source tensor into kept dims (one output position each) and reduced
  * dims (summed over). kst_dst are the output's strides on the kept dims. */
-typedef struct {
-    int32_t nk, nr;
-    int64_t kshape[NC_MAX_DIMS], kst_src[NC_MAX_DIMS], kst_dst[NC_MAX_DIMS];
-    int64_t rshape[NC_MAX_DIMS], rst_src[NC_MAX_DIMS];
-    int64_t nkept, nred;
-} red_geo;
+typedef nc_reduce_geo red_geo;   /* core/backend.h: shared with the CUDA sum_to */
 
 static void kept_offsets(const red_geo *g, int64_t k, int64_t *so, int64_t *dof) {
     int64_t s = 0, d = 0;
@@ -164,9 +161,9 @@ nc_status nc_sum_to(nc_tensor *dst, const nc_tensor *src, double alpha) {
     static const char *name = "sum_to";
     NC_TRY(nc_check_not_null(name, "dst", dst));
     NC_TRY(nc_check_not_null(name, "src", src));
-    if (dst->device == NC_CUDA || src->device == NC_CUDA) return no_cuda(name);
-    NC_TRY(nc_check_cpu(name, "dst", dst));
-    NC_TRY(nc_check_cpu(name, "src", src));
+    int cuda = dst->device == NC_CUDA || src->device == NC_CUDA;
+    NC_TRY(nc_check_device(name, "dst", dst, cuda ? NC_CUDA : NC_CPU));
+    NC_TRY(nc_check_device(name, "src", src, cuda ? NC_CUDA : NC_CPU));
     NC_TRY(nc_check_dtype(name, "dst", dst, NC_F32));
     NC_TRY(nc_check_dtype(name, "src", src, NC_F32));
     int ok = dst->ndim <= src->ndim;
@@ -206,11 +203,64 @@ nc_status nc_sum_to(nc_tensor *dst, const nc_tensor *src, double alpha) {
         g.rst_src[0] = 0;
     }
     if (nc_tensor_numel(src) == 0) return NC_OK;   /* dst += 0 */
+    if (cuda) {
+        const nc_cuda_api *cu = nc_cuda();
+        if (!cu) return NC_ERR_DEVICE;
+        nc_status st = cu->sum_to(nc_f32p(dst), nc_f32p(src), &g, alpha);
+        if (st != NC_OK)
+            return nc_fail(st, "%s: CUDA: %s", name, cu->last_error ? cu->last_error() : "unknown error");
+        return NC_OK;
+    }
     return red_sum(&g, nc_f32p(dst), nc_f32p(src), alpha, 1);
 }
 
 /* ---- reduce_dim ------------------------------------------------------------------------------ */
 static const char *const red_names[] = { "sum", "mean", "max", "min" };
+
+static inline int64_t ld_int(const char *base, int32_t dt, int64_t off) {
+    return dt == NC_I32 ? ((const int32_t *)base)[off] : ((const int64_t *)base)[off];
+}
+static inline void st_int(char *base, int32_t dt, int64_t off, int64_t v) {
+    if (dt == NC_I32) ((int32_t *)base)[off] = (int32_t)v;
+    else ((int64_t *)base)[off] = v;
+}
+
+/* Integer reduction of a along g's single reduced dim: SUM wraps in 64 bits (then narrows to out's
+ * dtype), MAX/MIN keep the first position of the extreme. Exact for any i64 value. */
+static void red_int(const red_geo *g, const nc_tensor *a, nc_tensor *out, nc_tensor *index, int32_t dim, int32_t op) {
+    const char *src = nc_ptr(a);
+    char *dst = nc_ptr(out);
+    int32_t da = a->dtype, dout = out->dtype;
+    int64_t *ip = index ? (int64_t *)nc_tensor_data(index) : NULL;
+    int64_t n = g->nred, ist = g->rst_src[0], nk = g->nkept;
+#pragma omp parallel for schedule(static) if (nk * n >= NC_PAR_MIN && nk > 1)
+    for (int64_t k = 0; k < nk; k++) {
+        int64_t so, dof;
+        kept_offsets(g, k, &so, &dof);
+        if (op == NC_RED_SUM) {
+            uint64_t acc = 0;
+            for (int64_t j = 0; j < n; j++) acc += (uint64_t)ld_int(src, da, so + j * ist);
+            st_int(dst, dout, dof, (int64_t)acc);
+            continue;
+        }
+        int64_t best = ld_int(src, da, so), bi = 0;
+        for (int64_t j = 1; j < n; j++) {
+            int64_t v = ld_int(src, da, so + j * ist);
+            if (op == NC_RED_MAX ? v > best : v < best) { best = v; bi = j; }
+        }
+        st_int(dst, dout, dof, best);
+        if (ip) {
+            int64_t kk = k, off = 0;
+            for (int32_t d = a->ndim - 1; d >= 0; d--) {
+                if (d == dim) continue;
+                int64_t sz = a->shape[d];
+                off += (kk % sz) * index->strides[d];
+                kk /= sz;
+            }
+            ip[off] = bi;
+        }
+    }
+}
 
 nc_status nc_reduce_dim(nc_tensor *out, nc_tensor *index, const nc_tensor *a, int32_t dim, int32_t op) {
     if (op < NC_RED_SUM || op > NC_RED_MIN)
@@ -218,11 +268,42 @@ nc_status nc_reduce_dim(nc_tensor *out, nc_tensor *index, const nc_tensor *a, in
     const char *name = red_names[op];
     NC_TRY(nc_check_not_null(name, "out", out));
     NC_TRY(nc_check_not_null(name, "a", a));
-    if (out->device == NC_CUDA || a->device == NC_CUDA || (index && index->device == NC_CUDA)) return no_cuda(name);
+    if (out->device == NC_CUDA || a->device == NC_CUDA || (index && index->device == NC_CUDA)) {
+        /* sum / mean on the device: out = 0, then the CUDA sum_to onto out's keepdim shape */
+        if (op != NC_RED_SUM && op != NC_RED_MEAN) return no_cuda(name);
+        NC_TRY(nc_check_device(name, "out", out, NC_CUDA));
+        NC_TRY(nc_check_device(name, "a", a, NC_CUDA));
+        NC_TRY(nc_check_dtype(name, "out", out, NC_F32));
+        NC_TRY(nc_check_dtype(name, "a", a, NC_F32));
+        if (a->ndim == 0) return nc_fail(NC_ERR_SHAPE, "%s: expected a tensor with at least 1 dim, got a scalar", name);
+        NC_TRY(nc_norm_dim(name, &dim, a->ndim));
+        int64_t want[NC_MAX_DIMS];
+        memcpy(want, a->shape, sizeof(int64_t) * (size_t)a->ndim);
+        want[dim] = 1;
+        NC_TRY(nc_check_shape(name, "out", out, a->ndim, want));
+        NC_TRY(check_writable(name, "out", out));
+        int64_t n = a->shape[dim];
+        if (n == 0) return nc_tensor_fill(out, op == NC_RED_SUM ? 0.0 : NAN);
+        NC_TRY(nc_tensor_fill(out, 0.0));
+        return nc_sum_to(out, a, op == NC_RED_MEAN ? 1.0 / (double)n : 1.0);
+    }
     NC_TRY(nc_check_cpu(name, "out", out));
     NC_TRY(nc_check_cpu(name, "a", a));
-    NC_TRY(nc_check_dtype(name, "out", out, NC_F32));
-    NC_TRY(nc_check_dtype(name, "a", a, NC_F32));
+    int is_int = a->dtype == NC_I32 || a->dtype == NC_I64;
+    if (is_int) {
+        if (op == NC_RED_MEAN)
+            return nc_fail(NC_ERR_DTYPE, "mean: not defined for %s tensors; convert with :to('f32') first",
+                           nc_dtype_info(a->dtype)->name);
+        if (out->dtype != a->dtype && !(op == NC_RED_SUM && out->dtype == NC_I64)) {
+            char b1[NC_DESC_LEN], b2[NC_DESC_LEN];
+            return nc_fail(NC_ERR_DTYPE, "%s: expected out of dtype %s%s for a %s, got %s", name,
+                           nc_dtype_info(a->dtype)->name, op == NC_RED_SUM ? " or i64" : "",
+                           nc_describe(a, b1, sizeof b1), nc_describe(out, b2, sizeof b2));
+        }
+    } else {
+        NC_TRY(nc_check_dtype(name, "out", out, NC_F32));
+        NC_TRY(nc_check_dtype(name, "a", a, NC_F32));
+    }
     if (index) {
         NC_TRY(nc_check_cpu(name, "index", index));
         NC_TRY(nc_check_dtype(name, "index", index, NC_I64));
@@ -257,6 +338,11 @@ nc_status nc_reduce_dim(nc_tensor *out, nc_tensor *index, const nc_tensor *a, in
     g.rst_src[0] = a->strides[dim];
     g.nred = n;
     if (g.nkept == 0) return NC_OK;
+    if (is_int) {
+        if (n == 0) return nc_tensor_fill(out, 0.0);   /* sum of nothing */
+        red_int(&g, a, out, index, dim, op);
+        return NC_OK;
+    }
     const float *src = nc_f32p(a);
     float *dst = nc_f32p(out);
     if (op == NC_RED_SUM || op == NC_RED_MEAN) {
@@ -314,9 +400,10 @@ nc_status nc_reduce_dim_backward(nc_tensor *ga, const nc_tensor *index, const nc
     snprintf(name, sizeof name, "%s backward", red_names[op]);
     if (!ga) return NC_OK;
     NC_TRY(nc_check_not_null(name, "gout", gout));
-    if (ga->device == NC_CUDA || gout->device == NC_CUDA) return no_cuda(name);
-    NC_TRY(nc_check_cpu(name, "ga", ga));
-    NC_TRY(nc_check_cpu(name, "gout", gout));
+    int cuda = ga->device == NC_CUDA || gout->device == NC_CUDA;
+    if (cuda && op != NC_RED_SUM && op != NC_RED_MEAN) return no_cuda(name);   /* max/min need scatter_add */
+    NC_TRY(nc_check_device(name, "ga", ga, cuda ? NC_CUDA : NC_CPU));
+    NC_TRY(nc_check_device(name, "gout", gout, cuda ? NC_CUDA : NC_CPU));
     NC_TRY(nc_check_dtype(name, "ga", ga, NC_F32));
     NC_TRY(nc_check_dtype(name, "gout", gout, NC_F32));
     if (ga->ndim == 0) return nc_fail(NC_ERR_SHAPE, "%s: expected ga with at least 1 dim, got a scalar", name);

@@ -3,9 +3,15 @@
  * Promise: rows are max-subtracted before exp (no overflow for any finite input); sums are
  * accumulated in f32 lanes of a fixed order, so results do not depend on the thread count.
  * This file is compiled twice: as itself (portable baseline, the reference) and from
- * softmax_avx2.c with AVX2/FMA enabled; nc_cpu_avx2() picks one at run time.
+ * softmax_avx2.c with AVX2/FMA enabled; nc_cpu_avx2() picks one at run time. The AVX2 build
+ * takes hand-written paths (nc_exp256, FMA, four accumulators): pass 1 finds the row max, pass 2
+ * writes exp(x - max) and sums it, pass 3 scales in place. A row up to L2 size is read from
+ * memory once (passes 2-3 hit cache), so DRAM traffic is one read and one write per element
+ * with one exp per element (an online max+sum pass would need two). These paths are checked
+ * against float64 references with tolerances (spec/ops/simd_spec.lua).
  */
 #include "nn_common.h"
+#include "simd_avx2.h"
 
 #ifndef NC_KSUFFIX
 #define NC_KSUFFIX _base
@@ -16,7 +22,41 @@
 #define KFN(name) NC_CAT(name, NC_KSUFFIX)
 
 /* y (n) = softmax or log-softmax of x (n); contiguous rows */
-void KFN(nc_k_softmax_row)(float *y, const float *x, int64_t n, int log) {
+
+/* tmp: NULL, or a scratch row of n floats; then y is written once, with streaming stores (the
+ * caller issues the store fence). The reference build ignores tmp. */
+void KFN(nc_k_softmax_row)(float *y, const float *x, int64_t n, int log, float *tmp) {
+#if NC_SIMD_AVX2
+    {
+        float m = nc_rowmax_avx2(x, n);
+        if (m == -INFINITY) m = 0.0f;
+        int64_t j = 0;
+        if (log) {
+            float lse = m + logf(nc_rowexpsum_avx2(NULL, x, n, m));
+            __m256 vl = _mm256_set1_ps(lse);
+            if (tmp) {
+                for (; j < n && ((uintptr_t)(y + j) & 31); j++) y[j] = x[j] - lse;
+                for (; j + 8 <= n; j += 8) _mm256_stream_ps(y + j, _mm256_sub_ps(_mm256_loadu_ps(x + j), vl));
+            } else {
+                for (; j + 8 <= n; j += 8) _mm256_storeu_ps(y + j, _mm256_sub_ps(_mm256_loadu_ps(x + j), vl));
+            }
+            for (; j < n; j++) y[j] = x[j] - lse;
+        } else {
+            float *e = tmp ? tmp : y;
+            float inv = 1.0f / nc_rowexpsum_avx2(e, x, n, m);
+            __m256 vi = _mm256_set1_ps(inv);
+            if (tmp) {
+                for (; j < n && ((uintptr_t)(y + j) & 31); j++) y[j] = e[j] * inv;
+                for (; j + 8 <= n; j += 8) _mm256_stream_ps(y + j, _mm256_mul_ps(_mm256_loadu_ps(e + j), vi));
+            } else {
+                for (; j + 8 <= n; j += 8) _mm256_storeu_ps(y + j, _mm256_mul_ps(_mm256_loadu_ps(y + j), vi));
+            }
+            for (; j < n; j++) y[j] = e[j] * inv;
+        }
+        return;
+    }
+#endif
+    (void)tmp;
     float m = -INFINITY;
 #pragma omp simd reduction(max : m)
     for (int64_t j = 0; j < n; j++) m = x[j] > m ? x[j] : m;
@@ -43,6 +83,43 @@ void KFN(nc_k_softmax_row)(float *y, const float *x, int64_t n, int log) {
 
 /* ga (n) += backward of softmax (y = out) or log-softmax; contiguous rows */
 void KFN(nc_k_softmax_backward_row)(float *ga, const float *y, const float *g, int64_t n, int log) {
+#if NC_SIMD_AVX2
+    {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+        int64_t j = 0;
+        if (log) {
+            for (; j + 16 <= n; j += 16) {
+                a0 = _mm256_add_ps(a0, _mm256_loadu_ps(g + j));
+                a1 = _mm256_add_ps(a1, _mm256_loadu_ps(g + j + 8));
+            }
+        } else {
+            for (; j + 16 <= n; j += 16) {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(g + j), _mm256_loadu_ps(y + j), a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(g + j + 8), _mm256_loadu_ps(y + j + 8), a1);
+            }
+        }
+        float s = nc_hsum256(_mm256_add_ps(a0, a1));
+        for (; j < n; j++) s += log ? g[j] : g[j] * y[j];
+        __m256 vs = _mm256_set1_ps(s);
+        j = 0;
+        if (log) {
+            for (; j + 8 <= n; j += 8) {
+                __m256 e = nc_exp256_le(_mm256_loadu_ps(y + j));
+                __m256 r = _mm256_fnmadd_ps(e, vs, _mm256_add_ps(_mm256_loadu_ps(ga + j), _mm256_loadu_ps(g + j)));
+                _mm256_storeu_ps(ga + j, r);
+            }
+            for (; j < n; j++) ga[j] += g[j] - nc_expf_fast(y[j]) * s;
+        } else {
+            for (; j + 8 <= n; j += 8) {
+                __m256 yy = _mm256_loadu_ps(y + j);
+                __m256 d = _mm256_sub_ps(_mm256_loadu_ps(g + j), vs);
+                _mm256_storeu_ps(ga + j, _mm256_fmadd_ps(yy, d, _mm256_loadu_ps(ga + j)));
+            }
+            for (; j < n; j++) ga[j] += y[j] * (g[j] - s);
+        }
+        return;
+    }
+#endif
     float s = 0.0f;
     if (log) {
 #pragma omp simd reduction(+ : s)
@@ -58,7 +135,7 @@ void KFN(nc_k_softmax_backward_row)(float *ga, const float *y, const float *g, i
 }
 
 #ifdef NC_KPRIMARY
-void nc_k_softmax_row_avx2(float *y, const float *x, int64_t n, int log);
+void nc_k_softmax_row_avx2(float *y, const float *x, int64_t n, int log, float *tmp);
 void nc_k_softmax_backward_row_avx2(float *ga, const float *y, const float *g, int64_t n, int log);
 
 /* Pointer to row r of t as a contiguous float row: t's own memory when its last dim has unit
@@ -80,21 +157,29 @@ nc_status nc_softmax(nc_tensor *out, const nc_tensor *a, int32_t log) {
     if (a->ndim < 1) return nc_fail(NC_ERR_SHAPE, "%s: expected a tensor with at least 1 dim, got a scalar", op);
     int64_t rows = nc_rows_of(a), n = nc_last_dim(a);
     if (rows == 0 || n == 0) return NC_OK;
-    void (*row)(float *, const float *, int64_t, int) = nc_cpu_avx2() ? nc_k_softmax_row_avx2 : nc_k_softmax_row_base;
+    int avx2 = nc_cpu_avx2();
+    void (*row)(float *, const float *, int64_t, int, float *) = avx2 ? nc_k_softmax_row_avx2 : nc_k_softmax_row_base;
     float *y = nc_f32p(out);
     int need_buf = nc_last_stride(a) != 1;
+    /* large outputs: streaming stores through a per-thread scratch row (second half of buf) */
+    int nt = avx2 && rows * n * (int64_t)sizeof(float) >= nc_nt_bytes();
+    int64_t nbuf = (need_buf ? n : 0) + (nt ? n : 0);
     int oom = 0;
 #pragma omp parallel if (rows * n >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
     {
-        float *buf = need_buf ? nc_host_alloc(n * (int64_t)sizeof(float)) : NULL;
-        if (need_buf && !buf) {
+        float *buf = nbuf ? nc_host_alloc(nbuf * (int64_t)sizeof(float)) : NULL;
+        if (nbuf && !buf) {
 #pragma omp atomic write
             oom = 1;
         } else {
+            float *tmp = nt ? buf + (need_buf ? n : 0) : NULL;
 #pragma omp for schedule(static)
-            for (int64_t r = 0; r < rows; r++) row(y + r * n, row_in(a, r, buf), n, log);
+            for (int64_t r = 0; r < rows; r++) row(y + r * n, row_in(a, r, buf), n, log, tmp);
+#if defined(__SSE2__)
+            if (nt) __builtin_ia32_sfence();
+#endif
         }
-        nc_host_free(buf, n * (int64_t)sizeof(float));
+        nc_host_free(buf, nbuf * (int64_t)sizeof(float));
     }
     if (oom) return nc_fail(NC_ERR_OOM, "%s: out of memory for a row buffer of %lld floats", op, (long long)n);
     return NC_OK;

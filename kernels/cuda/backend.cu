@@ -785,6 +785,43 @@ nc_status api_add_scaled(float *out, const float *a, const nc_strided3 *g, doubl
     return launch_strided<2>(op, geo, AddScaledF{ out, a, (float)alpha });
 }
 
+/* ---- sum_to: one thread per kept element, reduced index space walked in logical order ------ */
+__global__ void sum_to_kernel(float *dst, const float *src, nc_reduce_geo g, double alpha) {
+    int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= g.nkept) return;
+    int64_t so = 0, dof = 0, kk = k;
+    for (int32_t i = g.nk - 1; i >= 0; i--) {
+        int64_t c = kk % g.kshape[i];
+        kk /= g.kshape[i];
+        so += c * g.kst_src[i];
+        dof += c * g.kst_dst[i];
+    }
+    double acc = 0.0;
+    for (int64_t r = 0; r < g.nred; r++) {
+        int64_t rr = r, off = 0;
+        for (int32_t i = g.nr - 1; i >= 0; i--) {
+            int64_t c = rr % g.rshape[i];
+            rr /= g.rshape[i];
+            off += c * g.rst_src[i];
+        }
+        acc += (double)src[so + off];
+    }
+    dst[dof] = (float)((double)dst[dof] + alpha * acc);
+}
+
+nc_status api_sum_to(float *dst, const float *src, const nc_reduce_geo *g, double alpha) {
+    static const char *op = "sum_to";
+    if (!g) return fail(NC_ERR_ARG, "%s: NULL geometry", op);
+    if (g->nkept == 0 || g->nred == 0) return NC_OK;
+    if (!dst || !src) return fail(NC_ERR_ARG, "%s: NULL operand pointer", op);
+    if (g->nk < 0 || g->nk > NC_MAX_DIMS || g->nr < 0 || g->nr > NC_MAX_DIMS)
+        return fail(NC_ERR_ARG, "%s: bad geometry (%d kept, %d reduced dims)", op, g->nk, g->nr);
+    const int threads = 256;
+    int64_t blocks = (g->nkept + threads - 1) / threads;
+    sum_to_kernel<<<(unsigned)blocks, threads>>>(dst, src, *g, alpha);
+    return launch_check(op, g->nkept);
+}
+
 const nc_cuda_api g_api = {
     NC_CUDA_API_VERSION,
     api_last_error,
@@ -802,6 +839,7 @@ const nc_cuda_api g_api = {
     api_unary,
     api_unary_backward,
     api_add_scaled,
+    api_sum_to,
 };
 
 }  // namespace

@@ -31,6 +31,12 @@ function M.set_enabled(on)
     return prev
 end
 
+-- needs(a, b) for exactly one or two arguments without varargs (the hot path of every op)
+function M.needs2(a, b)
+    if not enabled then return false end
+    return (type(a) == 'table' and a.requires_grad == true) or (type(b) == 'table' and b.requires_grad == true)
+end
+
 -- true when grad mode is on and any Tensor argument requires grad
 function M.needs(...)
     if not enabled then return false end
@@ -62,6 +68,18 @@ function M.grad_of(t)
         t.grad = g
     end
     return g
+end
+
+-- For kernels that can overwrite (GEMMs with beta = 0): returns t's gradient buffer and true
+-- when it was just created UNINITIALISED (the caller must write every element), or the existing
+-- buffer and false (the caller accumulates). nil when t needs no gradient.
+function M.grad_buf(t)
+    if type(t) ~= 'table' or not t.requires_grad then return nil end
+    local g = rawget(t, 'grad')
+    if g then return g, false end
+    g = Tensor.empty(t:shape(), 'f32', t:device())
+    t.grad = g
+    return g, true
 end
 
 -- Reverse topological order of the graph under root (iterative: deep graphs do not overflow
@@ -105,8 +123,18 @@ function M.backward(root, grad, opts)
         grad = Tensor.ones(root:shape(), 'f32', root:device())
     end
     local order = topo(root)
-    local g = M.grad_of(root)
-    g:add_scaled_(grad, 1)
+    local C = require('nanochat.core').C
+    local rc, gc = root._c, grad._c
+    local fresh = rawget(root, 'grad') == nil and root._node and not root._retain_grad
+    if fresh and gc.dtype == C.NC_F32 and gc.device == rc.device and gc.ndim == rc.ndim
+        and C.nc_tensor_same_shape(gc, rc) == 1 and C.nc_tensor_is_contiguous(gc) == 1 then
+        -- a non-leaf root without a gradient yet: its closure only reads the gradient, and the
+        -- buffer is dropped right after, so the caller's tensor serves without a zero-fill + copy
+        root.grad = grad
+    else
+        local g = M.grad_of(root)
+        g:add_scaled_(grad, 1)
+    end
     local prev = enabled
     enabled = false   -- backward closures build no graph
     local ok, err = pcall(function()

@@ -83,6 +83,16 @@ function Tensor.empty(shape, dtype, device)
     return t
 end
 
+-- A fresh contiguous tensor from a C shape array (int64_t[ndim]) and numeric dtype/device ids:
+-- the allocation path of the elementwise ops, with no Lua shape table.
+function Tensor._empty_c(ndim, cshape, dtype_n, device_n)
+    local p = C.nc_tensor_new(dtype_n, device_n, ndim, cshape)
+    if p == nil then return wrap(p, 'empty') end
+    local t = setmetatable({ _c = ffi.gc(p, release) }, Tensor)
+    pressure(tonumber(p.storage.nbytes))
+    return t
+end
+
 function Tensor.zeros(shape, dtype, device)
     local n, buf = to_shape(shape)
     local p = C.nc_tensor_new_zeros(dtype_id(dtype), device_id(device), n, buf)

@@ -10,8 +10,11 @@
 --      written, through the Lua op and as a bare C kernel call into a preallocated output, vs
 --      copy baselines: libc memcpy (1 thread), nc copy_ (contiguous -> memcpy; and a row-strided
 --      source that takes the OpenMP path), OpenBLAS saxpy (threaded, y += a x).
---   3. FFI overhead: µs per call of nc.add on 4-element tensors, of the bare C nc_binary call on
---      preallocated 4-element tensors, and of a trivial C function (nc_tensor_numel).
+--      Also (info rows, not in the worst ratio) the rmsnorm and softmax backward kernels, and the
+--      fused cross-entropy forward/backward over logits (1024, 32768) with its speedup over the
+--      scalar reference kernel.
+--   3. FFI overhead: µs per call of nc.add on 1-element tensors, of the bare C nc_binary call on
+--      preallocated 1-element tensors, and of a trivial C function (nc_tensor_numel).
 -- Every number is the median of `reps` samples after warmup (wall clock, CLOCK_MONOTONIC).
 -- Prints readable tables and, as the LAST line, one JSON object.
 --
@@ -255,6 +258,7 @@ local function main()
         end
     end
 
+    local gacc = nc.zeros { ROWS, ROW }   -- the gradient the backward rows accumulate into
     local stream_cases = {
         { 'add', 3, { function(p, q) return nc.add(p, q) end, function(p, q) return p + q end },
           'nc_binary', function() return C.nc_binary(out._c, a._c, b._c, C.NC_OP_ADD) end },
@@ -270,22 +274,30 @@ local function main()
           function() return C.nc_rmsnorm(out._c, rstd._c, a._c, nil, 1e-6) end },
         { 'softmax', 2, { function(p) return nc.softmax(p, -1) end }, 'nc_softmax',
           function() return C.nc_softmax(out._c, a._c, 0) end },
+        -- backward kernels (bare C calls, accumulating into a gradient: info rows, not in the worst ratio)
+        { 'rmsnorm_bwd', 4, {}, 'nc_rmsnorm_backward',
+          function() return C.nc_rmsnorm_backward(gacc._c, nil, a._c, nil, rstd._c, b._c) end, true },
+        { 'softmax_bwd', 4, {}, 'nc_softmax_backward',
+          function() return C.nc_softmax_backward(gacc._c, out._c, b._c, 0) end, true },
     }
+    C.nc_rmsnorm(out._c, rstd._c, a._c, nil, 1e-6)
 
     local stream_rows, stream_json = {}, {}
+    local included = setmetatable({}, L.array_mt)   -- kernels that enter elementwise_vs_memcpy
+    for _, c in ipairs(stream_cases) do if not c[6] then included[#included + 1] = c[1] end end
     local worst_stream, worst_stream_kernel = math.huge, math.huge
     local worst_stream_name
     for _, c in ipairs(stream_cases) do
-        local name, nt, cands, sym, cfn = c[1], c[2], c[3], c[4], c[5]
+        local name, nt, cands, sym, cfn, info = c[1], c[2], c[3], c[4], c[5], c[6]
         local bytes = nt * bytes1
         local lua_f = pick(cands)
-        if not lua_f then note(name .. ': no working Lua op (nc.' .. name .. ') yet') end
+        if not lua_f and not info then note(name .. ': no working Lua op (nc.' .. name .. ') yet') end
         local c_ok = has_sym(sym)
         if not c_ok then note(name .. ': C symbol ' .. sym .. ' not in the library yet') end
         local fns, idx = { best.fn }, {}
         if lua_f then fns[#fns + 1] = function() return lua_f(a, b) end; idx.lua = #fns end
         if c_ok then fns[#fns + 1] = function() core.check(cfn(), sym) end; idx.c = #fns end
-        local r = { name = name, bytes_per_elem = nt * 4 }
+        local r = { name = name .. (info and ' (info)' or ''), bytes_per_elem = nt * 4 }
         if #fns > 1 then
             local res, ratio = L.compare(fns, { warmup = warmup, reps = reps, target = target_s })
             collectgarbage('collect')
@@ -309,8 +321,10 @@ local function main()
             ratio = r.ratio and L.round(r.ratio, 3), kernel_ratio = r.kernel_ratio and L.round(r.kernel_ratio, 3),
             ms = r.ms and L.round(r.ms, 3), base_gbps = r.base_gbps and L.round(r.base_gbps, 2),
         }
-        if r.ratio and r.ratio < worst_stream then worst_stream, worst_stream_name = r.ratio, name end
-        if r.kernel_ratio and r.kernel_ratio < worst_stream_kernel then worst_stream_kernel = r.kernel_ratio end
+        if not info then
+            if r.ratio and r.ratio < worst_stream then worst_stream, worst_stream_name = r.ratio, name end
+            if r.kernel_ratio and r.kernel_ratio < worst_stream_kernel then worst_stream_kernel = r.kernel_ratio end
+        end
     end
 
     print(string.format('Streaming kernels on (%d, %d) f32 = %.0f MiB per tensor (GB/s counting bytes read + written)', ROWS, ROW, MiB))
@@ -330,9 +344,52 @@ local function main()
     end
     print('  nc (Lua): the op as a user calls it (allocates its output); C call: bare kernel into a preallocated output.')
     print('  scale = x * 0.5; rmsnorm without weight, rows of 1024; softmax over rows of 1024.')
+    print('  (info) rows: backward kernels ga += ..., 4 streams (x or y, gout, ga read + written); not in the worst ratio.')
     print('')
 
-    a, b, out, rstd, wide, strided, yax = nil, nil, nil, nil, nil, nil, nil
+
+    -- =============================================================================================
+    -- 2b. Fused cross-entropy over a large vocab (the hot loop of training)
+    -- =============================================================================================
+    local ce_json = {}
+    do
+        local CN, CV = quick and 256 or 1024, 32768
+        local logits = nc.rand({ CN, CV }, { lo = -4, hi = 4 })
+        local tl = {}
+        for i = 1, CN do tl[i] = (i * 7919) % CV end
+        local tgt = nc.tensor(tl, { dtype = 'i64' })
+        local lse, loss = nc.empty { CN }, nc.empty {}
+        local glog = nc.zeros { CN, CV }
+        local bytes = CN * CV * 4
+        local fwd = function() core.check(C.nc_cross_entropy(loss._c, lse._c, logits._c, tgt._c, -100, 0.0, 0.0), 'ce') end
+        local bwd = function()
+            core.check(C.nc_cross_entropy_backward(glog._c, lse._c, logits._c, tgt._c, 1.0, -100, 0.0, 0.0), 'ce bwd')
+        end
+        local res, ratio = L.compare({ best.fn, fwd, bwd }, { warmup = warmup, reps = reps, target = target_s })
+        local sc = {}
+        if nc.cpu_kernel() == 'avx2' then
+            nc.set_cpu_kernel('scalar')
+            local r2 = L.compare({ fwd, bwd }, { warmup = 1, reps = math.min(reps, 3), target = target_s })
+            nc.set_cpu_kernel('auto')
+            sc = { fwd = r2[1].median, bwd = r2[2].median }
+        end
+        local rows = {}
+        for i, c in ipairs { { 'ce_fwd', 1, res[2].median, sc.fwd }, { 'ce_bwd', 3, res[3].median, sc.bwd } } do
+            local gb = gbps(c[2] * bytes, c[3])
+            local rr = ratio[i + 1] * c[2] / best.streams
+            rows[#rows + 1] = { c[1], c[2] * 4, gb, rr, c[3] * 1e3, c[4] and c[4] / c[3] or nil }
+            ce_json[c[1]] = { gbps = L.round(gb, 2), ratio = L.round(rr, 3), ms = L.round(c[3] * 1e3, 3),
+                              speedup_vs_scalar = c[4] and L.round(c[4] / c[3], 2) or nil }
+        end
+        print(string.format('Fused cross-entropy, logits (%d, %d) f32 = %.0f MiB (C calls; GB/s of logits/gradient traffic)', CN, CV, bytes / 2 ^ 20))
+        L.print_table({ 'kernel', 'B/elem', 'GB/s', 'ratio', 'ms', 'x scalar' }, rows,
+            { nil, '%d', '%.2f', '%.3f', '%.2f', '%.2f' })
+        print('  ce_fwd reads the logits once (lse per row); ce_bwd: glogits += softmax - onehot (reads logits, read+write grad).')
+        print('  ratio vs ' .. best_name .. ' as above; x scalar = speedup over NC_KERNEL=scalar (the reference rows). Info only.')
+        print('')
+        logits, glog = nil, nil
+    end
+    a, b, out, rstd, wide, strided, yax, gacc = nil, nil, nil, nil, nil, nil, nil, nil
     collectgarbage('collect')
 
     -- =============================================================================================
@@ -341,9 +398,9 @@ local function main()
     local CALLS = quick and 20000 or 100000
     local ffi_res = {}
     do
-        local t4 = nc.rand { 4 }
-        local u4 = nc.rand { 4 }
-        local o4 = nc.empty { 4 }
+        local t4 = nc.rand { 1 }
+        local u4 = nc.rand { 1 }
+        local o4 = nc.empty { 1 }
         local tc = t4._c
         local sink = 0
         -- raw FFI call of a trivial C function
@@ -376,8 +433,8 @@ local function main()
     print(string.format('Call overhead (µs per call, loops of %d)', CALLS))
     L.print_table({ 'call', 'µs/call', 'what' }, {
         { 'raw FFI', ffi_res.raw_us, 'C.nc_tensor_numel(t) from compiled Lua (target <= 1)' },
-        { 'C kernel', ffi_res.kernel_us, 'C.nc_binary(out, a, b, ADD) on preallocated 4-element tensors' },
-        { 'nc.add', ffi_res.op_us, 'nc.add(a, b) on 4-element tensors (alloc + wrap + GC included)' },
+        { 'C kernel', ffi_res.kernel_us, 'C.nc_binary(out, a, b, ADD) on preallocated 1-element tensors' },
+        { 'nc.add', ffi_res.op_us, 'nc.add(a, b) on 1-element tensors (alloc + wrap + GC included; target <= 1)' },
     }, { nil, '%.4f' })
     print('')
     for _, s in ipairs(notes) do print('note: ' .. s) end
@@ -417,6 +474,8 @@ local function main()
         baseline_best = best_name,
         matmul = gemm_json,
         elementwise = stream_json,
+        elementwise_included = included,
+        cross_entropy = ce_json,
     })
 end
 

@@ -56,13 +56,33 @@ end
 
 -- ---- binary ------------------------------------------------------------------------------------
 local BIN = { add = C.NC_OP_ADD, sub = C.NC_OP_SUB, mul = C.NC_OP_MUL, div = C.NC_OP_DIV,
-              maximum = C.NC_OP_MAXIMUM, minimum = C.NC_OP_MINIMUM, pow = C.NC_OP_POW }
+              maximum = C.NC_OP_MAXIMUM, minimum = C.NC_OP_MINIMUM, pow = C.NC_OP_POW,
+              floor_div = C.NC_OP_FLOOR_DIV }
 local COMMUTES = { add = true, mul = true, maximum = true, minimum = true }
 
+local empty_c = Tensor._empty_c
+local needs2 = ag.needs2
+
+-- same ndim and sizes (compared on the C headers, no Lua tables)
+local function same_shape_c(ac, bc)
+    local nd = ac.ndim
+    if bc.ndim ~= nd then return false end
+    for i = 0, nd - 1 do
+        if ac.shape[i] ~= bc.shape[i] then return false end
+    end
+    return true
+end
+
 local function binary_tt(name, op, a, b)
-    local out = Tensor.empty(bshape(name, a, b), 'f32', a:device())
-    check(C.nc_binary(out._c, a._c, b._c, op), name)
-    if ag.needs(a, b) then
+    local ac, bc = a._c, b._c
+    local out
+    if same_shape_c(ac, bc) then
+        out = empty_c(ac.ndim, ac.shape, ac.dtype, ac.device)
+    else
+        out = Tensor.empty(bshape(name, a, b), ac.dtype, ac.device)
+    end
+    check(C.nc_binary(out._c, ac, bc, op), name)
+    if needs2(a, b) then
         ag.record(out, { a, b }, function(gout)
             local ga, gb = ag.grad_of(a), ag.grad_of(b)
             check(C.nc_binary_backward(cptr(ga), cptr(gb), nil, a._c, b._c, gout._c, op), name .. ' backward')
@@ -72,9 +92,10 @@ local function binary_tt(name, op, a, b)
 end
 
 local function binary_ts(name, op, a, s)
-    local out = Tensor.empty(a:shape(), 'f32', a:device())
-    check(C.nc_binary_scalar(out._c, a._c, s, op), name)
-    if ag.needs(a) then
+    local ac = a._c
+    local out = empty_c(ac.ndim, ac.shape, ac.dtype, ac.device)
+    check(C.nc_binary_scalar(out._c, ac, s, op), name)
+    if needs2(a) then
         ag.record(out, { a }, function(gout)
             local ga = ag.grad_of(a)
             if ga then check(C.nc_binary_scalar_backward(ga._c, a._c, gout._c, s, op), name .. ' backward') end
@@ -95,7 +116,7 @@ local function make_binary(name)
         if na then
             want_tensor(name, b, 2)
             if COMMUTES[name] then return binary_ts(name, op, b, a) end
-            return binary_tt(name, op, scalar_like(a, b), b)
+            return binary_tt(name, op, scalar_like(a, b, b._c.dtype), b)
         end
         want_tensor(name, a, 1)
         want_tensor(name, b, 2)
@@ -116,9 +137,10 @@ local UN = { neg = C.NC_OP_NEG, exp = C.NC_OP_EXP, log = C.NC_OP_LOG, tanh = C.N
 
 local function unary(name, op, a)
     want_tensor(name, a, 1)
-    local out = Tensor.empty(a:shape(), 'f32', a:device())
-    check(C.nc_unary(out._c, a._c, op), name)
-    if ag.needs(a) then
+    local ac = a._c
+    local out = empty_c(ac.ndim, ac.shape, ac.dtype, ac.device)
+    check(C.nc_unary(out._c, ac, op), name)
+    if needs2(a) then
         ag.record(out, { a }, function(gout)
             local ga = ag.grad_of(a)
             if ga then check(C.nc_unary_backward(ga._c, out._c, a._c, gout._c, op), name .. ' backward') end
@@ -146,7 +168,7 @@ function M.clamp(a, lo, hi)
     want_tensor('clamp', a, 1)
     lo = lo or -math.huge
     hi = hi or math.huge
-    local out = Tensor.empty(a:shape(), 'f32', a:device())
+    local out = Tensor.empty(a:shape(), a._c.dtype, a:device())
     check(C.nc_clamp(out._c, a._c, lo, hi), 'clamp')
     if ag.needs(a) then
         ag.record(out, { a }, function(gout)
@@ -161,13 +183,14 @@ end
 function M.where(cond, a, b)
     want_tensor('where', cond, 1)
     if cond:dtype() ~= 'u8' then cond = M.ne(cond, 0) end
-    local like = is(a) and a or (is(b) and b or cond)
-    if type(a) == 'number' then a = scalar_like(a, like) end
-    if type(b) == 'number' then b = scalar_like(b, like) end
+    local like = is(a) and a or (is(b) and b or nil)
+    local dt = like and like._c.dtype or 'f32'
+    if type(a) == 'number' then a = scalar_like(a, like or cond, dt) end
+    if type(b) == 'number' then b = scalar_like(b, like or cond, dt) end
     want_tensor('where', a, 2)
     want_tensor('where', b, 3)
     local shape = broadcast_shapes('where', bshape('where', a, b), cond:shape())
-    local out = Tensor.empty(shape, 'f32', a:device())
+    local out = Tensor.empty(shape, a._c.dtype, a:device())
     check(C.nc_where(out._c, cond._c, a._c, b._c), 'where')
     if ag.needs(a, b) then
         ag.record(out, { a, b }, function(gout)
@@ -183,10 +206,19 @@ function M.masked_fill(t, mask, value) return M.where(mask, value, t) end
 
 -- ---- comparisons (u8 results, no gradient) ---------------------------------------------------------
 local CMP = { eq = 0, ne = 1, lt = 2, le = 3, gt = 4, ge = 5 }
+local INTLIKE = { [C.NC_I32] = true, [C.NC_I64] = true, [C.NC_I8] = true, [C.NC_U8] = true }
+-- the scalar dtype to compare a number with tensor t: exact i64 for an integral number against an
+-- integer tensor (no rounding through double beyond 2^53 on the tensor side), else f64
+local function cmp_scalar(v, t)
+    if is(t) and INTLIKE[t._c.dtype] and v == math.floor(v) and math.abs(v) < 2 ^ 63 then
+        return scalar_like(v, t, 'i64')
+    end
+    return scalar_like(v, t, 'f64')
+end
 for name, cmp in pairs(CMP) do
     M[name] = function(a, b)
-        if type(a) == 'number' and is(b) then a = scalar_like(a, b, 'f64') end
-        if type(b) == 'number' then b = scalar_like(b, a, 'f64') end
+        if type(a) == 'number' and is(b) then a = cmp_scalar(a, b) end
+        if type(b) == 'number' then b = cmp_scalar(b, a) end
         want_tensor(name, a, 1)
         want_tensor(name, b, 2)
         local out = Tensor.empty(bshape(name, a, b), 'u8', a:device())
@@ -202,7 +234,11 @@ local RED = { sum = C.NC_RED_SUM, mean = C.NC_RED_MEAN, max = C.NC_RED_MAX, min 
 local function reduce1(name, a, dim, op)
     local shape = a:shape()
     shape[dim + 1] = 1
-    local out = Tensor.empty(shape, 'f32', a:device())
+    local dt = a._c.dtype
+    -- integer sums accumulate into i64 (like torch); integer max/min keep the dtype
+    if dt ~= C.NC_F32 and op == C.NC_RED_SUM and (dt == C.NC_I32 or dt == C.NC_I64) then dt = C.NC_I64 end
+    if dt ~= C.NC_I32 and dt ~= C.NC_I64 then dt = C.NC_F32 end
+    local out = Tensor.empty(shape, dt, a:device())
     local idx
     if op == C.NC_RED_MAX or op == C.NC_RED_MIN then idx = Tensor.empty(shape, 'i64', a:device()) end
     check(C.nc_reduce_dim(out._c, cptr(idx), a._c, dim, op), name)

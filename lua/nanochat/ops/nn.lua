@@ -117,10 +117,13 @@ function M.linear(x, w, bias)
     end
     if ag.needs(x, w, bias) then
         ag.record(out, { x, w, bias }, function(g)
-            local gx = ag.grad_of(x)
-            if gx then check(C.nc_matmul(gx._c, g._c, w._c, 0, 0, 1, 1), 'linear backward') end
-            local gw = ag.grad_of(w)
-            if gw then check(C.nc_matmul(gw._c, rows2d(g)._c, rows2d(x)._c, 1, 0, 1, 1), 'linear backward') end
+            -- a gradient buffer created here is written by the GEMM with beta 0 (no zero-fill)
+            local gx, fx = ag.grad_buf(x)
+            if gx then check(C.nc_matmul(gx._c, g._c, w._c, 0, 0, 1, fx and 0 or 1), 'linear backward') end
+            local gw, fw = ag.grad_buf(w)
+            if gw then
+                check(C.nc_matmul(gw._c, rows2d(g)._c, rows2d(x)._c, 1, 0, 1, fw and 0 or 1), 'linear backward')
+            end
             local gbias = bias and ag.grad_of(bias)
             if gbias then check(C.nc_sum_to(gbias._c, g._c, 1), 'linear backward') end
         end)
