@@ -400,8 +400,8 @@ function M.read(path)
         if version < 2 or version > 3 then fail(path, 'unsupported GGUF version %d (expected 2 or 3)', version) end
         local nt = r:scalar(VT.u64, 'tensor count')
         local nkv = r:scalar(VT.u64, 'kv count')
-        if nt > size / 24 then fail(path, 'tensor count %d cannot fit in a file of %d bytes: corrupt', nt, size) end
-        if nkv > size / 13 then fail(path, 'kv count %d cannot fit in a file of %d bytes: corrupt', nkv, size) end
+        if nt > size / 24 then fail(path, 'tensor count %d cannot fit in a file of %d bytes: truncated or corrupt', nt, size) end
+        if nkv > size / 13 then fail(path, 'kv count %d cannot fit in a file of %d bytes: truncated or corrupt', nkv, size) end
         local file = setmetatable({ path = path, version = version, keys = {}, metadata = {}, kv_type = {},
                                     array_type = {}, tensors = {}, tensor_index = {}, file_size = size }, File)
         for i = 1, nkv do
@@ -458,9 +458,10 @@ function M.read(path)
         end
         file.data_offset = align_up(r.pos, align)
         for _, t in ipairs(file.tensors) do
-            local e = file.data_offset + t.offset + t.nbytes
+            -- llama.cpp reads the data blob with every tensor's padding, the last one's included
+            local e = file.data_offset + t.offset + align_up(t.nbytes, align)
             if e > size then
-                fail(path, 'truncated: tensor %s data [%d, %d) extends past the end of the file (%d bytes)', t.name,
+                fail(path, 'truncated: tensor %s data with padding [%d, %d) extends past the end of the file (%d bytes)', t.name,
                     file.data_offset + t.offset, e, size)
             end
         end
