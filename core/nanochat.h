@@ -329,6 +329,11 @@ nc_status nc_ternary_quant_act(nc_tensor *q, nc_tensor *scale, nc_tensor *sum, c
  * (GEMV, M = 1) or output rows with 4 activation rows per weight pass (GEMM, M > 1). */
 nc_status nc_ternary_matmul(nc_tensor *y, const nc_tensor *q, const nc_tensor *act_scale,
                             const nc_tensor *act_sum, const nc_tensor *packed, const nc_tensor *row_scale);
+/* the same for output rows [n0, n1) only, on the calling thread (no OpenMP): for an engine that
+ * runs one parallel region per token and splits rows itself (one barrier per layer) */
+nc_status nc_ternary_matmul_rows(nc_tensor *y, const nc_tensor *q, const nc_tensor *act_scale,
+                                 const nc_tensor *act_sum, const nc_tensor *packed,
+                                 const nc_tensor *row_scale, int64_t n0, int64_t n1);
 
 /* GGUF ternary blocks (kernels/cpu/tq.c; formats.md §1.5, ggml's TQ2_0 / TQ1_0 layouts).
  * x f32 (..., K), K a multiple of 256 -> out tq2 | tq1 of the same shape: per block of 256,

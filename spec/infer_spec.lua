@@ -228,6 +228,27 @@ describe('infer.matmul', function()
         assert.is_true(bytes_equal(z1, z2))
     end)
 
+    it('matmul_rows computes any row range on the calling thread, bit-identical to matmul', function()
+        local P = infer.pack(randn { 50, 300 })
+        for _, M in ipairs { 1, 6 } do
+            local a = infer.quant_act(randn { M, 300 })
+            local full = infer.matmul(a, P)
+            local y = nc.zeros { M, 50 }
+            for _, r in ipairs { { 0, 7 }, { 7, 7 }, { 7, 33 }, { 33, 50 } } do
+                nc.core.check(nc.C.nc_ternary_matmul_rows(y._c, a.q._c, a.scale._c, a.sum._c, P.codes._c, P.scale._c,
+                    r[1], r[2]))
+            end
+            assert.is_true(bytes_equal(full, y), 'M=' .. M)
+        end
+        local a = infer.quant_act(randn { 1, 300 })
+        local ok, err = pcall(function()
+            nc.core.check(nc.C.nc_ternary_matmul_rows(nc.zeros { 1, 50 }._c, a.q._c, a.scale._c, a.sum._c, P.codes._c,
+                P.scale._c, 10, 51))
+        end)
+        assert.is_false(ok)
+        assert.truthy(tostring(err):find('row range [10, 51) is not inside [0, 50)', 1, true), err)
+    end)
+
     it('forward handles (K), (M, K) and (B, T, K) inputs', function()
         local P = infer.pack(randn { 6, 130 })
         local x = randn { 2, 3, 130 }

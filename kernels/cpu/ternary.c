@@ -215,9 +215,8 @@ static void gemm_scalar(float *y, int64_t M, int64_t N, const int8_t *q, const f
     }
 }
 
-nc_status nc_ternary_matmul(nc_tensor *y, const nc_tensor *q, const nc_tensor *act_scale, const nc_tensor *act_sum,
-                            const nc_tensor *packed, const nc_tensor *row_scale) {
-    static const char *op = "ternary_matmul";
+static nc_status check_matmul(const char *op, const nc_tensor *y, const nc_tensor *q, const nc_tensor *act_scale,
+                              const nc_tensor *act_sum, const nc_tensor *packed, const nc_tensor *row_scale) {
     NC_TRY(nc_check_dtype(op, "q", q, NC_I8));
     NC_TRY(nc_check_cpu(op, "q", q));
     NC_TRY(nc_check_contiguous(op, "q", q));
@@ -241,18 +240,52 @@ nc_status nc_ternary_matmul(nc_tensor *y, const nc_tensor *q, const nc_tensor *a
     NC_TRY(nc_check_shape(op, "row_scale", row_scale, 1, ns));
     NC_TRY(nc_check_f32_cpu(op, "y", y));
     NC_TRY(nc_check_contiguous(op, "y", y));
-    NC_TRY(nc_check_shape(op, "y", y, 2, ys));
+    return nc_check_shape(op, "y", y, 2, ys);
+}
+
+/* rows [n0, n1) on the calling thread; inv = 1/s per activation row */
+static void run_rows(nc_tensor *y, const nc_tensor *q, const float *inv, const nc_tensor *act_sum,
+                     const nc_tensor *packed, const nc_tensor *row_scale, int avx2, int64_t n0, int64_t n1) {
+    int64_t M = q->shape[0], kp = q->shape[1], N = packed->shape[0];
+    float *yp = nc_f32p(y);
+    const int8_t *qp = nc_tensor_data(q);
+    const int32_t *sum = nc_tensor_data(act_sum);
+    const uint8_t *wp = nc_tensor_data(packed);
+    const float *g = nc_f32p(row_scale);
+    if (avx2) nc_k_ternary_gemm_avx2(yp, M, N, qp, inv, sum, wp, g, kp, n0, n1);
+    else gemm_scalar(yp, M, N, qp, inv, sum, wp, g, kp, n0, n1);
+}
+
+nc_status nc_ternary_matmul_rows(nc_tensor *y, const nc_tensor *q, const nc_tensor *act_scale, const nc_tensor *act_sum,
+                                 const nc_tensor *packed, const nc_tensor *row_scale, int64_t n0, int64_t n1) {
+    static const char *op = "ternary_matmul_rows";
+    NC_TRY(check_matmul(op, y, q, act_scale, act_sum, packed, row_scale));
+    int64_t M = q->shape[0], N = packed->shape[0];
+    if (n0 < 0 || n1 > N || n0 > n1)
+        return nc_fail(NC_ERR_INDEX, "%s: row range [%lld, %lld) is not inside [0, %lld)", op, (long long)n0,
+                       (long long)n1, (long long)N);
+    if (M == 0 || n0 == n1) return NC_OK;
+    float inv_stack[64];
+    float *inv = M <= 64 ? inv_stack : nc_host_alloc(M * (int64_t)sizeof(float));
+    if (!inv) return NC_ERR_OOM;
+    const float *s = nc_f32p(act_scale);
+    for (int64_t m = 0; m < M; m++) inv[m] = 1.0f / s[m];
+    run_rows(y, q, inv, act_sum, packed, row_scale, nc_cpu_avx2(), n0, n1);
+    if (inv != inv_stack) nc_host_free(inv, M * (int64_t)sizeof(float));
+    return NC_OK;
+}
+
+nc_status nc_ternary_matmul(nc_tensor *y, const nc_tensor *q, const nc_tensor *act_scale, const nc_tensor *act_sum,
+                            const nc_tensor *packed, const nc_tensor *row_scale) {
+    static const char *op = "ternary_matmul";
+    NC_TRY(check_matmul(op, y, q, act_scale, act_sum, packed, row_scale));
+    int64_t M = q->shape[0], kp = q->shape[1], N = packed->shape[0];
     if (M == 0 || N == 0) return NC_OK;
     float inv_stack[64];
     float *inv = M <= 64 ? inv_stack : nc_host_alloc(M * (int64_t)sizeof(float));
     if (!inv) return NC_ERR_OOM;
     const float *s = nc_f32p(act_scale);
     for (int64_t m = 0; m < M; m++) inv[m] = 1.0f / s[m];
-    float *yp = nc_f32p(y);
-    const int8_t *qp = nc_tensor_data(q);
-    const int32_t *sum = nc_tensor_data(act_sum);
-    const uint8_t *wp = nc_tensor_data(packed);
-    const float *g = nc_f32p(row_scale);
     int avx2 = nc_cpu_avx2();
     /* threads split output rows in chunks of 16 (whole 4-row groups); small products stay serial
      * because an OpenMP fork costs about as much as 100k weights of GEMV */
@@ -270,10 +303,7 @@ nc_status nc_ternary_matmul(nc_tensor *y, const nc_tensor *q, const nc_tensor *a
 #endif
         int64_t c0 = chunks * tid / T, c1 = chunks * (tid + 1) / T;
         int64_t n0 = c0 * 16, n1 = c1 * 16 < N ? c1 * 16 : N;
-        if (n0 < n1) {
-            if (avx2) nc_k_ternary_gemm_avx2(yp, M, N, qp, inv, sum, wp, g, kp, n0, n1);
-            else gemm_scalar(yp, M, N, qp, inv, sum, wp, g, kp, n0, n1);
-        }
+        if (n0 < n1) run_rows(y, q, inv, act_sum, packed, row_scale, avx2, n0, n1);
     }
     if (inv != inv_stack) nc_host_free(inv, M * (int64_t)sizeof(float));
     return NC_OK;
