@@ -121,6 +121,27 @@ local function ref_exact(a, P)
     return out
 end
 
+describe('infer.quant_act kernels', function()
+    it('AVX2 and scalar give identical codes, scales and sums (tails, strided rows)', function()
+        if not has_avx2 then pending('this CPU has no AVX2') return end
+        for _, K in ipairs { 1, 7, 31, 32, 33, 200, 1000 } do
+            local x = randn({ 3, K }, 2)
+            local as = with_kernel('scalar', function() return infer.quant_act(x) end)
+            local av = with_kernel('avx2', function() return infer.quant_act(x) end)
+            assert.are.same(as.q:tolist(), av.q:tolist(), 'q K=' .. K)
+            assert.are.same(as.scale:tolist(), av.scale:tolist(), 's K=' .. K)
+            assert.are.same(as.sum:tolist(), av.sum:tolist(), 'sum K=' .. K)
+            local _, s = nc.quant_act(x)
+            assert.are.same(s:tolist(), av.scale:tolist())
+        end
+        -- a strided (transposed) input takes the generic path and agrees
+        local x = randn { 40, 3 }
+        local a = infer.quant_act(x:t())
+        local b = infer.quant_act(x:t():contiguous())
+        assert.are.same(a.q:tolist(), b.q:tolist())
+    end)
+end)
+
 describe('infer.matmul', function()
     local Ms = { 1, 2, 3, 4, 5, 7, 9 }
     local Ns = { 1, 3, 4, 5, 16, 17, 33 }

@@ -23,6 +23,8 @@ void nc_k_ternary_gemm_avx2(float *y, int64_t M, int64_t N, const int8_t *q, con
                             const int32_t *act_sum, const uint8_t *w, const float *gamma, int64_t kp,
                             int64_t n0, int64_t n1);
 
+int32_t nc_k_ternary_quant_row_avx2(int8_t *q, float *s_out, const float *x, int64_t k, int64_t kp, float eps);
+
 int64_t nc_ternary_kpad(int64_t k) { return (k + TB - 1) / TB * TB; }
 
 static inline uint8_t code_at(const uint8_t *row, int64_t k) {
@@ -171,9 +173,15 @@ nc_status nc_ternary_quant_act(nc_tensor *q, nc_tensor *scale, nc_tensor *sum, c
     float *sp = nc_f32p(scale);
     int32_t *sm = nc_tensor_data(sum);
     float feps = (float)eps;
+    int avx2 = nc_cpu_avx2();
 #pragma omp parallel for schedule(static) if (m * k >= NC_PAR_MIN && m > 1) num_threads(nc_threads())
     for (int64_t r = 0; r < m; r++) {
         const float *xr = nc_f32p(x) + nc_row_offset(x, r);
+        int8_t *qr = qp + r * kp;
+        if (avx2 && xs == 1) {
+            sm[r] = nc_k_ternary_quant_row_avx2(qr, &sp[r], xr, k, kp, feps);
+            continue;
+        }
         float mx = 0.0f;
         for (int64_t j = 0; j < k; j++) {
             float a = fabsf(xr[j * xs]);
@@ -181,7 +189,7 @@ nc_status nc_ternary_quant_act(nc_tensor *q, nc_tensor *scale, nc_tensor *sum, c
         }
         /* exactly nc_quant_act_absmax's operations */
         float s = 127.0f / (mx > feps ? mx : feps);
-        int8_t *qr = qp + r * kp;
+        sp[r] = s;
         int32_t acc = 0;
         for (int64_t j = 0; j < k; j++) {
             float v = nearbyintf(xr[j * xs] * s);
@@ -190,7 +198,6 @@ nc_status nc_ternary_quant_act(nc_tensor *q, nc_tensor *scale, nc_tensor *sum, c
             acc += (int32_t)v;
         }
         for (int64_t j = k; j < kp; j++) qr[j] = 0;
-        sp[r] = s;
         sm[r] = acc;
     }
     return NC_OK;

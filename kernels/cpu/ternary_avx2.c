@@ -148,3 +148,52 @@ void nc_k_ternary_gemm_avx2(float *y, int64_t M, int64_t N, const int8_t *q, con
         for (; n < n1; n++) y[m * N + n] = finish(dot_a1_w1(w + n * rs, x, nb), act_sum[m], act_inv[m], gamma[n]);
     }
 }
+
+/* One contiguous activation row -> int8 codes with nc_quant_act_absmax's exact operations:
+ * s = 127 / max(max|x|, eps), v = nearbyint(x * s) (vroundps, round to nearest even, the same IEEE product), clamped to
+ * [-128, 127]. Returns sum(q). Codes past k up to kp are zeroed. */
+int32_t nc_k_ternary_quant_row_avx2(int8_t *q, float *s_out, const float *x, int64_t k, int64_t kp, float eps) {
+    /* max |x|: exact in any order; max_ps(v, m) returns m when v is NaN, like the scalar loop */
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 m8 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= k; i += 8) m8 = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + i), absmask), m8);
+    float mv[8];
+    _mm256_storeu_ps(mv, m8);
+    float mx = 0.0f;
+    for (int u = 0; u < 8; u++) mx = mv[u] > mx ? mv[u] : mx;
+    for (; i < k; i++) {
+        float a = __builtin_fabsf(x[i]);
+        mx = a > mx ? a : mx;
+    }
+    float s = 127.0f / (mx > eps ? mx : eps);
+    *s_out = s;
+    const __m256 vs = _mm256_set1_ps(s), lo = _mm256_set1_ps(-128.0f), hi = _mm256_set1_ps(127.0f);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    __m256i acc = _mm256_setzero_si256();
+    int64_t j = 0;
+    for (; j + 32 <= k; j += 32) {
+        __m256i v[4];
+        for (int u = 0; u < 4; u++) {
+            __m256 f = _mm256_mul_ps(_mm256_loadu_ps(x + j + 8 * u), vs);
+            f = _mm256_round_ps(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            f = _mm256_min_ps(_mm256_max_ps(f, lo), hi);
+            v[u] = _mm256_cvtps_epi32(f);
+            acc = _mm256_add_epi32(acc, v[u]);
+        }
+        /* packs work within 128-bit lanes: the result holds 4-element groups in the order
+         * 0 2 4 6 1 3 5 7; the dword permute restores 0..7 */
+        __m256i p01 = _mm256_packs_epi32(v[0], v[1]), p23 = _mm256_packs_epi32(v[2], v[3]);
+        __m256i b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p01, p23), perm);
+        _mm256_storeu_si256((__m256i *)(q + j), b);
+    }
+    int32_t sum = hsum1(acc);
+    for (; j < k; j++) {
+        float v = __builtin_nearbyintf(x[j] * s);
+        v = v > 127.0f ? 127.0f : (v < -128.0f ? -128.0f : v);
+        q[j] = (int8_t)v;
+        sum += (int32_t)v;
+    }
+    for (; j < kp; j++) q[j] = 0;
+    return sum;
+}
