@@ -251,6 +251,26 @@ json.dump({"kv": kv, "tensors": ts}, open(sys.argv[2], "w"))
     end)
 end)
 
+describe('gguf -> packed inference weights', function()
+    it('a TQ2_0 / TQ1_0 tensor read back packs to the f16-rounded training weight', function()
+        local path = tmpfile()
+        local w = nc.quant_weight(randn({ 5, 512 }, 0.02))
+        gguf.write(path, { tensors = { { name = 'a', tensor = w, type = 'tq2_0' }, { name = 'b', tensor = w, type = 'tq1_0' } } })
+        local f = gguf.read(path)
+        local gamma16 = nc.Tensor.from_table({ w:abs():max():item() }):to('f16'):to('f32'):item()
+        for _, nm in ipairs { 'a', 'b' } do
+            local P = nc.infer.from_values(f:tensor(nm), nm)
+            assert.are.equal(0, (P:ternary() - w:div(w:abs():max():item())):abs():max():item())
+            for _, s in ipairs(P.scale:tolist()) do assert.are.equal(gamma16, s) end
+        end
+        local mixed = nc.Tensor.from_table({ { 0.5, -0.5, 0 }, { 0.25, 0.5, 0 } })
+        local ok, err = pcall(nc.infer.from_values, mixed, 'mixed')
+        assert.is_false(ok)
+        assert.truthy(tostring(err):find('mixed row 1 mixes magnitudes', 1, true), err)
+        os.remove(path)
+    end)
+end)
+
 describe('gguf errors', function()
     local function expect_error(path, pattern)
         local ok, err = pcall(gguf.read, path)

@@ -12,6 +12,7 @@
 local core = require 'nanochat.core'
 local Tensor = require 'nanochat.tensor'
 local C, check = core.C, core.check
+local ffi = core.ffi
 
 local M = {}
 M.BLOCK = C.NC_TERNARY_BLOCK
@@ -68,6 +69,41 @@ function M.from_ternary(t, scale)
         error('infer.from_ternary: expected scale to be a number or a tensor of ' .. n .. ' values', 2)
     end
     return setmetatable({ codes = codes, scale = s, out_features = n, in_features = k, kpad = kp }, Packed)
+end
+
+-- A ternary tensor read from a GGUF file (tq2 / tq1 dtype, or f32 values gamma * t) -> Packed.
+-- Every non-zero value of a row must have the same magnitude (the row's scale): true for what
+-- our exporter writes (d = gamma in every block with a non-zero weight); a file whose blocks of
+-- one row carry different scales is refused, because i2b128 keeps one scale per row.
+function M.from_values(t, name)
+    name = name or 'tensor'
+    if not Tensor.is(t) or t:dim() ~= 2 then error('infer.from_values: expected ' .. name .. ' (out, in)', 2) end
+    local f = t:dtype() == 'f32' and t:contiguous() or t:to('f32')
+    local n, k = f:size(0), f:size(1)
+    local p = ffi.cast('const float *', C.nc_tensor_data(f._c))
+    local tern = Tensor.empty({ n, k }, 'i8')
+    local tp = ffi.cast('int8_t *', C.nc_tensor_data(tern._c))
+    local scale = Tensor.empty({ n }, 'f32')
+    local sp = ffi.cast('float *', C.nc_tensor_data(scale._c))
+    for r = 0, n - 1 do
+        local row, g = p + r * k, 0
+        for i = 0, k - 1 do
+            local a = math.abs(row[i])
+            if a ~= 0 then
+                if g == 0 then g = a
+                elseif a ~= g then
+                    error(string.format('infer.from_values: %s row %d mixes magnitudes %g and %g; packed rows need one scale',
+                        name, r, g, a), 2)
+                end
+            end
+        end
+        for i = 0, k - 1 do
+            local v = row[i]
+            tp[r * k + i] = v > 0 and 1 or (v < 0 and -1 or 0)
+        end
+        sp[r] = g
+    end
+    return M.from_ternary(tern, scale)
 end
 
 -- ternary values t (out, in) f32 in {-1, 0, 1}
