@@ -38,6 +38,11 @@
 --   multipliers of each matmul output (store raw {-1,0,1} with d = 1 then, or gamma * t with d =
 --   gamma rounded to f16 and no .scale).
 --   FFN is SiLU-gated (SwiGLU) in both: a relu2 MLP is NOT expressible; norms are RMSNorm.
+--   Scales: a TQ block stores d = max|x| of its 256 weights in f16, so writing gamma * t keeps the
+--   ternary pattern exact and rounds gamma to f16 (relative error <= 2^-11); per-row groups
+--   (quant_group a multiple of in) also fit, since every block lies in one row. For an exact gamma
+--   use bitnet's F32 .scale tensors with t written at d = 1 (per-tensor gamma only).
+--   Reading back: nc.infer.from_values(f:tensor(name)) packs a TQ tensor for our kernels.
 --   RoPE: llama uses NORM (adjacent pairs) -> our half-split (rotate_half) q/k rows must be permuted
 --   per head: rows reshape(n_head, 2, hd/2, in):swapaxes(1, 2); bitnet uses NEOX (= our half split),
 --   no permutation. Ternary tensors need ne[0] (= in) % 256 == 0 for TQ1_0/TQ2_0.
