@@ -25,13 +25,14 @@ local function with_kernel(name, fn)
     local before = nc.cpu_kernel()
     nc.set_cpu_kernel(name)
     local ok, a, b = pcall(fn)
-    nc.set_cpu_kernel(before == 'avx2' and 'avx2' or 'scalar')
+    nc.set_cpu_kernel(before)
     if not ok then error(a, 0) end
     return a, b
 end
 
+local initial_kernel = nc.cpu_kernel()   -- NC_KERNEL=scalar stays in force for later specs
 local has_avx2 = pcall(nc.set_cpu_kernel, 'avx2')
-nc.set_cpu_kernel('auto')
+nc.set_cpu_kernel(initial_kernel)
 
 local function bytes_equal(a, b)
     local n = a:numel() * ffi.sizeof('float')
