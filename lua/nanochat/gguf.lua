@@ -187,13 +187,12 @@ local function ordered_metadata(md)
     return out
 end
 
-pcall(ffi.cdef, [[
-typedef struct FILE FILE;
-FILE *fopen(const char *path, const char *mode);
-size_t fwrite(const void *ptr, size_t size, size_t n, FILE *f);
-int fclose(FILE *f);
-int getpid(void);
-]])
+-- stdio through the FFI; each declaration on its own, so one made elsewhere first is harmless
+for _, decl in ipairs { 'typedef struct FILE FILE;', 'FILE *fopen(const char *path, const char *mode);',
+                        'size_t fwrite(const void *ptr, size_t size, size_t n, FILE *f);', 'int fclose(FILE *f);',
+                        'int getpid(void);' } do
+    pcall(ffi.cdef, decl)
+end
 
 -- the tensor to write: contiguous CPU data of the file's type
 local function prepare_tensor(i, spec)
