@@ -389,6 +389,47 @@ void nc_loader_get_stats(nc_loader *L, nc_loader_stats *out);
 
 
 /* ---- inference engine: packed ternary kernels, engine, GGUF - issue 7  */
+/* Packed ternary linear layers (kernels/cpu/ternary.c, ternary_avx2.c).
+ * Layout "i2b128": a weight W (N, K) is stored as u8 (N, Kp/4), Kp = K rounded up to a multiple
+ * of NC_TERNARY_BLOCK (128). Row n, block b (weights k = 128b .. 128b+127) is 32 bytes at byte 32b;
+ * byte j of the block holds code c = t + 1 in {0, 1, 2} of weight k = 128b + 32g + j in bits
+ * 2g..2g+1 (g = 0..3). Padding weights (k >= K) have code 1 (t = 0). Each row has an f32 scale
+ * gamma (the training quantizer's absmean, carried exactly). Activations are int8 (M, Kp), per
+ * row scale s (nc_quant_act_absmax semantics: x ~ q / s), the row sum of q (for the zero point:
+ * sum_k t q = sum_k c q - sum_k q) and zeros in the padding.
+ * y[m, n] = (float)isum * (1.0f / s[m]) * gamma[n], isum the exact int32 dot product; the AVX2
+ * and scalar kernels give bit-identical y. |isum| < 2^31 needs K < 2^23. */
+enum { NC_TERNARY_BLOCK = 128 };
+int64_t nc_ternary_kpad(int64_t k);                     /* K rounded up to a multiple of 128 */
+/* w f32 (N, K) latent weights -> packed u8 (N, Kp/4) + row_scale f32 (N), using exactly
+ * nc_quant_weight_absmean(w, group_size, eps); group_size 0 (per tensor) or a multiple of K
+ * (groups of whole rows). */
+nc_status nc_ternary_pack(nc_tensor *packed, nc_tensor *row_scale, const nc_tensor *w,
+                          int64_t group_size, double eps);
+/* already ternary values t (N, K) (f32 or i8, each in {-1, 0, 1}) -> packed u8 (N, Kp/4) */
+nc_status nc_ternary_pack_values(nc_tensor *packed, const nc_tensor *t);
+/* packed u8 (N, Kp/4) -> t f32 (N, K) in {-1, 0, 1} (K = t's last dim, Kp/4 must match) */
+nc_status nc_ternary_unpack(nc_tensor *t, const nc_tensor *packed);
+/* x f32 (M, K) (or (K)) -> q i8 (M, Kp), scale f32 (M) = s, sum i32 (M) */
+nc_status nc_ternary_quant_act(nc_tensor *q, nc_tensor *scale, nc_tensor *sum, const nc_tensor *x, double eps);
+/* y f32 (M, N) contiguous = packed linear of quantized activations; threads split output rows
+ * (GEMV, M = 1) or output rows with 4 activation rows per weight pass (GEMM, M > 1). */
+nc_status nc_ternary_matmul(nc_tensor *y, const nc_tensor *q, const nc_tensor *act_scale,
+                            const nc_tensor *act_sum, const nc_tensor *packed, const nc_tensor *row_scale);
+/* the same for output rows [n0, n1) only, on the calling thread (no OpenMP): for an engine that
+ * runs one parallel region per token and splits rows itself (one barrier per layer) */
+nc_status nc_ternary_matmul_rows(nc_tensor *y, const nc_tensor *q, const nc_tensor *act_scale,
+                                 const nc_tensor *act_sum, const nc_tensor *packed,
+                                 const nc_tensor *row_scale, int64_t n0, int64_t n1);
+
+/* GGUF ternary blocks (kernels/cpu/tq.c; formats.md §1.5, ggml's TQ2_0 / TQ1_0 layouts).
+ * x f32 (..., K), K a multiple of 256 -> out tq2 | tq1 of the same shape: per block of 256,
+ * d = max|x| (stored f16), code = lround(x / d) + 1. dequantize: out f32 = (code - 1) * d. */
+nc_status nc_tq_quantize(nc_tensor *out, const nc_tensor *x);
+nc_status nc_tq_dequantize(nc_tensor *out, const nc_tensor *q);
+/* read-bandwidth probe for benchmarks: sums n bytes at p with `threads` threads (AVX2 when
+ * available); returns a checksum so the reads cannot be optimized away */
+uint64_t nc_mem_read_sum(const void *p, int64_t nbytes, int32_t threads);
 /* (end of inference engine section) */
 
 

@@ -586,8 +586,13 @@ nc_status nc_tensor_copy(nc_tensor *dst, const nc_tensor *src) {
     NC_TRY(nc_check_not_null("copy", "src", src));
     const nc_dtype_traits *dt = nc_dtype_info(dst->dtype), *st = nc_dtype_info(src->dtype);
     if (dt->is_packed || st->is_packed) {
+        /* ternary block formats convert to/from f32 on the CPU (kernels/cpu/tq.c) */
+        if (dst->device == NC_CPU && src->device == NC_CPU && dt->is_packed != st->is_packed) {
+            if (dst->dtype == NC_F32 && nc_tensor_is_contiguous(dst)) return nc_tq_dequantize(dst, src);
+            if (src->dtype == NC_F32 && nc_tensor_is_contiguous(src)) return nc_tq_quantize(dst, src);
+        }
         if (dst->dtype != src->dtype || !nc_tensor_same_shape(dst, src))
-            return nc_fail(NC_ERR_UNSUPPORTED, "copy: packed dtypes copy only to the same dtype and shape");
+            return nc_fail(NC_ERR_UNSUPPORTED, "copy: packed dtypes copy only to the same dtype and shape, or to/from contiguous f32 on the CPU");
         if (dst->device == NC_CPU && src->device == NC_CPU) {
             memcpy(dst->storage->data, src->storage->data, (size_t)src->storage->nbytes);
             return NC_OK;

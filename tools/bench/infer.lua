@@ -1,0 +1,284 @@
+-- tools/bench/infer.lua — how fast are the packed ternary kernels, against this machine's limits?
+--
+-- Measured in one run:
+--   1. DRAM read bandwidth: nc_mem_read_sum over a `mb` MiB buffer (default 1024), 1 and 2 threads.
+--   2. Ternary GEMV (one activation row, int8 x 2-bit, kernels/cpu/ternary_avx2.c) in G weights/s
+--      at the FFN shapes of 10M / 50M / 125M-parameter models (d = 256 / 512 / 768, up (4d, d) and
+--      down (d, 4d)) plus 2048 x 2048 (bitnet.cpp's published kernel shape), 1 and 2 threads,
+--      with the matrix in cache (the same matrix again and again) and out of cache (a ring of
+--      copies totalling `ring_mb` MiB, default 256, every call on a cold matrix). Out-of-cache
+--      rates are also given as a fraction of the measured DRAM bandwidth (roofline: 2.03 bits per
+--      weight incl. the f32 row scales).
+--   3. The fp32 baseline: OpenBLAS cblas_sgemv on the same shapes, in and out of cache.
+--   4. (run first, on fresh memory) Decode of all linear layers of the 125M shape (12 layers x q, k, v, o (d, d), up (4d, d),
+--      down (d, 4d); int8 quantization of each input included): tokens/s, fraction of the DRAM
+--      roofline (packed bytes per token / bandwidth) and the speedup over the same decode with
+--      fp32 sgemv. Attention, norms, embeddings and the LM head are not in it (the engine is not
+--      built yet). The packed weights (21 MB) fit this machine's 32 MiB L3, so the fraction can
+--      exceed 1 on a quiet machine.
+--   5. Prefill GEMM: 64 activation rows x the 125M up matrix (quantization included) vs sgemm.
+-- The machine is shared: every number is the median of `reps` samples (best also printed).
+-- Prints tables and, as the LAST line, one JSON object.
+--
+-- Usage: ./nanochat tools/bench/infer.lua [reps=5] [quick=1] [mb=1024] [ring_mb=256]
+--    or: LUA_PATH='lua/?.lua;lua/?/init.lua;;' luajit tools/bench/infer.lua ...
+if not package.path:find('lua/?/init.lua', 1, true) then
+    package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
+end
+local ffi = require 'ffi'
+local here = (debug.getinfo(1, 'S').source:match('^@(.*/)') or './')
+local L = dofile(here .. 'lib.lua')
+local args = L.parse_args()
+local nc = require 'nanochat'
+local C = nc.C
+local infer = nc.infer
+
+pcall(ffi.cdef, [[
+void cblas_sgemv(int order, int trans, int m, int n, float alpha, const float *a, int lda,
+                 const float *x, int incx, float beta, float *y, int incy);
+void openblas_set_num_threads(int n);
+]])
+
+local quick = args.quick == 1 or args.quick == true
+local reps = tonumber(args.reps) or (quick and 3 or 5)
+local stream_mb = tonumber(args.mb) or (quick and 256 or 1024)
+local ring_mb = tonumber(args.ring_mb) or (quick and 96 or 256)
+local target = quick and 0.01 or 0.03
+local THREADS = { 1, 2 }
+
+local function set_threads(n)
+    nc.set_num_threads(n)
+    pcall(function() C.openblas_set_num_threads(n) end)
+end
+
+-- median and best (min) seconds of `reps` samples, each calling fn `inner` times
+local function timeit(fn, inner)
+    inner = inner or L.calibrate(fn, target, 100000)
+    local _, st = L.time(fn, { inner = inner, reps = reps, warmup = 1 })
+    return st.median, st.min
+end
+
+-- ---- 1. DRAM bandwidth ---------------------------------------------------------------------------
+local nbytes = stream_mb * 1048576
+local sbuf = nc.Tensor.empty({ nbytes }, 'u8'):fill_(1)
+local sptr = C.nc_tensor_data(sbuf._c)
+local bw = {}
+local rows = {}
+for _, th in ipairs(THREADS) do
+    local med, best = timeit(function() C.nc_mem_read_sum(sptr, nbytes, th) end, 1)
+    bw[th] = { median = nbytes / med / 1e9, best = nbytes / best / 1e9 }
+    rows[#rows + 1] = { th, bw[th].median, bw[th].best }
+end
+sbuf = nil
+collectgarbage('collect')
+nc.mem_trim()
+print(string.format('DRAM read bandwidth (%d MiB buffer)', stream_mb))
+L.print_table({ 'threads', 'GB/s median', 'GB/s best' }, rows, { '%d', '%.1f', '%.1f' })
+print()
+
+-- ---- 4. decode of all linear layers, 125M shape ----------------------------------------------------------
+local d, nl = 768, 12
+local layers = {}
+local lbytes = 0
+for l = 1, nl do
+    local g = function(i) return { generator = nc.generator(l * 100 + i), std = 0.02 } end
+    local mats = { q = infer.pack(nc.randn({ d, d }, g(1))), k = infer.pack(nc.randn({ d, d }, g(2))),
+                   v = infer.pack(nc.randn({ d, d }, g(3))), o = infer.pack(nc.randn({ d, d }, g(4))),
+                   up = infer.pack(nc.randn({ 4 * d, d }, g(5))), down = infer.pack(nc.randn({ d, 4 * d }, g(6))) }
+    for _, P in pairs(mats) do lbytes = lbytes + P:nbytes() end
+    layers[l] = mats
+end
+local x = nc.randn({ 1, d }, { generator = nc.generator(5) })
+local h = nc.randn({ 1, 4 * d }, { generator = nc.generator(6) })
+local ad, a4 = infer.quant_act(x), infer.quant_act(h)
+local yq, yk, yv, yo = {}, {}, {}, {}
+local yd = nc.Tensor.empty({ 1, d }, 'f32')
+local yu = nc.Tensor.empty({ 1, 4 * d }, 'f32')
+local function mm(y, a, P) C.nc_ternary_matmul(y._c, a.q._c, a.scale._c, a.sum._c, P.codes._c, P.scale._c) end
+local function qa(a, t) C.nc_ternary_quant_act(a.q._c, a.scale._c, a.sum._c, t._c, 1e-5) end
+local function decode_token()
+    for l = 1, nl do
+        local m = layers[l]
+        qa(ad, x)
+        mm(yd, ad, m.q); mm(yd, ad, m.k); mm(yd, ad, m.v)
+        qa(ad, yd)
+        mm(yd, ad, m.o)
+        qa(ad, x)
+        mm(yu, ad, m.up)
+        qa(a4, yu)
+        mm(yd, a4, m.down)
+    end
+end
+-- fp32: the same 72 matrices as f32 (340 MB), sgemv
+local f32m = {}
+local fbytes = 0
+for l = 1, nl do
+    local t = {}
+    for i, shp in ipairs { { d, d }, { d, d }, { d, d }, { d, d }, { 4 * d, d }, { d, 4 * d } } do
+        local W = nc.Tensor.empty(shp, 'f32'):fill_(0.01)
+        t[i] = { W = W, p = ffi.cast('float *', C.nc_tensor_data(W._c)), n = shp[1], k = shp[2] }
+        fbytes = fbytes + 4 * shp[1] * shp[2]
+    end
+    f32m[l] = t
+end
+local fx = ffi.new('float[?]', 4 * d, 0.5)
+local fy = ffi.new('float[?]', 4 * d)
+local function decode_f32()
+    for l = 1, nl do
+        for _, m in ipairs(f32m[l]) do C.cblas_sgemv(101, 111, m.n, m.k, 1, m.p, m.k, fx, 1, 0, fy, 1) end
+    end
+end
+local dec = {}
+rows = {}
+for _, th in ipairs(THREADS) do
+    set_threads(th)
+    local med, best = timeit(decode_token)
+    local fmed = timeit(decode_f32)
+    dec[th] = { tok_s = 1 / med, tok_s_best = 1 / best, f32_tok_s = 1 / fmed,
+                roof = (lbytes / med) / (bw[th].median * 1e9), vs_f32 = fmed / med }
+    rows[#rows + 1] = { th, dec[th].tok_s, dec[th].tok_s_best, dec[th].roof, dec[th].f32_tok_s, dec[th].vs_f32 }
+end
+print(string.format('Decode, all linear layers of the 125M shape (%d layers, %.1f MB packed, %.0f MB f32)', nl,
+    lbytes / 1e6, fbytes / 1e6))
+L.print_table({ 'threads', 'tok/s med', 'tok/s best', 'roofline', 'f32 tok/s', 'vs f32' }, rows,
+    { '%d', '%.0f', '%.0f', '%.2f', '%.0f', '%.1fx' })
+print()
+
+layers, f32m = nil, nil
+collectgarbage('collect')
+nc.mem_trim()
+
+-- ---- 2./3. GEMV in and out of cache ------------------------------------------------------------------
+local BYTES_PER_W = 0.25   -- + 4 bytes per row (scale), added below
+
+local function packed_ring(P, copies)
+    local n, rb = P.out_features, P.kpad / 4
+    local big = nc.Tensor.empty({ n * copies, rb }, 'u8')
+    local src = C.nc_tensor_data(P.codes._c)
+    local dst = ffi.cast('uint8_t *', C.nc_tensor_data(big._c))
+    for c = 0, copies - 1 do ffi.copy(dst + c * n * rb, src, n * rb) end
+    local views = {}
+    for c = 1, copies do views[c] = big:narrow(0, (c - 1) * n, n) end
+    return big, views
+end
+
+local function f32_ring(n, k, copies)
+    local big = nc.Tensor.empty({ copies * n, k }, 'f32'):fill_(0.01)
+    local ptrs = {}
+    local base = ffi.cast('float *', C.nc_tensor_data(big._c))
+    for c = 1, copies do ptrs[c] = base + (c - 1) * n * k end
+    return big, ptrs
+end
+
+local shapes = {
+    { 'd256 up', '10M', 1024, 256 }, { 'd256 down', '10M', 256, 1024 },
+    { 'd512 up', '50M', 2048, 512 }, { 'd512 down', '50M', 512, 2048 },
+    { 'd768 up', '125M', 3072, 768 }, { 'd768 down', '125M', 768, 3072 },
+    { '2048x2048', '-', 2048, 2048 },
+}
+local res = {}
+rows = {}
+for _, sh in ipairs(shapes) do
+    local label, model, N, K = sh[1], sh[2], sh[3], sh[4]
+    local P = infer.pack(nc.randn({ N, K }, { generator = nc.generator(N * 7 + K) }))
+    local a = infer.quant_act(nc.randn({ 1, K }, { generator = nc.generator(K) }))
+    local y = nc.Tensor.empty({ 1, N }, 'f32')
+    local pbytes = N * K * BYTES_PER_W + 4 * N
+    local copies = math.max(2, math.ceil(ring_mb * 1048576 / pbytes))
+    local big, views = packed_ring(P, copies)
+    local vc = {}
+    for i, v in ipairs(views) do vc[i] = v._c end
+    local yc, qc, sc, smc, gc = y._c, a.q._c, a.scale._c, a.sum._c, P.scale._c
+    local pc = P.codes._c
+    local W32 = nc.Tensor.empty({ N, K }, 'f32'):fill_(0.01)
+    local w32 = ffi.cast('float *', C.nc_tensor_data(W32._c))
+    local x32 = ffi.new('float[?]', K, 0.5)
+    local y32 = ffi.new('float[?]', N)
+    local fcopies = math.max(2, math.ceil(ring_mb * 1048576 / (4 * N * K)))
+    local fbig, fptrs = f32_ring(N, K, fcopies)
+    local r = { label = label, model = model, N = N, K = K }
+    for _, th in ipairs(THREADS) do
+        set_threads(th)
+        local med, best = timeit(function() C.nc_ternary_matmul(yc, qc, sc, smc, pc, gc) end)
+        r['in_' .. th] = { N * K / med / 1e9, N * K / best / 1e9 }
+        med, best = timeit(function()
+            for i = 1, copies do C.nc_ternary_matmul(yc, qc, sc, smc, vc[i], gc) end
+        end, 1)
+        r['out_' .. th] = { N * K * copies / med / 1e9, N * K * copies / best / 1e9 }
+        med = timeit(function() C.cblas_sgemv(101, 111, N, K, 1, w32, K, x32, 1, 0, y32, 1) end)
+        r['f32in_' .. th] = N * K / med / 1e9
+        med = timeit(function()
+            for i = 1, fcopies do C.cblas_sgemv(101, 111, N, K, 1, fptrs[i], K, x32, 1, 0, y32, 1) end
+        end, 1)
+        r['f32out_' .. th] = N * K * fcopies / med / 1e9
+        r['roof_' .. th] = r['out_' .. th][1] * 1e9 * (pbytes / (N * K)) / (bw[th].median * 1e9)
+        rows[#rows + 1] = { label, th, r['in_' .. th][1], r['in_' .. th][2], r['out_' .. th][1], r['out_' .. th][2],
+                            r['roof_' .. th], r['f32in_' .. th], r['f32out_' .. th],
+                            r['out_' .. th][1] / r['f32out_' .. th] }
+    end
+    res[#res + 1] = r
+    big, views, fbig, fptrs, W32 = nil, nil, nil, nil, nil
+    collectgarbage('collect')
+end
+print('Ternary GEMV, G weights/s (median, best); out of cache = ring of cold copies; roof = out / DRAM bw')
+L.print_table({ 'shape', 'thr', 'in med', 'in best', 'out med', 'out best', 'roof', 'f32 in', 'f32 out', 'out vs f32' },
+    rows, { '%s', '%d', '%.1f', '%.1f', '%.1f', '%.1f', '%.2f', '%.1f', '%.1f', '%.1fx' })
+print()
+
+-- ---- 5. prefill GEMM (64 activation rows), 125M FFN up shape, vs OpenBLAS sgemm -------------------------
+pcall(ffi.cdef, [[
+void cblas_sgemm(int order, int transa, int transb, int m, int n, int k, float alpha,
+                 const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
+]])
+local gemm = {}
+do
+    local Mr, N, K = 64, 3072, 768
+    local P = infer.pack(nc.randn({ N, K }, { generator = nc.generator(77) }))
+    local X = nc.randn({ Mr, K }, { generator = nc.generator(78) })
+    local a = infer.quant_act(X)
+    local Y = nc.Tensor.empty({ Mr, N }, 'f32')
+    local W = nc.randn({ N, K }, { generator = nc.generator(79) })
+    local wp, xp = ffi.cast('float *', C.nc_tensor_data(W._c)), ffi.cast('float *', C.nc_tensor_data(X._c))
+    local yp = ffi.cast('float *', C.nc_tensor_data(Y._c))
+    rows = {}
+    for _, th in ipairs(THREADS) do
+        set_threads(th)
+        local med = timeit(function() C.nc_ternary_matmul(Y._c, a.q._c, a.scale._c, a.sum._c, P.codes._c, P.scale._c) end)
+        local qmed = timeit(function() C.nc_ternary_quant_act(a.q._c, a.scale._c, a.sum._c, X._c, 1e-5) end)
+        local fmed = timeit(function() C.cblas_sgemm(101, 111, 112, Mr, N, K, 1, xp, K, wp, K, 0, yp, N) end)
+        gemm[th] = { gmac = Mr * N * K / (med + qmed) / 1e9, f32 = Mr * N * K / fmed / 1e9 }
+        gemm[th].vs = gemm[th].gmac / gemm[th].f32
+        rows[#rows + 1] = { th, gemm[th].gmac, gemm[th].f32, gemm[th].vs }
+    end
+    print('Prefill GEMM, 64 rows x (3072, 768) incl. activation quantization, G MAC/s (median)')
+    L.print_table({ 'threads', 'ternary', 'sgemm f32', 'vs f32' }, rows, { '%d', '%.1f', '%.1f', '%.2fx' })
+    print()
+end
+
+-- ---- JSON ---------------------------------------------------------------------------------------------
+local by = {}
+for _, r in ipairs(res) do by[r.label] = r end
+local up, down = by['d768 up'], by['d768 down']
+-- in cache, 1 thread, 125M FFN matrices: total weights / total time (harmonic mean of the two)
+local function hm(a, b) return 2 / (1 / a + 1 / b) end
+local out = {
+    bench = 'infer', kernel = nc.cpu_kernel(), reps = reps,
+    gemv_gw_per_s_core = L.round(hm(up.in_1[1], down.in_1[1]), 2),
+    gemv_gw_per_s_core_best = L.round(hm(up.in_1[2], down.in_1[2]), 2),
+    gemv_gw_per_s_2t = L.round(hm(up.in_2[1], down.in_2[1]), 2),
+    gemv_2048_gw_per_s_core = L.round(by['2048x2048'].in_1[1], 2),
+    gemv_out_of_cache_gw_per_s_1t = L.round(hm(up.out_1[1], down.out_1[1]), 2),
+    gemv_out_of_cache_gw_per_s_2t = L.round(hm(up.out_2[1], down.out_2[1]), 2),
+    gemv_roofline_frac_1t = L.round(hm(up.roof_1, down.roof_1), 3),
+    gemv_roofline_frac_2t = L.round(hm(up.roof_2, down.roof_2), 3),
+    dram_gb_s_1t = L.round(bw[1].median, 2), dram_gb_s_2t = L.round(bw[2].median, 2),
+    gemv_vs_fp32_in_cache_1t = L.round(hm(up.in_1[1], down.in_1[1]) / hm(up.f32in_1, down.f32in_1), 2),
+    gemv_vs_fp32_out_of_cache_2t = L.round(hm(up.out_2[1], down.out_2[1]) / hm(up.f32out_2, down.f32out_2), 2),
+    decode_linears_tok_s_125m_2t = L.round(dec[2].tok_s, 1),
+    decode_linears_roofline_frac = L.round(dec[2].roof, 3),
+    decode_vs_fp32 = L.round(dec[2].vs_f32, 2),
+    decode_vs_fp32_1t = L.round(dec[1].vs_f32, 2),
+    gemm_gmac_s_1t = L.round(gemm[1].gmac, 1), gemm_gmac_s_2t = L.round(gemm[2].gmac, 1),
+    gemm_vs_sgemm_2t = L.round(gemm[2].vs, 2),
+}
+print(L.json(out))
