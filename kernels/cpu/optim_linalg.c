@@ -28,45 +28,36 @@ extern void sgeqrf_(const int *m, const int *n, float *a, const int *lda, float 
 extern void sorgqr_(const int *m, const int *n, const int *k, float *a, const int *lda, const float *tau,
                     float *work, const int *lwork, int *info);
 
+extern void openblas_set_num_threads(int num_threads);
+
 const double nc_ns_quintic[3] = { 3.4445, -4.7750, 2.0315 };
+
+/* Products of at most this many multiply-adds (r x r x c) run on one OpenBLAS thread: waking the
+ * second thread costs more than it saves there (NS5 of a 96 x 384 matrix on 2 threads of a busy
+ * 2-core machine: 1.2 ms on one thread, 3.7-4.2 ms on two). */
+#define NC_NS_SERIAL_MACS ((int64_t)1 << 22)
 
 #define FRO_CHUNK 4096
 
 double nc_optim_fro_norm(const float *x, int64_t n) {
-    int64_t nch = (n + FRO_CHUNK - 1) / FRO_CHUNK;
-    if (nch <= 1) {
-        double s = 0;
-        for (int64_t i = 0; i < n; i++) s += (double)x[i] * x[i];
-        return sqrt(s);
-    }
-    double *part = malloc((size_t)nch * sizeof(double));
-    if (!part) {   /* sequential fallback: same chunking, so the same value */
-        double tot = 0;
-        for (int64_t c = 0; c < nch; c++) {
-            double s = 0;
-            int64_t e = (c + 1) * FRO_CHUNK < n ? (c + 1) * FRO_CHUNK : n;
-            for (int64_t i = c * FRO_CHUNK; i < e; i++) s += (double)x[i] * x[i];
-            tot += s;
-        }
-        return sqrt(tot);
-    }
-#pragma omp parallel for schedule(static) if (n >= NC_PAR_MIN)
-    for (int64_t c = 0; c < nch; c++) {
-        double s = 0;
-        int64_t e = (c + 1) * FRO_CHUNK < n ? (c + 1) * FRO_CHUNK : n;
-        for (int64_t i = c * FRO_CHUNK; i < e; i++) s += (double)x[i] * x[i];
-        part[c] = s;
-    }
+    /* serial (see transpose below); the chunking keeps the double sums short and fixed */
     double tot = 0;
-    for (int64_t c = 0; c < nch; c++) tot += part[c];
-    free(part);
+    for (int64_t c = 0; c < n; c += FRO_CHUNK) {
+        double s = 0;
+        int64_t e = c + FRO_CHUNK < n ? c + FRO_CHUNK : n;
+        for (int64_t i = c; i < e; i++) s += (double)x[i] * x[i];
+        tot += s;
+    }
     return sqrt(tot);
 }
 
-/* dst (cols, rows) = src (rows, cols)^T, blocked for cache use */
+/* dst (cols, rows) = src (rows, cols)^T, blocked for cache use. Serial on purpose, like every
+ * elementwise pass in this file: an OpenMP region right before an OpenBLAS call leaves OpenMP
+ * workers spinning on the cores the sgemm threads need (measured: NS5 of a 96 x 384 matrix took
+ * 74 ms on 2 threads with OpenMP passes around the sgemms, 0.75 ms without), and these passes
+ * cost O(r c) against the O(r^2 c) products. */
 static void transpose(float *dst, const float *src, int64_t rows, int64_t cols) {
     const int64_t B = 32;
-#pragma omp parallel for schedule(static) if (rows * cols >= NC_PAR_MIN)
     for (int64_t i0 = 0; i0 < rows; i0 += B)
         for (int64_t j0 = 0; j0 < cols; j0 += B) {
             int64_t ie = i0 + B < rows ? i0 + B : rows, je = j0 + B < cols ? j0 + B : cols;
@@ -76,7 +67,6 @@ static void transpose(float *dst, const float *src, int64_t rows, int64_t cols) 
 }
 
 static void scale_copy(float *dst, const float *src, int64_t n, float s) {
-#pragma omp parallel for simd schedule(static) if (n >= NC_PAR_MIN)
     for (int64_t i = 0; i < n; i++) dst[i] = s * src[i];
 }
 
@@ -94,23 +84,29 @@ nc_status nc_optim_ns_inplace(float *x, int64_t rows, int64_t cols, int32_t step
     else memcpy(X, x, (size_t)n * sizeof(float));
     double nrm = nc_optim_fro_norm(X, n);
     scale_copy(X, X, n, (float)(1.0 / (fro_mult * nrm + eps)));
+    int serial = r * r * c <= NC_NS_SERIAL_MACS && nc_threads() > 1;
+    if (serial) openblas_set_num_threads(1);
     for (int32_t k = 0; k < steps; k++) {
         const double *q = abc + 3 * (k < n_abc ? k : n_abc - 1);
         float a = (float)q[0], b = (float)q[1], cc = (float)q[2];
         /* A = X X^T */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)r, (blasint)r, (blasint)c, 1.0f, X,
                     (blasint)c, X, (blasint)c, 0.0f, A, (blasint)r);
-        /* B = b A + c A A */
-        scale_copy(Bm, A, r * r, b);
-        if (cc != 0.0f)
+        /* B = b A + c A A (the b A term through sgemm's beta) */
+        if (cc != 0.0f) {
+            memcpy(Bm, A, (size_t)(r * r) * sizeof(float));
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)r, (blasint)r, (blasint)r, cc, A,
-                        (blasint)r, A, (blasint)r, 1.0f, Bm, (blasint)r);
+                        (blasint)r, A, (blasint)r, b, Bm, (blasint)r);
+        } else {
+            scale_copy(Bm, A, r * r, b);
+        }
         /* Y = a X + B X */
-        scale_copy(Y, X, n, a);
+        memcpy(Y, X, (size_t)n * sizeof(float));
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)r, (blasint)c, (blasint)r, 1.0f, Bm,
-                    (blasint)r, X, (blasint)c, 1.0f, Y, (blasint)c);
+                    (blasint)r, X, (blasint)c, a, Y, (blasint)c);
         float *t = X; X = Y; Y = t;
     }
+    if (serial) openblas_set_num_threads(nc_threads());
     if (tall) transpose(x, X, r, c);
     else memcpy(x, X, (size_t)n * sizeof(float));
     nc_host_free(ws, bytes);
