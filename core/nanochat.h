@@ -379,6 +379,82 @@ void nc_loader_get_stats(nc_loader *L, nc_loader_stats *out);
 
 
 /* ---- optimizers: kernels/cpu/optim*.c - issues 4/5 ----------------- */
+/* Update rules and numbers: docs/algorithms.md sections 2-6. Every tensor is f32, CPU and contiguous
+ * unless stated; p (the parameter), g (its gradient) and full-size state have the same numel.
+ * Matrices are (rows, cols) = W (out, in); a tensor with more dims is treated as
+ * (shape[0], numel / shape[0]). All kernels are threaded with OpenMP and deterministic: the same
+ * inputs give the same bits on any thread count. Workspaces are transient (freed on return). */
+typedef struct nc_optim_hp {
+    double lr;             /* effective lr of this step (group lr x schedule multiplier) */
+    double weight_decay;   /* decoupled: p *= 1 - lr * weight_decay */
+    double beta1, beta2;   /* AdamW moments; Lion: beta1 interpolates the update, beta2 the momentum */
+    double eps;            /* AdamW epsilon */
+    int64_t step;          /* AdamW bias correction: steps taken by this parameter, this one included (>= 1) */
+    int32_t eps_mode;      /* enum nc_adam_eps */
+    int32_t nesterov;      /* Muon: 1 = u = dampening g + momentum m, 0 = u = m */
+    double momentum;       /* Muon beta: m = momentum m + dampening g */
+    double dampening;      /* 1 - momentum (Keller's EMA form) or 1 (Moonlight's sum form) */
+    double scale;          /* Muon update multiplier, e.g. sqrt(max(1, out/in)) or 0.2 sqrt(max(out, in)) */
+    int32_t ns_steps;      /* Muon: quintic Newton-Schulz iterations (5) */
+    int32_t stochastic;    /* 8-bit state: 0 = round to nearest even, 1 = stochastic rounding */
+    int64_t block;         /* 8-bit state: elements per absmax scale (2048) */
+    uint64_t seed;         /* stochastic rounding: Philox key */
+    uint64_t counter;      /* stochastic rounding: Philox counter base; element i uses counter + i/4 */
+    double alpha;          /* GaLore back-projection scale */
+} nc_optim_hp;
+
+/* AdamW eps placement: TORCH = PyTorch's AdamW, update = lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps);
+ * GALORE = the GaLore reference, update = lr*sqrt(bc2)/bc1 * m / (sqrt(v) + eps).
+ * bc1 = 1 - beta1^step, bc2 = 1 - beta2^step. */
+enum nc_adam_eps { NC_ADAM_EPS_TORCH = 0, NC_ADAM_EPS_GALORE = 1 };
+/* Inner optimizer of a GaLore step, and which side of G a GaLore projector multiplies. */
+enum nc_optim_kind { NC_OPTIM_ADAMW = 0, NC_OPTIM_MUON = 1, NC_OPTIM_MUON8 = 2, NC_OPTIM_LION = 3 };
+enum nc_galore_side {
+    NC_GALORE_LEFT = 0,    /* proj P (rows, r): R = P^T G (r, cols), back-projection P N */
+    NC_GALORE_RIGHT = 1    /* proj Q (cols, r): R = G Q (rows, r), back-projection N Q^T */
+};
+
+/* AdamW, fused: p *= 1 - lr wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= update. */
+nc_status nc_adamw_step(nc_tensor *p, const nc_tensor *g, nc_tensor *m, nc_tensor *v, const nc_optim_hp *hp);
+/* Lion: c = b1 m + (1-b1) g; p = p (1 - lr wd) - lr sign(c) (sign(0) = 0); m = b2 m + (1-b2) g. */
+nc_status nc_lion_step(nc_tensor *p, const nc_tensor *g, nc_tensor *m, const nc_optim_hp *hp);
+/* Muon with f32 momentum m: m = mu m + damp g; u = nesterov ? damp g + mu m : m;
+ * p = p (1 - lr wd) - lr scale NS5(u). */
+nc_status nc_muon_step(nc_tensor *p, const nc_tensor *g, nc_tensor *m, const nc_optim_hp *hp);
+/* Muon with 8-bit momentum: codes i8 (numel of p), scales f32 (ceil(numel / block)), momentum
+ * = code * scale / 127 per block. One fused pass per block dequantizes, updates, requantizes
+ * (absmax scale; nearest or stochastic rounding) and writes the full-precision u into the
+ * transient NS input buffer; no f32 copy of the state outlives the call. */
+nc_status nc_muon8_step(nc_tensor *p, const nc_tensor *g, nc_tensor *codes, nc_tensor *scales, const nc_optim_hp *hp);
+/* GaLore: R = project(g) with proj (see nc_galore_side), the inner optimizer (ADAMW: s0 = m,
+ * s1 = v; MUON: s0 = m; MUON8: s0 = codes, s1 = scales; LION: s0 = m) runs on R with state of
+ * R's shape, then p -= lr alpha backproject(N) (AdamW: N = its update / lr; Muon: scale NS5(u)),
+ * then p *= 1 - lr wd (after the update, as in the reference). */
+nc_status nc_galore_step(nc_tensor *p, const nc_tensor *g, const nc_tensor *proj, int32_t side, int32_t inner,
+                         nc_tensor *s0, nc_tensor *s1, const nc_optim_hp *hp);
+
+/* Newton-Schulz orthogonalization of a matrix x (rows, cols) into out (same shape; may be x):
+ * X = x (transposed when rows > cols, so the Gram matrix X X^T is the small one);
+ * X /= fro_mult ||X||_F + eps; then for k < steps, with (a, b, c) = abc[3 min(k, n_abc - 1) ...]:
+ * A = X X^T, X = a X + (b A + c A A) X; transposed back. Quintic Muon: (3.4445, -4.7750, 2.0315)
+ * x 5; cubic (FIRE): (1.5, -0.5, 0). Matrix products run through OpenBLAS sgemm. */
+nc_status nc_newton_schulz(nc_tensor *out, const nc_tensor *x, int32_t steps, const double *abc, int32_t n_abc,
+                           double fro_mult, double eps);
+/* Thin SVD (LAPACK gesdd) of a (m, n), f32 or f64: u (m, k), s (k), vt (k, n), k = min(m, n),
+ * all of a's dtype, singular values descending. */
+nc_status nc_svd(nc_tensor *u, nc_tensor *s, nc_tensor *vt, const nc_tensor *a);
+/* Randomized range finder + small SVD (Halko-Martinsson-Tropp): proj (d, r) receives orthonormal
+ * columns spanning the top-r left (side LEFT, d = rows) or right (side RIGHT, d = cols) singular
+ * subspace of g (rows, cols): Omega Gaussian (Philox seed, counter), oversampling p, q power
+ * iterations with QR re-orthonormalization, QR, SVD of the small factor. */
+nc_status nc_rsvd_projector(nc_tensor *proj, const nc_tensor *g, int32_t side, int32_t oversample,
+                            int32_t power_iters, uint64_t seed, uint64_t counter);
+/* Blockwise absmax 8-bit quantization of x (f32, any shape, logical order): codes i8 (numel),
+ * scales f32 (ceil(numel / block)); code = round(127 x / s_b), s_b = max |x| over the block
+ * (0 for an all-zero block, codes 0). stochastic: floor(127 x / s_b + u), u from Philox. */
+nc_status nc_quant8_block(nc_tensor *codes, nc_tensor *scales, const nc_tensor *x, int64_t block,
+                          int32_t stochastic, uint64_t seed, uint64_t counter);
+nc_status nc_dequant8_block(nc_tensor *out, const nc_tensor *codes, const nc_tensor *scales, int64_t block);
 /* (end of optimizers section) */
 
 

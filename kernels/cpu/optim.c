@@ -1,0 +1,398 @@
+/* kernels/cpu/optim.c — fused optimizer steps: AdamW, Lion, Muon (f32 and 8-bit blockwise
+ * momentum), GaLore (AdamW / Muon / 8-bit Muon / Lion inside a low-rank projection), and the
+ * blockwise 8-bit quantizer (algorithms.md §2-§5).
+ *
+ * Promise: one pass over memory per elementwise update (AdamW and Lion read p, g, state once and
+ * write them once); OpenMP over elements or over 8-bit blocks; no result depends on the thread
+ * count (per-element math, per-block absmax, chunked Frobenius norms, Philox counters indexed by
+ * element). The 8-bit momentum is dequantized, updated and requantized block by block inside the
+ * step; the only full-precision copy is the transient Newton-Schulz input buffer, freed (returned
+ * to the host block cache) before the call returns.
+ */
+#pragma GCC optimize("no-math-errno", "no-trapping-math")
+
+#include "optim_internal.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+/* Elementwise passes next to OpenBLAS calls (Muon, 8-bit Muon, GaLore) go parallel only from
+ * this size on: an OpenMP region right before or after an sgemm leaves OpenMP workers spinning
+ * on the cores OpenBLAS's threads need (a 384 x 96 Muon step: 7.2 ms with NC_PAR_MIN, 1.3 ms
+ * serial, on 2 threads). Below it a pass costs < ~0.3 ms. */
+#define NC_OPTIM_PAR_MIN (1 << 20)
+
+/* ---- argument checks ---------------------------------------------------------------------- */
+static nc_status want_f32(const char *op, const char *arg, const nc_tensor *t) {
+    NC_TRY(nc_check_not_null(op, arg, t));
+    NC_TRY(nc_check_dtype(op, arg, t, NC_F32));
+    NC_TRY(nc_check_cpu(op, arg, t));
+    return nc_check_contiguous(op, arg, t);
+}
+
+static nc_status want_numel(const char *op, const char *arg, const nc_tensor *t, int64_t n) {
+    if (nc_tensor_numel(t) != n) {
+        char b[NC_DESC_LEN];
+        return nc_fail(NC_ERR_SHAPE, "%s: %s must have %lld elements (like the parameter), got %s", op, arg,
+                       (long long)n, nc_describe(t, b, sizeof b));
+    }
+    return NC_OK;
+}
+
+static nc_status check_pg(const char *op, const nc_tensor *p, const nc_tensor *g, const nc_optim_hp *hp) {
+    NC_TRY(want_f32(op, "p", p));
+    NC_TRY(want_f32(op, "g", g));
+    NC_TRY(want_numel(op, "g", g, nc_tensor_numel(p)));
+    if (!hp) return nc_fail(NC_ERR_ARG, "%s: hp is NULL", op);
+    if (!(hp->lr >= 0) || !isfinite(hp->lr)) return nc_fail(NC_ERR_ARG, "%s: lr must be finite and >= 0, got %g", op, hp->lr);
+    return NC_OK;
+}
+
+static nc_status as_matrix(const char *op, const nc_tensor *p, int64_t *rows, int64_t *cols) {
+    char b[NC_DESC_LEN];
+    if (p->ndim < 2)
+        return nc_fail(NC_ERR_SHAPE, "%s: p must be a matrix (2 or more dims), got %s", op, nc_describe(p, b, sizeof b));
+    *rows = p->shape[0];
+    *cols = *rows ? nc_tensor_numel(p) / *rows : 0;
+    return NC_OK;
+}
+
+/* ---- AdamW --------------------------------------------------------------------------------- */
+typedef struct {
+    float b1, b2, eps, coef, bc2s;   /* coef: multiplies m / denom; bc2s = sqrt(bc2) (torch mode) */
+    int galore;
+} adam_c;
+
+static adam_c adam_consts(const nc_optim_hp *hp) {
+    double t = (double)(hp->step < 1 ? 1 : hp->step);
+    double bc1 = 1.0 - pow(hp->beta1, t), bc2 = 1.0 - pow(hp->beta2, t);
+    adam_c c;
+    c.b1 = (float)hp->beta1;
+    c.b2 = (float)hp->beta2;
+    c.eps = (float)hp->eps;
+    c.galore = hp->eps_mode == NC_ADAM_EPS_GALORE;
+    c.bc2s = (float)sqrt(bc2);
+    c.coef = (float)(c.galore ? sqrt(bc2) / bc1 : 1.0 / bc1);
+    return c;
+}
+
+/* updates m, v for one element; returns the direction (update / lr) */
+static inline float adam_elem(float g, float *m, float *v, const adam_c *c) {
+    float mi = c->b1 * *m + (1.0f - c->b1) * g;
+    float vi = c->b2 * *v + (1.0f - c->b2) * (g * g);
+    *m = mi;
+    *v = vi;
+    float denom = c->galore ? sqrtf(vi) + c->eps : sqrtf(vi) / c->bc2s + c->eps;
+    return c->coef * (mi / denom);
+}
+
+static nc_status check_hp_adam(const char *op, const nc_optim_hp *hp) {
+    if (!(hp->beta1 >= 0 && hp->beta1 < 1 && hp->beta2 >= 0 && hp->beta2 < 1))
+        return nc_fail(NC_ERR_ARG, "%s: betas must lie in [0, 1), got (%g, %g)", op, hp->beta1, hp->beta2);
+    if (!(hp->eps >= 0)) return nc_fail(NC_ERR_ARG, "%s: eps must be >= 0, got %g", op, hp->eps);
+    if (hp->step < 1) return nc_fail(NC_ERR_ARG, "%s: step must be >= 1 (bias correction), got %lld", op, (long long)hp->step);
+    return NC_OK;
+}
+
+nc_status nc_adamw_step(nc_tensor *p, const nc_tensor *g, nc_tensor *m, nc_tensor *v, const nc_optim_hp *hp) {
+    static const char *op = "adamw_step";
+    NC_TRY(check_pg(op, p, g, hp));
+    int64_t n = nc_tensor_numel(p);
+    NC_TRY(want_f32(op, "m", m));
+    NC_TRY(want_numel(op, "m", m, n));
+    NC_TRY(want_f32(op, "v", v));
+    NC_TRY(want_numel(op, "v", v, n));
+    NC_TRY(check_hp_adam(op, hp));
+    adam_c c = adam_consts(hp);
+    float decay = (float)(1.0 - hp->lr * hp->weight_decay), lr = (float)hp->lr;
+    float *P = nc_f32p(p), *M = nc_f32p(m), *V = nc_f32p(v);
+    const float *G = nc_f32p(g);
+#pragma omp parallel for simd schedule(static) if (n >= NC_PAR_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        float d = adam_elem(G[i], &M[i], &V[i], &c);
+        P[i] = P[i] * decay - lr * d;
+    }
+    return NC_OK;
+}
+
+/* ---- Lion ---------------------------------------------------------------------------------- */
+static inline float signf_(float x) { return (float)((x > 0.0f) - (x < 0.0f)); }
+
+/* updates m; returns sign(c) */
+static inline float lion_elem(float g, float *m, float b1, float b2) {
+    float c = b1 * *m + (1.0f - b1) * g;
+    *m = b2 * *m + (1.0f - b2) * g;
+    return signf_(c);
+}
+
+nc_status nc_lion_step(nc_tensor *p, const nc_tensor *g, nc_tensor *m, const nc_optim_hp *hp) {
+    static const char *op = "lion_step";
+    NC_TRY(check_pg(op, p, g, hp));
+    int64_t n = nc_tensor_numel(p);
+    NC_TRY(want_f32(op, "m", m));
+    NC_TRY(want_numel(op, "m", m, n));
+    float b1 = (float)hp->beta1, b2 = (float)hp->beta2;
+    float decay = (float)(1.0 - hp->lr * hp->weight_decay), lr = (float)hp->lr;
+    float *P = nc_f32p(p), *M = nc_f32p(m);
+    const float *G = nc_f32p(g);
+#pragma omp parallel for simd schedule(static) if (n >= NC_PAR_MIN)
+    for (int64_t i = 0; i < n; i++) P[i] = P[i] * decay - lr * lion_elem(G[i], &M[i], b1, b2);
+    return NC_OK;
+}
+
+/* ---- 8-bit blockwise codes ------------------------------------------------------------------- */
+/* uniform [0, 1) for element i from Philox(seed, counter + i / 4), lane i % 4 */
+static inline float sr_uniform(uint64_t seed, uint64_t counter, int64_t i) {
+    uint32_t r[4];
+    nc_philox4x32(seed, counter + (uint64_t)(i >> 2), r);
+    return (float)(r[i & 3] >> 8) * (1.0f / 16777216.0f);
+}
+
+/* quantize x[0..len) (global element offset base) into codes; returns the block scale */
+static inline float quant_block(int8_t *codes, const float *x, int64_t len, int64_t base, int stochastic,
+                                uint64_t seed, uint64_t counter) {
+    float amax = 0.0f;
+    for (int64_t i = 0; i < len; i++) {
+        float a = fabsf(x[i]);
+        amax = a > amax ? a : amax;
+    }
+    if (!(amax > 0.0f) || !isfinite(amax)) {
+        /* all-zero block: scale 0, codes 0. A non-finite block keeps NaN as its scale, so the
+         * corruption is visible instead of silently zeroed. */
+        if (len > 0) memset(codes, 0, (size_t)len);
+        return amax > 0.0f || amax != amax ? amax : 0.0f;
+    }
+    float inv = 127.0f / amax;
+    if (stochastic) {
+        for (int64_t i = 0; i < len; i++) {
+            float q = floorf(x[i] * inv + sr_uniform(seed, counter, base + i));
+            q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
+            codes[i] = (int8_t)q;
+        }
+    } else {
+        for (int64_t i = 0; i < len; i++) {
+            float q = rintf(x[i] * inv);
+            q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
+            codes[i] = (int8_t)q;
+        }
+    }
+    return amax;
+}
+
+static nc_status check_codes(const char *op, const nc_tensor *codes, const nc_tensor *scales, int64_t n, int64_t block) {
+    if (block < 1) return nc_fail(NC_ERR_ARG, "%s: block must be >= 1, got %lld", op, (long long)block);
+    NC_TRY(nc_check_not_null(op, "codes", codes));
+    NC_TRY(nc_check_dtype(op, "codes", codes, NC_I8));
+    NC_TRY(nc_check_cpu(op, "codes", codes));
+    NC_TRY(nc_check_contiguous(op, "codes", codes));
+    NC_TRY(want_numel(op, "codes", codes, n));
+    NC_TRY(want_f32(op, "scales", scales));
+    int64_t nb = (n + block - 1) / block;
+    if (nc_tensor_numel(scales) != nb) {
+        char b[NC_DESC_LEN];
+        return nc_fail(NC_ERR_SHAPE, "%s: scales must have ceil(%lld / %lld) = %lld elements, got %s", op,
+                       (long long)n, (long long)block, (long long)nb, nc_describe(scales, b, sizeof b));
+    }
+    return NC_OK;
+}
+
+nc_status nc_quant8_block(nc_tensor *codes, nc_tensor *scales, const nc_tensor *x, int64_t block, int32_t stochastic,
+                          uint64_t seed, uint64_t counter) {
+    static const char *op = "quant8_block";
+    NC_TRY(want_f32(op, "x", x));
+    int64_t n = nc_tensor_numel(x);
+    NC_TRY(check_codes(op, codes, scales, n, block));
+    const float *X = nc_f32p(x);
+    int8_t *Cd = (int8_t *)nc_tensor_data(codes);
+    float *S = nc_f32p(scales);
+    int64_t nb = (n + block - 1) / block;
+#pragma omp parallel for schedule(static) if (n >= NC_PAR_MIN)
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t s = b * block, len = s + block < n ? block : n - s;
+        S[b] = quant_block(Cd + s, X + s, len, s, stochastic, seed, counter);
+    }
+    return NC_OK;
+}
+
+nc_status nc_dequant8_block(nc_tensor *out, const nc_tensor *codes, const nc_tensor *scales, int64_t block) {
+    static const char *op = "dequant8_block";
+    NC_TRY(want_f32(op, "out", out));
+    int64_t n = nc_tensor_numel(out);
+    NC_TRY(check_codes(op, codes, scales, n, block));
+    float *O = nc_f32p(out);
+    const int8_t *Cd = (const int8_t *)nc_tensor_data(codes);
+    const float *S = nc_f32p(scales);
+#pragma omp parallel for schedule(static) if (n >= NC_PAR_MIN)
+    for (int64_t i = 0; i < n; i++) O[i] = (float)Cd[i] * (S[i / block] / 127.0f);
+    return NC_OK;
+}
+
+/* ---- Muon ------------------------------------------------------------------------------------ */
+static nc_status check_hp_muon(const char *op, const nc_optim_hp *hp) {
+    if (!(hp->momentum >= 0 && hp->momentum < 1))
+        return nc_fail(NC_ERR_ARG, "%s: momentum must lie in [0, 1), got %g", op, hp->momentum);
+    if (hp->ns_steps < 0 || hp->ns_steps > 100)
+        return nc_fail(NC_ERR_ARG, "%s: ns_steps must lie in [0, 100], got %d", op, hp->ns_steps);
+    return NC_OK;
+}
+
+/* f32 momentum: M = mu M + damp G; U = nesterov ? damp G + mu M : M */
+static void muon_momentum(float *U, float *M, const float *G, int64_t n, const nc_optim_hp *hp) {
+    float mu = (float)hp->momentum, damp = (float)hp->dampening;
+    int nest = hp->nesterov;
+#pragma omp parallel for simd schedule(static) if (n >= NC_OPTIM_PAR_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        float mi = mu * M[i] + damp * G[i];
+        M[i] = mi;
+        U[i] = nest ? damp * G[i] + mu * mi : mi;
+    }
+}
+
+/* 8-bit momentum, one fused pass per block: dequantize, update, requantize, write U */
+static void muon8_momentum(float *U, int8_t *Cd, float *S, const float *G, int64_t n, const nc_optim_hp *hp) {
+    float mu = (float)hp->momentum, damp = (float)hp->dampening;
+    int nest = hp->nesterov, sto = hp->stochastic;
+    int64_t block = hp->block, nb = (n + block - 1) / block;
+    uint64_t seed = hp->seed, counter = hp->counter;
+#pragma omp parallel for schedule(static) if (n >= NC_OPTIM_PAR_MIN)
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t s = b * block, len = s + block < n ? block : n - s;
+        float deq = S[b] / 127.0f;
+        for (int64_t i = s; i < s + len; i++) U[i] = mu * ((float)Cd[i] * deq) + damp * G[i];
+        S[b] = quant_block(Cd + s, U + s, len, s, sto, seed, counter);
+        if (nest)
+            for (int64_t i = s; i < s + len; i++) U[i] = damp * G[i] + mu * U[i];
+    }
+}
+
+/* p = p * decay - step * U */
+static void apply_update(float *P, const float *U, int64_t n, float decay, float step) {
+#pragma omp parallel for simd schedule(static) if (n >= NC_OPTIM_PAR_MIN)
+    for (int64_t i = 0; i < n; i++) P[i] = P[i] * decay - step * U[i];
+}
+
+static nc_status muon_common(const char *op, nc_tensor *p, const nc_tensor *g, nc_tensor *m, nc_tensor *codes,
+                             nc_tensor *scales, const nc_optim_hp *hp) {
+    NC_TRY(check_pg(op, p, g, hp));
+    NC_TRY(check_hp_muon(op, hp));
+    int64_t rows = 0, cols = 0, n = nc_tensor_numel(p);
+    NC_TRY(as_matrix(op, p, &rows, &cols));
+    if (m) {
+        NC_TRY(want_f32(op, "m", m));
+        NC_TRY(want_numel(op, "m", m, n));
+    } else {
+        NC_TRY(check_codes(op, codes, scales, n, hp->block));
+    }
+    if (n == 0) return NC_OK;
+    int64_t bytes = n * (int64_t)sizeof(float);
+    float *U = nc_host_alloc(bytes);   /* the NS input buffer: transient */
+    if (!U) return nc_fail(NC_ERR_OOM, "%s: cannot allocate the %lld-byte update buffer", op, (long long)bytes);
+    if (m) muon_momentum(U, nc_f32p(m), nc_f32p(g), n, hp);
+    else muon8_momentum(U, (int8_t *)nc_tensor_data(codes), nc_f32p(scales), nc_f32p(g), n, hp);
+    nc_status st = nc_optim_ns_inplace(U, rows, cols, hp->ns_steps, nc_ns_quintic, 1, 1.0, 1e-7);
+    if (st == NC_OK)
+        apply_update(nc_f32p(p), U, n, (float)(1.0 - hp->lr * hp->weight_decay), (float)(hp->lr * hp->scale));
+    nc_host_free(U, bytes);
+    return st;
+}
+
+nc_status nc_muon_step(nc_tensor *p, const nc_tensor *g, nc_tensor *m, const nc_optim_hp *hp) {
+    static const char *op = "muon_step";
+    NC_TRY(nc_check_not_null(op, "m", m));
+    return muon_common(op, p, g, m, NULL, NULL, hp);
+}
+
+nc_status nc_muon8_step(nc_tensor *p, const nc_tensor *g, nc_tensor *codes, nc_tensor *scales, const nc_optim_hp *hp) {
+    static const char *op = "muon8_step";
+    if (!hp) return nc_fail(NC_ERR_ARG, "%s: hp is NULL", op);
+    return muon_common(op, p, g, NULL, codes, scales, hp);
+}
+
+/* ---- GaLore ---------------------------------------------------------------------------------- */
+nc_status nc_galore_step(nc_tensor *p, const nc_tensor *g, const nc_tensor *proj, int32_t side, int32_t inner,
+                         nc_tensor *s0, nc_tensor *s1, const nc_optim_hp *hp) {
+    static const char *op = "galore_step";
+    NC_TRY(check_pg(op, p, g, hp));
+    NC_TRY(nc_check_ndim(op, "p", p, 2));
+    NC_TRY(want_f32(op, "proj", proj));
+    NC_TRY(nc_check_ndim(op, "proj", proj, 2));
+    if (side != NC_GALORE_LEFT && side != NC_GALORE_RIGHT)
+        return nc_fail(NC_ERR_ARG, "%s: side must be NC_GALORE_LEFT (0) or NC_GALORE_RIGHT (1), got %d", op, side);
+    int64_t m = p->shape[0], n = p->shape[1], r = proj->shape[1];
+    int64_t d = side == NC_GALORE_LEFT ? m : n;
+    char b1[NC_DESC_LEN], b2[NC_DESC_LEN];
+    if (proj->shape[0] != d)
+        return nc_fail(NC_ERR_SHAPE, "%s: proj must be (%lld, r) for p %s with side %s, got %s", op, (long long)d,
+                       nc_describe(p, b1, sizeof b1), side == NC_GALORE_LEFT ? "left" : "right",
+                       nc_describe(proj, b2, sizeof b2));
+    /* low-rank shape: (r, n) for LEFT, (m, r) for RIGHT */
+    int64_t lr_rows = side == NC_GALORE_LEFT ? r : m, lr_cols = side == NC_GALORE_LEFT ? n : r;
+    int64_t ln = lr_rows * lr_cols;
+    switch (inner) {
+    case NC_OPTIM_ADAMW:
+        NC_TRY(check_hp_adam(op, hp));
+        NC_TRY(want_f32(op, "s0 (m)", s0)); NC_TRY(want_numel(op, "s0 (m)", s0, ln));
+        NC_TRY(want_f32(op, "s1 (v)", s1)); NC_TRY(want_numel(op, "s1 (v)", s1, ln));
+        break;
+    case NC_OPTIM_LION:
+        NC_TRY(want_f32(op, "s0 (m)", s0)); NC_TRY(want_numel(op, "s0 (m)", s0, ln));
+        break;
+    case NC_OPTIM_MUON:
+        NC_TRY(check_hp_muon(op, hp));
+        NC_TRY(want_f32(op, "s0 (m)", s0)); NC_TRY(want_numel(op, "s0 (m)", s0, ln));
+        break;
+    case NC_OPTIM_MUON8:
+        NC_TRY(check_hp_muon(op, hp));
+        NC_TRY(check_codes(op, s0, s1, ln, hp->block));
+        break;
+    default:
+        return nc_fail(NC_ERR_ARG, "%s: inner must be NC_OPTIM_ADAMW, _MUON, _MUON8 or _LION, got %d", op, inner);
+    }
+    if (ln == 0 || m == 0 || n == 0) return NC_OK;
+    int64_t bytes = 2 * ln * (int64_t)sizeof(float);
+    float *R = nc_host_alloc(bytes);   /* projected gradient R and direction D: transient */
+    if (!R) return nc_fail(NC_ERR_OOM, "%s: cannot allocate a %lld-byte workspace", op, (long long)bytes);
+    float *D = R + ln;
+    const float *G = nc_f32p(g), *Pj = nc_f32p(proj);
+    if (side == NC_GALORE_LEFT)   /* R (r, n) = P^T G */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)r, (blasint)n, (blasint)m, 1.0f, Pj, (blasint)r,
+                    G, (blasint)n, 0.0f, R, (blasint)n);
+    else                          /* R (m, r) = G Q */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)m, (blasint)r, (blasint)n, 1.0f, G,
+                    (blasint)n, Pj, (blasint)r, 0.0f, R, (blasint)r);
+    nc_status st = NC_OK;
+    float step = (float)(hp->lr * hp->alpha);
+    if (inner == NC_OPTIM_ADAMW) {
+        adam_c c = adam_consts(hp);
+        float *Mm = nc_f32p(s0), *Vv = nc_f32p(s1);
+#pragma omp parallel for simd schedule(static) if (ln >= NC_OPTIM_PAR_MIN)
+        for (int64_t i = 0; i < ln; i++) D[i] = adam_elem(R[i], &Mm[i], &Vv[i], &c);
+    } else if (inner == NC_OPTIM_LION) {
+        float *Mm = nc_f32p(s0), bb1 = (float)hp->beta1, bb2 = (float)hp->beta2;
+#pragma omp parallel for simd schedule(static) if (ln >= NC_OPTIM_PAR_MIN)
+        for (int64_t i = 0; i < ln; i++) D[i] = lion_elem(R[i], &Mm[i], bb1, bb2);
+    } else {
+        if (inner == NC_OPTIM_MUON) muon_momentum(D, nc_f32p(s0), R, ln, hp);
+        else muon8_momentum(D, (int8_t *)nc_tensor_data(s0), nc_f32p(s1), R, ln, hp);
+        st = nc_optim_ns_inplace(D, lr_rows, lr_cols, hp->ns_steps, nc_ns_quintic, 1, 1.0, 1e-7);
+        step = (float)(hp->lr * hp->alpha * hp->scale);
+    }
+    if (st == NC_OK) {
+        float *P = nc_f32p(p);
+        if (side == NC_GALORE_LEFT)   /* p -= step P D */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)m, (blasint)n, (blasint)r, -step, Pj,
+                        (blasint)r, D, (blasint)n, 1.0f, P, (blasint)n);
+        else                          /* p -= step D Q^T */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)m, (blasint)n, (blasint)r, -step, D,
+                        (blasint)r, Pj, (blasint)r, 1.0f, P, (blasint)n);
+        float decay = (float)(1.0 - hp->lr * hp->weight_decay);
+        if (decay != 1.0f) {
+            int64_t pn = m * n;
+#pragma omp parallel for simd schedule(static) if (pn >= NC_OPTIM_PAR_MIN)
+            for (int64_t i = 0; i < pn; i++) P[i] *= decay;
+        }
+    }
+    nc_host_free(R, bytes);
+    return st;
+}

@@ -1,0 +1,309 @@
+/* kernels/cpu/optim_linalg.c — the linear algebra behind the optimizers: Newton-Schulz
+ * orthogonalization (Muon's quintic, FIRE's cubic), thin SVD and the randomized SVD projector of
+ * GaLore 2 (algorithms.md §2.2, §4.4, §6.2).
+ *
+ * Promise: every matrix product goes through OpenBLAS sgemm; the small factorizations use the
+ * LAPACK inside OpenBLAS (sgeqrf/sorgqr/sgesdd/dgesdd; Debian's libopenblas-dev ships no
+ * lapacke.h, so the Fortran symbols are declared here). Results are deterministic for a given
+ * thread count; workspaces are freed before returning; failures are nc_status with a message.
+ */
+#pragma GCC optimize("no-math-errno", "no-trapping-math")
+
+#include "optim_internal.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* LAPACK (Fortran ABI, 32-bit integers as in Debian's openblas; trailing hidden string lengths). */
+extern void sgesdd_(const char *jobz, const int *m, const int *n, float *a, const int *lda, float *s, float *u,
+                    const int *ldu, float *vt, const int *ldvt, float *work, const int *lwork, int *iwork,
+                    int *info, size_t jobz_len);
+extern void dgesdd_(const char *jobz, const int *m, const int *n, double *a, const int *lda, double *s,
+                    double *u, const int *ldu, double *vt, const int *ldvt, double *work, const int *lwork,
+                    int *iwork, int *info, size_t jobz_len);
+extern void sgeqrf_(const int *m, const int *n, float *a, const int *lda, float *tau, float *work,
+                    const int *lwork, int *info);
+extern void sorgqr_(const int *m, const int *n, const int *k, float *a, const int *lda, const float *tau,
+                    float *work, const int *lwork, int *info);
+
+extern void openblas_set_num_threads(int num_threads);
+
+const double nc_ns_quintic[3] = { 3.4445, -4.7750, 2.0315 };
+
+/* Products of at most this many multiply-adds (r x r x c) run on one OpenBLAS thread: waking the
+ * second thread costs more than it saves there (NS5 of a 96 x 384 matrix on 2 threads of a busy
+ * 2-core machine: 1.2 ms on one thread, 3.7-4.2 ms on two). */
+#define NC_NS_SERIAL_MACS ((int64_t)1 << 22)
+
+#define FRO_CHUNK 4096
+
+double nc_optim_fro_norm(const float *x, int64_t n) {
+    /* serial (see transpose below); the chunking keeps the double sums short and fixed */
+    double tot = 0;
+    for (int64_t c = 0; c < n; c += FRO_CHUNK) {
+        double s = 0;
+        int64_t e = c + FRO_CHUNK < n ? c + FRO_CHUNK : n;
+        for (int64_t i = c; i < e; i++) s += (double)x[i] * x[i];
+        tot += s;
+    }
+    return sqrt(tot);
+}
+
+/* dst (cols, rows) = src (rows, cols)^T, blocked for cache use. Serial on purpose, like every
+ * elementwise pass in this file: an OpenMP region right before an OpenBLAS call leaves OpenMP
+ * workers spinning on the cores the sgemm threads need (measured: NS5 of a 96 x 384 matrix took
+ * 74 ms on 2 threads with OpenMP passes around the sgemms, 0.75 ms without), and these passes
+ * cost O(r c) against the O(r^2 c) products. */
+static void transpose(float *dst, const float *src, int64_t rows, int64_t cols) {
+    const int64_t B = 32;
+    for (int64_t i0 = 0; i0 < rows; i0 += B)
+        for (int64_t j0 = 0; j0 < cols; j0 += B) {
+            int64_t ie = i0 + B < rows ? i0 + B : rows, je = j0 + B < cols ? j0 + B : cols;
+            for (int64_t i = i0; i < ie; i++)
+                for (int64_t j = j0; j < je; j++) dst[j * rows + i] = src[i * cols + j];
+        }
+}
+
+static void scale_copy(float *dst, const float *src, int64_t n, float s) {
+    for (int64_t i = 0; i < n; i++) dst[i] = s * src[i];
+}
+
+nc_status nc_optim_ns_inplace(float *x, int64_t rows, int64_t cols, int32_t steps, const double *abc,
+                              int32_t n_abc, double fro_mult, double eps) {
+    if (rows <= 0 || cols <= 0) return NC_OK;
+    int tall = rows > cols;
+    int64_t r = tall ? cols : rows, c = tall ? rows : cols, n = r * c;
+    /* X, Y (r, c) ping-pong, A, B (r, r) */
+    int64_t bytes = (int64_t)sizeof(float) * (2 * n + 2 * r * r);
+    float *ws = nc_host_alloc(bytes);
+    if (!ws) return nc_fail(NC_ERR_OOM, "newton_schulz: cannot allocate a %lld-byte workspace", (long long)bytes);
+    float *X = ws, *Y = ws + n, *A = ws + 2 * n, *Bm = A + r * r;
+    if (tall) transpose(X, x, rows, cols);
+    else memcpy(X, x, (size_t)n * sizeof(float));
+    double nrm = nc_optim_fro_norm(X, n);
+    scale_copy(X, X, n, (float)(1.0 / (fro_mult * nrm + eps)));
+    int serial = r * r * c <= NC_NS_SERIAL_MACS && nc_threads() > 1;
+    if (serial) openblas_set_num_threads(1);
+    for (int32_t k = 0; k < steps; k++) {
+        const double *q = abc + 3 * (k < n_abc ? k : n_abc - 1);
+        float a = (float)q[0], b = (float)q[1], cc = (float)q[2];
+        /* A = X X^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)r, (blasint)r, (blasint)c, 1.0f, X,
+                    (blasint)c, X, (blasint)c, 0.0f, A, (blasint)r);
+        /* B = b A + c A A (the b A term through sgemm's beta) */
+        if (cc != 0.0f) {
+            memcpy(Bm, A, (size_t)(r * r) * sizeof(float));
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)r, (blasint)r, (blasint)r, cc, A,
+                        (blasint)r, A, (blasint)r, b, Bm, (blasint)r);
+        } else {
+            scale_copy(Bm, A, r * r, b);
+        }
+        /* Y = a X + B X */
+        memcpy(Y, X, (size_t)n * sizeof(float));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)r, (blasint)c, (blasint)r, 1.0f, Bm,
+                    (blasint)r, X, (blasint)c, a, Y, (blasint)c);
+        float *t = X; X = Y; Y = t;
+    }
+    if (serial) openblas_set_num_threads(nc_threads());
+    if (tall) transpose(x, X, r, c);
+    else memcpy(x, X, (size_t)n * sizeof(float));
+    nc_host_free(ws, bytes);
+    return NC_OK;
+}
+
+/* (rows, cols) of a tensor seen as a matrix: (shape[0], numel / shape[0]) */
+static nc_status as_matrix(const char *op, const char *arg, const nc_tensor *t, int64_t *rows, int64_t *cols) {
+    char b[NC_DESC_LEN];
+    if (t->ndim < 2)
+        return nc_fail(NC_ERR_SHAPE, "%s: %s must be a matrix (2 or more dims), got %s", op, arg,
+                       nc_describe(t, b, sizeof b));
+    *rows = t->shape[0];
+    *cols = *rows ? nc_tensor_numel(t) / *rows : 0;
+    return NC_OK;
+}
+
+static nc_status check_f32_cpu_contig(const char *op, const char *arg, const nc_tensor *t) {
+    NC_TRY(nc_check_not_null(op, arg, t));
+    NC_TRY(nc_check_dtype(op, arg, t, NC_F32));
+    NC_TRY(nc_check_cpu(op, arg, t));
+    return nc_check_contiguous(op, arg, t);
+}
+
+nc_status nc_newton_schulz(nc_tensor *out, const nc_tensor *x, int32_t steps, const double *abc, int32_t n_abc,
+                           double fro_mult, double eps) {
+    static const char *op = "newton_schulz";
+    NC_TRY(check_f32_cpu_contig(op, "out", out));
+    NC_TRY(nc_check_not_null(op, "x", x));
+    NC_TRY(nc_check_dtype(op, "x", x, NC_F32));
+    NC_TRY(nc_check_cpu(op, "x", x));
+    NC_TRY(nc_check_same_shape(op, "out", out, "x", x));
+    int64_t rows = 0, cols = 0;
+    NC_TRY(as_matrix(op, "x", x, &rows, &cols));
+    if (steps < 0 || (steps > 0 && (!abc || n_abc < 1)))
+        return nc_fail(NC_ERR_ARG, "%s: expected steps >= 0 and at least one (a, b, c) triple, got steps %d, %d triples",
+                       op, steps, n_abc);
+    if (out != x) NC_TRY(nc_tensor_copy(out, x));
+    return nc_optim_ns_inplace(nc_f32p(out), rows, cols, steps, abc, n_abc, fro_mult, eps);
+}
+
+/* ---- SVD -------------------------------------------------------------------------------------- */
+nc_status nc_svd(nc_tensor *u, nc_tensor *s, nc_tensor *vt, const nc_tensor *a) {
+    static const char *op = "svd";
+    NC_TRY(nc_check_not_null(op, "a", a));
+    NC_TRY(nc_check_cpu(op, "a", a));
+    NC_TRY(nc_check_ndim(op, "a", a, 2));
+    int32_t dt = a->dtype;
+    if (dt != NC_F32 && dt != NC_F64) {
+        char b[NC_DESC_LEN];
+        return nc_fail(NC_ERR_DTYPE, "%s: a must be f32 or f64, got %s", op, nc_describe(a, b, sizeof b));
+    }
+    int64_t m = a->shape[0], n = a->shape[1], k = m < n ? m : n;
+    const char *names[3] = { "u", "s", "vt" };
+    nc_tensor *outs[3] = { u, s, vt };
+    int64_t want[3][2] = { { m, k }, { k, -1 }, { k, n } };
+    for (int i = 0; i < 3; i++) {
+        NC_TRY(nc_check_not_null(op, names[i], outs[i]));
+        NC_TRY(nc_check_dtype(op, names[i], outs[i], dt));
+        NC_TRY(nc_check_cpu(op, names[i], outs[i]));
+        NC_TRY(nc_check_contiguous(op, names[i], outs[i]));
+        NC_TRY(nc_check_shape(op, names[i], outs[i], i == 1 ? 1 : 2, want[i]));
+    }
+    if (k == 0) return NC_OK;
+    if (m > 2147483647 || n > 2147483647) return nc_fail(NC_ERR_SHAPE, "%s: matrix too large for LAPACK", op);
+    /* Row-major a (m, n) is column-major a^T (n, m). gesdd of a^T = V S U^T writes its "u" (n, k)
+     * column-major = our vt (k, n) row-major, and its "vt" (k, m) column-major = our u (m, k). */
+    nc_tensor *ac = nc_tensor_new_clone(a);
+    if (!ac) return NC_ERR_OOM;
+    int M = (int)n, N = (int)m, K = (int)k, lwork = -1, info = 0;
+    int *iwork = malloc(sizeof(int) * 8 * (size_t)K);
+    nc_status st = NC_OK;
+    if (!iwork) { st = nc_fail(NC_ERR_OOM, "%s: out of memory", op); goto done; }
+    if (dt == NC_F32) {
+        float q;
+        sgesdd_("S", &M, &N, nc_f32p(ac), &M, nc_f32p(s), nc_f32p(vt), &M, nc_f32p(u), &K, &q, &lwork, iwork, &info, 1);
+        lwork = (int)q + 1;
+        float *work = malloc(sizeof(float) * (size_t)lwork);
+        if (!work) { st = nc_fail(NC_ERR_OOM, "%s: out of memory", op); goto done; }
+        sgesdd_("S", &M, &N, nc_f32p(ac), &M, nc_f32p(s), nc_f32p(vt), &M, nc_f32p(u), &K, work, &lwork, iwork, &info, 1);
+        free(work);
+    } else {
+        double q, *A = (double *)nc_tensor_data(ac);
+        double *S = (double *)nc_tensor_data(s), *U = (double *)nc_tensor_data(u), *VT = (double *)nc_tensor_data(vt);
+        dgesdd_("S", &M, &N, A, &M, S, VT, &M, U, &K, &q, &lwork, iwork, &info, 1);
+        lwork = (int)q + 1;
+        double *work = malloc(sizeof(double) * (size_t)lwork);
+        if (!work) { st = nc_fail(NC_ERR_OOM, "%s: out of memory", op); goto done; }
+        dgesdd_("S", &M, &N, A, &M, S, VT, &M, U, &K, work, &lwork, iwork, &info, 1);
+        free(work);
+    }
+    if (info != 0) st = nc_fail(NC_ERR_ARG, "%s: LAPACK gesdd failed (info %d)%s", op, info,
+                                info > 0 ? ": no convergence (NaN/Inf in the input?)" : "");
+done:
+    free(iwork);
+    nc_tensor_release(ac);
+    return st;
+}
+
+/* ---- randomized SVD projector ---------------------------------------------------------------- */
+/* Orthonormalize the columns of the column-major (a, k) matrix Y in place (Householder QR). */
+static nc_status orthonormalize(float *Y, int a, int k) {
+    int info = 0, lwork = -1;
+    float q1, q2;
+    float *tau = malloc(sizeof(float) * (size_t)k);
+    if (!tau) return nc_fail(NC_ERR_OOM, "rsvd: out of memory");
+    sgeqrf_(&a, &k, Y, &a, tau, &q1, &lwork, &info);
+    sorgqr_(&a, &k, &k, Y, &a, tau, &q2, &lwork, &info);
+    lwork = (int)(q1 > q2 ? q1 : q2) + 1;
+    float *work = malloc(sizeof(float) * (size_t)lwork);
+    if (!work) { free(tau); return nc_fail(NC_ERR_OOM, "rsvd: out of memory"); }
+    sgeqrf_(&a, &k, Y, &a, tau, work, &lwork, &info);
+    if (info == 0) sorgqr_(&a, &k, &k, Y, &a, tau, work, &lwork, &info);
+    free(work);
+    free(tau);
+    if (info != 0) return nc_fail(NC_ERR_ARG, "rsvd: LAPACK QR failed (info %d)", info);
+    return NC_OK;
+}
+
+nc_status nc_rsvd_projector(nc_tensor *proj, const nc_tensor *g, int32_t side, int32_t oversample,
+                            int32_t power_iters, uint64_t seed, uint64_t counter) {
+    static const char *op = "rsvd_projector";
+    NC_TRY(check_f32_cpu_contig(op, "g", g));
+    NC_TRY(check_f32_cpu_contig(op, "proj", proj));
+    NC_TRY(nc_check_ndim(op, "g", g, 2));
+    NC_TRY(nc_check_ndim(op, "proj", proj, 2));
+    if (side != NC_GALORE_LEFT && side != NC_GALORE_RIGHT)
+        return nc_fail(NC_ERR_ARG, "%s: side must be NC_GALORE_LEFT (0) or NC_GALORE_RIGHT (1), got %d", op, side);
+    if (oversample < 0 || power_iters < 0)
+        return nc_fail(NC_ERR_ARG, "%s: oversample and power_iters must be >= 0", op);
+    int64_t m = g->shape[0], n = g->shape[1];
+    /* A = G (side LEFT: left vectors, a = m) or G^T (RIGHT: right vectors of G, a = n) */
+    int64_t a = side == NC_GALORE_LEFT ? m : n, b = side == NC_GALORE_LEFT ? n : m;
+    int64_t r = proj->shape[1];
+    char bp[NC_DESC_LEN], bg[NC_DESC_LEN];
+    if (proj->shape[0] != a || r < 1 || r > (a < b ? a : b))
+        return nc_fail(NC_ERR_SHAPE, "%s: proj must be (%lld, r) with 1 <= r <= %lld for g %s, got %s", op,
+                       (long long)a, (long long)(a < b ? a : b), nc_describe(g, bg, sizeof bg),
+                       nc_describe(proj, bp, sizeof bp));
+    int64_t k = r + oversample;
+    if (k > a) k = a;
+    if (k > b) k = b;
+    /* Column-major views. g row-major (m, n) = Gc column-major (n, m), ld n.
+     * A = Gc^T when side LEFT (transA = Trans), A = Gc when RIGHT (NoTrans). */
+    const float *Gc = nc_f32p(g);
+    enum CBLAS_TRANSPOSE tA = side == NC_GALORE_LEFT ? CblasTrans : CblasNoTrans;
+    enum CBLAS_TRANSPOSE tAt = side == NC_GALORE_LEFT ? CblasNoTrans : CblasTrans;
+    int64_t bytes = (int64_t)sizeof(float) * (a * k + b * k + k * k + k);
+    float *ws = nc_host_alloc(bytes);
+    if (!ws) return nc_fail(NC_ERR_OOM, "%s: cannot allocate a workspace", op);
+    float *Y = ws, *Z = Y + a * k, *VT = Z + b * k, *S = VT + k * k;
+    nc_status st = NC_OK;
+    /* Omega (b, k) column-major = a (k, b) row-major tensor filled by the core's Philox normal */
+    {
+        int64_t shp[2] = { k, b };
+        nc_tensor *om = nc_tensor_new(NC_F32, NC_CPU, 2, shp);
+        if (!om) { st = NC_ERR_OOM; goto done; }
+        st = nc_tensor_randn(om, seed, counter, 0.0, 1.0);
+        if (st == NC_OK)   /* Y (a, k) = A Omega */
+            cblas_sgemm(CblasColMajor, tA, CblasNoTrans, (blasint)a, (blasint)k, (blasint)b, 1.0f, Gc, (blasint)n,
+                        nc_f32p(om), (blasint)b, 0.0f, Y, (blasint)a);
+        nc_tensor_release(om);
+        if (st != NC_OK) goto done;
+    }
+    if ((st = orthonormalize(Y, (int)a, (int)k)) != NC_OK) goto done;
+    for (int32_t it = 0; it < power_iters; it++) {
+        /* Z (b, k) = A^T Y; orthonormalize; Y = A Z; orthonormalize */
+        cblas_sgemm(CblasColMajor, tAt, CblasNoTrans, (blasint)b, (blasint)k, (blasint)a, 1.0f, Gc, (blasint)n, Y,
+                    (blasint)a, 0.0f, Z, (blasint)b);
+        if ((st = orthonormalize(Z, (int)b, (int)k)) != NC_OK) goto done;
+        cblas_sgemm(CblasColMajor, tA, CblasNoTrans, (blasint)a, (blasint)k, (blasint)b, 1.0f, Gc, (blasint)n, Z,
+                    (blasint)b, 0.0f, Y, (blasint)a);
+        if ((st = orthonormalize(Y, (int)a, (int)k)) != NC_OK) goto done;
+    }
+    /* Z (b, k) = A^T Q = (Q^T A)^T; SVD Z = Uz S Vz^T, so Q^T A = Vz S Uz^T and the top left
+     * singular vectors of A are Q Vz; keep r of them. */
+    cblas_sgemm(CblasColMajor, tAt, CblasNoTrans, (blasint)b, (blasint)k, (blasint)a, 1.0f, Gc, (blasint)n, Y,
+                (blasint)a, 0.0f, Z, (blasint)b);
+    {
+        int B = (int)b, K = (int)k, lwork = -1, info = 0;
+        float q;
+        int *iwork = malloc(sizeof(int) * 8 * (size_t)K);
+        if (!iwork) { st = nc_fail(NC_ERR_OOM, "%s: out of memory", op); goto done; }
+        /* jobz 'O': U overwrites Z (unused), VT (k, k) written */
+        sgesdd_("O", &B, &K, Z, &B, S, NULL, &B, VT, &K, &q, &lwork, iwork, &info, 1);
+        lwork = (int)q + 1;
+        float *work = malloc(sizeof(float) * (size_t)lwork);
+        if (!work) { free(iwork); st = nc_fail(NC_ERR_OOM, "%s: out of memory", op); goto done; }
+        sgesdd_("O", &B, &K, Z, &B, S, NULL, &B, VT, &K, work, &lwork, iwork, &info, 1);
+        free(work);
+        free(iwork);
+        if (info != 0) { st = nc_fail(NC_ERR_ARG, "%s: LAPACK sgesdd failed (info %d)", op, info); goto done; }
+    }
+    /* proj row-major (a, r) = column-major (r, a) = VT[:r, :] (r, k) * Q^T (k, a) */
+    cblas_sgemm(CblasColMajor, CblasNoTrans, CblasTrans, (blasint)r, (blasint)a, (blasint)k, 1.0f, VT, (blasint)k, Y,
+                (blasint)a, 0.0f, nc_f32p(proj), (blasint)r);
+done:
+    nc_host_free(ws, bytes);
+    return st;
+}

@@ -1,0 +1,83 @@
+-- lua/nanochat/optim/linalg.lua — the optimizers' linear algebra, callable from Lua and specs.
+--
+-- Promise: thin wrappers over the C kernels (kernels/cpu/optim_linalg.c, optim.c) that allocate
+-- outputs and raise Lua errors carrying the C message:
+--   newton_schulz(x, {steps = 5, coefs = 'quintic' | 'cubic' | {{a, b, c}, ...}, fro_mult = 1,
+--                 eps = 1e-7}) -> new tensor (rows, cols)
+--   svd(a) -> u (m, k), s (k), vt (k, n)            (f32 or f64, LAPACK gesdd)
+--   rsvd(g, r, {side = 'left'|'right', oversample = 8, power_iters = 2, seed = 0, counter = 0})
+--        -> proj (d, r) with orthonormal columns
+--   quant8(x, {block = 2048, stochastic = false, seed = 0, counter = 0}) -> codes i8, scales f32
+--   dequant8(codes, scales, shape, block) -> f32 tensor
+local core = require 'nanochat.core'
+local Tensor = require 'nanochat.tensor'
+local ffi, C = core.ffi, core.C
+
+local M = {}
+
+M.QUINTIC = { { 3.4445, -4.7750, 2.0315 } }
+M.CUBIC = { { 1.5, -0.5, 0.0 } }
+
+local function coef_array(coefs)
+    if coefs == nil or coefs == 'quintic' then coefs = M.QUINTIC
+    elseif coefs == 'cubic' then coefs = M.CUBIC end
+    if type(coefs) ~= 'table' or #coefs < 1 then
+        error("newton_schulz: coefs must be 'quintic', 'cubic' or a list of {a, b, c} triples", 3)
+    end
+    local buf = ffi.new('double[?]', 3 * #coefs)
+    for i, t in ipairs(coefs) do
+        for j = 1, 3 do buf[3 * (i - 1) + j - 1] = t[j] end
+    end
+    return buf, #coefs
+end
+
+function M.newton_schulz(x, opts)
+    opts = opts or {}
+    local abc, n = coef_array(opts.coefs)
+    local xc = x:contiguous()
+    local out = Tensor.empty(xc:shape(), 'f32', xc:device())
+    core.check(C.nc_newton_schulz(out._c, xc._c, opts.steps or 5, abc, n, opts.fro_mult or 1, opts.eps or 1e-7),
+        'newton_schulz')
+    return out
+end
+
+function M.svd(a)
+    local m, n = a:size(0), a:size(1)
+    local k = math.min(m, n)
+    local dt = a:dtype()
+    local u, s, vt = Tensor.empty({ m, k }, dt), Tensor.empty({ k }, dt), Tensor.empty({ k, n }, dt)
+    core.check(C.nc_svd(u._c, s._c, vt._c, a._c), 'svd')
+    return u, s, vt
+end
+
+M.SIDES = { left = C.NC_GALORE_LEFT, right = C.NC_GALORE_RIGHT }
+
+function M.rsvd(g, r, opts)
+    opts = opts or {}
+    local side = M.SIDES[opts.side or 'left']
+    if not side then error("rsvd: side must be 'left' or 'right', got " .. tostring(opts.side), 2) end
+    local d = g:size(side == C.NC_GALORE_LEFT and 0 or 1)
+    local proj = Tensor.empty({ d, r }, 'f32')
+    core.check(C.nc_rsvd_projector(proj._c, g:contiguous()._c, side, opts.oversample or 8, opts.power_iters or 2,
+        opts.seed or 0, opts.counter or 0), 'rsvd')
+    return proj
+end
+
+function M.quant8(x, opts)
+    opts = opts or {}
+    local block = opts.block or 2048
+    local n = x:numel()
+    local codes = Tensor.empty({ n }, 'i8')
+    local scales = Tensor.empty({ math.ceil(n / block) }, 'f32')
+    core.check(C.nc_quant8_block(codes._c, scales._c, x:contiguous()._c, block, opts.stochastic and 1 or 0,
+        opts.seed or 0, opts.counter or 0), 'quant8')
+    return codes, scales
+end
+
+function M.dequant8(codes, scales, shape, block)
+    local out = Tensor.empty(shape or { codes:numel() }, 'f32')
+    core.check(C.nc_dequant8_block(out._c, codes._c, scales._c, block or 2048), 'dequant8')
+    return out
+end
+
+return M
