@@ -460,6 +460,33 @@ nc_status nc_dequant8_block(nc_tensor *out, const nc_tensor *codes, const nc_ten
 
 
 /* ---- training runtime: signals, checkpoints, event files - issue 4 - */
+/* core/train_rt.c. Signals are polled (no callbacks): install saves the current handler and sets
+ * one that counts deliveries; restore puts the saved one back (installs nest). */
+nc_status nc_signal_install(int32_t sig);
+int32_t nc_signal_pending(int32_t sig);          /* deliveries since install / clear */
+void nc_signal_clear(int32_t sig);
+nc_status nc_signal_restore(int32_t sig);
+nc_status nc_signal_raise(int32_t sig);          /* raise(sig) in this process (tests) */
+/* File-system steps of atomic checkpoints; errors name the path and strerror. */
+int32_t nc_fs_kind(const char *path);            /* 0 missing, 1 regular file, 2 directory, 3 other */
+nc_status nc_fs_mkdir(const char *path);         /* ok when it already is a directory */
+nc_status nc_fs_rename(const char *from, const char *to);
+nc_status nc_fs_fsync(const char *path);         /* a file or a directory */
+nc_status nc_fs_write_file(const char *path, const void *data, int64_t n);   /* create/truncate, write, fsync */
+nc_status nc_fs_list_dir(const char *path, char **names_out);   /* '\n'-terminated names, free with nc_free */
+nc_status nc_fs_remove_tree(const char *path);   /* a file, or a directory and all it holds; ok if missing */
+void nc_fs_inject_failure(int32_t after_n_writes, int32_t err);   /* tests: n-th next write fails with errno err (0: ENOSPC) */
+nc_status nc_fs_checksum(const char *path, uint32_t *crc_out, int64_t *size_out);   /* CRC-32C of the file */
+uint32_t nc_crc32c(uint32_t crc, const void *data, int64_t n);   /* CRC-32C (Castagnoli); start with 0 */
+double nc_wall_time(void);                       /* seconds since the epoch */
+double nc_monotonic_time(void);                  /* seconds, monotonic */
+int32_t nc_isatty(int32_t fd);
+int32_t nc_getpid(void);
+nc_status nc_hostname(char *buf, int64_t n);
+/* Global gradient norm: sum of squares over n contiguous CPU f32 tensors in double (independent of
+ * the thread count), and in-place scaling of the same list. */
+nc_status nc_sum_squares(double *out, int32_t n, const nc_tensor *const *ts);
+nc_status nc_scale_tensors(int32_t n, nc_tensor *const *ts, double s);
 /* (end of training runtime section) */
 
 

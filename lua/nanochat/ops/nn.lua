@@ -158,8 +158,24 @@ function M.softmax(x, dim) return softmax_impl(x, dim, false, 'softmax') end
 function M.log_softmax(x, dim) return softmax_impl(x, dim, true, 'log_softmax') end
 
 -- ---- cross-entropy ---------------------------------------------------------------------------
+-- Per-token losses (N) from the fused kernel's lse (no autograd; evaluation, bits-per-byte):
+-- (1-ls) (lse - x_t) + ls (lse - mean_j x_j) + z lse^2, and 0 where the target is ignore_index.
+local function cross_entropy_rows(l2, t2, lse, ii, ls, z)
+    local E = require 'nanochat.ops.elementwise'
+    local Ix = require 'nanochat.ops.index'
+    local valid = E.ne(t2, ii)                                   -- u8 (N)
+    local safe = E.where(valid, t2:to('f32'), 0):to('i64')      -- ignored targets -> class 0 (masked below; ids < 2^24)
+    local xt = Ix.gather(l2, 1, safe:reshape { -1, 1 }):reshape { -1 }
+    local loss = E.sub(lse, xt)
+    if ls ~= 0 then loss = E.add(E.mul(loss, 1 - ls), E.mul(E.sub(lse, E.mean(l2, { 1 })), ls)) end
+    if z ~= 0 then loss = E.add(loss, E.mul(E.mul(lse, lse), z)) end
+    return E.where(valid, loss, 0)
+end
+
 -- logits (..., V) -> (N, V); targets (...) i32/i64 -> (N). opts: ignore_index (-1),
--- label_smoothing (0), z_loss (0). Returns the scalar mean loss over non-ignored targets.
+-- label_smoothing (0), z_loss (0), reduction ('mean' | 'none'). 'mean' returns the scalar mean
+-- loss over non-ignored targets; 'none' returns the per-token losses with targets' shape (0 at
+-- ignored targets) and records no gradient (use it under nc.no_grad).
 function M.cross_entropy(logits, targets, opts)
     opts = opts or {}
     if not (Tensor.is(logits) and Tensor.is(targets)) then error('cross_entropy: expected tensors logits and targets', 2) end
@@ -167,7 +183,14 @@ function M.cross_entropy(logits, targets, opts)
     local ii = opts.ignore_index or -1
     local ls = opts.label_smoothing or 0
     local z = opts.z_loss or 0
+    local reduction = opts.reduction or 'mean'
     if ls < 0 or ls > 1 then error('cross_entropy: label_smoothing must be in [0, 1], got ' .. tostring(ls), 2) end
+    if reduction ~= 'mean' and reduction ~= 'none' then
+        error("cross_entropy: reduction must be 'mean' or 'none', got " .. tostring(reduction), 2)
+    end
+    if reduction == 'none' and ag.needs(logits) then
+        error("cross_entropy: reduction='none' records no gradient; call it under nc.no_grad", 2)
+    end
     local V = logits:size(-1)
     local l2 = logits:dim() == 2 and logits or logits:reshape { -1, V }
     local t2 = targets:dim() == 1 and targets or targets:reshape { -1 }
@@ -175,6 +198,9 @@ function M.cross_entropy(logits, targets, opts)
     local loss = Tensor.empty({}, 'f32', logits:device())
     local lse = Tensor.empty({ N }, 'f32', logits:device())
     check(C.nc_cross_entropy(loss._c, lse._c, l2._c, t2._c, ii, ls, z), 'cross_entropy')
+    if reduction == 'none' then
+        return cross_entropy_rows(l2, t2, lse, ii, ls, z):reshape(targets:shape())
+    end
     if ag.needs(l2) then
         ag.record(loss, { l2 }, function(g)
             local gl = ag.grad_of(l2)
