@@ -292,6 +292,58 @@ nc_tensor *nc_tensor_new_from_file(const char *path, int64_t offset, int64_t nby
 void nc_free(void *p);
 
 /* ---- tokenizer: byte-level BPE (core/tokenizer.c) - issue 3 -------- */
+/* ids 0..255 are raw bytes, merge k makes id 256 + k, special tokens follow. Text is pre-split
+ * with a PCRE2 pattern (default: GPT-4 cl100k = llama.cpp "llama-bpe"); pieces are encoded like
+ * tiktoken (whole-token lookup, then lowest-rank adjacent merge, leftmost first), so ids equal
+ * tiktoken's for the same ranks and pattern. Invalid UTF-8 bytes between regex matches form
+ * pieces of their own. Special tokens are never produced by encode. A tokenizer is not to be
+ * used from two threads at once (encode_docs runs its own threads). */
+typedef struct nc_tok nc_tok;
+typedef struct nc_tok_stats {
+    int64_t bytes;           /* training text bytes used */
+    int64_t files;           /* files read */
+    int64_t spans;           /* documents / work items counted in parallel */
+    int64_t pieces;          /* pre-split pieces */
+    int64_t unique_pieces;
+    int32_t threads;
+    double seconds_count;    /* reading + pre-split + counting */
+    double seconds_merge;    /* BPE merges */
+} nc_tok_stats;
+/* Train on files/directories (a dir with train/ uses DIR/train only; other dirs are walked for
+ * *.docs, *.rs, *.txt) and/or in-memory texts. NUL bytes separate documents. vocab_size counts
+ * bytes + merges + the 9 default specials; fewer merges are made when the text runs out of pairs.
+ * pattern NULL = default; threads <= 0 = nc threads; max_bytes <= 0 = no limit. */
+nc_tok *nc_tok_new_train(int32_t n_paths, const char *const *paths, int64_t n_texts, const char *const *texts,
+                         const int64_t *text_lens, int32_t vocab_size, const char *pattern, int32_t threads,
+                         int64_t max_bytes);
+/* From explicit merges (pairs: 2 * n_merges ids); n_specials < 0 = the default specials. */
+nc_tok *nc_tok_new_from_merges(const char *pattern, int32_t n_merges, const int32_t *pairs,
+                               int32_t n_specials, const char *const *specials);
+nc_tok *nc_tok_new_load(const char *path);      /* corrupt / truncated file: NULL, error names it */
+nc_status nc_tok_save(const nc_tok *t, const char *path);   /* atomic (temp file + rename) */
+void nc_tok_release(nc_tok *t);
+const char *nc_tok_default_pattern(void);
+int32_t nc_tok_default_special_count(void);
+const char *nc_tok_default_special(int32_t i);
+int32_t nc_tok_vocab_size(const nc_tok *t);
+int32_t nc_tok_n_merges(const nc_tok *t);
+int32_t nc_tok_n_specials(const nc_tok *t);
+const char *nc_tok_pattern(const nc_tok *t);
+uint64_t nc_tok_hash(const nc_tok *t);           /* FNV-1a-64 of the serialized content */
+void nc_tok_get_stats(const nc_tok *t, nc_tok_stats *out);   /* training statistics (zeros if loaded) */
+nc_status nc_tok_get_merges(const nc_tok *t, int32_t *pairs);   /* 2 * n_merges ids */
+int32_t nc_tok_special_id(const nc_tok *t, const char *name);   /* -1 if unknown */
+const char *nc_tok_token_bytes(const nc_tok *t, int32_t id, int32_t *len);   /* specials: their name */
+nc_status nc_tok_token_lengths(const nc_tok *t, int32_t *out);  /* vocab entries; 0 for specials */
+/* out must hold cap >= len ids (a piece never gives more ids than bytes). */
+nc_status nc_tok_encode(nc_tok *t, const char *text, int64_t len, int32_t *out, int64_t cap, int64_t *n_out);
+/* All documents concatenated into a 1-D i32 tensor, each preceded by <|bos|> when bos != 0. */
+nc_tensor *nc_tok_encode_docs_new(nc_tok *t, int64_t n_docs, const char *const *docs, const int64_t *lens,
+                                  int32_t bos, int32_t threads);
+/* *n_out = bytes needed; writes them when out != NULL (cap must suffice). */
+nc_status nc_tok_decode(const nc_tok *t, const int32_t *ids, int64_t n, char *out, int64_t cap, int64_t *n_out);
+/* Longest prefix of s[0, n) not ending inside a UTF-8 sequence that more bytes could complete. */
+int64_t nc_utf8_complete_len(const char *s, int64_t n);
 /* (end of tokenizer section) */
 
 
