@@ -18,9 +18,9 @@ returns logits, loss and gradients. Needs pip `torch` (or Debian python3-torch) 
         PyTorch eager training-step throughput of the same model (forward, backward, AdamW step)
         from a configs/models/<name>.lua preset (or a .lua path); prints one JSON line
         {"tokens_per_s", "step_s", "threads", "B", "T", "params"} (median step time).
-    python3 tools/torch_ref.py train ...
-        HOOK, not implemented yet: the optimizer/schedule part (issue 4's 30-step loss curve);
-        see train_steps() below.
+    python3 tools/torch_ref.py train [--out spec/fixtures/gpt_micro_train.safetensors --seed 1234]
+        the 30-step AdamW + WSD loss curves (fp32 network and ternary model) from the step-0
+        fixture's weights on seeded random batches; spec/models/torch_ref_spec.lua replays them.
 
 Architecture (cfg fields as in configs/models/*.lua):
     x = rmsnorm(wte[idx])
@@ -274,12 +274,73 @@ def reference(cfg, weights, x, y, dtype, margins=None):
     return logits.detach(), loss.detach(), grads
 
 
-def train_steps(cfg, weights, batches, optimizer, schedule):
-    """HOOK for the optimizer/schedule part of issue 4 (added after the training branch merges):
-    run len(batches) steps of `optimizer` (e.g. {'name': 'adamw', 'lr': ..., 'betas': ...,
-    'weight_decay': ...}) with the multiplier schedule `schedule` from the given initial weights,
-    returning the per-step losses (loss before each update), as nc.train does."""
-    raise NotImplementedError("torch_ref.train_steps: the optimizer/schedule reference is not written yet")
+def wsd_mult(t, warmup, total, cooldown):
+    """our nc.sched.wsd with shape 'linear' and final 0, written again from algorithms.md §13:
+    linear warmup (t + 1) / W, constant 1, then a linear cooldown over the last D = round(c T)
+    steps ending at 0 on the last step."""
+    D = int(cooldown * total + 0.5) if cooldown < 1 else int(cooldown)
+    if t < warmup:
+        return (t + 1) / warmup
+    if t < total - D or D == 0:
+        return 1.0
+    if t >= total - 1:
+        return 0.0
+    return 1.0 - (t - (total - D) + 1) / D
+
+
+def train_steps(cfg, weights, batches, opt, mults):
+    """len(batches) steps of torch.optim.AdamW (opt: lr, betas, eps, weight_decay, applied to every
+    parameter) with lr = opt.lr * mults[i] at step i, from the given initial weights; returns the
+    per-step losses (the loss before each update), as nc.train does."""
+    m = TorchGPT(cfg, torch.float32)
+    m.load(weights)
+    params = [p for _, p in m.named()]
+    o = torch.optim.AdamW(params, lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"],
+                          weight_decay=opt["weight_decay"], foreach=False)
+    losses = []
+    for i, (x, y) in enumerate(batches):
+        for g in o.param_groups:
+            g["lr"] = opt["lr"] * mults[i]
+        _, loss = m(x, y)
+        losses.append(loss.item())
+        loss.backward()
+        o.step()
+        o.zero_grad(set_to_none=True)
+    return losses
+
+
+TRAIN_FIXTURE = os.path.join(ROOT, "spec", "fixtures", "gpt_micro_train.safetensors")
+TRAIN_OPT = {"lr": 3e-3, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}
+TRAIN_STEPS, TRAIN_WARMUP, TRAIN_COOLDOWN = 30, 5, 0.3
+
+
+def cmd_train(a):
+    """the 30-step AdamW + WSD loss curves from the committed step-0 fixture's weights, for the
+    fp32 network (ternary = false) and the ternary model, on 3 seeded random batches cycled"""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(FIXTURE, "pt") as f:
+        meta = f.metadata()
+        weights = {k[2:]: f.get_tensor(k) for k in f.keys() if k.startswith("w.")}
+        x0 = f.get_tensor("x")
+    cfg = json.loads(meta["config"])
+    B, T = x0.shape
+    g = torch.Generator().manual_seed(a.seed)
+    base = torch.randint(0, cfg["vocab_size"], (3, B, T + 1), generator=g)   # 3 batches, cycled: learnable
+    xs = torch.stack([base[i % 3] for i in range(TRAIN_STEPS)])
+    batches = [(xs[i, :, :T].contiguous(), xs[i, :, 1:].contiguous()) for i in range(TRAIN_STEPS)]
+    mults = [wsd_mult(t, TRAIN_WARMUP, TRAIN_STEPS, TRAIN_COOLDOWN) for t in range(TRAIN_STEPS)]
+    fp = train_steps(dict(cfg, ternary=False), weights, batches, TRAIN_OPT, mults)
+    tq = train_steps(cfg, weights, batches, TRAIN_OPT, mults)
+    out = {"tokens": xs.contiguous(), "mults": torch.tensor(mults, dtype=torch.float64),
+           "loss.fp": torch.tensor(fp, dtype=torch.float64), "loss.tq": torch.tensor(tq, dtype=torch.float64)}
+    save_file(out, a.out, metadata={
+        "opt": json.dumps(TRAIN_OPT), "warmup": str(TRAIN_WARMUP), "cooldown": str(TRAIN_COOLDOWN),
+        "steps": str(TRAIN_STEPS), "seed": str(a.seed),
+        "generator": "tools/torch_ref.py train (torch %s)" % torch.__version__})
+    os.chmod(a.out, 0o644)
+    print("wrote %s: fp loss %.5f -> %.5f, ternary loss %.5f -> %.5f" % (a.out, fp[0], fp[-1], tq[0], tq[-1]))
 
 
 # ---- commands --------------------------------------------------------------------------------------
@@ -433,7 +494,9 @@ def main():
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--steps", type=int, default=5)
     b.add_argument("--warmup", type=int, default=2)
-    sub.add_parser("train")
+    t = sub.add_parser("train")
+    t.add_argument("--out", default=TRAIN_FIXTURE)
+    t.add_argument("--seed", type=int, default=1234)
     a = ap.parse_args()
     if a.cmd == "bench":
         return cmd_bench(a)
@@ -443,7 +506,7 @@ def main():
     elif a.cmd == "fixture":
         cmd_fixture(a)
     else:
-        train_steps(None, None, None, None, None)
+        cmd_train(a)
 
 
 if __name__ == "__main__":
