@@ -34,23 +34,7 @@ if cfg.threads > 0 then nc.set_num_threads(cfg.threads) end
 nc.manual_seed(cfg.seed)
 
 -- ---- (1) corpus, (2) tokenizer, (3) shards — each built once and cached ------------------------
-local corpus_dir = cfg.corpus ~= '' and cfg.corpus or nc.corpus.default_dir()
-local cache = nc.corpus.cache_dir()
-local key = corpus_dir:gsub('[^%w]+', '_'):sub(-48)
-local tok_path = string.format('%s/tok-%s-%d.tok', cache, key, cfg.vocab)
-local tok
-if io.open(tok_path, 'rb') then
-    tok = nc.tokenizer.load(tok_path)
-else
-    print(string.format('tiny: training a %d-token BPE tokenizer on %s', cfg.vocab, corpus_dir))
-    tok = nc.tokenizer.train { corpus = corpus_dir, vocab = cfg.vocab, threads = nc.get_num_threads() }
-    tok:save(tok_path)
-end
-local shard_dir = string.format('%s/shards-%s-%s', cache, key, tok:hash())
-if not nc.data.info(shard_dir) then
-    print('tiny: tokenizing the corpus into ' .. shard_dir)
-    nc.data.tokenize_corpus { corpus = corpus_dir, tok = tok, out = shard_dir, threads = nc.get_num_threads() }
-end
+local tok, shard_dir = nc.data.prepare { corpus = cfg.corpus, vocab = cfg.vocab }
 
 -- ---- (4) model ----------------------------------------------------------------------------------
 local mcfg = dofile(cfg.model)

@@ -462,4 +462,38 @@ function M.tokenize_corpus(opts)
     return info
 end
 
+-- ---- the default pipeline: corpus -> tokenizer -> shards, each built once and cached ----------
+-- nc.data.prepare{ corpus = DIR (default: nc.corpus.default_dir()), vocab = 8192, threads = n,
+--                  quiet = false } -> tok, shard_dir, corpus_dir
+-- The tokenizer is cached as <cache>/tok-<corpus key>-<vocab>.tok and the shards as
+-- <cache>/shards-<corpus key>-<tokenizer hash>/ (complete once info.json exists), so recipes and
+-- benchmarks that name the same corpus and vocab share them.
+function M.prepare(opts)
+    opts = opts or {}
+    local nc = require 'nanochat'
+    local corpus_dir = (opts.corpus and opts.corpus ~= '') and opts.corpus or nc.corpus.default_dir()
+    local cache = nc.corpus.cache_dir()
+    local vocab = opts.vocab or 8192
+    local threads = opts.threads or nc.get_num_threads()
+    local say = opts.quiet and function() end or print
+    local key = corpus_dir:gsub('[^%w]+', '_'):sub(-48)
+    local tok_path = string.format('%s/tok-%s-%d.tok', cache, key, vocab)
+    local tok
+    local f = io.open(tok_path, 'rb')
+    if f then
+        f:close()
+        tok = nc.tokenizer.load(tok_path)
+    else
+        say(string.format('data: training a %d-token BPE tokenizer on %s', vocab, corpus_dir))
+        tok = nc.tokenizer.train { corpus = corpus_dir, vocab = vocab, threads = threads }
+        tok:save(tok_path)
+    end
+    local shard_dir = string.format('%s/shards-%s-%s', cache, key, tok:hash())
+    if not M.info(shard_dir) then
+        say('data: tokenizing the corpus into ' .. shard_dir)
+        M.tokenize_corpus { corpus = corpus_dir, tok = tok, out = shard_dir, threads = threads }
+    end
+    return tok, shard_dir, corpus_dir
+end
+
 return M
