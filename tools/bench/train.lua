@@ -1,0 +1,99 @@
+-- tools/bench/train.lua — training-step throughput of the ternary GPT: tokens/s, MFU against the
+-- sgemm peak measured in the same run, peak RSS, byte growth across steps, and PyTorch eager on
+-- the same model, threads and batch (tools/torch_ref.py --bench) when torch is installed.
+--
+--   ./nanochat tools/bench/train.lua [configs=tiny,small] [B=8] [T=256] [steps=4] [warmup=2] [threads=2]
+--
+-- A step is forward + backward + a fused AdamW step (nc.optim.adamw) on random tokens.
+-- MFU = tokens/s * model:flops_per_token(T) / peak, peak = the median GFLOP/s of a raw
+-- 1024 x 1024 x 1024 sgemm (nc.matmul on contiguous f32) in this process. Byte growth: nc's host
+-- bytes in use after the last step minus after the first timed step (0 = nothing leaks).
+-- Last line: JSON with tokens_per_s, mfu (the first config), vs_torch (ours / PyTorch's, null
+-- without torch), peak_rss_mb, and per-config numbers.
+local nc = require 'nanochat'
+local here = debug.getinfo(1, 'S').source:match('^@(.*/)') or './'
+local L = dofile(here .. 'lib.lua')
+local args = L.parse_args(rawget(_G, 'ARGS') or arg)
+
+local B, T = tonumber(args.B) or 8, tonumber(args.T) or 256
+local steps, warmup = tonumber(args.steps) or 4, tonumber(args.warmup) or 2
+local threads = tonumber(args.threads) or 2
+local configs = {}
+for c in tostring(args.configs or 'tiny,small'):gmatch('[^,]+') do configs[#configs + 1] = c end
+nc.set_num_threads(threads)
+
+local function peak_rss_mb()
+    local f = io.open('/proc/self/status')
+    if not f then return nil end
+    local s = f:read('*a')
+    f:close()
+    local kb = s:match('VmHWM:%s*(%d+)')
+    return kb and tonumber(kb) / 1024
+end
+
+-- the sgemm peak, measured here
+local a, b = nc.randn { 1024, 1024 }, nc.randn { 1024, 1024 }
+local gemm_s = L.time(function() nc.no_grad(function() return a:matmul(b) end) end, { warmup = 2, reps = 7 })
+local peak = 2 * 1024 ^ 3 / gemm_s
+a, b = nil, nil
+
+local function torch_bench(name)
+    local ok = os.execute('python3 -c "import torch, safetensors" >/dev/null 2>&1')
+    if ok ~= 0 and ok ~= true then return nil end
+    local cmd = string.format('python3 tools/torch_ref.py --bench --config %s --B %d --T %d --threads %d --steps %d --warmup %d 2>/dev/null',
+        name, B, T, threads, steps, warmup)
+    local p = io.popen(cmd)
+    local last
+    for line in p:lines() do last = line end
+    p:close()
+    local ok2, obj = pcall(function() return require('dkjson').decode(last or '') end)
+    if ok2 and type(obj) == 'table' then return obj.tokens_per_s end
+end
+
+local rows, results = {}, {}
+for _, name in ipairs(configs) do
+    local cfg = nc.models.config(name)
+    cfg.seq_len = math.max(cfg.seq_len or T, T)
+    local model = nc.models.gpt.new(cfg)
+    local opt = nc.optim.adamw(model:parameters(), { lr = 1e-3, betas = { 0.9, 0.95 } })
+    local g = nc.generator(1)
+    local toks = nc.rand({ B, T + 1 }, { generator = g, lo = 0, hi = cfg.vocab_size }):to('i64')
+    local x, y = toks:narrow(1, 0, T):contiguous(), toks:narrow(1, 1, T):contiguous()
+    local times, bytes0 = {}, nil
+    for i = 1, warmup + steps do
+        collectgarbage()
+        local t0 = L.now()
+        local loss = model:forward(x, y)
+        loss:backward()
+        opt:step()
+        opt:zero_grad()
+        local _ = loss:item()
+        local dt = L.now() - t0
+        if i > warmup then times[#times + 1] = dt end
+        collectgarbage()
+        if i == warmup + 1 then bytes0 = nc.mem_stats().host_bytes end
+    end
+    local st = nc.mem_stats()
+    local growth = st.host_bytes - bytes0
+    local med = L.median(times)
+    local tps = B * T / med
+    local mfu = tps * model:flops_per_token(T) / peak
+    local torch_tps = torch_bench(name)
+    results[name] = { tokens_per_s = L.round(tps, 1), step_s = L.round(med, 4), mfu = L.round(mfu, 4),
+                      torch_tokens_per_s = torch_tps and L.round(torch_tps, 1) or 0 / 0,
+                      vs_torch = torch_tps and L.round(tps / torch_tps, 3) or 0 / 0,
+                      byte_growth = growth, params = model:num_params() }
+    rows[#rows + 1] = { name, model:num_params() / 1e6, med, tps, 100 * mfu, torch_tps or 0 / 0,
+                        torch_tps and tps / torch_tps or 0 / 0, growth }
+end
+
+print(string.format('training step (forward + backward + AdamW), B=%d T=%d, %d threads, kernel %s; sgemm peak %.1f GFLOP/s',
+    B, T, threads, nc.cpu_kernel(), peak / 1e9))
+L.print_table({ 'config', 'M params', 'step s', 'tok/s', 'MFU %', 'torch tok/s', 'vs torch', 'byte growth' }, rows,
+    { '%s', '%.2f', '%.3f', '%.0f', '%.1f', '%.0f', '%.2f', '%d' })
+local first = results[configs[1]]
+print(L.json {
+    bench = 'train', B = B, T = T, threads = threads, peak_gflops = L.round(peak / 1e9, 1),
+    tokens_per_s = first.tokens_per_s, mfu = first.mfu, vs_torch = first.vs_torch,
+    peak_rss_mb = L.round(peak_rss_mb() or 0, 1), byte_growth = first.byte_growth, configs = results,
+})
