@@ -134,7 +134,7 @@ end
 local peak_cache
 function M.measure_peak_flops(n)
     if peak_cache then return peak_cache end
-    n = n or 512
+    n = n or 1024   -- the same shape tools/bench/train.lua calls the peak
     local N = nc()
     local a, b = N.randn({ n, n }, { generator = N.generator(1) }), N.randn({ n, n }, { generator = N.generator(2) })
     local out = N.empty { n, n }
@@ -142,7 +142,7 @@ function M.measure_peak_flops(n)
     local function mm() core.check(C.nc_matmul(out._c, a._c, b._c, 0, 0, 1, 0), 'sgemm peak') end
     mm()
     local best = math.huge
-    for _ = 1, 3 do
+    for _ = 1, 5 do
         local t0 = now()
         mm(); mm()
         best = math.min(best, (now() - t0) / 2)
