@@ -199,4 +199,47 @@ function Engine:__tostring()
         self.head_dtype, self:weight_bytes() / 1e6)
 end
 
+-- ---- user-facing helpers (nanochat generate / chat) -------------------------------------------
+-- The tokenizer of a checkpoint: opts.tokenizer (an object), opts.tok (a path), else
+-- CKPT/tokenizer.bin (the training recipe copies the tokenizer there, nc.tokenizer.load format).
+function M.tokenizer_for(ckpt, opts)
+    opts = opts or {}
+    if type(opts.tokenizer) == 'table' then return opts.tokenizer end
+    local path = opts.tok or (ckpt .. '/tokenizer.bin')
+    local f = io.open(path, 'rb')
+    if not f then
+        error('nanochat: no tokenizer: ' .. path .. ' does not exist (give tok=FILE, or put the tokenizer in the checkpoint dir)', 2)
+    end
+    f:close()
+    return nc().tokenizer.load(path)
+end
+
+-- sampling options from command-line key=values (strings or numbers)
+function M.sample_opts(kv)
+    local o = {}
+    for _, k in ipairs { 'temperature', 'top_k', 'top_p', 'min_p', 'repetition_penalty', 'seed' } do
+        if kv[k] ~= nil then
+            local v = tonumber(kv[k])
+            if not v then error('nanochat: ' .. k .. ' must be a number, got ' .. tostring(kv[k]), 0) end
+            o[k] = v
+        end
+    end
+    return o
+end
+
+-- Stream a generation to write(text) through the tokenizer's incremental decoder; returns the
+-- list of ids. opts: nc.generate's (prompt ids or messages + tokenizer).
+function M.stream(engine, tok, prompt, opts, write)
+    local dec = tok:decoder()
+    local ids = {}
+    for id in engine:generate(prompt, opts) do
+        ids[#ids + 1] = id
+        local s = dec:push(id)
+        if s and s ~= '' then write(s) end
+    end
+    local rest = dec:flush()
+    if rest and rest ~= '' then write(rest) end
+    return ids
+end
+
 return M

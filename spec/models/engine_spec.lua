@@ -102,3 +102,78 @@ describe('engine: train = serve', function()
         assert.has_error(function() nc.pack(model_of('micro', { ternary = false })) end)
     end)
 end)
+
+-- Stand-in tokenizer (the real one is nc.tokenizer): id < 256 is byte id; 256 + k specials;
+-- the decoder holds back incomplete UTF-8 (here: nothing, bytes pass through).
+local SPECIALS = { '<|bos|>', '<|user_start|>', '<|user_end|>', '<|assistant_start|>', '<|assistant_end|>' }
+local function stand_in()
+    local tok = { bos_id = 256 }
+    function tok:special(name)
+        for k, s in ipairs(SPECIALS) do if s == name then return 255 + k end end
+        error('no special ' .. name)
+    end
+    function tok:decode(ids)
+        local out = {}
+        for i, id in ipairs(ids) do out[i] = id < 256 and string.char(id) or '' end
+        return table.concat(out)
+    end
+    function tok:encode(s) local o = {} for i = 1, #s do o[i] = s:byte(i) end return o end
+    function tok:decoder()
+        local t = self
+        return { push = function(_, id) return t:decode({ id }) end, flush = function() return '' end }
+    end
+    function tok:render_chat(msgs)
+        local ids, mask = { 256 }, { 0 }
+        for _, m in ipairs(msgs) do
+            local s = m.role == 'assistant' and 259 or 257
+            ids[#ids + 1] = s
+            for _, b in ipairs(self:encode(m.content)) do ids[#ids + 1] = b end
+            ids[#ids + 1] = s + 1
+        end
+        for i = #mask + 1, #ids do mask[i] = 0 end
+        return ids, mask
+    end
+    return tok
+end
+
+describe('engine: generate / chat plumbing', function()
+    it('stream writes exactly the decoded continuation', function()
+        local m = model_of('micro', { vocab_size = 261 })
+        local e, tok = nc.pack(m), stand_in()
+        local out = {}
+        local ids = require('nanochat.engine').stream(e, tok, { 256, 102, 110 }, { max_tokens = 12, temperature = 0 },
+            function(s) out[#out + 1] = s end)
+        assert.equal(12, #ids)
+        assert.same(nc.generate.collect(m, { 256, 102, 110 }, { max_tokens = 12, temperature = 0 }), ids)
+        assert.equal(tok:decode(ids), table.concat(out))
+    end)
+
+    it('chat: commands change the sampling state; a turn records both messages', function()
+        local chat = require 'nanochat.cmd.chat'
+        local e, tok = nc.pack(model_of('micro', { vocab_size = 261 })), stand_in()
+        local state, log = { opts = { temperature = 0.8, top_k = 50, max_tokens = 6 }, messages = {} }, {}
+        local function w(s) log[#log + 1] = s end
+        assert.is_true(chat.command('/temp 0', state, w))
+        assert.equal(0, state.opts.temperature)
+        assert.is_true(chat.command('/topk 5', state, w))
+        assert.equal(5, state.opts.top_k)
+        assert.is_nil(chat.command('hello', state, w))
+        local r = chat.turn(e, tok, state, 'hi', w)
+        assert.equal(2, #state.messages)
+        assert.equal('assistant', state.messages[2].role)
+        assert.equal(r, state.messages[2].content)
+        chat.command('/reset', state, w)
+        assert.equal(0, #state.messages)
+        chat.command('/quit', state, w)
+        assert.is_true(state.quit)
+    end)
+
+    it('a checkpoint without a tokenizer gives a clear error; bad sampling values too', function()
+        local E = require 'nanochat.engine'
+        local ok, err = pcall(E.tokenizer_for, '/nonexistent-ckpt')
+        assert.is_false(ok)
+        assert.matches('tokenizer.bin', err)
+        assert.has_error(function() E.sample_opts({ temperature = 'hot' }) end)
+        assert.same({ temperature = 0.5, top_k = 3 }, E.sample_opts({ temperature = 0.5, top_k = '3' }))
+    end)
+end)
