@@ -205,13 +205,20 @@ end
 function M.tokenizer_for(ckpt, opts)
     opts = opts or {}
     if type(opts.tokenizer) == 'table' then return opts.tokenizer end
-    local path = opts.tok or (ckpt .. '/tokenizer.bin')
+    local dir = ckpt:match('%.gguf$') and (ckpt:match('^(.*)/[^/]*$') or '.') or ckpt
+    local path = opts.tok or (dir .. '/tokenizer.bin')
     local f = io.open(path, 'rb')
     if not f then
         error('nanochat: no tokenizer: ' .. path .. ' does not exist (give tok=FILE, or put the tokenizer in the checkpoint dir)', 2)
     end
     f:close()
     return nc().tokenizer.load(path)
+end
+
+-- a checkpoint dir or a GGUF file of ours (export.lua, arch 'nanochat') -> Engine
+function M.open(path, opts)
+    if type(path) == 'string' and path:match('%.gguf$') then return (require('nanochat.export').load(path)) end
+    return M.pack(path, opts)
 end
 
 -- sampling options from command-line key=values (strings or numbers)

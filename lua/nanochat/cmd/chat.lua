@@ -43,7 +43,7 @@ function M.run(kv, pos)
     local ckpt = pos[1]
     if not ckpt then error('usage: nanochat chat CKPT [temperature= top_k= n= tok=FILE system="..."]', 0) end
     local tok = E.tokenizer_for(ckpt, { tok = kv.tok })
-    local engine = nc.pack(ckpt)
+    local engine = E.open(ckpt)
     local opts = E.sample_opts(kv)
     if opts.temperature == nil then opts.temperature = 0.8 end
     if opts.top_k == nil then opts.top_k = 50 end

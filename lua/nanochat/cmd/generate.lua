@@ -3,7 +3,8 @@
 --
 -- Promise: packs the checkpoint (nc.pack) and streams prompt + continuation to stdout (the prompt
 -- first, then each piece as the tokenizer's incremental decoder completes it), then a newline.
--- Tokenizer: tok=FILE, else CKPT/tokenizer.bin. The prompt is encoded with BOS first (bos=0 to
+-- CKPT: a checkpoint dir or a GGUF of ours (nanochat export). Tokenizer: tok=FILE, else
+-- CKPT/tokenizer.bin (for a .gguf: tokenizer.bin next to it). The prompt is encoded with BOS first (bos=0 to
 -- drop it). Sampling options and rules are nc.generate's. Exit status 0; errors name the cause.
 local function usage()
     return 'usage: nanochat generate CKPT prompt="..." [n=200 temperature= top_k= top_p= min_p= repetition_penalty= seed= tok=FILE]'
@@ -15,7 +16,7 @@ return function(kv, pos)
     local ckpt = pos[1]
     if not ckpt then error(usage(), 0) end
     local tok = E.tokenizer_for(ckpt, { tok = kv.tok })
-    local engine = nc.pack(ckpt)
+    local engine = E.open(ckpt)
     local prompt = kv.prompt ~= nil and tostring(kv.prompt) or ''
     local ids = {}
     if kv.bos ~= 0 and kv.bos ~= false then ids[1] = tok.bos_id end
