@@ -56,7 +56,14 @@ function M.run(kv, pos)
         write('> ')
         local line = io.read('*l')
         if not line then break end
-        if not M.command(line, state, write) and line:match('%S') then M.turn(engine, tok, state, line, write) end
+        if not M.command(line, state, write) and line:match('%S') then
+            local n0 = #state.messages
+            local ok, err = pcall(M.turn, engine, tok, state, line, write)
+            if not ok then   -- e.g. the conversation outgrew the context: report, keep the session
+                for i = #state.messages, n0 + 1, -1 do state.messages[i] = nil end
+                write('\n(' .. tostring(err) .. '; /reset starts over)\n')
+            end
+        end
     end
     return 0
 end
