@@ -13,10 +13,14 @@
 --   4. (run first, on fresh memory) Decode of all linear layers of the 125M shape (12 layers x q, k, v, o (d, d), up (4d, d),
 --      down (d, 4d); int8 quantization of each input included): tokens/s, fraction of the DRAM
 --      roofline (packed bytes per token / bandwidth) and the speedup over the same decode with
---      fp32 sgemv. Attention, norms, embeddings and the LM head are not in it (the engine is not
---      built yet). The packed weights (21 MB) fit this machine's 32 MiB L3, so the fraction can
+--      fp32 sgemv. Attention, norms, embeddings and the LM head are not in it (item 6
+--      is the whole engine). The packed weights (21 MB) fit this machine's 32 MiB L3, so the fraction can
 --      exceed 1 on a quiet machine.
 --   5. Prefill GEMM: 64 activation rows x the 125M up matrix (quantization included) vs sgemm.
+--   6. The packed engine (nc.pack) end to end at the 10M / 50M / 125M shapes: decode and prefill
+--      tokens/s, 1 and 2 threads; decode_roofline_frac (125M, 2 threads, engine weight bytes per
+--      token / DRAM bandwidth) and decode_vs_fp32 (vs the fp32 training model's forward_cached).
+--      Item 4's keys are decode_linears_* (linear layers only).
 -- The machine is shared: every number is the median of `reps` samples (best also printed).
 -- Prints tables and, as the LAST line, one JSON object.
 --
@@ -255,6 +259,70 @@ do
     print()
 end
 
+-- ---- 6. the packed engine end to end (nc.pack): decode and prefill tokens/s --------------------------
+-- Random-weight GPTs of the 10M / 50M / 125M shapes (vocab 32768 for 125M as GPT-2 small; 8192
+-- otherwise); prefill = one forward_cached of `prefill_T` (64) tokens; decode = one token at a
+-- time after a 64-token prompt (attention over ~64-80 positions), 1 and 2 threads. The 125M
+-- model is also decoded with the fp32 training model's forward_cached (nc.generate's path) for
+-- decode_vs_fp32; decode_roofline_frac = engine weight bytes per token / DRAM bandwidth (2 threads).
+local ENGINE_SHAPES = {
+    { name = '10M', vocab_size = 8192, d_model = 256, n_layer = 6, n_head = 4 },
+    { name = '50M', vocab_size = 8192, d_model = 512, n_layer = 10, n_head = 8 },
+    { name = '125M', vocab_size = 32768, d_model = 768, n_layer = 12, n_head = 12 },
+}
+local prefill_T = 64
+local eng = {}
+print(string.format('%-6s %6s %4s %12s %12s %10s', 'shape', 'params', 'thr', 'decode tok/s', 'prefill tok/s', 'MB/token'))
+for _, sh in ipairs(ENGINE_SHAPES) do
+    local cfg = { vocab_size = sh.vocab_size, d_model = sh.d_model, n_layer = sh.n_layer, n_head = sh.n_head,
+        seq_len = 256, seed = 1 }
+    local model = nc.models.gpt.new(cfg)
+    model:eval()
+    local e = nc.pack(model)
+    local prompt = {}
+    for i = 1, prefill_T do prompt[i] = (i * 37) % sh.vocab_size end
+    local pidx = nc.tensor({ prompt }, { dtype = 'i64' })
+    local one = nc.tensor({ { 5 } }, { dtype = 'i64' })
+    local r = { params = model:num_params(), bytes = e:weight_bytes() }
+    for _, th in ipairs(THREADS) do
+        set_threads(th)
+        local pmed = timeit(function() e:forward_cached(pidx, e:new_cache(1, prefill_T)) end, 1)
+        local cache = e:new_cache(1, 256)
+        e:forward_cached(pidx, cache)
+        local ndec = quick and 8 or 16
+        local dmed = timeit(function()
+            cache.pos = prefill_T
+            for _ = 1, ndec do e:forward_cached(one, cache) end
+        end, 1)
+        r['dec_' .. th] = ndec / dmed
+        r['pre_' .. th] = prefill_T / pmed
+        print(string.format('%-6s %5.0fM %4d %12.1f %12.1f %10.2f', sh.name, r.params / 1e6, th, r['dec_' .. th],
+            r['pre_' .. th], r.bytes / 1e6))
+    end
+    if sh.name == '125M' then
+        for _, th in ipairs(THREADS) do
+            set_threads(th)
+            local cache = model:new_cache(1, 256)
+            model:forward_cached(pidx, cache)
+            local nf = 4
+            local fmed = timeit(function()
+                cache.pos = prefill_T
+                for _ = 1, nf do model:forward_cached(one, cache) end
+            end, 1)
+            r['f32_' .. th] = nf / fmed
+            print(string.format('125M fp32 training-model decode (%d threads): %.1f tok/s; engine %.2fx', th,
+                r['f32_' .. th], r['dec_' .. th] / r['f32_' .. th]))
+        end
+        r.roof = r.bytes * r.dec_2 / (bw[2].median * 1e9)
+        print(string.format('125M engine decode, 2 threads: %.3f of the DRAM roofline (%.1f MB/token, %.2f GB/s)',
+            r.roof, r.bytes / 1e6, bw[2].median))
+    end
+    eng[sh.name] = r
+    model, e = nil, nil
+    collectgarbage()
+end
+print()
+
 -- ---- JSON ---------------------------------------------------------------------------------------------
 local by = {}
 for _, r in ipairs(res) do by[r.label] = r end
@@ -276,9 +344,21 @@ local out = {
     gemv_vs_fp32_out_of_cache_2t = L.round(hm(up.out_2[1], down.out_2[1]) / hm(up.f32out_2, down.f32out_2), 2),
     decode_linears_tok_s_125m_2t = L.round(dec[2].tok_s, 1),
     decode_linears_roofline_frac = L.round(dec[2].roof, 3),
-    decode_vs_fp32 = L.round(dec[2].vs_f32, 2),
-    decode_vs_fp32_1t = L.round(dec[1].vs_f32, 2),
+    decode_linears_vs_fp32 = L.round(dec[2].vs_f32, 2),
+    decode_linears_vs_fp32_1t = L.round(dec[1].vs_f32, 2),
+    decode_roofline_frac = L.round(eng['125M'].roof, 3),
+    decode_vs_fp32 = L.round(eng['125M'].dec_2 / eng['125M'].f32_2, 2),
+    decode_vs_fp32_1t = L.round(eng['125M'].dec_1 / eng['125M'].f32_1, 2),
+    decode_fp32_tok_s_125m_1t = L.round(eng['125M'].f32_1, 1),
+    decode_fp32_tok_s_125m_2t = L.round(eng['125M'].f32_2, 1),
     gemm_gmac_s_1t = L.round(gemm[1].gmac, 1), gemm_gmac_s_2t = L.round(gemm[2].gmac, 1),
     gemm_vs_sgemm_2t = L.round(gemm[2].vs, 2),
 }
+for _, sh in ipairs(ENGINE_SHAPES) do
+    local r, k = eng[sh.name], sh.name:lower()
+    for _, th in ipairs(THREADS) do
+        out['engine_decode_tok_s_' .. k .. '_' .. th .. 't'] = L.round(r['dec_' .. th], 1)
+        out['engine_prefill_tok_s_' .. k .. '_' .. th .. 't'] = L.round(r['pre_' .. th], 1)
+    end
+end
 print(L.json(out))

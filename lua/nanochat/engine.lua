@@ -1,0 +1,252 @@
+-- lua/nanochat/engine.lua — the packed ternary inference engine (`nc.engine`, `nc.pack`).
+--
+-- Promise: `nc.pack(model_or_checkpoint_dir, opts)` → an Engine: every BitLinear of an
+-- nc.models.gpt model packed 2 bits per weight (nc.infer.pack: i2b128 layout, the training
+-- quantizer's absmean gamma carried exactly, never re-derived from quantized weights); activations
+-- quantized per token to int8 (nc.infer.quant_act: the same q and s as nc.quant_act) once per
+-- shared input (q/k/v share one, as in training; w1/w3 share one); embeddings and the LM head kept
+-- f32 (opts.head_dtype = 'f16' stores them as f16 and widens per call: half the bytes, slower);
+-- no autograd (everything under nc.no_grad); a KV cache per sequence batch.
+--
+-- The Engine offers the interface nc.generate needs (cfg, new_cache(B, max_T),
+-- forward_cached(idx, cache)), so `engine:generate(prompt, opts)` is nc.generate itself: one
+-- implementation of the sampling rules. forward_cached with T > 1 is the batched prefill (packed
+-- GEMM over B*T rows); T = 1 is decode (GEMV when B = 1, several sequences batched when B > 1, all
+-- at the same position).
+--
+-- Threads: matmuls use the threaded kernel (nc_ternary_matmul, nc.set_threads); the one-parallel-
+-- region-per-layer variant over nc_ternary_matmul_rows is not done yet (see README).
+--
+-- Checkpoint dirs: DIR/model.safetensors (the model's state_dict) + DIR/meta.json whose `model`
+-- or `config` key holds the model cfg table (nc.models.gpt.new(cfg)). M.load_model(dir) builds it.
+local infer = require 'nanochat.infer'
+
+local function nc() return require 'nanochat' end
+
+local M = {}
+
+local Engine = {}
+Engine.__index = Engine
+M.Engine = Engine
+
+local function read_file(path)
+    local f, err = io.open(path, 'rb')
+    if not f then return nil, err end
+    local s = f:read('*a')
+    f:close()
+    return s
+end
+
+-- dir -> model (nc.models.gpt), meta table
+function M.load_model(dir)
+    local n = nc()
+    local text, err = read_file(dir .. '/meta.json')
+    if not text then error('engine.load_model: ' .. dir .. '/meta.json: ' .. tostring(err), 2) end
+    local meta = require('dkjson').decode(text)
+    if type(meta) ~= 'table' then error('engine.load_model: ' .. dir .. '/meta.json: not a JSON object', 2) end
+    local cfg = meta.model or meta.config
+    if type(cfg) ~= 'table' then
+        error('engine.load_model: ' .. dir .. "/meta.json has no 'model' or 'config' table with the model cfg", 2)
+    end
+    if type(cfg.config) == 'table' then cfg = cfg.config end
+    local clean = {}
+    local known = { vocab_size = 1, seq_len = 1, d_model = 1, n_layer = 1, n_head = 1, n_kv_head = 1, head_dim = 1,
+        d_ff = 1, mlp = 1, rope_theta = 1, qk_norm = 1, tie_embeddings = 1, logit_softcap = 1, ternary = 1,
+        quant_group = 1, subln = 1, init_std = 1, embed_std = 1, head_std = 1, norm_eps = 1, seed = 1, name = 1, arch = 1 }
+    for k, v in pairs(cfg) do if known[k] then clean[k] = v end end
+    local model = n.models.gpt.new(clean)
+    local tensors = n.load(dir .. '/model.safetensors')
+    model:load_state_dict(tensors)
+    model:eval()
+    return model, meta
+end
+
+local function f32(t) return t:dtype() == 'f32' and t:contiguous() or t:to('f32') end
+
+-- model (nc.models.gpt) or checkpoint dir -> Engine. opts: head_dtype ('f32' | 'f16')
+function M.pack(src, opts)
+    opts = opts or {}
+    local n = nc()
+    local model = src
+    if type(src) == 'string' then model = M.load_model(src) end
+    if type(model) ~= 'table' or not model.cfg or not model.h then
+        error('nc.pack: expected an nc.models.gpt model or a checkpoint directory', 2)
+    end
+    local c = model:config()
+    if not c.ternary then error('nc.pack: the model is not ternary (cfg.ternary = false); nothing to pack', 2) end
+    if c.quant_group ~= 0 and c.quant_group % c.d_model ~= 0 and c.quant_group % c.d_ff ~= 0 then
+        error('nc.pack: quant_group ' .. c.quant_group .. ' is not whole rows; packed rows keep one scale each', 2)
+    end
+    local hd = opts.head_dtype or 'f32'
+    if hd ~= 'f32' and hd ~= 'f16' then error("nc.pack: head_dtype must be 'f32' or 'f16'", 2) end
+    local e = setmetatable({ cfg = c, head_dtype = hd, layers = {} }, Engine)
+    n.no_grad(function()
+        local function keep(t)
+            t = f32(t:to('cpu'))
+            if hd == 'f16' then return t:to('f16') end
+            return t:clone()
+        end
+        e.wte = keep(model.wte.weight)
+        e.head = model.lm_head and keep(model.lm_head.weight) or e.wte
+        local po = { group_size = c.quant_group }
+        for i, b in ipairs(model.h) do
+            local a, m = b.attn, b.mlp
+            local L = {
+                wq = infer.pack(a.wq.weight, po), wk = infer.pack(a.wk.weight, po), wv = infer.pack(a.wv.weight, po),
+                wo = infer.pack(a.wo.weight, po), w1 = infer.pack(m.w1.weight, po), w2 = infer.pack(m.w2.weight, po),
+            }
+            if m.w3 then L.w3 = infer.pack(m.w3.weight, po) end
+            if a.sub_norm then L.attn_gain = f32(a.sub_norm.weight):clone() end
+            if m.sub_norm then L.mlp_gain = f32(m.sub_norm.weight):clone() end
+            e.layers[i] = L
+        end
+    end)
+    return e
+end
+
+-- bytes read per decoded token (packed matrices + one head row set + embeddings row)
+function Engine:weight_bytes()
+    local b = 0
+    for _, L in ipairs(self.layers) do
+        for _, k in ipairs { 'wq', 'wk', 'wv', 'wo', 'w1', 'w3', 'w2' } do
+            if L[k] then b = b + L[k]:nbytes() end
+        end
+    end
+    local es = self.head_dtype == 'f16' and 2 or 4
+    return b + self.head:numel() * es
+end
+
+-- ---- cache ------------------------------------------------------------------------------------
+local Cache = {}
+Cache.__index = Cache
+M.Cache = Cache
+function Cache:reset() self.pos = 0; return self end
+
+function Engine:new_cache(B, max_T)
+    local n, c = nc(), self.cfg
+    max_T = max_T or c.seq_len
+    local cache = setmetatable({ B = B, max_T = max_T, pos = 0, k = {}, v = {} }, Cache)
+    for i = 1, c.n_layer do
+        cache.k[i] = n.zeros({ B, max_T, c.n_kv_head, c.head_dim })
+        cache.v[i] = n.zeros({ B, max_T, c.n_kv_head, c.head_dim })
+    end
+    cache.cos, cache.sin = n.rope_tables(math.max(max_T, c.seq_len), c.head_dim, { base = c.rope_theta })
+    return cache
+end
+
+local function wide(t) return t:dtype() == 'f32' and t or t:to('f32') end
+
+-- x (R, K) f32 contiguous -> quantized activations (shared by the matmuls of one input)
+local function qa(x) return infer.quant_act(x) end
+
+-- idx (B, T) at positions cache.pos .. -> logits (B, T, V); advances cache.pos
+function Engine:forward_cached(idx, cache)
+    local n, c = nc(), self.cfg
+    if getmetatable(cache) ~= Cache then error('engine: forward_cached: expected a cache from engine:new_cache', 2) end
+    local B, T = idx:size(0), idx:size(1)
+    if B ~= cache.B then error(string.format('engine: forward_cached: idx has B = %d, the cache %d', B, cache.B), 2) end
+    if cache.pos + T > cache.max_T then
+        error(string.format('engine: forward_cached: cache full (%d + %d positions > max_T %d)', cache.pos, T,
+            cache.max_T), 2)
+    end
+    local logits = n.no_grad(function()
+        local d, H, Hkv, hdim, eps = c.d_model, c.n_head, c.n_kv_head, c.head_dim, c.norm_eps
+        local R = B * T
+        local pos = cache.pos
+        local cos, sin = cache.cos:narrow(0, pos, T), cache.sin:narrow(0, pos, T)
+        local x = n.rmsnorm(n.embedding(idx, wide(self.wte)), nil, eps):reshape { R, d }
+        for i, L in ipairs(self.layers) do
+            local a = qa(n.rmsnorm(x, nil, eps))
+            local q = infer.matmul(a, L.wq):view { B, T, H, hdim }
+            local k = infer.matmul(a, L.wk):view { B, T, Hkv, hdim }
+            local v = infer.matmul(a, L.wv):view { B, T, Hkv, hdim }
+            if c.qk_norm then q, k = n.rmsnorm(q, nil, eps), n.rmsnorm(k, nil, eps) end
+            q, k = n.rope(q, cos, sin), n.rope(k, cos, sin)
+            cache.k[i]:narrow(1, pos, T):copy_(k)
+            cache.v[i]:narrow(1, pos, T):copy_(v)
+            local att = n.attention(q, cache.k[i]:narrow(1, 0, pos + T), cache.v[i]:narrow(1, 0, pos + T),
+                { causal = true }):reshape { R, H * hdim }
+            x = x + infer.matmul(qa(n.rmsnorm(att, L.attn_gain, eps)), L.wo)
+            local a2 = qa(n.rmsnorm(x, nil, eps))
+            local u
+            if L.w3 then
+                u = n.silu(infer.matmul(a2, L.w1)) * infer.matmul(a2, L.w3)
+            else
+                u = n.relu2(infer.matmul(a2, L.w1))
+            end
+            x = x + infer.matmul(qa(n.rmsnorm(u, L.mlp_gain, eps)), L.w2)
+        end
+        local lg = n.linear(n.rmsnorm(x, nil, eps), wide(self.head))
+        local cap = c.logit_softcap
+        if cap then lg = n.tanh(lg * (1 / cap)) * cap end
+        return lg:view { B, T, c.vocab_size }
+    end)
+    cache.pos = cache.pos + T
+    return logits
+end
+
+-- full-sequence logits (B, T, V) (a fresh cache)
+function Engine:forward(idx)
+    return self:forward_cached(idx, self:new_cache(idx:size(0), math.max(idx:size(1), 1)))
+end
+
+-- nc.generate over the engine (same options and sampling rules)
+function Engine:generate(prompt, opts) return nc().generate(self, prompt, opts) end
+
+function Engine:__tostring()
+    local c = self.cfg
+    return string.format('nc.Engine(V=%d, d=%d, L=%d, %s head, %.1f MB weights)', c.vocab_size, c.d_model, c.n_layer,
+        self.head_dtype, self:weight_bytes() / 1e6)
+end
+
+-- ---- user-facing helpers (nanochat generate / chat) -------------------------------------------
+-- The tokenizer of a checkpoint: opts.tokenizer (an object), opts.tok (a path), else
+-- CKPT/tokenizer.bin (the training recipe copies the tokenizer there, nc.tokenizer.load format).
+function M.tokenizer_for(ckpt, opts)
+    opts = opts or {}
+    if type(opts.tokenizer) == 'table' then return opts.tokenizer end
+    local dir = ckpt:match('%.gguf$') and (ckpt:match('^(.*)/[^/]*$') or '.') or ckpt
+    local path = opts.tok or (dir .. '/tokenizer.bin')
+    local f = io.open(path, 'rb')
+    if not f then
+        error('nanochat: no tokenizer: ' .. path .. ' does not exist (give tok=FILE, or put the tokenizer in the checkpoint dir)', 2)
+    end
+    f:close()
+    return nc().tokenizer.load(path)
+end
+
+-- a checkpoint dir or a GGUF file of ours (export.lua, arch 'nanochat') -> Engine
+function M.open(path, opts)
+    if type(path) == 'string' and path:match('%.gguf$') then return (require('nanochat.export').load(path)) end
+    return M.pack(path, opts)
+end
+
+-- sampling options from command-line key=values (strings or numbers)
+function M.sample_opts(kv)
+    local o = {}
+    for _, k in ipairs { 'temperature', 'top_k', 'top_p', 'min_p', 'repetition_penalty', 'seed' } do
+        if kv[k] ~= nil then
+            local v = tonumber(kv[k])
+            if not v then error('nanochat: ' .. k .. ' must be a number, got ' .. tostring(kv[k]), 0) end
+            o[k] = v
+        end
+    end
+    return o
+end
+
+-- Stream a generation to write(text) through the tokenizer's incremental decoder; returns the
+-- list of ids. opts: nc.generate's (prompt ids or messages + tokenizer).
+function M.stream(engine, tok, prompt, opts, write)
+    local dec = tok:decoder()
+    local ids = {}
+    for id in engine:generate(prompt, opts) do
+        ids[#ids + 1] = id
+        local s = dec:push(id)
+        if s and s ~= '' then write(s) end
+    end
+    local rest = dec:flush()
+    if rest and rest ~= '' then write(rest) end
+    return ids
+end
+
+return M
