@@ -200,19 +200,29 @@ function Engine:__tostring()
 end
 
 -- ---- user-facing helpers (nanochat generate / chat) -------------------------------------------
--- The tokenizer of a checkpoint: opts.tokenizer (an object), opts.tok (a path), else
--- CKPT/tokenizer.bin (the training recipe copies the tokenizer there, nc.tokenizer.load format).
+-- The tokenizer of a checkpoint: opts.tokenizer (an object), opts.tok (a path), else the first of
+-- tokenizer.tok / tokenizer.bin in the checkpoint dir (the GGUF file's dir), its parent or its
+-- grandparent (recipes save RUN/tokenizer.tok next to RUN/ckpt/step_NNNNNN).
 function M.tokenizer_for(ckpt, opts)
     opts = opts or {}
     if type(opts.tokenizer) == 'table' then return opts.tokenizer end
-    local dir = ckpt:match('%.gguf$') and (ckpt:match('^(.*)/[^/]*$') or '.') or ckpt
-    local path = opts.tok or (dir .. '/tokenizer.bin')
-    local f = io.open(path, 'rb')
-    if not f then
-        error('nanochat: no tokenizer: ' .. path .. ' does not exist (give tok=FILE, or put the tokenizer in the checkpoint dir)', 2)
+    local dir = ckpt:match('%.gguf$') and (ckpt:match('^(.*)/[^/]*$') or '.') or ckpt:gsub('/+$', '')
+    local tried = {}
+    local candidates = {}
+    if opts.tok then candidates[1] = opts.tok else
+        local d = dir
+        for _ = 1, 3 do
+            candidates[#candidates + 1] = d .. '/tokenizer.tok'
+            candidates[#candidates + 1] = d .. '/tokenizer.bin'
+            d = d:match('^(.*)/[^/]*$') or '.'
+        end
     end
-    f:close()
-    return nc().tokenizer.load(path)
+    for _, path in ipairs(candidates) do
+        local f = io.open(path, 'rb')
+        if f then f:close(); return nc().tokenizer.load(path) end
+        tried[#tried + 1] = path
+    end
+    error('nanochat: no tokenizer found (tried ' .. table.concat(tried, ', ') .. '); give tok=FILE', 2)
 end
 
 -- a checkpoint dir or a GGUF file of ours (export.lua, arch 'nanochat') -> Engine
