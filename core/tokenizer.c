@@ -305,6 +305,9 @@ static int slot_ready(nc_tok *t, tok_slot *s) {
     s->md = pcre2_match_data_create_from_pattern(t->re, NULL);
     s->mctx = pcre2_match_context_create(NULL);
     if (!s->md || !s->mctx) return -1;
+    /* whitespace runs make `\s*[\r\n]` backtrack once over the whole run: linear, but past
+     * PCRE2's default limit of 10^7 steps for multi-megabyte runs */
+    pcre2_set_match_limit(s->mctx, UINT32_MAX);
     if (t->jit) {
         s->jstack = pcre2_jit_stack_create(64 * 1024, 64 * 1024 * 1024, NULL);
         if (!s->jstack) return -1;
