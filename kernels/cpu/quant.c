@@ -8,6 +8,83 @@
  * The straight-through backward is the identity and lives in Lua.
  */
 #include "nn_common.h"
+#include "simd_avx2.h"
+
+/* Contiguous runs go through row kernels compiled twice (NC_KSUFFIX pattern, as norm.c): here as
+ * the reference and from quant_avx2.c with AVX2. Both do the same IEEE operations per element
+ * (divide or multiply, round half to even, clamp, multiply or divide) and max is exact, so the
+ * AVX2 rows are bit-identical to the reference (spec/ops/quant_spec.lua checks it); the absmean
+ * sums stay scalar double in a fixed order. */
+#ifndef NC_KSUFFIX
+#define NC_KSUFFIX _base
+#define NC_KPRIMARY 1
+#endif
+#define NC_CAT2(a, b) a##b
+#define NC_CAT(a, b) NC_CAT2(a, b)
+#define KFN(name) NC_CAT(name, NC_KSUFFIX)
+
+/* o = gamma * clamp(round(w / gamma), -1, 1) over n contiguous elements */
+void KFN(nc_k_ternary_run)(float *o, const float *w, int64_t n, float gamma) {
+    int64_t i = 0;
+#if NC_SIMD_AVX2
+    const __m256 g = _mm256_set1_ps(gamma), one = _mm256_set1_ps(1.0f), neg = _mm256_set1_ps(-1.0f);
+    for (; i + 8 <= n; i += 8) {
+        __m256 q = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(w + i), g), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        q = _mm256_max_ps(neg, _mm256_min_ps(one, q));   /* NaN stays NaN, as in the scalar clamp */
+        _mm256_storeu_ps(o + i, _mm256_mul_ps(g, q));
+    }
+#endif
+    for (; i < n; i++) {
+        float q = nearbyintf(w[i] / gamma);
+        q = q > 1.0f ? 1.0f : (q < -1.0f ? -1.0f : q);
+        o[i] = gamma * q;
+    }
+}
+
+/* max |x_j| over a contiguous row (exact: max does not round) */
+float KFN(nc_k_absmax_run)(const float *x, int64_t n) {
+    float m = 0.0f;
+    int64_t j = 0;
+#if NC_SIMD_AVX2
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m0 = _mm256_setzero_ps(), m1 = m0;
+    for (; j + 16 <= n; j += 16) {
+        m0 = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + j)), m0);
+        m1 = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + j + 8)), m1);
+    }
+    float t[8];
+    _mm256_storeu_ps(t, _mm256_max_ps(m0, m1));
+    for (int k = 0; k < 8; k++) m = t[k] > m ? t[k] : m;
+#endif
+    for (; j < n; j++) {
+        float a = fabsf(x[j]);
+        m = a > m ? a : m;
+    }
+    return m;
+}
+
+/* o = clamp(round(x s), -128, 127) / s over a contiguous row */
+void KFN(nc_k_act_run)(float *o, const float *x, int64_t n, float s) {
+    int64_t j = 0;
+#if NC_SIMD_AVX2
+    const __m256 sv = _mm256_set1_ps(s), hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-128.0f);
+    for (; j + 8 <= n; j += 8) {
+        __m256 q = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + j), sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        q = _mm256_max_ps(lo, _mm256_min_ps(hi, q));
+        _mm256_storeu_ps(o + j, _mm256_div_ps(q, sv));
+    }
+#endif
+    for (; j < n; j++) {
+        float q = nearbyintf(x[j] * s);
+        q = q > 127.0f ? 127.0f : (q < -128.0f ? -128.0f : q);
+        o[j] = q / s;
+    }
+}
+
+#ifdef NC_KPRIMARY
+void nc_k_ternary_run_avx2(float *o, const float *w, int64_t n, float gamma);
+float nc_k_absmax_run_avx2(const float *x, int64_t n);
+void nc_k_act_run_avx2(float *o, const float *x, int64_t n, float s);
 
 #define QCHUNK 65536   /* elements per partial sum of a per-tensor absmean */
 
@@ -65,6 +142,15 @@ nc_status nc_quant_weight_absmean(nc_tensor *out, nc_tensor *scale, const nc_ten
         double g = tot / (double)n;
         float gamma = (float)(g > eps ? g : eps);
         if (sc) sc[0] = gamma;
+        if (contig) {
+            void (*run)(float *, const float *, int64_t, float) = nc_cpu_avx2() ? nc_k_ternary_run_avx2 : nc_k_ternary_run_base;
+#pragma omp parallel for schedule(static) if (par && nch > 1) num_threads(nc_threads())
+            for (int64_t c = 0; c < nch; c++) {
+                int64_t i0 = c * QCHUNK, i1 = i0 + QCHUNK < n ? i0 + QCHUNK : n;
+                run(o + i0, wp + i0, i1 - i0, gamma);
+            }
+            return NC_OK;
+        }
 #pragma omp parallel for schedule(static) if (par) num_threads(nc_threads())
         for (int64_t i = 0; i < n; i++) {
             float q = nearbyintf(w_at(w, wp, contig, i) / gamma);
@@ -81,6 +167,10 @@ nc_status nc_quant_weight_absmean(nc_tensor *out, nc_tensor *scale, const nc_ten
         double g = s / (double)gs;
         float gamma = (float)(g > eps ? g : eps);
         if (sc) sc[gi] = gamma;
+        if (contig) {
+            (nc_cpu_avx2() ? nc_k_ternary_run_avx2 : nc_k_ternary_run_base)(o + i0, wp + i0, gs, gamma);
+            continue;
+        }
         for (int64_t i = i0; i < i1; i++) {
             float q = nearbyintf(w_at(w, wp, contig, i) / gamma);
             q = q > 1.0f ? 1.0f : (q < -1.0f ? -1.0f : q);
@@ -112,6 +202,15 @@ nc_status nc_quant_act_absmax(nc_tensor *out, nc_tensor *scale, const nc_tensor 
 #pragma omp parallel for schedule(static) if (rows * D >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = nc_f32p(x) + nc_row_offset(x, r);
+        float *orow = o + r * D;
+        if (xs == 1) {
+            int avx = nc_cpu_avx2();
+            float m = (avx ? nc_k_absmax_run_avx2 : nc_k_absmax_run_base)(xr, D);
+            float s = 127.0f / (m > feps ? m : feps);
+            if (sc) sc[r] = s;
+            (avx ? nc_k_act_run_avx2 : nc_k_act_run_base)(orow, xr, D, s);
+            continue;
+        }
         float m = 0.0f;
         for (int64_t j = 0; j < D; j++) {
             float a = fabsf(xr[j * xs]);
@@ -119,7 +218,6 @@ nc_status nc_quant_act_absmax(nc_tensor *out, nc_tensor *scale, const nc_tensor 
         }
         float s = 127.0f / (m > feps ? m : feps);
         if (sc) sc[r] = s;
-        float *orow = o + r * D;
         for (int64_t j = 0; j < D; j++) {
             float q = nearbyintf(xr[j * xs] * s);
             q = q > 127.0f ? 127.0f : (q < -128.0f ? -128.0f : q);
@@ -128,3 +226,4 @@ nc_status nc_quant_act_absmax(nc_tensor *out, nc_tensor *scale, const nc_tensor 
     }
     return NC_OK;
 }
+#endif /* NC_KPRIMARY */

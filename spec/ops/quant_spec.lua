@@ -161,3 +161,51 @@ describe('straight-through estimator', function()
         assert.same(wq.grad:tolist(), gw)
     end)
 end)
+
+describe('quantizers: NC_KERNEL=scalar and avx2', function()
+    it('give bit-identical outputs and scales (odd sizes, per tensor, per group, ties, NaN-free extremes)', function()
+        local has_avx2 = pcall(nc.set_cpu_kernel, 'avx2')
+        nc.set_cpu_kernel('auto')
+        if not has_avx2 then pending('this CPU has no AVX2') return end
+        local function bits(t)
+            local ffi = require 'ffi'
+            local c = t:contiguous()
+            local p = ffi.cast('const uint32_t *', nc.C.nc_tensor_data(c._c))
+            local out = {}
+            for i = 0, c:numel() - 1 do out[i + 1] = p[i] end
+            return out
+        end
+        local g = nc.generator(5)
+        -- values on exact ties: w / gamma = +-0.5, +-1.5 and x s = k + 0.5 happen for these integers
+        local ties = nc.tensor({ { 0.5, -0.5, 1.5, -1.5, 2.5, 0, -0, 3, -3, 127, -128, 0.25, 1e-7, -1e-7, 1e30 } })
+        local cases = {
+            { 'w 333x77', nc.randn({ 333, 77 }, { generator = g }) },
+            { 'w 1023x1', nc.randn({ 1023, 1 }, { generator = g }) },
+            { 'ties', ties },
+            { 'x 3x2053', nc.randn({ 3, 2053 }, { generator = g, std = 4 }) },
+        }
+        local function run()
+            local r = {}
+            for _, c in ipairs(cases) do
+                local q, s = nc.quant_weight(c[2])
+                r[#r + 1] = { c[1] .. ' weight', q, s }
+                if c[2]:numel() % 7 == 0 then
+                    local q7, s7 = nc.quant_weight(c[2], { group_size = 7 })
+                    r[#r + 1] = { c[1] .. ' weight/7', q7, s7 }
+                end
+                local qa, sa = nc.quant_act(c[2])
+                r[#r + 1] = { c[1] .. ' act', qa, sa }
+            end
+            return r
+        end
+        nc.set_cpu_kernel('scalar')
+        local rs = run()
+        nc.set_cpu_kernel('avx2')
+        local rv = run()
+        nc.set_cpu_kernel('auto')
+        for i = 1, #rs do
+            assert.are.same(bits(rs[i][2]), bits(rv[i][2]), rs[i][1] .. ' values')
+            assert.are.same(bits(rs[i][3]), bits(rv[i][3]), rs[i][1] .. ' scales')
+        end
+    end)
+end)
