@@ -54,7 +54,15 @@ local KNOWN = {
     qk_norm = 'boolean', tie_embeddings = 'boolean', logit_softcap = 'number', ternary = 'boolean',
     quant_group = 'number', subln = 'boolean', init_std = 'number', embed_std = 'number',
     head_std = 'number', norm_eps = 'number', seed = 'number', name = 'string', arch = 'string',
+    -- feature sub-configs (issue 6), each validated by its own module's config():
+    loop = 'table',   -- LoopLM:   nanochat.looplm
+    mhc = 'table',    -- mHC/lite: nanochat.mhc
+    mtp = 'table',    -- MTP:      nanochat.mtp
 }
+
+-- feature sub-config key -> the module that validates it (module.config(sub, c) returns a filled copy)
+local FEATURES = { loop = 'nanochat.looplm', mhc = 'nanochat.mhc', mtp = 'nanochat.mtp' }
+M.FEATURES = FEATURES
 
 local function is_posint(v) return type(v) == 'number' and v >= 1 and v == math.floor(v) end
 
@@ -102,6 +110,9 @@ function M.config(cfg)
     if c.logit_softcap and c.logit_softcap <= 0 then error('gpt: cfg.logit_softcap must be > 0', 2) end
     if c.quant_group < 0 or c.quant_group ~= math.floor(c.quant_group) then
         error('gpt: cfg.quant_group must be 0 (per tensor) or a positive group size', 2)
+    end
+    for key, mod in pairs(FEATURES) do
+        if c[key] then c[key] = require(mod).config(c[key], c) end
     end
     return c
 end
@@ -208,6 +219,9 @@ function Block:init(c, gen)
     self.mlp = MLP(c, gen)
 end
 
+-- Pre-norm residual block. `layer` indexes the KV cache slot (LoopLM gives each (loop, block) its own).
+-- [mHC region: with cfg.mhc, x carries n residual streams and the residual updates go through
+-- nanochat.mhc instead of the two additions below.]
 function Block:forward(x, cos, sin, cache, layer)
     local n = nc()
     x = x + self.attn(n.rmsnorm(x, nil, self.eps), cos, sin, cache, layer)
@@ -254,16 +268,43 @@ local function check_idx(idx, what)
     if dt ~= 'i64' and dt ~= 'i32' then error('gpt: ' .. what .. ': expected i64/i32 token ids, got ' .. dt, 3) end
 end
 
--- shared trunk: x (B, T, d) from the embedding -> logits (B, T, V)
-function GPT:_run(idx, cos, sin, cache)
+-- The forward pass is split into hook points so the issue-6 features each own one region:
+--   _embed(idx)                 token ids -> residual state x      [mHC: expands to n streams]
+--   _trunk(x, cos, sin, cache)  runs the blocks                    [LoopLM: prelude/shared x T/coda]
+--   _final(x)                   residual state -> normed hidden h  [mHC: reduces the streams]
+--   _logits(h)                  h (B, T, d) -> logits (B, T, V)    (shared head, softcap)
+--   _loss(idx, targets, opts)   the training loss                  [LoopLM, MTP, Collider terms]
+function GPT:_embed(idx)
     local n = nc()
-    local c = self.cfg
-    local x = n.rmsnorm(n.embedding(idx, self.wte.weight), nil, c.norm_eps)
+    return n.rmsnorm(n.embedding(idx, self.wte.weight), nil, self.cfg.norm_eps)
+end
+
+function GPT:_trunk(x, cos, sin, cache)
     for i, block in ipairs(self.h) do x = block(x, cos, sin, cache, i) end
-    local logits = n.linear(n.rmsnorm(x, nil, c.norm_eps), self:head_weight())
-    local cap = c.logit_softcap
+    return x
+end
+
+function GPT:_final(x)
+    return nc().rmsnorm(x, nil, self.cfg.norm_eps)
+end
+
+function GPT:_logits(h)
+    local n = nc()
+    local logits = n.linear(h, self:head_weight())
+    local cap = self.cfg.logit_softcap
     if cap then logits = n.tanh(logits * (1 / cap)) * cap end
     return logits
+end
+
+-- shared trunk: idx (B, T) -> logits (B, T, V)
+function GPT:_run(idx, cos, sin, cache)
+    return self:_logits(self:_final(self:_trunk(self:_embed(idx), cos, sin, cache)))
+end
+
+-- the training loss of a plain model: mean cross-entropy of the next-token logits; returns loss, logits
+function GPT:_loss(idx, targets, opts, cos, sin)
+    local logits = self:_run(idx, cos, sin, nil)
+    return nc().cross_entropy(logits, targets, opts), logits
 end
 
 -- forward(idx) -> logits (B, T, V); forward(idx, targets, opts) -> mean loss (scalar), logits.
@@ -271,9 +312,8 @@ end
 function GPT:forward(idx, targets, opts)
     check_idx(idx, 'forward')
     local cos, sin = rope_slice(self.rope_cos, self.rope_sin, 0, idx:size(1), 'forward')
-    local logits = self:_run(idx, cos, sin, nil)
-    if targets == nil then return logits end
-    return nc().cross_entropy(logits, targets, opts), logits
+    if targets == nil then return self:_run(idx, cos, sin, nil) end
+    return self:_loss(idx, targets, opts, cos, sin)
 end
 
 -- ---- KV cache ------------------------------------------------------------------------------------
