@@ -232,6 +232,8 @@ end
 local GPT = Module:extend('GPT')
 M.GPT = GPT
 
+-- [LoopLM region: with cfg.loop the block list is prelude + shared + coda and an exit gate is added]
+-- [MTP region: with cfg.mtp the MTP modules are built after the head]
 function GPT:init(cfg)
     local c = M.config(cfg)
     rawset(self, 'cfg', c)
@@ -301,10 +303,22 @@ function GPT:_run(idx, cos, sin, cache)
     return self:_logits(self:_final(self:_trunk(self:_embed(idx), cos, sin, cache)))
 end
 
--- the training loss of a plain model: mean cross-entropy of the next-token logits; returns loss, logits
+-- The training loss; returns loss, logits. Plain model: mean cross-entropy of the next-token logits.
+--   cfg.loop      -> nanochat.looplm.loss owns the whole loss (per-loop CE weighted by the exit
+--                    distribution); it applies opts.collider and the MTP term itself
+--   opts.collider -> a Collider step context: targets of filtered tokens become ignore_index
+--                    (nanochat.collider; :select sees the final logits and the input ids)
+--   cfg.mtp       -> + the multi-token-prediction loss on the final hidden state (nanochat.mtp)
 function GPT:_loss(idx, targets, opts, cos, sin)
-    local logits = self:_run(idx, cos, sin, nil)
-    return nc().cross_entropy(logits, targets, opts), logits
+    opts = opts or {}
+    local c = self.cfg
+    if c.loop then return require('nanochat.looplm').loss(self, idx, targets, opts, cos, sin) end
+    local h = self:_final(self:_trunk(self:_embed(idx), cos, sin, nil))
+    local logits = self:_logits(h)
+    if opts.collider then targets = opts.collider:select(logits, targets, idx) end
+    local loss = nc().cross_entropy(logits, targets, opts)
+    if c.mtp then loss = loss + require('nanochat.mtp').loss(self, h, idx, targets, opts, cos, sin) end
+    return loss, logits
 end
 
 -- forward(idx) -> logits (B, T, V); forward(idx, targets, opts) -> mean loss (scalar), logits.
