@@ -104,6 +104,7 @@ const char *nc_status_name(nc_status s);
 const nc_dtype_traits *nc_dtype_info(int32_t dtype);   /* NULL if out of range */
 int32_t nc_dtype_from_name(const char *name);          /* -1 if unknown */
 void nc_mem_stats_get(nc_mem_stats *out);
+void nc_mem_reset_peak(void);                  /* peaks := current live bytes (per-phase peaks) */
 /* Large host blocks (>= 64 KiB) are recycled through a size-class cache capped at
  * NC_HOST_CACHE_MB (default 1024; 0 disables); nc_mem_trim returns the cache to the system. */
 void nc_mem_trim(void);

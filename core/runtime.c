@@ -291,6 +291,11 @@ void nc_count_device(int64_t delta) {
     }
 }
 
+void nc_mem_reset_peak(void) {
+    atomic_store(&host_peak, atomic_load(&host_bytes));
+    atomic_store(&dev_peak, atomic_load(&dev_bytes));
+}
+
 void nc_mem_stats_get(nc_mem_stats *out) {
     if (!out) return;
     out->host_bytes = atomic_load(&host_bytes);

@@ -24,6 +24,7 @@ function nc.cuda_available() return C.nc_cuda_available() == 1 end
 function nc.cuda_status() return ffi.string(C.nc_cuda_status()) end
 nc.mem_stats = core.mem_stats
 function nc.mem_trim() C.nc_mem_trim() end
+function nc.mem_reset_peak() C.nc_mem_reset_peak() end
 
 -- ---- autograd ------------------------------------------------------------------------------
 nc.no_grad = ag.no_grad

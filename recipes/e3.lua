@@ -1,0 +1,197 @@
+-- recipes/e3.lua — the flagship: a looped, multi-stream, multi-token ternary Rust model.
+--
+-- Target hardware: any x86-64 machine, 2 cores, ~4 GB RAM. Expected runtime: ~20-30 minutes
+-- at the defaults (the corpus, tokenizer and shards are built once and cached, shared with
+-- recipes/tiny.lua). Larger machines: a preset with `config=` (plain Lua tables of these same
+-- settings): configs/h200.lua, configs/blackwell.lua, configs/workstation.lua.
+--
+--   ./nanochat recipes/e3.lua                                  # defaults below
+--   ./nanochat recipes/e3.lua steps=50 out=runs/e3-short       # any setting as key=value
+--   ./nanochat recipes/e3.lua mtp=false collider=false         # switch features off
+--   ./nanochat recipes/e3.lua loop_T=4 mhc_n=2 rho=0.3         # or resize them
+--
+-- What it runs, top to bottom:
+--   (1) the default Rust corpus, tokenizer and token shards (nc.data.prepare, as tiny.lua);
+--   (2) the e3 model (configs/models/e3.lua): a ternary GPT with
+--         LoopLM  — 1 prelude block, a 2-block shared stack applied loop_T times, 1 coda block;
+--                   exit gate per loop, loss sum_t p(t) CE(t) - beta H(p) (nanochat.looplm)
+--         mHC-lite — mhc_n residual streams mixed by convex combinations of permutation
+--                   matrices (exactly doubly stochastic; nanochat.mhc)
+--         MTP     — mtp_depth DeepSeek-style sequential modules, weight lambda 0.3 -> 0.1 at
+--                   2/3 of training (nanochat.mtp)
+--   (3) Collider token filtering: the rho fraction of tokens with the lowest loss is dropped
+--       from the loss AND from every layer's backward (nanochat.collider);
+--   (4) the hybrid optimizer: block matrices on 8-bit Muon under GaLore 2 (rank 1/4), embedding,
+--       head, norms and mHC/gate scalars on AdamW (or Lion with rest=lion); WSD schedule;
+--   (5) val loss / bits-per-byte, Rust samples (early exit at q = exit_q), self-speculative
+--       decoding through the MTP module, the mHC report, a checkpoint and a summary table.
+local nc = require 'nanochat'
+
+-- ---- settings ---------------------------------------------------------------------------------
+local cfg = {
+    config = '',            -- a preset file (configs/h200.lua, ...): a table of these settings
+    model = 'configs/models/e3.lua',
+    corpus = '',            -- a corpus directory (tools/corpus.lua); '' = the built-in default
+    vocab = 8192,
+    -- architecture switches (false removes the feature from the model / the training step)
+    loop = true, loop_T = 0, exit_q = 0.9,          -- 0 = the model file's T
+    mhc = true, mhc_n = 0, mhc_kind = '',           -- 0 / '' = the model file's
+    mtp = true, mtp_depth = 0, mtp_lambda = 0.3, mtp_lambda_late = 0.1,
+    collider = true, rho = 0.4,
+    -- optimization
+    steps = 300, batch = 8, seq = 0, grad_accum = 1,     -- seq 0 = the model's seq_len
+    lr = 3e-3, matrix_lr = 0.02, galore = true, muon8 = true, rest = 'adamw',
+    weight_decay = 0.0, warmup = 30, cooldown = 0.3, clip = 1.0, z_loss = 0.0,
+    eval_every = 100, eval_batches = 16, sample_tokens = 80,
+    threads = 0, seed = 1, device = 'cpu',
+    out = 'runs/e3', resume = true,
+}
+local args = rawget(_G, 'ARGS') or {}
+local function apply(t, where)
+    for k, v in pairs(t) do
+        if cfg[k] == nil then error(string.format('e3: unknown setting %s (%s)', tostring(k), where)) end
+        if type(cfg[k]) ~= type(v) then
+            error(string.format('e3: setting %s must be a %s (%s), got %s', k, type(cfg[k]), where, type(v)))
+        end
+        cfg[k] = v
+    end
+end
+if args.config and args.config ~= '' then
+    local preset = dofile(args.config)
+    if type(preset) ~= 'table' then error('e3: ' .. args.config .. ' must return a table of settings') end
+    apply(preset, args.config)
+end
+apply(args, 'command line')
+if cfg.device ~= 'cpu' then
+    -- the presets for GPUs name device = 'cuda'; training needs every op on the device
+    if not nc.cuda_available() then
+        error('e3: this preset needs device ' .. cfg.device .. ', but ' .. nc.cuda_status())
+    end
+    error('e3: device ' .. cfg.device .. ': the CUDA backend does not run training yet (forward/backward '
+        .. 'kernels for attention, norms, RoPE, quantizers and the optimizers are CPU-only); use device=cpu')
+end
+if cfg.threads > 0 then nc.set_num_threads(cfg.threads) end
+nc.manual_seed(cfg.seed)
+
+-- ---- (1) corpus, tokenizer, shards ----------------------------------------------------------------
+local tok, shard_dir = nc.data.prepare { corpus = cfg.corpus, vocab = cfg.vocab }
+
+-- ---- (2) model ------------------------------------------------------------------------------------
+local mcfg = dofile(cfg.model)
+mcfg.vocab_size = tok:vocab_size()
+mcfg.seed = cfg.seed
+if cfg.seq > 0 then mcfg.seq_len = cfg.seq end
+if not cfg.loop then
+    mcfg.loop = nil                      -- the unique blocks run once: a plain n_layer-block GPT
+elseif mcfg.loop then
+    if cfg.loop_T > 0 then mcfg.loop.T = cfg.loop_T end
+    mcfg.loop.exit_q = cfg.exit_q
+end
+if not cfg.mhc then mcfg.mhc = nil
+elseif mcfg.mhc then
+    if cfg.mhc_n > 0 then mcfg.mhc.n = cfg.mhc_n end
+    if cfg.mhc_kind ~= '' then mcfg.mhc.kind = cfg.mhc_kind end
+end
+if not cfg.mtp then mcfg.mtp = nil
+elseif mcfg.mtp then
+    if cfg.mtp_depth > 0 then mcfg.mtp.depth = cfg.mtp_depth end
+    mcfg.mtp.lambda = cfg.mtp_lambda
+end
+local T = mcfg.seq_len
+local model = nc.models.gpt.new(mcfg)
+local counts = model:param_counts()
+local function feature_line()
+    local f = {}
+    if mcfg.loop then f[#f + 1] = string.format('loop %d+%dx%d+%d', mcfg.loop.prelude, mcfg.loop.shared, mcfg.loop.T,
+        mcfg.loop.coda) end
+    if mcfg.mhc then f[#f + 1] = string.format('mhc-%s n=%d', mcfg.mhc.kind or 'lite', mcfg.mhc.n) end
+    if mcfg.mtp then f[#f + 1] = string.format('mtp D=%d', mcfg.mtp.depth or 1) end
+    if cfg.collider then f[#f + 1] = string.format('collider rho=%.2f', cfg.rho) end
+    return #f > 0 and table.concat(f, ', ') or 'plain GPT'
+end
+print(string.format('e3: %s, %.2fM params (%.2fM in matmuls), d=%d, T=%d, batch %d x %d, %d threads; %s',
+    cfg.model, counts.total / 1e6, counts.matmul / 1e6, mcfg.d_model, T, cfg.batch, cfg.grad_accum,
+    nc.get_num_threads(), feature_line()))
+
+-- ---- (3) Collider ---------------------------------------------------------------------------------
+local filter = cfg.collider and nc.collider.new { rho = cfg.rho } or nil
+
+-- ---- (4) optimizer, schedule, data, training -----------------------------------------------------
+local matrix_rule = { optim = cfg.muon8 and 'muon8' or 'muon', lr = cfg.matrix_lr, weight_decay = cfg.weight_decay }
+if cfg.galore then matrix_rule.galore = { rank_frac = 0.25 } end
+local rest = { optim = cfg.rest, lr = cfg.rest == 'lion' and cfg.lr / 3 or cfg.lr }
+local opt = nc.optim.hybrid { model = model, rules = {
+    matrix = matrix_rule, embedding = rest, head = rest,
+    norm = { optim = cfg.rest, lr = rest.lr, weight_decay = 0 },
+    scalar = { optim = cfg.rest, lr = rest.lr, weight_decay = 0 },
+} }
+local warmup = math.max(1, math.min(cfg.warmup, math.floor(cfg.steps / 10)))
+local wsd = nc.sched.wsd { warmup = warmup, total = cfg.steps, cooldown = cfg.cooldown, shape = 'linear' }
+-- the MTP weight follows DeepSeek-V3's two-phase schedule: lambda, then lambda_late for the last third
+local function schedule(s)
+    if mcfg.mtp then nc.mtp.set_lambda(model, s < 2 * cfg.steps / 3 and cfg.mtp_lambda or cfg.mtp_lambda_late) end
+    return wsd(s)
+end
+local loader = nc.data.loader { shards = nc.data.shards(shard_dir, 'train'), B = cfg.batch, T = T,
+                                seed = cfg.seed, sampling = 'random', tok_hash = tok:hash() }
+local function val_loader()
+    return nc.data.loader { shards = nc.data.shards(shard_dir, 'val'), B = cfg.batch, T = T,
+                            sampling = 'sequential', loop = false, tok_hash = tok:hash() }
+end
+
+local clock = require('nanochat.core').C.nc_monotonic_time
+local t0 = clock()
+local result = nc.train {
+    model = model, optimizer = opt, schedule = schedule, loader = loader, val_loader = val_loader,
+    steps = cfg.steps, grad_accum = cfg.grad_accum, clip = cfg.clip, z_loss = cfg.z_loss,
+    collider = filter,
+    eval_every = cfg.eval_every, eval_batches = cfg.eval_batches, tokenizer = tok,
+    log_dir = cfg.out .. '/logs', ckpt_dir = cfg.out .. '/ckpt', ckpt_every = 100, keep = 2,
+    resume = cfg.resume, config = model:config(),
+}
+local train_s = clock() - t0
+tok:save(cfg.out .. '/tokenizer.tok')
+
+-- ---- (5) evaluation, samples, reports ---------------------------------------------------------------
+model:eval()
+local prompts = { 'fn main() {', 'pub struct ', 'impl Iterator for ', '/// Returns ' }
+for _, p in ipairs(prompts) do
+    local out = {}
+    for id in nc.generate(model, tok:encode(p), { max_tokens = cfg.sample_tokens, temperature = 0.7, top_k = 40,
+                                                  seed = 1, stop_tokens = { tok.bos_id } }) do
+        out[#out + 1] = id
+    end
+    print(string.format('--- %s\n%s%s\n', p, p, tok:decode(out)))
+end
+
+local summary = {}
+local function row(k, v) summary[#summary + 1] = { k, v } end
+local last = result.evals[#result.evals] or {}
+row('steps', tostring(result.step))
+row('train time', string.format('%.0f s', train_s))
+row('params', string.format('%.2fM (%.2fM in matmuls)', counts.total / 1e6, counts.matmul / 1e6))
+row('features', feature_line())
+row('val loss', string.format('%.4f', last.loss or 0 / 0))
+row('val bpb', string.format('%.4f', last.bpb or 0 / 0))
+
+local probe = tok:encode('fn main() {\n    let mut v = Vec::new();\n')
+if mcfg.loop then
+    local st = nc.looplm.decode_stats(model, probe, { max_tokens = 48, q = cfg.exit_q })
+    row('LoopLM early exit', string.format('q=%.2f: %.2f of %d loops on average, %.2fx decode speed vs all loops',
+        cfg.exit_q, st.avg_loops, mcfg.loop.T, st.speedup))
+end
+if mcfg.mtp then
+    local st = nc.mtp.speculative_stats(model, probe, { max_tokens = 48 })
+    row('MTP self-speculative', string.format('%.0f%% drafts accepted, %.2fx vs greedy decoding (identical output: %s)',
+        100 * st.accept_rate, st.speedup, tostring(st.identical)))
+end
+if mcfg.mhc then
+    local rep = nc.mhc.report(model, { quiet = true })
+    row('mHC', string.format('max doubly-stochastic error %.1e, composite gain %.3f', rep.max_ds_error, rep.composite_gain))
+end
+if filter then row('Collider', string.format('kept %.0f%% of tokens in loss and backward', 100 * (1 - cfg.rho))) end
+row('checkpoint', tostring(result.checkpoint))
+row('tokenizer', cfg.out .. '/tokenizer.tok')
+
+print('\n| e3 summary | |\n|---|---|')
+for _, r in ipairs(summary) do print(string.format('| %s | %s |', r[1], r[2])) end
