@@ -578,6 +578,15 @@ nc_status nc_ternary_matmul_rows(nc_tensor *y, const nc_tensor *q, const nc_tens
                                  const nc_tensor *act_sum, const nc_tensor *packed,
                                  const nc_tensor *row_scale, int64_t n0, int64_t n1);
 
+/* int8 weights, per-row absmax scale (the engine's int8 LM head option): w f32 (N, K) -> w8 i8
+ * (N, Kp) with codes nearbyint(w * 127 / max|row|) in [-127, 127] (zero padding to Kp = kpad(K)) and
+ * wscale f32 (N) = max|row| / 127 (1 for an all-zero row). y f32 (M, N) = (float)isum * (1 / s[m]) *
+ * wscale[n], isum the exact int32 dot of the activation codes q (nc_ternary_quant_act, in
+ * [-127, 127]) with w8; AVX2 and scalar give bit-identical y. */
+nc_status nc_int8_quant_rows(nc_tensor *w8, nc_tensor *wscale, const nc_tensor *w);
+nc_status nc_int8_matmul(nc_tensor *y, const nc_tensor *q, const nc_tensor *act_scale, const nc_tensor *w8,
+                         const nc_tensor *wscale);
+
 /* GGUF ternary blocks (kernels/cpu/tq.c; formats.md §1.5, ggml's TQ2_0 / TQ1_0 layouts).
  * x f32 (..., K), K a multiple of 256 -> out tq2 | tq1 of the same shape: per block of 256,
  * d = max|x| (stored f16), code = lround(x / d) + 1. dequantize: out f32 = (code - 1) * d. */

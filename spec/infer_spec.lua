@@ -301,3 +301,63 @@ describe('infer.matmul', function()
         assert.truthy(tostring(err):find('not a multiple of 128', 1, true), err)
     end)
 end)
+
+describe('infer.int8 (the int8 head option)', function()
+    it('quantizes rows by absmax: codes in [-127, 127], |w - codes * scale| <= scale / 2, zero padding', function()
+        local w = randn({ 9, 150 }, 0.3)
+        local W8 = infer.int8(w)
+        assert.same({ 9, 256 }, W8.codes:shape())
+        local wt, ct, st = w:totable(), W8.codes:totable(), W8.scale:totable()
+        for n = 1, 9 do
+            local mx = 0
+            for k = 1, 150 do mx = math.max(mx, math.abs(wt[n][k])) end
+            assert.is_true(math.abs(st[n] - mx / 127) <= 1e-6 * mx)
+            local hit = false
+            for k = 1, 256 do
+                local c = ct[n][k]
+                assert.is_true(c >= -127 and c <= 127)
+                if k > 150 then assert.equal(0, c)
+                else
+                    assert.is_true(math.abs(wt[n][k] - c * st[n]) <= st[n] * 0.5 * (1 + 1e-5))
+                    if math.abs(c) == 127 then hit = true end
+                end
+            end
+            assert.is_true(hit, 'the absmax element maps to +-127')
+        end
+    end)
+
+    it('AVX2 equals the scalar reference bitwise, and both equal float64 integer math', function()
+        for _, sh in ipairs { { 1, 37, 768 }, { 3, 5, 33 }, { 5, 64, 1000 }, { 1, 4, 1 }, { 2, 130, 300 } } do
+            local M, N, K = sh[1], sh[2], sh[3]
+            local W8 = infer.int8(randn({ N, K }, 0.05))
+            local a = infer.quant_act(randn { M, K })
+            local ys = with_kernel('scalar', function() return infer.matmul(a, W8) end)
+            if has_avx2 then
+                local yv = with_kernel('avx2', function() return infer.matmul(a, W8) end)
+                assert.is_true(bytes_equal(ys, yv), string.format('M=%d N=%d K=%d differ', M, N, K))
+            end
+            local q, c, s, sc = a.q:totable(), W8.codes:totable(), a.scale:totable(), W8.scale:totable()
+            local y = ys:totable()
+            for m = 1, M do
+                for n = 1, N do
+                    local acc = 0
+                    for k = 1, #q[m] do acc = acc + q[m][k] * c[n][k] end
+                    local want = acc / s[m] * sc[n]
+                    assert.is_true(math.abs(y[m][n] - want) <= 5e-7 * math.abs(want) + 1e-30)
+                end
+            end
+        end
+    end)
+
+    it('rejects -128 activation codes and mismatched shapes with clear errors', function()
+        local W8 = infer.int8(randn { 4, 64 })
+        local a = infer.quant_act(randn { 1, 64 })
+        a.q:fill_(-128)
+        local ok, err = pcall(infer.matmul, a, W8)
+        assert.is_false(ok)
+        assert.truthy(tostring(err):find('activation code -128', 1, true), err)
+        ok, err = pcall(infer.matmul, infer.quant_act(randn { 1, 65 }), W8)
+        assert.is_false(ok)
+        assert.truthy(tostring(err):find('the int8 weight expects 64', 1, true), err)
+    end)
+end)

@@ -315,3 +315,117 @@ nc_status nc_ternary_matmul(nc_tensor *y, const nc_tensor *q, const nc_tensor *a
     if (inv != inv_stack) nc_host_free(inv, M * (int64_t)sizeof(float));
     return NC_OK;
 }
+
+/* ---- int8 weights with a per-row absmax scale (LM head / embeddings option) -------------------- */
+void nc_k_int8_gemm_avx2(float *y, int64_t M, int64_t N, const int8_t *q, const float *act_inv, const int8_t *w,
+                         const float *wscale, int64_t kp, int64_t n0, int64_t n1);
+
+nc_status nc_int8_quant_rows(nc_tensor *w8, nc_tensor *wscale, const nc_tensor *w) {
+    static const char *op = "int8_quant_rows";
+    NC_TRY(nc_check_f32_cpu(op, "w", w));
+    NC_TRY(nc_check_contiguous(op, "w", w));
+    NC_TRY(nc_check_ndim(op, "w", w, 2));
+    int64_t N = w->shape[0], K = w->shape[1], kp = nc_ternary_kpad(K);
+    int64_t ws[2] = {N, kp}, ss[1] = {N};
+    NC_TRY(nc_check_dtype(op, "w8", w8, NC_I8));
+    NC_TRY(nc_check_contiguous(op, "w8", w8));
+    NC_TRY(nc_check_shape(op, "w8", w8, 2, ws));
+    NC_TRY(nc_check_f32_cpu(op, "wscale", wscale));
+    NC_TRY(nc_check_contiguous(op, "wscale", wscale));
+    NC_TRY(nc_check_shape(op, "wscale", wscale, 1, ss));
+    const float *wp = nc_f32p(w);
+    int8_t *qp = nc_tensor_data(w8);
+    float *sp = nc_f32p(wscale);
+    for (int64_t n = 0; n < N; n++) {
+        const float *r = wp + n * K;
+        float mx = 0.0f;
+        for (int64_t k = 0; k < K; k++) {
+            float a = fabsf(r[k]);
+            if (!(a == a) || a == INFINITY)
+                return nc_fail(NC_ERR_ARG, "%s: w[%lld, %lld] is not finite", op, (long long)n, (long long)k);
+            mx = a > mx ? a : mx;
+        }
+        float s = mx > 0.0f ? mx / 127.0f : 1.0f;    /* w ~ code * s, codes in [-127, 127] */
+        float inv = 127.0f / (mx > 0.0f ? mx : 127.0f);
+        int8_t *qr = qp + n * kp;
+        for (int64_t k = 0; k < K; k++) {
+            float v = nearbyintf(r[k] * inv);
+            v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+            qr[k] = (int8_t)v;
+        }
+        for (int64_t k = K; k < kp; k++) qr[k] = 0;
+        sp[n] = s;
+    }
+    return NC_OK;
+}
+
+static void int8_gemm_scalar(float *y, int64_t M, int64_t N, const int8_t *q, const float *act_inv, const int8_t *w,
+                             const float *wscale, int64_t kp, int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; n++)
+        for (int64_t m = 0; m < M; m++) {
+            int32_t acc = 0;
+            for (int64_t k = 0; k < kp; k++) acc += (int32_t)w[n * kp + k] * q[m * kp + k];
+            y[m * N + n] = (float)acc * act_inv[m] * wscale[n];
+        }
+}
+
+nc_status nc_int8_matmul(nc_tensor *y, const nc_tensor *q, const nc_tensor *act_scale, const nc_tensor *w8,
+                         const nc_tensor *wscale) {
+    static const char *op = "int8_matmul";
+    NC_TRY(nc_check_dtype(op, "q", q, NC_I8));
+    NC_TRY(nc_check_cpu(op, "q", q));
+    NC_TRY(nc_check_contiguous(op, "q", q));
+    NC_TRY(nc_check_ndim(op, "q", q, 2));
+    NC_TRY(nc_check_dtype(op, "w8", w8, NC_I8));
+    NC_TRY(nc_check_cpu(op, "w8", w8));
+    NC_TRY(nc_check_contiguous(op, "w8", w8));
+    NC_TRY(nc_check_ndim(op, "w8", w8, 2));
+    int64_t M = q->shape[0], kp = q->shape[1], N = w8->shape[0];
+    if (kp % 32 || w8->shape[1] != kp)
+        return nc_fail(NC_ERR_SHAPE, "%s: q (%lld, %lld) and w8 (%lld, %lld) need the same padded K, a multiple of 32",
+                       op, (long long)M, (long long)kp, (long long)N, (long long)w8->shape[1]);
+    int64_t ms[1] = {M}, ns[1] = {N}, ys[2] = {M, N};
+    NC_TRY(nc_check_f32_cpu(op, "act_scale", act_scale));
+    NC_TRY(nc_check_contiguous(op, "act_scale", act_scale));
+    NC_TRY(nc_check_shape(op, "act_scale", act_scale, 1, ms));
+    NC_TRY(nc_check_f32_cpu(op, "wscale", wscale));
+    NC_TRY(nc_check_contiguous(op, "wscale", wscale));
+    NC_TRY(nc_check_shape(op, "wscale", wscale, 1, ns));
+    NC_TRY(nc_check_f32_cpu(op, "y", y));
+    NC_TRY(nc_check_contiguous(op, "y", y));
+    NC_TRY(nc_check_shape(op, "y", y, 2, ys));
+    const int8_t *qp = nc_tensor_data(q);
+    for (int64_t i = 0; i < M * kp; i++)   /* the AVX2 sign trick needs |q| <= 127 (quant_act never gives -128) */
+        if (qp[i] == -128) return nc_fail(NC_ERR_ARG, "%s: activation code -128 at %lld (expected [-127, 127])", op,
+                                          (long long)i);
+    if (M == 0 || N == 0) return NC_OK;
+    float inv_stack[64];
+    float *inv = M <= 64 ? inv_stack : nc_host_alloc(M * (int64_t)sizeof(float));
+    if (!inv) return NC_ERR_OOM;
+    const float *s = nc_f32p(act_scale);
+    for (int64_t m = 0; m < M; m++) inv[m] = 1.0f / s[m];
+    int avx2 = nc_cpu_avx2();
+    float *yp = nc_f32p(y);
+    const int8_t *wp = nc_tensor_data(w8);
+    const float *ws = nc_f32p(wscale);
+    int nt = nc_threads();
+    if (M * N * kp < 131072 || N < 32) nt = 1;
+    int64_t chunks = (N + 15) / 16;
+    if (nt > chunks) nt = (int)chunks;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, T = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        T = omp_get_num_threads();
+#endif
+        int64_t c0 = chunks * tid / T, c1 = chunks * (tid + 1) / T;
+        int64_t n0 = c0 * 16, n1 = c1 * 16 < N ? c1 * 16 : N;
+        if (n0 < n1) {
+            if (avx2) nc_k_int8_gemm_avx2(yp, M, N, qp, inv, wp, ws, kp, n0, n1);
+            else int8_gemm_scalar(yp, M, N, qp, inv, wp, ws, kp, n0, n1);
+        }
+    }
+    if (inv != inv_stack) nc_host_free(inv, M * (int64_t)sizeof(float));
+    return NC_OK;
+}

@@ -201,3 +201,46 @@ int32_t nc_k_ternary_quant_row_avx2(int8_t *q, float *s_out, const float *x, int
     for (; j < kp; j++) q[j] = 0;
     return sum;
 }
+
+/* ---- int8 x int8 (the int8 LM head / embedding option; scalar reference in ternary.c) ----------
+ * vpmaddubsw needs one unsigned operand: |w| (u8, <= 127) times sign(x, w) (x negated where w < 0,
+ * zeroed where w == 0; x in [-127, 127] so the negation never overflows). Each int16 lane holds a
+ * sum of two products <= 2 * 127 * 127 = 32258 (no saturation); vpmaddwd with ones widens every
+ * 32 weights into int32 lanes, so the sums are exact and equal the scalar reference's. */
+static inline __m256i i8_dot32(__m256i w, __m256i x) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w)),
+                             _mm256_set1_epi16(1));
+}
+
+void nc_k_int8_gemm_avx2(float *y, int64_t M, int64_t N, const int8_t *q, const float *act_inv, const int8_t *w,
+                         const float *wscale, int64_t kp, int64_t n0, int64_t n1) {
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4) {
+        const int8_t *w0 = w + n * kp;
+        for (int64_t m = 0; m < M; m++) {
+            const int8_t *x = q + m * kp;
+            __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0;
+            for (int64_t k = 0; k < kp; k += 32) {
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(x + k));
+                c0 = _mm256_add_epi32(c0, i8_dot32(_mm256_loadu_si256((const __m256i *)(w0 + k)), xv));
+                c1 = _mm256_add_epi32(c1, i8_dot32(_mm256_loadu_si256((const __m256i *)(w0 + kp + k)), xv));
+                c2 = _mm256_add_epi32(c2, i8_dot32(_mm256_loadu_si256((const __m256i *)(w0 + 2 * kp + k)), xv));
+                c3 = _mm256_add_epi32(c3, i8_dot32(_mm256_loadu_si256((const __m256i *)(w0 + 3 * kp + k)), xv));
+            }
+            int32_t r[4];
+            _mm_storeu_si128((__m128i *)r, hsum4(c0, c1, c2, c3));
+            for (int i = 0; i < 4; i++) y[m * N + n + i] = (float)r[i] * act_inv[m] * wscale[n + i];
+        }
+    }
+    for (; n < n1; n++) {
+        const int8_t *wr = w + n * kp;
+        for (int64_t m = 0; m < M; m++) {
+            const int8_t *x = q + m * kp;
+            __m256i c = _mm256_setzero_si256();
+            for (int64_t k = 0; k < kp; k += 32)
+                c = _mm256_add_epi32(c, i8_dot32(_mm256_loadu_si256((const __m256i *)(wr + k)),
+                                                 _mm256_loadu_si256((const __m256i *)(x + k))));
+            y[m * N + n] = (float)hsum1(c) * act_inv[m] * wscale[n];
+        }
+    }
+}

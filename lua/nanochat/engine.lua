@@ -5,7 +5,10 @@
 -- quantizer's absmean gamma carried exactly, never re-derived from quantized weights); activations
 -- quantized per token to int8 (nc.infer.quant_act: the same q and s as nc.quant_act) once per
 -- shared input (q/k/v share one, as in training; w1/w3 share one); embeddings and the LM head kept
--- f32 (opts.head_dtype = 'f16' stores them as f16 and widens per call: half the bytes, slower);
+-- f32 (opts.head_dtype = 'f16' stores them as f16 and widens per call: half the bytes, slower;
+-- 'i8' keeps the embedding f32 and the head as int8 rows with an absmax scale each, multiplied
+-- with the same int8 activations as the ternary layers: a quarter of the head's bytes, the fastest
+-- decode, logits within the tolerance spec/models/engine_spec.lua names);
 -- no autograd (everything under nc.no_grad); a KV cache per sequence batch.
 --
 -- The Engine offers the interface nc.generate needs (cfg, new_cache(B, max_T),
@@ -78,7 +81,7 @@ function M.pack(src, opts)
         error('nc.pack: quant_group ' .. c.quant_group .. ' is not whole rows; packed rows keep one scale each', 2)
     end
     local hd = opts.head_dtype or 'f32'
-    if hd ~= 'f32' and hd ~= 'f16' then error("nc.pack: head_dtype must be 'f32' or 'f16'", 2) end
+    if hd ~= 'f32' and hd ~= 'f16' and hd ~= 'i8' then error("nc.pack: head_dtype must be 'f32', 'f16' or 'i8'", 2) end
     local e = setmetatable({ cfg = c, head_dtype = hd, layers = {} }, Engine)
     n.no_grad(function()
         local function keep(t)
@@ -86,8 +89,13 @@ function M.pack(src, opts)
             if hd == 'f16' then return t:to('f16') end
             return t:clone()
         end
-        e.wte = keep(model.wte.weight)
-        e.head = model.lm_head and keep(model.lm_head.weight) or e.wte
+        if hd == 'i8' then
+            e.wte = f32(model.wte.weight:to('cpu')):clone()
+            e.head = infer.int8(model.lm_head and model.lm_head.weight or model.wte.weight)
+        else
+            e.wte = keep(model.wte.weight)
+            e.head = model.lm_head and keep(model.lm_head.weight) or e.wte
+        end
         local po = { group_size = c.quant_group }
         for i, b in ipairs(model.h) do
             local a, m = b.attn, b.mlp
@@ -112,6 +120,7 @@ function Engine:weight_bytes()
             if L[k] then b = b + L[k]:nbytes() end
         end
     end
+    if self.head_dtype == 'i8' then return b + self.head:nbytes() end
     local es = self.head_dtype == 'f16' and 2 or 4
     return b + self.head:numel() * es
 end
@@ -176,7 +185,12 @@ function Engine:forward_cached(idx, cache)
             end
             x = x + infer.matmul(qa(n.rmsnorm(u, L.mlp_gain, eps)), L.w2)
         end
-        local lg = n.linear(n.rmsnorm(x, nil, eps), wide(self.head))
+        local lg
+        if self.head_dtype == 'i8' then
+            lg = infer.matmul(qa(n.rmsnorm(x, nil, eps)), self.head)
+        else
+            lg = n.linear(n.rmsnorm(x, nil, eps), wide(self.head))
+        end
         local cap = c.logit_softcap
         if cap then lg = n.tanh(lg * (1 / cap)) * cap end
         return lg:view { B, T, c.vocab_size }

@@ -145,9 +145,52 @@ function M.quant_act(x, opts, into)
     return a
 end
 
+-- ---- int8 weights (the LM head option) -------------------------------------------------------------
+-- `infer.int8(w)`: w f32 (out, in) -> Int8 { codes i8 (out, Kp), scale f32 (out) }, per-row absmax
+-- (codes in [-127, 127], w ~ codes * scale); `infer.matmul(a, W8)` with the same int8 activations:
+-- y = (int32 sum of codes * q) * (1 / s) * scale. A quarter of f32's bytes: for a decoded token the
+-- head is most of the bytes read at small d (125M shape: 100 of 122 MB in f32, 25 MB in int8).
+local Int8 = {}
+Int8.__index = Int8
+M.Int8 = Int8
+
+function M.int8(w)
+    if not Tensor.is(w) or w:dim() ~= 2 then error('infer.int8: expected a 2-D weight tensor (out, in)', 2) end
+    if w:device() ~= 'cpu' then w = w:to('cpu') end
+    if w:dtype() ~= 'f32' then w = w:to('f32') end
+    w = w:contiguous()
+    local n, k = w:size(0), w:size(1)
+    local kp = M.kpad(k)
+    local codes, scale = Tensor.empty({ n, kp }, 'i8'), Tensor.empty({ n }, 'f32')
+    check(C.nc_int8_quant_rows(codes._c, scale._c, w._c), 'infer.int8')
+    return setmetatable({ codes = codes, scale = scale, out_features = n, in_features = k, kpad = kp }, Int8)
+end
+
+function Int8:nbytes() return self.codes:numel() + 4 * self.out_features end
+
+-- the dequantized weight (out, in) f32 (codes * scale), for checks
+function Int8:dequantize()
+    local f = self.codes:narrow(1, 0, self.in_features):to('f32')
+    return f * self.scale:reshape { -1, 1 }
+end
+
+function Int8:__tostring()
+    return string.format('infer.Int8(out=%d, in=%d, %d bytes)', self.out_features, self.in_features, self:nbytes())
+end
+
 -- y (M, N) f32 = packed linear of quantized activations a (from quant_act); `out` optional.
+-- P: a Packed ternary weight or an Int8 weight.
 function M.matmul(a, P, out)
-    if not is_packed(P) then error('infer.matmul: expected a Packed weight (infer.pack)', 2) end
+    if getmetatable(P) == Int8 then
+        if a.in_features ~= P.in_features then
+            error(string.format('infer.matmul: activations have %d features, the int8 weight expects %d',
+                a.in_features, P.in_features), 2)
+        end
+        local y = out or Tensor.empty({ a.rows, P.out_features }, 'f32')
+        check(C.nc_int8_matmul(y._c, a.q._c, a.scale._c, P.codes._c, P.scale._c), 'infer.matmul')
+        return y
+    end
+    if not is_packed(P) then error('infer.matmul: expected a Packed weight (infer.pack) or an Int8 (infer.int8)', 2) end
     if a.in_features ~= P.in_features then
         error(string.format('infer.matmul: activations have %d features, the weight expects %d', a.in_features,
             P.in_features), 2)

@@ -95,6 +95,15 @@ describe('engine: train = serve', function()
         local f16 = nc.pack(dir, { head_dtype = 'f16' })
         assert.is_true(rel_diff(e1:forward(idx), f16:forward(idx)) < 1e-2)
         assert.is_true(f16:weight_bytes() < e1:weight_bytes())
+        -- int8 head: per-row absmax codes (relative step 1/127 of the row max) and int8 activations
+        -- into the head: logits within I8_HEAD_TOL of max |logit|, a quarter of the head bytes
+        local I8_HEAD_TOL = 3e-2
+        local i8 = nc.pack(dir, { head_dtype = 'i8' })
+        local r8 = rel_diff(e1:forward(idx), i8:forward(idx))
+        assert.is_true(r8 < I8_HEAD_TOL and r8 > 0, 'int8 head relative logit difference ' .. r8)
+        local V, d = m.cfg.vocab_size, m.cfg.d_model
+        -- head bytes: f32 4 V d; int8 V kpad(d) (rows padded to the 128-wide activation blocks) + 4 V scales
+        assert.equal(e1:weight_bytes() - 4 * V * d + V * nc.infer.kpad(d) + 4 * V, i8:weight_bytes())
         os.execute('rm -rf ' .. dir)
         local ok, err = pcall(nc.pack, dir)
         assert.is_false(ok)

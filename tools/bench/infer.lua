@@ -313,6 +313,24 @@ for _, sh in ipairs(ENGINE_SHAPES) do
             print(string.format('125M fp32 training-model decode (%d threads): %.1f tok/s; engine %.2fx', th,
                 r['f32_' .. th], r['dec_' .. th] / r['f32_' .. th]))
         end
+        -- the int8 head option (nc.pack(model, {head_dtype = 'i8'})): a quarter of the head's bytes
+        local e8 = nc.pack(model, { head_dtype = 'i8' })
+        r.bytes_i8 = e8:weight_bytes()
+        for _, th in ipairs(THREADS) do
+            set_threads(th)
+            local cache = e8:new_cache(1, 256)
+            e8:forward_cached(pidx, cache)
+            local ndec = quick and 8 or 16
+            local dmed = timeit(function()
+                cache.pos = prefill_T
+                for _ = 1, ndec do e8:forward_cached(one, cache) end
+            end, 1)
+            r['i8_' .. th] = ndec / dmed
+            print(string.format('125M engine, int8 head (%d threads): %.1f tok/s, %.2f MB/token (f32 head: %.1f tok/s)', th,
+                r['i8_' .. th], r.bytes_i8 / 1e6, r['dec_' .. th]))
+        end
+        r.roof_i8 = r.bytes_i8 * r.i8_2 / (bw[2].median * 1e9)
+        e8 = nil
         r.roof = r.bytes * r.dec_2 / (bw[2].median * 1e9)
         print(string.format('125M engine decode, 2 threads: %.3f of the DRAM roofline (%.1f MB/token, %.2f GB/s)',
             r.roof, r.bytes / 1e6, bw[2].median))
@@ -347,6 +365,9 @@ local out = {
     decode_linears_vs_fp32 = L.round(dec[2].vs_f32, 2),
     decode_linears_vs_fp32_1t = L.round(dec[1].vs_f32, 2),
     decode_roofline_frac = L.round(eng['125M'].roof, 3),
+    decode_roofline_frac_i8_head = L.round(eng['125M'].roof_i8, 3),
+    decode_tok_s_125m_i8_head_1t = L.round(eng['125M'].i8_1, 1),
+    decode_tok_s_125m_i8_head_2t = L.round(eng['125M'].i8_2, 1),
     decode_vs_fp32 = L.round(eng['125M'].dec_2 / eng['125M'].f32_2, 2),
     decode_vs_fp32_1t = L.round(eng['125M'].dec_1 / eng['125M'].f32_1, 2),
     decode_fp32_tok_s_125m_1t = L.round(eng['125M'].f32_1, 1),
