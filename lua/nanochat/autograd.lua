@@ -82,6 +82,46 @@ function M.grad_buf(t)
     return g, true
 end
 
+-- State of the running backward (pass_grad's aliasing rule): the caller's gradient tensor (never
+-- aliased: the caller owns it) and whether the node being processed keeps its gradient.
+local foreign, cur_retained = nil, false
+
+-- Hand gradient g of a node's output to input x unchanged (identity-like backward: STE quantizers,
+-- add, reshape views). When x has no gradient yet, g itself becomes x.grad (no zero-fill, no
+-- add): g is the output's gradient, dropped right after the closure, so nobody else sees it. Not
+-- when g belongs to the caller (backward's grad argument), when the output retains its gradient,
+-- when g was already handed to another input, or when dtype/shape/layout differ; then x.grad is
+-- accumulated (+=) as usual. `shape_ok` = g already has x's shape (caller checked), else compared.
+local C_  -- nanochat.core's C (loaded lazily: core requires nothing from here)
+
+-- g may become an input's gradient buffer: f32, contiguous, not the caller's, not retained by the
+-- node being processed, not handed to another input before. Marks g as handed when true.
+function M.take(g)
+    C_ = C_ or require('nanochat.core').C
+    local gc = g._c
+    if g == foreign or cur_retained or rawget(g, '_handed') or gc.dtype ~= C_.NC_F32
+        or C_.nc_tensor_is_contiguous(gc) ~= 1 then
+        return false
+    end
+    rawset(g, '_handed', true)
+    return true
+end
+
+function M.pass_grad(x, g)
+    if type(x) ~= 'table' or not x.requires_grad then return end
+    local cur = rawget(x, 'grad')
+    if cur then cur:add_scaled_(g, 1) return end
+    C_ = C_ or require('nanochat.core').C
+    local gc, xc = g._c, x._c
+    if gc.device == xc.device and gc.ndim == xc.ndim and C_.nc_tensor_same_shape(gc, xc) == 1
+        and gc.dtype == C_.NC_F32 then
+        -- the buffer itself, or one contiguous copy (cheaper than zeros + accumulate)
+        x.grad = M.take(g) and g or g:clone()
+        return
+    end
+    M.grad_of(x):add_scaled_(g, 1)
+end
+
 -- Reverse topological order of the graph under root (iterative: deep graphs do not overflow
 -- the Lua stack).
 local function topo(root)
@@ -137,6 +177,8 @@ function M.backward(root, grad, opts)
     end
     local prev = enabled
     enabled = false   -- backward closures build no graph
+    local prev_foreign, prev_retained = foreign, cur_retained
+    foreign = grad
     local ok, err = pcall(function()
         for i = #order, 1, -1 do
             local t = order[i]
@@ -144,6 +186,7 @@ function M.backward(root, grad, opts)
             if node then
                 local gt = rawget(t, 'grad')
                 if gt then
+                    cur_retained = t._retain_grad and true or false
                     node.backward(gt)
                     if not t._retain_grad then t.grad = nil end
                 end
@@ -152,6 +195,7 @@ function M.backward(root, grad, opts)
         end
     end)
     enabled = prev
+    foreign, cur_retained = prev_foreign, prev_retained
     if not ok then error(err, 0) end
 end
 

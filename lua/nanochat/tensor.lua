@@ -189,9 +189,15 @@ end
 
 -- ---- views (with autograd) -----------------------------------------------------------------
 -- g_view(ga) must return the view of the input's gradient that matches the output.
-local function record_view(out, x, g_view)
+-- reshape: the view keeps the element order (view/reshape/unsqueeze/squeeze), so a contiguous
+-- gout can become x's gradient buffer itself, viewed with x's shape (ag.take), when x has none yet.
+local function record_view(out, x, g_view, reshape)
     if ag.needs(x) then
         ag.record(out, { x }, function(gout)
+            if reshape and rawget(x, 'grad') == nil and x.requires_grad and ag.take(gout) then
+                x.grad = gout:_raw_view(x:shape())
+                return
+            end
             local ga = ag.grad_of(x)
             if ga then check(C.nc_add_scaled(g_view(ga)._c, gout._c, 1), 'view backward') end
         end)
@@ -203,7 +209,7 @@ function Tensor:view(shape, ...)
     local n, buf = to_shape(shape, ...)
     local out = wrap(C.nc_tensor_view_reshape(self._c, n, buf), 'view')
     -- the input's gradient buffer is contiguous with the input's shape: view it like the output
-    return record_view(out, self, function(ga) return ga:_raw_view(out:shape()) end)
+    return record_view(out, self, function(ga) return ga:_raw_view(out:shape()) end, true)
 end
 
 -- reshape: a view when the strides allow, else a contiguous copy
@@ -215,7 +221,7 @@ function Tensor:reshape(shape, ...)
         return self:contiguous():view(shape, ...)
     end
     local out = wrap(p, 'reshape')
-    return record_view(out, self, function(ga) return ga:_raw_view(out:shape()) end)
+    return record_view(out, self, function(ga) return ga:_raw_view(out:shape()) end, true)
 end
 
 -- a reshape view without autograd (for gradient buffers)
@@ -282,7 +288,7 @@ end
 
 function Tensor:unsqueeze(dim)
     local out = wrap(C.nc_tensor_view_unsqueeze(self._c, dim), 'unsqueeze')
-    return record_view(out, self, function(ga) return ga:_raw_view(out:shape()) end)
+    return record_view(out, self, function(ga) return ga:_raw_view(out:shape()) end, true)
 end
 
 function Tensor:squeeze(dim)
@@ -292,7 +298,7 @@ function Tensor:squeeze(dim)
         return self:reshape(s)
     end
     local out = wrap(C.nc_tensor_view_squeeze(self._c, dim), 'squeeze')
-    return record_view(out, self, function(ga) return ga:_raw_view(out:shape()) end)
+    return record_view(out, self, function(ga) return ga:_raw_view(out:shape()) end, true)
 end
 
 -- expand: the gradient sums over broadcast dims

@@ -122,3 +122,52 @@ describe('autograd', function()
         assert.is_true(highest - before.host_bytes < 256 * 1024 * 1024)
     end)
 end)
+
+-- ag.pass_grad / ag.take: identity-like backwards (STE quantizers, same-shape add, reshape views)
+-- hand the output's gradient buffer to an input instead of zero-fill + accumulate. These check the
+-- cases where handing over would be wrong.
+describe('autograd: gradient hand-over', function()
+    local function leaf(vals) return nc.tensor(vals, { requires_grad = true }) end
+
+    it('x + x gives 2 g (the second use accumulates into the handed buffer)', function()
+        local x = leaf { 1, 2, 3 }
+        local s = (x + x) * nc.tensor { 1, 10, 100 }
+        s:sum():backward()
+        assert.same({ 2, 20, 200 }, x.grad:totable())
+    end)
+
+    it("never hands over the caller's gradient tensor", function()
+        local a, b = leaf { 1, 2 }, leaf { 3, 4 }
+        local g = nc.tensor { 5, 7 }
+        local s = a + b
+        s:backward(g)
+        s = a + b
+        s:backward(g)        -- accumulates into a.grad / b.grad: must not change g
+        assert.same({ 5, 7 }, g:totable())
+        assert.same({ 10, 14 }, a.grad:totable())
+        assert.same({ 10, 14 }, b.grad:totable())
+    end)
+
+    it('a retained gradient is not shared with an input', function()
+        local x = leaf { 1, 2, 3 }
+        local y = (x * 1):retain_grad()
+        local z = y:reshape { 3, 1 }:retain_grad()
+        local w = (z + z) * 3
+        w:sum():backward()
+        assert.same({ { 6 }, { 6 }, { 6 } }, z.grad:totable())
+        assert.same({ 6, 6, 6 }, y.grad:totable())
+        assert.same({ 6, 6, 6 }, x.grad:totable())
+        x.grad:fill_(0)
+        assert.same({ 6, 6, 6 }, y.grad:totable())
+    end)
+
+    it('STE quantizers and reshape views accumulate correctly over two backward calls', function()
+        local w = leaf { { 0.5, -0.2 }, { 0.1, 0.9 } }
+        for _ = 1, 2 do
+            local q = nc.quant_weight(w)
+            local s = q:reshape { 4 } * nc.tensor { 1, 2, 3, 4 }
+            s:sum():backward()
+        end
+        assert.same({ { 2, 4 }, { 6, 8 } }, w.grad:totable())
+    end)
+end)

@@ -83,6 +83,15 @@ local function binary_tt(name, op, a, b)
     end
     check(C.nc_binary(out._c, ac, bc, op), name)
     if needs2(a, b) then
+        if op == C.NC_OP_ADD and same_shape_c(ac, bc) then
+            -- d(a + b) = g for both: hand g over (ag.pass_grad: the first input without a
+            -- gradient takes the buffer itself; the other accumulates)
+            ag.record(out, { a, b }, function(gout)
+                ag.pass_grad(a, gout)
+                ag.pass_grad(b, gout)
+            end)
+            return out
+        end
         ag.record(out, { a, b }, function(gout)
             local ga, gb = ag.grad_of(a), ag.grad_of(b)
             check(C.nc_binary_backward(cptr(ga), cptr(gb), nil, a._c, b._c, gout._c, op), name .. ' backward')

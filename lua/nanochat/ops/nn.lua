@@ -289,10 +289,7 @@ end
 -- ---- BitNet fake quantizers (straight-through backward) ------------------------------------------
 local function ste(out, x)
     if ag.needs(x) then
-        ag.record(out, { x }, function(g)
-            local gx = ag.grad_of(x)
-            if gx then gx:add_scaled_(g, 1) end
-        end)
+        ag.record(out, { x }, function(g) ag.pass_grad(x, g) end)
     end
     return out
 end
