@@ -578,6 +578,27 @@ nc_status nc_ternary_matmul_rows(nc_tensor *y, const nc_tensor *q, const nc_tens
                                  const nc_tensor *act_sum, const nc_tensor *packed,
                                  const nc_tensor *row_scale, int64_t n0, int64_t n1);
 
+/* One decode step of a packed GPT (kernels/cpu/engine.c): B sequences, one token each, all at
+ * position pos, through n_layers layers in ONE OpenMP parallel region (threads split GEMV rows and
+ * (sequence, head) pairs; 6 barriers per layer). x (B, d) f32: the embedded (normed) token in, the
+ * residual stream after the last layer out. Per layer: packed codes w[j] (u8 (N, Kp/4)) and row
+ * scales s[j] (f32 (N)) of wq, wk, wv, wo, w1, w3 (SwiGLU only, else NULL), w2; SubLN gains or
+ * NULL; K/V caches (B, max_T, n_kv_head, head_dim) f32 contiguous, written at pos. cos/sin: the
+ * RoPE tables (>= pos + 1, head_dim / 2). Same math as the op-by-op engine path. */
+typedef struct nc_engine_layer {
+    const nc_tensor *w[7];
+    const nc_tensor *s[7];
+    const nc_tensor *attn_gain, *mlp_gain;
+    nc_tensor *kc, *vc;
+} nc_engine_layer;
+typedef struct nc_engine_cfg {
+    int64_t d, n_head, n_kv_head, head_dim, d_ff;
+    int32_t qk_norm, swiglu;
+    double eps;
+} nc_engine_cfg;
+nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t n_layers, const nc_engine_cfg *cfg,
+                           int64_t pos, const nc_tensor *cos, const nc_tensor *sin);
+
 /* int8 weights, per-row absmax scale (the engine's int8 LM head option): w f32 (N, K) -> w8 i8
  * (N, Kp) with codes nearbyint(w * 127 / max|row|) in [-127, 127] (zero padding to Kp = kpad(K)) and
  * wscale f32 (N) = max|row| / 127 (1 for an all-zero row). y f32 (M, N) = (float)isum * (1 / s[m]) *

@@ -25,6 +25,9 @@ void nc_k_ternary_gemm_avx2(float *y, int64_t M, int64_t N, const int8_t *q, con
 
 int32_t nc_k_ternary_quant_row_avx2(int8_t *q, float *s_out, const float *x, int64_t k, int64_t kp, float eps);
 
+int32_t nc_k_ternary_quant_row(int8_t *qr, float *s_out, const float *xr, int64_t xs, int64_t k, int64_t kp, float feps,
+                               int avx2);
+
 int64_t nc_ternary_kpad(int64_t k) { return (k + TB - 1) / TB * TB; }
 
 static inline uint8_t code_at(const uint8_t *row, int64_t k) {
@@ -177,30 +180,33 @@ nc_status nc_ternary_quant_act(nc_tensor *q, nc_tensor *scale, nc_tensor *sum, c
 #pragma omp parallel for schedule(static) if (m * k >= NC_PAR_MIN && m > 1) num_threads(nc_threads())
     for (int64_t r = 0; r < m; r++) {
         const float *xr = nc_f32p(x) + nc_row_offset(x, r);
-        int8_t *qr = qp + r * kp;
-        if (avx2 && xs == 1) {
-            sm[r] = nc_k_ternary_quant_row_avx2(qr, &sp[r], xr, k, kp, feps);
-            continue;
-        }
-        float mx = 0.0f;
-        for (int64_t j = 0; j < k; j++) {
-            float a = fabsf(xr[j * xs]);
-            mx = a > mx ? a : mx;
-        }
-        /* exactly nc_quant_act_absmax's operations */
-        float s = 127.0f / (mx > feps ? mx : feps);
-        sp[r] = s;
-        int32_t acc = 0;
-        for (int64_t j = 0; j < k; j++) {
-            float v = nearbyintf(xr[j * xs] * s);
-            v = v > 127.0f ? 127.0f : (v < -128.0f ? -128.0f : v);
-            qr[j] = (int8_t)v;
-            acc += (int32_t)v;
-        }
-        for (int64_t j = k; j < kp; j++) qr[j] = 0;
-        sm[r] = acc;
+        sm[r] = nc_k_ternary_quant_row(qp + r * kp, &sp[r], xr, xs, k, kp, feps, avx2);
     }
     return NC_OK;
+}
+
+/* one row (element stride xs) -> codes, s, returns sum(q): exactly nc_quant_act_absmax's
+ * operations (the AVX2 row kernel, used for contiguous rows, gives the same bits); shared with the
+ * fused decode step (engine.c) */
+int32_t nc_k_ternary_quant_row(int8_t *qr, float *s_out, const float *xr, int64_t xs, int64_t k, int64_t kp, float feps,
+                               int avx2) {
+    if (avx2 && xs == 1) return nc_k_ternary_quant_row_avx2(qr, s_out, xr, k, kp, feps);
+    float mx = 0.0f;
+    for (int64_t j = 0; j < k; j++) {
+        float a = fabsf(xr[j * xs]);
+        mx = a > mx ? a : mx;
+    }
+    float s = 127.0f / (mx > feps ? mx : feps);
+    *s_out = s;
+    int32_t acc = 0;
+    for (int64_t j = 0; j < k; j++) {
+        float v = nearbyintf(xr[j * xs] * s);
+        v = v > 127.0f ? 127.0f : (v < -128.0f ? -128.0f : v);
+        qr[j] = (int8_t)v;
+        acc += (int32_t)v;
+    }
+    for (int64_t j = k; j < kp; j++) qr[j] = 0;
+    return acc;
 }
 
 /* scalar reference: rows [n0, n1) of y (M, N) */
@@ -220,6 +226,13 @@ static void gemm_scalar(float *y, int64_t M, int64_t N, const int8_t *q, const f
             y[m * N + n] = (float)isum * act_inv[m] * gamma[n];
         }
     }
+}
+
+/* rows [n0, n1) of y (M, N) with the AVX2 kernel or the scalar reference (engine.c) */
+void nc_k_ternary_rows(float *y, int64_t M, int64_t N, const int8_t *q, const float *act_inv, const int32_t *act_sum,
+                       const uint8_t *w, const float *gamma, int64_t kp, int64_t n0, int64_t n1, int avx2) {
+    if (avx2) nc_k_ternary_gemm_avx2(y, M, N, q, act_inv, act_sum, w, gamma, kp, n0, n1);
+    else gemm_scalar(y, M, N, q, act_inv, act_sum, w, gamma, kp, n0, n1);
 }
 
 static nc_status check_matmul(const char *op, const nc_tensor *y, const nc_tensor *q, const nc_tensor *act_scale,

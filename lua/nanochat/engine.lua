@@ -17,8 +17,11 @@
 -- GEMM over B*T rows); T = 1 is decode (GEMV when B = 1, several sequences batched when B > 1, all
 -- at the same position).
 --
--- Threads: matmuls use the threaded kernel (nc_ternary_matmul, nc.set_threads); the one-parallel-
--- region-per-layer variant over nc_ternary_matmul_rows is not done yet (see README).
+-- Threads: prefill (T > 1) runs op by op with the threaded kernels (nc_ternary_matmul, ...). Decode
+-- (T = 1) runs every layer in ONE C call with one OpenMP parallel region per token
+-- (nc_engine_decode, kernels/cpu/engine.c: threads split GEMV rows and attention heads, 6 barriers
+-- per layer, no Lua per op); `engine.fused = false` selects the op-by-op path for decode too (the
+-- reference the spec compares against).
 --
 -- Checkpoint dirs: DIR/model.safetensors (the model's state_dict) + DIR/meta.json whose `model`
 -- or `config` key holds the model cfg table (nc.models.gpt.new(cfg)). M.load_model(dir) builds it.
@@ -131,6 +134,27 @@ Cache.__index = Cache
 M.Cache = Cache
 function Cache:reset() self.pos = 0; return self end
 
+local ffi = require('nanochat.core').ffi
+local C = require('nanochat.core').C
+local check = require('nanochat.core').check
+local WNAMES = { 'wq', 'wk', 'wv', 'wo', 'w1', 'w3', 'w2' }
+
+-- the nc_engine_layer array of a cache (weights + this cache's K/V) for nc_engine_decode
+local function decode_layers(e, cache)
+    local arr = ffi.new('nc_engine_layer[?]', #e.layers)
+    for i, L in ipairs(e.layers) do
+        local s = arr[i - 1]
+        for j, nm in ipairs(WNAMES) do
+            local P = L[nm]
+            if P then s.w[j - 1], s.s[j - 1] = P.codes._c, P.scale._c end
+        end
+        if L.attn_gain then s.attn_gain = L.attn_gain._c end
+        if L.mlp_gain then s.mlp_gain = L.mlp_gain._c end
+        s.kc, s.vc = cache.k[i]._c, cache.v[i]._c
+    end
+    return arr
+end
+
 function Engine:new_cache(B, max_T)
     local n, c = nc(), self.cfg
     max_T = max_T or c.seq_len
@@ -140,7 +164,18 @@ function Engine:new_cache(B, max_T)
         cache.v[i] = n.zeros({ B, max_T, c.n_kv_head, c.head_dim })
     end
     cache.cos, cache.sin = n.rope_tables(math.max(max_T, c.seq_len), c.head_dim, { base = c.rope_theta })
+    cache.layers_c = decode_layers(self, cache)   -- holds raw pointers: the cache keeps the tensors alive
     return cache
+end
+
+-- the nc_engine_cfg of this engine
+local function decode_cfg(c)
+    local s = ffi.new('nc_engine_cfg')
+    s.d, s.n_head, s.n_kv_head, s.head_dim, s.d_ff = c.d_model, c.n_head, c.n_kv_head, c.head_dim, c.d_ff
+    s.qk_norm = c.qk_norm and 1 or 0
+    s.swiglu = c.mlp == 'swiglu' and 1 or 0
+    s.eps = c.norm_eps
+    return s
 end
 
 local function wide(t) return t:dtype() == 'f32' and t or t:to('f32') end
@@ -164,6 +199,13 @@ function Engine:forward_cached(idx, cache)
         local pos = cache.pos
         local cos, sin = cache.cos:narrow(0, pos, T), cache.sin:narrow(0, pos, T)
         local x = n.rmsnorm(n.embedding(idx, wide(self.wte)), nil, eps):reshape { R, d }
+        if T == 1 and self.fused ~= false then
+            -- decode: every layer in one C call (x is fresh and contiguous: updated in place)
+            self._cfg_c = self._cfg_c or decode_cfg(c)
+            check(C.nc_engine_decode(x._c, cache.layers_c, #self.layers, self._cfg_c, pos, cache.cos._c, cache.sin._c),
+                'engine decode')
+            return self:_head(x, B, T)
+        end
         for i, L in ipairs(self.layers) do
             local a = qa(n.rmsnorm(x, nil, eps))
             local q = infer.matmul(a, L.wq):view { B, T, H, hdim }
@@ -185,18 +227,24 @@ function Engine:forward_cached(idx, cache)
             end
             x = x + infer.matmul(qa(n.rmsnorm(u, L.mlp_gain, eps)), L.w2)
         end
-        local lg
-        if self.head_dtype == 'i8' then
-            lg = infer.matmul(qa(n.rmsnorm(x, nil, eps)), self.head)
-        else
-            lg = n.linear(n.rmsnorm(x, nil, eps), wide(self.head))
-        end
-        local cap = c.logit_softcap
-        if cap then lg = n.tanh(lg * (1 / cap)) * cap end
-        return lg:view { B, T, c.vocab_size }
+        return self:_head(x, B, T)
     end)
     cache.pos = cache.pos + T
     return logits
+end
+
+-- final norm + LM head (+ softcap): x (B*T, d) -> logits (B, T, V)
+function Engine:_head(x, B, T)
+    local n, c = nc(), self.cfg
+    local lg
+    if self.head_dtype == 'i8' then
+        lg = infer.matmul(qa(n.rmsnorm(x, nil, c.norm_eps)), self.head)
+    else
+        lg = n.linear(n.rmsnorm(x, nil, c.norm_eps), wide(self.head))
+    end
+    local cap = c.logit_softcap
+    if cap then lg = n.tanh(lg * (1 / cap)) * cap end
+    return lg:view { B, T, c.vocab_size }
 end
 
 -- full-sequence logits (B, T, V) (a fresh cache)

@@ -80,6 +80,60 @@ describe('engine: train = serve', function()
         assert.has_error(function() e:forward_cached(nc.tensor({ { 1 }, { 1 } }, { dtype = 'i64' }), cache) end)
     end)
 
+    -- decode runs every layer in one C call (nc_engine_decode); the op-by-op path (engine.fused =
+    -- false) is its reference: same integer GEMVs, norms/attention summed in another order.
+    local FUSED_TOL = 1e-5
+    it('fused decode (one C call per token) equals the op-by-op path, every cfg variant, B = 1 and 2', function()
+        for _, v in ipairs(variants) do
+            local m = model_of(v[1], v[2])
+            local e = nc.pack(m)
+            for _, B in ipairs { 1, 2 } do
+                local seqs = {}
+                for b = 1, B do
+                    seqs[b] = {}
+                    for t = 1, 9 do seqs[b][t] = (t * 13 + b * 7) % m.cfg.vocab_size end
+                end
+                local ca, cb = e:new_cache(B, 16), e:new_cache(B, 16)
+                local pre = {}
+                for b = 1, B do pre[b] = { seqs[b][1], seqs[b][2], seqs[b][3] } end
+                e:forward_cached(nc.tensor(pre, { dtype = 'i64' }), ca)
+                e:forward_cached(nc.tensor(pre, { dtype = 'i64' }), cb)
+                for t = 4, 9 do
+                    local col = {}
+                    for b = 1, B do col[b] = { seqs[b][t] } end
+                    local idx = nc.tensor(col, { dtype = 'i64' })
+                    e.fused = true
+                    local lf = e:forward_cached(idx, ca)
+                    e.fused = false
+                    local lo = e:forward_cached(idx, cb)
+                    e.fused = nil
+                    local r = rel_diff(lo, lf)
+                    assert.is_true(r < FUSED_TOL, string.format('%s B=%d t=%d: %g', v[1], B, t, r))
+                    for b = 1, B do
+                        assert.is_true(rel_diff(cb.k[1]:narrow(0, b - 1, 1):narrow(1, 0, t),
+                            ca.k[1]:narrow(0, b - 1, 1):narrow(1, 0, t)) < FUSED_TOL)
+                    end
+                end
+            end
+        end
+    end)
+
+    it('fused decode rejects a full cache and mismatched shapes with clear errors', function()
+        local m = model_of('micro')
+        local e = nc.pack(m)
+        local cache = e:new_cache(1, 2)
+        e:forward_cached(nc.tensor({ { 1, 2 } }, { dtype = 'i64' }), cache)
+        local ok, err = pcall(e.forward_cached, e, nc.tensor({ { 3 } }, { dtype = 'i64' }), cache)
+        assert.is_false(ok)
+        assert.truthy(tostring(err):find('cache full', 1, true), err)
+        local x = nc.zeros { 1, 7 }
+        ok, err = pcall(nc.core.check, nc.C.nc_engine_decode(x._c, cache.layers_c, 1, require('ffi').new('nc_engine_cfg',
+            { d = 32, n_head = 4, n_kv_head = 2, head_dim = 8, d_ff = 128, eps = 1e-6 }), 0, cache.cos._c, cache.sin._c),
+            'engine decode')
+        assert.is_false(ok)
+        assert.truthy(tostring(err):find('x must be (B, 32)', 1, true), err)
+    end)
+
     it('packs a checkpoint dir (model.safetensors + meta.json) to the same logits; bad dirs give clear errors', function()
         local m = model_of('micro')
         local dir = os.tmpname()

@@ -313,6 +313,23 @@ for _, sh in ipairs(ENGINE_SHAPES) do
             print(string.format('125M fp32 training-model decode (%d threads): %.1f tok/s; engine %.2fx', th,
                 r['f32_' .. th], r['dec_' .. th] / r['f32_' .. th]))
         end
+        -- decode op by op (engine.fused = false: one Lua call + OpenMP fork per op) vs the fused
+        -- one-C-call-per-token step measured above
+        for _, th in ipairs(THREADS) do
+            set_threads(th)
+            e.fused = false
+            local cache = e:new_cache(1, 256)
+            e:forward_cached(pidx, cache)
+            local ndec = quick and 8 or 16
+            local dmed = timeit(function()
+                cache.pos = prefill_T
+                for _ = 1, ndec do e:forward_cached(one, cache) end
+            end, 1)
+            e.fused = nil
+            r['ops_' .. th] = ndec / dmed
+            print(string.format('125M engine decode op by op (%d threads): %.1f tok/s; fused %.2fx', th, r['ops_' .. th],
+                r['dec_' .. th] / r['ops_' .. th]))
+        end
         -- the int8 head option (nc.pack(model, {head_dtype = 'i8'})): a quarter of the head's bytes
         local e8 = nc.pack(model, { head_dtype = 'i8' })
         r.bytes_i8 = e8:weight_bytes()
@@ -366,6 +383,8 @@ local out = {
     decode_linears_vs_fp32_1t = L.round(dec[1].vs_f32, 2),
     decode_roofline_frac = L.round(eng['125M'].roof, 3),
     decode_roofline_frac_i8_head = L.round(eng['125M'].roof_i8, 3),
+    decode_fused_vs_ops_1t = L.round(eng['125M'].dec_1 / eng['125M'].ops_1, 2),
+    decode_fused_vs_ops_2t = L.round(eng['125M'].dec_2 / eng['125M'].ops_2, 2),
     decode_tok_s_125m_i8_head_1t = L.round(eng['125M'].i8_1, 1),
     decode_tok_s_125m_i8_head_2t = L.round(eng['125M'].i8_2, 1),
     decode_vs_fp32 = L.round(eng['125M'].dec_2 / eng['125M'].f32_2, 2),

@@ -1,0 +1,298 @@
+/* kernels/cpu/engine.c — one decode step of the packed ternary GPT, all layers in one call.
+ *
+ * Promise: nc_engine_decode advances B sequences by one token (all at position pos) through every
+ * layer of a packed model (core/nanochat.h, inference section): the same math as the op-by-op
+ * engine path (lua/nanochat/engine.lua, forward_cached with T = 1) — parameter-free RMSNorm
+ * (double-accumulated mean square), per-token int8 activations with exactly nc_ternary_quant_act's
+ * codes, the packed GEMV kernels of ternary*.c, optional QK-norm, half-split RoPE, causal
+ * attention over the cache with GQA, ReLU² or SwiGLU, optional SubLN gains — with one OpenMP
+ * parallel region for the whole step instead of one fork-join per op and no Lua per op. Threads
+ * split the output rows of every GEMV (16-row chunks, the same row kernel as nc_ternary_matmul) and
+ * the (sequence, head) pairs of attention; a layer has 6 barriers (after the q/k/v GEMVs, the K/V
+ * cache write, attention, the output GEMV + residual, the MLP up GEMV(s), the down GEMV +
+ * residual); the small per-token steps between them (norm + quantize a row of d or d_ff floats)
+ * run on one thread. The GEMV results are bit-identical to nc_ternary_matmul's; norm, attention
+ * and activation arithmetic differ from the op path only in summation order (float rounding).
+ */
+#include "nn_common.h"
+#include <stdlib.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* ternary.c: the row kernel behind nc_ternary_matmul (AVX2 or scalar by nc_cpu_avx2()) and the
+ * activation quantizer of one contiguous row */
+void nc_k_ternary_rows(float *y, int64_t M, int64_t N, const int8_t *q, const float *act_inv, const int32_t *act_sum,
+                       const uint8_t *w, const float *gamma, int64_t kp, int64_t n0, int64_t n1, int avx2);
+int32_t nc_k_ternary_quant_row(int8_t *q, float *s, const float *x, int64_t xs, int64_t k, int64_t kp, float eps,
+                               int avx2);
+
+#define QEPS 1e-5f   /* nc.quant_act / infer.quant_act default */
+
+static void rms_row(float *y, const float *x, const float *w, int64_t D, double eps) {
+    double ss = 0.0;
+    for (int64_t j = 0; j < D; j++) ss += (double)x[j] * (double)x[j];
+    float inv = (float)(1.0 / sqrt(ss / (double)(D ? D : 1) + eps));
+    if (w)
+        for (int64_t j = 0; j < D; j++) y[j] = x[j] * inv * w[j];
+    else
+        for (int64_t j = 0; j < D; j++) y[j] = x[j] * inv;
+}
+
+static void rope_row(float *x, const float *c, const float *s, int64_t D) {
+    int64_t h = D / 2;
+    for (int64_t i = 0; i < h; i++) {
+        float x1 = x[i], x2 = x[i + h];
+        x[i] = x1 * c[i] + x2 * s[i];
+        x[i + h] = x2 * c[i] - x1 * s[i];
+    }
+}
+
+/* [n0, n1) of N rows for thread tid of nt, in 16-row chunks */
+static void split(int64_t N, int tid, int nt, int64_t *n0, int64_t *n1) {
+    int64_t chunks = (N + 15) / 16;
+    int64_t c0 = chunks * tid / nt, c1 = chunks * (tid + 1) / nt;
+    *n0 = c0 * 16 < N ? c0 * 16 : N;
+    *n1 = c1 * 16 < N ? c1 * 16 : N;
+}
+
+typedef struct {
+    int8_t *q;      /* (B, kp) codes */
+    float *inv;     /* (B) 1 / s */
+    int32_t *sum;   /* (B) */
+    int64_t kp;
+} qbuf;
+
+static void gemv(float *y, const qbuf *a, int64_t B, const nc_tensor *w, const nc_tensor *g, int tid, int nt,
+                 int avx2) {
+    int64_t N = w->shape[0], n0, n1;
+    split(N, tid, nt, &n0, &n1);
+    if (n0 < n1)
+        nc_k_ternary_rows(y, B, N, a->q, a->inv, a->sum, (const uint8_t *)nc_tensor_data(w), nc_f32p(g), a->kp, n0, n1,
+                          avx2);
+}
+
+static nc_status check_packed_w(const char *op, const char *name, int li, const nc_tensor *w, const nc_tensor *s,
+                                int64_t N, int64_t K) {
+    if (!w || !s) return nc_fail(NC_ERR_ARG, "%s: layer %d: %s or its scale is NULL", op, li, name);
+    int64_t kp = nc_ternary_kpad(K);
+    if (w->dtype != NC_U8 || w->device != NC_CPU || w->ndim != 2 || w->shape[0] != N || w->shape[1] != kp / 4 ||
+        !nc_tensor_is_contiguous(w))
+        return nc_fail(NC_ERR_SHAPE, "%s: layer %d: %s must be packed u8 (%lld, %lld) on the cpu, contiguous", op, li,
+                       name, (long long)N, (long long)(kp / 4));
+    if (s->dtype != NC_F32 || s->device != NC_CPU || nc_tensor_numel(s) != N || !nc_tensor_is_contiguous(s))
+        return nc_fail(NC_ERR_SHAPE, "%s: layer %d: %s's row scale must be f32 (%lld) contiguous", op, li, name,
+                       (long long)N);
+    return NC_OK;
+}
+
+nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t n_layers, const nc_engine_cfg *cfg,
+                           int64_t pos, const nc_tensor *cos_t, const nc_tensor *sin_t) {
+    static const char *op = "engine_decode";
+    if (!cfg || (!layers && n_layers > 0)) return nc_fail(NC_ERR_ARG, "%s: cfg or layers is NULL", op);
+    NC_TRY(nc_check_f32_cpu(op, "x", x));
+    NC_TRY(nc_check_contiguous(op, "x", x));
+    NC_TRY(nc_check_ndim(op, "x", x, 2));
+    const int64_t B = x->shape[0], d = cfg->d, H = cfg->n_head, Hkv = cfg->n_kv_head, hd = cfg->head_dim,
+                  ff = cfg->d_ff;
+    if (x->shape[1] != d) return nc_fail(NC_ERR_SHAPE, "%s: x must be (B, %lld), got last dim %lld", op, (long long)d,
+                                         (long long)x->shape[1]);
+    if (H < 1 || Hkv < 1 || H % Hkv || hd < 2 || hd % 2 || ff < 1 || d < 1)
+        return nc_fail(NC_ERR_ARG, "%s: bad cfg (d %lld, heads %lld/%lld, head_dim %lld, d_ff %lld)", op, (long long)d,
+                       (long long)H, (long long)Hkv, (long long)hd, (long long)ff);
+    NC_TRY(nc_check_f32_cpu(op, "cos", cos_t));
+    NC_TRY(nc_check_f32_cpu(op, "sin", sin_t));
+    NC_TRY(nc_check_contiguous(op, "cos", cos_t));
+    NC_TRY(nc_check_contiguous(op, "sin", sin_t));
+    if (cos_t->ndim != 2 || cos_t->shape[1] != hd / 2 || pos < 0 || pos >= cos_t->shape[0] ||
+        !nc_tensor_same_shape(cos_t, sin_t))
+        return nc_fail(NC_ERR_SHAPE, "%s: cos/sin must be (>= %lld, %lld) tables, position %lld", op,
+                       (long long)(pos + 1), (long long)(hd / 2), (long long)pos);
+    const int64_t Nq = H * hd, Nkv = Hkv * hd;
+    for (int li = 0; li < n_layers; li++) {
+        const nc_engine_layer *L = &layers[li];
+        static const char *names[7] = {"wq", "wk", "wv", "wo", "w1", "w3", "w2"};
+        const int64_t outs[7] = {Nq, Nkv, Nkv, d, ff, ff, d}, ins[7] = {d, d, d, Nq, d, d, ff};
+        for (int j = 0; j < 7; j++) {
+            if (j == 5 && !cfg->swiglu) continue;
+            NC_TRY(check_packed_w(op, names[j], li, L->w[j], L->s[j], outs[j], ins[j]));
+        }
+        for (int j = 0; j < 2; j++) {
+            const nc_tensor *c = j ? L->vc : L->kc;
+            if (!c || c->dtype != NC_F32 || c->device != NC_CPU || !nc_tensor_is_contiguous(c) || c->ndim != 4 ||
+                c->shape[0] != B || c->shape[1] <= pos || c->shape[2] != Hkv || c->shape[3] != hd)
+                return nc_fail(NC_ERR_SHAPE, "%s: layer %d: the %s cache must be f32 (%lld, > %lld, %lld, %lld) "
+                               "contiguous", op, li, j ? "V" : "K", (long long)B, (long long)pos, (long long)Hkv,
+                               (long long)hd);
+        }
+        const nc_tensor *gains[2] = {L->attn_gain, L->mlp_gain};
+        const int64_t glen[2] = {Nq, ff};
+        for (int j = 0; j < 2; j++)
+            if (gains[j] && (gains[j]->dtype != NC_F32 || nc_tensor_numel(gains[j]) != glen[j] ||
+                             !nc_tensor_is_contiguous(gains[j])))
+                return nc_fail(NC_ERR_SHAPE, "%s: layer %d: the %s gain must be f32 (%lld) contiguous", op, li,
+                               j ? "MLP" : "attention", (long long)glen[j]);
+    }
+    if (B == 0 || n_layers == 0) return NC_OK;
+
+    /* scratch: quantized inputs of width d / Nq / ff, q|k|v, attention output, MLP hidden, GEMV out,
+     * a normed row, per-thread attention scores */
+    const int64_t kpd = nc_ternary_kpad(d), kpq = nc_ternary_kpad(Nq), kpf = nc_ternary_kpad(ff);
+    int nt = nc_threads();
+    if (nt < 1) nt = 1;
+    const int64_t S = pos + 1;
+    int64_t fl = B * (Nq + 2 * Nkv) + B * Nq + 2 * B * ff + B * d + (ff > Nq ? ff : Nq) + (d > 0 ? d : 1) +
+                 (int64_t)nt * S + 3 * B;
+    int64_t by = B * (kpd + kpq + kpf) + fl * (int64_t)sizeof(float) + 3 * B * (int64_t)(sizeof(float) + 4) + 256;
+    char *mem = nc_host_alloc(by);
+    if (!mem) return NC_ERR_OOM;
+    char *p = mem;
+    qbuf qa = {(int8_t *)p, NULL, NULL, kpd};
+    p += B * kpd;
+    qbuf qo = {(int8_t *)p, NULL, NULL, kpq};
+    p += B * kpq;
+    qbuf qf = {(int8_t *)p, NULL, NULL, kpf};
+    p += B * kpf;
+    p = (char *)(((uintptr_t)p + 63) & ~(uintptr_t)63);
+    float *f = (float *)p;
+    float *qkv = f;                  f += B * (Nq + 2 * Nkv);
+    float *att = f;                  f += B * Nq;
+    float *u1 = f;                   f += B * ff;
+    float *u3 = f;                   f += B * ff;
+    float *yo = f;                   f += B * d;
+    float *row = f;                  f += (ff > Nq ? ff : Nq) > d ? (ff > Nq ? ff : Nq) : d;
+    float *scores = f;               f += (int64_t)nt * S;
+    qa.inv = f; f += B;
+    qo.inv = f; f += B;
+    qf.inv = f; f += B;
+    int32_t *ip = (int32_t *)f;
+    qa.sum = ip; qo.sum = ip + B; qf.sum = ip + 2 * B;
+
+    float *X = nc_f32p(x);
+    const float *crow = nc_f32p(cos_t) + pos * (hd / 2), *srow = nc_f32p(sin_t) + pos * (hd / 2);
+    const int avx2 = nc_cpu_avx2(), qkn = cfg->qk_norm, swiglu = cfg->swiglu;
+    const double eps = cfg->eps;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int64_t group = H / Hkv;
+    float *qo_ = qkv, *ko_ = qkv + B * Nq, *vo_ = qkv + B * (Nq + Nkv);   /* (B, Nq), (B, Nkv), (B, Nkv) */
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, T = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        T = omp_get_num_threads();
+#endif
+        float *sc = scores + (int64_t)tid * S;
+        for (int li = 0; li < n_layers; li++) {
+            const nc_engine_layer *L = &layers[li];
+            float *K = nc_f32p(L->kc), *V = nc_f32p(L->vc);
+            const int64_t cT = L->kc->shape[1];
+#pragma omp single
+            for (int64_t b = 0; b < B; b++) {
+                rms_row(row, X + b * d, NULL, d, eps);
+                float s;
+                qa.sum[b] = nc_k_ternary_quant_row(qa.q + b * kpd, &s, row, 1, d, kpd, QEPS, avx2);
+                qa.inv[b] = 1.0f / s;
+            }
+            gemv(qo_, &qa, B, L->w[0], L->s[0], tid, T, avx2);
+            gemv(ko_, &qa, B, L->w[1], L->s[1], tid, T, avx2);
+            gemv(vo_, &qa, B, L->w[2], L->s[2], tid, T, avx2);
+#pragma omp barrier
+            /* K/V of the new token into the cache (QK-norm, RoPE on K) */
+            for (int64_t r = tid; r < B * Hkv; r += T) {
+                int64_t b = r / Hkv, h = r % Hkv;
+                float *kr = ko_ + b * Nkv + h * hd;
+                if (qkn) rms_row(kr, kr, NULL, hd, eps);
+                rope_row(kr, crow, srow, hd);
+                float *kd = K + ((b * cT + pos) * Hkv + h) * hd, *vd = V + ((b * cT + pos) * Hkv + h) * hd;
+                memcpy(kd, kr, (size_t)hd * sizeof(float));
+                memcpy(vd, vo_ + b * Nkv + h * hd, (size_t)hd * sizeof(float));
+            }
+#pragma omp barrier
+            /* attention of each (sequence, query head) over positions 0..pos */
+            for (int64_t r = tid; r < B * H; r += T) {
+                int64_t b = r / H, h = r % H, kh = h / group;
+                float *q = qo_ + b * Nq + h * hd;
+                if (qkn) rms_row(q, q, NULL, hd, eps);
+                rope_row(q, crow, srow, hd);
+                float m = -INFINITY;
+                for (int64_t j = 0; j < S; j++) {
+                    const float *kr = K + ((b * cT + j) * Hkv + kh) * hd;
+                    float dot = 0.0f;
+                    for (int64_t i = 0; i < hd; i++) dot += q[i] * kr[i];
+                    sc[j] = dot * scale;
+                    m = sc[j] > m ? sc[j] : m;
+                }
+                float l = 0.0f;
+                for (int64_t j = 0; j < S; j++) {
+                    sc[j] = expf(sc[j] - m);
+                    l += sc[j];
+                }
+                float *o = att + b * Nq + h * hd;
+                for (int64_t i = 0; i < hd; i++) o[i] = 0.0f;
+                for (int64_t j = 0; j < S; j++) {
+                    const float *vr = V + ((b * cT + j) * Hkv + kh) * hd;
+                    float pj = sc[j] / l;
+                    for (int64_t i = 0; i < hd; i++) o[i] += pj * vr[i];
+                }
+            }
+#pragma omp barrier
+#pragma omp single
+            for (int64_t b = 0; b < B; b++) {
+                rms_row(row, att + b * Nq, L->attn_gain ? nc_f32p(L->attn_gain) : NULL, Nq, eps);
+                float s;
+                qo.sum[b] = nc_k_ternary_quant_row(qo.q + b * kpq, &s, row, 1, Nq, kpq, QEPS, avx2);
+                qo.inv[b] = 1.0f / s;
+            }
+            {
+                int64_t n0, n1;
+                split(d, tid, T, &n0, &n1);
+                if (n0 < n1) {
+                    nc_k_ternary_rows(yo, B, d, qo.q, qo.inv, qo.sum, (const uint8_t *)nc_tensor_data(L->w[3]),
+                                      nc_f32p(L->s[3]), kpq, n0, n1, avx2);
+                    for (int64_t b = 0; b < B; b++)
+                        for (int64_t n = n0; n < n1; n++) X[b * d + n] += yo[b * d + n];
+                }
+            }
+#pragma omp barrier
+#pragma omp single
+            for (int64_t b = 0; b < B; b++) {
+                rms_row(row, X + b * d, NULL, d, eps);
+                float s;
+                qa.sum[b] = nc_k_ternary_quant_row(qa.q + b * kpd, &s, row, 1, d, kpd, QEPS, avx2);
+                qa.inv[b] = 1.0f / s;
+            }
+            gemv(u1, &qa, B, L->w[4], L->s[4], tid, T, avx2);
+            if (swiglu) gemv(u3, &qa, B, L->w[5], L->s[5], tid, T, avx2);
+#pragma omp barrier
+#pragma omp single
+            for (int64_t b = 0; b < B; b++) {
+                float *u = u1 + b * ff;
+                if (swiglu) {
+                    const float *g3 = u3 + b * ff;
+                    for (int64_t j = 0; j < ff; j++) u[j] = u[j] / (1.0f + expf(-u[j])) * g3[j];
+                } else {
+                    for (int64_t j = 0; j < ff; j++) u[j] = u[j] > 0.0f ? u[j] * u[j] : 0.0f;
+                }
+                rms_row(row, u, L->mlp_gain ? nc_f32p(L->mlp_gain) : NULL, ff, eps);
+                float s;
+                qf.sum[b] = nc_k_ternary_quant_row(qf.q + b * kpf, &s, row, 1, ff, kpf, QEPS, avx2);
+                qf.inv[b] = 1.0f / s;
+            }
+            {
+                int64_t n0, n1;
+                split(d, tid, T, &n0, &n1);
+                if (n0 < n1) {
+                    nc_k_ternary_rows(yo, B, d, qf.q, qf.inv, qf.sum, (const uint8_t *)nc_tensor_data(L->w[6]),
+                                      nc_f32p(L->s[6]), kpf, n0, n1, avx2);
+                    for (int64_t b = 0; b < B; b++)
+                        for (int64_t n = n0; n < n1; n++) X[b * d + n] += yo[b * d + n];
+                }
+            }
+#pragma omp barrier
+        }
+    }
+    nc_host_free(mem, by);
+    return NC_OK;
+}
