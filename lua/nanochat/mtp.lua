@@ -1,0 +1,375 @@
+-- lua/nanochat/mtp.lua — nc.mtp: multi-token prediction (algorithms.md §7) for nc.models.gpt, and
+-- self-speculative greedy decoding with the MTP modules as the draft model.
+--
+-- Config (cfg.mtp, validated by M.config from gpt.config):
+--   depth  (1)             D extra prediction depths
+--   lambda (0.3)           weight of the MTP term at the start; M.set_lambda(model, v) changes it
+--   kind   ('sequential')  'sequential' = DeepSeek-V3 modules (§7.2), 'parallel' = Gloeckle et al.
+--                          independent heads (§7.1)
+--
+-- Architecture. h^0 = the main model's final normed hidden (B, T, d) (what _loss passes); t = idx.
+--   sequential, module k = 1..D, position i = 0..T-1-k:
+--     h'_i^k = M_k [ rmsnorm(h_i^{k-1}) ; rmsnorm(Emb(t_{i+k})) ]     M_k: BitLinear 2d -> d
+--     h^k    = Block_k(h'^k) over the T-k positions (RoPE positions 0..T-k-1, causal)
+--     logits = head(rmsnorm(h_i^k))  predicts t_{i+k+1} = targets[i+k]
+--   parallel, head k = 1..D, position i = 0..T-1-k:
+--     h^k = Block_k(h^0) ; logits = head(rmsnorm(h_i^k)) predicts t_{i+k+1} = targets[i+k]
+-- Emb (wte) and the head (model:_logits: shared matrix + softcap) are the main model's. Choices:
+-- M_k is a BitLinear (ternary when cfg.ternary, like the blocks; fp32 with ternary = false) built
+-- with norm = false: its input is two RMS-normalized halves, so it is RMS-normalized already (the
+-- §1.4 invariant holds). The norms are parameter-free like every pre-norm of the model. Block_k
+-- is gpt.lua's Block built from the model cfg without loop/mhc/mtp (one residual stream). The
+-- modules' weights come from their own generator (seed derived from cfg.seed), so a model with
+-- MTP has bit-identical main weights to the same cfg without it. Parameter names:
+-- mtp.<k-1>.proj.weight, mtp.<k-1>.block.attn.wq.weight, ... (roles: all 'matrix'; SubLN gains
+-- 'norm').
+--
+-- Loss: L_k = mean cross-entropy over the valid targets of depth k (its own count: Collider's -1
+-- targets are ignored; positions past the end are never formed, so nothing wraps);
+-- L = L_main + (lambda / D) sum_k L_k. M.loss returns the second term (a tensor), or the number 0
+-- when lambda = 0 (then nothing is computed: the loss is bitwise the plain LM loss and the MTP
+-- parameters get no gradient). Depths with T - k < 1 contribute nothing.
+--
+-- Lambda schedule: M.set_lambda(model, v) stores v on the model (model.mtp_lambda) and overrides
+-- cfg.mtp.lambda from the next forward on; a recipe calls it every step from its own schedule
+-- (DeepSeek-V3: 0.3, then 0.1 late in training). The value is not checkpointed: a schedule of the
+-- step recomputes it on resume.
+--
+-- Self-speculative decoding (M.generate, greedy): the main model's hidden at the last committed
+-- position m and its greedy next token t_{m+1} feed module 1, which drafts t_{m+2}; module k
+-- takes module k-1's hidden and the token just drafted (parallel heads: the main hidden only).
+-- One forward of the main model over [t_{m+1}, drafts] verifies them; the longest prefix that
+-- equals the main model's own argmax is accepted, plus the main model's next token (bonus), and
+-- the main KV cache rolls back (cache.pos) past the rejected positions. Every emitted token is an
+-- argmax of the main model's logits given the committed prefix, so the stream equals plain
+-- greedy decoding (nc.generate with temperature 0) — up to the float rounding differences
+-- between a batched and a one-position forward (bitwise at micro size; ~3e-8 in the logits at
+-- d 256, which only matters on exact near-ties). Each module has its own KV cache (one slot, the
+-- Block's cache interface) and a buffer of its hidden states; positions whose inputs were drafts
+-- are recomputed once the tokens are committed, so module caches always hold true inputs.
+local nn = require 'nanochat.nn'
+local BitLinear = require 'nanochat.layers.bitlinear'
+
+local function nc() return require 'nanochat' end
+
+local M = {}
+
+local KINDS = { sequential = true, parallel = true }
+local KNOWN = { depth = 'number', lambda = 'number', kind = 'string' }
+
+-- a filled, validated copy of cfg.mtp; c is the (partly filled) model cfg
+function M.config(sub, c)
+    if type(sub) ~= 'table' then error('mtp: cfg.mtp must be a table, got ' .. type(sub), 2) end
+    local out = {}
+    for k, v in pairs(sub) do
+        local want = KNOWN[k]
+        if not want then error('mtp: unknown cfg.mtp field ' .. tostring(k) .. ' (known: depth, lambda, kind)', 2) end
+        if type(v) ~= want then error(string.format('mtp: cfg.mtp.%s must be a %s, got %s', k, want, type(v)), 2) end
+        out[k] = v
+    end
+    out.depth = out.depth or 1
+    if out.lambda == nil then out.lambda = 0.3 end
+    out.kind = out.kind or 'sequential'
+    if out.depth < 1 or out.depth ~= math.floor(out.depth) then
+        error('mtp: cfg.mtp.depth must be a positive integer, got ' .. tostring(out.depth), 2)
+    end
+    if not (out.lambda >= 0 and out.lambda < math.huge) then
+        error('mtp: cfg.mtp.lambda must be a finite number >= 0, got ' .. tostring(out.lambda), 2)
+    end
+    if not KINDS[out.kind] then
+        error("mtp: cfg.mtp.kind must be 'sequential' or 'parallel', got '" .. out.kind .. "'", 2)
+    end
+    if c and c.seq_len and out.depth >= c.seq_len then
+        error(string.format('mtp: cfg.mtp.depth %d must be below seq_len %d', out.depth, c.seq_len), 2)
+    end
+    return out
+end
+
+-- the model cfg a module's Block is built from: one residual stream, no features
+local function block_cfg(c)
+    local b = {}
+    for k, v in pairs(c) do b[k] = v end
+    b.loop, b.mhc, b.mtp = nil, nil, nil
+    return b
+end
+
+-- ---- modules -----------------------------------------------------------------------------------
+local MTPModule = nn.Module:extend('MTPModule')
+M.MTPModule = MTPModule
+
+function MTPModule:init(c, kind, gen)
+    local Block = require('nanochat.models.gpt').Block
+    self.kind = kind
+    if kind == 'sequential' then
+        self.proj = BitLinear(2 * c.d_model, c.d_model, { ternary = c.ternary, group = c.quant_group, std = c.init_std,
+                                                          generator = gen, eps = c.norm_eps })
+    end
+    self.block = Block(block_cfg(c), gen)
+end
+
+function MTPModule:extra_repr() return self.kind end
+
+-- seed offset of the modules' own generator (the main weights never see it)
+M.SEED_OFFSET = 0x4D545000
+
+-- nn.ModuleList of the D modules of a filled cfg (called from GPT:init's MTP region)
+function M.build(c)
+    local gen = nc().generator(c.seed + M.SEED_OFFSET)
+    local mods = {}
+    for k = 1, c.mtp.depth do mods[k] = MTPModule(c, c.mtp.kind, gen) end
+    return nn.ModuleList(mods)
+end
+
+-- closed-form parameter counts of the modules of a filled cfg: { matrix, norm }
+function M.count_params(c)
+    local d, hd, D = c.d_model, c.head_dim, c.mtp.depth
+    local attn = d * c.n_head * hd * 2 + d * c.n_kv_head * hd * 2
+    local mlp = (c.mlp == 'swiglu' and 3 or 2) * d * c.d_ff
+    local proj = c.mtp.kind == 'sequential' and 2 * d * d or 0
+    local norm = c.subln and (c.n_head * hd + c.d_ff) or 0
+    return { matrix = D * (proj + attn + mlp), norm = D * norm }
+end
+
+-- training FLOPs per token beyond 6 N (N includes the module matrices): each depth applies the
+-- shared head once more (6 V d) and one more attention (6 d T)
+function M.extra_flops(c, T)
+    return 6 * c.mtp.depth * (c.vocab_size * c.d_model + c.d_model * T)
+end
+
+-- ---- lambda ------------------------------------------------------------------------------------
+function M.set_lambda(model, v)
+    if type(model) ~= 'table' or not (model.cfg and model.cfg.mtp) then
+        error('mtp.set_lambda: the model has no cfg.mtp', 2)
+    end
+    if type(v) ~= 'number' or not (v >= 0 and v < math.huge) then
+        error('mtp.set_lambda: expected a finite number >= 0, got ' .. tostring(v), 2)
+    end
+    model.mtp_lambda = v
+    return v
+end
+
+function M.lambda(model)
+    local v = rawget(model, 'mtp_lambda')
+    if v == nil then v = model.cfg.mtp.lambda end
+    return v
+end
+
+-- ---- loss --------------------------------------------------------------------------------------
+-- The per-depth losses { L_1, ..., L_D } (scalar tensors; fewer when T - k < 1) from the final
+-- hidden h (B, T, d); cos, sin the RoPE rows of positions 0..T-1.
+function M.depth_losses(model, h, idx, targets, opts, cos, sin)
+    local n = nc()
+    local c = model.cfg
+    local s = c.mtp
+    if not model.mtp then error('mtp.depth_losses: the model has no MTP modules', 2) end
+    if h:dim() ~= 3 or idx:dim() ~= 2 or targets:dim() ~= 2 then
+        error('mtp.loss: expected h (B, T, d), idx (B, T) and targets (B, T)', 2)
+    end
+    local T = h:size(1)
+    if idx:size(1) ~= T or targets:size(1) ~= T then
+        error(string.format('mtp.loss: h has T = %d but idx %d and targets %d', T, idx:size(1), targets:size(1)), 2)
+    end
+    opts = opts or {}
+    local ce = { ignore_index = opts.ignore_index, label_smoothing = opts.label_smoothing, z_loss = opts.z_loss }
+    local eps = c.norm_eps
+    local out = {}
+    local prev = h
+    for k = 1, s.depth do
+        local L = T - k
+        if L < 1 then break end
+        local mod = model.mtp[k]
+        local x
+        if s.kind == 'sequential' then
+            local a = n.rmsnorm(prev:narrow(1, 0, L):contiguous(), nil, eps)
+            local e = n.rmsnorm(n.embedding(idx:narrow(1, k, L):contiguous(), model.wte.weight), nil, eps)
+            x = mod.proj(n.cat({ a, e }, 2))
+        else
+            x = h:narrow(1, 0, L):contiguous()
+        end
+        x = mod.block(x, cos:narrow(0, 0, L), sin:narrow(0, 0, L), nil, 1)
+        local logits = model:_logits(n.rmsnorm(x, nil, eps))
+        out[k] = n.cross_entropy(logits, targets:narrow(1, k, L):contiguous(), ce)
+        prev = x
+    end
+    return out
+end
+
+-- the term GPT:_loss adds: (lambda / D) sum_k L_k, or 0 (a number) when lambda = 0
+function M.loss(model, h, idx, targets, opts, cos, sin)
+    local lam = M.lambda(model)
+    if lam == 0 then return 0 end
+    local ls = M.depth_losses(model, h, idx, targets, opts, cos, sin)
+    if #ls == 0 then return 0 end
+    local total = ls[1]
+    for k = 2, #ls do total = total + ls[k] end
+    return total * (lam / model.cfg.mtp.depth)
+end
+
+-- Monitoring (no autograd): main next-token loss and the per-depth MTP losses as numbers.
+function M.eval_losses(model, idx, targets, opts)
+    local n = nc()
+    return n.no_grad(function()
+        local T = idx:size(1)
+        local cos, sin = model.rope_cos:narrow(0, 0, T), model.rope_sin:narrow(0, 0, T)
+        local h = model:_final(model:_trunk(model:_embed(idx), cos, sin, nil))
+        local main = n.cross_entropy(model:_logits(h), targets, opts):item()
+        local ls = M.depth_losses(model, h, idx, targets, opts, cos, sin)
+        for k = 1, #ls do ls[k] = ls[k]:item() end
+        return main, ls
+    end)
+end
+
+-- ---- self-speculative greedy decoding -------------------------------------------------------
+local GEN_OPTS = { max_tokens = true, max_context = true, stop_tokens = true, depth = true }
+
+local function prompt_list(prompt)
+    local n = nc()
+    if n.is_tensor(prompt) then
+        if prompt:dim() ~= 1 then error('mtp.generate: expected a 1-D prompt tensor, got ' .. prompt:dim() .. ' dims', 3) end
+        prompt = prompt:tolist()
+    end
+    if type(prompt) ~= 'table' then error('mtp.generate: expected prompt ids (a Lua array or a 1-D tensor)', 3) end
+    local out = {}
+    for i, v in ipairs(prompt) do
+        if type(v) ~= 'number' or v ~= math.floor(v) or v < 0 then
+            error('mtp.generate: prompt entry ' .. i .. ' is not a token id: ' .. tostring(v), 3)
+        end
+        out[i] = v
+    end
+    return out
+end
+
+-- nc.mtp.generate(model, prompt_ids, opts) -> ids (Lua array), stats
+-- opts: max_tokens (64), max_context (cfg.seq_len), stop_tokens (ids that end the stream, not
+-- returned), depth (drafts per round, 0..cfg.mtp.depth; 0 = plain greedy). Same limits as
+-- nc.generate: at most max_tokens ids and at most max_context - #prompt + 1.
+-- stats: { rounds, drafted, accepted, accept_rate = accepted / drafted, main_forwards,
+--          tokens_per_forward = generated tokens / main-model forwards after the prefill }
+function M.generate(model, prompt, opts)
+    opts = opts or {}
+    if type(opts) ~= 'table' then error('mtp.generate: opts must be a table', 2) end
+    for k in pairs(opts) do
+        if not GEN_OPTS[k] then
+            error('mtp.generate: unknown option ' .. tostring(k) .. ' (known: max_tokens, max_context, stop_tokens, depth)', 2)
+        end
+    end
+    local c = type(model) == 'table' and model.cfg
+    if not (c and c.mtp and model.mtp) then error('mtp.generate: the model has no MTP modules (cfg.mtp)', 2) end
+    prompt = prompt_list(prompt)
+    local P = #prompt
+    if P == 0 then error('mtp.generate: the prompt is empty (give at least one token, e.g. BOS)', 2) end
+    local ctx = opts.max_context or c.seq_len
+    if P > ctx then error(string.format('mtp.generate: the prompt has %d tokens, more than the context of %d', P, ctx), 2) end
+    local max_tokens = opts.max_tokens or 64
+    if type(max_tokens) ~= 'number' or max_tokens < 0 or max_tokens ~= math.floor(max_tokens) then
+        error('mtp.generate: max_tokens must be an integer >= 0, got ' .. tostring(max_tokens), 2)
+    end
+    local D = opts.depth or c.mtp.depth
+    if type(D) ~= 'number' or D < 0 or D > c.mtp.depth or D ~= math.floor(D) then
+        error(string.format('mtp.generate: depth must be an integer in 0..%d, got %s', c.mtp.depth, tostring(D)), 2)
+    end
+    local stop = {}
+    for _, id in ipairs(opts.stop_tokens or {}) do stop[id] = true end
+    local N = math.min(max_tokens, ctx - P + 1)
+    local stats = { rounds = 0, drafted = 0, accepted = 0, main_forwards = 0, accept_rate = 0, tokens_per_forward = 0 }
+    if N <= 0 then return {}, stats end
+
+    local n = nc()
+    local argmax = require('nanochat.generate').argmax
+    local seq = c.mtp.kind == 'sequential'
+    local d, eps = c.d_model, c.norm_eps
+    local maxT = math.min(ctx, P + max_tokens)
+    local out = {}
+    n.no_grad(function()
+        local cache = model:new_cache(1, maxT)
+        local dev = model.wte.weight:device()
+        local H = {}           -- H[k] (maxT, d): hidden rows of depth k (0 = the main model) per position
+        for k = 0, D do H[k] = n.zeros({ maxT, d }, { device = dev }) end
+        local mc, valid = {}, {}
+        for k = 1, D do
+            mc[k] = { pos = 0, qw = {},
+                      k = { n.zeros({ 1, maxT, c.n_kv_head, c.head_dim }, { device = dev }) },
+                      v = { n.zeros({ 1, maxT, c.n_kv_head, c.head_dim }, { device = dev }) } }
+            valid[k] = 0       -- leading module-k positions computed from committed inputs
+        end
+        local toks = {}        -- toks[i]: the committed token at 0-based position i
+        for i = 1, P do toks[i - 1] = prompt[i] end
+
+        -- main model over ids at positions pos.. (the cache is rolled back to pos first) -> (T, V)
+        local function main_forward(ids, pos)
+            local T = #ids
+            cache.pos = pos
+            local idx = n.tensor({ ids }, { dtype = 'i64', device = dev })
+            local cos, sin = cache.cos:narrow(0, pos, T), cache.sin:narrow(0, pos, T)
+            local h = model:_final(model:_trunk(model:_embed(idx), cos, sin, cache))
+            local logits = model:_logits(h)
+            cache.pos = pos + T
+            H[0]:narrow(0, pos, T):copy_(h:select(0, 0))
+            stats.main_forwards = stats.main_forwards + 1
+            return logits:select(0, 0)
+        end
+
+        -- module k over positions s..e; tok(j) gives the token at position j; returns its draft
+        local function module_step(k, s, e, tok)
+            local L = e - s + 1
+            local mod, mk = model.mtp[k], mc[k]
+            mk.pos = s
+            local cos, sin = cache.cos:narrow(0, s, L), cache.sin:narrow(0, s, L)
+            local x = H[k - 1]:narrow(0, s, L):view { 1, L, d }
+            if seq then
+                local ids = {}
+                for i = s, e do ids[#ids + 1] = tok(i + k) end
+                local emb = n.rmsnorm(n.embedding(n.tensor({ ids }, { dtype = 'i64', device = dev }), model.wte.weight),
+                    nil, eps)
+                x = mod.proj(n.cat({ n.rmsnorm(x, nil, eps), emb }, 2), mk.qw)
+            end
+            x = mod.block(x, cos, sin, mk, 1)
+            mk.pos = e + 1
+            H[k]:narrow(0, s, L):copy_(x:select(0, 0))
+            local logits = model:_logits(n.rmsnorm(x:narrow(1, L - 1, 1), nil, eps))
+            return logits:reshape { -1 }:argmax():item()   -- a draft only: any tie rule will do
+        end
+
+        local done = false
+        local function emit(id)
+            if stop[id] then done = true; return end
+            out[#out + 1] = id
+            if #out >= N then done = true end
+        end
+
+        local lg = main_forward(prompt, 0)
+        local m = P - 1
+        toks[m + 1] = argmax(lg:select(0, P - 1):tolist())
+        emit(toks[m + 1])
+        while not done do
+            local Dr = math.min(D, N - #out - 1)
+            local drafts = {}
+            local function tok(j) if j <= m + 1 then return toks[j] end return drafts[j - m - 1] end
+            for k = 1, Dr do
+                drafts[k] = module_step(k, valid[k], m, tok)
+                valid[k] = seq and math.max(0, m + 2 - k) or m + 1
+            end
+            local ids = { toks[m + 1] }
+            for j = 1, Dr do ids[j + 1] = drafts[j] end
+            lg = main_forward(ids, m + 1)
+            local a = 0
+            for j = 0, Dr do
+                local p = argmax(lg:select(0, j):tolist())
+                emit(p)
+                if done then break end
+                toks[m + 2 + j] = p
+                if j < Dr and p == drafts[j + 1] then a = a + 1 else break end
+            end
+            stats.rounds = stats.rounds + 1
+            stats.drafted = stats.drafted + Dr
+            stats.accepted = stats.accepted + a
+            m = m + 1 + a
+            cache.pos = m + 1
+        end
+    end)
+    stats.accept_rate = stats.drafted > 0 and stats.accepted / stats.drafted or 0
+    stats.tokens_per_forward = stats.main_forwards > 1 and (#out - 1) / (stats.main_forwards - 1) or 0
+    return out, stats
+end
+
+return M
