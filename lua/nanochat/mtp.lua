@@ -315,7 +315,7 @@ function M.generate(model, prompt, opts)
             local mod, mk = model.mtp[k], mc[k]
             mk.pos = s
             local cos, sin = cache.cos:narrow(0, s, L), cache.sin:narrow(0, s, L)
-            local x = H[k - 1]:narrow(0, s, L):view { 1, L, d }
+            local x = H[seq and k - 1 or 0]:narrow(0, s, L):view { 1, L, d }   -- parallel heads read the main hidden
             if seq then
                 local ids = {}
                 for i = s, e do ids[#ids + 1] = tok(i + k) end
