@@ -313,6 +313,13 @@ describe('nc.mtp.generate (self-speculative greedy decoding)', function()
         end)
     end
 
+    it('picks the greedy token by the rule of nc.generate (argmax, lowest id on ties)', function()
+        local rows = { { 0.5, 2, 2, -1 }, { 3, 3, 3, 3 }, { -2, -1, -1.5, -1 }, { 0, 0, 0, 1e-7 } }
+        local got = mtp.greedy_ids(nc.tensor(rows))
+        for i, r in ipairs(rows) do assert.are.equal(nc.generate.argmax(r), got[i]) end
+        assert.are.same({ 1, 0, 1, 3 }, got)
+    end)
+
     it('rejects bad input with clear errors', function()
         local plain = gpt.new(micro())
         assert.has_error(function() mtp.generate(plain, { 1 }) end, 'mtp.generate: the model has no MTP modules (cfg.mtp)')

@@ -239,6 +239,10 @@ local function prompt_list(prompt)
     return out
 end
 
+-- the greedy choice per row of logits (R, V) as a Lua array: argmax, the lowest id on ties (the
+-- rule of nc.generate with temperature 0; nc.argmax keeps the first maximum)
+function M.greedy_ids(rows) return rows:argmax(1):tolist() end
+
 -- nc.mtp.generate(model, prompt_ids, opts) -> ids (Lua array), stats
 -- opts: max_tokens (64), max_context (cfg.seq_len), stop_tokens (ids that end the stream, not
 -- returned), depth (drafts per round, 0..cfg.mtp.depth; 0 = plain greedy). Same limits as
@@ -275,7 +279,7 @@ function M.generate(model, prompt, opts)
     if N <= 0 then return {}, stats end
 
     local n = nc()
-    local argmax = require('nanochat.generate').argmax
+    local greedy = M.greedy_ids
     local seq = c.mtp.kind == 'sequential'
     local d, eps = c.d_model, c.norm_eps
     local maxT = math.min(ctx, P + max_tokens)
@@ -339,7 +343,7 @@ function M.generate(model, prompt, opts)
 
         local lg = main_forward(prompt, 0)
         local m = P - 1
-        toks[m + 1] = argmax(lg:select(0, P - 1):tolist())
+        toks[m + 1] = greedy(lg:narrow(0, P - 1, 1))[1]
         emit(toks[m + 1])
         while not done do
             local Dr = math.min(D, N - #out - 1)
@@ -351,10 +355,10 @@ function M.generate(model, prompt, opts)
             end
             local ids = { toks[m + 1] }
             for j = 1, Dr do ids[j + 1] = drafts[j] end
-            lg = main_forward(ids, m + 1)
+            local pred = greedy(main_forward(ids, m + 1))
             local a = 0
             for j = 0, Dr do
-                local p = argmax(lg:select(0, j):tolist())
+                local p = pred[j + 1]
                 emit(p)
                 if done then break end
                 toks[m + 2 + j] = p

@@ -7,14 +7,16 @@
 -- `steps` AdamW steps of B x T tokens — because a random model's modules accept almost nothing.
 -- A brief run is far from a trained model: the acceptance rate it shows is a lower bound.
 -- Then for each of `prompts` validation-text prompts (first `prompt` tokens of a val sequence):
--- nc.generate (temperature 0 = plain greedy) and nc.mtp.generate (greedy, drafts checked by the
--- main model) each decode `new` tokens; wall clock of each whole call (prefill included in both),
--- the two streams must match. Rows: the untrained model (same cfg) and the trained one.
+-- nc.generate (temperature 0 = plain greedy), nc.mtp.generate (greedy, drafts checked by the
+-- main model) and nc.mtp.generate with depth = 0 (the same loop without drafts: one token per
+-- forward, so `vs depth 0` isolates what the drafts buy from how the loop picks the argmax) each
+-- decode `new` tokens; wall clock of each whole call (prefill included in all), the three streams
+-- must match. Rows: the untrained model (same cfg) and the trained one.
 --
--- Returns / prints: rows (state, steps, main loss, MTP loss, accept rate, tokens per main
--- forward, plain tok/s, speculative tok/s, speedup, identical) and the JSON
--- { mtp_spec_speedup, mtp_accept_rate, mtp_tokens_per_forward, plain_tok_s, spec_tok_s, steps,
---   main_loss, mtp_loss, identical, threads } (the trained model's numbers).
+-- Returns / prints: rows (state, steps, main loss, MTP loss on a val batch, accept rate, tokens
+-- per main forward, the three tok/s, speedups, identical) and the JSON { mtp_spec_speedup (vs
+-- nc.generate), mtp_spec_speedup_vs_depth0, mtp_accept_rate, mtp_tokens_per_forward, plain_tok_s,
+-- depth0_tok_s, spec_tok_s, steps, main_loss, mtp_loss, identical, threads } (the trained model).
 --
 -- Usage: ./nanochat tools/bench/arch_mtp.lua [steps=100] [B=8] [T=64] [lr=3e-3] [prompts=4]
 --                                            [prompt=32] [new=48] [threads=1] [depth=1]
@@ -30,9 +32,9 @@ local nc = require 'nanochat'
 local DEFAULTS = { steps = 100, B = 8, T = 64, lr = 3e-3, prompts = 4, prompt = 32, new = 48, threads = 1, depth = 1,
                    quiet = false }
 
-local HEADERS = { 'model', 'steps', 'main loss', 'mtp loss', 'accept', 'tok/fwd', 'greedy tok/s', 'spec tok/s',
-                  'speedup', 'identical' }
-local FMTS = { nil, '%d', '%.3f', '%.3f', '%.3f', '%.2f', '%.1f', '%.1f', '%.2fx', nil }
+local HEADERS = { 'model', 'steps', 'main loss', 'mtp loss', 'accept', 'tok/fwd', 'greedy tok/s', 'depth-0 tok/s',
+                  'spec tok/s', 'vs greedy', 'vs depth 0', 'identical' }
+local FMTS = { nil, '%d', '%.3f', '%.3f', '%.3f', '%.2f', '%.1f', '%.1f', '%.1f', '%.2fx', '%.2fx', nil }
 
 local function run(opts)
     local o = {}
@@ -68,7 +70,7 @@ local function run(opts)
     local rows, res = {}, nil
     local function measure(label, steps)
         local main, ls = nc.mtp.eval_losses(model, ex, ey)
-        local t_plain, t_spec, n_tok, identical = 0, 0, 0, true
+        local t_plain, t_spec, t_d0, n_tok, identical = 0, 0, 0, 0, true
         local acc, drafted, fwd_tok, fwd = 0, 0, 0, 0
         for _, p in ipairs(prompts) do
             local t0 = L.now()
@@ -76,19 +78,24 @@ local function run(opts)
             local t1 = L.now()
             local ids, st = nc.mtp.generate(model, p, { max_tokens = o.new })
             local t2 = L.now()
-            t_plain, t_spec, n_tok = t_plain + (t1 - t0), t_spec + (t2 - t1), n_tok + #ref
-            for i = 1, math.max(#ids, #ref) do if ids[i] ~= ref[i] then identical = false end end
+            local ids0 = nc.mtp.generate(model, p, { max_tokens = o.new, depth = 0 })
+            local t3 = L.now()
+            t_plain, t_spec, t_d0, n_tok = t_plain + (t1 - t0), t_spec + (t2 - t1), t_d0 + (t3 - t2), n_tok + #ref
+            for i = 1, math.max(#ids, #ref, #ids0) do
+                if ids[i] ~= ref[i] or ids0[i] ~= ref[i] then identical = false end
+            end
             acc, drafted = acc + st.accepted, drafted + st.drafted
             fwd_tok, fwd = fwd_tok + #ids - 1, fwd + st.main_forwards - 1
         end
         local r = { label = label, steps = steps, main_loss = main, mtp_loss = ls[1], accept = drafted > 0 and acc / drafted or 0,
                     tpf = fwd > 0 and fwd_tok / fwd or 0, plain = n_tok / t_plain, spec = n_tok / t_spec,
-                    identical = identical }
-        r.speedup = r.spec / r.plain
-        rows[#rows + 1] = { label, steps, r.main_loss, r.mtp_loss, r.accept, r.tpf, r.plain, r.spec, r.speedup,
-                            identical and 'yes' or 'NO' }
-        say('arch_mtp: %s: accept %.3f, %.2f tokens/forward, greedy %.1f tok/s, speculative %.1f tok/s (%.2fx)%s',
-            label, r.accept, r.tpf, r.plain, r.spec, r.speedup, identical and '' or ', STREAMS DIFFER')
+                    d0 = n_tok / t_d0, identical = identical }
+        r.speedup, r.speedup_d0 = r.spec / r.plain, r.spec / r.d0
+        rows[#rows + 1] = { label, steps, r.main_loss, r.mtp_loss, r.accept, r.tpf, r.plain, r.d0, r.spec, r.speedup,
+                            r.speedup_d0, identical and 'yes' or 'NO' }
+        say('arch_mtp: %s: accept %.3f, %.2f tokens/forward, greedy %.1f tok/s (depth 0 loop %.1f), speculative %.1f tok/s '
+            .. '(%.2fx, %.2fx)%s', label, r.accept, r.tpf, r.plain, r.d0, r.spec, r.speedup, r.speedup_d0,
+            identical and '' or ', STREAMS DIFFER')
         return r
     end
 
@@ -115,6 +122,7 @@ local function run(opts)
     return {
         headers = HEADERS, fmts = FMTS, rows = rows,
         json = { mtp_spec_speedup = L.round(res.speedup, 3), mtp_accept_rate = L.round(res.accept, 3),
+                 mtp_spec_speedup_vs_depth0 = L.round(res.speedup_d0, 3), depth0_tok_s = L.round(res.d0, 2),
                  mtp_tokens_per_forward = L.round(res.tpf, 3), plain_tok_s = L.round(res.plain, 2),
                  spec_tok_s = L.round(res.spec, 2), steps = o.steps, main_loss = L.round(res.main_loss, 4),
                  mtp_loss = L.round(res.mtp_loss, 4), identical = res.identical, threads = o.threads },
