@@ -313,6 +313,47 @@ describe('nc.mtp.generate (self-speculative greedy decoding)', function()
         end)
     end
 
+    for _, kind in ipairs { 'sequential', 'parallel' } do
+        it('drafts what the training path predicts at the same positions (' .. kind .. ', D = 2, fp32)', function()
+            -- the decoding loop (module KV caches, hidden buffers, recomputation after rollbacks)
+            -- must compute exactly the modules' training-time function of the committed sequence
+            local m = gpt.new(micro { ternary = false, init_std = 0.3, head_std = 0.3, seed = 4,
+                                      mtp = { depth = 2, kind = kind } })
+            local prompt = { 1, 2, 3, 4, 5 }
+            local ids, st = mtp.generate(m, prompt, { max_tokens = 20, trace = true })
+            local seq = {}
+            for _, v in ipairs(prompt) do seq[#seq + 1] = v end
+            for _, v in ipairs(ids) do seq[#seq + 1] = v end
+            local function train_path(ids_list)   -- greedy ids per depth of the training-path logits
+                local L = #ids_list
+                local xi = nc.tensor({ ids_list }, { dtype = 'i64' })
+                local c, s = m.rope_cos:narrow(0, 0, L), m.rope_sin:narrow(0, 0, L)
+                return nc.no_grad(function()
+                    local lg = mtp.depth_logits(m, m:_final(m:_trunk(m:_embed(xi), c, s, nil)), xi, c, s)
+                    return { mtp.greedy_ids(lg[1]:select(0, 0)), lg[2] and mtp.greedy_ids(lg[2]:select(0, 0)) }
+                end)
+            end
+            local want = train_path(seq)
+            local checked = { 0, 0 }
+            for _, r in ipairs(st.trace) do
+                local p = r.pos   -- module k at position p drafted the token at p + 1 + k
+                if r.drafts[1] then
+                    assert.are.equal(want[1][p + 1], r.drafts[1], 'depth 1 at ' .. p)
+                    checked[1] = checked[1] + 1
+                end
+                if r.drafts[2] then
+                    -- depth 2 at p saw tokens 0..p+1 and depth 1's draft at p+2 (sequential)
+                    local pre = {}
+                    for i = 1, p + 2 do pre[i] = seq[i] end
+                    pre[p + 3] = r.drafts[1]
+                    assert.are.equal(train_path(pre)[2][p + 1], r.drafts[2], 'depth 2 at ' .. p)
+                    checked[2] = checked[2] + 1
+                end
+            end
+            assert.is_true(checked[1] >= 5 and checked[2] >= 5, checked[1] .. ' / ' .. checked[2])
+        end)
+    end
+
     it('picks the greedy token by the rule of nc.generate (argmax, lowest id on ties)', function()
         local rows = { { 0.5, 2, 2, -1 }, { 3, 3, 3, 3 }, { -2, -1, -1.5, -1 }, { 0, 0, 0, 1e-7 } }
         local got = mtp.greedy_ids(nc.tensor(rows))
@@ -327,7 +368,7 @@ describe('nc.mtp.generate (self-speculative greedy decoding)', function()
         assert.has_error(function() mtp.generate(m, {}) end,
             'mtp.generate: the prompt is empty (give at least one token, e.g. BOS)')
         assert.has_error(function() mtp.generate(m, { 1 }, { temperature = 1 }) end,
-            'mtp.generate: unknown option temperature (known: max_tokens, max_context, stop_tokens, depth)')
+            'mtp.generate: unknown option temperature (known: max_tokens, max_context, stop_tokens, depth, trace)')
         assert.has_error(function() mtp.generate(m, { 1 }, { depth = 2 }) end,
             'mtp.generate: depth must be an integer in 0..1, got 2')
         assert.has_error(function() mtp.generate(m, { 1, -2 }) end, 'mtp.generate: prompt entry 2 is not a token id: -2')

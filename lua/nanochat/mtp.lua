@@ -155,22 +155,19 @@ function M.lambda(model)
 end
 
 -- ---- loss --------------------------------------------------------------------------------------
--- The per-depth losses { L_1, ..., L_D } (scalar tensors; fewer when T - k < 1) from the final
--- hidden h (B, T, d); cos, sin the RoPE rows of positions 0..T-1.
-function M.depth_losses(model, h, idx, targets, opts, cos, sin)
+-- The per-depth logits { (B, T-1, V), ..., (B, T-D, V) } (fewer when T - k < 1) from the final
+-- hidden h (B, T, d) and the input ids idx (B, T); cos, sin the RoPE rows of positions 0..T-1.
+-- Entry k at position i predicts t_{i+k+1} (= targets[i+k]).
+function M.depth_logits(model, h, idx, cos, sin)
     local n = nc()
     local c = model.cfg
     local s = c.mtp
-    if not model.mtp then error('mtp.depth_losses: the model has no MTP modules', 2) end
-    if h:dim() ~= 3 or idx:dim() ~= 2 or targets:dim() ~= 2 then
-        error('mtp.loss: expected h (B, T, d), idx (B, T) and targets (B, T)', 2)
+    if not (s and model.mtp) then error('mtp.loss: the model has no MTP modules (cfg.mtp)', 2) end
+    if not (n.is_tensor(h) and h:dim() == 3 and n.is_tensor(idx) and idx:dim() == 2) then
+        error('mtp.loss: expected h (B, T, d) and idx (B, T)', 2)
     end
     local T = h:size(1)
-    if idx:size(1) ~= T or targets:size(1) ~= T then
-        error(string.format('mtp.loss: h has T = %d but idx %d and targets %d', T, idx:size(1), targets:size(1)), 2)
-    end
-    opts = opts or {}
-    local ce = { ignore_index = opts.ignore_index, label_smoothing = opts.label_smoothing, z_loss = opts.z_loss }
+    if idx:size(1) ~= T then error(string.format('mtp.loss: h has T = %d but idx %d', T, idx:size(1)), 2) end
     local eps = c.norm_eps
     local out = {}
     local prev = h
@@ -187,9 +184,24 @@ function M.depth_losses(model, h, idx, targets, opts, cos, sin)
             x = h:narrow(1, 0, L):contiguous()
         end
         x = mod.block(x, cos:narrow(0, 0, L), sin:narrow(0, 0, L), nil, 1)
-        local logits = model:_logits(n.rmsnorm(x, nil, eps))
-        out[k] = n.cross_entropy(logits, targets:narrow(1, k, L):contiguous(), ce)
+        out[k] = model:_logits(n.rmsnorm(x, nil, eps))
         prev = x
+    end
+    return out
+end
+
+-- The per-depth losses { L_1, ..., L_D } (scalar tensors): L_k = mean cross-entropy of depth k's
+-- logits against targets[:, k:] over its own valid (non-ignored) targets.
+function M.depth_losses(model, h, idx, targets, opts, cos, sin)
+    local n = nc()
+    if not (n.is_tensor(targets) and targets:dim() == 2 and targets:size(1) == idx:size(1)) then
+        error('mtp.loss: expected targets (B, T) like idx', 2)
+    end
+    opts = opts or {}
+    local ce = { ignore_index = opts.ignore_index, label_smoothing = opts.label_smoothing, z_loss = opts.z_loss }
+    local out = {}
+    for k, logits in ipairs(M.depth_logits(model, h, idx, cos, sin)) do
+        out[k] = n.cross_entropy(logits, targets:narrow(1, k, logits:size(1)):contiguous(), ce)
     end
     return out
 end
@@ -220,7 +232,7 @@ function M.eval_losses(model, idx, targets, opts)
 end
 
 -- ---- self-speculative greedy decoding -------------------------------------------------------
-local GEN_OPTS = { max_tokens = true, max_context = true, stop_tokens = true, depth = true }
+local GEN_OPTS = { max_tokens = true, max_context = true, stop_tokens = true, depth = true, trace = true }
 
 local function prompt_list(prompt)
     local n = nc()
@@ -245,7 +257,8 @@ function M.greedy_ids(rows) return rows:argmax(1):tolist() end
 
 -- nc.mtp.generate(model, prompt_ids, opts) -> ids (Lua array), stats
 -- opts: max_tokens (64), max_context (cfg.seq_len), stop_tokens (ids that end the stream, not
--- returned), depth (drafts per round, 0..cfg.mtp.depth; 0 = plain greedy). Same limits as
+-- returned), depth (drafts per round, 0..cfg.mtp.depth; 0 = plain greedy), trace (true: stats.trace
+-- lists every round as { pos = m, drafts = {...}, pred = the main model's ids, accepted }). Same limits as
 -- nc.generate: at most max_tokens ids and at most max_context - #prompt + 1.
 -- stats: { rounds, drafted, accepted, accept_rate = accepted / drafted, main_forwards,
 --          tokens_per_forward = generated tokens / main-model forwards after the prefill }
@@ -254,7 +267,7 @@ function M.generate(model, prompt, opts)
     if type(opts) ~= 'table' then error('mtp.generate: opts must be a table', 2) end
     for k in pairs(opts) do
         if not GEN_OPTS[k] then
-            error('mtp.generate: unknown option ' .. tostring(k) .. ' (known: max_tokens, max_context, stop_tokens, depth)', 2)
+            error('mtp.generate: unknown option ' .. tostring(k) .. ' (known: max_tokens, max_context, stop_tokens, depth, trace)', 2)
         end
     end
     local c = type(model) == 'table' and model.cfg
@@ -275,7 +288,8 @@ function M.generate(model, prompt, opts)
     local stop = {}
     for _, id in ipairs(opts.stop_tokens or {}) do stop[id] = true end
     local N = math.min(max_tokens, ctx - P + 1)
-    local stats = { rounds = 0, drafted = 0, accepted = 0, main_forwards = 0, accept_rate = 0, tokens_per_forward = 0 }
+    local stats = { rounds = 0, drafted = 0, accepted = 0, main_forwards = 0, accept_rate = 0, tokens_per_forward = 0,
+                    trace = opts.trace and {} or nil }
     if N <= 0 then return {}, stats end
 
     local n = nc()
@@ -363,6 +377,9 @@ function M.generate(model, prompt, opts)
                 if done then break end
                 toks[m + 2 + j] = p
                 if j < Dr and p == drafts[j + 1] then a = a + 1 else break end
+            end
+            if opts.trace then
+                stats.trace[#stats.trace + 1] = { pos = m, drafts = drafts, pred = pred, accepted = a }
             end
             stats.rounds = stats.rounds + 1
             stats.drafted = stats.drafted + Dr
