@@ -276,6 +276,7 @@ describe('nc.mtp.generate (self-speculative greedy decoding)', function()
     local function check_same(m, prompt, o)
         local ids, st = mtp.generate(m, prompt, o)
         local ref_opts = { temperature = 0, max_tokens = o.max_tokens, max_context = o.max_context, stop_tokens = o.stop_tokens }
+        -- (trace / draft_vocab / depth only shape the drafts)
         local ref = nc.generate.collect(m, prompt, ref_opts)
         assert.are.same(ref, ids)
         return ids, st
@@ -293,6 +294,10 @@ describe('nc.mtp.generate (self-speculative greedy decoding)', function()
             local ids = check_same(m, { 1, 2, 3 }, { max_tokens = 20 })
             check_same(m, { 1, 2, 3 }, { max_tokens = 20, stop_tokens = { ids[7] } })
             check_same(m, { 1, 2, 3 }, { max_tokens = 1 })
+            local _, st = check_same(m, { 1, 2, 3 }, { max_tokens = 20, draft_vocab = 16, trace = true })
+            for _, r in ipairs(st.trace) do
+                for _, dft in ipairs(r.drafts) do assert.is_true(dft < 16) end
+            end
             check_same(m, { 1, 2, 3 }, { max_tokens = 0 })
         end
     end)
@@ -368,9 +373,11 @@ describe('nc.mtp.generate (self-speculative greedy decoding)', function()
         assert.has_error(function() mtp.generate(m, {}) end,
             'mtp.generate: the prompt is empty (give at least one token, e.g. BOS)')
         assert.has_error(function() mtp.generate(m, { 1 }, { temperature = 1 }) end,
-            'mtp.generate: unknown option temperature (known: max_tokens, max_context, stop_tokens, depth, trace)')
+            'mtp.generate: unknown option temperature (known: max_tokens, max_context, stop_tokens, depth, trace, draft_vocab)')
         assert.has_error(function() mtp.generate(m, { 1 }, { depth = 2 }) end,
             'mtp.generate: depth must be an integer in 0..1, got 2')
+        assert.has_error(function() mtp.generate(m, { 1 }, { draft_vocab = 0 }) end,
+            'mtp.generate: draft_vocab must be an integer in 1..256, got 0')
         assert.has_error(function() mtp.generate(m, { 1, -2 }) end, 'mtp.generate: prompt entry 2 is not a token id: -2')
         assert.has_error(function() mtp.generate(m, { 1, 2, 3 }, { max_context = 2 }) end,
             'mtp.generate: the prompt has 3 tokens, more than the context of 2')

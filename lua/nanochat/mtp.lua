@@ -232,7 +232,8 @@ function M.eval_losses(model, idx, targets, opts)
 end
 
 -- ---- self-speculative greedy decoding -------------------------------------------------------
-local GEN_OPTS = { max_tokens = true, max_context = true, stop_tokens = true, depth = true, trace = true }
+local GEN_OPTS = { max_tokens = true, max_context = true, stop_tokens = true, depth = true, trace = true,
+                   draft_vocab = true }
 
 local function prompt_list(prompt)
     local n = nc()
@@ -258,7 +259,10 @@ function M.greedy_ids(rows) return rows:argmax(1):tolist() end
 -- nc.mtp.generate(model, prompt_ids, opts) -> ids (Lua array), stats
 -- opts: max_tokens (64), max_context (cfg.seq_len), stop_tokens (ids that end the stream, not
 -- returned), depth (drafts per round, 0..cfg.mtp.depth; 0 = plain greedy), trace (true: stats.trace
--- lists every round as { pos = m, drafts = {...}, pred = the main model's ids, accepted }). Same limits as
+-- lists every round as { pos = m, drafts = {...}, pred = the main model's ids, accepted }),
+-- draft_vocab (nil = all: the drafts are argmaxes over ids 0..draft_vocab-1 only, so the modules'
+-- head matmul reads draft_vocab rows instead of V — BPE ids are roughly in merge (frequency) order;
+-- drafts are only proposals, so this changes speed and acceptance, never the output). Same limits as
 -- nc.generate: at most max_tokens ids and at most max_context - #prompt + 1.
 -- stats: { rounds, drafted, accepted, accept_rate = accepted / drafted, main_forwards,
 --          tokens_per_forward = generated tokens / main-model forwards after the prefill }
@@ -267,7 +271,7 @@ function M.generate(model, prompt, opts)
     if type(opts) ~= 'table' then error('mtp.generate: opts must be a table', 2) end
     for k in pairs(opts) do
         if not GEN_OPTS[k] then
-            error('mtp.generate: unknown option ' .. tostring(k) .. ' (known: max_tokens, max_context, stop_tokens, depth, trace)', 2)
+            error('mtp.generate: unknown option ' .. tostring(k) .. ' (known: max_tokens, max_context, stop_tokens, depth, trace, draft_vocab)', 2)
         end
     end
     local c = type(model) == 'table' and model.cfg
@@ -284,6 +288,10 @@ function M.generate(model, prompt, opts)
     local D = opts.depth or c.mtp.depth
     if type(D) ~= 'number' or D < 0 or D > c.mtp.depth or D ~= math.floor(D) then
         error(string.format('mtp.generate: depth must be an integer in 0..%d, got %s', c.mtp.depth, tostring(D)), 2)
+    end
+    local DV = opts.draft_vocab or c.vocab_size
+    if type(DV) ~= 'number' or DV < 1 or DV > c.vocab_size or DV ~= math.floor(DV) then
+        error(string.format('mtp.generate: draft_vocab must be an integer in 1..%d, got %s', c.vocab_size, tostring(DV)), 2)
     end
     local stop = {}
     for _, id in ipairs(opts.stop_tokens or {}) do stop[id] = true end
@@ -310,6 +318,7 @@ function M.generate(model, prompt, opts)
                       v = { n.zeros({ 1, maxT, c.n_kv_head, c.head_dim }, { device = dev }) } }
             valid[k] = 0       -- leading module-k positions computed from committed inputs
         end
+        local draft_head = DV < c.vocab_size and model:head_weight():narrow(0, 0, DV) or nil
         local toks = {}        -- toks[i]: the committed token at 0-based position i
         for i = 1, P do toks[i - 1] = prompt[i] end
 
@@ -344,7 +353,9 @@ function M.generate(model, prompt, opts)
             x = mod.block(x, cos, sin, mk, 1)
             mk.pos = e + 1
             H[k]:narrow(0, s, L):copy_(x:select(0, 0))
-            local logits = model:_logits(n.rmsnorm(x:narrow(1, L - 1, 1), nil, eps))
+            local hl = n.rmsnorm(x:narrow(1, L - 1, 1), nil, eps)
+            -- (the softcap is monotonic: the argmax of the plain head rows is the draft)
+            local logits = draft_head and n.linear(hl, draft_head) or model:_logits(hl)
             return logits:reshape { -1 }:argmax():item()   -- a draft only: any tie rule will do
         end
 

@@ -18,8 +18,10 @@
 -- nc.generate), mtp_spec_speedup_vs_depth0, mtp_accept_rate, mtp_tokens_per_forward, plain_tok_s,
 -- depth0_tok_s, spec_tok_s, steps, main_loss, mtp_loss, identical, threads } (the trained model).
 --
--- Usage: ./nanochat tools/bench/arch_mtp.lua [steps=100] [B=8] [T=64] [lr=3e-3] [prompts=4]
---                                            [prompt=32] [new=48] [threads=1] [depth=1]
+-- Usage: ./nanochat tools/bench/arch_mtp.lua [steps=200] [B=8] [T=32] [lr=3e-3] [prompts=4]
+--                                            [prompt=32] [new=48] [threads=1] [depth=1] [draft_vocab=2048]
+-- draft_vocab > 0 adds a row for the trained model drafting over ids < draft_vocab only (the
+-- modules' head reads that many rows; see nc.mtp.generate); 0 leaves it out.
 -- or require it: local run = dofile('tools/bench/arch_mtp.lua'); local r = run{ steps = 10 }
 -- (threads defaults to 1: at these sizes one thread is faster than two on a shared machine).
 if not package.path:find('lua/?/init.lua', 1, true) then
@@ -29,8 +31,8 @@ local here = (debug.getinfo(1, 'S').source:match('^@(.*/)') or './')
 local L = dofile(here .. 'lib.lua')
 local nc = require 'nanochat'
 
-local DEFAULTS = { steps = 100, B = 8, T = 64, lr = 3e-3, prompts = 4, prompt = 32, new = 48, threads = 1, depth = 1,
-                   quiet = false }
+local DEFAULTS = { steps = 200, B = 8, T = 32, lr = 3e-3, prompts = 4, prompt = 32, new = 48, threads = 1, depth = 1,
+                   draft_vocab = 2048, quiet = false }
 
 local HEADERS = { 'model', 'steps', 'main loss', 'mtp loss', 'accept', 'tok/fwd', 'greedy tok/s', 'depth-0 tok/s',
                   'spec tok/s', 'vs greedy', 'vs depth 0', 'identical' }
@@ -68,7 +70,7 @@ local function run(opts)
     local ex, ey = ev:next()
 
     local rows, res = {}, nil
-    local function measure(label, steps)
+    local function measure(label, steps, dv)
         local main, ls = nc.mtp.eval_losses(model, ex, ey)
         local t_plain, t_spec, t_d0, n_tok, identical = 0, 0, 0, 0, true
         local acc, drafted, fwd_tok, fwd = 0, 0, 0, 0
@@ -76,7 +78,7 @@ local function run(opts)
             local t0 = L.now()
             local ref = nc.generate.collect(model, p, { temperature = 0, max_tokens = o.new })
             local t1 = L.now()
-            local ids, st = nc.mtp.generate(model, p, { max_tokens = o.new })
+            local ids, st = nc.mtp.generate(model, p, { max_tokens = o.new, draft_vocab = dv })
             local t2 = L.now()
             local ids0 = nc.mtp.generate(model, p, { max_tokens = o.new, depth = 0 })
             local t3 = L.now()
@@ -100,6 +102,7 @@ local function run(opts)
     end
 
     measure('untrained', 0)
+    local dv = o.draft_vocab > 0 and math.min(o.draft_vocab, cfg.vocab_size) or nil
     -- brief training on the corpus: AdamW, linear warmup over the first tenth, then constant
     local opt = nc.optim.adamw(model:parameters(), { lr = o.lr, betas = { 0.9, 0.95 }, weight_decay = 0 })
     local loader = nc.data.loader { shards = nc.data.shards(shard_dir, 'train'), B = o.B, T = o.T, seed = 1,
@@ -117,7 +120,9 @@ local function run(opts)
         end
     end
     model:eval()
-    if o.steps > 0 then res = measure('trained', o.steps) else res = measure('untrained (again)', 0) end
+    local state = o.steps > 0 and 'trained' or 'untrained'
+    res = measure(state, o.steps)
+    local res_dv = dv and measure(string.format('%s, draft head %d', state, dv), o.steps, dv)
     nc.set_num_threads(prev_threads)
     return {
         headers = HEADERS, fmts = FMTS, rows = rows,
@@ -125,7 +130,10 @@ local function run(opts)
                  mtp_spec_speedup_vs_depth0 = L.round(res.speedup_d0, 3), depth0_tok_s = L.round(res.d0, 2),
                  mtp_tokens_per_forward = L.round(res.tpf, 3), plain_tok_s = L.round(res.plain, 2),
                  spec_tok_s = L.round(res.spec, 2), steps = o.steps, main_loss = L.round(res.main_loss, 4),
-                 mtp_loss = L.round(res.mtp_loss, 4), identical = res.identical, threads = o.threads },
+                 mtp_loss = L.round(res.mtp_loss, 4), identical = res.identical and (not res_dv or res_dv.identical),
+                 threads = o.threads,
+                 mtp_spec_speedup_draft_vocab = res_dv and L.round(res_dv.speedup, 3) or nil,
+                 mtp_accept_rate_draft_vocab = res_dv and L.round(res_dv.accept, 3) or nil, draft_vocab = dv },
     }
 end
 
