@@ -61,11 +61,11 @@ teardown(function() nc.set_num_threads(prev_threads) end)
 describe('nc.mtp config', function()
     it('fills defaults and rejects bad fields with clear errors', function()
         local c = gpt.config(micro { mtp = {} })
-        assert.are.same({ depth = 1, lambda = 0.3, kind = 'sequential' }, c.mtp)
+        assert.are.same({ depth = 1, lambda = 0.3, kind = 'sequential', per_depth_backward = false }, c.mtp)
         local p = gpt.config(micro { mtp = { depth = 2, lambda = 0, kind = 'parallel' } })
-        assert.are.same({ depth = 2, lambda = 0, kind = 'parallel' }, p.mtp)
+        assert.are.same({ depth = 2, lambda = 0, kind = 'parallel', per_depth_backward = false }, p.mtp)
         assert.has_error(function() gpt.config(micro { mtp = { depht = 1 } }) end,
-            'mtp: unknown cfg.mtp field depht (known: depth, lambda, kind)')
+            'mtp: unknown cfg.mtp field depht (known: depth, lambda, kind, per_depth_backward)')
         assert.has_error(function() gpt.config(micro { mtp = { depth = 0 } }) end,
             'mtp: cfg.mtp.depth must be a positive integer, got 0')
         assert.has_error(function() gpt.config(micro { mtp = { lambda = -1 } }) end,
@@ -238,6 +238,38 @@ describe('nc.mtp loss', function()
             end
             assert.is_true(checked >= 2 * 14)
         end)
+    end
+end)
+
+describe('nc.mtp per-depth backward (the memory trick, cfg.mtp.per_depth_backward)', function()
+    for _, case in ipairs { { 'sequential', false }, { 'parallel', false }, { 'sequential', true } } do
+        local kind, ternary = case[1], case[2]
+        it(string.format('gives the joint backward\'s loss and gradients (%s, ternary = %s, D = 3)', kind, tostring(ternary)),
+            function()
+                local x, y = batch(2, 10, 256, 13)
+                y:set(1, 3, -1)
+                local grads, losses = {}, {}
+                for r, pdb in ipairs { false, true } do
+                    local m = gpt.new(micro { ternary = ternary, seed = 12,
+                                              mtp = { depth = 3, kind = kind, lambda = 0.5, per_depth_backward = pdb } })
+                    local loss = m:forward(x, y, { z_loss = 1e-3 })
+                    losses[r] = loss:item()
+                    loss:backward(nc.full({}, 0.5))   -- an upstream gradient other than 1 (grad_accum)
+                    grads[r] = {}
+                    for _, nv in ipairs(m:named_parameters()) do grads[r][nv[1]] = nv[2].grad end
+                end
+                assert.is_true(math.abs(losses[1] - losses[2]) < 1e-5 * math.abs(losses[1]))
+                local n = 0
+                for name, g in pairs(grads[1]) do
+                    local g2 = grads[2][name]
+                    assert.is_not_nil(g2, name)
+                    local scale = g:abs():max():item()
+                    local diff = (g - g2):abs():max():item()
+                    assert(diff <= 1e-5 * scale + 1e-12, string.format('%s: max diff %.3g (max |grad| %.3g)', name, diff, scale))
+                    n = n + 1
+                end
+                assert.is_true(n > 14)
+            end)
     end
 end)
 

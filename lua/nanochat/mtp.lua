@@ -30,6 +30,12 @@
 -- when lambda = 0 (then nothing is computed: the loss is bitwise the plain LM loss and the MTP
 -- parameters get no gradient). Depths with T - k < 1 contribute nothing.
 --
+-- cfg.mtp.per_depth_backward (false): §7.1's memory trick — the term's value comes from a forward
+-- without a graph, and its backward runs one depth at a time (forward + backward, deepest first,
+-- the gradient w.r.t. each module's input hidden chained to the depth before), so one (B, T, V)
+-- logit tensor is alive instead of D; costs one more forward of the modules. Same gradients as the
+-- joint backward (spec: relative 1e-5).
+--
 -- Lambda schedule: M.set_lambda(model, v) stores v on the model (model.mtp_lambda) and overrides
 -- cfg.mtp.lambda from the next forward on; a recipe calls it every step from its own schedule
 -- (DeepSeek-V3: 0.3, then 0.1 late in training). The value is not checkpointed: a schedule of the
@@ -55,7 +61,7 @@ local function nc() return require 'nanochat' end
 local M = {}
 
 local KINDS = { sequential = true, parallel = true }
-local KNOWN = { depth = 'number', lambda = 'number', kind = 'string' }
+local KNOWN = { depth = 'number', lambda = 'number', kind = 'string', per_depth_backward = 'boolean' }
 
 -- a filled, validated copy of cfg.mtp; c is the (partly filled) model cfg
 function M.config(sub, c)
@@ -63,13 +69,14 @@ function M.config(sub, c)
     local out = {}
     for k, v in pairs(sub) do
         local want = KNOWN[k]
-        if not want then error('mtp: unknown cfg.mtp field ' .. tostring(k) .. ' (known: depth, lambda, kind)', 2) end
+        if not want then error('mtp: unknown cfg.mtp field ' .. tostring(k) .. ' (known: depth, lambda, kind, per_depth_backward)', 2) end
         if type(v) ~= want then error(string.format('mtp: cfg.mtp.%s must be a %s, got %s', k, want, type(v)), 2) end
         out[k] = v
     end
     out.depth = out.depth or 1
     if out.lambda == nil then out.lambda = 0.3 end
     out.kind = out.kind or 'sequential'
+    if out.per_depth_backward == nil then out.per_depth_backward = false end
     if out.depth < 1 or out.depth ~= math.floor(out.depth) then
         error('mtp: cfg.mtp.depth must be a positive integer, got ' .. tostring(out.depth), 2)
     end
@@ -155,36 +162,53 @@ function M.lambda(model)
 end
 
 -- ---- loss --------------------------------------------------------------------------------------
+-- One depth: module k over the first L = T - k positions -> its hidden x (B, L, d) and logits
+-- (B, L, V). prev = h^{k-1} (B, >= L, d) for a sequential module, the main hidden h for a parallel head.
+local function depth_forward(model, k, prev, idx, cos, sin)
+    local n = nc()
+    local c = model.cfg
+    local eps = c.norm_eps
+    local L = idx:size(1) - k
+    local mod = model.mtp[k]
+    local x
+    if c.mtp.kind == 'sequential' then
+        local a = n.rmsnorm(prev:narrow(1, 0, L):contiguous(), nil, eps)
+        local e = n.rmsnorm(n.embedding(idx:narrow(1, k, L):contiguous(), model.wte.weight), nil, eps)
+        x = mod.proj(n.cat({ a, e }, 2))
+    else
+        x = prev:narrow(1, 0, L):contiguous()
+    end
+    x = mod.block(x, cos:narrow(0, 0, L), sin:narrow(0, 0, L), nil, 1)
+    return x, model:_logits(n.rmsnorm(x, nil, eps))
+end
+
+local function ce_opts(opts)
+    opts = opts or {}
+    return { ignore_index = opts.ignore_index, label_smoothing = opts.label_smoothing, z_loss = opts.z_loss }
+end
+
+local function check_inputs(model, h, idx, targets)
+    local n = nc()
+    if not (model.cfg.mtp and model.mtp) then error('mtp.loss: the model has no MTP modules (cfg.mtp)', 3) end
+    if not (n.is_tensor(h) and h:dim() == 3 and n.is_tensor(idx) and idx:dim() == 2) then
+        error('mtp.loss: expected h (B, T, d) and idx (B, T)', 3)
+    end
+    if idx:size(1) ~= h:size(1) then error(string.format('mtp.loss: h has T = %d but idx %d', h:size(1), idx:size(1)), 3) end
+    if targets ~= nil and not (n.is_tensor(targets) and targets:dim() == 2 and targets:size(1) == idx:size(1)) then
+        error('mtp.loss: expected targets (B, T) like idx', 3)
+    end
+end
+
 -- The per-depth logits { (B, T-1, V), ..., (B, T-D, V) } (fewer when T - k < 1) from the final
 -- hidden h (B, T, d) and the input ids idx (B, T); cos, sin the RoPE rows of positions 0..T-1.
 -- Entry k at position i predicts t_{i+k+1} (= targets[i+k]).
 function M.depth_logits(model, h, idx, cos, sin)
-    local n = nc()
-    local c = model.cfg
-    local s = c.mtp
-    if not (s and model.mtp) then error('mtp.loss: the model has no MTP modules (cfg.mtp)', 2) end
-    if not (n.is_tensor(h) and h:dim() == 3 and n.is_tensor(idx) and idx:dim() == 2) then
-        error('mtp.loss: expected h (B, T, d) and idx (B, T)', 2)
-    end
-    local T = h:size(1)
-    if idx:size(1) ~= T then error(string.format('mtp.loss: h has T = %d but idx %d', T, idx:size(1)), 2) end
-    local eps = c.norm_eps
-    local out = {}
-    local prev = h
-    for k = 1, s.depth do
-        local L = T - k
-        if L < 1 then break end
-        local mod = model.mtp[k]
+    check_inputs(model, h, idx)
+    local seq = model.cfg.mtp.kind == 'sequential'
+    local out, prev = {}, h
+    for k = 1, math.min(model.cfg.mtp.depth, h:size(1) - 1) do
         local x
-        if s.kind == 'sequential' then
-            local a = n.rmsnorm(prev:narrow(1, 0, L):contiguous(), nil, eps)
-            local e = n.rmsnorm(n.embedding(idx:narrow(1, k, L):contiguous(), model.wte.weight), nil, eps)
-            x = mod.proj(n.cat({ a, e }, 2))
-        else
-            x = h:narrow(1, 0, L):contiguous()
-        end
-        x = mod.block(x, cos:narrow(0, 0, L), sin:narrow(0, 0, L), nil, 1)
-        out[k] = model:_logits(n.rmsnorm(x, nil, eps))
+        x, out[k] = depth_forward(model, k, seq and prev or h, idx, cos, sin)
         prev = x
     end
     return out
@@ -194,11 +218,8 @@ end
 -- logits against targets[:, k:] over its own valid (non-ignored) targets.
 function M.depth_losses(model, h, idx, targets, opts, cos, sin)
     local n = nc()
-    if not (n.is_tensor(targets) and targets:dim() == 2 and targets:size(1) == idx:size(1)) then
-        error('mtp.loss: expected targets (B, T) like idx', 2)
-    end
-    opts = opts or {}
-    local ce = { ignore_index = opts.ignore_index, label_smoothing = opts.label_smoothing, z_loss = opts.z_loss }
+    check_inputs(model, h, idx, targets)
+    local ce = ce_opts(opts)
     local out = {}
     for k, logits in ipairs(M.depth_logits(model, h, idx, cos, sin)) do
         out[k] = n.cross_entropy(logits, targets:narrow(1, k, logits:size(1)):contiguous(), ce)
@@ -206,15 +227,63 @@ function M.depth_losses(model, h, idx, targets, opts, cos, sin)
     return out
 end
 
+-- §7.1's memory trick: the term's value from a forward without a graph; its backward runs each
+-- depth's forward + backward in turn (deepest first: a sequential module's gradient w.r.t. its
+-- input hidden feeds the depth before it) and hands the accumulated gradient w.r.t. h to the
+-- trunk. One depth's logits (B, T, V) and graph are alive at a time instead of D; the modules run
+-- forward twice.
+local function per_depth_backward(model, h, idx, targets, opts, cos, sin, scale)
+    local n = nc()
+    local ag = require 'nanochat.autograd'
+    local seq = model.cfg.mtp.kind == 'sequential'
+    local Dv = math.min(model.cfg.mtp.depth, h:size(1) - 1)
+    local ce = ce_opts(opts)
+    local function tk(k) return targets:narrow(1, k, h:size(1) - k):contiguous() end
+    local prevs, total = { [0] = h:detach() }, 0
+    n.no_grad(function()
+        for k = 1, Dv do
+            local x, logits = depth_forward(model, k, seq and prevs[k - 1] or prevs[0], idx, cos, sin)
+            total = total + n.cross_entropy(logits, tk(k), ce):item()
+            if seq then prevs[k] = x end
+        end
+    end)
+    local out = n.full({}, total * scale, { device = h:device() })
+    ag.record(out, { h }, function(g)
+        local gs = g:item() * scale
+        local was = ag.set_enabled(true)
+        local ok, err = pcall(function()
+            local gnext, gh   -- gradient w.r.t. h^k from depth k+1 (sequential); w.r.t. h (parallel)
+            for k = Dv, 1, -1 do
+                local inp = (seq and prevs[k - 1] or prevs[0]):detach():requires_grad_(true)
+                local x, logits = depth_forward(model, k, inp, idx, cos, sin)
+                local obj = n.cross_entropy(logits, tk(k), ce) * gs
+                if gnext then obj = obj + (x * gnext):sum() end
+                obj:backward()
+                if seq then gnext = inp.grad else gh = gh and gh + inp.grad or inp.grad end
+            end
+            local gacc = seq and gnext or gh
+            if gacc then ag.grad_of(h):add_scaled_(gacc, 1) end
+        end)
+        ag.set_enabled(was)
+        if not ok then error(err, 0) end
+    end)
+    return out
+end
+
 -- the term GPT:_loss adds: (lambda / D) sum_k L_k, or 0 (a number) when lambda = 0
 function M.loss(model, h, idx, targets, opts, cos, sin)
     local lam = M.lambda(model)
     if lam == 0 then return 0 end
+    check_inputs(model, h, idx, targets)
+    local scale = lam / model.cfg.mtp.depth
+    if h:size(1) < 2 then return 0 end
+    if model.cfg.mtp.per_depth_backward and h.requires_grad and nc().grad_enabled() then
+        return per_depth_backward(model, h, idx, targets, opts, cos, sin, scale)
+    end
     local ls = M.depth_losses(model, h, idx, targets, opts, cos, sin)
-    if #ls == 0 then return 0 end
     local total = ls[1]
     for k = 2, #ls do total = total + ls[k] end
-    return total * (lam / model.cfg.mtp.depth)
+    return total * scale
 end
 
 -- Monitoring (no autograd): main next-token loss and the per-depth MTP losses as numbers.
