@@ -162,24 +162,30 @@ function M.lambda(model)
 end
 
 -- ---- loss --------------------------------------------------------------------------------------
--- One depth: module k over the first L = T - k positions -> its hidden x (B, L, d) and logits
--- (B, L, V). prev = h^{k-1} (B, >= L, d) for a sequential module, the main hidden h for a parallel head.
-local function depth_forward(model, k, prev, idx, cos, sin)
+-- Module k on aligned inputs: hin (B, L, d) = h^{k-1} (sequential) or h (parallel) at L positions,
+-- ids (B, L) = the tokens t_{i+k} at those positions (sequential only), cos/sin their RoPE rows;
+-- cache: a KV cache slot table (decoding) or nil. Returns the module's hidden (B, L, d).
+local function module_apply(model, k, hin, ids, cos, sin, cache)
     local n = nc()
     local c = model.cfg
-    local eps = c.norm_eps
-    local L = idx:size(1) - k
     local mod = model.mtp[k]
-    local x
+    local x = hin
     if c.mtp.kind == 'sequential' then
-        local a = n.rmsnorm(prev:narrow(1, 0, L):contiguous(), nil, eps)
-        local e = n.rmsnorm(n.embedding(idx:narrow(1, k, L):contiguous(), model.wte.weight), nil, eps)
-        x = mod.proj(n.cat({ a, e }, 2))
-    else
-        x = prev:narrow(1, 0, L):contiguous()
+        local eps = c.norm_eps
+        local e = n.rmsnorm(n.embedding(ids, model.wte.weight), nil, eps)
+        x = mod.proj(n.cat({ n.rmsnorm(hin, nil, eps), e }, 2), cache and cache.qw)
     end
-    x = mod.block(x, cos:narrow(0, 0, L), sin:narrow(0, 0, L), nil, 1)
-    return x, model:_logits(n.rmsnorm(x, nil, eps))
+    return mod.block(x, cos, sin, cache, 1)
+end
+
+-- One depth in training: module k over the first L = T - k positions -> its hidden x (B, L, d) and
+-- logits (B, L, V). prev = h^{k-1} (B, >= L, d) for a sequential module, the main hidden h for a
+-- parallel head.
+local function depth_forward(model, k, prev, idx, cos, sin)
+    local L = idx:size(1) - k
+    local x = module_apply(model, k, prev:narrow(1, 0, L):contiguous(), idx:narrow(1, k, L):contiguous(),
+        cos:narrow(0, 0, L), sin:narrow(0, 0, L), nil)
+    return x, model:_logits(nc().rmsnorm(x, nil, model.cfg.norm_eps))
 end
 
 local function ce_opts(opts)
@@ -408,18 +414,17 @@ function M.generate(model, prompt, opts)
         -- module k over positions s..e; tok(j) gives the token at position j; returns its draft
         local function module_step(k, s, e, tok)
             local L = e - s + 1
-            local mod, mk = model.mtp[k], mc[k]
+            local mk = mc[k]
             mk.pos = s
             local cos, sin = cache.cos:narrow(0, s, L), cache.sin:narrow(0, s, L)
-            local x = H[seq and k - 1 or 0]:narrow(0, s, L):view { 1, L, d }   -- parallel heads read the main hidden
+            local hin = H[seq and k - 1 or 0]:narrow(0, s, L):view { 1, L, d }   -- parallel heads read the main hidden
+            local ids
             if seq then
-                local ids = {}
-                for i = s, e do ids[#ids + 1] = tok(i + k) end
-                local emb = n.rmsnorm(n.embedding(n.tensor({ ids }, { dtype = 'i64', device = dev }), model.wte.weight),
-                    nil, eps)
-                x = mod.proj(n.cat({ n.rmsnorm(x, nil, eps), emb }, 2), mk.qw)
+                local list = {}
+                for i = s, e do list[#list + 1] = tok(i + k) end
+                ids = n.tensor({ list }, { dtype = 'i64', device = dev })
             end
-            x = mod.block(x, cos, sin, mk, 1)
+            local x = module_apply(model, k, hin, ids, cos, sin, mk)
             mk.pos = e + 1
             H[k]:narrow(0, s, L):copy_(x:select(0, 0))
             local hl = n.rmsnorm(x:narrow(1, L - 1, 1), nil, eps)
