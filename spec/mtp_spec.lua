@@ -410,7 +410,10 @@ describe('nc.mtp.generate (self-speculative greedy decoding)', function()
             'mtp.generate: depth must be an integer in 0..1, got 2')
         assert.has_error(function() mtp.generate(m, { 1 }, { draft_vocab = 0 }) end,
             'mtp.generate: draft_vocab must be an integer in 1..256, got 0')
-        assert.has_error(function() mtp.generate(m, { 1, -2 }) end, 'mtp.generate: prompt entry 2 is not a token id: -2')
+        assert.has_error(function() mtp.generate(m, { 1, -2 }) end,
+            'mtp.generate: prompt entry 2 is not a token id below the vocabulary size 256: -2')
+        assert.has_error(function() mtp.generate(m, { 256 }) end,
+            'mtp.generate: prompt entry 1 is not a token id below the vocabulary size 256: 256')
         assert.has_error(function() mtp.generate(m, { 1, 2, 3 }, { max_context = 2 }) end,
             'mtp.generate: the prompt has 3 tokens, more than the context of 2')
     end)

@@ -6,6 +6,7 @@
 --   lambda (0.3)           weight of the MTP term at the start; M.set_lambda(model, v) changes it
 --   kind   ('sequential')  'sequential' = DeepSeek-V3 modules (§7.2), 'parallel' = Gloeckle et al.
 --                          independent heads (§7.1)
+--   per_depth_backward (false)  the memory trick (below)
 --
 -- Architecture. h^0 = the main model's final normed hidden (B, T, d) (what _loss passes); t = idx.
 --   sequential, module k = 1..D, position i = 0..T-1-k:
@@ -310,7 +311,7 @@ end
 local GEN_OPTS = { max_tokens = true, max_context = true, stop_tokens = true, depth = true, trace = true,
                    draft_vocab = true }
 
-local function prompt_list(prompt)
+local function prompt_list(prompt, V)
     local n = nc()
     if n.is_tensor(prompt) then
         if prompt:dim() ~= 1 then error('mtp.generate: expected a 1-D prompt tensor, got ' .. prompt:dim() .. ' dims', 3) end
@@ -319,8 +320,9 @@ local function prompt_list(prompt)
     if type(prompt) ~= 'table' then error('mtp.generate: expected prompt ids (a Lua array or a 1-D tensor)', 3) end
     local out = {}
     for i, v in ipairs(prompt) do
-        if type(v) ~= 'number' or v ~= math.floor(v) or v < 0 then
-            error('mtp.generate: prompt entry ' .. i .. ' is not a token id: ' .. tostring(v), 3)
+        if type(v) ~= 'number' or v ~= math.floor(v) or v < 0 or v >= V then
+            error('mtp.generate: prompt entry ' .. i .. ' is not a token id below the vocabulary size ' .. V .. ': '
+                .. tostring(v), 3)
         end
         out[i] = v
     end
@@ -351,7 +353,7 @@ function M.generate(model, prompt, opts)
     end
     local c = type(model) == 'table' and model.cfg
     if not (c and c.mtp and model.mtp) then error('mtp.generate: the model has no MTP modules (cfg.mtp)', 2) end
-    prompt = prompt_list(prompt)
+    prompt = prompt_list(prompt, c.vocab_size)
     local P = #prompt
     if P == 0 then error('mtp.generate: the prompt is empty (give at least one token, e.g. BOS)', 2) end
     local ctx = opts.max_context or c.seq_len
