@@ -32,7 +32,8 @@
 --
 -- FLOPs (design.md): flops_per_token(T) = 6 N + 6 L d T with N = the parameters that take part in
 -- a matmul (every block matrix plus the head matrix; the token embedding is a lookup and norm
--- gains are elementwise, so neither counts; a tied matrix counts once, as the head).
+-- gains are elementwise, so neither counts; a tied matrix counts once, as the head). With cfg.mtp,
+-- N includes the MTP modules' matrices (mtp.<k>.*) and each depth adds 6 (V d + d T) (nanochat.mtp).
 --
 -- Generation: model:new_cache(B, max_T) preallocates per-layer K/V (B, max_T, n_kv_head, head_dim)
 -- and RoPE tables for positions 0 .. max_T-1; model:forward_cached(idx, cache) runs idx (B, T) at
@@ -127,6 +128,10 @@ function M.count_params(cfg)
     local emb = c.vocab_size * d
     local head = c.tie_embeddings and 0 or c.vocab_size * d
     local matrix = L * (attn + mlp)
+    if c.mtp then   -- the MTP modules' projections and blocks (nanochat.mtp)
+        local m = require('nanochat.mtp').count_params(c)
+        matrix, norm = matrix + m.matrix, norm + m.norm
+    end
     return { total = emb + head + matrix + norm, embedding = emb, head = head, matrix = matrix, norm = norm,
              matmul = matrix + c.vocab_size * d }
 end
@@ -244,6 +249,9 @@ function GPT:init(cfg)
     for i = 1, c.n_layer do blocks[i] = Block(c, gen) end
     self.h = nn.ModuleList(blocks)
     if not c.tie_embeddings then self.lm_head = Weight(c.vocab_size, c.d_model, c.head_std, gen) end
+    -- MTP modules from their own generator (derived from cfg.seed): the main weights are the same
+    -- with or without cfg.mtp
+    if c.mtp then self.mtp = require('nanochat.mtp').build(c) end
     local cos, sin = n.rope_tables(c.seq_len, c.head_dim, { base = c.rope_theta })
     self:buffer('rope_cos', cos, { persistent = false })
     self:buffer('rope_sin', sin, { persistent = false })
@@ -415,7 +423,9 @@ function GPT:num_params() return self:param_counts().total end
 function GPT:flops_per_token(T)
     local c = self.cfg
     T = T or c.seq_len
-    return 6 * self:param_counts().matmul + 6 * c.n_layer * c.d_model * T
+    local f = 6 * self:param_counts().matmul + 6 * c.n_layer * c.d_model * T
+    if c.mtp then f = f + require('nanochat.mtp').extra_flops(c, T) end   -- the head and attention per depth
+    return f
 end
 
 function GPT:config()
