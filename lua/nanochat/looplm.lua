@@ -401,7 +401,7 @@ function M.forward_cached(model, idx, cache, cos, sin)
         for b = 1, B do
             for i = 1, Tn do
                 local lam = {}
-                for t = 1, T - 1 do lam[t] = 1 / (1 + math.exp(-math.max(-M.LOGIT_CLAMP, math.min(M.LOGIT_CLAMP, zl[t][b][i])))) end
+                for t = 1, T - 1 do lam[t] = 1 / (1 + math.exp(-math.max(-M.LOGIT_CLAMP, math.min(M.LOGIT_CLAMP, zl[t][(b - 1) * Tn + i])))) end
                 lam[T] = 1
                 local e = M.q_exit((M.exit_distribution(lam)), q)
                 if e < T then out:narrow(0, b - 1, 1):narrow(1, i - 1, 1):copy_(pick[e]:narrow(0, b - 1, 1):narrow(1, i - 1, 1)) end
@@ -425,10 +425,10 @@ function M.forward_cached(model, idx, cache, cos, sin)
         if t == T or q <= 0 then
             for b = 1, B do if not exit_at[b] then newly[#newly + 1] = b end end
         elseif q < 1 then
-            local z = model.exit_gate(model:_final(x)):tolist()   -- B x {1}
+            local z = model.exit_gate(model:_final(x)):tolist()   -- B values
             for b = 1, B do
                 if not exit_at[b] then
-                    local zc = math.max(-M.LOGIT_CLAMP, math.min(M.LOGIT_CLAMP, z[b][1]))
+                    local zc = math.max(-M.LOGIT_CLAMP, math.min(M.LOGIT_CLAMP, z[b]))
                     local lam = 1 / (1 + math.exp(-zc))
                     cum[b] = cum[b] + lam * S[b]
                     S[b] = S[b] * (1 - lam)
