@@ -403,6 +403,25 @@ describe('nc.looplm model', function()
         end, 'looplm: stage 2 trains the exit gate and needs cfg.loop.T >= 2')
     end)
 
+    it('round-trips through a checkpoint (gate included) and is refused by the packed engine', function()
+        local m = gpt.new(loop_cfg())
+        m.exit_gate.bias:fill_(0.7)
+        local x = batch(1, 6, 256, 13)
+        local dir = os.tmpname()
+        os.remove(dir)
+        nc.checkpoint.save(dir, { model = m, meta = { config = m:config() } })
+        local ck = nc.checkpoint.load(dir)
+        local other = gpt.new(ck.meta.config)            -- the nested cfg.loop survives meta.json
+        other:load_state_dict(ck.model)
+        os.execute('rm -rf ' .. dir)
+        assert.are.same(m.cfg.loop, other.cfg.loop)
+        assert.are.equal(0, maxdiff(m.exit_gate.bias, other.exit_gate.bias))
+        assert.are.equal(0, maxdiff(m:forward(x), other:forward(x)))
+        assert.are.equal(0, maxdiff(L.loop_logits(m, x)[1], L.loop_logits(other, x)[1]))
+        assert.has_error(function() nc.pack(m) end,
+            'nc.pack: LoopLM models (cfg.loop) are not supported by the packed engine yet; decode with model:forward_cached')
+    end)
+
     it('training a micro loop model lowers the loss', function()
         local m = gpt.new(loop_cfg({ seed = 7 }))
         local g = nc.generator(11)
@@ -416,5 +435,18 @@ describe('nc.looplm model', function()
             first = first or loss:item(); last = loss:item()
         end
         assert(last < first - 0.5, string.format('loss %.4f -> %.4f', first, last))
+    end)
+end)
+
+describe('tools/bench/arch_loop.lua', function()
+    it('is a module returning run(opts) -> rows and the two JSON numbers (no timing asserted)', function()
+        local run = dofile('tools/bench/arch_loop.lua')
+        assert.are.equal('function', type(run))
+        local res = run { prompt = 2, new = 3, reps = 1, q = 0.5 }
+        assert.are.equal(2, #res.rows)
+        local j = res.json
+        assert(j.looplm_early_exit_speedup > 0 and j.looplm_early_exit_speedup < math.huge)
+        assert(j.looplm_avg_loops >= 1 and j.looplm_avg_loops <= 3)
+        assert.are.equal(3, res.rows[1][3])   -- the baseline always runs T loops
     end)
 end)

@@ -1,0 +1,86 @@
+-- tools/bench/arch_loop.lua — LoopLM decode speed: q-exit early stop vs always running T loops.
+--
+-- Model: the e3 widths and loop shape (configs/models/e3.lua: d 256, 4 heads / 2 KV heads, ReLU²
+-- 1024, vocab 8192; loop prelude 1, shared 2 x T 3, coda 1) with LoopLM only — mhc and mtp are
+-- removed so the number isolates the early exit (opts.full = true keeps them). Weights are
+-- UNTRAINED: the exit gate is set by hand so exits happen — weight ~ N(0, gate_std / sqrt(d))
+-- (the gate reads a RMS-normalized hidden, so the gate logit has std ~ gate_std) and bias
+-- gate_bias — i.e. the exit loops follow a random per-token gate, not a learned one. Speed per
+-- token depends only on how many loops run, not on the weight values.
+-- Procedure (same run, same model, same token stream): prefill a prompt of `prompt` tokens, then
+-- decode `new` tokens one position at a time through model:forward_cached (teacher-forced from
+-- a fixed id sequence, so both settings see identical inputs), wall clock, median of `reps`.
+-- Baseline: the same decode with exit_q = 1 (always T loops).
+-- Prints a table and, standalone, as the LAST line one JSON object
+-- {"looplm_early_exit_speedup", "looplm_avg_loops", "looplm_q", "threads"}.
+--
+-- Usage: ./nanochat tools/bench/arch_loop.lua [q=0.5] [prompt=32] [new=64] [reps=3] [gate_std=1]
+--        [gate_bias=0] [threads=N]
+-- As a module: require/dofile returns run(opts) -> { rows = {...}, json = {...} } (prints nothing).
+if not package.path:find('lua/?/init.lua', 1, true) then
+    package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
+end
+local here = (debug.getinfo(1, 'S').source:match('^@(.*/)') or './')
+local L = dofile(here .. 'lib.lua')
+
+local HEADERS = { 'setting', 'exit_q', 'avg_loops', 'ms/token', 'tokens/s', 'speedup' }
+
+local function run(opts)
+    opts = opts or {}
+    local nc = require 'nanochat'
+    local q = tonumber(opts.q) or 0.5
+    local P, NEW, REPS = tonumber(opts.prompt) or 32, tonumber(opts.new) or 64, tonumber(opts.reps) or 3
+    local cfg = dofile((opts.root or '') .. 'configs/models/e3.lua')
+    if not opts.full then cfg.mhc, cfg.mtp = nil, nil end
+    local model = nc.models.gpt.new(cfg)
+    local d = cfg.d_model
+    local gen = nc.generator(tonumber(opts.seed) or 1)
+    model.exit_gate.weight:copy_(nc.randn({ 1, d }, { generator = gen, std = (tonumber(opts.gate_std) or 1) / math.sqrt(d) }))
+    model.exit_gate.bias:fill_(tonumber(opts.gate_bias) or 0)
+    local ids = {}
+    for i = 1, P + NEW do ids[i] = (i * 7919 + 13) % cfg.vocab_size end
+    local prompt = nc.tensor({ { unpack(ids, 1, P) } }, { dtype = 'i64' })
+    local steps = {}
+    for i = 1, NEW do steps[i] = nc.tensor({ { ids[P + i] } }, { dtype = 'i64' }) end
+
+    local function decode(exit_q)
+        local per, stats = {}, nil
+        for r = 1, REPS do
+            local cache = model:new_cache(1, P + NEW, { exit_q = exit_q })
+            model:forward_cached(prompt, cache)
+            local s0 = nc.looplm.stats(cache)
+            local t0 = L.now()
+            for i = 1, NEW do model:forward_cached(steps[i], cache) end
+            per[r] = (L.now() - t0) / NEW
+            local s = nc.looplm.stats(cache)
+            stats = { avg = (s.decode_loops - s0.decode_loops) / (s.decode_tokens - s0.decode_tokens), hist = s.hist }
+        end
+        return L.median(per), stats
+    end
+
+    local s_full, st_full = decode(1.0)
+    local s_q, st_q = decode(q)
+    local speedup = s_full / s_q
+    local rows = {
+        { 'always T loops', 1.0, st_full.avg, 1e3 * s_full, 1 / s_full, 1.0 },
+        { 'q-exit early stop', q, st_q.avg, 1e3 * s_q, 1 / s_q, speedup },
+    }
+    return {
+        rows = rows, headers = HEADERS,
+        json = { looplm_early_exit_speedup = L.round(speedup, 3), looplm_avg_loops = L.round(st_q.avg, 3),
+                 looplm_q = q, looplm_T = cfg.loop.T, threads = nc.get_num_threads() },
+    }
+end
+
+-- standalone when run as a script (the launcher / luajit pass key=value args); a module otherwise
+local argv = rawget(_G, 'arg')
+local is_main = type(argv) == 'table' and type(argv[0]) == 'string' and argv[0]:match('arch_loop%.lua$') ~= nil
+if is_main then
+    local a = L.parse_args()
+    local nc = require 'nanochat'
+    nc.set_num_threads(tonumber(a.threads) or math.min(L.ncpus(), 2))
+    local res = run(a)
+    L.print_table(res.headers, res.rows, { nil, '%.2f', '%.3f', '%.2f', '%.1f', '%.3f' })
+    print(L.json(res.json))
+end
+return run
