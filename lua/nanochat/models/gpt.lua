@@ -34,12 +34,16 @@
 -- FLOPs (design.md): flops_per_token(T) = 6 N + 6 L d T with N = the parameters that take part in
 -- a matmul (every block matrix plus the head matrix; the token embedding is a lookup and norm
 -- gains are elementwise, so neither counts; a tied matrix counts once, as the head).
+-- LoopLM (cfg.loop, nanochat.looplm): every block application counts (prelude + (shared + coda) * T),
+-- the head once per loop and the exit gate on T - 1 loops.
 --
 -- Generation: model:new_cache(B, max_T) preallocates per-layer K/V (B, max_T, n_kv_head, head_dim)
 -- and RoPE tables for positions 0 .. max_T-1; model:forward_cached(idx, cache) runs idx (B, T) at
 -- positions cache.pos .. cache.pos+T-1 (no autograd), appends its K/V and returns logits (B, T, V).
 -- A cache also snapshots the ternary weights Qw(W) at its first use (decoding would otherwise
 -- re-quantize every matrix per token): weights changed afterwards are seen after cache:reset().
+-- LoopLM: new_cache(B, max_T, { exit_q = q }) holds one K/V slot per (loop, block) application and
+-- forward_cached stops each decoded token at its q-exit loop (nanochat.looplm's header: reuse policy).
 local nn = require 'nanochat.nn'
 local BitLinear = require 'nanochat.layers.bitlinear'
 local Module = nn.Module
