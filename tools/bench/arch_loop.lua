@@ -2,11 +2,15 @@
 --
 -- Model: the e3 widths and loop shape (configs/models/e3.lua: d 256, 4 heads / 2 KV heads, ReLU²
 -- 1024, vocab 8192; loop prelude 1, shared 2 x T 3, coda 1) with LoopLM only — mhc and mtp are
--- removed so the number isolates the early exit (opts.full = true keeps them). Weights are
--- UNTRAINED: the exit gate is set by hand so exits happen — weight ~ N(0, gate_std / sqrt(d))
--- (the gate reads a RMS-normalized hidden, so the gate logit has std ~ gate_std) and bias
--- gate_bias — i.e. the exit loops follow a random per-token gate, not a learned one. Speed per
--- token depends only on how many loops run, not on the weight values.
+-- removed so the number isolates the early exit (opts.full = true keeps them). Two modes:
+--   train = 0 (default): UNTRAINED weights; the exit gate is set by hand so exits happen — weight
+--     ~ N(0, gate_std / sqrt(d)) (the gate reads a RMS-normalized hidden, so the gate logit has std
+--     ~ gate_std) and bias gate_bias: the exit loops follow a random per-token gate.
+--   train = N: N steps of the stage-I loss (nc.optim.hybrid defaults, B 4 x T 64) on a synthetic
+--     phrase language (16 random 8-token phrases in random order; the loss floor is ln(16)/8 ~ 0.35
+--     nats), so the gate is a learned one; the decode stream is drawn from the same language.
+--     Slow on 2 cores (seconds per step).
+-- Speed per token depends only on how many loops run, not on the weight values.
 -- Procedure (same run, same model, same token stream): prefill a prompt of `prompt` tokens, then
 -- decode `new` tokens one position at a time through model:forward_cached (teacher-forced from
 -- a fixed id sequence, so both settings see identical inputs), wall clock, median of `reps`.
@@ -15,7 +19,7 @@
 -- {"looplm_early_exit_speedup", "looplm_avg_loops", "looplm_q", "threads"}.
 --
 -- Usage: ./nanochat tools/bench/arch_loop.lua [q=0.5] [prompt=32] [new=64] [reps=3] [gate_std=1]
---        [gate_bias=0] [threads=N]
+--        [gate_bias=0] [train=0] [threads=N]
 -- As a module: require/dofile returns run(opts) -> { rows = {...}, json = {...} } (prints nothing).
 if not package.path:find('lua/?/init.lua', 1, true) then
     package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
@@ -35,10 +39,35 @@ local function run(opts)
     local model = nc.models.gpt.new(cfg)
     local d = cfg.d_model
     local gen = nc.generator(tonumber(opts.seed) or 1)
-    model.exit_gate.weight:copy_(nc.randn({ 1, d }, { generator = gen, std = (tonumber(opts.gate_std) or 1) / math.sqrt(d) }))
-    model.exit_gate.bias:fill_(tonumber(opts.gate_bias) or 0)
+    local steps_train = tonumber(opts.train) or 0
     local ids = {}
-    for i = 1, P + NEW do ids[i] = (i * 7919 + 13) % cfg.vocab_size end
+    local train_loss
+    if steps_train > 0 then
+        local phrases = {}
+        for p = 1, 16 do phrases[p] = nc.rand({ 8 }, { generator = gen, lo = 0, hi = cfg.vocab_size }):to('i64'):tolist() end
+        local function stream(n)
+            local r = {}
+            while #r < n do
+                local ph = phrases[math.floor(nc.rand({ 1 }, { generator = gen }):item() * 16) + 1]
+                for _, v in ipairs(ph) do r[#r + 1] = v end
+            end
+            return { unpack(r, 1, n) }
+        end
+        local opt = nc.optim.hybrid { model = model }
+        for _ = 1, steps_train do
+            local rows = {}
+            for b = 1, 4 do rows[b] = stream(65) end
+            local t = nc.tensor(rows, { dtype = 'i64' })
+            local loss = model:forward(t:narrow(1, 0, 64):contiguous(), t:narrow(1, 1, 64):contiguous())
+            loss:backward(); opt:step(); opt:zero_grad()
+            train_loss = loss:item()
+        end
+        ids = stream(P + NEW)
+    else
+        model.exit_gate.weight:copy_(nc.randn({ 1, d }, { generator = gen, std = (tonumber(opts.gate_std) or 1) / math.sqrt(d) }))
+        model.exit_gate.bias:fill_(tonumber(opts.gate_bias) or 0)
+        for i = 1, P + NEW do ids[i] = (i * 7919 + 13) % cfg.vocab_size end
+    end
     local prompt = nc.tensor({ { unpack(ids, 1, P) } }, { dtype = 'i64' })
     local steps = {}
     for i = 1, NEW do steps[i] = nc.tensor({ { ids[P + i] } }, { dtype = 'i64' }) end
@@ -68,7 +97,8 @@ local function run(opts)
     return {
         rows = rows, headers = HEADERS,
         json = { looplm_early_exit_speedup = L.round(speedup, 3), looplm_avg_loops = L.round(st_q.avg, 3),
-                 looplm_q = q, looplm_T = cfg.loop.T, threads = nc.get_num_threads() },
+                 looplm_q = q, looplm_T = cfg.loop.T, threads = nc.get_num_threads(), train_steps = steps_train,
+                 train_loss = train_loss and L.round(train_loss, 4) or nil },
     }
 end
 
