@@ -48,7 +48,8 @@
 -- exit loop, so every row gets exactly what it would get decoded alone (up to GEMM rounding).
 -- Prefill (a chunk of several positions) computes all T loops for every position (true KV in every
 -- slot; with q < 1 the coda runs at every loop so each position's logits come from its own exit
--- loop). Statistics: M.stats(cache) -> { tokens, loops, avg_loops, decode_tokens, decode_loops,
+-- loop). A cache's exit_q is fixed at creation; with q >= 1 every token runs T loops and reads only
+-- loop-T coda entries, so the reuse fill is skipped. Statistics: M.stats(cache) -> { tokens, loops, avg_loops, decode_tokens, decode_loops,
 -- avg_decode_loops, hist = { [t] = tokens that exited at t } } (loops = loops actually computed).
 local nn = require 'nanochat.nn'
 local Module = nn.Module
@@ -387,8 +388,7 @@ function M.forward_cached(model, idx, cache, cos, sin)
             if q < 1 and t < T then zs[t] = model.exit_gate(model:_final(x)) end
             if q < 1 or t == T then pick[t] = model:_logits(model:_final(run_coda(model, x, cos, sin, cache, t))) end
         end
-        if q >= 1 then
-            for b = 0, B - 1 do fill_reuse(cache, lc, b, T, pos, Tn, false) end   -- the coda ran at loop T only
+        if q >= 1 then   -- (a q >= 1 cache only ever reads loop-T coda slots: no reuse fill needed)
             st.tokens = st.tokens + B * Tn
             st.loops = st.loops + B * Tn * T
             st.hist[T] = (st.hist[T] or 0) + B * Tn
@@ -449,7 +449,7 @@ function M.forward_cached(model, idx, cache, cos, sin)
         end
     end
     for b = 1, B do
-        fill_reuse(cache, lc, b - 1, exit_at[b], pos, 1, false)
+        if q < 1 then fill_reuse(cache, lc, b - 1, exit_at[b], pos, 1, false) end
         st.hist[exit_at[b]] = (st.hist[exit_at[b]] or 0) + 1
         st.decode_loops = st.decode_loops + exit_at[b]
         st.loops = st.loops + exit_at[b]
