@@ -235,6 +235,11 @@ nc_status nc_cross_entropy(nc_tensor *loss, nc_tensor *lse, const nc_tensor *log
 nc_status nc_cross_entropy_backward(nc_tensor *glogits, const nc_tensor *lse, const nc_tensor *logits,
                                     const nc_tensor *targets, double gloss, int64_t ignore_index,
                                     double label_smoothing, double z_loss);
+/* Per-token backward: glogits (N, V) += grows[r] * d loss_r / d logits_r for every row whose target
+ * is not ignore_index (loss_r the per-row term above, no 1/count); grows (N) f32, any stride. */
+nc_status nc_cross_entropy_backward_rows(nc_tensor *glogits, const nc_tensor *lse, const nc_tensor *logits,
+                                         const nc_tensor *targets, const nc_tensor *grows, int64_t ignore_index,
+                                         double label_smoothing, double z_loss);
 
 /* out (..., D) = weight[idx]; idx i32/i64 (...), weight (V, D). backward scatter-adds. */
 nc_status nc_embedding(nc_tensor *out, const nc_tensor *weight, const nc_tensor *idx);

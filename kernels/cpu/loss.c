@@ -10,6 +10,8 @@
  * Per row with lse = log sum_j exp(x_j), p = softmax(x):
  *   loss_row = (1-ls) (lse - x_t) + ls (lse - mean_j x_j) + z lse^2
  *   d loss_row / d x_j = p_j (1 + 2 z lse) - (1-ls) [j == t] - ls / V
+ * nc_cross_entropy_backward_rows is the per-token form: glogits_r += grows[r] * d loss_row / d x
+ * (the gradient of sum_r grows[r] loss_r, e.g. LoopLM's exit-weighted per-loop CE).
  */
 #include "nn_common.h"
 #include "simd_avx2.h"
@@ -215,6 +217,58 @@ nc_status nc_cross_entropy_backward(nc_tensor *glogits, const nc_tensor *lse, co
             for (int64_t r = 0; r < N; r++) {
                 int64_t t = target_at(targets, r);
                 if (t == ignore_index) continue;
+                const float *x = logit_row(logits, r, buf);
+                float l = lsep[r];
+                float a = (float)(scale * (1.0 + 2.0 * z * l));
+                float c = (float)(scale * ls / (double)V);
+                rowfn(g + r * V, x, V, l, a, c);
+                g[r * V + t] -= (float)(scale * (1.0 - ls));
+            }
+        }
+        nc_host_free(buf, V * (int64_t)sizeof(float));
+    }
+    if (oom) return nc_fail(NC_ERR_OOM, "%s: out of memory", op);
+    return NC_OK;
+}
+nc_status nc_cross_entropy_backward_rows(nc_tensor *glogits, const nc_tensor *lse, const nc_tensor *logits,
+                                         const nc_tensor *targets, const nc_tensor *grows, int64_t ignore_index,
+                                         double label_smoothing, double z_loss) {
+    static const char *op = "cross_entropy_backward_rows";
+    if (!glogits) return NC_OK;
+    NC_TRY(check_args(op, logits, targets, lse));
+    NC_TRY(nc_check_f32_cpu(op, "glogits", glogits));
+    NC_TRY(nc_check_contiguous(op, "glogits", glogits));
+    NC_TRY(nc_check_same_shape(op, "glogits", glogits, "logits", logits));
+    int64_t N = logits->shape[0], V = logits->shape[1];
+    NC_TRY(nc_check_f32_cpu(op, "grows", grows));
+    NC_TRY(nc_check_shape(op, "grows", grows, 1, &N));
+    for (int64_t r = 0; r < N; r++) {
+        int64_t t = target_at(targets, r);
+        if (t == ignore_index) continue;
+        if (t < 0 || t >= V)
+            return nc_fail(NC_ERR_INDEX, "%s: target %lld at row %lld is outside [0, %lld) and is not ignore_index (%lld)",
+                           op, (long long)t, (long long)r, (long long)V, (long long)ignore_index);
+    }
+    void (*rowfn)(float *, const float *, int64_t, float, float, float) =
+        nc_cpu_avx2() ? nc_k_ce_backward_row_avx2 : nc_k_ce_backward_row_base;
+    const float *lsep = nc_f32p(lse), *gr = nc_f32p(grows);
+    int64_t gst = grows->strides[0];
+    float *g = nc_f32p(glogits);
+    double ls = label_smoothing, z = z_loss;
+    int need_buf = logits->strides[1] != 1 && V > 1;
+    int oom = 0;
+#pragma omp parallel if (N * V >= NC_PAR_MIN && N > 1) num_threads(nc_threads())
+    {
+        float *buf = need_buf ? nc_host_alloc(V * (int64_t)sizeof(float)) : NULL;
+        if (need_buf && !buf) {
+#pragma omp atomic write
+            oom = 1;
+        } else {
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < N; r++) {
+                int64_t t = target_at(targets, r);
+                double scale = gr[r * gst];
+                if (t == ignore_index || scale == 0.0) continue;
                 const float *x = logit_row(logits, r, buf);
                 float l = lsep[r];
                 float a = (float)(scale * (1.0 + 2.0 * z * l));

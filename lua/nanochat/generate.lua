@@ -21,6 +21,8 @@
 --   messages + tokenizer   chat prompt: ids = tokenizer:render_chat(messages), then
 --                          '<|assistant_start|>' is appended (unless already last) and
 --                          '<|assistant_end|>' joins stop_tokens; prompt must be nil then
+--   exit_q, on_cache       LoopLM models: the q-exit threshold of this generation's cache, and a
+--                          function(cache) called once with it (read nc.looplm.stats(cache) later)
 --
 -- Sampling, per step, on the last position's logits l (fp32 -> Lua numbers, all in double):
 --   1. repetition penalty p: for every distinct id in prompt + generated so far,
@@ -228,7 +230,9 @@ function M.generate(model, prompt, opts)
     local gen = n.generator(opts.seed or 0)
     local function draw() return n.rand({ 1 }, { generator = gen }):item() end
 
-    local cache = model:new_cache(1, math.min(ctx, #prompt + max_tokens))
+    -- opts.exit_q: a LoopLM model's q-exit threshold for this generation (nanochat.looplm)
+    local cache = model:new_cache(1, math.min(ctx, #prompt + max_tokens), opts.exit_q and { exit_q = opts.exit_q } or nil)
+    if opts.on_cache then opts.on_cache(cache) end   -- e.g. read LoopLM exit statistics afterwards
     local history = {}
     for i, v in ipairs(prompt) do history[i] = v end
     local produced, done = 0, false

@@ -28,18 +28,23 @@
 -- is scale invariant per matrix, so the std only sets the latent scale the optimizer moves.
 --
 -- Parameter names: wte.weight, h.<i>.attn.{wq,wk,wv,wo}.weight, h.<i>.attn.sub_norm.weight,
--- h.<i>.mlp.{w1,w3,w2}.weight, h.<i>.mlp.sub_norm.weight, lm_head.weight.
+-- h.<i>.mlp.{w1,w3,w2}.weight, h.<i>.mlp.sub_norm.weight, lm_head.weight; with cfg.loop (LoopLM,
+-- nanochat.looplm) also exit_gate.{weight,bias}.
 --
 -- FLOPs (design.md): flops_per_token(T) = 6 N + 6 L d T with N = the parameters that take part in
 -- a matmul (every block matrix plus the head matrix; the token embedding is a lookup and norm
 -- gains are elementwise, so neither counts; a tied matrix counts once, as the head). With cfg.mtp,
 -- N includes the MTP modules' matrices (mtp.<k>.*) and each depth adds 6 (V d + d T) (nanochat.mtp).
+-- LoopLM (cfg.loop, nanochat.looplm): every block application counts (prelude + (shared + coda) * T),
+-- the head once per loop and the exit gate on T - 1 loops.
 --
 -- Generation: model:new_cache(B, max_T) preallocates per-layer K/V (B, max_T, n_kv_head, head_dim)
 -- and RoPE tables for positions 0 .. max_T-1; model:forward_cached(idx, cache) runs idx (B, T) at
 -- positions cache.pos .. cache.pos+T-1 (no autograd), appends its K/V and returns logits (B, T, V).
 -- A cache also snapshots the ternary weights Qw(W) at its first use (decoding would otherwise
 -- re-quantize every matrix per token): weights changed afterwards are seen after cache:reset().
+-- LoopLM: new_cache(B, max_T, { exit_q = q }) holds one K/V slot per (loop, block) application and
+-- forward_cached stops each decoded token at its q-exit loop (nanochat.looplm's header: reuse policy).
 local nn = require 'nanochat.nn'
 local BitLinear = require 'nanochat.layers.bitlinear'
 local Module = nn.Module
@@ -132,8 +137,9 @@ function M.count_params(cfg)
         local m = require('nanochat.mtp').count_params(c)
         matrix, norm = matrix + m.matrix, norm + m.norm
     end
-    return { total = emb + head + matrix + norm, embedding = emb, head = head, matrix = matrix, norm = norm,
-             matmul = matrix + c.vocab_size * d }
+    local scalar = c.loop and d + 1 or 0   -- LoopLM exit gate: weight (1, d) + bias
+    return { total = emb + head + matrix + norm + scalar, embedding = emb, head = head, matrix = matrix, norm = norm,
+             scalar = scalar, matmul = matrix + c.vocab_size * d }
 end
 
 -- ---- layers ------------------------------------------------------------------------------------
@@ -249,6 +255,10 @@ function GPT:init(cfg)
     for i = 1, c.n_layer do blocks[i] = Block(c, gen) end
     self.h = nn.ModuleList(blocks)
     if not c.tie_embeddings then self.lm_head = Weight(c.vocab_size, c.d_model, c.head_std, gen) end
+    -- LoopLM: h holds the unique blocks in order prelude, shared, coda (cfg.n_layer = their sum,
+    -- checked by looplm.config); the fp32 exit gate (Linear d -> 1 with bias) is drawn after the
+    -- head, so a loop model and a plain one with the same seed have the same blocks and head.
+    if c.loop then self.exit_gate = require('nanochat.looplm').ExitGate(c, gen) end
     -- MTP modules from their own generator (derived from cfg.seed): the main weights are the same
     -- with or without cfg.mtp
     if c.mtp then self.mtp = require('nanochat.mtp').build(c) end
@@ -290,6 +300,7 @@ function GPT:_embed(idx)
 end
 
 function GPT:_trunk(x, cos, sin, cache)
+    if self.cfg.loop then return require('nanochat.looplm').trunk(self, x, cos, sin, cache) end
     for i, block in ipairs(self.h) do x = block(x, cos, sin, cache, i) end
     return x
 end
@@ -343,7 +354,11 @@ local Cache = {}
 Cache.__index = Cache
 
 -- back to position 0; the quantized-weight snapshot is dropped too (re-taken on the next use)
-function Cache:reset() self.pos = 0; self.qw = {}; return self end
+function Cache:reset()
+    self.pos = 0; self.qw = {}
+    if self.loop_stats then require('nanochat.looplm').reset_stats(self) end
+    return self
+end
 function Cache:bytes()
     local b = 0
     for i = 1, #self.k do b = b + 8 * self.k[i]:numel() end
@@ -352,14 +367,22 @@ end
 
 -- A cache for B sequences of up to max_T positions (default cfg.seq_len); RoPE tables beyond the
 -- training length are computed here (extrapolation is the caller's choice).
-function GPT:new_cache(B, max_T)
+-- LoopLM: one K/V slot per (loop, block) application (nanochat.looplm: prelude + (shared + coda) * T);
+-- opts.exit_q (default cfg.loop.exit_q) sets the q-exit threshold of this cache.
+function GPT:new_cache(B, max_T, opts)
     local c = self.cfg
     max_T = max_T or c.seq_len
     if not is_posint(B) or not is_posint(max_T) then error('gpt: new_cache: expected positive integers (B, max_T)', 2) end
     local n = nc()
     local dev = self.wte.weight:device()
     local cache = setmetatable({ B = B, max_T = max_T, pos = 0, k = {}, v = {}, qw = {} }, Cache)
-    for i = 1, c.n_layer do
+    local slots = c.n_layer
+    if c.loop then
+        local L = require 'nanochat.looplm'
+        slots = L.n_slots(c.loop)
+        L.init_cache(cache, c.loop, opts)
+    end
+    for i = 1, slots do
         cache.k[i] = n.zeros({ B, max_T, c.n_kv_head, c.head_dim }, { device = dev })
         cache.v[i] = n.zeros({ B, max_T, c.n_kv_head, c.head_dim }, { device = dev })
     end
@@ -381,7 +404,12 @@ function GPT:forward_cached(idx, cache)
         error(string.format('gpt: forward_cached: cache full (%d + %d positions > max_T %d)', cache.pos, T, cache.max_T), 2)
     end
     local cos, sin = rope_slice(cache.cos, cache.sin, cache.pos, T, 'forward_cached')
-    local logits = nc().no_grad(function() return self:_run(idx, cos, sin, cache) end)
+    local logits
+    if self.cfg.loop then
+        logits = nc().no_grad(require('nanochat.looplm').forward_cached, self, idx, cache, cos, sin)
+    else
+        logits = nc().no_grad(function() return self:_run(idx, cos, sin, cache) end)
+    end
     cache.pos = cache.pos + T
     return logits
 end
@@ -397,6 +425,8 @@ function GPT:param_roles()
         if getmetatable(m) == BitLinear then roles[name .. '.weight'] = 'matrix'
         elseif getmetatable(m) == nn.RMSNorm and m.weight then roles[name .. '.weight'] = 'norm' end
     end
+    -- LoopLM exit gate: a (1, d) row and a bias, AdamW without decay (never Muon)
+    if self.exit_gate then roles['exit_gate.weight'], roles['exit_gate.bias'] = 'scalar', 'scalar' end
     for _, nv in ipairs(self:named_parameters()) do
         if not roles[nv[1]] then roles[nv[1]] = 'scalar' end
     end
@@ -423,8 +453,19 @@ function GPT:num_params() return self:param_counts().total end
 function GPT:flops_per_token(T)
     local c = self.cfg
     T = T or c.seq_len
-    local f = 6 * self:param_counts().matmul + 6 * c.n_layer * c.d_model * T
-    if c.mtp then f = f + require('nanochat.mtp').extra_flops(c, T) end   -- the head and attention per depth
+    local pc = self:param_counts()
+    local mtp = c.mtp and require('nanochat.mtp') or nil
+    local mtp_matrix = mtp and mtp.count_params(c).matrix or 0
+    local f
+    if c.loop then
+        -- looped: every block application counts (nanochat.looplm.flops_per_token)
+        local head = c.vocab_size * c.d_model
+        f = require('nanochat.looplm').flops_per_token(c.loop, (pc.matmul - head - mtp_matrix) / c.n_layer, head,
+            c.d_model, T) + 6 * mtp_matrix
+    else
+        f = 6 * pc.matmul + 6 * c.n_layer * c.d_model * T
+    end
+    if mtp then f = f + mtp.extra_flops(c, T) end   -- the head and attention per depth
     return f
 end
 

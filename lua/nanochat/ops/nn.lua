@@ -175,7 +175,9 @@ end
 -- logits (..., V) -> (N, V); targets (...) i32/i64 -> (N). opts: ignore_index (-1),
 -- label_smoothing (0), z_loss (0), reduction ('mean' | 'none'). 'mean' returns the scalar mean
 -- loss over non-ignored targets; 'none' returns the per-token losses with targets' shape (0 at
--- ignored targets) and records no gradient (use it under nc.no_grad).
+-- ignored targets), differentiable: its backward takes a per-token gradient g_r and adds
+-- g_r * d loss_r / d logits_r (C: nc_cross_entropy_backward_rows), so sum_r w_r loss_r is a
+-- weighted loss with gradient (LoopLM's exit-weighted per-loop CE).
 function M.cross_entropy(logits, targets, opts)
     opts = opts or {}
     if not (Tensor.is(logits) and Tensor.is(targets)) then error('cross_entropy: expected tensors logits and targets', 2) end
@@ -188,9 +190,6 @@ function M.cross_entropy(logits, targets, opts)
     if reduction ~= 'mean' and reduction ~= 'none' then
         error("cross_entropy: reduction must be 'mean' or 'none', got " .. tostring(reduction), 2)
     end
-    if reduction == 'none' and ag.needs(logits) then
-        error("cross_entropy: reduction='none' records no gradient; call it under nc.no_grad", 2)
-    end
     local V = logits:size(-1)
     local l2 = logits:dim() == 2 and logits or logits:reshape { -1, V }
     local t2 = targets:dim() == 1 and targets or targets:reshape { -1 }
@@ -199,7 +198,16 @@ function M.cross_entropy(logits, targets, opts)
     local lse = Tensor.empty({ N }, 'f32', logits:device())
     check(C.nc_cross_entropy(loss._c, lse._c, l2._c, t2._c, ii, ls, z), 'cross_entropy')
     if reduction == 'none' then
-        return cross_entropy_rows(l2, t2, lse, ii, ls, z):reshape(targets:shape())
+        if not ag.needs(l2) then return cross_entropy_rows(l2, t2, lse, ii, ls, z):reshape(targets:shape()) end
+        local rows = ag.no_grad(cross_entropy_rows, l2, t2, lse, ii, ls, z)   -- (N), one node below
+        ag.record(rows, { l2 }, function(g)
+            local gl = ag.grad_of(l2)
+            if gl then
+                check(C.nc_cross_entropy_backward_rows(gl._c, lse._c, l2._c, t2._c, g._c, ii, ls, z),
+                    'cross_entropy backward')
+            end
+        end)
+        return rows:reshape(targets:shape())
     end
     if ag.needs(l2) then
         ag.record(loss, { l2 }, function(g)
