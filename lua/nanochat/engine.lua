@@ -52,7 +52,8 @@ function M.load_model(dir)
     local clean = {}
     local known = { vocab_size = 1, seq_len = 1, d_model = 1, n_layer = 1, n_head = 1, n_kv_head = 1, head_dim = 1,
         d_ff = 1, mlp = 1, rope_theta = 1, qk_norm = 1, tie_embeddings = 1, logit_softcap = 1, ternary = 1,
-        quant_group = 1, subln = 1, init_std = 1, embed_std = 1, head_std = 1, norm_eps = 1, seed = 1, name = 1, arch = 1 }
+        quant_group = 1, subln = 1, init_std = 1, embed_std = 1, head_std = 1, norm_eps = 1, seed = 1, name = 1, arch = 1,
+        embed_norm = 1 }
     for k, v in pairs(cfg) do if known[k] then clean[k] = v end end
     local model = n.models.gpt.new(clean)
     local tensors = n.load(dir .. '/model.safetensors')
@@ -154,7 +155,9 @@ function Engine:forward_cached(idx, cache)
         local R = B * T
         local pos = cache.pos
         local cos, sin = cache.cos:narrow(0, pos, T), cache.sin:narrow(0, pos, T)
-        local x = n.rmsnorm(n.embedding(idx, wide(self.wte)), nil, eps):reshape { R, d }
+        local x = n.embedding(idx, wide(self.wte))
+        if c.embed_norm ~= false then x = n.rmsnorm(x, nil, eps) end
+        x = x:reshape { R, d }
         for i, L in ipairs(self.layers) do
             local a = qa(n.rmsnorm(x, nil, eps))
             local q = infer.matmul(a, L.wq):view { B, T, H, hdim }
