@@ -1,0 +1,126 @@
+-- spec/models/llama_cpp_spec.lua — llama.cpp (pip llama-cpp-python, through tools/llama_check.py)
+-- loads and runs what `nc.export.gguf` writes under the `bitnet` arch: its logits on a prompt are
+-- compared with our packed engine's (per-token int8 activations) and with the same ternary network
+-- run with float activations, its greedy continuation with ours, and its tokenization of a text
+-- (from the embedded tokenizer.ggml.* keys) with our tokenizer's. Skipped (pending) when python3
+-- cannot import llama_cpp.
+--
+-- Tolerance (measured, see README "GGUF export"): llama.cpp quantizes each matmul input to Q8_K
+-- (int8 per block of 256 values, round half away from zero) where we use one int8 scale per token
+-- (round half to even), stores K/V in f16 and runs attention partly in f16; so logits agree to a
+-- small fraction of their spread, not bit for bit. We assert max |diff| <= 3% of the logits' std.
+package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
+local nc = require 'nanochat'
+local json = require 'dkjson'
+
+local function tmp(suffix) local p = os.tmpname(); os.remove(p); return p .. suffix end
+
+local have = os.execute('python3 -c "import llama_cpp" 2>/dev/null') == 0
+
+local TEXTS = {}
+for i = 1, 40 do
+    TEXTS[i] = 'fn main() { let x' .. i .. ' = vec![1, 2, 3]; println!("{}", x' .. i .. '.len()); } // the then there\n'
+end
+
+-- run tools/llama_check.py; returns the decoded last JSON line
+local function llama_check(path, args)
+    local p = io.popen('python3 tools/llama_check.py ' .. path .. ' ' .. args .. ' 2>&1')
+    local out = p:read('*a')
+    p:close()
+    local last = out:match('([^\n]*)%s*$')
+    local ok, obj = pcall(json.decode, last)
+    if not ok or type(obj) ~= 'table' then error('llama_check failed:\n' .. out) end
+    return obj, out
+end
+
+-- the same ternary network with float activations (Qw(W) baked in, both quantizers off)
+local function float_act_model(cfg, m)
+    local f = nc.models.gpt.new(cfg)
+    f:load_state_dict(m:state_dict())
+    f:eval()
+    nc.no_grad(function()
+        for _, b in ipairs(f.h) do
+            b.attn.ternary, b.mlp.ternary = false, false
+            for _, L in ipairs { b.attn.wq, b.attn.wk, b.attn.wv, b.attn.wo, b.mlp.w1, b.mlp.w2, b.mlp.w3 } do
+                L.weight:copy_((nc.quant_weight(L.weight, { group_size = L.group })))
+                L.ternary = false
+            end
+        end
+    end)
+    return f
+end
+
+local function stats(a, b)
+    local d = (a - b):abs()
+    return d:max():item(), d:mean():item()
+end
+
+describe('llama.cpp runs the exported bitnet GGUF', function()
+    local cases = {
+        { 'tq2_0, SubLN gains, GQA 4/2, with tokenizer', { d_model = 256, n_head = 4, n_kv_head = 2, d_ff = 512, subln = true }, 'tq2_0' },
+        { 'tq1_0, no SubLN, GQA 4/1', { d_model = 256, n_head = 4, n_kv_head = 1, d_ff = 256 }, 'tq1_0' },
+    }
+    for ci, cs in ipairs(cases) do
+        it(cs[1] .. ': logits, greedy tokens, tokenization', function()
+            if not have then pending('python3 cannot import llama_cpp (pip install llama-cpp-python)') return end
+            local tok = nc.tokenizer.train { texts = TEXTS, vocab = 320 }
+            local cfg = nc.models.config('micro', { vocab_size = tok:vocab_size(), seq_len = 64, n_layer = 2, mlp = 'swiglu',
+                tie_embeddings = true, embed_norm = false, embed_std = 1.0, seed = 10 + ci })
+            for k, v in pairs(cs[2]) do cfg[k] = v end
+            local m = nc.models.gpt.new(cfg)
+            m:eval()
+            if cfg.subln then
+                nc.no_grad(function()
+                    for i, b in ipairs(m.h) do
+                        b.attn.sub_norm.weight:copy_(nc.randn({ cfg.d_model }, { std = 0.2, generator = nc.generator(i) }) + 1)
+                        b.mlp.sub_norm.weight:copy_(nc.randn({ cfg.d_ff }, { std = 0.2, generator = nc.generator(9 + i) }) + 1)
+                    end
+                end)
+            end
+            local e = nc.pack(m)
+            local path = tmp('.gguf')
+            local _, info = nc.export.gguf(e, path, { type = cs[3], tokenizer = tok })
+            assert.equal('bitnet', info.arch)
+            local text = TEXTS[7]
+            local ids = { tok.bos_id }
+            for _, id in ipairs(tok:encode(text)) do ids[#ids + 1] = id end
+            while #ids > 24 do table.remove(ids) end
+            local NG = 8
+            local r = llama_check(path, '--ids ' .. table.concat(ids, ',') .. ' --greedy ' .. NG ..
+                string.format(' --tokenize %q', text))
+            -- tokenization through the embedded vocab/merges/pre-tokenizer = ours
+            assert.same(tok:encode(text), r.tokenized)
+            -- logits
+            assert.equal(cfg.vocab_size, r.n_vocab)
+            local T, V = #ids, cfg.vocab_size
+            local flat = {}
+            for t = 1, T do for v = 1, V do flat[#flat + 1] = r.logits[t][v] end end
+            local ll = nc.tensor(flat):view { 1, T, V }
+            local idx = nc.tensor({ ids }, { dtype = 'i64' })
+            local ours = e:forward(idx)
+            local fl = nc.no_grad(function() return float_act_model(cfg, m):forward(idx) end)
+            local dev = ours - ours:mean():item()
+            local std = (dev * dev):mean():item() ^ 0.5
+            local mx, mean = stats(ll, ours)
+            local mx_f, mean_f = stats(ll, fl)
+            local mx_of, mean_of = stats(ours, fl)
+            print(string.format('\n[%s] logits std %.3f | llama.cpp vs engine: max %.4f mean %.5f | llama.cpp vs float-act: ' ..
+                'max %.4f mean %.5f | engine vs float-act: max %.4f mean %.5f', cs[1], std, mx, mean, mx_f, mean_f, mx_of, mean_of))
+            assert.is_true(std > 1)
+            assert.is_true(mx <= 0.03 * std, string.format('max |llama.cpp - engine| %.4f > 3%% of std %.3f', mx, std))
+            -- greedy continuation: ours from the engine (argmax, lowest id on ties)
+            local seq = {}
+            for i, v in ipairs(ids) do seq[i] = v end
+            local greedy = {}
+            for _ = 1, NG do
+                local lg = e:forward(nc.tensor({ seq }, { dtype = 'i64' })):narrow(1, #seq - 1, 1):reshape({ V }):tolist()
+                local best = 1
+                for v = 2, V do if lg[v] > lg[best] then best = v end end
+                greedy[#greedy + 1] = best - 1
+                seq[#seq + 1] = best - 1
+            end
+            assert.same(greedy, r.greedy)
+            os.remove(path)
+        end)
+    end
+end)
