@@ -203,12 +203,18 @@ function Engine:__tostring()
 end
 
 -- ---- user-facing helpers (nanochat generate / chat) -------------------------------------------
--- The tokenizer of a checkpoint: opts.tokenizer (an object), opts.tok (a path), else the first of
+-- The tokenizer of a checkpoint: opts.tokenizer (an object), opts.tok (a path), for a GGUF file the
+-- vocabulary embedded in it (export.tokenizer_from_gguf), else the first of
 -- tokenizer.tok / tokenizer.bin in the checkpoint dir (the GGUF file's dir), its parent or its
 -- grandparent (recipes save RUN/tokenizer.tok next to RUN/ckpt/step_NNNNNN).
 function M.tokenizer_for(ckpt, opts)
     opts = opts or {}
     if type(opts.tokenizer) == 'table' then return opts.tokenizer end
+    if not opts.tok and ckpt:match('%.gguf$') then
+        -- the vocabulary embedded by nanochat export (tokenizer.ggml.*), when there is one
+        local ok, tok = pcall(function() return require('nanochat.export').tokenizer_from_gguf(nc().gguf.read(ckpt)) end)
+        if ok and tok then return tok end
+    end
     local dir = ckpt:match('%.gguf$') and (ckpt:match('^(.*)/[^/]*$') or '.') or ckpt:gsub('/+$', '')
     local tried = {}
     local candidates = {}
@@ -228,7 +234,7 @@ function M.tokenizer_for(ckpt, opts)
     error('nanochat: no tokenizer found (tried ' .. table.concat(tried, ', ') .. '); give tok=FILE', 2)
 end
 
--- a checkpoint dir or a GGUF file of ours (export.lua, arch 'nanochat') -> Engine
+-- a checkpoint dir or a GGUF file of ours (export.lua, arch 'nanochat' or 'bitnet') -> Engine
 function M.open(path, opts)
     if type(path) == 'string' and path:match('%.gguf$') then return (require('nanochat.export').load(path)) end
     return M.pack(path, opts)

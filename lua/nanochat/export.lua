@@ -202,6 +202,44 @@ function M.tokenizer_metadata(tok, V, md, warnings)
     end
 end
 
+-- The tokenizer embedded in a GGUF we wrote (or any gpt2-model vocab with ids 0..255 = the bytes
+-- in order, the merged tokens next, then the control tokens) -> nc.tokenizer, or nil, why.
+-- The training merges are recovered as the first "A B" entry that makes each next id.
+function M.tokenizer_from_gguf(f)
+    local md = f.metadata
+    if md['tokenizer.ggml.model'] ~= 'gpt2' then return nil, 'no gpt2 tokenizer in the file' end
+    local tokens, types, merges = md['tokenizer.ggml.tokens'], md['tokenizer.ggml.token_type'], md['tokenizer.ggml.merges'] or {}
+    if type(tokens) ~= 'table' or type(types) ~= 'table' or #types ~= #tokens then return nil, 'tokens / token_type missing' end
+    local bt = byte_text()
+    for b = 0, 255 do
+        if tokens[b + 1] ~= bt[b] or types[b + 1] ~= 1 then return nil, 'ids 0..255 are not the 256 bytes in order' end
+    end
+    local text_id = {}
+    for i, t in ipairs(tokens) do text_id[t] = i - 1 end
+    local n_norm = 256
+    while types[n_norm + 1] == 1 do n_norm = n_norm + 1 end
+    local specials = {}
+    local i = n_norm + 1
+    while types[i] == 3 do specials[#specials + 1] = tokens[i]; i = i + 1 end
+    for j = i, #tokens do
+        if types[j] ~= 5 then return nil, 'token ' .. (j - 1) .. ' has type ' .. tostring(types[j]) .. ' after the specials' end
+    end
+    local pairs_ = {}
+    local want = 256
+    for _, m in ipairs(merges) do
+        if want >= n_norm then break end
+        local a, b = m:match('^(%S+) (%S+)$')
+        if a and text_id[a .. b] == want then
+            pairs_[#pairs_ + 1] = { text_id[a], text_id[b] }
+            want = want + 1
+        end
+    end
+    if want ~= n_norm then return nil, 'no merge makes token ' .. want end
+    local pre = md['tokenizer.ggml.pre']
+    if pre ~= 'llama-bpe' then return nil, 'pre-tokenizer ' .. tostring(pre) .. ' is not our split pattern (llama-bpe)' end
+    return nc().tokenizer.from_merges(pairs_, { specials = specials })
+end
+
 -- ---- writers ---------------------------------------------------------------------------------
 local function proj_names(c)
     local p = { { 'attn_q', 'wq' }, { 'attn_k', 'wk' }, { 'attn_v', 'wv' }, { 'attn_output', 'wo' } }

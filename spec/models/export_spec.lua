@@ -393,6 +393,10 @@ describe('export: tokenizer.ggml.* metadata', function()
         assert.same(t2:encode('abcx'), llama_bpe('abcx', tid2, rank2))
         rank2['a bc'] = nil       -- without the extension llama.cpp would stop at [a, bc, x]
         assert.same({ 97, 256, 120 }, llama_bpe('abcx', tid2, rank2))
+        -- the embedded vocabulary rebuilds the same tokenizer (same file hash); nanochat chat uses it
+        local back = nc.export.tokenizer_from_gguf(f)
+        assert.equal(tok:hash(), back:hash())
+        assert.equal(tok:hash(), require('nanochat.engine').tokenizer_for(path):hash())
         -- a model vocab smaller than the tokenizer's is refused
         assert.has_error(function() nc.export.gguf(bitnet_model({ vocab_size = 300 }), path, { tokenizer = tok }) end)
         os.remove(path)
