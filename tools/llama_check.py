@@ -2,7 +2,7 @@
 """tools/llama_check.py — load a GGUF written by `nanochat export` with llama.cpp (pip
 llama-cpp-python) and evaluate it.
 
-    python3 tools/llama_check.py MODEL.gguf [--ids 1,5,9 | --prompt TEXT] [--greedy N] [--tokenize TEXT]
+    python3 tools/llama_check.py MODEL.gguf [--ids 1,5,9 | --prompt TEXT] [--greedy N] [--tokenize TEXT | --tokenize-file F]
 
 Prints, per prompt position, the top-5 tokens with their logits, then the greedy continuation,
 and as the LAST line one JSON object:
@@ -29,6 +29,7 @@ def main():
     ap.add_argument("--prompt", help="prompt text (tokenized by llama.cpp, BOS per the file)")
     ap.add_argument("--greedy", type=int, default=0, help="greedy tokens to generate after the prompt")
     ap.add_argument("--tokenize", help="text to tokenize with the file's tokenizer")
+    ap.add_argument("--tokenize-file", help="a file whose bytes are tokenized (as --tokenize)")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
 
@@ -36,7 +37,10 @@ def main():
                           logits_all=True, verbose=False)
     n_vocab = llm.n_vocab()
     out = {"n_vocab": n_vocab}
-    if a.tokenize is not None:
+    if a.tokenize_file is not None:
+        with open(a.tokenize_file, "rb") as fh:
+            out["tokenized"] = llm.tokenize(fh.read(), add_bos=False, special=False)
+    elif a.tokenize is not None:
         out["tokenized"] = llm.tokenize(a.tokenize.encode("utf-8"), add_bos=False, special=False)
     ids = []
     if a.ids:

@@ -8,13 +8,19 @@
 -- Tolerance (measured, see README "GGUF export"): llama.cpp quantizes each matmul input to Q8_K
 -- (int8 per block of 256 values, round half away from zero) where we use one int8 scale per token
 -- (round half to even), stores K/V in f16 and runs attention partly in f16; so logits agree to a
--- small fraction of their spread, not bit for bit. We assert max |diff| <= 3% of the logits' std.
+-- small fraction of their spread, not bit for bit. The reference scale is how far our own int8
+-- activations move the logits from float activations (same ternary weights): we assert mean and
+-- max |llama.cpp - engine| <= 1.5 x mean / max |engine - float-act|. The model is random but made
+-- sensitive: Wq/Wk scaled (sharp attention, so a wrong RoPE convention shows: measured ~25x the
+-- bound) and wo/w2 scaled (block outputs comparable to the tied embedding in the residual).
 package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
 local nc = require 'nanochat'
 local json = require 'dkjson'
 
 local function tmp(suffix) local p = os.tmpname(); os.remove(p); return p .. suffix end
 
+local QK_SCALE = tonumber(os.getenv('QK_SCALE') or '') or 8
+local OUT_SCALE = tonumber(os.getenv('OUT_SCALE') or '') or 15
 local have = os.execute('python3 -c "import llama_cpp" 2>/dev/null') == 0
 
 local TEXTS = {}
@@ -69,6 +75,15 @@ describe('llama.cpp runs the exported bitnet GGUF', function()
             for k, v in pairs(cs[2]) do cfg[k] = v end
             local m = nc.models.gpt.new(cfg)
             m:eval()
+            -- make the blocks matter: random q/k give near-uniform attention (where the RoPE
+            -- convention would hardly show) and the small wo/w2 leave the logits to the tied
+            -- embedding; scale Wq, Wk (sharper attention) and wo, w2 (block outputs O(1))
+            nc.no_grad(function()
+                for _, b in ipairs(m.h) do
+                    for _, L in ipairs { b.attn.wq, b.attn.wk } do L.weight:copy_(L.weight * QK_SCALE) end
+                    for _, L in ipairs { b.attn.wo, b.mlp.w2 } do L.weight:copy_(L.weight * OUT_SCALE) end
+                end
+            end)
             if cfg.subln then
                 nc.no_grad(function()
                     for i, b in ipairs(m.h) do
@@ -86,8 +101,10 @@ describe('llama.cpp runs the exported bitnet GGUF', function()
             for _, id in ipairs(tok:encode(text)) do ids[#ids + 1] = id end
             while #ids > 24 do table.remove(ids) end
             local NG = 8
-            local r = llama_check(path, '--ids ' .. table.concat(ids, ',') .. ' --greedy ' .. NG ..
-                string.format(' --tokenize %q', text))
+            local tf = tmp('.txt')
+            local fh = io.open(tf, 'wb'); fh:write(text); fh:close()
+            local r = llama_check(path, '--ids ' .. table.concat(ids, ',') .. ' --greedy ' .. NG .. ' --tokenize-file ' .. tf)
+            os.remove(tf)
             -- tokenization through the embedded vocab/merges/pre-tokenizer = ours
             assert.same(tok:encode(text), r.tokenized)
             -- logits
@@ -107,7 +124,10 @@ describe('llama.cpp runs the exported bitnet GGUF', function()
             print(string.format('\n[%s] logits std %.3f | llama.cpp vs engine: max %.4f mean %.5f | llama.cpp vs float-act: ' ..
                 'max %.4f mean %.5f | engine vs float-act: max %.4f mean %.5f', cs[1], std, mx, mean, mx_f, mean_f, mx_of, mean_of))
             assert.is_true(std > 1)
-            assert.is_true(mx <= 0.03 * std, string.format('max |llama.cpp - engine| %.4f > 3%% of std %.3f', mx, std))
+            -- llama.cpp's activation rounding vs ours is noise of the size of the activation
+            -- quantization itself (engine vs float activations); a wrong RoPE / layout is ~25x that
+            assert.is_true(mean <= 1.5 * mean_of, string.format('mean |llama.cpp - engine| %.4f > 1.5 x %.4f', mean, mean_of))
+            assert.is_true(mx <= 1.5 * mx_of, string.format('max |llama.cpp - engine| %.4f > 1.5 x %.4f', mx, mx_of))
             -- greedy continuation: ours from the engine (argmax, lowest id on ties)
             local seq = {}
             for i, v in ipairs(ids) do seq[i] = v end
