@@ -2,7 +2,7 @@
 """tools/llama_check.py — load a GGUF written by `nanochat export` with llama.cpp (pip
 llama-cpp-python) and evaluate it.
 
-    python3 tools/llama_check.py MODEL.gguf [--ids 1,5,9 | --prompt TEXT] [--greedy N] [--tokenize TEXT | --tokenize-file F]
+    python3 tools/llama_check.py MODEL.gguf [--ids 1,5,9 | --prompt TEXT] [--greedy N] [--kv-f32] [--tokenize TEXT | --tokenize-file F]
 
 Prints, per prompt position, the top-5 tokens with their logits, then the greedy continuation,
 and as the LAST line one JSON object:
@@ -31,10 +31,14 @@ def main():
     ap.add_argument("--tokenize", help="text to tokenize with the file's tokenizer")
     ap.add_argument("--tokenize-file", help="a file whose bytes are tokenized (as --tokenize)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--kv-f32", action="store_true", help="F32 K/V cache instead of llama.cpp's default F16")
     a = ap.parse_args()
 
+    kw = {}
+    if a.kv_f32:
+        kw = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32}
     llm = llama_cpp.Llama(model_path=a.model, n_ctx=256, n_batch=256, n_threads=a.threads,
-                          logits_all=True, verbose=False)
+                          logits_all=True, verbose=False, **kw)
     n_vocab = llm.n_vocab()
     out = {"n_vocab": n_vocab}
     if a.tokenize_file is not None:

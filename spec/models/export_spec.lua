@@ -151,7 +151,7 @@ describe('export: GGUF (arch bitnet, llama.cpp)', function()
     local cases = {
         { 'f16 (in % 256 ~= 0), no subln', { d_ff = 64 }, 'tq2_0' },
         { 'tq2_0 subln gains', { d_model = 256, n_head = 4, d_ff = 256, subln = true }, 'tq2_0' },
-        { 'tq1_0 GQA 4/1', { d_model = 256, n_head = 4, n_kv_head = 1, d_ff = 512 }, 'tq1_0' },
+        { 'tq1_0 GQA 4/1', { d_model = 256, n_head = 4, n_kv_head = 1, d_ff = 256 }, 'tq1_0' },
     }
     for _, cs in ipairs(cases) do
         it('round trip ' .. cs[1] .. ': keys, tensors (names, shapes, types, RoPE rows, scales), identical logits', function()
