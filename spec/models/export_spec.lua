@@ -147,6 +147,27 @@ describe('export: arch_for', function()
     end)
 end)
 
+describe('gpt cfg.embed_norm = false (what llama.cpp computes)', function()
+    it('skips the embedding norm: equals the default model on rms-normalized embedding rows; train = serve', function()
+        local a = model_of({ embed_norm = false })
+        local b = model_of()
+        nc.no_grad(function()
+            local w = nc.rmsnorm(a.wte.weight, nil, 0)   -- rows of rms exactly 1 (up to rounding)
+            a.wte.weight:copy_(w); b.wte.weight:copy_(w)
+        end)
+        local idx = nc.tensor({ { 1, 5, 9, 3, 200, 17, 8, 2 } }, { dtype = 'i64' })
+        local la, lb = a:forward(idx), b:forward(idx)
+        assert.is_true((la - lb):abs():max():item() <= 1e-3 * la:abs():max():item())
+        -- and differs when the rows are not normalized
+        nc.no_grad(function() a.wte.weight:copy_(a.wte.weight * 3); b.wte.weight:copy_(b.wte.weight * 3) end)
+        local la3 = a:forward(idx)
+        assert.is_true((la3 - b:forward(idx)):abs():max():item() > 1e-2 * la3:abs():max():item())
+        -- the packed engine follows the option (train = serve tolerance of engine_spec)
+        local ref = a:forward(idx)
+        assert.is_true((nc.pack(a):forward(idx) - ref):abs():max():item() <= 1e-4 * ref:abs():max():item())
+    end)
+end)
+
 describe('export: GGUF (arch bitnet, llama.cpp)', function()
     local cases = {
         { 'f16 (in % 256 ~= 0), no subln', { d_ff = 64 }, 'tq2_0' },
