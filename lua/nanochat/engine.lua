@@ -58,7 +58,8 @@ function M.load_model(dir)
     local clean = {}
     local known = { vocab_size = 1, seq_len = 1, d_model = 1, n_layer = 1, n_head = 1, n_kv_head = 1, head_dim = 1,
         d_ff = 1, mlp = 1, rope_theta = 1, qk_norm = 1, tie_embeddings = 1, logit_softcap = 1, ternary = 1,
-        quant_group = 1, subln = 1, init_std = 1, embed_std = 1, head_std = 1, norm_eps = 1, seed = 1, name = 1, arch = 1 }
+        quant_group = 1, subln = 1, init_std = 1, embed_std = 1, head_std = 1, norm_eps = 1, seed = 1, name = 1, arch = 1,
+        embed_norm = 1 }
     for k, v in pairs(cfg) do if known[k] then clean[k] = v end end
     local model = n.models.gpt.new(clean)
     local tensors = n.load(dir .. '/model.safetensors')
@@ -199,7 +200,10 @@ function Engine:forward_cached(idx, cache)
         local R = B * T
         local pos = cache.pos
         local cos, sin = cache.cos:narrow(0, pos, T), cache.sin:narrow(0, pos, T)
-        local x = n.rmsnorm(n.embedding(idx, wide(self.wte)), nil, eps):reshape { R, d }
+        -- the embedding output is a fresh tensor: the fused decode may update it in place
+        local x = n.embedding(idx, wide(self.wte))
+        if c.embed_norm ~= false then x = n.rmsnorm(x, nil, eps) end
+        x = x:reshape { R, d }
         if T == 1 and self.fused ~= false then
             -- decode: every layer in one C call (x is fresh and contiguous: updated in place)
             self._cfg_c = self._cfg_c or decode_cfg(c)
@@ -263,12 +267,18 @@ function Engine:__tostring()
 end
 
 -- ---- user-facing helpers (nanochat generate / chat) -------------------------------------------
--- The tokenizer of a checkpoint: opts.tokenizer (an object), opts.tok (a path), else the first of
+-- The tokenizer of a checkpoint: opts.tokenizer (an object), opts.tok (a path), for a GGUF file the
+-- vocabulary embedded in it (export.tokenizer_from_gguf), else the first of
 -- tokenizer.tok / tokenizer.bin in the checkpoint dir (the GGUF file's dir), its parent or its
 -- grandparent (recipes save RUN/tokenizer.tok next to RUN/ckpt/step_NNNNNN).
 function M.tokenizer_for(ckpt, opts)
     opts = opts or {}
     if type(opts.tokenizer) == 'table' then return opts.tokenizer end
+    if not opts.tok and ckpt:match('%.gguf$') then
+        -- the vocabulary embedded by nanochat export (tokenizer.ggml.*), when there is one
+        local ok, tok = pcall(function() return require('nanochat.export').tokenizer_from_gguf(nc().gguf.read(ckpt)) end)
+        if ok and tok then return tok end
+    end
     local dir = ckpt:match('%.gguf$') and (ckpt:match('^(.*)/[^/]*$') or '.') or ckpt:gsub('/+$', '')
     local tried = {}
     local candidates = {}
@@ -288,7 +298,7 @@ function M.tokenizer_for(ckpt, opts)
     error('nanochat: no tokenizer found (tried ' .. table.concat(tried, ', ') .. '); give tok=FILE', 2)
 end
 
--- a checkpoint dir or a GGUF file of ours (export.lua, arch 'nanochat') -> Engine
+-- a checkpoint dir or a GGUF file of ours (export.lua, arch 'nanochat' or 'bitnet') -> Engine
 function M.open(path, opts)
     if type(path) == 'string' and path:match('%.gguf$') then return (require('nanochat.export').load(path)) end
     return M.pack(path, opts)
