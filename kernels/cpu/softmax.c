@@ -61,11 +61,11 @@ void KFN(nc_k_softmax_row)(float *y, const float *x, int64_t n, int log, float *
 #pragma omp simd reduction(max : m)
     for (int64_t j = 0; j < n; j++) m = x[j] > m ? x[j] : m;
     if (m == -INFINITY) m = 0.0f;   /* all -inf row: avoid -inf - -inf; the result is NaN like torch */
-    float s = 0.0f;
+    double s = 0.0;   /* double: rows of vocabulary length still sum to 1 within 1e-6 */
     if (log) {
 #pragma omp simd reduction(+ : s)
         for (int64_t j = 0; j < n; j++) s += nc_expf_fast(x[j] - m);
-        float lse = m + logf(s);
+        float lse = m + logf((float)s);
 #pragma omp simd
         for (int64_t j = 0; j < n; j++) y[j] = x[j] - lse;
     } else {
@@ -75,7 +75,7 @@ void KFN(nc_k_softmax_row)(float *y, const float *x, int64_t n, int log, float *
             y[j] = e;
             s += e;
         }
-        float inv = 1.0f / s;
+        float inv = (float)(1.0 / s);
 #pragma omp simd
         for (int64_t j = 0; j < n; j++) y[j] *= inv;
     }
