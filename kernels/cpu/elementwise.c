@@ -329,11 +329,16 @@ static void k_binary_scalar(float *o, const float *a, float s, int64_t n, int32_
     if (nc_cpu_avx2()) nc_ew_binary_scalar_avx2(o, a, s, n, op, par);
     else nc_ew_binary_scalar_base(o, a, s, n, op, par);
 }
+int nc_ew_unary_avx512(float *o, const float *a, int64_t n, int32_t op, int par);
+int nc_ew_unary_bwd_avx512(float *ga, const float *x, const float *g, int64_t n, int32_t op, int par);
+
 static void k_unary(float *o, const float *a, int64_t n, int32_t op, int par) {
+    if (nc_cpu_avx512() && nc_ew_unary_avx512(o, a, n, op, par)) return;
     if (nc_cpu_avx2()) nc_ew_unary_avx2(o, a, n, op, par);
     else nc_ew_unary_base(o, a, n, op, par);
 }
 static void k_unary_bwd(float *ga, const float *y, const float *x, const float *g, int64_t n, int32_t op, int par) {
+    if (nc_cpu_avx512() && nc_ew_unary_bwd_avx512(ga, x, g, n, op, par)) return;
     if (nc_cpu_avx2()) nc_ew_unary_bwd_avx2(ga, y, x, g, n, op, par);
     else nc_ew_unary_bwd_base(ga, y, x, g, n, op, par);
 }

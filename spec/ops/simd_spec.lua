@@ -16,8 +16,12 @@ local ROW_RTOL, ROW_ATOL = 2e-5, 1e-7       -- softmax / rmsnorm / cross-entropy
 local LSM_ATOL = 2e-6                        -- log-softmax: x - lse rounds at the scale of lse (|lse| <= ~16)
 
 local has_avx2 = pcall(nc.set_cpu_kernel, 'avx2')
+local has_avx512 = pcall(nc.set_cpu_kernel, 'avx512')   -- AVX-512F versions of the exp-bound kernels
 nc.set_cpu_kernel('auto')
 local KERNELS = has_avx2 and { 'scalar', 'avx2' } or { 'scalar' }
+if has_avx512 then KERNELS[#KERNELS + 1] = 'avx512' end
+local VECTOR_KERNELS = {}
+for _, k in ipairs(KERNELS) do if k ~= 'scalar' then VECTOR_KERNELS[#VECTOR_KERNELS + 1] = k end end
 
 local function with_kernel(k, f)
     nc.set_cpu_kernel(k)
@@ -168,9 +172,8 @@ describe('vector activations vs float64', function()
         end
     end
 
-    it('propagate NaN and saturate at +-inf (avx2)', function()
-        if not has_avx2 then pending('no AVX2') return end
-        with_kernel('avx2', function()
+    for _, vk in ipairs(VECTOR_KERNELS) do it('propagate NaN and saturate at +-inf (' .. vk .. ')', function()
+        with_kernel(vk, function()
             local v = T { 0 / 0, math.huge, -math.huge, 1 }
             local e = nc.exp(v):tolist()
             assert.is_true(e[1] ~= e[1])
@@ -183,7 +186,7 @@ describe('vector activations vs float64', function()
             assert.is_true(g[1] ~= g[1])
             assert.are.equal(math.huge, g[2])
         end)
-    end)
+    end) end
 end)
 
 -- ---- softmax / log-softmax ------------------------------------------------------------------------
@@ -451,27 +454,27 @@ end
 
 describe('vector math ulp bounds (exp, sigmoid, tanh, silu, gelu tanh form)', function()
     local sizes = { 1, 7, 8, 9, 15, 17, 31, 1003, 20011 }   -- tails of every length 0..7
-    for op, bound in pairs(ULP_MAX) do
-        it(op .. ': AVX2 within ' .. bound .. ' ulp of float64 over many sizes', function()
-            if not has_avx2 then pending('no AVX2') return end
-            with_kernel('avx2', function()
-                local worst = 0
-                for _, n in ipairs(sizes) do
-                    local r = ULP_RANGE[op]
-                    for _, lohi in ipairs { r, { -1, 1 } } do
-                        local x = rand({ n }, lohi[1], lohi[2])
-                        local xl = f32list(x)
-                        worst = math.max(worst, ulp_check(op, xl, apply(op, x):tolist(), bound, op .. ' n=' .. n))
+    for _, vk in ipairs(VECTOR_KERNELS) do
+        for op, bound in pairs(ULP_MAX) do
+            it(op .. ': ' .. vk .. ' within ' .. bound .. ' ulp of float64 over many sizes', function()
+                with_kernel(vk, function()
+                    local worst = 0
+                    for _, n in ipairs(sizes) do
+                        local r = ULP_RANGE[op]
+                        for _, lohi in ipairs { r, { -1, 1 } } do
+                            local x = rand({ n }, lohi[1], lohi[2])
+                            local xl = f32list(x)
+                            worst = math.max(worst, ulp_check(op, xl, apply(op, x):tolist(), bound, op .. ' n=' .. n .. ' ' .. vk))
+                        end
                     end
-                end
-                assert.is_true(worst > 0)   -- (each element was checked against its bound)
+                    assert.is_true(worst > 0)   -- (each element was checked against its bound)
+                end)
             end)
-        end)
+        end
     end
 
-    it('special values: +-inf, NaN, -0, denormal inputs, overflow edge, denormal results (AVX2)', function()
-        if not has_avx2 then pending('no AVX2') return end
-        with_kernel('avx2', function()
+    for _, vk in ipairs(VECTOR_KERNELS) do it('special values: +-inf, NaN, -0, denormal inputs, overflow edge, denormal results (' .. vk .. ')', function()
+        with_kernel(vk, function()
             local nan, inf = 0 / 0, math.huge
             local dn = 1e-40                          -- a denormal input
             local xs = { nan, inf, -inf, 0, -0.0, dn, -dn, 88.72, 88.73, -100, -103.9, -104, 1e30, -1e30 }
@@ -503,23 +506,26 @@ describe('vector math ulp bounds (exp, sigmoid, tanh, silu, gelu tanh form)', fu
             assert.is_true(gt[1] ~= gt[1])
             assert.are.equal(inf, gt[2])
         end)
-    end)
+    end) end
 
-    it('scalar (libm) and AVX2 agree within 4 ulp + 1e-35 (exp, sigmoid, tanh), 8 ulp + 1e-7 (silu, gelu tanh)', function()
+    it('scalar (libm) and the vector kernels agree within 4 ulp + 1e-35 (exp, sigmoid, tanh), 8 ulp + 1e-7 (silu, gelu tanh)', function()
         if not has_avx2 then pending('no AVX2') return end
         for op in pairs(ULP_MAX) do
             local r = ULP_RANGE[op]
             local x = rand({ 4099 }, r[1], r[2])
-            local a, b
+            local a
             with_kernel('scalar', function() a = apply(op, x):tolist() end)
-            with_kernel('avx2', function() b = apply(op, x):tolist() end)
+            for _, vk in ipairs(VECTOR_KERNELS) do
+            local b
+            with_kernel(vk, function() b = apply(op, x):tolist() end)
             local exactish = op == 'exp' or op == 'sigmoid' or op == 'tanh'
             for i = 1, #a do
                 local d = math.abs(a[i] - b[i])
                 -- (the scalar silu / gelu_tanh lose absolute accuracy in 1 + tanh and 1 + exp(-x))
                 local lim = exactish and (4 * ulp(a[i]) + 1e-35) or (8 * ulp(a[i]) + 1e-7)
                 if a[i] == math.huge then lim = 0; d = (b[i] == math.huge) and 0 or 1 end
-                if d > lim then error(string.format('%s: scalar %.9g vs avx2 %.9g', op, a[i], b[i])) end
+                if d > lim then error(string.format('%s: scalar %.9g vs %s %.9g', op, a[i], vk, b[i])) end
+            end
             end
         end
     end)
