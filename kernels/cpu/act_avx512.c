@@ -151,12 +151,16 @@ static inline __mmask16 tail16(int64_t n) { return n >= 16 ? (__mmask16)0xffff :
     do {                                                                                             \
         int64_t nv_ = (N + 15) / 16;                                                                 \
         if ((PAR) && (N) >= NC_PAR_MIN) {                                                            \
-            _Pragma("omp parallel for schedule(static)")                                             \
-            for (int64_t k_ = 0; k_ < nv_; k_++) ACT_FWD_BODY(N, NT, VEXPR)                          \
+            _Pragma("omp parallel")                                                                  \
+            {                                                                                        \
+                _Pragma("omp for schedule(static) nowait")                                           \
+                for (int64_t k_ = 0; k_ < nv_; k_++) ACT_FWD_BODY(N, NT, VEXPR)                      \
+                if (NT) _mm_sfence();   /* each thread orders its own streaming stores */            \
+            }                                                                                        \
         } else {                                                                                     \
             for (int64_t k_ = 0; k_ < nv_; k_++) ACT_FWD_BODY(N, NT, VEXPR)                          \
+            if (NT) _mm_sfence();                                                                    \
         }                                                                                            \
-        if (NT) _mm_sfence();                                                                        \
     } while (0)
 
 /* o = op(a) for the ops above; returns 0 (nothing done) for any other op */
