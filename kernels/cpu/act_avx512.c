@@ -255,6 +255,10 @@ void nc_k_softmax_row_avx512(float *y, const float *x, int64_t n, int log, float
     if (log) {
         float lse = m + logf(rowexpsum512(NULL, x, n, m));
         __m512 vl = _mm512_set1_ps(lse);
+        if (tmp) {   /* large outputs: streaming stores from the first 64-byte boundary */
+            for (; j < n && ((uintptr_t)(y + j) & 63); j++) y[j] = x[j] - lse;
+            for (; j + 16 <= n; j += 16) _mm512_stream_ps(y + j, _mm512_sub_ps(_mm512_loadu_ps(x + j), vl));
+        }
         for (; j + 16 <= n; j += 16) _mm512_storeu_ps(y + j, _mm512_sub_ps(_mm512_loadu_ps(x + j), vl));
         if (j < n) {
             __mmask16 mk = tail16(n - j);
