@@ -1,9 +1,11 @@
--- spec/ops/simd_spec.lua — the AVX2 fast paths that are NOT bit-identical to the scalar reference
--- (vector polynomial exp / sigmoid / silu / gelu and their backward, softmax, log-softmax,
--- RMSNorm, fused cross-entropy) against float64 Lua references with stated tolerances, on both
--- kernels (NC_KERNEL=scalar and avx2), on odd row lengths (vector tails), with and without the
--- streaming-store path; special values (NaN, +-inf, far tails); and bit-equality of the streaming
--- and the plain store paths (same arithmetic).
+-- spec/ops/simd_spec.lua — the vector fast paths that are NOT bit-identical to the scalar reference
+-- (polynomial exp / sigmoid / tanh / silu / gelu (erf and tanh forms) and their backward, softmax,
+-- log-softmax, RMSNorm, fused cross-entropy) against float64 Lua references with stated tolerances,
+-- on every kernel this CPU has (NC_KERNEL=scalar, avx2, avx512), on odd row lengths (vector tails),
+-- with and without the streaming-store path; special values (NaN, +-inf, -0, denormal inputs and
+-- results, the overflow edge); the ulp bounds simd_avx2.h / act_avx512.c state; scalar-vs-vector
+-- agreement; softmax rows summing to 1 within 1e-6; and bit-equality of the streaming and the
+-- plain store paths (same arithmetic).
 package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
 local nc = require 'nanochat'
 local ffi = require 'ffi'
