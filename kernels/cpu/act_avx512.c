@@ -219,31 +219,38 @@ static float rowmax512(const float *x, int64_t n) {
     return _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
 }
 
-/* sum of exp(x - m) (terms stored into y when y != NULL); f32 lanes folded into double every
- * 64 elements */
+/* sum of exp(x - m) (terms stored into y when y != NULL); two f32 accumulators folded into
+ * double every 256 elements (8 terms per lane) */
+static inline __m512d fold512d(__m512d acc, __m512 s) {
+    acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm512_castps512_ps256(s)));
+    return _mm512_add_pd(acc, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1))));
+}
+
 static float rowexpsum512(float *y, const float *x, int64_t n, float m) {
-    __m512 vm = _mm512_set1_ps(m), s = _mm512_setzero_ps();
+    __m512 vm = _mm512_set1_ps(m), s0 = _mm512_setzero_ps(), s1 = s0;
     __m512d acc = _mm512_setzero_pd();
     int64_t j = 0;
-    for (; j + 16 <= n; j += 16) {
-        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + j), vm));
-        if (y) _mm512_storeu_ps(y + j, e);
-        s = _mm512_add_ps(s, e);
-        if ((j & 63) == 48) {
-            acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm512_castps512_ps256(s)));
-            acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1))));
-            s = _mm512_setzero_ps();
+    for (; j + 32 <= n; j += 32) {
+        __m512 e0 = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + j), vm));
+        __m512 e1 = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + j + 16), vm));
+        if (y) {
+            _mm512_storeu_ps(y + j, e0);
+            _mm512_storeu_ps(y + j + 16, e1);
+        }
+        s0 = _mm512_add_ps(s0, e0);
+        s1 = _mm512_add_ps(s1, e1);
+        if ((j & 255) == 224) {   /* every 256 elements: 8 terms per f32 lane, then double */
+            acc = fold512d(acc, _mm512_add_ps(s0, s1));
+            s0 = s1 = _mm512_setzero_ps();
         }
     }
-    if (j < n) {
+    for (; j < n; j += 16) {
         __mmask16 mk = tail16(n - j);
         __m512 e = _mm512_maskz_mov_ps(mk, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + j), vm)));
         if (y) _mm512_mask_storeu_ps(y + j, mk, e);
-        s = _mm512_add_ps(s, e);
+        s0 = _mm512_add_ps(s0, e);
     }
-    acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm512_castps512_ps256(s)));
-    acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1))));
-    return (float)_mm512_reduce_add_pd(acc);
+    return (float)_mm512_reduce_add_pd(fold512d(acc, _mm512_add_ps(s0, s1)));
 }
 
 /* y = softmax / log-softmax of x (n); tmp: NULL, or a scratch row (then y gets streaming stores
