@@ -1,5 +1,6 @@
 /* kernels/cpu/act_avx512.c — AVX-512F versions of the exp-bound kernels: exp, sigmoid, silu, gelu
- * (erf and tanh forms), tanh forward; silu / gelu / gelu_tanh backward; softmax / log-softmax rows.
+ * (erf and tanh forms), tanh forward; silu / gelu / gelu_tanh backward; softmax / log-softmax rows;
+ * fused cross-entropy rows.
  *
  * Promise: used only when the CPU has AVX-512F and the kernel selection is "avx512" (the default
  * "auto" on such CPUs; NC_KERNEL=avx2 or scalar select the other paths). Same algorithms as the
@@ -283,4 +284,37 @@ void nc_k_softmax_row_avx512(float *y, const float *x, int64_t n, int log, float
         for (; j + 16 <= n; j += 16) _mm512_storeu_ps(y + j, _mm512_mul_ps(_mm512_loadu_ps(y + j), vi));
     }
     for (; j < n; j++) y[j] = e[j] * inv;
+}
+
+/* ---- fused cross-entropy rows (loss.c picks these when nc_cpu_avx512()) ------------------------ */
+/* lse and plain sum of one contiguous row of V logits: max and sum in one pass, then the exp sum
+ * (row still in L2) */
+void nc_k_ce_row_avx512(const float *x, int64_t V, float *lse, float *sum) {
+    __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0, a0 = _mm512_setzero_ps(), a1 = a0;
+    int64_t j = 0;
+    for (; j + 32 <= V; j += 32) {
+        __m512 u = _mm512_loadu_ps(x + j), w = _mm512_loadu_ps(x + j + 16);
+        m0 = _mm512_max_ps(m0, u);
+        m1 = _mm512_max_ps(m1, w);
+        a0 = _mm512_add_ps(a0, u);
+        a1 = _mm512_add_ps(a1, w);
+    }
+    for (; j < V; j += 16) {
+        __mmask16 mk = tail16(V - j);
+        m0 = _mm512_max_ps(m0, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mk, x + j));
+        a0 = _mm512_add_ps(a0, _mm512_maskz_loadu_ps(mk, x + j));
+    }
+    float m = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
+    *sum = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    *lse = m + logf(rowexpsum512(NULL, x, V, m));
+}
+
+/* g (V) += a exp(x - lse) - c */
+void nc_k_ce_backward_row_avx512(float *g, const float *x, int64_t V, float lse, float a, float c) {
+    __m512 vl = _mm512_set1_ps(lse), va = _mm512_set1_ps(a), vc = _mm512_set1_ps(c);
+    for (int64_t j = 0; j < V; j += 16) {
+        __mmask16 mk = tail16(V - j);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + j), vl));
+        _mm512_mask_storeu_ps(g + j, mk, _mm512_sub_ps(_mm512_fmadd_ps(va, e, _mm512_maskz_loadu_ps(mk, g + j)), vc));
+    }
 }
