@@ -589,6 +589,24 @@ uint64_t nc_mem_read_sum(const void *p, int64_t nbytes, int32_t threads);
 
 
 
+/* ---- mHC stream mixing: kernels/cpu/mhc.c - issue 6 ----------------- */
+/* Per token (rows = x's dims but the last two), n streams of width d; f32, CPU, contiguous.
+ * H_res convention: hres[i][j] = weight of input stream j in output stream i.
+ *   pre:  h (..., d) = sum_j hp[..., j] x[..., j, :]              x (..., n, d), hp (..., n)
+ *   post: out (..., n, d) = hres x + hpost^T y                    y (..., d), hres (..., n, n), hpost (..., n)
+ * Backwards accumulate into each non-NULL gradient (same shape as its input). */
+nc_status nc_mhc_pre(nc_tensor *h, const nc_tensor *x, const nc_tensor *hp);
+nc_status nc_mhc_pre_backward(nc_tensor *gx, nc_tensor *ghp, const nc_tensor *x, const nc_tensor *hp,
+                              const nc_tensor *gh);
+nc_status nc_mhc_post(nc_tensor *out, const nc_tensor *x, const nc_tensor *y, const nc_tensor *hres,
+                      const nc_tensor *hpost);
+nc_status nc_mhc_post_backward(nc_tensor *gx, nc_tensor *gy, nc_tensor *ghres, nc_tensor *ghpost, const nc_tensor *x,
+                               const nc_tensor *y, const nc_tensor *hres, const nc_tensor *hpost,
+                               const nc_tensor *gout);
+/* (end of mHC section) */
+
+
+
 /* NC_FFI_END */
 
 #ifdef __cplusplus

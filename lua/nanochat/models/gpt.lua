@@ -127,8 +127,17 @@ function M.count_params(cfg)
     local emb = c.vocab_size * d
     local head = c.tie_embeddings and 0 or c.vocab_size * d
     local matrix = L * (attn + mlp)
-    return { total = emb + head + matrix + norm, embedding = emb, head = head, matrix = matrix, norm = norm,
-             matmul = matrix + c.vocab_size * d }
+    -- mHC: per sublayer bias (2n + R) and, when dynamic, phi (2n + R, n d) and alpha (3); role 'scalar'
+    local scalar = 0
+    if c.mhc then
+        local m = c.mhc
+        local R = m.n * m.n
+        if m.kind == 'lite' then R = 1; for i = 2, m.n do R = R * i end end
+        local K = 2 * m.n + R
+        scalar = 2 * L * (K + (m.dynamic and (K * m.n * d + 3) or 0))
+    end
+    return { total = emb + head + matrix + norm + scalar, embedding = emb, head = head, matrix = matrix, norm = norm,
+             scalar = scalar, matmul = matrix + c.vocab_size * d }
 end
 
 -- ---- layers ------------------------------------------------------------------------------------
@@ -213,17 +222,37 @@ end
 local Block = Module:extend('Block')
 M.Block = Block
 
-function Block:init(c, gen)
+-- [mHC region] blocks built from one generator are numbered 1, 2, ... in construction order (a
+-- weak table keyed by the generator), unless the caller passes `index`: block i's attention
+-- sublayer favours stream 2(i-1) mod n at init and its MLP sublayer stream 2(i-1)+1 mod n
+-- (nanochat.mhc), so the streams are not interchangeable. The mHC layers draw nothing from gen.
+local block_counter = setmetatable({}, { __mode = 'k' })
+
+function Block:init(c, gen, index)
     self.eps = c.norm_eps
     self.attn = Attention(c, gen)
     self.mlp = MLP(c, gen)
+    if c.mhc then
+        if not index then
+            index = (block_counter[gen] or 0) + 1
+            block_counter[gen] = index
+        end
+        local mhc = require 'nanochat.mhc'
+        self.mhc_attn = mhc.Layer(c, 2 * (index - 1))
+        self.mhc_mlp = mhc.Layer(c, 2 * (index - 1) + 1)
+    end
 end
 
 -- Pre-norm residual block. `layer` indexes the KV cache slot (LoopLM gives each (loop, block) its own).
--- [mHC region: with cfg.mhc, x carries n residual streams and the residual updates go through
--- nanochat.mhc instead of the two additions below.]
+-- [mHC region: with cfg.mhc, x carries n residual streams (B, T, n, d) and each residual update
+-- goes through its nanochat.mhc layer: x = H_res x + H_post^T branch(H_pre x) per sublayer.]
 function Block:forward(x, cos, sin, cache, layer)
     local n = nc()
+    if self.mhc_attn then
+        local eps = self.eps
+        x = self.mhc_attn(x, function(h) return self.attn(n.rmsnorm(h, nil, eps), cos, sin, cache, layer) end)
+        return self.mhc_mlp(x, function(h) return self.mlp(n.rmsnorm(h, nil, eps), cache and cache.qw) end)
+    end
     x = x + self.attn(n.rmsnorm(x, nil, self.eps), cos, sin, cache, layer)
     return x + self.mlp(n.rmsnorm(x, nil, self.eps), cache and cache.qw)
 end
@@ -278,7 +307,9 @@ end
 --   _loss(idx, targets, opts)   the training loss                  [LoopLM, MTP, Collider terms]
 function GPT:_embed(idx)
     local n = nc()
-    return n.rmsnorm(n.embedding(idx, self.wte.weight), nil, self.cfg.norm_eps)
+    local x = n.rmsnorm(n.embedding(idx, self.wte.weight), nil, self.cfg.norm_eps)
+    if self.cfg.mhc then x = require('nanochat.mhc').expand(x, self.cfg.mhc.n) end   -- (B, T, n, d)
+    return x
 end
 
 function GPT:_trunk(x, cos, sin, cache)
@@ -287,6 +318,7 @@ function GPT:_trunk(x, cos, sin, cache)
 end
 
 function GPT:_final(x)
+    if self.cfg.mhc then x = require('nanochat.mhc').reduce(x) end   -- mean of the n streams
     return nc().rmsnorm(x, nil, self.cfg.norm_eps)
 end
 
@@ -379,15 +411,23 @@ function GPT:forward_cached(idx, cache)
 end
 
 -- ---- introspection -------------------------------------------------------------------------------
--- { [name] = 'matrix' | 'embedding' | 'head' | 'norm' }: block BitLinear weights are 'matrix';
--- a tied wte is 'embedding' (the optimizer treats it as the embedding).
+-- { [name] = 'matrix' | 'embedding' | 'head' | 'norm' | 'scalar' }: block BitLinear weights are
+-- 'matrix'; a tied wte is 'embedding' (the optimizer treats it as the embedding). mHC coefficient
+-- parameters (bias, alpha and the 2-D phi) are 'scalar': AdamW/Lion in the hybrid optimizer, never
+-- Muon (phi is a zero-initialized gate projection, not a weight matrix to orthogonalize).
 function GPT:param_roles()
     local roles = { ['wte.weight'] = 'embedding' }
     if self.lm_head then roles['lm_head.weight'] = 'head' end
+    local MHCLayer = self.cfg.mhc and require('nanochat.mhc').Layer
     for _, nm in ipairs(self:named_modules()) do
         local name, m = nm[1], nm[2]
         if getmetatable(m) == BitLinear then roles[name .. '.weight'] = 'matrix'
-        elseif getmetatable(m) == nn.RMSNorm and m.weight then roles[name .. '.weight'] = 'norm' end
+        elseif getmetatable(m) == nn.RMSNorm and m.weight then roles[name .. '.weight'] = 'norm'
+        elseif MHCLayer and getmetatable(m) == MHCLayer then
+            for _, pn in ipairs { 'bias', 'phi', 'alpha' } do
+                if rawget(m, pn) then roles[name .. '.' .. pn] = 'scalar' end
+            end
+        end
     end
     for _, nv in ipairs(self:named_parameters()) do
         if not roles[nv[1]] then roles[nv[1]] = 'scalar' end

@@ -1,0 +1,251 @@
+/* kernels/cpu/mhc.c — mHC stream mixing (algorithms.md §12.2), forward and backward.
+ *
+ * Promise: per token t (rows of the leading dims), with n streams of width d:
+ *   pre:   h[t, k]      = sum_j hp[t, j] x[t, j, k]
+ *   post:  out[t, i, k] = sum_j hres[t, i, j] x[t, j, k] + hpost[t, i] y[t, k]
+ * (H_res convention: row i = output stream, column j = input stream.) Backwards accumulate (+=)
+ * into every non-NULL gradient:
+ *   pre:   gx[j, k] += hp[j] gh[k];                 ghp[j] += sum_k x[j, k] gh[k]
+ *   post:  gx[j, k] += sum_i hres[i, j] g[i, k];    gy[k] += sum_i hpost[i] g[i, k]
+ *          ghres[i, j] += sum_k g[i, k] x[j, k];    ghpost[i] += sum_k g[i, k] y[k]
+ * Dot products over k accumulate in double. Every tensor is f32, CPU and contiguous; tokens run in
+ * parallel (each token's outputs are written by one thread, so results do not depend on the
+ * thread count). The row kernels are compiled twice (NC_KSUFFIX pattern): here as the reference
+ * (NC_KERNEL=scalar), and from mhc_avx2.c with -mavx2 -mfma (the same loops, vectorized by the
+ * compiler under `omp simd`, FMA contraction allowed).
+ */
+#include "nn_common.h"
+
+#ifndef NC_KSUFFIX
+#define NC_KSUFFIX _base
+#define NC_KPRIMARY 1
+#endif
+#define NC_CAT2(a, b) a##b
+#define NC_CAT(a, b) NC_CAT2(a, b)
+#define KFN(name) NC_CAT(name, NC_KSUFFIX)
+
+/* h (d) = sum_j hp[j] x[j] ; x (n, d) */
+void KFN(nc_k_mhc_pre_row)(float *h, const float *x, const float *hp, int64_t n, int64_t d) {
+    float a0 = hp[0];
+#pragma omp simd
+    for (int64_t k = 0; k < d; k++) h[k] = a0 * x[k];
+    for (int64_t j = 1; j < n; j++) {
+        const float *xj = x + j * d;
+        float a = hp[j];
+#pragma omp simd
+        for (int64_t k = 0; k < d; k++) h[k] += a * xj[k];
+    }
+}
+
+void KFN(nc_k_mhc_pre_bwd_row)(float *gx, float *ghp, const float *x, const float *hp, const float *gh, int64_t n,
+                               int64_t d) {
+    for (int64_t j = 0; j < n; j++) {
+        const float *xj = x + j * d;
+        if (ghp) {
+            double dot = 0.0;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t k = 0; k < d; k++) dot += (double)xj[k] * gh[k];
+            ghp[j] += (float)dot;
+        }
+        if (gx) {
+            float *gj = gx + j * d;
+            float a = hp[j];
+#pragma omp simd
+            for (int64_t k = 0; k < d; k++) gj[k] += a * gh[k];
+        }
+    }
+}
+
+/* out (n, d) = R x + p y ; R (n, n), p (n), y (d) */
+void KFN(nc_k_mhc_post_row)(float *out, const float *x, const float *y, const float *R, const float *p, int64_t n,
+                            int64_t d) {
+    for (int64_t i = 0; i < n; i++) {
+        float *o = out + i * d;
+        const float *Ri = R + i * n;
+        float pi = p[i];
+#pragma omp simd
+        for (int64_t k = 0; k < d; k++) o[k] = pi * y[k];
+        for (int64_t j = 0; j < n; j++) {
+            const float *xj = x + j * d;
+            float a = Ri[j];
+#pragma omp simd
+            for (int64_t k = 0; k < d; k++) o[k] += a * xj[k];
+        }
+    }
+}
+
+void KFN(nc_k_mhc_post_bwd_row)(float *gx, float *gy, float *gR, float *gp, const float *x, const float *y,
+                                const float *R, const float *p, const float *g, int64_t n, int64_t d) {
+    for (int64_t i = 0; i < n; i++) {
+        const float *gi = g + i * d;
+        if (gp) {
+            double dot = 0.0;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t k = 0; k < d; k++) dot += (double)gi[k] * y[k];
+            gp[i] += (float)dot;
+        }
+        if (gR) {
+            for (int64_t j = 0; j < n; j++) {
+                const float *xj = x + j * d;
+                double dot = 0.0;
+#pragma omp simd reduction(+ : dot)
+                for (int64_t k = 0; k < d; k++) dot += (double)gi[k] * xj[k];
+                gR[i * n + j] += (float)dot;
+            }
+        }
+        if (gy) {
+            float pi = p[i];
+#pragma omp simd
+            for (int64_t k = 0; k < d; k++) gy[k] += pi * gi[k];
+        }
+    }
+    if (gx) {
+        for (int64_t j = 0; j < n; j++) {
+            float *gj = gx + j * d;
+            for (int64_t i = 0; i < n; i++) {
+                const float *gi = g + i * d;
+                float a = R[i * n + j];
+#pragma omp simd
+                for (int64_t k = 0; k < d; k++) gj[k] += a * gi[k];
+            }
+        }
+    }
+}
+
+#ifdef NC_KPRIMARY
+void nc_k_mhc_pre_row_avx2(float *, const float *, const float *, int64_t, int64_t);
+void nc_k_mhc_pre_bwd_row_avx2(float *, float *, const float *, const float *, const float *, int64_t, int64_t);
+void nc_k_mhc_post_row_avx2(float *, const float *, const float *, const float *, const float *, int64_t, int64_t);
+void nc_k_mhc_post_bwd_row_avx2(float *, float *, float *, float *, const float *, const float *, const float *,
+                                const float *, const float *, int64_t, int64_t);
+
+static nc_status check_t(const char *op, const char *arg, const nc_tensor *t) {
+    NC_TRY(nc_check_not_null(op, arg, t));
+    NC_TRY(nc_check_f32_cpu(op, arg, t));
+    return nc_check_contiguous(op, arg, t);
+}
+
+/* x (..., n, d): rows = prod(...), n, d; fails for fewer than 2 dims */
+static nc_status x_dims(const char *op, const nc_tensor *x, int64_t *rows, int64_t *n, int64_t *d) {
+    NC_TRY(check_t(op, "x", x));
+    if (x->ndim < 2) {
+        char b[NC_DESC_LEN];
+        return nc_fail(NC_ERR_SHAPE, "%s: expected x (..., n, d), got %s", op, nc_describe(x, b, sizeof b));
+    }
+    *n = x->shape[x->ndim - 2];
+    *d = x->shape[x->ndim - 1];
+    *rows = 1;
+    for (int32_t i = 0; i < x->ndim - 2; i++) *rows *= x->shape[i];
+    return NC_OK;
+}
+
+/* t must be (lead..., tail...) where lead = x's dims but the last two and tail has ntail entries */
+static nc_status check_lead(const char *op, const char *arg, const nc_tensor *t, const nc_tensor *x, int32_t ntail,
+                            const int64_t *tail) {
+    NC_TRY(check_t(op, arg, t));
+    int64_t want[NC_MAX_DIMS];
+    int32_t nl = x->ndim - 2;
+    if (nl + ntail > NC_MAX_DIMS) return nc_fail(NC_ERR_SHAPE, "%s: too many dims", op);
+    for (int32_t i = 0; i < nl; i++) want[i] = x->shape[i];
+    for (int32_t i = 0; i < ntail; i++) want[nl + i] = tail[i];
+    nc_status st = nc_check_shape(op, arg, t, nl + ntail, want);
+    if (st != NC_OK) {
+        char bx[NC_DESC_LEN], bt[NC_DESC_LEN];
+        return nc_fail(NC_ERR_SHAPE, "%s: %s %s does not match x %s (expected x's leading dims + %d trailing)", op, arg,
+                       nc_describe(t, bt, sizeof bt), nc_describe(x, bx, sizeof bx), ntail);
+    }
+    return NC_OK;
+}
+
+nc_status nc_mhc_pre(nc_tensor *h, const nc_tensor *x, const nc_tensor *hp) {
+    static const char *op = "mhc_pre";
+    int64_t rows, n, d;
+    NC_TRY(x_dims(op, x, &rows, &n, &d));
+    NC_TRY(check_lead(op, "h", h, x, 1, &d));
+    NC_TRY(check_lead(op, "hp", hp, x, 1, &n));
+    if (rows == 0 || d == 0) return NC_OK;
+    if (n == 0) { memset(nc_f32p(h), 0, (size_t)(rows * d) * sizeof(float)); return NC_OK; }
+    void (*row)(float *, const float *, const float *, int64_t, int64_t) =
+        nc_cpu_avx2() ? nc_k_mhc_pre_row_avx2 : nc_k_mhc_pre_row_base;
+    float *hd = nc_f32p(h);
+    const float *xd = nc_f32p(x), *pd = nc_f32p(hp);
+#pragma omp parallel for schedule(static) if (rows * n * d >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
+    for (int64_t r = 0; r < rows; r++) row(hd + r * d, xd + r * n * d, pd + r * n, n, d);
+    return NC_OK;
+}
+
+nc_status nc_mhc_pre_backward(nc_tensor *gx, nc_tensor *ghp, const nc_tensor *x, const nc_tensor *hp,
+                              const nc_tensor *gh) {
+    static const char *op = "mhc_pre_backward";
+    int64_t rows, n, d;
+    NC_TRY(x_dims(op, x, &rows, &n, &d));
+    NC_TRY(check_lead(op, "hp", hp, x, 1, &n));
+    NC_TRY(check_lead(op, "gh", gh, x, 1, &d));
+    if (gx) { NC_TRY(check_t(op, "gx", gx)); NC_TRY(nc_check_same_shape(op, "gx", gx, "x", x)); }
+    if (ghp) { NC_TRY(check_t(op, "ghp", ghp)); NC_TRY(nc_check_same_shape(op, "ghp", ghp, "hp", hp)); }
+    if (rows == 0 || n == 0 || d == 0 || (!gx && !ghp)) return NC_OK;
+    void (*row)(float *, float *, const float *, const float *, const float *, int64_t, int64_t) =
+        nc_cpu_avx2() ? nc_k_mhc_pre_bwd_row_avx2 : nc_k_mhc_pre_bwd_row_base;
+    float *gxd = gx ? nc_f32p(gx) : NULL, *gpd = ghp ? nc_f32p(ghp) : NULL;
+    const float *xd = nc_f32p(x), *pd = nc_f32p(hp), *gd = nc_f32p(gh);
+#pragma omp parallel for schedule(static) if (rows * n * d >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
+    for (int64_t r = 0; r < rows; r++)
+        row(gxd ? gxd + r * n * d : NULL, gpd ? gpd + r * n : NULL, xd + r * n * d, pd + r * n, gd + r * d, n, d);
+    return NC_OK;
+}
+
+nc_status nc_mhc_post(nc_tensor *out, const nc_tensor *x, const nc_tensor *y, const nc_tensor *hres,
+                      const nc_tensor *hpost) {
+    static const char *op = "mhc_post";
+    int64_t rows, n, d;
+    NC_TRY(x_dims(op, x, &rows, &n, &d));
+    NC_TRY(check_t(op, "out", out));
+    NC_TRY(nc_check_same_shape(op, "out", out, "x", x));
+    NC_TRY(check_lead(op, "y", y, x, 1, &d));
+    int64_t nn[2] = { n, n };
+    NC_TRY(check_lead(op, "hres", hres, x, 2, nn));
+    NC_TRY(check_lead(op, "hpost", hpost, x, 1, &n));
+    if (rows == 0 || n == 0 || d == 0) return NC_OK;
+    void (*row)(float *, const float *, const float *, const float *, const float *, int64_t, int64_t) =
+        nc_cpu_avx2() ? nc_k_mhc_post_row_avx2 : nc_k_mhc_post_row_base;
+    float *od = nc_f32p(out);
+    const float *xd = nc_f32p(x), *yd = nc_f32p(y), *Rd = nc_f32p(hres), *pd = nc_f32p(hpost);
+#pragma omp parallel for schedule(static) if (rows * n * d >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
+    for (int64_t r = 0; r < rows; r++)
+        row(od + r * n * d, xd + r * n * d, yd + r * d, Rd + r * n * n, pd + r * n, n, d);
+    return NC_OK;
+}
+
+nc_status nc_mhc_post_backward(nc_tensor *gx, nc_tensor *gy, nc_tensor *ghres, nc_tensor *ghpost, const nc_tensor *x,
+                               const nc_tensor *y, const nc_tensor *hres, const nc_tensor *hpost,
+                               const nc_tensor *gout) {
+    static const char *op = "mhc_post_backward";
+    int64_t rows, n, d;
+    NC_TRY(x_dims(op, x, &rows, &n, &d));
+    NC_TRY(check_lead(op, "y", y, x, 1, &d));
+    int64_t nn[2] = { n, n };
+    NC_TRY(check_lead(op, "hres", hres, x, 2, nn));
+    NC_TRY(check_lead(op, "hpost", hpost, x, 1, &n));
+    NC_TRY(check_t(op, "gout", gout));
+    NC_TRY(nc_check_same_shape(op, "gout", gout, "x", x));
+    if (gx) { NC_TRY(check_t(op, "gx", gx)); NC_TRY(nc_check_same_shape(op, "gx", gx, "x", x)); }
+    if (gy) { NC_TRY(check_t(op, "gy", gy)); NC_TRY(nc_check_same_shape(op, "gy", gy, "y", y)); }
+    if (ghres) { NC_TRY(check_t(op, "ghres", ghres)); NC_TRY(nc_check_same_shape(op, "ghres", ghres, "hres", hres)); }
+    if (ghpost) {
+        NC_TRY(check_t(op, "ghpost", ghpost));
+        NC_TRY(nc_check_same_shape(op, "ghpost", ghpost, "hpost", hpost));
+    }
+    if (rows == 0 || n == 0 || d == 0) return NC_OK;
+    void (*row)(float *, float *, float *, float *, const float *, const float *, const float *, const float *,
+                const float *, int64_t, int64_t) =
+        nc_cpu_avx2() ? nc_k_mhc_post_bwd_row_avx2 : nc_k_mhc_post_bwd_row_base;
+    float *gxd = gx ? nc_f32p(gx) : NULL, *gyd = gy ? nc_f32p(gy) : NULL;
+    float *gRd = ghres ? nc_f32p(ghres) : NULL, *gpd = ghpost ? nc_f32p(ghpost) : NULL;
+    const float *xd = nc_f32p(x), *yd = nc_f32p(y), *Rd = nc_f32p(hres), *pd = nc_f32p(hpost), *gd = nc_f32p(gout);
+#pragma omp parallel for schedule(static) if (rows * n * d >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
+    for (int64_t r = 0; r < rows; r++)
+        row(gxd ? gxd + r * n * d : NULL, gyd ? gyd + r * d : NULL, gRd ? gRd + r * n * n : NULL,
+            gpd ? gpd + r * n : NULL, xd + r * n * d, yd + r * d, Rd + r * n * n, pd + r * n, gd + r * n * d, n, d);
+    return NC_OK;
+}
+#endif /* NC_KPRIMARY */
