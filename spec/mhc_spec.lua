@@ -254,6 +254,35 @@ describe('fused stream-mixing kernels (kernels/cpu/mhc.c)', function()
         end
     end)
 
+    it('the fused projection rstd(x) x_flat phi^T matches rmsnorm + linear, forward and backward', function()
+        local x, phi = H.randn { 2, 5, 4, 9 }, H.randn({ 11, 36 }, 0.3)
+        local g = H.randn { 2, 5, 11 }
+        local res = run_both(function()
+            local xl, pl = x:detach():clone():requires_grad_(true), phi:detach():clone():requires_grad_(true)
+            local out = mhc.project(xl, pl, 1e-6)
+            nc.backward(out, g)
+            return { out:detach(), xl.grad, pl.grad }
+        end)
+        -- the float64 reference of the forward
+        local xs, ps, want = x:tolist(), phi:tolist(), {}
+        for r = 0, 9 do
+            local ss = 0
+            for k = 1, 36 do ss = ss + xs[r * 36 + k] ^ 2 end
+            local inv = 1 / math.sqrt(ss / 36 + 1e-6)
+            for o = 0, 10 do
+                local acc = 0
+                for k = 1, 36 do acc = acc + xs[r * 36 + k] * ps[o * 36 + k] end
+                want[r * 11 + o + 1] = acc * inv
+            end
+        end
+        for mode, r in pairs(res) do
+            H.close(r[1], want, MIX_ATOL, MIX_ATOL, mode .. ' project')
+            for i = 2, 3 do assert.is_true(max_abs_diff(r[i], res.composite[i]) <= MIX_ATOL, mode .. ' grad ' .. i) end
+        end
+        H.fd_check(function(a, b) return mhc.project(a, b) end, { H.randn { 3, 2, 5 }, H.randn({ 4, 10 }, 0.5) })
+        assert.has_error(function() mhc.project(nc.zeros { 2, 4, 8 }, nc.zeros { 3, 31 }) end)
+    end)
+
     it('finite differences of the fused backward', function()
         local x, hp, y, hres, hpost = H.randn { 2, 3, 3, 5 }, H.randn { 2, 3, 3 }, H.randn { 2, 3, 5 }, H.randn { 2, 3, 3, 3 },
             H.randn { 2, 3, 3 }

@@ -16,6 +16,8 @@
  */
 #include "nn_common.h"
 
+#include <cblas.h>
+
 #ifndef NC_KSUFFIX
 #define NC_KSUFFIX _base
 #define NC_KPRIMARY 1
@@ -75,7 +77,7 @@ void KFN(nc_k_mhc_post_row)(float *out, const float *x, const float *y, const fl
 }
 
 void KFN(nc_k_mhc_post_bwd_row)(float *gx, float *gy, float *gR, float *gp, const float *x, const float *y,
-                                const float *R, const float *p, const float *g, int64_t n, int64_t d) {
+                                const float *R, const float *p, const float *g, int64_t n, int64_t d, int gx_init) {
     for (int64_t i = 0; i < n; i++) {
         const float *gi = g + i * d;
         if (gp) {
@@ -102,7 +104,12 @@ void KFN(nc_k_mhc_post_bwd_row)(float *gx, float *gy, float *gR, float *gp, cons
     if (gx) {
         for (int64_t j = 0; j < n; j++) {
             float *gj = gx + j * d;
-            for (int64_t i = 0; i < n; i++) {
+            if (gx_init) {   /* gx holds garbage: the first term writes */
+                float a = R[j];
+#pragma omp simd
+                for (int64_t k = 0; k < d; k++) gj[k] = a * g[k];
+            }
+            for (int64_t i = gx_init ? 1 : 0; i < n; i++) {
                 const float *gi = g + i * d;
                 float a = R[i * n + j];
 #pragma omp simd
@@ -117,7 +124,7 @@ void nc_k_mhc_pre_row_avx2(float *, const float *, const float *, int64_t, int64
 void nc_k_mhc_pre_bwd_row_avx2(float *, float *, const float *, const float *, const float *, int64_t, int64_t);
 void nc_k_mhc_post_row_avx2(float *, const float *, const float *, const float *, const float *, int64_t, int64_t);
 void nc_k_mhc_post_bwd_row_avx2(float *, float *, float *, float *, const float *, const float *, const float *,
-                                const float *, const float *, int64_t, int64_t);
+                                const float *, const float *, int64_t, int64_t, int);
 
 static nc_status check_t(const char *op, const char *arg, const nc_tensor *t) {
     NC_TRY(nc_check_not_null(op, arg, t));
@@ -218,7 +225,7 @@ nc_status nc_mhc_post(nc_tensor *out, const nc_tensor *x, const nc_tensor *y, co
 
 nc_status nc_mhc_post_backward(nc_tensor *gx, nc_tensor *gy, nc_tensor *ghres, nc_tensor *ghpost, const nc_tensor *x,
                                const nc_tensor *y, const nc_tensor *hres, const nc_tensor *hpost,
-                               const nc_tensor *gout) {
+                               const nc_tensor *gout, int32_t gx_init) {
     static const char *op = "mhc_post_backward";
     int64_t rows, n, d;
     NC_TRY(x_dims(op, x, &rows, &n, &d));
@@ -237,7 +244,7 @@ nc_status nc_mhc_post_backward(nc_tensor *gx, nc_tensor *gy, nc_tensor *ghres, n
     }
     if (rows == 0 || n == 0 || d == 0) return NC_OK;
     void (*row)(float *, float *, float *, float *, const float *, const float *, const float *, const float *,
-                const float *, int64_t, int64_t) =
+                const float *, int64_t, int64_t, int) =
         nc_cpu_avx2() ? nc_k_mhc_post_bwd_row_avx2 : nc_k_mhc_post_bwd_row_base;
     float *gxd = gx ? nc_f32p(gx) : NULL, *gyd = gy ? nc_f32p(gy) : NULL;
     float *gRd = ghres ? nc_f32p(ghres) : NULL, *gpd = ghpost ? nc_f32p(ghpost) : NULL;
@@ -245,7 +252,107 @@ nc_status nc_mhc_post_backward(nc_tensor *gx, nc_tensor *gy, nc_tensor *ghres, n
 #pragma omp parallel for schedule(static) if (rows * n * d >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
     for (int64_t r = 0; r < rows; r++)
         row(gxd ? gxd + r * n * d : NULL, gyd ? gyd + r * d : NULL, gRd ? gRd + r * n * n : NULL,
-            gpd ? gpd + r * n : NULL, xd + r * n * d, yd + r * d, Rd + r * n * n, pd + r * n, gd + r * n * d, n, d);
+            gpd ? gpd + r * n : NULL, xd + r * n * d, yd + r * d, Rd + r * n * n, pd + r * n, gd + r * n * d, n, d,
+            gx_init != 0);
+    return NC_OK;
+}
+
+/* ---- the dynamic projection: out (rows, K) = rstd * (x_flat phi^T) ------------------------------ */
+/* x (..., n, d) read as x_flat (rows, M = n d); rstd (rows) = 1 / sqrt(mean(x_flat^2) + eps) with the
+ * sum of squares in double. out = rmsnorm(x_flat) phi^T without materializing the normalized copy. */
+nc_status nc_mhc_proj(nc_tensor *out, nc_tensor *rstd, const nc_tensor *x, const nc_tensor *phi, double eps) {
+    static const char *op = "mhc_proj";
+    int64_t rows, n, d;
+    NC_TRY(x_dims(op, x, &rows, &n, &d));
+    NC_TRY(check_t(op, "phi", phi));
+    int64_t M = n * d;
+    if (phi->ndim != 2 || phi->shape[1] != M) {
+        char bp[NC_DESC_LEN], bx[NC_DESC_LEN];
+        return nc_fail(NC_ERR_SHAPE, "%s: expected phi (K, %lld) for x %s, got %s", op, (long long)M,
+                       nc_describe(x, bx, sizeof bx), nc_describe(phi, bp, sizeof bp));
+    }
+    int64_t K = phi->shape[0];
+    NC_TRY(check_lead(op, "out", out, x, 1, &K));
+    NC_TRY(check_lead(op, "rstd", rstd, x, 0, NULL));
+    if (rows == 0) return NC_OK;
+    float *o = nc_f32p(out), *rs = nc_f32p(rstd);
+    const float *xd = nc_f32p(x);
+    if (K > 0 && M > 0)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)rows, (blasint)K, (blasint)M, 1.0f, xd,
+                    (blasint)M, nc_f32p(phi), (blasint)M, 0.0f, o, (blasint)K);
+    else if (K > 0) memset(o, 0, (size_t)(rows * K) * sizeof(float));
+#pragma omp parallel for schedule(static) if (rows * M >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = xd + r * M;
+        double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+        for (int64_t k = 0; k < M; k++) ss += (double)xr[k] * xr[k];
+        float inv = (float)(1.0 / sqrt(ss / (double)(M ? M : 1) + eps));
+        rs[r] = inv;
+        float *orow = o + r * K;
+        for (int64_t k = 0; k < K; k++) orow[k] *= inv;
+    }
+    return NC_OK;
+}
+
+/* out = rstd u, u = x_flat phi^T: gu = rstd gout; x_flat gets gu phi + c x_flat with
+ * c = -(sum_k gout_k out_k) rstd^2 / M (through rstd); gphi += gu^T x_flat. gx_init: gx holds
+ * garbage and is written, not accumulated. */
+nc_status nc_mhc_proj_backward(nc_tensor *gx, nc_tensor *gphi, const nc_tensor *x, const nc_tensor *phi,
+                               const nc_tensor *rstd, const nc_tensor *out, const nc_tensor *gout, int32_t gx_init) {
+    static const char *op = "mhc_proj_backward";
+    int64_t rows, n, d;
+    NC_TRY(x_dims(op, x, &rows, &n, &d));
+    NC_TRY(check_t(op, "phi", phi));
+    int64_t M = n * d;
+    if (phi->ndim != 2 || phi->shape[1] != M) {
+        char bp[NC_DESC_LEN];
+        return nc_fail(NC_ERR_SHAPE, "%s: expected phi (K, %lld), got %s", op, (long long)M,
+                       nc_describe(phi, bp, sizeof bp));
+    }
+    int64_t K = phi->shape[0];
+    NC_TRY(check_lead(op, "out", out, x, 1, &K));
+    NC_TRY(check_lead(op, "gout", gout, x, 1, &K));
+    NC_TRY(check_lead(op, "rstd", rstd, x, 0, NULL));
+    if (gx) { NC_TRY(check_t(op, "gx", gx)); NC_TRY(nc_check_same_shape(op, "gx", gx, "x", x)); }
+    if (gphi) { NC_TRY(check_t(op, "gphi", gphi)); NC_TRY(nc_check_same_shape(op, "gphi", gphi, "phi", phi)); }
+    if (rows == 0 || M == 0) return NC_OK;
+    float *gu = K > 0 ? (float *)nc_host_alloc(rows * K * (int64_t)sizeof(float)) : NULL;
+    float *cc = (float *)nc_host_alloc(rows * (int64_t)sizeof(float));
+    if ((K > 0 && !gu) || !cc) {
+        if (gu) nc_host_free(gu, rows * K * (int64_t)sizeof(float));
+        if (cc) nc_host_free(cc, rows * (int64_t)sizeof(float));
+        return NC_ERR_OOM;
+    }
+    const float *rs = nc_f32p(rstd), *o = nc_f32p(out), *g = nc_f32p(gout), *xd = nc_f32p(x);
+    for (int64_t r = 0; r < rows; r++) {
+        double dot = 0.0;
+        for (int64_t k = 0; k < K; k++) {
+            dot += (double)g[r * K + k] * o[r * K + k];
+            gu[r * K + k] = g[r * K + k] * rs[r];
+        }
+        cc[r] = (float)(-dot * (double)rs[r] * rs[r] / (double)M);
+    }
+    if (gx) {
+        float *gxd = nc_f32p(gx);
+        if (K > 0)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)rows, (blasint)M, (blasint)K, 1.0f, gu,
+                        (blasint)K, nc_f32p(phi), (blasint)M, gx_init ? 0.0f : 1.0f, gxd, (blasint)M);
+        else if (gx_init) memset(gxd, 0, (size_t)(rows * M) * sizeof(float));
+#pragma omp parallel for schedule(static) if (rows * M >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
+        for (int64_t r = 0; r < rows; r++) {
+            float c = cc[r];
+            float *gr = gxd + r * M;
+            const float *xr = xd + r * M;
+#pragma omp simd
+            for (int64_t k = 0; k < M; k++) gr[k] += c * xr[k];
+        }
+    }
+    if (gphi && K > 0)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)K, (blasint)M, (blasint)rows, 1.0f, gu, (blasint)K,
+                    xd, (blasint)M, 1.0f, nc_f32p(gphi), (blasint)M);
+    if (gu) nc_host_free(gu, rows * K * (int64_t)sizeof(float));
+    nc_host_free(cc, rows * (int64_t)sizeof(float));
     return NC_OK;
 }
 #endif /* NC_KPRIMARY */

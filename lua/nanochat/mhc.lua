@@ -32,9 +32,10 @@
 -- No parameter draws from a generator (zeros and constants), so adding mHC leaves every other
 -- weight of a seeded model bit-identical.
 --
--- Stream mixing runs in fused C kernels on the CPU (kernels/cpu/mhc.c: nc_mhc_pre / nc_mhc_post
--- and their backwards, threaded over tokens); on other devices, or with nc.mhc.set_fused(false),
--- the same math is composed from generic ops (broadcast mul + sum, batched matmul). Specs check
+-- Stream mixing and the dynamic projection run in fused C kernels on the CPU (kernels/cpu/mhc.c:
+-- nc_mhc_pre / nc_mhc_post / nc_mhc_proj and their backwards, threaded over tokens); on other
+-- devices, or with nc.mhc.set_fused(false), the same math is composed from generic ops (broadcast
+-- mul + sum, batched matmul, rmsnorm + linear). Specs check
 -- the two against each other and against finite differences.
 local nn = require 'nanochat.nn'
 local Module = nn.Module
@@ -225,11 +226,48 @@ function M.post_mix(x, y, hres, hpost)
     core.check(C.nc_mhc_post(out._c, x._c, y._c, hres._c, hpost._c), 'mhc.post_mix')
     if ag.needs(x, y, hres, hpost) then
         ag.record(out, { x, y, hres, hpost }, function(g)
-            local gx, gy, gr, gp = ag.grad_of(x), ag.grad_of(y), ag.grad_of(hres), ag.grad_of(hpost)
+            -- x's gradient usually starts here (the last use of x in the forward): written, not zero-filled + added
+            local gx, fresh = ag.grad_buf(x)
+            local gy, gr, gp = ag.grad_of(y), ag.grad_of(hres), ag.grad_of(hpost)
             g = g:contiguous()
             local function cp(t) return t and t._c or nil end
-            core.check(C.nc_mhc_post_backward(cp(gx), cp(gy), cp(gr), cp(gp), x._c, y._c, hres._c, hpost._c, g._c),
-                'mhc.post_mix backward')
+            core.check(C.nc_mhc_post_backward(cp(gx), cp(gy), cp(gr), cp(gp), x._c, y._c, hres._c, hpost._c, g._c,
+                fresh and 1 or 0), 'mhc.post_mix backward')
+        end)
+    end
+    return out
+end
+
+-- The dynamic projection (..., K) = rmsnorm(x_flat) phi^T, x (..., n, d), x_flat its (..., n d) view,
+-- phi (K, n d); rmsnorm parameter-free with eps. Fused on the CPU (nc_mhc_proj: one sgemm on x itself
+-- and one pass for the norms, no normalized copy); composite elsewhere.
+function M.project(x, phi, eps)
+    local n = nc()
+    eps = eps or 1e-6
+    local s = x:shape()
+    if #s < 2 then error('mhc.project: expected x (..., n, d)', 2) end
+    if not use_fused(x) then
+        local lead = {}
+        for i = 1, #s - 2 do lead[i] = s[i] end
+        lead[#lead + 1] = s[#s - 1] * s[#s]
+        return n.linear(n.rmsnorm(x:reshape(lead), nil, eps), phi)
+    end
+    local core, ag = n.core, require 'nanochat.autograd'
+    local C = core.C
+    x = x:contiguous()
+    local lead = {}
+    for i = 1, #s - 2 do lead[i] = s[i] end
+    local rstd = n.empty(lead)
+    lead[#lead + 1] = phi:size(0)
+    local out = n.empty(lead)
+    core.check(C.nc_mhc_proj(out._c, rstd._c, x._c, phi._c, eps), 'mhc.project')
+    if ag.needs(x, phi) then
+        ag.record(out, { x, phi }, function(g)
+            local gx, fresh = ag.grad_buf(x)
+            local gphi = ag.grad_of(phi)
+            g = g:contiguous()
+            core.check(C.nc_mhc_proj_backward(gx and gx._c or nil, gphi and gphi._c or nil, x._c, phi._c, rstd._c,
+                out._c, g._c, fresh and 1 or 0), 'mhc.project backward')
         end)
     end
     return out
@@ -302,13 +340,8 @@ function Layer:coefficients(x)
     local n = self.n
     local z
     if self.dynamic and x then
-        local s = x:shape()
-        local lead = {}
-        for i = 1, #s - 2 do lead[i] = s[i] end
-        lead[#lead + 1] = n * self.d
-        local v = N.rmsnorm(x:reshape(lead), nil, self.eps)
         local a = N.index_select(self.alpha, 0, self.alpha_group)
-        z = N.linear(v, self.phi) * a + self.bias
+        z = M.project(x, self.phi, self.eps) * a + self.bias
     else
         z = self.bias
     end
