@@ -487,4 +487,9 @@ describe('mHC in the GPT', function()
         assert.is_true(r1.bwd_gain >= 1 - 1e-5)
         assert.has_error(function() mhc.report(gpt.new(micro())) end, 'mhc.report: the model has no mHC layers (cfg.mhc not set)')
     end)
+
+    it('the packed inference engine refuses an mHC model instead of decoding it as a plain one', function()
+        assert.has_error(function() nc.pack(gpt.new(micro { mhc = { n = 2 } })) end,
+            'nc.pack: mHC residual streams (cfg.mhc) are not implemented in the packed engine; decode with model:forward_cached')
+    end)
 end)

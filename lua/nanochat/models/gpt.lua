@@ -28,7 +28,8 @@
 -- is scale invariant per matrix, so the std only sets the latent scale the optimizer moves.
 --
 -- Parameter names: wte.weight, h.<i>.attn.{wq,wk,wv,wo}.weight, h.<i>.attn.sub_norm.weight,
--- h.<i>.mlp.{w1,w3,w2}.weight, h.<i>.mlp.sub_norm.weight, lm_head.weight.
+-- h.<i>.mlp.{w1,w3,w2}.weight, h.<i>.mlp.sub_norm.weight, lm_head.weight; with cfg.mhc also
+-- h.<i>.mhc_{attn,mlp}.{bias,phi,alpha} (nanochat.mhc; role 'scalar').
 --
 -- FLOPs (design.md): flops_per_token(T) = 6 N + 6 L d T with N = the parameters that take part in
 -- a matmul (every block matrix plus the head matrix; the token embedding is a lookup and norm
