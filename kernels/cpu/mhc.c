@@ -8,7 +8,8 @@
  *   pre:   gx[j, k] += hp[j] gh[k];                 ghp[j] += sum_k x[j, k] gh[k]
  *   post:  gx[j, k] += sum_i hres[i, j] g[i, k];    gy[k] += sum_i hpost[i] g[i, k]
  *          ghres[i, j] += sum_k g[i, k] x[j, k];    ghpost[i] += sum_k g[i, k] y[k]
- * Dot products over k accumulate in double. Every tensor is f32, CPU and contiguous; tokens run in
+ * Dot products over k accumulate in f32 (vector lanes: the order depends on the build, not on the
+ * thread count; fine for d up to a few thousand). Every tensor is f32, CPU and contiguous; tokens run in
  * parallel (each token's outputs are written by one thread, so results do not depend on the
  * thread count). The row kernels are compiled twice (NC_KSUFFIX pattern): here as the reference
  * (NC_KERNEL=scalar), and from mhc_avx2.c with -mavx2 -mfma (the same loops, vectorized by the
@@ -44,9 +45,9 @@ void KFN(nc_k_mhc_pre_bwd_row)(float *gx, float *ghp, const float *x, const floa
     for (int64_t j = 0; j < n; j++) {
         const float *xj = x + j * d;
         if (ghp) {
-            double dot = 0.0;
+            float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-            for (int64_t k = 0; k < d; k++) dot += (double)xj[k] * gh[k];
+            for (int64_t k = 0; k < d; k++) dot += xj[k] * gh[k];
             ghp[j] += (float)dot;
         }
         if (gx) {
@@ -81,17 +82,17 @@ void KFN(nc_k_mhc_post_bwd_row)(float *gx, float *gy, float *gR, float *gp, cons
     for (int64_t i = 0; i < n; i++) {
         const float *gi = g + i * d;
         if (gp) {
-            double dot = 0.0;
+            float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-            for (int64_t k = 0; k < d; k++) dot += (double)gi[k] * y[k];
+            for (int64_t k = 0; k < d; k++) dot += gi[k] * y[k];
             gp[i] += (float)dot;
         }
         if (gR) {
             for (int64_t j = 0; j < n; j++) {
                 const float *xj = x + j * d;
-                double dot = 0.0;
+                float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-                for (int64_t k = 0; k < d; k++) dot += (double)gi[k] * xj[k];
+                for (int64_t k = 0; k < d; k++) dot += gi[k] * xj[k];
                 gR[i * n + j] += (float)dot;
             }
         }
