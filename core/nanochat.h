@@ -609,7 +609,18 @@ nc_status nc_mhc_post_backward(nc_tensor *gx, nc_tensor *gy, nc_tensor *ghres, n
 nc_status nc_mhc_proj(nc_tensor *out, nc_tensor *rstd, const nc_tensor *x, const nc_tensor *phi, double eps);
 nc_status nc_mhc_proj_backward(nc_tensor *gx, nc_tensor *gphi, const nc_tensor *x, const nc_tensor *phi,
                                const nc_tensor *rstd, const nc_tensor *out, const nc_tensor *gout, int32_t gx_init);
-/* gx_init = 1: gx holds uninitialised memory and is written (the first gradient of x), else += . */
+/* gx_init = 1: gx holds uninitialised memory and is written (the first gradient of x), else += .
+ * The coefficient tensors hp, hpost, hres (and their gradients) may be views into one packed
+ * (..., C) tensor: each needs a contiguous tail and one row stride over the leading dims. */
+/* mHC-lite coefficients in one call: perms (R, n n), K = 2n + R, C = 2n + n n; proj (..., K) or
+ * NULL (static: z = bias), alpha (3), bias (K) -> coef (..., C) = [sigmoid(z_pre) | 2 sigmoid(z_post) |
+ * vec(sum_k w_k P_k)] with z = proj * alpha[pre|post|res] + bias and w (..., R) = softmax(z_res)
+ * (saved for backward). Serial over tokens (cheap), so bitwise deterministic. */
+nc_status nc_mhc_coef_lite(nc_tensor *coef, nc_tensor *w, const nc_tensor *proj, const nc_tensor *alpha,
+                           const nc_tensor *bias, const nc_tensor *perms);
+nc_status nc_mhc_coef_lite_backward(nc_tensor *gproj, nc_tensor *galpha, nc_tensor *gbias, const nc_tensor *coef,
+                                    const nc_tensor *w, const nc_tensor *proj, const nc_tensor *alpha,
+                                    const nc_tensor *perms, const nc_tensor *gcoef);
 /* (end of mHC section) */
 
 

@@ -302,6 +302,42 @@ describe('fused stream-mixing kernels (kernels/cpu/mhc.c)', function()
     end)
 end)
 
+describe('the fused mHC layer equals the composite one', function()
+    for _, kind in ipairs { 'lite', 'sinkhorn' } do
+        it(kind .. ': output and every gradient (packed lite path: nc_mhc_coef_lite + strided coefficient views)', function()
+            local c = gpt.config { vocab_size = 16, d_model = 12, n_layer = 1, n_head = 1, mhc = { n = 4, kind = kind } }
+            local layer = mhc.Layer(c, 2)
+            local g = nc.generator(9)
+            nc.no_grad(function()
+                layer.bias:add_scaled_(nc.randn(layer.bias:shape(), { generator = g }), 2)
+                layer.phi:copy_(nc.randn(layer.phi:shape(), { generator = g, std = 0.5 }))
+                layer.alpha:copy_(nc.rand({ 3 }, { generator = g, lo = 0.5, hi = 1.5 }))
+            end)
+            local W = H.randn({ 12, 12 }, 0.5)
+            local function branch(h) return nc.tanh(nc.linear(nc.rmsnorm(h, nil, 1e-6), W)) end
+            local x0, gout = H.randn { 3, 5, 4, 12 }, H.randn { 3, 5, 4, 12 }
+            local res = {}
+            for _, fused in ipairs { true, false } do
+                local prev = mhc.set_fused(fused)
+                local x = x0:clone():requires_grad_(true)
+                local ok, err = pcall(function()
+                    local out = layer(x, branch)
+                    out:backward(gout)
+                    res[fused] = { out = out:detach(), x = x.grad, phi = layer.phi.grad, alpha = layer.alpha.grad,
+                                   bias = layer.bias.grad }
+                end)
+                mhc.set_fused(prev)
+                layer:zero_grad()
+                assert(ok, err)
+            end
+            for _, k in ipairs { 'out', 'x', 'phi', 'alpha', 'bias' } do
+                local e = max_abs_diff(res[true][k], res[false][k])
+                assert.is_true(e <= 1e-4 * math.max(1, max_abs(res[false][k])), string.format('%s: %.3g', k, e))
+            end
+        end)
+    end
+end)
+
 describe('finite-difference gradients of an mHC layer (parameters and input)', function()
     for _, kind in ipairs { 'lite', 'sinkhorn' } do
         for _, fused in ipairs { true, false } do

@@ -165,12 +165,54 @@ static nc_status check_lead(const char *op, const char *arg, const nc_tensor *t,
     return NC_OK;
 }
 
+/* A coefficient tensor t (lead..., tail...) with x's leading dims whose tail is row-major contiguous
+ * and whose leading dims collapse to one row stride *rs (elements): a contiguous tensor or a narrow
+ * view into a packed (rows, C) coefficient tensor. */
+static nc_status coef_view(const char *op, const char *arg, const nc_tensor *t, const nc_tensor *x, int32_t ntail,
+                           const int64_t *tail, int64_t *rs) {
+    NC_TRY(nc_check_not_null(op, arg, t));
+    NC_TRY(nc_check_f32_cpu(op, arg, t));
+    int64_t want[NC_MAX_DIMS];
+    int32_t nl = x->ndim - 2;
+    if (nl + ntail > NC_MAX_DIMS) return nc_fail(NC_ERR_SHAPE, "%s: too many dims", op);
+    for (int32_t i = 0; i < nl; i++) want[i] = x->shape[i];
+    for (int32_t i = 0; i < ntail; i++) want[nl + i] = tail[i];
+    char bx[NC_DESC_LEN], bt[NC_DESC_LEN];
+    if (nc_check_shape(op, arg, t, nl + ntail, want) != NC_OK)
+        return nc_fail(NC_ERR_SHAPE, "%s: %s %s does not match x %s (expected x's leading dims + %d trailing)", op, arg,
+                       nc_describe(t, bt, sizeof bt), nc_describe(x, bx, sizeof bx), ntail);
+    int64_t expect = 1;
+    for (int32_t i = nl + ntail - 1; i >= nl; i--) {
+        if (t->shape[i] != 1 && t->strides[i] != expect) goto bad;
+        expect *= t->shape[i];
+    }
+    *rs = expect;   /* a contiguous tensor's row stride */
+    int found = 0;
+    for (int32_t i = nl - 1; i >= 0; i--) {
+        if (t->shape[i] == 1) continue;
+        if (!found) {
+            if (t->strides[i] < expect) goto bad;
+            *rs = t->strides[i];
+            expect = t->strides[i] * t->shape[i];
+            found = 1;
+        } else {
+            if (t->strides[i] != expect) goto bad;
+            expect *= t->shape[i];
+        }
+    }
+    return NC_OK;
+bad:
+    return nc_fail(NC_ERR_ARG, "%s: %s %s must have a contiguous tail and one row stride over its leading dims", op, arg,
+                   nc_describe(t, bt, sizeof bt));
+}
+
 nc_status nc_mhc_pre(nc_tensor *h, const nc_tensor *x, const nc_tensor *hp) {
     static const char *op = "mhc_pre";
     int64_t rows, n, d;
     NC_TRY(x_dims(op, x, &rows, &n, &d));
     NC_TRY(check_lead(op, "h", h, x, 1, &d));
-    NC_TRY(check_lead(op, "hp", hp, x, 1, &n));
+    int64_t ps;
+    NC_TRY(coef_view(op, "hp", hp, x, 1, &n, &ps));
     if (rows == 0 || d == 0) return NC_OK;
     if (n == 0) { memset(nc_f32p(h), 0, (size_t)(rows * d) * sizeof(float)); return NC_OK; }
     void (*row)(float *, const float *, const float *, int64_t, int64_t) =
@@ -178,7 +220,7 @@ nc_status nc_mhc_pre(nc_tensor *h, const nc_tensor *x, const nc_tensor *hp) {
     float *hd = nc_f32p(h);
     const float *xd = nc_f32p(x), *pd = nc_f32p(hp);
 #pragma omp parallel for schedule(static) if (rows * n * d >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
-    for (int64_t r = 0; r < rows; r++) row(hd + r * d, xd + r * n * d, pd + r * n, n, d);
+    for (int64_t r = 0; r < rows; r++) row(hd + r * d, xd + r * n * d, pd + r * ps, n, d);
     return NC_OK;
 }
 
@@ -187,10 +229,11 @@ nc_status nc_mhc_pre_backward(nc_tensor *gx, nc_tensor *ghp, const nc_tensor *x,
     static const char *op = "mhc_pre_backward";
     int64_t rows, n, d;
     NC_TRY(x_dims(op, x, &rows, &n, &d));
-    NC_TRY(check_lead(op, "hp", hp, x, 1, &n));
+    int64_t ps, gps = 0;
+    NC_TRY(coef_view(op, "hp", hp, x, 1, &n, &ps));
     NC_TRY(check_lead(op, "gh", gh, x, 1, &d));
     if (gx) { NC_TRY(check_t(op, "gx", gx)); NC_TRY(nc_check_same_shape(op, "gx", gx, "x", x)); }
-    if (ghp) { NC_TRY(check_t(op, "ghp", ghp)); NC_TRY(nc_check_same_shape(op, "ghp", ghp, "hp", hp)); }
+    if (ghp) NC_TRY(coef_view(op, "ghp", ghp, x, 1, &n, &gps));
     if (rows == 0 || n == 0 || d == 0 || (!gx && !ghp)) return NC_OK;
     void (*row)(float *, float *, const float *, const float *, const float *, int64_t, int64_t) =
         nc_cpu_avx2() ? nc_k_mhc_pre_bwd_row_avx2 : nc_k_mhc_pre_bwd_row_base;
@@ -198,7 +241,7 @@ nc_status nc_mhc_pre_backward(nc_tensor *gx, nc_tensor *ghp, const nc_tensor *x,
     const float *xd = nc_f32p(x), *pd = nc_f32p(hp), *gd = nc_f32p(gh);
 #pragma omp parallel for schedule(static) if (rows * n * d >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
     for (int64_t r = 0; r < rows; r++)
-        row(gxd ? gxd + r * n * d : NULL, gpd ? gpd + r * n : NULL, xd + r * n * d, pd + r * n, gd + r * d, n, d);
+        row(gxd ? gxd + r * n * d : NULL, gpd ? gpd + r * gps : NULL, xd + r * n * d, pd + r * ps, gd + r * d, n, d);
     return NC_OK;
 }
 
@@ -210,9 +253,9 @@ nc_status nc_mhc_post(nc_tensor *out, const nc_tensor *x, const nc_tensor *y, co
     NC_TRY(check_t(op, "out", out));
     NC_TRY(nc_check_same_shape(op, "out", out, "x", x));
     NC_TRY(check_lead(op, "y", y, x, 1, &d));
-    int64_t nn[2] = { n, n };
-    NC_TRY(check_lead(op, "hres", hres, x, 2, nn));
-    NC_TRY(check_lead(op, "hpost", hpost, x, 1, &n));
+    int64_t nn[2] = { n, n }, Rs, ps;
+    NC_TRY(coef_view(op, "hres", hres, x, 2, nn, &Rs));
+    NC_TRY(coef_view(op, "hpost", hpost, x, 1, &n, &ps));
     if (rows == 0 || n == 0 || d == 0) return NC_OK;
     void (*row)(float *, const float *, const float *, const float *, const float *, int64_t, int64_t) =
         nc_cpu_avx2() ? nc_k_mhc_post_row_avx2 : nc_k_mhc_post_row_base;
@@ -220,7 +263,7 @@ nc_status nc_mhc_post(nc_tensor *out, const nc_tensor *x, const nc_tensor *y, co
     const float *xd = nc_f32p(x), *yd = nc_f32p(y), *Rd = nc_f32p(hres), *pd = nc_f32p(hpost);
 #pragma omp parallel for schedule(static) if (rows * n * d >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
     for (int64_t r = 0; r < rows; r++)
-        row(od + r * n * d, xd + r * n * d, yd + r * d, Rd + r * n * n, pd + r * n, n, d);
+        row(od + r * n * d, xd + r * n * d, yd + r * d, Rd + r * Rs, pd + r * ps, n, d);
     return NC_OK;
 }
 
@@ -231,18 +274,15 @@ nc_status nc_mhc_post_backward(nc_tensor *gx, nc_tensor *gy, nc_tensor *ghres, n
     int64_t rows, n, d;
     NC_TRY(x_dims(op, x, &rows, &n, &d));
     NC_TRY(check_lead(op, "y", y, x, 1, &d));
-    int64_t nn[2] = { n, n };
-    NC_TRY(check_lead(op, "hres", hres, x, 2, nn));
-    NC_TRY(check_lead(op, "hpost", hpost, x, 1, &n));
+    int64_t nn[2] = { n, n }, Rs, ps, gRs = 0, gps = 0;
+    NC_TRY(coef_view(op, "hres", hres, x, 2, nn, &Rs));
+    NC_TRY(coef_view(op, "hpost", hpost, x, 1, &n, &ps));
     NC_TRY(check_t(op, "gout", gout));
     NC_TRY(nc_check_same_shape(op, "gout", gout, "x", x));
     if (gx) { NC_TRY(check_t(op, "gx", gx)); NC_TRY(nc_check_same_shape(op, "gx", gx, "x", x)); }
     if (gy) { NC_TRY(check_t(op, "gy", gy)); NC_TRY(nc_check_same_shape(op, "gy", gy, "y", y)); }
-    if (ghres) { NC_TRY(check_t(op, "ghres", ghres)); NC_TRY(nc_check_same_shape(op, "ghres", ghres, "hres", hres)); }
-    if (ghpost) {
-        NC_TRY(check_t(op, "ghpost", ghpost));
-        NC_TRY(nc_check_same_shape(op, "ghpost", ghpost, "hpost", hpost));
-    }
+    if (ghres) NC_TRY(coef_view(op, "ghres", ghres, x, 2, nn, &gRs));
+    if (ghpost) NC_TRY(coef_view(op, "ghpost", ghpost, x, 1, &n, &gps));
     if (rows == 0 || n == 0 || d == 0) return NC_OK;
     void (*row)(float *, float *, float *, float *, const float *, const float *, const float *, const float *,
                 const float *, int64_t, int64_t, int) =
@@ -252,8 +292,8 @@ nc_status nc_mhc_post_backward(nc_tensor *gx, nc_tensor *gy, nc_tensor *ghres, n
     const float *xd = nc_f32p(x), *yd = nc_f32p(y), *Rd = nc_f32p(hres), *pd = nc_f32p(hpost), *gd = nc_f32p(gout);
 #pragma omp parallel for schedule(static) if (rows * n * d >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
     for (int64_t r = 0; r < rows; r++)
-        row(gxd ? gxd + r * n * d : NULL, gyd ? gyd + r * d : NULL, gRd ? gRd + r * n * n : NULL,
-            gpd ? gpd + r * n : NULL, xd + r * n * d, yd + r * d, Rd + r * n * n, pd + r * n, gd + r * n * d, n, d,
+        row(gxd ? gxd + r * n * d : NULL, gyd ? gyd + r * d : NULL, gRd ? gRd + r * gRs : NULL,
+            gpd ? gpd + r * gps : NULL, xd + r * n * d, yd + r * d, Rd + r * Rs, pd + r * ps, gd + r * n * d, n, d,
             gx_init != 0);
     return NC_OK;
 }
@@ -354,6 +394,149 @@ nc_status nc_mhc_proj_backward(nc_tensor *gx, nc_tensor *gphi, const nc_tensor *
                     xd, (blasint)M, 1.0f, nc_f32p(gphi), (blasint)M);
     if (gu) nc_host_free(gu, rows * K * (int64_t)sizeof(float));
     nc_host_free(cc, rows * (int64_t)sizeof(float));
+    return NC_OK;
+}
+/* ---- mHC-lite coefficients ---------------------------------------------------------------------- */
+/* Shapes: perms (R, n n) gives n and R; K = 2n + R; C = 2n + n n. proj (rows..., K) or NULL (then
+ * z = bias), alpha (3) (NULL with proj NULL), bias (K), coef (rows..., C), w (rows..., R); all
+ * contiguous. Per row: z_k = proj_k alpha[g(k)] + bias_k with g = 0 (pre), 1 (post), 2 (res);
+ * coef = [sigmoid(z_pre) | 2 sigmoid(z_post) | vec(sum_k w_k P_k)], w = softmax(z_res).
+ * Serial over rows (a few hundred flops per row): no parallel region, bitwise deterministic. */
+static nc_status lite_dims(const char *op, const nc_tensor *perms, const nc_tensor *bias, const nc_tensor *coef,
+                           int64_t *n, int64_t *R, int64_t *rows) {
+    NC_TRY(check_t(op, "perms", perms));
+    NC_TRY(check_t(op, "bias", bias));
+    NC_TRY(check_t(op, "coef", coef));
+    char b1[NC_DESC_LEN], b2[NC_DESC_LEN];
+    if (perms->ndim != 2) return nc_fail(NC_ERR_SHAPE, "%s: expected perms (R, n*n), got %s", op, nc_describe(perms, b1, sizeof b1));
+    *R = perms->shape[0];
+    int64_t nn = perms->shape[1], k = 0;
+    while (k * k < nn) k++;
+    if (k * k != nn) return nc_fail(NC_ERR_SHAPE, "%s: perms %s: n*n columns expected", op, nc_describe(perms, b1, sizeof b1));
+    *n = k;
+    if (bias->ndim != 1 || bias->shape[0] != 2 * k + *R)
+        return nc_fail(NC_ERR_SHAPE, "%s: expected bias (%lld), got %s", op, (long long)(2 * k + *R),
+                       nc_describe(bias, b1, sizeof b1));
+    int64_t C = 2 * k + nn;
+    if (coef->ndim < 1 || coef->shape[coef->ndim - 1] != C)
+        return nc_fail(NC_ERR_SHAPE, "%s: expected coef (..., %lld), got %s (perms %s)", op, (long long)C,
+                       nc_describe(coef, b1, sizeof b1), nc_describe(perms, b2, sizeof b2));
+    *rows = nc_tensor_numel(coef) / (C ? C : 1);
+    return NC_OK;
+}
+
+static nc_status lite_rows_of(const char *op, const char *arg, const nc_tensor *t, int64_t rows, int64_t last) {
+    NC_TRY(check_t(op, arg, t));
+    if (t->ndim < 1 || t->shape[t->ndim - 1] != last || nc_tensor_numel(t) != rows * last) {
+        char b[NC_DESC_LEN];
+        return nc_fail(NC_ERR_SHAPE, "%s: expected %s with %lld rows of %lld, got %s", op, arg, (long long)rows,
+                       (long long)last, nc_describe(t, b, sizeof b));
+    }
+    return NC_OK;
+}
+
+nc_status nc_mhc_coef_lite(nc_tensor *coef, nc_tensor *w, const nc_tensor *proj, const nc_tensor *alpha,
+                           const nc_tensor *bias, const nc_tensor *perms) {
+    static const char *op = "mhc_coef_lite";
+    int64_t n, R, rows;
+    NC_TRY(lite_dims(op, perms, bias, coef, &n, &R, &rows));
+    int64_t K = 2 * n + R, C = 2 * n + n * n;
+    NC_TRY(lite_rows_of(op, "w", w, rows, R));
+    if (proj) {
+        NC_TRY(lite_rows_of(op, "proj", proj, rows, K));
+        NC_TRY(check_t(op, "alpha", alpha));
+        if (nc_tensor_numel(alpha) != 3) return nc_fail(NC_ERR_SHAPE, "%s: expected alpha (3)", op);
+    }
+    const float *P = nc_f32p(perms), *b = nc_f32p(bias), *pr = proj ? nc_f32p(proj) : NULL;
+    const float *al = proj ? nc_f32p(alpha) : NULL;
+    float *cf = nc_f32p(coef), *wd = nc_f32p(w);
+    for (int64_t r = 0; r < rows; r++) {
+        float *c = cf + r * C, *wr = wd + r * R;
+        const float *pj = pr ? pr + r * K : NULL;
+        for (int64_t j = 0; j < 2 * n; j++) {
+            float z = b[j] + (pj ? pj[j] * al[j < n ? 0 : 1] : 0.0f);
+            float s = 1.0f / (1.0f + expf(-z));
+            c[j] = j < n ? s : 2.0f * s;
+        }
+        float mx = -INFINITY;
+        for (int64_t k = 0; k < R; k++) {
+            float z = b[2 * n + k] + (pj ? pj[2 * n + k] * al[2] : 0.0f);
+            wr[k] = z;
+            if (z > mx) mx = z;
+        }
+        double sum = 0.0;
+        for (int64_t k = 0; k < R; k++) { wr[k] = expf(wr[k] - mx); sum += wr[k]; }
+        float inv = (float)(1.0 / sum);
+        for (int64_t k = 0; k < R; k++) wr[k] *= inv;
+        float *H = c + 2 * n;
+        for (int64_t e = 0; e < n * n; e++) H[e] = 0.0f;
+        for (int64_t k = 0; k < R; k++) {
+            const float *Pk = P + k * n * n;
+            float wk = wr[k];
+            for (int64_t e = 0; e < n * n; e++) H[e] += wk * Pk[e];
+        }
+    }
+    return NC_OK;
+}
+
+nc_status nc_mhc_coef_lite_backward(nc_tensor *gproj, nc_tensor *galpha, nc_tensor *gbias, const nc_tensor *coef,
+                                    const nc_tensor *w, const nc_tensor *proj, const nc_tensor *alpha,
+                                    const nc_tensor *perms, const nc_tensor *gcoef) {
+    static const char *op = "mhc_coef_lite_backward";
+    int64_t n, R, rows;
+    NC_TRY(check_t(op, "perms", perms));
+    if (perms->ndim != 2) return nc_fail(NC_ERR_SHAPE, "%s: expected perms (R, n*n)", op);
+    R = perms->shape[0];
+    int64_t nn = perms->shape[1];
+    n = 0;
+    while (n * n < nn) n++;
+    int64_t K = 2 * n + R, C = 2 * n + nn;
+    NC_TRY(check_t(op, "coef", coef));
+    rows = nc_tensor_numel(coef) / (C ? C : 1);
+    NC_TRY(lite_rows_of(op, "coef", coef, rows, C));
+    NC_TRY(lite_rows_of(op, "gcoef", gcoef, rows, C));
+    NC_TRY(lite_rows_of(op, "w", w, rows, R));
+    if (gbias) {
+        NC_TRY(check_t(op, "gbias", gbias));
+        if (nc_tensor_numel(gbias) != K) return nc_fail(NC_ERR_SHAPE, "%s: expected gbias (%lld)", op, (long long)K);
+    }
+    if (gproj || galpha) {
+        if (!proj || !alpha) return nc_fail(NC_ERR_ARG, "%s: gproj/galpha need proj and alpha", op);
+    }
+    if (proj) NC_TRY(lite_rows_of(op, "proj", proj, rows, K));
+    if (gproj) NC_TRY(lite_rows_of(op, "gproj", gproj, rows, K));
+    if (alpha) { NC_TRY(check_t(op, "alpha", alpha)); if (nc_tensor_numel(alpha) != 3) return nc_fail(NC_ERR_SHAPE, "%s: expected alpha (3)", op); }
+    if (galpha) { NC_TRY(check_t(op, "galpha", galpha)); if (nc_tensor_numel(galpha) != 3) return nc_fail(NC_ERR_SHAPE, "%s: expected galpha (3)", op); }
+    if (K > 4096) return nc_fail(NC_ERR_SHAPE, "%s: %lld coefficients per token is more than supported (4096)", op, (long long)K);
+    const float *P = nc_f32p(perms), *cf = nc_f32p(coef), *wd = nc_f32p(w), *gc = nc_f32p(gcoef);
+    const float *pr = proj ? nc_f32p(proj) : NULL, *al = alpha ? nc_f32p(alpha) : NULL;
+    float *gp = gproj ? nc_f32p(gproj) : NULL;
+    double gb[4096], ga[3] = { 0.0, 0.0, 0.0 };
+    float gz[4096];
+    for (int64_t k = 0; k < K; k++) gb[k] = 0.0;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *c = cf + r * C, *g = gc + r * C, *wr = wd + r * R;
+        for (int64_t j = 0; j < n; j++) gz[j] = g[j] * c[j] * (1.0f - c[j]);                       /* sigmoid' */
+        for (int64_t j = n; j < 2 * n; j++) gz[j] = g[j] * c[j] * (1.0f - 0.5f * c[j]);            /* 2 sigmoid' */
+        const float *gH = g + 2 * n;
+        double dot = 0.0;
+        for (int64_t k = 0; k < R; k++) {
+            const float *Pk = P + k * nn;
+            float s = 0.0f;
+            for (int64_t e = 0; e < nn; e++) s += gH[e] * Pk[e];
+            gz[2 * n + k] = s;
+            dot += (double)wr[k] * s;
+        }
+        for (int64_t k = 0; k < R; k++) gz[2 * n + k] = wr[k] * (gz[2 * n + k] - (float)dot);   /* softmax' */
+        for (int64_t k = 0; k < K; k++) {
+            gb[k] += gz[k];
+            int gi = k < n ? 0 : (k < 2 * n ? 1 : 2);
+            if (gp) gp[r * K + k] += gz[k] * al[gi];
+            if (galpha) ga[gi] += (double)gz[k] * pr[r * K + k];
+        }
+    }
+    if (gbias) { float *gbd = nc_f32p(gbias); for (int64_t k = 0; k < K; k++) gbd[k] += (float)gb[k]; }
+    if (galpha) { float *gad = nc_f32p(galpha); for (int i = 0; i < 3; i++) gad[i] += (float)ga[i]; }
     return NC_OK;
 }
 #endif /* NC_KPRIMARY */

@@ -273,6 +273,100 @@ function M.project(x, phi, eps)
     return out
 end
 
+-- ---- packed mHC-lite path (CPU): one coefficient kernel, mixing kernels reading views of it ------
+-- coef (..., C = 2n + n^2) = [H_pre | H_post | vec(H_res)] from proj (..., K = 2n + n!) (or nil: the
+-- static z = bias), alpha (3), bias (K), perms (n!, n^2); one autograd node (nc_mhc_coef_lite).
+function M.lite_coef(proj, alpha, bias, perms)
+    local n = nc()
+    local core, ag = n.core, require 'nanochat.autograd'
+    local C = core.C
+    local R, nn2 = perms:size(0), perms:size(1)
+    local k = math.floor(math.sqrt(nn2) + 0.5)
+    local shape = proj and proj:shape() or {}
+    if proj then proj = proj:contiguous() end
+    local lead = {}
+    for i = 1, #shape - 1 do lead[i] = shape[i] end
+    local cs, ws = {}, {}
+    for i, v in ipairs(lead) do cs[i], ws[i] = v, v end
+    cs[#cs + 1] = 2 * k + nn2
+    ws[#ws + 1] = R
+    local coef, w = n.empty(cs), n.empty(ws)
+    core.check(C.nc_mhc_coef_lite(coef._c, w._c, proj and proj._c or nil, proj and alpha._c or nil, bias._c, perms._c),
+        'mhc.lite_coef')
+    if ag.needs(proj, alpha, bias) then
+        ag.record(coef, { proj, proj and alpha or nil, bias }, function(g)
+            local gp = proj and ag.grad_of(proj)
+            local ga = proj and ag.grad_of(alpha)
+            local gb = ag.grad_of(bias)
+            g = g:contiguous()
+            local function cp(t) return t and t._c or nil end
+            core.check(C.nc_mhc_coef_lite_backward(cp(gp), cp(ga), cp(gb), coef._c, w._c, cp(proj), proj and alpha._c or nil,
+                perms._c, g._c), 'mhc.lite_coef backward')
+        end)
+    end
+    return coef
+end
+
+-- views (no autograd) of a packed coef (..., C): H_pre (..., n), H_post (..., n), H_res (..., n, n)
+local function coef_views(coef, n)
+    local Tensor = require 'nanochat.tensor'
+    local C = nc().core.C
+    local d = coef:dim() - 1
+    local function narrow(s, len) return Tensor.wrap(C.nc_tensor_view_narrow(coef._c, d, s, len), 'narrow') end
+    local hr = narrow(2 * n, n * n)
+    local shape = hr:shape()
+    shape[#shape] = n
+    shape[#shape + 1] = n
+    return narrow(0, n), narrow(n, n), hr:_raw_view(shape)
+end
+M._coef_views = coef_views
+
+-- pre / post mixing reading the coefficients from a packed coef (one node each; gradients land in
+-- coef's gradient through views of it)
+local function pre_packed(x, coef, n)
+    local N = nc()
+    local core, ag = N.core, require 'nanochat.autograd'
+    local C = core.C
+    local hp = coef_views(coef, n)
+    local shape = x:shape()
+    table.remove(shape, #shape - 1)
+    local out = N.empty(shape)
+    core.check(C.nc_mhc_pre(out._c, x._c, hp._c), 'mhc.pre_mix')
+    if ag.needs(x, coef) then
+        ag.record(out, { x, coef }, function(g)
+            local gx, gc = ag.grad_of(x), ag.grad_of(coef)
+            local ghp = gc and coef_views(gc, n)
+            g = g:contiguous()
+            core.check(C.nc_mhc_pre_backward(gx and gx._c or nil, ghp and ghp._c or nil, x._c, hp._c, g._c),
+                'mhc.pre_mix backward')
+        end)
+    end
+    return out
+end
+
+local function post_packed(x, y, coef, n)
+    local N = nc()
+    local core, ag = N.core, require 'nanochat.autograd'
+    local C = core.C
+    local _, hq, hr = coef_views(coef, n)
+    y = y:contiguous()
+    local out = N.empty(x:shape())
+    core.check(C.nc_mhc_post(out._c, x._c, y._c, hr._c, hq._c), 'mhc.post_mix')
+    if ag.needs(x, y, coef) then
+        ag.record(out, { x, y, coef }, function(g)
+            local gx, fresh = ag.grad_buf(x)
+            local gy, gc = ag.grad_of(y), ag.grad_of(coef)
+            local ghq, ghr
+            if gc then _, ghq, ghr = coef_views(gc, n) end
+            g = g:contiguous()
+            local function cp(t) return t and t._c or nil end
+            core.check(C.nc_mhc_post_backward(cp(gx), cp(gy), cp(ghr), cp(ghq), x._c, y._c, hr._c, hq._c, g._c,
+                fresh and 1 or 0), 'mhc.post_mix backward')
+        end)
+    end
+    return out
+end
+
 -- ---- the per-sublayer module -------------------------------------------------------------------
 local Layer = Module:extend('MHC')
 M.Layer = Layer
@@ -355,7 +449,19 @@ end
 local capture = nil
 
 -- x (B, T, n, d); branch(h (B, T, d)) -> y (B, T, d). Returns the next state (B, T, n, d).
+-- Dynamic mHC-lite on the CPU (the flagship) takes the packed path: 4 autograd nodes per sublayer
+-- (projection, coefficients, pre, post) instead of ~15 small ops.
 function Layer:forward(x, branch)
+    if self.kind == 'lite' and self.dynamic and use_fused(x) then
+        x = x:contiguous()
+        local coef = M.lite_coef(M.project(x, self.phi, self.eps), self.alpha, self.bias, self.perms)
+        if capture then
+            local _, _, hr = coef_views(coef, self.n)
+            capture[#capture + 1] = { layer = self, hres = hr:contiguous():detach() }
+        end
+        local h = pre_packed(x, coef, self.n)
+        return post_packed(x, branch(h), coef, self.n)
+    end
     local hp, hq, hr = self:coefficients(x)
     if not (self.dynamic) then
         local s = x:shape()
