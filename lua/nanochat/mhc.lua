@@ -33,9 +33,12 @@
 -- weight of a seeded model bit-identical.
 --
 -- Stream mixing and the dynamic projection run in fused C kernels on the CPU (kernels/cpu/mhc.c:
--- nc_mhc_pre / nc_mhc_post / nc_mhc_proj and their backwards, threaded over tokens); on other
--- devices, or with nc.mhc.set_fused(false), the same math is composed from generic ops (broadcast
--- mul + sum, batched matmul, rmsnorm + linear). Specs check
+-- nc_mhc_pre / nc_mhc_post / nc_mhc_proj and their backwards, threaded over tokens); dynamic
+-- mHC-lite also computes all its coefficients in one kernel (nc_mhc_coef_lite) into a packed
+-- (..., 2n + n^2) tensor that the mixing kernels read through strided views: 4 autograd nodes per
+-- sublayer. On other devices, or with nc.mhc.set_fused(false), the same math is composed from
+-- generic ops (broadcast mul + sum, batched matmul, rmsnorm + linear, sigmoid, softmax); Sinkhorn
+-- and the static variant always compose their coefficients from generic ops. Specs check
 -- the two against each other and against finite differences.
 local nn = require 'nanochat.nn'
 local Module = nn.Module

@@ -250,6 +250,10 @@ end
 function Block:forward(x, cos, sin, cache, layer)
     local n = nc()
     if self.mhc_attn then
+        if x:dim() ~= 4 then
+            error('gpt: Block: cfg.mhc is set, so a block expects the (B, T, n, d) stream state, got ' .. x:dim() ..
+                ' dims (build blocks that run outside the mHC trunk, e.g. MTP modules, from a cfg without mhc)', 2)
+        end
         local eps = self.eps
         x = self.mhc_attn(x, function(h) return self.attn(n.rmsnorm(h, nil, eps), cos, sin, cache, layer) end)
         return self.mhc_mlp(x, function(h) return self.mlp(n.rmsnorm(h, nil, eps), cache and cache.qw) end)
