@@ -621,6 +621,15 @@ nc_status nc_mhc_coef_lite(nc_tensor *coef, nc_tensor *w, const nc_tensor *proj,
 nc_status nc_mhc_coef_lite_backward(nc_tensor *gproj, nc_tensor *galpha, nc_tensor *gbias, const nc_tensor *coef,
                                     const nc_tensor *w, const nc_tensor *proj, const nc_tensor *alpha,
                                     const nc_tensor *perms, const nc_tensor *gcoef);
+/* mHC (Sinkhorn) coefficients in one call, K = C = 2n + n n: coef (..., C) = [sigmoid(z_pre) |
+ * 2 sigmoid(z_post) | exp(L)], L = z_res (n, n) after `iters` log-domain Sinkhorn iterations (a
+ * log-softmax over columns, then over rows: rows sum to 1 exactly); ys (..., 2 iters, n, n) saves every
+ * half-step for backward. n <= 64. Serial over tokens. */
+nc_status nc_mhc_coef_sinkhorn(nc_tensor *coef, nc_tensor *ys, const nc_tensor *proj, const nc_tensor *alpha,
+                               const nc_tensor *bias, int64_t n, int32_t iters);
+nc_status nc_mhc_coef_sinkhorn_backward(nc_tensor *gproj, nc_tensor *galpha, nc_tensor *gbias, const nc_tensor *coef,
+                                        const nc_tensor *ys, const nc_tensor *proj, const nc_tensor *alpha,
+                                        const nc_tensor *gcoef, int64_t n, int32_t iters);
 /* (end of mHC section) */
 
 

@@ -539,4 +539,123 @@ nc_status nc_mhc_coef_lite_backward(nc_tensor *gproj, nc_tensor *galpha, nc_tens
     if (galpha) { float *gad = nc_f32p(galpha); for (int i = 0; i < 3; i++) gad[i] += (float)ga[i]; }
     return NC_OK;
 }
+/* ---- mHC (Sinkhorn) coefficients ----------------------------------------------------------------- */
+/* K = 2n + n n, C = 2n + n n. proj (rows..., K) or NULL (z = bias), alpha (3), bias (K); coef (rows...,
+ * C) = [sigmoid(z_pre) | 2 sigmoid(z_post) | exp(L)] where L is z_res (n, n) after `iters` log-domain
+ * Sinkhorn iterations, each a log-softmax over every column (i) then over every row (j), so rows sum
+ * to 1 exactly. ys (rows..., 2 iters, n, n) keeps every half-step's L for backward (a log-softmax's
+ * backward needs only its output: g_in = g_out - exp(y) sum_axis g_out). Serial over tokens. */
+static void sk_lse_step(float *L, int64_t n, int by_col) {
+    for (int64_t a = 0; a < n; a++) {
+        float mx = -INFINITY;
+        for (int64_t b = 0; b < n; b++) {
+            float v = by_col ? L[b * n + a] : L[a * n + b];
+            if (v > mx) mx = v;
+        }
+        double sum = 0.0;
+        for (int64_t b = 0; b < n; b++) sum += exp((double)(by_col ? L[b * n + a] : L[a * n + b]) - mx);
+        float lse = mx + (float)log(sum);
+        for (int64_t b = 0; b < n; b++) {
+            if (by_col) L[b * n + a] -= lse; else L[a * n + b] -= lse;
+        }
+    }
+}
+
+nc_status nc_mhc_coef_sinkhorn(nc_tensor *coef, nc_tensor *ys, const nc_tensor *proj, const nc_tensor *alpha,
+                               const nc_tensor *bias, int64_t n, int32_t iters) {
+    static const char *op = "mhc_coef_sinkhorn";
+    if (n < 1 || iters < 1) return nc_fail(NC_ERR_ARG, "%s: expected n >= 1 and iters >= 1, got n %lld, iters %d", op, (long long)n, iters);
+    int64_t nn = n * n, K = 2 * n + nn, C = K;
+    NC_TRY(check_t(op, "coef", coef));
+    NC_TRY(check_t(op, "bias", bias));
+    if (nc_tensor_numel(bias) != K) return nc_fail(NC_ERR_SHAPE, "%s: expected bias (%lld)", op, (long long)K);
+    int64_t rows = nc_tensor_numel(coef) / C;
+    NC_TRY(lite_rows_of(op, "coef", coef, rows, C));
+    NC_TRY(check_t(op, "ys", ys));
+    if (nc_tensor_numel(ys) != rows * 2 * iters * nn)
+        return nc_fail(NC_ERR_SHAPE, "%s: expected ys with %lld elements (rows, 2 iters, n, n)", op, (long long)(rows * 2 * iters * nn));
+    if (proj) {
+        NC_TRY(lite_rows_of(op, "proj", proj, rows, K));
+        NC_TRY(check_t(op, "alpha", alpha));
+        if (nc_tensor_numel(alpha) != 3) return nc_fail(NC_ERR_SHAPE, "%s: expected alpha (3)", op);
+    }
+    const float *b = nc_f32p(bias), *pr = proj ? nc_f32p(proj) : NULL, *al = proj ? nc_f32p(alpha) : NULL;
+    float *cf = nc_f32p(coef), *yd = nc_f32p(ys);
+    for (int64_t r = 0; r < rows; r++) {
+        float *c = cf + r * C;
+        const float *pj = pr ? pr + r * K : NULL;
+        for (int64_t j = 0; j < 2 * n; j++) {
+            float z = b[j] + (pj ? pj[j] * al[j < n ? 0 : 1] : 0.0f);
+            float sg = 1.0f / (1.0f + expf(-z));
+            c[j] = j < n ? sg : 2.0f * sg;
+        }
+        float *L = c + 2 * n;   /* work in place, exponentiated at the end */
+        for (int64_t e = 0; e < nn; e++) L[e] = b[2 * n + e] + (pj ? pj[2 * n + e] * al[2] : 0.0f);
+        float *Y = yd + r * 2 * iters * nn;
+        for (int32_t t = 0; t < iters; t++) {
+            sk_lse_step(L, n, 1);
+            memcpy(Y + (2 * t) * nn, L, (size_t)nn * sizeof(float));
+            sk_lse_step(L, n, 0);
+            memcpy(Y + (2 * t + 1) * nn, L, (size_t)nn * sizeof(float));
+        }
+        for (int64_t e = 0; e < nn; e++) L[e] = expf(L[e]);
+    }
+    return NC_OK;
+}
+
+nc_status nc_mhc_coef_sinkhorn_backward(nc_tensor *gproj, nc_tensor *galpha, nc_tensor *gbias, const nc_tensor *coef,
+                                        const nc_tensor *ys, const nc_tensor *proj, const nc_tensor *alpha,
+                                        const nc_tensor *gcoef, int64_t n, int32_t iters) {
+    static const char *op = "mhc_coef_sinkhorn_backward";
+    if (n < 1 || iters < 1 || n > 64) return nc_fail(NC_ERR_ARG, "%s: expected 1 <= n <= 64 and iters >= 1", op);
+    int64_t nn = n * n, K = 2 * n + nn, C = K;
+    NC_TRY(check_t(op, "coef", coef));
+    int64_t rows = nc_tensor_numel(coef) / C;
+    NC_TRY(lite_rows_of(op, "coef", coef, rows, C));
+    NC_TRY(lite_rows_of(op, "gcoef", gcoef, rows, C));
+    NC_TRY(check_t(op, "ys", ys));
+    if (nc_tensor_numel(ys) != rows * 2 * iters * nn) return nc_fail(NC_ERR_SHAPE, "%s: ys has the wrong size", op);
+    if (gbias) {
+        NC_TRY(check_t(op, "gbias", gbias));
+        if (nc_tensor_numel(gbias) != K) return nc_fail(NC_ERR_SHAPE, "%s: expected gbias (%lld)", op, (long long)K);
+    }
+    if ((gproj || galpha) && (!proj || !alpha)) return nc_fail(NC_ERR_ARG, "%s: gproj/galpha need proj and alpha", op);
+    if (proj) NC_TRY(lite_rows_of(op, "proj", proj, rows, K));
+    if (gproj) NC_TRY(lite_rows_of(op, "gproj", gproj, rows, K));
+    if (galpha) { NC_TRY(check_t(op, "galpha", galpha)); if (nc_tensor_numel(galpha) != 3) return nc_fail(NC_ERR_SHAPE, "%s: expected galpha (3)", op); }
+    const float *cf = nc_f32p(coef), *gc = nc_f32p(gcoef), *yd = nc_f32p(ys);
+    const float *pr = proj ? nc_f32p(proj) : NULL, *al = alpha ? nc_f32p(alpha) : NULL;
+    float *gp = gproj ? nc_f32p(gproj) : NULL;
+    double gb[2 * 64 + 64 * 64], ga[3] = { 0.0, 0.0, 0.0 };
+    float gz[2 * 64 + 64 * 64];
+    for (int64_t k = 0; k < K; k++) gb[k] = 0.0;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *c = cf + r * C, *g = gc + r * C, *Y = yd + r * 2 * iters * nn;
+        for (int64_t j = 0; j < n; j++) gz[j] = g[j] * c[j] * (1.0f - c[j]);
+        for (int64_t j = n; j < 2 * n; j++) gz[j] = g[j] * c[j] * (1.0f - 0.5f * c[j]);
+        float *gL = gz + 2 * n;
+        for (int64_t e = 0; e < nn; e++) gL[e] = g[2 * n + e] * c[2 * n + e];   /* through exp */
+        for (int32_t s = 2 * iters - 1; s >= 0; s--) {
+            const float *Ys = Y + s * nn;
+            int by_col = (s % 2) == 0;
+            for (int64_t a = 0; a < n; a++) {
+                double S = 0.0;
+                for (int64_t bb = 0; bb < n; bb++) S += by_col ? gL[bb * n + a] : gL[a * n + bb];
+                for (int64_t bb = 0; bb < n; bb++) {
+                    int64_t e = by_col ? bb * n + a : a * n + bb;
+                    gL[e] -= expf(Ys[e]) * (float)S;
+                }
+            }
+        }
+        for (int64_t k = 0; k < K; k++) {
+            gb[k] += gz[k];
+            int gi = k < n ? 0 : (k < 2 * n ? 1 : 2);
+            if (gp) gp[r * K + k] += gz[k] * al[gi];
+            if (galpha) ga[gi] += (double)gz[k] * pr[r * K + k];
+        }
+    }
+    if (gbias) { float *gbd = nc_f32p(gbias); for (int64_t k = 0; k < K; k++) gbd[k] += (float)gb[k]; }
+    if (galpha) { float *gad = nc_f32p(galpha); for (int i = 0; i < 3; i++) gad[i] += (float)ga[i]; }
+    return NC_OK;
+}
 #endif /* NC_KPRIMARY */

@@ -33,12 +33,12 @@
 -- weight of a seeded model bit-identical.
 --
 -- Stream mixing and the dynamic projection run in fused C kernels on the CPU (kernels/cpu/mhc.c:
--- nc_mhc_pre / nc_mhc_post / nc_mhc_proj and their backwards, threaded over tokens); dynamic
--- mHC-lite also computes all its coefficients in one kernel (nc_mhc_coef_lite) into a packed
--- (..., 2n + n^2) tensor that the mixing kernels read through strided views: 4 autograd nodes per
--- sublayer. On other devices, or with nc.mhc.set_fused(false), the same math is composed from
--- generic ops (broadcast mul + sum, batched matmul, rmsnorm + linear, sigmoid, softmax); Sinkhorn
--- and the static variant always compose their coefficients from generic ops. Specs check
+-- nc_mhc_pre / nc_mhc_post / nc_mhc_proj and their backwards, threaded over tokens); the dynamic
+-- variants also compute all their coefficients in one kernel (nc_mhc_coef_lite / _sinkhorn) into a
+-- packed (..., 2n + n^2) tensor that the mixing kernels read through strided views: 4 autograd
+-- nodes per sublayer. On other devices, or with nc.mhc.set_fused(false), the same math is composed
+-- from generic ops (broadcast mul + sum, batched matmul, rmsnorm + linear, sigmoid, softmax,
+-- log_softmax); the static variant (dynamic = false) always composes its coefficients. Specs check
 -- the two against each other and against finite differences.
 local nn = require 'nanochat.nn'
 local Module = nn.Module
@@ -310,6 +310,38 @@ function M.lite_coef(proj, alpha, bias, perms)
     return coef
 end
 
+-- The same packing for mHC (Sinkhorn): proj (..., 2n + n^2) (or nil), alpha (3), bias (2n + n^2) ->
+-- coef (..., 2n + n^2) with H_res after `iters` log-domain iterations (nc_mhc_coef_sinkhorn).
+function M.sinkhorn_coef(proj, alpha, bias, n, iters)
+    local N = nc()
+    local core, ag = N.core, require 'nanochat.autograd'
+    local C = core.C
+    local K = 2 * n + n * n
+    if proj then proj = proj:contiguous() end
+    local shape = proj and proj:shape() or { K }
+    local lead = {}
+    for i = 1, #shape - 1 do lead[i] = shape[i] end
+    local cs, ys = {}, {}
+    for i, v in ipairs(lead) do cs[i], ys[i] = v, v end
+    cs[#cs + 1] = K
+    ys[#ys + 1] = 2 * iters * n * n
+    local coef, saved = N.empty(cs), N.empty(ys)
+    core.check(C.nc_mhc_coef_sinkhorn(coef._c, saved._c, proj and proj._c or nil, proj and alpha._c or nil, bias._c, n,
+        iters), 'mhc.sinkhorn_coef')
+    if ag.needs(proj, alpha, bias) then
+        ag.record(coef, { proj, proj and alpha or nil, bias }, function(g)
+            local gp = proj and ag.grad_of(proj)
+            local ga = proj and ag.grad_of(alpha)
+            local gb = ag.grad_of(bias)
+            g = g:contiguous()
+            local function cp(t) return t and t._c or nil end
+            core.check(C.nc_mhc_coef_sinkhorn_backward(cp(gp), cp(ga), cp(gb), coef._c, saved._c, cp(proj),
+                proj and alpha._c or nil, g._c, n, iters), 'mhc.sinkhorn_coef backward')
+        end)
+    end
+    return coef
+end
+
 -- views (no autograd) of a packed coef (..., C): H_pre (..., n), H_post (..., n), H_res (..., n, n)
 local function coef_views(coef, n)
     local Tensor = require 'nanochat.tensor'
@@ -452,12 +484,15 @@ end
 local capture = nil
 
 -- x (B, T, n, d); branch(h (B, T, d)) -> y (B, T, d). Returns the next state (B, T, n, d).
--- Dynamic mHC-lite on the CPU (the flagship) takes the packed path: 4 autograd nodes per sublayer
--- (projection, coefficients, pre, post) instead of ~15 small ops.
+-- Dynamic mHC / mHC-lite on the CPU takes the packed path: 4 autograd nodes per sublayer
+-- (projection, coefficients, pre, post) instead of ~15 (lite) or ~50 (Sinkhorn) small ops.
 function Layer:forward(x, branch)
-    if self.kind == 'lite' and self.dynamic and use_fused(x) then
+    if self.dynamic and use_fused(x) then
         x = x:contiguous()
-        local coef = M.lite_coef(M.project(x, self.phi, self.eps), self.alpha, self.bias, self.perms)
+        local proj = M.project(x, self.phi, self.eps)
+        local coef
+        if self.kind == 'lite' then coef = M.lite_coef(proj, self.alpha, self.bias, self.perms)
+        else coef = M.sinkhorn_coef(proj, self.alpha, self.bias, self.n, self.iters) end
         if capture then
             local _, _, hr = coef_views(coef, self.n)
             capture[#capture + 1] = { layer = self, hres = hr:contiguous():detach() }
