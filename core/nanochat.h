@@ -615,7 +615,8 @@ nc_status nc_mhc_proj_backward(nc_tensor *gx, nc_tensor *gphi, const nc_tensor *
 /* mHC-lite coefficients in one call: perms (R, n n), K = 2n + R, C = 2n + n n; proj (..., K) or
  * NULL (static: z = bias), alpha (3), bias (K) -> coef (..., C) = [sigmoid(z_pre) | 2 sigmoid(z_post) |
  * vec(sum_k w_k P_k)] with z = proj * alpha[pre|post|res] + bias and w (..., R) = softmax(z_res)
- * (saved for backward). Serial over tokens (cheap), so bitwise deterministic. */
+ * (saved for backward). Parallel over tokens; the sums over tokens in backward are serial, so the
+ * results do not depend on the thread count. */
 nc_status nc_mhc_coef_lite(nc_tensor *coef, nc_tensor *w, const nc_tensor *proj, const nc_tensor *alpha,
                            const nc_tensor *bias, const nc_tensor *perms);
 nc_status nc_mhc_coef_lite_backward(nc_tensor *gproj, nc_tensor *galpha, nc_tensor *gbias, const nc_tensor *coef,
@@ -624,7 +625,7 @@ nc_status nc_mhc_coef_lite_backward(nc_tensor *gproj, nc_tensor *galpha, nc_tens
 /* mHC (Sinkhorn) coefficients in one call, K = C = 2n + n n: coef (..., C) = [sigmoid(z_pre) |
  * 2 sigmoid(z_post) | exp(L)], L = z_res (n, n) after `iters` log-domain Sinkhorn iterations (a
  * log-softmax over columns, then over rows: rows sum to 1 exactly); ys (..., 2 iters, n, n) saves every
- * half-step for backward. n <= 64. Serial over tokens. */
+ * half-step for backward. n <= 64. Threaded like nc_mhc_coef_lite. */
 nc_status nc_mhc_coef_sinkhorn(nc_tensor *coef, nc_tensor *ys, const nc_tensor *proj, const nc_tensor *alpha,
                                const nc_tensor *bias, int64_t n, int32_t iters);
 nc_status nc_mhc_coef_sinkhorn_backward(nc_tensor *gproj, nc_tensor *galpha, nc_tensor *gbias, const nc_tensor *coef,

@@ -338,6 +338,33 @@ describe('the fused mHC layer equals the composite one', function()
     end
 end)
 
+describe('thread-count independence of the fused layer', function()
+    it('1 and 2 threads give the same bits (outputs and every gradient; parallel coefficient kernels)', function()
+        for _, kind in ipairs { 'lite', 'sinkhorn' } do
+            local c = gpt.config { vocab_size = 16, d_model = 64, n_layer = 1, n_head = 1, mhc = { n = 4, kind = kind } }
+            local layer = mhc.Layer(c, 0)
+            local g = nc.generator(2)
+            nc.no_grad(function()
+                layer.bias:add_scaled_(nc.randn(layer.bias:shape(), { generator = g }), 1)
+                layer.phi:copy_(nc.randn(layer.phi:shape(), { generator = g, std = 0.2 }))
+            end)
+            local x0, gout = H.randn { 4, 40, 4, 64 }, H.randn { 4, 40, 4, 64 }   -- 160 tokens: above the parallel thresholds
+            local prev = nc.get_num_threads()
+            local res = {}
+            for _, th in ipairs { 1, 2 } do
+                nc.set_num_threads(th)
+                local x = x0:clone():requires_grad_(true)
+                local out = layer(x, function(h) return nc.tanh(h) end)
+                out:backward(gout)
+                res[th] = { out:detach(), x.grad, layer.phi.grad, layer.alpha.grad, layer.bias.grad }
+                layer:zero_grad()
+            end
+            nc.set_num_threads(prev)
+            for i = 1, 5 do assert.is_true(same_bits(res[1][i], res[2][i]), kind .. ' tensor ' .. i) end
+        end
+    end)
+end)
+
 describe('finite-difference gradients of an mHC layer (parameters and input)', function()
     for _, kind in ipairs { 'lite', 'sinkhorn' } do
         for _, fused in ipairs { true, false } do
@@ -527,5 +554,20 @@ describe('mHC in the GPT', function()
     it('the packed inference engine refuses an mHC model instead of decoding it as a plain one', function()
         assert.has_error(function() nc.pack(gpt.new(micro { mhc = { n = 2 } })) end,
             'nc.pack: mHC residual streams (cfg.mhc) are not implemented in the packed engine; decode with model:forward_cached')
+    end)
+end)
+
+describe('tools/bench/arch_mhc.lua as a module', function()
+    it('run(opts) returns table rows and the JSON object (tiny settings; no timing is asserted)', function()
+        local run = dofile('tools/bench/arch_mhc.lua')
+        assert.are.equal('function', type(run))
+        local prev = nc.get_num_threads()
+        local out = run { layers = 1, B = 1, T = 8, steps = 1, warmup = 0, threads = prev, variants = 'plain,lite1,lite4' }
+        assert.are.equal(3, #out.rows)
+        local j = out.json
+        assert.are.equal('arch_mhc', j.bench)
+        assert.is_true(type(j.mhc4_overhead) == 'number' and j.mhc4_overhead == j.mhc4_overhead and j.mhc4_overhead > -1)
+        assert.is_true(j.variants.lite4.step_s > 0)
+        assert.has_error(function() run { variants = 'bogus' } end)
     end)
 end)

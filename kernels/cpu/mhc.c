@@ -401,7 +401,8 @@ nc_status nc_mhc_proj_backward(nc_tensor *gx, nc_tensor *gphi, const nc_tensor *
  * z = bias), alpha (3) (NULL with proj NULL), bias (K), coef (rows..., C), w (rows..., R); all
  * contiguous. Per row: z_k = proj_k alpha[g(k)] + bias_k with g = 0 (pre), 1 (post), 2 (res);
  * coef = [sigmoid(z_pre) | 2 sigmoid(z_post) | vec(sum_k w_k P_k)], w = softmax(z_res).
- * Serial over rows (a few hundred flops per row): no parallel region, bitwise deterministic. */
+ * Tokens run in parallel; the sums over tokens (gbias, galpha) are serial in token order, so the
+ * results do not depend on the thread count. */
 static nc_status lite_dims(const char *op, const nc_tensor *perms, const nc_tensor *bias, const nc_tensor *coef,
                            int64_t *n, int64_t *R, int64_t *rows) {
     NC_TRY(check_t(op, "perms", perms));
@@ -435,6 +436,27 @@ static nc_status lite_rows_of(const char *op, const char *arg, const nc_tensor *
     return NC_OK;
 }
 
+/* gbias (K) += sum_t gz[t]; galpha[g] += sum_t sum_{k in g} gz[t, k] proj[t, k] (g: pre | post | res);
+ * serial in token order with double accumulators: the same bits on any thread count */
+static void sum_over_tokens(nc_tensor *gbias, nc_tensor *galpha, const float *gz, const float *pr, int64_t rows,
+                            int64_t n, int64_t K) {
+    if (gbias) {
+        float *gbd = nc_f32p(gbias);
+        for (int64_t k = 0; k < K; k++) {
+            double acc = 0.0;
+            for (int64_t r = 0; r < rows; r++) acc += gz[r * K + k];
+            gbd[k] += (float)acc;
+        }
+    }
+    if (galpha && pr) {
+        double ga[3] = { 0.0, 0.0, 0.0 };
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t k = 0; k < K; k++) ga[k < n ? 0 : (k < 2 * n ? 1 : 2)] += (double)gz[r * K + k] * pr[r * K + k];
+        float *gad = nc_f32p(galpha);
+        for (int i = 0; i < 3; i++) gad[i] += (float)ga[i];
+    }
+}
+
 nc_status nc_mhc_coef_lite(nc_tensor *coef, nc_tensor *w, const nc_tensor *proj, const nc_tensor *alpha,
                            const nc_tensor *bias, const nc_tensor *perms) {
     static const char *op = "mhc_coef_lite";
@@ -450,6 +472,7 @@ nc_status nc_mhc_coef_lite(nc_tensor *coef, nc_tensor *w, const nc_tensor *proj,
     const float *P = nc_f32p(perms), *b = nc_f32p(bias), *pr = proj ? nc_f32p(proj) : NULL;
     const float *al = proj ? nc_f32p(alpha) : NULL;
     float *cf = nc_f32p(coef), *wd = nc_f32p(w);
+#pragma omp parallel for schedule(static) if (rows * R * n * n >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
     for (int64_t r = 0; r < rows; r++) {
         float *c = cf + r * C, *wr = wd + r * R;
         const float *pj = pr ? pr + r * K : NULL;
@@ -507,14 +530,15 @@ nc_status nc_mhc_coef_lite_backward(nc_tensor *gproj, nc_tensor *galpha, nc_tens
     if (gproj) NC_TRY(lite_rows_of(op, "gproj", gproj, rows, K));
     if (alpha) { NC_TRY(check_t(op, "alpha", alpha)); if (nc_tensor_numel(alpha) != 3) return nc_fail(NC_ERR_SHAPE, "%s: expected alpha (3)", op); }
     if (galpha) { NC_TRY(check_t(op, "galpha", galpha)); if (nc_tensor_numel(galpha) != 3) return nc_fail(NC_ERR_SHAPE, "%s: expected galpha (3)", op); }
-    if (K > 4096) return nc_fail(NC_ERR_SHAPE, "%s: %lld coefficients per token is more than supported (4096)", op, (long long)K);
     const float *P = nc_f32p(perms), *cf = nc_f32p(coef), *wd = nc_f32p(w), *gc = nc_f32p(gcoef);
     const float *pr = proj ? nc_f32p(proj) : NULL, *al = alpha ? nc_f32p(alpha) : NULL;
     float *gp = gproj ? nc_f32p(gproj) : NULL;
-    double gb[4096], ga[3] = { 0.0, 0.0, 0.0 };
-    float gz[4096];
-    for (int64_t k = 0; k < K; k++) gb[k] = 0.0;
+    /* phase 1 (parallel over tokens): gz (rows, K); phase 2 (serial, fixed order): the sums over tokens */
+    float *gzall = (float *)nc_host_alloc(rows * K * (int64_t)sizeof(float));
+    if (!gzall) return NC_ERR_OOM;
+#pragma omp parallel for schedule(static) if (rows * R * nn >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
     for (int64_t r = 0; r < rows; r++) {
+        float *gz = gzall + r * K;
         const float *c = cf + r * C, *g = gc + r * C, *wr = wd + r * R;
         for (int64_t j = 0; j < n; j++) gz[j] = g[j] * c[j] * (1.0f - c[j]);                       /* sigmoid' */
         for (int64_t j = n; j < 2 * n; j++) gz[j] = g[j] * c[j] * (1.0f - 0.5f * c[j]);            /* 2 sigmoid' */
@@ -528,15 +552,11 @@ nc_status nc_mhc_coef_lite_backward(nc_tensor *gproj, nc_tensor *galpha, nc_tens
             dot += (double)wr[k] * s;
         }
         for (int64_t k = 0; k < R; k++) gz[2 * n + k] = wr[k] * (gz[2 * n + k] - (float)dot);   /* softmax' */
-        for (int64_t k = 0; k < K; k++) {
-            gb[k] += gz[k];
-            int gi = k < n ? 0 : (k < 2 * n ? 1 : 2);
-            if (gp) gp[r * K + k] += gz[k] * al[gi];
-            if (galpha) ga[gi] += (double)gz[k] * pr[r * K + k];
-        }
+        if (gp)
+            for (int64_t k = 0; k < K; k++) gp[r * K + k] += gz[k] * al[k < n ? 0 : (k < 2 * n ? 1 : 2)];
     }
-    if (gbias) { float *gbd = nc_f32p(gbias); for (int64_t k = 0; k < K; k++) gbd[k] += (float)gb[k]; }
-    if (galpha) { float *gad = nc_f32p(galpha); for (int i = 0; i < 3; i++) gad[i] += (float)ga[i]; }
+    sum_over_tokens(gbias, galpha, gzall, pr, rows, n, K);
+    nc_host_free(gzall, rows * K * (int64_t)sizeof(float));
     return NC_OK;
 }
 /* ---- mHC (Sinkhorn) coefficients ----------------------------------------------------------------- */
@@ -544,7 +564,7 @@ nc_status nc_mhc_coef_lite_backward(nc_tensor *gproj, nc_tensor *galpha, nc_tens
  * C) = [sigmoid(z_pre) | 2 sigmoid(z_post) | exp(L)] where L is z_res (n, n) after `iters` log-domain
  * Sinkhorn iterations, each a log-softmax over every column (i) then over every row (j), so rows sum
  * to 1 exactly. ys (rows..., 2 iters, n, n) keeps every half-step's L for backward (a log-softmax's
- * backward needs only its output: g_in = g_out - exp(y) sum_axis g_out). Serial over tokens. */
+ * backward needs only its output: g_in = g_out - exp(y) sum_axis g_out). Parallel over tokens. */
 static void sk_lse_step(float *L, int64_t n, int by_col) {
     for (int64_t a = 0; a < n; a++) {
         float mx = -INFINITY;
@@ -581,6 +601,7 @@ nc_status nc_mhc_coef_sinkhorn(nc_tensor *coef, nc_tensor *ys, const nc_tensor *
     }
     const float *b = nc_f32p(bias), *pr = proj ? nc_f32p(proj) : NULL, *al = proj ? nc_f32p(alpha) : NULL;
     float *cf = nc_f32p(coef), *yd = nc_f32p(ys);
+#pragma omp parallel for schedule(static) if (rows * iters * nn >= NC_PAR_MIN / 8 && rows > 1) num_threads(nc_threads())
     for (int64_t r = 0; r < rows; r++) {
         float *c = cf + r * C;
         const float *pj = pr ? pr + r * K : NULL;
@@ -626,10 +647,11 @@ nc_status nc_mhc_coef_sinkhorn_backward(nc_tensor *gproj, nc_tensor *galpha, nc_
     const float *cf = nc_f32p(coef), *gc = nc_f32p(gcoef), *yd = nc_f32p(ys);
     const float *pr = proj ? nc_f32p(proj) : NULL, *al = alpha ? nc_f32p(alpha) : NULL;
     float *gp = gproj ? nc_f32p(gproj) : NULL;
-    double gb[2 * 64 + 64 * 64], ga[3] = { 0.0, 0.0, 0.0 };
-    float gz[2 * 64 + 64 * 64];
-    for (int64_t k = 0; k < K; k++) gb[k] = 0.0;
+    float *gzall = (float *)nc_host_alloc(rows * K * (int64_t)sizeof(float));
+    if (!gzall) return NC_ERR_OOM;
+#pragma omp parallel for schedule(static) if (rows * iters * nn >= NC_PAR_MIN / 8 && rows > 1) num_threads(nc_threads())
     for (int64_t r = 0; r < rows; r++) {
+        float *gz = gzall + r * K;
         const float *c = cf + r * C, *g = gc + r * C, *Y = yd + r * 2 * iters * nn;
         for (int64_t j = 0; j < n; j++) gz[j] = g[j] * c[j] * (1.0f - c[j]);
         for (int64_t j = n; j < 2 * n; j++) gz[j] = g[j] * c[j] * (1.0f - 0.5f * c[j]);
@@ -647,15 +669,11 @@ nc_status nc_mhc_coef_sinkhorn_backward(nc_tensor *gproj, nc_tensor *galpha, nc_
                 }
             }
         }
-        for (int64_t k = 0; k < K; k++) {
-            gb[k] += gz[k];
-            int gi = k < n ? 0 : (k < 2 * n ? 1 : 2);
-            if (gp) gp[r * K + k] += gz[k] * al[gi];
-            if (galpha) ga[gi] += (double)gz[k] * pr[r * K + k];
-        }
+        if (gp)
+            for (int64_t k = 0; k < K; k++) gp[r * K + k] += gz[k] * al[k < n ? 0 : (k < 2 * n ? 1 : 2)];
     }
-    if (gbias) { float *gbd = nc_f32p(gbias); for (int64_t k = 0; k < K; k++) gbd[k] += (float)gb[k]; }
-    if (galpha) { float *gad = nc_f32p(galpha); for (int i = 0; i < 3; i++) gad[i] += (float)ga[i]; }
+    sum_over_tokens(gbias, galpha, gzall, pr, rows, n, K);
+    nc_host_free(gzall, rows * K * (int64_t)sizeof(float));
     return NC_OK;
 }
 #endif /* NC_KPRIMARY */

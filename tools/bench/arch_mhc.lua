@@ -8,7 +8,8 @@
 -- Variants: plain (no mHC), lite<n> / sinkhorn<n> (cfg.mhc = { n, kind }), *_composite (the stream
 -- mixing from generic ops instead of the fused C kernels, nc.mhc.set_fused(false)).
 -- Steps are interleaved (every repeat runs each variant once, order rotated) and each variant's
--- time is the median over repeats; ratios are medians of the per-repeat ratios (lib.compare).
+-- time is the median over repeats; ratios are paired: the median over repeats of t_variant / t_ref
+-- within the same repeat (robust to the machine's drift between repeats).
 -- mhc4_overhead = step(lite4) / step(lite1) - 1, the issue's target (<= 0.10); also reported:
 -- vs_plain (step / step(plain) - 1) for every variant.
 -- As a module: require/dofile returns run(opts) -> { rows = {...}, json = {...} }; run directly it
@@ -26,8 +27,20 @@ local function parse_variant(v)
     return { name = v, mhc = { n = tonumber(n), kind = kind }, fused = comp == '' }
 end
 
+local run_body
+
+-- opts: layers, B, T, steps, warmup, threads, variants (see the header); the thread count in force
+-- before the call is restored afterwards
 local function run(opts)
     opts = opts or {}
+    local prev = nc.get_num_threads()
+    local ok, out = pcall(run_body, opts)
+    nc.set_num_threads(prev)
+    if not ok then error(out, 0) end
+    return out
+end
+
+run_body = function(opts)
     local layers = tonumber(opts.layers) or 6
     local B, T = tonumber(opts.B) or 8, tonumber(opts.T) or 256
     local steps, warmup = tonumber(opts.steps) or 5, tonumber(opts.warmup) or 1
@@ -63,25 +76,31 @@ local function run(opts)
             nc.mhc.set_fused(prev)
         end, model = model }
     end
-    local res, ratios = L.compare(cases, { warmup = warmup, reps = steps })
+    local res = L.compare(cases, { warmup = warmup, reps = steps })
     local function find(name)
         for i, v in ipairs(variants) do if v.name == name then return i end end
     end
     local ip, i1, i4 = find('plain'), find('lite1'), find('lite4')
+    -- paired: median over repeats of t_i / t_ref (the same repeat ran both within seconds)
+    local function paired(i, ref)
+        if not (i and ref) then return 0 / 0 end
+        local rs = {}
+        for r = 1, #res[i].samples do rs[r] = res[i].samples[r] / res[ref].samples[r] end
+        return L.median(rs)
+    end
     local rows, per = {}, {}
     for i, v in ipairs(variants) do
         local t = res[i].median
-        -- paired ratio against variant 1 turned into ratios against plain / lite1 where present
-        local vs_plain = ip and (ratios[ip] / ratios[i] - 1) or 0 / 0
-        local vs_lite1 = i1 and (ratios[i1] / ratios[i] - 1) or 0 / 0
+        local vs_plain = paired(i, ip) - 1
+        local vs_lite1 = paired(i, i1) - 1
         rows[#rows + 1] = { v.name, cases[i].model:num_params() / 1e6, t, B * T / t, 100 * vs_plain, 100 * vs_lite1 }
         per[v.name] = { step_s = L.round(t, 4), tokens_per_s = L.round(B * T / t, 1), vs_plain = L.round(vs_plain, 4),
                         vs_lite1 = L.round(vs_lite1, 4) }
     end
     local json = {
         bench = 'arch_mhc', layers = layers, B = B, T = T, threads = threads, steps = steps,
-        mhc4_overhead = (i1 and i4) and L.round(ratios[i1] / ratios[i4] - 1, 4) or 0 / 0,
-        mhc4_vs_plain = (ip and i4) and L.round(ratios[ip] / ratios[i4] - 1, 4) or 0 / 0,
+        mhc4_overhead = L.round(paired(i4, i1) - 1, 4),
+        mhc4_vs_plain = L.round(paired(i4, ip) - 1, 4),
         variants = per,
     }
     return { rows = rows, json = json,
