@@ -602,14 +602,15 @@ nc_status nc_mhc_post(nc_tensor *out, const nc_tensor *x, const nc_tensor *y, co
                       const nc_tensor *hpost);
 nc_status nc_mhc_post_backward(nc_tensor *gx, nc_tensor *gy, nc_tensor *ghres, nc_tensor *ghpost, const nc_tensor *x,
                                const nc_tensor *y, const nc_tensor *hres, const nc_tensor *hpost,
-                               const nc_tensor *gout, int32_t gx_init);
+                               const nc_tensor *gout, int32_t fresh);
 /* The dynamic coefficient projection without a normalized copy of the state:
  *   rstd (...) = 1 / sqrt(mean(x_flat^2) + eps), out (..., K) = rstd * x_flat phi^T
  * with x_flat (..., n d) the token's streams concatenated and phi (K, n d). One sgemm + one pass. */
 nc_status nc_mhc_proj(nc_tensor *out, nc_tensor *rstd, const nc_tensor *x, const nc_tensor *phi, double eps);
 nc_status nc_mhc_proj_backward(nc_tensor *gx, nc_tensor *gphi, const nc_tensor *x, const nc_tensor *phi,
                                const nc_tensor *rstd, const nc_tensor *out, const nc_tensor *gout, int32_t gx_init);
-/* gx_init = 1: gx holds uninitialised memory and is written (the first gradient of x), else += .
+/* post backward `fresh`: bit 0 = gx, bit 1 = gy hold uninitialised memory and are written (the
+ * first gradient of x / y), else += ; nc_mhc_proj_backward's gx_init is bit 0 alone.
  * The coefficient tensors hp, hpost, hres (and their gradients) may be views into one packed
  * (..., C) tensor: each needs a contiguous tail and one row stride over the leading dims. */
 /* mHC-lite coefficients in one call: perms (R, n n), K = 2n + R, C = 2n + n n; proj (..., K) or

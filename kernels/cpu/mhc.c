@@ -78,7 +78,8 @@ void KFN(nc_k_mhc_post_row)(float *out, const float *x, const float *y, const fl
 }
 
 void KFN(nc_k_mhc_post_bwd_row)(float *gx, float *gy, float *gR, float *gp, const float *x, const float *y,
-                                const float *R, const float *p, const float *g, int64_t n, int64_t d, int gx_init) {
+                                const float *R, const float *p, const float *g, int64_t n, int64_t d, int fresh) {
+    int gx_init = fresh & 1;
     for (int64_t i = 0; i < n; i++) {
         const float *gi = g + i * d;
         if (gp) {
@@ -98,8 +99,13 @@ void KFN(nc_k_mhc_post_bwd_row)(float *gx, float *gy, float *gR, float *gp, cons
         }
         if (gy) {
             float pi = p[i];
+            if (i == 0 && (fresh & 2)) {   /* gy holds garbage: the first term writes */
 #pragma omp simd
-            for (int64_t k = 0; k < d; k++) gy[k] += pi * gi[k];
+                for (int64_t k = 0; k < d; k++) gy[k] = pi * gi[k];
+            } else {
+#pragma omp simd
+                for (int64_t k = 0; k < d; k++) gy[k] += pi * gi[k];
+            }
         }
     }
     if (gx) {
@@ -269,7 +275,7 @@ nc_status nc_mhc_post(nc_tensor *out, const nc_tensor *x, const nc_tensor *y, co
 
 nc_status nc_mhc_post_backward(nc_tensor *gx, nc_tensor *gy, nc_tensor *ghres, nc_tensor *ghpost, const nc_tensor *x,
                                const nc_tensor *y, const nc_tensor *hres, const nc_tensor *hpost,
-                               const nc_tensor *gout, int32_t gx_init) {
+                               const nc_tensor *gout, int32_t fresh) {
     static const char *op = "mhc_post_backward";
     int64_t rows, n, d;
     NC_TRY(x_dims(op, x, &rows, &n, &d));
@@ -294,7 +300,7 @@ nc_status nc_mhc_post_backward(nc_tensor *gx, nc_tensor *gy, nc_tensor *ghres, n
     for (int64_t r = 0; r < rows; r++)
         row(gxd ? gxd + r * n * d : NULL, gyd ? gyd + r * d : NULL, gRd ? gRd + r * gRs : NULL,
             gpd ? gpd + r * gps : NULL, xd + r * n * d, yd + r * d, Rd + r * Rs, pd + r * ps, gd + r * n * d, n, d,
-            gx_init != 0);
+            (int)(fresh & 3));
     return NC_OK;
 }
 

@@ -230,12 +230,13 @@ function M.post_mix(x, y, hres, hpost)
     if ag.needs(x, y, hres, hpost) then
         ag.record(out, { x, y, hres, hpost }, function(g)
             -- x's gradient usually starts here (the last use of x in the forward): written, not zero-filled + added
-            local gx, fresh = ag.grad_buf(x)
-            local gy, gr, gp = ag.grad_of(y), ag.grad_of(hres), ag.grad_of(hpost)
+            local gx, fx = ag.grad_buf(x)
+            local gy, fy = ag.grad_buf(y)
+            local gr, gp = ag.grad_of(hres), ag.grad_of(hpost)
             g = g:contiguous()
             local function cp(t) return t and t._c or nil end
             core.check(C.nc_mhc_post_backward(cp(gx), cp(gy), cp(gr), cp(gp), x._c, y._c, hres._c, hpost._c, g._c,
-                fresh and 1 or 0), 'mhc.post_mix backward')
+                (fx and 1 or 0) + (fy and 2 or 0)), 'mhc.post_mix backward')
         end)
     end
     return out
@@ -389,14 +390,15 @@ local function post_packed(x, y, coef, n)
     core.check(C.nc_mhc_post(out._c, x._c, y._c, hr._c, hq._c), 'mhc.post_mix')
     if ag.needs(x, y, coef) then
         ag.record(out, { x, y, coef }, function(g)
-            local gx, fresh = ag.grad_buf(x)
-            local gy, gc = ag.grad_of(y), ag.grad_of(coef)
+            local gx, fx = ag.grad_buf(x)
+            local gy, fy = ag.grad_buf(y)
+            local gc = ag.grad_of(coef)
             local ghq, ghr
             if gc then _, ghq, ghr = coef_views(gc, n) end
             g = g:contiguous()
             local function cp(t) return t and t._c or nil end
             core.check(C.nc_mhc_post_backward(cp(gx), cp(gy), cp(ghr), cp(ghq), x._c, y._c, hr._c, hq._c, g._c,
-                fresh and 1 or 0), 'mhc.post_mix backward')
+                (fx and 1 or 0) + (fy and 2 or 0)), 'mhc.post_mix backward')
         end)
     end
     return out
