@@ -82,6 +82,9 @@ function M.pack(src, opts)
     local c = model:config()
     if not c.ternary then error('nc.pack: the model is not ternary (cfg.ternary = false); nothing to pack', 2) end
     if c.loop then error('nc.pack: LoopLM models (cfg.loop) are not supported by the packed engine yet; decode with model:forward_cached', 2) end
+    if c.mhc then
+        error('nc.pack: mHC residual streams (cfg.mhc) are not implemented in the packed engine; decode with model:forward_cached', 2)
+    end
     if c.quant_group ~= 0 and c.quant_group % c.d_model ~= 0 and c.quant_group % c.d_ff ~= 0 then
         error('nc.pack: quant_group ' .. c.quant_group .. ' is not whole rows; packed rows keep one scale each', 2)
     end
