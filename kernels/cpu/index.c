@@ -10,7 +10,10 @@
  * works on any device through nc_tensor_copy when all tensors share it.
  * Row gather / scatter (nc_rows_gather, nc_rows_scatter: Collider's compact kept-row buffers,
  * algorithms.md §8.4) take a strictly increasing i64 row list, copy whole f32 rows (memcpy on unit
- * column stride) and split rows over threads; they never add, so results are exact copies.
+ * column stride) on ONE thread; they never add, so results are exact copies. One thread on purpose:
+ * they run between OpenBLAS sgemm calls, whose pthread workers keep spinning for a while after each
+ * call, and an OpenMP team started there fights them for the cores (Collider's linear backward on
+ * 2 cores measured 0.56-0.69x of dense with threaded copies, 1.23-1.45x with single-threaded ones).
  */
 #include "internal.h"
 #include <stdio.h>
@@ -456,7 +459,7 @@ nc_status nc_rows_gather(nc_tensor *out, const nc_tensor *src, const nc_tensor *
     float *o = nc_f32p(out);
     int64_t ss0 = src->strides[0], ss1 = D > 1 ? src->strides[1] : 1;
     int64_t os0 = out->strides[0], os1 = D > 1 ? out->strides[1] : 1;
-#pragma omp parallel for schedule(static) if (k * D >= NC_PAR_MIN && k > 1) num_threads(nc_threads())
+    /* one thread on purpose (file header) */
     for (int64_t i = 0; i < k; i++) copy_row(o + i * os0, os1, s + r[i] * ss0, ss1, D);
     return NC_OK;
 }
@@ -478,7 +481,7 @@ nc_status nc_rows_scatter(nc_tensor *dst, const nc_tensor *src, const nc_tensor 
     int64_t ds0 = dst->strides[0], ds1 = D > 1 ? dst->strides[1] : 1;
     /* iteration i writes row r[i] and (zero_rest) zeroes the gap of rows (r[i-1], r[i]); the rows
      * after the last kept one are zeroed by iteration k */
-#pragma omp parallel for schedule(static) if (N * D >= NC_PAR_MIN && k > 1) num_threads(nc_threads())
+    /* one thread on purpose (file header) */
     for (int64_t i = 0; i <= k; i++) {
         if (zero_rest) {
             int64_t lo = i > 0 ? r[i - 1] + 1 : 0, hi = i < k ? r[i] : N;

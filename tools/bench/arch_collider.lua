@@ -12,6 +12,9 @@
 --     per repeat, after one untimed warmup of each. Reported: the medians and
 --     collider_backward_saving = 1 - median(collider) / median(dense); also the median of the
 --     per-repeat ratios (drift on a shared machine hits both alike).
+--     Also the process CPU time of the same backward calls (os.clock: all threads; on a shared,
+--     oversubscribed machine it tracks the work done better than wall time; with threads=1 the two
+--     agree when the machine is idle).
 -- (2) Loss at equal tokens: two runs of nc.train from the same initial weights on the same batches
 --     (AdamW lr, constant schedule, clip 1), dense and with collider = F; then the mean
 --     cross-entropy over ALL tokens of eval_batches held-out batches (val shards, or fresh random
@@ -87,19 +90,18 @@ local function run(opts)
         model:zero_grad()
         local loss = filtered and F:forward(model, x, y) or model:forward(x, y)
         collectgarbage('collect')
-        local t0 = L.now()
+        local t0, c0 = L.now(), os.clock()
         loss:backward()
-        local dt = L.now() - t0
-        return dt, loss:item()
+        local dt, dc = L.now() - t0, os.clock() - c0
+        return dt, loss:item(), dc
     end
     step(false); step(true)
-    local td, tc, ratios = {}, {}, {}
-    local loss_d_step, loss_c_step
+    local td, tc, ratios, cd, cc = {}, {}, {}, {}, {}
     for r = 1, reps do
         if r % 2 == 1 then
-            td[r], loss_d_step = step(false); tc[r], loss_c_step = step(true)
+            td[r], _, cd[r] = step(false); tc[r], _, cc[r] = step(true)
         else
-            tc[r], loss_c_step = step(true); td[r], loss_d_step = step(false)
+            tc[r], _, cc[r] = step(true); td[r], _, cd[r] = step(false)
         end
         ratios[r] = tc[r] / td[r]
     end
@@ -107,6 +109,7 @@ local function run(opts)
     local md, mc = L.median(td), L.median(tc)
     local saving = 1 - mc / md
     local saving_paired = 1 - L.median(ratios)
+    local saving_cpu = 1 - L.median(cc) / L.median(cd)
     local kept = F:kept_fraction()
 
     -- (2) loss at equal tokens after a short training
@@ -138,6 +141,8 @@ local function run(opts)
           string.format('rho %.2f, kept %.1f%%, %d interleaved reps', rho, 100 * kept, reps) },
         { 'collider', 'backward saving', saving, 0,
           string.format('paired-ratio median %.3f; target >= 0.25', saving_paired) },
+        { 'collider', 'backward CPU s (median)', L.median(cc), L.median(cd),
+          string.format('process CPU time (all threads): saving %.3f', saving_cpu) },
         { 'collider', 'eval loss after training', loss_filt, loss_dense,
           string.format('%d steps x %d tokens, %s', steps, B * T, data_name) },
         { 'collider', 'train step s (mean)', secs_filt and secs_filt / steps or 0 / 0,
@@ -145,7 +150,7 @@ local function run(opts)
     }
     local json = {
         collider_backward_saving = saving,
-        collider_backward_saving_paired = saving_paired,
+        collider_backward_saving_paired = saving_paired, collider_backward_saving_cpu = saving_cpu,
         collider_backward_s = mc, dense_backward_s = md,
         collider_kept_fraction = kept, collider_rho = rho,
         collider_loss_dense = loss_dense, collider_loss_filtered = loss_filt,
