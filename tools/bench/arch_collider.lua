@@ -129,8 +129,7 @@ local function run(opts)
         end)
         return sum / n, res.losses[steps], secs
     end
-    local loss_dense, last_dense, secs_dense = math.huge, nil, nil
-    local loss_filt, last_filt, secs_filt = math.huge, nil, nil
+    local loss_dense, last_dense, secs_dense, loss_filt, last_filt, secs_filt
     if steps > 0 then
         loss_dense, last_dense, secs_dense = train(nil)
         loss_filt, last_filt, secs_filt = train(nc.collider.new { rho = rho })
@@ -143,11 +142,13 @@ local function run(opts)
           string.format('paired-ratio median %.3f; target >= 0.25', saving_paired) },
         { 'collider', 'backward CPU s (median)', L.median(cc), L.median(cd),
           string.format('process CPU time (all threads): saving %.3f', saving_cpu) },
-        { 'collider', 'eval loss after training', loss_filt, loss_dense,
-          string.format('%d steps x %d tokens, %s', steps, B * T, data_name) },
-        { 'collider', 'train step s (mean)', secs_filt and secs_filt / steps or 0 / 0,
-          secs_dense and secs_dense / steps or 0 / 0, 'forward + backward + AdamW' },
     }
+    if steps > 0 then
+        rows[#rows + 1] = { 'collider', 'eval loss after training', loss_filt, loss_dense,
+                            string.format('%d steps x %d tokens, %s', steps, B * T, data_name) }
+        rows[#rows + 1] = { 'collider', 'train step s (mean)', secs_filt / steps, secs_dense / steps,
+                            'nc.train: forward + backward + AdamW' }
+    end
     local json = {
         collider_backward_saving = saving,
         collider_backward_saving_paired = saving_paired, collider_backward_saving_cpu = saving_cpu,
