@@ -56,6 +56,14 @@ local function gather_rows(src2, keep)
     return out
 end
 
+-- Release a temporary that never escapes now (its block goes back to the host cache, still warm,
+-- for the next gather) instead of at the next Lua GC: the compact buffers are allocated per op.
+local function free_now(t)
+    local p = t._c
+    t._c = nil
+    C.nc_tensor_release(ffi.gc(p, nil))
+end
+
 -- Collider's linear backward (algorithms.md §8.3): with g2 = dY and x2 = X as (N, .) rows and the
 -- kept rows K: dX[K] = dY[K] W (other rows of a fresh dX are zero, of an existing one untouched) and
 -- dW += dY[K]^T X[K], as dense sgemms on gathered compact buffers. With K = all rows every sgemm
@@ -76,14 +84,17 @@ local function linear_backward_kept(g, x, w, bias, keep)
             check(C.nc_matmul(t._c, gk._c, w._c, 0, 0, 1, 1), 'linear backward (collider)')
         end
         check(C.nc_rows_scatter(gx2._c, t._c, keep._c, fx and 1 or 0), 'linear backward (collider)')
+        free_now(t)
     end
     local gw, fw = ag.grad_buf(w)
     if gw then
         local xk = gather_rows(rows2d(x), keep)
         check(C.nc_matmul(gw._c, gk._c, xk._c, 1, 0, 1, fw and 0 or 1), 'linear backward (collider)')
+        free_now(xk)
     end
     local gbias = bias and ag.grad_of(bias)
     if gbias then check(C.nc_sum_to(gbias._c, gk._c, 1), 'linear backward (collider)') end
+    free_now(gk)
 end
 
 -- ---- matmul / linear -------------------------------------------------------------------------
