@@ -72,6 +72,27 @@ static void gemv(float *y, const qbuf *a, int64_t B, const nc_tensor *w, const n
                           avx2);
 }
 
+/* row b of a: codes of rmsnorm(x) (* gain) */
+static void norm_quant(qbuf *a, int64_t b, float *row, const float *x, const nc_tensor *gain, int64_t k, double eps,
+                       int avx2) {
+    rms_row(row, x, gain ? nc_f32p(gain) : NULL, k, eps);
+    float s;
+    a->sum[b] = nc_k_ternary_quant_row(a->q + b * a->kp, &s, row, 1, k, a->kp, QEPS, avx2);
+    a->inv[b] = 1.0f / s;
+}
+
+/* X (B, d) += a W^T on this thread's rows of W (an output projection + the residual) */
+static void gemv_residual(float *X, float *yo, const qbuf *a, int64_t B, int64_t d, const nc_tensor *w,
+                          const nc_tensor *g, int tid, int nt, int avx2) {
+    int64_t n0, n1;
+    split(d, tid, nt, &n0, &n1);
+    if (n0 >= n1) return;
+    nc_k_ternary_rows(yo, B, d, a->q, a->inv, a->sum, (const uint8_t *)nc_tensor_data(w), nc_f32p(g), a->kp, n0, n1,
+                      avx2);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t n = n0; n < n1; n++) X[b * d + n] += yo[b * d + n];
+}
+
 static nc_status check_packed_w(const char *op, const char *name, int li, const nc_tensor *w, const nc_tensor *s,
                                 int64_t N, int64_t K) {
     if (!w || !s) return nc_fail(NC_ERR_ARG, "%s: layer %d: %s or its scale is NULL", op, li, name);
@@ -189,12 +210,7 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
             float *K = nc_f32p(L->kc), *V = nc_f32p(L->vc);
             const int64_t cT = L->kc->shape[1];
 #pragma omp single
-            for (int64_t b = 0; b < B; b++) {
-                rms_row(row, X + b * d, NULL, d, eps);
-                float s;
-                qa.sum[b] = nc_k_ternary_quant_row(qa.q + b * kpd, &s, row, 1, d, kpd, QEPS, avx2);
-                qa.inv[b] = 1.0f / s;
-            }
+            for (int64_t b = 0; b < B; b++) norm_quant(&qa, b, row, X + b * d, NULL, d, eps, avx2);
             gemv(qo_, &qa, B, L->w[0], L->s[0], tid, T, avx2);
             gemv(ko_, &qa, B, L->w[1], L->s[1], tid, T, avx2);
             gemv(vo_, &qa, B, L->w[2], L->s[2], tid, T, avx2);
@@ -239,30 +255,11 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
             }
 #pragma omp barrier
 #pragma omp single
-            for (int64_t b = 0; b < B; b++) {
-                rms_row(row, att + b * Nq, L->attn_gain ? nc_f32p(L->attn_gain) : NULL, Nq, eps);
-                float s;
-                qo.sum[b] = nc_k_ternary_quant_row(qo.q + b * kpq, &s, row, 1, Nq, kpq, QEPS, avx2);
-                qo.inv[b] = 1.0f / s;
-            }
-            {
-                int64_t n0, n1;
-                split(d, tid, T, &n0, &n1);
-                if (n0 < n1) {
-                    nc_k_ternary_rows(yo, B, d, qo.q, qo.inv, qo.sum, (const uint8_t *)nc_tensor_data(L->w[3]),
-                                      nc_f32p(L->s[3]), kpq, n0, n1, avx2);
-                    for (int64_t b = 0; b < B; b++)
-                        for (int64_t n = n0; n < n1; n++) X[b * d + n] += yo[b * d + n];
-                }
-            }
+            for (int64_t b = 0; b < B; b++) norm_quant(&qo, b, row, att + b * Nq, L->attn_gain, Nq, eps, avx2);
+            gemv_residual(X, yo, &qo, B, d, L->w[3], L->s[3], tid, T, avx2);
 #pragma omp barrier
 #pragma omp single
-            for (int64_t b = 0; b < B; b++) {
-                rms_row(row, X + b * d, NULL, d, eps);
-                float s;
-                qa.sum[b] = nc_k_ternary_quant_row(qa.q + b * kpd, &s, row, 1, d, kpd, QEPS, avx2);
-                qa.inv[b] = 1.0f / s;
-            }
+            for (int64_t b = 0; b < B; b++) norm_quant(&qa, b, row, X + b * d, NULL, d, eps, avx2);
             gemv(u1, &qa, B, L->w[4], L->s[4], tid, T, avx2);
             if (swiglu) gemv(u3, &qa, B, L->w[5], L->s[5], tid, T, avx2);
 #pragma omp barrier
@@ -275,21 +272,9 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
                 } else {
                     for (int64_t j = 0; j < ff; j++) u[j] = u[j] > 0.0f ? u[j] * u[j] : 0.0f;
                 }
-                rms_row(row, u, L->mlp_gain ? nc_f32p(L->mlp_gain) : NULL, ff, eps);
-                float s;
-                qf.sum[b] = nc_k_ternary_quant_row(qf.q + b * kpf, &s, row, 1, ff, kpf, QEPS, avx2);
-                qf.inv[b] = 1.0f / s;
+                norm_quant(&qf, b, row, u, L->mlp_gain, ff, eps, avx2);
             }
-            {
-                int64_t n0, n1;
-                split(d, tid, T, &n0, &n1);
-                if (n0 < n1) {
-                    nc_k_ternary_rows(yo, B, d, qf.q, qf.inv, qf.sum, (const uint8_t *)nc_tensor_data(L->w[6]),
-                                      nc_f32p(L->s[6]), kpf, n0, n1, avx2);
-                    for (int64_t b = 0; b < B; b++)
-                        for (int64_t n = n0; n < n1; n++) X[b * d + n] += yo[b * d + n];
-                }
-            }
+            gemv_residual(X, yo, &qf, B, d, L->w[6], L->s[6], tid, T, avx2);
 #pragma omp barrier
         }
     }

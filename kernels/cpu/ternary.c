@@ -276,6 +276,18 @@ static void run_rows(nc_tensor *y, const nc_tensor *q, const float *inv, const n
     else gemm_scalar(yp, M, N, qp, inv, sum, wp, g, kp, n0, n1);
 }
 
+/* 1 / s per activation row into a stack buffer (M <= 64) or a host allocation; free with inv_free */
+static float *inv_scales(const nc_tensor *act_scale, int64_t M, float *stack) {
+    float *inv = M <= 64 ? stack : nc_host_alloc(M * (int64_t)sizeof(float));
+    if (!inv) return NULL;
+    const float *s = nc_f32p(act_scale);
+    for (int64_t m = 0; m < M; m++) inv[m] = 1.0f / s[m];
+    return inv;
+}
+static void inv_free(float *inv, const float *stack, int64_t M) {
+    if (inv != stack) nc_host_free(inv, M * (int64_t)sizeof(float));
+}
+
 nc_status nc_ternary_matmul_rows(nc_tensor *y, const nc_tensor *q, const nc_tensor *act_scale, const nc_tensor *act_sum,
                                  const nc_tensor *packed, const nc_tensor *row_scale, int64_t n0, int64_t n1) {
     static const char *op = "ternary_matmul_rows";
@@ -285,31 +297,19 @@ nc_status nc_ternary_matmul_rows(nc_tensor *y, const nc_tensor *q, const nc_tens
         return nc_fail(NC_ERR_INDEX, "%s: row range [%lld, %lld) is not inside [0, %lld)", op, (long long)n0,
                        (long long)n1, (long long)N);
     if (M == 0 || n0 == n1) return NC_OK;
-    float inv_stack[64];
-    float *inv = M <= 64 ? inv_stack : nc_host_alloc(M * (int64_t)sizeof(float));
+    float stack[64];
+    float *inv = inv_scales(act_scale, M, stack);
     if (!inv) return NC_ERR_OOM;
-    const float *s = nc_f32p(act_scale);
-    for (int64_t m = 0; m < M; m++) inv[m] = 1.0f / s[m];
     run_rows(y, q, inv, act_sum, packed, row_scale, nc_cpu_avx2(), n0, n1);
-    if (inv != inv_stack) nc_host_free(inv, M * (int64_t)sizeof(float));
+    inv_free(inv, stack, M);
     return NC_OK;
 }
 
-nc_status nc_ternary_matmul(nc_tensor *y, const nc_tensor *q, const nc_tensor *act_scale, const nc_tensor *act_sum,
-                            const nc_tensor *packed, const nc_tensor *row_scale) {
-    static const char *op = "ternary_matmul";
-    NC_TRY(check_matmul(op, y, q, act_scale, act_sum, packed, row_scale));
-    int64_t M = q->shape[0], kp = q->shape[1], N = packed->shape[0];
-    if (M == 0 || N == 0) return NC_OK;
-    float inv_stack[64];
-    float *inv = M <= 64 ? inv_stack : nc_host_alloc(M * (int64_t)sizeof(float));
-    if (!inv) return NC_ERR_OOM;
-    const float *s = nc_f32p(act_scale);
-    for (int64_t m = 0; m < M; m++) inv[m] = 1.0f / s[m];
-    int avx2 = nc_cpu_avx2();
-    /* threads split output rows in chunks of 16 (whole 4-row groups); small products stay serial
-     * because an OpenMP fork costs about as much as 100k weights of GEMV */
-    int64_t work = M * N * kp;
+/* run fn(ctx, n0, n1) over the N output rows split across the threads in 16-row chunks (whole
+ * 4-row groups); small products stay serial because an OpenMP fork costs about as much as 100k
+ * weights of GEMV */
+typedef void (*rows_fn)(void *ctx, int64_t n0, int64_t n1);
+static void par_rows(int64_t N, int64_t work, rows_fn fn, void *ctx) {
     int nt = nc_threads();
     if (work < 131072 || N < 32) nt = 1;
     int64_t chunks = (N + 15) / 16;
@@ -323,9 +323,33 @@ nc_status nc_ternary_matmul(nc_tensor *y, const nc_tensor *q, const nc_tensor *a
 #endif
         int64_t c0 = chunks * tid / T, c1 = chunks * (tid + 1) / T;
         int64_t n0 = c0 * 16, n1 = c1 * 16 < N ? c1 * 16 : N;
-        if (n0 < n1) run_rows(y, q, inv, act_sum, packed, row_scale, avx2, n0, n1);
+        if (n0 < n1) fn(ctx, n0, n1);
     }
-    if (inv != inv_stack) nc_host_free(inv, M * (int64_t)sizeof(float));
+}
+
+typedef struct {
+    nc_tensor *y;
+    const nc_tensor *q, *act_sum, *packed, *row_scale;
+    const float *inv;
+    int avx2;
+} ternary_job;
+static void ternary_job_rows(void *ctx, int64_t n0, int64_t n1) {
+    ternary_job *j = ctx;
+    run_rows(j->y, j->q, j->inv, j->act_sum, j->packed, j->row_scale, j->avx2, n0, n1);
+}
+
+nc_status nc_ternary_matmul(nc_tensor *y, const nc_tensor *q, const nc_tensor *act_scale, const nc_tensor *act_sum,
+                            const nc_tensor *packed, const nc_tensor *row_scale) {
+    static const char *op = "ternary_matmul";
+    NC_TRY(check_matmul(op, y, q, act_scale, act_sum, packed, row_scale));
+    int64_t M = q->shape[0], kp = q->shape[1], N = packed->shape[0];
+    if (M == 0 || N == 0) return NC_OK;
+    float stack[64];
+    float *inv = inv_scales(act_scale, M, stack);
+    if (!inv) return NC_ERR_OOM;
+    ternary_job j = {y, q, act_sum, packed, row_scale, inv, nc_cpu_avx2()};
+    par_rows(N, M * N * kp, ternary_job_rows, &j);
+    inv_free(inv, stack, M);
     return NC_OK;
 }
 
@@ -382,6 +406,22 @@ static void int8_gemm_scalar(float *y, int64_t M, int64_t N, const int8_t *q, co
         }
 }
 
+typedef struct {
+    float *y;
+    int64_t M, N;
+    const int8_t *q;
+    const float *inv;
+    const int8_t *w;
+    const float *wscale;
+    int64_t kp;
+    int avx2;
+} int8_job;
+static void int8_job_rows(void *ctx, int64_t n0, int64_t n1) {
+    int8_job *j = ctx;
+    if (j->avx2) nc_k_int8_gemm_avx2(j->y, j->M, j->N, j->q, j->inv, j->w, j->wscale, j->kp, n0, n1);
+    else int8_gemm_scalar(j->y, j->M, j->N, j->q, j->inv, j->w, j->wscale, j->kp, n0, n1);
+}
+
 nc_status nc_int8_matmul(nc_tensor *y, const nc_tensor *q, const nc_tensor *act_scale, const nc_tensor *w8,
                          const nc_tensor *wscale) {
     static const char *op = "int8_matmul";
@@ -412,33 +452,11 @@ nc_status nc_int8_matmul(nc_tensor *y, const nc_tensor *q, const nc_tensor *act_
         if (qp[i] == -128) return nc_fail(NC_ERR_ARG, "%s: activation code -128 at %lld (expected [-127, 127])", op,
                                           (long long)i);
     if (M == 0 || N == 0) return NC_OK;
-    float inv_stack[64];
-    float *inv = M <= 64 ? inv_stack : nc_host_alloc(M * (int64_t)sizeof(float));
+    float stack[64];
+    float *inv = inv_scales(act_scale, M, stack);
     if (!inv) return NC_ERR_OOM;
-    const float *s = nc_f32p(act_scale);
-    for (int64_t m = 0; m < M; m++) inv[m] = 1.0f / s[m];
-    int avx2 = nc_cpu_avx2();
-    float *yp = nc_f32p(y);
-    const int8_t *wp = nc_tensor_data(w8);
-    const float *ws = nc_f32p(wscale);
-    int nt = nc_threads();
-    if (M * N * kp < 131072 || N < 32) nt = 1;
-    int64_t chunks = (N + 15) / 16;
-    if (nt > chunks) nt = (int)chunks;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        int tid = 0, T = 1;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-        T = omp_get_num_threads();
-#endif
-        int64_t c0 = chunks * tid / T, c1 = chunks * (tid + 1) / T;
-        int64_t n0 = c0 * 16, n1 = c1 * 16 < N ? c1 * 16 : N;
-        if (n0 < n1) {
-            if (avx2) nc_k_int8_gemm_avx2(yp, M, N, qp, inv, wp, ws, kp, n0, n1);
-            else int8_gemm_scalar(yp, M, N, qp, inv, wp, ws, kp, n0, n1);
-        }
-    }
-    if (inv != inv_stack) nc_host_free(inv, M * (int64_t)sizeof(float));
+    int8_job j = {nc_f32p(y), M, N, qp, inv, nc_tensor_data(w8), nc_f32p(wscale), kp, nc_cpu_avx2()};
+    par_rows(N, M * N * kp, int8_job_rows, &j);
+    inv_free(inv, stack, M);
     return NC_OK;
 }

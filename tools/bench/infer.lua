@@ -284,17 +284,21 @@ for _, sh in ipairs(ENGINE_SHAPES) do
     local pidx = nc.tensor({ prompt }, { dtype = 'i64' })
     local one = nc.tensor({ { 5 } }, { dtype = 'i64' })
     local r = { params = model:num_params(), bytes = e:weight_bytes() }
+    -- decode tokens/s of an engine (or the training model) after the prompt, on the current threads
+    local function decode_rate(m, ndec)
+        ndec = ndec or (quick and 8 or 16)
+        local cache = m:new_cache(1, 256)
+        m:forward_cached(pidx, cache)
+        local med = timeit(function()
+            cache.pos = prefill_T
+            for _ = 1, ndec do m:forward_cached(one, cache) end
+        end, 1)
+        return ndec / med
+    end
     for _, th in ipairs(THREADS) do
         set_threads(th)
         local pmed = timeit(function() e:forward_cached(pidx, e:new_cache(1, prefill_T)) end, 1)
-        local cache = e:new_cache(1, 256)
-        e:forward_cached(pidx, cache)
-        local ndec = quick and 8 or 16
-        local dmed = timeit(function()
-            cache.pos = prefill_T
-            for _ = 1, ndec do e:forward_cached(one, cache) end
-        end, 1)
-        r['dec_' .. th] = ndec / dmed
+        r['dec_' .. th] = decode_rate(e)
         r['pre_' .. th] = prefill_T / pmed
         print(string.format('%-6s %5.0fM %4d %12.1f %12.1f %10.2f', sh.name, r.params / 1e6, th, r['dec_' .. th],
             r['pre_' .. th], r.bytes / 1e6))
@@ -302,14 +306,7 @@ for _, sh in ipairs(ENGINE_SHAPES) do
     if sh.name == '125M' then
         for _, th in ipairs(THREADS) do
             set_threads(th)
-            local cache = model:new_cache(1, 256)
-            model:forward_cached(pidx, cache)
-            local nf = 4
-            local fmed = timeit(function()
-                cache.pos = prefill_T
-                for _ = 1, nf do model:forward_cached(one, cache) end
-            end, 1)
-            r['f32_' .. th] = nf / fmed
+            r['f32_' .. th] = decode_rate(model, 4)
             print(string.format('125M fp32 training-model decode (%d threads): %.1f tok/s; engine %.2fx', th,
                 r['f32_' .. th], r['dec_' .. th] / r['f32_' .. th]))
         end
@@ -318,15 +315,8 @@ for _, sh in ipairs(ENGINE_SHAPES) do
         for _, th in ipairs(THREADS) do
             set_threads(th)
             e.fused = false
-            local cache = e:new_cache(1, 256)
-            e:forward_cached(pidx, cache)
-            local ndec = quick and 8 or 16
-            local dmed = timeit(function()
-                cache.pos = prefill_T
-                for _ = 1, ndec do e:forward_cached(one, cache) end
-            end, 1)
+            r['ops_' .. th] = decode_rate(e)
             e.fused = nil
-            r['ops_' .. th] = ndec / dmed
             print(string.format('125M engine decode op by op (%d threads): %.1f tok/s; fused %.2fx', th, r['ops_' .. th],
                 r['dec_' .. th] / r['ops_' .. th]))
         end
@@ -335,14 +325,7 @@ for _, sh in ipairs(ENGINE_SHAPES) do
         r.bytes_i8 = e8:weight_bytes()
         for _, th in ipairs(THREADS) do
             set_threads(th)
-            local cache = e8:new_cache(1, 256)
-            e8:forward_cached(pidx, cache)
-            local ndec = quick and 8 or 16
-            local dmed = timeit(function()
-                cache.pos = prefill_T
-                for _ = 1, ndec do e8:forward_cached(one, cache) end
-            end, 1)
-            r['i8_' .. th] = ndec / dmed
+            r['i8_' .. th] = decode_rate(e8)
             print(string.format('125M engine, int8 head (%d threads): %.1f tok/s, %.2f MB/token (f32 head: %.1f tok/s)', th,
                 r['i8_' .. th], r.bytes_i8 / 1e6, r['dec_' .. th]))
         end
