@@ -58,7 +58,8 @@ function M.load_model(dir)
     local clean = {}
     local known = { vocab_size = 1, seq_len = 1, d_model = 1, n_layer = 1, n_head = 1, n_kv_head = 1, head_dim = 1,
         d_ff = 1, mlp = 1, rope_theta = 1, qk_norm = 1, tie_embeddings = 1, logit_softcap = 1, ternary = 1,
-        quant_group = 1, subln = 1, init_std = 1, embed_std = 1, head_std = 1, norm_eps = 1, seed = 1, name = 1, arch = 1 }
+        quant_group = 1, subln = 1, init_std = 1, embed_std = 1, head_std = 1, norm_eps = 1, seed = 1, name = 1, arch = 1,
+        loop = 1, mhc = 1, mtp = 1 }   -- feature sub-configs (LoopLM, mHC, MTP) are part of the architecture
     for k, v in pairs(cfg) do if known[k] then clean[k] = v end end
     local model = n.models.gpt.new(clean)
     local tensors = n.load(dir .. '/model.safetensors')
@@ -68,6 +69,76 @@ function M.load_model(dir)
 end
 
 local function f32(t) return t:dtype() == 'f32' and t:contiguous() or t:to('f32') end
+
+local function wide(t) return t:dtype() == 'f32' and t or t:to('f32') end
+
+-- x (R, K) f32 contiguous -> quantized activations (shared by the matmuls of one input)
+local function qa(x) return infer.quant_act(x) end
+
+-- a gpt Block -> its packed layer table { wq, wk, wv, wo, w1, [w3], w2, [attn_gain, mlp_gain] }
+local function pack_block(b, po)
+    local a, m = b.attn, b.mlp
+    local L = {
+        wq = infer.pack(a.wq.weight, po), wk = infer.pack(a.wk.weight, po), wv = infer.pack(a.wv.weight, po),
+        wo = infer.pack(a.wo.weight, po), w1 = infer.pack(m.w1.weight, po), w2 = infer.pack(m.w2.weight, po),
+    }
+    if m.w3 then L.w3 = infer.pack(m.w3.weight, po) end
+    if a.sub_norm then L.attn_gain = f32(a.sub_norm.weight):clone() end
+    if m.sub_norm then L.mlp_gain = f32(m.sub_norm.weight):clone() end
+    return L
+end
+
+-- One packed block op by op (the prefill path and the decode reference): x (B, T, d) at positions
+-- cache.pos .. (cos, sin: their RoPE rows), K/V written to cache.k[slot] / cache.v[slot] -> (B, T, d).
+local function block_ops(c, L, x, cos, sin, cache, slot)
+    local n = nc()
+    local B, T, d = x:size(0), x:size(1), c.d_model
+    local H, Hkv, hdim, eps = c.n_head, c.n_kv_head, c.head_dim, c.norm_eps
+    local R, pos = B * T, cache.pos
+    x = x:contiguous():reshape { R, d }
+    local a = qa(n.rmsnorm(x, nil, eps))
+    local q = infer.matmul(a, L.wq):view { B, T, H, hdim }
+    local k = infer.matmul(a, L.wk):view { B, T, Hkv, hdim }
+    local v = infer.matmul(a, L.wv):view { B, T, Hkv, hdim }
+    if c.qk_norm then q, k = n.rmsnorm(q, nil, eps), n.rmsnorm(k, nil, eps) end
+    q, k = n.rope(q, cos, sin), n.rope(k, cos, sin)
+    cache.k[slot]:narrow(1, pos, T):copy_(k)
+    cache.v[slot]:narrow(1, pos, T):copy_(v)
+    local att = n.attention(q, cache.k[slot]:narrow(1, 0, pos + T), cache.v[slot]:narrow(1, 0, pos + T),
+        { causal = true }):reshape { R, H * hdim }
+    x = x + infer.matmul(qa(n.rmsnorm(att, L.attn_gain, eps)), L.wo)
+    local a2 = qa(n.rmsnorm(x, nil, eps))
+    local u
+    if L.w3 then
+        u = n.silu(infer.matmul(a2, L.w1)) * infer.matmul(a2, L.w3)
+    else
+        u = n.relu2(infer.matmul(a2, L.w1))
+    end
+    x = x + infer.matmul(qa(n.rmsnorm(u, L.mlp_gain, eps)), L.w2)
+    return x:view { B, T, d }
+end
+
+-- A packed block with gpt Block's call interface block(x, cos, sin, cache, slot) (the MTP modules'
+-- blocks: mtp.lua calls them with its own one-slot caches), op by op.
+local PackedBlock = {}
+PackedBlock.__index = PackedBlock
+PackedBlock.__call = function(self, x, cos, sin, cache, slot) return block_ops(self.e.cfg, self.L, x, cos, sin, cache, slot) end
+
+-- A packed BitLinear without an input norm (the MTP projection): y = Qa(x) W^T, x (..., K).
+-- (snap: BitLinear's weight-snapshot argument, unused: the weights are packed once.)
+local PackedLinear = {}
+PackedLinear.__index = PackedLinear
+PackedLinear.__call = function(self, x, snap)
+    local s = x:shape()
+    local y = infer.matmul(qa(x:contiguous():reshape { -1, s[#s] }), self.P)
+    s[#s] = self.P.out_features
+    return y:view(s)
+end
+
+-- The LoopLM exit gate (fp32 weight (1, d) + bias): looplm.ExitGate's own forward on plain tensors.
+local Gate = {}
+Gate.__index = Gate
+Gate.__call = function(self, h) return require('nanochat.looplm').ExitGate.forward(self, h) end
 
 -- model (nc.models.gpt) or checkpoint dir -> Engine. opts: head_dtype ('f32' | 'f16')
 function M.pack(src, opts)
@@ -80,7 +151,6 @@ function M.pack(src, opts)
     end
     local c = model:config()
     if not c.ternary then error('nc.pack: the model is not ternary (cfg.ternary = false); nothing to pack', 2) end
-    if c.loop then error('nc.pack: LoopLM models (cfg.loop) are not supported by the packed engine yet; decode with model:forward_cached', 2) end
     if c.quant_group ~= 0 and c.quant_group % c.d_model ~= 0 and c.quant_group % c.d_ff ~= 0 then
         error('nc.pack: quant_group ' .. c.quant_group .. ' is not whole rows; packed rows keep one scale each', 2)
     end
@@ -101,16 +171,21 @@ function M.pack(src, opts)
             e.head = model.lm_head and keep(model.lm_head.weight) or e.wte
         end
         local po = { group_size = c.quant_group }
-        for i, b in ipairs(model.h) do
-            local a, m = b.attn, b.mlp
-            local L = {
-                wq = infer.pack(a.wq.weight, po), wk = infer.pack(a.wk.weight, po), wv = infer.pack(a.wv.weight, po),
-                wo = infer.pack(a.wo.weight, po), w1 = infer.pack(m.w1.weight, po), w2 = infer.pack(m.w2.weight, po),
-            }
-            if m.w3 then L.w3 = infer.pack(m.w3.weight, po) end
-            if a.sub_norm then L.attn_gain = f32(a.sub_norm.weight):clone() end
-            if m.sub_norm then L.mlp_gain = f32(m.sub_norm.weight):clone() end
-            e.layers[i] = L
+        for i, b in ipairs(model.h) do e.layers[i] = pack_block(b, po) end
+        if c.loop then
+            -- the fp32 exit gate (never quantized), applied with looplm's own ExitGate.forward
+            e.exit_gate = setmetatable({ weight = f32(model.exit_gate.weight:to('cpu')):clone(),
+                                         bias = f32(model.exit_gate.bias:to('cpu')):clone() }, Gate)
+        end
+        if c.mtp then
+            -- MTP modules (nanochat.mtp): the projection (BitLinear 2d -> d, norm = false) and a Block each
+            e.mtp = {}
+            for k, mod in ipairs(model.mtp) do
+                e.mtp[k] = {
+                    proj = mod.proj and setmetatable({ P = infer.pack(mod.proj.weight, po) }, PackedLinear) or nil,
+                    block = setmetatable({ e = e, L = pack_block(mod.block, po) }, PackedBlock),
+                }
+            end
         end
     end)
     return e
@@ -133,39 +208,66 @@ end
 local Cache = {}
 Cache.__index = Cache
 M.Cache = Cache
-function Cache:reset() self.pos = 0; return self end
+function Cache:reset()
+    self.pos = 0
+    if self.loop_stats then require('nanochat.looplm').reset_stats(self) end
+    return self
+end
 
 local ffi = require('nanochat.core').ffi
 local C = require('nanochat.core').C
 local check = require('nanochat.core').check
 local WNAMES = { 'wq', 'wk', 'wv', 'wo', 'w1', 'w3', 'w2' }
 
--- the nc_engine_layer array of a cache (weights + this cache's K/V) for nc_engine_decode
-local function decode_layers(e, cache)
-    local arr = ffi.new('nc_engine_layer[?]', #e.layers)
-    for i, L in ipairs(e.layers) do
-        local s = arr[i - 1]
+-- the nc_engine_layer array for nc_engine_decode: seg = list of { layer index, KV slot } (weights
+-- of e.layers[index], this cache's K/V of that slot)
+local function decode_layers(e, cache, seg)
+    local arr = ffi.new('nc_engine_layer[?]', math.max(#seg, 1))
+    for i, bs in ipairs(seg) do
+        local L, s = e.layers[bs[1]], arr[i - 1]
         for j, nm in ipairs(WNAMES) do
             local P = L[nm]
             if P then s.w[j - 1], s.s[j - 1] = P.codes._c, P.scale._c end
         end
         if L.attn_gain then s.attn_gain = L.attn_gain._c end
         if L.mlp_gain then s.mlp_gain = L.mlp_gain._c end
-        s.kc, s.vc = cache.k[i]._c, cache.v[i]._c
+        s.kc, s.vc = cache.k[bs[2]]._c, cache.v[bs[2]]._c
     end
     return arr
 end
 
-function Engine:new_cache(B, max_T)
+-- the segment of a plain (non-loop) model: every layer, slot = layer
+local function all_layers(e)
+    local seg = e._all_seg
+    if not seg then
+        seg = { key = 'all' }
+        for i = 1, #e.layers do seg[i] = { i, i } end
+        e._all_seg = seg
+    end
+    return seg
+end
+
+-- new_cache(B, max_T[, opts]): K/V per layer (LoopLM: per (loop, block) slot, nanochat.looplm's
+-- layout, and opts.exit_q = the q-exit threshold of this cache, default cfg.loop.exit_q)
+function Engine:new_cache(B, max_T, opts)
     local n, c = nc(), self.cfg
     max_T = max_T or c.seq_len
-    local cache = setmetatable({ B = B, max_T = max_T, pos = 0, k = {}, v = {} }, Cache)
-    for i = 1, c.n_layer do
+    local cache = setmetatable({ B = B, max_T = max_T, pos = 0, k = {}, v = {}, seg_c = {} }, Cache)
+    local slots = #self.layers
+    if c.loop then
+        local LM = require 'nanochat.looplm'
+        slots = LM.n_slots(c.loop)
+        LM.init_cache(cache, c.loop, opts)
+    end
+    for i = 1, slots do
         cache.k[i] = n.zeros({ B, max_T, c.n_kv_head, c.head_dim })
         cache.v[i] = n.zeros({ B, max_T, c.n_kv_head, c.head_dim })
     end
     cache.cos, cache.sin = n.rope_tables(math.max(max_T, c.seq_len), c.head_dim, { base = c.rope_theta })
-    cache.layers_c = decode_layers(self, cache)   -- holds raw pointers: the cache keeps the tensors alive
+    if not c.loop then
+        cache.layers_c = decode_layers(self, cache, all_layers(self))   -- raw pointers: the cache keeps the tensors alive
+        cache.seg_c.all = cache.layers_c
+    end
     return cache
 end
 
@@ -179,12 +281,72 @@ local function decode_cfg(c)
     return s
 end
 
-local function wide(t) return t:dtype() == 'f32' and t or t:to('f32') end
+-- ---- the model hooks (the interface of nc.models.gpt that looplm.lua and mtp.lua call) ----------
+-- _embed(idx) -> x (B, T, d); _trunk(x, cos, sin, cache); _final(x) -> h; _logits(h) -> (B, T, V);
+-- run_blocks(x, cos, sin, cache, seg) runs a segment of blocks; head_weight() / embedding_weight()
+-- the f32 matrices (MTP drafting).
+function Engine:_embed(idx)
+    local n = nc()
+    return n.rmsnorm(n.embedding(idx, wide(self.wte)), nil, self.cfg.norm_eps)
+end
 
--- x (R, K) f32 contiguous -> quantized activations (shared by the matmuls of one input)
-local function qa(x) return infer.quant_act(x) end
+-- Blocks seg = { {layer, slot}, ... } on x (B, T, d) at positions cache.pos ... Decode (T = 1, an
+-- engine cache, engine.fused ~= false): the whole segment in ONE C call (nc_engine_decode: one
+-- OpenMP region, on a copy of x); otherwise op by op.
+function Engine:run_blocks(x, cos, sin, cache, seg)
+    local c = self.cfg
+    local B, T = x:size(0), x:size(1)
+    if T == 1 and self.fused ~= false and getmetatable(cache) == Cache then
+        local arr = cache.seg_c[seg.key]
+        if not arr then
+            arr = decode_layers(self, cache, seg)
+            cache.seg_c[seg.key] = arr
+        end
+        self._cfg_c = self._cfg_c or decode_cfg(c)
+        local y = x:reshape { B, c.d_model }:clone()
+        check(C.nc_engine_decode(y._c, arr, #seg, self._cfg_c, cache.pos, cache.cos._c, cache.sin._c), 'engine decode')
+        return y:view { B, 1, c.d_model }
+    end
+    for _, bs in ipairs(seg) do x = block_ops(c, self.layers[bs[1]], x, cos, sin, cache, bs[2]) end
+    return x
+end
 
--- idx (B, T) at positions cache.pos .. -> logits (B, T, V); advances cache.pos
+function Engine:_trunk(x, cos, sin, cache)
+    if self.cfg.loop then return require('nanochat.looplm').trunk(self, x, cos, sin, cache) end
+    return self:run_blocks(x, cos, sin, cache, all_layers(self))
+end
+
+function Engine:_final(x) return nc().rmsnorm(x, nil, self.cfg.norm_eps) end
+
+-- h (..., d) normed -> logits (..., V): the head (f32 / f16 widened / int8 with int8 activations) + softcap
+function Engine:_logits(h)
+    local n, c = nc(), self.cfg
+    local s = h:shape()
+    local h2 = h:contiguous():reshape { -1, c.d_model }
+    local lg
+    if self.head_dtype == 'i8' then
+        lg = infer.matmul(qa(h2), self.head)
+    else
+        lg = n.linear(h2, wide(self.head))
+    end
+    local cap = c.logit_softcap
+    if cap then lg = n.tanh(lg * (1 / cap)) * cap end
+    s[#s] = c.vocab_size
+    return lg:view(s)
+end
+
+function Engine:embedding_weight() return wide(self.wte) end
+function Engine:head_weight()
+    if self.head_dtype == 'i8' then
+        self._head_f32 = self._head_f32 or self.head:dequantize()
+        return self._head_f32
+    end
+    return wide(self.head)
+end
+
+-- idx (B, T) at positions cache.pos .. -> logits (B, T, V); advances cache.pos.
+-- LoopLM: looplm.forward_cached itself (prefill: every loop; decode: q-exit early stop per token,
+-- the reuse fill, statistics in cache.loop_stats) over these hooks.
 function Engine:forward_cached(idx, cache)
     local n, c = nc(), self.cfg
     if getmetatable(cache) ~= Cache then error('engine: forward_cached: expected a cache from engine:new_cache', 2) end
@@ -194,63 +356,18 @@ function Engine:forward_cached(idx, cache)
         error(string.format('engine: forward_cached: cache full (%d + %d positions > max_T %d)', cache.pos, T,
             cache.max_T), 2)
     end
+    local cos, sin = cache.cos:narrow(0, cache.pos, T), cache.sin:narrow(0, cache.pos, T)
     local logits = n.no_grad(function()
-        local d, H, Hkv, hdim, eps = c.d_model, c.n_head, c.n_kv_head, c.head_dim, c.norm_eps
-        local R = B * T
-        local pos = cache.pos
-        local cos, sin = cache.cos:narrow(0, pos, T), cache.sin:narrow(0, pos, T)
-        local x = n.rmsnorm(n.embedding(idx, wide(self.wte)), nil, eps):reshape { R, d }
-        if T == 1 and self.fused ~= false then
-            -- decode: every layer in one C call (x is fresh and contiguous: updated in place)
-            self._cfg_c = self._cfg_c or decode_cfg(c)
-            check(C.nc_engine_decode(x._c, cache.layers_c, #self.layers, self._cfg_c, pos, cache.cos._c, cache.sin._c),
-                'engine decode')
-            return self:_head(x, B, T)
-        end
-        for i, L in ipairs(self.layers) do
-            local a = qa(n.rmsnorm(x, nil, eps))
-            local q = infer.matmul(a, L.wq):view { B, T, H, hdim }
-            local k = infer.matmul(a, L.wk):view { B, T, Hkv, hdim }
-            local v = infer.matmul(a, L.wv):view { B, T, Hkv, hdim }
-            if c.qk_norm then q, k = n.rmsnorm(q, nil, eps), n.rmsnorm(k, nil, eps) end
-            q, k = n.rope(q, cos, sin), n.rope(k, cos, sin)
-            cache.k[i]:narrow(1, pos, T):copy_(k)
-            cache.v[i]:narrow(1, pos, T):copy_(v)
-            local att = n.attention(q, cache.k[i]:narrow(1, 0, pos + T), cache.v[i]:narrow(1, 0, pos + T),
-                { causal = true }):reshape { R, H * hdim }
-            x = x + infer.matmul(qa(n.rmsnorm(att, L.attn_gain, eps)), L.wo)
-            local a2 = qa(n.rmsnorm(x, nil, eps))
-            local u
-            if L.w3 then
-                u = n.silu(infer.matmul(a2, L.w1)) * infer.matmul(a2, L.w3)
-            else
-                u = n.relu2(infer.matmul(a2, L.w1))
-            end
-            x = x + infer.matmul(qa(n.rmsnorm(u, L.mlp_gain, eps)), L.w2)
-        end
-        return self:_head(x, B, T)
+        if c.loop then return require('nanochat.looplm').forward_cached(self, idx, cache, cos, sin) end
+        return self:_logits(self:_final(self:_trunk(self:_embed(idx), cos, sin, cache)))
     end)
     cache.pos = cache.pos + T
     return logits
 end
 
--- final norm + LM head (+ softcap): x (B*T, d) -> logits (B, T, V)
-function Engine:_head(x, B, T)
-    local n, c = nc(), self.cfg
-    local lg
-    if self.head_dtype == 'i8' then
-        lg = infer.matmul(qa(n.rmsnorm(x, nil, c.norm_eps)), self.head)
-    else
-        lg = n.linear(n.rmsnorm(x, nil, c.norm_eps), wide(self.head))
-    end
-    local cap = c.logit_softcap
-    if cap then lg = n.tanh(lg * (1 / cap)) * cap end
-    return lg:view { B, T, c.vocab_size }
-end
-
--- full-sequence logits (B, T, V) (a fresh cache)
+-- full-sequence logits (B, T, V) (a fresh cache; LoopLM: q = 1, the full-depth model)
 function Engine:forward(idx)
-    return self:forward_cached(idx, self:new_cache(idx:size(0), math.max(idx:size(1), 1)))
+    return self:forward_cached(idx, self:new_cache(idx:size(0), math.max(idx:size(1), 1), { exit_q = 1 }))
 end
 
 -- nc.generate over the engine (same options and sampling rules)
