@@ -78,6 +78,7 @@ int64_t nc_nt_bytes(void);
 /* ---- kernels ----------------------------------------------------------------------------- */
 /* 1 when the AVX2+FMA kernels are selected (CPUID at init, NC_KERNEL env, nc_set_cpu_kernel). */
 bool nc_cpu_avx2(void);
+bool nc_cpu_avx512(void);            /* AVX-512F versions of the exp-bound kernels */
 
 /* ---- CUDA backend (optional, dlopen'ed) -------------------------------------------------- */
 /* Returns the CUDA vtable, loading lib/libnanochat_cuda.so on first use; NULL (with

@@ -354,35 +354,54 @@ void nc_set_nt_bytes(int64_t bytes) {
 int64_t nc_get_nt_bytes(void) { return nc_nt_bytes(); }
 
 /* ---- CPU kernel selection ----------------------------------------------------------------- */
-static int kernel_sel = -1;   /* -1 unset, 0 scalar, 1 avx2 */
+/* -1 unset, 0 scalar, 1 avx2, 2 avx512 (the AVX2 kernels plus the AVX-512F versions of the
+ * exp-bound ones, kernels/cpu/act_avx512.c) */
+static int kernel_sel = -1;
 
 static bool cpu_has_avx2(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
-bool nc_cpu_avx2(void) {
+static bool cpu_has_avx512(void) { return cpu_has_avx2() && __builtin_cpu_supports("avx512f"); }
+
+static int best_kernel(void) { return cpu_has_avx512() ? 2 : cpu_has_avx2() ? 1 : 0; }
+
+static int kernel_level(void) {
     if (kernel_sel < 0) {
         const char *e = getenv("NC_KERNEL");
         if (e && !strcmp(e, "scalar")) kernel_sel = 0;
-        else kernel_sel = cpu_has_avx2() ? 1 : 0;
+        else if (e && !strcmp(e, "avx2")) kernel_sel = cpu_has_avx2() ? 1 : 0;
+        else kernel_sel = best_kernel();
     }
-    return kernel_sel == 1;
+    return kernel_sel;
 }
 
-const char *nc_cpu_kernel_name(void) { return nc_cpu_avx2() ? "avx2" : "scalar"; }
+bool nc_cpu_avx2(void) { return kernel_level() >= 1; }
+bool nc_cpu_avx512(void) { return kernel_level() == 2; }
+
+const char *nc_cpu_kernel_name(void) {
+    static const char *const names[] = { "scalar", "avx2", "avx512" };
+    return names[kernel_level()];
+}
 
 nc_status nc_set_cpu_kernel(const char *name) {
     if (!name) return nc_fail(NC_ERR_ARG, "set_cpu_kernel: name is NULL");
     if (!strcmp(name, "scalar")) { kernel_sel = 0; return NC_OK; }
-    if (!strcmp(name, "auto")) { kernel_sel = cpu_has_avx2() ? 1 : 0; return NC_OK; }
+    if (!strcmp(name, "auto")) { kernel_sel = best_kernel(); return NC_OK; }
     if (!strcmp(name, "avx2")) {
         if (!cpu_has_avx2())
             return nc_fail(NC_ERR_UNSUPPORTED, "set_cpu_kernel: this CPU lacks AVX2+FMA");
         kernel_sel = 1;
         return NC_OK;
     }
-    return nc_fail(NC_ERR_ARG, "set_cpu_kernel: expected \"auto\", \"avx2\" or \"scalar\", got \"%s\"", name);
+    if (!strcmp(name, "avx512")) {
+        if (!cpu_has_avx512())
+            return nc_fail(NC_ERR_UNSUPPORTED, "set_cpu_kernel: this CPU lacks AVX-512F (or AVX2+FMA)");
+        kernel_sel = 2;
+        return NC_OK;
+    }
+    return nc_fail(NC_ERR_ARG, "set_cpu_kernel: expected \"auto\", \"avx512\", \"avx2\" or \"scalar\", got \"%s\"", name);
 }
 
 /* ---- CUDA backend loader ------------------------------------------------------------------ */

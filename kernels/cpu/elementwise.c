@@ -8,10 +8,10 @@
  * -mavx2 -mfma (`_avx2`); nc_cpu_avx2() picks one. Exact ops (+ - * / max min neg relu relu2 abs
  * square sqrt rsqrt recip, add_scaled) give bit-identical results on both paths: the build is ISO
  * C11, so GCC never contracts a*b+c into an FMA, and both loops evaluate the same expressions.
- * The AVX2 build computes exp, sigmoid, silu and gelu (and the silu/gelu backward) with vector
- * polynomials (simd_avx2.h; checked against float64 references with tolerances in
- * spec/ops/simd_spec.lua); the other transcendental ops call the same libm functions on both
- * paths. Outputs of at least nc_nt_bytes() are written through an L1 chunk with streaming stores
+ * The AVX2 build computes exp, sigmoid, silu, gelu (erf and tanh forms) and tanh (and the silu /
+ * gelu backward) with vector polynomials (simd_avx2.h; checked against float64 references with
+ * ulp / relative bounds in spec/ops/simd_spec.lua); log, sin, cos, pow call the same libm
+ * functions on both paths. Outputs of at least nc_nt_bytes() are written through an L1 chunk with streaming stores
  * (same arithmetic, no read-for-ownership of the output). Results never depend on the thread
  * count (every element is computed independently).
  * Device rules: CUDA tensors go to the CUDA backend for binary, binary_scalar, unary,
@@ -217,6 +217,8 @@ static void KFN(ew_unary_body)(float *o, const float *a, int64_t n, int32_t op, 
     case NC_OP_SIGMOID: EW_V1(n, par, nc_sigmoid256(v)); break;
     case NC_OP_SILU: EW_V1(n, par, _mm256_mul_ps(v, nc_sigmoid256(v))); break;
     case NC_OP_GELU: EW_V1(n, par, _mm256_mul_ps(v, nc_phi256(v))); break;
+    case NC_OP_TANH: EW_V1(n, par, nc_tanh256(v)); break;
+    case NC_OP_GELU_TANH: EW_V1(n, par, nc_gelu_tanh256(v)); break;
 #endif
     case NC_OP_NEG: EW_LOOP(n, par, o[i] = -a[i]); break;
     case NC_OP_RELU: EW_LOOP(n, par, float x = a[i]; o[i] = x > 0.0f ? x : 0.0f); break;
@@ -271,6 +273,10 @@ void KFN(nc_ew_unary_bwd)(float *ga, const float *y, const float *x, const float
     case NC_OP_RELU: EW_LOOP(n, par, ga[i] += x[i] > 0.0f ? g[i] : 0.0f); break;
     case NC_OP_RELU2: EW_LOOP(n, par, float v = x[i]; ga[i] += g[i] * (v > 0.0f ? 2.0f * v : 0.0f)); break;
     case NC_OP_SQUARE: EW_LOOP(n, par, ga[i] += g[i] * (2.0f * x[i])); break;
+    /* the output-based derivatives as plain loops (exact ops: both builds give the same bits) */
+    case NC_OP_EXP: EW_LOOP(n, par, ga[i] += g[i] * y[i]); break;
+    case NC_OP_TANH: EW_LOOP(n, par, float t = y[i]; ga[i] += g[i] * (1.0f - t * t)); break;
+    case NC_OP_SIGMOID: EW_LOOP(n, par, float t = y[i]; ga[i] += g[i] * (t * (1.0f - t))); break;
 #if NC_SIMD_AVX2
     case NC_OP_SILU: {   /* s (1 + x (1 - s)) */
         const float *a = x;
@@ -283,6 +289,12 @@ void KFN(nc_ew_unary_bwd)(float *ga, const float *y, const float *x, const float
         float *o = ga;
         EW_BWD_V(n, par, __m256 e_ = nc_exp256(_mm256_mul_ps(_mm256_set1_ps(-0.5f), _mm256_mul_ps(v, v)));
                  __m256 d_ = _mm256_fmadd_ps(_mm256_mul_ps(v, _mm256_set1_ps(EW_INV_SQRT_2PI)), e_, nc_phi256(v)));
+        break;
+    }
+    case NC_OP_GELU_TANH: {
+        const float *a = x;
+        float *o = ga;
+        EW_BWD_V(n, par, __m256 d_ = nc_gelu_tanh_d256(v));
         break;
     }
 #endif
@@ -317,11 +329,16 @@ static void k_binary_scalar(float *o, const float *a, float s, int64_t n, int32_
     if (nc_cpu_avx2()) nc_ew_binary_scalar_avx2(o, a, s, n, op, par);
     else nc_ew_binary_scalar_base(o, a, s, n, op, par);
 }
+int nc_ew_unary_avx512(float *o, const float *a, int64_t n, int32_t op, int par);
+int nc_ew_unary_bwd_avx512(float *ga, const float *x, const float *g, int64_t n, int32_t op, int par);
+
 static void k_unary(float *o, const float *a, int64_t n, int32_t op, int par) {
+    if (nc_cpu_avx512() && nc_ew_unary_avx512(o, a, n, op, par)) return;
     if (nc_cpu_avx2()) nc_ew_unary_avx2(o, a, n, op, par);
     else nc_ew_unary_base(o, a, n, op, par);
 }
 static void k_unary_bwd(float *ga, const float *y, const float *x, const float *g, int64_t n, int32_t op, int par) {
+    if (nc_cpu_avx512() && nc_ew_unary_bwd_avx512(ga, x, g, n, op, par)) return;
     if (nc_cpu_avx2()) nc_ew_unary_bwd_avx2(ga, y, x, g, n, op, par);
     else nc_ew_unary_bwd_base(ga, y, x, g, n, op, par);
 }

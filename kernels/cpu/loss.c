@@ -86,6 +86,8 @@ void KFN(nc_k_ce_backward_row)(float *g, const float *x, int64_t V, float lse, f
 #ifdef NC_KPRIMARY
 void nc_k_ce_row_avx2(const float *x, int64_t V, float *lse, float *sum);
 void nc_k_ce_backward_row_avx2(float *g, const float *x, int64_t V, float lse, float a, float c);
+void nc_k_ce_row_avx512(const float *x, int64_t V, float *lse, float *sum);   /* act_avx512.c */
+void nc_k_ce_backward_row_avx512(float *g, const float *x, int64_t V, float lse, float a, float c);
 
 static int64_t target_at(const nc_tensor *t, int64_t i) {
     int64_t off = i * (t->ndim ? t->strides[0] : 0);
@@ -129,7 +131,8 @@ nc_status nc_cross_entropy(nc_tensor *loss, nc_tensor *lse, const nc_tensor *log
     float *lsep = nc_f32p(lse);
     double *row_loss = N ? nc_host_alloc(N * (int64_t)sizeof(double)) : NULL;
     if (N && !row_loss) return NC_ERR_OOM;
-    void (*rowfn)(const float *, int64_t, float *, float *) = nc_cpu_avx2() ? nc_k_ce_row_avx2 : nc_k_ce_row_base;
+    void (*rowfn)(const float *, int64_t, float *, float *) =
+        nc_cpu_avx512() ? nc_k_ce_row_avx512 : nc_cpu_avx2() ? nc_k_ce_row_avx2 : nc_k_ce_row_base;
     int need_buf = logits->strides[1] != 1 && V > 1;
     int64_t bad = -1, bad_t = 0;
     int oom = 0;
@@ -200,7 +203,7 @@ nc_status nc_cross_entropy_backward(nc_tensor *glogits, const nc_tensor *lse, co
     }
     if (count == 0) return NC_OK;
     void (*rowfn)(float *, const float *, int64_t, float, float, float) =
-        nc_cpu_avx2() ? nc_k_ce_backward_row_avx2 : nc_k_ce_backward_row_base;
+        nc_cpu_avx512() ? nc_k_ce_backward_row_avx512 : nc_cpu_avx2() ? nc_k_ce_backward_row_avx2 : nc_k_ce_backward_row_base;
     const float *lsep = nc_f32p(lse);
     float *g = nc_f32p(glogits);
     double scale = gloss / (double)count, ls = label_smoothing, z = z_loss;

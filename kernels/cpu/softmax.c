@@ -61,11 +61,11 @@ void KFN(nc_k_softmax_row)(float *y, const float *x, int64_t n, int log, float *
 #pragma omp simd reduction(max : m)
     for (int64_t j = 0; j < n; j++) m = x[j] > m ? x[j] : m;
     if (m == -INFINITY) m = 0.0f;   /* all -inf row: avoid -inf - -inf; the result is NaN like torch */
-    float s = 0.0f;
+    double s = 0.0;   /* double: rows of vocabulary length still sum to 1 within 1e-6 */
     if (log) {
 #pragma omp simd reduction(+ : s)
         for (int64_t j = 0; j < n; j++) s += nc_expf_fast(x[j] - m);
-        float lse = m + logf(s);
+        float lse = m + logf((float)s);
 #pragma omp simd
         for (int64_t j = 0; j < n; j++) y[j] = x[j] - lse;
     } else {
@@ -75,7 +75,7 @@ void KFN(nc_k_softmax_row)(float *y, const float *x, int64_t n, int log, float *
             y[j] = e;
             s += e;
         }
-        float inv = 1.0f / s;
+        float inv = (float)(1.0 / s);
 #pragma omp simd
         for (int64_t j = 0; j < n; j++) y[j] *= inv;
     }
@@ -136,6 +136,7 @@ void KFN(nc_k_softmax_backward_row)(float *ga, const float *y, const float *g, i
 
 #ifdef NC_KPRIMARY
 void nc_k_softmax_row_avx2(float *y, const float *x, int64_t n, int log, float *tmp);
+void nc_k_softmax_row_avx512(float *y, const float *x, int64_t n, int log, float *tmp);   /* act_avx512.c */
 void nc_k_softmax_backward_row_avx2(float *ga, const float *y, const float *g, int64_t n, int log);
 
 /* Pointer to row r of t as a contiguous float row: t's own memory when its last dim has unit
@@ -158,7 +159,8 @@ nc_status nc_softmax(nc_tensor *out, const nc_tensor *a, int32_t log) {
     int64_t rows = nc_rows_of(a), n = nc_last_dim(a);
     if (rows == 0 || n == 0) return NC_OK;
     int avx2 = nc_cpu_avx2();
-    void (*row)(float *, const float *, int64_t, int, float *) = avx2 ? nc_k_softmax_row_avx2 : nc_k_softmax_row_base;
+    void (*row)(float *, const float *, int64_t, int, float *) =
+        nc_cpu_avx512() ? nc_k_softmax_row_avx512 : avx2 ? nc_k_softmax_row_avx2 : nc_k_softmax_row_base;
     float *y = nc_f32p(out);
     int need_buf = nc_last_stride(a) != 1;
     /* large outputs: streaming stores through a per-thread scratch row (second half of buf) */

@@ -59,7 +59,7 @@ function M.load_model(dir)
     local known = { vocab_size = 1, seq_len = 1, d_model = 1, n_layer = 1, n_head = 1, n_kv_head = 1, head_dim = 1,
         d_ff = 1, mlp = 1, rope_theta = 1, qk_norm = 1, tie_embeddings = 1, logit_softcap = 1, ternary = 1,
         quant_group = 1, subln = 1, init_std = 1, embed_std = 1, head_std = 1, norm_eps = 1, seed = 1, name = 1, arch = 1,
-        loop = 1, mhc = 1, mtp = 1 }   -- feature sub-configs (LoopLM, mHC, MTP) are part of the architecture
+        embed_norm = 1, loop = 1, mhc = 1, mtp = 1 }   -- feature sub-configs (LoopLM, mHC, MTP) are part of the architecture
     for k, v in pairs(cfg) do if known[k] then clean[k] = v end end
     local model = n.models.gpt.new(clean)
     local tensors = n.load(dir .. '/model.safetensors')
@@ -287,7 +287,9 @@ end
 -- the f32 matrices (MTP drafting).
 function Engine:_embed(idx)
     local n = nc()
-    return n.rmsnorm(n.embedding(idx, wide(self.wte)), nil, self.cfg.norm_eps)
+    local x = n.embedding(idx, wide(self.wte))
+    if self.cfg.embed_norm == false then return x end
+    return n.rmsnorm(x, nil, self.cfg.norm_eps)
 end
 
 -- Blocks seg = { {layer, slot}, ... } on x (B, T, d) at positions cache.pos ... Decode (T = 1, an
@@ -380,12 +382,18 @@ function Engine:__tostring()
 end
 
 -- ---- user-facing helpers (nanochat generate / chat) -------------------------------------------
--- The tokenizer of a checkpoint: opts.tokenizer (an object), opts.tok (a path), else the first of
+-- The tokenizer of a checkpoint: opts.tokenizer (an object), opts.tok (a path), for a GGUF file the
+-- vocabulary embedded in it (export.tokenizer_from_gguf), else the first of
 -- tokenizer.tok / tokenizer.bin in the checkpoint dir (the GGUF file's dir), its parent or its
 -- grandparent (recipes save RUN/tokenizer.tok next to RUN/ckpt/step_NNNNNN).
 function M.tokenizer_for(ckpt, opts)
     opts = opts or {}
     if type(opts.tokenizer) == 'table' then return opts.tokenizer end
+    if not opts.tok and ckpt:match('%.gguf$') then
+        -- the vocabulary embedded by nanochat export (tokenizer.ggml.*), when there is one
+        local ok, tok = pcall(function() return require('nanochat.export').tokenizer_from_gguf(nc().gguf.read(ckpt)) end)
+        if ok and tok then return tok end
+    end
     local dir = ckpt:match('%.gguf$') and (ckpt:match('^(.*)/[^/]*$') or '.') or ckpt:gsub('/+$', '')
     local tried = {}
     local candidates = {}
@@ -405,7 +413,7 @@ function M.tokenizer_for(ckpt, opts)
     error('nanochat: no tokenizer found (tried ' .. table.concat(tried, ', ') .. '); give tok=FILE', 2)
 end
 
--- a checkpoint dir or a GGUF file of ours (export.lua, arch 'nanochat') -> Engine
+-- a checkpoint dir or a GGUF file of ours (export.lua, arch 'nanochat' or 'bitnet') -> Engine
 function M.open(path, opts)
     if type(path) == 'string' and path:match('%.gguf$') then return (require('nanochat.export').load(path)) end
     return M.pack(path, opts)

@@ -1,21 +1,46 @@
--- lua/nanochat/export.lua — GGUF export of a ternary GPT under our own architecture key and
--- loading it back into the packed engine (`nc.export`).
+-- lua/nanochat/export.lua — GGUF export of a ternary GPT (`nc.export`) and loading a GGUF back
+-- into the packed engine.
 --
--- Promise: `export.gguf(model_or_ckpt_dir, path, { type = 'tq2_0' | 'tq1_0', tokenizer = tok })`
--- writes general.architecture = 'nanochat': the full model cfg as nanochat.* keys (so the
--- parameter-free pre-norms, per-token int8 activations, relu2/swiglu, SubLN, qk_norm, softcap and
--- the half-split RoPE are all implied by the arch, nothing approximated), token_embd.weight F32,
--- output.weight F32 (absent when tied), blk.N.attn_{q,k,v,output}.weight and
--- blk.N.ffn_{up,gate,down}.weight as ternary values {-1, 0, 1} (TQ2_0 / TQ1_0 blocks with d = 1
--- when in_features % 256 == 0, else I8) plus blk.N.<proj>.scale F32 (out) per-row scales = the
--- training gamma exactly, blk.N.attn_sub_norm / ffn_sub_norm F32 gains with SubLN. MLP naming:
--- relu2 -> ffn_up = W1; swiglu -> ffn_gate = W1 (SiLU side), ffn_up = W3, as llama.
--- `export.load(path)` reads such a file (gguf.read checks structure; a missing key/tensor or wrong
--- shape is a clear error) and returns an Engine with the same packed weights (logits identical
--- to nc.pack of the source model).
+-- Promise: `export.gguf(model_or_ckpt_dir_or_engine, path, opts)` writes one GGUF file and returns
+-- (bytes, info) with info = { arch = 'bitnet' | 'nanochat', why = { llama = {...}, bitnet = {...} },
+-- warnings = {...} }. opts: type = 'tq2_0' | 'tq1_0' (ternary block type), tokenizer = an
+-- nc.tokenizer (embedded as tokenizer.ggml.*), arch = force 'nanochat' (or 'bitnet', an error
+-- naming the reasons when the model does not fit it).
 --
--- NOT done (see README): the llama / bitnet arch variants loadable by llama.cpp and the embedded
--- tokenizer.ggml.* keys (written only when opts.tokenizer is given and has merges()).
+-- The architecture is chosen by ONE function, `export.arch_for(cfg)` (features that llama.cpp
+-- cannot express add their reason in `export.why_not(cfg)`); each arch has one writer in
+-- `M.WRITERS` and one reader in `M.READERS`.
+--
+--  - 'bitnet' (llama.cpp's LLM_ARCH_BITNET, src/models/bitnet.cpp; llama.cpp loads and runs it):
+--    chosen when the model is exactly expressible: SwiGLU MLP, tied embeddings, no embedding norm
+--    (cfg.embed_norm = false), n_head * head_dim == d_model, per-tensor gamma (quant_group 0), no
+--    qk_norm / softcap / LoopLM / mHC / MTP. Our parameter-free pre-norms are written as all-ones
+--    attn_norm / ffn_norm / output_norm gains; the norm in front of wo / w2 (parameter-free, or
+--    SubLN) is bitnet's attn_sub_norm / ffn_sub_norm (ones when the model has no SubLN). Ternary
+--    matrices are written as raw {-1, 0, 1} (TQ2_0 / TQ1_0 blocks with d = 1 when in_features is a
+--    multiple of 256, else F16 values, which are exact) plus the F32 `<proj>.scale` {1} = the
+--    training gamma exactly. RoPE: bitnet uses NEOX (half-split pairs, as we do) but rotates by
+--    +angle while our kernel (nanochat's convention) rotates by -angle; negating the second half of
+--    every head's rows of Wq and Wk maps one onto the other (q.k is unchanged, since both q and k
+--    get their second half negated), so those rows are written negated (and negated back on load).
+--  - 'nanochat' (our own arch key): every other model, with the full cfg as nanochat.* keys,
+--    ternary tensors (I8 when in_features % 256 ~= 0) plus per-row F32 scales; only our engine
+--    loads it.
+--  - 'llama' is never chosen: llama.cpp's llama graph has no norm between attention and wo (nor
+--    between the FFN activation and w2), while every config of ours normalizes the input of wo and
+--    w2 (BitLinear norm = true, or SubLN). README "GGUF export" has the table.
+--
+-- Tokenizer (opts.tokenizer): tokenizer.ggml.model = 'gpt2', pre = 'llama-bpe' when the split
+-- pattern is our default (GPT-4 cl100k, which llama.cpp's llama-bpe pre-tokenizer implements),
+-- tokens in GPT-2 byte-to-unicode text (specials raw), token_type (1 normal, 3 control, 5 unused
+-- padding up to the model's vocab), merges "A B" extended so that llama.cpp's pair-rank BPE merges
+-- exactly what tiktoken-style rank-of-concatenation BPE merges: for every token (in id order) the
+-- training pair first, then every other split of its bytes into two tokens. Without a tokenizer the
+-- file says tokenizer.ggml.model = 'no_vocab' (llama.cpp then loads it with dummy tokens).
+--
+-- `export.load(path)` reads a 'nanochat' or 'bitnet' file (gguf.read checks structure; a missing
+-- key/tensor or wrong shape is a clear error) and returns an Engine (logits identical to nc.pack
+-- of the source model for files we wrote), and the gguf File.
 local infer = require 'nanochat.infer'
 
 local function nc() return require 'nanochat' end
@@ -23,9 +48,199 @@ local function nc() return require 'nanochat' end
 local M = {}
 
 local CFG_KEYS = { 'vocab_size', 'seq_len', 'd_model', 'n_layer', 'n_head', 'n_kv_head', 'head_dim', 'd_ff', 'mlp',
-    'rope_theta', 'qk_norm', 'tie_embeddings', 'logit_softcap', 'quant_group', 'subln', 'norm_eps' }
+    'rope_theta', 'qk_norm', 'tie_embeddings', 'logit_softcap', 'quant_group', 'subln', 'norm_eps', 'embed_norm' }
 local FLOAT_KEYS = { rope_theta = true, logit_softcap = true, norm_eps = true }
 
+-- ---- which arch ------------------------------------------------------------------------------
+-- cfg -> { llama = {reasons}, bitnet = {reasons} }: why each llama.cpp arch cannot express it
+-- (an empty list: it can).
+function M.why_not(cfg)
+    local c = cfg
+    local common = {}
+    local function add(list, s) list[#list + 1] = s end
+    if c.qk_norm then add(common, 'qk_norm (no per-head q/k norm in llama/bitnet)') end
+    if c.logit_softcap then add(common, 'logit_softcap (no logit soft-capping in llama/bitnet)') end
+    if c.loop then add(common, 'LoopLM (cfg.loop)') end
+    if c.mhc then add(common, 'mHC residual streams (cfg.mhc)') end
+    if c.mtp then add(common, 'MTP modules (cfg.mtp)') end
+    if c.embed_norm ~= false then add(common, 'embedding norm (cfg.embed_norm; llama.cpp adds the raw embedding to the residual)') end
+    if c.quant_group and c.quant_group ~= 0 then
+        add(common, 'quant_group ' .. c.quant_group .. ' (bitnet .scale is one value per tensor)')
+    end
+    local llama, bitnet = {}, {}
+    for _, s in ipairs(common) do add(llama, s); add(bitnet, s) end
+    add(llama, 'the norm in front of wo / w2 (BitLinear input norm or SubLN; the llama graph has none)')
+    if c.mlp ~= 'swiglu' then
+        add(llama, 'mlp ' .. tostring(c.mlp) .. ' (llama FFN is SiLU-gated)')
+        add(bitnet, 'mlp ' .. tostring(c.mlp) .. ' (bitnet FFN is SiLU-gated in llama.cpp)')
+    end
+    if not c.tie_embeddings then add(bitnet, 'untied LM head (bitnet always uses token_embd as the head)') end
+    if c.n_head * c.head_dim ~= c.d_model then
+        add(bitnet, string.format('n_head * head_dim = %d ~= d_model %d (bitnet wq/wo are d_model x d_model)',
+            c.n_head * c.head_dim, c.d_model))
+    end
+    return { llama = llama, bitnet = bitnet }
+end
+
+-- cfg -> 'bitnet' when llama.cpp can load and run it exactly, else 'nanochat'
+function M.arch_for(cfg)
+    local why = M.why_not(cfg)
+    if #why.bitnet == 0 then return 'bitnet', why end
+    return 'nanochat', why
+end
+
+-- ---- tokenizer -------------------------------------------------------------------------------
+-- GPT-2 bytes_to_unicode: byte -> UTF-8 text of its code point
+local BYTE_TEXT
+local function utf8_char(cp)
+    if cp < 0x80 then return string.char(cp) end
+    if cp < 0x800 then return string.char(0xC0 + math.floor(cp / 64), 0x80 + cp % 64) end
+    return string.char(0xE0 + math.floor(cp / 4096), 0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
+end
+local function byte_text()
+    if BYTE_TEXT then return BYTE_TEXT end
+    local printable = {}
+    for b = 33, 126 do printable[b] = true end
+    for b = 161, 172 do printable[b] = true end
+    for b = 174, 255 do printable[b] = true end
+    BYTE_TEXT = {}
+    local n = 0
+    for b = 0, 255 do
+        if printable[b] then BYTE_TEXT[b] = utf8_char(b)
+        else BYTE_TEXT[b] = utf8_char(256 + n); n = n + 1 end
+    end
+    return BYTE_TEXT
+end
+-- raw bytes -> GPT-2 byte-level token text
+function M.byte_encode(s)
+    local bt = byte_text()
+    local out = {}
+    for i = 1, #s do out[i] = bt[s:byte(i)] end
+    return table.concat(out)
+end
+
+-- split pattern -> llama.cpp pre-tokenizer name whose regex is the same (nil: none known)
+function M.pre_tokenizer(pattern)
+    if pattern == nc().tokenizer.default_pattern() then return 'llama-bpe' end
+    return nil
+end
+
+local CHAT_TEMPLATE = "{% set ns = namespace(sys='') %}{% for m in messages %}" ..
+    "{% if m['role'] == 'system' %}{% set ns.sys = m['content'] + '\n\n' %}" ..
+    "{% elif m['role'] == 'user' %}<|user_start|>{{ ns.sys + m['content'] }}<|user_end|>{% set ns.sys = '' %}" ..
+    "{% elif m['role'] == 'assistant' %}<|assistant_start|>{{ m['content'] }}<|assistant_end|>{% endif %}" ..
+    "{% endfor %}{% if add_generation_prompt %}<|assistant_start|>{% endif %}"
+
+-- tokenizer.ggml.* metadata pairs for tok and a model vocab of V tokens; appends to md and warnings
+function M.tokenizer_metadata(tok, V, md, warnings)
+    local gguf = nc().gguf
+    local tv = tok:vocab_size()
+    if tv > V then error(string.format('export: the tokenizer has %d tokens, the model vocab only %d', tv, V), 3) end
+    local nm = tok:n_merges()
+    local tokens, types, id_of = {}, {}, {}
+    for id = 0, V - 1 do
+        local text, ty
+        if id >= tv then
+            text, ty = '<|pad_' .. id .. '|>', 5
+        elseif id >= 256 + nm then
+            text, ty = tok:token(id), 3
+        else
+            local b = tok:token(id)
+            id_of[b] = id
+            text, ty = M.byte_encode(b), 1
+        end
+        tokens[id + 1], types[id + 1] = text, ty
+    end
+    -- merges: the training pair of each token, then every other split into two tokens (see header)
+    local merges = {}
+    local mlist = tok:merges()
+    for k = 1, nm do
+        local l, r = mlist[k][1], mlist[k][2]
+        merges[#merges + 1] = tokens[l + 1] .. ' ' .. tokens[r + 1]
+        local bytes = tok:token(255 + k)
+        local lb = #tok:token(l)
+        for cut = 1, #bytes - 1 do
+            if cut ~= lb then
+                local a, b = id_of[bytes:sub(1, cut)], id_of[bytes:sub(cut + 1)]
+                if a and b and a < 256 + k - 1 and b < 256 + k - 1 then
+                    merges[#merges + 1] = tokens[a + 1] .. ' ' .. tokens[b + 1]
+                end
+            end
+        end
+    end
+    local pre = M.pre_tokenizer(tok:pattern())
+    if not pre then
+        pre = 'default'
+        warnings[#warnings + 1] = 'the tokenizer split pattern matches no llama.cpp pre-tokenizer; wrote pre = default ' ..
+            '(llama.cpp will split text differently)'
+    end
+    local function add(k, v) md[#md + 1] = { k, v } end
+    add('tokenizer.ggml.model', 'gpt2')
+    add('tokenizer.ggml.pre', pre)
+    add('tokenizer.ggml.tokens', tokens)
+    add('tokenizer.ggml.token_type', gguf.array('i32', types))
+    if #merges > 0 then add('tokenizer.ggml.merges', merges)
+    else add('tokenizer.ggml.merges', gguf.array('str', {})) end
+    local function special(name)
+        local ok, id = pcall(tok.special, tok, name)
+        return ok and id or nil
+    end
+    local bos = tok.bos_id
+    if bos then
+        add('tokenizer.ggml.bos_token_id', gguf.u32(bos))
+        add('tokenizer.ggml.eos_token_id', gguf.u32(bos))      -- a document ends where the next <|bos|> starts
+        add('tokenizer.ggml.padding_token_id', gguf.u32(bos))
+        add('tokenizer.ggml.add_bos_token', true)
+        add('tokenizer.ggml.add_eos_token', false)
+    else
+        add('tokenizer.ggml.add_bos_token', false)
+    end
+    local eot = special('<|assistant_end|>')
+    if eot then add('tokenizer.ggml.eot_token_id', gguf.u32(eot)) end
+    if special('<|user_start|>') and special('<|user_end|>') and special('<|assistant_start|>') and eot then
+        add('tokenizer.chat_template', CHAT_TEMPLATE)
+    end
+end
+
+-- The tokenizer embedded in a GGUF we wrote (or any gpt2-model vocab with ids 0..255 = the bytes
+-- in order, the merged tokens next, then the control tokens) -> nc.tokenizer, or nil, why.
+-- The training merges are recovered as the first "A B" entry that makes each next id.
+function M.tokenizer_from_gguf(f)
+    local md = f.metadata
+    if md['tokenizer.ggml.model'] ~= 'gpt2' then return nil, 'no gpt2 tokenizer in the file' end
+    local tokens, types, merges = md['tokenizer.ggml.tokens'], md['tokenizer.ggml.token_type'], md['tokenizer.ggml.merges'] or {}
+    if type(tokens) ~= 'table' or type(types) ~= 'table' or #types ~= #tokens then return nil, 'tokens / token_type missing' end
+    local bt = byte_text()
+    for b = 0, 255 do
+        if tokens[b + 1] ~= bt[b] or types[b + 1] ~= 1 then return nil, 'ids 0..255 are not the 256 bytes in order' end
+    end
+    local text_id = {}
+    for i, t in ipairs(tokens) do text_id[t] = i - 1 end
+    local n_norm = 256
+    while types[n_norm + 1] == 1 do n_norm = n_norm + 1 end
+    local specials = {}
+    local i = n_norm + 1
+    while types[i] == 3 do specials[#specials + 1] = tokens[i]; i = i + 1 end
+    for j = i, #tokens do
+        if types[j] ~= 5 then return nil, 'token ' .. (j - 1) .. ' has type ' .. tostring(types[j]) .. ' after the specials' end
+    end
+    local pairs_ = {}
+    local want = 256
+    for _, m in ipairs(merges) do
+        if want >= n_norm then break end
+        local a, b = m:match('^(%S+) (%S+)$')
+        if a and text_id[a .. b] == want then
+            pairs_[#pairs_ + 1] = { text_id[a], text_id[b] }
+            want = want + 1
+        end
+    end
+    if want ~= n_norm then return nil, 'no merge makes token ' .. want end
+    local pre = md['tokenizer.ggml.pre']
+    if pre ~= 'llama-bpe' then return nil, 'pre-tokenizer ' .. tostring(pre) .. ' is not our split pattern (llama-bpe)' end
+    return nc().tokenizer.from_merges(pairs_, { specials = specials })
+end
+
+-- ---- writers ---------------------------------------------------------------------------------
 local function proj_names(c)
     local p = { { 'attn_q', 'wq' }, { 'attn_k', 'wk' }, { 'attn_v', 'wv' }, { 'attn_output', 'wo' } }
     if c.mlp == 'swiglu' then
@@ -37,16 +252,8 @@ local function proj_names(c)
     return p
 end
 
-function M.gguf(src, path, opts)
-    opts = opts or {}
-    local n = nc()
-    local gguf = n.gguf
-    local ty = opts.type or 'tq2_0'
-    if ty ~= 'tq2_0' and ty ~= 'tq1_0' then error("export: type must be 'tq2_0' or 'tq1_0', got " .. tostring(ty), 2) end
-    local e = getmetatable(src) == require('nanochat.engine').Engine and src or n.pack(src)
-    local c = e.cfg
-    local md = { { 'general.architecture', 'nanochat' }, { 'general.name', c.name or 'nanochat' },
-        { 'general.file_type', gguf.u32(ty == 'tq2_0' and 37 or 36) }, { 'general.quantization_version', gguf.u32(2) } }
+local function nanochat_keys(c, md)
+    local gguf = nc().gguf
     for _, k in ipairs(CFG_KEYS) do
         local v = c[k]
         if v ~= nil then
@@ -54,9 +261,12 @@ function M.gguf(src, path, opts)
             md[#md + 1] = { 'nanochat.' .. k, v }
         end
     end
-    local tok = opts.tokenizer
-    if tok then md[#md + 1] = { 'tokenizer.ggml.bos_token_id', gguf.u32(tok.bos_id) } end
-    local tens = { { name = 'token_embd.weight', tensor = e.wte:to('f32'), type = 'f32' } }
+end
+
+local function write_nanochat(e, ty, md, tens)
+    local c = e.cfg
+    nanochat_keys(c, md)
+    tens[#tens + 1] = { name = 'token_embd.weight', tensor = e.wte:to('f32'), type = 'f32' }
     if e.head ~= e.wte then tens[#tens + 1] = { name = 'output.weight', tensor = e.head:to('f32'), type = 'f32' } end
     for i, L in ipairs(e.layers) do
         local pre = 'blk.' .. (i - 1) .. '.'
@@ -73,24 +283,110 @@ function M.gguf(src, path, opts)
         if L.attn_gain then tens[#tens + 1] = { name = pre .. 'attn_sub_norm.weight', tensor = L.attn_gain, type = 'f32' } end
         if L.mlp_gain then tens[#tens + 1] = { name = pre .. 'ffn_sub_norm.weight', tensor = L.mlp_gain, type = 'f32' } end
     end
-    return gguf.write(path, { metadata = md, tensors = tens })
+    return ty
 end
 
--- GGUF (arch 'nanochat') -> Engine
-function M.load(path)
-    local n = nc()
-    local E = require 'nanochat.engine'
-    local f = n.gguf.read(path)
-    local md = f.metadata
-    local arch = md['general.architecture']
-    if arch ~= 'nanochat' then
-        error('export.load: ' .. path .. ": architecture '" .. tostring(arch) .. "' is not 'nanochat' (only our own GGUF files load into the engine)", 2)
+-- per head: +1 for the first half of the rows, -1 for the second (our RoPE <-> llama.cpp NEOX)
+local function rope_signs(n_heads, hd)
+    local s = {}
+    for h = 0, n_heads - 1 do
+        for j = 0, hd - 1 do s[h * hd + j + 1] = { j < hd / 2 and 1 or -1 } end
     end
-    local cfg = {}
-    for _, k in ipairs(CFG_KEYS) do cfg[k] = md['nanochat.' .. k] end
-    local ok, c = pcall(n.models.gpt.config, cfg)
-    if not ok then error('export.load: ' .. path .. ': bad nanochat.* config: ' .. tostring(c), 2) end
-    local function get(name, shape)
+    return nc().tensor(s)
+end
+
+-- the one gamma of a per-tensor packed matrix
+local function tensor_scale(P, name)
+    local s = P.scale:tolist()
+    for i = 2, #s do
+        if s[i] ~= s[1] then error('export: ' .. name .. ' has per-row scales; the bitnet arch needs one per tensor', 4) end
+    end
+    return s[1]
+end
+
+local function write_bitnet(e, ty, md, tens)
+    local n = nc()
+    local gguf = n.gguf
+    local c = e.cfg
+    local A = 'bitnet.'
+    local function add(k, v) md[#md + 1] = { A .. k, v } end
+    add('context_length', gguf.u32(c.seq_len))
+    add('embedding_length', gguf.u32(c.d_model))
+    add('block_count', gguf.u32(c.n_layer))
+    add('feed_forward_length', gguf.u32(c.d_ff))
+    add('attention.head_count', gguf.u32(c.n_head))
+    add('attention.head_count_kv', gguf.u32(c.n_kv_head))
+    add('rope.freq_base', gguf.f32(c.rope_theta))
+    add('rope.dimension_count', gguf.u32(c.head_dim))
+    add('attention.layer_norm_rms_epsilon', gguf.f32(c.norm_eps))
+    add('vocab_size', gguf.u32(c.vocab_size))
+    -- our own cfg too (llama.cpp ignores unknown keys): nanochat chat reloads the file exactly
+    nanochat_keys(c, md)
+    local d = c.d_model
+    local any_tq = false
+    local function ones(k) return n.ones({ k }) end
+    tens[#tens + 1] = { name = 'token_embd.weight', tensor = e.wte:to('f32'), type = 'f32' }
+    tens[#tens + 1] = { name = 'output_norm.weight', tensor = ones(d), type = 'f32' }
+    local qsign, ksign = rope_signs(c.n_head, c.head_dim), rope_signs(c.n_kv_head, c.head_dim)
+    for i, L in ipairs(e.layers) do
+        local pre = 'blk.' .. (i - 1) .. '.'
+        tens[#tens + 1] = { name = pre .. 'attn_norm.weight', tensor = ones(d), type = 'f32' }
+        tens[#tens + 1] = { name = pre .. 'attn_sub_norm.weight', tensor = L.attn_gain or ones(d), type = 'f32' }
+        tens[#tens + 1] = { name = pre .. 'ffn_norm.weight', tensor = ones(d), type = 'f32' }
+        tens[#tens + 1] = { name = pre .. 'ffn_sub_norm.weight', tensor = L.mlp_gain or ones(c.d_ff), type = 'f32' }
+        for _, pn in ipairs(proj_names(c)) do
+            local P = L[pn[2]]
+            local t = P:ternary()
+            if pn[2] == 'wq' then t = t * qsign elseif pn[2] == 'wk' then t = t * ksign end
+            local wty = 'f16'
+            if P.in_features % 256 == 0 then wty, any_tq = ty, true end
+            tens[#tens + 1] = { name = pre .. pn[1] .. '.weight', tensor = t, type = wty }
+            tens[#tens + 1] = { name = pre .. pn[1] .. '.scale', tensor = n.tensor({ tensor_scale(P, pre .. pn[1]) }),
+                type = 'f32' }
+        end
+    end
+    return any_tq and ty or 'f16'
+end
+
+M.WRITERS = { nanochat = write_nanochat, bitnet = write_bitnet }
+
+local FILE_TYPE = { tq2_0 = 37, tq1_0 = 36, f16 = 1 }
+
+function M.gguf(src, path, opts)
+    opts = opts or {}
+    local n = nc()
+    local gguf = n.gguf
+    local ty = opts.type or 'tq2_0'
+    if ty ~= 'tq2_0' and ty ~= 'tq1_0' then error("export: type must be 'tq2_0' or 'tq1_0', got " .. tostring(ty), 2) end
+    local e = getmetatable(src) == require('nanochat.engine').Engine and src or n.pack(src)
+    local c = e.cfg
+    local arch, why = M.arch_for(c)
+    if opts.arch then
+        if not M.WRITERS[opts.arch] then error('export: unknown arch ' .. tostring(opts.arch), 2) end
+        if opts.arch == 'bitnet' and arch ~= 'bitnet' then
+            error('export: this model cannot be written as bitnet: ' .. table.concat(why.bitnet, '; '), 2)
+        end
+        arch = opts.arch
+    end
+    local info = { arch = arch, why = why, warnings = {} }
+    local md = { { 'general.architecture', arch }, { 'general.name', c.name or 'nanochat' } }
+    local tens = {}
+    local main_type = M.WRITERS[arch](e, ty, md, tens)
+    table.insert(md, 3, { 'general.file_type', gguf.u32(FILE_TYPE[main_type] or FILE_TYPE[ty]) })
+    table.insert(md, 4, { 'general.quantization_version', gguf.u32(2) })
+    if opts.tokenizer then
+        M.tokenizer_metadata(opts.tokenizer, c.vocab_size, md, info.warnings)
+    else
+        md[#md + 1] = { 'tokenizer.ggml.model', 'no_vocab' }
+        info.warnings[#info.warnings + 1] = 'no tokenizer given: tokenizer.ggml.model = no_vocab (token ids only)'
+    end
+    info.main_type = main_type
+    return gguf.write(path, { metadata = md, tensors = tens }), info
+end
+
+-- ---- readers (GGUF -> Engine) ----------------------------------------------------------------
+local function getter(f, path)
+    return function(name, shape)
         if not f.tensor_index[name] then error('export.load: ' .. path .. ': missing tensor ' .. name, 3) end
         local t = f:tensor(name)
         if shape and table.concat(t:shape(), 'x') ~= table.concat(shape, 'x') then
@@ -99,12 +395,27 @@ function M.load(path)
         end
         return t
     end
+end
+
+local function proj_shapes(c)
+    local qd, kvd = c.n_head * c.head_dim, c.n_kv_head * c.head_dim
+    return { wq = { qd, c.d_model }, wk = { kvd, c.d_model }, wv = { kvd, c.d_model }, wo = { c.d_model, qd },
+        w1 = { c.d_ff, c.d_model }, w3 = { c.d_ff, c.d_model }, w2 = { c.d_model, c.d_ff } }
+end
+
+local function read_nanochat(f, path)
+    local n = nc()
+    local md = f.metadata
+    local cfg = {}
+    for _, k in ipairs(CFG_KEYS) do cfg[k] = md['nanochat.' .. k] end
+    local ok, c = pcall(n.models.gpt.config, cfg)
+    if not ok then error('export.load: ' .. path .. ': bad nanochat.* config: ' .. tostring(c), 3) end
+    local get = getter(f, path)
+    local E = require 'nanochat.engine'
     local e = setmetatable({ cfg = c, head_dtype = 'f32', layers = {} }, E.Engine)
     e.wte = get('token_embd.weight', { c.vocab_size, c.d_model }):to('f32')
     e.head = c.tie_embeddings and e.wte or get('output.weight', { c.vocab_size, c.d_model }):to('f32')
-    local qd, kvd = c.n_head * c.head_dim, c.n_kv_head * c.head_dim
-    local shapes = { wq = { qd, c.d_model }, wk = { kvd, c.d_model }, wv = { kvd, c.d_model }, wo = { c.d_model, qd },
-        w1 = { c.d_ff, c.d_model }, w3 = { c.d_ff, c.d_model }, w2 = { c.d_model, c.d_ff } }
+    local shapes = proj_shapes(c)
     for i = 1, c.n_layer do
         local pre, L = 'blk.' .. (i - 1) .. '.', {}
         for _, pn in ipairs(proj_names(c)) do
@@ -113,12 +424,81 @@ function M.load(path)
             L[pn[2]] = infer.from_ternary(t:to('f32'), s)
         end
         if c.subln then
-            L.attn_gain = get(pre .. 'attn_sub_norm.weight', { qd }):to('f32')
+            L.attn_gain = get(pre .. 'attn_sub_norm.weight', { c.n_head * c.head_dim }):to('f32')
             L.mlp_gain = get(pre .. 'ffn_sub_norm.weight', { c.d_ff }):to('f32')
         end
         e.layers[i] = L
     end
-    return e, f
+    return e
+end
+
+-- a bitnet file (ours, or any whose pre-norm gains are 1 and whose rows have one magnitude each)
+local function read_bitnet(f, path)
+    local n = nc()
+    local md = f.metadata
+    local function key(k, req)
+        local v = md['bitnet.' .. k]
+        if v == nil and req then error('export.load: ' .. path .. ': missing key bitnet.' .. k, 4) end
+        return v
+    end
+    local d, H = key('embedding_length', true), key('attention.head_count', true)
+    local emb = f.tensor_index['token_embd.weight']
+    if not emb then error('export.load: ' .. path .. ': missing tensor token_embd.weight', 3) end
+    local cfg = {
+        vocab_size = key('vocab_size') or emb.shape[1], seq_len = key('context_length', true), d_model = d,
+        n_layer = key('block_count', true), n_head = H, n_kv_head = key('attention.head_count_kv') or H,
+        head_dim = key('rope.dimension_count') or d / H, d_ff = key('feed_forward_length', true), mlp = 'swiglu',
+        rope_theta = key('rope.freq_base') or 10000, tie_embeddings = true, subln = true, embed_norm = false,
+        norm_eps = key('attention.layer_norm_rms_epsilon', true), name = md['general.name'],
+    }
+    local ok, c = pcall(n.models.gpt.config, cfg)
+    if not ok then error('export.load: ' .. path .. ': bad bitnet.* config: ' .. tostring(c), 3) end
+    local get = getter(f, path)
+    local function unit_gain(name, k)
+        local g = get(name, { k }):to('f32')
+        if (g - 1):abs():max():item() ~= 0 then
+            error('export.load: ' .. path .. ': ' .. name .. ' is not all ones; our engine\'s pre-norms are parameter-free', 4)
+        end
+    end
+    local E = require 'nanochat.engine'
+    local e = setmetatable({ cfg = c, head_dtype = 'f32', layers = {} }, E.Engine)
+    e.wte = get('token_embd.weight', { c.vocab_size, c.d_model }):to('f32')
+    e.head = e.wte
+    unit_gain('output_norm.weight', d)
+    local shapes = proj_shapes(c)
+    local qsign, ksign = rope_signs(c.n_head, c.head_dim), rope_signs(c.n_kv_head, c.head_dim)
+    for i = 1, c.n_layer do
+        local pre, L = 'blk.' .. (i - 1) .. '.', {}
+        unit_gain(pre .. 'attn_norm.weight', d)
+        unit_gain(pre .. 'ffn_norm.weight', d)
+        for _, pn in ipairs(proj_names(c)) do
+            local name = pre .. pn[1] .. '.weight'
+            local t = get(name, shapes[pn[2]]):to('f32')
+            if pn[2] == 'wq' then t = t * qsign elseif pn[2] == 'wk' then t = t * ksign end
+            local P = infer.from_values(t, name)
+            local sname = pre .. pn[1] .. '.scale'
+            if f.tensor_index[sname] then P.scale = P.scale * get(sname, { 1 }):item() end
+            L[pn[2]] = P
+        end
+        L.attn_gain = get(pre .. 'attn_sub_norm.weight', { d }):to('f32')
+        L.mlp_gain = get(pre .. 'ffn_sub_norm.weight', { c.d_ff }):to('f32')
+        e.layers[i] = L
+    end
+    return e
+end
+
+M.READERS = { nanochat = read_nanochat, bitnet = read_bitnet }
+
+-- GGUF (arch 'nanochat' or 'bitnet') -> Engine, File
+function M.load(path)
+    local f = nc().gguf.read(path)
+    local arch = f.metadata['general.architecture']
+    local reader = M.READERS[arch]
+    if not reader then
+        error('export.load: ' .. path .. ": architecture '" .. tostring(arch) ..
+            "' is not 'nanochat' or 'bitnet' (the GGUF kinds our engine loads)", 2)
+    end
+    return reader(f, path), f
 end
 
 return M

@@ -43,9 +43,11 @@
 --   (quant_group a multiple of in) also fit, since every block lies in one row. For an exact gamma
 --   use bitnet's F32 .scale tensors with t written at d = 1 (per-tensor gamma only).
 --   Reading back: nc.infer.from_values(f:tensor(name)) packs a TQ tensor for our kernels.
---   RoPE: llama uses NORM (adjacent pairs) -> our half-split (rotate_half) q/k rows must be permuted
---   per head: rows reshape(n_head, 2, hd/2, in):swapaxes(1, 2); bitnet uses NEOX (= our half split),
---   no permutation. Ternary tensors need ne[0] (= in) % 256 == 0 for TQ1_0/TQ2_0.
+--   RoPE: llama uses NORM (adjacent pairs) -> half-split (rotate_half) q/k rows must be permuted
+--   per head: rows reshape(n_head, 2, hd/2, in):swapaxes(1, 2); bitnet uses NEOX (half split, as
+--   we do) but rotates by +angle where our kernel (nanochat's) rotates by -angle: export.lua
+--   negates the second half of each head's q/k rows. Ternary tensors need ne[0] (= in) % 256 == 0
+--   for TQ1_0/TQ2_0. (What export.lua actually writes, and why llama never fits: its header.)
 -- Tokenizer (byte-level BPE): tokenizer.ggml.model = 'gpt2'; tokenizer.ggml.pre = 'llama-bpe' (only
 --   if the split regex is exactly GPT-4's \p{N}{1,3} one); tokenizer.ggml.tokens (string[],
 --   GPT-2 bytes_to_unicode text, unique); tokenizer.ggml.merges (string[] "A B" in rank order);

@@ -1,9 +1,11 @@
--- spec/ops/simd_spec.lua — the AVX2 fast paths that are NOT bit-identical to the scalar reference
--- (vector polynomial exp / sigmoid / silu / gelu and their backward, softmax, log-softmax,
--- RMSNorm, fused cross-entropy) against float64 Lua references with stated tolerances, on both
--- kernels (NC_KERNEL=scalar and avx2), on odd row lengths (vector tails), with and without the
--- streaming-store path; special values (NaN, +-inf, far tails); and bit-equality of the streaming
--- and the plain store paths (same arithmetic).
+-- spec/ops/simd_spec.lua — the vector fast paths that are NOT bit-identical to the scalar reference
+-- (polynomial exp / sigmoid / tanh / silu / gelu (erf and tanh forms) and their backward, softmax,
+-- log-softmax, RMSNorm, fused cross-entropy) against float64 Lua references with stated tolerances,
+-- on every kernel this CPU has (NC_KERNEL=scalar, avx2, avx512), on odd row lengths (vector tails),
+-- with and without the streaming-store path; special values (NaN, +-inf, -0, denormal inputs and
+-- results, the overflow edge); the ulp bounds simd_avx2.h / act_avx512.c state; scalar-vs-vector
+-- agreement; softmax rows summing to 1 within 1e-6; and bit-equality of the streaming and the
+-- plain store paths (same arithmetic).
 package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
 local nc = require 'nanochat'
 local ffi = require 'ffi'
@@ -16,8 +18,12 @@ local ROW_RTOL, ROW_ATOL = 2e-5, 1e-7       -- softmax / rmsnorm / cross-entropy
 local LSM_ATOL = 2e-6                        -- log-softmax: x - lse rounds at the scale of lse (|lse| <= ~16)
 
 local has_avx2 = pcall(nc.set_cpu_kernel, 'avx2')
+local has_avx512 = pcall(nc.set_cpu_kernel, 'avx512')   -- AVX-512F versions of the exp-bound kernels
 nc.set_cpu_kernel('auto')
 local KERNELS = has_avx2 and { 'scalar', 'avx2' } or { 'scalar' }
+if has_avx512 then KERNELS[#KERNELS + 1] = 'avx512' end
+local VECTOR_KERNELS = {}
+for _, k in ipairs(KERNELS) do if k ~= 'scalar' then VECTOR_KERNELS[#VECTOR_KERNELS + 1] = k end end
 
 local function with_kernel(k, f)
     nc.set_cpu_kernel(k)
@@ -168,9 +174,8 @@ describe('vector activations vs float64', function()
         end
     end
 
-    it('propagate NaN and saturate at +-inf (avx2)', function()
-        if not has_avx2 then pending('no AVX2') return end
-        with_kernel('avx2', function()
+    for _, vk in ipairs(VECTOR_KERNELS) do it('propagate NaN and saturate at +-inf (' .. vk .. ')', function()
+        with_kernel(vk, function()
             local v = T { 0 / 0, math.huge, -math.huge, 1 }
             local e = nc.exp(v):tolist()
             assert.is_true(e[1] ~= e[1])
@@ -183,7 +188,7 @@ describe('vector activations vs float64', function()
             assert.is_true(g[1] ~= g[1])
             assert.are.equal(math.huge, g[2])
         end)
-    end)
+    end) end
 end)
 
 -- ---- softmax / log-softmax ------------------------------------------------------------------------
@@ -380,4 +385,203 @@ describe('streaming stores in elementwise kernels', function()
         local al, cl = a:tolist(), c:tolist()
         for j = 1, n, 997 do assert.are.equal(al[j] * 2, cl[j]) end
     end)
+end)
+
+-- ---- ulp bounds of the vector math (simd_avx2.h states them) ----------------------------------------
+-- ulp(w) = the f32 spacing at the float64 reference value w (2^-149 in the denormal range).
+-- Results whose reference is below 1e-30 in magnitude (deep tails of sigmoid / silu / gelu_tanh,
+-- where the AVX2 kernels return 0 below x = -87.33) are checked against an absolute 1e-35.
+local FLT_MIN = 1.1754943508222875e-38
+local function ulp(w)
+    local _, e = math.frexp(math.abs(w))
+    return 2 ^ (math.max(e - 1, -126) - 23)
+end
+local GC2 = math.sqrt(2 / math.pi)
+local function tanh64(x) return math.tanh(x) end
+local ULP_REF = {
+    exp = math.exp, sigmoid = sigmoid, tanh = tanh64,
+    silu = function(x) return x * sigmoid(x) end,
+    gelu_tanh = function(x) return x * sigmoid(2 * GC2 * (x + 0.044715 * x * x * x)) end,
+}
+local ULP_DREF = {
+    exp = math.exp,
+    sigmoid = function(x) local s = sigmoid(x); return s * (1 - s) end,
+    tanh = function(x) local t = math.tanh(x); return 1 - t * t end,
+    gelu_tanh = function(x)
+        local s = sigmoid(2 * GC2 * (x + 0.044715 * x * x * x))
+        return s + 2 * x * s * (1 - s) * GC2 * (1 + 3 * 0.044715 * x * x)
+    end,
+}
+-- stated bounds (AVX2): exp 2 ulp, the others 4 ulp (gelu_tanh: 4 ulp times max(1, |2u|), u its tanh
+-- argument, since u itself is rounded to f32)
+local ULP_MAX = { exp = 2, sigmoid = 4, tanh = 4, silu = 4, gelu_tanh = 4 }
+local ULP_RANGE = { exp = { -104, 89 }, sigmoid = { -95, 40 }, tanh = { -12, 12 }, silu = { -95, 40 },
+                    gelu_tanh = { -14, 14 } }
+
+local function apply(op, t)
+    if op == 'gelu_tanh' then return nc.gelu(t, { approximate = 'tanh' }) end
+    return nc[op](t)
+end
+
+-- max ulp error over x, or an error naming the worst element beyond `bound`
+local function ulp_check(op, xl, got, bound, what)
+    local worst = 0
+    for i = 1, #xl do
+        local w = ULP_REF[op](xl[i])
+        if w > 3.4028234663852886e38 then w = math.huge end
+        local g = got[i]
+        if w ~= w or w == math.huge or w == -math.huge then
+            if not (g == w or (g ~= g and w ~= w)) then
+                error(string.format('%s: x = %.9g gives %.9g, expected %g', what, xl[i], g, w), 2)
+            end
+        elseif math.abs(w) < 1e-30 then
+            if math.abs(g - w) > 1e-35 then
+                error(string.format('%s: x = %.9g gives %.9g, expected %.9g (abs bound 1e-35)', what, xl[i], g, w), 2)
+            end
+        else
+            local u = math.abs(g - w) / ulp(w)
+            local b = bound
+            if op == 'gelu_tanh' then   -- the f32 argument 2u carries its own rounding: exp's condition number |2u|
+                local x = xl[i]
+                b = bound * math.max(1, math.abs(2 * GC2 * (x + 0.044715 * x * x * x)))
+            end
+            if u > b then
+                error(string.format('%s: x = %.9g gives %.9g, expected %.9g (%.2f ulp > %g)', what, xl[i], g, w, u, b), 2)
+            end
+            if u > worst then worst = u end
+        end
+    end
+    return worst
+end
+
+describe('vector math ulp bounds (exp, sigmoid, tanh, silu, gelu tanh form)', function()
+    local sizes = { 1, 7, 8, 9, 15, 17, 31, 1003, 20011 }   -- tails of every length 0..7
+    for _, vk in ipairs(VECTOR_KERNELS) do
+        for op, bound in pairs(ULP_MAX) do
+            it(op .. ': ' .. vk .. ' within ' .. bound .. ' ulp of float64 over many sizes', function()
+                with_kernel(vk, function()
+                    local worst = 0
+                    for _, n in ipairs(sizes) do
+                        local r = ULP_RANGE[op]
+                        for _, lohi in ipairs { r, { -1, 1 } } do
+                            local x = rand({ n }, lohi[1], lohi[2])
+                            local xl = f32list(x)
+                            worst = math.max(worst, ulp_check(op, xl, apply(op, x):tolist(), bound, op .. ' n=' .. n .. ' ' .. vk))
+                        end
+                    end
+                    assert.is_true(worst > 0)   -- (each element was checked against its bound)
+                end)
+            end)
+        end
+    end
+
+    for _, vk in ipairs(VECTOR_KERNELS) do it('special values: +-inf, NaN, -0, denormal inputs, overflow edge, denormal results (' .. vk .. ')', function()
+        with_kernel(vk, function()
+            local nan, inf = 0 / 0, math.huge
+            local dn = 1e-40                          -- a denormal input
+            local xs = { nan, inf, -inf, 0, -0.0, dn, -dn, 88.72, 88.73, -100, -103.9, -104, 1e30, -1e30 }
+            -- (padding to 17 elements puts the specials in vector bodies and tails)
+            for _ = #xs + 1, 17 do xs[#xs + 1] = 0.5 end
+            local x = T(xs)
+            local xl = f32list(x)
+            for op, bound in pairs(ULP_MAX) do
+                ulp_check(op, xl, apply(op, x):tolist(), bound, op .. ' specials')
+            end
+            local e = nc.exp(x):tolist()
+            assert.is_true(e[1] ~= e[1])
+            assert.are.same({ inf, 0, 1, 1, 1, 1 }, { e[2], e[3], e[4], e[5], e[6], e[7] })
+            assert.is_true(e[8] < inf and e[8] > 3.3e38)     -- exp(88.72) = 3.36e38 is finite
+            assert.are.equal(inf, e[9])
+            assert.is_true(e[10] > 0 and e[10] < FLT_MIN)   -- exp(-100) = 3.7e-44: a denormal
+            assert.is_true(e[11] > 0)                        -- exp(-103.9) = 1.1e-45: the smallest denormal
+            assert.are.equal(0, e[12])
+            local t = nc.tanh(x):tolist()
+            assert.are.same({ 1, -1, 0 }, { t[2], t[3], t[4] })
+            assert.are.equal(-math.huge, 1 / t[5])          -- tanh(-0) = -0
+            assert.are.same({ xl[6], xl[7] }, { t[6], t[7] }) -- tanh(denormal) = itself
+            local s = nc.sigmoid(x):tolist()
+            assert.are.same({ 1, 0, 0.5, 0.5, 0.5 }, { s[2], s[3], s[4], s[5], s[6] })
+            local si = nc.silu(x):tolist()
+            assert.are.equal(inf, si[2])
+            assert.is_true(si[1] ~= si[1] and si[3] ~= si[3])   -- -inf * 0 = NaN, as in the reference
+            local gt = nc.gelu(x, { approximate = 'tanh' }):tolist()
+            assert.is_true(gt[1] ~= gt[1])
+            assert.are.equal(inf, gt[2])
+        end)
+    end) end
+
+    it('scalar (libm) and the vector kernels agree within 4 ulp + 1e-35 (exp, sigmoid, tanh), 8 ulp + 1e-7 (silu, gelu tanh)', function()
+        if not has_avx2 then pending('no AVX2') return end
+        for op in pairs(ULP_MAX) do
+            local r = ULP_RANGE[op]
+            local x = rand({ 4099 }, r[1], r[2])
+            local a
+            with_kernel('scalar', function() a = apply(op, x):tolist() end)
+            for _, vk in ipairs(VECTOR_KERNELS) do
+            local b
+            with_kernel(vk, function() b = apply(op, x):tolist() end)
+            local exactish = op == 'exp' or op == 'sigmoid' or op == 'tanh'
+            for i = 1, #a do
+                local d = math.abs(a[i] - b[i])
+                -- (the scalar silu / gelu_tanh lose absolute accuracy in 1 + tanh and 1 + exp(-x))
+                local lim = exactish and (4 * ulp(a[i]) + 1e-35) or (8 * ulp(a[i]) + 1e-7)
+                if a[i] == math.huge then lim = 0; d = (b[i] == math.huge) and 0 or 1 end
+                if d > lim then error(string.format('%s: scalar %.9g vs %s %.9g', op, a[i], vk, b[i])) end
+            end
+            end
+        end
+    end)
+
+    for _, k in ipairs(KERNELS) do
+        it('exp, sigmoid, tanh, gelu (tanh form) backward vs float64 (' .. k .. ')', function()
+            with_kernel(k, function()
+                local x = rand({ 1003 }, -6, 6)
+                local xl = f32list(x)
+                for op, dref in pairs(ULP_DREF) do
+                    local xg = x:clone():requires_grad_(true)
+                    local g = rand({ 1003 }, -2, 2)
+                    apply(op, xg):backward(g)
+                    local gl, want = g:tolist(), {}
+                    for i, v in ipairs(xl) do want[i] = gl[i] * dref(v) end
+                    -- tanh and sigmoid differentiate through their f32 output (1 - y^2, y (1 - y)): absolute
+                    -- error ~ulp(1) |g| where y is near +-1
+                    local atol = (op == 'tanh' or op == 'sigmoid' or (k == 'scalar' and op == 'gelu_tanh')) and 1e-6 or 1e-7
+                    close(xg.grad:tolist(), want, 8e-6, atol, op .. ' backward ' .. k)
+                end
+            end)
+        end)
+    end
+end)
+
+describe('softmax rows sum to 1', function()
+    for _, k in ipairs(KERNELS) do
+        it('within 1e-6 in float64, odd lengths, wide logit ranges and -inf entries (' .. k .. ')', function()
+            with_kernel(k, function()
+                for _, n in ipairs { 1, 3, 8, 9, 17, 100, 1001, 4099, 32771 } do
+                    for _, span in ipairs { 1, 10, 60, 200 } do
+                        local x = rand({ 3, n }, -span, span)
+                        if n > 3 then   -- a masked entry per row
+                            x:narrow(1, 1, 1):fill_(-math.huge)
+                        end
+                        local p = nc.softmax(x, -1):tolist()
+                        for r = 0, 2 do
+                            local s = 0
+                            for j = 1, n do s = s + p[r * n + j] end
+                            if math.abs(s - 1) > 1e-6 then
+                                error(string.format('row %d of n=%d span=%g sums to %.9g', r, n, span, s))
+                            end
+                        end
+                        -- log-softmax: x - lse is rounded at the scale of |x - lse| <= 2 span + ln n
+                        local lp = nc.log_softmax(x, -1):tolist()
+                        local s = 0
+                        for j = 1, n do s = s + math.exp(lp[j]) end
+                        local tol = 1e-6 + 2 ^ -23 * (2 * span + math.log(n))
+                        if math.abs(s - 1) > tol then
+                            error(string.format('log_softmax n=%d span=%g: exp sums to %.9g', n, span, s))
+                        end
+                    end
+                end
+            end)
+        end)
+    end
 end)

@@ -6,7 +6,7 @@
 --      call the autograd backward makes, beta = 1), for a linear layer x (512, 512), W (2048, 512)
 --      forward, its two backward GEMMs, one real autograd forward+backward, and a 1024^3 matmul.
 --   2. Streaming kernels on tensors larger than the L3 the design assumes (16M floats = 64 MiB
---      each): add, mul, relu, silu, gelu, scale, rmsnorm, softmax — GB/s counting bytes read +
+--      each): add, mul, relu, silu, gelu, exp, tanh, scale, rmsnorm, softmax, log_softmax — GB/s counting bytes read +
 --      written, through the Lua op and as a bare C kernel call into a preallocated output, vs
 --      copy baselines: libc memcpy (1 thread), nc copy_ (contiguous -> memcpy; and a row-strided
 --      source that takes the OpenMP path), OpenBLAS saxpy (threaded, y += a x).
@@ -267,6 +267,8 @@ local function main()
         { 'relu', 2, { function(p) return nc.relu(p) end }, 'nc_unary', function() return C.nc_unary(out._c, a._c, C.NC_OP_RELU) end },
         { 'silu', 2, { function(p) return nc.silu(p) end }, 'nc_unary', function() return C.nc_unary(out._c, a._c, C.NC_OP_SILU) end },
         { 'gelu', 2, { function(p) return nc.gelu(p) end }, 'nc_unary', function() return C.nc_unary(out._c, a._c, C.NC_OP_GELU) end },
+        { 'exp', 2, { function(p) return nc.exp(p) end }, 'nc_unary', function() return C.nc_unary(out._c, a._c, C.NC_OP_EXP) end },
+        { 'tanh', 2, { function(p) return nc.tanh(p) end }, 'nc_unary', function() return C.nc_unary(out._c, a._c, C.NC_OP_TANH) end },
         { 'scale', 2, { function(p) return nc.scale(p, 0.5) end, function(p) return nc.mul(p, 0.5) end,
                         function(p) return p * 0.5 end },
           'nc_binary_scalar', function() return C.nc_binary_scalar(out._c, a._c, 0.5, C.NC_OP_MUL) end },
@@ -274,6 +276,8 @@ local function main()
           function() return C.nc_rmsnorm(out._c, rstd._c, a._c, nil, 1e-6) end },
         { 'softmax', 2, { function(p) return nc.softmax(p, -1) end }, 'nc_softmax',
           function() return C.nc_softmax(out._c, a._c, 0) end },
+        { 'log_softmax', 2, { function(p) return nc.log_softmax(p, -1) end }, 'nc_softmax',
+          function() return C.nc_softmax(out._c, a._c, 1) end },
         -- backward kernels (bare C calls, accumulating into a gradient: info rows, not in the worst ratio)
         { 'rmsnorm_bwd', 4, {}, 'nc_rmsnorm_backward',
           function() return C.nc_rmsnorm_backward(gacc._c, nil, a._c, nil, rstd._c, b._c) end, true },
@@ -367,7 +371,7 @@ local function main()
         end
         local res, ratio = L.compare({ best.fn, fwd, bwd }, { warmup = warmup, reps = reps, target = target_s })
         local sc = {}
-        if nc.cpu_kernel() == 'avx2' then
+        if nc.cpu_kernel() ~= 'scalar' then
             nc.set_cpu_kernel('scalar')
             local r2 = L.compare({ fwd, bwd }, { warmup = 1, reps = math.min(reps, 3), target = target_s })
             nc.set_cpu_kernel('auto')

@@ -1,14 +1,31 @@
--- lua/nanochat/cmd/export.lua — `nanochat export CKPT out.gguf [type=tq2_0|tq1_0]`
+-- lua/nanochat/cmd/export.lua — `nanochat export CKPT out.gguf [type=tq2_0|tq1_0] [tok=FILE] [arch=nanochat]`
 --
--- Promise: packs the checkpoint dir and writes it as a GGUF under our own architecture key
--- 'nanochat' (lua/nanochat/export.lua: exact training scales, every option of our GPT), which
--- `nanochat chat` / `generate` load. Prints the file size. llama.cpp's llama/bitnet arches are not
--- written yet (README: Inference).
+-- Promise: packs the checkpoint dir and writes it as a GGUF (lua/nanochat/export.lua): under
+-- llama.cpp's `bitnet` architecture when export.arch_for says llama.cpp can express the model
+-- (e.g. configs/models/dense.lua), else under our own 'nanochat' key (printing why). The
+-- checkpoint's tokenizer (tok=FILE, or tokenizer.tok / tokenizer.bin next to it, as `nanochat
+-- chat` finds it) is embedded as tokenizer.ggml.*; without one the file carries token ids only.
+-- `nanochat chat` / `generate` load both kinds. Prints the file size and the arch.
 return function(kv, pos)
     local nc = require 'nanochat'
     local ckpt, out = pos[1], pos[2]
-    if not ckpt or not out then error('usage: nanochat export CKPT out.gguf [type=tq2_0|tq1_0]', 0) end
-    local bytes = nc.export.gguf(ckpt, out, { type = kv.type })
-    print(string.format('wrote %s (%d bytes, arch nanochat, %s)', out, bytes, kv.type or 'tq2_0'))
+    if not ckpt or not out then
+        error('usage: nanochat export CKPT out.gguf [type=tq2_0|tq1_0] [tok=FILE] [arch=nanochat]', 0)
+    end
+    local ok, tok = pcall(require('nanochat.engine').tokenizer_for, ckpt, { tok = kv.tok })
+    if not ok then
+        if kv.tok then error(tok, 0) end
+        tok = nil
+    end
+    local bytes, info = nc.export.gguf(ckpt, out, { type = kv.type, tokenizer = tok, arch = kv.arch })
+    print(string.format('wrote %s (%d bytes, arch %s, %s)', out, bytes, info.arch, info.main_type))
+    if info.arch ~= 'bitnet' and #info.why.bitnet == 0 then
+        print('written under our own arch on request (without arch=, llama.cpp\'s bitnet arch would be used)')
+    elseif info.arch ~= 'bitnet' then
+        print('not llama.cpp-loadable (bitnet arch) because: ' .. table.concat(info.why.bitnet, '; '))
+    else
+        print('llama.cpp loads this file (arch bitnet)')
+    end
+    for _, w in ipairs(info.warnings) do print('warning: ' .. w) end
     return 0
 end

@@ -5,6 +5,8 @@
 -- generator is not touched). Architecture (algorithms.md §1, §14):
 --
 --   x = rmsnorm(wte[idx])                                  token embedding (fp32), then a norm
+--                                                          (cfg.embed_norm = false: x = wte[idx],
+--                                                          as llama.cpp's llama/bitnet graphs do)
 --   per block (pre-norm, residual):
 --     h = rmsnorm(x); xq = Qa(h) (one int8 quantization shared by q, k and v)
 --     q, k, v = xq Qw(Wq)^T, xq Qw(Wk)^T, xq Qw(Wv)^T     GQA: n_head query, n_kv_head kv heads
@@ -60,6 +62,7 @@ local KNOWN = {
     qk_norm = 'boolean', tie_embeddings = 'boolean', logit_softcap = 'number', ternary = 'boolean',
     quant_group = 'number', subln = 'boolean', init_std = 'number', embed_std = 'number',
     head_std = 'number', norm_eps = 'number', seed = 'number', name = 'string', arch = 'string',
+    embed_norm = 'boolean',
     -- feature sub-configs (issue 6), each validated by its own module's config():
     loop = 'table',   -- LoopLM:   nanochat.looplm
     mhc = 'table',    -- mHC/lite: nanochat.mhc
@@ -101,6 +104,7 @@ function M.config(cfg)
     if c.ternary == nil then c.ternary = true end
     c.quant_group = c.quant_group or 0
     if c.subln == nil then c.subln = false end
+    if c.embed_norm == nil then c.embed_norm = true end
     c.init_std = c.init_std or 0.02
     c.embed_std = c.embed_std or (c.tie_embeddings and c.init_std or 1.0)
     c.head_std = c.head_std or 0.001
@@ -296,7 +300,9 @@ end
 --   _loss(idx, targets, opts)   the training loss                  [LoopLM, MTP, Collider terms]
 function GPT:_embed(idx)
     local n = nc()
-    return n.rmsnorm(n.embedding(idx, self.wte.weight), nil, self.cfg.norm_eps)
+    local x = n.embedding(idx, self.wte.weight)
+    if not self.cfg.embed_norm then return x end
+    return n.rmsnorm(x, nil, self.cfg.norm_eps)
 end
 
 function GPT:_trunk(x, cos, sin, cache)

@@ -73,6 +73,25 @@ local function same_shape_c(ac, bc)
     return true
 end
 
+-- The autograd closures live in their own functions: a function that creates a closure over its
+-- locals ends in a UCLO bytecode, which LuaJIT cannot compile, so the whole forward of every op
+-- would run in the interpreter (~2x the cost of a tiny op) even with autograd off.
+local function record_binary(name, op, a, b, out)
+    if op == C.NC_OP_ADD and same_shape_c(a._c, b._c) then
+        -- d(a + b) = g for both: hand g over (ag.pass_grad: the first input without a gradient
+        -- takes the buffer itself; the other accumulates)
+        ag.record(out, { a, b }, function(gout)
+            ag.pass_grad(a, gout)
+            ag.pass_grad(b, gout)
+        end)
+        return
+    end
+    ag.record(out, { a, b }, function(gout)
+        local ga, gb = ag.grad_of(a), ag.grad_of(b)
+        check(C.nc_binary_backward(cptr(ga), cptr(gb), nil, a._c, b._c, gout._c, op), name .. ' backward')
+    end)
+end
+
 local function binary_tt(name, op, a, b)
     local ac, bc = a._c, b._c
     local out
@@ -82,34 +101,22 @@ local function binary_tt(name, op, a, b)
         out = Tensor.empty(bshape(name, a, b), ac.dtype, ac.device)
     end
     check(C.nc_binary(out._c, ac, bc, op), name)
-    if needs2(a, b) then
-        if op == C.NC_OP_ADD and same_shape_c(ac, bc) then
-            -- d(a + b) = g for both: hand g over (ag.pass_grad: the first input without a
-            -- gradient takes the buffer itself; the other accumulates)
-            ag.record(out, { a, b }, function(gout)
-                ag.pass_grad(a, gout)
-                ag.pass_grad(b, gout)
-            end)
-            return out
-        end
-        ag.record(out, { a, b }, function(gout)
-            local ga, gb = ag.grad_of(a), ag.grad_of(b)
-            check(C.nc_binary_backward(cptr(ga), cptr(gb), nil, a._c, b._c, gout._c, op), name .. ' backward')
-        end)
-    end
+    if needs2(a, b) then record_binary(name, op, a, b, out) end
     return out
+end
+
+local function record_binary_scalar(name, op, a, s, out)
+    ag.record(out, { a }, function(gout)
+        local ga = ag.grad_of(a)
+        if ga then check(C.nc_binary_scalar_backward(ga._c, a._c, gout._c, s, op), name .. ' backward') end
+    end)
 end
 
 local function binary_ts(name, op, a, s)
     local ac = a._c
     local out = empty_c(ac.ndim, ac.shape, ac.dtype, ac.device)
     check(C.nc_binary_scalar(out._c, ac, s, op), name)
-    if needs2(a) then
-        ag.record(out, { a }, function(gout)
-            local ga = ag.grad_of(a)
-            if ga then check(C.nc_binary_scalar_backward(ga._c, a._c, gout._c, s, op), name .. ' backward') end
-        end)
-    end
+    if needs2(a) then record_binary_scalar(name, op, a, s, out) end
     return out
 end
 
@@ -144,17 +151,19 @@ local UN = { neg = C.NC_OP_NEG, exp = C.NC_OP_EXP, log = C.NC_OP_LOG, tanh = C.N
              sqrt = C.NC_OP_SQRT, rsqrt = C.NC_OP_RSQRT, abs = C.NC_OP_ABS, square = C.NC_OP_SQUARE,
              reciprocal = C.NC_OP_RECIP, sin = C.NC_OP_SIN, cos = C.NC_OP_COS }
 
+local function record_unary(name, op, a, out)
+    ag.record(out, { a }, function(gout)
+        local ga = ag.grad_of(a)
+        if ga then check(C.nc_unary_backward(ga._c, out._c, a._c, gout._c, op), name .. ' backward') end
+    end)
+end
+
 local function unary(name, op, a)
     want_tensor(name, a, 1)
     local ac = a._c
     local out = empty_c(ac.ndim, ac.shape, ac.dtype, ac.device)
     check(C.nc_unary(out._c, ac, op), name)
-    if needs2(a) then
-        ag.record(out, { a }, function(gout)
-            local ga = ag.grad_of(a)
-            if ga then check(C.nc_unary_backward(ga._c, out._c, a._c, gout._c, op), name .. ' backward') end
-        end)
-    end
+    if needs2(a) then record_unary(name, op, a, out) end
     return out
 end
 

@@ -1,0 +1,320 @@
+/* kernels/cpu/act_avx512.c — AVX-512F versions of the exp-bound kernels: exp, sigmoid, silu, gelu
+ * (erf and tanh forms), tanh forward; silu / gelu / gelu_tanh backward; softmax / log-softmax rows;
+ * fused cross-entropy rows.
+ *
+ * Promise: used only when the CPU has AVX-512F and the kernel selection is "avx512" (the default
+ * "auto" on such CPUs; NC_KERNEL=avx2 or scalar select the other paths). Same algorithms as the
+ * AVX2 helpers in simd_avx2.h, 16 lanes wide; the AVX-512 instructions remove most special-value
+ * work: vscalefps applies 2^n with correct overflow to inf and correctly rounded denormal results,
+ * vrcp14ps + one Newton step replaces the division, masks replace blends. Bounds (checked by
+ * spec/ops/simd_spec.lua, which runs every AVX2 check on this path too): exp <= 2 ulp over the
+ * whole range incl. denormal results; sigmoid, tanh, silu, gelu_tanh <= 4 ulp (gelu_tanh times its
+ * argument's condition number); gelu (erf) relative 1.3e-6. Large outputs (>= nc_nt_bytes()) are
+ * written with streaming stores. Results never depend on the thread count.
+ */
+#include "internal.h"
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+
+#define X_LO -103.972077f   /* ln(2^-150): exp rounds to 0 below */
+
+/* exp(r) polynomial on x (|x log2 e| < 2^22); *n_out = round(x log2 e) as float */
+static inline __m512 poly512(__m512 x, __m512 *n_out) {
+    const __m512 sh = _mm512_set1_ps(12582912.0f);   /* 1.5 * 2^23 */
+    __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), sh), sh);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 r2 = _mm512_mul_ps(r, r), r4 = _mm512_mul_ps(r2, r2);
+    __m512 q0 = _mm512_fmadd_ps(_mm512_set1_ps(1.6666665459e-1f), r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 q1 = _mm512_fmadd_ps(_mm512_set1_ps(8.3334519073e-3f), r, _mm512_set1_ps(4.1665795894e-2f));
+    __m512 q2 = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
+    __m512 p = _mm512_fmadd_ps(q2, r4, _mm512_fmadd_ps(q1, r2, q0));
+    *n_out = n;
+    return _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+}
+
+/* exp of every input: x clamped to [-104, 89] (n in [-150, 128], vscalefps handles both ends);
+ * 0 below ln(2^-150) without computing a denormal (no microcode assist); NaN -> NaN */
+static inline __m512 exp512(__m512 x) {
+    __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(X_LO), _CMP_NLT_UQ);   /* NaN: kept */
+    __m512 xc = _mm512_min_ps(_mm512_set1_ps(89.0f), _mm512_max_ps(_mm512_set1_ps(-104.0f), x));   /* keeps NaN */
+    __m512 n, p = poly512(xc, &n);
+    return _mm512_maskz_scalef_ps(keep, p, n);
+}
+
+/* 1 / d for d >= 1: rcp14 + one Newton step (error ~2^-28 before rounding; 1 / 1 = 1) */
+static inline __m512 rcp512(__m512 d) {
+    __m512 r = _mm512_rcp14_ps(d);
+    return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0f)), r);
+}
+
+/* sigmoid(x) = 1 / (1 + e), e = exp(-x), -x capped at 88 (1 + e finite); 0 below x = -87.33
+ * (the true value is below FLT_MIN; as the AVX2 path); *e_out = e */
+static inline __m512 sigmoid_e512(__m512 x, __m512 *e_out) {
+    __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.33654475f), _CMP_NLT_UQ);   /* NaN: kept */
+    __m512 nx = _mm512_min_ps(_mm512_set1_ps(88.0f), _mm512_sub_ps(_mm512_setzero_ps(), x));   /* keeps NaN */
+    __m512 e = exp512(nx);
+    *e_out = e;
+    return _mm512_maskz_mov_ps(keep, rcp512(_mm512_add_ps(_mm512_set1_ps(1.0f), e)));
+}
+
+static inline __m512 sigmoid512(__m512 x) {
+    __m512 e;
+    return sigmoid_e512(x, &e);
+}
+
+static inline __m512 silu_d512(__m512 x) {
+    __m512 e, s = sigmoid_e512(x, &e);
+    return _mm512_mul_ps(s, _mm512_fmadd_ps(x, _mm512_mul_ps(e, s), _mm512_set1_ps(1.0f)));
+}
+
+static inline __m512 tanh512(__m512 x) {
+    const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
+    __m512 ax = _mm512_castsi512_ps(_mm512_andnot_si512(sign, _mm512_castps_si512(x)));
+    __m512 e = exp512(_mm512_mul_ps(ax, _mm512_set1_ps(-2.0f)));
+    __m512 big = _mm512_mul_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), e), rcp512(_mm512_add_ps(_mm512_set1_ps(1.0f), e)));
+    __m512 u = _mm512_mul_ps(ax, ax), u2 = _mm512_mul_ps(u, u);
+    __m512 c0 = _mm512_fmadd_ps(_mm512_set1_ps(0.1333320140838623f), u, _mm512_set1_ps(-0.3333333134651184f));
+    __m512 c1 = _mm512_fmadd_ps(_mm512_set1_ps(0.021698201075196266f), u, _mm512_set1_ps(-0.053946252912282944f));
+    __m512 c2 = _mm512_fmadd_ps(_mm512_set1_ps(0.002138207433745265f), u, _mm512_set1_ps(-0.008171768859028816f));
+    __m512 p = _mm512_fmadd_ps(_mm512_fmadd_ps(c2, u2, c1), u2, c0);
+    __mmask16 sm = _mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.625f), _CMP_LT_OQ);
+    __m512 y = _mm512_mask_fmadd_ps(_mm512_mul_ps(ax, u), sm, p, ax);   /* small lanes: ax + ax^3 p */
+    y = _mm512_mask_mov_ps(big, sm, y);
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(y),
+                                               _mm512_and_si512(sign, _mm512_castps_si512(x))));
+}
+
+/* erfc(z), z >= 0 (the same fit as nc_erfc256) */
+static inline __m512 erfc512(__m512 z) {
+    z = _mm512_min_ps(_mm512_set1_ps(10.0f), z);
+    __m512 t = rcp512(_mm512_fmadd_ps(z, _mm512_set1_ps(0.5f), _mm512_set1_ps(1.0f)));
+    __m512 t2 = _mm512_mul_ps(t, t), t4 = _mm512_mul_ps(t2, t2), t8 = _mm512_mul_ps(t4, t4);
+    __m512 e0 = _mm512_fmadd_ps(_mm512_set1_ps(1.00002368f), t, _mm512_set1_ps(-1.26551223f));
+    __m512 e1 = _mm512_fmadd_ps(_mm512_set1_ps(0.09678418f), t, _mm512_set1_ps(0.37409196f));
+    __m512 e2 = _mm512_fmadd_ps(_mm512_set1_ps(0.27886807f), t, _mm512_set1_ps(-0.18628806f));
+    __m512 e3 = _mm512_fmadd_ps(_mm512_set1_ps(1.48851587f), t, _mm512_set1_ps(-1.13520398f));
+    __m512 e4 = _mm512_fmadd_ps(_mm512_set1_ps(0.17087277f), t, _mm512_set1_ps(-0.82215223f));
+    __m512 f0 = _mm512_fmadd_ps(e1, t2, e0), f1 = _mm512_fmadd_ps(e3, t2, e2);
+    __m512 p = _mm512_fmadd_ps(e4, t8, _mm512_fmadd_ps(f1, t4, f0));
+    __m512 n, q = poly512(_mm512_fnmadd_ps(z, z, p), &n);   /* argument in [-100, 0]: in range */
+    return _mm512_mul_ps(t, _mm512_scalef_ps(q, n));
+}
+
+static inline __m512 phi512(__m512 x) {
+    __m512 ax = _mm512_abs_ps(x);
+    __m512 h = _mm512_mul_ps(_mm512_set1_ps(0.5f), erfc512(_mm512_mul_ps(ax, _mm512_set1_ps(0.70710678118654752f))));
+    __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+    return _mm512_mask_mov_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), h), neg, h);
+}
+
+#define GC2 1.59576912160573072f     /* 2 sqrt(2/pi) */
+#define GC2A 0.0713548162726008f     /* 2 sqrt(2/pi) 0.044715 */
+static inline __m512 gelu_tanh512(__m512 x) {
+    __m512 x2 = _mm512_mul_ps(x, x);
+    __m512 u2 = _mm512_mul_ps(x, _mm512_fmadd_ps(x2, _mm512_set1_ps(GC2A), _mm512_set1_ps(GC2)));
+    return _mm512_mul_ps(x, sigmoid512(u2));
+}
+
+static inline __m512 gelu_tanh_d512(__m512 x) {
+    __m512 x2 = _mm512_mul_ps(x, x);
+    __m512 u2 = _mm512_mul_ps(x, _mm512_fmadd_ps(x2, _mm512_set1_ps(GC2A), _mm512_set1_ps(GC2)));
+    __m512 e, s = sigmoid_e512(u2, &e);
+    __m512 du2 = _mm512_fmadd_ps(x2, _mm512_set1_ps(3.0f * GC2A), _mm512_set1_ps(GC2));
+    return _mm512_fmadd_ps(_mm512_mul_ps(_mm512_mul_ps(x, s), _mm512_mul_ps(e, s)), du2, s);
+}
+
+static inline __m512 gelu_d512(__m512 x) {   /* Phi(x) + x phi(x) */
+    __m512 e = exp512(_mm512_mul_ps(_mm512_set1_ps(-0.5f), _mm512_mul_ps(x, x)));
+    return _mm512_fmadd_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.39894228040143268f)), e, phi512(x));
+}
+
+/* ---- flat loops -------------------------------------------------------------------------------- */
+static inline __mmask16 tail16(int64_t n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
+
+/* the serial branch has no `omp parallel` at all (an if(0) region still enters the runtime, which
+ * the strided engine would pay once per row) */
+#define ACT_FWD_BODY(N, NT, VEXPR)                                                                   \
+    {                                                                                                \
+        int64_t i = k_ * 16;                                                                         \
+        if (i + 16 <= N) {                                                                           \
+            __m512 v = _mm512_loadu_ps(a + i);                                                       \
+            if (NT) _mm512_stream_ps(o + i, VEXPR);                                                  \
+            else _mm512_storeu_ps(o + i, VEXPR);                                                     \
+        } else {                                                                                     \
+            __mmask16 mk_ = tail16(N - i);                                                           \
+            __m512 v = _mm512_maskz_loadu_ps(mk_, a + i);                                            \
+            _mm512_mask_storeu_ps(o + i, mk_, VEXPR);                                                \
+        }                                                                                            \
+    }
+#define ACT_FWD(N, PAR, NT, VEXPR)                                                                   \
+    do {                                                                                             \
+        int64_t nv_ = (N + 15) / 16;                                                                 \
+        if ((PAR) && (N) >= NC_PAR_MIN) {                                                            \
+            _Pragma("omp parallel")                                                                  \
+            {                                                                                        \
+                _Pragma("omp for schedule(static) nowait")                                           \
+                for (int64_t k_ = 0; k_ < nv_; k_++) ACT_FWD_BODY(N, NT, VEXPR)                      \
+                if (NT) _mm_sfence();   /* each thread orders its own streaming stores */            \
+            }                                                                                        \
+        } else {                                                                                     \
+            for (int64_t k_ = 0; k_ < nv_; k_++) ACT_FWD_BODY(N, NT, VEXPR)                          \
+            if (NT) _mm_sfence();                                                                    \
+        }                                                                                            \
+    } while (0)
+
+/* o = op(a) for the ops above; returns 0 (nothing done) for any other op */
+int nc_ew_unary_avx512(float *o, const float *a, int64_t n, int32_t op, int par) {
+    int nt = par && n * (int64_t)sizeof(float) >= nc_nt_bytes() && ((uintptr_t)o & 63) == 0;
+    switch (op) {
+    case NC_OP_EXP: ACT_FWD(n, par, nt, exp512(v)); return 1;
+    case NC_OP_SIGMOID: ACT_FWD(n, par, nt, sigmoid512(v)); return 1;
+    case NC_OP_SILU: ACT_FWD(n, par, nt, _mm512_mul_ps(v, sigmoid512(v))); return 1;
+    case NC_OP_TANH: ACT_FWD(n, par, nt, tanh512(v)); return 1;
+    case NC_OP_GELU: ACT_FWD(n, par, nt, _mm512_mul_ps(v, phi512(v))); return 1;
+    case NC_OP_GELU_TANH: ACT_FWD(n, par, nt, gelu_tanh512(v)); return 1;
+    default: return 0;
+    }
+}
+
+#define ACT_BWD_BODY(N, DEXPR)                                                                       \
+    {                                                                                                \
+        int64_t i = k_ * 16;                                                                         \
+        __mmask16 mk_ = tail16(N - i);                                                               \
+        __m512 v = _mm512_maskz_loadu_ps(mk_, x + i);                                                \
+        __m512 r_ = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk_, g + i), DEXPR,                        \
+                                    _mm512_maskz_loadu_ps(mk_, ga + i));                             \
+        _mm512_mask_storeu_ps(ga + i, mk_, r_);                                                      \
+    }
+#define ACT_BWD(N, PAR, DEXPR)                                                                       \
+    do {                                                                                             \
+        int64_t nv_ = (N + 15) / 16;                                                                 \
+        if ((PAR) && (N) >= NC_PAR_MIN) {                                                            \
+            _Pragma("omp parallel for schedule(static)")                                             \
+            for (int64_t k_ = 0; k_ < nv_; k_++) ACT_BWD_BODY(N, DEXPR)                              \
+        } else {                                                                                     \
+            for (int64_t k_ = 0; k_ < nv_; k_++) ACT_BWD_BODY(N, DEXPR)                              \
+        }                                                                                            \
+    } while (0)
+
+/* ga += g * f'(x) for silu, gelu, gelu_tanh; returns 0 for any other op */
+int nc_ew_unary_bwd_avx512(float *ga, const float *x, const float *g, int64_t n, int32_t op, int par) {
+    switch (op) {
+    case NC_OP_SILU: ACT_BWD(n, par, silu_d512(v)); return 1;
+    case NC_OP_GELU: ACT_BWD(n, par, gelu_d512(v)); return 1;
+    case NC_OP_GELU_TANH: ACT_BWD(n, par, gelu_tanh_d512(v)); return 1;
+    default: return 0;
+    }
+}
+
+/* ---- softmax rows (softmax.c picks these when nc_cpu_avx512()) --------------------------------- */
+static float rowmax512(const float *x, int64_t n) {
+    __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0;
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+        m0 = _mm512_max_ps(m0, _mm512_loadu_ps(x + j));
+        m1 = _mm512_max_ps(m1, _mm512_loadu_ps(x + j + 16));
+    }
+    for (; j < n; j += 16) m0 = _mm512_max_ps(m0, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail16(n - j), x + j));
+    return _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
+}
+
+/* sum of exp(x - m) (terms stored into y when y != NULL); two f32 accumulators folded into
+ * double every 256 elements (8 terms per lane) */
+static inline __m512d fold512d(__m512d acc, __m512 s) {
+    acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm512_castps512_ps256(s)));
+    return _mm512_add_pd(acc, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1))));
+}
+
+static float rowexpsum512(float *y, const float *x, int64_t n, float m) {
+    __m512 vm = _mm512_set1_ps(m), s0 = _mm512_setzero_ps(), s1 = s0;
+    __m512d acc = _mm512_setzero_pd();
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+        __m512 e0 = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + j), vm));
+        __m512 e1 = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + j + 16), vm));
+        if (y) {
+            _mm512_storeu_ps(y + j, e0);
+            _mm512_storeu_ps(y + j + 16, e1);
+        }
+        s0 = _mm512_add_ps(s0, e0);
+        s1 = _mm512_add_ps(s1, e1);
+        if ((j & 255) == 224) {   /* every 256 elements: 8 terms per f32 lane, then double */
+            acc = fold512d(acc, _mm512_add_ps(s0, s1));
+            s0 = s1 = _mm512_setzero_ps();
+        }
+    }
+    for (; j < n; j += 16) {
+        __mmask16 mk = tail16(n - j);
+        __m512 e = _mm512_maskz_mov_ps(mk, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + j), vm)));
+        if (y) _mm512_mask_storeu_ps(y + j, mk, e);
+        s0 = _mm512_add_ps(s0, e);
+    }
+    return (float)_mm512_reduce_add_pd(fold512d(acc, _mm512_add_ps(s0, s1)));
+}
+
+/* y = softmax / log-softmax of x (n); tmp: NULL, or a scratch row (then y gets streaming stores
+ * where 64-byte aligned; the caller fences) */
+void nc_k_softmax_row_avx512(float *y, const float *x, int64_t n, int log, float *tmp) {
+    float m = rowmax512(x, n);
+    if (m == -INFINITY) m = 0.0f;
+    int64_t j = 0;
+    if (log) {
+        float lse = m + logf(rowexpsum512(NULL, x, n, m));
+        __m512 vl = _mm512_set1_ps(lse);
+        if (tmp) {   /* large outputs: streaming stores from the first 64-byte boundary */
+            for (; j < n && ((uintptr_t)(y + j) & 63); j++) y[j] = x[j] - lse;
+            for (; j + 16 <= n; j += 16) _mm512_stream_ps(y + j, _mm512_sub_ps(_mm512_loadu_ps(x + j), vl));
+        }
+        for (; j + 16 <= n; j += 16) _mm512_storeu_ps(y + j, _mm512_sub_ps(_mm512_loadu_ps(x + j), vl));
+        if (j < n) {
+            __mmask16 mk = tail16(n - j);
+            _mm512_mask_storeu_ps(y + j, mk, _mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + j), vl));
+        }
+        return;
+    }
+    float *e = tmp ? tmp : y;
+    float inv = 1.0f / rowexpsum512(e, x, n, m);
+    __m512 vi = _mm512_set1_ps(inv);
+    if (tmp) {
+        for (; j < n && ((uintptr_t)(y + j) & 63); j++) y[j] = e[j] * inv;
+        for (; j + 16 <= n; j += 16) _mm512_stream_ps(y + j, _mm512_mul_ps(_mm512_loadu_ps(e + j), vi));
+    } else {
+        for (; j + 16 <= n; j += 16) _mm512_storeu_ps(y + j, _mm512_mul_ps(_mm512_loadu_ps(y + j), vi));
+    }
+    for (; j < n; j++) y[j] = e[j] * inv;
+}
+
+/* ---- fused cross-entropy rows (loss.c picks these when nc_cpu_avx512()) ------------------------ */
+/* lse and plain sum of one contiguous row of V logits: max and sum in one pass, then the exp sum
+ * (row still in L2) */
+void nc_k_ce_row_avx512(const float *x, int64_t V, float *lse, float *sum) {
+    __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0, a0 = _mm512_setzero_ps(), a1 = a0;
+    int64_t j = 0;
+    for (; j + 32 <= V; j += 32) {
+        __m512 u = _mm512_loadu_ps(x + j), w = _mm512_loadu_ps(x + j + 16);
+        m0 = _mm512_max_ps(m0, u);
+        m1 = _mm512_max_ps(m1, w);
+        a0 = _mm512_add_ps(a0, u);
+        a1 = _mm512_add_ps(a1, w);
+    }
+    for (; j < V; j += 16) {
+        __mmask16 mk = tail16(V - j);
+        m0 = _mm512_max_ps(m0, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mk, x + j));
+        a0 = _mm512_add_ps(a0, _mm512_maskz_loadu_ps(mk, x + j));
+    }
+    float m = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
+    *sum = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    *lse = m + logf(rowexpsum512(NULL, x, V, m));
+}
+
+/* g (V) += a exp(x - lse) - c */
+void nc_k_ce_backward_row_avx512(float *g, const float *x, int64_t V, float lse, float a, float c) {
+    __m512 vl = _mm512_set1_ps(lse), va = _mm512_set1_ps(a), vc = _mm512_set1_ps(c);
+    for (int64_t j = 0; j < V; j += 16) {
+        __mmask16 mk = tail16(V - j);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + j), vl));
+        _mm512_mask_storeu_ps(g + j, mk, _mm512_sub_ps(_mm512_fmadd_ps(va, e, _mm512_maskz_loadu_ps(mk, g + j)), vc));
+    }
+}
