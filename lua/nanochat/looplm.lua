@@ -379,7 +379,9 @@ end
 -- copy KV slot src -> dst for batch row b at positions pos .. pos+Tn-1
 local function copy_slot(cache, dst, src, b, pos, Tn)
     for _, kv in ipairs { cache.k, cache.v } do
-        kv[dst]:narrow(0, b, 1):narrow(1, pos, Tn):copy_(kv[src]:narrow(0, b, 1):narrow(1, pos, Tn))
+        local d, s = kv[dst], kv[src]
+        if cache.B ~= 1 then d, s = d:narrow(0, b, 1), s:narrow(0, b, 1) end   -- (B = 1: fewer views per token)
+        d:narrow(1, pos, Tn):copy_(s:narrow(1, pos, Tn))
     end
 end
 
