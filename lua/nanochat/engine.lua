@@ -88,15 +88,16 @@ local function pack_block(b, po)
     return L
 end
 
--- One packed block op by op (the prefill path and the decode reference): x (B, T, d) at positions
--- cache.pos .. (cos, sin: their RoPE rows), K/V written to cache.k[slot] / cache.v[slot] -> (B, T, d).
-local function block_ops(c, L, x, cos, sin, cache, slot)
+-- The two branches of a packed block, op by op (the prefill path and the decode reference), on
+-- h (B, T, d) (the residual state or, with mHC, the pre-mixed stream): attention at positions
+-- cache.pos .. (cos, sin: their RoPE rows; K/V written to cache.k[slot] / cache.v[slot]) and the
+-- MLP. Each returns the branch output (B, T, d) (the residual add is the caller's).
+local function attn_branch(c, L, h, cos, sin, cache, slot)
     local n = nc()
-    local B, T, d = x:size(0), x:size(1), c.d_model
+    local B, T, d = h:size(0), h:size(1), c.d_model
     local H, Hkv, hdim, eps = c.n_head, c.n_kv_head, c.head_dim, c.norm_eps
     local R, pos = B * T, cache.pos
-    x = x:contiguous():reshape { R, d }
-    local a = qa(n.rmsnorm(x, nil, eps))
+    local a = qa(n.rmsnorm(h:contiguous():reshape { R, d }, nil, eps))
     local q = infer.matmul(a, L.wq):view { B, T, H, hdim }
     local k = infer.matmul(a, L.wk):view { B, T, Hkv, hdim }
     local v = infer.matmul(a, L.wv):view { B, T, Hkv, hdim }
@@ -106,16 +107,33 @@ local function block_ops(c, L, x, cos, sin, cache, slot)
     cache.v[slot]:narrow(1, pos, T):copy_(v)
     local att = n.attention(q, cache.k[slot]:narrow(1, 0, pos + T), cache.v[slot]:narrow(1, 0, pos + T),
         { causal = true }):reshape { R, H * hdim }
-    x = x + infer.matmul(qa(n.rmsnorm(att, L.attn_gain, eps)), L.wo)
-    local a2 = qa(n.rmsnorm(x, nil, eps))
+    return infer.matmul(qa(n.rmsnorm(att, L.attn_gain, eps)), L.wo):view { B, T, d }
+end
+
+local function mlp_branch(c, L, h)
+    local n = nc()
+    local B, T, d = h:size(0), h:size(1), c.d_model
+    local eps = c.norm_eps
+    local a2 = qa(n.rmsnorm(h:contiguous():reshape { B * T, d }, nil, eps))
     local u
     if L.w3 then
         u = n.silu(infer.matmul(a2, L.w1)) * infer.matmul(a2, L.w3)
     else
         u = n.relu2(infer.matmul(a2, L.w1))
     end
-    x = x + infer.matmul(qa(n.rmsnorm(u, L.mlp_gain, eps)), L.w2)
-    return x:view { B, T, d }
+    return infer.matmul(qa(n.rmsnorm(u, L.mlp_gain, eps)), L.w2):view { B, T, d }
+end
+
+-- One packed block op by op: x (B, T, d) -> (B, T, d); with mHC (L.mhc_attn / L.mhc_mlp, the
+-- model's nanochat.mhc layers) x is the stream state (B, T, n, d) and each residual update is the
+-- layer's own forward (coefficients, pre-mix, branch, post-mix: mhc.lua's fused kernels on the CPU).
+local function block_ops(c, L, x, cos, sin, cache, slot)
+    if L.mhc_attn then
+        x = L.mhc_attn(x, function(h) return attn_branch(c, L, h, cos, sin, cache, slot) end)
+        return L.mhc_mlp(x, function(h) return mlp_branch(c, L, h) end)
+    end
+    x = x + attn_branch(c, L, x, cos, sin, cache, slot)
+    return x + mlp_branch(c, L, x)
 end
 
 -- A packed block with gpt Block's call interface block(x, cos, sin, cache, slot) (the MTP modules'
