@@ -75,8 +75,17 @@ local function wide(t) return t:dtype() == 'f32' and t or t:to('f32') end
 -- x (R, K) f32 contiguous -> quantized activations (shared by the matmuls of one input)
 local function qa(x) return infer.quant_act(x) end
 
--- a gpt Block -> its packed layer table { wq, wk, wv, wo, w1, [w3], w2, [attn_gain, mlp_gain] }
-local function pack_block(b, po)
+-- an mHC layer (nanochat.mhc.Layer) -> an independent copy (same coefficients, eval mode)
+local function copy_mhc(layer, c)
+    local l2 = require('nanochat.mhc').Layer(c, layer.own)
+    l2:load_state_dict(layer:state_dict())
+    l2:eval()
+    return l2
+end
+
+-- a gpt Block -> its packed layer table { wq, wk, wv, wo, w1, [w3], w2, [attn_gain, mlp_gain],
+-- [mhc_attn, mhc_mlp] } (c: the model cfg)
+local function pack_block(b, po, c)
     local a, m = b.attn, b.mlp
     local L = {
         wq = infer.pack(a.wq.weight, po), wk = infer.pack(a.wk.weight, po), wv = infer.pack(a.wv.weight, po),
@@ -85,6 +94,7 @@ local function pack_block(b, po)
     if m.w3 then L.w3 = infer.pack(m.w3.weight, po) end
     if a.sub_norm then L.attn_gain = f32(a.sub_norm.weight):clone() end
     if m.sub_norm then L.mlp_gain = f32(m.sub_norm.weight):clone() end
+    if b.mhc_attn then L.mhc_attn, L.mhc_mlp = copy_mhc(b.mhc_attn, c), copy_mhc(b.mhc_mlp, c) end
     return L
 end
 
@@ -189,7 +199,7 @@ function M.pack(src, opts)
             e.head = model.lm_head and keep(model.lm_head.weight) or e.wte
         end
         local po = { group_size = c.quant_group }
-        for i, b in ipairs(model.h) do e.layers[i] = pack_block(b, po) end
+        for i, b in ipairs(model.h) do e.layers[i] = pack_block(b, po, c) end
         if c.loop then
             -- the fp32 exit gate (never quantized), applied with looplm's own ExitGate.forward
             e.exit_gate = setmetatable({ weight = f32(model.exit_gate.weight:to('cpu')):clone(),
@@ -201,7 +211,7 @@ function M.pack(src, opts)
             for k, mod in ipairs(model.mtp) do
                 e.mtp[k] = {
                     proj = mod.proj and setmetatable({ P = infer.pack(mod.proj.weight, po) }, PackedLinear) or nil,
-                    block = setmetatable({ e = e, L = pack_block(mod.block, po) }, PackedBlock),
+                    block = setmetatable({ e = e, L = pack_block(mod.block, po, c) }, PackedBlock),
                 }
             end
         end
@@ -305,18 +315,21 @@ end
 -- the f32 matrices (MTP drafting).
 function Engine:_embed(idx)
     local n = nc()
+    local c = self.cfg
     local x = n.embedding(idx, wide(self.wte))
-    if self.cfg.embed_norm == false then return x end
-    return n.rmsnorm(x, nil, self.cfg.norm_eps)
+    if c.embed_norm ~= false then x = n.rmsnorm(x, nil, c.norm_eps) end
+    if c.mhc then x = require('nanochat.mhc').expand(x, c.mhc.n) end   -- (B, T, n, d) streams
+    return x
 end
 
 -- Blocks seg = { {layer, slot}, ... } on x (B, T, d) at positions cache.pos ... Decode (T = 1, an
--- engine cache, engine.fused ~= false): the whole segment in ONE C call (nc_engine_decode: one
--- OpenMP region, on a copy of x); otherwise op by op.
+-- engine cache, engine.fused ~= false, no mHC): the whole segment in ONE C call (nc_engine_decode:
+-- one OpenMP region, on a copy of x); otherwise op by op (mHC models always: x is the (B, T, n, d)
+-- stream state and the stream mixing is nanochat.mhc's own layer forward).
 function Engine:run_blocks(x, cos, sin, cache, seg)
     local c = self.cfg
     local B, T = x:size(0), x:size(1)
-    if T == 1 and self.fused ~= false and getmetatable(cache) == Cache then
+    if T == 1 and self.fused ~= false and not c.mhc and getmetatable(cache) == Cache then
         local arr = cache.seg_c[seg.key]
         if not arr then
             arr = decode_layers(self, cache, seg)
@@ -336,7 +349,10 @@ function Engine:_trunk(x, cos, sin, cache)
     return self:run_blocks(x, cos, sin, cache, all_layers(self))
 end
 
-function Engine:_final(x) return nc().rmsnorm(x, nil, self.cfg.norm_eps) end
+function Engine:_final(x)
+    if self.cfg.mhc then x = require('nanochat.mhc').reduce(x) end   -- mean of the n streams
+    return nc().rmsnorm(x, nil, self.cfg.norm_eps)
+end
 
 -- h (..., d) normed -> logits (..., V): the head (f32 / f16 widened / int8 with int8 activations) + softcap
 function Engine:_logits(h)
