@@ -35,6 +35,9 @@ local Engine = {}
 Engine.__index = Engine
 M.Engine = Engine
 
+-- chunks of at most this many positions run fused (nc_engine_decode); longer prefills op by op
+M.FUSED_MAX_T = 8
+
 local function read_file(path)
     local f, err = io.open(path, 'rb')
     if not f then return nil, err end
@@ -322,23 +325,25 @@ function Engine:_embed(idx)
     return x
 end
 
--- Blocks seg = { {layer, slot}, ... } on x (B, T, d) at positions cache.pos ... Decode (T = 1, an
--- engine cache, engine.fused ~= false, no mHC): the whole segment in ONE C call (nc_engine_decode:
--- one OpenMP region, on a copy of x); otherwise op by op (mHC models always: x is the (B, T, n, d)
+-- Blocks seg = { {layer, slot}, ... } on x (B, T, d) at positions cache.pos ... Decode and short
+-- chunks (T <= M.FUSED_MAX_T, e.g. an MTP verify of 1 + D tokens; an engine cache, engine.fused ~=
+-- false, no mHC): the whole segment in ONE C call (nc_engine_decode with n_pos = T: one OpenMP
+-- region, on a copy of x); longer prefills op by op (threaded GEMMs) (mHC models always: x is the (B, T, n, d)
 -- stream state and the stream mixing is nanochat.mhc's own layer forward).
 function Engine:run_blocks(x, cos, sin, cache, seg)
     local c = self.cfg
     local B, T = x:size(0), x:size(1)
-    if T == 1 and self.fused ~= false and not c.mhc and getmetatable(cache) == Cache then
+    if T <= M.FUSED_MAX_T and self.fused ~= false and not c.mhc and getmetatable(cache) == Cache then
         local arr = cache.seg_c[seg.key]
         if not arr then
             arr = decode_layers(self, cache, seg)
             cache.seg_c[seg.key] = arr
         end
         self._cfg_c = self._cfg_c or decode_cfg(c)
-        local y = x:reshape { B, c.d_model }:clone()
+        self._cfg_c.n_pos = T
+        local y = x:reshape { B * T, c.d_model }:clone()
         check(C.nc_engine_decode(y._c, arr, #seg, self._cfg_c, cache.pos, cache.cos._c, cache.sin._c), 'engine decode')
-        return y:view { B, 1, c.d_model }
+        return y:view { B, T, c.d_model }
     end
     for _, bs in ipairs(seg) do x = block_ops(c, self.layers[bs[1]], x, cos, sin, cache, bs[2]) end
     return x

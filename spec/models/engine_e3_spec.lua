@@ -123,6 +123,32 @@ describe('engine: LoopLM', function()
     end)
 end)
 
+describe('engine: fused short chunks (nc_engine_decode with n_pos > 1)', function()
+    it('a chunk of T <= FUSED_MAX_T positions after a prefix equals the op-by-op path (logits and K/V), B = 2', function()
+        local E = require 'nanochat.engine'
+        for _, over in ipairs { {}, { mlp = 'swiglu', subln = true, qk_norm = true } } do
+            local cfg = nc.models.config('micro', { head_std = 0.3 })
+            for k, v in pairs(over) do cfg[k] = v end
+            local e = nc.pack(nc.models.gpt.new(cfg))
+            local pre = nc.tensor({ { 3, 1, 4, 1, 5, 9, 2, 6, 5, 3 }, { 2, 7, 1, 8, 2, 8, 1, 8, 2, 8 } }, { dtype = 'i64' })
+            local chunk = nc.tensor({ { 11, 12, 13, 14, 15 }, { 21, 22, 23, 24, 25 } }, { dtype = 'i64' })
+            assert.is_true(chunk:size(1) <= E.FUSED_MAX_T and pre:size(1) > E.FUSED_MAX_T)
+            local ca, cb = e:new_cache(2, 16), e:new_cache(2, 16)
+            e:forward_cached(pre, ca)          -- op by op (longer than FUSED_MAX_T)
+            e:forward_cached(pre, cb)
+            local lf = e:forward_cached(chunk, ca)
+            e.fused = false
+            local lo = e:forward_cached(chunk, cb)
+            e.fused = nil
+            assert.is_true(rel_diff(lo, lf) < FUSED_TOL, 'chunk logits ' .. rel_diff(lo, lf))
+            for i = 1, #e.layers do
+                assert.is_true(rel_diff(cb.k[i]:narrow(1, 0, 15), ca.k[i]:narrow(1, 0, 15)) < FUSED_TOL)
+                assert.is_true(rel_diff(cb.v[i]:narrow(1, 0, 15), ca.v[i]:narrow(1, 0, 15)) < FUSED_TOL)
+            end
+        end
+    end)
+end)
+
 describe('engine: MTP drafting', function()
     local function mtp_model(mtp, loop)
         local cfg = nc.models.config('micro', { head_std = 0.3 })
