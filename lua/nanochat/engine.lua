@@ -150,10 +150,11 @@ local function block_ops(c, L, x, cos, sin, cache, slot)
 end
 
 -- A packed block with gpt Block's call interface block(x, cos, sin, cache, slot) (the MTP modules'
--- blocks: mtp.lua calls them with its own one-slot caches), op by op.
+-- blocks: mtp.lua calls them with its own one-slot caches { pos, k = {K}, v = {V} }): a chunk of
+-- <= FUSED_MAX_T positions in one nc_engine_decode call (RoPE rows from the engine's own tables),
+-- longer ones op by op.
 local PackedBlock = {}
-PackedBlock.__index = PackedBlock
-PackedBlock.__call = function(self, x, cos, sin, cache, slot) return block_ops(self.e.cfg, self.L, x, cos, sin, cache, slot) end
+PackedBlock.__index = PackedBlock   -- (__call is set below, after the fused-call helpers)
 
 -- A packed BitLinear without an input norm (the MTP projection): y = Qa(x) W^T, x (..., K).
 -- (snap: BitLinear's weight-snapshot argument, unused: the weights are packed once.)
@@ -252,18 +253,20 @@ local WNAMES = { 'wq', 'wk', 'wv', 'wo', 'w1', 'w3', 'w2' }
 
 -- the nc_engine_layer array for nc_engine_decode: seg = list of { layer index, KV slot } (weights
 -- of e.layers[index], this cache's K/V of that slot)
+-- one nc_engine_layer entry: the packed layer L's weights and the K/V tensors kc, vc
+local function fill_layer(s, L, kc, vc)
+    for j, nm in ipairs(WNAMES) do
+        local P = L[nm]
+        if P then s.w[j - 1], s.s[j - 1] = P.codes._c, P.scale._c end
+    end
+    if L.attn_gain then s.attn_gain = L.attn_gain._c end
+    if L.mlp_gain then s.mlp_gain = L.mlp_gain._c end
+    s.kc, s.vc = kc._c, vc._c
+end
+
 local function decode_layers(e, cache, seg)
     local arr = ffi.new('nc_engine_layer[?]', math.max(#seg, 1))
-    for i, bs in ipairs(seg) do
-        local L, s = e.layers[bs[1]], arr[i - 1]
-        for j, nm in ipairs(WNAMES) do
-            local P = L[nm]
-            if P then s.w[j - 1], s.s[j - 1] = P.codes._c, P.scale._c end
-        end
-        if L.attn_gain then s.attn_gain = L.attn_gain._c end
-        if L.mlp_gain then s.mlp_gain = L.mlp_gain._c end
-        s.kc, s.vc = cache.k[bs[2]]._c, cache.v[bs[2]]._c
-    end
+    for i, bs in ipairs(seg) do fill_layer(arr[i - 1], e.layers[bs[1]], cache.k[bs[2]], cache.v[bs[2]]) end
     return arr
 end
 
@@ -330,23 +333,42 @@ end
 -- false, no mHC): the whole segment in ONE C call (nc_engine_decode with n_pos = T: one OpenMP
 -- region, on a copy of x); longer prefills op by op (threaded GEMMs) (mHC models always: x is the (B, T, n, d)
 -- stream state and the stream mixing is nanochat.mhc's own layer forward).
+-- nl layers of arr (nc_engine_layer) on x (B, T, d) at positions pos .. pos + T - 1 in one C call
+local function fused_call(e, arr, nl, x, pos, cos_t, sin_t)
+    local c = e.cfg
+    local B, T = x:size(0), x:size(1)
+    e._cfg_c = e._cfg_c or decode_cfg(c)
+    e._cfg_c.n_pos = T
+    local y = x:reshape { B * T, c.d_model }:clone()
+    check(C.nc_engine_decode(y._c, arr, nl, e._cfg_c, pos, cos_t._c, sin_t._c), 'engine decode')
+    return y:view { B, T, c.d_model }
+end
+
 function Engine:run_blocks(x, cos, sin, cache, seg)
     local c = self.cfg
-    local B, T = x:size(0), x:size(1)
-    if T <= M.FUSED_MAX_T and self.fused ~= false and not c.mhc and getmetatable(cache) == Cache then
+    if x:size(1) <= M.FUSED_MAX_T and self.fused ~= false and not c.mhc and getmetatable(cache) == Cache then
         local arr = cache.seg_c[seg.key]
         if not arr then
             arr = decode_layers(self, cache, seg)
             cache.seg_c[seg.key] = arr
         end
-        self._cfg_c = self._cfg_c or decode_cfg(c)
-        self._cfg_c.n_pos = T
-        local y = x:reshape { B * T, c.d_model }:clone()
-        check(C.nc_engine_decode(y._c, arr, #seg, self._cfg_c, cache.pos, cache.cos._c, cache.sin._c), 'engine decode')
-        return y:view { B, T, c.d_model }
+        return fused_call(self, arr, #seg, x, cache.pos, cache.cos, cache.sin)
     end
     for _, bs in ipairs(seg) do x = block_ops(c, self.layers[bs[1]], x, cos, sin, cache, bs[2]) end
     return x
+end
+
+PackedBlock.__call = function(self, x, cos, sin, cache, slot)
+    local e, L = self.e, self.L
+    local c = e.cfg
+    local T = x:size(1)
+    if not e._rope_cos then e._rope_cos, e._rope_sin = nc().rope_tables(c.seq_len, c.head_dim, { base = c.rope_theta }) end
+    if T <= M.FUSED_MAX_T and e.fused ~= false and x:dim() == 3 and cache.pos + T <= e._rope_cos:size(0) then
+        local arr = ffi.new('nc_engine_layer[1]')   -- (the cache tensors stay referenced by the caller's cache)
+        fill_layer(arr[0], L, cache.k[slot], cache.v[slot])
+        return fused_call(e, arr, 1, x, cache.pos, e._rope_cos, e._rope_sin)
+    end
+    return block_ops(c, L, x, cos, sin, cache, slot)
 end
 
 function Engine:_trunk(x, cos, sin, cache)
