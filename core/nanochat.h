@@ -627,6 +627,53 @@ uint64_t nc_mem_read_sum(const void *p, int64_t nbytes, int32_t threads);
 
 
 
+/* ---- mHC stream mixing: kernels/cpu/mhc.c - issue 6 ----------------- */
+/* Per token (rows = x's dims but the last two), n streams of width d; f32, CPU, contiguous.
+ * H_res convention: hres[i][j] = weight of input stream j in output stream i.
+ *   pre:  h (..., d) = sum_j hp[..., j] x[..., j, :]              x (..., n, d), hp (..., n)
+ *   post: out (..., n, d) = hres x + hpost^T y                    y (..., d), hres (..., n, n), hpost (..., n)
+ * Backwards accumulate into each non-NULL gradient (same shape as its input). */
+nc_status nc_mhc_pre(nc_tensor *h, const nc_tensor *x, const nc_tensor *hp);
+nc_status nc_mhc_pre_backward(nc_tensor *gx, nc_tensor *ghp, const nc_tensor *x, const nc_tensor *hp,
+                              const nc_tensor *gh);
+nc_status nc_mhc_post(nc_tensor *out, const nc_tensor *x, const nc_tensor *y, const nc_tensor *hres,
+                      const nc_tensor *hpost);
+nc_status nc_mhc_post_backward(nc_tensor *gx, nc_tensor *gy, nc_tensor *ghres, nc_tensor *ghpost, const nc_tensor *x,
+                               const nc_tensor *y, const nc_tensor *hres, const nc_tensor *hpost,
+                               const nc_tensor *gout, int32_t fresh);
+/* The dynamic coefficient projection without a normalized copy of the state:
+ *   rstd (...) = 1 / sqrt(mean(x_flat^2) + eps), out (..., K) = rstd * x_flat phi^T
+ * with x_flat (..., n d) the token's streams concatenated and phi (K, n d). One sgemm + one pass. */
+nc_status nc_mhc_proj(nc_tensor *out, nc_tensor *rstd, const nc_tensor *x, const nc_tensor *phi, double eps);
+nc_status nc_mhc_proj_backward(nc_tensor *gx, nc_tensor *gphi, const nc_tensor *x, const nc_tensor *phi,
+                               const nc_tensor *rstd, const nc_tensor *out, const nc_tensor *gout, int32_t gx_init);
+/* post backward `fresh`: bit 0 = gx, bit 1 = gy hold uninitialised memory and are written (the
+ * first gradient of x / y), else += ; nc_mhc_proj_backward's gx_init is bit 0 alone.
+ * The coefficient tensors hp, hpost, hres (and their gradients) may be views into one packed
+ * (..., C) tensor: each needs a contiguous tail and one row stride over the leading dims. */
+/* mHC-lite coefficients in one call: perms (R, n n), K = 2n + R, C = 2n + n n; proj (..., K) or
+ * NULL (static: z = bias), alpha (3), bias (K) -> coef (..., C) = [sigmoid(z_pre) | 2 sigmoid(z_post) |
+ * vec(sum_k w_k P_k)] with z = proj * alpha[pre|post|res] + bias and w (..., R) = softmax(z_res)
+ * (saved for backward). Parallel over tokens; the sums over tokens in backward are serial, so the
+ * results do not depend on the thread count. */
+nc_status nc_mhc_coef_lite(nc_tensor *coef, nc_tensor *w, const nc_tensor *proj, const nc_tensor *alpha,
+                           const nc_tensor *bias, const nc_tensor *perms);
+nc_status nc_mhc_coef_lite_backward(nc_tensor *gproj, nc_tensor *galpha, nc_tensor *gbias, const nc_tensor *coef,
+                                    const nc_tensor *w, const nc_tensor *proj, const nc_tensor *alpha,
+                                    const nc_tensor *perms, const nc_tensor *gcoef);
+/* mHC (Sinkhorn) coefficients in one call, K = C = 2n + n n: coef (..., C) = [sigmoid(z_pre) |
+ * 2 sigmoid(z_post) | exp(L)], L = z_res (n, n) after `iters` log-domain Sinkhorn iterations (a
+ * log-softmax over columns, then over rows: rows sum to 1 exactly); ys (..., 2 iters, n, n) saves every
+ * half-step for backward. n <= 64. Threaded like nc_mhc_coef_lite. */
+nc_status nc_mhc_coef_sinkhorn(nc_tensor *coef, nc_tensor *ys, const nc_tensor *proj, const nc_tensor *alpha,
+                               const nc_tensor *bias, int64_t n, int32_t iters);
+nc_status nc_mhc_coef_sinkhorn_backward(nc_tensor *gproj, nc_tensor *galpha, nc_tensor *gbias, const nc_tensor *coef,
+                                        const nc_tensor *ys, const nc_tensor *proj, const nc_tensor *alpha,
+                                        const nc_tensor *gcoef, int64_t n, int32_t iters);
+/* (end of mHC section) */
+
+
+
 /* NC_FFI_END */
 
 #ifdef __cplusplus

@@ -175,6 +175,7 @@ row('val loss', string.format('%.4f', last.loss or 0 / 0))
 row('val bpb', string.format('%.4f', last.bpb or 0 / 0))
 
 local probe = tok:encode('fn main() {\n    let mut v = Vec::new();\n')
+local probe_batch = nc.tensor({ probe }, { dtype = 'i64' })
 if mcfg.loop then
     local st = nc.looplm.decode_stats(model, probe, { max_tokens = 48, q = cfg.exit_q })
     row('LoopLM early exit', string.format('q=%.2f: %.2f of %d loops on average, %.2fx decode speed vs all loops',
@@ -194,8 +195,9 @@ if mcfg.mtp then
         .. 'decoding (identical output: %s)', 100 * st.accept_rate, st.tokens_per_forward, t_plain / t_spec, tostring(same)))
 end
 if mcfg.mhc then
-    local rep = nc.mhc.report(model, { quiet = true })
-    row('mHC', string.format('max doubly-stochastic error %.1e, composite gain %.3f', rep.max_ds_error, rep.composite_gain))
+    local rep = nc.mhc.report(model, probe_batch)
+    row('mHC', string.format('max doubly-stochastic error %.1e (rows) / %.1e (cols), composite gain %.3f fwd / %.3f bwd',
+        rep.max_row_err, rep.max_col_err, rep.fwd_gain, rep.bwd_gain))
 end
 if filter then row('Collider', string.format('kept %.0f%% of tokens in loss and backward', 100 * (1 - cfg.rho))) end
 row('checkpoint', tostring(result.checkpoint))

@@ -123,6 +123,65 @@ describe('engine: LoopLM', function()
     end)
 end)
 
+-- random mHC coefficients (as spec/mhc_spec.lua's perturb_mhc): streams that really differ
+local function perturb_mhc(m, seed)
+    local g = nc.generator(seed)
+    nc.no_grad(function()
+        for _, nl in ipairs(nc.mhc.layers(m)) do
+            local l = nl[2]
+            l.bias:add_scaled_(nc.randn(l.bias:shape(), { generator = g }), 1)
+            if l.phi then
+                l.phi:copy_(nc.randn(l.phi:shape(), { generator = g, std = 0.3 }))
+                l.alpha:copy_(nc.rand({ 3 }, { generator = g, lo = 0.3, hi = 0.8 }))
+            end
+        end
+    end)
+end
+
+describe('engine: mHC (and the whole e3 combination)', function()
+    local cases = {
+        { mhc = { n = 4, kind = 'lite' } },
+        { mhc = { n = 2, kind = 'sinkhorn' }, mlp = 'swiglu', subln = true },
+        { mhc = { n = 4, kind = 'lite' }, loop = { prelude = 1, shared = 1, coda = 1, T = 3 }, mtp = { depth = 1 } },
+    }
+    for _, over in ipairs(cases) do
+        it('logits within TOL (prefill, decode), q-exit loops and greedy ids = the training model: '
+            .. require('dkjson').encode(over), function()
+            local cfg = nc.models.config('micro', { head_std = 0.3 })
+            for k, v in pairs(over) do cfg[k] = v end
+            if cfg.loop then cfg.n_layer = 3 end
+            local m = nc.models.gpt.new(cfg)
+            m:eval()
+            perturb_mhc(m, 5)
+            if m.exit_gate then m.exit_gate.weight:copy_(nc.randn({ 1, cfg.d_model }, { generator = nc.generator(2), std = 1.0 })) end
+            local e = nc.pack(m)
+            for _, mode in ipairs { 'fused', 'composite' } do
+                nc.mhc.set_fused(mode == 'fused')   -- the engine runs the mHC layers' own forward: both paths
+                for _, p in ipairs(PROMPTS) do
+                    local ref = nc.no_grad(function() return m:forward(ids(p)) end)
+                    local r = rel_diff(ref, e:forward(ids(p)))
+                    assert.is_true(r < TOL, mode .. ' prefill relative logit difference ' .. r)
+                    local q = cfg.loop and 0.6 or nil
+                    local cm, ce = m:new_cache(1, 32, { exit_q = q }), e:new_cache(1, 32, { exit_q = q })
+                    for i = 1, #p do
+                        local lm_, le = m:forward_cached(ids({ p[i] }), cm), e:forward_cached(ids({ p[i] }), ce)
+                        assert.is_true(rel_diff(lm_, le) < TOL, mode .. ' decode position ' .. i)
+                    end
+                    if cfg.loop then assert.same(LM.stats(cm).hist, LM.stats(ce).hist) end
+                    local o = { max_tokens = 8, temperature = 0, exit_q = q }
+                    local want = nc.generate.collect(m, p, o)
+                    assert.same(want, nc.generate.collect(e, p, o))
+                    if cfg.mtp then
+                        local o1 = { max_tokens = 8, temperature = 0, exit_q = 1 }
+                        assert.same(nc.generate.collect(e, p, o1), (nc.mtp.generate(e, p, { max_tokens = 8 })))
+                    end
+                end
+            end
+            nc.mhc.set_fused(true)
+        end)
+    end
+end)
+
 describe('engine: fused short chunks (nc_engine_decode with n_pos > 1)', function()
     it('a chunk of T <= FUSED_MAX_T positions after a prefix equals the op-by-op path (logits and K/V), B = 2', function()
         local E = require 'nanochat.engine'

@@ -31,7 +31,8 @@
 --
 -- Parameter names: wte.weight, h.<i>.attn.{wq,wk,wv,wo}.weight, h.<i>.attn.sub_norm.weight,
 -- h.<i>.mlp.{w1,w3,w2}.weight, h.<i>.mlp.sub_norm.weight, lm_head.weight; with cfg.loop (LoopLM,
--- nanochat.looplm) also exit_gate.{weight,bias}.
+-- nanochat.looplm) also exit_gate.{weight,bias}; with cfg.mhc also
+-- h.<i>.mhc_{attn,mlp}.{bias,phi,alpha} (nanochat.mhc; role 'scalar').
 --
 -- FLOPs (design.md): flops_per_token(T) = 6 N + 6 L d T with N = the parameters that take part in
 -- a matmul (every block matrix plus the head matrix; the token embedding is a lookup and norm
@@ -142,6 +143,14 @@ function M.count_params(cfg)
         matrix, norm = matrix + m.matrix, norm + m.norm
     end
     local scalar = c.loop and d + 1 or 0   -- LoopLM exit gate: weight (1, d) + bias
+    -- mHC: per sublayer bias (2n + R) and, when dynamic, phi (2n + R, n d) and alpha (3); role 'scalar'
+    if c.mhc then
+        local m = c.mhc
+        local R = m.n * m.n
+        if m.kind == 'lite' then R = 1; for i = 2, m.n do R = R * i end end
+        local K = 2 * m.n + R
+        scalar = scalar + 2 * L * (K + (m.dynamic and (K * m.n * d + 3) or 0))
+    end
     return { total = emb + head + matrix + norm + scalar, embedding = emb, head = head, matrix = matrix, norm = norm,
              scalar = scalar, matmul = matrix + c.vocab_size * d }
 end
@@ -228,17 +237,41 @@ end
 local Block = Module:extend('Block')
 M.Block = Block
 
-function Block:init(c, gen)
+-- [mHC region] blocks built from one generator are numbered 1, 2, ... in construction order (a
+-- weak table keyed by the generator), unless the caller passes `index`: block i's attention
+-- sublayer favours stream 2(i-1) mod n at init and its MLP sublayer stream 2(i-1)+1 mod n
+-- (nanochat.mhc), so the streams are not interchangeable. The mHC layers draw nothing from gen.
+local block_counter = setmetatable({}, { __mode = 'k' })
+
+function Block:init(c, gen, index)
     self.eps = c.norm_eps
     self.attn = Attention(c, gen)
     self.mlp = MLP(c, gen)
+    if c.mhc then
+        if not index then
+            index = (block_counter[gen] or 0) + 1
+            block_counter[gen] = index
+        end
+        local mhc = require 'nanochat.mhc'
+        self.mhc_attn = mhc.Layer(c, 2 * (index - 1))
+        self.mhc_mlp = mhc.Layer(c, 2 * (index - 1) + 1)
+    end
 end
 
 -- Pre-norm residual block. `layer` indexes the KV cache slot (LoopLM gives each (loop, block) its own).
--- [mHC region: with cfg.mhc, x carries n residual streams and the residual updates go through
--- nanochat.mhc instead of the two additions below.]
+-- [mHC region: with cfg.mhc, x carries n residual streams (B, T, n, d) and each residual update
+-- goes through its nanochat.mhc layer: x = H_res x + H_post^T branch(H_pre x) per sublayer.]
 function Block:forward(x, cos, sin, cache, layer)
     local n = nc()
+    if self.mhc_attn then
+        if x:dim() ~= 4 then
+            error('gpt: Block: cfg.mhc is set, so a block expects the (B, T, n, d) stream state, got ' .. x:dim() ..
+                ' dims (build blocks that run outside the mHC trunk, e.g. MTP modules, from a cfg without mhc)', 2)
+        end
+        local eps = self.eps
+        x = self.mhc_attn(x, function(h) return self.attn(n.rmsnorm(h, nil, eps), cos, sin, cache, layer) end)
+        return self.mhc_mlp(x, function(h) return self.mlp(n.rmsnorm(h, nil, eps), cache and cache.qw) end)
+    end
     x = x + self.attn(n.rmsnorm(x, nil, self.eps), cos, sin, cache, layer)
     return x + self.mlp(n.rmsnorm(x, nil, self.eps), cache and cache.qw)
 end
@@ -301,8 +334,9 @@ end
 function GPT:_embed(idx)
     local n = nc()
     local x = n.embedding(idx, self.wte.weight)
-    if not self.cfg.embed_norm then return x end
-    return n.rmsnorm(x, nil, self.cfg.norm_eps)
+    if self.cfg.embed_norm then x = n.rmsnorm(x, nil, self.cfg.norm_eps) end
+    if self.cfg.mhc then x = require('nanochat.mhc').expand(x, self.cfg.mhc.n) end   -- (B, T, n, d)
+    return x
 end
 
 function GPT:_trunk(x, cos, sin, cache)
@@ -312,6 +346,7 @@ function GPT:_trunk(x, cos, sin, cache)
 end
 
 function GPT:_final(x)
+    if self.cfg.mhc then x = require('nanochat.mhc').reduce(x) end   -- mean of the n streams
     return nc().rmsnorm(x, nil, self.cfg.norm_eps)
 end
 
@@ -421,15 +456,23 @@ function GPT:forward_cached(idx, cache)
 end
 
 -- ---- introspection -------------------------------------------------------------------------------
--- { [name] = 'matrix' | 'embedding' | 'head' | 'norm' }: block BitLinear weights are 'matrix';
--- a tied wte is 'embedding' (the optimizer treats it as the embedding).
+-- { [name] = 'matrix' | 'embedding' | 'head' | 'norm' | 'scalar' }: block BitLinear weights are
+-- 'matrix'; a tied wte is 'embedding' (the optimizer treats it as the embedding). mHC coefficient
+-- parameters (bias, alpha and the 2-D phi) are 'scalar': AdamW/Lion in the hybrid optimizer, never
+-- Muon (phi is a zero-initialized gate projection, not a weight matrix to orthogonalize).
 function GPT:param_roles()
     local roles = { ['wte.weight'] = 'embedding' }
     if self.lm_head then roles['lm_head.weight'] = 'head' end
+    local MHCLayer = self.cfg.mhc and require('nanochat.mhc').Layer
     for _, nm in ipairs(self:named_modules()) do
         local name, m = nm[1], nm[2]
         if getmetatable(m) == BitLinear then roles[name .. '.weight'] = 'matrix'
-        elseif getmetatable(m) == nn.RMSNorm and m.weight then roles[name .. '.weight'] = 'norm' end
+        elseif getmetatable(m) == nn.RMSNorm and m.weight then roles[name .. '.weight'] = 'norm'
+        elseif MHCLayer and getmetatable(m) == MHCLayer then
+            for _, pn in ipairs { 'bias', 'phi', 'alpha' } do
+                if rawget(m, pn) then roles[name .. '.' .. pn] = 'scalar' end
+            end
+        end
     end
     -- LoopLM exit gate: a (1, d) row and a bias, AdamW without decay (never Muon)
     if self.exit_gate then roles['exit_gate.weight'], roles['exit_gate.bias'] = 'scalar', 'scalar' end
