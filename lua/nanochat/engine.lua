@@ -480,10 +480,11 @@ function M.open(path, opts)
     return M.pack(path, opts)
 end
 
--- sampling options from command-line key=values (strings or numbers)
+-- sampling options from command-line key=values (strings or numbers); exit_q: a LoopLM model's
+-- q-exit threshold for this generation (default: the checkpoint's cfg.loop.exit_q)
 function M.sample_opts(kv)
     local o = {}
-    for _, k in ipairs { 'temperature', 'top_k', 'top_p', 'min_p', 'repetition_penalty', 'seed' } do
+    for _, k in ipairs { 'temperature', 'top_k', 'top_p', 'min_p', 'repetition_penalty', 'seed', 'exit_q' } do
         if kv[k] ~= nil then
             local v = tonumber(kv[k])
             if not v then error('nanochat: ' .. k .. ' must be a number, got ' .. tostring(kv[k]), 0) end
