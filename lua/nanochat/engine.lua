@@ -11,17 +11,27 @@
 -- decode, logits within the tolerance spec/models/engine_spec.lua names);
 -- no autograd (everything under nc.no_grad); a KV cache per sequence batch.
 --
--- The Engine offers the interface nc.generate needs (cfg, new_cache(B, max_T),
+-- The Engine offers the interface nc.generate needs (cfg, new_cache(B, max_T[, { exit_q }]),
 -- forward_cached(idx, cache)), so `engine:generate(prompt, opts)` is nc.generate itself: one
 -- implementation of the sampling rules. forward_cached with T > 1 is the batched prefill (packed
 -- GEMM over B*T rows); T = 1 is decode (GEMV when B = 1, several sequences batched when B > 1, all
 -- at the same position).
 --
--- Threads: prefill (T > 1) runs op by op with the threaded kernels (nc_ternary_matmul, ...). Decode
--- (T = 1) runs every layer in ONE C call with one OpenMP parallel region per token
--- (nc_engine_decode, kernels/cpu/engine.c: threads split GEMV rows and attention heads, 6 barriers
--- per layer, no Lua per op); `engine.fused = false` selects the op-by-op path for decode too (the
--- reference the spec compares against).
+-- Architectures (cfg.loop / cfg.mhc / cfg.mtp and their combination): the Engine also offers the
+-- model hooks the feature modules call — _embed, _trunk, _final, _logits, run_blocks (a segment of
+-- blocks with their KV slots), head_weight / embedding_weight, exit_gate, mtp[k].proj / .block —
+-- so the algorithms run unchanged on it: LoopLM decoding with q-exit early stop IS
+-- looplm.forward_cached (its segments, KV slot layout, reuse fill and statistics), MTP drafting IS
+-- nc.mtp.generate(engine, ...), and mHC stream mixing is the model's own nanochat.mhc layers
+-- (copied at pack time) around the packed attention / MLP branches.
+--
+-- Threads: long prefills (T > FUSED_MAX_T) run op by op with the threaded kernels
+-- (nc_ternary_matmul, ...). Decode and short chunks (T <= FUSED_MAX_T: a speculative verify, an MTP
+-- module step) run a whole segment of layers (every layer; LoopLM: the prelude, one shared loop or
+-- the coda) in ONE C call with one OpenMP parallel region (nc_engine_decode, kernels/cpu/engine.c:
+-- threads split GEMV rows and attention heads, 6 barriers per layer, no Lua per op);
+-- `engine.fused = false` selects the op-by-op path everywhere (the reference the specs compare
+-- against). mHC models always run op by op (the stream mixing is not in engine.c).
 --
 -- Checkpoint dirs: DIR/model.safetensors (the model's state_dict) + DIR/meta.json whose `model`
 -- or `config` key holds the model cfg table (nc.models.gpt.new(cfg)). M.load_model(dir) builds it.
