@@ -253,11 +253,20 @@ nc_status nc_gather(nc_tensor *out, const nc_tensor *a, int32_t dim, const nc_te
 nc_status nc_scatter_add(nc_tensor *dst, int32_t dim, const nc_tensor *idx, const nc_tensor *src);
 /* concatenate n tensors along dim into out (any dtype, same for all); split is narrow views */
 nc_status nc_cat(nc_tensor *out, int32_t n, const nc_tensor *const *inputs, int32_t dim);
+/* Collider's kept-row buffers (algorithms.md §8.4): rows is a 1-D contiguous i64 list of strictly
+ * increasing row indices. gather: out (k, D) = src (N, D)[rows]. scatter: dst (N, D)[rows] = src (k, D),
+ * and with zero_rest every other row of dst is set to 0. f32, any 2-D strides, CPU. */
+nc_status nc_rows_gather(nc_tensor *out, const nc_tensor *src, const nc_tensor *rows);
+nc_status nc_rows_scatter(nc_tensor *dst, const nc_tensor *src, const nc_tensor *rows, int32_t zero_rest);
 
 /* RMSNorm over the last dim: out = x * rstd (* weight when non-NULL), rstd (rows) saved. */
 nc_status nc_rmsnorm(nc_tensor *out, nc_tensor *rstd, const nc_tensor *x, const nc_tensor *weight, double eps);
 nc_status nc_rmsnorm_backward(nc_tensor *gx, nc_tensor *gweight, const nc_tensor *x, const nc_tensor *weight,
                               const nc_tensor *rstd, const nc_tensor *gout);
+/* The same on the rows listed in keep only (1-D contiguous i64, strictly increasing; Collider): other
+ * rows of gx are untouched and add nothing to gweight. */
+nc_status nc_rmsnorm_backward_rows(nc_tensor *gx, nc_tensor *gweight, const nc_tensor *x, const nc_tensor *weight,
+                                   const nc_tensor *rstd, const nc_tensor *gout, const nc_tensor *keep);
 
 /* RoPE, half-split pairing (x1 = x[..., :D/2], x2 = x[..., D/2:]):
  * out1 = x1 cos + x2 sin, out2 = -x1 sin + x2 cos.  x (B, T, H, D); cos, sin (T, D/2).
@@ -274,6 +283,13 @@ nc_status nc_attention(nc_tensor *out, nc_tensor *lse, const nc_tensor *q, const
 nc_status nc_attention_backward(nc_tensor *gq, nc_tensor *gk, nc_tensor *gv, const nc_tensor *out,
                                 const nc_tensor *lse, const nc_tensor *q, const nc_tensor *k,
                                 const nc_tensor *v, const nc_tensor *gout, int32_t causal, double scale);
+/* The same with a kept-query mask qkeep u8 (B, T) contiguous (Collider, algorithms.md §8.4): masked
+ * query rows are skipped in both passes (their gq rows untouched); equals the dense backward with those
+ * rows of gout zeroed. */
+nc_status nc_attention_backward_masked(nc_tensor *gq, nc_tensor *gk, nc_tensor *gv, const nc_tensor *out,
+                                       const nc_tensor *lse, const nc_tensor *q, const nc_tensor *k,
+                                       const nc_tensor *v, const nc_tensor *gout, const nc_tensor *qkeep,
+                                       int32_t causal, double scale);
 
 /* BitNet b1.58 (algorithms.md §1). Fake-quantized forward; the straight-through backward is the
  * identity, so no backward functions exist.

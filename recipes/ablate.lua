@@ -4,6 +4,7 @@
 --
 --   ./nanochat recipes/ablate.lua                        # defaults below
 --   ./nanochat recipes/ablate.lua steps=40 only=base,mhc  # a subset (comma-separated names)
+--   ./nanochat recipes/ablate.lua model=configs/models/micro.lua e3=configs/models/e3_micro.lua seq=32
 --
 -- Every run starts from the same seed, sees the same batches (same loader seed), uses the same
 -- optimizer (AdamW, lr 3e-3, warmup + WSD as recipes/tiny.lua) and is evaluated on the same val
@@ -23,6 +24,8 @@ local cfg = {
     steps = 60, batch = 8, seq = 256, lr = 3e-3, matrix_lr = 0.02, warmup = 10, cooldown = 0.3,
     eval_batches = 8, vocab = 8192, corpus = '', seed = 1, threads = 0,
     only = '', out = 'runs/ablate',
+    model = 'configs/models/tiny.lua',   -- the baseline
+    e3 = 'configs/models/e3.lua',        -- where the feature settings come from
 }
 for k, v in pairs(rawget(_G, 'ARGS') or {}) do
     if cfg[k] == nil then error('ablate: unknown setting ' .. tostring(k)) end
@@ -31,8 +34,8 @@ end
 if cfg.threads > 0 then nc.set_num_threads(cfg.threads) end
 
 local tok, shard_dir = nc.data.prepare { corpus = cfg.corpus, vocab = cfg.vocab }
-local base = dofile('configs/models/tiny.lua')
-local e3 = dofile('configs/models/e3.lua')
+local base = dofile(cfg.model)
+local e3 = dofile(cfg.e3)
 
 local function model_cfg(features)
     local m = {}
@@ -65,6 +68,9 @@ local function optimizer(model, hybrid)
         matrix = { optim = 'muon8', lr = cfg.matrix_lr, galore = { rank_frac = 0.25 } },
         embedding = rest, head = rest, norm = rest, scalar = rest } }
 end
+
+-- one-time costs (the sgemm peak for MFU, OpenMP/OpenBLAS warm-up) are paid here, not by the first variant
+require('nanochat.train').measure_peak_flops()
 
 local rows = {}
 for _, v in ipairs(VARIANTS) do

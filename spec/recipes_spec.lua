@@ -48,3 +48,45 @@ describe('recipes (smoke)', function()
         assert.truthy(out:find('unknown setting no_such_setting', 1, true), out)
     end)
 end)
+
+describe('recipes e3 / ablate (smoke)', function()
+    setup(function()
+        nc.corpus.build { out = corpus_dir, extracted = 'spec/fixtures/corpus', val_fraction = 0.3, quiet = true }
+    end)
+
+    it('recipes/e3.lua trains the e3 architecture with every feature and prints its summary', function()
+        local ok, out = run('recipes/e3.lua model=configs/models/e3_micro.lua steps=3 eval_every=3 sample_tokens=4 out='
+            .. tmp .. '/e3 ' .. COMMON)
+        assert.is_true(ok, out)
+        for _, want in ipairs { '| features | loop 1+2x2+1, mhc-lite n=4, mtp D=1, collider rho=0.40 |',
+                                '| LoopLM early exit | q=0.90', '| MTP self-speculative |', 'identical output: true',
+                                '| mHC | max doubly-stochastic error', '| Collider | kept 60% of tokens' } do
+            assert.truthy(out:find(want, 1, true), want .. '\n' .. out)
+        end
+        assert.truthy(out:find('| val bpb | %d'), out)
+        assert.is_true(exists(tmp .. '/e3/ckpt/step_000003/model.safetensors'))
+    end)
+
+    it('recipes/e3.lua switches features off from the command line', function()
+        local ok, out = run('recipes/e3.lua model=configs/models/e3_micro.lua steps=2 eval_every=2 sample_tokens=2 '
+            .. 'loop=false mhc=false mtp=false collider=false out=' .. tmp .. '/e3off ' .. COMMON)
+        assert.is_true(ok, out)
+        assert.truthy(out:find('| features | plain GPT |', 1, true), out)
+        assert.is_nil(out:find('| LoopLM', 1, true))
+        ok, out = run('recipes/e3.lua config=configs/h200.lua')
+        assert.is_false(ok)
+        assert.truthy(out:find('e3: this preset needs device cuda', 1, true) or out:find('does not run training yet', 1, true),
+            out)
+    end)
+
+    it('recipes/ablate.lua prints one row per variant and a JSON line', function()
+        local ok, out = run('recipes/ablate.lua model=configs/models/micro.lua e3=configs/models/e3_micro.lua steps=2 '
+            .. 'eval_batches=1 out=' .. tmp .. '/abl ' .. COMMON:gsub('eval_batches=1', ''))
+        assert.is_true(ok, out)
+        for _, v in ipairs { 'base', 'loop', 'mhc', 'mtp', 'collider', 'hybrid', 'e3' } do
+            assert.truthy(out:find('| ' .. v .. ' | ', 1, true), v .. '\n' .. out)
+        end
+        local last = out:match('(%b{})%s*rc=') or out:match('.*(%b{})')
+        assert.truthy(last and last:find('"base": {"val_loss"', 1, true), out)
+    end)
+end)

@@ -1,7 +1,9 @@
 -- configs/models/e3.lua — the flagship e3 architecture at its 2-CPU-core size (recipes/e3.lua):
 -- the tiny model's widths (d 256, 4 heads / 2 KV heads, ReLU² 1024, vocab 8192, T 256) with
--- LoopLM (1 prelude block, a 2-block shared stack looped 3 times, 1 coda block: 4 unique blocks,
--- 8 block applications), mHC-lite with 4 residual streams, and one DeepSeek-style MTP module.
+-- LoopLM (1 prelude block, a 2-block shared stack looped 3 times, 1 coda block: 4 unique blocks;
+-- training applies the coda after every loop for that loop's exit logits, so 1 + (2 + 1) x 3 = 10
+-- block applications per token; decoding runs the coda once, at the exit loop), mHC-lite with 4
+-- residual streams, and one DeepSeek-style MTP module.
 -- Collider token filtering is a training option (recipes/e3.lua collider=), not part of the model.
 -- Every feature table can be removed (or set from the recipe command line) to ablate it.
 return {

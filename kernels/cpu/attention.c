@@ -15,6 +15,10 @@
  * loops over every query head of the group and every query block), one parallel over
  * (b, head, query block) owning dQ rows. Each gradient element is summed in a fixed order, so
  * results do not depend on the thread count.
+ * Collider (algorithms.md §8.4): nc_attention_backward_masked takes a kept-query mask qkeep (B, T);
+ * a masked query row contributes nothing anywhere (it is skipped in both passes; its dQ row is left
+ * untouched), which equals the dense backward with that row of dO set to zero (then P (dP - D) = 0
+ * and P dO = 0 exactly). Without a mask the arithmetic is the dense backward's, bit for bit.
  *
  * Compiled twice: as itself (portable baseline, the reference) and from attention_avx2.c with
  * AVX2/FMA; nc_cpu_avx2() picks one. Inner loops are `omp simd` over keys or over head dims.
@@ -42,6 +46,7 @@ typedef struct {
     float *out, *lse;                      /* forward outputs (contiguous) */
     const float *lse_in, *dvec;            /* backward: saved lse and D = rowsum(dO * O), (B, H, T) */
     float *gq, *gk, *gv;                   /* backward outputs (contiguous, accumulate), may be NULL */
+    const uint8_t *qkeep;                  /* backward: kept-query mask (B, T) contiguous, or NULL = all */
 } attn_args;
 
 /* floats of per-thread scratch */
@@ -167,6 +172,7 @@ void KFN(nc_k_attn_fwd_item)(const attn_args *a, int64_t item, float *scratch) {
 static inline int64_t prob_row(const attn_args *a, int64_t b, int64_t h, int64_t t, int64_t s0, int64_t nk,
                                const float *qi, const float *doi, const float *Kt, const float *Vt, float *P,
                                float *dS) {
+    if (a->qkeep && !a->qkeep[b * a->T + t]) return 0;   /* a filtered query: no gradient flows */
     int64_t jn = visible(a, t, s0, nk);
     if (jn <= 0) return 0;
     float L = a->lse_in[(b * a->H + h) * a->T + t];
@@ -263,6 +269,7 @@ void KFN(nc_k_attn_bwd_q_item)(const attn_args *a, int64_t item, float *scratch)
         }
     }
     for (int64_t i = 0; i < nq; i++) {
+        if (a->qkeep && !a->qkeep[b * T + t0 + i]) continue;
         float *g = a->gq + ((b * T + t0 + i) * H + h) * D;
         const float *src = dQ + i * D;
 #pragma omp simd
@@ -354,10 +361,9 @@ nc_status nc_attention(nc_tensor *out, nc_tensor *lse, const nc_tensor *q, const
     return run_items(op, nc_cpu_avx2() ? nc_k_attn_fwd_item_avx2 : nc_k_attn_fwd_item_base, &a, items, flops);
 }
 
-nc_status nc_attention_backward(nc_tensor *gq, nc_tensor *gk, nc_tensor *gv, const nc_tensor *out,
-                                const nc_tensor *lse, const nc_tensor *q, const nc_tensor *k, const nc_tensor *v,
-                                const nc_tensor *gout, int32_t causal, double scale) {
-    static const char *op = "attention_backward";
+static nc_status attn_bwd(const char *op, nc_tensor *gq, nc_tensor *gk, nc_tensor *gv, const nc_tensor *out,
+                          const nc_tensor *lse, const nc_tensor *q, const nc_tensor *k, const nc_tensor *v,
+                          const nc_tensor *gout, const nc_tensor *qkeep, int32_t causal, double scale) {
     if (!gq && !gk && !gv) return NC_OK;
     NC_TRY(check_qkv(op, q, k, v));
     NC_TRY(nc_check_f32_cpu(op, "out", out));
@@ -383,8 +389,16 @@ nc_status nc_attention_backward(nc_tensor *gq, nc_tensor *gk, nc_tensor *gv, con
         NC_TRY(nc_check_contiguous(op, "gv", gv));
         NC_TRY(nc_check_same_shape(op, "gv", gv, "v", v));
     }
+    if (qkeep) {
+        NC_TRY(nc_check_cpu(op, "qkeep", qkeep));
+        NC_TRY(nc_check_dtype(op, "qkeep", qkeep, NC_U8));
+        NC_TRY(nc_check_contiguous(op, "qkeep", qkeep));
+        int64_t kshape[2] = {q->shape[0], q->shape[1]};
+        NC_TRY(nc_check_shape(op, "qkeep", qkeep, 2, kshape));
+    }
     attn_args a;
     fill_args(&a, q, k, v, causal, scale);
+    a.qkeep = qkeep ? (const uint8_t *)nc_ptr(qkeep) : NULL;
     if (a.B * a.T * a.H == 0 || a.S == 0 || a.D == 0) return NC_OK;
     a.o = nc_f32p(out);
     a.go = nc_f32p(gout);
@@ -401,6 +415,7 @@ nc_status nc_attention_backward(nc_tensor *gq, nc_tensor *gk, nc_tensor *gv, con
 #pragma omp parallel for schedule(static) if (nrow * a.D >= NC_PAR_MIN) num_threads(nc_threads())
     for (int64_t r = 0; r < nrow; r++) {
         int64_t t = r % a.T, h = (r / a.T) % a.H, b = r / (a.T * a.H);
+        if (a.qkeep && !a.qkeep[b * a.T + t]) { dvec[r] = 0.0f; continue; }
         const float *o = a.o + b * a.os[0] + t * a.os[1] + h * a.os[2];
         const float *g = a.go + b * a.gs[0] + t * a.gs[1] + h * a.gs[2];
         float s = 0.0f;
@@ -421,5 +436,19 @@ nc_status nc_attention_backward(nc_tensor *gq, nc_tensor *gk, nc_tensor *gv, con
     }
     nc_host_free(dvec, nrow * (int64_t)sizeof(float));
     return st;
+}
+
+nc_status nc_attention_backward(nc_tensor *gq, nc_tensor *gk, nc_tensor *gv, const nc_tensor *out,
+                                const nc_tensor *lse, const nc_tensor *q, const nc_tensor *k, const nc_tensor *v,
+                                const nc_tensor *gout, int32_t causal, double scale) {
+    return attn_bwd("attention_backward", gq, gk, gv, out, lse, q, k, v, gout, NULL, causal, scale);
+}
+
+nc_status nc_attention_backward_masked(nc_tensor *gq, nc_tensor *gk, nc_tensor *gv, const nc_tensor *out,
+                                       const nc_tensor *lse, const nc_tensor *q, const nc_tensor *k,
+                                       const nc_tensor *v, const nc_tensor *gout, const nc_tensor *qkeep,
+                                       int32_t causal, double scale) {
+    if (!qkeep) return nc_fail(NC_ERR_ARG, "attention_backward_masked: qkeep is NULL (use nc_attention_backward)");
+    return attn_bwd("attention_backward_masked", gq, gk, gv, out, lse, q, k, v, gout, qkeep, causal, scale);
 }
 #endif

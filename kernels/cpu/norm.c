@@ -183,9 +183,12 @@ nc_status nc_rmsnorm(nc_tensor *out, nc_tensor *rstd, const nc_tensor *x, const 
     return NC_OK;
 }
 
-nc_status nc_rmsnorm_backward(nc_tensor *gx, nc_tensor *gweight, const nc_tensor *x, const nc_tensor *weight,
-                              const nc_tensor *rstd, const nc_tensor *gout) {
-    static const char *op = "rmsnorm_backward";
+/* The backward over all rows (keep == NULL) or only the rows listed in keep (Collider, algorithms.md
+ * §8.4: the other rows of gx are left untouched and add nothing to gweight). The per-row arithmetic
+ * and the row order of the gweight sums are the same either way. */
+static nc_status rmsnorm_bwd(const char *op, nc_tensor *gx, nc_tensor *gweight, const nc_tensor *x,
+                             const nc_tensor *weight, const nc_tensor *rstd, const nc_tensor *gout,
+                             const nc_tensor *keep) {
     NC_TRY(check_x(op, x, weight));
     NC_TRY(nc_check_f32_cpu(op, "rstd", rstd));
     NC_TRY(nc_check_f32_cpu(op, "gout", gout));
@@ -207,6 +210,19 @@ nc_status nc_rmsnorm_backward(nc_tensor *gx, nc_tensor *gweight, const nc_tensor
         NC_TRY(nc_check_contiguous(op, "gweight", gweight));
         NC_TRY(nc_check_same_shape(op, "gweight", gweight, "weight", weight));
     }
+    const int64_t *kr = NULL;   /* kept rows or NULL = all */
+    if (keep) {
+        NC_TRY(nc_check_cpu(op, "keep", keep));
+        NC_TRY(nc_check_dtype(op, "keep", keep, NC_I64));
+        NC_TRY(nc_check_ndim(op, "keep", keep, 1));
+        NC_TRY(nc_check_contiguous(op, "keep", keep));
+        kr = (const int64_t *)nc_ptr(keep);
+        for (int64_t i = 0; i < keep->shape[0]; i++)
+            if (kr[i] < 0 || kr[i] >= rows || (i > 0 && kr[i] <= kr[i - 1]))
+                return nc_fail(NC_ERR_INDEX, "%s: keep must list strictly increasing rows in [0, %lld), got %lld at "
+                               "position %lld", op, (long long)rows, (long long)kr[i], (long long)i);
+        rows = keep->shape[0];   /* from here on: the number of rows processed */
+    }
     if (rows == 0 || D == 0) return NC_OK;
     const float *rs = nc_f32p(rstd);
     const float *w = weight ? nc_f32p(weight) : NULL;
@@ -218,12 +234,15 @@ nc_status nc_rmsnorm_backward(nc_tensor *gx, nc_tensor *gweight, const nc_tensor
             nc_cpu_avx2() ? nc_k_rmsnorm_bwd_row_avx2 : nc_k_rmsnorm_bwd_row_base;
         float *g = nc_f32p(gx);
 #pragma omp parallel for schedule(static) if (par && rows > 1) num_threads(nc_threads())
-        for (int64_t r = 0; r < rows; r++)
+        for (int64_t i = 0; i < rows; i++) {
+            int64_t r = kr ? kr[i] : i;
             row(g + r * D, nc_f32p(x) + nc_row_offset(x, r), w, nc_f32p(gout) + nc_row_offset(gout, r), D, rs[r]);
+        }
     } else if (gx) {
         float *g = nc_f32p(gx);
 #pragma omp parallel for schedule(static) if (par && rows > 1) num_threads(nc_threads())
-        for (int64_t r = 0; r < rows; r++) {
+        for (int64_t i = 0; i < rows; i++) {
+            int64_t r = kr ? kr[i] : i;
             const float *xr = nc_f32p(x) + nc_row_offset(x, r);
             const float *gr = nc_f32p(gout) + nc_row_offset(gout, r);
             float inv = rs[r];
@@ -255,7 +274,8 @@ nc_status nc_rmsnorm_backward(nc_tensor *gx, nc_tensor *gweight, const nc_tensor
             int64_t j0 = bk * CB, j1 = j0 + CB < D ? j0 + CB : D;
             double acc[256];
             for (int64_t j = j0; j < j1; j++) acc[j - j0] = 0.0;
-            for (int64_t r = 0; r < rows; r++) {
+            for (int64_t i = 0; i < rows; i++) {
+                int64_t r = kr ? kr[i] : i;
                 const float *xr = nc_f32p(x) + nc_row_offset(x, r);
                 const float *gr = nc_f32p(gout) + nc_row_offset(gout, r);
                 double inv = rs[r];
@@ -271,5 +291,16 @@ nc_status nc_rmsnorm_backward(nc_tensor *gx, nc_tensor *gweight, const nc_tensor
         }
     }
     return NC_OK;
+}
+
+nc_status nc_rmsnorm_backward(nc_tensor *gx, nc_tensor *gweight, const nc_tensor *x, const nc_tensor *weight,
+                              const nc_tensor *rstd, const nc_tensor *gout) {
+    return rmsnorm_bwd("rmsnorm_backward", gx, gweight, x, weight, rstd, gout, NULL);
+}
+
+nc_status nc_rmsnorm_backward_rows(nc_tensor *gx, nc_tensor *gweight, const nc_tensor *x, const nc_tensor *weight,
+                                   const nc_tensor *rstd, const nc_tensor *gout, const nc_tensor *keep) {
+    if (!keep) return nc_fail(NC_ERR_ARG, "rmsnorm_backward_rows: keep is NULL (use nc_rmsnorm_backward)");
+    return rmsnorm_bwd("rmsnorm_backward_rows", gx, gweight, x, weight, rstd, gout, keep);
 }
 #endif /* NC_KPRIMARY */

@@ -31,6 +31,18 @@ function M.set_enabled(on)
     return prev
 end
 
+-- The active row filter (Collider, algorithms.md §8; nanochat.collider): while set, ops that see
+-- rows = filter.N tokens (linear, attention, rmsnorm) keep a reference to it in their backward
+-- closure and, once filter.keep (sorted i64 kept rows) exists, run their backward on the kept rows
+-- only. nil (the default) = dense backward everywhere.
+local row_filter = nil
+function M.row_filter() return row_filter end
+function M.set_row_filter(f)
+    local prev = row_filter
+    row_filter = f
+    return prev
+end
+
 -- needs(a, b) for exactly one or two arguments without varargs (the hot path of every op)
 function M.needs2(a, b)
     if not enabled then return false end

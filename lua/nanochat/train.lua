@@ -7,14 +7,16 @@
 --       eval_every = 100, eval_batches = 20, tokenizer = tok,
 --       sample_every = 500, sample_prompts = { 'fn main() {' },
 --       log_dir = 'runs/x', ckpt_dir = 'runs/x/ckpt', ckpt_every = 200, keep = 3, resume = true,
---       max_bad_steps = 5, progress = true,
+--       max_bad_steps = 5, progress = true, collider = nc.collider.new{ rho = 0.4 },
 --   }
 --
 -- Promise:
 --  - Step i (0-based) multiplies the optimizer's learning rates by schedule(i); the first step
 --    calls schedule(0). Each step runs grad_accum micro-batches: loss = model:forward(x, y,
 --    {z_loss, label_smoothing}), backward with gradient 1/grad_accum, so the gradients are those
---    of the mean loss over the micro-batches. The global L2 norm of all gradients is computed in
+--    of the mean loss over the micro-batches. With collider = F (nanochat.collider) each micro-batch
+--    runs F:forward(model, x, y, opts) instead (Collider token filtering: loss and backward on the
+--    kept tokens) and the step record logs kept_frac (kept / all target tokens). The global L2 norm of all gradients is computed in
 --    one pass (C, double accumulation); when it exceeds clip the gradients are scaled by
 --    clip / norm. A non-finite loss or gradient norm skips the step (no update, gradients
 --    dropped, a 'bad_step' record logged); max_bad_steps of them in a row abort with an error.
@@ -126,6 +128,7 @@ function M.progress_line(r, steps)
     else parts[#parts + 1] = string.format('lr x%.3f', r.lr_mult) end
     parts[#parts + 1] = string.format('%s tok/s', fmt_num(r.tok_per_s or 0))
     if r.mfu then parts[#parts + 1] = string.format('mfu %.1f%%', 100 * r.mfu) end
+    if r.kept_frac then parts[#parts + 1] = string.format('kept %.0f%%', 100 * r.kept_frac) end
     parts[#parts + 1] = 'eta ' .. fmt_time(r.eta)
     return table.concat(parts, ' | ')
 end
@@ -254,6 +257,7 @@ function M.train(opts)
     local schedule = opts.schedule or function() return 1 end
     local keep = opts.keep or 3
     local fwd_opts = { z_loss = opts.z_loss, label_smoothing = opts.label_smoothing }
+    local collider = opts.collider
     local params = model:parameters()
     local out = opts.out or io.stdout
     local progress = opts.progress ~= false
@@ -368,11 +372,17 @@ function M.train(opts)
             end
             local t0 = now()
             local mult = schedule(s)
-            local loss_sum, ntok, T = 0, 0, nil
+            local loss_sum, ntok, T, nkept = 0, 0, nil, 0
             for _ = 1, accum do
                 local x, y = loader:next()
                 if x == nil then error(string.format('nc.train: the loader ran out of batches at step %d', s), 0) end
-                local loss = model:forward(x, y, fwd_opts)
+                local loss
+                if collider then
+                    loss = collider:forward(model, x, y, fwd_opts)
+                    nkept = nkept + collider.last.kept
+                else
+                    loss = model:forward(x, y, fwd_opts)
+                end
                 loss_sum = loss_sum + loss:item()
                 loss:backward(grad_scale)
                 ntok = ntok + y:numel()
@@ -412,7 +422,7 @@ function M.train(opts)
             local rec = { type = 'step', step = step, loss = finite(loss_v) and loss_v or nil, lr_mult = mult,
                           lr = lr0 and lr0 * mult or nil, grad_norm = finite(norm) and norm or nil, tokens = ntok,
                           dt = dt, tok_per_s = ntok / math.max(dt, 1e-9), wall = C.nc_wall_time(),
-                          eta = avg * (steps - step) }
+                          eta = avg * (steps - step), kept_frac = collider and nkept / ntok or nil }
             if progress or tb then
                 if fpt == nil then
                     fpt = model.flops_per_token and model:flops_per_token(T) or false
@@ -422,7 +432,7 @@ function M.train(opts)
             end
             log(rec)
             tb_log({ ['train/loss'] = rec.loss, ['train/lr'] = rec.lr or mult, ['train/grad_norm'] = rec.grad_norm,
-                     ['train/tok_per_s'] = rec.tok_per_s, ['train/mfu'] = rec.mfu }, step)
+                     ['train/tok_per_s'] = rec.tok_per_s, ['train/mfu'] = rec.mfu, ['train/kept_frac'] = rec.kept_frac }, step)
             if progress then
                 local line = M.progress_line(rec, steps)
                 if tty then

@@ -6,6 +6,9 @@
 -- whose closure accumulates (+=) into the inputs' gradients with the C backward kernels.
 -- Matmul-shaped gradients are sgemm calls with beta = 1; when a 2-D weight is shared across a
 -- batch its gradient is ONE gemm over the flattened (rows, features) views.
+-- Collider (algorithms.md §8, nanochat.collider): linear, attention and rmsnorm recorded while an
+-- autograd row filter is active, on CPU tensors with the filter's N rows (tokens), run their
+-- backward on the filter's kept rows only (see kept_rows below); otherwise the dense code runs.
 local core = require 'nanochat.core'
 local Tensor = require 'nanochat.tensor'
 local ag = require 'nanochat.autograd'
@@ -34,6 +37,64 @@ end
 
 local function empty_like_shape(shape, like)
     return Tensor.empty(shape, 'f32', like:device())
+end
+
+-- ---- Collider row filter ------------------------------------------------------------------------
+-- The active row filter when it applies to an op on t with `rows` rows (checked at forward time,
+-- only when a gradient will be recorded); the backward reads filter.keep / filter.mask, which the
+-- filter's select() sets after the forward. nil = dense.
+local function row_filter_for(t, rows)
+    local f = ag.row_filter()
+    if f and f.N == rows and t._c.device == C.NC_CPU then return f end
+    return nil
+end
+
+-- (k, D) = src2 (N, D) rows listed in keep (sorted i64)
+local function gather_rows(src2, keep)
+    local out = Tensor.empty({ keep:size(0), src2:size(1) }, 'f32', 'cpu')
+    check(C.nc_rows_gather(out._c, src2._c, keep._c), 'collider: gather rows')
+    return out
+end
+
+-- Release a temporary that never escapes now (its block goes back to the host cache, still warm,
+-- for the next gather) instead of at the next Lua GC: the compact buffers are allocated per op.
+local function free_now(t)
+    local p = t._c
+    t._c = nil
+    C.nc_tensor_release(ffi.gc(p, nil))
+end
+
+-- Collider's linear backward (algorithms.md §8.3): with g2 = dY and x2 = X as (N, .) rows and the
+-- kept rows K: dX[K] = dY[K] W (other rows of a fresh dX are zero, of an existing one untouched) and
+-- dW += dY[K]^T X[K], as dense sgemms on gathered compact buffers. With K = all rows every sgemm
+-- sees the same operands as the dense path, so the result is bitwise the dense one.
+local function linear_backward_kept(g, x, w, bias, keep)
+    local g2 = rows2d(g)
+    local gk = gather_rows(g2, keep)
+    local k = keep:size(0)
+    local gx, fx = ag.grad_buf(x)
+    if gx then
+        local gx2 = rows2d(gx)
+        local t
+        if fx then
+            t = Tensor.empty({ k, w:size(1) }, 'f32', 'cpu')
+            check(C.nc_matmul(t._c, gk._c, w._c, 0, 0, 1, 0), 'linear backward (collider)')
+        else
+            t = gather_rows(gx2, keep)
+            check(C.nc_matmul(t._c, gk._c, w._c, 0, 0, 1, 1), 'linear backward (collider)')
+        end
+        check(C.nc_rows_scatter(gx2._c, t._c, keep._c, fx and 1 or 0), 'linear backward (collider)')
+        free_now(t)
+    end
+    local gw, fw = ag.grad_buf(w)
+    if gw then
+        local xk = gather_rows(rows2d(x), keep)
+        check(C.nc_matmul(gw._c, gk._c, xk._c, 1, 0, 1, fw and 0 or 1), 'linear backward (collider)')
+        free_now(xk)
+    end
+    local gbias = bias and ag.grad_of(bias)
+    if gbias then check(C.nc_sum_to(gbias._c, gk._c, 1), 'linear backward (collider)') end
+    free_now(gk)
 end
 
 -- ---- matmul / linear -------------------------------------------------------------------------
@@ -116,7 +177,10 @@ function M.linear(x, w, bias)
         check(C.nc_add_scaled(out._c, bias._c, 1), 'linear')
     end
     if ag.needs(x, w, bias) then
+        local flt = row_filter_for(x, x:numel() / math.max(x:size(-1), 1))
         ag.record(out, { x, w, bias }, function(g)
+            local keep = flt and flt.keep
+            if keep then return linear_backward_kept(g, x, w, bias, keep) end
             -- a gradient buffer created here is written by the GEMM with beta 0 (no zero-fill)
             local gx, fx = ag.grad_buf(x)
             if gx then check(C.nc_matmul(gx._c, g._c, w._c, 0, 0, 1, fx and 0 or 1), 'linear backward') end
@@ -234,9 +298,16 @@ function M.rmsnorm(x, weight, eps)
     local rstd = Tensor.empty({ rows }, 'f32', x:device())
     check(C.nc_rmsnorm(out._c, rstd._c, x._c, cptr(weight), eps), 'rmsnorm')
     if ag.needs(x, weight) then
+        local flt = row_filter_for(x, rows)
         ag.record(out, { x, weight }, function(g)
             local gx, gw = ag.grad_of(x), weight and ag.grad_of(weight)
-            check(C.nc_rmsnorm_backward(cptr(gx), cptr(gw), x._c, cptr(weight), rstd._c, g._c), 'rmsnorm backward')
+            local keep = flt and flt.keep
+            if keep then   -- Collider: only the kept rows (the others of gx stay 0)
+                check(C.nc_rmsnorm_backward_rows(cptr(gx), cptr(gw), x._c, cptr(weight), rstd._c, g._c, keep._c),
+                    'rmsnorm backward (collider)')
+            else
+                check(C.nc_rmsnorm_backward(cptr(gx), cptr(gw), x._c, cptr(weight), rstd._c, g._c), 'rmsnorm backward')
+            end
         end)
     end
     return out
@@ -285,10 +356,19 @@ function M.attention(q, k, v, opts)
     local lse = Tensor.empty({ q:size(0), q:size(2), q:size(1) }, 'f32', q:device())
     check(C.nc_attention(out._c, lse._c, q._c, k._c, v._c, cflag, scale), 'attention')
     if ag.needs(q, k, v) then
+        -- Collider: the filter applies to self-attention over its N = B*T query rows
+        local flt = k:size(1) == q:size(1) and row_filter_for(q, q:size(0) * q:size(1)) or nil
         ag.record(out, { q, k, v }, function(g)
             local gq, gk, gv = ag.grad_of(q), ag.grad_of(k), ag.grad_of(v)
-            check(C.nc_attention_backward(cptr(gq), cptr(gk), cptr(gv), out._c, lse._c, q._c, k._c, v._c, g._c,
-                cflag, scale), 'attention backward')
+            local mask = flt and flt.keep and flt.mask
+            if mask then
+                mask = mask:reshape { q:size(0), q:size(1) }   -- filtered queries are skipped (their dO rows are treated as zero)
+                check(C.nc_attention_backward_masked(cptr(gq), cptr(gk), cptr(gv), out._c, lse._c, q._c, k._c, v._c,
+                    g._c, mask._c, cflag, scale), 'attention backward (collider)')
+            else
+                check(C.nc_attention_backward(cptr(gq), cptr(gk), cptr(gv), out._c, lse._c, q._c, k._c, v._c, g._c,
+                    cflag, scale), 'attention backward')
+            end
         end)
     end
     return out, lse
