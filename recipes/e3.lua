@@ -24,7 +24,8 @@
 --   (4) the hybrid optimizer: block matrices on 8-bit Muon under GaLore 2 (rank 1/4), embedding,
 --       head, norms and mHC/gate scalars on AdamW (or Lion with rest=lion); WSD schedule;
 --   (5) val loss / bits-per-byte, Rust samples (early exit at q = exit_q), self-speculative
---       decoding through the MTP module, the mHC report, a checkpoint and a summary table.
+--       decoding through the MTP module, the mHC report, the packed engine (nc.pack: train = serve
+--       and decode speed), a checkpoint and a summary table.
 local nc = require 'nanochat'
 
 -- ---- settings ---------------------------------------------------------------------------------
@@ -209,6 +210,25 @@ if mcfg.mhc then
     local rep = nc.mhc.report(model, probe_batch)
     row('mHC', string.format('max doubly-stochastic error %.1e (rows) / %.1e (cols), composite gain %.3f fwd / %.3f bwd',
         rep.max_row_err, rep.max_col_err, rep.fwd_gain, rep.bwd_gain))
+end
+if model.cfg.ternary then
+    -- the packed inference engine (nc.pack: 2-bit weights, int8 activations; loop / mHC / MTP run
+    -- there too): train = serve on the probe, and greedy decoding at q = exit_q against the model
+    local e = nc.pack(model)
+    local ref = nc.no_grad(function() return model:forward(probe_batch) end)
+    local diff = (ref - e:forward(probe_batch)):abs():max():item() / ref:abs():max():item()
+    local o = { max_tokens = n_dec, temperature = 0, exit_q = mcfg.loop and cfg.exit_q or nil }
+    local t0 = clock()
+    local a = nc.generate.collect(model, probe, o)
+    local t_model = clock() - t0
+    t0 = clock()
+    local b = nc.generate.collect(e, probe, o)
+    local t_engine = clock() - t0
+    local same = #a == #b
+    for i = 1, math.min(#a, #b) do same = same and a[i] == b[i] end
+    row('packed engine', string.format('logits within %.1e of max |logit| (train = serve), greedy decode %.2fx the '
+        .. 'training model%s (identical output: %s)', diff, t_model / t_engine,
+        mcfg.loop and string.format(' at q=%.2f', cfg.exit_q) or '', tostring(same)))
 end
 if filter then row('Collider', string.format('kept %.0f%% of tokens in loss and backward', 100 * (1 - cfg.rho))) end
 row('checkpoint', tostring(result.checkpoint))

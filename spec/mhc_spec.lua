@@ -551,9 +551,14 @@ describe('mHC in the GPT', function()
         assert.has_error(function() mhc.report(gpt.new(micro())) end, 'mhc.report: the model has no mHC layers (cfg.mhc not set)')
     end)
 
-    it('the packed inference engine refuses an mHC model instead of decoding it as a plain one', function()
-        assert.has_error(function() nc.pack(gpt.new(micro { mhc = { n = 2 } })) end,
-            'nc.pack: mHC residual streams (cfg.mhc) are not implemented in the packed engine; decode with model:forward_cached')
+    it('the packed inference engine runs an mHC model (its streams, not as a plain one)', function()
+        -- (the full train = serve checks are in spec/models/engine_e3_spec.lua)
+        local m = gpt.new(micro { mhc = { n = 2 }, head_std = 0.3 })
+        perturb_mhc(m, 3, 1)
+        local x = batch(1, 6, 256, 3)
+        local ref = nc.no_grad(function() return m:forward(x) end)
+        local r = (ref - nc.pack(m):forward(x)):abs():max():item() / ref:abs():max():item()
+        assert.is_true(r < 1e-4, 'relative logit difference ' .. r)
     end)
 end)
 

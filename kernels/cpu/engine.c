@@ -1,6 +1,8 @@
 /* kernels/cpu/engine.c — one decode step of the packed ternary GPT, all layers in one call.
  *
- * Promise: nc_engine_decode advances B sequences by one token (all at position pos) through every
+ * Promise: nc_engine_decode advances B sequences by one token (all at position pos) — or by a short
+ * chunk of cfg->n_pos tokens each (positions pos .. pos + n_pos - 1, causal within the chunk: each
+ * row attends to the cache up to its own position; used for speculative verification) — through every
  * layer of a packed model (core/nanochat.h, inference section): the same math as the op-by-op
  * engine path (lua/nanochat/engine.lua, forward_cached with T = 1) — parameter-free RMSNorm
  * (double-accumulated mean square), per-token int8 activations with exactly nc_ternary_quant_act's
@@ -114,10 +116,14 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
     NC_TRY(nc_check_f32_cpu(op, "x", x));
     NC_TRY(nc_check_contiguous(op, "x", x));
     NC_TRY(nc_check_ndim(op, "x", x, 2));
-    const int64_t B = x->shape[0], d = cfg->d, H = cfg->n_head, Hkv = cfg->n_kv_head, hd = cfg->head_dim,
-                  ff = cfg->d_ff;
+    /* R rows = B sequences x P consecutive positions (row r: sequence r / P at position pos + r % P) */
+    const int64_t R = x->shape[0], P = cfg->n_pos > 0 ? cfg->n_pos : 1, d = cfg->d, H = cfg->n_head,
+                  Hkv = cfg->n_kv_head, hd = cfg->head_dim, ff = cfg->d_ff;
     if (x->shape[1] != d) return nc_fail(NC_ERR_SHAPE, "%s: x must be (B, %lld), got last dim %lld", op, (long long)d,
                                          (long long)x->shape[1]);
+    if (R % P) return nc_fail(NC_ERR_SHAPE, "%s: x has %lld rows, not a multiple of n_pos %lld", op, (long long)R,
+                              (long long)P);
+    const int64_t B = R / P;
     if (H < 1 || Hkv < 1 || H % Hkv || hd < 2 || hd % 2 || ff < 1 || d < 1)
         return nc_fail(NC_ERR_ARG, "%s: bad cfg (d %lld, heads %lld/%lld, head_dim %lld, d_ff %lld)", op, (long long)d,
                        (long long)H, (long long)Hkv, (long long)hd, (long long)ff);
@@ -125,10 +131,10 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
     NC_TRY(nc_check_f32_cpu(op, "sin", sin_t));
     NC_TRY(nc_check_contiguous(op, "cos", cos_t));
     NC_TRY(nc_check_contiguous(op, "sin", sin_t));
-    if (cos_t->ndim != 2 || cos_t->shape[1] != hd / 2 || pos < 0 || pos >= cos_t->shape[0] ||
+    if (cos_t->ndim != 2 || cos_t->shape[1] != hd / 2 || pos < 0 || pos + P > cos_t->shape[0] ||
         !nc_tensor_same_shape(cos_t, sin_t))
-        return nc_fail(NC_ERR_SHAPE, "%s: cos/sin must be (>= %lld, %lld) tables, position %lld", op,
-                       (long long)(pos + 1), (long long)(hd / 2), (long long)pos);
+        return nc_fail(NC_ERR_SHAPE, "%s: cos/sin must be (>= %lld, %lld) tables, positions %lld..%lld", op,
+                       (long long)(pos + P), (long long)(hd / 2), (long long)pos, (long long)(pos + P - 1));
     const int64_t Nq = H * hd, Nkv = Hkv * hd;
     for (int li = 0; li < n_layers; li++) {
         const nc_engine_layer *L = &layers[li];
@@ -141,10 +147,10 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
         for (int j = 0; j < 2; j++) {
             const nc_tensor *c = j ? L->vc : L->kc;
             if (!c || c->dtype != NC_F32 || c->device != NC_CPU || !nc_tensor_is_contiguous(c) || c->ndim != 4 ||
-                c->shape[0] != B || c->shape[1] <= pos || c->shape[2] != Hkv || c->shape[3] != hd)
-                return nc_fail(NC_ERR_SHAPE, "%s: layer %d: the %s cache must be f32 (%lld, > %lld, %lld, %lld) "
-                               "contiguous", op, li, j ? "V" : "K", (long long)B, (long long)pos, (long long)Hkv,
-                               (long long)hd);
+                c->shape[0] != B || c->shape[1] < pos + P || c->shape[2] != Hkv || c->shape[3] != hd)
+                return nc_fail(NC_ERR_SHAPE, "%s: layer %d: the %s cache must be f32 (%lld, >= %lld, %lld, %lld) "
+                               "contiguous", op, li, j ? "V" : "K", (long long)B, (long long)(pos + P),
+                               (long long)Hkv, (long long)hd);
         }
         const nc_tensor *gains[2] = {L->attn_gain, L->mlp_gain};
         const int64_t glen[2] = {Nq, ff};
@@ -154,48 +160,48 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
                 return nc_fail(NC_ERR_SHAPE, "%s: layer %d: the %s gain must be f32 (%lld) contiguous", op, li,
                                j ? "MLP" : "attention", (long long)glen[j]);
     }
-    if (B == 0 || n_layers == 0) return NC_OK;
+    if (R == 0 || n_layers == 0) return NC_OK;
 
     /* scratch: quantized inputs of width d / Nq / ff, q|k|v, attention output, MLP hidden, GEMV out,
      * a normed row, per-thread attention scores */
     const int64_t kpd = nc_ternary_kpad(d), kpq = nc_ternary_kpad(Nq), kpf = nc_ternary_kpad(ff);
     int nt = nc_threads();
     if (nt < 1) nt = 1;
-    const int64_t S = pos + 1;
-    int64_t fl = B * (Nq + 2 * Nkv) + B * Nq + 2 * B * ff + B * d + (ff > Nq ? ff : Nq) + (d > 0 ? d : 1) +
-                 (int64_t)nt * S + 3 * B;
-    int64_t by = B * (kpd + kpq + kpf) + fl * (int64_t)sizeof(float) + 3 * B * (int64_t)(sizeof(float) + 4) + 256;
+    const int64_t S = pos + P;   /* the longest attention span (the last position) */
+    int64_t fl = R * (Nq + 2 * Nkv) + R * Nq + 2 * R * ff + R * d + (ff > Nq ? ff : Nq) + (d > 0 ? d : 1) +
+                 (int64_t)nt * S + 3 * R;
+    int64_t by = R * (kpd + kpq + kpf) + fl * (int64_t)sizeof(float) + 3 * R * (int64_t)(sizeof(float) + 4) + 256;
     char *mem = nc_host_alloc(by);
     if (!mem) return NC_ERR_OOM;
     char *p = mem;
     qbuf qa = {(int8_t *)p, NULL, NULL, kpd};
-    p += B * kpd;
+    p += R * kpd;
     qbuf qo = {(int8_t *)p, NULL, NULL, kpq};
-    p += B * kpq;
+    p += R * kpq;
     qbuf qf = {(int8_t *)p, NULL, NULL, kpf};
-    p += B * kpf;
+    p += R * kpf;
     p = (char *)(((uintptr_t)p + 63) & ~(uintptr_t)63);
     float *f = (float *)p;
-    float *qkv = f;                  f += B * (Nq + 2 * Nkv);
-    float *att = f;                  f += B * Nq;
-    float *u1 = f;                   f += B * ff;
-    float *u3 = f;                   f += B * ff;
-    float *yo = f;                   f += B * d;
+    float *qkv = f;                  f += R * (Nq + 2 * Nkv);
+    float *att = f;                  f += R * Nq;
+    float *u1 = f;                   f += R * ff;
+    float *u3 = f;                   f += R * ff;
+    float *yo = f;                   f += R * d;
     float *row = f;                  f += (ff > Nq ? ff : Nq) > d ? (ff > Nq ? ff : Nq) : d;
     float *scores = f;               f += (int64_t)nt * S;
-    qa.inv = f; f += B;
-    qo.inv = f; f += B;
-    qf.inv = f; f += B;
+    qa.inv = f; f += R;
+    qo.inv = f; f += R;
+    qf.inv = f; f += R;
     int32_t *ip = (int32_t *)f;
-    qa.sum = ip; qo.sum = ip + B; qf.sum = ip + 2 * B;
+    qa.sum = ip; qo.sum = ip + R; qf.sum = ip + 2 * R;
 
     float *X = nc_f32p(x);
-    const float *crow = nc_f32p(cos_t) + pos * (hd / 2), *srow = nc_f32p(sin_t) + pos * (hd / 2);
+    const float *cos0 = nc_f32p(cos_t), *sin0 = nc_f32p(sin_t);
     const int avx2 = nc_cpu_avx2(), qkn = cfg->qk_norm, swiglu = cfg->swiglu;
     const double eps = cfg->eps;
     const float scale = 1.0f / sqrtf((float)hd);
     const int64_t group = H / Hkv;
-    float *qo_ = qkv, *ko_ = qkv + B * Nq, *vo_ = qkv + B * (Nq + Nkv);   /* (B, Nq), (B, Nkv), (B, Nkv) */
+    float *qo_ = qkv, *ko_ = qkv + R * Nq, *vo_ = qkv + R * (Nq + Nkv);   /* (R, Nq), (R, Nkv), (R, Nkv) */
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
@@ -210,61 +216,62 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
             float *K = nc_f32p(L->kc), *V = nc_f32p(L->vc);
             const int64_t cT = L->kc->shape[1];
 #pragma omp single
-            for (int64_t b = 0; b < B; b++) norm_quant(&qa, b, row, X + b * d, NULL, d, eps, avx2);
-            gemv(qo_, &qa, B, L->w[0], L->s[0], tid, T, avx2);
-            gemv(ko_, &qa, B, L->w[1], L->s[1], tid, T, avx2);
-            gemv(vo_, &qa, B, L->w[2], L->s[2], tid, T, avx2);
+            for (int64_t b = 0; b < R; b++) norm_quant(&qa, b, row, X + b * d, NULL, d, eps, avx2);
+            gemv(qo_, &qa, R, L->w[0], L->s[0], tid, T, avx2);
+            gemv(ko_, &qa, R, L->w[1], L->s[1], tid, T, avx2);
+            gemv(vo_, &qa, R, L->w[2], L->s[2], tid, T, avx2);
 #pragma omp barrier
-            /* K/V of the new token into the cache (QK-norm, RoPE on K) */
-            for (int64_t r = tid; r < B * Hkv; r += T) {
-                int64_t b = r / Hkv, h = r % Hkv;
-                float *kr = ko_ + b * Nkv + h * hd;
+            /* K/V of the new tokens into the cache (QK-norm, RoPE on K) */
+            for (int64_t r = tid; r < R * Hkv; r += T) {
+                int64_t i = r / Hkv, h = r % Hkv, b = i / P, ps = pos + i % P;
+                float *kr = ko_ + i * Nkv + h * hd;
                 if (qkn) rms_row(kr, kr, NULL, hd, eps);
-                rope_row(kr, crow, srow, hd);
-                float *kd = K + ((b * cT + pos) * Hkv + h) * hd, *vd = V + ((b * cT + pos) * Hkv + h) * hd;
+                rope_row(kr, cos0 + ps * (hd / 2), sin0 + ps * (hd / 2), hd);
+                float *kd = K + ((b * cT + ps) * Hkv + h) * hd, *vd = V + ((b * cT + ps) * Hkv + h) * hd;
                 memcpy(kd, kr, (size_t)hd * sizeof(float));
-                memcpy(vd, vo_ + b * Nkv + h * hd, (size_t)hd * sizeof(float));
+                memcpy(vd, vo_ + i * Nkv + h * hd, (size_t)hd * sizeof(float));
             }
 #pragma omp barrier
-            /* attention of each (sequence, query head) over positions 0..pos */
-            for (int64_t r = tid; r < B * H; r += T) {
-                int64_t b = r / H, h = r % H, kh = h / group;
-                float *q = qo_ + b * Nq + h * hd;
+            /* attention of each (row, query head) over positions 0..its own (causal) */
+            for (int64_t r = tid; r < R * H; r += T) {
+                int64_t i = r / H, h = r % H, kh = h / group, b = i / P, ps = pos + i % P;
+                const int64_t Sr = ps + 1;
+                float *q = qo_ + i * Nq + h * hd;
                 if (qkn) rms_row(q, q, NULL, hd, eps);
-                rope_row(q, crow, srow, hd);
+                rope_row(q, cos0 + ps * (hd / 2), sin0 + ps * (hd / 2), hd);
                 float m = -INFINITY;
-                for (int64_t j = 0; j < S; j++) {
+                for (int64_t j = 0; j < Sr; j++) {
                     const float *kr = K + ((b * cT + j) * Hkv + kh) * hd;
                     float dot = 0.0f;
-                    for (int64_t i = 0; i < hd; i++) dot += q[i] * kr[i];
+                    for (int64_t e = 0; e < hd; e++) dot += q[e] * kr[e];
                     sc[j] = dot * scale;
                     m = sc[j] > m ? sc[j] : m;
                 }
                 float l = 0.0f;
-                for (int64_t j = 0; j < S; j++) {
+                for (int64_t j = 0; j < Sr; j++) {
                     sc[j] = expf(sc[j] - m);
                     l += sc[j];
                 }
-                float *o = att + b * Nq + h * hd;
-                for (int64_t i = 0; i < hd; i++) o[i] = 0.0f;
-                for (int64_t j = 0; j < S; j++) {
+                float *o = att + i * Nq + h * hd;
+                for (int64_t e = 0; e < hd; e++) o[e] = 0.0f;
+                for (int64_t j = 0; j < Sr; j++) {
                     const float *vr = V + ((b * cT + j) * Hkv + kh) * hd;
                     float pj = sc[j] / l;
-                    for (int64_t i = 0; i < hd; i++) o[i] += pj * vr[i];
+                    for (int64_t e = 0; e < hd; e++) o[e] += pj * vr[e];
                 }
             }
 #pragma omp barrier
 #pragma omp single
-            for (int64_t b = 0; b < B; b++) norm_quant(&qo, b, row, att + b * Nq, L->attn_gain, Nq, eps, avx2);
-            gemv_residual(X, yo, &qo, B, d, L->w[3], L->s[3], tid, T, avx2);
+            for (int64_t b = 0; b < R; b++) norm_quant(&qo, b, row, att + b * Nq, L->attn_gain, Nq, eps, avx2);
+            gemv_residual(X, yo, &qo, R, d, L->w[3], L->s[3], tid, T, avx2);
 #pragma omp barrier
 #pragma omp single
-            for (int64_t b = 0; b < B; b++) norm_quant(&qa, b, row, X + b * d, NULL, d, eps, avx2);
-            gemv(u1, &qa, B, L->w[4], L->s[4], tid, T, avx2);
-            if (swiglu) gemv(u3, &qa, B, L->w[5], L->s[5], tid, T, avx2);
+            for (int64_t b = 0; b < R; b++) norm_quant(&qa, b, row, X + b * d, NULL, d, eps, avx2);
+            gemv(u1, &qa, R, L->w[4], L->s[4], tid, T, avx2);
+            if (swiglu) gemv(u3, &qa, R, L->w[5], L->s[5], tid, T, avx2);
 #pragma omp barrier
 #pragma omp single
-            for (int64_t b = 0; b < B; b++) {
+            for (int64_t b = 0; b < R; b++) {
                 float *u = u1 + b * ff;
                 if (swiglu) {
                     const float *g3 = u3 + b * ff;
@@ -274,7 +281,7 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
                 }
                 norm_quant(&qf, b, row, u, L->mlp_gain, ff, eps, avx2);
             }
-            gemv_residual(X, yo, &qf, B, d, L->w[6], L->s[6], tid, T, avx2);
+            gemv_residual(X, yo, &qf, R, d, L->w[6], L->s[6], tid, T, avx2);
 #pragma omp barrier
         }
     }

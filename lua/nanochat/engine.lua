@@ -11,17 +11,27 @@
 -- decode, logits within the tolerance spec/models/engine_spec.lua names);
 -- no autograd (everything under nc.no_grad); a KV cache per sequence batch.
 --
--- The Engine offers the interface nc.generate needs (cfg, new_cache(B, max_T),
+-- The Engine offers the interface nc.generate needs (cfg, new_cache(B, max_T[, { exit_q }]),
 -- forward_cached(idx, cache)), so `engine:generate(prompt, opts)` is nc.generate itself: one
 -- implementation of the sampling rules. forward_cached with T > 1 is the batched prefill (packed
 -- GEMM over B*T rows); T = 1 is decode (GEMV when B = 1, several sequences batched when B > 1, all
 -- at the same position).
 --
--- Threads: prefill (T > 1) runs op by op with the threaded kernels (nc_ternary_matmul, ...). Decode
--- (T = 1) runs every layer in ONE C call with one OpenMP parallel region per token
--- (nc_engine_decode, kernels/cpu/engine.c: threads split GEMV rows and attention heads, 6 barriers
--- per layer, no Lua per op); `engine.fused = false` selects the op-by-op path for decode too (the
--- reference the spec compares against).
+-- Architectures (cfg.loop / cfg.mhc / cfg.mtp and their combination): the Engine also offers the
+-- model hooks the feature modules call — _embed, _trunk, _final, _logits, run_blocks (a segment of
+-- blocks with their KV slots), head_weight / embedding_weight, exit_gate, mtp[k].proj / .block —
+-- so the algorithms run unchanged on it: LoopLM decoding with q-exit early stop IS
+-- looplm.forward_cached (its segments, KV slot layout, reuse fill and statistics), MTP drafting IS
+-- nc.mtp.generate(engine, ...), and mHC stream mixing is the model's own nanochat.mhc layers
+-- (copied at pack time) around the packed attention / MLP branches.
+--
+-- Threads: long prefills (T > FUSED_MAX_T) run op by op with the threaded kernels
+-- (nc_ternary_matmul, ...). Decode and short chunks (T <= FUSED_MAX_T: a speculative verify, an MTP
+-- module step) run a whole segment of layers (every layer; LoopLM: the prelude, one shared loop or
+-- the coda) in ONE C call with one OpenMP parallel region (nc_engine_decode, kernels/cpu/engine.c:
+-- threads split GEMV rows and attention heads, 6 barriers per layer, no Lua per op);
+-- `engine.fused = false` selects the op-by-op path everywhere (the reference the specs compare
+-- against). mHC models always run op by op (the stream mixing is not in engine.c).
 --
 -- Checkpoint dirs: DIR/model.safetensors (the model's state_dict) + DIR/meta.json whose `model`
 -- or `config` key holds the model cfg table (nc.models.gpt.new(cfg)). M.load_model(dir) builds it.
@@ -34,6 +44,9 @@ local M = {}
 local Engine = {}
 Engine.__index = Engine
 M.Engine = Engine
+
+-- chunks of at most this many positions run fused (nc_engine_decode); longer prefills op by op
+M.FUSED_MAX_T = 8
 
 local function read_file(path)
     local f, err = io.open(path, 'rb')
@@ -59,7 +72,7 @@ function M.load_model(dir)
     local known = { vocab_size = 1, seq_len = 1, d_model = 1, n_layer = 1, n_head = 1, n_kv_head = 1, head_dim = 1,
         d_ff = 1, mlp = 1, rope_theta = 1, qk_norm = 1, tie_embeddings = 1, logit_softcap = 1, ternary = 1,
         quant_group = 1, subln = 1, init_std = 1, embed_std = 1, head_std = 1, norm_eps = 1, seed = 1, name = 1, arch = 1,
-        embed_norm = 1 }
+        embed_norm = 1, loop = 1, mhc = 1, mtp = 1 }   -- feature sub-configs (LoopLM, mHC, MTP) are part of the architecture
     for k, v in pairs(cfg) do if known[k] then clean[k] = v end end
     local model = n.models.gpt.new(clean)
     local tensors = n.load(dir .. '/model.safetensors')
@@ -69,6 +82,105 @@ function M.load_model(dir)
 end
 
 local function f32(t) return t:dtype() == 'f32' and t:contiguous() or t:to('f32') end
+
+local function wide(t) return t:dtype() == 'f32' and t or t:to('f32') end
+
+-- x (R, K) f32 contiguous -> quantized activations (shared by the matmuls of one input)
+local function qa(x) return infer.quant_act(x) end
+
+-- an mHC layer (nanochat.mhc.Layer) -> an independent copy (same coefficients, eval mode)
+local function copy_mhc(layer, c)
+    local l2 = require('nanochat.mhc').Layer(c, layer.own)
+    l2:load_state_dict(layer:state_dict())
+    l2:eval()
+    return l2
+end
+
+-- a gpt Block -> its packed layer table { wq, wk, wv, wo, w1, [w3], w2, [attn_gain, mlp_gain],
+-- [mhc_attn, mhc_mlp] } (c: the model cfg)
+local function pack_block(b, po, c)
+    local a, m = b.attn, b.mlp
+    local L = {
+        wq = infer.pack(a.wq.weight, po), wk = infer.pack(a.wk.weight, po), wv = infer.pack(a.wv.weight, po),
+        wo = infer.pack(a.wo.weight, po), w1 = infer.pack(m.w1.weight, po), w2 = infer.pack(m.w2.weight, po),
+    }
+    if m.w3 then L.w3 = infer.pack(m.w3.weight, po) end
+    if a.sub_norm then L.attn_gain = f32(a.sub_norm.weight):clone() end
+    if m.sub_norm then L.mlp_gain = f32(m.sub_norm.weight):clone() end
+    if b.mhc_attn then L.mhc_attn, L.mhc_mlp = copy_mhc(b.mhc_attn, c), copy_mhc(b.mhc_mlp, c) end
+    return L
+end
+
+-- The two branches of a packed block, op by op (the prefill path and the decode reference), on
+-- h (B, T, d) (the residual state or, with mHC, the pre-mixed stream): attention at positions
+-- cache.pos .. (cos, sin: their RoPE rows; K/V written to cache.k[slot] / cache.v[slot]) and the
+-- MLP. Each returns the branch output (B, T, d) (the residual add is the caller's).
+local function attn_branch(c, L, h, cos, sin, cache, slot)
+    local n = nc()
+    local B, T, d = h:size(0), h:size(1), c.d_model
+    local H, Hkv, hdim, eps = c.n_head, c.n_kv_head, c.head_dim, c.norm_eps
+    local R, pos = B * T, cache.pos
+    local a = qa(n.rmsnorm(h:contiguous():reshape { R, d }, nil, eps))
+    local q = infer.matmul(a, L.wq):view { B, T, H, hdim }
+    local k = infer.matmul(a, L.wk):view { B, T, Hkv, hdim }
+    local v = infer.matmul(a, L.wv):view { B, T, Hkv, hdim }
+    if c.qk_norm then q, k = n.rmsnorm(q, nil, eps), n.rmsnorm(k, nil, eps) end
+    q, k = n.rope(q, cos, sin), n.rope(k, cos, sin)
+    cache.k[slot]:narrow(1, pos, T):copy_(k)
+    cache.v[slot]:narrow(1, pos, T):copy_(v)
+    local att = n.attention(q, cache.k[slot]:narrow(1, 0, pos + T), cache.v[slot]:narrow(1, 0, pos + T),
+        { causal = true }):reshape { R, H * hdim }
+    return infer.matmul(qa(n.rmsnorm(att, L.attn_gain, eps)), L.wo):view { B, T, d }
+end
+
+local function mlp_branch(c, L, h)
+    local n = nc()
+    local B, T, d = h:size(0), h:size(1), c.d_model
+    local eps = c.norm_eps
+    local a2 = qa(n.rmsnorm(h:contiguous():reshape { B * T, d }, nil, eps))
+    local u
+    if L.w3 then
+        u = n.silu(infer.matmul(a2, L.w1)) * infer.matmul(a2, L.w3)
+    else
+        u = n.relu2(infer.matmul(a2, L.w1))
+    end
+    return infer.matmul(qa(n.rmsnorm(u, L.mlp_gain, eps)), L.w2):view { B, T, d }
+end
+
+-- One packed block op by op: x (B, T, d) -> (B, T, d); with mHC (L.mhc_attn / L.mhc_mlp, the
+-- model's nanochat.mhc layers) x is the stream state (B, T, n, d) and each residual update is the
+-- layer's own forward (coefficients, pre-mix, branch, post-mix: mhc.lua's fused kernels on the CPU).
+local function block_ops(c, L, x, cos, sin, cache, slot)
+    if L.mhc_attn then
+        x = L.mhc_attn(x, function(h) return attn_branch(c, L, h, cos, sin, cache, slot) end)
+        return L.mhc_mlp(x, function(h) return mlp_branch(c, L, h) end)
+    end
+    x = x + attn_branch(c, L, x, cos, sin, cache, slot)
+    return x + mlp_branch(c, L, x)
+end
+
+-- A packed block with gpt Block's call interface block(x, cos, sin, cache, slot) (the MTP modules'
+-- blocks: mtp.lua calls them with its own one-slot caches { pos, k = {K}, v = {V} }): a chunk of
+-- <= FUSED_MAX_T positions in one nc_engine_decode call (RoPE rows from the engine's own tables),
+-- longer ones op by op.
+local PackedBlock = {}
+PackedBlock.__index = PackedBlock   -- (__call is set below, after the fused-call helpers)
+
+-- A packed BitLinear without an input norm (the MTP projection): y = Qa(x) W^T, x (..., K).
+-- (snap: BitLinear's weight-snapshot argument, unused: the weights are packed once.)
+local PackedLinear = {}
+PackedLinear.__index = PackedLinear
+PackedLinear.__call = function(self, x, snap)
+    local s = x:shape()
+    local y = infer.matmul(qa(x:contiguous():reshape { -1, s[#s] }), self.P)
+    s[#s] = self.P.out_features
+    return y:view(s)
+end
+
+-- The LoopLM exit gate (fp32 weight (1, d) + bias): looplm.ExitGate's own forward on plain tensors.
+local Gate = {}
+Gate.__index = Gate
+Gate.__call = function(self, h) return require('nanochat.looplm').ExitGate.forward(self, h) end
 
 -- model (nc.models.gpt) or checkpoint dir -> Engine. opts: head_dtype ('f32' | 'f16')
 function M.pack(src, opts)
@@ -81,10 +193,6 @@ function M.pack(src, opts)
     end
     local c = model:config()
     if not c.ternary then error('nc.pack: the model is not ternary (cfg.ternary = false); nothing to pack', 2) end
-    if c.loop then error('nc.pack: LoopLM models (cfg.loop) are not supported by the packed engine yet; decode with model:forward_cached', 2) end
-    if c.mhc then
-        error('nc.pack: mHC residual streams (cfg.mhc) are not implemented in the packed engine; decode with model:forward_cached', 2)
-    end
     if c.quant_group ~= 0 and c.quant_group % c.d_model ~= 0 and c.quant_group % c.d_ff ~= 0 then
         error('nc.pack: quant_group ' .. c.quant_group .. ' is not whole rows; packed rows keep one scale each', 2)
     end
@@ -105,16 +213,21 @@ function M.pack(src, opts)
             e.head = model.lm_head and keep(model.lm_head.weight) or e.wte
         end
         local po = { group_size = c.quant_group }
-        for i, b in ipairs(model.h) do
-            local a, m = b.attn, b.mlp
-            local L = {
-                wq = infer.pack(a.wq.weight, po), wk = infer.pack(a.wk.weight, po), wv = infer.pack(a.wv.weight, po),
-                wo = infer.pack(a.wo.weight, po), w1 = infer.pack(m.w1.weight, po), w2 = infer.pack(m.w2.weight, po),
-            }
-            if m.w3 then L.w3 = infer.pack(m.w3.weight, po) end
-            if a.sub_norm then L.attn_gain = f32(a.sub_norm.weight):clone() end
-            if m.sub_norm then L.mlp_gain = f32(m.sub_norm.weight):clone() end
-            e.layers[i] = L
+        for i, b in ipairs(model.h) do e.layers[i] = pack_block(b, po, c) end
+        if c.loop then
+            -- the fp32 exit gate (never quantized), applied with looplm's own ExitGate.forward
+            e.exit_gate = setmetatable({ weight = f32(model.exit_gate.weight:to('cpu')):clone(),
+                                         bias = f32(model.exit_gate.bias:to('cpu')):clone() }, Gate)
+        end
+        if c.mtp then
+            -- MTP modules (nanochat.mtp): the projection (BitLinear 2d -> d, norm = false) and a Block each
+            e.mtp = {}
+            for k, mod in ipairs(model.mtp) do
+                e.mtp[k] = {
+                    proj = mod.proj and setmetatable({ P = infer.pack(mod.proj.weight, po) }, PackedLinear) or nil,
+                    block = setmetatable({ e = e, L = pack_block(mod.block, po, c) }, PackedBlock),
+                }
+            end
         end
     end)
     return e
@@ -137,39 +250,68 @@ end
 local Cache = {}
 Cache.__index = Cache
 M.Cache = Cache
-function Cache:reset() self.pos = 0; return self end
+function Cache:reset()
+    self.pos = 0
+    if self.loop_stats then require('nanochat.looplm').reset_stats(self) end
+    return self
+end
 
 local ffi = require('nanochat.core').ffi
 local C = require('nanochat.core').C
 local check = require('nanochat.core').check
 local WNAMES = { 'wq', 'wk', 'wv', 'wo', 'w1', 'w3', 'w2' }
 
--- the nc_engine_layer array of a cache (weights + this cache's K/V) for nc_engine_decode
-local function decode_layers(e, cache)
-    local arr = ffi.new('nc_engine_layer[?]', #e.layers)
-    for i, L in ipairs(e.layers) do
-        local s = arr[i - 1]
-        for j, nm in ipairs(WNAMES) do
-            local P = L[nm]
-            if P then s.w[j - 1], s.s[j - 1] = P.codes._c, P.scale._c end
-        end
-        if L.attn_gain then s.attn_gain = L.attn_gain._c end
-        if L.mlp_gain then s.mlp_gain = L.mlp_gain._c end
-        s.kc, s.vc = cache.k[i]._c, cache.v[i]._c
+-- the nc_engine_layer array for nc_engine_decode: seg = list of { layer index, KV slot } (weights
+-- of e.layers[index], this cache's K/V of that slot)
+-- one nc_engine_layer entry: the packed layer L's weights and the K/V tensors kc, vc
+local function fill_layer(s, L, kc, vc)
+    for j, nm in ipairs(WNAMES) do
+        local P = L[nm]
+        if P then s.w[j - 1], s.s[j - 1] = P.codes._c, P.scale._c end
     end
+    if L.attn_gain then s.attn_gain = L.attn_gain._c end
+    if L.mlp_gain then s.mlp_gain = L.mlp_gain._c end
+    s.kc, s.vc = kc._c, vc._c
+end
+
+local function decode_layers(e, cache, seg)
+    local arr = ffi.new('nc_engine_layer[?]', math.max(#seg, 1))
+    for i, bs in ipairs(seg) do fill_layer(arr[i - 1], e.layers[bs[1]], cache.k[bs[2]], cache.v[bs[2]]) end
     return arr
 end
 
-function Engine:new_cache(B, max_T)
+-- the segment of a plain (non-loop) model: every layer, slot = layer
+local function all_layers(e)
+    local seg = e._all_seg
+    if not seg then
+        seg = { key = 'all' }
+        for i = 1, #e.layers do seg[i] = { i, i } end
+        e._all_seg = seg
+    end
+    return seg
+end
+
+-- new_cache(B, max_T[, opts]): K/V per layer (LoopLM: per (loop, block) slot, nanochat.looplm's
+-- layout, and opts.exit_q = the q-exit threshold of this cache, default cfg.loop.exit_q)
+function Engine:new_cache(B, max_T, opts)
     local n, c = nc(), self.cfg
     max_T = max_T or c.seq_len
-    local cache = setmetatable({ B = B, max_T = max_T, pos = 0, k = {}, v = {} }, Cache)
-    for i = 1, c.n_layer do
+    local cache = setmetatable({ B = B, max_T = max_T, pos = 0, k = {}, v = {}, seg_c = {} }, Cache)
+    local slots = #self.layers
+    if c.loop then
+        local LM = require 'nanochat.looplm'
+        slots = LM.n_slots(c.loop)
+        LM.init_cache(cache, c.loop, opts)
+    end
+    for i = 1, slots do
         cache.k[i] = n.zeros({ B, max_T, c.n_kv_head, c.head_dim })
         cache.v[i] = n.zeros({ B, max_T, c.n_kv_head, c.head_dim })
     end
     cache.cos, cache.sin = n.rope_tables(math.max(max_T, c.seq_len), c.head_dim, { base = c.rope_theta })
-    cache.layers_c = decode_layers(self, cache)   -- holds raw pointers: the cache keeps the tensors alive
+    if not c.loop then
+        cache.layers_c = decode_layers(self, cache, all_layers(self))   -- raw pointers: the cache keeps the tensors alive
+        cache.seg_c.all = cache.layers_c
+    end
     return cache
 end
 
@@ -183,12 +325,101 @@ local function decode_cfg(c)
     return s
 end
 
-local function wide(t) return t:dtype() == 'f32' and t or t:to('f32') end
+-- ---- the model hooks (the interface of nc.models.gpt that looplm.lua and mtp.lua call) ----------
+-- _embed(idx) -> x (B, T, d); _trunk(x, cos, sin, cache); _final(x) -> h; _logits(h) -> (B, T, V);
+-- run_blocks(x, cos, sin, cache, seg) runs a segment of blocks; head_weight() / embedding_weight()
+-- the f32 matrices (MTP drafting).
+function Engine:_embed(idx)
+    local n = nc()
+    local c = self.cfg
+    local x = n.embedding(idx, wide(self.wte))
+    if c.embed_norm ~= false then x = n.rmsnorm(x, nil, c.norm_eps) end
+    if c.mhc then x = require('nanochat.mhc').expand(x, c.mhc.n) end   -- (B, T, n, d) streams
+    return x
+end
 
--- x (R, K) f32 contiguous -> quantized activations (shared by the matmuls of one input)
-local function qa(x) return infer.quant_act(x) end
+-- Blocks seg = { {layer, slot}, ... } on x (B, T, d) at positions cache.pos ... Decode and short
+-- chunks (T <= M.FUSED_MAX_T, e.g. an MTP verify of 1 + D tokens; an engine cache, engine.fused ~=
+-- false, no mHC): the whole segment in ONE C call (nc_engine_decode with n_pos = T: one OpenMP
+-- region, on a copy of x); longer prefills op by op (threaded GEMMs) (mHC models always: x is the (B, T, n, d)
+-- stream state and the stream mixing is nanochat.mhc's own layer forward).
+-- nl layers of arr (nc_engine_layer) on x (B, T, d) at positions pos .. pos + T - 1 in one C call
+local function fused_call(e, arr, nl, x, pos, cos_t, sin_t)
+    local c = e.cfg
+    local B, T = x:size(0), x:size(1)
+    e._cfg_c = e._cfg_c or decode_cfg(c)
+    e._cfg_c.n_pos = T
+    local y = x:reshape { B * T, c.d_model }:clone()
+    check(C.nc_engine_decode(y._c, arr, nl, e._cfg_c, pos, cos_t._c, sin_t._c), 'engine decode')
+    return y:view { B, T, c.d_model }
+end
 
--- idx (B, T) at positions cache.pos .. -> logits (B, T, V); advances cache.pos
+function Engine:run_blocks(x, cos, sin, cache, seg)
+    local c = self.cfg
+    if x:size(1) <= M.FUSED_MAX_T and self.fused ~= false and not c.mhc and getmetatable(cache) == Cache then
+        local arr = cache.seg_c[seg.key]
+        if not arr then
+            arr = decode_layers(self, cache, seg)
+            cache.seg_c[seg.key] = arr
+        end
+        return fused_call(self, arr, #seg, x, cache.pos, cache.cos, cache.sin)
+    end
+    for _, bs in ipairs(seg) do x = block_ops(c, self.layers[bs[1]], x, cos, sin, cache, bs[2]) end
+    return x
+end
+
+PackedBlock.__call = function(self, x, cos, sin, cache, slot)
+    local e, L = self.e, self.L
+    local c = e.cfg
+    local T = x:size(1)
+    if not e._rope_cos then e._rope_cos, e._rope_sin = nc().rope_tables(c.seq_len, c.head_dim, { base = c.rope_theta }) end
+    if T <= M.FUSED_MAX_T and e.fused ~= false and x:dim() == 3 and cache.pos + T <= e._rope_cos:size(0) then
+        local arr = ffi.new('nc_engine_layer[1]')   -- (the cache tensors stay referenced by the caller's cache)
+        fill_layer(arr[0], L, cache.k[slot], cache.v[slot])
+        return fused_call(e, arr, 1, x, cache.pos, e._rope_cos, e._rope_sin)
+    end
+    return block_ops(c, L, x, cos, sin, cache, slot)
+end
+
+function Engine:_trunk(x, cos, sin, cache)
+    if self.cfg.loop then return require('nanochat.looplm').trunk(self, x, cos, sin, cache) end
+    return self:run_blocks(x, cos, sin, cache, all_layers(self))
+end
+
+function Engine:_final(x)
+    if self.cfg.mhc then x = require('nanochat.mhc').reduce(x) end   -- mean of the n streams
+    return nc().rmsnorm(x, nil, self.cfg.norm_eps)
+end
+
+-- h (..., d) normed -> logits (..., V): the head (f32 / f16 widened / int8 with int8 activations) + softcap
+function Engine:_logits(h)
+    local n, c = nc(), self.cfg
+    local s = h:shape()
+    local h2 = h:contiguous():reshape { -1, c.d_model }
+    local lg
+    if self.head_dtype == 'i8' then
+        lg = infer.matmul(qa(h2), self.head)
+    else
+        lg = n.linear(h2, wide(self.head))
+    end
+    local cap = c.logit_softcap
+    if cap then lg = n.tanh(lg * (1 / cap)) * cap end
+    s[#s] = c.vocab_size
+    return lg:view(s)
+end
+
+function Engine:embedding_weight() return wide(self.wte) end
+function Engine:head_weight()
+    if self.head_dtype == 'i8' then
+        self._head_f32 = self._head_f32 or self.head:dequantize()
+        return self._head_f32
+    end
+    return wide(self.head)
+end
+
+-- idx (B, T) at positions cache.pos .. -> logits (B, T, V); advances cache.pos.
+-- LoopLM: looplm.forward_cached itself (prefill: every loop; decode: q-exit early stop per token,
+-- the reuse fill, statistics in cache.loop_stats) over these hooks.
 function Engine:forward_cached(idx, cache)
     local n, c = nc(), self.cfg
     if getmetatable(cache) ~= Cache then error('engine: forward_cached: expected a cache from engine:new_cache', 2) end
@@ -198,66 +429,18 @@ function Engine:forward_cached(idx, cache)
         error(string.format('engine: forward_cached: cache full (%d + %d positions > max_T %d)', cache.pos, T,
             cache.max_T), 2)
     end
+    local cos, sin = cache.cos:narrow(0, cache.pos, T), cache.sin:narrow(0, cache.pos, T)
     local logits = n.no_grad(function()
-        local d, H, Hkv, hdim, eps = c.d_model, c.n_head, c.n_kv_head, c.head_dim, c.norm_eps
-        local R = B * T
-        local pos = cache.pos
-        local cos, sin = cache.cos:narrow(0, pos, T), cache.sin:narrow(0, pos, T)
-        -- the embedding output is a fresh tensor: the fused decode may update it in place
-        local x = n.embedding(idx, wide(self.wte))
-        if c.embed_norm ~= false then x = n.rmsnorm(x, nil, eps) end
-        x = x:reshape { R, d }
-        if T == 1 and self.fused ~= false then
-            -- decode: every layer in one C call (x is fresh and contiguous: updated in place)
-            self._cfg_c = self._cfg_c or decode_cfg(c)
-            check(C.nc_engine_decode(x._c, cache.layers_c, #self.layers, self._cfg_c, pos, cache.cos._c, cache.sin._c),
-                'engine decode')
-            return self:_head(x, B, T)
-        end
-        for i, L in ipairs(self.layers) do
-            local a = qa(n.rmsnorm(x, nil, eps))
-            local q = infer.matmul(a, L.wq):view { B, T, H, hdim }
-            local k = infer.matmul(a, L.wk):view { B, T, Hkv, hdim }
-            local v = infer.matmul(a, L.wv):view { B, T, Hkv, hdim }
-            if c.qk_norm then q, k = n.rmsnorm(q, nil, eps), n.rmsnorm(k, nil, eps) end
-            q, k = n.rope(q, cos, sin), n.rope(k, cos, sin)
-            cache.k[i]:narrow(1, pos, T):copy_(k)
-            cache.v[i]:narrow(1, pos, T):copy_(v)
-            local att = n.attention(q, cache.k[i]:narrow(1, 0, pos + T), cache.v[i]:narrow(1, 0, pos + T),
-                { causal = true }):reshape { R, H * hdim }
-            x = x + infer.matmul(qa(n.rmsnorm(att, L.attn_gain, eps)), L.wo)
-            local a2 = qa(n.rmsnorm(x, nil, eps))
-            local u
-            if L.w3 then
-                u = n.silu(infer.matmul(a2, L.w1)) * infer.matmul(a2, L.w3)
-            else
-                u = n.relu2(infer.matmul(a2, L.w1))
-            end
-            x = x + infer.matmul(qa(n.rmsnorm(u, L.mlp_gain, eps)), L.w2)
-        end
-        return self:_head(x, B, T)
+        if c.loop then return require('nanochat.looplm').forward_cached(self, idx, cache, cos, sin) end
+        return self:_logits(self:_final(self:_trunk(self:_embed(idx), cos, sin, cache)))
     end)
     cache.pos = cache.pos + T
     return logits
 end
 
--- final norm + LM head (+ softcap): x (B*T, d) -> logits (B, T, V)
-function Engine:_head(x, B, T)
-    local n, c = nc(), self.cfg
-    local lg
-    if self.head_dtype == 'i8' then
-        lg = infer.matmul(qa(n.rmsnorm(x, nil, c.norm_eps)), self.head)
-    else
-        lg = n.linear(n.rmsnorm(x, nil, c.norm_eps), wide(self.head))
-    end
-    local cap = c.logit_softcap
-    if cap then lg = n.tanh(lg * (1 / cap)) * cap end
-    return lg:view { B, T, c.vocab_size }
-end
-
--- full-sequence logits (B, T, V) (a fresh cache)
+-- full-sequence logits (B, T, V) (a fresh cache; LoopLM: q = 1, the full-depth model)
 function Engine:forward(idx)
-    return self:forward_cached(idx, self:new_cache(idx:size(0), math.max(idx:size(1), 1)))
+    return self:forward_cached(idx, self:new_cache(idx:size(0), math.max(idx:size(1), 1), { exit_q = 1 }))
 end
 
 -- nc.generate over the engine (same options and sampling rules)
@@ -307,10 +490,11 @@ function M.open(path, opts)
     return M.pack(path, opts)
 end
 
--- sampling options from command-line key=values (strings or numbers)
+-- sampling options from command-line key=values (strings or numbers); exit_q: a LoopLM model's
+-- q-exit threshold for this generation (default: the checkpoint's cfg.loop.exit_q)
 function M.sample_opts(kv)
     local o = {}
-    for _, k in ipairs { 'temperature', 'top_k', 'top_p', 'min_p', 'repetition_penalty', 'seed' } do
+    for _, k in ipairs { 'temperature', 'top_k', 'top_p', 'min_p', 'repetition_penalty', 'seed', 'exit_q' } do
         if kv[k] ~= nil then
             local v = tonumber(kv[k])
             if not v then error('nanochat: ' .. k .. ' must be a number, got ' .. tostring(kv[k]), 0) end

@@ -211,22 +211,49 @@ function M.exit_objective(zs, ces, beta, valid)
 end
 
 -- ---- the trunk --------------------------------------------------------------------------------
-local function run_prelude(model, x, cos, sin, cache)
-    local lc = model.cfg.loop
-    for j = 1, lc.prelude do x = model.h[j](x, cos, sin, cache, j) end
+-- A segment is the list of (block index in model.h, KV slot) pairs one stage applies: 'prelude',
+-- ('shared', t) or ('coda', t). Built once per loop cfg (memoized), with seg.key naming it.
+-- A model with a run_blocks(x, cos, sin, cache, seg) method (the packed engine, nanochat.engine)
+-- runs a segment itself (decode: one C call per segment); otherwise block by block.
+local seg_memo = setmetatable({}, { __mode = 'k' })
+
+function M.segment(lc, kind, t)
+    local memo = seg_memo[lc]
+    if not memo then memo = {}; seg_memo[lc] = memo end
+    local key = kind .. ':' .. (t or 0)
+    local seg = memo[key]
+    if seg then return seg end
+    seg = { key = key }
+    if kind == 'prelude' then
+        for j = 1, lc.prelude do seg[j] = { j, j } end
+    elseif kind == 'shared' then
+        for j = 1, lc.shared do seg[j] = { lc.prelude + j, shared_slot(lc, t, j) } end
+    elseif kind == 'coda' then
+        for j = 1, lc.coda do seg[j] = { lc.prelude + lc.shared + j, coda_slot(lc, t, j) } end
+    else
+        error('looplm.segment: unknown segment kind ' .. tostring(kind), 2)
+    end
+    memo[key] = seg
+    return seg
+end
+
+local function run_segment(model, x, cos, sin, cache, seg)
+    if #seg == 0 then return x end
+    if model.run_blocks then return model:run_blocks(x, cos, sin, cache, seg) end
+    for _, bs in ipairs(seg) do x = model.h[bs[1]](x, cos, sin, cache, bs[2]) end
     return x
+end
+
+local function run_prelude(model, x, cos, sin, cache)
+    return run_segment(model, x, cos, sin, cache, M.segment(model.cfg.loop, 'prelude'))
 end
 
 local function run_shared(model, x, cos, sin, cache, t)
-    local lc = model.cfg.loop
-    for j = 1, lc.shared do x = model.h[lc.prelude + j](x, cos, sin, cache, shared_slot(lc, t, j)) end
-    return x
+    return run_segment(model, x, cos, sin, cache, M.segment(model.cfg.loop, 'shared', t))
 end
 
 local function run_coda(model, x, cos, sin, cache, t)
-    local lc = model.cfg.loop
-    for j = 1, lc.coda do x = model.h[lc.prelude + lc.shared + j](x, cos, sin, cache, coda_slot(lc, t, j)) end
-    return x
+    return run_segment(model, x, cos, sin, cache, M.segment(model.cfg.loop, 'coda', t))
 end
 
 -- GPT:_trunk with cfg.loop: the full-depth model (prelude, shared x T, coda once at loop T).
@@ -352,7 +379,9 @@ end
 -- copy KV slot src -> dst for batch row b at positions pos .. pos+Tn-1
 local function copy_slot(cache, dst, src, b, pos, Tn)
     for _, kv in ipairs { cache.k, cache.v } do
-        kv[dst]:narrow(0, b, 1):narrow(1, pos, Tn):copy_(kv[src]:narrow(0, b, 1):narrow(1, pos, Tn))
+        local d, s = kv[dst], kv[src]
+        if cache.B ~= 1 then d, s = d:narrow(0, b, 1), s:narrow(0, b, 1) end   -- (B = 1: fewer views per token)
+        d:narrow(1, pos, Tn):copy_(s:narrow(1, pos, Tn))
     end
 end
 

@@ -163,6 +163,14 @@ function M.lambda(model)
 end
 
 -- ---- loss --------------------------------------------------------------------------------------
+-- the f32 token-embedding matrix (V, d): the model's wte, or what model:embedding_weight() gives
+-- (the packed engine, nanochat.engine, which offers the hooks this file calls: _embed, _trunk,
+-- _final, _logits, head_weight, mtp[k].proj / .block, new_cache)
+local function embedding_weight(model)
+    if model.embedding_weight then return model:embedding_weight() end
+    return model.wte.weight
+end
+
 -- Module k on aligned inputs: hin (B, L, d) = h^{k-1} (sequential) or h (parallel) at L positions,
 -- ids (B, L) = the tokens t_{i+k} at those positions (sequential only), cos/sin their RoPE rows;
 -- cache: a KV cache slot table (decoding) or nil. Returns the module's hidden (B, L, d).
@@ -173,7 +181,7 @@ local function module_apply(model, k, hin, ids, cos, sin, cache)
     local x = hin
     if c.mtp.kind == 'sequential' then
         local eps = c.norm_eps
-        local e = n.rmsnorm(n.embedding(ids, model.wte.weight), nil, eps)
+        local e = n.rmsnorm(n.embedding(ids, embedding_weight(model)), nil, eps)
         x = mod.proj(n.cat({ n.rmsnorm(hin, nil, eps), e }, 2), cache and cache.qw)
     end
     return mod.block(x, cos, sin, cache, 1)
@@ -385,7 +393,7 @@ function M.generate(model, prompt, opts)
     local out = {}
     n.no_grad(function()
         local cache = model:new_cache(1, maxT)
-        local dev = model.wte.weight:device()
+        local dev = embedding_weight(model):device()
         local H = {}           -- H[k] (maxT, d): hidden rows of depth k (0 = the main model) per position
         for k = 0, D do H[k] = n.zeros({ maxT, d }, { device = dev }) end
         local mc, valid = {}, {}

@@ -17,11 +17,16 @@
 -- Baseline: the same decode with exit_q = 1 (always T loops); the settings alternate rep by rep
 -- and the minimum time per setting is reported. matmul_ratio = the speedup the matmul work alone
 -- predicts (block applications x block matrices + the head, at the measured average loops).
+-- engine = 1: decode through the packed engine (nc.pack(model): 2-bit ternary weights, one
+-- nc_engine_decode call per segment: prelude, each shared loop, coda) instead of the fp32
+-- training model; the same looplm.forward_cached drives both (tools/bench/infer.lua item 7 uses it);
+-- head = f32 | f16 | i8 the engine's head_dtype. d = D: other widths (n_head = D / 64, n_kv_head =
+-- n_head / 2, d_ff = 4 D; same loop shape and vocabulary).
 -- Prints a table and, standalone, as the LAST line one JSON object
 -- {"looplm_early_exit_speedup", "looplm_avg_loops", "looplm_q", "threads"}.
 --
 -- Usage: ./nanochat tools/bench/arch_loop.lua [q=0.5] [prompt=32] [new=64] [reps=3] [gate_std=1]
---        [gate_bias=0] [train=0] [threads=N]
+--        [gate_bias=0] [train=0] [threads=N] [engine=0] [head=f32] [d=256]
 -- As a module: require/dofile returns run(opts) -> { rows = {...}, json = {...} } (prints nothing).
 if not package.path:find('lua/?/init.lua', 1, true) then
     package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
@@ -38,6 +43,10 @@ local function run(opts)
     local P, NEW, REPS = tonumber(opts.prompt) or 32, tonumber(opts.new) or 64, tonumber(opts.reps) or 3
     local cfg = dofile((opts.root or '') .. 'configs/models/e3.lua')
     if not opts.full then cfg.mhc, cfg.mtp = nil, nil end
+    if tonumber(opts.d) then
+        local D = tonumber(opts.d)
+        cfg.d_model, cfg.n_head, cfg.n_kv_head, cfg.d_ff = D, D / 64, math.max(1, D / 128), 4 * D
+    end
     local model = nc.models.gpt.new(cfg)
     local d = cfg.d_model
     local gen = nc.generator(tonumber(opts.seed) or 1)
@@ -74,12 +83,15 @@ local function run(opts)
     local steps = {}
     for i = 1, NEW do steps[i] = nc.tensor({ { ids[P + i] } }, { dtype = 'i64' }) end
 
+    local engine = opts.engine == true or tonumber(opts.engine) == 1
+    model:eval()
+    local dec = engine and nc.pack(model, { head_dtype = opts.head or 'f32' }) or model
     local function decode_once(exit_q)
-        local cache = model:new_cache(1, P + NEW, { exit_q = exit_q })
-        model:forward_cached(prompt, cache)
+        local cache = dec:new_cache(1, P + NEW, { exit_q = exit_q })
+        dec:forward_cached(prompt, cache)
         local s0 = nc.looplm.stats(cache)
         local t0 = L.now()
-        for i = 1, NEW do model:forward_cached(steps[i], cache) end
+        for i = 1, NEW do dec:forward_cached(steps[i], cache) end
         local sec = (L.now() - t0) / NEW
         local s = nc.looplm.stats(cache)
         return sec, (s.decode_loops - s0.decode_loops) / (s.decode_tokens - s0.decode_tokens)
@@ -109,6 +121,7 @@ local function run(opts)
         json = { looplm_early_exit_speedup = L.round(speedup, 3), looplm_avg_loops = L.round(avg_q, 3),
                  looplm_matmul_ratio = L.round(predicted, 3),
                  looplm_q = q, looplm_T = cfg.loop.T, threads = nc.get_num_threads(), train_steps = steps_train,
+                 engine = engine, head = engine and (opts.head or 'f32') or nil, d_model = d,
                  train_loss = train_loss and L.round(train_loss, 4) or nil },
     }
 end

@@ -19,7 +19,9 @@
 -- depth0_tok_s, spec_tok_s, steps, main_loss, mtp_loss, identical, threads } (the trained model).
 --
 -- Usage: ./nanochat tools/bench/arch_mtp.lua [steps=200] [B=8] [T=32] [lr=3e-3] [prompts=4]
---                                            [prompt=32] [new=48] [threads=1] [depth=1] [draft_vocab=2048]
+--                                            [prompt=32] [new=48] [threads=1] [depth=1] [draft_vocab=2048] [engine=1]
+-- engine = 1 (default) adds a row decoding the trained model through the packed engine (nc.pack):
+-- nc.generate, nc.mtp.generate and depth 0 on the Engine, streams checked identical; 0 leaves it out.
 -- draft_vocab > 0 adds a row for the trained model drafting over ids < draft_vocab only (the
 -- modules' head reads that many rows; see nc.mtp.generate); 0 leaves it out.
 -- or require it: local run = dofile('tools/bench/arch_mtp.lua'); local r = run{ steps = 10 }
@@ -32,7 +34,7 @@ local L = dofile(here .. 'lib.lua')
 local nc = require 'nanochat'
 
 local DEFAULTS = { steps = 200, B = 8, T = 32, lr = 3e-3, prompts = 4, prompt = 32, new = 48, threads = 1, depth = 1,
-                   draft_vocab = 2048, quiet = false }
+                   draft_vocab = 2048, quiet = false, engine = 1 }
 
 local HEADERS = { 'model', 'steps', 'main loss', 'mtp loss', 'accept', 'tok/fwd', 'greedy tok/s', 'depth-0 tok/s',
                   'spec tok/s', 'vs greedy', 'vs depth 0', 'identical' }
@@ -70,17 +72,18 @@ local function run(opts)
     local ex, ey = ev:next()
 
     local rows, res = {}, nil
-    local function measure(label, steps, dv)
+    local function measure(label, steps, dv, dec)
         local main, ls = nc.mtp.eval_losses(model, ex, ey)
+        dec = dec or model
         local t_plain, t_spec, t_d0, n_tok, identical = 0, 0, 0, 0, true
         local acc, drafted, fwd_tok, fwd = 0, 0, 0, 0
         for _, p in ipairs(prompts) do
             local t0 = L.now()
-            local ref = nc.generate.collect(model, p, { temperature = 0, max_tokens = o.new })
+            local ref = nc.generate.collect(dec, p, { temperature = 0, max_tokens = o.new })
             local t1 = L.now()
-            local ids, st = nc.mtp.generate(model, p, { max_tokens = o.new, draft_vocab = dv })
+            local ids, st = nc.mtp.generate(dec, p, { max_tokens = o.new, draft_vocab = dv })
             local t2 = L.now()
-            local ids0 = nc.mtp.generate(model, p, { max_tokens = o.new, depth = 0 })
+            local ids0 = nc.mtp.generate(dec, p, { max_tokens = o.new, depth = 0 })
             local t3 = L.now()
             t_plain, t_spec, t_d0, n_tok = t_plain + (t1 - t0), t_spec + (t2 - t1), t_d0 + (t3 - t2), n_tok + #ref
             for i = 1, math.max(#ids, #ref, #ids0) do
@@ -123,6 +126,8 @@ local function run(opts)
     local state = o.steps > 0 and 'trained' or 'untrained'
     res = measure(state, o.steps)
     local res_dv = dv and measure(string.format('%s, draft head %d', state, dv), o.steps, dv)
+    -- the same three decoders on the packed engine (nc.pack: the MTP modules packed too)
+    local res_e = o.engine ~= 0 and measure(state .. ', packed engine', o.steps, nil, nc.pack(model)) or nil
     nc.set_num_threads(prev_threads)
     return {
         headers = HEADERS, fmts = FMTS, rows = rows,
@@ -133,7 +138,12 @@ local function run(opts)
                  mtp_loss = L.round(res.mtp_loss, 4), identical = res.identical and (not res_dv or res_dv.identical),
                  threads = o.threads,
                  mtp_spec_speedup_draft_vocab = res_dv and L.round(res_dv.speedup, 3) or nil,
-                 mtp_accept_rate_draft_vocab = res_dv and L.round(res_dv.accept, 3) or nil, draft_vocab = dv },
+                 mtp_accept_rate_draft_vocab = res_dv and L.round(res_dv.accept, 3) or nil, draft_vocab = dv,
+                 engine_mtp_spec_speedup = res_e and L.round(res_e.speedup, 3) or nil,
+                 engine_mtp_accept_rate = res_e and L.round(res_e.accept, 3) or nil,
+                 engine_plain_tok_s = res_e and L.round(res_e.plain, 2) or nil,
+                 engine_spec_tok_s = res_e and L.round(res_e.spec, 2) or nil,
+                 engine_identical = res_e and res_e.identical or nil },
     }
 end
 

@@ -21,6 +21,9 @@
 --      tokens/s, 1 and 2 threads; decode_roofline_frac (125M, 2 threads, engine weight bytes per
 --      token / DRAM bandwidth) and decode_vs_fp32 (vs the fp32 training model's forward_cached).
 --      Item 4's keys are decode_linears_* (linear layers only).
+--   7. LoopLM on the engine (tools/bench/arch_loop.lua engine=1, int8 head): decode with the q-exit
+--      early stop (q = 0.5, hand-set random gate) vs q = 1 (always T = 3 loops), the e3 loop shape
+--      at d 256 and d 768, 1 thread; JSON looplm_engine_early_exit_speedup_d256 / _d768.
 -- The machine is shared: every number is the median of `reps` samples (best also printed).
 -- Prints tables and, as the LAST line, one JSON object.
 --
@@ -341,6 +344,26 @@ for _, sh in ipairs(ENGINE_SHAPES) do
 end
 print()
 
+-- ---- 7. LoopLM on the engine: q-exit early stop vs always T loops ----------------------------------
+local loop_rows, loop_json = {}, {}
+do
+    local run_loop = dofile(here .. 'arch_loop.lua')
+    set_threads(1)
+    for _, D in ipairs { 256, 768 } do
+        local res = run_loop { engine = 1, head = 'i8', d = D, q = 0.5, prompt = 32, new = quick and 16 or 32,
+                               reps = quick and 2 or 3 }
+        for _, row in ipairs(res.rows) do loop_rows[#loop_rows + 1] = { D, unpack(row) } end
+        loop_json['looplm_engine_early_exit_speedup_d' .. D] = res.json.looplm_early_exit_speedup
+        loop_json['looplm_engine_avg_loops_d' .. D] = res.json.looplm_avg_loops
+        loop_json['looplm_engine_tok_s_q1_d' .. D] = L.round(res.rows[1][5], 1)
+        collectgarbage()
+    end
+    print('LoopLM engine decode (e3 loop shape, int8 head, 1 thread): q-exit early stop vs T loops')
+    L.print_table({ 'd', 'setting', 'exit_q', 'avg_loops', 'ms/token', 'tokens/s', 'speedup', 'matmul_ratio' },
+        loop_rows, { '%d', nil, '%.2f', '%.3f', '%.2f', '%.1f', '%.3f', '%.3f' })
+    print()
+end
+
 -- ---- JSON ---------------------------------------------------------------------------------------------
 local by = {}
 for _, r in ipairs(res) do by[r.label] = r end
@@ -384,4 +407,5 @@ for _, sh in ipairs(ENGINE_SHAPES) do
         out['engine_prefill_tok_s_' .. k .. '_' .. th .. 't'] = L.round(r['pre_' .. th], 1)
     end
 end
+for k, v in pairs(loop_json) do out[k] = v end
 print(L.json(out))
