@@ -44,6 +44,7 @@ M.svd = linalg.svd
 M.rsvd = linalg.rsvd
 M.quant8 = linalg.quant8
 M.dequant8 = linalg.dequant8
+M.codebook = linalg.codebook
 
 -- Optimizer by name with options, for recipes and benchmarks:
 -- nc.optim.build('muon8', params, opts); 'galore+muon8' means galore{inner = 'muon8'}.

@@ -9,16 +9,19 @@
 --   momentum_form = 'ema' (m = mu m + (1-mu) g, Keller) | 'sum' (m = mu m + g, Moonlight); the
 --           orthogonalized update is the same, only the stored scale differs,
 --   state_bits = 32 | 8, block = 2048 (8-bit: elements per absmax scale),
---   rounding = 'nearest' | 'stochastic' (8-bit requantization; Philox, seeded by `seed`).
+--   rounding = 'nearest' | 'stochastic' (8-bit requantization; Philox, seeded by `seed`),
+--   quant = 'linear' (code = round(127 m / s_b)) | 'dynamic' (nearest entry of a fixed codebook
+--           denser near 0, nanochat.h enum nc_quant8_map; nc.optim.codebook('dynamic') lists it).
 -- Parameters must be matrices (2 or more dims; (shape[0], rest)); send embeddings, the LM head
 -- and vectors to AdamW/Lion (nc.optim.hybrid does).
 -- State: f32 m (4 bytes per element) or i8 codes + one f32 scale per block (1 + 4/block bytes).
 local B = require 'nanochat.optim.base'
+local linalg = require 'nanochat.optim.linalg'
 local C, check = B.C, B.check
 
 local Muon = B.class('muon', {
     lr = 0.02, momentum = 0.95, nesterov = true, ns_steps = 5, weight_decay = 0.0, scale = 'spectral',
-    momentum_form = 'ema', state_bits = 32, block = 2048, rounding = 'nearest', seed = 0,
+    momentum_form = 'ema', state_bits = 32, block = 2048, rounding = 'nearest', seed = 0, quant = 'linear',
 })
 
 local function check_muon_group(kind, g)
@@ -31,6 +34,7 @@ local function check_muon_group(kind, g)
     if g.rounding ~= 'nearest' and g.rounding ~= 'stochastic' then
         error(kind .. ": rounding must be 'nearest' or 'stochastic', got " .. tostring(g.rounding), 5)
     end
+    linalg.quant_map(kind, g.quant, 4)
     if type(g.block) ~= 'number' or g.block < 1 or g.block ~= math.floor(g.block) then
         error(kind .. ': block must be a positive integer, got ' .. tostring(g.block), 5)
     end
@@ -71,6 +75,7 @@ function Muon.fill_hp(hp, g, lr, rows, cols, st, index, n)
     hp.scale = B.muon_scale(g.scale, rows, cols)
     hp.block = g.block
     hp.stochastic = g.rounding == 'stochastic' and 1 or 0
+    hp.quant = linalg.quant_map('muon', g.quant)
     if g.state_bits == 8 then
         -- a distinct Philox stream per parameter; the counter advances by the draws of each step
         hp.seed = (g.seed or 0) * 65536 + index
