@@ -190,9 +190,11 @@ static inline float quant_block(int8_t *codes, const float *x, int64_t len, int6
  * blocks (README "Optimizers"). R = 0.5 would be the linear map again (binary fractions). */
 #define NC_DYN_BASE 0.4
 
+#define NC_MAP_BINS 1024
 typedef struct {
     float mag[128];   /* magnitudes */
-    float mid[127];   /* mid[j] = (mag[j] + mag[j + 1]) / 2: nearest-entry thresholds */
+    float mid[128];   /* mid[j] = (mag[j] + mag[j + 1]) / 2: nearest-entry thresholds; mid[127] = 2 */
+    uint8_t lut[NC_MAP_BINS + 1];   /* lut[b] = number of mid[j] < b / NC_MAP_BINS: the search start */
 } code_map;
 
 static void build_map(code_map *cm, int32_t map) {
@@ -210,6 +212,12 @@ static void build_map(code_map *cm, int32_t map) {
     }
     cm->mag[127] = 1.0f;
     for (int j = 0; j < 127; j++) cm->mid[j] = 0.5f * (cm->mag[j] + cm->mag[j + 1]);
+    cm->mid[127] = 2.0f;   /* sentinel: no a in [0, 1] passes it */
+    for (int b = 0, k = 0; b <= NC_MAP_BINS; b++) {
+        float lo = (float)b / (float)NC_MAP_BINS;
+        while (k < 127 && cm->mid[k] < lo) k++;
+        cm->lut[b] = (uint8_t)k;
+    }
 }
 
 /* the map, built once per process (a benign race: every thread writes the same bytes) */
@@ -226,23 +234,19 @@ static const code_map *get_map(int32_t map) {
     return &maps[i];
 }
 
-/* index of the nearest magnitude to a in [0, 1] (ties to the smaller one) */
+/* index of the nearest magnitude to a in [0, 1] (ties to the smaller one) = the number of mid[j]
+ * < a: start at the count below a's bin and step up (the bins are narrower than the gaps between
+ * thresholds, so this is 0 or 1 step; the loop keeps it exact regardless) */
 static inline int map_nearest(const code_map *cm, float a) {
-    int lo = 0, hi = 127;   /* answer = number of mid[j] < a, in [0, 127] */
-    while (lo < hi) {
-        int m = (lo + hi) >> 1;
-        if (cm->mid[m] < a) lo = m + 1; else hi = m;
-    }
-    return lo;
+    int k = cm->lut[(int)(a * (float)NC_MAP_BINS)];
+    while (cm->mid[k] < a) k++;
+    return k;
 }
 
 /* stochastic: the entry below or above a, the upper one with probability (a - lo) / (hi - lo) */
 static inline int map_stochastic(const code_map *cm, float a, float u) {
-    int lo = 0, hi = 127;   /* k0 = largest j with mag[j] <= a */
-    while (lo < hi) {
-        int m = (lo + hi + 1) >> 1;
-        if (cm->mag[m] <= a) lo = m; else hi = m - 1;
-    }
+    int k = map_nearest(cm, a);
+    int lo = cm->mag[k] <= a ? k : k - 1;   /* the largest j with mag[j] <= a */
     if (lo >= 127) return 127;
     float d = cm->mag[lo + 1] - cm->mag[lo];
     return u * d < a - cm->mag[lo] ? lo + 1 : lo;
@@ -271,7 +275,7 @@ static inline float quant_block_map(int8_t *codes, const float *x, int64_t len, 
     float inv = 1.0f / amax;
     for (int64_t i = 0; i < len; i++) {
         float a = fabsf(x[i]) * inv;
-        a = a > 1.0f ? 1.0f : a;
+        a = a > 1.0f ? 1.0f : (a >= 0.0f ? a : 0.0f);   /* NaN -> 0 */
         int k = stochastic ? map_stochastic(cm, a, sr_uniform(seed, counter, base + i)) : map_nearest(cm, a);
         codes[i] = (int8_t)(x[i] < 0.0f ? -k : k);
     }
