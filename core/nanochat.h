@@ -464,8 +464,9 @@ typedef struct nc_optim_hp {
     int32_t reserved0;     /* 0 */
 } nc_optim_hp;
 
-/* 8-bit blockwise code maps. Every code c is an int8 in [-127, 127] (-128 is never written and
- * decodes like -127); value = sign(c) * map[|c|] * s_b with s_b the block absmax.
+/* 8-bit blockwise code maps. Every code c is an int8 in [-127, 127] (-128 is never written;
+ * LINEAR would decode it as -128/127 s_b, DYNAMIC as -map[127] s_b); value = sign(c) * map[|c|] * s_b
+ * with s_b the block absmax.
  * LINEAR: map[k] = k / 127.
  * DYNAMIC: map[0] = 0; for k >= 1 let z = 6 - floor(log2 k) (leading zeros of the 7-bit k) and
  * f = k - 2^(6-z): group z spans (R^(z+1), R^z] with 2^(6-z) evenly spaced entries,
