@@ -475,7 +475,23 @@ typedef struct nc_optim_hp {
     uint64_t seed;         /* stochastic rounding: Philox key */
     uint64_t counter;      /* stochastic rounding: Philox counter base; element i uses counter + i/4 */
     double alpha;          /* GaLore back-projection scale */
+    /* fields below were added after the first release of the struct (appended, ABI-compatible) */
+    int32_t quant;         /* 8-bit state code map, enum nc_quant8_map: 0 = linear, 1 = dynamic */
+    int32_t reserved0;     /* 0 */
 } nc_optim_hp;
+
+/* 8-bit blockwise code maps. Every code c is an int8 in [-127, 127] (-128 is never written;
+ * LINEAR would decode it as -128/127 s_b, DYNAMIC as -map[127] s_b); value = sign(c) * map[|c|] * s_b
+ * with s_b the block absmax.
+ * LINEAR: map[k] = k / 127.
+ * DYNAMIC: map[0] = 0; for k >= 1 let z = 6 - floor(log2 k) (leading zeros of the 7-bit k) and
+ * f = k - 2^(6-z): group z spans (R^(z+1), R^z] with 2^(6-z) evenly spaced entries,
+ * map[k] = R^(z+1) + (R^z - R^(z+1)) (f + 1) / 2^(6-z), base R = 0.4. So 64 entries
+ * lie in (R, 1], 32 in (R^2, R], ... and map[1] = R^6 = 0.0041: denser near 0 than LINEAR
+ * (spacing 0.0094 above 0.4 instead of 0.0079; 0.003-0.004 below 0.026). Nearest = nearest
+ * entry (ties to the smaller magnitude); stochastic = one of the two neighbouring entries, the
+ * upper with probability (|x| - lo) / (hi - lo). */
+enum nc_quant8_map { NC_QUANT8_LINEAR = 0, NC_QUANT8_DYNAMIC = 1 };
 
 /* AdamW eps placement: TORCH = PyTorch's AdamW, update = lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps);
  * GALORE = the GaLore reference, update = lr*sqrt(bc2)/bc1 * m / (sqrt(v) + eps).
@@ -529,6 +545,13 @@ nc_status nc_rsvd_projector(nc_tensor *proj, const nc_tensor *g, int32_t side, i
 nc_status nc_quant8_block(nc_tensor *codes, nc_tensor *scales, const nc_tensor *x, int64_t block,
                           int32_t stochastic, uint64_t seed, uint64_t counter);
 nc_status nc_dequant8_block(nc_tensor *out, const nc_tensor *codes, const nc_tensor *scales, int64_t block);
+/* The same with a code map (enum nc_quant8_map); map LINEAR is bitwise nc_quant8_block. */
+nc_status nc_quant8_block_map(nc_tensor *codes, nc_tensor *scales, const nc_tensor *x, int64_t block,
+                              int32_t stochastic, uint64_t seed, uint64_t counter, int32_t map);
+nc_status nc_dequant8_block_map(nc_tensor *out, const nc_tensor *codes, const nc_tensor *scales, int64_t block,
+                                int32_t map);
+/* The 128 magnitudes map[0..127] of a code map into out (f32, 128 elements), ascending, map[127] = 1. */
+nc_status nc_quant8_codebook(nc_tensor *out, int32_t map);
 /* (end of optimizers section) */
 
 

@@ -180,6 +180,125 @@ static inline float quant_block(int8_t *codes, const float *x, int64_t len, int6
     return amax;
 }
 
+/* ---- 8-bit code maps (nanochat.h, enum nc_quant8_map) ------------------------------------------
+ * A code map is 128 ascending magnitudes mag[0] = 0 ... mag[127] = 1; code c in [-127, 127] means
+ * sign(c) mag[|c|] s_b. LINEAR keeps its own arithmetic (code * s_b / 127, round(127 x / s_b)) so
+ * its bits never change; DYNAMIC searches the table. */
+/* R of the dynamic map: group z spans (R^(z+1), R^z]. 0.4 was picked by a scan of R in
+ * {0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5} on spec/optim/muon8_spec.lua's least-squares run
+ * (best update cosine to fp32 Muon at 0.4) and the round-trip error of Gaussian / heavy-tailed
+ * blocks (README "Optimizers"). R = 0.5 would be the linear map again (binary fractions). */
+#define NC_DYN_BASE 0.4
+
+#define NC_MAP_BINS 1024
+typedef struct {
+    float mag[128];   /* magnitudes */
+    float mid[128];   /* mid[j] = (mag[j] + mag[j + 1]) / 2: nearest-entry thresholds; mid[127] = 2 */
+    uint8_t lut[NC_MAP_BINS + 1];   /* lut[b] = number of mid[j] < b / NC_MAP_BINS: the search start */
+} code_map;
+
+static void build_map(code_map *cm, int32_t map) {
+    cm->mag[0] = 0.0f;
+    for (int k = 1; k < 128; k++) {
+        if (map == NC_QUANT8_DYNAMIC) {
+            int top = 0;   /* floor(log2 k) */
+            while ((k >> (top + 1)) != 0) top++;
+            int z = 6 - top, nf = 1 << top, f = k - nf;
+            double hi = pow(NC_DYN_BASE, z), lo = hi * NC_DYN_BASE;
+            cm->mag[k] = (float)(lo + (hi - lo) * (double)(f + 1) / (double)nf);
+        } else {
+            cm->mag[k] = (float)((double)k / 127.0);
+        }
+    }
+    cm->mag[127] = 1.0f;
+    for (int j = 0; j < 127; j++) cm->mid[j] = 0.5f * (cm->mag[j] + cm->mag[j + 1]);
+    cm->mid[127] = 2.0f;   /* sentinel: no a in [0, 1] passes it */
+    for (int b = 0, k = 0; b <= NC_MAP_BINS; b++) {
+        float lo = (float)b / (float)NC_MAP_BINS;
+        while (k < 127 && cm->mid[k] < lo) k++;
+        cm->lut[b] = (uint8_t)k;
+    }
+}
+
+/* the map, built once per process (a benign race: every thread writes the same bytes) */
+static const code_map *get_map(int32_t map) {
+    static code_map maps[2];
+    static volatile int ready[2];
+    int i = map == NC_QUANT8_DYNAMIC;
+    if (!ready[i]) {
+        code_map tmp;
+        build_map(&tmp, map);
+        maps[i] = tmp;
+        __atomic_store_n(&ready[i], 1, __ATOMIC_RELEASE);
+    }
+    return &maps[i];
+}
+
+/* index of the nearest magnitude to a in [0, 1] (ties to the smaller one) = the number of mid[j]
+ * < a: start at the count below a's bin and step up (the bins are narrower than the gaps between
+ * thresholds, so this is 0 or 1 step; the loop keeps it exact regardless) */
+static inline int map_nearest(const code_map *cm, float a) {
+    int k = cm->lut[(int)(a * (float)NC_MAP_BINS)];
+    while (cm->mid[k] < a) k++;
+    return k;
+}
+
+/* stochastic: the entry below or above a, the upper one with probability (a - lo) / (hi - lo) */
+static inline int map_stochastic(const code_map *cm, float a, float u) {
+    int k = map_nearest(cm, a);
+    int lo = cm->mag[k] <= a ? k : k - 1;   /* the largest j with mag[j] <= a */
+    if (lo >= 127) return 127;
+    float d = cm->mag[lo + 1] - cm->mag[lo];
+    return u * d < a - cm->mag[lo] ? lo + 1 : lo;
+}
+
+static inline float map_decode(const code_map *cm, int8_t c) {
+    int k = c < 0 ? -(int)c : (int)c;
+    float v = cm->mag[k > 127 ? 127 : k];
+    return c < 0 ? -v : v;
+}
+
+/* quant_block for any map */
+static inline float quant_block_map(int8_t *codes, const float *x, int64_t len, int64_t base, int stochastic,
+                                    uint64_t seed, uint64_t counter, int32_t map) {
+    if (map != NC_QUANT8_DYNAMIC) return quant_block(codes, x, len, base, stochastic, seed, counter);
+    float amax = 0.0f;
+    for (int64_t i = 0; i < len; i++) {
+        float a = fabsf(x[i]);
+        amax = a > amax ? a : amax;
+    }
+    if (!(amax > 0.0f) || !isfinite(amax)) {
+        if (len > 0) memset(codes, 0, (size_t)len);
+        return amax > 0.0f || amax != amax ? amax : 0.0f;
+    }
+    const code_map *cm = get_map(map);
+    float inv = 1.0f / amax;
+    for (int64_t i = 0; i < len; i++) {
+        float a = fabsf(x[i]) * inv;
+        a = a > 1.0f ? 1.0f : (a >= 0.0f ? a : 0.0f);   /* NaN -> 0 */
+        int k = stochastic ? map_stochastic(cm, a, sr_uniform(seed, counter, base + i)) : map_nearest(cm, a);
+        codes[i] = (int8_t)(x[i] < 0.0f ? -k : k);
+    }
+    return amax;
+}
+
+static nc_status check_map(const char *op, int32_t map) {
+    if (map != NC_QUANT8_LINEAR && map != NC_QUANT8_DYNAMIC)
+        return nc_fail(NC_ERR_ARG, "%s: quant (code map) must be NC_QUANT8_LINEAR (0) or NC_QUANT8_DYNAMIC (1), got %d",
+                       op, map);
+    (void)get_map(map);   /* built here, before any parallel region reads it */
+    return NC_OK;
+}
+
+nc_status nc_quant8_codebook(nc_tensor *out, int32_t map) {
+    static const char *op = "quant8_codebook";
+    NC_TRY(check_map(op, map));
+    NC_TRY(want_f32(op, "out", out));
+    NC_TRY(want_numel(op, "out", out, 128));
+    memcpy(nc_f32p(out), get_map(map)->mag, sizeof(float) * 128);
+    return NC_OK;
+}
+
 static nc_status check_codes(const char *op, const nc_tensor *codes, const nc_tensor *scales, int64_t n, int64_t block) {
     if (block < 1) return nc_fail(NC_ERR_ARG, "%s: block must be >= 1, got %lld", op, (long long)block);
     NC_TRY(nc_check_not_null(op, "codes", codes));
@@ -199,7 +318,13 @@ static nc_status check_codes(const char *op, const nc_tensor *codes, const nc_te
 
 nc_status nc_quant8_block(nc_tensor *codes, nc_tensor *scales, const nc_tensor *x, int64_t block, int32_t stochastic,
                           uint64_t seed, uint64_t counter) {
+    return nc_quant8_block_map(codes, scales, x, block, stochastic, seed, counter, NC_QUANT8_LINEAR);
+}
+
+nc_status nc_quant8_block_map(nc_tensor *codes, nc_tensor *scales, const nc_tensor *x, int64_t block,
+                              int32_t stochastic, uint64_t seed, uint64_t counter, int32_t map) {
     static const char *op = "quant8_block";
+    NC_TRY(check_map(op, map));
     NC_TRY(want_f32(op, "x", x));
     int64_t n = nc_tensor_numel(x);
     NC_TRY(check_codes(op, codes, scales, n, block));
@@ -210,19 +335,31 @@ nc_status nc_quant8_block(nc_tensor *codes, nc_tensor *scales, const nc_tensor *
 #pragma omp parallel for schedule(static) if (n >= NC_PAR_MIN)
     for (int64_t b = 0; b < nb; b++) {
         int64_t s = b * block, len = s + block < n ? block : n - s;
-        S[b] = quant_block(Cd + s, X + s, len, s, stochastic, seed, counter);
+        S[b] = quant_block_map(Cd + s, X + s, len, s, stochastic, seed, counter, map);
     }
     return NC_OK;
 }
 
 nc_status nc_dequant8_block(nc_tensor *out, const nc_tensor *codes, const nc_tensor *scales, int64_t block) {
+    return nc_dequant8_block_map(out, codes, scales, block, NC_QUANT8_LINEAR);
+}
+
+nc_status nc_dequant8_block_map(nc_tensor *out, const nc_tensor *codes, const nc_tensor *scales, int64_t block,
+                                int32_t map) {
     static const char *op = "dequant8_block";
+    NC_TRY(check_map(op, map));
     NC_TRY(want_f32(op, "out", out));
     int64_t n = nc_tensor_numel(out);
     NC_TRY(check_codes(op, codes, scales, n, block));
     float *O = nc_f32p(out);
     const int8_t *Cd = (const int8_t *)nc_tensor_data(codes);
     const float *S = nc_f32p(scales);
+    if (map == NC_QUANT8_DYNAMIC) {
+        const code_map *cm = get_map(map);
+#pragma omp parallel for schedule(static) if (n >= NC_PAR_MIN)
+        for (int64_t i = 0; i < n; i++) O[i] = map_decode(cm, Cd[i]) * S[i / block];
+        return NC_OK;
+    }
 #pragma omp parallel for schedule(static) if (n >= NC_PAR_MIN)
     for (int64_t i = 0; i < n; i++) O[i] = (float)Cd[i] * (S[i / block] / 127.0f);
     return NC_OK;
@@ -232,6 +369,7 @@ nc_status nc_dequant8_block(nc_tensor *out, const nc_tensor *codes, const nc_ten
 static nc_status check_hp_muon(const char *op, const nc_optim_hp *hp) {
     if (!(hp->momentum >= 0 && hp->momentum < 1))
         return nc_fail(NC_ERR_ARG, "%s: momentum must lie in [0, 1), got %g", op, hp->momentum);
+    NC_TRY(check_map(op, hp->quant));
     if (hp->ns_steps < 0 || hp->ns_steps > 100)
         return nc_fail(NC_ERR_ARG, "%s: ns_steps must lie in [0, 100], got %d", op, hp->ns_steps);
     return NC_OK;
@@ -255,12 +393,19 @@ static void muon8_momentum(float *U, int8_t *Cd, float *S, const float *G, int64
     int nest = hp->nesterov, sto = hp->stochastic;
     int64_t block = hp->block, nb = (n + block - 1) / block;
     uint64_t seed = hp->seed, counter = hp->counter;
+    int32_t map = hp->quant;
+    const code_map *cm = get_map(map);
 #pragma omp parallel for schedule(static) if (n >= NC_OPTIM_PAR_MIN)
     for (int64_t b = 0; b < nb; b++) {
         int64_t s = b * block, len = s + block < n ? block : n - s;
-        float deq = S[b] / 127.0f;
-        for (int64_t i = s; i < s + len; i++) U[i] = mu * ((float)Cd[i] * deq) + damp * G[i];
-        S[b] = quant_block(Cd + s, U + s, len, s, sto, seed, counter);
+        if (map == NC_QUANT8_DYNAMIC) {
+            float sb = S[b];
+            for (int64_t i = s; i < s + len; i++) U[i] = mu * (map_decode(cm, Cd[i]) * sb) + damp * G[i];
+        } else {
+            float deq = S[b] / 127.0f;
+            for (int64_t i = s; i < s + len; i++) U[i] = mu * ((float)Cd[i] * deq) + damp * G[i];
+        }
+        S[b] = quant_block_map(Cd + s, U + s, len, s, sto, seed, counter, map);
         if (nest)
             for (int64_t i = s; i < s + len; i++) U[i] = damp * G[i] + mu * U[i];
     }

@@ -124,3 +124,49 @@ describe('nc.optim.muon', function()
         assert(e < 1e-5, 'parameters differ by ' .. e)
     end)
 end)
+
+-- momentum warmup / cooldown (algorithms.md §2.5)
+describe('Muon momentum schedule', function()
+    local Muon = require 'nanochat.optim.muon'
+    local function near(a, b, what) assert(math.abs(a - b) < 1e-12, string.format('%s: %.15g vs %.15g', what, a, b)) end
+
+    it('ramps 0.85 -> 0.95 over the warmup and down to momentum_end over the last cooldown steps', function()
+        local g = { momentum = 0.95, momentum_warmup = 300, momentum_start = 0.85, momentum_cooldown = 50,
+                    momentum_end = 0.85, total_steps = 1000 }
+        near(Muon.momentum_at(g, 0), 0.85, 'step 0')
+        near(Muon.momentum_at(g, 150), 0.90, 'step 150')
+        near(Muon.momentum_at(g, 299), 0.85 + 0.1 * 299 / 300, 'step 299')
+        near(Muon.momentum_at(g, 300), 0.95, 'step 300')
+        near(Muon.momentum_at(g, 949), 0.95, 'step 949 (before the cooldown)')
+        near(Muon.momentum_at(g, 950), 0.95 - 0.1 / 50, 'step 950 (first cooldown step)')
+        near(Muon.momentum_at(g, 974), 0.95 - 0.1 * 25 / 50, 'step 974')
+        near(Muon.momentum_at(g, 999), 0.85, 'last step')
+        near(Muon.momentum_at({ momentum = 0.95 }, 0), 0.95, 'no schedule')
+    end)
+
+    it('the fused step uses the scheduled momentum (f32 state against a float64 recurrence)', function()
+        local P = H.randn({ 6, 10 }):requires_grad_(true)
+        local opt = nc.optim.muon({ P }, { momentum_warmup = 2, momentum_start = 0.5 })
+        local m = {}
+        for i = 1, 60 do m[i] = 0 end
+        for t = 0, 3 do
+            local g = H.randn { 6, 10 }
+            P.grad = g
+            opt:step()
+            local mu = ({ 0.5, 0.725, 0.95, 0.95 })[t + 1]
+            local gl = g:tolist()
+            for i = 1, 60 do m[i] = mu * m[i] + (1 - mu) * gl[i] end
+            H.close(opt:state_dict().tensors['p1.m'], m, 1e-6, 1e-6, 'momentum after step ' .. t)
+        end
+    end)
+
+    it('rejects bad schedule options with a clear error', function()
+        local X = nc.zeros({ 4, 4 }, { requires_grad = true })
+        local ok, err = pcall(nc.optim.muon, { X }, { momentum_warmup = -1 })
+        assert(not ok and tostring(err):find('muon: momentum_warmup must be an integer >= 0, got -1', 1, true), tostring(err))
+        ok, err = pcall(nc.optim.muon, { X }, { momentum_start = 1.5 })
+        assert(not ok and tostring(err):find('muon: momentum_start must lie in [0, 1), got 1.5', 1, true), tostring(err))
+        ok, err = pcall(nc.optim.muon8, { X }, { momentum_cooldown = 50 })
+        assert(not ok and tostring(err):find('needs total_steps >= 50', 1, true), tostring(err))
+    end)
+end)

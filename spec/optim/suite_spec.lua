@@ -13,9 +13,12 @@ local CASES = {
     { 'muon', { lr = 0.05 } },
     { 'muon8', { lr = 0.05, block = 64 } },
     { 'muon8', { lr = 0.05, block = 64, rounding = 'stochastic', seed = 3 }, 'stochastic' },
+    -- the dynamic code map, with a momentum warmup that is still ramping at the resume point
+    { 'muon8', { lr = 0.05, block = 64, quant = 'dynamic', momentum_warmup = 8 }, 'dynamic + momentum warmup' },
     { 'galore+adamw', { lr = 0.05, rank = 8, update_gap = 3, alpha = 1 } },
     { 'galore+muon', { lr = 0.05, rank = 8, update_gap = 3 } },
     { 'galore+muon8', { lr = 0.05, rank = 8, update_gap = 3, block = 64, rounding = 'stochastic' } },
+    { 'galore+muon8', { lr = 0.05, rank = 8, update_gap = 3, block = 64, quant = 'dynamic' }, 'dynamic' },
     { 'galore+lion', { lr = 0.01, rank = 8, update_gap = 3, alpha = 1 } },
 }
 

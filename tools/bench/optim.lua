@@ -17,7 +17,8 @@
 -- Baselines in the same run: AdamW is the reference for state bytes and loss; the Muon step time
 -- is measured against the full training step (forward + backward + optimizer) of the same run.
 -- Last line: JSON with muon8_state_ratio (8-bit / fp32 Muon momentum bytes), muon8_loss_rel
--- ((val 8-bit - val Muon) / val Muon), galore2_state_ratio (GaLore 2 + AdamW state / AdamW state,
+-- ((val 8-bit - val Muon) / val Muon; muon8_dynamic_loss_rel the same for quant = 'dynamic'),
+-- galore2_state_ratio (GaLore 2 + AdamW state / AdamW state,
 -- projected matrices only), muon_step_frac (Muon optimizer step / full training step), and the
 -- per-combination numbers.
 local nc = require 'nanochat'
@@ -142,6 +143,8 @@ local COMBOS = {
         return nc.optim.hybrid { model = m, rules = { matrix = { optim = 'muon', lr = MUON_LR } } } end },
     { name = 'muon8', make = function(m)
         return nc.optim.hybrid { model = m, rules = { matrix = { optim = 'muon8', lr = MUON_LR } } } end },
+    { name = 'muon8-dynamic', make = function(m)
+        return nc.optim.hybrid { model = m, rules = { matrix = { optim = 'muon8', lr = MUON_LR, quant = 'dynamic' } } } end },
     { name = 'galore2+adamw', make = function(m)
         return nc.optim.hybrid { model = m, rules = { matrix = { optim = 'adamw', lr = ADAM_LR * 4,
             galore = { rank_frac = 0.25, update_gap = 50, alpha = 0.25 } } } } end },
@@ -250,6 +253,8 @@ local out = {
     bench = 'optim', steps = cfg.steps, d = cfg.d, layers = cfg.layers, threads = nc.get_num_threads(),
     muon8_state_ratio = by.muon and by.muon8 and L.round(ratio(by.muon8.mat_state, by.muon.mat_state), 4),
     muon8_loss_rel = by.muon and by.muon8 and L.round((by.muon8.val - by.muon.val) / by.muon.val, 5),
+    muon8_dynamic_loss_rel = by.muon and by['muon8-dynamic']
+        and L.round((by['muon8-dynamic'].val - by.muon.val) / by.muon.val, 5),
     galore2_state_ratio = adam and by['galore2+adamw'] and L.round(ratio(by['galore2+adamw'].mat_state, adam.mat_state), 4),
     muon_step_frac = by.muon and L.round(by.muon.opt_ms / by.muon.step_ms, 4),
     equal_wallclock_winner = best, budget_s = L.round(budget, 2),

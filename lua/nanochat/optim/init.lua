@@ -4,7 +4,8 @@
 --   nc.optim.adamw(params, opts)   lr, betas = {0.9, 0.95}, eps = 1e-8, weight_decay = 0, eps_mode
 --   nc.optim.lion(params, opts)    lr = 1e-4, betas = {0.9, 0.99}, weight_decay
 --   nc.optim.muon(params, opts)    lr = 0.02, momentum = 0.95, nesterov, ns_steps = 5, scale, state_bits
---   nc.optim.muon8(params, opts)   muon with state_bits = 8 (block = 2048, rounding = 'nearest'|'stochastic')
+--   nc.optim.muon8(params, opts)   muon with state_bits = 8 (block = 2048, rounding = 'nearest'|'stochastic',
+--                                  quant = 'linear'|'dynamic'); nc.optim.quant8/dequant8/codebook
 --   nc.optim.galore(params, opts)  GaLore 2 with inner = 'adamw'|'lion'|'muon'|'muon8', rank / rank_frac
 --   nc.optim.hybrid{model =, rules =}  per-role parts, one step(mult)
 --   nc.optim.fire(model_or_params, {params =, iters =, optimizer =})
@@ -44,6 +45,7 @@ M.svd = linalg.svd
 M.rsvd = linalg.rsvd
 M.quant8 = linalg.quant8
 M.dequant8 = linalg.dequant8
+M.codebook = linalg.codebook
 
 -- Optimizer by name with options, for recipes and benchmarks:
 -- nc.optim.build('muon8', params, opts); 'galore+muon8' means galore{inner = 'muon8'}.

@@ -7,8 +7,10 @@
 --   svd(a) -> u (m, k), s (k), vt (k, n)            (f32 or f64, LAPACK gesdd)
 --   rsvd(g, r, {side = 'left'|'right', oversample = 8, power_iters = 2, seed = 0, counter = 0})
 --        -> proj (d, r) with orthonormal columns
---   quant8(x, {block = 2048, stochastic = false, seed = 0, counter = 0}) -> codes i8, scales f32
---   dequant8(codes, scales, shape, block) -> f32 tensor
+--   quant8(x, {block = 2048, stochastic = false, seed = 0, counter = 0, quant = 'linear' | 'dynamic'})
+--        -> codes i8, scales f32
+--   dequant8(codes, scales, shape, block, quant = 'linear' | 'dynamic') -> f32 tensor
+--   codebook(quant) -> the 128 ascending magnitudes of the code map (f32), value = sign(c) map[|c|] s_b
 local core = require 'nanochat.core'
 local Tensor = require 'nanochat.tensor'
 local ffi, C = core.ffi, core.C
@@ -63,20 +65,38 @@ function M.rsvd(g, r, opts)
     return proj
 end
 
+M.QUANT_MAPS = { linear = C.NC_QUANT8_LINEAR, dynamic = C.NC_QUANT8_DYNAMIC }
+
+-- 'linear' | 'dynamic' -> enum nc_quant8_map (nil means 'linear')
+function M.quant_map(fn, q, level)
+    local m = M.QUANT_MAPS[q == nil and 'linear' or q]
+    if not m then error(fn .. ": quant must be 'linear' or 'dynamic', got " .. tostring(q), (level or 2) + 1) end
+    return m
+end
+
 function M.quant8(x, opts)
     opts = opts or {}
+    local map = M.quant_map('quant8', opts.quant, 2)
     local block = opts.block or 2048
     local n = x:numel()
     local codes = Tensor.empty({ n }, 'i8')
     local scales = Tensor.empty({ math.ceil(n / block) }, 'f32')
-    core.check(C.nc_quant8_block(codes._c, scales._c, x:contiguous()._c, block, opts.stochastic and 1 or 0,
-        opts.seed or 0, opts.counter or 0), 'quant8')
+    core.check(C.nc_quant8_block_map(codes._c, scales._c, x:contiguous()._c, block, opts.stochastic and 1 or 0,
+        opts.seed or 0, opts.counter or 0, map), 'quant8')
     return codes, scales
 end
 
-function M.dequant8(codes, scales, shape, block)
+function M.dequant8(codes, scales, shape, block, quant)
+    local map = M.quant_map('dequant8', quant, 2)
     local out = Tensor.empty(shape or { codes:numel() }, 'f32')
-    core.check(C.nc_dequant8_block(out._c, codes._c, scales._c, block or 2048), 'dequant8')
+    core.check(C.nc_dequant8_block_map(out._c, codes._c, scales._c, block or 2048, map), 'dequant8')
+    return out
+end
+
+function M.codebook(quant)
+    local map = M.quant_map('codebook', quant, 2)
+    local out = Tensor.empty({ 128 }, 'f32')
+    core.check(C.nc_quant8_codebook(out._c, map), 'codebook')
     return out
 end
 

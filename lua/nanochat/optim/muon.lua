@@ -9,17 +9,29 @@
 --   momentum_form = 'ema' (m = mu m + (1-mu) g, Keller) | 'sum' (m = mu m + g, Moonlight); the
 --           orthogonalized update is the same, only the stored scale differs,
 --   state_bits = 32 | 8, block = 2048 (8-bit: elements per absmax scale),
---   rounding = 'nearest' | 'stochastic' (8-bit requantization; Philox, seeded by `seed`).
+--   rounding = 'nearest' | 'stochastic' (8-bit requantization; Philox, seeded by `seed`),
+--   quant = 'linear' (code = round(127 m / s_b)) | 'dynamic' (nearest entry of a fixed codebook
+--           denser near 0, nanochat.h enum nc_quant8_map; nc.optim.codebook('dynamic') lists it),
+--   momentum warmup / cooldown (algorithms.md §2.5; off by default): momentum_warmup = N ramps the
+--           momentum linearly from momentum_start (0.85) at the parameter's step 0 to `momentum`
+--           at step N (modded-nanogpt: 0.85 -> 0.95 over 300); momentum_cooldown = K with
+--           total_steps = T ramps it from there to momentum_end (0.85) over the last K steps, the
+--           last step (T - 1) at momentum_end exactly (nanochat: 0.97 -> 0.90 in the warmdown).
+--           Muon.momentum_at(group, step) gives the value; the step is the parameter's own
+--           0-based step count (checkpointed, so a resumed run continues the ramp).
 -- Parameters must be matrices (2 or more dims; (shape[0], rest)); send embeddings, the LM head
 -- and vectors to AdamW/Lion (nc.optim.hybrid does).
 -- State: f32 m (4 bytes per element) or i8 codes + one f32 scale per block (1 + 4/block bytes).
 local B = require 'nanochat.optim.base'
+local linalg = require 'nanochat.optim.linalg'
 local C, check = B.C, B.check
 
 local Muon = B.class('muon', {
     lr = 0.02, momentum = 0.95, nesterov = true, ns_steps = 5, weight_decay = 0.0, scale = 'spectral',
-    momentum_form = 'ema', state_bits = 32, block = 2048, rounding = 'nearest', seed = 0,
+    momentum_form = 'ema', state_bits = 32, block = 2048, rounding = 'nearest', seed = 0, quant = 'linear',
+    momentum_warmup = 0, momentum_start = 0.85, momentum_cooldown = 0, momentum_end = 0.85, total_steps = 0,
 })
+
 
 local function check_muon_group(kind, g)
     if g.state_bits ~= 32 and g.state_bits ~= 8 then
@@ -30,6 +42,24 @@ local function check_muon_group(kind, g)
     end
     if g.rounding ~= 'nearest' and g.rounding ~= 'stochastic' then
         error(kind .. ": rounding must be 'nearest' or 'stochastic', got " .. tostring(g.rounding), 5)
+    end
+    linalg.quant_map(kind, g.quant, 4)
+    local function int_ge0(k)
+        local v = g[k]
+        if type(v) ~= 'number' or v < 0 or v ~= math.floor(v) then
+            error(kind .. ': ' .. k .. ' must be an integer >= 0, got ' .. tostring(v), 6)
+        end
+    end
+    int_ge0('momentum_warmup'); int_ge0('momentum_cooldown'); int_ge0('total_steps')
+    for _, k in ipairs { 'momentum_start', 'momentum_end' } do
+        local v = g[k]
+        if type(v) ~= 'number' or not (v >= 0 and v < 1) then
+            error(kind .. ': ' .. k .. ' must lie in [0, 1), got ' .. tostring(v), 5)
+        end
+    end
+    if g.momentum_cooldown > 0 and g.total_steps < g.momentum_cooldown then
+        error(string.format('%s: momentum_cooldown = %d needs total_steps >= %d, got total_steps = %d', kind,
+            g.momentum_cooldown, g.momentum_cooldown, g.total_steps), 5)
     end
     if type(g.block) ~= 'number' or g.block < 1 or g.block ~= math.floor(g.block) then
         error(kind .. ': block must be a positive integer, got ' .. tostring(g.block), 5)
@@ -61,16 +91,31 @@ function Muon:init_state(e, st)
     Muon.add_state(self, st, e.group, p:shape(), p:numel())
 end
 
+-- the momentum at the parameter's 0-based step t (warmup, then cooldown, then `momentum`)
+function Muon.momentum_at(g, t)
+    local mu = g.momentum
+    local w = g.momentum_warmup or 0
+    if w > 0 and t < w then mu = g.momentum_start + (mu - g.momentum_start) * (t / w) end
+    local k, T = g.momentum_cooldown or 0, g.total_steps or 0
+    if k > 0 and t >= T - k then
+        local frac = math.min(1, (t - (T - k) + 1) / k)
+        mu = mu + (g.momentum_end - mu) * frac
+    end
+    return mu
+end
+
 -- fill hp for a Muon update of a (rows, cols) matrix with numel n (also used by GaLore)
 function Muon.fill_hp(hp, g, lr, rows, cols, st, index, n)
     hp.lr, hp.weight_decay = lr, g.weight_decay
-    hp.momentum = g.momentum
-    hp.dampening = g.momentum_form == 'sum' and 1 or (1 - g.momentum)
+    local mu = Muon.momentum_at(g, st.meta.step - 1)
+    hp.momentum = mu
+    hp.dampening = g.momentum_form == 'sum' and 1 or (1 - mu)
     hp.nesterov = g.nesterov and 1 or 0
     hp.ns_steps = g.ns_steps
     hp.scale = B.muon_scale(g.scale, rows, cols)
     hp.block = g.block
     hp.stochastic = g.rounding == 'stochastic' and 1 or 0
+    hp.quant = linalg.quant_map('muon', g.quant)
     if g.state_bits == 8 then
         -- a distinct Philox stream per parameter; the counter advances by the draws of each step
         hp.seed = (g.seed or 0) * 65536 + index
