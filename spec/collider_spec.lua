@@ -8,6 +8,8 @@
 -- score = 'excess' through a reference model; clear errors on bad input; nc.train with a filter.
 package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
 local nc = require 'nanochat'
+package.path = 'spec/helpers/?.lua;' .. package.path
+local Fx = require 'model_fixtures'
 local ag = require 'nanochat.autograd'
 local core = require 'nanochat.core'
 local ffi, C = core.ffi, core.C
@@ -15,18 +17,9 @@ local ffi, C = core.ffi, core.C
 local LOSS_RTOL = 1e-6    -- f32 mean of ~20 losses vs the float64 mean of the same f32 losses
 local ATTN_ATOL = 1e-6    -- masked vs dense attention backward (same arithmetic: expected exact)
 
-local function micro(over)
-    local cfg = nc.models.config('micro')
-    for k, v in pairs(over or {}) do cfg[k] = v end
-    return cfg
-end
+local micro = Fx.micro
 
-local function batch(B, T, V, seed)
-    local g = nc.generator(seed or 7)
-    local x = nc.rand({ B, T }, { lo = 0, hi = V, generator = g }):to('i64')
-    local y = nc.rand({ B, T }, { lo = 0, hi = V, generator = g }):to('i64')
-    return x, y
-end
+local batch = Fx.batch
 
 -- raw f32 bits of a tensor (a contiguous copy), for bitwise comparisons (-0 ~= +0 here)
 local function bits(t)

@@ -5,6 +5,8 @@
 -- the B > 1 rule, stage II, the Collider hook, nc.generate, roles/counts, and a training curve.
 package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
 local nc = require 'nanochat'
+package.path = 'spec/helpers/?.lua;' .. package.path
+local Fx = require 'model_fixtures'
 local L = nc.looplm
 local gpt = nc.models.gpt
 
@@ -23,12 +25,7 @@ local function loop_cfg(over, loop)
     return cfg
 end
 
-local function batch(B, T, V, seed)
-    local g = nc.generator(seed or 7)
-    local x = nc.rand({ B, T }, { lo = 0, hi = V, generator = g }):to('i64')
-    local y = nc.rand({ B, T }, { lo = 0, hi = V, generator = g }):to('i64')
-    return x, y
-end
+local batch = Fx.batch
 
 local function maxdiff(a, b) return (a - b):abs():max():item() end
 

@@ -7,6 +7,8 @@
 -- and nc.mhc.report.
 package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
 local nc = require 'nanochat'
+package.path = 'spec/helpers/?.lua;' .. package.path
+local Fx = require 'model_fixtures'
 local gpt = nc.models.gpt
 local mhc = nc.mhc
 local H = dofile('spec/ops/nn_helpers.lua')
@@ -20,18 +22,9 @@ local MIX_ATOL = 2e-5         -- fused kernels vs composite ops / float64 refere
 local CACHE_ATOL = 1e-5       -- cached decoding vs the full forward
 local FD_ATOL, FD_RTOL = 2e-3, 2e-2
 
-local function micro(over)
-    local cfg = nc.models.config('micro')
-    for k, v in pairs(over or {}) do cfg[k] = v end
-    return cfg
-end
+local micro = Fx.micro
 
-local function batch(B, T, V, seed)
-    local g = nc.generator(seed or 7)
-    local x = nc.rand({ B, T }, { lo = 0, hi = V, generator = g }):to('i64')
-    local y = nc.rand({ B, T }, { lo = 0, hi = V, generator = g }):to('i64')
-    return x, y
-end
+local batch = Fx.batch
 
 local function max_abs(t) return t:abs():max():item() end
 local function max_abs_diff(a, b) return max_abs(a - b) end

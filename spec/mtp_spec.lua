@@ -7,6 +7,8 @@
 -- both kinds, several depths, stop tokens and context limits).
 package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
 local nc = require 'nanochat'
+package.path = 'spec/helpers/?.lua;' .. package.path
+local Fx = require 'model_fixtures'
 local gpt = nc.models.gpt
 local mtp = nc.mtp
 
@@ -14,18 +16,9 @@ local FD_H = 1e-2       -- central-difference step (weights of std ~0.3, as gpt_
 local FD_ATOL = 2e-4    -- f32 loss noise / (2 h) + O(h^2)
 local FD_RTOL = 3e-2
 
-local function micro(over)
-    local cfg = nc.models.config('micro')
-    for k, v in pairs(over or {}) do cfg[k] = v end
-    return cfg
-end
+local micro = Fx.micro
 
-local function batch(B, T, V, seed)
-    local g = nc.generator(seed or 7)
-    local x = nc.rand({ B, T }, { lo = 0, hi = V, generator = g }):to('i64')
-    local y = nc.rand({ B, T }, { lo = 0, hi = V, generator = g }):to('i64')
-    return x, y
-end
+local batch = Fx.batch
 
 local function same_bits(a, b)
     local la, lb = a:reshape { -1 }:tolist(), b:reshape { -1 }:tolist()

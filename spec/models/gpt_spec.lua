@@ -5,6 +5,8 @@
 -- save/load round trip.
 package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
 local nc = require 'nanochat'
+package.path = 'spec/helpers/?.lua;' .. package.path
+local Fx = require 'model_fixtures'
 local gpt = nc.models.gpt
 local BitLinear = nc.layers.BitLinear
 
@@ -16,18 +18,9 @@ local FD_ATOL = 2e-4          -- f32 loss noise (~5e-7) / (2 h) plus O(h^2) trun
 local FD_RTOL = 3e-2
 local F32_ATOL = 1e-5         -- BitLinear vs its formula written with the ops
 
-local function micro(over)
-    local cfg = nc.models.config('micro')
-    for k, v in pairs(over or {}) do cfg[k] = v end
-    return cfg
-end
+local micro = Fx.micro
 
-local function batch(B, T, V, seed)
-    local g = nc.generator(seed or 7)
-    local x = nc.rand({ B, T }, { lo = 0, hi = V, generator = g }):to('i64')
-    local y = nc.rand({ B, T }, { lo = 0, hi = V, generator = g }):to('i64')
-    return x, y
-end
+local batch = Fx.batch
 
 local function max_abs_diff(a, b) return (a - b):abs():max():item() end
 
