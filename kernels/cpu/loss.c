@@ -182,80 +182,37 @@ nc_status nc_cross_entropy(nc_tensor *loss, nc_tensor *lse, const nc_tensor *log
     return NC_OK;
 }
 
-nc_status nc_cross_entropy_backward(nc_tensor *glogits, const nc_tensor *lse, const nc_tensor *logits,
-                                    const nc_tensor *targets, double gloss, int64_t ignore_index,
-                                    double label_smoothing, double z_loss) {
-    static const char *op = "cross_entropy_backward";
-    if (!glogits) return NC_OK;
+/* the shared argument checks of both backward forms; *count = the non-ignored rows */
+static nc_status ce_backward_check(const char *op, const nc_tensor *glogits, const nc_tensor *lse,
+                                   const nc_tensor *logits, const nc_tensor *targets, int64_t ignore_index,
+                                   int64_t *count) {
     NC_TRY(check_args(op, logits, targets, lse));
     NC_TRY(nc_check_f32_cpu(op, "glogits", glogits));
     NC_TRY(nc_check_contiguous(op, "glogits", glogits));
     NC_TRY(nc_check_same_shape(op, "glogits", glogits, "logits", logits));
     int64_t N = logits->shape[0], V = logits->shape[1];
-    int64_t count = 0;
+    *count = 0;
     for (int64_t r = 0; r < N; r++) {
         int64_t t = target_at(targets, r);
         if (t == ignore_index) continue;
         if (t < 0 || t >= V)
             return nc_fail(NC_ERR_INDEX, "%s: target %lld at row %lld is outside [0, %lld) and is not ignore_index (%lld)",
                            op, (long long)t, (long long)r, (long long)V, (long long)ignore_index);
-        count++;
+        (*count)++;
     }
-    if (count == 0) return NC_OK;
-    void (*rowfn)(float *, const float *, int64_t, float, float, float) =
-        nc_cpu_avx512() ? nc_k_ce_backward_row_avx512 : nc_cpu_avx2() ? nc_k_ce_backward_row_avx2 : nc_k_ce_backward_row_base;
-    const float *lsep = nc_f32p(lse);
-    float *g = nc_f32p(glogits);
-    double scale = gloss / (double)count, ls = label_smoothing, z = z_loss;
-    int need_buf = logits->strides[1] != 1 && V > 1;
-    int oom = 0;
-#pragma omp parallel if (N * V >= NC_PAR_MIN && N > 1) num_threads(nc_threads())
-    {
-        float *buf = need_buf ? nc_host_alloc(V * (int64_t)sizeof(float)) : NULL;
-        if (need_buf && !buf) {
-#pragma omp atomic write
-            oom = 1;
-        } else {
-#pragma omp for schedule(static)
-            for (int64_t r = 0; r < N; r++) {
-                int64_t t = target_at(targets, r);
-                if (t == ignore_index) continue;
-                const float *x = logit_row(logits, r, buf);
-                float l = lsep[r];
-                float a = (float)(scale * (1.0 + 2.0 * z * l));
-                float c = (float)(scale * ls / (double)V);
-                rowfn(g + r * V, x, V, l, a, c);
-                g[r * V + t] -= (float)(scale * (1.0 - ls));
-            }
-        }
-        nc_host_free(buf, V * (int64_t)sizeof(float));
-    }
-    if (oom) return nc_fail(NC_ERR_OOM, "%s: out of memory", op);
     return NC_OK;
 }
-nc_status nc_cross_entropy_backward_rows(nc_tensor *glogits, const nc_tensor *lse, const nc_tensor *logits,
-                                         const nc_tensor *targets, const nc_tensor *grows, int64_t ignore_index,
-                                         double label_smoothing, double z_loss) {
-    static const char *op = "cross_entropy_backward_rows";
-    if (!glogits) return NC_OK;
-    NC_TRY(check_args(op, logits, targets, lse));
-    NC_TRY(nc_check_f32_cpu(op, "glogits", glogits));
-    NC_TRY(nc_check_contiguous(op, "glogits", glogits));
-    NC_TRY(nc_check_same_shape(op, "glogits", glogits, "logits", logits));
+
+/* glogits[r] += scale_r (d loss_r / d logits[r]) for every non-ignored row: scale_r = grows[r]
+ * (rows with 0 are skipped) when grows is given, else scale_all */
+static nc_status ce_backward_run(const char *op, nc_tensor *glogits, const nc_tensor *lse, const nc_tensor *logits,
+                                 const nc_tensor *targets, const nc_tensor *grows, double scale_all,
+                                 int64_t ignore_index, double label_smoothing, double z_loss) {
     int64_t N = logits->shape[0], V = logits->shape[1];
-    NC_TRY(nc_check_f32_cpu(op, "grows", grows));
-    NC_TRY(nc_check_shape(op, "grows", grows, 1, &N));
-    for (int64_t r = 0; r < N; r++) {
-        int64_t t = target_at(targets, r);
-        if (t == ignore_index) continue;
-        if (t < 0 || t >= V)
-            return nc_fail(NC_ERR_INDEX, "%s: target %lld at row %lld is outside [0, %lld) and is not ignore_index (%lld)",
-                           op, (long long)t, (long long)r, (long long)V, (long long)ignore_index);
-    }
     void (*rowfn)(float *, const float *, int64_t, float, float, float) =
-        nc_cpu_avx2() ? nc_k_ce_backward_row_avx2 : nc_k_ce_backward_row_base;
-    const float *lsep = nc_f32p(lse), *gr = nc_f32p(grows);
-    int64_t gst = grows->strides[0];
+        nc_cpu_avx512() ? nc_k_ce_backward_row_avx512 : nc_cpu_avx2() ? nc_k_ce_backward_row_avx2 : nc_k_ce_backward_row_base;
+    const float *lsep = nc_f32p(lse), *gr = grows ? nc_f32p(grows) : NULL;
+    int64_t gst = grows ? grows->strides[0] : 0;
     float *g = nc_f32p(glogits);
     double ls = label_smoothing, z = z_loss;
     int need_buf = logits->strides[1] != 1 && V > 1;
@@ -270,8 +227,8 @@ nc_status nc_cross_entropy_backward_rows(nc_tensor *glogits, const nc_tensor *ls
 #pragma omp for schedule(static)
             for (int64_t r = 0; r < N; r++) {
                 int64_t t = target_at(targets, r);
-                double scale = gr[r * gst];
-                if (t == ignore_index || scale == 0.0) continue;
+                double scale = gr ? gr[r * gst] : scale_all;
+                if (t == ignore_index || (gr && scale == 0.0)) continue;
                 const float *x = logit_row(logits, r, buf);
                 float l = lsep[r];
                 float a = (float)(scale * (1.0 + 2.0 * z * l));
@@ -284,5 +241,30 @@ nc_status nc_cross_entropy_backward_rows(nc_tensor *glogits, const nc_tensor *ls
     }
     if (oom) return nc_fail(NC_ERR_OOM, "%s: out of memory", op);
     return NC_OK;
+}
+
+nc_status nc_cross_entropy_backward(nc_tensor *glogits, const nc_tensor *lse, const nc_tensor *logits,
+                                    const nc_tensor *targets, double gloss, int64_t ignore_index,
+                                    double label_smoothing, double z_loss) {
+    static const char *op = "cross_entropy_backward";
+    if (!glogits) return NC_OK;
+    int64_t count;
+    NC_TRY(ce_backward_check(op, glogits, lse, logits, targets, ignore_index, &count));
+    if (count == 0) return NC_OK;
+    return ce_backward_run(op, glogits, lse, logits, targets, NULL, gloss / (double)count, ignore_index,
+                           label_smoothing, z_loss);
+}
+
+nc_status nc_cross_entropy_backward_rows(nc_tensor *glogits, const nc_tensor *lse, const nc_tensor *logits,
+                                         const nc_tensor *targets, const nc_tensor *grows, int64_t ignore_index,
+                                         double label_smoothing, double z_loss) {
+    static const char *op = "cross_entropy_backward_rows";
+    if (!glogits) return NC_OK;
+    int64_t count;
+    NC_TRY(ce_backward_check(op, glogits, lse, logits, targets, ignore_index, &count));
+    int64_t N = logits->shape[0];
+    NC_TRY(nc_check_f32_cpu(op, "grows", grows));
+    NC_TRY(nc_check_shape(op, "grows", grows, 1, &N));
+    return ce_backward_run(op, glogits, lse, logits, targets, grows, 0.0, ignore_index, label_smoothing, z_loss);
 }
 #endif
