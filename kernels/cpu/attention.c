@@ -51,7 +51,7 @@ typedef struct {
 
 /* floats of per-thread scratch */
 static inline int64_t attn_scratch_floats(int64_t D) {
-    return 4 * (int64_t)ATT_BR * D + 6 * (int64_t)ATT_BC * D + 4 * (int64_t)ATT_BC + 2 * (int64_t)ATT_BR + 64;
+    return 4 * (int64_t)ATT_BR * D + 6 * (int64_t)ATT_BC * D + 12 * (int64_t)ATT_BC + 2 * (int64_t)ATT_BR + 64;
 }
 #endif
 
@@ -169,14 +169,21 @@ void KFN(nc_k_attn_fwd_item)(const attn_args *a, int64_t item, float *scratch) {
 }
 
 /* P (jn) = exp(Qs_i K^T - lse_i), dS (jn) = P * (dO_i V^T - D_i); returns jn (0 = nothing) */
-static inline int64_t prob_row(const attn_args *a, int64_t b, int64_t h, int64_t t, int64_t s0, int64_t nk,
-                               const float *qi, const float *doi, const float *Kt, const float *Vt, float *P,
-                               float *dS) {
+/* keys of block [s0, s0+nk) that carry gradient for query row t of head h (0 = none) */
+static inline int64_t row_jn(const attn_args *a, int64_t b, int64_t h, int64_t t, int64_t s0, int64_t nk) {
     if (a->qkeep && !a->qkeep[b * a->T + t]) return 0;   /* a filtered query: no gradient flows */
     int64_t jn = visible(a, t, s0, nk);
     if (jn <= 0) return 0;
+    if (a->lse_in[(b * a->H + h) * a->T + t] == -INFINITY) return 0;
+    return jn;
+}
+
+static inline int64_t prob_row(const attn_args *a, int64_t b, int64_t h, int64_t t, int64_t s0, int64_t nk,
+                               const float *qi, const float *doi, const float *Kt, const float *Vt, float *P,
+                               float *dS) {
+    int64_t jn = row_jn(a, b, h, t, s0, nk);
+    if (jn <= 0) return 0;
     float L = a->lse_in[(b * a->H + h) * a->T + t];
-    if (L == -INFINITY) return 0;
     float Di = a->dvec[(b * a->H + h) * a->T + t];
     dot_row(P, qi, Kt, a->D, jn);
     dot_row(dS, doi, Vt, a->D, jn);
@@ -190,13 +197,15 @@ static inline int64_t prob_row(const attn_args *a, int64_t b, int64_t h, int64_t
 }
 
 /* ---- backward pass 1: one (b, kv head, key block) owns its dK and dV rows -------------------- */
-void KFN(nc_k_attn_bwd_kv_item)(const attn_args *a, int64_t item, float *scratch) {
+/* key block kb of (b, kv head hk): its dK, dV rows; with dqloc (G x T x D, the group's dQ rows)
+ * also dQ += dS K for every row it visits (the fused single pass) */
+static void KFN(bwd_kv_block)(const attn_args *a, int64_t b, int64_t hk, int64_t kb, float *scratch, float *dqloc) {
     int64_t D = a->D, H = a->H, T = a->T, S = a->S, Hkv = a->Hkv, G = H / Hkv;
-    int64_t nkb = (S + ATT_BC - 1) / ATT_BC;
-    int64_t kb = item % nkb, hk = (item / nkb) % Hkv, b = item / (nkb * Hkv);
     int64_t s0 = kb * ATT_BC, nk = S - s0 < ATT_BC ? S - s0 : ATT_BC;
     float *Qs = scratch, *dO = Qs + ATT_BR * D, *Kt = dO + ATT_BR * D, *Vt = Kt + ATT_BC * D;
-    float *dK = Vt + ATT_BC * D, *dV = dK + ATT_BC * D, *P = dV + ATT_BC * D, *dS = P + ATT_BC;
+    float *dK = Vt + ATT_BC * D, *dV = dK + ATT_BC * D, *Kb = dV + ATT_BC * D, *P = Kb + ATT_BC * D;
+    float *dS = P + 4 * ATT_BC;
+    if (dqloc) load_rows(Kb, a->k, a->ks, b, s0, nk, hk, D, a->scale);
     load_rows_t(Kt, a->k, a->ks, b, s0, nk, hk, D);
     load_rows_t(Vt, a->v, a->vs, b, s0, nk, hk, D);
     memset(dK, 0, (size_t)(nk * D) * sizeof(float));
@@ -209,16 +218,52 @@ void KFN(nc_k_attn_bwd_kv_item)(const attn_args *a, int64_t item, float *scratch
             int64_t nq = T - t0 < ATT_BR ? T - t0 : ATT_BR;
             load_rows(Qs, a->q, a->qs, b, t0, nq, h, D, a->scale);
             load_rows(dO, a->go, a->gs, b, t0, nq, h, D, 1.0f);
-            for (int64_t i = 0; i < nq; i++) {
-                const float *qi = Qs + i * D, *doi = dO + i * D;
-                int64_t jn = prob_row(a, b, h, t0 + i, s0, nk, qi, doi, Kt, Vt, P, dS);
-                for (int64_t j = 0; j < jn; j++) {
-                    float pj = P[j], sj = dS[j];
+            /* rows in groups of 4: P and dS of the group first, then one pass over each dK/dV row
+             * adds the group's 4 terms in row order (the same per-element order as row by row) */
+            for (int64_t i0 = 0; i0 < nq; i0 += 4) {
+                int64_t ng = nq - i0 < 4 ? nq - i0 : 4, jmax = 0, jns[4] = {0, 0, 0, 0};
+                for (int64_t r = 0; r < ng; r++) {
+                    int64_t i = i0 + r;
+                    int64_t jn = prob_row(a, b, h, t0 + i, s0, nk, Qs + i * D, dO + i * D, Kt, Vt, P + r * ATT_BC,
+                                          dS + r * ATT_BC);
+                    jns[r] = jn;
+                    if (jn > jmax) jmax = jn;
+                    if (jn > 0 && dqloc)   /* fused: dQ_i += dS_i K (blocks ascending, as in pass 2) */
+                        axpy_rows(dqloc + ((h - hk * G) * T + t0 + i) * D, dS + r * ATT_BC, Kb, D, jn);
+                }
+                if (jmax == 0) continue;
+                const float *q0 = Qs + i0 * D, *q1 = q0 + D, *q2 = q1 + D, *q3 = q2 + D;
+                const float *o0 = dO + i0 * D, *o1 = o0 + D, *o2 = o1 + D, *o3 = o2 + D;
+                for (int64_t j = 0; j < jmax; j++) {
                     float *dv = dV + j * D, *dk = dK + j * D;
+                    if (jns[0] > j && jns[1] > j && jns[2] > j && jns[3] > j) {
+                        float p0 = P[j], p1 = P[ATT_BC + j], p2 = P[2 * ATT_BC + j], p3 = P[3 * ATT_BC + j];
+                        float s0_ = dS[j], s1 = dS[ATT_BC + j], s2 = dS[2 * ATT_BC + j], s3 = dS[3 * ATT_BC + j];
 #pragma omp simd
-                    for (int64_t d = 0; d < D; d++) {
-                        dv[d] += pj * doi[d];
-                        dk[d] += sj * qi[d];
+                        for (int64_t d = 0; d < D; d++) {
+                            float x = dv[d], y = dk[d];
+                            x += p0 * o0[d];
+                            y += s0_ * q0[d];
+                            x += p1 * o1[d];
+                            y += s1 * q1[d];
+                            x += p2 * o2[d];
+                            y += s2 * q2[d];
+                            x += p3 * o3[d];
+                            y += s3 * q3[d];
+                            dv[d] = x;
+                            dk[d] = y;
+                        }
+                    } else {
+                        for (int64_t r = 0; r < ng; r++) {
+                            if (jns[r] <= j) continue;
+                            float pj = P[r * ATT_BC + j], sj = dS[r * ATT_BC + j];
+                            const float *qi = Qs + (i0 + r) * D, *doi = dO + (i0 + r) * D;
+#pragma omp simd
+                            for (int64_t d = 0; d < D; d++) {
+                                dv[d] += pj * doi[d];
+                                dk[d] += sj * qi[d];
+                            }
+                        }
                     }
                 }
             }
@@ -237,6 +282,33 @@ void KFN(nc_k_attn_bwd_kv_item)(const attn_args *a, int64_t item, float *scratch
             const float *src = dV + j * D;
 #pragma omp simd
             for (int64_t d = 0; d < D; d++) g[d] += src[d];
+        }
+    }
+}
+
+void KFN(nc_k_attn_bwd_kv_item)(const attn_args *a, int64_t item, float *scratch) {
+    int64_t nkb = (a->S + ATT_BC - 1) / ATT_BC;
+    KFN(bwd_kv_block)(a, item / (nkb * a->Hkv), (item / nkb) % a->Hkv, item % nkb, scratch, NULL);
+}
+
+/* ---- fused backward: one (b, kv head) owns dK, dV and the dQ rows of its query-head group ------
+ * Key blocks ascending, so each dQ element is summed in the same order as pass 2's; the result is
+ * bit-identical to the two passes (the choice between them does not change any number). */
+void KFN(nc_k_attn_bwd_fused_item)(const attn_args *a, int64_t item, float *scratch) {
+    int64_t D = a->D, H = a->H, T = a->T, S = a->S, Hkv = a->Hkv, G = H / Hkv;
+    int64_t hk = item % Hkv, b = item / Hkv;
+    float *dqloc = scratch + attn_scratch_floats(D);
+    memset(dqloc, 0, (size_t)(G * T * D) * sizeof(float));
+    for (int64_t kb = 0; kb < (S + ATT_BC - 1) / ATT_BC; kb++) KFN(bwd_kv_block)(a, b, hk, kb, scratch, dqloc);
+    if (!a->gq) return;
+    for (int64_t g = 0; g < G; g++) {
+        int64_t h = hk * G + g;
+        for (int64_t t = 0; t < T; t++) {
+            if (a->qkeep && !a->qkeep[b * T + t]) continue;
+            float *dst = a->gq + ((b * T + t) * H + h) * D;
+            const float *src = dqloc + (g * T + t) * D;
+#pragma omp simd
+            for (int64_t d = 0; d < D; d++) dst[d] += src[d];
         }
     }
 }
@@ -260,9 +332,9 @@ void KFN(nc_k_attn_bwd_q_item)(const attn_args *a, int64_t item, float *scratch)
     }
     for (int64_t s0 = 0; s0 < kend; s0 += ATT_BC) {
         int64_t nk = kend - s0 < ATT_BC ? kend - s0 : ATT_BC;
+        load_rows(Kb, a->k, a->ks, b, s0, nk, hk, D, a->scale);
         load_rows_t(Kt, a->k, a->ks, b, s0, nk, hk, D);
         load_rows_t(Vt, a->v, a->vs, b, s0, nk, hk, D);
-        load_rows(Kb, a->k, a->ks, b, s0, nk, hk, D, a->scale);
         for (int64_t i = 0; i < nq; i++) {
             int64_t jn = prob_row(a, b, h, t0 + i, s0, nk, Qs + i * D, dO + i * D, Kt, Vt, P, dS);
             axpy_rows(dQ + i * D, dS, Kb, D, jn);
@@ -281,12 +353,14 @@ void KFN(nc_k_attn_bwd_q_item)(const attn_args *a, int64_t item, float *scratch)
 void nc_k_attn_fwd_item_avx2(const attn_args *a, int64_t item, float *scratch);
 void nc_k_attn_bwd_kv_item_avx2(const attn_args *a, int64_t item, float *scratch);
 void nc_k_attn_bwd_q_item_avx2(const attn_args *a, int64_t item, float *scratch);
+void nc_k_attn_bwd_fused_item_avx2(const attn_args *a, int64_t item, float *scratch);
 
 typedef void (*attn_item_fn)(const attn_args *, int64_t, float *);
 
 /* Run fn over items in parallel, each thread with its own scratch tile set. */
-static nc_status run_items(const char *op, attn_item_fn fn, const attn_args *a, int64_t items, double flops) {
-    int64_t nfl = attn_scratch_floats(a->D);
+static nc_status run_items(const char *op, attn_item_fn fn, const attn_args *a, int64_t items, double flops,
+                           int64_t extra) {
+    int64_t nfl = attn_scratch_floats(a->D) + extra;
     int oom = 0;
 #pragma omp parallel if (items > 1 && flops > 2e5) num_threads(nc_threads())
     {
@@ -358,7 +432,7 @@ nc_status nc_attention(nc_tensor *out, nc_tensor *lse, const nc_tensor *q, const
     }
     int64_t items = a.B * a.H * ((a.T + ATT_BR - 1) / ATT_BR);
     double flops = 4.0 * a.B * a.H * a.T * a.S * a.D;
-    return run_items(op, nc_cpu_avx2() ? nc_k_attn_fwd_item_avx2 : nc_k_attn_fwd_item_base, &a, items, flops);
+    return run_items(op, nc_cpu_avx2() ? nc_k_attn_fwd_item_avx2 : nc_k_attn_fwd_item_base, &a, items, flops, 0);
 }
 
 static nc_status attn_bwd(const char *op, nc_tensor *gq, nc_tensor *gk, nc_tensor *gv, const nc_tensor *out,
@@ -426,13 +500,20 @@ static nc_status attn_bwd(const char *op, nc_tensor *gq, nc_tensor *gk, nc_tenso
     double flops = 4.0 * a.B * a.H * a.T * a.S * a.D;
     int avx2 = nc_cpu_avx2();
     nc_status st = NC_OK;
+    int64_t G = a.H / a.Hkv, fitems = a.B * a.Hkv;
+    if (gq && (gk || gv) && fitems >= 4 * (int64_t)nc_threads()) {
+        /* enough (b, kv head) items to keep the threads busy: one fused pass computes P and dS once */
+        st = run_items(op, avx2 ? nc_k_attn_bwd_fused_item_avx2 : nc_k_attn_bwd_fused_item_base, &a, fitems, flops,
+                       G * a.T * a.D);
+        gq = NULL; gk = NULL; gv = NULL;
+    }
     if (gk || gv) {
         int64_t items = a.B * a.Hkv * ((a.S + ATT_BC - 1) / ATT_BC);
-        st = run_items(op, avx2 ? nc_k_attn_bwd_kv_item_avx2 : nc_k_attn_bwd_kv_item_base, &a, items, flops);
+        st = run_items(op, avx2 ? nc_k_attn_bwd_kv_item_avx2 : nc_k_attn_bwd_kv_item_base, &a, items, flops, 0);
     }
     if (st == NC_OK && gq) {
         int64_t items = a.B * a.H * ((a.T + ATT_BR - 1) / ATT_BR);
-        st = run_items(op, avx2 ? nc_k_attn_bwd_q_item_avx2 : nc_k_attn_bwd_q_item_base, &a, items, flops);
+        st = run_items(op, avx2 ? nc_k_attn_bwd_q_item_avx2 : nc_k_attn_bwd_q_item_base, &a, items, flops, 0);
     }
     nc_host_free(dvec, nrow * (int64_t)sizeof(float));
     return st;
