@@ -92,6 +92,36 @@ static inline void dot_row(float *restrict row, const float *restrict qi, const 
     }
 }
 
+/* rows r < 4 of out (stride ATT_BC), columns j < jn: out[r][j] = sum_d q[r][d] * kt[d][j], summed over d
+ * in the same order as dot_row (bit-identical per element); register tiles of 4 rows x 16 keys.
+ * Columns up to the next multiple of 16 (<= ATT_BC) are computed from whatever kt holds and ignored. */
+static inline void dot4(float *restrict out, const float *restrict q, const float *restrict kt, int64_t D, int64_t jn) {
+    const float *q0 = q, *q1 = q + D, *q2 = q + 2 * D, *q3 = q + 3 * D;
+    for (int64_t j0 = 0; j0 < jn; j0 += 16) {
+        float c0[16], c1[16], c2[16], c3[16];
+        for (int jj = 0; jj < 16; jj++) c0[jj] = c1[jj] = c2[jj] = c3[jj] = 0.0f;
+        for (int64_t d = 0; d < D; d++) {
+            const float *kr = kt + d * ATT_BC + j0;
+            float a0 = q0[d], a1 = q1[d], a2 = q2[d], a3 = q3[d];
+#pragma omp simd
+            for (int jj = 0; jj < 16; jj++) {
+                float kv = kr[jj];
+                c0[jj] += a0 * kv;
+                c1[jj] += a1 * kv;
+                c2[jj] += a2 * kv;
+                c3[jj] += a3 * kv;
+            }
+        }
+        int64_t n = jn - j0 < 16 ? jn - j0 : 16;
+        for (int64_t jj = 0; jj < n; jj++) {
+            out[j0 + jj] = c0[jj];
+            out[ATT_BC + j0 + jj] = c1[jj];
+            out[2 * ATT_BC + j0 + jj] = c2[jj];
+            out[3 * ATT_BC + j0 + jj] = c3[jj];
+        }
+    }
+}
+
 /* acc[d] += sum_j p[j] * vb[j][d] */
 static inline void axpy_rows(float *restrict acc, const float *restrict p, const float *restrict vb, int64_t D,
                              int64_t jn) {
@@ -169,6 +199,8 @@ void KFN(nc_k_attn_fwd_item)(const attn_args *a, int64_t item, float *scratch) {
 }
 
 /* P (jn) = exp(Qs_i K^T - lse_i), dS (jn) = P * (dO_i V^T - D_i); returns jn (0 = nothing) */
+static inline void prob_finish(float *restrict P, float *restrict dS, float L, float Di, int64_t jn);
+
 /* keys of block [s0, s0+nk) that carry gradient for query row t of head h (0 = none) */
 static inline int64_t row_jn(const attn_args *a, int64_t b, int64_t h, int64_t t, int64_t s0, int64_t nk) {
     if (a->qkeep && !a->qkeep[b * a->T + t]) return 0;   /* a filtered query: no gradient flows */
@@ -187,13 +219,18 @@ static inline int64_t prob_row(const attn_args *a, int64_t b, int64_t h, int64_t
     float Di = a->dvec[(b * a->H + h) * a->T + t];
     dot_row(P, qi, Kt, a->D, jn);
     dot_row(dS, doi, Vt, a->D, jn);
+    prob_finish(P, dS, L, Di, jn);
+    return jn;
+}
+
+/* P = exp(P - L), dS = P * (dS - Di) for j < jn */
+static inline void prob_finish(float *restrict P, float *restrict dS, float L, float Di, int64_t jn) {
 #pragma omp simd
     for (int64_t j = 0; j < jn; j++) {
         float p = nc_expf_fast(P[j] - L);
         P[j] = p;
         dS[j] = p * (dS[j] - Di);
     }
-    return jn;
 }
 
 /* ---- backward pass 1: one (b, kv head, key block) owns its dK and dV rows -------------------- */
@@ -223,15 +260,29 @@ static void KFN(bwd_kv_block)(const attn_args *a, int64_t b, int64_t hk, int64_t
             for (int64_t i0 = 0; i0 < nq; i0 += 4) {
                 int64_t ng = nq - i0 < 4 ? nq - i0 : 4, jmax = 0, jns[4] = {0, 0, 0, 0};
                 for (int64_t r = 0; r < ng; r++) {
-                    int64_t i = i0 + r;
-                    int64_t jn = prob_row(a, b, h, t0 + i, s0, nk, Qs + i * D, dO + i * D, Kt, Vt, P + r * ATT_BC,
-                                          dS + r * ATT_BC);
-                    jns[r] = jn;
-                    if (jn > jmax) jmax = jn;
-                    if (jn > 0 && dqloc)   /* fused: dQ_i += dS_i K (blocks ascending, as in pass 2) */
-                        axpy_rows(dqloc + ((h - hk * G) * T + t0 + i) * D, dS + r * ATT_BC, Kb, D, jn);
+                    jns[r] = row_jn(a, b, h, t0 + i0 + r, s0, nk);
+                    if (jns[r] > jmax) jmax = jns[r];
                 }
                 if (jmax == 0) continue;
+                /* P and dS rows as prob_row computes them (same per-element arithmetic) */
+                if (ng == 4) {
+                    dot4(P, Qs + i0 * D, Kt, D, jmax);
+                    dot4(dS, dO + i0 * D, Vt, D, jmax);
+                } else {
+                    for (int64_t r = 0; r < ng; r++) {
+                        if (jns[r] <= 0) continue;
+                        dot_row(P + r * ATT_BC, Qs + (i0 + r) * D, Kt, D, jns[r]);
+                        dot_row(dS + r * ATT_BC, dO + (i0 + r) * D, Vt, D, jns[r]);
+                    }
+                }
+                for (int64_t r = 0; r < ng; r++) {
+                    int64_t i = i0 + r, jn = jns[r];
+                    if (jn <= 0) continue;
+                    int64_t ri = (b * H + h) * T + t0 + i;
+                    prob_finish(P + r * ATT_BC, dS + r * ATT_BC, a->lse_in[ri], a->dvec[ri], jn);
+                    if (dqloc)   /* fused: dQ_i += dS_i K (blocks ascending, as in pass 2) */
+                        axpy_rows(dqloc + ((h - hk * G) * T + t0 + i) * D, dS + r * ATT_BC, Kb, D, jn);
+                }
                 const float *q0 = Qs + i0 * D, *q1 = q0 + D, *q2 = q1 + D, *q3 = q2 + D;
                 const float *o0 = dO + i0 * D, *o1 = o0 + D, *o2 = o1 + D, *o3 = o2 + D;
                 for (int64_t j = 0; j < jmax; j++) {
