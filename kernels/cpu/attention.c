@@ -14,7 +14,14 @@
  * two race-free passes: one parallel over (b, kv head, key block) owning dK and dV rows (it
  * loops over every query head of the group and every query block), one parallel over
  * (b, head, query block) owning dQ rows. Each gradient element is summed in a fixed order, so
- * results do not depend on the thread count.
+ * results do not depend on the thread count. When both dQ and dK/dV are wanted and there is one
+ * thread or >= 4 (b, kv head) items per thread, a fused single pass runs instead: one item per
+ * (b, kv head) walks the key blocks in ascending order doing pass 1's work and also adding dS K into
+ * a per-thread copy of its group's dQ rows (G x T x D floats), so P and dS are computed once, not
+ * twice; every dQ element is summed in pass 2's order, so both paths give bit-identical results.
+ * Pass 1 (and the fused pass) handle query rows in groups of 4: the scores Q K^T and dP = dO V^T
+ * of the group are 4 x 16 register tiles over the head dim (dot4), and each dK/dV row takes the
+ * group's 4 terms in one sweep (in row order, so the per-element arithmetic is unchanged).
  * Collider (algorithms.md §8.4): nc_attention_backward_masked takes a kept-query mask qkeep (B, T);
  * a masked query row contributes nothing anywhere (it is skipped in both passes; its dQ row is left
  * untouched), which equals the dense backward with that row of dO set to zero (then P (dP - D) = 0
@@ -552,8 +559,10 @@ static nc_status attn_bwd(const char *op, nc_tensor *gq, nc_tensor *gk, nc_tenso
     int avx2 = nc_cpu_avx2();
     nc_status st = NC_OK;
     int64_t G = a.H / a.Hkv, fitems = a.B * a.Hkv;
-    if (gq && (gk || gv) && fitems >= 4 * (int64_t)nc_threads()) {
-        /* enough (b, kv head) items to keep the threads busy: one fused pass computes P and dS once */
+    int64_t nth = nc_threads();
+    if (gq && (gk || gv) && (nth == 1 || fitems >= 4 * nth)) {
+        /* one thread, or enough (b, kv head) items to keep the threads busy: one fused pass computes
+         * P and dS once (scratch O(T D) per thread: the group's dQ rows) */
         st = run_items(op, avx2 ? nc_k_attn_bwd_fused_item_avx2 : nc_k_attn_bwd_fused_item_base, &a, fitems, flops,
                        G * a.T * a.D);
         gq = NULL; gk = NULL; gv = NULL;

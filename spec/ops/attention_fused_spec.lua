@@ -1,4 +1,4 @@
--- The attention backward picks a fused single pass per (b, kv head) when there are >= 4 such items
+-- The attention backward picks a fused single pass per (b, kv head) on one thread or with >= 4 such items
 -- per thread, else the two passes; both sum every gradient element in the same order, so the
 -- result must be bit-identical whatever the thread count (and whichever path runs).
 local nc = require 'nanochat'
