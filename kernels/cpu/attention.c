@@ -155,7 +155,7 @@ void KFN(nc_k_attn_fwd_item)(const attn_args *a, int64_t item, float *scratch) {
     int64_t hk = h / (H / a->Hkv);
     int64_t t0 = qb * ATT_BR, nq = T - t0 < ATT_BR ? T - t0 : ATT_BR;
     float *Qs = scratch, *acc = Qs + ATT_BR * D, *Kt = acc + ATT_BR * D, *Vb = Kt + ATT_BC * D;
-    float *row = Vb + ATT_BC * D, *m = row + ATT_BC, *l = m + ATT_BR;
+    float *rows = Vb + ATT_BC * D, *m = rows + 4 * ATT_BC, *l = m + ATT_BR;
     load_rows(Qs, a->q, a->qs, b, t0, nq, h, D, a->scale);
     for (int64_t i = 0; i < nq; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
     memset(acc, 0, (size_t)(nq * D) * sizeof(float));
@@ -169,9 +169,16 @@ void KFN(nc_k_attn_fwd_item)(const attn_args *a, int64_t item, float *scratch) {
         load_rows_t(Kt, a->k, a->ks, b, s0, nk, hk, D);
         load_rows(Vb, a->v, a->vs, b, s0, nk, hk, D, 1.0f);
         for (int64_t i = 0; i < nq; i++) {
+            /* full groups of 4 rows: their scores as 4 x 16 register tiles (the same sums as dot_row),
+             * over the last row's visible keys (visibility grows with t) */
+            if ((i & 3) == 0 && i + 4 <= nq) {
+                int64_t j3 = visible(a, t0 + i + 3, s0, nk);
+                if (j3 > 0) dot4(rows, Qs + i * D, Kt, D, j3);
+            }
             int64_t jn = visible(a, t0 + i, s0, nk);
             if (jn <= 0) continue;
-            dot_row(row, Qs + i * D, Kt, D, jn);
+            float *row = rows + (i & 3) * ATT_BC;
+            if (i - (i & 3) + 4 > nq) dot_row(row, Qs + i * D, Kt, D, jn);
             float mx = -INFINITY;
 #pragma omp simd reduction(max : mx)
             for (int64_t j = 0; j < jn; j++) mx = row[j] > mx ? row[j] : mx;
