@@ -8,7 +8,8 @@
  * Forward: for each (b, h, block of BR queries) an online softmax over key blocks of BC keys:
  * scores of one block row are computed, the running max m, sum l and accumulator are rescaled
  * by exp(m_old - m_new), and out = acc / l, lse = m + log l at the end. No T x S matrix ever
- * exists: per thread scratch is a few BR x D / BC x D tiles.
+ * exists: per thread scratch is a few BR x D / BC x D tiles. Scores of full groups of 4 query rows
+ * are computed together as 4 x 16 register tiles (dot4; the same sums as dot_row, bit for bit).
  * Backward (FlashAttention-2): D_i = rowsum(dO_i * O_i); per block P = exp(S - lse),
  * dP = dO V^T, dS = P * (dP - D), dV += P^T dO, dK += scale dS^T Q, dQ += scale dS K. It runs in
  * two race-free passes: one parallel over (b, kv head, key block) owning dK and dV rows (it
