@@ -8,13 +8,21 @@
  * Forward: for each (b, h, block of BR queries) an online softmax over key blocks of BC keys:
  * scores of one block row are computed, the running max m, sum l and accumulator are rescaled
  * by exp(m_old - m_new), and out = acc / l, lse = m + log l at the end. No T x S matrix ever
- * exists: per thread scratch is a few BR x D / BC x D tiles.
+ * exists: per thread scratch is a few BR x D / BC x D tiles. Scores of full groups of 4 query rows
+ * are computed together as 4 x 16 register tiles (dot4; the same sums as dot_row, bit for bit).
  * Backward (FlashAttention-2): D_i = rowsum(dO_i * O_i); per block P = exp(S - lse),
  * dP = dO V^T, dS = P * (dP - D), dV += P^T dO, dK += scale dS^T Q, dQ += scale dS K. It runs in
  * two race-free passes: one parallel over (b, kv head, key block) owning dK and dV rows (it
  * loops over every query head of the group and every query block), one parallel over
  * (b, head, query block) owning dQ rows. Each gradient element is summed in a fixed order, so
- * results do not depend on the thread count.
+ * results do not depend on the thread count. When both dQ and dK/dV are wanted and there is one
+ * thread or >= 4 (b, kv head) items per thread, a fused single pass runs instead: one item per
+ * (b, kv head) walks the key blocks in ascending order doing pass 1's work and also adding dS K into
+ * a per-thread copy of its group's dQ rows (G x T x D floats), so P and dS are computed once, not
+ * twice; every dQ element is summed in pass 2's order, so both paths give bit-identical results.
+ * Pass 1 (and the fused pass) handle query rows in groups of 4: the scores Q K^T and dP = dO V^T
+ * of the group are 4 x 16 register tiles over the head dim (dot4), and each dK/dV row takes the
+ * group's 4 terms in one sweep (in row order, so the per-element arithmetic is unchanged).
  * Collider (algorithms.md §8.4): nc_attention_backward_masked takes a kept-query mask qkeep (B, T);
  * a masked query row contributes nothing anywhere (it is skipped in both passes; its dQ row is left
  * untouched), which equals the dense backward with that row of dO set to zero (then P (dP - D) = 0
@@ -51,7 +59,7 @@ typedef struct {
 
 /* floats of per-thread scratch */
 static inline int64_t attn_scratch_floats(int64_t D) {
-    return 4 * (int64_t)ATT_BR * D + 6 * (int64_t)ATT_BC * D + 4 * (int64_t)ATT_BC + 2 * (int64_t)ATT_BR + 64;
+    return 4 * (int64_t)ATT_BR * D + 6 * (int64_t)ATT_BC * D + 12 * (int64_t)ATT_BC + 2 * (int64_t)ATT_BR + 64;
 }
 #endif
 
@@ -92,6 +100,36 @@ static inline void dot_row(float *restrict row, const float *restrict qi, const 
     }
 }
 
+/* rows r < 4 of out (stride ATT_BC), columns j < jn: out[r][j] = sum_d q[r][d] * kt[d][j], summed over d
+ * in the same order as dot_row (bit-identical per element); register tiles of 4 rows x 16 keys.
+ * Columns up to the next multiple of 16 (<= ATT_BC) are computed from whatever kt holds and ignored. */
+static inline void dot4(float *restrict out, const float *restrict q, const float *restrict kt, int64_t D, int64_t jn) {
+    const float *q0 = q, *q1 = q + D, *q2 = q + 2 * D, *q3 = q + 3 * D;
+    for (int64_t j0 = 0; j0 < jn; j0 += 16) {
+        float c0[16], c1[16], c2[16], c3[16];
+        for (int jj = 0; jj < 16; jj++) c0[jj] = c1[jj] = c2[jj] = c3[jj] = 0.0f;
+        for (int64_t d = 0; d < D; d++) {
+            const float *kr = kt + d * ATT_BC + j0;
+            float a0 = q0[d], a1 = q1[d], a2 = q2[d], a3 = q3[d];
+#pragma omp simd
+            for (int jj = 0; jj < 16; jj++) {
+                float kv = kr[jj];
+                c0[jj] += a0 * kv;
+                c1[jj] += a1 * kv;
+                c2[jj] += a2 * kv;
+                c3[jj] += a3 * kv;
+            }
+        }
+        int64_t n = jn - j0 < 16 ? jn - j0 : 16;
+        for (int64_t jj = 0; jj < n; jj++) {
+            out[j0 + jj] = c0[jj];
+            out[ATT_BC + j0 + jj] = c1[jj];
+            out[2 * ATT_BC + j0 + jj] = c2[jj];
+            out[3 * ATT_BC + j0 + jj] = c3[jj];
+        }
+    }
+}
+
 /* acc[d] += sum_j p[j] * vb[j][d] */
 static inline void axpy_rows(float *restrict acc, const float *restrict p, const float *restrict vb, int64_t D,
                              int64_t jn) {
@@ -118,7 +156,7 @@ void KFN(nc_k_attn_fwd_item)(const attn_args *a, int64_t item, float *scratch) {
     int64_t hk = h / (H / a->Hkv);
     int64_t t0 = qb * ATT_BR, nq = T - t0 < ATT_BR ? T - t0 : ATT_BR;
     float *Qs = scratch, *acc = Qs + ATT_BR * D, *Kt = acc + ATT_BR * D, *Vb = Kt + ATT_BC * D;
-    float *row = Vb + ATT_BC * D, *m = row + ATT_BC, *l = m + ATT_BR;
+    float *rows = Vb + ATT_BC * D, *m = rows + 4 * ATT_BC, *l = m + ATT_BR;
     load_rows(Qs, a->q, a->qs, b, t0, nq, h, D, a->scale);
     for (int64_t i = 0; i < nq; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
     memset(acc, 0, (size_t)(nq * D) * sizeof(float));
@@ -132,9 +170,16 @@ void KFN(nc_k_attn_fwd_item)(const attn_args *a, int64_t item, float *scratch) {
         load_rows_t(Kt, a->k, a->ks, b, s0, nk, hk, D);
         load_rows(Vb, a->v, a->vs, b, s0, nk, hk, D, 1.0f);
         for (int64_t i = 0; i < nq; i++) {
+            /* full groups of 4 rows: their scores as 4 x 16 register tiles (the same sums as dot_row),
+             * over the last row's visible keys (visibility grows with t) */
+            if ((i & 3) == 0 && i + 4 <= nq) {
+                int64_t j3 = visible(a, t0 + i + 3, s0, nk);
+                if (j3 > 0) dot4(rows, Qs + i * D, Kt, D, j3);
+            }
             int64_t jn = visible(a, t0 + i, s0, nk);
             if (jn <= 0) continue;
-            dot_row(row, Qs + i * D, Kt, D, jn);
+            float *row = rows + (i & 3) * ATT_BC;
+            if (i - (i & 3) + 4 > nq) dot_row(row, Qs + i * D, Kt, D, jn);
             float mx = -INFINITY;
 #pragma omp simd reduction(max : mx)
             for (int64_t j = 0; j < jn; j++) mx = row[j] > mx ? row[j] : mx;
@@ -169,34 +214,50 @@ void KFN(nc_k_attn_fwd_item)(const attn_args *a, int64_t item, float *scratch) {
 }
 
 /* P (jn) = exp(Qs_i K^T - lse_i), dS (jn) = P * (dO_i V^T - D_i); returns jn (0 = nothing) */
-static inline int64_t prob_row(const attn_args *a, int64_t b, int64_t h, int64_t t, int64_t s0, int64_t nk,
-                               const float *qi, const float *doi, const float *Kt, const float *Vt, float *P,
-                               float *dS) {
+static inline void prob_finish(float *restrict P, float *restrict dS, float L, float Di, int64_t jn);
+
+/* keys of block [s0, s0+nk) that carry gradient for query row t of head h (0 = none) */
+static inline int64_t row_jn(const attn_args *a, int64_t b, int64_t h, int64_t t, int64_t s0, int64_t nk) {
     if (a->qkeep && !a->qkeep[b * a->T + t]) return 0;   /* a filtered query: no gradient flows */
     int64_t jn = visible(a, t, s0, nk);
     if (jn <= 0) return 0;
+    if (a->lse_in[(b * a->H + h) * a->T + t] == -INFINITY) return 0;
+    return jn;
+}
+
+static inline int64_t prob_row(const attn_args *a, int64_t b, int64_t h, int64_t t, int64_t s0, int64_t nk,
+                               const float *qi, const float *doi, const float *Kt, const float *Vt, float *P,
+                               float *dS) {
+    int64_t jn = row_jn(a, b, h, t, s0, nk);
+    if (jn <= 0) return 0;
     float L = a->lse_in[(b * a->H + h) * a->T + t];
-    if (L == -INFINITY) return 0;
     float Di = a->dvec[(b * a->H + h) * a->T + t];
     dot_row(P, qi, Kt, a->D, jn);
     dot_row(dS, doi, Vt, a->D, jn);
+    prob_finish(P, dS, L, Di, jn);
+    return jn;
+}
+
+/* P = exp(P - L), dS = P * (dS - Di) for j < jn */
+static inline void prob_finish(float *restrict P, float *restrict dS, float L, float Di, int64_t jn) {
 #pragma omp simd
     for (int64_t j = 0; j < jn; j++) {
         float p = nc_expf_fast(P[j] - L);
         P[j] = p;
         dS[j] = p * (dS[j] - Di);
     }
-    return jn;
 }
 
 /* ---- backward pass 1: one (b, kv head, key block) owns its dK and dV rows -------------------- */
-void KFN(nc_k_attn_bwd_kv_item)(const attn_args *a, int64_t item, float *scratch) {
+/* key block kb of (b, kv head hk): its dK, dV rows; with dqloc (G x T x D, the group's dQ rows)
+ * also dQ += dS K for every row it visits (the fused single pass) */
+static void KFN(bwd_kv_block)(const attn_args *a, int64_t b, int64_t hk, int64_t kb, float *scratch, float *dqloc) {
     int64_t D = a->D, H = a->H, T = a->T, S = a->S, Hkv = a->Hkv, G = H / Hkv;
-    int64_t nkb = (S + ATT_BC - 1) / ATT_BC;
-    int64_t kb = item % nkb, hk = (item / nkb) % Hkv, b = item / (nkb * Hkv);
     int64_t s0 = kb * ATT_BC, nk = S - s0 < ATT_BC ? S - s0 : ATT_BC;
     float *Qs = scratch, *dO = Qs + ATT_BR * D, *Kt = dO + ATT_BR * D, *Vt = Kt + ATT_BC * D;
-    float *dK = Vt + ATT_BC * D, *dV = dK + ATT_BC * D, *P = dV + ATT_BC * D, *dS = P + ATT_BC;
+    float *dK = Vt + ATT_BC * D, *dV = dK + ATT_BC * D, *Kb = dV + ATT_BC * D, *P = Kb + ATT_BC * D;
+    float *dS = P + 4 * ATT_BC;
+    if (dqloc) load_rows(Kb, a->k, a->ks, b, s0, nk, hk, D, a->scale);
     load_rows_t(Kt, a->k, a->ks, b, s0, nk, hk, D);
     load_rows_t(Vt, a->v, a->vs, b, s0, nk, hk, D);
     memset(dK, 0, (size_t)(nk * D) * sizeof(float));
@@ -209,16 +270,66 @@ void KFN(nc_k_attn_bwd_kv_item)(const attn_args *a, int64_t item, float *scratch
             int64_t nq = T - t0 < ATT_BR ? T - t0 : ATT_BR;
             load_rows(Qs, a->q, a->qs, b, t0, nq, h, D, a->scale);
             load_rows(dO, a->go, a->gs, b, t0, nq, h, D, 1.0f);
-            for (int64_t i = 0; i < nq; i++) {
-                const float *qi = Qs + i * D, *doi = dO + i * D;
-                int64_t jn = prob_row(a, b, h, t0 + i, s0, nk, qi, doi, Kt, Vt, P, dS);
-                for (int64_t j = 0; j < jn; j++) {
-                    float pj = P[j], sj = dS[j];
+            /* rows in groups of 4: P and dS of the group first, then one pass over each dK/dV row
+             * adds the group's 4 terms in row order (the same per-element order as row by row) */
+            for (int64_t i0 = 0; i0 < nq; i0 += 4) {
+                int64_t ng = nq - i0 < 4 ? nq - i0 : 4, jmax = 0, jns[4] = {0, 0, 0, 0};
+                for (int64_t r = 0; r < ng; r++) {
+                    jns[r] = row_jn(a, b, h, t0 + i0 + r, s0, nk);
+                    if (jns[r] > jmax) jmax = jns[r];
+                }
+                if (jmax == 0) continue;
+                /* P and dS rows as prob_row computes them (same per-element arithmetic) */
+                if (ng == 4) {
+                    dot4(P, Qs + i0 * D, Kt, D, jmax);
+                    dot4(dS, dO + i0 * D, Vt, D, jmax);
+                } else {
+                    for (int64_t r = 0; r < ng; r++) {
+                        if (jns[r] <= 0) continue;
+                        dot_row(P + r * ATT_BC, Qs + (i0 + r) * D, Kt, D, jns[r]);
+                        dot_row(dS + r * ATT_BC, dO + (i0 + r) * D, Vt, D, jns[r]);
+                    }
+                }
+                for (int64_t r = 0; r < ng; r++) {
+                    int64_t i = i0 + r, jn = jns[r];
+                    if (jn <= 0) continue;
+                    int64_t ri = (b * H + h) * T + t0 + i;
+                    prob_finish(P + r * ATT_BC, dS + r * ATT_BC, a->lse_in[ri], a->dvec[ri], jn);
+                    if (dqloc)   /* fused: dQ_i += dS_i K (blocks ascending, as in pass 2) */
+                        axpy_rows(dqloc + ((h - hk * G) * T + t0 + i) * D, dS + r * ATT_BC, Kb, D, jn);
+                }
+                const float *q0 = Qs + i0 * D, *q1 = q0 + D, *q2 = q1 + D, *q3 = q2 + D;
+                const float *o0 = dO + i0 * D, *o1 = o0 + D, *o2 = o1 + D, *o3 = o2 + D;
+                for (int64_t j = 0; j < jmax; j++) {
                     float *dv = dV + j * D, *dk = dK + j * D;
+                    if (jns[0] > j && jns[1] > j && jns[2] > j && jns[3] > j) {
+                        float p0 = P[j], p1 = P[ATT_BC + j], p2 = P[2 * ATT_BC + j], p3 = P[3 * ATT_BC + j];
+                        float s0_ = dS[j], s1 = dS[ATT_BC + j], s2 = dS[2 * ATT_BC + j], s3 = dS[3 * ATT_BC + j];
 #pragma omp simd
-                    for (int64_t d = 0; d < D; d++) {
-                        dv[d] += pj * doi[d];
-                        dk[d] += sj * qi[d];
+                        for (int64_t d = 0; d < D; d++) {
+                            float x = dv[d], y = dk[d];
+                            x += p0 * o0[d];
+                            y += s0_ * q0[d];
+                            x += p1 * o1[d];
+                            y += s1 * q1[d];
+                            x += p2 * o2[d];
+                            y += s2 * q2[d];
+                            x += p3 * o3[d];
+                            y += s3 * q3[d];
+                            dv[d] = x;
+                            dk[d] = y;
+                        }
+                    } else {
+                        for (int64_t r = 0; r < ng; r++) {
+                            if (jns[r] <= j) continue;
+                            float pj = P[r * ATT_BC + j], sj = dS[r * ATT_BC + j];
+                            const float *qi = Qs + (i0 + r) * D, *doi = dO + (i0 + r) * D;
+#pragma omp simd
+                            for (int64_t d = 0; d < D; d++) {
+                                dv[d] += pj * doi[d];
+                                dk[d] += sj * qi[d];
+                            }
+                        }
                     }
                 }
             }
@@ -237,6 +348,33 @@ void KFN(nc_k_attn_bwd_kv_item)(const attn_args *a, int64_t item, float *scratch
             const float *src = dV + j * D;
 #pragma omp simd
             for (int64_t d = 0; d < D; d++) g[d] += src[d];
+        }
+    }
+}
+
+void KFN(nc_k_attn_bwd_kv_item)(const attn_args *a, int64_t item, float *scratch) {
+    int64_t nkb = (a->S + ATT_BC - 1) / ATT_BC;
+    KFN(bwd_kv_block)(a, item / (nkb * a->Hkv), (item / nkb) % a->Hkv, item % nkb, scratch, NULL);
+}
+
+/* ---- fused backward: one (b, kv head) owns dK, dV and the dQ rows of its query-head group ------
+ * Key blocks ascending, so each dQ element is summed in the same order as pass 2's; the result is
+ * bit-identical to the two passes (the choice between them does not change any number). */
+void KFN(nc_k_attn_bwd_fused_item)(const attn_args *a, int64_t item, float *scratch) {
+    int64_t D = a->D, H = a->H, T = a->T, S = a->S, Hkv = a->Hkv, G = H / Hkv;
+    int64_t hk = item % Hkv, b = item / Hkv;
+    float *dqloc = scratch + attn_scratch_floats(D);
+    memset(dqloc, 0, (size_t)(G * T * D) * sizeof(float));
+    for (int64_t kb = 0; kb < (S + ATT_BC - 1) / ATT_BC; kb++) KFN(bwd_kv_block)(a, b, hk, kb, scratch, dqloc);
+    if (!a->gq) return;
+    for (int64_t g = 0; g < G; g++) {
+        int64_t h = hk * G + g;
+        for (int64_t t = 0; t < T; t++) {
+            if (a->qkeep && !a->qkeep[b * T + t]) continue;
+            float *dst = a->gq + ((b * T + t) * H + h) * D;
+            const float *src = dqloc + (g * T + t) * D;
+#pragma omp simd
+            for (int64_t d = 0; d < D; d++) dst[d] += src[d];
         }
     }
 }
@@ -260,9 +398,9 @@ void KFN(nc_k_attn_bwd_q_item)(const attn_args *a, int64_t item, float *scratch)
     }
     for (int64_t s0 = 0; s0 < kend; s0 += ATT_BC) {
         int64_t nk = kend - s0 < ATT_BC ? kend - s0 : ATT_BC;
+        load_rows(Kb, a->k, a->ks, b, s0, nk, hk, D, a->scale);
         load_rows_t(Kt, a->k, a->ks, b, s0, nk, hk, D);
         load_rows_t(Vt, a->v, a->vs, b, s0, nk, hk, D);
-        load_rows(Kb, a->k, a->ks, b, s0, nk, hk, D, a->scale);
         for (int64_t i = 0; i < nq; i++) {
             int64_t jn = prob_row(a, b, h, t0 + i, s0, nk, Qs + i * D, dO + i * D, Kt, Vt, P, dS);
             axpy_rows(dQ + i * D, dS, Kb, D, jn);
@@ -281,12 +419,14 @@ void KFN(nc_k_attn_bwd_q_item)(const attn_args *a, int64_t item, float *scratch)
 void nc_k_attn_fwd_item_avx2(const attn_args *a, int64_t item, float *scratch);
 void nc_k_attn_bwd_kv_item_avx2(const attn_args *a, int64_t item, float *scratch);
 void nc_k_attn_bwd_q_item_avx2(const attn_args *a, int64_t item, float *scratch);
+void nc_k_attn_bwd_fused_item_avx2(const attn_args *a, int64_t item, float *scratch);
 
 typedef void (*attn_item_fn)(const attn_args *, int64_t, float *);
 
 /* Run fn over items in parallel, each thread with its own scratch tile set. */
-static nc_status run_items(const char *op, attn_item_fn fn, const attn_args *a, int64_t items, double flops) {
-    int64_t nfl = attn_scratch_floats(a->D);
+static nc_status run_items(const char *op, attn_item_fn fn, const attn_args *a, int64_t items, double flops,
+                           int64_t extra) {
+    int64_t nfl = attn_scratch_floats(a->D) + extra;
     int oom = 0;
 #pragma omp parallel if (items > 1 && flops > 2e5) num_threads(nc_threads())
     {
@@ -358,7 +498,7 @@ nc_status nc_attention(nc_tensor *out, nc_tensor *lse, const nc_tensor *q, const
     }
     int64_t items = a.B * a.H * ((a.T + ATT_BR - 1) / ATT_BR);
     double flops = 4.0 * a.B * a.H * a.T * a.S * a.D;
-    return run_items(op, nc_cpu_avx2() ? nc_k_attn_fwd_item_avx2 : nc_k_attn_fwd_item_base, &a, items, flops);
+    return run_items(op, nc_cpu_avx2() ? nc_k_attn_fwd_item_avx2 : nc_k_attn_fwd_item_base, &a, items, flops, 0);
 }
 
 static nc_status attn_bwd(const char *op, nc_tensor *gq, nc_tensor *gk, nc_tensor *gv, const nc_tensor *out,
@@ -426,13 +566,22 @@ static nc_status attn_bwd(const char *op, nc_tensor *gq, nc_tensor *gk, nc_tenso
     double flops = 4.0 * a.B * a.H * a.T * a.S * a.D;
     int avx2 = nc_cpu_avx2();
     nc_status st = NC_OK;
+    int64_t G = a.H / a.Hkv, fitems = a.B * a.Hkv;
+    int64_t nth = nc_threads();
+    if (gq && (gk || gv) && (nth == 1 || fitems >= 4 * nth)) {
+        /* one thread, or enough (b, kv head) items to keep the threads busy: one fused pass computes
+         * P and dS once (scratch O(T D) per thread: the group's dQ rows) */
+        st = run_items(op, avx2 ? nc_k_attn_bwd_fused_item_avx2 : nc_k_attn_bwd_fused_item_base, &a, fitems, flops,
+                       G * a.T * a.D);
+        gq = NULL; gk = NULL; gv = NULL;
+    }
     if (gk || gv) {
         int64_t items = a.B * a.Hkv * ((a.S + ATT_BC - 1) / ATT_BC);
-        st = run_items(op, avx2 ? nc_k_attn_bwd_kv_item_avx2 : nc_k_attn_bwd_kv_item_base, &a, items, flops);
+        st = run_items(op, avx2 ? nc_k_attn_bwd_kv_item_avx2 : nc_k_attn_bwd_kv_item_base, &a, items, flops, 0);
     }
     if (st == NC_OK && gq) {
         int64_t items = a.B * a.H * ((a.T + ATT_BR - 1) / ATT_BR);
-        st = run_items(op, avx2 ? nc_k_attn_bwd_q_item_avx2 : nc_k_attn_bwd_q_item_base, &a, items, flops);
+        st = run_items(op, avx2 ? nc_k_attn_bwd_q_item_avx2 : nc_k_attn_bwd_q_item_base, &a, items, flops, 0);
     }
     nc_host_free(dvec, nrow * (int64_t)sizeof(float));
     return st;
