@@ -644,6 +644,9 @@ typedef struct nc_engine_cfg {
 } nc_engine_cfg;
 nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t n_layers, const nc_engine_cfg *cfg,
                            int64_t pos, const nc_tensor *cos, const nc_tensor *sin);
+/* y (R, N) = x (R, K) w^T for R <= 8 rows, f32, contiguous: the decode LM head (threads split w's
+ * rows; no OpenBLAS). */
+nc_status nc_engine_head_f32(nc_tensor *y, const nc_tensor *x, const nc_tensor *w);
 
 /* int8 weights, per-row absmax scale (the engine's int8 LM head option): w f32 (N, K) -> w8 i8
  * (N, Kp) with codes nearbyint(w * 127 / max|row|) in [-127, 127] (zero padding to Kp = kpad(K)) and

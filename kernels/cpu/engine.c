@@ -288,3 +288,39 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
     nc_host_free(mem, by);
     return NC_OK;
 }
+
+/* y (R, N) = x (R, K) W^T for a few rows (decode's LM head, f32 weights): threads split the N
+ * weight rows, each row read once for all R activation rows. A plain OpenMP loop, no OpenBLAS:
+ * at R = 1 sgemm runs far below memory bandwidth, and OpenBLAS's own spinning threads would fight
+ * the engine's OpenMP threads for the cores. */
+nc_status nc_engine_head_f32(nc_tensor *y, const nc_tensor *x, const nc_tensor *w) {
+    static const char *op = "engine_head_f32";
+    NC_TRY(nc_check_f32_cpu(op, "x", x));
+    NC_TRY(nc_check_f32_cpu(op, "w", w));
+    NC_TRY(nc_check_f32_cpu(op, "y", y));
+    NC_TRY(nc_check_contiguous(op, "x", x));
+    NC_TRY(nc_check_contiguous(op, "w", w));
+    NC_TRY(nc_check_contiguous(op, "y", y));
+    NC_TRY(nc_check_ndim(op, "x", x, 2));
+    NC_TRY(nc_check_ndim(op, "w", w, 2));
+    const int64_t R = x->shape[0], K = x->shape[1], N = w->shape[0];
+    if (w->shape[1] != K || R > 8)
+        return nc_fail(NC_ERR_SHAPE, "%s: expected x (R <= 8, K) and w (N, K), got x (%lld, %lld), w (%lld, %lld)", op,
+                       (long long)R, (long long)K, (long long)N, (long long)w->shape[1]);
+    int64_t ys[2] = {R, N};
+    NC_TRY(nc_check_shape(op, "y", y, 2, ys));
+    const float *X = nc_f32p(x), *W = nc_f32p(w);
+    float *Y = nc_f32p(y);
+#pragma omp parallel for schedule(static) if (N * K >= NC_PAR_MIN) num_threads(nc_threads())
+    for (int64_t n = 0; n < N; n++) {
+        const float *wr = W + n * K;
+        for (int64_t r = 0; r < R; r++) {
+            const float *xr = X + r * K;
+            float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+            for (int64_t k = 0; k < K; k++) acc += wr[k] * xr[k];
+            Y[r * N + n] = acc;
+        }
+    }
+    return NC_OK;
+}

@@ -399,6 +399,10 @@ function Engine:_logits(h)
     local lg
     if self.head_dtype == 'i8' then
         lg = infer.matmul(qa(h2), self.head)
+    elseif self.head_dtype == 'f32' and h2:size(0) <= 8 then
+        -- decode / short chunks: a bandwidth-bound GEMV on the engine's threads (sgemm at M = 1 is not)
+        lg = n.empty { h2:size(0), c.vocab_size }
+        check(C.nc_engine_head_f32(lg._c, h2._c, self.head._c), 'engine head')
     else
         lg = n.linear(h2, wide(self.head))
     end

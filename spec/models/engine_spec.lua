@@ -118,6 +118,20 @@ describe('engine: train = serve', function()
         end
     end)
 
+    it('the decode head GEMV (nc_engine_head_f32) equals nc.linear; more than 8 rows is an error', function()
+        for _, sh in ipairs { { 1, 33, 70 }, { 3, 1000, 256 }, { 8, 17, 5 } } do
+            local R, N, K = sh[1], sh[2], sh[3]
+            local x, w = nc.randn { R, K }, nc.randn { N, K }
+            local y = nc.empty { R, N }
+            nc.core.check(nc.C.nc_engine_head_f32(y._c, x._c, w._c), 'engine head')
+            assert.is_true(rel_diff(nc.linear(x, w), y) < 1e-6)
+        end
+        local ok, err = pcall(nc.core.check, nc.C.nc_engine_head_f32(nc.empty({ 9, 4 })._c, nc.randn({ 9, 3 })._c,
+            nc.randn({ 4, 3 })._c), 'engine head')
+        assert.is_false(ok)
+        assert.truthy(tostring(err):find('R <= 8', 1, true), err)
+    end)
+
     it('fused decode rejects a full cache and mismatched shapes with clear errors', function()
         local m = model_of('micro')
         local e = nc.pack(m)
