@@ -235,6 +235,21 @@ void nc_k_ternary_rows(float *y, int64_t M, int64_t N, const int8_t *q, const fl
     else gemm_scalar(y, M, N, q, act_inv, act_sum, w, gamma, kp, n0, n1);
 }
 
+/* t: a contiguous f32 cpu vector of n elements (scales, sums' companions) */
+static nc_status check_f32_vec(const char *op, const char *name, const nc_tensor *t, int64_t n) {
+    NC_TRY(nc_check_f32_cpu(op, name, t));
+    NC_TRY(nc_check_contiguous(op, name, t));
+    return nc_check_shape(op, name, t, 1, &n);
+}
+
+/* y: a contiguous f32 cpu (M, N) output */
+static nc_status check_out(const char *op, const nc_tensor *y, int64_t M, int64_t N) {
+    int64_t ys[2] = {M, N};
+    NC_TRY(nc_check_f32_cpu(op, "y", y));
+    NC_TRY(nc_check_contiguous(op, "y", y));
+    return nc_check_shape(op, "y", y, 2, ys);
+}
+
 static nc_status check_matmul(const char *op, const nc_tensor *y, const nc_tensor *q, const nc_tensor *act_scale,
                               const nc_tensor *act_sum, const nc_tensor *packed, const nc_tensor *row_scale) {
     NC_TRY(nc_check_dtype(op, "q", q, NC_I8));
@@ -248,19 +263,13 @@ static nc_status check_matmul(const char *op, const nc_tensor *y, const nc_tenso
     NC_TRY(nc_check_ndim(op, "packed", packed, 2));
     int64_t N = packed->shape[0];
     NC_TRY(check_packed(op, packed, N, kp));
-    int64_t ms[1] = {M}, ns[1] = {N}, ys[2] = {M, N};
-    NC_TRY(nc_check_f32_cpu(op, "act_scale", act_scale));
-    NC_TRY(nc_check_contiguous(op, "act_scale", act_scale));
-    NC_TRY(nc_check_shape(op, "act_scale", act_scale, 1, ms));
+    int64_t ms[1] = {M};
+    NC_TRY(check_f32_vec(op, "act_scale", act_scale, M));
     NC_TRY(nc_check_dtype(op, "act_sum", act_sum, NC_I32));
     NC_TRY(nc_check_contiguous(op, "act_sum", act_sum));
     NC_TRY(nc_check_shape(op, "act_sum", act_sum, 1, ms));
-    NC_TRY(nc_check_f32_cpu(op, "row_scale", row_scale));
-    NC_TRY(nc_check_contiguous(op, "row_scale", row_scale));
-    NC_TRY(nc_check_shape(op, "row_scale", row_scale, 1, ns));
-    NC_TRY(nc_check_f32_cpu(op, "y", y));
-    NC_TRY(nc_check_contiguous(op, "y", y));
-    return nc_check_shape(op, "y", y, 2, ys);
+    NC_TRY(check_f32_vec(op, "row_scale", row_scale, N));
+    return check_out(op, y, M, N);
 }
 
 /* rows [n0, n1) on the calling thread; inv = 1/s per activation row */
@@ -363,13 +372,11 @@ nc_status nc_int8_quant_rows(nc_tensor *w8, nc_tensor *wscale, const nc_tensor *
     NC_TRY(nc_check_contiguous(op, "w", w));
     NC_TRY(nc_check_ndim(op, "w", w, 2));
     int64_t N = w->shape[0], K = w->shape[1], kp = nc_ternary_kpad(K);
-    int64_t ws[2] = {N, kp}, ss[1] = {N};
+    int64_t ws[2] = {N, kp};
     NC_TRY(nc_check_dtype(op, "w8", w8, NC_I8));
     NC_TRY(nc_check_contiguous(op, "w8", w8));
     NC_TRY(nc_check_shape(op, "w8", w8, 2, ws));
-    NC_TRY(nc_check_f32_cpu(op, "wscale", wscale));
-    NC_TRY(nc_check_contiguous(op, "wscale", wscale));
-    NC_TRY(nc_check_shape(op, "wscale", wscale, 1, ss));
+    NC_TRY(check_f32_vec(op, "wscale", wscale, N));
     const float *wp = nc_f32p(w);
     int8_t *qp = nc_tensor_data(w8);
     float *sp = nc_f32p(wscale);
@@ -437,16 +444,9 @@ nc_status nc_int8_matmul(nc_tensor *y, const nc_tensor *q, const nc_tensor *act_
     if (kp % 32 || w8->shape[1] != kp)
         return nc_fail(NC_ERR_SHAPE, "%s: q (%lld, %lld) and w8 (%lld, %lld) need the same padded K, a multiple of 32",
                        op, (long long)M, (long long)kp, (long long)N, (long long)w8->shape[1]);
-    int64_t ms[1] = {M}, ns[1] = {N}, ys[2] = {M, N};
-    NC_TRY(nc_check_f32_cpu(op, "act_scale", act_scale));
-    NC_TRY(nc_check_contiguous(op, "act_scale", act_scale));
-    NC_TRY(nc_check_shape(op, "act_scale", act_scale, 1, ms));
-    NC_TRY(nc_check_f32_cpu(op, "wscale", wscale));
-    NC_TRY(nc_check_contiguous(op, "wscale", wscale));
-    NC_TRY(nc_check_shape(op, "wscale", wscale, 1, ns));
-    NC_TRY(nc_check_f32_cpu(op, "y", y));
-    NC_TRY(nc_check_contiguous(op, "y", y));
-    NC_TRY(nc_check_shape(op, "y", y, 2, ys));
+    NC_TRY(check_f32_vec(op, "act_scale", act_scale, M));
+    NC_TRY(check_f32_vec(op, "wscale", wscale, N));
+    NC_TRY(check_out(op, y, M, N));
     const int8_t *qp = nc_tensor_data(q);
     for (int64_t i = 0; i < M * kp; i++)   /* the AVX2 sign trick needs |q| <= 127 (quant_act never gives -128) */
         if (qp[i] == -128) return nc_fail(NC_ERR_ARG, "%s: activation code -128 at %lld (expected [-127, 127])", op,
