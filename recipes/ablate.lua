@@ -27,10 +27,7 @@ local cfg = {
     model = 'configs/models/tiny.lua',   -- the baseline
     e3 = 'configs/models/e3.lua',        -- where the feature settings come from
 }
-for k, v in pairs(rawget(_G, 'ARGS') or {}) do
-    if cfg[k] == nil then error('ablate: unknown setting ' .. tostring(k)) end
-    cfg[k] = v
-end
+nc.cli.settings(cfg, 'ablate')   -- key=value arguments (unknown keys / wrong types are errors)
 if cfg.threads > 0 then nc.set_num_threads(cfg.threads) end
 
 local tok, shard_dir = nc.data.prepare { corpus = cfg.corpus, vocab = cfg.vocab }

@@ -48,21 +48,12 @@ local cfg = {
     out = 'runs/e3', resume = true,
 }
 local args = rawget(_G, 'ARGS') or {}
-local function apply(t, where)
-    for k, v in pairs(t) do
-        if cfg[k] == nil then error(string.format('e3: unknown setting %s (%s)', tostring(k), where)) end
-        if type(cfg[k]) ~= type(v) then
-            error(string.format('e3: setting %s must be a %s (%s), got %s', k, type(cfg[k]), where, type(v)))
-        end
-        cfg[k] = v
-    end
-end
-if args.config and args.config ~= '' then
+if args.config and args.config ~= '' then          -- a preset first, then the command line on top
     local preset = dofile(args.config)
     if type(preset) ~= 'table' then error('e3: ' .. args.config .. ' must return a table of settings') end
-    apply(preset, args.config)
+    nc.cli.settings(cfg, 'e3', preset, args.config)
 end
-apply(args, 'command line')
+nc.cli.settings(cfg, 'e3', args)
 if cfg.device ~= 'cpu' then
     -- the presets for GPUs name device = 'cuda'; training needs every op on the device
     if not nc.cuda_available() then

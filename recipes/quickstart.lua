@@ -13,10 +13,7 @@ local cfg = {
     steps = 300, lr = 3e-3, d = 64, heads = 4, kv_heads = 2, layers = 2, seq = 64, batch = 16,
     seed = 1, out = 'runs/quickstart', threads = 0, sample = 160,
 }
-for k, v in pairs(rawget(_G, 'ARGS') or {}) do
-    if cfg[k] == nil then error('quickstart: unknown setting ' .. tostring(k)) end
-    cfg[k] = v
-end
+nc.cli.settings(cfg, 'quickstart')   -- key=value arguments (unknown keys / wrong types are errors)
 if cfg.threads > 0 then nc.set_num_threads(cfg.threads) end
 nc.manual_seed(cfg.seed)
 

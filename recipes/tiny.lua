@@ -26,10 +26,7 @@ local cfg = {
     threads = 0, seed = 1,
     out = 'runs/tiny', resume = true,
 }
-for k, v in pairs(rawget(_G, 'ARGS') or {}) do
-    if cfg[k] == nil then error('tiny: unknown setting ' .. tostring(k)) end
-    cfg[k] = v
-end
+nc.cli.settings(cfg, 'tiny')   -- key=value arguments (unknown keys / wrong types are errors)
 if cfg.threads > 0 then nc.set_num_threads(cfg.threads) end
 nc.manual_seed(cfg.seed)
 

@@ -280,4 +280,23 @@ function M.main(argv, tty)
     return run_script('-', {}, argv0)
 end
 
+-- Recipe settings: overwrite the fields of `defaults` with `kv` (default: the global ARGS of the
+-- key=value arguments). Unknown keys and wrong types are errors naming the recipe (`name`) and
+-- where the value came from (`where`, default 'command line'); a number given for a string
+-- setting is taken as its text (out=123). Returns defaults, changed in place.
+function M.settings(defaults, name, kv, where)
+    kv = kv or rawget(_G, 'ARGS') or {}
+    where = where or 'command line'
+    for k, v in pairs(kv) do
+        local d = defaults[k]
+        if d == nil then error(string.format('%s: unknown setting %s (%s)', name, tostring(k), where), 0) end
+        if type(d) == 'string' and type(v) == 'number' then v = tostring(v) end
+        if type(d) ~= type(v) then
+            error(string.format('%s: setting %s must be a %s (%s), got %s', name, k, type(d), where, type(v)), 0)
+        end
+        defaults[k] = v
+    end
+    return defaults
+end
+
 return M
