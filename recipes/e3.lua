@@ -21,7 +21,8 @@
 --                   2/3 of training (nanochat.mtp)
 --   (3) Collider token filtering: the rho fraction of tokens with the lowest loss is dropped
 --       from the loss AND from every layer's backward (nanochat.collider);
---   (4) the hybrid optimizer: block matrices on 8-bit Muon under GaLore 2 (rank 1/4), embedding,
+--   (4) the hybrid optimizer: block matrices on 8-bit Muon under GaLore 2 (rank 1/4; momentum
+--       warmup 0.85 -> 0.95 over `momentum_warmup` steps), embedding,
 --       head, norms and mHC/gate scalars on AdamW (or Lion with rest=lion); WSD schedule;
 --   (5) val loss / bits-per-byte, Rust samples (early exit at q = exit_q), self-speculative
 --       decoding through the MTP module, the mHC report, the packed engine (nc.pack: train = serve
@@ -42,6 +43,7 @@ local cfg = {
     -- optimization
     steps = 300, batch = 8, seq = 0, grad_accum = 1,     -- seq 0 = the model's seq_len
     lr = 3e-3, matrix_lr = 0.02, galore = true, muon8 = true, rest = 'adamw',
+    momentum_warmup = 30,   -- Muon momentum 0.85 -> 0.95 over these steps (modded-nanogpt; 0 = off)
     weight_decay = 0.0, warmup = 30, cooldown = 0.3, clip = 1.0, z_loss = 0.0,
     eval_every = 100, eval_batches = 16, sample_tokens = 80,
     threads = 0, seed = 1, device = 'cpu',
@@ -109,7 +111,8 @@ print(string.format('e3: %s, %.2fM params (%.2fM in matmuls), d=%d, T=%d, batch 
 local filter = cfg.collider and nc.collider.new { rho = cfg.rho } or nil
 
 -- ---- (4) optimizer, schedule, data, training -----------------------------------------------------
-local matrix_rule = { optim = cfg.muon8 and 'muon8' or 'muon', lr = cfg.matrix_lr, weight_decay = cfg.weight_decay }
+local matrix_rule = { optim = cfg.muon8 and 'muon8' or 'muon', lr = cfg.matrix_lr, weight_decay = cfg.weight_decay,
+                      momentum_warmup = math.min(cfg.momentum_warmup, cfg.steps) }
 if cfg.galore then matrix_rule.galore = { rank_frac = 0.25 } end
 local rest = { optim = cfg.rest, lr = cfg.rest == 'lion' and cfg.lr / 3 or cfg.lr }
 local opt = nc.optim.hybrid { model = model, rules = {
