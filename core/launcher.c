@@ -485,6 +485,16 @@ int main(int argc, char **argv) {
         else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
             setenv("OPENBLAS_CORETYPE", "Haswell", 0);
     }
+    /* Two thread pools share the cores: OpenBLAS's pthreads (sgemm) and libgomp's (our kernels).
+     * By default each keeps spinning after its work (OpenBLAS ~2^28 cycles, libgomp 300000 spins),
+     * so the pool that runs next competes with the other's spinning threads for the cores; on 2
+     * cores that cost the tiny model's training step ~35% (README "Thread pools"). Both runtimes
+     * read these once, when loaded; a value the user set wins, and NC_POOL_DEFAULTS=1 keeps the
+     * runtimes' own defaults. Same rule as lua/nanochat/core.lua. */
+    if (!getenv("NC_POOL_DEFAULTS") || strcmp(getenv("NC_POOL_DEFAULTS"), "1") != 0) {
+        setenv("OPENBLAS_THREAD_TIMEOUT", "4", 0);
+        setenv("GOMP_SPINCOUNT", "10000", 0);
+    }
     char libpath[PATH_BUF + 32];
     snprintf(libpath, sizeof libpath, "%s/libnanochat.so", libdir);
     if (is_file(libpath) && !dlopen(libpath, RTLD_LAZY | RTLD_NODELETE)) dlerror();

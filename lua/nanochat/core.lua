@@ -74,6 +74,15 @@ if not os.getenv('OPENBLAS_CORETYPE') then
     end
 end
 
+-- OpenBLAS's pthreads and libgomp's threads share the cores, and by default each pool keeps
+-- spinning after its work, competing with the other pool's next call (~35% of a tiny training step
+-- on 2 cores). Both read these once, when loaded; a value the user set wins, NC_POOL_DEFAULTS=1
+-- keeps the runtimes' defaults (core/launcher.c applies the same rule before it loads the library).
+M.THREAD_ENV = { OPENBLAS_THREAD_TIMEOUT = '4', GOMP_SPINCOUNT = '10000' }
+if os.getenv('NC_POOL_DEFAULTS') ~= '1' then
+    for k, v in pairs(M.THREAD_ENV) do ffi.C.setenv(k, v, 0) end
+end
+
 ffi.cdef(M.ffi_region())
 local C = ffi.load(M.lib_path)
 M.C = C

@@ -3,6 +3,7 @@
 -- the same model, threads and batch (tools/torch_ref.py --bench) when torch is installed.
 --
 --   ./nanochat tools/bench/train.lua [configs=tiny,small] [B=8] [T=256] [steps=4] [warmup=2] [threads=2]
+--                                    [torch=1]   (torch=0: skip the PyTorch run)
 --
 -- A step is forward + backward + a fused AdamW step (nc.optim.adamw) on random tokens.
 -- MFU = tokens/s * model:flops_per_token(T) / peak, peak = the median GFLOP/s of a raw
@@ -38,6 +39,7 @@ local peak = 2 * 1024 ^ 3 / gemm_s
 a, b = nil, nil
 
 local function torch_bench(name)
+    if tostring(args.torch) == '0' then return nil end
     local ok = os.execute('python3 -c "import torch, safetensors" >/dev/null 2>&1')
     if ok ~= 0 and ok ~= true then return nil end
     local cmd = string.format('python3 tools/torch_ref.py --bench --config %s --B %d --T %d --threads %d --steps %d --warmup %d 2>/dev/null',
