@@ -6,7 +6,8 @@
 --    so they are tested with tensor headers that claim the CUDA device over host storage: every
 --    entry point (adamw, lion, muon, muon8, galore, quant8, dequant8, newton_schulz,
 --    rsvd_projector) rejects mixed devices with NC_ERR_DEVICE and a message naming the op and each
---    tensor's device, leaving the parameter untouched; all-CUDA inputs are a clean device error.
+--    tensor's device, leaving the parameter untouched; all-CUDA inputs are a clean device error;
+--    the CPU's f32 NS5 is within 2e-6 of float64 (the basis of NS_RTOL).
 --  - With a GPU (pending otherwise, with nc.cuda_status()'s reason): AdamW (both eps modes), Lion,
 --    the Muon momentum (f32 and 8-bit: codes, scales) and quant8 / dequant8 (LINEAR and DYNAMIC,
 --    nearest and stochastic) equal the CPU bitwise; Newton-Schulz, Muon's parameter update and
@@ -41,6 +42,12 @@ end
 
 local function last_error() return ffi.string(C.nc_last_error()) end
 
+local function max_abs(l)
+    local m = 0
+    for i = 1, #l do m = math.max(m, math.abs(l[i])) end
+    return m
+end
+
 local function hp_new(t)
     local hp = ffi.new('nc_optim_hp')
     hp.lr, hp.weight_decay, hp.beta1, hp.beta2, hp.eps, hp.step = 0.01, 0.1, 0.9, 0.95, 1e-8, 1
@@ -63,7 +70,7 @@ local function claim(t, device)
     return h
 end
 
-describe('optimizer steps: device checks (no GPU needed)', function()
+describe('optimizer steps without a GPU: device checks and the NS tolerance', function()
     local p = H.randn({ 6, 8 })
     local g, m, v = H.randn({ 6, 8 }), nc.zeros({ 6, 8 }), nc.zeros({ 6, 8 })
     local codes, scales = nc.zeros({ 48 }, { dtype = 'i8' }), nc.zeros({ 1 })
@@ -133,6 +140,20 @@ describe('optimizer steps: device checks (no GPU needed)', function()
         assert.matches('adamw_step: the tensors are on cuda but', last_error(), 1, true)
     end)
 
+    it('the basis of NS_RTOL: the CPU\'s f32 NS5 is within 2e-6 * max |x| of float64', function()
+        -- measured 1.2e-6, 1.5e-6, 0.8e-6 (and 1.6e-6 on 96x96); cuBLAS is another f32 rounding
+        for _, sh in ipairs { { 37, 53 }, { 64, 24 }, { 5, 200 } } do
+            local x = H.randn(sh)
+            local y = nc.optim.newton_schulz(x, { steps = 5 }):tolist()
+            local ref = H.ns_ref(x:tolist(), sh[1], sh[2], 5, { 3.4445, -4.7750, 2.0315 }, 1e-7)
+            local worst = 0
+            for i = 1, #ref do worst = math.max(worst, math.abs(y[i] - ref[i])) end
+            local rel = worst / max_abs(ref)
+            assert(rel < 2e-6, string.format('%dx%d: %.3g', sh[1], sh[2], rel))
+            assert(rel < NS_RTOL / 10)
+        end
+    end)
+
     it('optimizer state is allocated on the parameter\'s device', function()
         local w = H.randn({ 4, 6 })
         local opt = nc.optim.muon({ { 'w', w } }, { state_bits = 8, block = 8 })
@@ -143,12 +164,6 @@ end)
 
 -- ---- CUDA against the CPU ---------------------------------------------------------------------------------
 local function dev(t) return t:cuda() end
-
-local function max_abs(l)
-    local m = 0
-    for i = 1, #l do m = math.max(m, math.abs(l[i])) end
-    return m
-end
 
 -- |got - want| <= rtol * max |want| + atol, elementwise
 local function near(got, want, rtol, what, atol)
