@@ -81,7 +81,9 @@ nanochat: core/launcher.c | deps
 
 # ---- CUDA backend (dlopen'ed by the core on first use) -------------------------------------
 cuda: lib/libnanochat_cuda.so
-build/kernels/cuda/%.o: kernels/cuda/%.cu core/backend.h core/nanochat.h
+# optim.cu: belt and braces for its CPU-bitwise kernels (they already use __fmul_rn / __fadd_rn)
+build/kernels/cuda/optim.o: NVCCFLAGS += -fmad=false
+build/kernels/cuda/%.o: kernels/cuda/%.cu kernels/cuda/common.cuh core/backend.h core/nanochat.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 

@@ -14,7 +14,7 @@
 
 #include "nanochat.h"
 
-#define NC_CUDA_API_VERSION 2
+#define NC_CUDA_API_VERSION 3   /* 3: the optimizer entries (kernels/cuda/optim.cu) */
 
 /* Up to three strided operands sharing one logical shape (broadcast operands have stride 0). */
 typedef struct nc_strided3 {
@@ -35,6 +35,44 @@ typedef struct nc_reduce_geo {
 } nc_reduce_geo;
 
 enum nc_copy_kind { NC_COPY_H2D = 0, NC_COPY_D2H = 1, NC_COPY_D2D = 2 };
+
+/* ---- optimizer steps (API 3; kernels/cuda/optim.cu, dispatched from kernels/cpu/optim*.c) ----
+ * Every constant is computed once on the host by the same C code the CPU kernels use (so the f32
+ * values are identical bits) and passed in this struct; the device kernels then repeat the CPU's
+ * f32 operation order without contraction (no FMA), so elementwise results match the CPU bitwise. */
+typedef struct nc_cuda_optc {
+    /* AdamW (kernels/cpu/optim.c adam_consts) and Lion (b1, b2) */
+    float b1, b2, eps, coef, bc2s;
+    int32_t galore_eps;     /* 1 = enum nc_adam_eps GALORE placement, 0 = TORCH */
+    /* Muon momentum: m = mu m + damp g; u = nesterov ? damp g + mu m : m */
+    float mu, damp;
+    int32_t nesterov;
+    /* 8-bit momentum / block quantizer */
+    int32_t stochastic, map;   /* map: enum nc_quant8_map */
+    int64_t block;
+    uint64_t seed, counter;
+    /* parameter update p = p * decay - step * u */
+    float decay, step;
+} nc_cuda_optc;
+
+/* The 8-bit code map exactly as the CPU builds it (kernels/cpu/optim.c build_map): 128 ascending
+ * magnitudes, nearest-entry thresholds mid (mid[127] = 2, a sentinel) and a 1025-entry start table
+ * for the threshold search. The CUDA side copies the host table into __constant__ memory. */
+#define NC_MAP_BINS 1024
+typedef struct nc_code_map {
+    float mag[128];
+    float mid[128];
+    uint8_t lut[NC_MAP_BINS + 1];
+} nc_code_map;
+
+/* Floats of device workspace newton_schulz needs for a (rows, cols) matrix: the per-4096-chunk
+ * double partial sums of the Frobenius norm (2 floats each), the scale (2), X, Y (r c), A, B (r r)
+ * with r = min(rows, cols), c = max(rows, cols). */
+#define NC_CUDA_NS_CHUNK 4096
+static inline int64_t nc_cuda_ns_ws_floats(int64_t rows, int64_t cols) {
+    int64_t r = rows < cols ? rows : cols, n = rows * cols;
+    return 2 * ((n + NC_CUDA_NS_CHUNK - 1) / NC_CUDA_NS_CHUNK) + 2 + 2 * n + 2 * r * r;
+}
 
 typedef struct nc_cuda_api {
     int32_t api_version;                       /* NC_CUDA_API_VERSION */
@@ -66,6 +104,30 @@ typedef struct nc_cuda_api {
     /* dst[kept] += alpha * sum over the reduced dims of src (double accumulation in a fixed order,
      * one thread per kept element); dst's kept positions must be distinct (no stride-0 dims) */
     nc_status (*sum_to)(float *dst, const float *src, const nc_reduce_geo *g, double alpha);
+
+    /* ---- optimizers (API 3); all buffers contiguous f32 / i8 device memory of n elements ---- */
+    /* AdamW on n elements: updates m, v; with p: p = p * decay - step * d (d = the Adam direction),
+     * else writes d into d_out (GaLore's low-rank direction). */
+    nc_status (*adam)(float *p, float *d_out, const float *g, float *m, float *v, int64_t n, const nc_cuda_optc *c);
+    /* Lion: updates m; with p: p = p * decay - step * sign(b1 m + (1-b1) g), else d_out = that sign */
+    nc_status (*lion)(float *p, float *d_out, const float *g, float *m, int64_t n, const nc_cuda_optc *c);
+    /* Muon f32 momentum: m updated in place, u = the NS input (nesterov or plain) */
+    nc_status (*muon_momentum)(float *u, float *m, const float *g, int64_t n, const nc_cuda_optc *c);
+    /* Muon 8-bit momentum: one CUDA block per quantization block dequantizes, updates,
+     * requantizes (codes, scales in place) and writes u; map_host: the CPU's table of c->map */
+    nc_status (*muon8_momentum)(float *u, int8_t *codes, float *scales, const float *g, int64_t n,
+                                const nc_cuda_optc *c, const nc_code_map *map_host);
+    /* p = p * decay - step * u (u NULL: p = p * decay) */
+    nc_status (*apply_update)(float *p, const float *u, int64_t n, float decay, float step);
+    /* blockwise 8-bit codes of x (n), as nc_quant8_block_map: uses c->block, stochastic, seed, counter, map */
+    nc_status (*quant8)(int8_t *codes, float *scales, const float *x, int64_t n, const nc_cuda_optc *c,
+                        const nc_code_map *map_host);
+    nc_status (*dequant8)(float *out, const int8_t *codes, const float *scales, int64_t n, int64_t block, int32_t map,
+                          const nc_code_map *map_host);
+    /* In-place Newton-Schulz of x (rows, cols) as nc_newton_schulz (host_abc: steps' (a, b, c) triples
+     * on the host); ws: nc_cuda_ns_ws_floats(rows, cols) floats of device memory (8-byte aligned). */
+    nc_status (*newton_schulz)(float *x, int64_t rows, int64_t cols, int32_t steps, const double *host_abc,
+                               int32_t n_abc, double fro_mult, double eps, float *ws);
 } nc_cuda_api;
 
 typedef const nc_cuda_api *(*nc_cuda_api_get_fn)(void);

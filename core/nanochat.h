@@ -453,8 +453,12 @@ void nc_loader_get_stats(nc_loader *L, nc_loader_stats *out);
 
 
 /* ---- optimizers: kernels/cpu/optim*.c - issues 4/5 ----------------- */
-/* Update rules and numbers: docs/algorithms.md sections 2-6. Every tensor is f32, CPU and contiguous
+/* Update rules and numbers: docs/algorithms.md sections 2-6. Every tensor is f32 and contiguous
  * unless stated; p (the parameter), g (its gradient) and full-size state have the same numel.
+ * Devices: all tensors of one call on the CPU, or all on CUDA (then the CUDA backend runs the step,
+ * kernels/cuda/optim.cu: elementwise results bitwise the CPU's, sgemm-based ones within f32
+ * tolerance; nc_rsvd_projector round-trips through the host; nc_svd and nc_quant8_codebook are
+ * CPU-only); mixed devices are NC_ERR_DEVICE naming each tensor's device.
  * Matrices are (rows, cols) = W (out, in); a tensor with more dims is treated as
  * (shape[0], numel / shape[0]). All kernels are threaded with OpenMP and deterministic: the same
  * inputs give the same bits on any thread count. Workspaces are transient (freed on return). */

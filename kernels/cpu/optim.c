@@ -8,6 +8,13 @@
  * element). The 8-bit momentum is dequantized, updated and requantized block by block inside the
  * step; the only full-precision copy is the transient Newton-Schulz input buffer, freed (returned
  * to the host block cache) before the call returns.
+ *
+ * Devices: every entry point takes CPU tensors or CUDA tensors (all of one call on one device;
+ * mixing is an NC_ERR_DEVICE error naming the op and each tensor's device). For CUDA tensors the
+ * same argument checks run here, the constants are computed here exactly as for the CPU, and the
+ * work goes to the CUDA backend (core/backend.h optimizer entries, kernels/cuda/optim.cu):
+ * elementwise results are the CPU's bits; Newton-Schulz and GaLore's projections use cuBLAS sgemm
+ * (agreement within f32 tolerance). Transient CUDA buffers are device tensors freed on return.
  */
 #pragma GCC optimize("no-math-errno", "no-trapping-math")
 
@@ -23,11 +30,57 @@
  * serial, on 2 threads). Below it a pass costs < ~0.3 ms. */
 #define NC_OPTIM_PAR_MIN (1 << 20)
 
+/* ---- devices (helpers declared in optim_internal.h) -------------------------------------------- */
+static const char *dev_name(int32_t d) { return d == NC_CPU ? "cpu" : d == NC_CUDA ? "cuda" : "an unknown device"; }
+
+nc_status nc_optim_one_device(const char *op, int32_t *dev, int n, const char *const *names, const nc_tensor *const *ts) {
+    int32_t d = -1;
+    int mixed = 0;
+    for (int i = 0; i < n; i++) {
+        if (!ts[i]) continue;
+        if (d < 0) d = ts[i]->device;
+        else if (ts[i]->device != d) mixed = 1;
+    }
+    if (mixed) {
+        char list[512];
+        size_t k = 0;
+        for (int i = 0; i < n && k < sizeof list; i++)
+            if (ts[i]) k += snprintf(list + k, sizeof list - k, "%s%s on %s", k ? ", " : "", names[i], dev_name(ts[i]->device));
+        return nc_fail(NC_ERR_DEVICE, "%s: all tensors must be on one device (all cpu or all cuda), got %s", op, list);
+    }
+    *dev = d < 0 ? NC_CPU : d;
+    if (*dev != NC_CPU && *dev != NC_CUDA) return nc_fail(NC_ERR_DEVICE, "%s: unknown device %d", op, *dev);
+    return NC_OK;
+}
+
+const nc_cuda_api *nc_optim_cuda(const char *op) {
+    const nc_cuda_api *cu = nc_cuda();
+    if (!cu) nc_fail(NC_ERR_DEVICE, "%s: the tensors are on cuda but %s", op, nc_cuda_status());
+    return cu;
+}
+
+nc_status nc_optim_cuda_err(const char *op, const nc_cuda_api *cu, nc_status st) {
+    return nc_fail(st, "%s: %s", op, cu->last_error());
+}
+
+nc_tensor *nc_optim_cuda_buffer(const char *op, int64_t n) {
+    int64_t shp[1] = { n > 0 ? n : 1 };
+    nc_tensor *t = nc_tensor_new(NC_F32, NC_CUDA, 1, shp);
+    if (!t) nc_fail(NC_ERR_OOM, "%s: cannot allocate a %lld-float CUDA workspace (%s)", op, (long long)shp[0],
+                    nc_last_error());
+    return t;
+}
+
+#define DEV2(a, b) nc_optim_one_device(op, &dev, 2, (const char *const[]){ #a, #b }, (const nc_tensor *const[]){ a, b })
+#define DEV3(a, b, c) nc_optim_one_device(op, &dev, 3, (const char *const[]){ #a, #b, #c }, (const nc_tensor *const[]){ a, b, c })
+#define DEV4(a, b, c, d) \
+    nc_optim_one_device(op, &dev, 4, (const char *const[]){ #a, #b, #c, #d }, (const nc_tensor *const[]){ a, b, c, d })
+
 /* ---- argument checks ---------------------------------------------------------------------- */
-static nc_status want_f32(const char *op, const char *arg, const nc_tensor *t) {
+static nc_status want_f32(const char *op, const char *arg, const nc_tensor *t, int32_t dev) {
     NC_TRY(nc_check_not_null(op, arg, t));
     NC_TRY(nc_check_dtype(op, arg, t, NC_F32));
-    NC_TRY(nc_check_cpu(op, arg, t));
+    NC_TRY(nc_check_device(op, arg, t, dev));
     return nc_check_contiguous(op, arg, t);
 }
 
@@ -40,9 +93,9 @@ static nc_status want_numel(const char *op, const char *arg, const nc_tensor *t,
     return NC_OK;
 }
 
-static nc_status check_pg(const char *op, const nc_tensor *p, const nc_tensor *g, const nc_optim_hp *hp) {
-    NC_TRY(want_f32(op, "p", p));
-    NC_TRY(want_f32(op, "g", g));
+static nc_status check_pg(const char *op, const nc_tensor *p, const nc_tensor *g, const nc_optim_hp *hp, int32_t dev) {
+    NC_TRY(want_f32(op, "p", p, dev));
+    NC_TRY(want_f32(op, "g", g, dev));
     NC_TRY(want_numel(op, "g", g, nc_tensor_numel(p)));
     if (!hp) return nc_fail(NC_ERR_ARG, "%s: hp is NULL", op);
     if (!(hp->lr >= 0) || !isfinite(hp->lr)) return nc_fail(NC_ERR_ARG, "%s: lr must be finite and >= 0, got %g", op, hp->lr);
@@ -95,15 +148,48 @@ static nc_status check_hp_adam(const char *op, const nc_optim_hp *hp) {
     return NC_OK;
 }
 
+/* the CUDA kernels' constants: the same f32 values the CPU loops use */
+static nc_cuda_optc optc_of(const nc_optim_hp *hp) {
+    nc_cuda_optc c;
+    memset(&c, 0, sizeof c);
+    adam_c a = adam_consts(hp);
+    c.b1 = a.b1;
+    c.b2 = a.b2;
+    c.eps = a.eps;
+    c.coef = a.coef;
+    c.bc2s = a.bc2s;
+    c.galore_eps = a.galore;
+    c.mu = (float)hp->momentum;
+    c.damp = (float)hp->dampening;
+    c.nesterov = hp->nesterov;
+    c.stochastic = hp->stochastic;
+    c.map = hp->quant;
+    c.block = hp->block;
+    c.seed = hp->seed;
+    c.counter = hp->counter;
+    c.decay = (float)(1.0 - hp->lr * hp->weight_decay);
+    c.step = (float)hp->lr;
+    return c;
+}
+
 nc_status nc_adamw_step(nc_tensor *p, const nc_tensor *g, nc_tensor *m, nc_tensor *v, const nc_optim_hp *hp) {
     static const char *op = "adamw_step";
-    NC_TRY(check_pg(op, p, g, hp));
+    int32_t dev;
+    NC_TRY(DEV4(p, g, m, v));
+    NC_TRY(check_pg(op, p, g, hp, dev));
     int64_t n = nc_tensor_numel(p);
-    NC_TRY(want_f32(op, "m", m));
+    NC_TRY(want_f32(op, "m", m, dev));
     NC_TRY(want_numel(op, "m", m, n));
-    NC_TRY(want_f32(op, "v", v));
+    NC_TRY(want_f32(op, "v", v, dev));
     NC_TRY(want_numel(op, "v", v, n));
     NC_TRY(check_hp_adam(op, hp));
+    if (dev == NC_CUDA) {
+        const nc_cuda_api *cu = nc_optim_cuda(op);
+        if (!cu) return NC_ERR_DEVICE;
+        nc_cuda_optc c = optc_of(hp);
+        nc_status st = cu->adam(nc_f32p(p), NULL, nc_f32p(g), nc_f32p(m), nc_f32p(v), n, &c);
+        return st == NC_OK ? NC_OK : nc_optim_cuda_err(op, cu, st);
+    }
     adam_c c = adam_consts(hp);
     float decay = (float)(1.0 - hp->lr * hp->weight_decay), lr = (float)hp->lr;
     float *P = nc_f32p(p), *M = nc_f32p(m), *V = nc_f32p(v);
@@ -128,10 +214,19 @@ static inline float lion_elem(float g, float *m, float b1, float b2) {
 
 nc_status nc_lion_step(nc_tensor *p, const nc_tensor *g, nc_tensor *m, const nc_optim_hp *hp) {
     static const char *op = "lion_step";
-    NC_TRY(check_pg(op, p, g, hp));
+    int32_t dev;
+    NC_TRY(DEV3(p, g, m));
+    NC_TRY(check_pg(op, p, g, hp, dev));
     int64_t n = nc_tensor_numel(p);
-    NC_TRY(want_f32(op, "m", m));
+    NC_TRY(want_f32(op, "m", m, dev));
     NC_TRY(want_numel(op, "m", m, n));
+    if (dev == NC_CUDA) {
+        const nc_cuda_api *cu = nc_optim_cuda(op);
+        if (!cu) return NC_ERR_DEVICE;
+        nc_cuda_optc c = optc_of(hp);
+        nc_status st = cu->lion(nc_f32p(p), NULL, nc_f32p(g), nc_f32p(m), n, &c);
+        return st == NC_OK ? NC_OK : nc_optim_cuda_err(op, cu, st);
+    }
     float b1 = (float)hp->beta1, b2 = (float)hp->beta2;
     float decay = (float)(1.0 - hp->lr * hp->weight_decay), lr = (float)hp->lr;
     float *P = nc_f32p(p), *M = nc_f32p(m);
@@ -190,12 +285,11 @@ static inline float quant_block(int8_t *codes, const float *x, int64_t len, int6
  * blocks (README "Optimizers"). R = 0.5 would be the linear map again (binary fractions). */
 #define NC_DYN_BASE 0.4
 
-#define NC_MAP_BINS 1024
-typedef struct {
-    float mag[128];   /* magnitudes */
-    float mid[128];   /* mid[j] = (mag[j] + mag[j + 1]) / 2: nearest-entry thresholds; mid[127] = 2 */
-    uint8_t lut[NC_MAP_BINS + 1];   /* lut[b] = number of mid[j] < b / NC_MAP_BINS: the search start */
-} code_map;
+/* code_map = core/backend.h nc_code_map (the CUDA kernels get this very table):
+ *   mag[128]: magnitudes; mid[128]: mid[j] = (mag[j] + mag[j + 1]) / 2, the nearest-entry
+ *   thresholds, mid[127] = 2; lut[NC_MAP_BINS + 1]: lut[b] = number of mid[j] < b / NC_MAP_BINS,
+ *   the search start. */
+typedef nc_code_map code_map;
 
 static void build_map(code_map *cm, int32_t map) {
     cm->mag[0] = 0.0f;
@@ -293,20 +387,21 @@ static nc_status check_map(const char *op, int32_t map) {
 nc_status nc_quant8_codebook(nc_tensor *out, int32_t map) {
     static const char *op = "quant8_codebook";
     NC_TRY(check_map(op, map));
-    NC_TRY(want_f32(op, "out", out));
+    NC_TRY(want_f32(op, "out", out, NC_CPU));
     NC_TRY(want_numel(op, "out", out, 128));
     memcpy(nc_f32p(out), get_map(map)->mag, sizeof(float) * 128);
     return NC_OK;
 }
 
-static nc_status check_codes(const char *op, const nc_tensor *codes, const nc_tensor *scales, int64_t n, int64_t block) {
+static nc_status check_codes(const char *op, const nc_tensor *codes, const nc_tensor *scales, int64_t n, int64_t block,
+                             int32_t dev) {
     if (block < 1) return nc_fail(NC_ERR_ARG, "%s: block must be >= 1, got %lld", op, (long long)block);
     NC_TRY(nc_check_not_null(op, "codes", codes));
     NC_TRY(nc_check_dtype(op, "codes", codes, NC_I8));
-    NC_TRY(nc_check_cpu(op, "codes", codes));
+    NC_TRY(nc_check_device(op, "codes", codes, dev));
     NC_TRY(nc_check_contiguous(op, "codes", codes));
     NC_TRY(want_numel(op, "codes", codes, n));
-    NC_TRY(want_f32(op, "scales", scales));
+    NC_TRY(want_f32(op, "scales", scales, dev));
     int64_t nb = (n + block - 1) / block;
     if (nc_tensor_numel(scales) != nb) {
         char b[NC_DESC_LEN];
@@ -324,10 +419,25 @@ nc_status nc_quant8_block(nc_tensor *codes, nc_tensor *scales, const nc_tensor *
 nc_status nc_quant8_block_map(nc_tensor *codes, nc_tensor *scales, const nc_tensor *x, int64_t block,
                               int32_t stochastic, uint64_t seed, uint64_t counter, int32_t map) {
     static const char *op = "quant8_block";
+    int32_t dev;
+    NC_TRY(DEV3(codes, scales, x));
     NC_TRY(check_map(op, map));
-    NC_TRY(want_f32(op, "x", x));
+    NC_TRY(want_f32(op, "x", x, dev));
     int64_t n = nc_tensor_numel(x);
-    NC_TRY(check_codes(op, codes, scales, n, block));
+    NC_TRY(check_codes(op, codes, scales, n, block, dev));
+    if (dev == NC_CUDA) {
+        const nc_cuda_api *cu = nc_optim_cuda(op);
+        if (!cu) return NC_ERR_DEVICE;
+        nc_cuda_optc c;
+        memset(&c, 0, sizeof c);
+        c.block = block;
+        c.stochastic = stochastic;
+        c.seed = seed;
+        c.counter = counter;
+        c.map = map;
+        nc_status st = cu->quant8((int8_t *)nc_tensor_data(codes), nc_f32p(scales), nc_f32p(x), n, &c, get_map(map));
+        return st == NC_OK ? NC_OK : nc_optim_cuda_err(op, cu, st);
+    }
     const float *X = nc_f32p(x);
     int8_t *Cd = (int8_t *)nc_tensor_data(codes);
     float *S = nc_f32p(scales);
@@ -347,10 +457,19 @@ nc_status nc_dequant8_block(nc_tensor *out, const nc_tensor *codes, const nc_ten
 nc_status nc_dequant8_block_map(nc_tensor *out, const nc_tensor *codes, const nc_tensor *scales, int64_t block,
                                 int32_t map) {
     static const char *op = "dequant8_block";
+    int32_t dev;
+    NC_TRY(DEV3(out, codes, scales));
     NC_TRY(check_map(op, map));
-    NC_TRY(want_f32(op, "out", out));
+    NC_TRY(want_f32(op, "out", out, dev));
     int64_t n = nc_tensor_numel(out);
-    NC_TRY(check_codes(op, codes, scales, n, block));
+    NC_TRY(check_codes(op, codes, scales, n, block, dev));
+    if (dev == NC_CUDA) {
+        const nc_cuda_api *cu = nc_optim_cuda(op);
+        if (!cu) return NC_ERR_DEVICE;
+        nc_status st = cu->dequant8(nc_f32p(out), (const int8_t *)nc_tensor_data(codes), nc_f32p(scales), n, block, map,
+                                    get_map(map));
+        return st == NC_OK ? NC_OK : nc_optim_cuda_err(op, cu, st);
+    }
     float *O = nc_f32p(out);
     const int8_t *Cd = (const int8_t *)nc_tensor_data(codes);
     const float *S = nc_f32p(scales);
@@ -417,19 +536,45 @@ static void apply_update(float *P, const float *U, int64_t n, float decay, float
     for (int64_t i = 0; i < n; i++) P[i] = P[i] * decay - step * U[i];
 }
 
+/* Muon on CUDA: momentum (f32 or 8-bit) into U, Newton-Schulz through cuBLAS, the update. U and
+ * the NS workspace are one transient device tensor. */
+static nc_status muon_cuda(const char *op, nc_tensor *p, const nc_tensor *g, nc_tensor *m, nc_tensor *codes,
+                           nc_tensor *scales, const nc_optim_hp *hp, int64_t rows, int64_t cols, int64_t n) {
+    const nc_cuda_api *cu = nc_optim_cuda(op);
+    if (!cu) return NC_ERR_DEVICE;
+    int64_t nsf = nc_cuda_ns_ws_floats(rows, cols);   /* even: U stays 8-byte aligned too */
+    nc_tensor *ws = nc_optim_cuda_buffer(op, nsf + n);
+    if (!ws) return NC_ERR_OOM;
+    float *W = nc_f32p(ws), *U = W + nsf;
+    nc_cuda_optc c = optc_of(hp);
+    nc_status st = m ? cu->muon_momentum(U, nc_f32p(m), nc_f32p(g), n, &c)
+                     : cu->muon8_momentum(U, (int8_t *)nc_tensor_data(codes), nc_f32p(scales), nc_f32p(g), n, &c,
+                                          get_map(hp->quant));
+    if (st == NC_OK) st = cu->newton_schulz(U, rows, cols, hp->ns_steps, nc_ns_quintic, 1, 1.0, 1e-7, W);
+    if (st == NC_OK)
+        st = cu->apply_update(nc_f32p(p), U, n, (float)(1.0 - hp->lr * hp->weight_decay), (float)(hp->lr * hp->scale));
+    if (st != NC_OK) st = nc_optim_cuda_err(op, cu, st);
+    nc_tensor_release(ws);
+    return st;
+}
+
 static nc_status muon_common(const char *op, nc_tensor *p, const nc_tensor *g, nc_tensor *m, nc_tensor *codes,
                              nc_tensor *scales, const nc_optim_hp *hp) {
-    NC_TRY(check_pg(op, p, g, hp));
+    int32_t dev;
+    if (m) NC_TRY(DEV3(p, g, m));
+    else NC_TRY(DEV4(p, g, codes, scales));
+    NC_TRY(check_pg(op, p, g, hp, dev));
     NC_TRY(check_hp_muon(op, hp));
     int64_t rows = 0, cols = 0, n = nc_tensor_numel(p);
     NC_TRY(as_matrix(op, p, &rows, &cols));
     if (m) {
-        NC_TRY(want_f32(op, "m", m));
+        NC_TRY(want_f32(op, "m", m, dev));
         NC_TRY(want_numel(op, "m", m, n));
     } else {
-        NC_TRY(check_codes(op, codes, scales, n, hp->block));
+        NC_TRY(check_codes(op, codes, scales, n, hp->block, dev));
     }
     if (n == 0) return NC_OK;
+    if (dev == NC_CUDA) return muon_cuda(op, p, g, m, codes, scales, hp, rows, cols, n);
     int64_t bytes = n * (int64_t)sizeof(float);
     float *U = nc_host_alloc(bytes);   /* the NS input buffer: transient */
     if (!U) return nc_fail(NC_ERR_OOM, "%s: cannot allocate the %lld-byte update buffer", op, (long long)bytes);
@@ -455,12 +600,62 @@ nc_status nc_muon8_step(nc_tensor *p, const nc_tensor *g, nc_tensor *codes, nc_t
 }
 
 /* ---- GaLore ---------------------------------------------------------------------------------- */
+/* GaLore on CUDA: the CPU's sequence below with cuBLAS sgemm for the projection and the
+ * back-projection and the CUDA inner steps; R, D (and the NS workspace for Muon) are one
+ * transient device tensor. */
+static nc_status galore_cuda(const char *op, nc_tensor *p, const nc_tensor *g, const nc_tensor *proj, int32_t side,
+                             int32_t inner, nc_tensor *s0, nc_tensor *s1, const nc_optim_hp *hp, int64_t m, int64_t n,
+                             int64_t r, int64_t lr_rows, int64_t lr_cols) {
+    const nc_cuda_api *cu = nc_optim_cuda(op);
+    if (!cu) return NC_ERR_DEVICE;
+    int64_t ln = lr_rows * lr_cols;
+    int muon = inner == NC_OPTIM_MUON || inner == NC_OPTIM_MUON8;
+    int64_t nsf = muon ? nc_cuda_ns_ws_floats(lr_rows, lr_cols) : 0;   /* even */
+    nc_tensor *ws = nc_optim_cuda_buffer(op, nsf + 2 * ln);
+    if (!ws) return NC_ERR_OOM;
+    float *W = nc_f32p(ws), *R = W + nsf, *D = R + ln, *P = nc_f32p(p);
+    const float *G = nc_f32p(g), *Pj = nc_f32p(proj);
+    nc_cuda_optc c = optc_of(hp);
+    nc_status st;
+    if (side == NC_GALORE_LEFT)   /* R (r, n) = P^T G */
+        st = cu->sgemm(1, 0, r, n, m, 1.0f, Pj, r, 0, G, n, 0, 0.0f, R, n, 0, 1);
+    else                          /* R (m, r) = G Q */
+        st = cu->sgemm(0, 0, m, r, n, 1.0f, G, n, 0, Pj, r, 0, 0.0f, R, r, 0, 1);
+    float step = (float)(hp->lr * hp->alpha);
+    if (st == NC_OK) {
+        if (inner == NC_OPTIM_ADAMW) {
+            st = cu->adam(NULL, D, R, nc_f32p(s0), nc_f32p(s1), ln, &c);
+        } else if (inner == NC_OPTIM_LION) {
+            st = cu->lion(NULL, D, R, nc_f32p(s0), ln, &c);
+        } else {
+            if (inner == NC_OPTIM_MUON) st = cu->muon_momentum(D, nc_f32p(s0), R, ln, &c);
+            else st = cu->muon8_momentum(D, (int8_t *)nc_tensor_data(s0), nc_f32p(s1), R, ln, &c, get_map(hp->quant));
+            if (st == NC_OK) st = cu->newton_schulz(D, lr_rows, lr_cols, hp->ns_steps, nc_ns_quintic, 1, 1.0, 1e-7, W);
+            step = (float)(hp->lr * hp->alpha * hp->scale);
+        }
+    }
+    if (st == NC_OK) {
+        if (side == NC_GALORE_LEFT)   /* p -= step P D */
+            st = cu->sgemm(0, 0, m, n, r, -step, Pj, r, 0, D, n, 0, 1.0f, P, n, 0, 1);
+        else                          /* p -= step D Q^T */
+            st = cu->sgemm(0, 1, m, n, r, -step, D, r, 0, Pj, r, 0, 1.0f, P, n, 0, 1);
+    }
+    float decay = (float)(1.0 - hp->lr * hp->weight_decay);
+    if (st == NC_OK && decay != 1.0f) st = cu->apply_update(P, NULL, m * n, decay, 0.0f);
+    if (st != NC_OK) st = nc_optim_cuda_err(op, cu, st);
+    nc_tensor_release(ws);
+    return st;
+}
+
 nc_status nc_galore_step(nc_tensor *p, const nc_tensor *g, const nc_tensor *proj, int32_t side, int32_t inner,
                          nc_tensor *s0, nc_tensor *s1, const nc_optim_hp *hp) {
     static const char *op = "galore_step";
-    NC_TRY(check_pg(op, p, g, hp));
+    int32_t dev;
+    NC_TRY(nc_optim_one_device(op, &dev, 5, (const char *const[]){ "p", "g", "proj", "s0", "s1" },
+                      (const nc_tensor *const[]){ p, g, proj, s0, s1 }));
+    NC_TRY(check_pg(op, p, g, hp, dev));
     NC_TRY(nc_check_ndim(op, "p", p, 2));
-    NC_TRY(want_f32(op, "proj", proj));
+    NC_TRY(want_f32(op, "proj", proj, dev));
     NC_TRY(nc_check_ndim(op, "proj", proj, 2));
     if (side != NC_GALORE_LEFT && side != NC_GALORE_RIGHT)
         return nc_fail(NC_ERR_ARG, "%s: side must be NC_GALORE_LEFT (0) or NC_GALORE_RIGHT (1), got %d", op, side);
@@ -477,24 +672,25 @@ nc_status nc_galore_step(nc_tensor *p, const nc_tensor *g, const nc_tensor *proj
     switch (inner) {
     case NC_OPTIM_ADAMW:
         NC_TRY(check_hp_adam(op, hp));
-        NC_TRY(want_f32(op, "s0 (m)", s0)); NC_TRY(want_numel(op, "s0 (m)", s0, ln));
-        NC_TRY(want_f32(op, "s1 (v)", s1)); NC_TRY(want_numel(op, "s1 (v)", s1, ln));
+        NC_TRY(want_f32(op, "s0 (m)", s0, dev)); NC_TRY(want_numel(op, "s0 (m)", s0, ln));
+        NC_TRY(want_f32(op, "s1 (v)", s1, dev)); NC_TRY(want_numel(op, "s1 (v)", s1, ln));
         break;
     case NC_OPTIM_LION:
-        NC_TRY(want_f32(op, "s0 (m)", s0)); NC_TRY(want_numel(op, "s0 (m)", s0, ln));
+        NC_TRY(want_f32(op, "s0 (m)", s0, dev)); NC_TRY(want_numel(op, "s0 (m)", s0, ln));
         break;
     case NC_OPTIM_MUON:
         NC_TRY(check_hp_muon(op, hp));
-        NC_TRY(want_f32(op, "s0 (m)", s0)); NC_TRY(want_numel(op, "s0 (m)", s0, ln));
+        NC_TRY(want_f32(op, "s0 (m)", s0, dev)); NC_TRY(want_numel(op, "s0 (m)", s0, ln));
         break;
     case NC_OPTIM_MUON8:
         NC_TRY(check_hp_muon(op, hp));
-        NC_TRY(check_codes(op, s0, s1, ln, hp->block));
+        NC_TRY(check_codes(op, s0, s1, ln, hp->block, dev));
         break;
     default:
         return nc_fail(NC_ERR_ARG, "%s: inner must be NC_OPTIM_ADAMW, _MUON, _MUON8 or _LION, got %d", op, inner);
     }
     if (ln == 0 || m == 0 || n == 0) return NC_OK;
+    if (dev == NC_CUDA) return galore_cuda(op, p, g, proj, side, inner, s0, s1, hp, m, n, r, lr_rows, lr_cols);
     int64_t bytes = 2 * ln * (int64_t)sizeof(float);
     float *R = nc_host_alloc(bytes);   /* projected gradient R and direction D: transient */
     if (!R) return nc_fail(NC_ERR_OOM, "%s: cannot allocate a %lld-byte workspace", op, (long long)bytes);

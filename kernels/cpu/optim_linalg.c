@@ -6,6 +6,9 @@
  * LAPACK inside OpenBLAS (sgeqrf/sorgqr/sgesdd/dgesdd; Debian's libopenblas-dev ships no
  * lapacke.h, so the Fortran symbols are declared here). Results are deterministic for a given
  * thread count; workspaces are freed before returning; failures are nc_status with a message.
+ * CUDA tensors: nc_newton_schulz runs on the GPU (kernels/cuda/optim.cu, cuBLAS sgemm: equal to
+ * the CPU within f32 tolerance); nc_rsvd_projector downloads g, runs the CPU code below (LAPACK)
+ * and uploads proj, so a CUDA refresh gives the CPU's bits; nc_svd is CPU-only.
  */
 #pragma GCC optimize("no-math-errno", "no-trapping-math")
 
@@ -134,10 +137,13 @@ static nc_status check_f32_cpu_contig(const char *op, const char *arg, const nc_
 nc_status nc_newton_schulz(nc_tensor *out, const nc_tensor *x, int32_t steps, const double *abc, int32_t n_abc,
                            double fro_mult, double eps) {
     static const char *op = "newton_schulz";
-    NC_TRY(check_f32_cpu_contig(op, "out", out));
+    int32_t dev;
+    NC_TRY(nc_optim_one_device(op, &dev, 2, (const char *const[]){ "out", "x" }, (const nc_tensor *const[]){ out, x }));
+    NC_TRY(nc_check_not_null(op, "out", out));
+    NC_TRY(nc_check_dtype(op, "out", out, NC_F32));
+    NC_TRY(nc_check_contiguous(op, "out", out));
     NC_TRY(nc_check_not_null(op, "x", x));
     NC_TRY(nc_check_dtype(op, "x", x, NC_F32));
-    NC_TRY(nc_check_cpu(op, "x", x));
     NC_TRY(nc_check_same_shape(op, "out", out, "x", x));
     int64_t rows = 0, cols = 0;
     NC_TRY(as_matrix(op, "x", x, &rows, &cols));
@@ -145,6 +151,17 @@ nc_status nc_newton_schulz(nc_tensor *out, const nc_tensor *x, int32_t steps, co
         return nc_fail(NC_ERR_ARG, "%s: expected steps >= 0 and at least one (a, b, c) triple, got steps %d, %d triples",
                        op, steps, n_abc);
     if (out != x) NC_TRY(nc_tensor_copy(out, x));
+    if (dev == NC_CUDA) {
+        const nc_cuda_api *cu = nc_optim_cuda(op);
+        if (!cu) return NC_ERR_DEVICE;
+        if (rows <= 0 || cols <= 0) return NC_OK;
+        nc_tensor *ws = nc_optim_cuda_buffer(op, nc_cuda_ns_ws_floats(rows, cols));
+        if (!ws) return NC_ERR_OOM;
+        nc_status st = cu->newton_schulz(nc_f32p(out), rows, cols, steps, abc, n_abc, fro_mult, eps, nc_f32p(ws));
+        if (st != NC_OK) st = nc_optim_cuda_err(op, cu, st);
+        nc_tensor_release(ws);
+        return st;
+    }
     return nc_optim_ns_inplace(nc_f32p(out), rows, cols, steps, abc, n_abc, fro_mult, eps);
 }
 
@@ -229,6 +246,23 @@ static nc_status orthonormalize(float *Y, int a, int k) {
 nc_status nc_rsvd_projector(nc_tensor *proj, const nc_tensor *g, int32_t side, int32_t oversample,
                             int32_t power_iters, uint64_t seed, uint64_t counter) {
     static const char *op = "rsvd_projector";
+    int32_t dev;
+    NC_TRY(nc_optim_one_device(op, &dev, 2, (const char *const[]){ "proj", "g" }, (const nc_tensor *const[]){ proj, g }));
+    if (dev == NC_CUDA) {
+        /* The refresh runs on the CPU (it is rare: once per update_gap steps, and QR / SVD are
+         * LAPACK): download g, run this function on host copies, upload proj. */
+        NC_TRY(nc_check_dtype(op, "g", g, NC_F32));
+        NC_TRY(nc_check_dtype(op, "proj", proj, NC_F32));
+        NC_TRY(nc_check_ndim(op, "proj", proj, 2));
+        nc_tensor *hg = nc_tensor_new_to(g, NC_F32, NC_CPU);
+        if (!hg) return NC_ERR_DEVICE;
+        nc_tensor *hp = nc_tensor_new(NC_F32, NC_CPU, 2, proj->shape);
+        nc_status st = hp ? nc_rsvd_projector(hp, hg, side, oversample, power_iters, seed, counter) : NC_ERR_OOM;
+        if (st == NC_OK) st = nc_tensor_copy(proj, hp);
+        nc_tensor_release(hp);
+        nc_tensor_release(hg);
+        return st;
+    }
     NC_TRY(check_f32_cpu_contig(op, "g", g));
     NC_TRY(check_f32_cpu_contig(op, "proj", proj));
     NC_TRY(nc_check_ndim(op, "g", g, 2));

@@ -31,6 +31,7 @@
 #include <mutex>
 
 #include "backend.h"
+#include "common.cuh"
 
 namespace {
 
@@ -840,8 +841,35 @@ const nc_cuda_api g_api = {
     api_unary_backward,
     api_add_scaled,
     api_sum_to,
+    nc_cu::opt_adam,
+    nc_cu::opt_lion,
+    nc_cu::opt_muon_momentum,
+    nc_cu::opt_muon8_momentum,
+    nc_cu::opt_apply_update,
+    nc_cu::opt_quant8,
+    nc_cu::opt_dequant8,
+    nc_cu::opt_newton_schulz,
 };
 
 }  // namespace
+
+/* ---- helpers shared with the other translation units (common.cuh, hidden visibility) ------ */
+namespace nc_cu {
+nc_status fail(nc_status code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    va_end(ap);
+    return code;
+}
+nc_status cuda_fail(cudaError_t e, const char *what) { return ::cuda_fail(e, what); }
+nc_status launch_check(const char *op, int64_t n) { return ::launch_check(op, n); }
+nc_status sgemm(int32_t trans_a, int32_t trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                int64_t lda, int64_t stride_a, const float *b, int64_t ldb, int64_t stride_b, float beta, float *c,
+                int64_t ldc, int64_t stride_c, int64_t batch) {
+    return api_sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc, stride_c,
+                     batch);
+}
+}  // namespace nc_cu
 
 extern "C" __attribute__((visibility("default"))) const nc_cuda_api *nc_cuda_api_get(void) { return &g_api; }

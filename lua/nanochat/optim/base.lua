@@ -6,7 +6,8 @@
 --    a Module, or a list of groups { params = {...}, names = {...}, lr = ..., <hyperparameter> = ... };
 --    group fields override the optimizer's options, which override the class defaults.
 --  - state is allocated eagerly at construction (state_bytes() is exact before the first step)
---    as plain tensors; hyperparameters never live in C between calls.
+--    as plain tensors on the parameter's device (cpu or cuda: the C steps dispatch on the
+--    tensors' device, kernels/cuda/optim.cu); hyperparameters never live in C between calls.
 --  - step(mult): for each group lr = group.lr * (mult or 1); params whose .grad is nil are
 --    skipped (their step count does not advance). The update math is one C call per parameter.
 --  - state_dict() -> { tensors = { ['<param name>.<slot>'] = Tensor (the live state, not a copy) },
@@ -104,14 +105,10 @@ function Optimizer:_setup(params, opts)
             local name = g.names[i]
             if self.state[p] then error(string.format('%s: parameter %s appears twice', self.kind, name), 3) end
             if self.by_name[name] then error(string.format('%s: two parameters are named %s', self.kind, name), 3) end
-            if p:device() ~= 'cpu' then
-                error(string.format('%s: parameter %s is on %s; the optimizers run on the CPU for now', self.kind,
-                    name, p:device()), 3)
-            end
             local e = { name = name, param = p, group = g, index = #self.entries + 1 }
             self.entries[#self.entries + 1] = e
             self.by_name[name] = e
-            local st = { slots = {}, order = {}, meta = { step = 0 } }
+            local st = { slots = {}, order = {}, meta = { step = 0 }, device = p:device() }
             self.state[p] = st
             self:init_state(e, st)
         end
@@ -124,9 +121,9 @@ function Optimizer:check_group() end
 function Optimizer:init_state() end
 function Optimizer:on_reset() end
 
--- add a state tensor to st (zeros)
+-- add a state tensor to st (zeros, on the parameter's device)
 function Optimizer:_slot(st, name, shape, dtype)
-    local t = Tensor.zeros(shape, dtype or 'f32')
+    local t = Tensor.zeros(shape, dtype or 'f32', st.device)
     st.slots[name] = t
     st.order[#st.order + 1] = name
     return t

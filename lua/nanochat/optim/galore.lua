@@ -101,7 +101,7 @@ local function refresh(e, st, grad)
         proj:zero_()
         for i = 0, d - 1 do proj:set(i, i, 1) end
     elseif g.svd == 'exact' then
-        local u, _, vt = linalg.svd(grad)
+        local u, _, vt = linalg.svd(grad:device() == 'cpu' and grad or grad:cpu())   -- LAPACK: on the host
         local src = info.side == 'left' and u:narrow(1, 0, info.rank) or vt:narrow(0, 0, info.rank):t()
         proj:copy_(src)
     else

@@ -11,6 +11,8 @@
 --        -> codes i8, scales f32
 --   dequant8(codes, scales, shape, block, quant = 'linear' | 'dynamic') -> f32 tensor
 --   codebook(quant) -> the 128 ascending magnitudes of the code map (f32), value = sign(c) map[|c|] s_b
+-- Outputs are on the input's device (newton_schulz, rsvd, quant8, dequant8 run on CUDA tensors too;
+-- svd and codebook are CPU-only).
 local core = require 'nanochat.core'
 local Tensor = require 'nanochat.tensor'
 local ffi, C = core.ffi, core.C
@@ -59,7 +61,7 @@ function M.rsvd(g, r, opts)
     local side = M.SIDES[opts.side or 'left']
     if not side then error("rsvd: side must be 'left' or 'right', got " .. tostring(opts.side), 2) end
     local d = g:size(side == C.NC_GALORE_LEFT and 0 or 1)
-    local proj = Tensor.empty({ d, r }, 'f32')
+    local proj = Tensor.empty({ d, r }, 'f32', g:device())
     core.check(C.nc_rsvd_projector(proj._c, g:contiguous()._c, side, opts.oversample or 8, opts.power_iters or 2,
         opts.seed or 0, opts.counter or 0), 'rsvd')
     return proj
@@ -79,8 +81,8 @@ function M.quant8(x, opts)
     local map = M.quant_map('quant8', opts.quant, 2)
     local block = opts.block or 2048
     local n = x:numel()
-    local codes = Tensor.empty({ n }, 'i8')
-    local scales = Tensor.empty({ math.ceil(n / block) }, 'f32')
+    local codes = Tensor.empty({ n }, 'i8', x:device())
+    local scales = Tensor.empty({ math.ceil(n / block) }, 'f32', x:device())
     core.check(C.nc_quant8_block_map(codes._c, scales._c, x:contiguous()._c, block, opts.stochastic and 1 or 0,
         opts.seed or 0, opts.counter or 0, map), 'quant8')
     return codes, scales
@@ -88,7 +90,7 @@ end
 
 function M.dequant8(codes, scales, shape, block, quant)
     local map = M.quant_map('dequant8', quant, 2)
-    local out = Tensor.empty(shape or { codes:numel() }, 'f32')
+    local out = Tensor.empty(shape or { codes:numel() }, 'f32', codes:device())
     core.check(C.nc_dequant8_block_map(out._c, codes._c, scales._c, block or 2048, map), 'dequant8')
     return out
 end

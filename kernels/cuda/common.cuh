@@ -1,0 +1,46 @@
+/* kernels/cuda/common.cuh — what the CUDA translation units of lib/libnanochat_cuda.so share.
+ *
+ * Promise: hidden-visibility helpers only (the library still exports just nc_cuda_api_get):
+ * the thread-local error message behind last_error() (backend.cu), launch checks, the row-major
+ * sgemm wrapper, and the optimizer entries of kernels/cuda/optim.cu that backend.cu puts into the
+ * nc_cuda_api table.
+ */
+#ifndef NC_CUDA_COMMON_CUH
+#define NC_CUDA_COMMON_CUH
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "backend.h"
+
+#pragma GCC visibility push(hidden)
+namespace nc_cu {
+
+/* set the message last_error() returns; returns code */
+__attribute__((format(printf, 2, 3))) nc_status fail(nc_status code, const char *fmt, ...);
+nc_status cuda_fail(cudaError_t e, const char *what);
+nc_status launch_check(const char *op, int64_t n);
+/* the nc_cuda_api sgemm entry (row-major, see backend.h) */
+nc_status sgemm(int32_t trans_a, int32_t trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                int64_t lda, int64_t stride_a, const float *b, int64_t ldb, int64_t stride_b, float beta, float *c,
+                int64_t ldc, int64_t stride_c, int64_t batch);
+
+/* kernels/cuda/optim.cu: the optimizer entries of nc_cuda_api (API 3) */
+nc_status opt_adam(float *p, float *d_out, const float *g, float *m, float *v, int64_t n, const nc_cuda_optc *c);
+nc_status opt_lion(float *p, float *d_out, const float *g, float *m, int64_t n, const nc_cuda_optc *c);
+nc_status opt_muon_momentum(float *u, float *m, const float *g, int64_t n, const nc_cuda_optc *c);
+nc_status opt_muon8_momentum(float *u, int8_t *codes, float *scales, const float *g, int64_t n, const nc_cuda_optc *c,
+                             const nc_code_map *map_host);
+nc_status opt_apply_update(float *p, const float *u, int64_t n, float decay, float step);
+nc_status opt_quant8(int8_t *codes, float *scales, const float *x, int64_t n, const nc_cuda_optc *c,
+                     const nc_code_map *map_host);
+nc_status opt_dequant8(float *out, const int8_t *codes, const float *scales, int64_t n, int64_t block, int32_t map,
+                       const nc_code_map *map_host);
+nc_status opt_newton_schulz(float *x, int64_t rows, int64_t cols, int32_t steps, const double *host_abc, int32_t n_abc,
+                            double fro_mult, double eps, float *ws);
+
+}  // namespace nc_cu
+#pragma GCC visibility pop
+
+#endif
