@@ -3,9 +3,17 @@
 --
 -- Promise: `export.gguf(model_or_ckpt_dir_or_engine, path, opts)` writes one GGUF file and returns
 -- (bytes, info) with info = { arch = 'bitnet' | 'nanochat', why = { llama = {...}, bitnet = {...} },
--- warnings = {...} }. opts: type = 'tq2_0' | 'tq1_0' (ternary block type), tokenizer = an
--- nc.tokenizer (embedded as tokenizer.ggml.*), arch = force 'nanochat' (or 'bitnet', an error
--- naming the reasons when the model does not fit it).
+-- warnings = {...}, loop = 'unroll' | 'keep' | nil, unroll = { layers, unique, src,
+-- repeated_bytes, looped_bytes } (unrolled files) }. opts: type = 'tq2_0' | 'tq1_0' (ternary block
+-- type), tokenizer = an nc.tokenizer (embedded as tokenizer.ggml.*), arch = force 'nanochat' (or
+-- 'bitnet', an error naming the reasons when the model does not fit it), loop = 'unroll' | 'keep'
+-- (a LoopLM; default: unroll exactly when that makes it bitnet, see M.unroll / arch_for).
+--
+-- LoopLM: unrolled, the blocks in the full-depth model's order (prelude, shared x T, coda) are
+-- plain layers (shared weights written once per layer: the size cost is reported), no exit gate;
+-- looped ('nanochat' only), nanochat.loop.* keys + the fp32 exit_gate.weight / .bias tensors.
+-- mHC models are refused (no writer carries the stream mixing yet); MTP modules are not written
+-- (a warning: the logits do not depend on them).
 --
 -- The architecture is chosen by ONE function, `export.arch_for(cfg)` (features that llama.cpp
 -- cannot express add their reason in `export.why_not(cfg)`); each arch has one writer in
@@ -14,7 +22,7 @@
 --  - 'bitnet' (llama.cpp's LLM_ARCH_BITNET, src/models/bitnet.cpp; llama.cpp loads and runs it):
 --    chosen when the model is exactly expressible: SwiGLU MLP, tied embeddings, no embedding norm
 --    (cfg.embed_norm = false), n_head * head_dim == d_model, per-tensor gamma (quant_group 0), no
---    qk_norm / softcap / LoopLM / mHC / MTP. Our parameter-free pre-norms are written as all-ones
+--    qk_norm / softcap / mHC / MTP, a LoopLM only unrolled. Our parameter-free pre-norms are written as all-ones
 --    attn_norm / ffn_norm / output_norm gains; the norm in front of wo / w2 (parameter-free, or
 --    SubLN) is bitnet's attn_sub_norm / ffn_sub_norm (ones when the model has no SubLN). Ternary
 --    matrices are written as raw {-1, 0, 1} (TQ2_0 / TQ1_0 blocks with d = 1 when in_features is a
@@ -38,7 +46,7 @@
 -- training pair first, then every other split of its bytes into two tokens. Without a tokenizer the
 -- file says tokenizer.ggml.model = 'no_vocab' (llama.cpp then loads it with dummy tokens).
 --
--- `export.load(path)` reads a 'nanochat' or 'bitnet' file (gguf.read checks structure; a missing
+-- `export.load(path)` reads a 'nanochat' (plain or looped) or 'bitnet' file (gguf.read checks structure; a missing
 -- key/tensor or wrong shape is a clear error) and returns an Engine (logits identical to nc.pack
 -- of the source model for files we wrote), and the gguf File.
 local infer = require 'nanochat.infer'
