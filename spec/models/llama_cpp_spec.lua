@@ -206,14 +206,13 @@ describe('llama.cpp runs the exported bitnet GGUF', function()
                 -- the first position where one activation of ours lies within float rounding of an
                 -- int8 rounding boundary and llama.cpp rounds it the other way (the deeper unrolled
                 -- LoopLM, 8 layers, quantizes 4x more values than the 2-layer case: measured a flip at
-                -- position 10 that moved the logits by up to 0.31 from there on). Asserted: position 0
-                -- matches to 1e-3 (a layout / RoPE / layer-order bug is off everywhere); if a later
-                -- position p is off by more, then moving ONE near-tie activation of ours at a position
-                -- <= p across its boundary makes our logits match llama.cpp's at every position <= p to
-                -- 1e-3 (the difference is that one int8 step), and the whole prompt stays within the
+                -- position 10 that moved the logits by up to 0.31 from there on). Asserted: if some
+                -- position p is off by more than 1e-3 (the first such), then moving ONE near-tie
+                -- activation of ours at a position <= p across its boundary makes our logits match
+                -- llama.cpp's at every position <= p to 1e-3 (the difference is that one int8 step; a
+                -- layout / RoPE / layer-order bug is not), and the whole prompt stays within the
                 -- noise bound of the F16-K/V case below.
                 local per = per_position(ll, ours, T, V)
-                assert.is_true(per[1] <= 1e-3, string.format('position 0: max |llama.cpp - engine| %.3g > 1e-3', per[1]))
                 local first
                 for t = 1, T do if per[t] > 1e-3 then first = t; break end end
                 if first then
