@@ -181,6 +181,7 @@ end
 local Gate = {}
 Gate.__index = Gate
 Gate.__call = function(self, h) return require('nanochat.looplm').ExitGate.forward(self, h) end
+M.Gate = Gate   -- (export.lua builds it from a GGUF file)
 
 -- model (nc.models.gpt) or checkpoint dir -> Engine. opts: head_dtype ('f32' | 'f16')
 function M.pack(src, opts)

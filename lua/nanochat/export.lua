@@ -3,9 +3,17 @@
 --
 -- Promise: `export.gguf(model_or_ckpt_dir_or_engine, path, opts)` writes one GGUF file and returns
 -- (bytes, info) with info = { arch = 'bitnet' | 'nanochat', why = { llama = {...}, bitnet = {...} },
--- warnings = {...} }. opts: type = 'tq2_0' | 'tq1_0' (ternary block type), tokenizer = an
--- nc.tokenizer (embedded as tokenizer.ggml.*), arch = force 'nanochat' (or 'bitnet', an error
--- naming the reasons when the model does not fit it).
+-- warnings = {...}, loop = 'unroll' | 'keep' | nil, unroll = { layers, unique, src,
+-- repeated_bytes, looped_bytes } (unrolled files) }. opts: type = 'tq2_0' | 'tq1_0' (ternary block
+-- type), tokenizer = an nc.tokenizer (embedded as tokenizer.ggml.*), arch = force 'nanochat' (or
+-- 'bitnet', an error naming the reasons when the model does not fit it), loop = 'unroll' | 'keep'
+-- (a LoopLM; default: unroll exactly when that makes it bitnet, see M.unroll / arch_for).
+--
+-- LoopLM: unrolled, the blocks in the full-depth model's order (prelude, shared x T, coda) are
+-- plain layers (shared weights written once per layer: the size cost is reported), no exit gate;
+-- looped ('nanochat' only), nanochat.loop.* keys + the fp32 exit_gate.weight / .bias tensors.
+-- mHC models are refused (no writer carries the stream mixing yet); MTP modules are not written
+-- (a warning: the logits do not depend on them).
 --
 -- The architecture is chosen by ONE function, `export.arch_for(cfg)` (features that llama.cpp
 -- cannot express add their reason in `export.why_not(cfg)`); each arch has one writer in
@@ -14,7 +22,7 @@
 --  - 'bitnet' (llama.cpp's LLM_ARCH_BITNET, src/models/bitnet.cpp; llama.cpp loads and runs it):
 --    chosen when the model is exactly expressible: SwiGLU MLP, tied embeddings, no embedding norm
 --    (cfg.embed_norm = false), n_head * head_dim == d_model, per-tensor gamma (quant_group 0), no
---    qk_norm / softcap / LoopLM / mHC / MTP. Our parameter-free pre-norms are written as all-ones
+--    qk_norm / softcap / mHC / MTP, a LoopLM only unrolled. Our parameter-free pre-norms are written as all-ones
 --    attn_norm / ffn_norm / output_norm gains; the norm in front of wo / w2 (parameter-free, or
 --    SubLN) is bitnet's attn_sub_norm / ffn_sub_norm (ones when the model has no SubLN). Ternary
 --    matrices are written as raw {-1, 0, 1} (TQ2_0 / TQ1_0 blocks with d = 1 when in_features is a
@@ -38,7 +46,7 @@
 -- training pair first, then every other split of its bytes into two tokens. Without a tokenizer the
 -- file says tokenizer.ggml.model = 'no_vocab' (llama.cpp then loads it with dummy tokens).
 --
--- `export.load(path)` reads a 'nanochat' or 'bitnet' file (gguf.read checks structure; a missing
+-- `export.load(path)` reads a 'nanochat' (plain or looped) or 'bitnet' file (gguf.read checks structure; a missing
 -- key/tensor or wrong shape is a clear error) and returns an Engine (logits identical to nc.pack
 -- of the source model for files we wrote), and the gguf File.
 local infer = require 'nanochat.infer'
@@ -52,15 +60,38 @@ local CFG_KEYS = { 'vocab_size', 'seq_len', 'd_model', 'n_layer', 'n_head', 'n_k
 local FLOAT_KEYS = { rope_theta = true, logit_softcap = true, norm_eps = true }
 
 -- ---- which arch ------------------------------------------------------------------------------
--- cfg -> { llama = {reasons}, bitnet = {reasons} }: why each llama.cpp arch cannot express it
--- (an empty list: it can).
-function M.why_not(cfg)
+-- LoopLM export modes (opts.loop): 'unroll' writes the blocks in execution order (prelude, shared
+-- x T, coda) as consecutive plain layers, without the exit gates (the full-depth, q = 1 model);
+-- 'keep' writes the unique blocks once plus cfg.loop and the exit gate (our 'nanochat' arch only).
+-- nil (auto): unroll when that makes the model llama.cpp-expressible (see arch_for), else keep.
+M.LOOP_MODES = { unroll = true, keep = true }
+
+local function check_loop_mode(mode, lvl)
+    if mode ~= nil and not M.LOOP_MODES[mode] then
+        error("export: loop must be 'unroll' or 'keep', got " .. tostring(mode), lvl + 1)
+    end
+end
+
+-- cfg[, opts] -> { llama = {reasons}, bitnet = {reasons} }: why each llama.cpp arch cannot express
+-- it (an empty list: it can). opts.loop as in M.gguf: a LoopLM is no obstacle when it is unrolled
+-- (opts.loop = 'unroll', or auto and the checkpoint does not exit early: cfg.loop.exit_q = 1).
+function M.why_not(cfg, opts)
     local c = cfg
+    local mode = opts and opts.loop
+    check_loop_mode(mode, 2)
     local common = {}
     local function add(list, s) list[#list + 1] = s end
     if c.qk_norm then add(common, 'qk_norm (no per-head q/k norm in llama/bitnet)') end
     if c.logit_softcap then add(common, 'logit_softcap (no logit soft-capping in llama/bitnet)') end
-    if c.loop then add(common, 'LoopLM (cfg.loop)') end
+    if c.loop then
+        local q = c.loop.exit_q or 1
+        if mode == 'keep' then
+            add(common, 'LoopLM kept looped (loop=keep; llama.cpp has no weight-shared layer loop nor exit gate)')
+        elseif mode == nil and q < 1 then
+            add(common, string.format('LoopLM early exit (cfg.loop.exit_q = %g < 1; llama.cpp runs every layer for ' ..
+                'every token: loop=unroll writes the full-depth model without the exit gates)', q))
+        end
+    end
     if c.mhc then add(common, 'mHC residual streams (cfg.mhc)') end
     if c.mtp then add(common, 'MTP modules (cfg.mtp)') end
     if c.embed_norm ~= false then add(common, 'embedding norm (cfg.embed_norm; llama.cpp adds the raw embedding to the residual)') end
@@ -82,11 +113,40 @@ function M.why_not(cfg)
     return { llama = llama, bitnet = bitnet }
 end
 
--- cfg -> 'bitnet' when llama.cpp can load and run it exactly, else 'nanochat'
-function M.arch_for(cfg)
-    local why = M.why_not(cfg)
-    if #why.bitnet == 0 then return 'bitnet', why end
-    return 'nanochat', why
+-- cfg[, opts] -> arch, why, loop_mode: 'bitnet' when llama.cpp can load and run it exactly (a
+-- LoopLM unrolled), else 'nanochat'; loop_mode 'unroll' | 'keep' for a LoopLM (nil otherwise):
+-- opts.loop, or by default 'unroll' exactly when the arch is bitnet.
+function M.arch_for(cfg, opts)
+    local why = M.why_not(cfg, opts)
+    local arch = #why.bitnet == 0 and 'bitnet' or 'nanochat'
+    local mode
+    if cfg.loop then mode = (opts and opts.loop) or (arch == 'bitnet' and 'unroll' or 'keep') end
+    return arch, why, mode
+end
+
+-- A LoopLM Engine -> a plain Engine (cfg.loop removed, n_layer = prelude + shared * T + coda)
+-- whose layers are the blocks in the order the full-depth model (q = 1) applies them: prelude,
+-- the shared stack T times, the coda once. The shared blocks' packed weights are the same tables
+-- (no copy in memory; a writer writes them once per layer). Returns the engine and src, the list
+-- of unique block indices (1-based) of each unrolled layer.
+function M.unroll(e)
+    local c = e.cfg
+    local lc = c.loop
+    if not lc then error('export.unroll: not a LoopLM engine (cfg.loop is nil)', 2) end
+    local LM = require 'nanochat.looplm'
+    local segs = { LM.segment(lc, 'prelude') }
+    for t = 1, lc.T do segs[#segs + 1] = LM.segment(lc, 'shared', t) end
+    segs[#segs + 1] = LM.segment(lc, 'coda', lc.T)
+    local layers, src = {}, {}
+    for _, seg in ipairs(segs) do
+        for _, bs in ipairs(seg) do layers[#layers + 1] = e.layers[bs[1]]; src[#src + 1] = bs[1] end
+    end
+    local u = {}
+    for k, v in pairs(c) do u[k] = v end
+    u.loop, u.n_layer = nil, #layers
+    local ue = setmetatable({ cfg = u, head_dtype = e.head_dtype, wte = e.wte, head = e.head, layers = layers,
+        fused = e.fused, mtp = e.mtp }, getmetatable(e))
+    return ue, src
 end
 
 -- ---- tokenizer -------------------------------------------------------------------------------
@@ -263,9 +323,25 @@ local function nanochat_keys(c, md)
     end
 end
 
+-- LoopLM keys: nanochat.loop.* (a looped file: the reader rebuilds cfg.loop) or, for an unrolled
+-- file, nanochat.unrolled_loop.* (information only: the file is a plain model)
+local LOOP_INT = { 'prelude', 'shared', 'coda', 'T', 'stage' }
+local LOOP_FLOAT = { 'exit_q', 'beta' }
+local function loop_keys(lc, prefix, md)
+    local gguf = nc().gguf
+    for _, k in ipairs(LOOP_INT) do md[#md + 1] = { prefix .. k, gguf.u32(lc[k]) } end
+    for _, k in ipairs(LOOP_FLOAT) do md[#md + 1] = { prefix .. k, gguf.f64(lc[k]) } end
+end
+
 local function write_nanochat(e, ty, md, tens)
     local c = e.cfg
     nanochat_keys(c, md)
+    if c.loop then
+        -- looped (loop=keep): cfg.loop and the fp32 exit gate; the unique blocks follow as blk.*
+        loop_keys(c.loop, 'nanochat.loop.', md)
+        tens[#tens + 1] = { name = 'exit_gate.weight', tensor = e.exit_gate.weight, type = 'f32' }
+        tens[#tens + 1] = { name = 'exit_gate.bias', tensor = e.exit_gate.bias, type = 'f32' }
+    end
     tens[#tens + 1] = { name = 'token_embd.weight', tensor = e.wte:to('f32'), type = 'f32' }
     if e.head ~= e.wte then tens[#tens + 1] = { name = 'output.weight', tensor = e.head:to('f32'), type = 'f32' } end
     for i, L in ipairs(e.layers) do
@@ -352,26 +428,65 @@ M.WRITERS = { nanochat = write_nanochat, bitnet = write_bitnet }
 
 local FILE_TYPE = { tq2_0 = 37, tq1_0 = 36, f16 = 1 }
 
+-- aligned data bytes of the tensors of layer blk.<i-1> for each unrolled layer i that repeats an
+-- earlier one (src[i] seen before): what unrolling adds to the file
+local function repeated_bytes(path, src)
+    local f = nc().gguf.read(path)
+    local seen, rep = {}, {}
+    for i, b in ipairs(src) do
+        if seen[b] then rep[i - 1] = true end
+        seen[b] = true
+    end
+    local align = f.metadata['general.alignment'] or 32
+    local bytes = 0
+    for _, t in ipairs(f.tensors) do
+        local l = tonumber(t.name:match('^blk%.(%d+)%.'))
+        if l and rep[l] then bytes = bytes + math.ceil(t.nbytes / align) * align end
+    end
+    return bytes
+end
+
 function M.gguf(src, path, opts)
     opts = opts or {}
     local n = nc()
     local gguf = n.gguf
     local ty = opts.type or 'tq2_0'
     if ty ~= 'tq2_0' and ty ~= 'tq1_0' then error("export: type must be 'tq2_0' or 'tq1_0', got " .. tostring(ty), 2) end
+    check_loop_mode(opts.loop, 2)
     local e = getmetatable(src) == require('nanochat.engine').Engine and src or n.pack(src)
     local c = e.cfg
-    local arch, why = M.arch_for(c)
+    if c.mhc then
+        error('export: mHC models (cfg.mhc) cannot be exported yet: neither llama.cpp nor the nanochat arch ' ..
+            'carries the stream-mixing layers', 2)
+    end
+    local arch, why, mode = M.arch_for(c, opts)
     if opts.arch then
         if not M.WRITERS[opts.arch] then error('export: unknown arch ' .. tostring(opts.arch), 2) end
         if opts.arch == 'bitnet' and arch ~= 'bitnet' then
             error('export: this model cannot be written as bitnet: ' .. table.concat(why.bitnet, '; '), 2)
         end
+        -- our own arch on request: a LoopLM stays looped there unless loop=unroll is asked for
+        if opts.arch == 'nanochat' and c.loop and not opts.loop then mode = 'keep' end
         arch = opts.arch
     end
-    local info = { arch = arch, why = why, warnings = {} }
+    local info = { arch = arch, why = why, warnings = {}, loop = mode }
+    local src_map
+    if mode == 'unroll' then
+        e, src_map = M.unroll(e)
+        if (c.loop.exit_q or 1) < 1 then
+            info.warnings[#info.warnings + 1] = string.format('LoopLM unrolled: the file computes the full-depth ' ..
+                'model (all %d loops); the checkpoint\'s early exit (exit_q = %g) and its exit gate are dropped',
+                c.loop.T, c.loop.exit_q)
+        end
+    end
+    if c.mtp then
+        info.warnings[#info.warnings + 1] = 'MTP modules (cfg.mtp) are not written: the file computes the same ' ..
+            'logits, without the drafting modules'
+    end
     local md = { { 'general.architecture', arch }, { 'general.name', c.name or 'nanochat' } }
     local tens = {}
     local main_type = M.WRITERS[arch](e, ty, md, tens)
+    if src_map then loop_keys(c.loop, 'nanochat.unrolled_loop.', md) end
     table.insert(md, 3, { 'general.file_type', gguf.u32(FILE_TYPE[main_type] or FILE_TYPE[ty]) })
     table.insert(md, 4, { 'general.quantization_version', gguf.u32(2) })
     if opts.tokenizer then
@@ -381,7 +496,13 @@ function M.gguf(src, path, opts)
         info.warnings[#info.warnings + 1] = 'no tokenizer given: tokenizer.ggml.model = no_vocab (token ids only)'
     end
     info.main_type = main_type
-    return gguf.write(path, { metadata = md, tensors = tens }), info
+    local bytes = gguf.write(path, { metadata = md, tensors = tens })
+    if src_map then
+        -- the size cost of unrolling: every repeat of a shared block is written again
+        info.unroll = { layers = #src_map, unique = c.n_layer, src = src_map, repeated_bytes = repeated_bytes(path, src_map) }
+        info.unroll.looped_bytes = bytes - info.unroll.repeated_bytes
+    end
+    return bytes, info
 end
 
 -- ---- readers (GGUF -> Engine) ----------------------------------------------------------------
@@ -408,6 +529,11 @@ local function read_nanochat(f, path)
     local md = f.metadata
     local cfg = {}
     for _, k in ipairs(CFG_KEYS) do cfg[k] = md['nanochat.' .. k] end
+    if md['nanochat.loop.T'] ~= nil then
+        cfg.loop = {}
+        for _, k in ipairs(LOOP_INT) do cfg.loop[k] = md['nanochat.loop.' .. k] end
+        for _, k in ipairs(LOOP_FLOAT) do cfg.loop[k] = md['nanochat.loop.' .. k] end
+    end
     local ok, c = pcall(n.models.gpt.config, cfg)
     if not ok then error('export.load: ' .. path .. ': bad nanochat.* config: ' .. tostring(c), 3) end
     local get = getter(f, path)
@@ -415,6 +541,10 @@ local function read_nanochat(f, path)
     local e = setmetatable({ cfg = c, head_dtype = 'f32', layers = {} }, E.Engine)
     e.wte = get('token_embd.weight', { c.vocab_size, c.d_model }):to('f32')
     e.head = c.tie_embeddings and e.wte or get('output.weight', { c.vocab_size, c.d_model }):to('f32')
+    if c.loop then
+        e.exit_gate = setmetatable({ weight = get('exit_gate.weight', { 1, c.d_model }):to('f32'),
+                                     bias = get('exit_gate.bias', { 1 }):to('f32') }, E.Gate)
+    end
     local shapes = proj_shapes(c)
     for i = 1, c.n_layer do
         local pre, L = 'blk.' .. (i - 1) .. '.', {}
