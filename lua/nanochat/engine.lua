@@ -165,6 +165,7 @@ end
 -- longer ones op by op.
 local PackedBlock = {}
 PackedBlock.__index = PackedBlock   -- (__call is set below, after the fused-call helpers)
+M.PackedBlock = PackedBlock   -- (export.lua rebuilds the MTP modules from a GGUF file)
 
 -- A packed BitLinear without an input norm (the MTP projection): y = Qa(x) W^T, x (..., K).
 -- (snap: BitLinear's weight-snapshot argument, unused: the weights are packed once.)
@@ -176,6 +177,7 @@ PackedLinear.__call = function(self, x, snap)
     s[#s] = self.P.out_features
     return y:view(s)
 end
+M.PackedLinear = PackedLinear
 
 -- The LoopLM exit gate (fp32 weight (1, d) + bias): looplm.ExitGate's own forward on plain tensors.
 local Gate = {}

@@ -2,7 +2,7 @@
 -- into the packed engine.
 --
 -- Promise: `export.gguf(model_or_ckpt_dir_or_engine, path, opts)` writes one GGUF file and returns
--- (bytes, info) with info = { arch = 'bitnet' | 'nanochat', why = { llama = {...}, bitnet = {...} },
+-- (bytes, info) with info = { arch = 'bitnet' | 'nanochat', cfg = the model cfg, why = { llama = {...}, bitnet = {...} },
 -- warnings = {...}, loop = 'unroll' | 'keep' | nil, unroll = { layers, unique, src,
 -- repeated_bytes, looped_bytes } (unrolled files) }. opts: type = 'tq2_0' | 'tq1_0' (ternary block
 -- type), tokenizer = an nc.tokenizer (embedded as tokenizer.ggml.*), arch = force 'nanochat' (or
@@ -12,8 +12,15 @@
 -- LoopLM: unrolled, the blocks in the full-depth model's order (prelude, shared x T, coda) are
 -- plain layers (shared weights written once per layer: the size cost is reported), no exit gate;
 -- looped ('nanochat' only), nanochat.loop.* keys + the fp32 exit_gate.weight / .bias tensors.
--- mHC models are refused (no writer carries the stream mixing yet); MTP modules are not written
--- (a warning: the logits do not depend on them).
+-- mHC ('nanochat' only): nanochat.mhc.* keys (n, kind, iters, dynamic, alpha_init) and per block
+-- the two sublayers' coefficient parameters in f32: blk.N.mhc_attn.{bias, phi, alpha} and
+-- blk.N.mhc_mlp.* (phi / alpha only when dynamic); the reader rebuilds nanochat.mhc.Layer objects
+-- (the permutation matrices of mHC-lite are a function of n, not stored).
+-- MTP ('nanochat' only): nanochat.mtp.* keys (depth, kind, lambda, per_depth_backward) and per
+-- module k the ternary projection mtp.<k-1>.proj.{weight, scale} (sequential modules) and its
+-- block as mtp.<k-1>.attn_q.weight ... (named like blk.N.*; one residual stream, no mHC).
+-- A file we wrote reloads to an Engine whose packed weights, gains, gate and mHC parameters are
+-- those of nc.pack(source) bit for bit, so its logits are identical (spec/models/export_e3_spec.lua).
 --
 -- The architecture is chosen by ONE function, `export.arch_for(cfg)` (features that llama.cpp
 -- cannot express add their reason in `export.why_not(cfg)`); each arch has one writer in
@@ -46,7 +53,7 @@
 -- training pair first, then every other split of its bytes into two tokens. Without a tokenizer the
 -- file says tokenizer.ggml.model = 'no_vocab' (llama.cpp then loads it with dummy tokens).
 --
--- `export.load(path)` reads a 'nanochat' (plain or looped) or 'bitnet' file (gguf.read checks structure; a missing
+-- `export.load(path)` reads a 'nanochat' (plain, looped, mHC, MTP) or 'bitnet' file (gguf.read checks structure; a missing
 -- key/tensor or wrong shape is a clear error) and returns an Engine (logits identical to nc.pack
 -- of the source model for files we wrote), and the gguf File.
 local infer = require 'nanochat.infer'
@@ -92,8 +99,8 @@ function M.why_not(cfg, opts)
                 'every token: loop=unroll writes the full-depth model without the exit gates)', q))
         end
     end
-    if c.mhc then add(common, 'mHC residual streams (cfg.mhc)') end
-    if c.mtp then add(common, 'MTP modules (cfg.mtp)') end
+    if c.mhc then add(common, 'mHC residual streams (cfg.mhc; written under the nanochat arch)') end
+    if c.mtp then add(common, 'MTP modules (cfg.mtp; written under the nanochat arch)') end
     if c.embed_norm ~= false then add(common, 'embedding norm (cfg.embed_norm; llama.cpp adds the raw embedding to the residual)') end
     if c.quant_group and c.quant_group ~= 0 then
         add(common, 'quant_group ' .. c.quant_group .. ' (bitnet .scale is one value per tensor)')
@@ -333,6 +340,75 @@ local function loop_keys(lc, prefix, md)
     for _, k in ipairs(LOOP_FLOAT) do md[#md + 1] = { prefix .. k, gguf.f64(lc[k]) } end
 end
 
+-- mHC keys (nanochat.mhc.*: the filled cfg.mhc) and MTP keys (nanochat.mtp.*: the filled cfg.mtp)
+local MHC_KEYS = { n = 'u32', kind = 'str', iters = 'u32', dynamic = 'bool', alpha_init = 'f64' }
+local MTP_KEYS = { depth = 'u32', kind = 'str', lambda = 'f64', per_depth_backward = 'bool' }
+M.MHC_KEYS, M.MTP_KEYS = MHC_KEYS, MTP_KEYS
+
+local function feature_keys(sub, spec, prefix, md)
+    local gguf = nc().gguf
+    local names = {}
+    for k in pairs(spec) do names[#names + 1] = k end
+    table.sort(names)
+    for _, k in ipairs(names) do
+        local v = sub[k]
+        if spec[k] == 'u32' then v = gguf.u32(v) elseif spec[k] == 'f64' then v = gguf.f64(v) end
+        md[#md + 1] = { prefix .. k, v }
+    end
+end
+
+-- the f32 parameters of one mHC sublayer (nanochat.mhc.Layer): bias (2n + R), and when dynamic
+-- phi (2n + R, n d) and alpha (3); R = n! (lite) or n^2 (sinkhorn)
+local function mhc_params(c)
+    local m = c.mhc
+    local r = m.n * m.n
+    if m.kind == 'lite' then
+        r = 1
+        for i = 2, m.n do r = r * i end
+    end
+    local k = 2 * m.n + r
+    local p = { { 'bias', { k } } }
+    if m.dynamic then p[2] = { 'phi', { k, m.n * c.d_model } }; p[3] = { 'alpha', { 3 } } end
+    return p
+end
+
+-- one packed block L (a trunk layer or an MTP module's block) under the name prefix pre:
+-- ternary projections + per-row f32 scales, SubLN gains, and (mHC) the two sublayers' coefficient
+-- parameters <pre>mhc_attn.* / <pre>mhc_mlp.* in f32
+local function write_block(c, ty, tens, pre, L)
+    for _, pn in ipairs(proj_names(c)) do
+        local P = L[pn[2]]
+        local t = P:ternary()
+        if P.in_features % 256 == 0 then
+            tens[#tens + 1] = { name = pre .. pn[1] .. '.weight', tensor = t, type = ty }
+        else
+            tens[#tens + 1] = { name = pre .. pn[1] .. '.weight', tensor = t:to('i8'), type = 'i8' }
+        end
+        tens[#tens + 1] = { name = pre .. pn[1] .. '.scale', tensor = P.scale, type = 'f32' }
+    end
+    if L.attn_gain then tens[#tens + 1] = { name = pre .. 'attn_sub_norm.weight', tensor = L.attn_gain, type = 'f32' } end
+    if L.mlp_gain then tens[#tens + 1] = { name = pre .. 'ffn_sub_norm.weight', tensor = L.mlp_gain, type = 'f32' } end
+    for _, sub in ipairs { 'mhc_attn', 'mhc_mlp' } do
+        local layer = L[sub]
+        if layer then
+            for _, pn in ipairs(mhc_params(c)) do
+                tens[#tens + 1] = { name = pre .. sub .. '.' .. pn[1], tensor = layer[pn[1]]:to('f32'):contiguous(), type = 'f32' }
+            end
+        end
+    end
+end
+
+-- a ternary packed matrix P without an input norm (the MTP projection) as name.weight / name.scale
+local function write_packed(ty, tens, name, P)
+    local t = P:ternary()
+    if P.in_features % 256 == 0 then
+        tens[#tens + 1] = { name = name .. '.weight', tensor = t, type = ty }
+    else
+        tens[#tens + 1] = { name = name .. '.weight', tensor = t:to('i8'), type = 'i8' }
+    end
+    tens[#tens + 1] = { name = name .. '.scale', tensor = P.scale, type = 'f32' }
+end
+
 local function write_nanochat(e, ty, md, tens)
     local c = e.cfg
     nanochat_keys(c, md)
@@ -342,22 +418,19 @@ local function write_nanochat(e, ty, md, tens)
         tens[#tens + 1] = { name = 'exit_gate.weight', tensor = e.exit_gate.weight, type = 'f32' }
         tens[#tens + 1] = { name = 'exit_gate.bias', tensor = e.exit_gate.bias, type = 'f32' }
     end
+    if c.mhc then feature_keys(c.mhc, MHC_KEYS, 'nanochat.mhc.', md) end
+    if c.mtp then feature_keys(c.mtp, MTP_KEYS, 'nanochat.mtp.', md) end
     tens[#tens + 1] = { name = 'token_embd.weight', tensor = e.wte:to('f32'), type = 'f32' }
     if e.head ~= e.wte then tens[#tens + 1] = { name = 'output.weight', tensor = e.head:to('f32'), type = 'f32' } end
-    for i, L in ipairs(e.layers) do
-        local pre = 'blk.' .. (i - 1) .. '.'
-        for _, pn in ipairs(proj_names(c)) do
-            local P = L[pn[2]]
-            local t = P:ternary()
-            if P.in_features % 256 == 0 then
-                tens[#tens + 1] = { name = pre .. pn[1] .. '.weight', tensor = t, type = ty }
-            else
-                tens[#tens + 1] = { name = pre .. pn[1] .. '.weight', tensor = t:to('i8'), type = 'i8' }
-            end
-            tens[#tens + 1] = { name = pre .. pn[1] .. '.scale', tensor = P.scale, type = 'f32' }
+    for i, L in ipairs(e.layers) do write_block(c, ty, tens, 'blk.' .. (i - 1) .. '.', L) end
+    if c.mtp then
+        -- MTP module k: mtp.<k-1>.proj (sequential: the 2d -> d projection) and its block (one
+        -- residual stream: no mHC) under mtp.<k-1>.
+        for k, mod in ipairs(e.mtp) do
+            local pre = 'mtp.' .. (k - 1) .. '.'
+            if mod.proj then write_packed(ty, tens, pre .. 'proj', mod.proj.P) end
+            write_block(c, ty, tens, pre, mod.block.L)
         end
-        if L.attn_gain then tens[#tens + 1] = { name = pre .. 'attn_sub_norm.weight', tensor = L.attn_gain, type = 'f32' } end
-        if L.mlp_gain then tens[#tens + 1] = { name = pre .. 'ffn_sub_norm.weight', tensor = L.mlp_gain, type = 'f32' } end
     end
     return ty
 end
@@ -455,10 +528,6 @@ function M.gguf(src, path, opts)
     check_loop_mode(opts.loop, 2)
     local e = getmetatable(src) == require('nanochat.engine').Engine and src or n.pack(src)
     local c = e.cfg
-    if c.mhc then
-        error('export: mHC models (cfg.mhc) cannot be exported yet: neither llama.cpp nor the nanochat arch ' ..
-            'carries the stream-mixing layers', 2)
-    end
     local arch, why, mode = M.arch_for(c, opts)
     if opts.arch then
         if not M.WRITERS[opts.arch] then error('export: unknown arch ' .. tostring(opts.arch), 2) end
@@ -469,7 +538,7 @@ function M.gguf(src, path, opts)
         if opts.arch == 'nanochat' and c.loop and not opts.loop then mode = 'keep' end
         arch = opts.arch
     end
-    local info = { arch = arch, why = why, warnings = {}, loop = mode }
+    local info = { arch = arch, why = why, warnings = {}, loop = mode, cfg = c }
     local src_map
     if mode == 'unroll' then
         e, src_map = M.unroll(e)
@@ -478,10 +547,6 @@ function M.gguf(src, path, opts)
                 'model (all %d loops); the checkpoint\'s early exit (exit_q = %g) and its exit gate are dropped',
                 c.loop.T, c.loop.exit_q)
         end
-    end
-    if c.mtp then
-        info.warnings[#info.warnings + 1] = 'MTP modules (cfg.mtp) are not written: the file computes the same ' ..
-            'logits, without the drafting modules'
     end
     local md = { { 'general.architecture', arch }, { 'general.name', c.name or 'nanochat' } }
     local tens = {}
@@ -524,6 +589,46 @@ local function proj_shapes(c)
         w1 = { c.d_ff, c.d_model }, w3 = { c.d_ff, c.d_model }, w2 = { c.d_model, c.d_ff } }
 end
 
+-- the keys of a feature sub-table (nanochat.mhc.* / nanochat.mtp.*) -> the table, or nil when the
+-- file has none of them; a partial set is an error naming the missing key
+local function read_feature(md, spec, prefix, path)
+    local out, n_have, missing = {}, 0, nil
+    for k in pairs(spec) do
+        local v = md[prefix .. k]
+        if v == nil then missing = missing or (prefix .. k) else out[k] = v; n_have = n_have + 1 end
+    end
+    if n_have == 0 then return nil end
+    if missing then error('export.load: ' .. path .. ': missing key ' .. missing, 4) end
+    return out
+end
+
+-- one packed block under the name prefix pre (see write_block); mhc_own: the gpt Block's 0-based
+-- sublayer index of its attention (the mHC layers' `own` stream; no effect once the bias is loaded)
+local function read_block(c, get, pre, shapes, mhc_own)
+    local L = {}
+    for _, pn in ipairs(proj_names(c)) do
+        local t = get(pre .. pn[1] .. '.weight', shapes[pn[2]])
+        local s = get(pre .. pn[1] .. '.scale', { shapes[pn[2]][1] })
+        L[pn[2]] = infer.from_ternary(t:to('f32'), s)
+    end
+    if c.subln then
+        L.attn_gain = get(pre .. 'attn_sub_norm.weight', { c.n_head * c.head_dim }):to('f32')
+        L.mlp_gain = get(pre .. 'ffn_sub_norm.weight', { c.d_ff }):to('f32')
+    end
+    if mhc_own then
+        local MHC = require 'nanochat.mhc'
+        for j, sub in ipairs { 'mhc_attn', 'mhc_mlp' } do
+            local layer = MHC.Layer(c, mhc_own + j - 1)
+            local sd = {}
+            for _, pn in ipairs(mhc_params(c)) do sd[pn[1]] = get(pre .. sub .. '.' .. pn[1], pn[2]):to('f32') end
+            layer:load_state_dict(sd)
+            layer:eval()
+            L[sub] = layer
+        end
+    end
+    return L
+end
+
 local function read_nanochat(f, path)
     local n = nc()
     local md = f.metadata
@@ -534,6 +639,8 @@ local function read_nanochat(f, path)
         for _, k in ipairs(LOOP_INT) do cfg.loop[k] = md['nanochat.loop.' .. k] end
         for _, k in ipairs(LOOP_FLOAT) do cfg.loop[k] = md['nanochat.loop.' .. k] end
     end
+    cfg.mhc = read_feature(md, MHC_KEYS, 'nanochat.mhc.', path)
+    cfg.mtp = read_feature(md, MTP_KEYS, 'nanochat.mtp.', path)
     local ok, c = pcall(n.models.gpt.config, cfg)
     if not ok then error('export.load: ' .. path .. ': bad nanochat.* config: ' .. tostring(c), 3) end
     local get = getter(f, path)
@@ -547,17 +654,20 @@ local function read_nanochat(f, path)
     end
     local shapes = proj_shapes(c)
     for i = 1, c.n_layer do
-        local pre, L = 'blk.' .. (i - 1) .. '.', {}
-        for _, pn in ipairs(proj_names(c)) do
-            local t = get(pre .. pn[1] .. '.weight', shapes[pn[2]])
-            local s = get(pre .. pn[1] .. '.scale', { shapes[pn[2]][1] })
-            L[pn[2]] = infer.from_ternary(t:to('f32'), s)
+        e.layers[i] = read_block(c, get, 'blk.' .. (i - 1) .. '.', shapes, c.mhc and 2 * (i - 1) or nil)
+    end
+    if c.mtp then
+        e.mtp = {}
+        for k = 1, c.mtp.depth do
+            local pre = 'mtp.' .. (k - 1) .. '.'
+            local proj
+            if c.mtp.kind == 'sequential' then
+                local P = infer.from_ternary(get(pre .. 'proj.weight', { c.d_model, 2 * c.d_model }):to('f32'),
+                    get(pre .. 'proj.scale', { c.d_model }))
+                proj = setmetatable({ P = P }, E.PackedLinear)
+            end
+            e.mtp[k] = { proj = proj, block = setmetatable({ e = e, L = read_block(c, get, pre, shapes, nil) }, E.PackedBlock) }
         end
-        if c.subln then
-            L.attn_gain = get(pre .. 'attn_sub_norm.weight', { c.n_head * c.head_dim }):to('f32')
-            L.mlp_gain = get(pre .. 'ffn_sub_norm.weight', { c.d_ff }):to('f32')
-        end
-        e.layers[i] = L
     end
     return e
 end

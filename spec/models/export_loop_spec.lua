@@ -10,7 +10,7 @@
 --    'nanochat' arch with cfg.loop and the fp32 exit gate; the reloaded engine exits at the same
 --    loops (q < 1) with the same logits and greedy ids.
 --  - arch_for / why_not per config (configs/models/loop_dense.lua -> bitnet unrolled; e3 -> nanochat),
---    mHC refused with a clear error, MTP modules dropped with a warning.
+--    mHC and MTP written under the nanochat arch (spec/models/export_e3_spec.lua checks them fully).
 --  - configs/models/loop_dense.lua built at full size (random init), saved as a checkpoint, exported
 --    with the `nanochat export` command, reloaded with engine.open and compared.
 -- (llama.cpp itself runs an unrolled LoopLM in spec/models/llama_cpp_spec.lua.)
@@ -219,7 +219,7 @@ describe('export: LoopLM kept looped (nanochat arch, exit gate)', function()
     end)
 end)
 
-describe('export: arch_for with LoopLM, mHC refused, MTP dropped', function()
+describe('export: arch_for with LoopLM; mHC and MTP kept', function()
     local function cfg(name, over)
         local c = nc.models.config(name)
         for k, v in pairs(over or {}) do c[k] = v end
@@ -264,19 +264,23 @@ describe('export: arch_for with LoopLM, mHC refused, MTP dropped', function()
         assert.has_error(function() nc.export.why_not(cfg('dense'), { loop = 1 }) end)
     end)
 
-    it('mHC: a clear error instead of a file that drops the streams; MTP: dropped with a warning, same logits', function()
-        local m = loop_model({ mhc = { n = 2, kind = 'lite' } }, { prelude = 1, shared = 1, coda = 1, T = 2 })
+    it('mHC and MTP on a LoopLM: written under the nanochat arch (no refusal, no warning), same logits', function()
+        -- (the full checks are spec/models/export_e3_spec.lua's)
         local path = tmp('.gguf')
-        local ok, err = pcall(nc.export.gguf, m, path)
-        assert.is_false(ok)
-        assert.matches('mHC', err, 1, true)
-        local m2 = loop_model({ mtp = { depth = 1 } }, { prelude = 1, shared = 1, coda = 1, T = 2 })
-        local e = nc.pack(m2)
-        local _, info = nc.export.gguf(e, path)
-        assert.equal('nanochat', info.arch)
-        assert.matches('MTP modules', table.concat(info.warnings, '\n'), 1, true)
-        local idx = nc.tensor({ PROMPT }, { dtype = 'i64' })
-        assert.equal(0, maxdiff(e:forward(idx), (nc.export.load(path)):forward(idx)))
+        for _, over in ipairs { { mhc = { n = 2, kind = 'lite' } }, { mtp = { depth = 1 } } } do
+            local m = loop_model(over, { prelude = 1, shared = 1, coda = 1, T = 2 })
+            local e = nc.pack(m)
+            local _, info = nc.export.gguf(e, path)
+            assert.equal('nanochat', info.arch)
+            assert.equal('keep', info.loop)
+            assert.is_nil(table.concat(info.warnings, '\n'):find('MTP', 1, true))
+            local e2 = nc.export.load(path)
+            assert.same(e.cfg.mhc, e2.cfg.mhc)
+            assert.same(e.cfg.mtp, e2.cfg.mtp)
+            if over.mtp then assert.equal(1, #e2.mtp) end
+            local idx = nc.tensor({ PROMPT }, { dtype = 'i64' })
+            assert.equal(0, maxdiff(e:forward(idx), e2:forward(idx)))
+        end
         os.remove(path)
     end)
 end)

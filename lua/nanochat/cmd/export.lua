@@ -38,6 +38,15 @@ return function(kv, pos)
     elseif info.loop == 'keep' then
         print('LoopLM kept looped (cfg.loop and the exit gate in the file; our engine only)')
     end
+    local c = info.cfg
+    if c and c.mhc then
+        print(string.format('mHC written: %d streams, %s%s, coefficient parameters in f32 (nanochat.mhc.*, blk.N.mhc_*)',
+            c.mhc.n, c.mhc.kind, c.mhc.dynamic and ' dynamic' or ' static'))
+    end
+    if c and c.mtp then
+        print(string.format('MTP written: %d %s module(s) (nanochat.mtp.*, mtp.K.*): self-speculative drafting after reload',
+            c.mtp.depth, c.mtp.kind))
+    end
     for _, w in ipairs(info.warnings) do print('warning: ' .. w) end
     return 0
 end
