@@ -350,3 +350,42 @@ describe('engine:batch on the e3 architectures', function()
         check(e, false)
     end)
 end)
+
+describe('nanochat generate with several prompts', function()
+    it('decodes them as one batch; each completion equals the single-prompt command', function()
+        local m = model { vocab_size = 1024, seq_len = 64 }
+        local dir = os.tmpname()
+        os.remove(dir)
+        nc.checkpoint.save(dir, { model = m, meta = { config = m:config() } })
+        local tokf = 'spec/fixtures/tok_small.tok'
+        local function run(args)
+            local f = io.popen('./nanochat generate ' .. dir .. ' n=6 temperature=0 tok=' .. tokf .. ' ' .. args .. ' 2>&1')
+            local out = f:read('*a')
+            local ok = f:close()
+            assert.is_true(ok, out)
+            return out
+        end
+        local prompts = { 'fn main', 'let x = 1;', 'use std' }
+        local single = {}
+        for i, p in ipairs(prompts) do single[i] = run('prompt="' .. p .. '"') end
+        -- prompt= prompt2= prompt3=, two rows (the third prompt joins when a row frees up)
+        local out = run('prompt="fn main" prompt2="let x = 1;" prompt3="use std" batch=2')
+        local pf = os.tmpname()
+        local f = io.open(pf, 'w')
+        f:write(table.concat(prompts, '\n') .. '\n\n')
+        f:close()
+        local out2 = run('prompts=' .. pf)
+        for _, o in ipairs { out, out2 } do
+            local blocks = {}
+            for k, text in o:gmatch('%[(%d)%] (.-\n)') do blocks[tonumber(k)] = text end
+            for i = 1, 3 do assert.equal(single[i], blocks[i], o) end
+        end
+        local g = io.popen('./nanochat generate ' .. dir .. ' prompt=a prompt3=b tok=' .. tokf .. ' 2>&1; echo "rc=$?"')
+        local err = g:read('*a')
+        g:close()
+        assert.truthy(err:find('prompt3= without prompt2=', 1, true), err)
+        assert.truthy(err:find('rc=1', 1, true), err)
+        os.remove(pf)
+        os.execute('rm -rf ' .. dir)
+    end)
+end)
