@@ -334,10 +334,17 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
     return NC_OK;
 }
 
+/* engine_avx2.c: the AVX2/FMA head rows (each weight row read once for up to 4 activation rows) */
+void nc_k_engine_head_avx2(float *Y, const float *X, const float *W, int64_t R, int64_t K, int64_t N, int64_t n0,
+                           int64_t n1);
+
 /* y (R, N) = x (R, K) W^T for a few rows (decode's LM head, f32 weights): threads split the N
  * weight rows, each row read once for all R activation rows. A plain OpenMP loop, no OpenBLAS:
  * at R = 1 sgemm runs far below memory bandwidth, and OpenBLAS's own spinning threads would fight
- * the engine's OpenMP threads for the cores. */
+ * the engine's OpenMP threads for the cores. With AVX2 the rows go to engine_avx2.c's FMA kernel
+ * (R activation rows in groups of 4 per weight row: several sequences decoded together cost about
+ * one pass over the head); the loop below is the scalar reference (NC_KERNEL=scalar). Either way a
+ * row's result does not depend on R (batched decode = decode alone, bit for bit). */
 nc_status nc_engine_head_f32(nc_tensor *y, const nc_tensor *x, const nc_tensor *w) {
     static const char *op = "engine_head_f32";
     NC_TRY(nc_check_f32_cpu(op, "x", x));
@@ -356,6 +363,13 @@ nc_status nc_engine_head_f32(nc_tensor *y, const nc_tensor *x, const nc_tensor *
     NC_TRY(nc_check_shape(op, "y", y, 2, ys));
     const float *X = nc_f32p(x), *W = nc_f32p(w);
     float *Y = nc_f32p(y);
+    if (nc_cpu_avx2()) {
+        const int64_t nb = (N + 63) / 64;   /* blocks of 64 weight rows */
+#pragma omp parallel for schedule(static) if (N * K >= NC_PAR_MIN) num_threads(nc_threads())
+        for (int64_t i = 0; i < nb; i++)
+            nc_k_engine_head_avx2(Y, X, W, R, K, N, i * 64, (i + 1) * 64 < N ? (i + 1) * 64 : N);
+        return NC_OK;
+    }
 #pragma omp parallel for schedule(static) if (N * K >= NC_PAR_MIN) num_threads(nc_threads())
     for (int64_t n = 0; n < N; n++) {
         const float *wr = W + n * K;

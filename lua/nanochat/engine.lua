@@ -15,7 +15,11 @@
 -- forward_cached(idx, cache)), so `engine:generate(prompt, opts)` is nc.generate itself: one
 -- implementation of the sampling rules. forward_cached with T > 1 is the batched prefill (packed
 -- GEMM over B*T rows); T = 1 is decode (GEMV when B = 1, several sequences batched when B > 1, all
--- at the same position).
+-- at the same position). Continuous batching (sequences at different positions, joining and
+-- leaving): engine:decode_rows(ids, cache, rows, positions) decodes one token for each of several
+-- sequences, each in its own cache row at its own position, in one fused call; engine:cache_row
+-- gives a B = 1 view of one row (its prefill); engine:batch{ slots, max_T } is the decoder built on
+-- them (nanochat.batch).
 --
 -- Architectures (cfg.loop / cfg.mhc / cfg.mtp and their combination): the Engine also offers the
 -- model hooks the feature modules call — _embed, _trunk, _final, _logits, run_blocks (a segment of
@@ -523,6 +527,7 @@ function Engine:decode_rows(ids, cache, rows, positions)
     local pos_c, row_c = ffi.new('int64_t[?]', nb, positions), ffi.new('int32_t[?]', nb, rows)
     local cfg_c = decode_cfg(c)
     cfg_c.n_pos, cfg_c.seq_pos, cfg_c.seq_slot = 1, pos_c, row_c
+    cache._rows_c = { pos_c, row_c, cfg_c }   -- cfg_c holds raw pointers: keep the arrays alive past the call
     return n.no_grad(function()
         local y = self:_embed(n.tensor({ ids }, { dtype = 'i64' }):view { nb, 1 }):reshape { nb, d }:clone()
         check(C.nc_engine_decode(y._c, cache.layers_c, #self.layers, cfg_c, 0, cache.cos._c, cache.sin._c),

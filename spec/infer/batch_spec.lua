@@ -2,7 +2,8 @@
 -- per-sequence positions / cache rows of nc_engine_decode) on tiny random packed models:
 --   * decode_rows: sequences at different positions in scattered cache rows, joining at different
 --     steps, give logits equal (bit for bit with the f32 / int8 heads; within 1e-5 always) to each
---     sequence decoded alone with a B = 1 cache;
+--     sequence decoded alone with a B = 1 cache; the f32 head kernel (rows in groups of 4 / 2 / 1)
+--     matches float64 and gives each row the same bits in any group;
 --   * engine:batch: three prompts of different lengths (op-by-op prefill, fused prefill, one token)
 --     joining at different steps give exactly nc.generate's ids alone — greedy, and sampled with
 --     each sequence's own options; a finished or removed sequence frees its row and a new one
@@ -109,6 +110,33 @@ describe('engine:decode_rows (nc_engine_decode with seq_pos / seq_slot)', functi
         end
     end)
 
+    it('the f32 head kernel: each row as float64 within 1e-5, and bit-identical alone or in any group', function()
+        for _, K in ipairs { 27, 40, 64 } do   -- 16-blocks, an 8-block and a tail; 8-block only; 16-blocks only
+            local W = nc.randn({ 70, K }, { generator = nc.generator(K) })
+            local X = nc.randn({ 8, K }, { generator = nc.generator(K + 1) })
+            local w, x = W:tolist(), X:tolist()
+            local all = nc.empty { 8, 70 }
+            nc.core.check(nc.C.nc_engine_head_f32(all._c, X._c, W._c), 'head')
+            for R = 1, 8 do
+                local y = nc.empty { R, 70 }
+                nc.core.check(nc.C.nc_engine_head_f32(y._c, X:narrow(0, 8 - R, R):contiguous()._c, W._c), 'head')
+                assert.are.equal(0, max_diff(y, all:narrow(0, 8 - R, R)))
+            end
+            local got = all:tolist()
+            for r = 1, 8 do
+                for n = 1, 70 do
+                    local ref, mag = 0, 0
+                    for k = 1, K do
+                        local p = w[(n - 1) * K + k] * x[(r - 1) * K + k]   -- (tolist is flat, row-major)
+                        ref, mag = ref + p, mag + math.abs(p)
+                    end
+                    assert.is_true(math.abs(got[(r - 1) * 70 + n] - ref) <= 1e-5 * mag,
+                        string.format('K %d row %d col %d', K, r, n))
+                end
+            end
+        end
+    end)
+
     it('rejects bad ids, rows, positions and architectures with clear errors', function()
         local e = packed({}, {})
         local cache = e:new_cache(2, 8)
@@ -128,12 +156,14 @@ describe('engine:decode_rows (nc_engine_decode with seq_pos / seq_slot)', functi
         local e = packed({}, {})
         local cache = e:new_cache(3, 8)
         local c = e.cfg
+        local keep
         local function call(B, spos, sslot, pos)
             local cfg = ffi.new('nc_engine_cfg', { d = c.d_model, n_head = c.n_head, n_kv_head = c.n_kv_head,
                 head_dim = c.head_dim, d_ff = c.d_ff, eps = c.norm_eps, n_pos = 1 })
             local pa = spos and ffi.new('int64_t[?]', #spos, spos) or nil
             local sa = sslot and ffi.new('int32_t[?]', #sslot, sslot) or nil
             cfg.seq_pos, cfg.seq_slot = pa, sa
+            keep = { pa, sa }   -- (cfg holds raw pointers)
             local x = nc.zeros { B, c.d_model }
             local ok, err = pcall(nc.core.check, nc.C.nc_engine_decode(x._c, cache.layers_c, #e.layers, cfg, pos or 0,
                 cache.cos._c, cache.sin._c), 'engine decode')
