@@ -17,7 +17,7 @@
 -- and head work and the Lua sampling grow with nb).
 -- Prints a table and, standalone, as the LAST line one JSON object.
 --
--- Usage: ./nanochat tools/bench/batch.lua [reps=5] [ndec=8] [threads=2] [d=768] [layers=12] [vocab=32768]
+-- Usage: ./nanochat tools/bench/batch.lua [reps=5] [ndec=8] [threads=2 | threads=1,2] [d=768] [layers=12] [vocab=32768]
 -- As a module: dofile returns run(opts) -> { rows = {...}, headers = {...}, json = {...} } (prints nothing).
 if not package.path:find('lua/?/init.lua', 1, true) then
     package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
@@ -101,8 +101,13 @@ local is_main = type(argv) == 'table' and type(argv[0]) == 'string' and argv[0]:
 if is_main then
     local a = L.parse_args()
     local nc = require 'nanochat'
-    a.threads = tonumber(a.threads) or math.min(L.ncpus(), 2)
-    nc.set_num_threads(a.threads)
+    if type(a.threads) == 'string' then   -- threads=1,2: both, in the same run
+        local list = {}
+        for v in a.threads:gmatch('%d+') do list[#list + 1] = tonumber(v) end
+        a.threads = list
+    else
+        a.threads = tonumber(a.threads) or math.min(L.ncpus(), 2)
+    end
     local res = run(a)
     print('Continuous batching: aggregate decode tokens/s, sequences at positions 64 / 48 / 32 / 16')
     L.print_table(res.headers, res.rows, res.fmts)
