@@ -6,10 +6,14 @@
 -- at a time (a pull-style stream; nothing runs until the caller asks for the next id). The prompt
 -- (a Lua array of ids or a 1-D integer tensor) is prefilled in one forward_cached call; each new
 -- token costs one forward_cached of a single position. model needs new_cache(B, max_T) and
--- forward_cached(idx, cache) (nc.models.gpt provides both) and cfg.seq_len.
+-- forward_cached(idx, cache) (nc.models.gpt provides both) and cfg.seq_len. The per-sequence
+-- rules (prompt checks, sampling, stops, limits, the output queue) live in a Sequence
+-- (M.sequence, below) that nc.generate drives with its own cache and the continuous batcher
+-- (nanochat.batch) drives with one row of a shared cache: one implementation for both.
 --
 -- opts:
---   max_tokens (64)        new tokens at most; generation also ends when the context is full
+--   max_tokens (64)        new tokens at most (an integer >= 0); generation also ends when the
+--                          context is full
 --   max_context            cache length (default cfg.seq_len); the prompt must fit in it
 --   temperature (1.0)      0 = greedy (argmax, lowest id on ties; no random draws)
 --   top_k, top_p, min_p    filters (see below); nil/0 = off (top_p 1 = off)
