@@ -173,6 +173,7 @@ function Batch:step()
     if #live > 0 then
         self.stats.steps = self.stats.steps + 1
         self.stats.rows_decoded = self.stats.rows_decoded + #live
+        self.batched = self.engine:batchable()   -- (engine.fused may have been switched since)
         if self.batched then
             local ids, rows, pos = {}, {}, {}
             for i, rec in ipairs(live) do
