@@ -627,7 +627,8 @@ nc_status nc_ternary_matmul_rows(nc_tensor *y, const nc_tensor *q, const nc_tens
                                  const nc_tensor *row_scale, int64_t n0, int64_t n1);
 
 /* One decode step of a packed GPT (kernels/cpu/engine.c): B sequences, one token each (or
- * cfg->n_pos consecutive tokens each: a short chunk, e.g. a speculative verify), all at position pos, through n_layers layers in ONE OpenMP parallel region (threads split GEMV rows and
+ * cfg->n_pos consecutive tokens each: a short chunk, e.g. a speculative verify), all at position pos
+ * (or each at its own position and cache row: cfg->seq_pos / seq_slot), through n_layers layers in ONE OpenMP parallel region (threads split GEMV rows and
  * (sequence, head) pairs; 6 barriers per layer). x (B, d) f32: the embedded (normed) token in, the
  * residual stream after the last layer out. Per layer: packed codes w[j] (u8 (N, Kp/4)) and row
  * scales s[j] (f32 (N)) of wq, wk, wv, wo, w1, w3 (SwiGLU only, else NULL), w2; SubLN gains or
@@ -645,6 +646,14 @@ typedef struct nc_engine_cfg {
     double eps;
     int64_t n_pos;   /* positions per sequence (0 = 1): x holds B * n_pos rows, row r = sequence r / n_pos at
                         position pos + r % n_pos (a short chunk: causal within it) */
+    /* Continuous batching (both optional; NULL = the behaviour above). seq_pos[b] (B entries): the
+     * first position of sequence b (its rows are at seq_pos[b] .. seq_pos[b] + n_pos - 1; the pos
+     * argument must then be 0). seq_slot[b]: the cache row (dim 0 of every K/V cache) of sequence b;
+     * the caches then have >= 1 + max(seq_slot) rows and no two sequences may share a row; without
+     * it sequence b uses row b and the caches have exactly B rows. Every position must fit the
+     * caches and the RoPE tables. */
+    const int64_t *seq_pos;
+    const int32_t *seq_slot;
 } nc_engine_cfg;
 nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t n_layers, const nc_engine_cfg *cfg,
                            int64_t pos, const nc_tensor *cos, const nc_tensor *sin);

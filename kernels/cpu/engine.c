@@ -2,7 +2,9 @@
  *
  * Promise: nc_engine_decode advances B sequences by one token (all at position pos) — or by a short
  * chunk of cfg->n_pos tokens each (positions pos .. pos + n_pos - 1, causal within the chunk: each
- * row attends to the cache up to its own position; used for speculative verification) — through every
+ * row attends to the cache up to its own position; used for speculative verification); with
+ * cfg->seq_pos / cfg->seq_slot each sequence has its own position and its own cache row
+ * (continuous batching: sequences join and leave a batch at any position) — through every
  * layer of a packed model (core/nanochat.h, inference section): the same math as the op-by-op
  * engine path (lua/nanochat/engine.lua, forward_cached with T = 1) — parameter-free RMSNorm
  * (double-accumulated mean square), per-token int8 activations with exactly nc_ternary_quant_act's
@@ -15,6 +17,9 @@
  * residual); the small per-token steps between them (norm + quantize a row of d or d_ff floats)
  * run on one thread. The GEMV results are bit-identical to nc_ternary_matmul's; norm, attention
  * and activation arithmetic differ from the op path only in summation order (float rounding).
+ * Every row's arithmetic depends only on its own sequence (the GEMV reads each weight row once for
+ * all rows but sums each row's int32 dot exactly), so a sequence decoded in a batch of others, at
+ * any positions, gets bit-identical results to the same sequence decoded alone.
  */
 #include "nn_common.h"
 #include <stdlib.h>
@@ -131,10 +136,38 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
     NC_TRY(nc_check_f32_cpu(op, "sin", sin_t));
     NC_TRY(nc_check_contiguous(op, "cos", cos_t));
     NC_TRY(nc_check_contiguous(op, "sin", sin_t));
-    if (cos_t->ndim != 2 || cos_t->shape[1] != hd / 2 || pos < 0 || pos + P > cos_t->shape[0] ||
+    /* per-sequence positions and cache rows: [p0, pend) spans every position written / read */
+    const int64_t *spos = cfg->seq_pos;
+    const int32_t *sslot = cfg->seq_slot;
+    int64_t p0 = pos, pend = pos + P, rows_min = B; /* the caches need >= rows_min rows (exactly B without seq_slot) */
+    if (spos) {
+        if (pos != 0)
+            return nc_fail(NC_ERR_ARG, "%s: with cfg->seq_pos the pos argument must be 0, got %lld", op, (long long)pos);
+        p0 = B ? INT64_MAX : 0;
+        pend = 0;
+        for (int64_t b = 0; b < B; b++) {
+            if (spos[b] < 0)
+                return nc_fail(NC_ERR_ARG, "%s: sequence %lld: position %lld < 0", op, (long long)b, (long long)spos[b]);
+            if (spos[b] < p0) p0 = spos[b];
+            if (spos[b] + P > pend) pend = spos[b] + P;
+        }
+    }
+    if (sslot) {
+        rows_min = 0;
+        for (int64_t b = 0; b < B; b++) {
+            if (sslot[b] < 0)
+                return nc_fail(NC_ERR_ARG, "%s: sequence %lld: cache row %d < 0", op, (long long)b, (int)sslot[b]);
+            if (sslot[b] + 1 > rows_min) rows_min = sslot[b] + 1;
+            for (int64_t b2 = 0; b2 < b; b2++)
+                if (sslot[b2] == sslot[b])
+                    return nc_fail(NC_ERR_ARG, "%s: sequences %lld and %lld share cache row %d", op, (long long)b2,
+                                   (long long)b, (int)sslot[b]);
+        }
+    }
+    if (cos_t->ndim != 2 || cos_t->shape[1] != hd / 2 || p0 < 0 || pend > cos_t->shape[0] ||
         !nc_tensor_same_shape(cos_t, sin_t))
         return nc_fail(NC_ERR_SHAPE, "%s: cos/sin must be (>= %lld, %lld) tables, positions %lld..%lld", op,
-                       (long long)(pos + P), (long long)(hd / 2), (long long)pos, (long long)(pos + P - 1));
+                       (long long)pend, (long long)(hd / 2), (long long)p0, (long long)(pend - 1));
     const int64_t Nq = H * hd, Nkv = Hkv * hd;
     for (int li = 0; li < n_layers; li++) {
         const nc_engine_layer *L = &layers[li];
@@ -147,10 +180,15 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
         for (int j = 0; j < 2; j++) {
             const nc_tensor *c = j ? L->vc : L->kc;
             if (!c || c->dtype != NC_F32 || c->device != NC_CPU || !nc_tensor_is_contiguous(c) || c->ndim != 4 ||
-                c->shape[0] != B || c->shape[1] < pos + P || c->shape[2] != Hkv || c->shape[3] != hd)
-                return nc_fail(NC_ERR_SHAPE, "%s: layer %d: the %s cache must be f32 (%lld, >= %lld, %lld, %lld) "
-                               "contiguous", op, li, j ? "V" : "K", (long long)B, (long long)(pos + P),
-                               (long long)Hkv, (long long)hd);
+                (sslot ? c->shape[0] < rows_min : c->shape[0] != B) || c->shape[1] < pend || c->shape[2] != Hkv ||
+                c->shape[3] != hd)
+                return nc_fail(NC_ERR_SHAPE, "%s: layer %d: the %s cache must be f32 (%s%lld, >= %lld, %lld, %lld) "
+                               "contiguous (positions up to %lld), got (%lld, %lld, %lld, %lld)", op, li, j ? "V" : "K",
+                               sslot ? ">= " : "", (long long)rows_min, (long long)pend, (long long)Hkv, (long long)hd,
+                               (long long)(pend - 1), (long long)(c && c->ndim == 4 ? c->shape[0] : -1),
+                               (long long)(c && c->ndim == 4 ? c->shape[1] : -1),
+                               (long long)(c && c->ndim == 4 ? c->shape[2] : -1),
+                               (long long)(c && c->ndim == 4 ? c->shape[3] : -1));
         }
         const nc_tensor *gains[2] = {L->attn_gain, L->mlp_gain};
         const int64_t glen[2] = {Nq, ff};
@@ -167,10 +205,11 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
     const int64_t kpd = nc_ternary_kpad(d), kpq = nc_ternary_kpad(Nq), kpf = nc_ternary_kpad(ff);
     int nt = nc_threads();
     if (nt < 1) nt = 1;
-    const int64_t S = pos + P;   /* the longest attention span (the last position) */
+    const int64_t S = pend;   /* the longest attention span (the last position) */
     int64_t fl = R * (Nq + 2 * Nkv) + R * Nq + 2 * R * ff + R * d + (ff > Nq ? ff : Nq) + (d > 0 ? d : 1) +
                  (int64_t)nt * S + 3 * R;
-    int64_t by = R * (kpd + kpq + kpf) + fl * (int64_t)sizeof(float) + 3 * R * (int64_t)(sizeof(float) + 4) + 256;
+    int64_t by = R * (kpd + kpq + kpf) + fl * (int64_t)sizeof(float) + 3 * R * (int64_t)(sizeof(float) + 4) +
+                 2 * B * (int64_t)sizeof(int64_t) + 256;
     char *mem = nc_host_alloc(by);
     if (!mem) return NC_ERR_OOM;
     char *p = mem;
@@ -194,6 +233,12 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
     qf.inv = f; f += R;
     int32_t *ip = (int32_t *)f;
     qa.sum = ip; qo.sum = ip + R; qf.sum = ip + 2 * R;
+    /* sequence b: first position bpos[b], cache row brow[b] (pos and b without seq_pos / seq_slot) */
+    int64_t *bpos = (int64_t *)(((uintptr_t)(ip + 3 * R) + 7) & ~(uintptr_t)7), *brow = bpos + B;
+    for (int64_t b = 0; b < B; b++) {
+        bpos[b] = spos ? spos[b] : pos;
+        brow[b] = sslot ? sslot[b] : b;
+    }
 
     float *X = nc_f32p(x);
     const float *cos0 = nc_f32p(cos_t), *sin0 = nc_f32p(sin_t);
@@ -223,25 +268,25 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
 #pragma omp barrier
             /* K/V of the new tokens into the cache (QK-norm, RoPE on K) */
             for (int64_t r = tid; r < R * Hkv; r += T) {
-                int64_t i = r / Hkv, h = r % Hkv, b = i / P, ps = pos + i % P;
+                int64_t i = r / Hkv, h = r % Hkv, b = i / P, ps = bpos[b] + i % P, cb = brow[b];
                 float *kr = ko_ + i * Nkv + h * hd;
                 if (qkn) rms_row(kr, kr, NULL, hd, eps);
                 rope_row(kr, cos0 + ps * (hd / 2), sin0 + ps * (hd / 2), hd);
-                float *kd = K + ((b * cT + ps) * Hkv + h) * hd, *vd = V + ((b * cT + ps) * Hkv + h) * hd;
+                float *kd = K + ((cb * cT + ps) * Hkv + h) * hd, *vd = V + ((cb * cT + ps) * Hkv + h) * hd;
                 memcpy(kd, kr, (size_t)hd * sizeof(float));
                 memcpy(vd, vo_ + i * Nkv + h * hd, (size_t)hd * sizeof(float));
             }
 #pragma omp barrier
             /* attention of each (row, query head) over positions 0..its own (causal) */
             for (int64_t r = tid; r < R * H; r += T) {
-                int64_t i = r / H, h = r % H, kh = h / group, b = i / P, ps = pos + i % P;
+                int64_t i = r / H, h = r % H, kh = h / group, b = i / P, ps = bpos[b] + i % P, cb = brow[b];
                 const int64_t Sr = ps + 1;
                 float *q = qo_ + i * Nq + h * hd;
                 if (qkn) rms_row(q, q, NULL, hd, eps);
                 rope_row(q, cos0 + ps * (hd / 2), sin0 + ps * (hd / 2), hd);
                 float m = -INFINITY;
                 for (int64_t j = 0; j < Sr; j++) {
-                    const float *kr = K + ((b * cT + j) * Hkv + kh) * hd;
+                    const float *kr = K + ((cb * cT + j) * Hkv + kh) * hd;
                     float dot = 0.0f;
                     for (int64_t e = 0; e < hd; e++) dot += q[e] * kr[e];
                     sc[j] = dot * scale;
@@ -255,7 +300,7 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
                 float *o = att + i * Nq + h * hd;
                 for (int64_t e = 0; e < hd; e++) o[e] = 0.0f;
                 for (int64_t j = 0; j < Sr; j++) {
-                    const float *vr = V + ((b * cT + j) * Hkv + kh) * hd;
+                    const float *vr = V + ((cb * cT + j) * Hkv + kh) * hd;
                     float pj = sc[j] / l;
                     for (int64_t e = 0; e < hd; e++) o[e] += pj * vr[e];
                 }
@@ -289,10 +334,17 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
     return NC_OK;
 }
 
+/* engine_avx2.c: the AVX2/FMA head rows (each weight row read once for up to 4 activation rows) */
+void nc_k_engine_head_avx2(float *Y, const float *X, const float *W, int64_t R, int64_t K, int64_t N, int64_t n0,
+                           int64_t n1);
+
 /* y (R, N) = x (R, K) W^T for a few rows (decode's LM head, f32 weights): threads split the N
  * weight rows, each row read once for all R activation rows. A plain OpenMP loop, no OpenBLAS:
  * at R = 1 sgemm runs far below memory bandwidth, and OpenBLAS's own spinning threads would fight
- * the engine's OpenMP threads for the cores. */
+ * the engine's OpenMP threads for the cores. With AVX2 the rows go to engine_avx2.c's FMA kernel
+ * (R activation rows in groups of 4 per weight row: several sequences decoded together cost about
+ * one pass over the head); the loop below is the scalar reference (NC_KERNEL=scalar). Either way a
+ * row's result does not depend on R (batched decode = decode alone, bit for bit). */
 nc_status nc_engine_head_f32(nc_tensor *y, const nc_tensor *x, const nc_tensor *w) {
     static const char *op = "engine_head_f32";
     NC_TRY(nc_check_f32_cpu(op, "x", x));
@@ -311,6 +363,13 @@ nc_status nc_engine_head_f32(nc_tensor *y, const nc_tensor *x, const nc_tensor *
     NC_TRY(nc_check_shape(op, "y", y, 2, ys));
     const float *X = nc_f32p(x), *W = nc_f32p(w);
     float *Y = nc_f32p(y);
+    if (nc_cpu_avx2()) {
+        const int64_t nb = (N + 63) / 64;   /* blocks of 64 weight rows */
+#pragma omp parallel for schedule(static) if (N * K >= NC_PAR_MIN) num_threads(nc_threads())
+        for (int64_t i = 0; i < nb; i++)
+            nc_k_engine_head_avx2(Y, X, W, R, K, N, i * 64, (i + 1) * 64 < N ? (i + 1) * 64 : N);
+        return NC_OK;
+    }
 #pragma omp parallel for schedule(static) if (N * K >= NC_PAR_MIN) num_threads(nc_threads())
     for (int64_t n = 0; n < N; n++) {
         const float *wr = W + n * K;

@@ -15,7 +15,11 @@
 -- forward_cached(idx, cache)), so `engine:generate(prompt, opts)` is nc.generate itself: one
 -- implementation of the sampling rules. forward_cached with T > 1 is the batched prefill (packed
 -- GEMM over B*T rows); T = 1 is decode (GEMV when B = 1, several sequences batched when B > 1, all
--- at the same position).
+-- at the same position). Continuous batching (sequences at different positions, joining and
+-- leaving): engine:decode_rows(ids, cache, rows, positions) decodes one token for each of several
+-- sequences, each in its own cache row at its own position, in one fused call; engine:cache_row
+-- gives a B = 1 view of one row (its prefill); engine:batch{ slots, max_T } is the decoder built on
+-- them (nanochat.batch).
 --
 -- Architectures (cfg.loop / cfg.mhc / cfg.mtp and their combination): the Engine also offers the
 -- model hooks the feature modules call — _embed, _trunk, _final, _logits, run_blocks (a segment of
@@ -452,6 +456,98 @@ end
 
 -- nc.generate over the engine (same options and sampling rules)
 function Engine:generate(prompt, opts) return nc().generate(self, prompt, opts) end
+
+-- ---- continuous batching (nanochat.batch) --------------------------------------------------------
+-- Engine:cache_row(cache, r[, opts]): a B = 1 cache over row r (0-based) of `cache` (dim 0 of each
+-- contiguous K/V tensor: a contiguous view, same storage), at position 0, with the parent's RoPE
+-- tables; LoopLM: its own exit_q (opts.exit_q) and statistics. forward_cached on it prefills /
+-- decodes that one sequence with the ordinary paths.
+function Engine:cache_row(cache, r, opts)
+    if getmetatable(cache) ~= Cache then error('engine: cache_row: expected a cache from engine:new_cache', 2) end
+    if type(r) ~= 'number' or r ~= math.floor(r) or r < 0 or r >= cache.B then
+        error(string.format('engine: cache_row: row %s is not in 0..%d', tostring(r), cache.B - 1), 2)
+    end
+    local c = self.cfg
+    local v = setmetatable({ B = 1, max_T = cache.max_T, pos = 0, k = {}, v = {}, seg_c = {}, cos = cache.cos,
+                             sin = cache.sin, parent = cache, row = r }, Cache)
+    for i = 1, #cache.k do v.k[i], v.v[i] = cache.k[i]:narrow(0, r, 1), cache.v[i]:narrow(0, r, 1) end
+    if c.loop then
+        require('nanochat.looplm').init_cache(v, c.loop, opts)
+    else
+        v.layers_c = decode_layers(self, v, all_layers(self))
+        v.seg_c.all = v.layers_c
+    end
+    return v
+end
+
+-- true when decode_rows can run: the fused path (engine.fused ~= false) of a model without LoopLM
+-- loops (per-token early exit) or mHC streams (op by op); MTP models qualify (their trunk is plain)
+function Engine:batchable()
+    local c = self.cfg
+    return self.fused ~= false and not c.loop and not c.mhc
+end
+
+-- Engine:decode_rows(ids, cache, rows, positions) -> logits (nb, V): one token per sequence, nb
+-- sequences that may each be at its own position and in its own row of `cache` (an engine cache of
+-- B >= nb rows), in ONE nc_engine_decode call (cfg seq_pos / seq_slot). ids, rows (0-based cache
+-- rows, distinct) and positions (0-based: where each id goes) are Lua arrays of nb numbers. Each
+-- row's logits are bit-identical to decoding that sequence alone (B = 1) at that position: the
+-- kernel is row-wise exact, and the f32 / int8 heads run on chunks of <= 8 rows, the path a single
+-- sequence takes (f16 head: one sgemm, equal up to float rounding). Does not move cache.pos.
+function Engine:decode_rows(ids, cache, rows, positions)
+    local n, c = nc(), self.cfg
+    if not self:batchable() then
+        error('engine: decode_rows: needs the fused path of a model without cfg.loop / cfg.mhc (use forward_cached on a cache_row)', 2)
+    end
+    if getmetatable(cache) ~= Cache or cache.parent then
+        error('engine: decode_rows: expected a cache from engine:new_cache', 2)
+    end
+    local nb = #ids
+    if #rows ~= nb or #positions ~= nb then
+        error(string.format('engine: decode_rows: %d ids, %d rows, %d positions (must be equal)', nb, #rows, #positions), 2)
+    end
+    if nb == 0 then error('engine: decode_rows: no sequences', 2) end
+    if nb > cache.B then error(string.format('engine: decode_rows: %d sequences, the cache has %d rows', nb, cache.B), 2) end
+    local seen = {}
+    for i = 1, nb do
+        local id, r, p = ids[i], rows[i], positions[i]
+        if type(id) ~= 'number' or id ~= math.floor(id) or id < 0 or id >= c.vocab_size then
+            error(string.format('engine: decode_rows: sequence %d: token id %s is not in 0..%d', i, tostring(id),
+                c.vocab_size - 1), 2)
+        end
+        if type(r) ~= 'number' or r ~= math.floor(r) or r < 0 or r >= cache.B then
+            error(string.format('engine: decode_rows: sequence %d: cache row %s is not in 0..%d', i, tostring(r),
+                cache.B - 1), 2)
+        end
+        if seen[r] then error(string.format('engine: decode_rows: sequences %d and %d share cache row %d', seen[r], i, r), 2) end
+        seen[r] = i
+        if type(p) ~= 'number' or p ~= math.floor(p) or p < 0 or p >= cache.max_T then
+            error(string.format('engine: decode_rows: sequence %d: position %s is outside the cache (max_T %d)', i,
+                tostring(p), cache.max_T), 2)
+        end
+    end
+    local d = c.d_model
+    local pos_c, row_c = ffi.new('int64_t[?]', nb, positions), ffi.new('int32_t[?]', nb, rows)
+    local cfg_c = decode_cfg(c)
+    cfg_c.n_pos, cfg_c.seq_pos, cfg_c.seq_slot = 1, pos_c, row_c
+    cache._rows_c = { pos_c, row_c, cfg_c }   -- cfg_c holds raw pointers: keep the arrays alive past the call
+    return n.no_grad(function()
+        local y = self:_embed(n.tensor({ ids }, { dtype = 'i64' }):view { nb, 1 }):reshape { nb, d }:clone()
+        check(C.nc_engine_decode(y._c, cache.layers_c, #self.layers, cfg_c, 0, cache.cos._c, cache.sin._c),
+            'engine decode_rows')
+        local h = self:_final(y)
+        if nb <= 8 then return self:_logits(h) end
+        local out = n.empty { nb, c.vocab_size }
+        for r0 = 0, nb - 1, 8 do
+            local m = math.min(8, nb - r0)
+            out:narrow(0, r0, m):copy_(self:_logits(h:narrow(0, r0, m)))
+        end
+        return out
+    end)
+end
+
+-- engine:batch{ slots = 4, max_T = cfg.seq_len } -> a continuous-batching decoder (nanochat.batch)
+function Engine:batch(opts) return require('nanochat.batch').new(self, opts) end
 
 function Engine:__tostring()
     local c = self.cfg

@@ -6,10 +6,14 @@
 -- at a time (a pull-style stream; nothing runs until the caller asks for the next id). The prompt
 -- (a Lua array of ids or a 1-D integer tensor) is prefilled in one forward_cached call; each new
 -- token costs one forward_cached of a single position. model needs new_cache(B, max_T) and
--- forward_cached(idx, cache) (nc.models.gpt provides both) and cfg.seq_len.
+-- forward_cached(idx, cache) (nc.models.gpt provides both) and cfg.seq_len. The per-sequence
+-- rules (prompt checks, sampling, stops, limits, the output queue) live in a Sequence
+-- (M.sequence, below) that nc.generate drives with its own cache and the continuous batcher
+-- (nanochat.batch) drives with one row of a shared cache: one implementation for both.
 --
 -- opts:
---   max_tokens (64)        new tokens at most; generation also ends when the context is full
+--   max_tokens (64)        new tokens at most (an integer >= 0); generation also ends when the
+--                          context is full
 --   max_context            cache length (default cfg.seq_len); the prompt must fit in it
 --   temperature (1.0)      0 = greedy (argmax, lowest id on ties; no random draws)
 --   top_k, top_p, min_p    filters (see below); nil/0 = off (top_p 1 = off)
@@ -170,27 +174,27 @@ function M.next_token(logits, opts, history, draw)
     return M.pick(probs, draw())
 end
 
--- ---- the stream --------------------------------------------------------------------------------
-local function prompt_list(prompt)
+-- ---- one sequence's stream state (nc.generate and nc.batch share it) ---------------------------
+local function prompt_list(prompt, who)
     local n = nc()
     if n.is_tensor(prompt) then
-        if prompt:dim() ~= 1 then error('generate: expected a 1-D prompt tensor, got ' .. prompt:dim() .. ' dims', 3) end
+        if prompt:dim() ~= 1 then error(who .. ': expected a 1-D prompt tensor, got ' .. prompt:dim() .. ' dims', 4) end
         prompt = prompt:tolist()
     end
-    if type(prompt) ~= 'table' then error('generate: expected prompt ids (a Lua array or a 1-D tensor)', 3) end
+    if type(prompt) ~= 'table' then error(who .. ': expected prompt ids (a Lua array or a 1-D tensor)', 4) end
     local out = {}
     for i, v in ipairs(prompt) do
         if type(v) ~= 'number' or v ~= math.floor(v) or v < 0 then
-            error('generate: prompt entry ' .. i .. ' is not a token id: ' .. tostring(v), 3)
+            error(who .. ': prompt entry ' .. i .. ' is not a token id: ' .. tostring(v), 4)
         end
         out[i] = v
     end
     return out
 end
 
-local function chat_prompt(opts)
+local function chat_prompt(opts, who)
     local tok = opts.tokenizer
-    if not tok then error('generate: opts.messages needs opts.tokenizer (render_chat)', 3) end
+    if not tok then error(who .. ': opts.messages needs opts.tokenizer (render_chat)', 4) end
     local ids = tok:render_chat(opts.messages)
     local out = {}
     for i, v in ipairs(ids) do out[i] = v end
@@ -200,125 +204,180 @@ local function chat_prompt(opts)
     return out, (ok2 and stop) or nil
 end
 
-function M.generate(model, prompt, opts)
+-- A Sequence: one generation's prompt, sampling options, stop rules and output queue, driven by
+-- whoever runs the model (nc.generate: its own B = 1 cache; nc.batch: one row of a shared cache).
+--   seq.pending        ids to feed the model next (first the prompt, then the last sampled id);
+--                      nil once the sequence is done
+--   seq:push(logits)   the logits (a Lua array of V numbers) of the last position of pending:
+--                      samples the next id by the rules above, applies the stop rules and limits
+--   seq:pop()          the next id ready for the caller (stop strings may hold ids back), or nil
+--   seq.done           true once nothing more will be sampled (pop may still return queued ids)
+--   seq.limit          positions this sequence may fill (min(context, #prompt + max_tokens)):
+--                      the cache length nc.generate allocates
+--   seq.produced, seq.prompt, seq.history (prompt + sampled ids)
+local Seq = {}
+Seq.__index = Seq
+M.Sequence = Seq
+
+-- M.sequence(prompt, opts, cfg[, who[, max_context]]): validates like nc.generate (errors name
+-- `who`, default 'generate', at the level of the caller's caller); max_context caps the context
+-- (opts.max_context above it is an error; default min(cfg.seq_len, max_context)).
+function M.sequence(prompt, opts, cfg, who, cap)
     opts = opts or {}
+    who = who or 'generate'
     local n = nc()
     local extra_stop
     if opts.messages then
-        if prompt ~= nil then error('generate: give either prompt ids or opts.messages, not both', 2) end
-        prompt, extra_stop = chat_prompt(opts)
+        if prompt ~= nil then error(who .. ': give either prompt ids or opts.messages, not both', 3) end
+        prompt, extra_stop = chat_prompt(opts, who)
     else
-        prompt = prompt_list(prompt)
+        prompt = prompt_list(prompt, who)
     end
-    if #prompt == 0 then error('generate: the prompt is empty (give at least one token, e.g. BOS)', 2) end
-    local cfg = model.cfg or {}
+    if #prompt == 0 then error(who .. ': the prompt is empty (give at least one token, e.g. BOS)', 3) end
+    cfg = cfg or {}
     local ctx = opts.max_context or cfg.seq_len
-    if not ctx then error('generate: opts.max_context is needed (the model has no cfg.seq_len)', 2) end
+    if not ctx then error(who .. ': opts.max_context is needed (the model has no cfg.seq_len)', 3) end
+    if cap then
+        if opts.max_context and opts.max_context > cap then
+            error(string.format('%s: max_context %d is more than the cache length %d', who, opts.max_context, cap), 3)
+        end
+        ctx = math.min(ctx, cap)
+    end
     if #prompt > ctx then
-        error(string.format('generate: the prompt has %d tokens, more than the context of %d', #prompt, ctx), 2)
+        error(string.format('%s: the prompt has %d tokens, more than the context of %d', who, #prompt, ctx), 3)
     end
     local max_tokens = opts.max_tokens or 64
+    if type(max_tokens) ~= 'number' or max_tokens < 0 or max_tokens ~= math.floor(max_tokens) then
+        error(who .. ': max_tokens must be an integer >= 0, got ' .. tostring(max_tokens), 3)
+    end
     local stop_tokens = {}
     for _, id in ipairs(opts.stop_tokens or {}) do stop_tokens[id] = true end
     if extra_stop then stop_tokens[extra_stop] = true end
     local stops = opts.stop_strings or {}
-    local tok = opts.tokenizer
-    if #stops > 0 and not tok then error('generate: stop_strings need opts.tokenizer (to decode tokens)', 2) end
+    if #stops > 0 and not opts.tokenizer then error(who .. ': stop_strings need opts.tokenizer (to decode tokens)', 3) end
     for _, s in ipairs(stops) do
-        if type(s) ~= 'string' or s == '' then error('generate: stop_strings must be non-empty strings', 2) end
+        if type(s) ~= 'string' or s == '' then error(who .. ': stop_strings must be non-empty strings', 3) end
     end
     local gen = n.generator(opts.seed or 0)
-    local function draw() return n.rand({ 1 }, { generator = gen }):item() end
+    local self = setmetatable({
+        opts = opts, prompt = prompt, pending = prompt, fed = 0, produced = 0, done = false,
+        max_tokens = max_tokens, limit = math.min(ctx, #prompt + max_tokens),
+        stop_tokens = stop_tokens, stops = stops, tok = opts.tokenizer,
+        draw = function() return n.rand({ 1 }, { generator = gen }):item() end,
+        queue = {}, qhead = 1, qtail = 0, held = {}, held_text = '', history = {},
+    }, Seq)
+    for i, v in ipairs(prompt) do self.history[i] = v end
+    self:_check_end()
+    return self
+end
 
+function Seq:_enqueue(id)
+    self.qtail = self.qtail + 1
+    self.queue[self.qtail] = id
+end
+
+function Seq:_release(k)   -- the first k held tokens go to the queue
+    local rest, text = {}, ''
+    for i, h in ipairs(self.held) do
+        if i <= k then self:_enqueue(h.id)
+        else rest[#rest + 1] = h; text = text .. h.text end
+    end
+    self.held, self.held_text = rest, text
+end
+
+function Seq:_finish()
+    self:_release(#self.held)
+    self.done, self.pending = true, nil
+end
+
+-- ends the sequence when it may not feed its pending ids (max_tokens reached, context full)
+function Seq:_check_end()
+    if not self.done and (self.produced >= self.max_tokens or self.fed + #self.pending > self.limit) then
+        self:_finish()
+    end
+end
+
+-- feed the text of a new token; returns true when a stop string completed
+function Seq:_scan(id)
+    local piece = self.tok:decode({ id })
+    self.held[#self.held + 1] = { id = id, text = piece }
+    self.held_text = self.held_text .. piece
+    local first
+    for _, s in ipairs(self.stops) do
+        local p = self.held_text:find(s, 1, true)
+        if p and (not first or p < first) then first = p end
+    end
+    local function release_before(limit)   -- tokens whose text ends at or before byte `limit`
+        local k, e = 0, 0
+        for i, h in ipairs(self.held) do
+            e = e + #h.text
+            if e <= limit then k = i else break end
+        end
+        self:_release(k)
+    end
+    if first then
+        release_before(first - 1)
+        return true
+    end
+    local keep = 0   -- longest tail that is a proper prefix of a stop string
+    for _, s in ipairs(self.stops) do
+        for L = math.min(#s - 1, #self.held_text), 1, -1 do
+            if L > keep and self.held_text:sub(-L) == s:sub(1, L) then keep = L; break end
+        end
+    end
+    release_before(#self.held_text - keep)
+    return false
+end
+
+function Seq:push(logits)
+    if self.done then error('generate: Sequence:push after the sequence ended', 2) end
+    self.fed = self.fed + #self.pending
+    local id = M.next_token(logits, self.opts, self.history, self.draw)
+    self.produced = self.produced + 1
+    self.history[#self.history + 1] = id
+    if self.stop_tokens[id] then return self:_finish() end
+    self.pending = { id }
+    if #self.stops > 0 then
+        if self:_scan(id) then
+            self.held = {}
+            self.done, self.pending = true, nil
+            return
+        end
+    else
+        self:_enqueue(id)
+    end
+    self:_check_end()
+end
+
+function Seq:pop()
+    if self.qhead > self.qtail then return nil end
+    local id = self.queue[self.qhead]
+    self.queue[self.qhead] = nil
+    self.qhead = self.qhead + 1
+    return id
+end
+
+-- ---- the stream --------------------------------------------------------------------------------
+function M.generate(model, prompt, opts)
+    opts = opts or {}
+    local n = nc()
+    local seq = M.sequence(prompt, opts, model.cfg, 'generate')
     -- opts.exit_q: a LoopLM model's q-exit threshold for this generation (nanochat.looplm)
-    local cache = model:new_cache(1, math.min(ctx, #prompt + max_tokens), opts.exit_q and { exit_q = opts.exit_q } or nil)
+    local cache = model:new_cache(1, seq.limit, opts.exit_q and { exit_q = opts.exit_q } or nil)
     if opts.on_cache then opts.on_cache(cache) end   -- e.g. read LoopLM exit statistics afterwards
-    local history = {}
-    for i, v in ipairs(prompt) do history[i] = v end
-    local produced, done = 0, false
-    local pending_input = prompt       -- ids not yet fed to the model
-    local queue, qhead, qtail = {}, 1, 0   -- ids ready to yield
-    local held, held_text = {}, ''     -- stop strings: tokens held back and their text
-
-    local function last_logits()
-        local T = #pending_input
-        local idx = n.tensor({ pending_input }, { dtype = 'i64' })
-        local logits = model:forward_cached(idx, cache)          -- (1, T, V)
-        pending_input = nil
-        return logits:select(1, T - 1):select(0, 0):tolist()
-    end
-
-    local function release(k)   -- the first k held tokens go to the queue
-        local rest, text = {}, ''
-        for i, h in ipairs(held) do
-            if i <= k then qtail = qtail + 1; queue[qtail] = h.id
-            else rest[#rest + 1] = h; text = text .. h.text end
-        end
-        held, held_text = rest, text
-    end
-
-    -- feed the text of a new token; returns true when a stop string completed
-    local function scan(id)
-        local piece = tok:decode({ id })
-        held[#held + 1] = { id = id, text = piece }
-        held_text = held_text .. piece
-        local first
-        for _, s in ipairs(stops) do
-            local p = held_text:find(s, 1, true)
-            if p and (not first or p < first) then first = p end
-        end
-        local function release_before(limit)   -- tokens whose text ends at or before byte `limit`
-            local k, e = 0, 0
-            for i, h in ipairs(held) do
-                e = e + #h.text
-                if e <= limit then k = i else break end
-            end
-            release(k)
-        end
-        if first then
-            release_before(first - 1)
-            return true
-        end
-        local keep = 0   -- longest tail that is a proper prefix of a stop string
-        for _, s in ipairs(stops) do
-            for L = math.min(#s - 1, #held_text), 1, -1 do
-                if L > keep and held_text:sub(-L) == s:sub(1, L) then keep = L; break end
-            end
-        end
-        release_before(#held_text - keep)
-        return false
-    end
-
-    local function finish()
-        release(#held)
-        done = true
-    end
 
     local function step()
-        if produced >= max_tokens or cache.pos + #pending_input > cache.max_T then return finish() end
-        local logits = last_logits()
-        local id = M.next_token(logits, opts, history, draw)
-        produced = produced + 1
-        history[#history + 1] = id
-        if stop_tokens[id] then return finish() end
-        pending_input = { id }
-        if #stops > 0 then
-            if scan(id) then held = {}; done = true end
-        else
-            qtail = qtail + 1
-            queue[qtail] = id
-        end
+        local T = #seq.pending
+        local idx = n.tensor({ seq.pending }, { dtype = 'i64' })
+        local logits = model:forward_cached(idx, cache)          -- (1, T, V)
+        seq:push(logits:select(1, T - 1):select(0, 0):tolist())
     end
 
     return function()
         while true do
-            if qhead <= qtail then
-                local id = queue[qhead]
-                queue[qhead] = nil
-                qhead = qhead + 1
-                return id
-            end
-            if done then return nil end
+            local id = seq:pop()
+            if id then return id end
+            if seq.done then return nil end
             step()
         end
     end

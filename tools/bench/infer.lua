@@ -21,6 +21,11 @@
 --      tokens/s, 1 and 2 threads; decode_roofline_frac (125M, 2 threads, engine weight bytes per
 --      token / DRAM bandwidth) and decode_vs_fp32 (vs the fp32 training model's forward_cached).
 --      Item 4's keys are decode_linears_* (linear layers only).
+--   6b. Continuous batching on the 125M engine (tools/bench/batch.lua): aggregate decode tokens/s
+--      of 1, 2, 4 concurrent sequences at different positions (64 / 48 / 32 / 16), one fused
+--      nc_engine_decode per step (engine:decode_rows) and through engine:batch's step (incl. the
+--      per-sequence Lua sampling), 1 and 2 threads; JSON batch_decode_tok_s_{1,2,4}seq_{1,2}t,
+--      batch_step_tok_s_*, batch_speedup_4seq_{1,2}t.
 --   7. LoopLM on the engine (tools/bench/arch_loop.lua engine=1, int8 head): decode with the q-exit
 --      early stop (q = 0.5, hand-set random gate) vs q = 1 (always T = 3 loops), the e3 loop shape
 --      at d 256 and d 768, 1 thread; JSON looplm_engine_early_exit_speedup_d256 / _d768.
@@ -334,6 +339,11 @@ for _, sh in ipairs(ENGINE_SHAPES) do
         end
         r.roof_i8 = r.bytes_i8 * r.i8_2 / (bw[2].median * 1e9)
         e8 = nil
+        -- 6b. continuous batching: 1, 2, 4 sequences at different positions, same engine
+        local bres = dofile(here .. 'batch.lua') { engine = e, threads = THREADS, reps = reps, ndec = quick and 4 or 8 }
+        print('125M engine, continuous batching: aggregate decode tokens/s, sequences at positions 64 / 48 / 32 / 16')
+        L.print_table(bres.headers, bres.rows, bres.fmts)
+        r.batch_json = bres.json
         r.roof = r.bytes * r.dec_2 / (bw[2].median * 1e9)
         print(string.format('125M engine decode, 2 threads: %.3f of the DRAM roofline (%.1f MB/token, %.2f GB/s)',
             r.roof, r.bytes / 1e6, bw[2].median))
@@ -408,4 +418,5 @@ for _, sh in ipairs(ENGINE_SHAPES) do
     end
 end
 for k, v in pairs(loop_json) do out[k] = v end
+for k, v in pairs(eng['125M'].batch_json or {}) do if k ~= 'batch_model' then out[k] = v end end
 print(L.json(out))
