@@ -270,7 +270,54 @@ void nc_host_free(void *p, int64_t nbytes) {
     free(p);
 }
 
+/* Small blocks. Tiny tensors (scalars, losses, 1-element temporaries) are created at op rate
+ * and freed by the Lua GC in batches of thousands. With malloc, every such tensor cost three
+ * allocations, and a batch of frees overflows glibc's per-thread cache (7 chunks per size) into
+ * its bins, so the next allocations went through malloc_consolidate: perf showed a 1-element
+ * nc.add spending over half its time in malloc/free. A small tensor is one fixed-size block
+ * instead, and freed blocks wait on a LIFO list (warm in cache) for the next one. The list is
+ * capped at SMALL_CACHE_MAX blocks; blocks beyond that go back to the system. The mutex is
+ * uncontended in practice (tensors are made by the Lua thread) and costs ~20 ns a pair. */
+#define SMALL_CACHE_MAX (8 * 1048576 / NC_SMALL_BLOCK)
+static void *small_head;
+static int64_t small_count;
+static pthread_mutex_t small_mu = PTHREAD_MUTEX_INITIALIZER;
+
+void *nc_small_alloc(int64_t nbytes) {
+    pthread_mutex_lock(&small_mu);
+    void *p = small_head;
+    if (p) { small_head = *(void **)p; small_count--; }
+    pthread_mutex_unlock(&small_mu);
+    if (!p) p = aligned_alloc(64, NC_SMALL_BLOCK);
+    if (!p) {
+        nc_fail(NC_ERR_OOM, "alloc: out of host memory allocating a %d-byte tensor block", NC_SMALL_BLOCK);
+        return NULL;
+    }
+    raise_peak(&host_peak, atomic_fetch_add(&host_bytes, nbytes) + nbytes);
+    atomic_fetch_add(&host_allocs, 1);
+    return p;
+}
+
+void nc_small_free(void *p, int64_t nbytes) {
+    if (!p) return;
+    atomic_fetch_sub(&host_bytes, nbytes);
+    atomic_fetch_add(&host_frees, 1);
+    pthread_mutex_lock(&small_mu);
+    if (small_count < SMALL_CACHE_MAX) {
+        *(void **)p = small_head;
+        small_head = p;
+        small_count++;
+        p = NULL;
+    }
+    pthread_mutex_unlock(&small_mu);
+    free(p);
+}
+
 void nc_mem_trim(void) {
+    pthread_mutex_lock(&small_mu);
+    while (small_head) { void *next = *(void **)small_head; free(small_head); small_head = next; }
+    small_count = 0;
+    pthread_mutex_unlock(&small_mu);
     pthread_mutex_lock(&cache_mu);
     for (int c = 0; c < CACHE_CLASSES; c++) {
         void *p = cache_head[c];
@@ -310,6 +357,9 @@ void nc_mem_stats_get(nc_mem_stats *out) {
     pthread_mutex_lock(&cache_mu);
     out->host_cached = cache_bytes;
     pthread_mutex_unlock(&cache_mu);
+    pthread_mutex_lock(&small_mu);
+    out->host_cached += small_count * NC_SMALL_BLOCK;
+    pthread_mutex_unlock(&small_mu);
 }
 
 /* ---- threads ------------------------------------------------------------------------------ */
