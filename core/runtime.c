@@ -278,7 +278,12 @@ void nc_host_free(void *p, int64_t nbytes) {
  * instead, and freed blocks wait on a LIFO list (warm in cache) for the next one. The list is
  * capped at SMALL_CACHE_MAX blocks; blocks beyond that go back to the system. The mutex is
  * uncontended in practice (tensors are made by the Lua thread) and costs ~20 ns a pair. */
-#define SMALL_CACHE_MAX (8 * 1048576 / NC_SMALL_BLOCK)
+static int64_t small_cache_max(void) {
+    static int64_t m = -1;
+    if (m < 0) { const char *e = getenv("NC_SMALL_CACHE_MB"); m = (e ? atoll(e) : 8) * 1048576LL / NC_SMALL_BLOCK; }
+    return m;
+}
+#define SMALL_CACHE_MAX small_cache_max()
 static void *small_head;
 static int64_t small_count;
 static pthread_mutex_t small_mu = PTHREAD_MUTEX_INITIALIZER;

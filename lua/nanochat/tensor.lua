@@ -1,11 +1,12 @@
 -- lua/nanochat/tensor.lua — the Lua Tensor class over nc_tensor*.
 --
--- Promise: a Tensor is a Lua table { _c = nc_tensor* } whose pointer is released by exactly one
--- ffi.gc finalizer (attached in Tensor.wrap, the only place that takes ownership). Views share
--- storage and record autograd like any op. Dims are 0-based and may be negative. Host memory
--- churn drives Lua's collector: once enough bytes were allocated since the last collection
--- (more than what was live after it, and at least 64 MiB) a full collection runs, so C
--- memory stays bounded even though the Lua GC cannot see it.
+-- Promise: a Tensor is a Lua table { _c = nc_tensor*, _slot = n } whose pointer is released
+-- exactly once, by the ownership registry below, after its cdata box (t._c) became garbage
+-- (Tensor.wrap/_empty_c are the only places that take ownership). Views share storage and
+-- record autograd like any op. Dims are 0-based and may be negative. Host memory churn drives
+-- Lua's collector: once enough bytes were allocated since the last collection (more than what
+-- was live after it, and at least 64 MiB) a full collection runs, so C memory stays bounded
+-- even though the Lua GC cannot see it.
 local core = require 'nanochat.core'
 local ag = require 'nanochat.autograd'
 local ffi, C = core.ffi, core.C
@@ -15,8 +16,108 @@ Tensor.__index = Tensor
 Tensor.__name = 'Tensor'
 ag._set_tensor_class(Tensor)
 
--- ---- ownership and memory pressure -------------------------------------------------------
+-- ---- ownership: the registry ------------------------------------------------------------------
+-- Each owned nc_tensor* sits in one slot s: owned[s] holds the raw pointer (a C array, so it
+-- does not keep the box alive) and alive[s] the cdata box that t._c holds, in a weak-valued
+-- table. When the collector finds the box unreachable it clears alive[s] (in its atomic phase);
+-- release_dead() then releases owned[s] and frees the slot, so every pointer is released once,
+-- when its box dies, as with ffi.gc. release_dead() runs at the first allocation after each GC
+-- cycle (a weak-valued marker tells a cycle has passed), after pressure()'s forced collection,
+-- in nc.mem_stats() and nc.mem_trim(), and at lua_close.
+-- Why not ffi.gc(p, nc_tensor_release) on every box: LuaJIT then inserts each box into its
+-- finalizer table, resurrects every dead box for one more cycle, and calls each finalizer
+-- through a protected call into the FFI from the interpreter; that cost ~0.4-0.5 µs of a 1 µs
+-- tiny op (tools/bench/ops.lua, section 3), and a finalizer that runs while a trace is being
+-- recorded aborts it ("error thrown or hook called during recording"). The registry costs two
+-- stores per tensor and a compiled scan of the slots per GC cycle.
+-- Rule: a box returned by a C *_new*/*_view* call is registered once (never wrap the same box
+-- twice); code that keeps a raw pointer must keep its Tensor (or its box) alive, as before.
 local release = C.nc_tensor_release
+local PTR_BYTES = ffi.sizeof('nc_tensor *')
+local cap = 1024
+local owned = ffi.new('nc_tensor *[?]', cap + 1)      -- slots 1..cap
+local alive = setmetatable({}, { __mode = 'v' })
+local free_slots, nfree, hi = {}, 0, 0
+local cycle = setmetatable({}, { __mode = 'v' })      -- cycle[1] vanishes at each GC cycle
+cycle[1] = {}
+
+-- Release every registered pointer whose box was collected; returns how many.
+local function release_dead()
+    local n = 0
+    for s = 1, hi do
+        if alive[s] == nil then
+            local p = owned[s]
+            if p ~= nil then
+                owned[s] = nil
+                release(p)
+                free_slots[nfree + 1] = s     -- store first: this may run a GC step
+                nfree = nfree + 1
+                n = n + 1
+            end
+        end
+    end
+    return n
+end
+Tensor._release_dead = release_dead
+
+local function grow()
+    local newcap = 2 * cap
+    local a = ffi.new('nc_tensor *[?]', newcap + 1)   -- may run a GC step (and finalizers)
+    if newcap > cap then
+        ffi.copy(a, owned, (cap + 1) * PTR_BYTES)
+        owned, cap = a, newcap
+    end
+end
+
+-- Register p (a fresh +1 pointer); returns its slot.
+local function own(p)
+    if cycle[1] == nil then
+        cycle[1] = {}
+        release_dead()
+    end
+    local s
+    if nfree > 0 then
+        s = free_slots[nfree]
+        nfree = nfree - 1
+    else
+        if hi >= cap then grow() end
+        hi = hi + 1
+        s = hi
+    end
+    owned[s] = p
+    alive[s] = p
+    return s
+end
+
+-- Release t's pointer now rather than after the next GC cycle. Neither t nor any copy of t._c
+-- may be used afterwards. Returns true when it released (false if t owned nothing).
+function Tensor._free_now(t)
+    local p, s = t._c, t._slot
+    t._c, t._slot = nil, nil
+    if s == nil or p == nil or alive[s] ~= p or owned[s] ~= p then return false end
+    alive[s] = nil
+    owned[s] = nil
+    release(p)
+    free_slots[nfree + 1] = s
+    nfree = nfree + 1
+    return true
+end
+
+-- registry counters, for specs and the ops bench: slots in use, slots ever used
+function Tensor._registry_stats() return { used = hi - nfree, high = hi, cap = cap } end
+
+-- at lua_close everything still owned is released (the os.exit paths skip this, like ffi.gc)
+local closer = newproxy(true)
+getmetatable(closer).__gc = function()
+    for s = 1, hi do
+        local p = owned[s]
+        if p ~= nil then owned[s] = nil; release(p) end
+    end
+    hi, nfree = 0, 0
+end
+Tensor._closer = closer   -- reachable for the state's lifetime
+
+-- ---- memory pressure ---------------------------------------------------------------------------
 local since_gc, live_after_gc = 0, 0
 local GC_MIN = 64 * 1024 * 1024
 local stats = ffi.new('nc_mem_stats')
@@ -25,6 +126,7 @@ local function pressure(nbytes)
     since_gc = since_gc + nbytes
     if since_gc > GC_MIN and since_gc > live_after_gc then
         collectgarbage('collect')
+        release_dead()
         C.nc_mem_stats_get(stats)
         live_after_gc = tonumber(stats.host_bytes) + tonumber(stats.device_bytes)
         since_gc = 0
@@ -38,7 +140,7 @@ function Tensor.wrap(p, op)
         if op and msg:sub(1, #op + 1) ~= op .. ':' then msg = op .. ': ' .. msg end
         error(msg, 0)
     end
-    return setmetatable({ _c = ffi.gc(p, release) }, Tensor)
+    return setmetatable({ _c = p, _slot = own(p) }, Tensor)
 end
 local wrap = Tensor.wrap
 
@@ -88,7 +190,7 @@ end
 function Tensor._empty_c(ndim, cshape, dtype_n, device_n)
     local p = C.nc_tensor_new(dtype_n, device_n, ndim, cshape)
     if p == nil then return wrap(p, 'empty') end
-    local t = setmetatable({ _c = ffi.gc(p, release) }, Tensor)
+    local t = setmetatable({ _c = p, _slot = own(p) }, Tensor)
     pressure(tonumber(p.storage.nbytes))
     return t
 end
