@@ -3,10 +3,10 @@
 -- Promise: a Tensor is a Lua table { _c = nc_tensor*, _slot = n } whose pointer is released
 -- exactly once, by the ownership registry below, after its cdata box (t._c) became garbage
 -- (Tensor.wrap/_empty_c are the only places that take ownership). Views share storage and
--- record autograd like any op. Dims are 0-based and may be negative. Host memory churn drives
--- Lua's collector: once enough bytes were allocated since the last collection (more than what
--- was live after it, and at least 64 MiB) a full collection runs, so C memory stays bounded
--- even though the Lua GC cannot see it.
+-- record autograd like any op. Dims are 0-based and may be negative. C memory churn drives
+-- Lua's collector (pressure(): small tensors pace it like Lua objects of their block size,
+-- large ones force a full collection past 64 MiB), so C memory stays bounded even though the
+-- Lua GC cannot see it.
 local core = require 'nanochat.core'
 local ag = require 'nanochat.autograd'
 local ffi, C = core.ffi, core.C
@@ -22,24 +22,36 @@ ag._set_tensor_class(Tensor)
 -- table. When the collector finds the box unreachable it clears alive[s] (in its atomic phase);
 -- release_dead() then releases owned[s] and frees the slot, so every pointer is released once,
 -- when its box dies, as with ffi.gc. release_dead() runs at the first allocation after each GC
--- cycle (a weak-valued marker tells a cycle has passed), after pressure()'s forced collection,
+-- cycle (counted by a finalizer, see gc_cycles), after pressure()'s forced collection,
 -- in nc.mem_stats() and nc.mem_trim(), and at lua_close.
--- Why not ffi.gc(p, nc_tensor_release) on every box: LuaJIT then inserts each box into its
--- finalizer table, resurrects every dead box for one more cycle, and calls each finalizer
--- through a protected call into the FFI from the interpreter; that cost ~0.4-0.5 µs of a 1 µs
--- tiny op (tools/bench/ops.lua, section 3), and a finalizer that runs while a trace is being
--- recorded aborts it ("error thrown or hook called during recording"). The registry costs two
--- stores per tensor and a compiled scan of the slots per GC cycle.
+-- Why not ffi.gc(p, nc_tensor_release) on every box (as before): LuaJIT then inserts each box
+-- into its finalizer table, resurrects every dead box for one more cycle, and calls each
+-- finalizer through a protected call into the FFI from the interpreter; in the ops bench
+-- (section 3) that ownership step costs 2-3x the registry's, and a finalizer that runs while a
+-- trace is being recorded aborts it ("error thrown or hook called during recording"). The
+-- registry costs two stores per tensor and a compiled scan of the slots per GC cycle (cycles
+-- are paced so that this is O(1) per tensor: see pressure()).
 -- Rule: a box returned by a C *_new*/*_view* call is registered once (never wrap the same box
 -- twice); code that keeps a raw pointer must keep its Tensor (or its box) alive, as before.
+-- owned[] and the free-slot stack live in malloc'd memory, outside the Lua heap: the collector
+-- paces its cycles by the Lua heap size, and arrays of a slot per tensor in it would lengthen
+-- the cycles, hence the number of tensors waiting in each (measured: 5-10x more).
+pcall(ffi.cdef, 'void *realloc(void *ptr, size_t size);')
 local release = C.nc_tensor_release
-local PTR_BYTES = ffi.sizeof('nc_tensor *')
-local cap = 1024
-local owned = ffi.new('nc_tensor *[?]', cap + 1)      -- slots 1..cap
+local cap, nfree, hi = 0, 0, 0
+local owned, free_slots          -- nc_tensor *[cap + 1], int32_t[cap + 1]; slots 1..cap
 local alive = setmetatable({}, { __mode = 'v' })
-local free_slots, nfree, hi = {}, 0, 0
-local cycle = setmetatable({}, { __mode = 'v' })      -- cycle[1] vanishes at each GC cycle
-cycle[1] = {}
+-- GC cycle counter: an unreferenced proxy whose finalizer counts and makes the next one, so it
+-- runs once per collection cycle. (A weak-valued marker table is not reliable: a stale stack
+-- slot of a long-lived frame can keep the marker alive forever.)
+local gc_cycles, seen_cycles, closing = 0, 0, false
+local canary = newproxy(true)
+getmetatable(canary).__gc = function()
+    gc_cycles = gc_cycles + 1
+    if not closing then newproxy(canary) end
+end
+newproxy(canary)
+Tensor._gc_canary = canary   -- the prototype stays reachable; only its copies are collected
 
 -- Release every registered pointer whose box was collected; returns how many.
 local function release_dead()
@@ -61,18 +73,22 @@ end
 Tensor._release_dead = release_dead
 
 local function grow()
-    local newcap = 2 * cap
-    local a = ffi.new('nc_tensor *[?]', newcap + 1)   -- may run a GC step (and finalizers)
-    if newcap > cap then
-        ffi.copy(a, owned, (cap + 1) * PTR_BYTES)
-        owned, cap = a, newcap
-    end
+    local n = math.max(1024, 2 * cap)
+    local o = ffi.C.realloc(owned, (n + 1) * ffi.sizeof('nc_tensor *'))
+    if o == nil then error('tensor registry: out of memory for ' .. n .. ' slots', 0) end
+    owned = ffi.cast('nc_tensor **', o)
+    local f = ffi.C.realloc(free_slots, (n + 1) * 4)
+    if f == nil then error('tensor registry: out of memory for ' .. n .. ' slots', 0) end
+    free_slots = ffi.cast('int32_t *', f)
+    ffi.fill(owned + cap + 1, (n - cap) * ffi.sizeof('nc_tensor *'))
+    cap = n
 end
+grow()
 
 -- Register p (a fresh +1 pointer); returns its slot.
 local function own(p)
-    if cycle[1] == nil then
-        cycle[1] = {}
+    if gc_cycles ~= seen_cycles then
+        seen_cycles = gc_cycles
         release_dead()
     end
     local s
@@ -109,6 +125,7 @@ function Tensor._registry_stats() return { used = hi - nfree, high = hi, cap = c
 -- at lua_close everything still owned is released (the os.exit paths skip this, like ffi.gc)
 local closer = newproxy(true)
 getmetatable(closer).__gc = function()
+    closing = true
     for s = 1, hi do
         local p = owned[s]
         if p ~= nil then owned[s] = nil; release(p) end
@@ -118,11 +135,33 @@ end
 Tensor._closer = closer   -- reachable for the state's lifetime
 
 -- ---- memory pressure ---------------------------------------------------------------------------
+-- The Lua collector paces itself by the Lua heap, which does not include C memory. Two rules
+-- make it see ours:
+--  * small tensors (at most NC_SMALL_DATA bytes: one NC_SMALL_BLOCK-byte block each, core/tensor.c)
+--    are made at op rate with ~120 bytes of Lua garbage each; without help a GC cycle lasts
+--    tens of thousands of them (measured 10-50k with 1.5 MB of Lua heap), tens of MB of blocks
+--    wait for it, and the block cache overflows. Every SMALL_STEP_N of them we do the GC work
+--    their blocks would have caused as Lua memory (collectgarbage('step', KB)), so they are paced
+--    like Lua objects: in-flight blocks stay within a few hundred KB to a few MB (cachegrind:
+--    LL misses per nc.add 5 -> 0, instructions -18%).
+--  * large ones: once enough bytes were allocated since the last forced collection (more than
+--    what was live after it, and at least 64 MiB) a full collection runs.
 local since_gc, live_after_gc = 0, 0
 local GC_MIN = 64 * 1024 * 1024
+local SMALL_DATA = C.NC_SMALL_DATA
+local SMALL_STEP_N, SMALL_STEP_KB = 1024, 512      -- 1024 blocks of 512 bytes
+local small_n = 0
 local stats = ffi.new('nc_mem_stats')
 
 local function pressure(nbytes)
+    if nbytes <= SMALL_DATA then
+        small_n = small_n + 1
+        if small_n >= SMALL_STEP_N then
+            small_n = 0
+            if collectgarbage('step', SMALL_STEP_KB) then release_dead() end
+        end
+        return
+    end
     since_gc = since_gc + nbytes
     if since_gc > GC_MIN and since_gc > live_after_gc then
         collectgarbage('collect')
