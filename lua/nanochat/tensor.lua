@@ -37,6 +37,7 @@ ag._set_tensor_class(Tensor)
 -- paces its cycles by the Lua heap size, and arrays of a slot per tensor in it would lengthen
 -- the cycles, hence the number of tensors waiting in each (measured: 5-10x more).
 pcall(ffi.cdef, 'void *realloc(void *ptr, size_t size);')
+pcall(ffi.cdef, 'void free(void *ptr);')
 local release = C.nc_tensor_release
 local cap, nfree, hi = 0, 0, 0
 local owned, free_slots          -- nc_tensor *[cap + 1], int32_t[cap + 1]; slots 1..cap
@@ -53,20 +54,36 @@ end
 newproxy(canary)
 Tensor._gc_canary = canary   -- the prototype stays reachable; only its copies are collected
 
--- Release every registered pointer whose box was collected; returns how many.
+-- Release every registered pointer whose box was collected; returns how many. The scan also
+-- rebuilds the free-slot stack with the lowest slot on top and lowers hi to the highest slot in
+-- use, so slots stay packed at the bottom and a scan costs O(tensors in use), not O(the most
+-- there ever were): cycles are frequent (see pressure()), and after a burst of tensors a scan up
+-- to the old high-water mark cost 5 µs per tiny op. alive[] is rebuilt smaller for the same
+-- reason (the collector walks its whole array part at every cycle).
+local alive_cap = 0                -- highest index stored in alive since it was (re)built
 local function release_dead()
-    local n = 0
-    for s = 1, hi do
-        if alive[s] == nil then
-            local p = owned[s]
-            if p ~= nil then
-                owned[s] = nil
-                release(p)
-                free_slots[nfree + 1] = s     -- store first: this may run a GC step
-                nfree = nfree + 1
-                n = n + 1
-            end
+    local n, top = 0, 0
+    nfree = 0
+    for s = hi, 1, -1 do
+        local p = owned[s]
+        if p ~= nil and alive[s] == nil then
+            owned[s] = nil
+            release(p)
+            n = n + 1
+            p = nil
         end
+        if p ~= nil then
+            if top == 0 then top = s end
+        elseif top ~= 0 then
+            nfree = nfree + 1
+            free_slots[nfree] = s
+        end
+    end
+    hi = top
+    if alive_cap > 4096 and 4 * hi < alive_cap then
+        local a = setmetatable({}, getmetatable(alive))
+        for s = 1, hi do a[s] = alive[s] end     -- nil holes stay nil; no allocation of boxes
+        alive, alive_cap = a, hi
     end
     return n
 end
@@ -102,6 +119,7 @@ local function own(p)
     end
     owned[s] = p
     alive[s] = p
+    if s > alive_cap then alive_cap = s end
     return s
 end
 
@@ -114,12 +132,12 @@ function Tensor._free_now(t)
     alive[s] = nil
     owned[s] = nil
     release(p)
-    free_slots[nfree + 1] = s
     nfree = nfree + 1
+    free_slots[nfree] = s
     return true
 end
 
--- registry counters, for specs and the ops bench: slots in use, slots ever used
+-- registry counters, for specs and the ops bench: slots in use, the highest slot in use, capacity
 function Tensor._registry_stats() return { used = hi - nfree, high = hi, cap = cap } end
 
 -- at lua_close everything still owned is released (the os.exit paths skip this, like ffi.gc)
@@ -131,6 +149,9 @@ getmetatable(closer).__gc = function()
         if p ~= nil then owned[s] = nil; release(p) end
     end
     hi, nfree = 0, 0
+    ffi.C.free(owned)
+    ffi.C.free(free_slots)
+    owned, free_slots, cap = nil, nil, 0
 end
 Tensor._closer = closer   -- reachable for the state's lifetime
 
@@ -138,18 +159,21 @@ Tensor._closer = closer   -- reachable for the state's lifetime
 -- The Lua collector paces itself by the Lua heap, which does not include C memory. Two rules
 -- make it see ours:
 --  * small tensors (at most NC_SMALL_DATA bytes: one NC_SMALL_BLOCK-byte block each, core/tensor.c)
---    are made at op rate with ~120 bytes of Lua garbage each; without help a GC cycle lasts
---    tens of thousands of them (measured 10-50k with 1.5 MB of Lua heap), tens of MB of blocks
---    wait for it, and the block cache overflows. Every SMALL_STEP_N of them we do the GC work
---    their blocks would have caused as Lua memory (collectgarbage('step', KB)), so they are paced
---    like Lua objects: in-flight blocks stay within a few hundred KB to a few MB (cachegrind:
---    LL misses per nc.add 5 -> 0, instructions -18%).
+--    are made at op rate with ~120 bytes of Lua garbage each; left alone, a GC cycle lasts tens
+--    of thousands of them (10-50k measured with 1.5 MB of Lua heap), tens of MB of blocks wait
+--    for it, cold, and overflow the block cache. Every SMALL_STEP_N of them we do the GC work
+--    that SMALL_STEP_KB of Lua allocation would cause (collectgarbage('step', KB)): each small
+--    tensor counts as 128 more bytes of Lua memory, about doubling the pace for them. Per
+--    nc.add (cachegrind, instructions / last-level misses), by Lua heap 0.4 / 3 / 10 MB:
+--    no pacing 2890 / - / - (LL 4.9); 128 B: 2330 (0) / 2820 (0.06) / 4150 (4.1); 512 B (the
+--    whole block): 2320 (0) / 4200 (0) / 4760 (0.4) — more marking; the old ffi.gc path:
+--    5050 (2.6) / 4240 (6.3) / 4090 (6.4).
 --  * large ones: once enough bytes were allocated since the last forced collection (more than
 --    what was live after it, and at least 64 MiB) a full collection runs.
 local since_gc, live_after_gc = 0, 0
 local GC_MIN = 64 * 1024 * 1024
 local SMALL_DATA = C.NC_SMALL_DATA
-local SMALL_STEP_N, SMALL_STEP_KB = 1024, 512      -- 1024 blocks of 512 bytes
+local SMALL_STEP_N, SMALL_STEP_KB = 1024, 128
 local small_n = 0
 local stats = ffi.new('nc_mem_stats')
 

@@ -103,12 +103,12 @@ local function ffi_overhead(calls, reps, warmup)
               end
           end },
         { key = 'own_registry', name = '+ own: registry (new)', gc = true,
-          what = 'new, nc_binary, Tensor.wrap(p): a registry slot',
+          what = 'Tensor._empty_c (new, registry slot, GC pacing), nc_binary',
           fn = function()
+              local empty_c = Tensor._empty_c
               for _ = 1, calls do
-                  local p = C.nc_tensor_new(C.NC_F32, C.NC_CPU, 1, shape1)
-                  C.nc_binary(p, ac, bc, ADD)
-                  local t = Tensor.wrap(p)
+                  local t = empty_c(1, shape1, C.NC_F32, C.NC_CPU)
+                  C.nc_binary(t._c, ac, bc, ADD)
               end
           end },
         { key = 'add', name = 'nc.add', gc = true,
