@@ -60,8 +60,15 @@ Tensor._gc_canary = canary   -- the prototype stays reachable; only its copies a
 -- there ever were): cycles are frequent (see pressure()), and after a burst of tensors a scan up
 -- to the old high-water mark cost 5 µs per tiny op. alive[] is rebuilt smaller for the same
 -- reason (the collector walks its whole array part at every cycle).
+-- Re-entrancy: a GC step (and with it any __gc finalizer, which might make a tensor) can only
+-- run where Lua allocates. own() allocates only in its `alive[s] = p` store, after the slot is
+-- taken; a scan started from there (busy) is skipped, since owned[s] is set and alive[s] not
+-- yet. The scan itself allocates nothing but the smaller alive table, made before copying.
+local table_new = require 'table.new'
 local alive_cap = 0                -- highest index stored in alive since it was (re)built
+local busy = 0                     -- own() calls between owned[s] = p and alive[s] = p
 local function release_dead()
+    if busy > 0 then return 0 end
     local n, top = 0, 0
     nfree = 0
     for s = hi, 1, -1 do
@@ -81,9 +88,12 @@ local function release_dead()
     end
     hi = top
     if alive_cap > 4096 and 4 * hi < alive_cap then
-        local a = setmetatable({}, getmetatable(alive))
-        for s = 1, hi do a[s] = alive[s] end     -- nil holes stay nil; no allocation of boxes
-        alive, alive_cap = a, hi
+        local size = 2 * hi + 64
+        local a = setmetatable(table_new(size, 0), getmetatable(alive))   -- may run a GC step
+        if hi <= size then
+            for s = 1, hi do a[s] = alive[s] end     -- into the preallocated array: no allocation
+            alive, alive_cap = a, hi
+        end
     end
     return n
 end
@@ -118,7 +128,9 @@ local function own(p)
         s = hi
     end
     owned[s] = p
+    busy = busy + 1
     alive[s] = p
+    busy = busy - 1
     if s > alive_cap then alive_cap = s end
     return s
 end

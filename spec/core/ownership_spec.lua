@@ -91,6 +91,29 @@ describe('tensor ownership', function()
         assert.is_true(t._slot <= high0 + 65)
     end)
 
+    it('stays consistent when finalizers make tensors in the middle of registrations', function()
+        local before = snapshot()
+        local made, armed = {}, true
+        local mt_proxy = newproxy(true)
+        getmetatable(mt_proxy).__gc = function()
+            if not armed then return end
+            made[#made + 1] = nc.full({ 2 }, #made)      -- a tensor made inside the collector
+            newproxy(mt_proxy)
+        end
+        newproxy(mt_proxy)
+        local x = nc.tensor { 1 }
+        for i = 1, 30000 do
+            local y = x + i
+            if i % 5000 == 0 then full_gc() end
+        end
+        armed = false
+        full_gc()
+        assert.is_true(#made > 3)
+        for i, t in ipairs(made) do assert.are.same({ i - 1, i - 1 }, t:tolist()) end
+        made, x, mt_proxy = nil, nil, nil
+        same_as(before, snapshot(), 'finalizers making tensors')
+    end)
+
     it('keeps a small tensor readable through a view after its base is collected', function()
         local v = nc.tensor({ { 1, 2, 3 }, { 4, 5, 6 } }):t():narrow(0, 1, 2)
         full_gc()
