@@ -23,7 +23,7 @@ ag._set_tensor_class(Tensor)
 -- release_dead() then releases owned[s] and frees the slot, so every pointer is released once,
 -- when its box dies, as with ffi.gc. release_dead() runs at the first allocation after each GC
 -- cycle (counted by a finalizer, see gc_cycles), after pressure()'s forced collection,
--- in nc.mem_stats() and nc.mem_trim(), and at lua_close.
+-- in nc.mem_stats(), nc.mem_trim() and nc.mem_reset_peak(), and at lua_close.
 -- Why not ffi.gc(p, nc_tensor_release) on every box (as before): LuaJIT then inserts each box
 -- into its finalizer table, resurrects every dead box for one more cycle, and calls each
 -- finalizer through a protected call into the FFI from the interpreter; in the ops bench

@@ -119,10 +119,7 @@ local function ffi_overhead(calls, reps, warmup)
           fn = function() for _ = 1, calls do nc.add(a65, b65) end end },
     }
     for _, row in ipairs(rows) do row.wall, row.cpu = {}, {} end
-    local function settle()
-        collectgarbage('collect')
-        Tensor._release_dead()
-    end
+    local settle = L.collect
     for r = 1, warmup + reps do
         for k = 0, #rows - 1 do
             local row = rows[(k + r) % #rows + 1]
