@@ -37,6 +37,11 @@ nc_status nc_norm_dim(const char *op, int32_t *dim, int32_t ndim);
 /* ---- memory ------------------------------------------------------------------------------ */
 void *nc_host_alloc(int64_t nbytes);           /* 64-byte aligned, counted; NULL + error on OOM */
 void nc_host_free(void *p, int64_t nbytes);
+/* One NC_SMALL_BLOCK-byte, 64-byte aligned block from a free list (core/tensor.c puts a small
+ * tensor's header, storage and data in it); nbytes of it are counted as host memory. */
+#define NC_SMALL_BLOCK 512
+void *nc_small_alloc(int64_t nbytes);
+void nc_small_free(void *p, int64_t nbytes);
 void nc_count_device(int64_t delta_bytes);     /* the CUDA path reports its allocations here */
 
 /* ---- element access ---------------------------------------------------------------------- */

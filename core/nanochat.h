@@ -73,7 +73,9 @@ typedef struct nc_storage {
     int32_t flags;           /* NC_STORAGE_* */
 } nc_storage;
 
-enum nc_storage_flags { NC_STORAGE_OWNS = 1 };
+/* NC_STORAGE_SMALL: the storage and its data sit in one small block with the tensor header that
+ * created it (core/tensor.c); the block is recycled when the storage's refcount reaches 0. */
+enum nc_storage_flags { NC_STORAGE_OWNS = 1, NC_STORAGE_SMALL = 2 };
 
 typedef struct nc_tensor {
     int64_t refcount;
@@ -84,8 +86,13 @@ typedef struct nc_tensor {
     int32_t ndim;            /* 0 = scalar */
     int32_t dtype;
     int32_t device;
-    int32_t flags;
+    int32_t flags;           /* NC_TENSOR_* */
 } nc_tensor;
+
+/* NC_TENSOR_SMALL: the header lives inside its storage's small block (it is not freed on its
+ * own; the block goes when the storage does). Small = CPU data of at most NC_SMALL_DATA bytes. */
+enum nc_tensor_flags { NC_TENSOR_SMALL = 1 };
+enum { NC_SMALL_DATA = 256 };
 
 typedef struct nc_mem_stats {
     int64_t host_bytes, host_peak, host_allocs, host_frees;
@@ -106,7 +113,9 @@ int32_t nc_dtype_from_name(const char *name);          /* -1 if unknown */
 void nc_mem_stats_get(nc_mem_stats *out);
 void nc_mem_reset_peak(void);                  /* peaks := current live bytes (per-phase peaks) */
 /* Large host blocks (>= 64 KiB) are recycled through a size-class cache capped at
- * NC_HOST_CACHE_MB (default 1024; 0 disables); nc_mem_trim returns the cache to the system. */
+ * NC_HOST_CACHE_MB (default 1024; 0 disables), small tensors' blocks through a free list of at
+ * most NC_SMALL_CACHE_MB (default 8) MiB (host_cached counts both); nc_mem_trim returns both caches
+ * to the system. */
 void nc_mem_trim(void);
 
 /* threads and kernels */

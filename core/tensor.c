@@ -143,8 +143,25 @@ static nc_storage *storage_new(int64_t nbytes, int32_t device, int zero) {
     return s;
 }
 
+/* A small CPU tensor (data of at most NC_SMALL_DATA bytes: scalars, losses, tiny temporaries)
+ * is one block from nc_small_alloc: header, storage, then the data at SMALL_HDR (64-aligned).
+ * The block belongs to the storage: the header holds a reference to the storage, views of the
+ * tensor hold more, and the block is recycled when the last of them is released. Until then a
+ * released header just sits unused in its block (its refcount is 0 and nothing points to it). */
+typedef struct small_tensor {
+    nc_tensor t;
+    nc_storage s;
+} small_tensor;
+#define SMALL_HDR 256
+_Static_assert(sizeof(small_tensor) <= SMALL_HDR && SMALL_HDR % 64 == 0, "small tensor header layout");
+_Static_assert(SMALL_HDR + NC_SMALL_DATA == NC_SMALL_BLOCK, "small tensor block layout");
+
 static void storage_release(nc_storage *s) {
     if (!s || atomic_fetch_sub((_Atomic int64_t *)&s->refcount, 1) != 1) return;
+    if (s->flags & NC_STORAGE_SMALL) {
+        nc_small_free((char *)s - offsetof(small_tensor, s), s->nbytes);
+        return;
+    }
     if (s->flags & NC_STORAGE_OWNS) {
         if (s->device == NC_CPU) nc_host_free(s->data, s->nbytes);
         else if (s->device == NC_CUDA) {
@@ -183,9 +200,8 @@ static int64_t bytes_for(int32_t dtype, int64_t numel) {
     return (numel + tr->block_elems - 1) / tr->block_elems * tr->block_bytes;
 }
 
-static nc_tensor *header_new(nc_storage *s, int32_t dtype, int32_t ndim, const int64_t *shape) {
-    nc_tensor *t = calloc(1, sizeof *t);
-    if (!t) { nc_fail(NC_ERR_OOM, "alloc: out of memory for a tensor header"); return NULL; }
+static void header_init(nc_tensor *t, nc_storage *s, int32_t dtype, int32_t ndim, const int64_t *shape) {
+    memset(t, 0, sizeof *t);
     t->refcount = 1;
     t->storage = s;
     t->dtype = dtype;
@@ -194,7 +210,25 @@ static nc_tensor *header_new(nc_storage *s, int32_t dtype, int32_t ndim, const i
     for (int32_t d = 0; d < ndim; d++) t->shape[d] = shape[d];
     set_contiguous_strides(t);
     atomic_fetch_add(&nc_tensors_live, 1);
+}
+
+static nc_tensor *header_new(nc_storage *s, int32_t dtype, int32_t ndim, const int64_t *shape) {
+    nc_tensor *t = malloc(sizeof *t);
+    if (!t) { nc_fail(NC_ERR_OOM, "alloc: out of memory for a tensor header"); return NULL; }
+    header_init(t, s, dtype, ndim, shape);
     return t;
+}
+
+static nc_tensor *small_new(int32_t dtype, int32_t ndim, const int64_t *shape, int64_t nbytes, int zero) {
+    char *b = nc_small_alloc(nbytes);
+    if (!b) return NULL;
+    small_tensor *st = (small_tensor *)b;
+    st->s = (nc_storage){ .refcount = 1, .data = b + SMALL_HDR, .nbytes = nbytes, .device = NC_CPU,
+                          .flags = NC_STORAGE_OWNS | NC_STORAGE_SMALL };
+    if (zero && nbytes) memset(b + SMALL_HDR, 0, (size_t)nbytes);
+    header_init(&st->t, &st->s, dtype, ndim, shape);
+    st->t.flags = NC_TENSOR_SMALL;
+    return &st->t;
 }
 
 static nc_tensor *tensor_alloc(const char *op, int32_t dtype, int32_t device, int32_t ndim,
@@ -206,7 +240,9 @@ static nc_tensor *tensor_alloc(const char *op, int32_t dtype, int32_t device, in
                 nc_dtype_info(dtype)->name, nc_dtype_info(dtype)->block_elems, (long long)shape[ndim - 1]);
         return NULL;
     }
-    nc_storage *s = storage_new(bytes_for(dtype, shape_numel(ndim, shape)), device, zero);
+    int64_t nbytes = bytes_for(dtype, shape_numel(ndim, shape));
+    if (device == NC_CPU && nbytes <= NC_SMALL_DATA) return small_new(dtype, ndim, shape, nbytes, zero);
+    nc_storage *s = storage_new(nbytes, device, zero);
     if (!s) return NULL;
     nc_tensor *t = header_new(s, dtype, ndim, shape);
     if (!t) storage_release(s);
@@ -241,9 +277,10 @@ void nc_tensor_retain(nc_tensor *t) {
 
 void nc_tensor_release(nc_tensor *t) {
     if (!t || atomic_fetch_sub((_Atomic int64_t *)&t->refcount, 1) != 1) return;
-    storage_release(t->storage);
+    nc_storage *s = t->storage;
     atomic_fetch_sub(&nc_tensors_live, 1);
-    free(t);
+    if (!(t->flags & NC_TENSOR_SMALL)) free(t);   /* a small header goes with its storage's block */
+    storage_release(s);
 }
 
 int64_t nc_tensor_numel(const nc_tensor *t) { return t ? shape_numel(t->ndim, t->shape) : 0; }

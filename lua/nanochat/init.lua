@@ -22,9 +22,11 @@ function nc.cpu_kernel() return ffi.string(C.nc_cpu_kernel_name()) end
 function nc.set_cpu_kernel(name) core.check(C.nc_set_cpu_kernel(name), 'set_cpu_kernel') end
 function nc.cuda_available() return C.nc_cuda_available() == 1 end
 function nc.cuda_status() return ffi.string(C.nc_cuda_status()) end
-nc.mem_stats = core.mem_stats
-function nc.mem_trim() C.nc_mem_trim() end
-function nc.mem_reset_peak() C.nc_mem_reset_peak() end
+-- these first release the tensors whose Lua side was collected (tensor.lua's registry), so
+-- `collectgarbage('collect'); nc.mem_stats()` sees their memory gone
+function nc.mem_stats() Tensor._release_dead(); return core.mem_stats() end
+function nc.mem_trim() Tensor._release_dead(); C.nc_mem_trim() end
+function nc.mem_reset_peak() Tensor._release_dead(); C.nc_mem_reset_peak() end
 
 -- ---- autograd ------------------------------------------------------------------------------
 nc.no_grad = ag.no_grad

@@ -1,11 +1,12 @@
 -- lua/nanochat/tensor.lua — the Lua Tensor class over nc_tensor*.
 --
--- Promise: a Tensor is a Lua table { _c = nc_tensor* } whose pointer is released by exactly one
--- ffi.gc finalizer (attached in Tensor.wrap, the only place that takes ownership). Views share
--- storage and record autograd like any op. Dims are 0-based and may be negative. Host memory
--- churn drives Lua's collector: once enough bytes were allocated since the last collection
--- (more than what was live after it, and at least 64 MiB) a full collection runs, so C
--- memory stays bounded even though the Lua GC cannot see it.
+-- Promise: a Tensor is a Lua table { _c = nc_tensor*, _slot = n } whose pointer is released
+-- exactly once, by the ownership registry below, after its cdata box (t._c) became garbage
+-- (Tensor.wrap/_empty_c are the only places that take ownership). Views share storage and
+-- record autograd like any op. Dims are 0-based and may be negative. C memory churn drives
+-- Lua's collector (pressure(): small tensors pace it like Lua objects of their block size,
+-- large ones force a full collection past 64 MiB), so C memory stays bounded even though the
+-- Lua GC cannot see it.
 local core = require 'nanochat.core'
 local ag = require 'nanochat.autograd'
 local ffi, C = core.ffi, core.C
@@ -15,16 +16,192 @@ Tensor.__index = Tensor
 Tensor.__name = 'Tensor'
 ag._set_tensor_class(Tensor)
 
--- ---- ownership and memory pressure -------------------------------------------------------
+-- ---- ownership: the registry ------------------------------------------------------------------
+-- Each owned nc_tensor* sits in one slot s: owned[s] holds the raw pointer (a C array, so it
+-- does not keep the box alive) and alive[s] the cdata box that t._c holds, in a weak-valued
+-- table. When the collector finds the box unreachable it clears alive[s] (in its atomic phase);
+-- release_dead() then releases owned[s] and frees the slot, so every pointer is released once,
+-- when its box dies, as with ffi.gc. release_dead() runs at the first allocation after each GC
+-- cycle (counted by a finalizer, see gc_cycles), after pressure()'s forced collection,
+-- in nc.mem_stats(), nc.mem_trim() and nc.mem_reset_peak(), and at lua_close.
+-- Why not ffi.gc(p, nc_tensor_release) on every box (as before): LuaJIT then inserts each box
+-- into its finalizer table, resurrects every dead box for one more cycle, and calls each
+-- finalizer through a protected call into the FFI from the interpreter; in the ops bench
+-- (section 3) that ownership step costs 2-3x the registry's, and a finalizer that runs while a
+-- trace is being recorded aborts it ("error thrown or hook called during recording"). The
+-- registry costs two stores per tensor and a compiled scan of the slots per GC cycle (cycles
+-- are paced so that this is O(1) per tensor: see pressure()).
+-- Rule: a box returned by a C *_new*/*_view* call is registered once (never wrap the same box
+-- twice); code that keeps a raw pointer must keep its Tensor (or its box) alive, as before.
+-- owned[] and the free-slot stack live in malloc'd memory, outside the Lua heap: the collector
+-- paces its cycles by the Lua heap size, and arrays of a slot per tensor in it would lengthen
+-- the cycles, hence the number of tensors waiting in each (measured: 5-10x more).
+pcall(ffi.cdef, 'void *realloc(void *ptr, size_t size);')
+pcall(ffi.cdef, 'void free(void *ptr);')
 local release = C.nc_tensor_release
+local cap, nfree, hi = 0, 0, 0
+local owned, free_slots          -- nc_tensor *[cap + 1], int32_t[cap + 1]; slots 1..cap
+local alive = setmetatable({}, { __mode = 'v' })
+-- GC cycle counter: an unreferenced proxy whose finalizer counts and makes the next one, so it
+-- runs once per collection cycle. (A weak-valued marker table is not reliable: a stale stack
+-- slot of a long-lived frame can keep the marker alive forever.)
+local gc_cycles, seen_cycles, closing = 0, 0, false
+local canary = newproxy(true)
+getmetatable(canary).__gc = function()
+    gc_cycles = gc_cycles + 1
+    if not closing then newproxy(canary) end
+end
+newproxy(canary)
+Tensor._gc_canary = canary   -- the prototype stays reachable; only its copies are collected
+
+-- Release every registered pointer whose box was collected; returns how many. The scan also
+-- rebuilds the free-slot stack with the lowest slot on top and lowers hi to the highest slot in
+-- use, so slots stay packed at the bottom and a scan costs O(tensors in use), not O(the most
+-- there ever were): cycles are frequent (see pressure()), and after a burst of tensors a scan up
+-- to the old high-water mark cost 5 µs per tiny op. alive[] is rebuilt smaller for the same
+-- reason (the collector walks its whole array part at every cycle).
+-- Re-entrancy: a GC step (and with it any __gc finalizer, which might make a tensor) can only
+-- run where Lua allocates. own() allocates only in its `alive[s] = p` store, after the slot is
+-- taken; a scan started from there (busy) is skipped, since owned[s] is set and alive[s] not
+-- yet. The scan itself allocates nothing but the smaller alive table, made before copying.
+local table_new = require 'table.new'
+local alive_cap = 0                -- highest index stored in alive since it was (re)built
+local busy = 0                     -- own() calls between owned[s] = p and alive[s] = p
+local function release_dead()
+    if busy > 0 then return 0 end
+    local n, top = 0, 0
+    nfree = 0
+    for s = hi, 1, -1 do
+        local p = owned[s]
+        if p ~= nil and alive[s] == nil then
+            owned[s] = nil
+            release(p)
+            n = n + 1
+            p = nil
+        end
+        if p ~= nil then
+            if top == 0 then top = s end
+        elseif top ~= 0 then
+            nfree = nfree + 1
+            free_slots[nfree] = s
+        end
+    end
+    hi = top
+    if alive_cap > 4096 and 4 * hi < alive_cap then
+        local size = 2 * hi + 64
+        local a = setmetatable(table_new(size, 0), getmetatable(alive))   -- may run a GC step
+        if hi <= size then
+            for s = 1, hi do a[s] = alive[s] end     -- into the preallocated array: no allocation
+            alive, alive_cap = a, hi
+        end
+    end
+    return n
+end
+Tensor._release_dead = release_dead
+
+local function grow()
+    local n = math.max(1024, 2 * cap)
+    local o = ffi.C.realloc(owned, (n + 1) * ffi.sizeof('nc_tensor *'))
+    if o == nil then error('tensor registry: out of memory for ' .. n .. ' slots', 0) end
+    owned = ffi.cast('nc_tensor **', o)
+    local f = ffi.C.realloc(free_slots, (n + 1) * 4)
+    if f == nil then error('tensor registry: out of memory for ' .. n .. ' slots', 0) end
+    free_slots = ffi.cast('int32_t *', f)
+    ffi.fill(owned + cap + 1, (n - cap) * ffi.sizeof('nc_tensor *'))
+    cap = n
+end
+grow()
+
+-- Register p (a fresh +1 pointer); returns its slot.
+local function own(p)
+    if gc_cycles ~= seen_cycles then
+        seen_cycles = gc_cycles
+        release_dead()
+    end
+    local s
+    if nfree > 0 then
+        s = free_slots[nfree]
+        nfree = nfree - 1
+    else
+        if hi >= cap then grow() end
+        hi = hi + 1
+        s = hi
+    end
+    owned[s] = p
+    busy = busy + 1
+    alive[s] = p
+    busy = busy - 1
+    if s > alive_cap then alive_cap = s end
+    return s
+end
+
+-- Release t's pointer now rather than after the next GC cycle. Neither t nor any copy of t._c
+-- may be used afterwards. Returns true when it released (false if t owned nothing).
+function Tensor._free_now(t)
+    local p, s = t._c, t._slot
+    t._c, t._slot = nil, nil
+    if s == nil or p == nil or alive[s] ~= p or owned[s] ~= p then return false end
+    alive[s] = nil
+    owned[s] = nil
+    release(p)
+    nfree = nfree + 1
+    free_slots[nfree] = s
+    return true
+end
+
+-- registry counters, for specs and the ops bench: slots in use, the highest slot in use, capacity
+function Tensor._registry_stats() return { used = hi - nfree, high = hi, cap = cap } end
+
+-- at lua_close everything still owned is released (the os.exit paths skip this, like ffi.gc)
+local closer = newproxy(true)
+getmetatable(closer).__gc = function()
+    closing = true
+    for s = 1, hi do
+        local p = owned[s]
+        if p ~= nil then owned[s] = nil; release(p) end
+    end
+    hi, nfree = 0, 0
+    ffi.C.free(owned)
+    ffi.C.free(free_slots)
+    owned, free_slots, cap = nil, nil, 0
+end
+Tensor._closer = closer   -- reachable for the state's lifetime
+
+-- ---- memory pressure ---------------------------------------------------------------------------
+-- The Lua collector paces itself by the Lua heap, which does not include C memory. Two rules
+-- make it see ours:
+--  * small tensors (at most NC_SMALL_DATA bytes: one NC_SMALL_BLOCK-byte block each, core/tensor.c)
+--    are made at op rate with ~120 bytes of Lua garbage each; left alone, a GC cycle lasts tens
+--    of thousands of them (10-50k measured with 1.5 MB of Lua heap), tens of MB of blocks wait
+--    for it, cold, and overflow the block cache. Every SMALL_STEP_N of them we do the GC work
+--    that SMALL_STEP_KB of Lua allocation would cause (collectgarbage('step', KB)): each small
+--    tensor counts as 128 more bytes of Lua memory, about doubling the pace for them. Per
+--    nc.add (cachegrind, instructions / last-level misses), by Lua heap 0.4 / 3 / 10 MB:
+--    no pacing 2890 / - / - (LL 4.9); 128 B: 2330 (0) / 2820 (0.06) / 4150 (4.1); 512 B (the
+--    whole block): 2320 (0) / 4200 (0) / 4760 (0.4) — more marking; the old ffi.gc path:
+--    5050 (2.6) / 4240 (6.3) / 4090 (6.4).
+--  * large ones: once enough bytes were allocated since the last forced collection (more than
+--    what was live after it, and at least 64 MiB) a full collection runs.
 local since_gc, live_after_gc = 0, 0
 local GC_MIN = 64 * 1024 * 1024
+local SMALL_DATA = C.NC_SMALL_DATA
+local SMALL_STEP_N, SMALL_STEP_KB = 1024, 128
+local small_n = 0
 local stats = ffi.new('nc_mem_stats')
 
 local function pressure(nbytes)
+    if nbytes <= SMALL_DATA then
+        small_n = small_n + 1
+        if small_n >= SMALL_STEP_N then
+            small_n = 0
+            if collectgarbage('step', SMALL_STEP_KB) then release_dead() end
+        end
+        return
+    end
     since_gc = since_gc + nbytes
     if since_gc > GC_MIN and since_gc > live_after_gc then
         collectgarbage('collect')
+        release_dead()
         C.nc_mem_stats_get(stats)
         live_after_gc = tonumber(stats.host_bytes) + tonumber(stats.device_bytes)
         since_gc = 0
@@ -38,7 +215,7 @@ function Tensor.wrap(p, op)
         if op and msg:sub(1, #op + 1) ~= op .. ':' then msg = op .. ': ' .. msg end
         error(msg, 0)
     end
-    return setmetatable({ _c = ffi.gc(p, release) }, Tensor)
+    return setmetatable({ _c = p, _slot = own(p) }, Tensor)
 end
 local wrap = Tensor.wrap
 
@@ -88,7 +265,7 @@ end
 function Tensor._empty_c(ndim, cshape, dtype_n, device_n)
     local p = C.nc_tensor_new(dtype_n, device_n, ndim, cshape)
     if p == nil then return wrap(p, 'empty') end
-    local t = setmetatable({ _c = ffi.gc(p, release) }, Tensor)
+    local t = setmetatable({ _c = p, _slot = own(p) }, Tensor)
     pressure(tonumber(p.storage.nbytes))
     return t
 end

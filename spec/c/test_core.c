@@ -4,6 +4,7 @@
 #include "nanochat.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -70,6 +71,72 @@ static void test_cache(void) {
     nc_mem_trim();
     nc_mem_stats_get(&s2);
     ok(s2.host_cached == 0, "trim empties the cache");
+}
+
+/* Small CPU tensors (data <= NC_SMALL_DATA bytes) are one recycled block: header, storage, data. */
+static void test_small(void) {
+    nc_mem_trim();
+    int64_t l0 = live(), h0 = host();
+    int64_t s64[1] = {NC_SMALL_DATA / 4}, s65[1] = {NC_SMALL_DATA / 4 + 1};
+    nc_tensor *a = nc_tensor_new(NC_F32, NC_CPU, 1, s64), *big = nc_tensor_new(NC_F32, NC_CPU, 1, s65);
+    ok(a && (a->flags & NC_TENSOR_SMALL) && (a->storage->flags & NC_STORAGE_SMALL) &&
+       ((uintptr_t)a->storage->data % 64) == 0 && a->storage->nbytes == NC_SMALL_DATA,
+       "a tensor of NC_SMALL_DATA bytes is small, its data 64-byte aligned");
+    ok(big && !(big->flags & NC_TENSOR_SMALL) && !(big->storage->flags & NC_STORAGE_SMALL), "one more element is not");
+    ok(live() == l0 + 2 && host() == h0 + NC_SMALL_DATA + NC_SMALL_DATA + 4, "both count as live tensors and host bytes");
+    nc_tensor_release(big);
+    /* a view outlives its small base; the block goes back only after the view */
+    nc_tensor_fill(a, 7);
+    nc_tensor *v = nc_tensor_view_narrow(a, 0, 10, 3);
+    void *block = a;
+    nc_tensor_release(a);
+    int64_t i0[1] = {2};
+    double x = 0;
+    ok(v && v->storage->refcount == 1 && nc_tensor_get(v, i0, &x) == NC_OK && x == 7 && live() == l0 + 1,
+       "a view of a small tensor keeps the block alive after the base is released");
+    nc_mem_stats s0;
+    nc_mem_stats_get(&s0);
+    nc_tensor_release(v);
+    nc_mem_stats s1;
+    nc_mem_stats_get(&s1);
+    ok(live() == l0 && host() == h0 && s1.host_cached == s0.host_cached + 512 /* NC_SMALL_BLOCK */ && s1.host_frees == s0.host_frees + 1,
+       "releasing the view returns the block once (to the small-block cache)");
+    /* the next small tensor reuses that block (LIFO), and zeros clears the old contents */
+    int64_t s3[2] = {3, 5};
+    nc_tensor *z = nc_tensor_new_zeros(NC_F64, NC_CPU, 2, s3);
+    int zero = z && (void *)z == block;
+    for (int64_t i = 0; zero && i < 15; i++) zero = ((double *)z->storage->data)[i] == 0.0;
+    ok(zero && z->ndim == 2 && z->strides[0] == 5 && z->offset == 0 && z->refcount == 1,
+       "the recycled block comes back as a fresh zeroed header and storage");
+    nc_tensor_release(z);
+    /* churn: many small tensors with views, released in mixed order, return everything */
+    nc_tensor *keep[64];
+    for (int r = 0; r < 2000; r++) {
+        for (int k = 0; k < 64; k++) {
+            int64_t sh[1] = {1 + (k % 32)};
+            keep[k] = nc_tensor_new(k % 2 ? NC_F32 : NC_F64, NC_CPU, 1, sh);
+            if (k % 3 == 0) {
+                nc_tensor *w = nc_tensor_view_narrow(keep[k], 0, 0, 1);
+                nc_tensor_release(keep[k]);
+                keep[k] = w;
+            }
+        }
+        for (int k = 0; k < 64; k++) nc_tensor_release(keep[(k * 37 + r) % 64]);
+    }
+    nc_mem_stats s2;
+    nc_mem_stats_get(&s2);
+    ok(live() == l0 && host() == h0 && s2.host_allocs - s1.host_allocs == s2.host_frees - s1.host_frees &&
+       s2.host_cached <= 8 * 1048576 + s1.host_cached,
+       "128k small tensors and views: every one freed once, no growth, the cache stays bounded");
+    int64_t one[1] = {3};
+    float src[3] = {1.5f, -2.0f, 3.25f};
+    nc_tensor *d = nc_tensor_new_from_data(NC_F32, 1, one, src, sizeof src);
+    ok(d && (d->flags & NC_TENSOR_SMALL) && !memcmp(d->storage->data, src, sizeof src), "from_data into a small tensor");
+    nc_tensor_release(d);
+    nc_mem_trim();
+    nc_mem_stats s3m;
+    nc_mem_stats_get(&s3m);
+    ok(s3m.host_cached == 0, "trim also empties the small-block cache");
 }
 
 static void test_views(void) {
@@ -217,6 +284,7 @@ int main(void) {
     test_traits();
     test_refcounts();
     test_cache();
+    test_small();
     test_views();
     test_copy_convert();
     test_rng();

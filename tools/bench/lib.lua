@@ -52,6 +52,15 @@ function L.min(xs)
     return m
 end
 
+-- A full collection, then (when nanochat is loaded) the release of the tensors it collected:
+-- tensor.lua releases them at its next allocation otherwise, which would land inside the next
+-- timed sample.
+function L.collect()
+    collectgarbage('collect')
+    local T = package.loaded['nanochat.tensor']
+    if type(T) == 'table' and T._release_dead then T._release_dead() end
+end
+
 -- Time fn. opts: warmup (untimed calls, default 2), reps (timed samples, default 5, at least 1),
 -- inner (calls per sample, default 1; the sample is divided by it), setup (called before each
 -- sample, untimed), gc (collect garbage before each sample, untimed; default true).
@@ -70,7 +79,7 @@ function L.time(fn, opts)
     local samples = {}
     for r = 1, reps do
         if setup then setup() end
-        if gc then collectgarbage('collect') end
+        if gc then L.collect() end
         local t0 = L.now()
         for _ = 1, inner do fn() end
         samples[r] = (L.now() - t0) / inner
@@ -122,7 +131,7 @@ function L.compare(fns, opts)
             local i = (r + k - 1) % n + 1
             local c = cases[i]
             if c.setup then c.setup() end
-            if gc then collectgarbage('collect') end
+            if gc then L.collect() end
             local fn, inner = c.fn, c.inner
             local t0 = L.now()
             for _ = 1, inner do fn() end

@@ -13,12 +13,17 @@
 --      Also (info rows, not in the worst ratio) the rmsnorm and softmax backward kernels, and the
 --      fused cross-entropy forward/backward over logits (1024, 32768) with its speedup over the
 --      scalar reference kernel.
---   3. FFI overhead: µs per call of nc.add on 1-element tensors, of the bare C nc_binary call on
---      preallocated 1-element tensors, and of a trivial C function (nc_tensor_numel).
+--   3. FFI overhead: µs per call of nc.add on 1-element tensors (target <= 1), broken down: a
+--      trivial C function (nc_tensor_numel), the bare C nc_binary on preallocated tensors, plus
+--      allocating and freeing the output in C (one small block), plus taking ownership in Lua the
+--      old way (ffi.gc finalizer per tensor) and the new way (tensor.lua's registry), and nc.add
+--      on a 65-float tensor (above NC_SMALL_DATA: header, storage and data malloc'd apart).
+--      Wall time and this thread's CPU time (the latter is what the calls cost on a busy machine).
 -- Every number is the median of `reps` samples after warmup (wall clock, CLOCK_MONOTONIC).
 -- Prints readable tables and, as the LAST line, one JSON object.
 --
--- Usage: ./nanochat tools/bench/ops.lua [reps=7] [threads=N] [quick=1] [mb=64]
+-- Usage: ./nanochat tools/bench/ops.lua [reps=7] [threads=N] [quick=1] [mb=64] [only=ffi]
+--    only=ffi: section 3 alone (a few seconds), its table and JSON keys
 --    or: LUA_PATH='lua/?.lua;lua/?/init.lua;;' luajit tools/bench/ops.lua ...
 if not package.path:find('lua/?/init.lua', 1, true) then
     package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
@@ -38,6 +43,127 @@ local nc = require 'nanochat'
 local core = require 'nanochat.core'
 local C = core.C
 
+-- =============================================================================================
+-- 3. FFI / call overhead (a function, so that only=ffi can run it alone)
+-- =============================================================================================
+-- Each row is a loop of `calls` calls. Rows are interleaved, the order rotated per repeat, so
+-- machine drift hits them alike. Every sample starts after a full collection (untimed); rows that
+-- allocate end it with a full collection and the release of what it collected (timed), so each
+-- sample pays for all the garbage it made, finalizers included (one extra full GC per sample,
+-- ~0.01-0.03 µs a call at 100k calls). Reported: medians of wall time and of this thread's CPU
+-- time (CLOCK_THREAD_CPUTIME_ID; on a machine shared with other jobs wall time also counts the
+-- time they hold the core).
+pcall(ffi.cdef, 'typedef struct nc_bench_timespec { int64_t tv_sec; int64_t tv_nsec; } nc_bench_timespec;')
+pcall(ffi.cdef, 'int clock_gettime(int clk_id, struct timespec *tp);')
+local thread_clock = ffi.cast('int (*)(int, nc_bench_timespec *)', ffi.C.clock_gettime)
+local thread_ts = ffi.new('nc_bench_timespec')
+local function thread_cpu()
+    thread_clock(3, thread_ts)   -- CLOCK_THREAD_CPUTIME_ID
+    return tonumber(thread_ts.tv_sec) + tonumber(thread_ts.tv_nsec) * 1e-9
+end
+
+local function ffi_overhead(calls, reps, warmup)
+    local Tensor = nc.Tensor
+    local release = C.nc_tensor_release
+    local a1, b1, o1 = nc.rand { 1 }, nc.rand { 1 }, nc.empty { 1 }
+    local n65 = C.NC_SMALL_DATA / 4 + 1
+    local a65, b65 = nc.rand { n65 }, nc.rand { n65 }
+    local ac, bc, oc = a1._c, b1._c, o1._c
+    local shape1 = ffi.new('int64_t[1]', 1)
+    local ADD = C.NC_OP_ADD
+    local sink = 0
+    local rows = {
+        { key = 'raw', name = 'raw FFI', what = 'C.nc_tensor_numel(t) from compiled Lua (20x the calls)', n = 20 * calls,
+          fn = function()
+              local s = 0
+              for _ = 1, 20 * calls do s = s + tonumber(C.nc_tensor_numel(ac)) end
+              sink = sink + s
+          end },
+        { key = 'kernel', name = 'C kernel', what = 'C.nc_binary(out, a, b, ADD) into a preallocated 1-element out',
+          fn = function()
+              for _ = 1, calls do
+                  if C.nc_binary(oc, ac, bc, ADD) ~= 0 then error('nc_binary failed') end
+              end
+          end },
+        { key = 'c_alloc', name = '+ C alloc/free', what = 'nc_tensor_new (one small block), nc_binary, nc_tensor_release at once',
+          fn = function()
+              for _ = 1, calls do
+                  local p = C.nc_tensor_new(C.NC_F32, C.NC_CPU, 1, shape1)
+                  C.nc_binary(p, ac, bc, ADD)
+                  release(p)
+              end
+          end },
+        { key = 'own_ffi_gc', name = '+ own: ffi.gc (old)', gc = true,
+          what = 'new, nc_binary, the old Tensor.wrap: {_c = ffi.gc(p, release)}',
+          fn = function()
+              for _ = 1, calls do
+                  local p = C.nc_tensor_new(C.NC_F32, C.NC_CPU, 1, shape1)
+                  C.nc_binary(p, ac, bc, ADD)
+                  local t = setmetatable({ _c = ffi.gc(p, release) }, Tensor)
+              end
+          end },
+        { key = 'own_registry', name = '+ own: registry (new)', gc = true,
+          what = 'Tensor._empty_c (new, registry slot, GC pacing), nc_binary',
+          fn = function()
+              local empty_c = Tensor._empty_c
+              for _ = 1, calls do
+                  local t = empty_c(1, shape1, C.NC_F32, C.NC_CPU)
+                  C.nc_binary(t._c, ac, bc, ADD)
+              end
+          end },
+        { key = 'add', name = 'nc.add', gc = true,
+          what = 'nc.add(a, b), 1-element: all of it (target <= 1)',
+          fn = function() for _ = 1, calls do nc.add(a1, b1) end end },
+        { key = 'add65', name = 'nc.add, 65 f32', gc = true,
+          what = 'above NC_SMALL_DATA: 3 mallocs',
+          fn = function() for _ = 1, calls do nc.add(a65, b65) end end },
+    }
+    for _, row in ipairs(rows) do row.wall, row.cpu = {}, {} end
+    local settle = L.collect
+    for r = 1, warmup + reps do
+        for k = 0, #rows - 1 do
+            local row = rows[(k + r) % #rows + 1]
+            settle()
+            local w0, u0 = L.now(), thread_cpu()
+            row.fn()
+            if row.gc then settle() end
+            local w, u = L.now() - w0, thread_cpu() - u0
+            if r > warmup then
+                row.wall[#row.wall + 1] = w / (row.n or calls) * 1e6
+                row.cpu[#row.cpu + 1] = u / (row.n or calls) * 1e6
+            end
+        end
+    end
+    local res, out = {}, {}
+    for _, row in ipairs(rows) do
+        local w, u = L.median(row.wall), L.median(row.cpu)
+        table.sort(row.wall)
+        res[row.key] = { wall = w, cpu = u, wall_min = row.wall[1], wall_max = row.wall[#row.wall] }
+        out[#out + 1] = { row.name, w, u, row.wall[1], row.wall[#row.wall], row.what }
+    end
+    print(string.format('Call overhead (µs per call; loops of %d, median of %d interleaved repeats)', calls, reps))
+    L.print_table({ 'call', 'wall', 'cpu', 'wall min', 'wall max', 'what' }, out,
+        { nil, '%.4f', '%.4f', '%.4f', '%.4f' })
+    print('  cpu: this thread\'s CPU time; wall also counts time other processes held the core.')
+    print('  The + rows add to the row above: kernel, then allocating/freeing the output in C, then')
+    print('  owning it from Lua (old: ffi.gc finalizer per tensor; new: the registry in tensor.lua).')
+    print('')
+    return res
+end
+
+local function ffi_json(res)
+    local function r4(v) return v and L.round(v, 4) end
+    local breakdown = {}
+    for k, v in pairs(res) do breakdown[k] = { wall = r4(v.wall), cpu = r4(v.cpu) } end
+    return {
+        ffi_us_per_call = r4(res.add and res.add.wall),
+        ffi_cpu_us_per_call = r4(res.add and res.add.cpu),
+        ffi_kernel_us_per_call = r4(res.kernel and res.kernel.wall),
+        ffi_raw_us_per_call = res.raw and L.round(res.raw.wall, 5),
+        ffi_breakdown = breakdown,
+    }
+end
+
 local function main()
     local quick = args.quick == 1 or args.quick == true or args.quick == 'true'
     local reps = tonumber(args.reps) or (quick and 3 or 7)
@@ -50,6 +176,16 @@ local function main()
 
     local notes = {}
     local function note(s) notes[#notes + 1] = s end
+
+    if args.only == 'ffi' then
+        print(string.format('nanochat ops benchmark, FFI section only: %d thread(s), cpu kernel %s', threads,
+            nc.cpu_kernel()))
+        print('')
+        local j = ffi_json(ffi_overhead(quick and 20000 or 100000, reps, warmup))
+        j.threads, j.quick, j.reps, j.only = threads, quick, reps, 'ffi'
+        print(L.json(j))
+        return
+    end
 
     -- does symbol `name` exist in the library (ops may not have landed yet)
     local function has_sym(name)
@@ -397,50 +533,9 @@ local function main()
     collectgarbage('collect')
 
     -- =============================================================================================
-    -- 3. FFI / call overhead
+    -- 3. FFI / call overhead (ffi_overhead above)
     -- =============================================================================================
-    local CALLS = quick and 20000 or 100000
-    local ffi_res = {}
-    do
-        local t4 = nc.rand { 1 }
-        local u4 = nc.rand { 1 }
-        local o4 = nc.empty { 1 }
-        local tc = t4._c
-        local sink = 0
-        -- raw FFI call of a trivial C function
-        local t = L.time(function()
-            local s = 0
-            for _ = 1, CALLS do s = s + tonumber(C.nc_tensor_numel(tc)) end
-            sink = sink + s
-        end, { warmup = warmup, reps = reps })
-        ffi_res.raw_us = t / CALLS * 1e6
-        -- bare kernel call on preallocated tiny tensors
-        if has_sym('nc_binary') then
-            local oc, ac, bc = o4._c, t4._c, u4._c
-            t = L.time(function()
-                for _ = 1, CALLS do
-                    if C.nc_binary(oc, ac, bc, 0) ~= 0 then error('nc_binary failed') end
-                end
-            end, { warmup = warmup, reps = reps })
-            ffi_res.kernel_us = t / CALLS * 1e6
-        end
-        -- the op through Lua (allocation, wrapper, autograd check, GC of the result)
-        if pick { function(p, q) return nc.add(p, q) end } then
-            t = L.time(function()
-                for _ = 1, CALLS do nc.add(t4, u4) end
-            end, { warmup = warmup, reps = reps, gc = false })
-            ffi_res.op_us = t / CALLS * 1e6
-        else
-            note('ffi: nc.add missing, ffi_us_per_call not measured')
-        end
-    end
-    print(string.format('Call overhead (µs per call, loops of %d)', CALLS))
-    L.print_table({ 'call', 'µs/call', 'what' }, {
-        { 'raw FFI', ffi_res.raw_us, 'C.nc_tensor_numel(t) from compiled Lua (target <= 1)' },
-        { 'C kernel', ffi_res.kernel_us, 'C.nc_binary(out, a, b, ADD) on preallocated 1-element tensors' },
-        { 'nc.add', ffi_res.op_us, 'nc.add(a, b) on 1-element tensors (alloc + wrap + GC included; target <= 1)' },
-    }, { nil, '%.4f' })
-    print('')
+    local ffi_res = ffi_overhead(quick and 20000 or 100000, reps, warmup)
     for _, s in ipairs(notes) do print('note: ' .. s) end
 
     -- =============================================================================================
@@ -457,15 +552,18 @@ local function main()
         }
     end
     local function num(v, d) if v == nil or v == math.huge then return nil end return L.round(v, d or 4) end
+    local fj = ffi_json(ffi_res)
     print(L.json {
         matmul_vs_sgemm = num(worst_gemm, 3),
         matmul_c_vs_sgemm = num(worst_gemm_c, 3),
         elementwise_vs_memcpy = num(worst_stream, 3),
         elementwise_worst = worst_stream_name,
         elementwise_kernel_vs_memcpy = num(worst_stream_kernel, 3),
-        ffi_us_per_call = num(ffi_res.op_us, 4),
-        ffi_kernel_us_per_call = num(ffi_res.kernel_us, 4),
-        ffi_raw_us_per_call = num(ffi_res.raw_us, 5),
+        ffi_us_per_call = fj.ffi_us_per_call,
+        ffi_cpu_us_per_call = fj.ffi_cpu_us_per_call,
+        ffi_kernel_us_per_call = fj.ffi_kernel_us_per_call,
+        ffi_raw_us_per_call = fj.ffi_raw_us_per_call,
+        ffi_breakdown = fj.ffi_breakdown,
         threads = threads,
         kernel = nc.cpu_kernel(),
         openblas_core = blas_core,

@@ -59,9 +59,7 @@ end
 -- Release a temporary that never escapes now (its block goes back to the host cache, still warm,
 -- for the next gather) instead of at the next Lua GC: the compact buffers are allocated per op.
 local function free_now(t)
-    local p = t._c
-    t._c = nil
-    C.nc_tensor_release(ffi.gc(p, nil))
+    Tensor._free_now(t)
 end
 
 -- Collider's linear backward (algorithms.md §8.3): with g2 = dY and x2 = X as (N, .) rows and the
