@@ -17,8 +17,9 @@
  * the format's documented bound), so the totals are equal and the epilogue
  * y = (float)isum * (1.0f / s) * gamma uses the same float operations.
  * Decode (one activation row): 4 weight rows per pass share each activation load (two
- * accumulators per row so the vpdpbusd chains overlap). Prefill (M >= 4): 4 activation rows x 2
- * weight rows, each block unpacked once.
+ * accumulators per row so the vpdpbusd chains overlap). Several activation rows (prefill, batched
+ * decode): tiles of 4, 3 or 2 activation rows x 2 weight rows, each block unpacked once for all of
+ * them and the matrix read once per tile rather than once per row; a last single row is a GEMV.
  */
 #include "nanochat.h"
 #include <immintrin.h>
@@ -104,63 +105,74 @@ static inline int32_t dot_a1_w1(const uint8_t *w, const int8_t *x, int64_t nb, u
     return _mm512_reduce_add_epi32(_mm512_add_epi32(c, d));
 }
 
-/* 4 activation rows (stride kp) x 2 weight rows (stride rs): each block is unpacked once; out[i]
- * = weight row 0 with activation row i, out[4 + i] = weight row 1 */
-static inline void dot_a4_w2(int32_t out[8], const uint8_t *w, int64_t rs, const int8_t *x, int64_t kp, int64_t nb,
-                             unpackers u) {
-    __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
-    __m512i d0 = c0, d1 = c0, d2 = c0, d3 = c0, d4 = c0, d5 = c0, d6 = c0, d7 = c0;
-    for (int64_t b = 0; b < nb; b++) {
-        __m512i v0 = bcast_block(w + b * 32), v1 = bcast_block(w + rs + b * 32);
-        __m512i p0 = codes01(v0, u), q0 = codes23(v0, u), p1 = codes01(v1, u), q1 = codes23(v1, u);
-        const int8_t *xb = x + b * TB;
-#define NC_ROW(I, CA, DA, CB, DB)                                                                                 \
-    do {                                                                                                          \
-        __m512i x01 = _mm512_loadu_si512((const void *)(xb + (I) * kp));                                          \
-        __m512i x23 = _mm512_loadu_si512((const void *)(xb + (I) * kp + 64));                                     \
-        CA = dpbusd(CA, p0, x01);                                                                                 \
-        DA = dpbusd(DA, q0, x23);                                                                                 \
-        CB = dpbusd(CB, p1, x01);                                                                                 \
-        DB = dpbusd(DB, q1, x23);                                                                                 \
-    } while (0)
-        NC_ROW(0, c0, d0, c4, d4);
-        NC_ROW(1, c1, d1, c5, d5);
-        NC_ROW(2, c2, d2, c6, d6);
-        NC_ROW(3, c3, d3, c7, d7);
-#undef NC_ROW
-    }
-    _mm_storeu_si128((__m128i *)out, hsum4x16(_mm512_add_epi32(c0, d0), _mm512_add_epi32(c1, d1),
-                                              _mm512_add_epi32(c2, d2), _mm512_add_epi32(c3, d3)));
-    _mm_storeu_si128((__m128i *)(out + 4), hsum4x16(_mm512_add_epi32(c4, d4), _mm512_add_epi32(c5, d5),
-                                                    _mm512_add_epi32(c6, d6), _mm512_add_epi32(c7, d7)));
-}
-
-static inline void dot_a4_w1(int32_t out[4], const uint8_t *w, const int8_t *x, int64_t kp, int64_t nb,
-                             unpackers u) {
-    __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, d0 = c0, d1 = c0, d2 = c0, d3 = c0;
-    for (int64_t b = 0; b < nb; b++) {
-        __m512i v = bcast_block(w + b * 32);
-        __m512i p = codes01(v, u), q = codes23(v, u);
-        const int8_t *xb = x + b * TB;
-#define NC_ROW(I, C, D)                                                                                           \
-    do {                                                                                                          \
-        C = dpbusd(C, p, _mm512_loadu_si512((const void *)(xb + (I) * kp)));                                      \
-        D = dpbusd(D, q, _mm512_loadu_si512((const void *)(xb + (I) * kp + 64)));                                 \
-    } while (0)
-        NC_ROW(0, c0, d0);
-        NC_ROW(1, c1, d1);
-        NC_ROW(2, c2, d2);
-        NC_ROW(3, c3, d3);
-#undef NC_ROW
-    }
-    _mm_storeu_si128((__m128i *)out, hsum4x16(_mm512_add_epi32(c0, d0), _mm512_add_epi32(c1, d1),
-                                              _mm512_add_epi32(c2, d2), _mm512_add_epi32(c3, d3)));
-}
-
 /* the epilogue, with exactly the scalar reference's float operations */
 static inline float finish(int32_t acc, int32_t xsum, float inv, float gamma) {
     int32_t isum = acc - xsum;
     return (float)isum * inv * gamma;
+}
+
+/* R activation rows (stride kp) x W weight rows (stride rs), R in 2..4, W in 1..2 (constants after
+ * inlining: the accumulator arrays live in registers): each block is unpacked once and used for
+ * R rows. out[4 j + i] = weight row j with activation row i. */
+static inline __attribute__((always_inline)) void dot_tile(const int R, const int W, int32_t out[8], const uint8_t *w,
+                                                           int64_t rs, const int8_t *x, int64_t kp, int64_t nb,
+                                                           unpackers u) {
+    __m512i c[2][4], d[2][4];
+#pragma GCC unroll 2
+    for (int j = 0; j < W; j++)
+#pragma GCC unroll 4
+        for (int i = 0; i < R; i++) c[j][i] = d[j][i] = _mm512_setzero_si512();
+    for (int64_t b = 0; b < nb; b++) {
+        __m512i p[2], h[2];
+#pragma GCC unroll 2
+        for (int j = 0; j < W; j++) {
+            __m512i v = bcast_block(w + j * rs + b * 32);
+            p[j] = codes01(v, u);
+            h[j] = codes23(v, u);
+        }
+        const int8_t *xb = x + b * TB;
+#pragma GCC unroll 4
+        for (int i = 0; i < R; i++) {
+            __m512i x01 = _mm512_loadu_si512((const void *)(xb + i * kp));
+            __m512i x23 = _mm512_loadu_si512((const void *)(xb + i * kp + 64));
+#pragma GCC unroll 2
+            for (int j = 0; j < W; j++) {
+                c[j][i] = dpbusd(c[j][i], p[j], x01);
+                d[j][i] = dpbusd(d[j][i], h[j], x23);
+            }
+        }
+    }
+    const __m512i z = _mm512_setzero_si512();
+#pragma GCC unroll 2
+    for (int j = 0; j < W; j++) {
+        __m512i t[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) t[i] = i < R ? _mm512_add_epi32(c[j][i], d[j][i]) : z;
+        _mm_storeu_si128((__m128i *)(out + 4 * j), hsum4x16(t[0], t[1], t[2], t[3]));
+    }
+}
+
+/* activation rows [m, m + R) x weight rows [n0, n1) */
+static inline __attribute__((always_inline)) void rows_tile(const int R, float *y, int64_t m, int64_t N,
+                                                            const int8_t *q, const float *act_inv,
+                                                            const int32_t *act_sum, const uint8_t *w,
+                                                            const float *gamma, int64_t kp, int64_t n0, int64_t n1,
+                                                            unpackers u) {
+    int64_t nb = kp / TB, rs = kp / 4;
+    const int8_t *x = q + m * kp;
+    int32_t r[8];
+    int64_t n = n0;
+    for (; n + 2 <= n1; n += 2) {
+        dot_tile(R, 2, r, w + n * rs, rs, x, kp, nb, u);
+        for (int i = 0; i < R; i++) {
+            y[(m + i) * N + n] = finish(r[i], act_sum[m + i], act_inv[m + i], gamma[n]);
+            y[(m + i) * N + n + 1] = finish(r[4 + i], act_sum[m + i], act_inv[m + i], gamma[n + 1]);
+        }
+    }
+    for (; n < n1; n++) {
+        dot_tile(R, 1, r, w + n * rs, rs, x, kp, nb, u);
+        for (int i = 0; i < R; i++) y[(m + i) * N + n] = finish(r[i], act_sum[m + i], act_inv[m + i], gamma[n]);
+    }
 }
 
 /* rows [n0, n1) of y (M, N) */
@@ -170,22 +182,10 @@ void nc_k_ternary_gemm_vnni(float *y, int64_t M, int64_t N, const int8_t *q, con
     const unpackers u = make_unpackers();
     int64_t nb = kp / TB, rs = kp / 4;
     int64_t m = 0;
-    int32_t r[8];
-    for (; m + 4 <= M; m += 4) {
-        const int8_t *x = q + m * kp;
-        int64_t n = n0;
-        for (; n + 2 <= n1; n += 2) {
-            dot_a4_w2(r, w + n * rs, rs, x, kp, nb, u);
-            for (int i = 0; i < 4; i++) {
-                y[(m + i) * N + n] = finish(r[i], act_sum[m + i], act_inv[m + i], gamma[n]);
-                y[(m + i) * N + n + 1] = finish(r[4 + i], act_sum[m + i], act_inv[m + i], gamma[n + 1]);
-            }
-        }
-        for (; n < n1; n++) {
-            dot_a4_w1(r, w + n * rs, x, kp, nb, u);
-            for (int i = 0; i < 4; i++) y[(m + i) * N + n] = finish(r[i], act_sum[m + i], act_inv[m + i], gamma[n]);
-        }
-    }
+    /* tiles of 4, 3 or 2 activation rows share each unpacked block; a last single row is a GEMV */
+    for (; m + 4 <= M; m += 4) rows_tile(4, y, m, N, q, act_inv, act_sum, w, gamma, kp, n0, n1, u);
+    if (M - m == 3) rows_tile(3, y, m, N, q, act_inv, act_sum, w, gamma, kp, n0, n1, u), m += 3;
+    if (M - m == 2) rows_tile(2, y, m, N, q, act_inv, act_sum, w, gamma, kp, n0, n1, u), m += 2;
     for (; m < M; m++) {
         const int8_t *x = q + m * kp;
         int64_t n = n0;
