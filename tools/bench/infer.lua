@@ -11,7 +11,8 @@
 --      rates are also given as a fraction of the measured DRAM bandwidth (roofline: 2.03 bits per
 --      weight incl. the f32 row scales). When the selected row kernel is not the AVX2 one, the
 --      in-cache 1-thread GEMV and the 125M engine decode are also timed with the AVX2 kernel in
---      the same run (JSON *_avx2 keys and gemv_vs_avx2_core).
+--      the same run (JSON *_avx2 keys, gemv_vs_avx2_core; decode samples interleaved with the
+--      selected kernel's: decode_interleaved_*, decode_vs_avx2_{1t,2t}, decode_vs_avx2_i8_head_*).
 --   3. The fp32 baseline: OpenBLAS cblas_sgemv on the same shapes, in and out of cache.
 --   4. (run first, on fresh memory) Decode of all linear layers of the 125M shape (12 layers x q, k, v, o (d, d), up (4d, d),
 --      down (d, 4d); int8 quantization of each input included): tokens/s, fraction of the DRAM
@@ -333,13 +334,38 @@ for _, sh in ipairs(ENGINE_SHAPES) do
         print(string.format('%-6s %5.0fM %4d %12.1f %12.1f %10.2f', sh.name, r.params / 1e6, th, r['dec_' .. th],
             r['pre_' .. th], r.bytes / 1e6))
     end
+    -- the selected row kernel vs the AVX2 one on engine m, samples interleaved (selected, avx2,
+    -- selected, ...) so both see the same machine load: tok/s medians of `reps` samples of ndec tokens
+    local function decode_vs_avx2(m)
+        local ndec = quick and 8 or 16
+        local cache = m:new_cache(1, 256)
+        m:forward_cached(pidx, cache)
+        local sel, avx2 = {}, {}
+        local function sample()
+            cache.pos = prefill_T
+            local t0 = L.now()
+            for _ = 1, ndec do m:forward_cached(one, cache) end
+            return (L.now() - t0) / ndec
+        end
+        sample()
+        for _ = 1, reps do
+            sel[#sel + 1] = sample()
+            avx2[#avx2 + 1] = on_avx2(sample)
+        end
+        return 1 / L.median(sel), 1 / L.median(avx2)
+    end
     if sh.name == '125M' and compare_avx2 then
+        local e8 = nc.pack(model, { head_dtype = 'i8' })
         for _, th in ipairs(THREADS) do
             set_threads(th)
-            r['avx2_' .. th] = on_avx2(function() return decode_rate(e) end)
-            print(string.format('125M engine decode with the AVX2 row kernel (%d threads): %.1f tok/s; %s %.2fx', th,
-                r['avx2_' .. th], TKERNEL, r['dec_' .. th] / r['avx2_' .. th]))
+            r['isel_' .. th], r['avx2_' .. th] = decode_vs_avx2(e)
+            r['isel8_' .. th], r['avx28_' .. th] = decode_vs_avx2(e8)
+            print(string.format('125M engine decode, %s vs AVX2 row kernel interleaved (%d threads): %.1f vs %.1f tok/s, '
+                .. '%.2fx; int8 head %.1f vs %.1f, %.2fx', TKERNEL, th, r['isel_' .. th], r['avx2_' .. th],
+                r['isel_' .. th] / r['avx2_' .. th], r['isel8_' .. th], r['avx28_' .. th],
+                r['isel8_' .. th] / r['avx28_' .. th]))
         end
+        e8 = nil
     end
     if sh.name == '125M' then
         for _, th in ipairs(THREADS) do
@@ -370,7 +396,10 @@ for _, sh in ipairs(ENGINE_SHAPES) do
         r.roof_i8 = r.bytes_i8 * r.i8_2 / (bw[2].median * 1e9)
         e8 = nil
         r.roof = r.bytes * r.dec_2 / (bw[2].median * 1e9)
-        if r.avx2_2 then r.roof_avx2 = r.bytes * r.avx2_2 / (bw[2].median * 1e9) end
+        if r.avx2_2 then
+            r.roof_isel = r.bytes * r.isel_2 / (bw[2].median * 1e9)
+            r.roof_avx2 = r.bytes * r.avx2_2 / (bw[2].median * 1e9)
+        end
         print(string.format('125M engine decode, 2 threads: %.3f of the DRAM roofline (%.1f MB/token, %.2f GB/s)',
             r.roof, r.bytes / 1e6, bw[2].median))
     end
@@ -441,9 +470,18 @@ if compare_avx2 then
     out.gemv_gw_per_s_core_avx2 = L.round(a2, 2)
     out.gemv_vs_avx2_core = L.round(hm(up.in_1[1], down.in_1[1]) / a2, 2)
     out.gemv_2048_gw_per_s_core_avx2 = L.round(by['2048x2048'].in_avx2, 2)
-    out.engine_decode_tok_s_125m_1t_avx2 = L.round(eng['125M'].avx2_1, 1)
-    out.engine_decode_tok_s_125m_2t_avx2 = L.round(eng['125M'].avx2_2, 1)
-    out.decode_roofline_frac_avx2 = L.round(eng['125M'].roof_avx2, 3)
+    -- interleaved pair (selected row kernel, AVX2 row kernel), 125M engine decode
+    local e125 = eng['125M']
+    out.decode_interleaved_tok_s_125m_1t = L.round(e125.isel_1, 1)
+    out.decode_interleaved_tok_s_125m_2t = L.round(e125.isel_2, 1)
+    out.engine_decode_tok_s_125m_1t_avx2 = L.round(e125.avx2_1, 1)
+    out.engine_decode_tok_s_125m_2t_avx2 = L.round(e125.avx2_2, 1)
+    out.decode_vs_avx2_1t = L.round(e125.isel_1 / e125.avx2_1, 2)
+    out.decode_vs_avx2_2t = L.round(e125.isel_2 / e125.avx2_2, 2)
+    out.decode_vs_avx2_i8_head_1t = L.round(e125.isel8_1 / e125.avx28_1, 2)
+    out.decode_vs_avx2_i8_head_2t = L.round(e125.isel8_2 / e125.avx28_2, 2)
+    out.decode_roofline_frac_interleaved = L.round(e125.roof_isel, 3)
+    out.decode_roofline_frac_avx2 = L.round(e125.roof_avx2, 3)
 end
 for _, sh in ipairs(ENGINE_SHAPES) do
     local r, k = eng[sh.name], sh.name:lower()
