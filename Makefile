@@ -14,6 +14,7 @@ CFLAGS_BASE := -std=c11 $(OPT) -g -fPIC -fopenmp -pthread -D_GNU_SOURCE -Icore \
                -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -fvisibility=default
 AVX2FLAGS := -mavx2 -mfma -mf16c
 AVX512FLAGS := -mavx512f -mavx2 -mfma -mf16c
+VNNIFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mgfni -mavx2 -mfma -mf16c
 LDLIBS := -lopenblas -lpcre2-8 -lzstd -lm -ldl -lpthread
 
 NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
@@ -66,6 +67,10 @@ build/%_avx2.o: %_avx2.c | deps
 build/%_avx512.o: %_avx512.c | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) $(AVX512FLAGS) -MMD -MP -c $< -o $@
+
+build/%_vnni.o: %_vnni.c | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(VNNIFLAGS) -MMD -MP -c $< -o $@
 
 build/%.o: %.c | deps
 	@mkdir -p $(dir $@)

@@ -84,6 +84,7 @@ int64_t nc_nt_bytes(void);
 /* 1 when the AVX2+FMA kernels are selected (CPUID at init, NC_KERNEL env, nc_set_cpu_kernel). */
 bool nc_cpu_avx2(void);
 bool nc_cpu_avx512(void);            /* AVX-512F versions of the exp-bound kernels */
+bool nc_cpu_vnni512(void);           /* "avx512" selected and AVX-512 BW/VL/VNNI + GFNI: the ternary VNNI kernel */
 
 /* ---- CUDA backend (optional, dlopen'ed) -------------------------------------------------- */
 /* Returns the CUDA vtable, loading lib/libnanochat_cuda.so on first use; NULL (with

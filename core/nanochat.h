@@ -121,8 +121,10 @@ void nc_mem_trim(void);
 /* threads and kernels */
 void nc_set_num_threads(int32_t n);
 int32_t nc_get_num_threads(void);
-const char *nc_cpu_kernel_name(void);           /* "avx2" or "scalar" (NC_KERNEL=scalar forces it) */
-nc_status nc_set_cpu_kernel(const char *name);  /* "auto", "avx2", "scalar" */
+/* "avx512", "avx2" or "scalar": the best this CPU has unless NC_KERNEL=avx2 / scalar (at startup)
+ * or nc_set_cpu_kernel ("auto", "avx512", "avx2", "scalar") says otherwise */
+const char *nc_cpu_kernel_name(void);
+nc_status nc_set_cpu_kernel(const char *name);
 /* Outputs of at least this many bytes use streaming (non-temporal) stores in the AVX2 streaming
  * kernels (default 32 MiB or $NC_NT_BYTES; <= 0 disables). Results are identical either way. */
 void nc_set_nt_bytes(int64_t bytes);
@@ -610,9 +612,12 @@ nc_status nc_scale_tensors(int32_t n, nc_tensor *const *ts, double s);
  * gamma (the training quantizer's absmean, carried exactly). Activations are int8 (M, Kp), per
  * row scale s (nc_quant_act_absmax semantics: x ~ q / s), the row sum of q (for the zero point:
  * sum_k t q = sum_k c q - sum_k q) and zeros in the padding.
- * y[m, n] = (float)isum * (1.0f / s[m]) * gamma[n], isum the exact int32 dot product; the AVX2
- * and scalar kernels give bit-identical y. |isum| < 2^31 needs K < 2^23. */
+ * y[m, n] = (float)isum * (1.0f / s[m]) * gamma[n], isum the exact int32 dot product; the AVX-512
+ * VNNI, AVX2 and scalar kernels give bit-identical y. |isum| < 2^31 needs K < 2^23. */
 enum { NC_TERNARY_BLOCK = 128 };
+/* the row kernel nc_ternary_matmul and the engine use now: "avx512vnni" (kernel "avx512" on a CPU
+ * with AVX-512 BW/VL/VNNI and GFNI), "avx2" or "scalar" */
+const char *nc_ternary_kernel_name(void);
 int64_t nc_ternary_kpad(int64_t k);                     /* K rounded up to a multiple of 128 */
 /* w f32 (N, K) latent weights -> packed u8 (N, Kp/4) + row_scale f32 (N), using exactly
  * nc_quant_weight_absmean(w, group_size, eps); group_size 0 (per tensor) or a multiple of K

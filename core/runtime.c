@@ -437,6 +437,13 @@ static bool cpu_has_avx2(void) {
 
 static bool cpu_has_avx512(void) { return cpu_has_avx2() && __builtin_cpu_supports("avx512f"); }
 
+/* the packed ternary VNNI kernel (kernels/cpu/ternary_vnni.c): vpdpbusd on zmm and the vgf2p8affineqb
+ * unpack */
+static bool cpu_has_vnni512(void) {
+    return cpu_has_avx512() && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("gfni");
+}
+
 static int best_kernel(void) { return cpu_has_avx512() ? 2 : cpu_has_avx2() ? 1 : 0; }
 
 static int kernel_level(void) {
@@ -451,6 +458,11 @@ static int kernel_level(void) {
 
 bool nc_cpu_avx2(void) { return kernel_level() >= 1; }
 bool nc_cpu_avx512(void) { return kernel_level() == 2; }
+bool nc_cpu_vnni512(void) {
+    static int has = -1;
+    if (has < 0) has = cpu_has_vnni512();
+    return kernel_level() == 2 && has;
+}
 
 const char *nc_cpu_kernel_name(void) {
     static const char *const names[] = { "scalar", "avx2", "avx512" };

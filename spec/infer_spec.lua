@@ -1,7 +1,8 @@
 -- spec/infer_spec.lua — packed ternary linear layers (nc.infer, kernels/cpu/ternary*.c): the
--- training scale is carried exactly, int8 activations equal nc.quant_act's, the AVX2 kernels are
--- bit-identical to the scalar reference over many shapes (odd K, N, M, K not a multiple of the
--- block, int16 widening), the integer path equals float64 math and the training path's
+-- training scale is carried exactly, int8 activations equal nc.quant_act's, the AVX2 and AVX-512
+-- VNNI kernels are bit-identical to the scalar reference over many shapes (odd K, N, M = 1..10, K
+-- not a multiple of the block, int16 widening, the VNNI 4 x 2 and 1 x 4 tiles and their tails), the
+-- kernel selection reports what runs, the integer path equals float64 math and the training path's
 -- fake-quantized linear within named tolerances, and bad input gives clear errors.
 package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
 local nc = require 'nanochat'
@@ -32,7 +33,12 @@ end
 
 local initial_kernel = nc.cpu_kernel()   -- NC_KERNEL=scalar stays in force for later specs
 local has_avx2 = pcall(nc.set_cpu_kernel, 'avx2')
+local has_avx512 = pcall(nc.set_cpu_kernel, 'avx512')
 nc.set_cpu_kernel(initial_kernel)
+-- every fast selection this CPU has, each checked against the scalar reference
+local FAST = {}
+if has_avx2 then FAST[#FAST + 1] = 'avx2' end
+if has_avx512 then FAST[#FAST + 1] = 'avx512' end
 
 local function bytes_equal(a, b)
     local n = a:numel() * ffi.sizeof('float')
@@ -148,8 +154,22 @@ describe('infer.matmul', function()
     local Ns = { 1, 3, 4, 5, 16, 17, 33 }
     local Ks = { 1, 5, 127, 128, 129, 200, 256, 1000, 1100, 2100 }
 
-    it('AVX2 kernels are bit-identical to the scalar reference over many shapes', function()
-        if not has_avx2 then pending('this CPU has no AVX2') return end
+    it('the selection names the row kernel it runs (nc.set_cpu_kernel, infer.kernel)', function()
+        assert.are.equal('scalar', with_kernel('scalar', infer.kernel))
+        if has_avx2 then assert.are.equal('avx2', with_kernel('avx2', infer.kernel)) end
+        if not has_avx512 then pending('this CPU has no AVX-512') return end
+        local k = with_kernel('avx512', infer.kernel)
+        assert.is_true(k == 'avx512vnni' or k == 'avx2', k)
+        -- 'avx512vnni' exactly when the CPU has AVX-512 BW/VL/VNNI and GFNI (Linux names them so)
+        local f = io.open('/proc/cpuinfo')
+        local flags = f and f:read('*a') or ''
+        if f then f:close() end
+        local vnni = flags:find(' avx512_vnni') and flags:find(' avx512bw') and flags:find(' avx512vl') and flags:find(' gfni')
+        if flags:find(' avx512f') then assert.are.equal(vnni and 'avx512vnni' or 'avx2', k) end
+    end)
+
+    it('AVX2 and AVX-512 VNNI kernels are bit-identical to the scalar reference over many shapes', function()
+        if #FAST == 0 then pending('this CPU has no AVX2') return end
         local cases = 0
         for ki, K in ipairs(Ks) do
             for ni, N in ipairs(Ns) do
@@ -157,25 +177,32 @@ describe('infer.matmul', function()
                 local P = infer.pack(randn { N, K })
                 local a = infer.quant_act(randn { M, K })
                 local ys = with_kernel('scalar', function() return infer.matmul(a, P) end)
-                local yv = with_kernel('avx2', function() return infer.matmul(a, P) end)
-                assert.is_true(bytes_equal(ys, yv), string.format('M=%d N=%d K=%d differ', M, N, K))
-                cases = cases + 1
+                for _, kern in ipairs(FAST) do
+                    local yv = with_kernel(kern, function() return infer.matmul(a, P) end)
+                    assert.is_true(bytes_equal(ys, yv), string.format('%s: M=%d N=%d K=%d differ', kern, M, N, K))
+                    cases = cases + 1
+                end
             end
         end
-        -- every M for one N, K (4-row activation tiles plus tails)
-        local P = infer.pack(randn { 37, 520 })
-        for M = 1, 10 do
-            local a = infer.quant_act(randn { M, 520 })
-            local ys = with_kernel('scalar', function() return infer.matmul(a, P) end)
-            local yv = with_kernel('avx2', function() return infer.matmul(a, P) end)
-            assert.is_true(bytes_equal(ys, yv), 'M=' .. M)
-            cases = cases + 1
+        -- every M for a few N, K (4-row activation tiles with 2- and 1-row weight tails, 1-row
+        -- activation tails with 4- and 1-row weight tails)
+        for _, NK in ipairs { { 37, 520 }, { 4, 128 }, { 6, 300 } } do
+            local P = infer.pack(randn(NK))
+            for M = 1, 10 do
+                local a = infer.quant_act(randn { M, NK[2] })
+                local ys = with_kernel('scalar', function() return infer.matmul(a, P) end)
+                for _, kern in ipairs(FAST) do
+                    local yv = with_kernel(kern, function() return infer.matmul(a, P) end)
+                    assert.is_true(bytes_equal(ys, yv), string.format('%s: M=%d N=%d K=%d', kern, M, NK[1], NK[2]))
+                    cases = cases + 1
+                end
+            end
         end
-        assert.is_true(cases >= 80)
+        assert.is_true(cases >= 100 * #FAST)
     end)
 
-    it('equals float64 integer math within EXACT_RTOL, on both kernels', function()
-        for _, kern in ipairs(has_avx2 and { 'scalar', 'avx2' } or { 'scalar' }) do
+    it('equals float64 integer math within EXACT_RTOL, on every kernel', function()
+        for _, kern in ipairs { 'scalar', unpack(FAST) } do
             for _, sh in ipairs { { 3, 17, 130 }, { 1, 40, 1100 }, { 6, 9, 256 } } do
                 local M, N, K = sh[1], sh[2], sh[3]
                 local P = infer.pack(randn { N, K })
@@ -223,17 +250,18 @@ describe('infer.matmul', function()
         q:select(0, 1):fill_(127)
         a.sum:set(0, -128 * K)
         a.sum:set(1, 127 * K)
-        for _, kern in ipairs(has_avx2 and { 'scalar', 'avx2' } or { 'scalar' }) do
+        -- and t = -1 everywhere (code 0: the sum is all zero point)
+        local Pm = infer.from_ternary(nc.ones({ N, K }):mul(-1), 2)
+        for _, kern in ipairs { 'scalar', unpack(FAST) } do
             local y = with_kernel(kern, function() return infer.matmul(a, P) end):totable()
             for n = 1, N do
-                assert.are.equal(-128 * K, y[1][n])
-                assert.are.equal(127 * K, y[2][n])
+                assert.are.equal(-128 * K, y[1][n], kern)
+                assert.are.equal(127 * K, y[2][n], kern)
             end
+            y = with_kernel(kern, function() return infer.matmul(a, Pm) end):totable()
+            assert.are.equal(2 * 128 * K, y[1][1], kern)
+            assert.are.equal(-2 * 127 * K, y[2][N], kern)
         end
-        -- and t = -1 everywhere
-        local Pm = infer.from_ternary(nc.ones({ N, K }):mul(-1), 2)
-        local y = infer.matmul(a, Pm):totable()
-        assert.are.equal(2 * 128 * K, y[1][1])
     end)
 
     it('gives the same bits on 1 and 2 threads', function()

@@ -6,9 +6,11 @@
  * with t = 0 weights and q = 0 activations, so any K works. Scales are the training quantizer's:
  * packing calls nc_quant_weight_absmean itself and never re-derives gamma from quantized values;
  * activation quantization uses the exact float operations of nc_quant_act_absmax (same q, same s).
- * Integer sums are exact (no saturation: int16 lanes widen to int32 every 8 blocks), so the AVX2
- * kernels and this scalar reference give bit-identical outputs; the epilogue
- * y = (float)isum * (1.0f / s) * gamma is evaluated with the same float operations in both.
+ * Integer sums are exact (no saturation: AVX2 int16 lanes widen to int32 every 8 blocks; the
+ * AVX-512 VNNI kernel, ternary_vnni.c, adds into int32 lanes), so the fast kernels and this scalar
+ * reference give bit-identical outputs; the epilogue y = (float)isum * (1.0f / s) * gamma is
+ * evaluated with the same float operations in all of them. Row kernel: VNNI when nc_cpu_vnni512()
+ * (kernel "avx512" + the CPU features), else AVX2 when nc_cpu_avx2(), else scalar.
  */
 #include "nn_common.h"
 #include <stdlib.h>
@@ -20,6 +22,11 @@
 
 /* the AVX2 kernels (ternary_avx2.c): rows [n0, n1) of y (M, N) */
 void nc_k_ternary_gemm_avx2(float *y, int64_t M, int64_t N, const int8_t *q, const float *act_inv,
+                            const int32_t *act_sum, const uint8_t *w, const float *gamma, int64_t kp,
+                            int64_t n0, int64_t n1);
+
+/* the AVX-512 VNNI kernel (ternary_vnni.c), same contract */
+void nc_k_ternary_gemm_vnni(float *y, int64_t M, int64_t N, const int8_t *q, const float *act_inv,
                             const int32_t *act_sum, const uint8_t *w, const float *gamma, int64_t kp,
                             int64_t n0, int64_t n1);
 
@@ -228,11 +235,18 @@ static void gemm_scalar(float *y, int64_t M, int64_t N, const int8_t *q, const f
     }
 }
 
-/* rows [n0, n1) of y (M, N) with the AVX2 kernel or the scalar reference (engine.c) */
+/* rows [n0, n1) of y (M, N) with the VNNI or AVX2 kernel or the scalar reference (also engine.c's
+ * row kernel): avx2 = 0 is the scalar reference; otherwise the VNNI kernel when the "avx512"
+ * selection and the CPU allow it, else AVX2 */
 void nc_k_ternary_rows(float *y, int64_t M, int64_t N, const int8_t *q, const float *act_inv, const int32_t *act_sum,
                        const uint8_t *w, const float *gamma, int64_t kp, int64_t n0, int64_t n1, int avx2) {
-    if (avx2) nc_k_ternary_gemm_avx2(y, M, N, q, act_inv, act_sum, w, gamma, kp, n0, n1);
+    if (avx2 && nc_cpu_vnni512()) nc_k_ternary_gemm_vnni(y, M, N, q, act_inv, act_sum, w, gamma, kp, n0, n1);
+    else if (avx2) nc_k_ternary_gemm_avx2(y, M, N, q, act_inv, act_sum, w, gamma, kp, n0, n1);
     else gemm_scalar(y, M, N, q, act_inv, act_sum, w, gamma, kp, n0, n1);
+}
+
+const char *nc_ternary_kernel_name(void) {
+    return nc_cpu_vnni512() ? "avx512vnni" : nc_cpu_avx2() ? "avx2" : "scalar";
 }
 
 /* t: a contiguous f32 cpu vector of n elements (scales, sums' companions) */
@@ -280,9 +294,7 @@ static void run_rows(nc_tensor *y, const nc_tensor *q, const float *inv, const n
     const int8_t *qp = nc_tensor_data(q);
     const int32_t *sum = nc_tensor_data(act_sum);
     const uint8_t *wp = nc_tensor_data(packed);
-    const float *g = nc_f32p(row_scale);
-    if (avx2) nc_k_ternary_gemm_avx2(yp, M, N, qp, inv, sum, wp, g, kp, n0, n1);
-    else gemm_scalar(yp, M, N, qp, inv, sum, wp, g, kp, n0, n1);
+    nc_k_ternary_rows(yp, M, N, qp, inv, sum, wp, nc_f32p(row_scale), kp, n0, n1, avx2);
 }
 
 /* 1 / s per activation row into a stack buffer (M <= 64) or a host allocation; free with inv_free */

@@ -7,8 +7,9 @@
 -- nc.quant_act) with their row sums; `infer.matmul` / `P:forward(x)` give
 --   y = (int32 sum of t * q) * (1 / s) * gamma,
 -- which equals nc.linear(nc.quant_act(x), nc.quant_weight(w)) up to float rounding (the spec
--- names the tolerance). No autograd: inference only. The AVX2 and scalar kernels
--- (NC_KERNEL=scalar or nc.set_cpu_kernel('scalar')) give bit-identical results.
+-- names the tolerance). No autograd: inference only. The AVX-512 VNNI, AVX2 and scalar kernels
+-- (NC_KERNEL=avx2 / scalar or nc.set_cpu_kernel('avx512' / 'avx2' / 'scalar')) give bit-identical
+-- results; `infer.kernel()` names the one in use ('avx512vnni', 'avx2' or 'scalar').
 local core = require 'nanochat.core'
 local Tensor = require 'nanochat.tensor'
 local C, check = core.C, core.check
@@ -18,6 +19,9 @@ local M = {}
 M.BLOCK = C.NC_TERNARY_BLOCK
 
 local EPS = 1e-5
+
+-- the packed row kernel now in use: 'avx512vnni', 'avx2' or 'scalar' (follows nc.set_cpu_kernel)
+function M.kernel() return ffi.string(C.nc_ternary_kernel_name()) end
 
 -- K rounded up to the block (128): the length of packed rows (x4) and of quantized activations.
 function M.kpad(k) return tonumber(C.nc_ternary_kpad(k)) end

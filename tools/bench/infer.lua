@@ -2,13 +2,17 @@
 --
 -- Measured in one run:
 --   1. DRAM read bandwidth: nc_mem_read_sum over a `mb` MiB buffer (default 1024), 1 and 2 threads.
---   2. Ternary GEMV (one activation row, int8 x 2-bit, kernels/cpu/ternary_avx2.c) in G weights/s
+--   2. Ternary GEMV (one activation row, int8 x 2-bit, kernels/cpu/ternary_vnni.c or ternary_avx2.c:
+--      the row kernel the selection runs, JSON `ternary_kernel`) in G weights/s
 --      at the FFN shapes of 10M / 50M / 125M-parameter models (d = 256 / 512 / 768, up (4d, d) and
 --      down (d, 4d)) plus 2048 x 2048 (bitnet.cpp's published kernel shape), 1 and 2 threads,
 --      with the matrix in cache (the same matrix again and again) and out of cache (a ring of
 --      copies totalling `ring_mb` MiB, default 256, every call on a cold matrix). Out-of-cache
 --      rates are also given as a fraction of the measured DRAM bandwidth (roofline: 2.03 bits per
---      weight incl. the f32 row scales).
+--      weight incl. the f32 row scales). When the selected row kernel is not the AVX2 one, the
+--      in-cache 1-thread GEMV and the 125M engine decode are also timed with the AVX2 kernel in
+--      the same run (JSON *_avx2 keys, gemv_vs_avx2_core; decode samples interleaved with the
+--      selected kernel's: decode_interleaved_*, decode_vs_avx2_{1t,2t}, decode_vs_avx2_i8_head_*).
 --   3. The fp32 baseline: OpenBLAS cblas_sgemv on the same shapes, in and out of cache.
 --   4. (run first, on fresh memory) Decode of all linear layers of the 125M shape (12 layers x q, k, v, o (d, d), up (4d, d),
 --      down (d, 4d); int8 quantization of each input included): tokens/s, fraction of the DRAM
@@ -32,7 +36,8 @@
 -- The machine is shared: every number is the median of `reps` samples (best also printed).
 -- Prints tables and, as the LAST line, one JSON object.
 --
--- Usage: ./nanochat tools/bench/infer.lua [reps=5] [quick=1] [mb=1024] [ring_mb=256]
+-- Usage: ./nanochat tools/bench/infer.lua [reps=5] [quick=1] [mb=1024] [ring_mb=256] [kernel=auto]
+--   kernel: auto | avx512 | avx2 | scalar (nc.set_cpu_kernel; NC_KERNEL=... works too)
 --    or: LUA_PATH='lua/?.lua;lua/?/init.lua;;' luajit tools/bench/infer.lua ...
 if not package.path:find('lua/?/init.lua', 1, true) then
     package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
@@ -50,6 +55,22 @@ void cblas_sgemv(int order, int trans, int m, int n, float alpha, const float *a
                  const float *x, int incx, float beta, float *y, int incy);
 void openblas_set_num_threads(int n);
 ]])
+
+if args.kernel then nc.set_cpu_kernel(tostring(args.kernel)) end
+local KERNEL, TKERNEL = nc.cpu_kernel(), infer.kernel()
+-- the AVX2 row kernel as the in-run baseline, when another one is selected and this CPU has AVX2
+local compare_avx2 = TKERNEL ~= 'avx2' and TKERNEL ~= 'scalar' and pcall(nc.set_cpu_kernel, 'avx2')
+nc.set_cpu_kernel(KERNEL)
+-- fn() with the AVX2 kernel selected
+local function on_avx2(fn)
+    nc.set_cpu_kernel('avx2')
+    local ok, a, b = pcall(fn)
+    nc.set_cpu_kernel(KERNEL)
+    if not ok then error(a, 0) end
+    return a, b
+end
+print(string.format('kernel %s, packed ternary row kernel %s%s', KERNEL, TKERNEL,
+    compare_avx2 and ' (AVX2 row kernel timed alongside)' or ''))
 
 local quick = args.quick == 1 or args.quick == true
 local reps = tonumber(args.reps) or (quick and 3 or 5)
@@ -213,6 +234,10 @@ for _, sh in ipairs(shapes) do
         set_threads(th)
         local med, best = timeit(function() C.nc_ternary_matmul(yc, qc, sc, smc, pc, gc) end)
         r['in_' .. th] = { N * K / med / 1e9, N * K / best / 1e9 }
+        if compare_avx2 and th == 1 then
+            med = on_avx2(function() return timeit(function() C.nc_ternary_matmul(yc, qc, sc, smc, pc, gc) end) end)
+            r.in_avx2 = N * K / med / 1e9
+        end
         med, best = timeit(function()
             for i = 1, copies do C.nc_ternary_matmul(yc, qc, sc, smc, vc[i], gc) end
         end, 1)
@@ -224,7 +249,9 @@ for _, sh in ipairs(shapes) do
         end, 1)
         r['f32out_' .. th] = N * K * fcopies / med / 1e9
         r['roof_' .. th] = r['out_' .. th][1] * 1e9 * (pbytes / (N * K)) / (bw[th].median * 1e9)
-        rows[#rows + 1] = { label, th, r['in_' .. th][1], r['in_' .. th][2], r['out_' .. th][1], r['out_' .. th][2],
+        rows[#rows + 1] = { label, th, r['in_' .. th][1], r['in_' .. th][2],
+                            th == 1 and r.in_avx2 or nil,
+                            r['out_' .. th][1], r['out_' .. th][2],
                             r['roof_' .. th], r['f32in_' .. th], r['f32out_' .. th],
                             r['out_' .. th][1] / r['f32out_' .. th] }
     end
@@ -232,9 +259,10 @@ for _, sh in ipairs(shapes) do
     big, views, fbig, fptrs, W32 = nil, nil, nil, nil, nil
     collectgarbage('collect')
 end
-print('Ternary GEMV, G weights/s (median, best); out of cache = ring of cold copies; roof = out / DRAM bw')
-L.print_table({ 'shape', 'thr', 'in med', 'in best', 'out med', 'out best', 'roof', 'f32 in', 'f32 out', 'out vs f32' },
-    rows, { '%s', '%d', '%.1f', '%.1f', '%.1f', '%.1f', '%.2f', '%.1f', '%.1f', '%.1fx' })
+print(string.format('Ternary GEMV (%s row kernel), G weights/s (median, best); in avx2 = the AVX2 row kernel in cache, '
+    .. '1 thread, same run; out of cache = ring of cold copies; roof = out / DRAM bw', TKERNEL))
+L.print_table({ 'shape', 'thr', 'in med', 'in best', 'in avx2', 'out med', 'out best', 'roof', 'f32 in', 'f32 out',
+    'out vs f32' }, rows, { '%s', '%d', '%.1f', '%.1f', '%.1f', '%.1f', '%.1f', '%.2f', '%.1f', '%.1f', '%.1fx' })
 print()
 
 -- ---- 5. prefill GEMM (64 activation rows), 125M FFN up shape, vs OpenBLAS sgemm -------------------------
@@ -311,6 +339,39 @@ for _, sh in ipairs(ENGINE_SHAPES) do
         print(string.format('%-6s %5.0fM %4d %12.1f %12.1f %10.2f', sh.name, r.params / 1e6, th, r['dec_' .. th],
             r['pre_' .. th], r.bytes / 1e6))
     end
+    -- the selected row kernel vs the AVX2 one on engine m, samples interleaved (selected, avx2,
+    -- selected, ...) so both see the same machine load: tok/s medians of `reps` samples of ndec tokens
+    local function decode_vs_avx2(m)
+        local ndec = quick and 8 or 16
+        local cache = m:new_cache(1, 256)
+        m:forward_cached(pidx, cache)
+        local sel, avx2 = {}, {}
+        local function sample()
+            cache.pos = prefill_T
+            local t0 = L.now()
+            for _ = 1, ndec do m:forward_cached(one, cache) end
+            return (L.now() - t0) / ndec
+        end
+        sample()
+        for _ = 1, reps do
+            sel[#sel + 1] = sample()
+            avx2[#avx2 + 1] = on_avx2(sample)
+        end
+        return 1 / L.median(sel), 1 / L.median(avx2)
+    end
+    if sh.name == '125M' and compare_avx2 then
+        local e8 = nc.pack(model, { head_dtype = 'i8' })
+        for _, th in ipairs(THREADS) do
+            set_threads(th)
+            r['isel_' .. th], r['avx2_' .. th] = decode_vs_avx2(e)
+            r['isel8_' .. th], r['avx28_' .. th] = decode_vs_avx2(e8)
+            print(string.format('125M engine decode, %s vs AVX2 row kernel interleaved (%d threads): %.1f vs %.1f tok/s, '
+                .. '%.2fx; int8 head %.1f vs %.1f, %.2fx', TKERNEL, th, r['isel_' .. th], r['avx2_' .. th],
+                r['isel_' .. th] / r['avx2_' .. th], r['isel8_' .. th], r['avx28_' .. th],
+                r['isel8_' .. th] / r['avx28_' .. th]))
+        end
+        e8 = nil
+    end
     if sh.name == '125M' then
         for _, th in ipairs(THREADS) do
             set_threads(th)
@@ -345,6 +406,10 @@ for _, sh in ipairs(ENGINE_SHAPES) do
         L.print_table(bres.headers, bres.rows, bres.fmts)
         r.batch_json = bres.json
         r.roof = r.bytes * r.dec_2 / (bw[2].median * 1e9)
+        if r.avx2_2 then
+            r.roof_isel = r.bytes * r.isel_2 / (bw[2].median * 1e9)
+            r.roof_avx2 = r.bytes * r.avx2_2 / (bw[2].median * 1e9)
+        end
         print(string.format('125M engine decode, 2 threads: %.3f of the DRAM roofline (%.1f MB/token, %.2f GB/s)',
             r.roof, r.bytes / 1e6, bw[2].median))
     end
@@ -381,7 +446,7 @@ local up, down = by['d768 up'], by['d768 down']
 -- in cache, 1 thread, 125M FFN matrices: total weights / total time (harmonic mean of the two)
 local function hm(a, b) return 2 / (1 / a + 1 / b) end
 local out = {
-    bench = 'infer', kernel = nc.cpu_kernel(), reps = reps,
+    bench = 'infer', kernel = KERNEL, ternary_kernel = TKERNEL, reps = reps,
     gemv_gw_per_s_core = L.round(hm(up.in_1[1], down.in_1[1]), 2),
     gemv_gw_per_s_core_best = L.round(hm(up.in_1[2], down.in_1[2]), 2),
     gemv_gw_per_s_2t = L.round(hm(up.in_2[1], down.in_2[1]), 2),
@@ -410,6 +475,24 @@ local out = {
     gemm_gmac_s_1t = L.round(gemm[1].gmac, 1), gemm_gmac_s_2t = L.round(gemm[2].gmac, 1),
     gemm_vs_sgemm_2t = L.round(gemm[2].vs, 2),
 }
+if compare_avx2 then
+    local a2 = hm(up.in_avx2, down.in_avx2)
+    out.gemv_gw_per_s_core_avx2 = L.round(a2, 2)
+    out.gemv_vs_avx2_core = L.round(hm(up.in_1[1], down.in_1[1]) / a2, 2)
+    out.gemv_2048_gw_per_s_core_avx2 = L.round(by['2048x2048'].in_avx2, 2)
+    -- interleaved pair (selected row kernel, AVX2 row kernel), 125M engine decode
+    local e125 = eng['125M']
+    out.decode_interleaved_tok_s_125m_1t = L.round(e125.isel_1, 1)
+    out.decode_interleaved_tok_s_125m_2t = L.round(e125.isel_2, 1)
+    out.engine_decode_tok_s_125m_1t_avx2 = L.round(e125.avx2_1, 1)
+    out.engine_decode_tok_s_125m_2t_avx2 = L.round(e125.avx2_2, 1)
+    out.decode_vs_avx2_1t = L.round(e125.isel_1 / e125.avx2_1, 2)
+    out.decode_vs_avx2_2t = L.round(e125.isel_2 / e125.avx2_2, 2)
+    out.decode_vs_avx2_i8_head_1t = L.round(e125.isel8_1 / e125.avx28_1, 2)
+    out.decode_vs_avx2_i8_head_2t = L.round(e125.isel8_2 / e125.avx28_2, 2)
+    out.decode_roofline_frac_interleaved = L.round(e125.roof_isel, 3)
+    out.decode_roofline_frac_avx2 = L.round(e125.roof_avx2, 3)
+end
 for _, sh in ipairs(ENGINE_SHAPES) do
     local r, k = eng[sh.name], sh.name:lower()
     for _, th in ipairs(THREADS) do

@@ -6,7 +6,8 @@ return function(kv, positional)
     local nc = require 'nanochat'
     print('nanochat ' .. nc.version)
     local ok, kernel = pcall(nc.cpu_kernel)
-    print(string.format('%s, cpu kernel %s, cuda %s', jit and jit.version or _VERSION,
-        ok and kernel or '?', nc.cuda_available() and 'available' or 'not available'))
+    local tok, tkernel = pcall(nc.infer.kernel)
+    print(string.format('%s, cpu kernel %s (packed ternary %s), cuda %s', jit and jit.version or _VERSION,
+        ok and kernel or '?', tok and tkernel or '?', nc.cuda_available() and 'available' or 'not available'))
     return 0
 end
