@@ -14,7 +14,8 @@
 --    and without weight, strided x), quant_weight (per tensor and grouped), cross-entropy (ignore
 --    index, label smoothing, z-loss, i32 targets) and causal / full GQA attention (T not a multiple
 --    of the tiles, decode T = 1, cross S != T) within their tolerances; and a configs/models/tiny.lua
---    GPT's loss and every parameter gradient on CUDA agree with the CPU's.
+--    GPT's loss and every parameter gradient on CUDA agree with the CPU's; nc.train trains a micro GPT
+--    on CUDA from CPU batches (first loss = the CPU's within E2E_LOSS_RTOL; the loss descends).
 package.path = 'lua/?.lua;lua/?/init.lua;spec/helpers/?.lua;' .. package.path
 local nc = require 'nanochat'
 local core = require 'nanochat.core'
@@ -339,5 +340,23 @@ describe('CUDA nn ops vs the CPU (GPU only)', function()
             n = n + 1
         end
         assert.truthy(n > 10)
+    end)
+
+    gpu_it('nc.train runs a micro GPT on cuda (batches moved to the model): the CPU\'s first loss, and it descends', function()
+        local Fx = require 'model_fixtures'
+        local cfg = Fx.micro()
+        local x, y = Fx.batch(4, 16, cfg.vocab_size)
+        local function run(dev)
+            local m = nc.models.gpt.new(cfg)
+            if dev ~= 'cpu' then m:to(dev) end
+            local opt = nc.optim.adamw(m:parameters(), { lr = 3e-3 })
+            local L = { next = function() return x, y end }   -- cpu batches; nc.train moves them
+            return nc.train { model = m, optimizer = opt, loader = L, steps = 4, progress = false, clip = 1.0 }
+        end
+        local rc, rd = run('cpu'), run('cuda')
+        assert.are.equal(4, rd.step)
+        assert.truthy(math.abs(rd.losses[1] - rc.losses[1]) <= E2E_LOSS_RTOL * rc.losses[1],
+            string.format('first loss cuda %.7g vs cpu %.7g', rd.losses[1], rc.losses[1]))
+        assert.truthy(rd.losses[4] < rd.losses[1], 'cuda loss did not descend')
     end)
 end)
