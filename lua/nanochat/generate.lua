@@ -240,9 +240,12 @@ function M.generate(model, prompt, opts)
     local queue, qhead, qtail = {}, 1, 0   -- ids ready to yield
     local held, held_text = {}, ''     -- stop strings: tokens held back and their text
 
+    -- the ids go where the model's parameters are (a model moved with :to('cuda') decodes there)
+    local params = model.parameters and model:parameters() or {}
+    local dev = params[1] and params[1]:device() or 'cpu'
     local function last_logits()
         local T = #pending_input
-        local idx = n.tensor({ pending_input }, { dtype = 'i64' })
+        local idx = n.tensor({ pending_input }, { dtype = 'i64', device = dev })
         local logits = model:forward_cached(idx, cache)          -- (1, T, V)
         pending_input = nil
         return logits:select(1, T - 1):select(0, 0):tolist()

@@ -38,7 +38,7 @@
 --  - Devices: the loop runs where the model's parameters are (model:to('cuda') before building the
 --    optimizer): each batch (x, y) from the loader is moved to that device. Evaluation computes the
 --    logits there and the per-token losses on the CPU (the 'none' cross-entropy uses ops that are
---    CPU-only); sampling that fails on the device is skipped with a message, as any sampling error.
+--    CPU-only); nc.generate feeds sampling prompts to the model's device.
 -- Returns { step = completed steps, losses = { [step] = loss }, evals = {...}, interrupted =,
 --           checkpoint = last checkpoint dir, bad_steps = total skipped }.
 local core = require 'nanochat.core'

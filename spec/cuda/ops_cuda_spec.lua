@@ -15,7 +15,8 @@
 --    index, label smoothing, z-loss, i32 targets) and causal / full GQA attention (T not a multiple
 --    of the tiles, decode T = 1, cross S != T) within their tolerances; and a configs/models/tiny.lua
 --    GPT's loss and every parameter gradient on CUDA agree with the CPU's; nc.train trains a micro GPT
---    on CUDA from CPU batches (first loss = the CPU's within E2E_LOSS_RTOL; the loss descends).
+--    on CUDA from CPU batches (first loss = the CPU's within E2E_LOSS_RTOL; the loss descends);
+--    KV-cached decoding on CUDA matches the CPU's logits and nc.generate runs on a CUDA model.
 package.path = 'lua/?.lua;lua/?/init.lua;spec/helpers/?.lua;' .. package.path
 local nc = require 'nanochat'
 local core = require 'nanochat.core'
@@ -340,6 +341,28 @@ describe('CUDA nn ops vs the CPU (GPU only)', function()
             n = n + 1
         end
         assert.truthy(n > 10)
+    end)
+
+    gpu_it('KV-cached decoding on cuda: logits match the cpu\'s (norm-wise) and nc.generate runs there', function()
+        local Fx = require 'model_fixtures'
+        local cfg = Fx.micro()
+        local mc, md = nc.models.gpt.new(cfg), nc.models.gpt.new(cfg)
+        md:to('cuda')
+        local cc, cd = mc:new_cache(1, 12), md:new_cache(1, 12)
+        local steps = { { 3, 1, 4, 1, 5 }, { 9 }, { 2 }, { 6 } }
+        for i, ids_ in ipairs(steps) do
+            local idx = nc.tensor({ ids_ }, { dtype = 'i64' })
+            local lc = nc.no_grad(function() return mc:forward_cached(idx, cc) end)
+            local ld = nc.no_grad(function() return md:forward_cached(idx:to('cuda'), cd) end)
+            assert.are.equal('cuda', ld:device())
+            local diff = ld:to('cpu') - lc
+            local num, den = math.sqrt((diff * diff):sum():item()), math.sqrt((lc * lc):sum():item())
+            assert.truthy(num <= E2E_GRAD_REL * den, string.format('step %d: relative logits error %.3g', i, num / den))
+        end
+        local got = {}
+        for id in nc.generate(md, { 1, 2, 3 }, { max_tokens = 5, temperature = 0 }) do got[#got + 1] = id end
+        assert.are.equal(5, #got)
+        for _, id in ipairs(got) do assert.truthy(id >= 0 and id < cfg.vocab_size) end
     end)
 
     gpu_it('nc.train runs a micro GPT on cuda (batches moved to the model): the CPU\'s first loss, and it descends', function()
