@@ -180,6 +180,10 @@ typedef struct nc_cuda_api {
     nc_status (*attention_backward)(float *gq, float *gk, float *gv, const float *out, const float *lse,
                                     const float *q, const float *k, const float *v, const float *gout,
                                     const uint8_t *qkeep, const nc_cuda_attn *g, float *dvec);
+    /* softmax / log-softmax (log != 0) over rows of n (exp-sum in double, tree order) */
+    nc_status (*softmax)(float *y, const float *x, int64_t rows, int64_t n, int32_t log);
+    /* ga += backward of softmax / log-softmax given y = the forward output (f32 row sum, tree order) */
+    nc_status (*softmax_backward)(float *ga, const float *y, const float *g, int64_t rows, int64_t n, int32_t log);
 } nc_cuda_api;
 
 typedef const nc_cuda_api *(*nc_cuda_api_get_fn)(void);

@@ -860,6 +860,8 @@ const nc_cuda_api g_api = {
     nc_cu::op_cross_entropy_backward,
     nc_cu::op_attention,
     nc_cu::op_attention_backward,
+    nc_cu::op_softmax,
+    nc_cu::op_softmax_backward,
 };
 
 }  // namespace

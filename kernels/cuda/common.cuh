@@ -59,6 +59,8 @@ nc_status op_attention(float *out, float *lse, const float *q, const float *k, c
 nc_status op_attention_backward(float *gq, float *gk, float *gv, const float *out, const float *lse, const float *q,
                                 const float *k, const float *v, const float *gout, const uint8_t *qkeep,
                                 const nc_cuda_attn *g, float *dvec);
+nc_status op_softmax(float *y, const float *x, int64_t rows, int64_t n, int32_t log);
+nc_status op_softmax_backward(float *ga, const float *y, const float *g, int64_t rows, int64_t n, int32_t log);
 
 }  // namespace nc_cu
 #pragma GCC visibility pop

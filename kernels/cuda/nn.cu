@@ -1,15 +1,16 @@
 /* kernels/cuda/nn.cu — the neural-net ops of the CUDA backend (nc_cuda_api API 4): embedding and its
- * scatter-add backward, RMSNorm, RoPE, the BitNet fake quantizers (absmean ternary weights, absmax
+ * scatter-add backward, RMSNorm, RoPE, softmax / log-softmax, the BitNet fake quantizers (absmean ternary weights, absmax
  * int8 activations), the fused cross-entropy and causal GQA attention (forward and backward).
  *
  * Promise: the same f32 formulas as the CPU reference kernels (kernels/cpu/{index,norm,rope,quant,
- * loss,attention}.c), compiled with -fmad=false (no contraction, as the CPU's scalar reference) and
+ * loss,attention,softmax}.c), compiled with -fmad=false (no contraction, as the CPU's scalar reference) and
  * with the CPU's exp (nc_expf_fast, ported below with explicit round-to-nearest operations) where
  * the CPU uses it. What differs is only the summation order of reductions, stated per kernel:
  *   - bit-identical to the CPU reference: embedding, embedding_backward (one thread per column walks
  *     the tokens in order), rope, quant_act (max is exact), the rmsnorm weight gradient (rows summed
  *     in order in double);
- *   - tree-ordered sums (block reductions): rmsnorm's sum of squares and backward dot (double, so
+ *   - tree-ordered sums (block reductions): softmax's exp-sum (double) and backward row sum (f32),
+ *     rmsnorm's sum of squares and backward dot (double, so
  *     the f32 results agree to ~1 ulp), the absmean sum (double), the cross-entropy max / exp-sum /
  *     plain sum (f32: lse and loss agree to a few ulp of the row's scale), attention's scores, its
  *     softmax denominator and D = rowsum(dO O) (f32; outputs agree to ~1e-6 relative);
@@ -331,6 +332,53 @@ nc_status nn_cross_entropy_backward(float *g, const float *x, const float *lse, 
     return done("cross_entropy_backward", N * V);
 }
 
+/* ---- softmax / log-softmax (kernels/cpu/softmax.c's reference rows) ------------------------ */
+__global__ void softmax_kernel(float *y, const float *x, int64_t n, int32_t log) {
+    int64_t r = blockIdx.x;
+    const float *xr = x + r * n;
+    float *yr = y + r * n;
+    float m = -INFINITY;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) m = xr[j] > m ? xr[j] : m;
+    m = block_all(m, -INFINITY, Max());
+    if (m == -INFINITY) m = 0.0f;   /* all -inf row: NaN results, as the CPU */
+    double s = 0.0;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) s += expf_fast(xr[j] - m);
+    s = block_all(s, 0.0, Sum());
+    if (log) {
+        float lse = m + logf((float)s);
+        for (int64_t j = threadIdx.x; j < n; j += blockDim.x) yr[j] = xr[j] - lse;
+    } else {
+        float inv = (float)(1.0 / s);
+        for (int64_t j = threadIdx.x; j < n; j += blockDim.x) yr[j] = expf_fast(xr[j] - m) * inv;
+    }
+}
+
+__global__ void softmax_bwd_kernel(float *ga, const float *y, const float *g, int64_t n, int32_t log) {
+    int64_t r = blockIdx.x;
+    const float *yr = y + r * n, *gr = g + r * n;
+    float *o = ga + r * n;
+    float s = 0.0f;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) s += log ? gr[j] : gr[j] * yr[j];
+    s = block_all(s, 0.0f, Sum());
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
+        o[j] += log ? gr[j] - expf_fast(yr[j]) * s : yr[j] * (gr[j] - s);
+}
+
+nc_status nn_softmax(float *y, const float *x, int64_t rows, int64_t n, int32_t log) {
+    if (rows == 0 || n == 0) return NC_OK;
+    if (rows > INT32_MAX) return fail(NC_ERR_UNSUPPORTED, "softmax: %lld rows exceed the CUDA grid", (long long)rows);
+    softmax_kernel<<<(unsigned)rows, kThreads>>>(y, x, n, log);
+    return done(log ? "log_softmax" : "softmax", rows * n);
+}
+
+nc_status nn_softmax_backward(float *ga, const float *y, const float *g, int64_t rows, int64_t n, int32_t log) {
+    if (rows == 0 || n == 0) return NC_OK;
+    if (rows > INT32_MAX)
+        return fail(NC_ERR_UNSUPPORTED, "softmax_backward: %lld rows exceed the CUDA grid", (long long)rows);
+    softmax_bwd_kernel<<<(unsigned)rows, kThreads>>>(ga, y, g, n, log);
+    return done("softmax_backward", rows * n);
+}
+
 /* ---- attention ------------------------------------------------------------------------------ */
 /* last key index + 1 visible to query t (all S when not causal) */
 __device__ __forceinline__ int64_t key_end(const nc_cuda_attn &a, int64_t t) {
@@ -636,6 +684,13 @@ nc_status op_attention_backward(float *gq, float *gk, float *gv, const float *ou
                                 const float *k, const float *v, const float *gout, const uint8_t *qkeep,
                                 const nc_cuda_attn *g, float *dvec) {
     return nn_attention_backward(gq, gk, gv, out, lse, q, k, v, gout, qkeep, g, dvec);
+}
+
+nc_status op_softmax(float *y, const float *x, int64_t rows, int64_t n, int32_t log) {
+    return nn_softmax(y, x, rows, n, log);
+}
+nc_status op_softmax_backward(float *ga, const float *y, const float *g, int64_t rows, int64_t n, int32_t log) {
+    return nn_softmax_backward(ga, y, g, rows, n, log);
 }
 
 }  // namespace nc_cu

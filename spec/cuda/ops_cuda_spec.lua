@@ -2,7 +2,7 @@
 -- CPU kernels on the same inputs, through the same Lua ops and C entry points.
 --
 -- Promise:
---  - Without a GPU (runs everywhere): the device checks of the twelve entry points run before any
+--  - Without a GPU (runs everywhere): the device checks of the fourteen entry points run before any
 --    CUDA call or data access, so they are tested with tensor headers that claim the CUDA device over
 --    host storage: one CUDA operand among CPU ones is NC_ERR_DEVICE naming the op and a CPU operand
 --    (output untouched); all-CUDA operands are the clean "op: the tensors are on cuda but <why>"
@@ -10,7 +10,8 @@
 --    'cuda' is a Lua error carrying nc.cuda_status().
 --  - With a GPU (pending otherwise, with nc.cuda_status()'s reason): every op's forward and (through
 --    autograd, loss = sum(out * r)) backward on CUDA equals the CPU within the stated tolerance:
---    embedding (i32 / i64, repeated ids), rope (strided x), quant_act exactly (EXACT); rmsnorm (with
+--    embedding (i32 / i64, repeated ids), rope (strided x), quant_act exactly (EXACT); softmax / log-
+--    softmax (last and strided dim), rmsnorm (with
 --    and without weight, strided x), quant_weight (per tensor and grouped), cross-entropy (ignore
 --    index, label smoothing, z-loss, i32 targets) and causal / full GQA attention (T not a multiple
 --    of the tiles, decode T = 1, cross S != T) within their tolerances; and a configs/models/tiny.lua
@@ -27,6 +28,7 @@ local EXACT = 0            -- same f32 operations in the same order (embedding, 
 local NORM_RTOL = 1e-6     -- rmsnorm: double sums in tree vs sequential order, then one f32 rounding (~1 ulp)
 local QUANT_W_RTOL = 1e-6  -- absmean: gamma from a double tree sum (last-bit differences at most)
 local CE_RTOL = 1e-5       -- cross-entropy: f32 max / exp-sum / sum in tree order, CUDA logf (few ulp of lse)
+local SOFTMAX_RTOL = 1e-6  -- softmax: exp-sum in double (tree order), the CPU's exp; backward f32 row sums
 local ATTN_RTOL = 1e-4     -- attention: f32 dot products, softmax sums and D = rowsum(dO O) in other orders
 -- End to end (tiny GPT): a one-ulp difference before an int8 / ternary rounding can flip one
 -- quantized value (a step of max|x|/127), so whole-model results get a norm-wise tolerance.
@@ -154,6 +156,8 @@ describe('CUDA nn ops without a GPU: dispatch and device errors', function()
             return C.nc_attention_backward(d(qo, 'gq'), d(k, 'gk'), d(v, 'gv'), d(qx, 'out'), d(alse, 'lse'), d(qx, 'q'),
                 d(k, 'k'), d(v, 'v'), d(qx, 'gout'), 1, 0.35)
         end, qo, 'gout' },
+        { 'softmax', function(d) return C.nc_softmax(d(out, 'out'), d(x, 'a'), 1) end, out, 'a' },
+        { 'softmax_backward', function(d) return C.nc_softmax_backward(d(out, 'ga'), d(x, 'out'), d(x, 'gout'), 0) end, out, 'gout' },
     }
 
     it('one cuda operand among cpu ones is NC_ERR_DEVICE naming the op and a cpu operand; output untouched', function()
@@ -288,6 +292,15 @@ describe('CUDA nn ops vs the CPU (GPU only)', function()
         local ok, err = pcall(nc.cross_entropy, randn({ 2, 5 }):to('cuda'), nc.tensor({ 1, 7 }):to('i64'):to('cuda'))
         assert.is_false(ok)
         assert.matches('target 7 at row 1 is outside [0, 5)', tostring(err), 1, true)
+    end)
+
+    gpu_it('softmax and log-softmax forward / backward (last dim and a strided dim, wide rows)', function()
+        for _, lg in ipairs({ false, true }) do
+            local f = lg and nc.log_softmax or nc.softmax
+            local name = lg and 'log_softmax' or 'softmax'
+            both(name, { { t = randn({ 7, 1500 }, 3), grad = true } }, function(x) return f(x, -1) end, SOFTMAX_RTOL)
+            both(name .. ' dim 0', { { t = randn({ 9, 5 }), grad = true } }, function(x) return f(x, 0) end, SOFTMAX_RTOL)
+        end
     end)
 
     gpu_it('attention: causal GQA, odd T, decode T = 1, full cross S != T, D = 16 / 64 / 128', function()
