@@ -88,6 +88,8 @@ nanochat: core/launcher.c | deps
 cuda: lib/libnanochat_cuda.so
 # optim.cu: belt and braces for its CPU-bitwise kernels (they already use __fmul_rn / __fadd_rn)
 build/kernels/cuda/optim.o: NVCCFLAGS += -fmad=false
+# nn.cu: the CPU reference kernels' f32 operations without contraction (no FMA)
+build/kernels/cuda/nn.o: NVCCFLAGS += -fmad=false
 build/kernels/cuda/%.o: kernels/cuda/%.cu kernels/cuda/common.cuh core/backend.h core/nanochat.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@

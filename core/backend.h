@@ -14,7 +14,7 @@
 
 #include "nanochat.h"
 
-#define NC_CUDA_API_VERSION 3   /* 3: the optimizer entries (kernels/cuda/optim.cu) */
+#define NC_CUDA_API_VERSION 4   /* 3: the optimizer entries (kernels/cuda/optim.cu); 4: the nn entries (kernels/cuda/nn.cu) */
 
 /* Up to three strided operands sharing one logical shape (broadcast operands have stride 0). */
 typedef struct nc_strided3 {
@@ -74,6 +74,18 @@ static inline int64_t nc_cuda_ns_ws_floats(int64_t rows, int64_t cols) {
     return 2 * ((n + NC_CUDA_NS_CHUNK - 1) / NC_CUDA_NS_CHUNK) + 2 + 2 * n + 2 * r * r;
 }
 
+/* Attention geometry (API 4): q (B, T, H, D), k, v (B, S, Hkv, D), out / gout (B, T, H, D) with the
+ * given element strides (0 for size-1 dims); lse and the backward outputs gq, gk, gv contiguous. */
+typedef struct nc_cuda_attn {
+    int64_t B, T, S, H, Hkv, D;
+    int32_t causal;
+    float scale;
+    int64_t qs[4], ks[4], vs[4], os[4], gs[4];
+} nc_cuda_attn;
+
+/* Largest head dim the CUDA attention kernels take (registers per lane: NC_CUDA_ATTN_MAXD / 32). */
+#define NC_CUDA_ATTN_MAXD 256
+
 typedef struct nc_cuda_api {
     int32_t api_version;                       /* NC_CUDA_API_VERSION */
     const char *(*last_error)(void);
@@ -128,6 +140,50 @@ typedef struct nc_cuda_api {
      * on the host); ws: nc_cuda_ns_ws_floats(rows, cols) floats of device memory (8-byte aligned). */
     nc_status (*newton_schulz)(float *x, int64_t rows, int64_t cols, int32_t steps, const double *host_abc,
                                int32_t n_abc, double fro_mult, double eps, float *ws);
+
+    /* ---- nn ops (API 4; kernels/cuda/nn.cu, dispatched from kernels/cpu/{index,norm,rope,quant,loss,
+     * attention}.c after the same argument checks as the CPU). Tensors are contiguous unless a
+     * geometry says otherwise; index tensors (idx_dtype NC_I32 / NC_I64) are already range-checked
+     * on the host. Each entry says where its summation order differs from the CPU's. ---- */
+    /* out (n, D) = w[idx[i]] rows; w (V, D) */
+    nc_status (*embedding)(float *out, const float *w, const void *idx, int32_t idx_dtype, int64_t n, int64_t D);
+    /* gw (V, D) += scatter of g (n, D) rows; one thread per column walks the tokens in order (the
+     * CPU's order: bit-identical) */
+    nc_status (*embedding_backward)(float *gw, const void *idx, int32_t idx_dtype, const float *g, int64_t n, int64_t D);
+    /* y = x rstd (* w), rstd = 1/sqrt(mean x^2 + eps) (double sum: tree order); rstd may be NULL */
+    nc_status (*rmsnorm)(float *y, float *rstd, const float *x, const float *w, int64_t rows, int64_t D, double eps);
+    /* gx += rstd w g - x c (gx may be NULL); gw += sum over rows of g x rstd (gw may be NULL; double,
+     * rows in order: the CPU's order); w may be NULL (ones) */
+    nc_status (*rmsnorm_backward)(float *gx, float *gw, const float *x, const float *w, const float *rstd,
+                                  const float *g, int64_t rows, int64_t D);
+    /* rows = B T H rows of D; cos, sin (T, D/2); sign +1 forward / -1 inverse; acc: out += */
+    nc_status (*rope)(float *out, const float *x, const float *cos, const float *sin, int64_t rows, int64_t T,
+                      int64_t H, int64_t D, float sign, int32_t acc);
+    /* absmean ternary: per group of group_size (n: one group) gamma = max(mean |w|, eps) (double
+     * sum: tree order), out = gamma clamp(rint(w / gamma), -1, 1), scale[g] = gamma */
+    nc_status (*quant_weight)(float *out, float *scale, const float *w, int64_t n, int64_t group_size, double eps);
+    /* absmax int8 per row: s = 127 / max(max |x|, eps), out = clamp(rint(x s), -128, 127) / s (exact) */
+    nc_status (*quant_act)(float *out, float *scale, const float *x, int64_t rows, int64_t D, double eps);
+    /* per row: lse (f32), row_loss (f64, 0 for ignored rows) as kernels/cpu/loss.c (the mean is
+     * taken on the host in row order); x (N, V) */
+    nc_status (*cross_entropy)(float *lse, double *row_loss, const float *x, const void *targets, int32_t idx_dtype,
+                               int64_t N, int64_t V, int64_t ignore_index, double label_smoothing, double z_loss);
+    /* g (N, V) += scale_r (p (1 + 2 z lse) - (1-ls) onehot - ls / V); scale_r = grows[r] (grows != NULL,
+     * rows with 0 skipped) else scale_all */
+    nc_status (*cross_entropy_backward)(float *g, const float *x, const float *lse, const void *targets,
+                                        int32_t idx_dtype, const float *grows, int64_t N, int64_t V, double scale_all,
+                                        int64_t ignore_index, double label_smoothing, double z_loss);
+    /* out, lse (B, H, T) of causal / full GQA attention (online softmax over key tiles) */
+    nc_status (*attention)(float *out, float *lse, const float *q, const float *k, const float *v,
+                           const nc_cuda_attn *g);
+    /* gq, gk, gv (+=, each may be NULL); qkeep (B, T) u8 or NULL; dvec: B H T floats of workspace */
+    nc_status (*attention_backward)(float *gq, float *gk, float *gv, const float *out, const float *lse,
+                                    const float *q, const float *k, const float *v, const float *gout,
+                                    const uint8_t *qkeep, const nc_cuda_attn *g, float *dvec);
+    /* softmax / log-softmax (log != 0) over rows of n (exp-sum in double, tree order) */
+    nc_status (*softmax)(float *y, const float *x, int64_t rows, int64_t n, int32_t log);
+    /* ga += backward of softmax / log-softmax given y = the forward output (f32 row sum, tree order) */
+    nc_status (*softmax_backward)(float *ga, const float *y, const float *g, int64_t rows, int64_t n, int32_t log);
 } nc_cuda_api;
 
 typedef const nc_cuda_api *(*nc_cuda_api_get_fn)(void);

@@ -181,7 +181,13 @@ void nc_philox4x32(uint64_t seed, uint64_t counter, uint32_t out[4]);   /* expos
 
 /* ---- ops (CPU always; CUDA where noted) ---------------------------------------------------- *
  * Float ops compute in f32 (inputs and outputs f32 unless stated). Inputs may have any strides
- * (including broadcast strides of 0); outputs must be contiguous unless stated. */
+ * (including broadcast strides of 0); outputs must be contiguous unless stated.
+ * Devices: an op runs on CUDA when its tensors are CUDA tensors (all of one call on one device,
+ * else NC_ERR_DEVICE naming the op and the tensor). On CUDA today: elementwise / unary / binary
+ * and their backward, copies, sum_to / sum / mean, matmul, embedding (+ backward), rmsnorm (+
+ * backward), rope (+ backward), softmax / log-softmax (+ backward), the two quantizers,
+ * cross_entropy (+ backward, + backward_rows) and attention (+ backward, + masked); any other op
+ * on CUDA tensors is a clean error naming it (README "CUDA nn ops"). */
 
 enum nc_binary_op { NC_OP_ADD = 0, NC_OP_SUB = 1, NC_OP_MUL = 2, NC_OP_DIV = 3,
                     NC_OP_MAXIMUM = 4, NC_OP_MINIMUM = 5, NC_OP_POW = 6,

@@ -61,8 +61,12 @@ if cfg.device ~= 'cpu' then
     if not nc.cuda_available() then
         error('e3: this preset needs device ' .. cfg.device .. ', but ' .. nc.cuda_status())
     end
-    error('e3: device ' .. cfg.device .. ': the CUDA backend does not run training yet (forward/backward '
-        .. 'kernels for attention, norms, RoPE, quantizers and the optimizers are CPU-only); use device=cpu')
+    -- the plain ternary GPT trains on CUDA (recipes/tiny.lua device=cuda; README "CUDA nn ops"), but
+    -- e3's features still call CPU-only kernels: mHC (kernels/cpu/mhc.c), Collider's row gather /
+    -- scatter and selection, LoopLM's exit distribution and MTP's extra heads are not ported yet
+    error('e3: device ' .. cfg.device .. ': the CUDA backend runs the plain GPT forward/backward and the '
+        .. 'optimizers, but not yet e3\'s LoopLM / mHC / MTP / Collider kernels (README "CUDA nn ops"); use '
+        .. 'device=cpu, or recipes/tiny.lua device=cuda for the plain model')
 end
 if cfg.threads > 0 then nc.set_num_threads(cfg.threads) end
 nc.manual_seed(cfg.seed)

@@ -6,6 +6,8 @@
 --   ./nanochat recipes/tiny.lua                       # defaults below
 --   ./nanochat recipes/tiny.lua steps=200 out=runs/t  # any setting as key=value
 --   ./nanochat recipes/tiny.lua model=configs/models/micro.lua steps=50
+--   ./nanochat recipes/tiny.lua device=cuda           # train on the GPU (README "CUDA nn ops": never
+--                                                     # run on a GPU yet; fails cleanly without one)
 --
 -- What it does, top to bottom: (1) the built-in default Rust corpus (Debian librust-*-dev
 -- packages, a few MB), (2) a byte-level BPE tokenizer trained on it, (3) zstd token shards,
@@ -23,10 +25,13 @@ local cfg = {
     lr = 3e-3, weight_decay = 0.0, warmup = 50, cooldown = 0.3,
     clip = 1.0, z_loss = 0.0,
     eval_every = 100, eval_batches = 16, sample_every = 0,
-    threads = 0, seed = 1,
+    threads = 0, seed = 1, device = 'cpu',
     out = 'runs/tiny', resume = true,
 }
 nc.cli.settings(cfg, 'tiny')   -- key=value arguments (unknown keys / wrong types are errors)
+if cfg.device ~= 'cpu' and not nc.cuda_available() then
+    error('tiny: device=' .. cfg.device .. ' needs a GPU, but ' .. nc.cuda_status())
+end
 if cfg.threads > 0 then nc.set_num_threads(cfg.threads) end
 nc.manual_seed(cfg.seed)
 
@@ -40,6 +45,7 @@ mcfg.seed = cfg.seed
 if cfg.seq > 0 then mcfg.seq_len = cfg.seq end
 local T = mcfg.seq_len
 local model = nc.models.gpt.new(mcfg)
+if cfg.device ~= 'cpu' then model:to(cfg.device) end   -- before the optimizer (its state follows); nc.train moves the batches
 local counts = model:param_counts()
 print(string.format('tiny: %s, %.2fM params (%.2fM in matmuls), %d layers, d=%d, T=%d, batch %d x %d, %d threads',
     cfg.model, counts.total / 1e6, counts.matmul / 1e6, mcfg.n_layer,

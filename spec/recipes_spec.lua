@@ -75,8 +75,14 @@ describe('recipes e3 / ablate (smoke)', function()
         assert.is_nil(out:find('| LoopLM', 1, true))
         ok, out = run('recipes/e3.lua config=configs/h200.lua')
         assert.is_false(ok)
-        assert.truthy(out:find('e3: this preset needs device cuda', 1, true) or out:find('does not run training yet', 1, true),
+        assert.truthy(out:find('e3: this preset needs device cuda', 1, true) or out:find('but not yet e3\'s LoopLM', 1, true),
             out)
+        -- the plain model's recipe takes device=cuda (a clean error without a GPU)
+        if not require('nanochat').cuda_available() then
+            ok, out = run('recipes/tiny.lua model=configs/models/micro.lua steps=1 device=cuda out=' .. tmp .. '/tinycuda')
+            assert.is_false(ok)
+            assert.truthy(out:find('tiny: device=cuda needs a GPU, but', 1, true), out)
+        end
     end)
 
     it('recipes/ablate.lua prints one row per variant and a JSON line', function()

@@ -2,7 +2,7 @@
 -- schedule indices, gradient accumulation equivalence, global-norm clipping, NaN skip and
 -- abort, bits-per-byte on a hand-computed case, progress output (plain and TTY), JSONL records,
 -- exact resume (20 steps == 10 + save + load + 10, bitwise), and Ctrl-C (in process, and a
--- SIGINT sent to a child `./nanochat script`).
+-- SIGINT sent to a child `./nanochat script`), and batches following the model's device.
 package.path = 'lua/?.lua;lua/?/init.lua;spec/helpers/?.lua;' .. package.path
 local nc = require 'nanochat'
 local S = require 'train_standins'
@@ -36,6 +36,25 @@ describe('nc.train', function()
     local dir
     before_each(function() dir = S.tmpdir() end)
     after_each(function() S.rmtree(dir) end)
+
+    it('moves each batch to the model\'s device (train.device_of) and leaves cpu batches alone', function()
+        local m, opt, L = setup()
+        assert.are.equal('cpu', train.device_of(m))
+        -- a stand-in device: batches are proxies whose :to(dev) records the call and returns the tensor
+        local moved = {}
+        local function proxy(t) return { to = function(_, d) moved[#moved + 1] = d; return t end } end
+        local PL = { next = function() local x, y = L:next(); return proxy(x), proxy(y) end }
+        local saved = train.device_of
+        train.device_of = function() return 'standin' end
+        local ok, r = pcall(train, { model = m, optimizer = opt, loader = PL, steps = 2, progress = false, grad_accum = 2 })
+        train.device_of = saved
+        assert.is_true(ok, tostring(r))
+        assert.are.equal(2, r.step)
+        assert.are.same({ 'standin', 'standin', 'standin', 'standin', 'standin', 'standin', 'standin', 'standin' }, moved)
+        -- on the cpu the loader's tensors are used as they are (a proxy would fail in forward)
+        local r2 = train { model = m, optimizer = opt, loader = L, steps = 1, progress = false }
+        assert.are.equal(1, r2.step)
+    end)
 
     it('is callable and calls the schedule with 0, 1, 2, ... passing the multiplier to step()', function()
         local m, opt, L = setup()

@@ -30,6 +30,8 @@
  *
  * Compiled twice: as itself (portable baseline, the reference) and from attention_avx2.c with
  * AVX2/FMA; nc_cpu_avx2() picks one. Inner loops are `omp simd` over keys or over head dims.
+ * CUDA tensors (all on one device, any strides for q, k, v, out, gout) run kernels/cuda/nn.cu's
+ * attention (the same online softmax and backward formulas; head dim <= NC_CUDA_ATTN_MAXD).
  */
 #include "nn_common.h"
 
@@ -448,10 +450,10 @@ static void strides4(int64_t *dst, const nc_tensor *t) {
     for (int d = 0; d < 4; d++) dst[d] = t->shape[d] > 1 ? t->strides[d] : 0;
 }
 
-static nc_status check_qkv(const char *op, const nc_tensor *q, const nc_tensor *k, const nc_tensor *v) {
-    NC_TRY(nc_check_f32_cpu(op, "q", q));
-    NC_TRY(nc_check_f32_cpu(op, "k", k));
-    NC_TRY(nc_check_f32_cpu(op, "v", v));
+static nc_status check_qkv(const char *op, const nc_tensor *q, const nc_tensor *k, const nc_tensor *v, int32_t dev) {
+    NC_TRY(nc_check_f32_on(op, "q", q, dev));
+    NC_TRY(nc_check_f32_on(op, "k", k, dev));
+    NC_TRY(nc_check_f32_on(op, "v", v, dev));
     NC_TRY(nc_check_ndim(op, "q", q, 4));
     NC_TRY(nc_check_ndim(op, "k", k, 4));
     NC_TRY(nc_check_same_shape(op, "k", k, "v", v));
@@ -474,14 +476,30 @@ static void fill_args(attn_args *a, const nc_tensor *q, const nc_tensor *k, cons
     strides4(a->qs, q); strides4(a->ks, k); strides4(a->vs, v);
 }
 
+/* the CUDA kernels' geometry (core/backend.h nc_cuda_attn) of the checked arguments */
+static nc_cuda_attn cuda_geo(const attn_args *a, const nc_tensor *out, const nc_tensor *gout) {
+    nc_cuda_attn g;
+    memset(&g, 0, sizeof g);
+    g.B = a->B; g.T = a->T; g.S = a->S; g.H = a->H; g.Hkv = a->Hkv; g.D = a->D;
+    g.causal = a->causal;
+    g.scale = a->scale;
+    memcpy(g.qs, a->qs, sizeof g.qs);
+    memcpy(g.ks, a->ks, sizeof g.ks);
+    memcpy(g.vs, a->vs, sizeof g.vs);
+    if (out) strides4(g.os, out);
+    if (gout) strides4(g.gs, gout);
+    return g;
+}
+
 nc_status nc_attention(nc_tensor *out, nc_tensor *lse, const nc_tensor *q, const nc_tensor *k, const nc_tensor *v,
                        int32_t causal, double scale) {
     static const char *op = "attention";
-    NC_TRY(check_qkv(op, q, k, v));
-    NC_TRY(nc_check_f32_cpu(op, "out", out));
+    int32_t dev = NC_DEV_OF(out, lse, q, k, v);
+    NC_TRY(check_qkv(op, q, k, v, dev));
+    NC_TRY(nc_check_f32_on(op, "out", out, dev));
     NC_TRY(nc_check_contiguous(op, "out", out));
     NC_TRY(nc_check_same_shape(op, "out", out, "q", q));
-    NC_TRY(nc_check_f32_cpu(op, "lse", lse));
+    NC_TRY(nc_check_f32_on(op, "lse", lse, dev));
     NC_TRY(nc_check_contiguous(op, "lse", lse));
     int64_t lshape[3] = {q->shape[0], q->shape[2], q->shape[1]};
     NC_TRY(nc_check_shape(op, "lse", lse, 3, lshape));
@@ -489,6 +507,21 @@ nc_status nc_attention(nc_tensor *out, nc_tensor *lse, const nc_tensor *q, const
     fill_args(&a, q, k, v, causal, scale);
     a.out = nc_f32p(out);
     a.lse = nc_f32p(lse);
+    if (dev == NC_CUDA) {
+        const nc_cuda_api *cu = nc_nn_cuda(op);
+        if (!cu) return NC_ERR_DEVICE;
+        if (a.B * a.T * a.H == 0) return NC_OK;
+        nc_status st;
+        if (a.D == 0 || a.S == 0) {   /* the degenerate cases of the CPU path below */
+            st = cu->fill(a.out, a.B * a.T * a.H * a.D, NC_F32, 0.0);
+            if (st == NC_OK)
+                st = cu->fill(a.lse, a.B * a.H * a.T, NC_F32, a.S == 0 ? -INFINITY : (double)logf((float)a.S));
+        } else {
+            nc_cuda_attn g = cuda_geo(&a, NULL, NULL);
+            st = cu->attention(a.out, a.lse, a.q, a.k, a.v, &g);
+        }
+        return st == NC_OK ? NC_OK : nc_nn_cuda_err(op, cu, st);
+    }
     if (a.B * a.T * a.H == 0) return NC_OK;
     if (a.D == 0 || a.S == 0) {
         /* no keys: out 0, lse -inf; empty head dim: every score is 0, lse = log S */
@@ -505,32 +538,33 @@ static nc_status attn_bwd(const char *op, nc_tensor *gq, nc_tensor *gk, nc_tenso
                           const nc_tensor *lse, const nc_tensor *q, const nc_tensor *k, const nc_tensor *v,
                           const nc_tensor *gout, const nc_tensor *qkeep, int32_t causal, double scale) {
     if (!gq && !gk && !gv) return NC_OK;
-    NC_TRY(check_qkv(op, q, k, v));
-    NC_TRY(nc_check_f32_cpu(op, "out", out));
+    int32_t dev = NC_DEV_OF(gq, gk, gv, out, lse, q, k, v, gout, qkeep);
+    NC_TRY(check_qkv(op, q, k, v, dev));
+    NC_TRY(nc_check_f32_on(op, "out", out, dev));
     NC_TRY(nc_check_same_shape(op, "out", out, "q", q));
-    NC_TRY(nc_check_f32_cpu(op, "gout", gout));
+    NC_TRY(nc_check_f32_on(op, "gout", gout, dev));
     NC_TRY(nc_check_same_shape(op, "gout", gout, "q", q));
-    NC_TRY(nc_check_f32_cpu(op, "lse", lse));
+    NC_TRY(nc_check_f32_on(op, "lse", lse, dev));
     NC_TRY(nc_check_contiguous(op, "lse", lse));
     int64_t lshape[3] = {q->shape[0], q->shape[2], q->shape[1]};
     NC_TRY(nc_check_shape(op, "lse", lse, 3, lshape));
     if (gq) {
-        NC_TRY(nc_check_f32_cpu(op, "gq", gq));
+        NC_TRY(nc_check_f32_on(op, "gq", gq, dev));
         NC_TRY(nc_check_contiguous(op, "gq", gq));
         NC_TRY(nc_check_same_shape(op, "gq", gq, "q", q));
     }
     if (gk) {
-        NC_TRY(nc_check_f32_cpu(op, "gk", gk));
+        NC_TRY(nc_check_f32_on(op, "gk", gk, dev));
         NC_TRY(nc_check_contiguous(op, "gk", gk));
         NC_TRY(nc_check_same_shape(op, "gk", gk, "k", k));
     }
     if (gv) {
-        NC_TRY(nc_check_f32_cpu(op, "gv", gv));
+        NC_TRY(nc_check_f32_on(op, "gv", gv, dev));
         NC_TRY(nc_check_contiguous(op, "gv", gv));
         NC_TRY(nc_check_same_shape(op, "gv", gv, "v", v));
     }
     if (qkeep) {
-        NC_TRY(nc_check_cpu(op, "qkeep", qkeep));
+        NC_TRY(nc_check_device(op, "qkeep", qkeep, dev));
         NC_TRY(nc_check_dtype(op, "qkeep", qkeep, NC_U8));
         NC_TRY(nc_check_contiguous(op, "qkeep", qkeep));
         int64_t kshape[2] = {q->shape[0], q->shape[1]};
@@ -539,6 +573,19 @@ static nc_status attn_bwd(const char *op, nc_tensor *gq, nc_tensor *gk, nc_tenso
     attn_args a;
     fill_args(&a, q, k, v, causal, scale);
     a.qkeep = qkeep ? (const uint8_t *)nc_ptr(qkeep) : NULL;
+    if (dev == NC_CUDA) {
+        const nc_cuda_api *cu = nc_nn_cuda(op);
+        if (!cu) return NC_ERR_DEVICE;
+        if (a.B * a.T * a.H == 0 || a.S == 0 || a.D == 0) return NC_OK;
+        nc_tensor *dv = nc_nn_cuda_buffer(op, NC_F32, a.B * a.H * a.T);
+        if (!dv) return NC_ERR_OOM;
+        nc_cuda_attn g = cuda_geo(&a, out, gout);
+        nc_status st = cu->attention_backward(gq ? nc_f32p(gq) : NULL, gk ? nc_f32p(gk) : NULL, gv ? nc_f32p(gv) : NULL,
+                                              nc_f32p(out), nc_f32p(lse), a.q, a.k, a.v, nc_f32p(gout), a.qkeep, &g,
+                                              nc_f32p(dv));
+        nc_tensor_release(dv);
+        return st == NC_OK ? NC_OK : nc_nn_cuda_err(op, cu, st);
+    }
     if (a.B * a.T * a.H == 0 || a.S == 0 || a.D == 0) return NC_OK;
     a.o = nc_f32p(out);
     a.go = nc_f32p(gout);

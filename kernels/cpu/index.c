@@ -7,7 +7,9 @@
  * no two threads write the same element and each element's additions happen in index order:
  * results are deterministic and independent of the thread count. Forward copies (index_select,
  * gather, cat) accept any plain dtype; accumulations are f32. CPU only, except nc_cat, which
- * works on any device through nc_tensor_copy when all tensors share it.
+ * works on any device through nc_tensor_copy when all tensors share it, and nc_embedding /
+ * nc_embedding_backward, which run on CUDA tensors (kernels/cuda/nn.cu; indices checked on a host
+ * copy; the backward adds in token order per column, bit-identical to the CPU).
  * Row gather / scatter (nc_rows_gather, nc_rows_scatter: Collider's compact kept-row buffers,
  * algorithms.md §8.4) take a strictly increasing i64 row list, copy whole f32 rows (memcpy on unit
  * column stride) on ONE thread; they never add, so results are exact copies. One thread on purpose:
@@ -15,11 +17,11 @@
  * call, and an OpenMP team started there fights them for the cores (Collider's linear backward on
  * 2 cores measured 0.56-0.69x of dense with threaded copies, 1.23-1.45x with single-threaded ones).
  */
-#include "internal.h"
+#include "nn_common.h"
 #include <stdio.h>
 #include <string.h>
 
-static nc_status no_cuda(const char *op) {
+static nc_status no_cuda(const char *op) {   /* the ops below without a CUDA kernel yet */
     return nc_fail(NC_ERR_UNSUPPORTED, "%s: no CUDA kernel for this op; move the tensors to the CPU with :to('cpu')",
                    op);
 }
@@ -95,7 +97,40 @@ static inline void copy_elem(char *d, const char *s, int32_t esz) {
     }
 }
 
+/* every tensor on dev (the op's device) */
+static nc_status on_device(const char *op, int32_t dev, int n, const nc_tensor *const *ts, const char *const *names) {
+    for (int i = 0; i < n; i++)
+        if (ts[i]) NC_TRY(nc_check_device(op, names[i], ts[i], dev));
+    return NC_OK;
+}
+
 /* ---- embedding ---------------------------------------------------------------------------- */
+/* CUDA (kernels/cuda/nn.cu): indices are range-checked on a host copy (the CPU's message), then
+ * forward (gout NULL): out = weight[idx] rows; backward (weight NULL): gw (out) += scatter of gout */
+static nc_status embedding_cuda(const char *op, nc_tensor *out, const nc_tensor *weight, const nc_tensor *idx,
+                                const nc_tensor *gout) {
+    const nc_cuda_api *cu = nc_nn_cuda(op);
+    if (!cu) return NC_ERR_DEVICE;
+    int64_t n = nc_tensor_numel(idx), V = weight ? weight->shape[0] : out->shape[0];
+    int64_t D = weight ? weight->shape[1] : out->shape[1];
+    nc_tensor *hidx = nc_nn_to_host(op, idx);
+    if (!hidx) return NC_ERR_DEVICE;
+    nc_status st = check_indices(op, hidx, V, "weight rows");
+    nc_tensor_release(hidx);
+    if (st != NC_OK || n == 0 || D == 0) return st;
+    nc_tensor *ti, *tx;
+    const nc_tensor *ic = nc_nn_contig(op, idx, &ti), *xc = nc_nn_contig(op, weight ? weight : gout, &tx);
+    st = NC_ERR_OOM;
+    if (ic && xc) {
+        st = weight ? cu->embedding(nc_f32p(out), nc_f32p(xc), nc_ptr(ic), idx->dtype, n, D)
+                    : cu->embedding_backward(nc_f32p(out), nc_ptr(ic), idx->dtype, nc_f32p(xc), n, D);
+        if (st != NC_OK) nc_nn_cuda_err(op, cu, st);
+    }
+    nc_tensor_release(ti);
+    nc_tensor_release(tx);
+    return st;
+}
+
 nc_status nc_embedding(nc_tensor *out, const nc_tensor *weight, const nc_tensor *idx) {
     static const char *op = "embedding";
     NC_TRY(nc_check_not_null(op, "out", out));
@@ -103,7 +138,8 @@ nc_status nc_embedding(nc_tensor *out, const nc_tensor *weight, const nc_tensor 
     NC_TRY(nc_check_not_null(op, "idx", idx));
     const nc_tensor *ts[3] = { out, weight, idx };
     static const char *const tn[3] = { "out", "weight", "idx" };
-    NC_TRY(cpu_only(op, 3, ts, tn));
+    int32_t dev = nc_dev_of(3, ts);
+    NC_TRY(on_device(op, dev, 3, ts, tn));
     NC_TRY(nc_check_dtype(op, "out", out, NC_F32));
     NC_TRY(nc_check_dtype(op, "weight", weight, NC_F32));
     NC_TRY(nc_check_index_dtype(op, "idx", idx));
@@ -116,6 +152,7 @@ nc_status nc_embedding(nc_tensor *out, const nc_tensor *weight, const nc_tensor 
     want[idx->ndim] = D;
     NC_TRY(nc_check_shape(op, "out", out, idx->ndim + 1, want));
     NC_TRY(nc_check_contiguous(op, "out", out));
+    if (dev == NC_CUDA) return embedding_cuda(op, out, weight, idx, NULL);
     NC_TRY(check_indices(op, idx, V, "weight rows"));
     int64_t n = nc_tensor_numel(idx);
     const void *ib = nc_ptr(idx);
@@ -141,7 +178,8 @@ nc_status nc_embedding_backward(nc_tensor *gweight, const nc_tensor *idx, const 
     NC_TRY(nc_check_not_null(op, "gout", gout));
     const nc_tensor *ts[3] = { gweight, idx, gout };
     static const char *const tn[3] = { "gweight", "idx", "gout" };
-    NC_TRY(cpu_only(op, 3, ts, tn));
+    int32_t dev = nc_dev_of(3, ts);
+    NC_TRY(on_device(op, dev, 3, ts, tn));
     NC_TRY(nc_check_dtype(op, "gweight", gweight, NC_F32));
     NC_TRY(nc_check_dtype(op, "gout", gout, NC_F32));
     NC_TRY(nc_check_index_dtype(op, "idx", idx));
@@ -154,6 +192,10 @@ nc_status nc_embedding_backward(nc_tensor *gweight, const nc_tensor *idx, const 
     memcpy(want, idx->shape, sizeof(int64_t) * (size_t)idx->ndim);
     want[idx->ndim] = D;
     NC_TRY(nc_check_shape(op, "gout", gout, idx->ndim + 1, want));
+    if (dev == NC_CUDA) {
+        NC_TRY(nc_check_contiguous(op, "gweight", gweight));
+        return embedding_cuda(op, gweight, NULL, idx, gout);
+    }
     NC_TRY(check_indices(op, idx, V, "weight rows"));
     int64_t n = nc_tensor_numel(idx);
     if (n == 0 || D == 0) return NC_OK;

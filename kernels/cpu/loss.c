@@ -12,6 +12,9 @@
  *   d loss_row / d x_j = p_j (1 + 2 z lse) - (1-ls) [j == t] - ls / V
  * nc_cross_entropy_backward_rows is the per-token form: glogits_r += grows[r] * d loss_row / d x
  * (the gradient of sum_r grows[r] loss_r, e.g. LoopLM's exit-weighted per-loop CE).
+ * CUDA tensors: targets are range-checked and counted on a host copy, the rows run in
+ * kernels/cuda/nn.cu (tree-ordered f32 max / exp-sum: lse within a few ulp of the CPU's), and the
+ * per-row losses (f64) come back to the host to be averaged in row order as here.
  */
 #include "nn_common.h"
 #include "simd_avx2.h"
@@ -95,14 +98,15 @@ static int64_t target_at(const nc_tensor *t, int64_t i) {
     return ((const int64_t *)nc_tensor_data(t))[off];
 }
 
-static nc_status check_args(const char *op, const nc_tensor *logits, const nc_tensor *targets, const nc_tensor *lse) {
-    NC_TRY(nc_check_f32_cpu(op, "logits", logits));
+static nc_status check_args(const char *op, const nc_tensor *logits, const nc_tensor *targets, const nc_tensor *lse,
+                            int32_t dev) {
+    NC_TRY(nc_check_f32_on(op, "logits", logits, dev));
     NC_TRY(nc_check_ndim(op, "logits", logits, 2));
     NC_TRY(nc_check_index_dtype(op, "targets", targets));
-    NC_TRY(nc_check_cpu(op, "targets", targets));
+    NC_TRY(nc_check_device(op, "targets", targets, dev));
     int64_t n = logits->shape[0];
     NC_TRY(nc_check_shape(op, "targets", targets, 1, &n));
-    NC_TRY(nc_check_f32_cpu(op, "lse", lse));
+    NC_TRY(nc_check_f32_on(op, "lse", lse, dev));
     NC_TRY(nc_check_shape(op, "lse", lse, 1, &n));
     return NC_OK;
 }
@@ -116,11 +120,112 @@ static const float *logit_row(const nc_tensor *x, int64_t r, float *buf) {
     return buf;
 }
 
+/* ---- CUDA (kernels/cuda/nn.cu): targets are range-checked and counted on a host copy ---------- */
+/* ht: host targets; *count = rows whose target is not ignore_index; out-of-range targets fail */
+static nc_status ce_count(const char *op, const nc_tensor *ht, int64_t V, int64_t ignore_index, int64_t *count) {
+    int64_t N = ht->shape[0];
+    *count = 0;
+    for (int64_t r = 0; r < N; r++) {
+        int64_t t = target_at(ht, r);
+        if (t == ignore_index) continue;
+        if (t < 0 || t >= V)
+            return nc_fail(NC_ERR_INDEX, "%s: target %lld at row %lld is outside [0, %lld) and is not ignore_index (%lld)",
+                           op, (long long)t, (long long)r, (long long)V, (long long)ignore_index);
+        (*count)++;
+    }
+    return NC_OK;
+}
+
+/* device copies of logits / targets in the kernels' contiguous layout and the host count */
+typedef struct {
+    const nc_cuda_api *cu;
+    nc_tensor *tl, *tt, *host;
+    const nc_tensor *l, *t;
+    int64_t count;
+} ce_dev;
+
+static void ce_dev_free(ce_dev *d) {
+    nc_tensor_release(d->tl);
+    nc_tensor_release(d->tt);
+    nc_tensor_release(d->host);
+}
+
+static nc_status ce_dev_open(const char *op, ce_dev *d, const nc_tensor *logits, const nc_tensor *targets,
+                             int64_t ignore_index) {
+    memset(d, 0, sizeof *d);
+    d->cu = nc_nn_cuda(op);
+    if (!d->cu) return NC_ERR_DEVICE;
+    d->host = nc_nn_to_host(op, targets);
+    if (!d->host) return NC_ERR_DEVICE;
+    nc_status st = ce_count(op, d->host, logits->shape[1], ignore_index, &d->count);
+    if (st != NC_OK) return st;
+    d->l = nc_nn_contig(op, logits, &d->tl);
+    d->t = nc_nn_contig(op, targets, &d->tt);
+    return d->l && d->t ? NC_OK : NC_ERR_OOM;
+}
+
+static nc_status ce_cuda(const char *op, nc_tensor *loss, nc_tensor *lse, const nc_tensor *logits,
+                         const nc_tensor *targets, int64_t ignore_index, double ls, double z) {
+    ce_dev d;
+    nc_status st = ce_dev_open(op, &d, logits, targets, ignore_index);
+    int64_t N = logits->shape[0], V = logits->shape[1];
+    nc_tensor *rl = NULL, *hrl = NULL;
+    if (st == NC_OK && N > 0) {
+        rl = nc_nn_cuda_buffer(op, NC_F64, N);
+        st = rl ? d.cu->cross_entropy(nc_f32p(lse), (double *)nc_tensor_data(rl), nc_f32p(d.l), nc_tensor_data(d.t),
+                                      targets->dtype, N, V, ignore_index, ls, z)
+                : NC_ERR_OOM;
+        if (rl && st != NC_OK) nc_nn_cuda_err(op, d.cu, st);
+        if (st == NC_OK) {
+            hrl = nc_nn_to_host(op, rl);
+            if (!hrl) st = NC_ERR_DEVICE;
+        }
+    }
+    if (st == NC_OK) {
+        /* the mean over non-ignored rows, summed in row order in double (as the CPU) */
+        double total = 0.0;
+        const double *row = hrl ? (const double *)nc_tensor_data(hrl) : NULL;
+        for (int64_t r = 0; r < N; r++)
+            if (target_at(d.host, r) != ignore_index) total += row[r];
+        float v = d.count ? (float)(total / (double)d.count) : 0.0f;
+        st = d.cu->fill(nc_tensor_data(loss), 1, NC_F32, (double)v);
+        if (st != NC_OK) nc_nn_cuda_err(op, d.cu, st);
+    }
+    nc_tensor_release(rl);
+    nc_tensor_release(hrl);
+    ce_dev_free(&d);
+    return st;
+}
+
+static nc_status ce_backward_cuda(const char *op, nc_tensor *glogits, const nc_tensor *lse, const nc_tensor *logits,
+                                  const nc_tensor *targets, const nc_tensor *grows, double gloss, int64_t ignore_index,
+                                  double ls, double z) {
+    ce_dev d;
+    nc_status st = ce_dev_open(op, &d, logits, targets, ignore_index);
+    nc_tensor *tg = NULL;
+    const nc_tensor *gc = NULL;
+    if (st == NC_OK && grows) {
+        gc = nc_nn_contig(op, grows, &tg);
+        if (!gc) st = NC_ERR_OOM;
+    }
+    if (st == NC_OK && (grows || d.count > 0)) {
+        double scale_all = grows ? 0.0 : gloss / (double)d.count;
+        st = d.cu->cross_entropy_backward(nc_f32p(glogits), nc_f32p(d.l), nc_f32p(lse), nc_tensor_data(d.t),
+                                          targets->dtype, gc ? nc_f32p(gc) : NULL, logits->shape[0], logits->shape[1],
+                                          scale_all, ignore_index, ls, z);
+        if (st != NC_OK) nc_nn_cuda_err(op, d.cu, st);
+    }
+    nc_tensor_release(tg);
+    ce_dev_free(&d);
+    return st;
+}
+
 nc_status nc_cross_entropy(nc_tensor *loss, nc_tensor *lse, const nc_tensor *logits, const nc_tensor *targets,
                            int64_t ignore_index, double label_smoothing, double z_loss) {
     static const char *op = "cross_entropy";
-    NC_TRY(check_args(op, logits, targets, lse));
-    NC_TRY(nc_check_f32_cpu(op, "loss", loss));
+    int32_t dev = NC_DEV_OF(loss, lse, logits, targets);
+    NC_TRY(check_args(op, logits, targets, lse, dev));
+    NC_TRY(nc_check_f32_on(op, "loss", loss, dev));
     NC_TRY(nc_check_contiguous(op, "lse", lse));
     if (nc_tensor_numel(loss) != 1) {
         char b[NC_DESC_LEN];
@@ -128,6 +233,7 @@ nc_status nc_cross_entropy(nc_tensor *loss, nc_tensor *lse, const nc_tensor *log
     }
     int64_t N = logits->shape[0], V = logits->shape[1];
     if (V == 0 && N > 0) return nc_fail(NC_ERR_SHAPE, "%s: logits have an empty vocab dim (%lld, 0)", op, (long long)N);
+    if (dev == NC_CUDA) return ce_cuda(op, loss, lse, logits, targets, ignore_index, label_smoothing, z_loss);
     float *lsep = nc_f32p(lse);
     double *row_loss = N ? nc_host_alloc(N * (int64_t)sizeof(double)) : NULL;
     if (N && !row_loss) return NC_ERR_OOM;
@@ -185,11 +291,16 @@ nc_status nc_cross_entropy(nc_tensor *loss, nc_tensor *lse, const nc_tensor *log
 /* the shared argument checks of both backward forms; *count = the non-ignored rows */
 static nc_status ce_backward_check(const char *op, const nc_tensor *glogits, const nc_tensor *lse,
                                    const nc_tensor *logits, const nc_tensor *targets, int64_t ignore_index,
-                                   int64_t *count) {
-    NC_TRY(check_args(op, logits, targets, lse));
-    NC_TRY(nc_check_f32_cpu(op, "glogits", glogits));
+                                   int64_t *count, int32_t dev) {
+    NC_TRY(check_args(op, logits, targets, lse, dev));
+    NC_TRY(nc_check_f32_on(op, "glogits", glogits, dev));
     NC_TRY(nc_check_contiguous(op, "glogits", glogits));
     NC_TRY(nc_check_same_shape(op, "glogits", glogits, "logits", logits));
+    if (dev == NC_CUDA) {   /* counted on a host copy by ce_backward_cuda */
+        NC_TRY(nc_check_contiguous(op, "lse", lse));
+        *count = -1;
+        return NC_OK;
+    }
     int64_t N = logits->shape[0], V = logits->shape[1];
     *count = 0;
     for (int64_t r = 0; r < N; r++) {
@@ -249,7 +360,10 @@ nc_status nc_cross_entropy_backward(nc_tensor *glogits, const nc_tensor *lse, co
     static const char *op = "cross_entropy_backward";
     if (!glogits) return NC_OK;
     int64_t count;
-    NC_TRY(ce_backward_check(op, glogits, lse, logits, targets, ignore_index, &count));
+    int32_t dev = NC_DEV_OF(glogits, lse, logits, targets);
+    NC_TRY(ce_backward_check(op, glogits, lse, logits, targets, ignore_index, &count, dev));
+    if (dev == NC_CUDA)
+        return ce_backward_cuda(op, glogits, lse, logits, targets, NULL, gloss, ignore_index, label_smoothing, z_loss);
     if (count == 0) return NC_OK;
     return ce_backward_run(op, glogits, lse, logits, targets, NULL, gloss / (double)count, ignore_index,
                            label_smoothing, z_loss);
@@ -261,10 +375,13 @@ nc_status nc_cross_entropy_backward_rows(nc_tensor *glogits, const nc_tensor *ls
     static const char *op = "cross_entropy_backward_rows";
     if (!glogits) return NC_OK;
     int64_t count;
-    NC_TRY(ce_backward_check(op, glogits, lse, logits, targets, ignore_index, &count));
+    int32_t dev = NC_DEV_OF(glogits, lse, logits, targets, grows);
+    NC_TRY(ce_backward_check(op, glogits, lse, logits, targets, ignore_index, &count, dev));
     int64_t N = logits->shape[0];
-    NC_TRY(nc_check_f32_cpu(op, "grows", grows));
+    NC_TRY(nc_check_f32_on(op, "grows", grows, dev));
     NC_TRY(nc_check_shape(op, "grows", grows, 1, &N));
+    if (dev == NC_CUDA)
+        return ce_backward_cuda(op, glogits, lse, logits, targets, grows, 0.0, ignore_index, label_smoothing, z_loss);
     return ce_backward_run(op, glogits, lse, logits, targets, grows, 0.0, ignore_index, label_smoothing, z_loss);
 }
 #endif

@@ -11,6 +11,8 @@
  * double, four accumulators; outputs of at least nc_nt_bytes() written with streaming stores).
  * The AVX2 rows use FMA contraction, so spec/ops/simd_spec.lua checks them against float64
  * references with a tolerance; NC_KERNEL=scalar forces the reference rows.
+ * CUDA tensors (all of a call on one device) go to the CUDA backend's rmsnorm entries
+ * (kernels/cuda/nn.cu; strided inputs are first copied contiguous); the kept-rows backward is CPU-only.
  */
 #include "nn_common.h"
 #include "simd_avx2.h"
@@ -118,11 +120,11 @@ void KFN(nc_k_rmsnorm_bwd_row)(float *gx, const float *x, const float *w, const 
 float nc_k_rmsnorm_row_avx2(float *y, const float *x, const float *w, int64_t D, double eps, int nt);
 void nc_k_rmsnorm_bwd_row_avx2(float *gx, const float *x, const float *w, const float *g, int64_t D, float inv);
 
-static nc_status check_x(const char *op, const nc_tensor *x, const nc_tensor *weight) {
-    NC_TRY(nc_check_f32_cpu(op, "x", x));
+static nc_status check_x(const char *op, const nc_tensor *x, const nc_tensor *weight, int32_t dev) {
+    NC_TRY(nc_check_f32_on(op, "x", x, dev));
     if (x->ndim < 1) return nc_fail(NC_ERR_SHAPE, "%s: expected x with at least 1 dim, got a scalar", op);
     if (weight) {
-        NC_TRY(nc_check_f32_cpu(op, "weight", weight));
+        NC_TRY(nc_check_f32_on(op, "weight", weight, dev));
         int64_t D = nc_last_dim(x);
         NC_TRY(nc_check_shape(op, "weight", weight, 1, &D));
     }
@@ -131,19 +133,35 @@ static nc_status check_x(const char *op, const nc_tensor *x, const nc_tensor *we
 
 nc_status nc_rmsnorm(nc_tensor *out, nc_tensor *rstd, const nc_tensor *x, const nc_tensor *weight, double eps) {
     static const char *op = "rmsnorm";
-    NC_TRY(check_x(op, x, weight));
-    NC_TRY(nc_check_f32_cpu(op, "out", out));
+    int32_t dev = NC_DEV_OF(out, rstd, x, weight);
+    NC_TRY(check_x(op, x, weight, dev));
+    NC_TRY(nc_check_f32_on(op, "out", out, dev));
     NC_TRY(nc_check_contiguous(op, "out", out));
     NC_TRY(nc_check_same_shape(op, "out", out, "x", x));
     int64_t rows = nc_rows_of(x), D = nc_last_dim(x), xs = nc_last_stride(x);
     if (rstd) {
-        NC_TRY(nc_check_f32_cpu(op, "rstd", rstd));
+        NC_TRY(nc_check_f32_on(op, "rstd", rstd, dev));
         NC_TRY(nc_check_contiguous(op, "rstd", rstd));
         if (nc_tensor_numel(rstd) != rows) {
             char b[NC_DESC_LEN];
             return nc_fail(NC_ERR_SHAPE, "%s: expected rstd with %lld elements (one per row), got %s", op,
                            (long long)rows, nc_describe(rstd, b, sizeof b));
         }
+    }
+    if (dev == NC_CUDA) {
+        const nc_cuda_api *cu = nc_nn_cuda(op);
+        if (!cu) return NC_ERR_DEVICE;
+        if (rows == 0) return NC_OK;
+        nc_tensor *tx, *tw;
+        const nc_tensor *xc = nc_nn_contig(op, x, &tx), *wc = nc_nn_contig(op, weight, &tw);
+        nc_status st = NC_ERR_OOM;
+        if (xc && (wc || !weight)) {
+            st = cu->rmsnorm(nc_f32p(out), rstd ? nc_f32p(rstd) : NULL, nc_f32p(xc), wc ? nc_f32p(wc) : NULL, rows, D, eps);
+            if (st != NC_OK) nc_nn_cuda_err(op, cu, st);
+        }
+        nc_tensor_release(tx);
+        nc_tensor_release(tw);
+        return st;
     }
     if (rows == 0) return NC_OK;
     float *y = nc_f32p(out), *rs = rstd ? nc_f32p(rstd) : NULL;
@@ -189,9 +207,10 @@ nc_status nc_rmsnorm(nc_tensor *out, nc_tensor *rstd, const nc_tensor *x, const 
 static nc_status rmsnorm_bwd(const char *op, nc_tensor *gx, nc_tensor *gweight, const nc_tensor *x,
                              const nc_tensor *weight, const nc_tensor *rstd, const nc_tensor *gout,
                              const nc_tensor *keep) {
-    NC_TRY(check_x(op, x, weight));
-    NC_TRY(nc_check_f32_cpu(op, "rstd", rstd));
-    NC_TRY(nc_check_f32_cpu(op, "gout", gout));
+    int32_t dev = NC_DEV_OF(gx, gweight, x, weight, rstd, gout, keep);
+    NC_TRY(check_x(op, x, weight, dev));
+    NC_TRY(nc_check_f32_on(op, "rstd", rstd, dev));
+    NC_TRY(nc_check_f32_on(op, "gout", gout, dev));
     NC_TRY(nc_check_same_shape(op, "gout", gout, "x", x));
     int64_t rows = nc_rows_of(x), D = nc_last_dim(x);
     if (nc_tensor_numel(rstd) != rows || !nc_tensor_is_contiguous(rstd)) {
@@ -200,15 +219,34 @@ static nc_status rmsnorm_bwd(const char *op, nc_tensor *gx, nc_tensor *gweight, 
                        nc_describe(rstd, b, sizeof b));
     }
     if (gx) {
-        NC_TRY(nc_check_f32_cpu(op, "gx", gx));
+        NC_TRY(nc_check_f32_on(op, "gx", gx, dev));
         NC_TRY(nc_check_contiguous(op, "gx", gx));
         NC_TRY(nc_check_same_shape(op, "gx", gx, "x", x));
     }
     if (gweight) {
         if (!weight) return nc_fail(NC_ERR_ARG, "%s: gweight given but weight is NULL", op);
-        NC_TRY(nc_check_f32_cpu(op, "gweight", gweight));
+        NC_TRY(nc_check_f32_on(op, "gweight", gweight, dev));
         NC_TRY(nc_check_contiguous(op, "gweight", gweight));
         NC_TRY(nc_check_same_shape(op, "gweight", gweight, "weight", weight));
+    }
+    if (dev == NC_CUDA) {
+        if (keep) return nc_nn_no_cuda(op, "the kept-rows (Collider) backward");
+        const nc_cuda_api *cu = nc_nn_cuda(op);
+        if (!cu) return NC_ERR_DEVICE;
+        if (rows == 0 || D == 0 || (!gx && !gweight)) return NC_OK;
+        nc_tensor *tx, *tw, *tg;
+        const nc_tensor *xc = nc_nn_contig(op, x, &tx), *wc = nc_nn_contig(op, weight, &tw),
+                        *gc = nc_nn_contig(op, gout, &tg);
+        nc_status st = NC_ERR_OOM;
+        if (xc && gc && (wc || !weight)) {
+            st = cu->rmsnorm_backward(gx ? nc_f32p(gx) : NULL, gweight ? nc_f32p(gweight) : NULL, nc_f32p(xc),
+                                      wc ? nc_f32p(wc) : NULL, nc_f32p(rstd), nc_f32p(gc), rows, D);
+            if (st != NC_OK) nc_nn_cuda_err(op, cu, st);
+        }
+        nc_tensor_release(tx);
+        nc_tensor_release(tw);
+        nc_tensor_release(tg);
+        return st;
     }
     const int64_t *kr = NULL;   /* kept rows or NULL = all */
     if (keep) {

@@ -6,6 +6,8 @@
  * half to even (nearbyintf under the default FE_TONEAREST mode), as in PyTorch. Sums run in
  * double over fixed chunks combined in a fixed order, so results do not depend on threads.
  * The straight-through backward is the identity and lives in Lua.
+ * CUDA tensors run kernels/cuda/nn.cu: the same per-element operations (quant_act bit-identical;
+ * the absmean sum is a double tree reduction, so gamma may differ from the CPU's in the last bit).
  */
 #include "nn_common.h"
 #include "simd_avx2.h"
@@ -94,8 +96,9 @@ static inline float w_at(const nc_tensor *w, const float *p, int contig, int64_t
 
 nc_status nc_quant_weight_absmean(nc_tensor *out, nc_tensor *scale, const nc_tensor *w, int64_t group_size, double eps) {
     static const char *op = "quant_weight_absmean";
-    NC_TRY(nc_check_f32_cpu(op, "w", w));
-    NC_TRY(nc_check_f32_cpu(op, "out", out));
+    int32_t dev = NC_DEV_OF(out, scale, w);
+    NC_TRY(nc_check_f32_on(op, "w", w, dev));
+    NC_TRY(nc_check_f32_on(op, "out", out, dev));
     NC_TRY(nc_check_contiguous(op, "out", out));
     NC_TRY(nc_check_same_shape(op, "out", out, "w", w));
     int64_t n = nc_tensor_numel(w);
@@ -109,13 +112,32 @@ nc_status nc_quant_weight_absmean(nc_tensor *out, nc_tensor *scale, const nc_ten
     int64_t ngroups = gs > 0 ? n / gs : 0;
     if (group_size == 0) ngroups = 1;
     if (scale) {
-        NC_TRY(nc_check_f32_cpu(op, "scale", scale));
+        NC_TRY(nc_check_f32_on(op, "scale", scale, dev));
         NC_TRY(nc_check_contiguous(op, "scale", scale));
         if (nc_tensor_numel(scale) != ngroups) {
             char b[NC_DESC_LEN];
             return nc_fail(NC_ERR_SHAPE, "%s: expected scale with %lld elements (one per group), got %s", op,
                            (long long)ngroups, nc_describe(scale, b, sizeof b));
         }
+    }
+    if (dev == NC_CUDA) {
+        const nc_cuda_api *cu = nc_nn_cuda(op);
+        if (!cu) return NC_ERR_DEVICE;
+        if (n == 0) {
+            nc_status st = scale && ngroups ? cu->fill(nc_f32p(scale), 1, NC_F32, (double)(float)eps) : NC_OK;
+            return st == NC_OK ? NC_OK : nc_nn_cuda_err(op, cu, st);
+        }
+        nc_tensor *tw, *ts = NULL;
+        const nc_tensor *wc = nc_nn_contig(op, w, &tw);
+        if (!scale) ts = nc_nn_cuda_buffer(op, NC_F32, ngroups);
+        nc_status st = NC_ERR_OOM;
+        if (wc && (scale || ts)) {
+            st = cu->quant_weight(nc_f32p(out), nc_f32p(scale ? scale : ts), nc_f32p(wc), n, group_size, eps);
+            if (st != NC_OK) nc_nn_cuda_err(op, cu, st);
+        }
+        nc_tensor_release(tw);
+        nc_tensor_release(ts);
+        return st;
     }
     if (n == 0) {
         if (scale && ngroups) *nc_f32p(scale) = (float)eps;
@@ -182,20 +204,37 @@ nc_status nc_quant_weight_absmean(nc_tensor *out, nc_tensor *scale, const nc_ten
 
 nc_status nc_quant_act_absmax(nc_tensor *out, nc_tensor *scale, const nc_tensor *x, double eps) {
     static const char *op = "quant_act_absmax";
-    NC_TRY(nc_check_f32_cpu(op, "x", x));
+    int32_t dev = NC_DEV_OF(out, scale, x);
+    NC_TRY(nc_check_f32_on(op, "x", x, dev));
     if (x->ndim < 1) return nc_fail(NC_ERR_SHAPE, "%s: expected x (N, D) with at least 1 dim, got a scalar", op);
-    NC_TRY(nc_check_f32_cpu(op, "out", out));
+    NC_TRY(nc_check_f32_on(op, "out", out, dev));
     NC_TRY(nc_check_contiguous(op, "out", out));
     NC_TRY(nc_check_same_shape(op, "out", out, "x", x));
     int64_t rows = nc_rows_of(x), D = nc_last_dim(x), xs = nc_last_stride(x);
     if (scale) {
-        NC_TRY(nc_check_f32_cpu(op, "scale", scale));
+        NC_TRY(nc_check_f32_on(op, "scale", scale, dev));
         NC_TRY(nc_check_contiguous(op, "scale", scale));
         if (nc_tensor_numel(scale) != rows) {
             char b[NC_DESC_LEN];
             return nc_fail(NC_ERR_SHAPE, "%s: expected scale with %lld elements (one per row), got %s", op,
                            (long long)rows, nc_describe(scale, b, sizeof b));
         }
+    }
+    if (dev == NC_CUDA) {
+        const nc_cuda_api *cu = nc_nn_cuda(op);
+        if (!cu) return NC_ERR_DEVICE;
+        if (rows == 0) return NC_OK;
+        nc_tensor *tx, *ts = NULL;
+        const nc_tensor *xc = nc_nn_contig(op, x, &tx);
+        if (!scale) ts = nc_nn_cuda_buffer(op, NC_F32, rows);
+        nc_status st = NC_ERR_OOM;
+        if (xc && (scale || ts)) {
+            st = cu->quant_act(nc_f32p(out), nc_f32p(scale ? scale : ts), nc_f32p(xc), rows, D, eps);
+            if (st != NC_OK) nc_nn_cuda_err(op, cu, st);
+        }
+        nc_tensor_release(tx);
+        nc_tensor_release(ts);
+        return st;
     }
     float *o = nc_f32p(out), *sc = scale ? nc_f32p(scale) : NULL;
     float feps = (float)eps;

@@ -4,6 +4,8 @@
  *   out1 = x1 cos + x2 sin,  out2 = -x1 sin + x2 cos,
  * with cos/sin (T, D/2) at angle (pos0 + t) * base^(-2i/D), computed in double. The backward is
  * the inverse rotation (the transpose): gx1 += g1 cos - g2 sin, gx2 += g1 sin + g2 cos.
+ * nc_rope / nc_rope_backward on CUDA tensors run the same arithmetic in kernels/cuda/nn.cu (bit-
+ * identical); nc_rope_tables is computed on the CPU (move the tables with :to('cuda')).
  */
 #include "nn_common.h"
 
@@ -30,11 +32,11 @@ nc_status nc_rope_tables(nc_tensor *cos_t, nc_tensor *sin_t, int64_t pos0, doubl
 }
 
 static nc_status check_rope(const char *op, const nc_tensor *x, const char *xn, const nc_tensor *cos_t,
-                            const nc_tensor *sin_t) {
-    NC_TRY(nc_check_f32_cpu(op, xn, x));
+                            const nc_tensor *sin_t, int32_t dev) {
+    NC_TRY(nc_check_f32_on(op, xn, x, dev));
     NC_TRY(nc_check_ndim(op, xn, x, 4));
-    NC_TRY(nc_check_f32_cpu(op, "cos", cos_t));
-    NC_TRY(nc_check_f32_cpu(op, "sin", sin_t));
+    NC_TRY(nc_check_f32_on(op, "cos", cos_t, dev));
+    NC_TRY(nc_check_f32_on(op, "sin", sin_t, dev));
     int64_t D = x->shape[3];
     if (D % 2) {
         char b[NC_DESC_LEN];
@@ -72,12 +74,34 @@ static void rope_apply(float *out, const nc_tensor *x, const nc_tensor *cos_t, c
     }
 }
 
+/* the CUDA path of both directions: out (contiguous) = / += rotate(x, sign) */
+static nc_status rope_cuda(const char *op, float *out, const nc_tensor *x, const nc_tensor *cos_t,
+                           const nc_tensor *sin_t, float sign, int acc) {
+    const nc_cuda_api *cu = nc_nn_cuda(op);
+    if (!cu) return NC_ERR_DEVICE;
+    if (nc_tensor_numel(x) == 0) return NC_OK;
+    nc_tensor *tx, *tc, *ts;
+    const nc_tensor *xc = nc_nn_contig(op, x, &tx), *cc = nc_nn_contig(op, cos_t, &tc), *sc = nc_nn_contig(op, sin_t, &ts);
+    nc_status st = NC_ERR_OOM;
+    if (xc && cc && sc) {
+        int64_t B = x->shape[0], T = x->shape[1], H = x->shape[2], D = x->shape[3];
+        st = cu->rope(out, nc_f32p(xc), nc_f32p(cc), nc_f32p(sc), B * T * H, T, H, D, sign, acc);
+        if (st != NC_OK) nc_nn_cuda_err(op, cu, st);
+    }
+    nc_tensor_release(tx);
+    nc_tensor_release(tc);
+    nc_tensor_release(ts);
+    return st;
+}
+
 nc_status nc_rope(nc_tensor *out, const nc_tensor *x, const nc_tensor *cos_t, const nc_tensor *sin_t) {
     static const char *op = "rope";
-    NC_TRY(check_rope(op, x, "x", cos_t, sin_t));
-    NC_TRY(nc_check_f32_cpu(op, "out", out));
+    int32_t dev = NC_DEV_OF(out, x, cos_t, sin_t);
+    NC_TRY(check_rope(op, x, "x", cos_t, sin_t, dev));
+    NC_TRY(nc_check_f32_on(op, "out", out, dev));
     NC_TRY(nc_check_contiguous(op, "out", out));
     NC_TRY(nc_check_same_shape(op, "out", out, "x", x));
+    if (dev == NC_CUDA) return rope_cuda(op, nc_f32p(out), x, cos_t, sin_t, 1.0f, 0);
     if (nc_tensor_numel(x) == 0) return NC_OK;
     rope_apply(nc_f32p(out), x, cos_t, sin_t, 1.0f, 0);
     return NC_OK;
@@ -86,10 +110,12 @@ nc_status nc_rope(nc_tensor *out, const nc_tensor *x, const nc_tensor *cos_t, co
 nc_status nc_rope_backward(nc_tensor *gx, const nc_tensor *gout, const nc_tensor *cos_t, const nc_tensor *sin_t) {
     static const char *op = "rope_backward";
     if (!gx) return NC_OK;
-    NC_TRY(check_rope(op, gout, "gout", cos_t, sin_t));
-    NC_TRY(nc_check_f32_cpu(op, "gx", gx));
+    int32_t dev = NC_DEV_OF(gx, gout, cos_t, sin_t);
+    NC_TRY(check_rope(op, gout, "gout", cos_t, sin_t, dev));
+    NC_TRY(nc_check_f32_on(op, "gx", gx, dev));
     NC_TRY(nc_check_contiguous(op, "gx", gx));
     NC_TRY(nc_check_same_shape(op, "gx", gx, "gout", gout));
+    if (dev == NC_CUDA) return rope_cuda(op, nc_f32p(gx), gout, cos_t, sin_t, -1.0f, 1);
     if (nc_tensor_numel(gout) == 0) return NC_OK;
     rope_apply(nc_f32p(gx), gout, cos_t, sin_t, -1.0f, 1);
     return NC_OK;

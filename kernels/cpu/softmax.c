@@ -9,6 +9,7 @@
  * memory once (passes 2-3 hit cache), so DRAM traffic is one read and one write per element
  * with one exp per element (an online max+sum pass would need two). These paths are checked
  * against float64 references with tolerances (spec/ops/simd_spec.lua).
+ * CUDA tensors run the reference rows' formulas in kernels/cuda/nn.cu (sums in tree order).
  */
 #include "nn_common.h"
 #include "simd_avx2.h"
@@ -151,12 +152,24 @@ static const float *row_in(const nc_tensor *t, int64_t r, float *buf) {
 
 nc_status nc_softmax(nc_tensor *out, const nc_tensor *a, int32_t log) {
     static const char *op = "softmax";
-    NC_TRY(nc_check_f32_cpu(op, "a", a));
-    NC_TRY(nc_check_f32_cpu(op, "out", out));
+    int32_t dev = NC_DEV_OF(out, a);
+    NC_TRY(nc_check_f32_on(op, "a", a, dev));
+    NC_TRY(nc_check_f32_on(op, "out", out, dev));
     NC_TRY(nc_check_contiguous(op, "out", out));
     NC_TRY(nc_check_same_shape(op, "out", out, "a", a));
     if (a->ndim < 1) return nc_fail(NC_ERR_SHAPE, "%s: expected a tensor with at least 1 dim, got a scalar", op);
     int64_t rows = nc_rows_of(a), n = nc_last_dim(a);
+    if (dev == NC_CUDA) {
+        const nc_cuda_api *cu = nc_nn_cuda(op);
+        if (!cu) return NC_ERR_DEVICE;
+        if (rows == 0 || n == 0) return NC_OK;
+        nc_tensor *ta;
+        const nc_tensor *ac = nc_nn_contig(op, a, &ta);
+        nc_status st = ac ? cu->softmax(nc_f32p(out), nc_f32p(ac), rows, n, log) : NC_ERR_OOM;
+        if (ac && st != NC_OK) nc_nn_cuda_err(op, cu, st);
+        nc_tensor_release(ta);
+        return st;
+    }
     if (rows == 0 || n == 0) return NC_OK;
     int avx2 = nc_cpu_avx2();
     void (*row)(float *, const float *, int64_t, int, float *) =
@@ -190,14 +203,27 @@ nc_status nc_softmax(nc_tensor *out, const nc_tensor *a, int32_t log) {
 nc_status nc_softmax_backward(nc_tensor *ga, const nc_tensor *out, const nc_tensor *gout, int32_t log) {
     static const char *op = "softmax_backward";
     if (!ga) return NC_OK;
-    NC_TRY(nc_check_f32_cpu(op, "ga", ga));
-    NC_TRY(nc_check_f32_cpu(op, "out", out));
-    NC_TRY(nc_check_f32_cpu(op, "gout", gout));
+    int32_t dev = NC_DEV_OF(ga, out, gout);
+    NC_TRY(nc_check_f32_on(op, "ga", ga, dev));
+    NC_TRY(nc_check_f32_on(op, "out", out, dev));
+    NC_TRY(nc_check_f32_on(op, "gout", gout, dev));
     NC_TRY(nc_check_contiguous(op, "ga", ga));
     NC_TRY(nc_check_same_shape(op, "ga", ga, "out", out));
     NC_TRY(nc_check_same_shape(op, "gout", gout, "out", out));
     if (out->ndim < 1) return nc_fail(NC_ERR_SHAPE, "%s: expected a tensor with at least 1 dim, got a scalar", op);
     int64_t rows = nc_rows_of(out), n = nc_last_dim(out);
+    if (dev == NC_CUDA) {
+        const nc_cuda_api *cu = nc_nn_cuda(op);
+        if (!cu) return NC_ERR_DEVICE;
+        if (rows == 0 || n == 0) return NC_OK;
+        nc_tensor *ty, *tg;
+        const nc_tensor *yc = nc_nn_contig(op, out, &ty), *gc = nc_nn_contig(op, gout, &tg);
+        nc_status st = yc && gc ? cu->softmax_backward(nc_f32p(ga), nc_f32p(yc), nc_f32p(gc), rows, n, log) : NC_ERR_OOM;
+        if (yc && gc && st != NC_OK) nc_nn_cuda_err(op, cu, st);
+        nc_tensor_release(ty);
+        nc_tensor_release(tg);
+        return st;
+    }
     if (rows == 0 || n == 0) return NC_OK;
     void (*row)(float *, const float *, const float *, int64_t, int) =
         nc_cpu_avx2() ? nc_k_softmax_backward_row_avx2 : nc_k_softmax_backward_row_base;

@@ -849,6 +849,19 @@ const nc_cuda_api g_api = {
     nc_cu::opt_quant8,
     nc_cu::opt_dequant8,
     nc_cu::opt_newton_schulz,
+    nc_cu::op_embedding,
+    nc_cu::op_embedding_backward,
+    nc_cu::op_rmsnorm,
+    nc_cu::op_rmsnorm_backward,
+    nc_cu::op_rope,
+    nc_cu::op_quant_weight,
+    nc_cu::op_quant_act,
+    nc_cu::op_cross_entropy,
+    nc_cu::op_cross_entropy_backward,
+    nc_cu::op_attention,
+    nc_cu::op_attention_backward,
+    nc_cu::op_softmax,
+    nc_cu::op_softmax_backward,
 };
 
 }  // namespace

@@ -2,8 +2,8 @@
  *
  * Promise: hidden-visibility helpers only (the library still exports just nc_cuda_api_get):
  * the thread-local error message behind last_error() (backend.cu), launch checks, the row-major
- * sgemm wrapper, and the optimizer entries of kernels/cuda/optim.cu that backend.cu puts into the
- * nc_cuda_api table.
+ * sgemm wrapper, and the optimizer (kernels/cuda/optim.cu) and nn (kernels/cuda/nn.cu) entries that
+ * backend.cu puts into the nc_cuda_api table.
  */
 #ifndef NC_CUDA_COMMON_CUH
 #define NC_CUDA_COMMON_CUH
@@ -39,6 +39,28 @@ nc_status opt_dequant8(float *out, const int8_t *codes, const float *scales, int
                        const nc_code_map *map_host);
 nc_status opt_newton_schulz(float *x, int64_t rows, int64_t cols, int32_t steps, const double *host_abc, int32_t n_abc,
                             double fro_mult, double eps, float *ws);
+
+/* kernels/cuda/nn.cu: the nn entries of nc_cuda_api (API 4), as documented in core/backend.h */
+nc_status op_embedding(float *out, const float *w, const void *idx, int32_t dt, int64_t n, int64_t D);
+nc_status op_embedding_backward(float *gw, const void *idx, int32_t dt, const float *g, int64_t n, int64_t D);
+nc_status op_rmsnorm(float *y, float *rstd, const float *x, const float *w, int64_t rows, int64_t D, double eps);
+nc_status op_rmsnorm_backward(float *gx, float *gw, const float *x, const float *w, const float *rstd, const float *g,
+                              int64_t rows, int64_t D);
+nc_status op_rope(float *out, const float *x, const float *cs, const float *sn, int64_t rows, int64_t T, int64_t H,
+                  int64_t D, float sign, int32_t acc);
+nc_status op_quant_weight(float *out, float *scale, const float *w, int64_t n, int64_t group_size, double eps);
+nc_status op_quant_act(float *out, float *scale, const float *x, int64_t rows, int64_t D, double eps);
+nc_status op_cross_entropy(float *lse, double *row_loss, const float *x, const void *tg, int32_t dt, int64_t N,
+                           int64_t V, int64_t ignore_index, double ls, double z);
+nc_status op_cross_entropy_backward(float *g, const float *x, const float *lse, const void *tg, int32_t dt,
+                                    const float *grows, int64_t N, int64_t V, double scale_all, int64_t ignore_index,
+                                    double ls, double z);
+nc_status op_attention(float *out, float *lse, const float *q, const float *k, const float *v, const nc_cuda_attn *g);
+nc_status op_attention_backward(float *gq, float *gk, float *gv, const float *out, const float *lse, const float *q,
+                                const float *k, const float *v, const float *gout, const uint8_t *qkeep,
+                                const nc_cuda_attn *g, float *dvec);
+nc_status op_softmax(float *y, const float *x, int64_t rows, int64_t n, int32_t log);
+nc_status op_softmax_backward(float *ga, const float *y, const float *g, int64_t rows, int64_t n, int32_t log);
 
 }  // namespace nc_cu
 #pragma GCC visibility pop

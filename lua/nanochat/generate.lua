@@ -366,9 +366,12 @@ function M.generate(model, prompt, opts)
     local cache = model:new_cache(1, seq.limit, opts.exit_q and { exit_q = opts.exit_q } or nil)
     if opts.on_cache then opts.on_cache(cache) end   -- e.g. read LoopLM exit statistics afterwards
 
+    -- the ids go where the model's parameters are (a model moved with :to('cuda') decodes there)
+    local params = model.parameters and model:parameters() or {}
+    local dev = params[1] and params[1]:device() or 'cpu'
     local function step()
         local T = #seq.pending
-        local idx = n.tensor({ seq.pending }, { dtype = 'i64' })
+        local idx = n.tensor({ seq.pending }, { dtype = 'i64', device = dev })
         local logits = model:forward_cached(idx, cache)          -- (1, T, V)
         seq:push(logits:select(1, T - 1):select(0, 0):tolist())
     end

@@ -35,6 +35,10 @@
 --  - SIGINT and SIGTERM during nc.train set a flag (C handler); the loop checks it before each
 --    step, saves a checkpoint and returns normally with result.interrupted = true. The previous
 --    handlers (e.g. the REPL's) are restored on every way out.
+--  - Devices: the loop runs where the model's parameters are (model:to('cuda') before building the
+--    optimizer): each batch (x, y) from the loader is moved to that device. Evaluation computes the
+--    logits there and the per-token losses on the CPU (the 'none' cross-entropy uses ops that are
+--    CPU-only); nc.generate feeds sampling prompts to the model's device.
 -- Returns { step = completed steps, losses = { [step] = loss }, evals = {...}, interrupted =,
 --           checkpoint = last checkpoint dir, bad_steps = total skipped }.
 local core = require 'nanochat.core'
@@ -155,6 +159,12 @@ function M.measure_peak_flops(n)
     return peak_cache
 end
 
+-- the device of the model's parameters ('cpu' for a model without any)
+function M.device_of(model)
+    local ps = model.parameters and model:parameters() or {}
+    return ps[1] and ps[1]:device() or 'cpu'
+end
+
 -- ---- evaluation ------------------------------------------------------------------------------------------
 -- Returns { loss = mean per-token loss, bpb = bits per byte or nil, tokens = n, batches = n }.
 -- opts: val_loader (a function returning a fresh loader, or a loader), eval_batches, tokenizer,
@@ -169,12 +179,14 @@ function M.evaluate(model, opts)
     if tb then tb = tb:to('f32'):reshape { -1 } end
     local was_training = model.training
     if model.eval then model:eval() end
+    local dev = M.device_of(model)
     local sum_loss, sum_tok, sum_nats, sum_bytes, batches = 0, 0, 0, 0, 0
     local ok, err = pcall(N.no_grad, function()
         while not opts.eval_batches or batches < opts.eval_batches do
             local x, y = L:next()
             if x == nil then break end
-            local logits = model:forward(x)
+            local logits = model:forward(dev ~= 'cpu' and x:to(dev) or x)
+            if logits:device() ~= 'cpu' then logits = logits:to('cpu') end
             local per = N.cross_entropy(logits, y, { reduction = 'none' })
             sum_loss = sum_loss + per:sum():item()
             sum_tok = sum_tok + y:numel()
@@ -199,9 +211,9 @@ end
 local function samples(model, opts, out)
     if not opts.tokenizer or not package.searchpath('nanochat.generate', package.path) then return nil end
     local N = nc()
+    local was_training = model.training
     local ok, res = pcall(function()
         local texts = {}
-        local was_training = model.training
         if model.eval then model:eval() end
         for _, prompt in ipairs(opts.sample_prompts or { 'fn main() {' }) do
             local ids = opts.tokenizer:encode(prompt)
@@ -214,9 +226,9 @@ local function samples(model, opts, out)
             end)
             texts[#texts + 1] = prompt .. opts.tokenizer:decode(got)
         end
-        if model.train and was_training ~= false then model:train(true) end
         return texts
     end)
+    if model.train and was_training ~= false then model:train(true) end   -- also after a failed sample
     if not ok then
         if out then out:write('samples skipped: ' .. tostring(res) .. '\n') end
         return nil
@@ -259,6 +271,7 @@ function M.train(opts)
     local fwd_opts = { z_loss = opts.z_loss, label_smoothing = opts.label_smoothing }
     local collider = opts.collider
     local params = model:parameters()
+    local dev = M.device_of(model)   -- batches follow the model (file header: Devices)
     local out = opts.out or io.stdout
     local progress = opts.progress ~= false
     local tty = opts.tty
@@ -376,6 +389,7 @@ function M.train(opts)
             for _ = 1, accum do
                 local x, y = loader:next()
                 if x == nil then error(string.format('nc.train: the loader ran out of batches at step %d', s), 0) end
+                if dev ~= 'cpu' then x, y = x:to(dev), y:to(dev) end
                 local loss
                 if collider then
                     loss = collider:forward(model, x, y, fwd_opts)
