@@ -1,0 +1,603 @@
+/* kernels/cpu/amx.c — Intel AMX GEMMs for training: bf16 x bf16 -> f32 (TDPBF16PS) and
+ * s8 x s8 -> s32 (TDPBSSD), with packing from f32 (or i8) tensors of any 2-D strides.
+ *
+ * Promise:
+ *  - Detection (once, thread-safe): CPUID.(7,0):EDX bits 24 (AMX-TILE), 22 (AMX-BF16), 25
+ *    (AMX-INT8), OSXSAVE and XCR0 bits 17-18, then arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)
+ *    and a read-back of the granted mask. Any failure leaves AMX unavailable (never a crash) with
+ *    the reason in nc_amx_status(). nc_cpu_amx() is 1 only when available AND enabled: NC_AMX=0
+ *    in the environment, nc_set_amx(0) or the scalar kernel selection (NC_KERNEL=scalar,
+ *    nc_set_cpu_kernel("scalar")) disable it.
+ *  - nc_gemm_bf16: out (M, N) = alpha * op(a)' op(b)' + beta * out, where ' is: multiply (or divide)
+ *    op(a)'s reduction column k by kscale[k] in f32 (optional), then round to bf16 (nearest even);
+ *    op(b) is rounded to bf16 as is. Products of bf16 are exact; AMX accumulates them in f32
+ *    (each output element by one thread, K in a fixed order: results do not depend on the thread
+ *    count). Bf16 has 8 significant bits, so integers |v| <= 256 (int8 codes, ternary codes) pass
+ *    exactly. AMX treats bf16 denormals as zero (|v| < 1.2e-38).
+ *    Reference (scalar kernel or no AMX): the same rounded inputs, products summed in double.
+ *  - nc_gemm_s8: out (M, N) = op(a) op(b) as exact int32 sums of int8 codes (a and b f32 holding
+ *    integers in [-128, 127], or i8); into an i32 out the raw sums (bit-exact to the reference),
+ *    into an f32 out ((float)sum * col_scale[n]) * (or /) row_scale[m] (each scale optional,
+ *    1 element broadcasts). |sum| must stay below 2^31: K <= 131072 is checked.
+ *  - nc_quant_codes: codes = clamp(nearbyint(x * scale_row), lo, hi) (or x / scale_row), the
+ *    float operations of the BitNet quantizers (kernels/cpu/quant.c), so codes recovered from a
+ *    fake-quantized tensor and its scales are the quantizer's integers exactly.
+ * Layouts: packed A is 16-row x 32-bf16 tiles (16 x 64 int8), row-major in the tile; packed B is
+ * the VNNI layout: tile row r holds, for 16 columns n, the pair (k = 2r, 2r + 1) (quad 4r..4r+3
+ * for int8). M and N are padded to 32 (the 2 x 2 tile micro-kernel), K to 32 (64 for int8), with
+ * zeros. Threads split the 32 x 32 output blocks (OpenMP, static); each configures its tiles.
+ */
+#include "internal.h"
+#include <cpuid.h>
+#include <errno.h>
+#include <immintrin.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define ARCH_GET_XCOMP_PERM 0x1022
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+/* ---- detection ------------------------------------------------------------------------------ */
+static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
+static int amx_hw;             /* 1 = usable on this machine */
+static int amx_mode = -1;      /* nc_set_amx: -1 default ($NC_AMX), 0 off, 1 on */
+static char amx_why[256] = "not probed";
+
+static void amx_probe(void) {
+    unsigned a, b, c, d;
+    if (__get_cpuid_max(0, NULL) < 7) { snprintf(amx_why, sizeof amx_why, "AMX unavailable: no CPUID leaf 7"); return; }
+    __cpuid_count(7, 0, a, b, c, d);
+    int tile = (d >> 24) & 1, bf16 = (d >> 22) & 1, i8 = (d >> 25) & 1;
+    if (!(tile && bf16 && i8)) {
+        snprintf(amx_why, sizeof amx_why, "AMX unavailable: CPUID says AMX-TILE %d, AMX-BF16 %d, AMX-INT8 %d", tile, bf16, i8);
+        return;
+    }
+    __cpuid(1, a, b, c, d);
+    if (!((c >> 27) & 1)) { snprintf(amx_why, sizeof amx_why, "AMX unavailable: OSXSAVE is off"); return; }
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & (3u << 17)) != (3u << 17)) {
+        snprintf(amx_why, sizeof amx_why, "AMX unavailable: the OS has not enabled the tile state (XCR0 = 0x%x)", lo);
+        return;
+    }
+    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) {
+        snprintf(amx_why, sizeof amx_why, "AMX unavailable: arch_prctl(ARCH_REQ_XCOMP_PERM) refused (%s)", strerror(errno));
+        return;
+    }
+    unsigned long mask = 0;
+    if (syscall(SYS_arch_prctl, ARCH_GET_XCOMP_PERM, &mask) != 0 || !(mask & (1ul << XFEATURE_XTILEDATA))) {
+        snprintf(amx_why, sizeof amx_why, "AMX unavailable: tile data permission not granted (mask 0x%lx)", mask);
+        return;
+    }
+    amx_hw = 1;
+    snprintf(amx_why, sizeof amx_why, "AMX available (AMX-TILE, AMX-BF16, AMX-INT8)");
+}
+
+static int amx_available(void) {
+    pthread_once(&amx_once, amx_probe);
+    return amx_hw;
+}
+
+int32_t nc_cpu_amx(void) {
+    if (!amx_available() || !nc_cpu_avx2()) return 0;   /* NC_KERNEL=scalar disables it */
+    int m = __atomic_load_n(&amx_mode, __ATOMIC_RELAXED);
+    if (m < 0) {
+        const char *e = getenv("NC_AMX");
+        return !(e && (!strcmp(e, "0") || !strcmp(e, "off") || !strcmp(e, "false")));
+    }
+    return m;
+}
+
+const char *nc_amx_status(void) {
+    amx_available();
+    if (amx_hw && !nc_cpu_amx()) return "AMX available but disabled (NC_AMX=0, nc_set_amx(0) or the scalar kernel)";
+    return amx_why;
+}
+
+nc_status nc_set_amx(int32_t mode) {
+    if (mode != -1 && mode != 0 && mode != 1) return nc_fail(NC_ERR_ARG, "set_amx: expected -1, 0 or 1, got %d", mode);
+    if (mode == 1 && !amx_available()) return nc_fail(NC_ERR_UNSUPPORTED, "set_amx: %s", amx_why);
+    __atomic_store_n(&amx_mode, mode, __ATOMIC_RELAXED);
+    return NC_OK;
+}
+
+/* ---- operands ------------------------------------------------------------------------------- */
+/* op(t) as a logical (rows, cols) matrix: element (i, k) at p[i * si + k * sk] */
+typedef struct { const void *p; int64_t rows, cols, si, sk; int32_t dtype; } mat;
+
+static mat mat_of(const nc_tensor *t, int trans) {
+    mat m = { nc_ptr(t), t->shape[0], t->shape[1], t->strides[0], t->strides[1], t->dtype };
+    if (trans) { int64_t r = m.rows; m.rows = m.cols; m.cols = r; r = m.si; m.si = m.sk; m.sk = r; }
+    return m;
+}
+
+static inline float mat_at(const mat *m, int64_t i, int64_t k) {
+    int64_t o = i * m->si + k * m->sk;
+    return m->dtype == NC_I8 ? (float)((const int8_t *)m->p)[o] : ((const float *)m->p)[o];
+}
+
+/* bf16 round to nearest even; NaN stays (quiet) NaN */
+static inline uint16_t bf16_rne(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+}
+
+static inline double bf16_val(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* the value op(a)' (i, k) feeds the bf16 GEMM: kscale applied in f32, then bf16 */
+static inline uint16_t a_bf16(const mat *a, int64_t i, int64_t k, const float *ks, int64_t nks, int div) {
+    float v = mat_at(a, i, k);
+    if (ks) { float s = ks[nks == 1 ? 0 : k]; v = div ? v / s : v * s; }
+    return bf16_rne(v);
+}
+
+static inline int8_t s8_of(float v) {
+    v = v > 127.0f ? 127.0f : (v < -128.0f ? -128.0f : v);
+    return (int8_t)(int)v;   /* codes are integers; a fraction truncates */
+}
+
+static inline int8_t mat_s8(const mat *m, int64_t i, int64_t k) {
+    int64_t o = i * m->si + k * m->sk;
+    return m->dtype == NC_I8 ? ((const int8_t *)m->p)[o] : s8_of(((const float *)m->p)[o]);
+}
+
+/* ---- checks --------------------------------------------------------------------------------- */
+static nc_status check_operand(const char *op, const char *name, const nc_tensor *t, int allow_i8) {
+    NC_TRY(nc_check_not_null(op, name, t));
+    NC_TRY(nc_check_cpu(op, name, t));
+    NC_TRY(nc_check_ndim(op, name, t, 2));
+    if (t->dtype != NC_F32 && !(allow_i8 && t->dtype == NC_I8)) {
+        char b[NC_DESC_LEN];
+        return nc_fail(NC_ERR_DTYPE, "%s: expected %s f32%s, got %s", op, name, allow_i8 ? " or i8" : "",
+                       nc_describe(t, b, sizeof b));
+    }
+    return NC_OK;
+}
+
+static nc_status check_gemm(const char *op, const nc_tensor *out, const mat *a, const mat *b, int out_i32) {
+    NC_TRY(nc_check_not_null(op, "out", out));
+    NC_TRY(nc_check_cpu(op, "out", out));
+    NC_TRY(nc_check_ndim(op, "out", out, 2));
+    if (out->dtype != NC_F32 && !(out_i32 && out->dtype == NC_I32)) {
+        char bo[NC_DESC_LEN];
+        return nc_fail(NC_ERR_DTYPE, "%s: expected out f32%s, got %s", op, out_i32 ? " or i32" : "", nc_describe(out, bo, sizeof bo));
+    }
+    if (a->cols != b->rows || out->shape[0] != a->rows || out->shape[1] != b->cols)
+        return nc_fail(NC_ERR_SHAPE, "%s: op(a) (%lld, %lld) x op(b) (%lld, %lld) does not give out (%lld, %lld)", op,
+                       (long long)a->rows, (long long)a->cols, (long long)b->rows, (long long)b->cols,
+                       (long long)out->shape[0], (long long)out->shape[1]);
+    return NC_OK;
+}
+
+static nc_status check_scale(const char *op, const char *name, const nc_tensor *s, int64_t n) {
+    if (!s) return NC_OK;
+    NC_TRY(nc_check_dtype(op, name, s, NC_F32));
+    NC_TRY(nc_check_cpu(op, name, s));
+    NC_TRY(nc_check_contiguous(op, name, s));
+    int64_t k = nc_tensor_numel(s);
+    if (k != 1 && k != n) {
+        char b[NC_DESC_LEN];
+        return nc_fail(NC_ERR_SHAPE, "%s: expected %s with 1 or %lld elements, got %s", op, name, (long long)n,
+                       nc_describe(s, b, sizeof b));
+    }
+    return NC_OK;
+}
+
+/* ---- tile machinery ------------------------------------------------------------------------- */
+typedef struct __attribute__((aligned(64))) {
+    uint8_t palette, start_row, rsv[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tilecfg;
+
+static void tiles_config(void) {
+    tilecfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int i = 0; i < 8; i++) { cfg.colsb[i] = 64; cfg.rows[i] = 16; }
+    _tile_loadconfig(&cfg);
+}
+
+#define TILE_BYTES 1024
+static inline int64_t rup(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+/* bf16 A panel: tile (mb, kb) at (mb * KB + kb) * 512 elements, 16 rows x 32 */
+static void pack_a_bf16(uint16_t *dst, const mat *a, int64_t Mp, int64_t Kp, const float *ks, int64_t nks, int div) {
+    int64_t MBt = Mp / 16, KB = Kp / 32;
+#pragma omp parallel for schedule(static) num_threads(nc_threads()) if (Mp * Kp >= NC_PAR_MIN)
+    for (int64_t mb = 0; mb < MBt; mb++) {
+        for (int64_t kb = 0; kb < KB; kb++) {
+            uint16_t *t = dst + (mb * KB + kb) * 512;
+            int64_t i0 = mb * 16, k0 = kb * 32;
+            int full = i0 + 16 <= a->rows && k0 + 32 <= a->cols;
+            if (full && a->sk == 1 && a->dtype == NC_F32 && !ks) {
+                for (int i = 0; i < 16; i++) {
+                    const float *r = (const float *)a->p + (i0 + i) * a->si + k0;
+                    for (int k = 0; k < 32; k++) t[i * 32 + k] = bf16_rne(r[k]);
+                }
+            } else if (full && a->si == 1 && a->dtype == NC_F32) {
+                for (int k = 0; k < 32; k++) {
+                    const float *c = (const float *)a->p + (k0 + k) * a->sk + i0;
+                    float s = ks ? ks[nks == 1 ? 0 : k0 + k] : 1.0f;
+                    if (!ks) for (int i = 0; i < 16; i++) t[i * 32 + k] = bf16_rne(c[i]);
+                    else if (div) for (int i = 0; i < 16; i++) t[i * 32 + k] = bf16_rne(c[i] / s);
+                    else for (int i = 0; i < 16; i++) t[i * 32 + k] = bf16_rne(c[i] * s);
+                }
+            } else {
+                for (int i = 0; i < 16; i++)
+                    for (int k = 0; k < 32; k++)
+                        t[i * 32 + k] = (i0 + i < a->rows && k0 + k < a->cols) ? a_bf16(a, i0 + i, k0 + k, ks, nks, div) : 0;
+            }
+        }
+    }
+}
+
+/* bf16 B panel (VNNI pairs): tile (nb, kb) at (nb * KB + kb) * 512; element (r, 2n + j) = op(b)(32kb + 2r + j, 16nb + n) */
+static void pack_b_bf16(uint16_t *dst, const mat *b, int64_t Np, int64_t Kp) {
+    int64_t NBt = Np / 16, KB = Kp / 32;
+#pragma omp parallel for schedule(static) num_threads(nc_threads()) if (Np * Kp >= NC_PAR_MIN)
+    for (int64_t nb = 0; nb < NBt; nb++) {
+        for (int64_t kb = 0; kb < KB; kb++) {
+            uint16_t *t = dst + (nb * KB + kb) * 512;
+            int64_t n0 = nb * 16, k0 = kb * 32;
+            int full = n0 + 16 <= b->cols && k0 + 32 <= b->rows;
+            if (full && b->dtype == NC_F32 && b->sk == 1) {          /* rows of op(b) contiguous along n */
+                for (int k = 0; k < 32; k++) {
+                    const float *r = (const float *)b->p + (k0 + k) * b->si + n0;
+                    for (int n = 0; n < 16; n++) t[(k >> 1) * 32 + n * 2 + (k & 1)] = bf16_rne(r[n]);
+                }
+            } else if (full && b->dtype == NC_F32 && b->si == 1) {   /* columns contiguous along k */
+                for (int n = 0; n < 16; n++) {
+                    const float *c = (const float *)b->p + (n0 + n) * b->sk + k0;
+                    for (int k = 0; k < 32; k++) t[(k >> 1) * 32 + n * 2 + (k & 1)] = bf16_rne(c[k]);
+                }
+            } else {
+                for (int k = 0; k < 32; k++)
+                    for (int n = 0; n < 16; n++)
+                        t[(k >> 1) * 32 + n * 2 + (k & 1)] =
+                            (k0 + k < b->rows && n0 + n < b->cols) ? bf16_rne(mat_at(b, k0 + k, n0 + n)) : 0;
+            }
+        }
+    }
+}
+
+/* int8 A panel: tile (mb, kb) 16 rows x 64 */
+static void pack_a_s8(int8_t *dst, const mat *a, int64_t Mp, int64_t Kp) {
+    int64_t MBt = Mp / 16, KB = Kp / 64;
+#pragma omp parallel for schedule(static) num_threads(nc_threads()) if (Mp * Kp >= NC_PAR_MIN)
+    for (int64_t mb = 0; mb < MBt; mb++) {
+        for (int64_t kb = 0; kb < KB; kb++) {
+            int8_t *t = dst + (mb * KB + kb) * 1024;
+            int64_t i0 = mb * 16, k0 = kb * 64;
+            int full = i0 + 16 <= a->rows && k0 + 64 <= a->cols;
+            if (full && a->sk == 1 && a->dtype == NC_F32) {
+                for (int i = 0; i < 16; i++) {
+                    const float *r = (const float *)a->p + (i0 + i) * a->si + k0;
+                    for (int k = 0; k < 64; k++) t[i * 64 + k] = s8_of(r[k]);
+                }
+            } else {
+                for (int i = 0; i < 16; i++)
+                    for (int k = 0; k < 64; k++)
+                        t[i * 64 + k] = (i0 + i < a->rows && k0 + k < a->cols) ? mat_s8(a, i0 + i, k0 + k) : 0;
+            }
+        }
+    }
+}
+
+/* int8 B panel (VNNI quads): element (r, 4n + j) = op(b)(64kb + 4r + j, 16nb + n) */
+static void pack_b_s8(int8_t *dst, const mat *b, int64_t Np, int64_t Kp) {
+    int64_t NBt = Np / 16, KB = Kp / 64;
+#pragma omp parallel for schedule(static) num_threads(nc_threads()) if (Np * Kp >= NC_PAR_MIN)
+    for (int64_t nb = 0; nb < NBt; nb++) {
+        for (int64_t kb = 0; kb < KB; kb++) {
+            int8_t *t = dst + (nb * KB + kb) * 1024;
+            int64_t n0 = nb * 16, k0 = kb * 64;
+            int full = n0 + 16 <= b->cols && k0 + 64 <= b->rows;
+            if (full && b->dtype == NC_F32 && b->si == 1) {   /* b stored (N, K): columns of op(b) contiguous */
+                for (int n = 0; n < 16; n++) {
+                    const float *c = (const float *)b->p + (n0 + n) * b->sk + k0;
+                    for (int k = 0; k < 64; k++) t[(k >> 2) * 64 + n * 4 + (k & 3)] = s8_of(c[k]);
+                }
+            } else {
+                for (int k = 0; k < 64; k++)
+                    for (int n = 0; n < 16; n++)
+                        t[(k >> 2) * 64 + n * 4 + (k & 3)] = (k0 + k < b->rows && n0 + n < b->cols) ? mat_s8(b, k0 + k, n0 + n) : 0;
+            }
+        }
+    }
+}
+
+/* ---- epilogues ------------------------------------------------------------------------------ */
+typedef struct {
+    char *p;
+    int64_t so_m, so_n, M, N;
+    int32_t dtype;
+    float alpha, beta;                 /* bf16: out = alpha * acc + beta * out (beta 0: no read) */
+    const float *cs, *rs;              /* s8 f32: ((float)acc * cs[n]) * or / rs[m] */
+    int64_t ncs, nrs;
+    int rdiv;
+} epi;
+
+/* block tiles c (4 tiles of 16 x 16, order (0,0) (0,1) (1,0) (1,1)) at output (m0, n0) */
+static void store_f32(const epi *e, const float *c, int64_t m0, int64_t n0) {
+    float *o = (float *)e->p;
+    for (int ti = 0; ti < 2; ti++)
+        for (int i = 0; i < 16; i++) {
+            int64_t m = m0 + ti * 16 + i;
+            if (m >= e->M) return;
+            for (int tj = 0; tj < 2; tj++) {
+                const float *src = c + (ti * 2 + tj) * 256 + i * 16;
+                int64_t nb = n0 + tj * 16;
+                int nn = e->N - nb < 16 ? (int)(e->N - nb) : 16;
+                float *dst = o + m * e->so_m + nb * e->so_n;
+                if (e->so_n == 1) {
+                    if (e->beta == 0.0f) for (int j = 0; j < nn; j++) dst[j] = e->alpha * src[j];
+                    else for (int j = 0; j < nn; j++) dst[j] = e->alpha * src[j] + e->beta * dst[j];
+                } else {
+                    for (int j = 0; j < nn; j++) {
+                        float *d = dst + j * e->so_n;
+                        *d = e->beta == 0.0f ? e->alpha * src[j] : e->alpha * src[j] + e->beta * *d;
+                    }
+                }
+            }
+        }
+}
+
+static inline float s8_scale(const epi *e, int32_t acc, int64_t m, int64_t n) {
+    float v = (float)acc;
+    if (e->cs) v *= e->cs[e->ncs == 1 ? 0 : n];
+    if (e->rs) { float r = e->rs[e->nrs == 1 ? 0 : m]; v = e->rdiv ? v / r : v * r; }
+    return v;
+}
+
+static void store_s32(const epi *e, const int32_t *c, int64_t m0, int64_t n0) {
+    for (int ti = 0; ti < 2; ti++)
+        for (int i = 0; i < 16; i++) {
+            int64_t m = m0 + ti * 16 + i;
+            if (m >= e->M) return;
+            for (int tj = 0; tj < 2; tj++) {
+                const int32_t *src = c + (ti * 2 + tj) * 256 + i * 16;
+                int64_t nb = n0 + tj * 16;
+                int nn = e->N - nb < 16 ? (int)(e->N - nb) : 16;
+                for (int j = 0; j < nn; j++) {
+                    int64_t off = m * e->so_m + (nb + j) * e->so_n;
+                    if (e->dtype == NC_I32) ((int32_t *)e->p)[off] = src[j];
+                    else ((float *)e->p)[off] = s8_scale(e, src[j], m, nb + j);
+                }
+            }
+        }
+}
+
+static epi epi_of(const nc_tensor *out) {
+    epi e;
+    memset(&e, 0, sizeof e);
+    e.p = nc_ptr(out);
+    e.M = out->shape[0];
+    e.N = out->shape[1];
+    e.so_m = out->strides[0];
+    e.so_n = out->strides[1];
+    e.dtype = out->dtype;
+    return e;
+}
+
+/* ---- AMX drivers ---------------------------------------------------------------------------- */
+static nc_status amx_bf16(const epi *e, const mat *a, const mat *b, const float *ks, int64_t nks, int div) {
+    int64_t M = a->rows, N = b->cols, K = a->cols;
+    int64_t Mp = rup(M, 32), Np = rup(N, 32), Kp = rup(K, 32), KB = Kp / 32;
+    int64_t abytes = Mp * Kp * 2, bbytes = Np * Kp * 2;
+    uint16_t *ap = nc_host_alloc(abytes), *bp = ap ? nc_host_alloc(bbytes) : NULL;
+    if (!bp) { if (ap) nc_host_free(ap, abytes); return NC_ERR_OOM; }
+    pack_a_bf16(ap, a, Mp, Kp, ks, nks, div);
+    pack_b_bf16(bp, b, Np, Kp);
+    int64_t MB = Mp / 32, NB = Np / 32, nblk = MB * NB;
+#pragma omp parallel num_threads(nc_threads()) if (nblk > 1 && M * N * K >= (int64_t)1 << 18)
+    {
+        tiles_config();
+        float c[1024] __attribute__((aligned(64)));
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < nblk; t++) {
+            int64_t mb = t / NB, nb = t % NB;
+            const uint16_t *a0 = ap + (2 * mb) * KB * 512, *a1 = a0 + KB * 512;
+            const uint16_t *b0 = bp + (2 * nb) * KB * 512, *b1 = b0 + KB * 512;
+            _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+            for (int64_t kb = 0; kb < KB; kb++) {
+                _tile_loadd(4, a0 + kb * 512, 64);
+                _tile_loadd(6, b0 + kb * 512, 64);
+                _tile_loadd(5, a1 + kb * 512, 64);
+                _tile_loadd(7, b1 + kb * 512, 64);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+            _tile_stored(0, c, 64); _tile_stored(1, c + 256, 64);
+            _tile_stored(2, c + 512, 64); _tile_stored(3, c + 768, 64);
+            store_f32(e, c, mb * 32, nb * 32);
+        }
+        _tile_release();
+    }
+    nc_host_free(bp, bbytes);
+    nc_host_free(ap, abytes);
+    return NC_OK;
+}
+
+static nc_status amx_s8(const epi *e, const mat *a, const mat *b) {
+    int64_t M = a->rows, N = b->cols, K = a->cols;
+    int64_t Mp = rup(M, 32), Np = rup(N, 32), Kp = rup(K, 64), KB = Kp / 64;
+    int64_t abytes = Mp * Kp, bbytes = Np * Kp;
+    int8_t *ap = nc_host_alloc(abytes), *bp = ap ? nc_host_alloc(bbytes) : NULL;
+    if (!bp) { if (ap) nc_host_free(ap, abytes); return NC_ERR_OOM; }
+    pack_a_s8(ap, a, Mp, Kp);
+    pack_b_s8(bp, b, Np, Kp);
+    int64_t MB = Mp / 32, NB = Np / 32, nblk = MB * NB;
+#pragma omp parallel num_threads(nc_threads()) if (nblk > 1 && M * N * K >= (int64_t)1 << 19)
+    {
+        tiles_config();
+        int32_t c[1024] __attribute__((aligned(64)));
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < nblk; t++) {
+            int64_t mb = t / NB, nb = t % NB;
+            const int8_t *a0 = ap + (2 * mb) * KB * 1024, *a1 = a0 + KB * 1024;
+            const int8_t *b0 = bp + (2 * nb) * KB * 1024, *b1 = b0 + KB * 1024;
+            _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+            for (int64_t kb = 0; kb < KB; kb++) {
+                _tile_loadd(4, a0 + kb * 1024, 64);
+                _tile_loadd(6, b0 + kb * 1024, 64);
+                _tile_loadd(5, a1 + kb * 1024, 64);
+                _tile_loadd(7, b1 + kb * 1024, 64);
+                _tile_dpbssd(0, 4, 6);
+                _tile_dpbssd(1, 4, 7);
+                _tile_dpbssd(2, 5, 6);
+                _tile_dpbssd(3, 5, 7);
+            }
+            _tile_stored(0, c, 64); _tile_stored(1, c + 256, 64);
+            _tile_stored(2, c + 512, 64); _tile_stored(3, c + 768, 64);
+            store_s32(e, c, mb * 32, nb * 32);
+        }
+        _tile_release();
+    }
+    nc_host_free(bp, bbytes);
+    nc_host_free(ap, abytes);
+    return NC_OK;
+}
+
+/* ---- references ----------------------------------------------------------------------------- */
+static void ref_bf16(const epi *e, const mat *a, const mat *b, const float *ks, int64_t nks, int div) {
+    int64_t M = a->rows, N = b->cols, K = a->cols;
+    float *o = (float *)e->p;
+#pragma omp parallel for schedule(static) num_threads(nc_threads()) if (M * N * K >= NC_PAR_MIN)
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+            double s = 0.0;
+            for (int64_t k = 0; k < K; k++)
+                s += bf16_val(a_bf16(a, m, k, ks, nks, div)) * bf16_val(bf16_rne(mat_at(b, k, n)));
+            float *d = o + m * e->so_m + n * e->so_n;
+            *d = e->beta == 0.0f ? (float)(e->alpha * s) : (float)(e->alpha * s + e->beta * (double)*d);
+        }
+}
+
+static void ref_s8(const epi *e, const mat *a, const mat *b) {
+    int64_t M = a->rows, N = b->cols, K = a->cols;
+#pragma omp parallel for schedule(static) num_threads(nc_threads()) if (M * N * K >= NC_PAR_MIN)
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+            int32_t s = 0;
+            for (int64_t k = 0; k < K; k++) s += (int32_t)mat_s8(a, m, k) * (int32_t)mat_s8(b, k, n);
+            int64_t off = m * e->so_m + n * e->so_n;
+            if (e->dtype == NC_I32) ((int32_t *)e->p)[off] = s;
+            else ((float *)e->p)[off] = s8_scale(e, s, m, n);
+        }
+}
+
+/* ---- public GEMMs --------------------------------------------------------------------------- */
+nc_status nc_gemm_bf16(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t trans_a, int32_t trans_b,
+                       const nc_tensor *kscale, int32_t kscale_div, double alpha, double beta) {
+    static const char *op = "gemm_bf16";
+    NC_TRY(check_operand(op, "a", a, 1));
+    NC_TRY(check_operand(op, "b", b, 1));
+    mat ma = mat_of(a, trans_a), mb = mat_of(b, trans_b);
+    NC_TRY(check_gemm(op, out, &ma, &mb, 0));
+    NC_TRY(check_scale(op, "kscale", kscale, ma.cols));
+    epi e = epi_of(out);
+    e.alpha = (float)alpha;
+    e.beta = (float)beta;
+    int64_t M = ma.rows, N = mb.cols, K = ma.cols;
+    if (M == 0 || N == 0) return NC_OK;
+    if (K == 0) {   /* out = beta * out */
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t n = 0; n < N; n++) {
+                float *d = (float *)e.p + m * e.so_m + n * e.so_n;
+                *d = e.beta == 0.0f ? 0.0f : e.beta * *d;
+            }
+        return NC_OK;
+    }
+    const float *ks = kscale ? nc_f32p(kscale) : NULL;
+    int64_t nks = kscale ? nc_tensor_numel(kscale) : 0;
+    if (!nc_cpu_amx()) { ref_bf16(&e, &ma, &mb, ks, nks, kscale_div); return NC_OK; }
+    return amx_bf16(&e, &ma, &mb, ks, nks, kscale_div);
+}
+
+nc_status nc_gemm_s8(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t trans_a, int32_t trans_b,
+                     const nc_tensor *col_scale, const nc_tensor *row_scale, int32_t row_div) {
+    static const char *op = "gemm_s8";
+    NC_TRY(check_operand(op, "a", a, 1));
+    NC_TRY(check_operand(op, "b", b, 1));
+    mat ma = mat_of(a, trans_a), mb = mat_of(b, trans_b);
+    NC_TRY(check_gemm(op, out, &ma, &mb, 1));
+    if (out->dtype == NC_I32 && (col_scale || row_scale))
+        return nc_fail(NC_ERR_ARG, "%s: an i32 out takes the raw sums (no col_scale / row_scale)", op);
+    NC_TRY(check_scale(op, "col_scale", col_scale, mb.cols));
+    NC_TRY(check_scale(op, "row_scale", row_scale, ma.rows));
+    if (ma.cols > 131072)
+        return nc_fail(NC_ERR_SHAPE, "%s: K = %lld exceeds 131072 (the int32 sums could overflow)", op, (long long)ma.cols);
+    epi e = epi_of(out);
+    e.cs = col_scale ? nc_f32p(col_scale) : NULL;
+    e.rs = row_scale ? nc_f32p(row_scale) : NULL;
+    e.ncs = col_scale ? nc_tensor_numel(col_scale) : 0;
+    e.nrs = row_scale ? nc_tensor_numel(row_scale) : 0;
+    e.rdiv = row_div;
+    if (ma.rows == 0 || mb.cols == 0) return NC_OK;
+    if (ma.cols == 0 || !nc_cpu_amx()) { ref_s8(&e, &ma, &mb); return NC_OK; }
+    return amx_s8(&e, &ma, &mb);
+}
+
+/* ---- codes ---------------------------------------------------------------------------------- */
+nc_status nc_quant_codes(nc_tensor *codes, const nc_tensor *x, const nc_tensor *scale, int32_t div, int32_t lo, int32_t hi) {
+    static const char *op = "quant_codes";
+    NC_TRY(nc_check_not_null(op, "codes", codes));
+    NC_TRY(nc_check_not_null(op, "x", x));
+    NC_TRY(nc_check_not_null(op, "scale", scale));
+    NC_TRY(nc_check_cpu(op, "codes", codes));
+    NC_TRY(nc_check_dtype(op, "x", x, NC_F32));
+    NC_TRY(nc_check_cpu(op, "x", x));
+    NC_TRY(nc_check_contiguous(op, "x", x));
+    NC_TRY(nc_check_contiguous(op, "codes", codes));
+    NC_TRY(nc_check_same_shape(op, "codes", codes, "x", x));
+    NC_TRY(nc_check_dtype(op, "scale", scale, NC_F32));
+    NC_TRY(nc_check_cpu(op, "scale", scale));
+    NC_TRY(nc_check_contiguous(op, "scale", scale));
+    if (codes->dtype != NC_F32 && codes->dtype != NC_I8) {
+        char b[NC_DESC_LEN];
+        return nc_fail(NC_ERR_DTYPE, "%s: expected codes f32 or i8, got %s", op, nc_describe(codes, b, sizeof b));
+    }
+    if (lo > hi || lo < -128 || hi > 127) return nc_fail(NC_ERR_ARG, "%s: expected -128 <= lo <= hi <= 127, got %d, %d", op, lo, hi);
+    int64_t n = nc_tensor_numel(x);
+    int64_t C = x->ndim ? x->shape[x->ndim - 1] : 1;
+    int64_t R = C ? n / C : 0, G = nc_tensor_numel(scale);
+    if (G < 1 || (R % G) != 0) {
+        char b[NC_DESC_LEN];
+        return nc_fail(NC_ERR_SHAPE, "%s: scale %s must have 1 element or divide the %lld rows of x", op,
+                       nc_describe(scale, b, sizeof b), (long long)R);
+    }
+    int64_t rpg = G ? R / G : 1;
+    const float *xp = nc_f32p(x), *sp = nc_f32p(scale);
+    const float flo = (float)lo, fhi = (float)hi;
+    int i8 = codes->dtype == NC_I8;
+    float *of = i8 ? NULL : nc_f32p(codes);
+    int8_t *o8 = i8 ? (int8_t *)nc_ptr(codes) : NULL;
+#pragma omp parallel for schedule(static) num_threads(nc_threads()) if (n >= NC_PAR_MIN)
+    for (int64_t r = 0; r < R; r++) {
+        float s = sp[r / rpg];
+        const float *xr = xp + r * C;
+        for (int64_t j = 0; j < C; j++) {
+            float q = nearbyintf(div ? xr[j] / s : xr[j] * s);
+            q = q > fhi ? fhi : (q < flo ? flo : q);
+            if (i8) o8[r * C + j] = (int8_t)(int)q;
+            else of[r * C + j] = q;
+        }
+    }
+    return NC_OK;
+}
