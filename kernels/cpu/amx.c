@@ -38,6 +38,7 @@
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <omp.h>
 
 #define ARCH_GET_XCOMP_PERM 0x1022
 #define ARCH_REQ_XCOMP_PERM 0x1023
@@ -214,107 +215,160 @@ static void tiles_config(void) {
 #define TILE_BYTES 1024
 static inline int64_t rup(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-/* bf16 A panel: tile (mb, kb) at (mb * KB + kb) * 512 elements, 16 rows x 32 */
+/* Packing. Padding (rows >= M, columns >= N, k >= K) must be zero: the buffer is cleared first
+ * when padding exists. Each layout is filled in the order that reads the source contiguously
+ * (row-major or transposed), so strided reads never hop across rows per element. */
+static inline float ld(const mat *m, int64_t off) {
+    return m->dtype == NC_I8 ? (float)((const int8_t *)m->p)[off] : ((const float *)m->p)[off];
+}
+
+static inline float kscaled(float v, const float *ks, int64_t nks, int div, int64_t k) {
+    if (!ks) return v;
+    float s = ks[nks == 1 ? 0 : k];
+    return div ? v / s : v * s;
+}
+
+/* bf16 A: tile (mb, kb) at (mb * KB + kb) * 512 elements, row i of the tile = 32 k's */
 static void pack_a_bf16(uint16_t *dst, const mat *a, int64_t Mp, int64_t Kp, const float *ks, int64_t nks, int div) {
-    int64_t MBt = Mp / 16, KB = Kp / 32;
-#pragma omp parallel for schedule(static) num_threads(nc_threads()) if (Mp * Kp >= NC_PAR_MIN)
-    for (int64_t mb = 0; mb < MBt; mb++) {
-        for (int64_t kb = 0; kb < KB; kb++) {
-            uint16_t *t = dst + (mb * KB + kb) * 512;
-            int64_t i0 = mb * 16, k0 = kb * 32;
-            int full = i0 + 16 <= a->rows && k0 + 32 <= a->cols;
-            if (full && a->sk == 1 && a->dtype == NC_F32 && !ks) {
-                for (int i = 0; i < 16; i++) {
-                    const float *r = (const float *)a->p + (i0 + i) * a->si + k0;
-                    for (int k = 0; k < 32; k++) t[i * 32 + k] = bf16_rne(r[k]);
-                }
-            } else if (full && a->si == 1 && a->dtype == NC_F32) {
-                for (int k = 0; k < 32; k++) {
-                    const float *c = (const float *)a->p + (k0 + k) * a->sk + i0;
-                    float s = ks ? ks[nks == 1 ? 0 : k0 + k] : 1.0f;
-                    if (!ks) for (int i = 0; i < 16; i++) t[i * 32 + k] = bf16_rne(c[i]);
-                    else if (div) for (int i = 0; i < 16; i++) t[i * 32 + k] = bf16_rne(c[i] / s);
-                    else for (int i = 0; i < 16; i++) t[i * 32 + k] = bf16_rne(c[i] * s);
+    int64_t M = a->rows, K = a->cols, KB = Kp / 32;
+    if (Mp != M || Kp != K) memset(dst, 0, (size_t)(Mp * Kp * 2));
+    int par = M * K >= NC_PAR_MIN;
+    if (llabs(a->sk) <= llabs(a->si)) {   /* rows contiguous (or nearly): one row at a time */
+#pragma omp parallel for schedule(static) num_threads(nc_threads()) if (par)
+        for (int64_t i = 0; i < M; i++) {
+            uint16_t *row = dst + (i / 16) * KB * 512 + (i % 16) * 32;
+            const int64_t base = i * a->si;
+            if (a->dtype == NC_F32 && a->sk == 1 && !ks) {
+                const float *src = (const float *)a->p + base;
+                for (int64_t k0 = 0; k0 < K; k0 += 32) {
+                    int64_t n = K - k0 < 32 ? K - k0 : 32;
+                    uint16_t *t = row + (k0 / 32) * 512;
+                    for (int64_t k = 0; k < n; k++) t[k] = bf16_rne(src[k0 + k]);
                 }
             } else {
-                for (int i = 0; i < 16; i++)
-                    for (int k = 0; k < 32; k++)
-                        t[i * 32 + k] = (i0 + i < a->rows && k0 + k < a->cols) ? a_bf16(a, i0 + i, k0 + k, ks, nks, div) : 0;
+                for (int64_t k = 0; k < K; k++)
+                    row[(k / 32) * 512 + k % 32] = bf16_rne(kscaled(ld(a, base + k * a->sk), ks, nks, div, k));
+            }
+        }
+    } else {                               /* columns contiguous: one reduction index k at a time */
+#pragma omp parallel for schedule(static) num_threads(nc_threads()) if (par)
+        for (int64_t k = 0; k < K; k++) {
+            uint16_t *col = dst + (k / 32) * 512 + k % 32;
+            const int64_t base = k * a->sk;
+            float s = ks ? ks[nks == 1 ? 0 : k] : 1.0f;
+            if (a->dtype == NC_F32 && a->si == 1) {
+                const float *src = (const float *)a->p + base;
+                if (!ks) for (int64_t i = 0; i < M; i++) col[(i / 16) * KB * 512 + (i % 16) * 32] = bf16_rne(src[i]);
+                else if (div) for (int64_t i = 0; i < M; i++) col[(i / 16) * KB * 512 + (i % 16) * 32] = bf16_rne(src[i] / s);
+                else for (int64_t i = 0; i < M; i++) col[(i / 16) * KB * 512 + (i % 16) * 32] = bf16_rne(src[i] * s);
+            } else {
+                for (int64_t i = 0; i < M; i++)
+                    col[(i / 16) * KB * 512 + (i % 16) * 32] = bf16_rne(kscaled(ld(a, base + i * a->si), ks, nks, div, k));
             }
         }
     }
 }
 
-/* bf16 B panel (VNNI pairs): tile (nb, kb) at (nb * KB + kb) * 512; element (r, 2n + j) = op(b)(32kb + 2r + j, 16nb + n) */
+/* bf16 B (VNNI pairs): tile (nb, kb) at (nb * KB + kb) * 512; as uint32 words, word (r, n) of the
+ * tile = op(b)(32kb + 2r, 16nb + n) | op(b)(32kb + 2r + 1, 16nb + n) << 16 */
 static void pack_b_bf16(uint16_t *dst, const mat *b, int64_t Np, int64_t Kp) {
-    int64_t NBt = Np / 16, KB = Kp / 32;
-#pragma omp parallel for schedule(static) num_threads(nc_threads()) if (Np * Kp >= NC_PAR_MIN)
-    for (int64_t nb = 0; nb < NBt; nb++) {
-        for (int64_t kb = 0; kb < KB; kb++) {
-            uint16_t *t = dst + (nb * KB + kb) * 512;
-            int64_t n0 = nb * 16, k0 = kb * 32;
-            int full = n0 + 16 <= b->cols && k0 + 32 <= b->rows;
-            if (full && b->dtype == NC_F32 && b->sk == 1) {          /* rows of op(b) contiguous along n */
-                for (int k = 0; k < 32; k++) {
-                    const float *r = (const float *)b->p + (k0 + k) * b->si + n0;
-                    for (int n = 0; n < 16; n++) t[(k >> 1) * 32 + n * 2 + (k & 1)] = bf16_rne(r[n]);
-                }
-            } else if (full && b->dtype == NC_F32 && b->si == 1) {   /* columns contiguous along k */
-                for (int n = 0; n < 16; n++) {
-                    const float *c = (const float *)b->p + (n0 + n) * b->sk + k0;
-                    for (int k = 0; k < 32; k++) t[(k >> 1) * 32 + n * 2 + (k & 1)] = bf16_rne(c[k]);
-                }
-            } else {
-                for (int k = 0; k < 32; k++)
-                    for (int n = 0; n < 16; n++)
-                        t[(k >> 1) * 32 + n * 2 + (k & 1)] =
-                            (k0 + k < b->rows && n0 + n < b->cols) ? bf16_rne(mat_at(b, k0 + k, n0 + n)) : 0;
+    int64_t K = b->rows, N = b->cols, KB = Kp / 32, P = (K + 1) / 2;
+    if (Np != N || Kp != K) memset(dst, 0, (size_t)(Np * Kp * 2));
+    uint32_t *w = (uint32_t *)dst;
+    int par = N * K >= NC_PAR_MIN;
+    if (llabs(b->sk) <= llabs(b->si)) {   /* b stored (K, N): two rows of op(b) per pair */
+#pragma omp parallel for schedule(static) num_threads(nc_threads()) if (par)
+        for (int64_t p = 0; p < P; p++) {
+            int64_t k = 2 * p;
+            uint32_t *pw = w + (k / 32) * 256 + (p % 16) * 16;
+            const int64_t b0 = k * b->si, b1 = (k + 1) * b->si;
+            int odd = k + 1 >= K;
+            for (int64_t n = 0; n < N; n++) {
+                uint32_t lo = bf16_rne(ld(b, b0 + n * b->sk)), hi = odd ? 0 : bf16_rne(ld(b, b1 + n * b->sk));
+                pw[(n / 16) * KB * 256 + n % 16] = lo | hi << 16;
+            }
+        }
+    } else {                               /* b stored (N, K): one column of op(b) at a time */
+#pragma omp parallel for schedule(static) num_threads(nc_threads()) if (par)
+        for (int64_t n = 0; n < N; n++) {
+            uint32_t *nw = w + (n / 16) * KB * 256 + n % 16;
+            const int64_t base = n * b->sk;
+            for (int64_t p = 0; p < P; p++) {
+                int64_t k = 2 * p;
+                uint32_t lo = bf16_rne(ld(b, base + k * b->si)), hi = k + 1 < K ? bf16_rne(ld(b, base + (k + 1) * b->si)) : 0;
+                nw[(k / 32) * 256 + (p % 16) * 16] = lo | hi << 16;
             }
         }
     }
 }
 
-/* int8 A panel: tile (mb, kb) 16 rows x 64 */
+/* int8 A: tile (mb, kb) 16 rows x 64 */
 static void pack_a_s8(int8_t *dst, const mat *a, int64_t Mp, int64_t Kp) {
-    int64_t MBt = Mp / 16, KB = Kp / 64;
-#pragma omp parallel for schedule(static) num_threads(nc_threads()) if (Mp * Kp >= NC_PAR_MIN)
-    for (int64_t mb = 0; mb < MBt; mb++) {
-        for (int64_t kb = 0; kb < KB; kb++) {
-            int8_t *t = dst + (mb * KB + kb) * 1024;
-            int64_t i0 = mb * 16, k0 = kb * 64;
-            int full = i0 + 16 <= a->rows && k0 + 64 <= a->cols;
-            if (full && a->sk == 1 && a->dtype == NC_F32) {
-                for (int i = 0; i < 16; i++) {
-                    const float *r = (const float *)a->p + (i0 + i) * a->si + k0;
-                    for (int k = 0; k < 64; k++) t[i * 64 + k] = s8_of(r[k]);
+    int64_t M = a->rows, K = a->cols, KB = Kp / 64;
+    if (Mp != M || Kp != K) memset(dst, 0, (size_t)(Mp * Kp));
+    int par = M * K >= NC_PAR_MIN;
+    if (llabs(a->sk) <= llabs(a->si)) {
+#pragma omp parallel for schedule(static) num_threads(nc_threads()) if (par)
+        for (int64_t i = 0; i < M; i++) {
+            int8_t *row = dst + (i / 16) * KB * 1024 + (i % 16) * 64;
+            const int64_t base = i * a->si;
+            if (a->dtype == NC_F32 && a->sk == 1) {
+                const float *src = (const float *)a->p + base;
+                for (int64_t k0 = 0; k0 < K; k0 += 64) {
+                    int64_t n = K - k0 < 64 ? K - k0 : 64;
+                    int8_t *t = row + (k0 / 64) * 1024;
+                    for (int64_t k = 0; k < n; k++) t[k] = s8_of(src[k0 + k]);
                 }
             } else {
-                for (int i = 0; i < 16; i++)
-                    for (int k = 0; k < 64; k++)
-                        t[i * 64 + k] = (i0 + i < a->rows && k0 + k < a->cols) ? mat_s8(a, i0 + i, k0 + k) : 0;
+                for (int64_t k = 0; k < K; k++) row[(k / 64) * 1024 + k % 64] = mat_s8(a, i, k);
             }
+        }
+    } else {
+#pragma omp parallel for schedule(static) num_threads(nc_threads()) if (par)
+        for (int64_t k = 0; k < K; k++) {
+            int8_t *col = dst + (k / 64) * 1024 + k % 64;
+            for (int64_t i = 0; i < M; i++) col[(i / 16) * KB * 1024 + (i % 16) * 64] = mat_s8(a, i, k);
         }
     }
 }
 
-/* int8 B panel (VNNI quads): element (r, 4n + j) = op(b)(64kb + 4r + j, 16nb + n) */
+/* int8 B (VNNI quads): word (r, n) of tile (nb, kb) = op(b)(64kb + 4r + j, 16nb + n), j = 0..3 (byte j) */
 static void pack_b_s8(int8_t *dst, const mat *b, int64_t Np, int64_t Kp) {
-    int64_t NBt = Np / 16, KB = Kp / 64;
-#pragma omp parallel for schedule(static) num_threads(nc_threads()) if (Np * Kp >= NC_PAR_MIN)
-    for (int64_t nb = 0; nb < NBt; nb++) {
-        for (int64_t kb = 0; kb < KB; kb++) {
-            int8_t *t = dst + (nb * KB + kb) * 1024;
-            int64_t n0 = nb * 16, k0 = kb * 64;
-            int full = n0 + 16 <= b->cols && k0 + 64 <= b->rows;
-            if (full && b->dtype == NC_F32 && b->si == 1) {   /* b stored (N, K): columns of op(b) contiguous */
-                for (int n = 0; n < 16; n++) {
-                    const float *c = (const float *)b->p + (n0 + n) * b->sk + k0;
-                    for (int k = 0; k < 64; k++) t[(k >> 2) * 64 + n * 4 + (k & 3)] = s8_of(c[k]);
+    int64_t K = b->rows, N = b->cols, KB = Kp / 64, Q = (K + 3) / 4;
+    if (Np != N || Kp != K) memset(dst, 0, (size_t)(Np * Kp));
+    uint32_t *w = (uint32_t *)dst;
+    int par = N * K >= NC_PAR_MIN;
+    if (llabs(b->sk) <= llabs(b->si)) {   /* b stored (K, N) */
+#pragma omp parallel for schedule(static) num_threads(nc_threads()) if (par)
+        for (int64_t q = 0; q < Q; q++) {
+            int64_t k = 4 * q;
+            uint32_t *qw = w + (k / 64) * 256 + (q % 16) * 16;
+            for (int64_t n = 0; n < N; n++) {
+                uint32_t v = 0;
+                for (int j = 0; j < 4 && k + j < K; j++) v |= (uint32_t)(uint8_t)mat_s8(b, k + j, n) << (8 * j);
+                qw[(n / 16) * KB * 256 + n % 16] = v;
+            }
+        }
+    } else {                               /* b stored (N, K): the linear forward's weight */
+#pragma omp parallel for schedule(static) num_threads(nc_threads()) if (par)
+        for (int64_t n = 0; n < N; n++) {
+            uint32_t *nw = w + (n / 16) * KB * 256 + n % 16;
+            const int64_t base = n * b->sk;
+            if (b->dtype == NC_F32 && b->si == 1 && K % 4 == 0) {
+                const float *src = (const float *)b->p + base;
+                for (int64_t q = 0; q < Q; q++) {
+                    const float *c = src + 4 * q;
+                    uint32_t v = (uint32_t)(uint8_t)s8_of(c[0]) | (uint32_t)(uint8_t)s8_of(c[1]) << 8 |
+                                 (uint32_t)(uint8_t)s8_of(c[2]) << 16 | (uint32_t)(uint8_t)s8_of(c[3]) << 24;
+                    nw[(q / 16) * 256 + (q % 16) * 16] = v;
                 }
             } else {
-                for (int k = 0; k < 64; k++)
-                    for (int n = 0; n < 16; n++)
-                        t[(k >> 2) * 64 + n * 4 + (k & 3)] = (k0 + k < b->rows && n0 + n < b->cols) ? mat_s8(b, k0 + k, n0 + n) : 0;
+                for (int64_t q = 0; q < Q; q++) {
+                    int64_t k = 4 * q;
+                    uint32_t v = 0;
+                    for (int j = 0; j < 4 && k + j < K; j++) v |= (uint32_t)(uint8_t)mat_s8(b, k + j, n) << (8 * j);
+                    nw[(k / 64) * 256 + (q % 16) * 16] = v;
+                }
             }
         }
     }
@@ -400,8 +454,11 @@ static nc_status amx_bf16(const epi *e, const mat *a, const mat *b, const float 
     int64_t abytes = Mp * Kp * 2, bbytes = Np * Kp * 2;
     uint16_t *ap = nc_host_alloc(abytes), *bp = ap ? nc_host_alloc(bbytes) : NULL;
     if (!bp) { if (ap) nc_host_free(ap, abytes); return NC_ERR_OOM; }
+    double T0 = omp_get_wtime();
     pack_a_bf16(ap, a, Mp, Kp, ks, nks, div);
+    double T1 = omp_get_wtime();
     pack_b_bf16(bp, b, Np, Kp);
+    double T2 = omp_get_wtime();
     int64_t MB = Mp / 32, NB = Np / 32, nblk = MB * NB;
 #pragma omp parallel num_threads(nc_threads()) if (nblk > 1 && M * N * K >= (int64_t)1 << 18)
     {
@@ -429,6 +486,7 @@ static nc_status amx_bf16(const epi *e, const mat *a, const mat *b, const float 
         }
         _tile_release();
     }
+    if (getenv("NC_AMX_PROF")) fprintf(stderr, "packA %.3f packB %.3f compute %.3f ms\n", (T1-T0)*1e3, (T2-T1)*1e3, (omp_get_wtime()-T2)*1e3);
     nc_host_free(bp, bbytes);
     nc_host_free(ap, abytes);
     return NC_OK;
