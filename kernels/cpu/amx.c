@@ -127,8 +127,8 @@ static inline float mat_at(const mat *m, int64_t i, int64_t k) {
 static inline uint16_t bf16_rne(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1)) >> 16, qn = (u >> 16) | 0x40;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? qn : r);   /* branch-free: vectorizes */
 }
 
 static inline double bf16_val(uint16_t h) {
@@ -228,82 +228,120 @@ static inline float kscaled(float v, const float *ks, int64_t nks, int div, int6
     return div ? v / s : v * s;
 }
 
+/* The packers below run only on AMX machines, which all have AVX-512 F/BW/VL/DQ: compiled for it
+ * (the rest of this file, incl. the references, stays baseline x86-64). */
+#define NC_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+
+/* d[j] = bf16(x[j] (op) scale), op by mode: 0 none, 1 * ks[j], 2 / ks[j], 3 * s, 4 / s */
+NC_AVX512 static inline __attribute__((always_inline)) void cvt_run(uint16_t *restrict d, const float *restrict x, int64_t n, const float *restrict ks, float s, int mode) {
+    switch (mode) {
+    case 0: for (int64_t j = 0; j < n; j++) d[j] = bf16_rne(x[j]); break;
+    case 1: for (int64_t j = 0; j < n; j++) d[j] = bf16_rne(x[j] * ks[j]); break;
+    case 2: for (int64_t j = 0; j < n; j++) d[j] = bf16_rne(x[j] / ks[j]); break;
+    case 3: for (int64_t j = 0; j < n; j++) d[j] = bf16_rne(x[j] * s); break;
+    default: for (int64_t j = 0; j < n; j++) d[j] = bf16_rne(x[j] / s); break;
+    }
+}
+
 /* bf16 A: tile (mb, kb) at (mb * KB + kb) * 512 elements, row i of the tile = 32 k's */
-static void pack_a_bf16(uint16_t *dst, const mat *a, int64_t Mp, int64_t Kp, const float *ks, int64_t nks, int div) {
+NC_AVX512 static void pack_a_bf16(uint16_t *dst, const mat *a, int64_t Mp, int64_t Kp, const float *ks, int64_t nks, int div) {
     int64_t M = a->rows, K = a->cols, KB = Kp / 32;
     if (Mp != M || Kp != K) memset(dst, 0, (size_t)(Mp * Kp * 2));
     int par = M * K >= NC_PAR_MIN;
-    if (llabs(a->sk) <= llabs(a->si)) {   /* rows contiguous (or nearly): one row at a time */
+    if (a->dtype == NC_F32 && a->sk == 1) {          /* rows contiguous: one row at a time */
+        int mode = !ks ? 0 : nks == 1 ? (div ? 4 : 3) : (div ? 2 : 1);
+        float s1 = ks ? ks[0] : 1.0f;
 #pragma omp parallel for schedule(static) num_threads(nc_threads()) if (par)
         for (int64_t i = 0; i < M; i++) {
             uint16_t *row = dst + (i / 16) * KB * 512 + (i % 16) * 32;
-            const int64_t base = i * a->si;
-            if (a->dtype == NC_F32 && a->sk == 1 && !ks) {
-                const float *src = (const float *)a->p + base;
-                for (int64_t k0 = 0; k0 < K; k0 += 32) {
-                    int64_t n = K - k0 < 32 ? K - k0 : 32;
-                    uint16_t *t = row + (k0 / 32) * 512;
-                    for (int64_t k = 0; k < n; k++) t[k] = bf16_rne(src[k0 + k]);
+            const float *src = (const float *)a->p + i * a->si;
+            for (int64_t k0 = 0; k0 < K; k0 += 32)
+                cvt_run(row + (k0 / 32) * 512, src + k0, K - k0 < 32 ? K - k0 : 32, ks ? ks + k0 : NULL, s1, mode);
+        }
+    } else if (a->dtype == NC_F32 && a->si == 1) {   /* columns contiguous: 32 x 16 blocks through a transpose */
+        int64_t MBt = (M + 15) / 16, nk = (K + 31) / 32;
+#pragma omp parallel for schedule(static) num_threads(nc_threads()) if (par)
+        for (int64_t kb = 0; kb < nk; kb++) {
+            uint16_t tmp[32][16] __attribute__((aligned(64)));
+            int64_t kn = K - kb * 32 < 32 ? K - kb * 32 : 32;
+            for (int64_t mb = 0; mb < MBt; mb++) {
+                int64_t i0 = mb * 16, in = M - i0 < 16 ? M - i0 : 16;
+                for (int64_t kk = 0; kk < kn; kk++) {
+                    int64_t k = kb * 32 + kk;
+                    float sk = ks ? ks[nks == 1 ? 0 : k] : 1.0f;
+                    cvt_run(tmp[kk], (const float *)a->p + k * a->sk + i0, in, NULL, sk, !ks ? 0 : (div ? 4 : 3));
                 }
-            } else {
-                for (int64_t k = 0; k < K; k++)
-                    row[(k / 32) * 512 + k % 32] = bf16_rne(kscaled(ld(a, base + k * a->sk), ks, nks, div, k));
+                uint16_t *t = dst + (mb * KB + kb) * 512;
+                for (int64_t ii = 0; ii < in; ii++)
+                    for (int64_t kk = 0; kk < kn; kk++) t[ii * 32 + kk] = tmp[kk][ii];
             }
         }
-    } else {                               /* columns contiguous: one reduction index k at a time */
+    } else {                                          /* i8 or general strides */
 #pragma omp parallel for schedule(static) num_threads(nc_threads()) if (par)
-        for (int64_t k = 0; k < K; k++) {
-            uint16_t *col = dst + (k / 32) * 512 + k % 32;
-            const int64_t base = k * a->sk;
-            float s = ks ? ks[nks == 1 ? 0 : k] : 1.0f;
-            if (a->dtype == NC_F32 && a->si == 1) {
-                const float *src = (const float *)a->p + base;
-                if (!ks) for (int64_t i = 0; i < M; i++) col[(i / 16) * KB * 512 + (i % 16) * 32] = bf16_rne(src[i]);
-                else if (div) for (int64_t i = 0; i < M; i++) col[(i / 16) * KB * 512 + (i % 16) * 32] = bf16_rne(src[i] / s);
-                else for (int64_t i = 0; i < M; i++) col[(i / 16) * KB * 512 + (i % 16) * 32] = bf16_rne(src[i] * s);
-            } else {
-                for (int64_t i = 0; i < M; i++)
-                    col[(i / 16) * KB * 512 + (i % 16) * 32] = bf16_rne(kscaled(ld(a, base + i * a->si), ks, nks, div, k));
-            }
+        for (int64_t i = 0; i < M; i++) {
+            uint16_t *row = dst + (i / 16) * KB * 512 + (i % 16) * 32;
+            for (int64_t k = 0; k < K; k++)
+                row[(k / 32) * 512 + k % 32] = bf16_rne(kscaled(ld(a, i * a->si + k * a->sk), ks, nks, div, k));
         }
     }
 }
 
 /* bf16 B (VNNI pairs): tile (nb, kb) at (nb * KB + kb) * 512; as uint32 words, word (r, n) of the
  * tile = op(b)(32kb + 2r, 16nb + n) | op(b)(32kb + 2r + 1, 16nb + n) << 16 */
-static void pack_b_bf16(uint16_t *dst, const mat *b, int64_t Np, int64_t Kp) {
+NC_AVX512 static void pack_b_bf16(uint16_t *dst, const mat *b, int64_t Np, int64_t Kp) {
     int64_t K = b->rows, N = b->cols, KB = Kp / 32, P = (K + 1) / 2;
     if (Np != N || Kp != K) memset(dst, 0, (size_t)(Np * Kp * 2));
     uint32_t *w = (uint32_t *)dst;
     int par = N * K >= NC_PAR_MIN;
-    if (llabs(b->sk) <= llabs(b->si)) {   /* b stored (K, N): two rows of op(b) per pair */
+    if (b->dtype == NC_F32 && b->sk == 1) {          /* b stored (K, N): two rows of op(b) per pair */
+#pragma omp parallel for schedule(static) num_threads(nc_threads()) if (par)
+        for (int64_t p = 0; p < P; p++) {
+            int64_t k = 2 * p;
+            uint16_t lo[16] __attribute__((aligned(64))), hi[16] __attribute__((aligned(64)));
+            uint32_t *pw = w + (k / 32) * 256 + (p % 16) * 16;
+            const float *r0 = (const float *)b->p + k * b->si, *r1 = r0 + b->si;
+            int odd = k + 1 >= K;
+            for (int64_t n0 = 0; n0 < N; n0 += 16) {
+                int64_t nn = N - n0 < 16 ? N - n0 : 16;
+                cvt_run(lo, r0 + n0, nn, NULL, 1.0f, 0);
+                if (odd) memset(hi, 0, sizeof hi);
+                else cvt_run(hi, r1 + n0, nn, NULL, 1.0f, 0);
+                uint32_t *o = pw + (n0 / 16) * KB * 256;
+                for (int64_t j = 0; j < nn; j++) o[j] = (uint32_t)lo[j] | (uint32_t)hi[j] << 16;
+            }
+        }
+    } else if (b->dtype == NC_F32 && b->si == 1) {   /* b stored (N, K): 16 columns x 32 k through a transpose */
+        int64_t NBt = (N + 15) / 16;
+#pragma omp parallel for schedule(static) num_threads(nc_threads()) if (par)
+        for (int64_t nb = 0; nb < NBt; nb++) {
+            uint16_t tmp[16][32] __attribute__((aligned(64)));
+            int64_t n0 = nb * 16, nn = N - n0 < 16 ? N - n0 : 16;
+            for (int64_t kb = 0; kb < KB; kb++) {
+                int64_t k0 = kb * 32, kn = K - k0 < 32 ? K - k0 : 32;
+                if (kn <= 0) break;
+                if (kn < 32) memset(tmp, 0, sizeof tmp);
+                for (int64_t j = 0; j < nn; j++) cvt_run(tmp[j], (const float *)b->p + (n0 + j) * b->sk + k0, kn, NULL, 1.0f, 0);
+                uint32_t *t = w + (nb * KB + kb) * 256;
+                for (int r = 0; r < 16; r++)
+                    for (int64_t j = 0; j < nn; j++) t[r * 16 + j] = (uint32_t)tmp[j][2 * r] | (uint32_t)tmp[j][2 * r + 1] << 16;
+            }
+        }
+    } else {
 #pragma omp parallel for schedule(static) num_threads(nc_threads()) if (par)
         for (int64_t p = 0; p < P; p++) {
             int64_t k = 2 * p;
             uint32_t *pw = w + (k / 32) * 256 + (p % 16) * 16;
-            const int64_t b0 = k * b->si, b1 = (k + 1) * b->si;
-            int odd = k + 1 >= K;
             for (int64_t n = 0; n < N; n++) {
-                uint32_t lo = bf16_rne(ld(b, b0 + n * b->sk)), hi = odd ? 0 : bf16_rne(ld(b, b1 + n * b->sk));
+                uint32_t lo = bf16_rne(ld(b, k * b->si + n * b->sk));
+                uint32_t hi = k + 1 < K ? bf16_rne(ld(b, (k + 1) * b->si + n * b->sk)) : 0;
                 pw[(n / 16) * KB * 256 + n % 16] = lo | hi << 16;
-            }
-        }
-    } else {                               /* b stored (N, K): one column of op(b) at a time */
-#pragma omp parallel for schedule(static) num_threads(nc_threads()) if (par)
-        for (int64_t n = 0; n < N; n++) {
-            uint32_t *nw = w + (n / 16) * KB * 256 + n % 16;
-            const int64_t base = n * b->sk;
-            for (int64_t p = 0; p < P; p++) {
-                int64_t k = 2 * p;
-                uint32_t lo = bf16_rne(ld(b, base + k * b->si)), hi = k + 1 < K ? bf16_rne(ld(b, base + (k + 1) * b->si)) : 0;
-                nw[(k / 32) * 256 + (p % 16) * 16] = lo | hi << 16;
             }
         }
     }
 }
 
 /* int8 A: tile (mb, kb) 16 rows x 64 */
-static void pack_a_s8(int8_t *dst, const mat *a, int64_t Mp, int64_t Kp) {
+NC_AVX512 static void pack_a_s8(int8_t *dst, const mat *a, int64_t Mp, int64_t Kp) {
     int64_t M = a->rows, K = a->cols, KB = Kp / 64;
     if (Mp != M || Kp != K) memset(dst, 0, (size_t)(Mp * Kp));
     int par = M * K >= NC_PAR_MIN;
@@ -333,7 +371,7 @@ static void pack_a_s8(int8_t *dst, const mat *a, int64_t Mp, int64_t Kp) {
 }
 
 /* int8 B (VNNI quads): word (r, n) of tile (nb, kb) = op(b)(64kb + 4r + j, 16nb + n), j = 0..3 (byte j) */
-static void pack_b_s8(int8_t *dst, const mat *b, int64_t Np, int64_t Kp) {
+NC_AVX512 static void pack_b_s8(int8_t *dst, const mat *b, int64_t Np, int64_t Kp) {
     int64_t K = b->rows, N = b->cols, KB = Kp / 64, Q = (K + 3) / 4;
     if (Np != N || Kp != K) memset(dst, 0, (size_t)(Np * Kp));
     uint32_t *w = (uint32_t *)dst;
@@ -386,7 +424,7 @@ typedef struct {
 } epi;
 
 /* block tiles c (4 tiles of 16 x 16, order (0,0) (0,1) (1,0) (1,1)) at output (m0, n0) */
-static void store_f32(const epi *e, const float *c, int64_t m0, int64_t n0) {
+NC_AVX512 static void store_f32(const epi *e, const float *c, int64_t m0, int64_t n0) {
     float *o = (float *)e->p;
     for (int ti = 0; ti < 2; ti++)
         for (int i = 0; i < 16; i++) {
@@ -417,19 +455,28 @@ static inline float s8_scale(const epi *e, int32_t acc, int64_t m, int64_t n) {
     return v;
 }
 
-static void store_s32(const epi *e, const int32_t *c, int64_t m0, int64_t n0) {
+NC_AVX512 static void store_s32(const epi *e, const int32_t *c, int64_t m0, int64_t n0) {
     for (int ti = 0; ti < 2; ti++)
         for (int i = 0; i < 16; i++) {
             int64_t m = m0 + ti * 16 + i;
             if (m >= e->M) return;
+            float r = e->rs ? e->rs[e->nrs == 1 ? 0 : m] : 1.0f;
             for (int tj = 0; tj < 2; tj++) {
                 const int32_t *src = c + (ti * 2 + tj) * 256 + i * 16;
                 int64_t nb = n0 + tj * 16;
                 int nn = e->N - nb < 16 ? (int)(e->N - nb) : 16;
-                for (int j = 0; j < nn; j++) {
-                    int64_t off = m * e->so_m + (nb + j) * e->so_n;
-                    if (e->dtype == NC_I32) ((int32_t *)e->p)[off] = src[j];
-                    else ((float *)e->p)[off] = s8_scale(e, src[j], m, nb + j);
+                if (e->dtype == NC_I32) {
+                    for (int j = 0; j < nn; j++) ((int32_t *)e->p)[m * e->so_m + (nb + j) * e->so_n] = src[j];
+                } else if (e->so_n == 1 && e->cs && e->ncs != 1 && e->rs && e->rdiv) {   /* the bitlinear forward */
+                    float *o = (float *)e->p + m * e->so_m + nb;
+                    const float *cs = e->cs + nb;
+                    for (int j = 0; j < nn; j++) o[j] = ((float)src[j] * cs[j]) / r;
+                } else if (e->so_n == 1 && e->cs && e->ncs == 1 && e->rs && e->rdiv) {
+                    float *o = (float *)e->p + m * e->so_m + nb;
+                    const float c0 = e->cs[0];
+                    for (int j = 0; j < nn; j++) o[j] = ((float)src[j] * c0) / r;
+                } else {
+                    for (int j = 0; j < nn; j++) ((float *)e->p)[m * e->so_m + (nb + j) * e->so_n] = s8_scale(e, src[j], m, nb + j);
                 }
             }
         }
@@ -651,7 +698,9 @@ nc_status nc_quant_codes(nc_tensor *codes, const nc_tensor *x, const nc_tensor *
         float s = sp[r / rpg];
         const float *xr = xp + r * C;
         for (int64_t j = 0; j < C; j++) {
-            float q = nearbyintf(div ? xr[j] / s : xr[j] * s);
+            float v = div ? xr[j] / s : xr[j] * s;
+            /* nearbyintf (round half to even) for |v| < 2^22; beyond, the clamp decides either way */
+            float q = (v + 12582912.0f) - 12582912.0f;
             q = q > fhi ? fhi : (q < flo ? flo : q);
             if (i8) o8[r * C + j] = (int8_t)(int)q;
             else of[r * C + j] = q;
