@@ -232,14 +232,62 @@ static inline float kscaled(float v, const float *ks, int64_t nks, int div, int6
  * (the rest of this file, incl. the references, stays baseline x86-64). */
 #define NC_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 
-/* d[j] = bf16(x[j] (op) scale), op by mode: 0 none, 1 * ks[j], 2 / ks[j], 3 * s, 4 / s */
-NC_AVX512 static inline __attribute__((always_inline)) void cvt_run(uint16_t *restrict d, const float *restrict x, int64_t n, const float *restrict ks, float s, int mode) {
+/* 16 floats -> their bf16 bits (round to nearest even, NaN -> quiet NaN) in the low half of
+ * each 32-bit lane: the same integer operations as bf16_rne */
+NC_AVX512 static inline __m512i rne16(__m512 v) {
+    __m512i u = _mm512_castps_si512(v);
+    __m512i hi = _mm512_srli_epi32(u, 16);
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
+                                                   _mm512_and_si512(hi, _mm512_set1_epi32(1))), 16);
+    __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    return _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
+}
+
+static inline __mmask16 tail16(int64_t n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
+
+/* 16 (masked) values of x (op) scale, op by mode: 0 none, 1 * ks[j], 2 / ks[j], 3 * s, 4 / s */
+NC_AVX512 static inline __m512 scaled16(const float *x, const float *ks, __m512 s, int mode, __mmask16 m) {
+    __m512 v = _mm512_maskz_loadu_ps(m, x);
     switch (mode) {
-    case 0: for (int64_t j = 0; j < n; j++) d[j] = bf16_rne(x[j]); break;
-    case 1: for (int64_t j = 0; j < n; j++) d[j] = bf16_rne(x[j] * ks[j]); break;
-    case 2: for (int64_t j = 0; j < n; j++) d[j] = bf16_rne(x[j] / ks[j]); break;
-    case 3: for (int64_t j = 0; j < n; j++) d[j] = bf16_rne(x[j] * s); break;
-    default: for (int64_t j = 0; j < n; j++) d[j] = bf16_rne(x[j] / s); break;
+    case 0: return v;
+    case 1: return _mm512_mul_ps(v, _mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), m, ks));
+    case 2: return _mm512_div_ps(v, _mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), m, ks));
+    case 3: return _mm512_mul_ps(v, s);
+    default: return _mm512_div_ps(v, s);
+    }
+}
+
+/* d[j] = bf16(x[j] (op) scale) for j < n */
+NC_AVX512 static inline __attribute__((always_inline)) void cvt_run(uint16_t *restrict d, const float *restrict x, int64_t n,
+                                                                   const float *restrict ks, float s, int mode) {
+    __m512 sv = _mm512_set1_ps(s);
+    for (int64_t j = 0; j < n; j += 16) {
+        __mmask16 m = tail16(n - j);
+        __m512i r = rne16(scaled16(x + j, ks ? ks + j : NULL, sv, mode, m));
+        _mm256_mask_storeu_epi16(d + j, m, _mm512_cvtepi32_epi16(r));
+    }
+}
+
+/* in place 16 x 16 transpose of 32-bit words: w[i] lane j <- w[j] lane i */
+NC_AVX512 static inline void transpose16(__m512i w[16]) {
+    __m512i t[16], u[16];
+    for (int j = 0; j < 16; j += 2) {
+        t[j] = _mm512_unpacklo_epi32(w[j], w[j + 1]);
+        t[j + 1] = _mm512_unpackhi_epi32(w[j], w[j + 1]);
+    }
+    for (int j = 0; j < 16; j += 4) {   /* u[j + c] lane L = rows j..j+3 of column 4L + c */
+        u[j] = _mm512_unpacklo_epi64(t[j], t[j + 2]);
+        u[j + 1] = _mm512_unpackhi_epi64(t[j], t[j + 2]);
+        u[j + 2] = _mm512_unpacklo_epi64(t[j + 1], t[j + 3]);
+        u[j + 3] = _mm512_unpackhi_epi64(t[j + 1], t[j + 3]);
+    }
+    for (int c = 0; c < 4; c++) {       /* 4 x 4 transpose of 128-bit lanes of u[c], u[4 + c], u[8 + c], u[12 + c] */
+        __m512i x0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), x1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xEE);
+        __m512i x2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44), x3 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xEE);
+        w[c] = _mm512_shuffle_i32x4(x0, x2, 0x88);
+        w[4 + c] = _mm512_shuffle_i32x4(x0, x2, 0xDD);
+        w[8 + c] = _mm512_shuffle_i32x4(x1, x3, 0x88);
+        w[12 + c] = _mm512_shuffle_i32x4(x1, x3, 0xDD);
     }
 }
 
@@ -258,22 +306,31 @@ NC_AVX512 static void pack_a_bf16(uint16_t *dst, const mat *a, int64_t Mp, int64
             for (int64_t k0 = 0; k0 < K; k0 += 32)
                 cvt_run(row + (k0 / 32) * 512, src + k0, K - k0 < 32 ? K - k0 : 32, ks ? ks + k0 : NULL, s1, mode);
         }
-    } else if (a->dtype == NC_F32 && a->si == 1) {   /* columns contiguous: 32 x 16 blocks through a transpose */
+    } else if (a->dtype == NC_F32 && a->si == 1) {   /* columns contiguous: pairs of k rows, 16 x 16 word transpose */
         int64_t MBt = (M + 15) / 16, nk = (K + 31) / 32;
+        int mode = !ks ? 0 : (div ? 4 : 3);
 #pragma omp parallel for schedule(static) num_threads(nc_threads()) if (par)
         for (int64_t kb = 0; kb < nk; kb++) {
-            uint16_t tmp[32][16] __attribute__((aligned(64)));
-            int64_t kn = K - kb * 32 < 32 ? K - kb * 32 : 32;
             for (int64_t mb = 0; mb < MBt; mb++) {
-                int64_t i0 = mb * 16, in = M - i0 < 16 ? M - i0 : 16;
-                for (int64_t kk = 0; kk < kn; kk++) {
-                    int64_t k = kb * 32 + kk;
-                    float sk = ks ? ks[nks == 1 ? 0 : k] : 1.0f;
-                    cvt_run(tmp[kk], (const float *)a->p + k * a->sk + i0, in, NULL, sk, !ks ? 0 : (div ? 4 : 3));
+                int64_t i0 = mb * 16;
+                __mmask16 m = tail16(M - i0);
+                __m512i w[16];
+                for (int r = 0; r < 16; r++) {
+                    int64_t k = kb * 32 + 2 * r;
+                    __m512i lo = _mm512_setzero_si512(), hi = lo;
+                    if (k < K) {
+                        __m512 s0 = _mm512_set1_ps(ks ? ks[nks == 1 ? 0 : k] : 1.0f);
+                        lo = rne16(scaled16((const float *)a->p + k * a->sk + i0, NULL, s0, mode, m));
+                    }
+                    if (k + 1 < K) {
+                        __m512 s1 = _mm512_set1_ps(ks ? ks[nks == 1 ? 0 : k + 1] : 1.0f);
+                        hi = rne16(scaled16((const float *)a->p + (k + 1) * a->sk + i0, NULL, s1, mode, m));
+                    }
+                    w[r] = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));   /* lane i: pair (k, k + 1) of row i0 + i */
                 }
-                uint16_t *t = dst + (mb * KB + kb) * 512;
-                for (int64_t ii = 0; ii < in; ii++)
-                    for (int64_t kk = 0; kk < kn; kk++) t[ii * 32 + kk] = tmp[kk][ii];
+                transpose16(w);                                                 /* w[i] lane r: pair r of row i0 + i */
+                uint32_t *t = (uint32_t *)(dst + (mb * KB + kb) * 512);
+                for (int i = 0; i < 16; i++) _mm512_store_si512(t + i * 16, w[i]);
             }
         }
     } else {                                          /* i8 or general strides */
@@ -297,17 +354,14 @@ NC_AVX512 static void pack_b_bf16(uint16_t *dst, const mat *b, int64_t Np, int64
 #pragma omp parallel for schedule(static) num_threads(nc_threads()) if (par)
         for (int64_t p = 0; p < P; p++) {
             int64_t k = 2 * p;
-            uint16_t lo[16] __attribute__((aligned(64))), hi[16] __attribute__((aligned(64)));
             uint32_t *pw = w + (k / 32) * 256 + (p % 16) * 16;
             const float *r0 = (const float *)b->p + k * b->si, *r1 = r0 + b->si;
             int odd = k + 1 >= K;
             for (int64_t n0 = 0; n0 < N; n0 += 16) {
-                int64_t nn = N - n0 < 16 ? N - n0 : 16;
-                cvt_run(lo, r0 + n0, nn, NULL, 1.0f, 0);
-                if (odd) memset(hi, 0, sizeof hi);
-                else cvt_run(hi, r1 + n0, nn, NULL, 1.0f, 0);
-                uint32_t *o = pw + (n0 / 16) * KB * 256;
-                for (int64_t j = 0; j < nn; j++) o[j] = (uint32_t)lo[j] | (uint32_t)hi[j] << 16;
+                __mmask16 m = tail16(N - n0);
+                __m512i lo = rne16(_mm512_maskz_loadu_ps(m, r0 + n0));
+                __m512i hi = odd ? _mm512_setzero_si512() : rne16(_mm512_maskz_loadu_ps(m, r1 + n0));
+                _mm512_mask_storeu_epi32(pw + (n0 / 16) * KB * 256, m, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
             }
         }
     } else if (b->dtype == NC_F32 && b->si == 1) {   /* b stored (N, K): 16 columns x 32 k through a transpose */
