@@ -243,7 +243,7 @@ NC_AVX512 static inline __m512i rne16(__m512 v) {
     return _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
 }
 
-static inline __mmask16 tail16(int64_t n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
+static inline __mmask16 tail16(int64_t n) { return n >= 16 ? (__mmask16)0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
 
 /* 16 (masked) values of x (op) scale, op by mode: 0 none, 1 * ks[j], 2 / ks[j], 3 * s, 4 / s */
 NC_AVX512 static inline __m512 scaled16(const float *x, const float *ks, __m512 s, int mode, __mmask16 m) {
@@ -404,12 +404,12 @@ NC_AVX512 static void pack_a_s8(int8_t *dst, const mat *a, int64_t Mp, int64_t K
         for (int64_t i = 0; i < M; i++) {
             int8_t *row = dst + (i / 16) * KB * 1024 + (i % 16) * 64;
             const int64_t base = i * a->si;
-            if (a->dtype == NC_F32 && a->sk == 1) {
+            if (a->dtype == NC_F32 && a->sk == 1) {   /* saturating f32 -> i8 (codes are integers) */
                 const float *src = (const float *)a->p + base;
-                for (int64_t k0 = 0; k0 < K; k0 += 64) {
-                    int64_t n = K - k0 < 64 ? K - k0 : 64;
-                    int8_t *t = row + (k0 / 64) * 1024;
-                    for (int64_t k = 0; k < n; k++) t[k] = s8_of(src[k0 + k]);
+                for (int64_t k = 0; k < K; k += 16) {
+                    __mmask16 mk = tail16(K - k);
+                    __m128i b = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_maskz_loadu_ps(mk, src + k)));
+                    _mm_mask_storeu_epi8(row + (k / 64) * 1024 + k % 64, mk, b);
                 }
             } else {
                 for (int64_t k = 0; k < K; k++) row[(k / 64) * 1024 + k % 64] = mat_s8(a, i, k);
@@ -448,11 +448,15 @@ NC_AVX512 static void pack_b_s8(int8_t *dst, const mat *b, int64_t Np, int64_t K
             const int64_t base = n * b->sk;
             if (b->dtype == NC_F32 && b->si == 1 && K % 4 == 0) {
                 const float *src = (const float *)b->p + base;
-                for (int64_t q = 0; q < Q; q++) {
-                    const float *c = src + 4 * q;
-                    uint32_t v = (uint32_t)(uint8_t)s8_of(c[0]) | (uint32_t)(uint8_t)s8_of(c[1]) << 8 |
-                                 (uint32_t)(uint8_t)s8_of(c[2]) << 16 | (uint32_t)(uint8_t)s8_of(c[3]) << 24;
-                    nw[(q / 16) * 256 + (q % 16) * 16] = v;
+                for (int64_t k = 0; k < K; k += 16) {   /* 16 codes = 4 quads, words q .. q + 3 */
+                    __mmask16 mk = tail16(K - k);
+                    __m128i b4 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_maskz_loadu_ps(mk, src + k)));
+                    uint32_t qw[4];
+                    memcpy(qw, &b4, 16);
+                    for (int j = 0; j < 4 && k + 4 * j < K; j++) {
+                        int64_t q = k / 4 + j;
+                        nw[(q / 16) * 256 + (q % 16) * 16] = qw[j];
+                    }
                 }
             } else {
                 for (int64_t q = 0; q < Q; q++) {
@@ -488,10 +492,13 @@ NC_AVX512 static void store_f32(const epi *e, const float *c, int64_t m0, int64_
                 const float *src = c + (ti * 2 + tj) * 256 + i * 16;
                 int64_t nb = n0 + tj * 16;
                 int nn = e->N - nb < 16 ? (int)(e->N - nb) : 16;
+                if (nn <= 0) break;
                 float *dst = o + m * e->so_m + nb * e->so_n;
                 if (e->so_n == 1) {
-                    if (e->beta == 0.0f) for (int j = 0; j < nn; j++) dst[j] = e->alpha * src[j];
-                    else for (int j = 0; j < nn; j++) dst[j] = e->alpha * src[j] + e->beta * dst[j];
+                    __mmask16 mk = tail16(nn);
+                    __m512 v = _mm512_mul_ps(_mm512_set1_ps(e->alpha), _mm512_load_ps(src));
+                    if (e->beta != 0.0f) v = _mm512_fmadd_ps(_mm512_set1_ps(e->beta), _mm512_maskz_loadu_ps(mk, dst), v);
+                    _mm512_mask_storeu_ps(dst, mk, v);
                 } else {
                     for (int j = 0; j < nn; j++) {
                         float *d = dst + j * e->so_n;
@@ -519,16 +526,14 @@ NC_AVX512 static void store_s32(const epi *e, const int32_t *c, int64_t m0, int6
                 const int32_t *src = c + (ti * 2 + tj) * 256 + i * 16;
                 int64_t nb = n0 + tj * 16;
                 int nn = e->N - nb < 16 ? (int)(e->N - nb) : 16;
+                if (nn <= 0) break;
                 if (e->dtype == NC_I32) {
                     for (int j = 0; j < nn; j++) ((int32_t *)e->p)[m * e->so_m + (nb + j) * e->so_n] = src[j];
-                } else if (e->so_n == 1 && e->cs && e->ncs != 1 && e->rs && e->rdiv) {   /* the bitlinear forward */
-                    float *o = (float *)e->p + m * e->so_m + nb;
-                    const float *cs = e->cs + nb;
-                    for (int j = 0; j < nn; j++) o[j] = ((float)src[j] * cs[j]) / r;
-                } else if (e->so_n == 1 && e->cs && e->ncs == 1 && e->rs && e->rdiv) {
-                    float *o = (float *)e->p + m * e->so_m + nb;
-                    const float c0 = e->cs[0];
-                    for (int j = 0; j < nn; j++) o[j] = ((float)src[j] * c0) / r;
+                } else if (e->so_n == 1 && e->cs && e->rs && e->rdiv) {   /* the bitlinear forward */
+                    __mmask16 mk = tail16(nn);
+                    __m512 c = e->ncs == 1 ? _mm512_set1_ps(e->cs[0]) : _mm512_maskz_loadu_ps(mk, e->cs + nb);
+                    __m512 v = _mm512_div_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(src)), c), _mm512_set1_ps(r));
+                    _mm512_mask_storeu_ps((float *)e->p + m * e->so_m + nb, mk, v);
                 } else {
                     for (int j = 0; j < nn; j++) ((float *)e->p)[m * e->so_m + (nb + j) * e->so_n] = s8_scale(e, src[j], m, nb + j);
                 }
