@@ -719,6 +719,21 @@ nc_status nc_gemm_s8(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int
 }
 
 /* ---- codes ---------------------------------------------------------------------------------- */
+/* one row of nc_quant_codes with AVX-512 (the same IEEE operations: multiply or divide, round half
+ * to even, clamp; NaN propagates as in the scalar loop's compares only for f32 codes) */
+NC_AVX512 static void codes_row_avx512(void *o, int i8, const float *x, int64_t n, float s, int div, float lo, float hi) {
+    const __m512 sv = _mm512_set1_ps(s), lv = _mm512_set1_ps(lo), hv = _mm512_set1_ps(hi);
+    for (int64_t j = 0; j < n; j += 16) {
+        __mmask16 m = tail16(n - j);
+        __m512 v = _mm512_maskz_loadu_ps(m, x + j);
+        v = div ? _mm512_div_ps(v, sv) : _mm512_mul_ps(v, sv);
+        v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        v = _mm512_min_ps(hv, _mm512_max_ps(lv, v));
+        if (i8) _mm_mask_storeu_epi8((int8_t *)o + j, m, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v)));
+        else _mm512_mask_storeu_ps((float *)o + j, m, v);
+    }
+}
+
 nc_status nc_quant_codes(nc_tensor *codes, const nc_tensor *x, const nc_tensor *scale, int32_t div, int32_t lo, int32_t hi) {
     static const char *op = "quant_codes";
     NC_TRY(nc_check_not_null(op, "codes", codes));
@@ -752,10 +767,12 @@ nc_status nc_quant_codes(nc_tensor *codes, const nc_tensor *x, const nc_tensor *
     int i8 = codes->dtype == NC_I8;
     float *of = i8 ? NULL : nc_f32p(codes);
     int8_t *o8 = i8 ? (int8_t *)nc_ptr(codes) : NULL;
+    int vec = __builtin_cpu_supports("avx512f") && nc_cpu_avx512();
 #pragma omp parallel for schedule(static) num_threads(nc_threads()) if (n >= NC_PAR_MIN)
     for (int64_t r = 0; r < R; r++) {
         float s = sp[r / rpg];
         const float *xr = xp + r * C;
+        if (vec) { codes_row_avx512(i8 ? (void *)(o8 + r * C) : (void *)(of + r * C), i8, xr, C, s, div, flo, fhi); continue; }
         for (int64_t j = 0; j < C; j++) {
             float v = div ? xr[j] / s : xr[j] * s;
             /* nearbyintf (round half to even) for |v| < 2^22; beyond, the clamp decides either way */
