@@ -379,6 +379,40 @@ describe('nc.bitlinear (fused ternary linear, STE)', function()
     end)
 end)
 
+describe('nc.linear_bf16 (mixed precision for the fp32 layers)', function()
+    amx_it('forward and gradients within the bf16 bound of nc.linear (both operands rounded: 2^-8 sum|a b|, x 2)', function()
+        local g = nc.generator(31)
+        for _, s in ipairs { { 2, 17, 33, 50 }, { 1, 64, 256, 512 }, { 1, 1, 1, 1 } } do
+            local x0 = nc.randn({ s[1], s[2], s[3] }, { generator = g })
+            local w0 = nc.randn({ s[4], s[3] }, { generator = g }) * 0.1
+            local gy = nc.randn({ s[1], s[2], s[4] }, { generator = g })
+            local x1, w1 = x0:clone():requires_grad_(), w0:clone():requires_grad_()
+            local y1 = nc.linear_bf16(x1, w1)
+            y1:backward(gy)
+            local x2, w2 = x0:clone():requires_grad_(), w0:clone():requires_grad_()
+            local y2 = nc.linear(x2, w2)
+            y2:backward(gy)
+            local x2d, g2d = x0:reshape { -1, s[3] }, gy:reshape { -1, s[4] }
+            local by = x2d:abs():matmul(w0:abs():t())
+            local bx = g2d:abs():matmul(w0:abs())
+            local bw = g2d:abs():t():matmul(x2d:abs())
+            local function within(d, b) return (d:abs() - b * 2 ^ -7 - 1e-30):max():item() <= 0 end
+            assert.is_true(within((y1 - y2):reshape { -1, s[4] }, by), 'y')
+            assert.is_true(within((x1.grad - x2.grad):reshape { -1, s[3] }, bx), 'dX')
+            assert.is_true(within(w1.grad - w2.grad, bw), 'dW')
+            if s[3] > 1 then assert.is_true((y1 - y2):abs():max():item() > 0) end   -- it did round
+        end
+    end)
+
+    it('is nc.linear without AMX', function()
+        local g = nc.generator(32)
+        local x, w = nc.randn({ 5, 7 }, { generator = g }), nc.randn({ 3, 7 }, { generator = g })
+        local y = without_amx(nc.linear_bf16, x, w)
+        assert.is_true(same_bits(y, nc.linear(x, w)))
+        assert.has_error(function() nc.linear_bf16(x, nc.randn { 3, 6 }) end)
+    end)
+end)
+
 describe('GPT with cfg.matmul', function()
     local function micro(over)
         local cfg = nc.models.config('micro')
@@ -391,6 +425,8 @@ describe('GPT with cfg.matmul', function()
         assert.has_error(function() nc.models.gpt.config(micro { matmul = 'bf16x' }) end)
         assert.has_error(function() nc.models.gpt.config(micro { matmul = 3 }) end)
         assert.has_error(function() require('nanochat.layers.bitlinear')(4, 4, { matmul = 'int4' }) end)
+        assert.are.equal('fp32', nc.models.gpt.config(micro()).head_matmul)
+        assert.has_error(function() nc.models.gpt.config(micro { head_matmul = 'int8' }) end)
     end)
 
     amx_it('micro model: AMX matches fp32 at init and a few AdamW steps lower the loss, staying close', function()
@@ -398,8 +434,9 @@ describe('GPT with cfg.matmul', function()
         local x = nc.rand({ 4, 32 }, { lo = 0, hi = 256, generator = g }):to('i64')
         local y = nc.rand({ 4, 32 }, { lo = 0, hi = 256, generator = g }):to('i64')
         local losses = {}
-        for _, mm in ipairs { 'fp32', 'auto' } do
-            local m = nc.models.gpt.new(micro { matmul = mm })
+        for _, mm in ipairs { 'fp32', 'auto', 'head' } do
+            local m = nc.models.gpt.new(micro { matmul = mm == 'fp32' and 'fp32' or 'auto',
+                                               head_matmul = mm == 'head' and 'bf16' or 'fp32' })
             local opt = nc.optim.adamw(m:parameters(), { lr = 3e-3 })
             local ls = {}
             for i = 1, 6 do
@@ -411,11 +448,16 @@ describe('GPT with cfg.matmul', function()
             end
             losses[mm] = ls
         end
-        local a, f = losses.auto, losses.fp32
-        assert.is_true(math.abs(a[1] - f[1]) <= 1e-5 * f[1], string.format('init loss %g vs %g', a[1], f[1]))
-        assert.is_true(a[6] < a[1] - 0.05, string.format('AMX loss %g -> %g', a[1], a[6]))
-        for i = 1, 6 do
-            assert.is_true(math.abs(a[i] - f[i]) <= 0.02 * f[i], string.format('step %d: %g vs %g', i, a[i], f[i]))
+        local f = losses.fp32
+        for _, name in ipairs { 'auto', 'head' } do
+            local a = losses[name]
+            -- at init: the int8 forward equals the f32 one up to rounding (bf16 head: 2^-8 relative)
+            local tol0 = name == 'auto' and 1e-5 or 1e-3
+            assert.is_true(math.abs(a[1] - f[1]) <= tol0 * f[1], string.format('%s init loss %g vs %g', name, a[1], f[1]))
+            assert.is_true(a[6] < a[1] - 0.05, string.format('%s loss %g -> %g', name, a[1], a[6]))
+            for i = 1, 6 do
+                assert.is_true(math.abs(a[i] - f[i]) <= 0.02 * f[i], string.format('%s step %d: %g vs %g', name, i, a[i], f[i]))
+            end
         end
     end)
 end)

@@ -63,7 +63,7 @@ local KNOWN = {
     qk_norm = 'boolean', tie_embeddings = 'boolean', logit_softcap = 'number', ternary = 'boolean',
     quant_group = 'number', subln = 'boolean', init_std = 'number', embed_std = 'number',
     head_std = 'number', norm_eps = 'number', seed = 'number', name = 'string', arch = 'string',
-    embed_norm = 'boolean', matmul = 'string',
+    embed_norm = 'boolean', matmul = 'string', head_matmul = 'string',
     -- feature sub-configs (issue 6), each validated by its own module's config():
     loop = 'table',   -- LoopLM:   nanochat.looplm
     mhc = 'table',    -- mHC/lite: nanochat.mhc
@@ -110,6 +110,12 @@ function M.config(cfg)
     c.matmul = c.matmul or 'auto'
     if not BitLinear.MATMUL[c.matmul] then
         error("gpt: cfg.matmul must be 'auto', 'amx' or 'fp32', got " .. c.matmul, 2)
+    end
+    -- the fp32 LM head: 'fp32' (default) or 'bf16' (nc.linear_bf16: bf16 operands, f32 accumulation
+    -- on AMX; fp32 without AMX or under a Collider row filter)
+    c.head_matmul = c.head_matmul or 'fp32'
+    if c.head_matmul ~= 'fp32' and c.head_matmul ~= 'bf16' then
+        error("gpt: cfg.head_matmul must be 'fp32' or 'bf16', got " .. c.head_matmul, 2)
     end
     if c.subln == nil then c.subln = false end
     if c.embed_norm == nil then c.embed_norm = true end
@@ -361,7 +367,7 @@ end
 
 function GPT:_logits(h)
     local n = nc()
-    local logits = n.linear(h, self:head_weight())
+    local logits = self.cfg.head_matmul == 'bf16' and n.linear_bf16(h, self:head_weight()) or n.linear(h, self:head_weight())
     local cap = self.cfg.logit_softcap
     if cap then logits = n.tanh(logits * (1 / cap)) * cap end
     return logits

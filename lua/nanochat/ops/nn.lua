@@ -512,4 +512,34 @@ function M.bitlinear(a, w, opts)
     return out
 end
 
+-- y = x W^T with both operands rounded to bf16 and f32 accumulation on AMX (mixed precision for the
+-- fp32 layers, e.g. the LM head): backward dX = bf16(dY) bf16(W), dW = bf16(dY)^T bf16(X). Without
+-- AMX, on a non-CPU tensor, or while a Collider row filter applies, it is nc.linear (fp32).
+function M.linear_bf16(x, w)
+    if not (Tensor.is(x) and Tensor.is(w)) then error('linear_bf16: expected tensors x and w', 2) end
+    if w:dim() ~= 2 then error('linear_bf16: expected w (out, in), got ' .. shape_str(w), 2) end
+    if x:dim() < 1 or x:size(-1) ~= w:size(1) then
+        error(string.format('linear_bf16: x %s does not match w %s', shape_str(x), shape_str(w)), 2)
+    end
+    local rows = x:numel() / math.max(x:size(-1), 1)
+    if not (amx_ok(x) and amx_ok(w)) or (ag.needs(x, w) and row_filter_for(x, rows)) then return M.linear(x, w) end
+    local sx = x:shape()
+    local oshape = {}
+    for i = 1, #sx - 1 do oshape[i] = sx[i] end
+    oshape[#sx] = w:size(0)
+    local out = Tensor.empty(oshape, 'f32', 'cpu')
+    local x2 = rows2d(x)
+    check(C.nc_gemm_bf16(rows2d(out)._c, x2._c, w._c, 0, 1, nil, 0, 1, 0), 'linear_bf16')
+    if ag.needs(x, w) then
+        ag.record(out, { x, w }, function(g)
+            local g2 = rows2d(g)
+            local gx, fx = ag.grad_buf(x)
+            if gx then check(C.nc_gemm_bf16(rows2d(gx)._c, g2._c, w._c, 0, 0, nil, 0, 1, fx and 0 or 1), 'linear_bf16 backward') end
+            local gw, fw = ag.grad_buf(w)
+            if gw then check(C.nc_gemm_bf16(gw._c, g2._c, x2._c, 1, 0, nil, 0, 1, fw and 0 or 1), 'linear_bf16 backward') end
+        end)
+    end
+    return out
+end
+
 return M
