@@ -554,6 +554,21 @@ static epi epi_of(const nc_tensor *out) {
 }
 
 /* ---- AMX drivers ---------------------------------------------------------------------------- */
+/* Cache blocking: the output blocks run in chunks of NBc column blocks (a B panel of at most
+ * ~512 KiB, L2-resident), all row blocks of a chunk before the next chunk; threads take contiguous
+ * ranges of that order (static), so each core re-reads its own chunk from its L2. */
+static int64_t chunk_nb(int64_t bytes_per_col) {
+    int64_t n = ((int64_t)512 << 10) / (32 * bytes_per_col);
+    return n < 1 ? 1 : n;
+}
+
+static inline void block_of(int64_t t, int64_t MB, int64_t NB, int64_t NBc, int64_t *mb, int64_t *nb) {
+    int64_t c = t / (MB * NBc), rr = t - c * MB * NBc;         /* chunk c; every earlier chunk is full */
+    int64_t nc0 = c * NBc, w = NB - nc0 < NBc ? NB - nc0 : NBc;   /* the last chunk may be narrower */
+    *mb = rr / w;
+    *nb = nc0 + rr % w;
+}
+
 static nc_status amx_bf16(const epi *e, const mat *a, const mat *b, const float *ks, int64_t nks, int div) {
     int64_t M = a->rows, N = b->cols, K = a->cols;
     int64_t Mp = rup(M, 32), Np = rup(N, 32), Kp = rup(K, 32), KB = Kp / 32;
@@ -565,14 +580,15 @@ static nc_status amx_bf16(const epi *e, const mat *a, const mat *b, const float 
     double T1 = omp_get_wtime();
     pack_b_bf16(bp, b, Np, Kp);
     double T2 = omp_get_wtime();
-    int64_t MB = Mp / 32, NB = Np / 32, nblk = MB * NB;
+    int64_t MB = Mp / 32, NB = Np / 32, nblk = MB * NB, NBc = chunk_nb(Kp * 2);
 #pragma omp parallel num_threads(nc_threads()) if (nblk > 1 && M * N * K >= (int64_t)1 << 18)
     {
         tiles_config();
         float c[1024] __attribute__((aligned(64)));
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < nblk; t++) {
-            int64_t mb = t / NB, nb = t % NB;
+            int64_t mb, nb;
+            block_of(t, MB, NB, NBc, &mb, &nb);
             const uint16_t *a0 = ap + (2 * mb) * KB * 512, *a1 = a0 + KB * 512;
             const uint16_t *b0 = bp + (2 * nb) * KB * 512, *b1 = b0 + KB * 512;
             _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
@@ -606,14 +622,15 @@ static nc_status amx_s8(const epi *e, const mat *a, const mat *b) {
     if (!bp) { if (ap) nc_host_free(ap, abytes); return NC_ERR_OOM; }
     pack_a_s8(ap, a, Mp, Kp);
     pack_b_s8(bp, b, Np, Kp);
-    int64_t MB = Mp / 32, NB = Np / 32, nblk = MB * NB;
+    int64_t MB = Mp / 32, NB = Np / 32, nblk = MB * NB, NBc = chunk_nb(Kp);
 #pragma omp parallel num_threads(nc_threads()) if (nblk > 1 && M * N * K >= (int64_t)1 << 19)
     {
         tiles_config();
         int32_t c[1024] __attribute__((aligned(64)));
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < nblk; t++) {
-            int64_t mb = t / NB, nb = t % NB;
+            int64_t mb, nb;
+            block_of(t, MB, NB, NBc, &mb, &nb);
             const int8_t *a0 = ap + (2 * mb) * KB * 1024, *a1 = a0 + KB * 1024;
             const int8_t *b0 = bp + (2 * nb) * KB * 1024, *b1 = b0 + KB * 1024;
             _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);

@@ -3,7 +3,7 @@
 -- the same model, threads and batch (tools/torch_ref.py --bench) when torch is installed.
 --
 --   ./nanochat tools/bench/train.lua [configs=tiny,small] [B=8] [T=256] [steps=4] [warmup=2] [threads=2]
---                                    [amx=both|on|off]
+--                                    [amx=both|on|off] [head=fp32|bf16]
 --
 -- A step is forward + backward + a fused AdamW step (nc.optim.adamw) on random tokens.
 -- MFU = tokens/s * model:flops_per_token(T) / peak, peak = the median GFLOP/s of a raw
@@ -11,7 +11,8 @@
 -- bytes in use after the last step minus after the first timed step (0 = nothing leaks).
 -- amx (default both when nc.cpu_amx(), else off): each config runs with the model's matmul = 'fp32'
 -- (sgemm) and/or 'auto' (the BitLinear matmuls on Intel AMX: int8 forward, bf16 backward;
--- layers/bitlinear.lua), same process. MFU keeps its definition against the sgemm peak; the AMX
+-- layers/bitlinear.lua), same process; head=bf16 adds a row with cfg.head_matmul = 'bf16' as well
+-- (the fp32 LM head through nc.linear_bf16). MFU keeps its definition against the sgemm peak; the AMX
 -- rows also print "MFU vs AMX bf16 peak": the same FLOPs against the median GFLOP/s of a raw
 -- 1024^3 nc_gemm_bf16 (packing included) measured here, the honest ceiling for that path.
 -- Last line: JSON with tokens_per_s, mfu (the first config; its AMX run when there is one),
@@ -33,7 +34,15 @@ if amx_mode ~= 'both' and amx_mode ~= 'on' and amx_mode ~= 'off' then
     error('train bench: amx must be both, on or off, got ' .. amx_mode)
 end
 if amx_mode ~= 'off' and not nc.cpu_amx() then error('train bench: amx=' .. amx_mode .. ' but ' .. nc.amx_status()) end
-local variants = amx_mode == 'both' and { 'fp32', 'auto' } or { amx_mode == 'on' and 'auto' or 'fp32' }
+local head = tostring(args.head or 'fp32')
+if head ~= 'fp32' and head ~= 'bf16' then error('train bench: head must be fp32 or bf16, got ' .. head) end
+-- { label, cfg.matmul, cfg.head_matmul }; head=bf16 adds an AMX row with the LM head in bf16 too
+local variants = {}
+if amx_mode ~= 'on' then variants[#variants + 1] = { 'fp32', 'fp32', 'fp32' } end
+if amx_mode ~= 'off' then
+    variants[#variants + 1] = { 'amx', 'auto', 'fp32' }
+    if head == 'bf16' then variants[#variants + 1] = { 'amx+head', 'auto', 'bf16' } end
+end
 
 local function peak_rss_mb()
     local f = io.open('/proc/self/status')
@@ -77,7 +86,7 @@ for _, name in ipairs(configs) do
   for _, mm in ipairs(variants) do
     local cfg = nc.models.config(name)
     cfg.seq_len = math.max(cfg.seq_len or T, T)
-    cfg.matmul = mm
+    cfg.matmul, cfg.head_matmul = mm[2], mm[3]
     local model = nc.models.gpt.new(cfg)
     local opt = nc.optim.adamw(model:parameters(), { lr = 1e-3, betas = { 0.9, 0.95 } })
     local g = nc.generator(1)
@@ -102,16 +111,16 @@ for _, name in ipairs(configs) do
     local med = L.median(times)
     local tps = B * T / med
     local mfu = tps * model:flops_per_token(T) / peak
-    local amx = mm ~= 'fp32'
+    local amx = mm[1] ~= 'fp32'
     local mfu_amx = amx and tps * model:flops_per_token(T) / amx_peak or 0 / 0
-    local key = amx and (name .. '+amx') or name
+    local key = amx and (name .. '+' .. mm[1]) or name
     results[key] = { tokens_per_s = L.round(tps, 1), step_s = L.round(med, 4), mfu = L.round(mfu, 4),
-                     mfu_vs_amx_peak = amx and L.round(mfu_amx, 4) or nil, matmul = amx and 'amx' or 'fp32',
+                     mfu_vs_amx_peak = amx and L.round(mfu_amx, 4) or nil, matmul = mm[1],
                      torch_tokens_per_s = torch_tps and L.round(torch_tps, 1) or 0 / 0,
                      vs_torch = torch_tps and L.round(tps / torch_tps, 3) or 0 / 0,
                      byte_growth = growth, params = model:num_params() }
     if name == configs[1] then first = results[key] end
-    rows[#rows + 1] = { name, amx and 'amx' or 'fp32', model:num_params() / 1e6, med, tps, 100 * mfu,
+    rows[#rows + 1] = { name, mm[1], model:num_params() / 1e6, med, tps, 100 * mfu,
                         100 * mfu_amx, torch_tps or 0 / 0, torch_tps and tps / torch_tps or 0 / 0, growth }
   end
 end
