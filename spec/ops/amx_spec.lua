@@ -429,6 +429,27 @@ describe('GPT with cfg.matmul', function()
         assert.has_error(function() nc.models.gpt.config(micro { head_matmul = 'int8' }) end)
     end)
 
+    amx_it('micro model on AMX (+ bf16 head): Collider keep-all backward equals the dense backward bitwise', function()
+        local g = nc.generator(8)
+        local x = nc.rand({ 2, 16 }, { lo = 0, hi = 256, generator = g }):to('i64')
+        local y = nc.rand({ 2, 16 }, { lo = 0, hi = 256, generator = g }):to('i64')
+        local m = nc.models.gpt.new(micro { matmul = 'auto', head_matmul = 'bf16' })
+        local ld = m:forward(x, y)
+        ld:backward()
+        local gd = {}
+        for _, nv in ipairs(m:named_parameters()) do gd[nv[1]] = nv[2].grad:clone() end
+        m:zero_grad()
+        local F = nc.collider.new { rho = 0 }
+        local lf = F:forward(m, x, y)
+        assert.are.equal(32, F.last.keep:numel())   -- the gathered path ran
+        lf:backward()
+        assert.is_true(same_bits(ld, lf))
+        for _, nv in ipairs(m:named_parameters()) do
+            local ok, at = same_bits(gd[nv[1]], nv[2].grad)
+            assert.is_true(ok, nv[1] .. ' differs at ' .. tostring(at))
+        end
+    end)
+
     amx_it('micro model: AMX matches fp32 at init and a few AdamW steps lower the loss, staying close', function()
         local g = nc.generator(7)
         local x = nc.rand({ 4, 32 }, { lo = 0, hi = 256, generator = g }):to('i64')

@@ -68,7 +68,14 @@ end
 -- kept rows K: dX[K] = dY[K] W (other rows of a fresh dX are zero, of an existing one untouched) and
 -- dW += dY[K]^T X[K], as dense sgemms on gathered compact buffers. With K = all rows every sgemm
 -- sees the same operands as the dense path, so the result is bitwise the dense one.
-local function linear_backward_kept(g, x, w, bias, keep)
+local function sgemm(out, a, b, ta, tb, beta, what)
+    check(C.nc_matmul(out._c, a._c, b._c, ta, tb, 1, beta), what)
+end
+
+-- mm (default sgemm): the GEMM used, mm(out, a, b, trans_a, trans_b, beta, what) (nc.linear_bf16
+-- passes its bf16 one)
+local function linear_backward_kept(g, x, w, bias, keep, mm)
+    mm = mm or sgemm
     local g2 = rows2d(g)
     local gk = gather_rows(g2, keep)
     local k = keep:size(0)
@@ -78,10 +85,10 @@ local function linear_backward_kept(g, x, w, bias, keep)
         local t
         if fx then
             t = Tensor.empty({ k, w:size(1) }, 'f32', 'cpu')
-            check(C.nc_matmul(t._c, gk._c, w._c, 0, 0, 1, 0), 'linear backward (collider)')
+            mm(t, gk, w, 0, 0, 0, 'linear backward (collider)')
         else
             t = gather_rows(gx2, keep)
-            check(C.nc_matmul(t._c, gk._c, w._c, 0, 0, 1, 1), 'linear backward (collider)')
+            mm(t, gk, w, 0, 0, 1, 'linear backward (collider)')
         end
         check(C.nc_rows_scatter(gx2._c, t._c, keep._c, fx and 1 or 0), 'linear backward (collider)')
         free_now(t)
@@ -89,7 +96,7 @@ local function linear_backward_kept(g, x, w, bias, keep)
     local gw, fw = ag.grad_buf(w)
     if gw then
         local xk = gather_rows(rows2d(x), keep)
-        check(C.nc_matmul(gw._c, gk._c, xk._c, 1, 0, 1, fw and 0 or 1), 'linear backward (collider)')
+        mm(gw, gk, xk, 1, 0, fw and 0 or 1, 'linear backward (collider)')
         free_now(xk)
     end
     local gbias = bias and ag.grad_of(bias)
@@ -513,16 +520,20 @@ function M.bitlinear(a, w, opts)
 end
 
 -- y = x W^T with both operands rounded to bf16 and f32 accumulation on AMX (mixed precision for the
--- fp32 layers, e.g. the LM head): backward dX = bf16(dY) bf16(W), dW = bf16(dY)^T bf16(X). Without
--- AMX, on a non-CPU tensor, or while a Collider row filter applies, it is nc.linear (fp32).
+-- fp32 layers, e.g. the LM head): backward dX = bf16(dY) bf16(W), dW = bf16(dY)^T bf16(X); under a
+-- Collider row filter on the kept rows only (as nc.linear). Without AMX or on a non-CPU tensor it
+-- is nc.linear (fp32).
+local function bf16_mm(out, a, b, ta, tb, beta, what)
+    check(C.nc_gemm_bf16(out._c, a._c, b._c, ta, tb, nil, 0, 1, beta), what)
+end
+
 function M.linear_bf16(x, w)
     if not (Tensor.is(x) and Tensor.is(w)) then error('linear_bf16: expected tensors x and w', 2) end
     if w:dim() ~= 2 then error('linear_bf16: expected w (out, in), got ' .. shape_str(w), 2) end
     if x:dim() < 1 or x:size(-1) ~= w:size(1) then
         error(string.format('linear_bf16: x %s does not match w %s', shape_str(x), shape_str(w)), 2)
     end
-    local rows = x:numel() / math.max(x:size(-1), 1)
-    if not (amx_ok(x) and amx_ok(w)) or (ag.needs(x, w) and row_filter_for(x, rows)) then return M.linear(x, w) end
+    if not (amx_ok(x) and amx_ok(w)) then return M.linear(x, w) end
     local sx = x:shape()
     local oshape = {}
     for i = 1, #sx - 1 do oshape[i] = sx[i] end
@@ -531,7 +542,10 @@ function M.linear_bf16(x, w)
     local x2 = rows2d(x)
     check(C.nc_gemm_bf16(rows2d(out)._c, x2._c, w._c, 0, 1, nil, 0, 1, 0), 'linear_bf16')
     if ag.needs(x, w) then
+        local flt = row_filter_for(x, x2:size(0))
         ag.record(out, { x, w }, function(g)
+            local keep = flt and flt.keep
+            if keep then return linear_backward_kept(g, x, w, nil, keep, bf16_mm) end
             local g2 = rows2d(g)
             local gx, fx = ag.grad_buf(x)
             if gx then check(C.nc_gemm_bf16(rows2d(gx)._c, g2._c, w._c, 0, 0, nil, 0, 1, fx and 0 or 1), 'linear_bf16 backward') end
