@@ -25,7 +25,7 @@
  * Layouts: packed A is 16-row x 32-bf16 tiles (16 x 64 int8), row-major in the tile; packed B is
  * the VNNI layout: tile row r holds, for 16 columns n, the pair (k = 2r, 2r + 1) (quad 4r..4r+3
  * for int8). M and N are padded to 32 (the 2 x 2 tile micro-kernel), K to 32 (64 for int8), with
- * zeros. Threads split the 32 x 32 output blocks (OpenMP, static); each configures its tiles.
+ * zeros. Threads own contiguous ranges of 32-row blocks (one parallel region per GEMM, see amx_bf16).
  */
 #include "internal.h"
 #include <cpuid.h>
@@ -554,62 +554,79 @@ static epi epi_of(const nc_tensor *out) {
 }
 
 /* ---- AMX drivers ---------------------------------------------------------------------------- */
-/* Cache blocking: the output blocks run in chunks of NBc column blocks (a B panel of at most
- * ~512 KiB, L2-resident), all row blocks of a chunk before the next chunk; threads take contiguous
- * ranges of that order (static), so each core re-reads its own chunk from its L2. */
+/* Cache blocking: a thread's output blocks run in chunks of NBc column blocks (a B panel of at
+ * most ~512 KiB, L2-resident), all its row blocks for a chunk before the next chunk. */
 static int64_t chunk_nb(int64_t bytes_per_col) {
     int64_t n = ((int64_t)512 << 10) / (32 * bytes_per_col);
     return n < 1 ? 1 : n;
 }
 
-static inline void block_of(int64_t t, int64_t MB, int64_t NB, int64_t NBc, int64_t *mb, int64_t *nb) {
-    int64_t c = t / (MB * NBc), rr = t - c * MB * NBc;         /* chunk c; every earlier chunk is full */
-    int64_t nc0 = c * NBc, w = NB - nc0 < NBc ? NB - nc0 : NBc;   /* the last chunk may be narrower */
-    *mb = rr / w;
-    *nb = nc0 + rr % w;
+
+/* rows [r0, r1) of a as a matrix of their own */
+static mat mat_rows(const mat *a, int64_t r0, int64_t r1) {
+    mat s = *a;
+    s.p = (const char *)a->p + r0 * a->si * (a->dtype == NC_I8 ? 1 : 4);
+    s.rows = r1 - r0;
+    return s;
+}
+
+/* One parallel region per GEMM (a single join; no barrier between packing and compute): thread
+ * tid owns the row blocks [MB tid / nt, MB (tid + 1) / nt), packs those rows of A and its own copy
+ * of the whole B (O(N K) per thread against O(M N K / nt) of tile work), then computes its output
+ * blocks in L2 chunks of NBc column blocks. Fewer synchronisation points matter on a shared,
+ * oversubscribed machine where every barrier can wait a scheduler slice. */
+static int amx_threads(int64_t MB, int64_t M, int64_t N, int64_t K) {
+    int64_t nt = nc_threads();
+    if (nt > MB) nt = MB;
+    if (M * N * K < ((int64_t)1 << 20)) nt = 1;
+    return nt < 1 ? 1 : (int)nt;
 }
 
 static nc_status amx_bf16(const epi *e, const mat *a, const mat *b, const float *ks, int64_t nks, int div) {
     int64_t M = a->rows, N = b->cols, K = a->cols;
     int64_t Mp = rup(M, 32), Np = rup(N, 32), Kp = rup(K, 32), KB = Kp / 32;
+    int64_t MB = Mp / 32, NB = Np / 32, NBc = chunk_nb(Kp * 2);
+    int nt = amx_threads(MB, M, N, K);
     int64_t abytes = Mp * Kp * 2, bbytes = Np * Kp * 2;
-    uint16_t *ap = nc_host_alloc(abytes), *bp = ap ? nc_host_alloc(bbytes) : NULL;
+    uint16_t *ap = nc_host_alloc(abytes), *bp = ap ? nc_host_alloc(bbytes * nt) : NULL;
     if (!bp) { if (ap) nc_host_free(ap, abytes); return NC_ERR_OOM; }
-    double T0 = omp_get_wtime();
-    pack_a_bf16(ap, a, Mp, Kp, ks, nks, div);
-    double T1 = omp_get_wtime();
-    pack_b_bf16(bp, b, Np, Kp);
-    double T2 = omp_get_wtime();
-    int64_t MB = Mp / 32, NB = Np / 32, nblk = MB * NB, NBc = chunk_nb(Kp * 2);
-#pragma omp parallel num_threads(nc_threads()) if (nblk > 1 && M * N * K >= (int64_t)1 << 18)
+#pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        tiles_config();
-        float c[1024] __attribute__((aligned(64)));
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < nblk; t++) {
-            int64_t mb, nb;
-            block_of(t, MB, NB, NBc, &mb, &nb);
-            const uint16_t *a0 = ap + (2 * mb) * KB * 512, *a1 = a0 + KB * 512;
-            const uint16_t *b0 = bp + (2 * nb) * KB * 512, *b1 = b0 + KB * 512;
-            _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-            for (int64_t kb = 0; kb < KB; kb++) {
-                _tile_loadd(4, a0 + kb * 512, 64);
-                _tile_loadd(6, b0 + kb * 512, 64);
-                _tile_loadd(5, a1 + kb * 512, 64);
-                _tile_loadd(7, b1 + kb * 512, 64);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
+        int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+        int64_t mb0 = MB * tid / nth, mb1 = MB * (tid + 1) / nth;
+        uint16_t *bpt = bp + (int64_t)tid * (bbytes / 2);
+        if (mb1 > mb0) {
+            mat as = mat_rows(a, mb0 * 32, mb1 * 32 < M ? mb1 * 32 : M);
+            pack_a_bf16(ap + mb0 * 2 * KB * 512, &as, (mb1 - mb0) * 32, Kp, ks, nks, div);
+            pack_b_bf16(bpt, b, Np, Kp);
+            tiles_config();
+            float c[1024] __attribute__((aligned(64)));
+            for (int64_t n0 = 0; n0 < NB; n0 += NBc) {
+                int64_t n1 = n0 + NBc < NB ? n0 + NBc : NB;
+                for (int64_t mb = mb0; mb < mb1; mb++)
+                    for (int64_t nb = n0; nb < n1; nb++) {
+                        const uint16_t *a0 = ap + (2 * mb) * KB * 512, *a1 = a0 + KB * 512;
+                        const uint16_t *b0 = bpt + (2 * nb) * KB * 512, *b1 = b0 + KB * 512;
+                        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+                        for (int64_t kb = 0; kb < KB; kb++) {
+                            _tile_loadd(4, a0 + kb * 512, 64);
+                            _tile_loadd(6, b0 + kb * 512, 64);
+                            _tile_loadd(5, a1 + kb * 512, 64);
+                            _tile_loadd(7, b1 + kb * 512, 64);
+                            _tile_dpbf16ps(0, 4, 6);
+                            _tile_dpbf16ps(1, 4, 7);
+                            _tile_dpbf16ps(2, 5, 6);
+                            _tile_dpbf16ps(3, 5, 7);
+                        }
+                        _tile_stored(0, c, 64); _tile_stored(1, c + 256, 64);
+                        _tile_stored(2, c + 512, 64); _tile_stored(3, c + 768, 64);
+                        store_f32(e, c, mb * 32, nb * 32);
+                    }
             }
-            _tile_stored(0, c, 64); _tile_stored(1, c + 256, 64);
-            _tile_stored(2, c + 512, 64); _tile_stored(3, c + 768, 64);
-            store_f32(e, c, mb * 32, nb * 32);
+            _tile_release();
         }
-        _tile_release();
     }
-    if (getenv("NC_AMX_PROF")) fprintf(stderr, "packA %.3f packB %.3f compute %.3f ms\n", (T1-T0)*1e3, (T2-T1)*1e3, (omp_get_wtime()-T2)*1e3);
-    nc_host_free(bp, bbytes);
+    nc_host_free(bp, bbytes * nt);
     nc_host_free(ap, abytes);
     return NC_OK;
 }
@@ -617,40 +634,48 @@ static nc_status amx_bf16(const epi *e, const mat *a, const mat *b, const float 
 static nc_status amx_s8(const epi *e, const mat *a, const mat *b) {
     int64_t M = a->rows, N = b->cols, K = a->cols;
     int64_t Mp = rup(M, 32), Np = rup(N, 32), Kp = rup(K, 64), KB = Kp / 64;
+    int64_t MB = Mp / 32, NB = Np / 32, NBc = chunk_nb(Kp);
+    int nt = amx_threads(MB, M, N, K);
     int64_t abytes = Mp * Kp, bbytes = Np * Kp;
-    int8_t *ap = nc_host_alloc(abytes), *bp = ap ? nc_host_alloc(bbytes) : NULL;
+    int8_t *ap = nc_host_alloc(abytes), *bp = ap ? nc_host_alloc(bbytes * nt) : NULL;
     if (!bp) { if (ap) nc_host_free(ap, abytes); return NC_ERR_OOM; }
-    pack_a_s8(ap, a, Mp, Kp);
-    pack_b_s8(bp, b, Np, Kp);
-    int64_t MB = Mp / 32, NB = Np / 32, nblk = MB * NB, NBc = chunk_nb(Kp);
-#pragma omp parallel num_threads(nc_threads()) if (nblk > 1 && M * N * K >= (int64_t)1 << 19)
+#pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        tiles_config();
-        int32_t c[1024] __attribute__((aligned(64)));
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < nblk; t++) {
-            int64_t mb, nb;
-            block_of(t, MB, NB, NBc, &mb, &nb);
-            const int8_t *a0 = ap + (2 * mb) * KB * 1024, *a1 = a0 + KB * 1024;
-            const int8_t *b0 = bp + (2 * nb) * KB * 1024, *b1 = b0 + KB * 1024;
-            _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-            for (int64_t kb = 0; kb < KB; kb++) {
-                _tile_loadd(4, a0 + kb * 1024, 64);
-                _tile_loadd(6, b0 + kb * 1024, 64);
-                _tile_loadd(5, a1 + kb * 1024, 64);
-                _tile_loadd(7, b1 + kb * 1024, 64);
-                _tile_dpbssd(0, 4, 6);
-                _tile_dpbssd(1, 4, 7);
-                _tile_dpbssd(2, 5, 6);
-                _tile_dpbssd(3, 5, 7);
+        int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+        int64_t mb0 = MB * tid / nth, mb1 = MB * (tid + 1) / nth;
+        int8_t *bpt = bp + (int64_t)tid * bbytes;
+        if (mb1 > mb0) {
+            mat as = mat_rows(a, mb0 * 32, mb1 * 32 < M ? mb1 * 32 : M);
+            pack_a_s8(ap + mb0 * 2 * KB * 1024, &as, (mb1 - mb0) * 32, Kp);
+            pack_b_s8(bpt, b, Np, Kp);
+            tiles_config();
+            int32_t c[1024] __attribute__((aligned(64)));
+            for (int64_t n0 = 0; n0 < NB; n0 += NBc) {
+                int64_t n1 = n0 + NBc < NB ? n0 + NBc : NB;
+                for (int64_t mb = mb0; mb < mb1; mb++)
+                    for (int64_t nb = n0; nb < n1; nb++) {
+                        const int8_t *a0 = ap + (2 * mb) * KB * 1024, *a1 = a0 + KB * 1024;
+                        const int8_t *b0 = bpt + (2 * nb) * KB * 1024, *b1 = b0 + KB * 1024;
+                        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+                        for (int64_t kb = 0; kb < KB; kb++) {
+                            _tile_loadd(4, a0 + kb * 1024, 64);
+                            _tile_loadd(6, b0 + kb * 1024, 64);
+                            _tile_loadd(5, a1 + kb * 1024, 64);
+                            _tile_loadd(7, b1 + kb * 1024, 64);
+                            _tile_dpbssd(0, 4, 6);
+                            _tile_dpbssd(1, 4, 7);
+                            _tile_dpbssd(2, 5, 6);
+                            _tile_dpbssd(3, 5, 7);
+                        }
+                        _tile_stored(0, c, 64); _tile_stored(1, c + 256, 64);
+                        _tile_stored(2, c + 512, 64); _tile_stored(3, c + 768, 64);
+                        store_s32(e, c, mb * 32, nb * 32);
+                    }
             }
-            _tile_stored(0, c, 64); _tile_stored(1, c + 256, 64);
-            _tile_stored(2, c + 512, 64); _tile_stored(3, c + 768, 64);
-            store_s32(e, c, mb * 32, nb * 32);
+            _tile_release();
         }
-        _tile_release();
     }
-    nc_host_free(bp, bbytes);
+    nc_host_free(bp, bbytes * nt);
     nc_host_free(ap, abytes);
     return NC_OK;
 }

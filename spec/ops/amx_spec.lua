@@ -76,7 +76,7 @@ end
 local function optab(t, trans) return (trans == 1 and t:t() or t):contiguous():totable() end
 
 local SHAPES = { { 1, 1, 1 }, { 15, 17, 33 }, { 17, 33, 15 }, { 33, 100, 257 }, { 100, 257, 17 }, { 257, 33, 100 },
-                 { 64, 64, 64 } }
+                 { 64, 64, 64 }, { 300, 70, 90 } }   -- the last one runs on several threads
 
 describe('AMX GEMMs', function()
     it('detection: cpu_amx is a boolean with a status line; set_amx validates', function()
@@ -316,7 +316,8 @@ describe('nc.bitlinear (fused ternary linear, STE)', function()
     end)
 
     amx_it('backward: dX and dW within the bf16 bound of the composite path (per tensor and per-row groups)', function()
-        for _, s in ipairs { { 2, 15, 33, 17, 0 }, { 1, 100, 64, 48, 64 }, { 2, 16, 32, 64, 128 }, { 1, 1, 1, 1, 0 } } do
+        for _, s in ipairs { { 2, 15, 33, 17, 0 }, { 1, 100, 64, 48, 64 }, { 2, 16, 32, 64, 128 }, { 1, 1, 1, 1, 0 },
+                             { 2, 300, 64, 96, 0 } } do
             local x0, w0, gy = data(22, s[1], s[2], s[3], s[4])
             local gs = s[5]
             local _, gx1, gw1 = fused(x0, w0, gy, gs)
