@@ -441,30 +441,41 @@ NC_AVX512 static void pack_b_s8(int8_t *dst, const mat *b, int64_t Np, int64_t K
                 qw[(n / 16) * KB * 256 + n % 16] = v;
             }
         }
-    } else {                               /* b stored (N, K): the linear forward's weight */
+    } else if (b->dtype == NC_F32 && b->si == 1) {   /* b stored (N, K): the linear forward's weight */
+        int64_t NBt = (N + 15) / 16, nkb = (K + 63) / 64;
+#pragma omp parallel for schedule(static) num_threads(nc_threads()) if (par)
+        for (int64_t nb = 0; nb < NBt; nb++) {
+            int64_t n0 = nb * 16;
+            for (int64_t kb = 0; kb < nkb; kb++) {
+                int64_t k0 = kb * 64;
+                __m512i w[16];
+                for (int j = 0; j < 16; j++) {   /* w[j]: the 64 codes of column n0 + j as 16 quads */
+                    if (n0 + j >= N) { w[j] = _mm512_setzero_si512(); continue; }
+                    const float *c = (const float *)b->p + (n0 + j) * b->sk + k0;
+                    __m128i q[4];
+                    for (int u = 0; u < 4; u++) {
+                        __mmask16 mk = tail16(K - k0 - 16 * u);
+                        q[u] = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_maskz_loadu_ps(mk, c + 16 * u)));
+                    }
+                    __m512i v = _mm512_castsi128_si512(q[0]);
+                    v = _mm512_inserti32x4(v, q[1], 1);
+                    v = _mm512_inserti32x4(v, q[2], 2);
+                    w[j] = _mm512_inserti32x4(v, q[3], 3);
+                }
+                transpose16(w);                   /* w[r] lane j: quad r of column n0 + j */
+                uint32_t *t = (uint32_t *)dst + (nb * KB + kb) * 256;
+                for (int r = 0; r < 16; r++) _mm512_store_si512(t + r * 16, w[r]);
+            }
+        }
+    } else {
 #pragma omp parallel for schedule(static) num_threads(nc_threads()) if (par)
         for (int64_t n = 0; n < N; n++) {
-            uint32_t *nw = w + (n / 16) * KB * 256 + n % 16;
-            const int64_t base = n * b->sk;
-            if (b->dtype == NC_F32 && b->si == 1 && K % 4 == 0) {
-                const float *src = (const float *)b->p + base;
-                for (int64_t k = 0; k < K; k += 16) {   /* 16 codes = 4 quads, words q .. q + 3 */
-                    __mmask16 mk = tail16(K - k);
-                    __m128i b4 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_maskz_loadu_ps(mk, src + k)));
-                    uint32_t qw[4];
-                    memcpy(qw, &b4, 16);
-                    for (int j = 0; j < 4 && k + 4 * j < K; j++) {
-                        int64_t q = k / 4 + j;
-                        nw[(q / 16) * 256 + (q % 16) * 16] = qw[j];
-                    }
-                }
-            } else {
-                for (int64_t q = 0; q < Q; q++) {
-                    int64_t k = 4 * q;
-                    uint32_t v = 0;
-                    for (int j = 0; j < 4 && k + j < K; j++) v |= (uint32_t)(uint8_t)mat_s8(b, k + j, n) << (8 * j);
-                    nw[(k / 64) * 256 + (q % 16) * 16] = v;
-                }
+            uint32_t *nw = (uint32_t *)dst + (n / 16) * KB * 256 + n % 16;
+            for (int64_t q = 0; q < Q; q++) {
+                int64_t k = 4 * q;
+                uint32_t v = 0;
+                for (int j = 0; j < 4 && k + j < K; j++) v |= (uint32_t)(uint8_t)mat_s8(b, k + j, n) << (8 * j);
+                nw[(k / 64) * 256 + (q % 16) * 16] = v;
             }
         }
     }
