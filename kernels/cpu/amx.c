@@ -26,6 +26,8 @@
  * the VNNI layout: tile row r holds, for 16 columns n, the pair (k = 2r, 2r + 1) (quad 4r..4r+3
  * for int8). M and N are padded to 32 (the 2 x 2 tile micro-kernel), K to 32 (64 for int8), with
  * zeros. Threads own contiguous ranges of 32-row blocks (one parallel region per GEMM, see amx_bf16).
+ * The packers and epilogues use AVX-512 F/BW/VL/DQ through target attributes (every AMX CPU has
+ * it); the references and nc_quant_codes' scalar loop are plain C.
  */
 #include "internal.h"
 #include <cpuid.h>
