@@ -74,7 +74,10 @@ build/%_vnni.o: %_vnni.c | deps
 
 build/%.o: %.c | deps
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_BASE) -MMD -MP -c $< -o $@
+	$(CC) $(CFLAGS_BASE) $(EXTRA_CFLAGS) -MMD -MP -c $< -o $@
+
+# AMX tiles (kernels/cpu/amx.c): the instructions run only after the runtime CPUID/OS check
+build/kernels/cpu/amx.o: EXTRA_CFLAGS := -mamx-tile -mamx-bf16 -mamx-int8
 
 lib/libnanochat.so: $(LIB_OBJ)
 	@mkdir -p lib

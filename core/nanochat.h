@@ -318,6 +318,29 @@ nc_status nc_attention_backward_masked(nc_tensor *gq, nc_tensor *gk, nc_tensor *
 nc_status nc_quant_weight_absmean(nc_tensor *out, nc_tensor *scale, const nc_tensor *w, int64_t group_size, double eps);
 nc_status nc_quant_act_absmax(nc_tensor *out, nc_tensor *scale, const nc_tensor *x, double eps);
 
+/* ---- AMX training GEMMs (kernels/cpu/amx.c) -------------------------------------------------
+ * nc_cpu_amx: 1 when AMX-TILE/BF16/INT8 exist, the OS granted the tile state (arch_prctl), and AMX
+ * is enabled (not NC_AMX=0, not nc_set_amx(0), not the scalar kernel). nc_amx_status says why not.
+ * nc_set_amx: 1 on (fails when unavailable), 0 off, -1 back to the default ($NC_AMX).
+ * nc_gemm_bf16: out (M, N) f32 = alpha * bf16(op(a) .* kscale) bf16(op(b)) + beta * out, f32
+ *   accumulation; op = transpose when trans_*; a, b f32 or i8, 2-D, any strides; kscale (K or 1
+ *   elements, may be NULL) multiplies (kscale_div = 1: divides) op(a)'s reduction columns in f32
+ *   before the bf16 rounding (nearest even). Without AMX: the reference (double accumulation).
+ * nc_gemm_s8: out (M, N) = op(a) op(b) over int8 codes (a, b i8 or f32 holding integers in
+ *   [-128, 127]); i32 out: the exact sums; f32 out: ((float)sum * col_scale[n]) * row_scale[m]
+ *   (row_div = 1: / row_scale[m]); scales f32 with N / M or 1 elements, may be NULL. K <= 131072.
+ * nc_quant_codes: codes (f32 or i8, x's shape) = clamp(nearbyint(x * s_r), lo, hi) (div: x / s_r),
+ *   x f32 contiguous with rows r over all dims but the last, scale G elements (G divides the row
+ *   count, s_r = scale[r / (rows / G)]). In place (codes == x) is fine. */
+int32_t nc_cpu_amx(void);
+const char *nc_amx_status(void);
+nc_status nc_set_amx(int32_t mode);
+nc_status nc_gemm_bf16(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t trans_a, int32_t trans_b,
+                       const nc_tensor *kscale, int32_t kscale_div, double alpha, double beta);
+nc_status nc_gemm_s8(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t trans_a, int32_t trans_b,
+                     const nc_tensor *col_scale, const nc_tensor *row_scale, int32_t row_div);
+nc_status nc_quant_codes(nc_tensor *codes, const nc_tensor *x, const nc_tensor *scale, int32_t div, int32_t lo, int32_t hi);
+
 /* ---- files -------------------------------------------------------------------------------- */
 /* safetensors. Save is atomic: writes path.tmp.<pid>, fsyncs, renames over path, fsyncs the dir.
  * metadata_json: a JSON object of string values or NULL. Tensors may be on any device / layout. */

@@ -20,6 +20,11 @@ function nc.set_num_threads(n) C.nc_set_num_threads(n) end
 function nc.get_num_threads() return C.nc_get_num_threads() end
 function nc.cpu_kernel() return ffi.string(C.nc_cpu_kernel_name()) end
 function nc.set_cpu_kernel(name) core.check(C.nc_set_cpu_kernel(name), 'set_cpu_kernel') end
+-- AMX (kernels/cpu/amx.c): true when the tile GEMMs run (hardware + OS permission, not disabled by
+-- NC_AMX=0 / set_amx(false) / the scalar kernel); amx_status says why not; set_amx(true | false | nil)
+function nc.cpu_amx() return C.nc_cpu_amx() == 1 end
+function nc.amx_status() return ffi.string(C.nc_amx_status()) end
+function nc.set_amx(on) core.check(C.nc_set_amx(on == nil and -1 or (on and 1 or 0)), 'set_amx') end
 function nc.cuda_available() return C.nc_cuda_available() == 1 end
 function nc.cuda_status() return ffi.string(C.nc_cuda_status()) end
 -- these first release the tensors whose Lua side was collected (tensor.lua's registry), so

@@ -110,7 +110,7 @@ function MTPModule:init(c, kind, gen)
     self.kind = kind
     if kind == 'sequential' then
         self.proj = BitLinear(2 * c.d_model, c.d_model, { ternary = c.ternary, group = c.quant_group, std = c.init_std,
-                                                          generator = gen, eps = c.norm_eps })
+                                                          generator = gen, eps = c.norm_eps, matmul = c.matmul })
     end
     self.block = Block(block_cfg(c), gen)
 end

@@ -44,6 +44,9 @@ local function model_from(tensors, cfg, over)
     local c = {}
     for k, v in pairs(cfg) do c[k] = v end
     for k, v in pairs(over or {}) do c[k] = v end
+    -- the f32 composite BitLinear path, as PyTorch computes it (cfg.matmul = 'auto' would run the
+    -- AMX int8 / bf16 GEMMs where available; spec/ops/amx_spec.lua compares those to this path)
+    if c.matmul == nil then c.matmul = 'fp32' end
     local m = nc.models.gpt.new(c)
     local sd = {}
     for name, t in pairs(tensors) do

@@ -313,6 +313,53 @@ local function main()
         if not ok then note('linear_autograd skipped: ' .. tostring(err)) end
     end
 
+    -- AMX (kernels/cpu/amx.c), same shapes, against the raw sgemm of this run: the bf16 GEMM
+    -- (f32 in, bf16 packing + rounding included, f32 out) in the three layouts of a linear layer
+    -- and 1024^3; the int8 GEMM (codes x ternary codes, scaled f32 out) for the linear forward;
+    -- and the fused training op nc.bitlinear fwd + bwd vs the composite fp32 autograd path.
+    local amx_rows = {}
+    if nc.cpu_amx() then
+        local function amx_case(name, desc, flops, raw_fn, fn)
+            local res, ratio = L.compare({ raw_fn, fn }, { warmup = warmup, reps = reps, target = target_s })
+            amx_rows[#amx_rows + 1] = { name = name, desc = desc, raw_gflops = flops / res[1].median / 1e9,
+                                        gflops = flops / res[2].median / 1e9, ratio = ratio[2] }
+        end
+        local a = nc.bitlinear_act(x)
+        local wt, gam = nc.empty { OUT, IN }, nc.empty { 1 }
+        core.check(C.nc_quant_weight_absmean(wt._c, gam._c, W._c, 0, 1e-5), 'quant_weight')
+        core.check(C.nc_quant_codes(wt._c, wt._c, gam._c, 1, -1, 1), 'quant_codes')
+        local y = nc.empty { M_, OUT }
+        amx_case('amx_s8_linear_fwd', 'int8 codes x ternary codes, scaled (512,512)x(2048,512)^T', lin_flops, fwd_raw,
+            function() core.check(C.nc_gemm_s8(y._c, a.q._c, wt._c, 0, 1, gam._c, a.s._c, 1), 'gemm_s8') end)
+        amx_case('amx_bf16_linear_fwd', 'y = x W^T  x(512,512) W(2048,512)', lin_flops, fwd_raw,
+            function() core.check(C.nc_gemm_bf16(y._c, x._c, W._c, 0, 1, nil, 0, 1, 0), 'gemm_bf16') end)
+        amx_case('amx_bf16_linear_bwd_dx', 'dX += dY W  (512,2048)x(2048,512)', lin_flops, dx_raw,
+            function() core.check(C.nc_gemm_bf16(gx._c, dy._c, W._c, 0, 0, nil, 0, 1, 1), 'gemm_bf16') end)
+        amx_case('amx_bf16_linear_bwd_dw', 'dW += dY^T X  (2048,512)x(512,512)', lin_flops, dw_raw,
+            function() core.check(C.nc_gemm_bf16(gw._c, dy._c, x._c, 1, 0, nil, 0, 1, 1), 'gemm_bf16') end)
+        local sc = nc.empty { SQ, SQ }
+        amx_case('amx_bf16_square_1024', 'C = A B  1024^3', 2 * SQ * SQ * SQ,
+            function() blas.cblas_sgemm(RowMajor, NoTrans, NoTrans, SQ, SQ, SQ, 1, rsa, SQ, rsb, SQ, 0, rsc, SQ) end,
+            function() core.check(C.nc_gemm_bf16(sc._c, sa._c, sb._c, 0, 0, nil, 0, 1, 0), 'gemm_bf16') end)
+        -- the fused op (quantizers included) vs the composite fp32 autograd of the same layer
+        local xg, Wg = x:clone():requires_grad_(true), W:clone():requires_grad_(true)
+        local function composite()
+            xg.grad, Wg.grad = nil, nil
+            nc.set_amx(false)
+            local yy = nc.bitlinear(nc.bitlinear_act(xg), Wg)
+            nc.set_amx(nil)
+            nc.backward(yy, dy)
+        end
+        amx_case('bitlinear_fwd_bwd', 'nc.bitlinear fwd + bwd (x 512x512, W 2048x512) vs composite fp32', 3 * lin_flops,
+            composite,
+            function()
+                xg.grad, Wg.grad = nil, nil
+                nc.backward(nc.bitlinear(nc.bitlinear_act(xg), Wg), dy)
+            end)
+    else
+        note('AMX rows skipped: ' .. nc.amx_status())
+    end
+
     print(string.format('nanochat ops benchmark: %d thread(s), cpu kernel %s, OpenBLAS core %s, reps %d (median), %s mode',
         threads, nc.cpu_kernel(), blas_core, reps, quick and 'quick' or 'full'))
     print('')
@@ -329,6 +376,15 @@ local function main()
     print('  nc_matmul (C): the bare C call; for the bwd rows exactly the call autograd makes (beta 1 into a')
     print('  preallocated gradient), for fwd/square into a fresh nc.empty output. Ratios are paired medians.')
     print('')
+    if #amx_rows > 0 then
+        print('AMX GEMMs (GFLOP/s; ratio = AMX / raw cblas_sgemm f32 of this run; bf16 rounds the inputs, int8 is exact)')
+        local rows = {}
+        for _, r in ipairs(amx_rows) do rows[#rows + 1] = { r.name, r.raw_gflops, r.gflops, r.ratio, r.desc } end
+        L.print_table({ 'shape', 'raw sgemm', 'AMX', 'ratio', 'what' }, rows, { nil, '%.1f', '%.1f', '%.2f' })
+        print('  bitlinear_fwd_bwd: its "raw sgemm" column is the composite fp32 path (quantizers + 3 sgemm + STE),')
+        print('  both counted as 3 linear GEMMs of FLOPs.')
+        print('')
+    end
 
     -- =============================================================================================
     -- 2. Streaming kernels vs copy baselines
@@ -575,6 +631,14 @@ local function main()
                           saxpy = num(base.saxpy, 2) },
         baseline_best = best_name,
         matmul = gemm_json,
+        amx = (function()
+            if #amx_rows == 0 then return nil end
+            local o = {}
+            for _, r in ipairs(amx_rows) do
+                o[r.name] = { raw_gflops = L.round(r.raw_gflops, 2), gflops = L.round(r.gflops, 2), ratio = L.round(r.ratio, 3) }
+            end
+            return o
+        end)(),
         elementwise = stream_json,
         elementwise_included = included,
         cross_entropy = ce_json,

@@ -18,6 +18,12 @@
 -- an un-normalized input and normalize it themselves (norm = true) unless the model puts a
 -- learnable SubLN RMSNorm in front of them.
 --
+-- Matmul backend (opts.matmul, gpt cfg.matmul): 'fp32' (the composite path above: fake-quantized
+-- f32 tensors through sgemm), 'auto' (nc.bitlinear on Intel AMX when nc.cpu_amx(): the forward as
+-- an exact int8 x ternary GEMM, dX and dW as bf16 GEMMs with f32 accumulation; fp32 otherwise) or
+-- 'amx' (as 'auto', plus a one-time note on stderr when AMX is unavailable and fp32 runs instead).
+-- Inference with a weight snapshot (snap) always takes the composite path.
+--
 -- Init: W ~ N(0, opts.std) (default 0.02) from opts.generator (an nc.generator) or the global one.
 local Module = require('nanochat.nn').Module
 
@@ -35,6 +41,7 @@ function BitLinear:init(in_features, out_features, opts)
     self.norm = opts.norm and true or false
     self.eps = opts.eps or 1e-6
     self.group = opts.group or 0
+    self.matmul = BitLinear.check_matmul(opts.matmul, 'BitLinear')
     if self.group ~= 0 and (in_features * out_features) % self.group ~= 0 then
         error(string.format('BitLinear: quant group %d does not divide the %d x %d weight', self.group,
             out_features, in_features), 3)
@@ -43,12 +50,40 @@ function BitLinear:init(in_features, out_features, opts)
         { std = opts.std or 0.02, generator = opts.generator, device = opts.device }))
 end
 
+BitLinear.MATMUL = { fp32 = true, auto = true, amx = true }
+
+-- validated matmul backend name (nil -> 'fp32'); `who` names the caller in the error
+function BitLinear.check_matmul(m, who)
+    if m == nil then return 'fp32' end
+    if not BitLinear.MATMUL[m] then
+        error(string.format("%s: matmul must be 'fp32', 'auto' or 'amx', got %s", who, tostring(m)), 3)
+    end
+    return m
+end
+
+local warned_amx = false
+-- true when layers with matmul backend m run on AMX now
+function BitLinear.use_amx(m)
+    if m == 'fp32' or m == nil then return false end
+    if nc().cpu_amx() then return true end
+    if m == 'amx' and not warned_amx then
+        warned_amx = true
+        io.stderr:write('nanochat: matmul = amx requested, running fp32: ' .. nc().amx_status() .. '\n')
+    end
+    return false
+end
+
 -- The (normalized, quantized) input a BitLinear consumes; layers built with norm = false can
--- share one prepare() of the same tensor. opts: norm (false), ternary (true), eps (1e-6).
+-- share one prepare() of the same tensor. opts: norm (false), ternary (true), eps (1e-6),
+-- matmul ('fp32'). On the AMX path the result is nc.bitlinear_act(x) (int8 codes and scales, a
+-- table) instead of the fake-quantized tensor; forward_prepared accepts either.
 function BitLinear.prepare(x, opts)
     local n = nc()
     if opts.norm then x = n.rmsnorm(x, nil, opts.eps or 1e-6) end
-    if opts.ternary ~= false then x = (n.quant_act(x)) end
+    if opts.ternary ~= false then
+        if BitLinear.use_amx(opts.matmul) then return n.bitlinear_act(x) end
+        x = (n.quant_act(x))
+    end
     return x
 end
 
@@ -71,7 +106,14 @@ end
 
 -- y = xq Wq^T for an input already passed through prepare() with this layer's settings
 function BitLinear:forward_prepared(xq, snap)
-    return nc().linear(xq, self:effective_weight(snap))
+    local n = nc()
+    if type(xq) == 'table' and not n.Tensor.is(xq) then   -- nc.bitlinear_act(x) (AMX path)
+        if snap or not self.ternary then
+            return n.linear(xq.xq or (n.quant_act(xq.x)), self:effective_weight(snap))
+        end
+        return n.bitlinear(xq, self.weight, { group_size = self.group })
+    end
+    return n.linear(xq, self:effective_weight(snap))
 end
 
 function BitLinear:forward(x, snap)
@@ -92,8 +134,9 @@ function BitLinear:ternary_weight()
 end
 
 function BitLinear:extra_repr()
-    return string.format('in=%d, out=%d, ternary=%s, norm=%s%s', self.in_features, self.out_features,
-        tostring(self.ternary), tostring(self.norm), self.group ~= 0 and (', group=' .. self.group) or '')
+    return string.format('in=%d, out=%d, ternary=%s, norm=%s%s%s', self.in_features, self.out_features,
+        tostring(self.ternary), tostring(self.norm), self.group ~= 0 and (', group=' .. self.group) or '',
+        self.matmul ~= 'fp32' and (', matmul=' .. self.matmul) or '')
 end
 
 return BitLinear

@@ -63,7 +63,7 @@ local KNOWN = {
     qk_norm = 'boolean', tie_embeddings = 'boolean', logit_softcap = 'number', ternary = 'boolean',
     quant_group = 'number', subln = 'boolean', init_std = 'number', embed_std = 'number',
     head_std = 'number', norm_eps = 'number', seed = 'number', name = 'string', arch = 'string',
-    embed_norm = 'boolean',
+    embed_norm = 'boolean', matmul = 'string', head_matmul = 'string',
     -- feature sub-configs (issue 6), each validated by its own module's config():
     loop = 'table',   -- LoopLM:   nanochat.looplm
     mhc = 'table',    -- mHC/lite: nanochat.mhc
@@ -104,6 +104,19 @@ function M.config(cfg)
     if c.tie_embeddings == nil then c.tie_embeddings = false end
     if c.ternary == nil then c.ternary = true end
     c.quant_group = c.quant_group or 0
+    -- BitLinear matmul backend (layers/bitlinear.lua): 'auto' = Intel AMX (int8 forward, bf16
+    -- backward) when nc.cpu_amx(), else fp32; 'fp32' = the f32 composite path; 'amx' = 'auto' + a
+    -- note when AMX is missing
+    c.matmul = c.matmul or 'auto'
+    if not BitLinear.MATMUL[c.matmul] then
+        error("gpt: cfg.matmul must be 'auto', 'amx' or 'fp32', got " .. c.matmul, 2)
+    end
+    -- the fp32 LM head: 'fp32' (default) or 'bf16' (nc.linear_bf16: bf16 operands, f32 accumulation
+    -- on AMX; fp32 without AMX or under a Collider row filter)
+    c.head_matmul = c.head_matmul or 'fp32'
+    if c.head_matmul ~= 'fp32' and c.head_matmul ~= 'bf16' then
+        error("gpt: cfg.head_matmul must be 'fp32' or 'bf16', got " .. c.head_matmul, 2)
+    end
     if c.subln == nil then c.subln = false end
     if c.embed_norm == nil then c.embed_norm = true end
     c.init_std = c.init_std or 0.02
@@ -169,14 +182,15 @@ M.Attention = Attention
 function Attention:init(c, gen)
     local d, H, Hkv, hd = c.d_model, c.n_head, c.n_kv_head, c.head_dim
     self.n_head, self.n_kv_head, self.head_dim = H, Hkv, hd
-    self.ternary, self.qk_norm, self.eps = c.ternary, c.qk_norm, c.norm_eps
-    local o = { ternary = c.ternary, group = c.quant_group, std = c.init_std, generator = gen, eps = c.norm_eps }
+    self.ternary, self.qk_norm, self.eps, self.matmul = c.ternary, c.qk_norm, c.norm_eps, c.matmul
+    local o = { ternary = c.ternary, group = c.quant_group, std = c.init_std, generator = gen, eps = c.norm_eps,
+                matmul = c.matmul }
     self.wq = BitLinear(d, H * hd, o)
     self.wk = BitLinear(d, Hkv * hd, o)
     self.wv = BitLinear(d, Hkv * hd, o)
     if c.subln then self.sub_norm = nn.RMSNorm(H * hd, { eps = c.norm_eps }) end
     self.wo = BitLinear(H * hd, d, { ternary = c.ternary, group = c.quant_group, generator = gen, eps = c.norm_eps,
-                                     std = c.init_std / math.sqrt(2 * c.n_layer), norm = not c.subln })
+                                     matmul = c.matmul, std = c.init_std / math.sqrt(2 * c.n_layer), norm = not c.subln })
 end
 
 -- h (B, T, d) already RMS-normalized; cos, sin (T, head_dim/2) for these positions.
@@ -186,7 +200,7 @@ function Attention:forward(h, cos, sin, cache, layer)
     local B, T = h:size(0), h:size(1)
     local H, Hkv, hd = self.n_head, self.n_kv_head, self.head_dim
     local snap = cache and cache.qw
-    local xq = BitLinear.prepare(h, { ternary = self.ternary })
+    local xq = BitLinear.prepare(h, { ternary = self.ternary, matmul = self.matmul })
     local q = self.wq:forward_prepared(xq, snap):view { B, T, H, hd }
     local k = self.wk:forward_prepared(xq, snap):view { B, T, Hkv, hd }
     local v = self.wv:forward_prepared(xq, snap):view { B, T, Hkv, hd }
@@ -211,19 +225,20 @@ M.MLP = MLP
 
 function MLP:init(c, gen)
     local d, f = c.d_model, c.d_ff
-    self.kind, self.ternary = c.mlp, c.ternary
-    local o = { ternary = c.ternary, group = c.quant_group, std = c.init_std, generator = gen, eps = c.norm_eps }
+    self.kind, self.ternary, self.matmul = c.mlp, c.ternary, c.matmul
+    local o = { ternary = c.ternary, group = c.quant_group, std = c.init_std, generator = gen, eps = c.norm_eps,
+                matmul = c.matmul }
     self.w1 = BitLinear(d, f, o)
     if c.mlp == 'swiglu' then self.w3 = BitLinear(d, f, o) end
     if c.subln then self.sub_norm = nn.RMSNorm(f, { eps = c.norm_eps }) end
     self.w2 = BitLinear(f, d, { ternary = c.ternary, group = c.quant_group, generator = gen, eps = c.norm_eps,
-                                std = c.init_std / math.sqrt(2 * c.n_layer), norm = not c.subln })
+                                matmul = c.matmul, std = c.init_std / math.sqrt(2 * c.n_layer), norm = not c.subln })
 end
 
 -- h (B, T, d) already RMS-normalized; snap: a cache's quantized-weight snapshot or nil
 function MLP:forward(h, snap)
     local n = nc()
-    local xq = BitLinear.prepare(h, { ternary = self.ternary })
+    local xq = BitLinear.prepare(h, { ternary = self.ternary, matmul = self.matmul })
     local u
     if self.kind == 'relu2' then
         u = n.relu2(self.w1:forward_prepared(xq, snap))
@@ -352,7 +367,7 @@ end
 
 function GPT:_logits(h)
     local n = nc()
-    local logits = n.linear(h, self:head_weight())
+    local logits = self.cfg.head_matmul == 'bf16' and n.linear_bf16(h, self:head_weight()) or n.linear(h, self:head_weight())
     local cap = self.cfg.logit_softcap
     if cap then logits = n.tanh(logits * (1 / cap)) * cap end
     return logits

@@ -66,7 +66,14 @@ end
 -- kept rows K: dX[K] = dY[K] W (other rows of a fresh dX are zero, of an existing one untouched) and
 -- dW += dY[K]^T X[K], as dense sgemms on gathered compact buffers. With K = all rows every sgemm
 -- sees the same operands as the dense path, so the result is bitwise the dense one.
-local function linear_backward_kept(g, x, w, bias, keep)
+local function sgemm(out, a, b, ta, tb, beta, what)
+    check(C.nc_matmul(out._c, a._c, b._c, ta, tb, 1, beta), what)
+end
+
+-- mm (default sgemm): the GEMM used, mm(out, a, b, trans_a, trans_b, beta, what) (nc.linear_bf16
+-- passes its bf16 one)
+local function linear_backward_kept(g, x, w, bias, keep, mm)
+    mm = mm or sgemm
     local g2 = rows2d(g)
     local gk = gather_rows(g2, keep)
     local k = keep:size(0)
@@ -76,10 +83,10 @@ local function linear_backward_kept(g, x, w, bias, keep)
         local t
         if fx then
             t = Tensor.empty({ k, w:size(1) }, 'f32', 'cpu')
-            check(C.nc_matmul(t._c, gk._c, w._c, 0, 0, 1, 0), 'linear backward (collider)')
+            mm(t, gk, w, 0, 0, 0, 'linear backward (collider)')
         else
             t = gather_rows(gx2, keep)
-            check(C.nc_matmul(t._c, gk._c, w._c, 0, 0, 1, 1), 'linear backward (collider)')
+            mm(t, gk, w, 0, 0, 1, 'linear backward (collider)')
         end
         check(C.nc_rows_scatter(gx2._c, t._c, keep._c, fx and 1 or 0), 'linear backward (collider)')
         free_now(t)
@@ -87,7 +94,7 @@ local function linear_backward_kept(g, x, w, bias, keep)
     local gw, fw = ag.grad_buf(w)
     if gw then
         local xk = gather_rows(rows2d(x), keep)
-        check(C.nc_matmul(gw._c, gk._c, xk._c, 1, 0, 1, fw and 0 or 1), 'linear backward (collider)')
+        mm(gw, gk, xk, 1, 0, fw and 0 or 1, 'linear backward (collider)')
         free_now(xk)
     end
     local gbias = bias and ag.grad_of(bias)
@@ -405,6 +412,146 @@ function M.quant_act(x, opts)
     local scale = Tensor.empty({ rows }, 'f32', x:device())
     check(C.nc_quant_act_absmax(out._c, scale._c, x._c, opts.eps or 1e-5), 'quant_act')
     return ste(out, x), scale
+end
+
+-- ---- BitLinear on AMX: linear(quant_act(x), quant_weight(w)) as integer codes ---------------------
+-- The fused training op (algorithms.md §1 with the STE). Xq = q / s per row (q int8 codes, s the
+-- quant_act scale), Wq = gamma t (t ternary codes, gamma per tensor or per group of whole rows), so
+--   y  = (q t^T) * gamma[n] / s[m]            int8 AMX GEMM: q t^T is exact int32 arithmetic
+--   dX = bf16(dY * gamma[n]) t                bf16 AMX GEMM, f32 accumulation (STE: dX = dXq)
+--   dW = bf16(dY[m] / s[m])^T q               (STE: dW = dWq)
+-- Only dY is rounded to bf16 (the per-row 1/s and per-column gamma are folded into it first); q and
+-- t are integers |v| <= 128, exact in bf16. Composite path: the same math through f32 sgemm on the
+-- fake-quantized tensors. Without AMX (nc.cpu_amx() false), with an unsupported group (not 0 and
+-- not a multiple of in_features), or on a non-CPU tensor, bitlinear runs that composite path.
+
+local function amx_ok(t) return C.nc_cpu_amx() == 1 and t._c.device == C.NC_CPU end
+
+-- The shared activation of one or more bitlinear calls (like quant_act's output shared by q/k/v):
+-- { x = x, q = codes f32 (rows, K) contiguous, s = scale (rows), amx = true }; no autograd node of its
+-- own (each bitlinear call passes its dX to x). opts: eps (1e-5, as quant_act). On a machine without
+-- AMX it returns { x = x, xq = quant_act(x) } for the composite path.
+function M.bitlinear_act(x, opts)
+    opts = opts or {}
+    if not Tensor.is(x) then error('bitlinear_act: expected a tensor', 2) end
+    if x:dim() < 1 then error('bitlinear_act: expected x (..., K), got a scalar', 2) end
+    if not amx_ok(x) then return { x = x, xq = (M.quant_act(x, opts)) } end
+    local K = x:size(-1)
+    local rows = K == 0 and 0 or x:numel() / K
+    local q = Tensor.empty({ rows, K }, 'f32', 'cpu')
+    local s = Tensor.empty({ rows }, 'f32', 'cpu')
+    local x2 = rows2d(x)
+    check(C.nc_quant_act_absmax(q._c, s._c, x2._c, opts.eps or 1e-5), 'bitlinear_act')
+    check(C.nc_quant_codes(q._c, q._c, s._c, 0, -128, 127), 'bitlinear_act')   -- exact: round((q / s) s) = q
+    return { x = x, q = q, s = s, amx = true }
+end
+
+-- y = linear(quant_act(x), quant_weight(w)) for a = bitlinear_act(x) (or a plain tensor x);
+-- w (out, in) the fp32 latent weight. opts: group_size (0), eps (1e-5; the weight quantizer's).
+function M.bitlinear(a, w, opts)
+    opts = opts or {}
+    if Tensor.is(a) then a = M.bitlinear_act(a) end
+    if type(a) ~= 'table' or not Tensor.is(a.x) then error('bitlinear: expected x or bitlinear_act(x)', 2) end
+    if not Tensor.is(w) or w:dim() ~= 2 then error('bitlinear: expected w (out, in), got ' .. (Tensor.is(w) and shape_str(w) or type(w)), 2) end
+    local x = a.x
+    local N, K = w:size(0), w:size(1)
+    if x:size(-1) ~= K then
+        error(string.format('bitlinear: x %s does not match w %s (in_features %d)', shape_str(x), shape_str(w), K), 2)
+    end
+    local gs = opts.group_size or 0
+    if not a.amx or (gs ~= 0 and gs % K ~= 0) or not amx_ok(w) then
+        local xq = a.xq or (M.quant_act(x))
+        return M.linear(xq, (M.quant_weight(w, opts)))
+    end
+    -- ternary codes t and gamma (one per tensor, or expanded to one per output row)
+    local t = Tensor.empty({ N, K }, 'f32', 'cpu')
+    local ng = gs == 0 and 1 or (N * K) / gs
+    local gamma = Tensor.empty({ ng }, 'f32', 'cpu')
+    check(C.nc_quant_weight_absmean(t._c, gamma._c, w._c, gs, opts.eps or 1e-5), 'bitlinear')
+    check(C.nc_quant_codes(t._c, t._c, gamma._c, 1, -1, 1), 'bitlinear')          -- exact: (gamma t) / gamma = t
+    if gs ~= 0 and ng ~= N then
+        gamma = gamma:view { ng, 1 }:expand { ng, N / ng }:contiguous():view { N }
+    end
+    local q, s = a.q, a.s
+    local sx = x:shape()
+    local oshape = {}
+    for i = 1, #sx - 1 do oshape[i] = sx[i] end
+    oshape[#sx] = N
+    local out = Tensor.empty(oshape, 'f32', 'cpu')
+    check(C.nc_gemm_s8(rows2d(out)._c, q._c, t._c, 0, 1, gamma._c, s._c, 1), 'bitlinear')
+    if ag.needs(x, w) then
+        local flt = row_filter_for(x, q:size(0))
+        ag.record(out, { x, w }, function(g)
+            local g2 = rows2d(g)
+            local keep = flt and flt.keep
+            local gq, qq, sq = g2, q, s
+            if keep then   -- Collider (algorithms.md §8.3): only the kept rows, on compact buffers
+                gq, qq = gather_rows(g2, keep), gather_rows(q, keep)
+                sq = gather_rows(s:view { -1, 1 }, keep):view { -1 }
+            end
+            local gx, fx = ag.grad_buf(x)
+            if gx then
+                local gx2 = rows2d(gx)
+                if keep then
+                    local tt
+                    if fx then
+                        tt = Tensor.empty({ keep:size(0), K }, 'f32', 'cpu')
+                        check(C.nc_gemm_bf16(tt._c, gq._c, t._c, 0, 0, gamma._c, 0, 1, 0), 'bitlinear backward')
+                    else
+                        tt = gather_rows(gx2, keep)
+                        check(C.nc_gemm_bf16(tt._c, gq._c, t._c, 0, 0, gamma._c, 0, 1, 1), 'bitlinear backward')
+                    end
+                    check(C.nc_rows_scatter(gx2._c, tt._c, keep._c, fx and 1 or 0), 'bitlinear backward')
+                    free_now(tt)
+                else
+                    check(C.nc_gemm_bf16(gx2._c, gq._c, t._c, 0, 0, gamma._c, 0, 1, fx and 0 or 1), 'bitlinear backward')
+                end
+            end
+            local gw, fw = ag.grad_buf(w)
+            if gw then
+                check(C.nc_gemm_bf16(gw._c, gq._c, qq._c, 1, 0, sq._c, 1, 1, fw and 0 or 1), 'bitlinear backward')
+            end
+            if keep then free_now(gq); free_now(qq) end
+        end)
+    end
+    return out
+end
+
+-- y = x W^T with both operands rounded to bf16 and f32 accumulation on AMX (mixed precision for the
+-- fp32 layers, e.g. the LM head): backward dX = bf16(dY) bf16(W), dW = bf16(dY)^T bf16(X); under a
+-- Collider row filter on the kept rows only (as nc.linear). Without AMX or on a non-CPU tensor it
+-- is nc.linear (fp32).
+local function bf16_mm(out, a, b, ta, tb, beta, what)
+    check(C.nc_gemm_bf16(out._c, a._c, b._c, ta, tb, nil, 0, 1, beta), what)
+end
+
+function M.linear_bf16(x, w)
+    if not (Tensor.is(x) and Tensor.is(w)) then error('linear_bf16: expected tensors x and w', 2) end
+    if w:dim() ~= 2 then error('linear_bf16: expected w (out, in), got ' .. shape_str(w), 2) end
+    if x:dim() < 1 or x:size(-1) ~= w:size(1) then
+        error(string.format('linear_bf16: x %s does not match w %s', shape_str(x), shape_str(w)), 2)
+    end
+    if not (amx_ok(x) and amx_ok(w)) then return M.linear(x, w) end
+    local sx = x:shape()
+    local oshape = {}
+    for i = 1, #sx - 1 do oshape[i] = sx[i] end
+    oshape[#sx] = w:size(0)
+    local out = Tensor.empty(oshape, 'f32', 'cpu')
+    local x2 = rows2d(x)
+    check(C.nc_gemm_bf16(rows2d(out)._c, x2._c, w._c, 0, 1, nil, 0, 1, 0), 'linear_bf16')
+    if ag.needs(x, w) then
+        local flt = row_filter_for(x, x2:size(0))
+        ag.record(out, { x, w }, function(g)
+            local keep = flt and flt.keep
+            if keep then return linear_backward_kept(g, x, w, nil, keep, bf16_mm) end
+            local g2 = rows2d(g)
+            local gx, fx = ag.grad_buf(x)
+            if gx then check(C.nc_gemm_bf16(rows2d(gx)._c, g2._c, w._c, 0, 0, nil, 0, 1, fx and 0 or 1), 'linear_bf16 backward') end
+            local gw, fw = ag.grad_buf(w)
+            if gw then check(C.nc_gemm_bf16(gw._c, g2._c, x2._c, 1, 0, nil, 0, 1, fw and 0 or 1), 'linear_bf16 backward') end
+        end)
+    end
+    return out
 end
 
 return M
