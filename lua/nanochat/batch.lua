@@ -175,11 +175,12 @@ function Batch:step()
         self.stats.rows_decoded = self.stats.rows_decoded + #live
         self.batched = self.engine:batchable()   -- (engine.fused may have been switched since)
         if self.batched then
-            local ids, rows, pos = {}, {}, {}
+            local ids, rows, pos, views = {}, {}, {}, {}
             for i, rec in ipairs(live) do
-                ids[i], rows[i], pos[i] = rec.seq.pending[1], rec.row, rec.seq.fed
+                ids[i], rows[i], pos[i], views[i] = rec.seq.pending[1], rec.row, rec.seq.fed, rec.view
             end
-            local logits = self.engine:decode_rows(ids, self.cache, rows, pos)   -- (nb, V)
+            -- (views: a LoopLM sequence's exit_q and statistics)
+            local logits = self.engine:decode_rows(ids, self.cache, rows, pos, views)   -- (nb, V)
             self.stats.fused_calls = self.stats.fused_calls + 1
             for i, rec in ipairs(live) do
                 rec.seq:push(logits:select(0, i - 1):tolist())

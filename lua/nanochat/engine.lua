@@ -480,24 +480,52 @@ function Engine:cache_row(cache, r, opts)
     return v
 end
 
--- true when decode_rows can run: the fused path (engine.fused ~= false) of a model without LoopLM
--- loops (per-token early exit) or mHC streams (op by op); MTP models qualify (their trunk is plain)
+-- true when decode_rows can run: the fused path (engine.fused ~= false). Plain GPT, MTP (their
+-- trunk is plain) and LoopLM models (each sequence runs loops until its own q-exit: the loop
+-- segments run on the rows still active) qualify; mHC models not yet (their stream mixing runs op by op)
 function Engine:batchable()
     local c = self.cfg
-    return self.fused ~= false and not c.loop and not c.mhc
+    return self.fused ~= false and not c.mhc
 end
 
--- Engine:decode_rows(ids, cache, rows, positions) -> logits (nb, V): one token per sequence, nb
--- sequences that may each be at its own position and in its own row of `cache` (an engine cache of
--- B >= nb rows), in ONE nc_engine_decode call (cfg seq_pos / seq_slot). ids, rows (0-based cache
--- rows, distinct) and positions (0-based: where each id goes) are Lua arrays of nb numbers. Each
--- row's logits are bit-identical to decoding that sequence alone (B = 1) at that position: the
--- kernel is row-wise exact, and the f32 / int8 heads run on chunks of <= 8 rows, the path a single
--- sequence takes (f16 head: one sgemm, equal up to float rounding). Does not move cache.pos.
-function Engine:decode_rows(ids, cache, rows, positions)
+-- Engine:run_rows(x, cache, seg, rows, positions) -> x': the blocks of segment seg ({ {layer, KV
+-- slot}, ... }) on x (m, 1, d) — m sequences, sequence k at position positions[k] in row rows[k]
+-- of every K/V slot of `cache` (an engine cache, not a row view) — in ONE nc_engine_decode call
+-- (cfg seq_pos / seq_slot). Row-wise exact: each row gets the bits it gets decoded alone.
+function Engine:run_rows(x, cache, seg, rows, positions)
+    if #seg == 0 then return x end
+    local m = #rows
+    local arr = cache.seg_c[seg.key]
+    if not arr then
+        arr = decode_layers(self, cache, seg)
+        cache.seg_c[seg.key] = arr
+    end
+    local shape = x:shape()
+    local y = x:reshape { m, -1 }:clone()
+    local pos_c, row_c = ffi.new('int64_t[?]', m, positions), ffi.new('int32_t[?]', m, rows)
+    local cfg_c = decode_cfg(self.cfg)
+    cfg_c.n_pos, cfg_c.seq_pos, cfg_c.seq_slot = 1, pos_c, row_c
+    cache._rows_c = { pos_c, row_c, cfg_c }   -- cfg_c holds raw pointers: keep the arrays alive past the call
+    check(C.nc_engine_decode(y._c, arr, #seg, cfg_c, 0, cache.cos._c, cache.sin._c), 'engine decode_rows')
+    return y:view(shape)
+end
+
+-- Engine:decode_rows(ids, cache, rows, positions[, seqs]) -> logits (nb, V): one token per
+-- sequence, nb sequences that may each be at its own position and in its own row of `cache` (an
+-- engine cache of B >= nb rows), in ONE nc_engine_decode call per segment (cfg seq_pos /
+-- seq_slot; plain / MTP models: one call for all layers). ids, rows (0-based cache rows, distinct)
+-- and positions (0-based: where each id goes) are Lua arrays of nb numbers. LoopLM: each sequence
+-- runs loops until its own q-exit (looplm.decode_rows: the loop segments run on the sequences
+-- still active, the coda on those exiting, then each gets the reuse fill of its exit loop);
+-- seqs[i] (optional: a cache_row view, or any table) gives sequence i's exit_q and receives its
+-- loop_stats (default: the cache's). Each row's logits are bit-identical to decoding that sequence
+-- alone (B = 1) at that position: the kernel is row-wise exact, the exit gate runs row by row, and
+-- the f32 / int8 heads run on chunks of <= 8 rows, the path a single sequence takes (f16 head: one
+-- sgemm, equal up to float rounding). Does not move cache.pos.
+function Engine:decode_rows(ids, cache, rows, positions, seqs)
     local n, c = nc(), self.cfg
     if not self:batchable() then
-        error('engine: decode_rows: needs the fused path of a model without cfg.loop / cfg.mhc (use forward_cached on a cache_row)', 2)
+        error('engine: decode_rows: needs the fused path of a model without cfg.mhc (use forward_cached on a cache_row)', 2)
     end
     if getmetatable(cache) ~= Cache or cache.parent then
         error('engine: decode_rows: expected a cache from engine:new_cache', 2)
@@ -508,6 +536,7 @@ function Engine:decode_rows(ids, cache, rows, positions)
     end
     if nb == 0 then error('engine: decode_rows: no sequences', 2) end
     if nb > cache.B then error(string.format('engine: decode_rows: %d sequences, the cache has %d rows', nb, cache.B), 2) end
+    if seqs ~= nil and type(seqs) ~= 'table' then error('engine: decode_rows: seqs must be a table of per-sequence tables', 2) end
     local seen = {}
     for i = 1, nb do
         local id, r, p = ids[i], rows[i], positions[i]
@@ -525,17 +554,18 @@ function Engine:decode_rows(ids, cache, rows, positions)
             error(string.format('engine: decode_rows: sequence %d: position %s is outside the cache (max_T %d)', i,
                 tostring(p), cache.max_T), 2)
         end
+        if c.loop and seqs and seqs[i] ~= nil then
+            local s = seqs[i]
+            local q = type(s) == 'table' and s.exit_q
+            if type(q) ~= 'number' or q < 0 or q > 1 or type(s.loop_stats) ~= 'table' then
+                error(string.format('engine: decode_rows: seqs[%d] needs exit_q in [0, 1] and loop_stats (a cache_row view)', i), 2)
+            end
+        end
     end
-    local d = c.d_model
-    local pos_c, row_c = ffi.new('int64_t[?]', nb, positions), ffi.new('int32_t[?]', nb, rows)
-    local cfg_c = decode_cfg(c)
-    cfg_c.n_pos, cfg_c.seq_pos, cfg_c.seq_slot = 1, pos_c, row_c
-    cache._rows_c = { pos_c, row_c, cfg_c }   -- cfg_c holds raw pointers: keep the arrays alive past the call
     return n.no_grad(function()
-        local y = self:_embed(n.tensor({ ids }, { dtype = 'i64' }):view { nb, 1 }):reshape { nb, d }:clone()
-        check(C.nc_engine_decode(y._c, cache.layers_c, #self.layers, cfg_c, 0, cache.cos._c, cache.sin._c),
-            'engine decode_rows')
-        local h = self:_final(y)
+        local x = self:_embed(n.tensor({ ids }, { dtype = 'i64' }):view { nb, 1 })   -- (nb, 1, d)
+        if c.loop then return (require('nanochat.looplm').decode_rows(self, x, cache, rows, positions, seqs)) end
+        local h = self:_final(self:run_rows(x, cache, all_layers(self), rows, positions):view { nb, c.d_model })
         if nb <= 8 then return self:_logits(h) end
         local out = n.empty { nb, c.vocab_size }
         for r0 = 0, nb - 1, 8 do
