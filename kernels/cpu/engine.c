@@ -34,6 +34,17 @@ void nc_k_ternary_rows(float *y, int64_t M, int64_t N, const int8_t *q, const fl
 int32_t nc_k_ternary_quant_row(int8_t *q, float *s, const float *x, int64_t xs, int64_t k, int64_t kp, float eps,
                                int avx2);
 
+/* mhc.c: the mHC row kernels (the same ones nc_mhc_pre / _post / _coef_* run per token) */
+void nc_k_mhc_pre_row_base(float *, const float *, const float *, int64_t, int64_t);
+void nc_k_mhc_pre_row_avx2(float *, const float *, const float *, int64_t, int64_t);
+void nc_k_mhc_post_row_base(float *, const float *, const float *, const float *, const float *, int64_t, int64_t);
+void nc_k_mhc_post_row_avx2(float *, const float *, const float *, const float *, const float *, int64_t, int64_t);
+void nc_k_mhc_coef_lite_row(float *c, float *wr, const float *pj, const float *al, const float *b, const float *P,
+                            int64_t n, int64_t R);
+void nc_k_mhc_coef_sinkhorn_row(float *c, float *Y, const float *pj, const float *al, const float *b, int64_t n,
+                                int32_t iters);
+void nc_k_mhc_proj_row(float *out, const float *x, const float *phi, int64_t M, int64_t K, double eps);
+
 #define QEPS 1e-5f   /* nc.quant_act / infer.quant_act default */
 
 static void rms_row(float *y, const float *x, const float *w, int64_t D, double eps) {
@@ -114,6 +125,50 @@ static nc_status check_packed_w(const char *op, const char *name, int li, const 
     return NC_OK;
 }
 
+/* mHC sublayer j of layer L, one token: coefficients (c: [H_pre | H_post | H_res], 2n + n n) from the
+ * stream state x (n d) — the dynamic projection (proj scratch, K) when the layer has phi — and the
+ * branch input h (d) = sum_j H_pre[j] x[j] (wk: the lite weights (R) or Sinkhorn half-steps) */
+static void mhc_pre_tok(const nc_engine_layer *L, int j, const float *x, float *h, float *c, float *proj, float *wk,
+                        int64_t n, int64_t d, int32_t iters, double eps, int avx2) {
+    const nc_tensor *phi = L->mhc_phi[j], *perms = L->mhc_perms[j];
+    const int64_t Rp = perms ? perms->shape[0] : n * n, K = 2 * n + Rp;
+    const float *al = phi ? nc_f32p(L->mhc_alpha[j]) : NULL, *b = nc_f32p(L->mhc_bias[j]);
+    if (phi) nc_k_mhc_proj_row(proj, x, nc_f32p(phi), n * d, K, eps);
+    if (perms) nc_k_mhc_coef_lite_row(c, wk, phi ? proj : NULL, al, b, nc_f32p(perms), n, Rp);
+    else nc_k_mhc_coef_sinkhorn_row(c, wk, phi ? proj : NULL, al, b, n, iters);
+    (avx2 ? nc_k_mhc_pre_row_avx2 : nc_k_mhc_pre_row_base)(h, x, c, n, d);
+}
+
+/* the mHC parameters of layer li, sublayer j: K = 2n + R (R = perms rows, or n n for Sinkhorn) */
+static nc_status check_mhc(const char *op, int li, int j, const nc_engine_layer *L, int64_t n, int64_t d,
+                           int32_t iters, int64_t *Kout) {
+    const char *sub = j ? "MLP" : "attention";
+    const nc_tensor *phi = L->mhc_phi[j], *al = L->mhc_alpha[j], *b = L->mhc_bias[j], *P = L->mhc_perms[j];
+    int64_t R = n * n;
+    if (P) {
+        if (P->dtype != NC_F32 || P->device != NC_CPU || P->ndim != 2 || P->shape[1] != n * n ||
+            !nc_tensor_is_contiguous(P) || P->shape[0] < 1)
+            return nc_fail(NC_ERR_SHAPE, "%s: layer %d: the %s mHC perms must be f32 (R, %lld) contiguous", op, li, sub,
+                           (long long)(n * n));
+        R = P->shape[0];
+    } else if (iters < 1)
+        return nc_fail(NC_ERR_ARG, "%s: layer %d: %s mHC without perms (Sinkhorn) needs cfg mhc_iters >= 1, got %d",
+                       op, li, sub, (int)iters);
+    const int64_t K = 2 * n + R;
+    if (!b || b->dtype != NC_F32 || b->device != NC_CPU || nc_tensor_numel(b) != K || !nc_tensor_is_contiguous(b))
+        return nc_fail(NC_ERR_SHAPE, "%s: layer %d: the %s mHC bias must be f32 (%lld) contiguous", op, li, sub,
+                       (long long)K);
+    if ((phi == NULL) != (al == NULL))
+        return nc_fail(NC_ERR_ARG, "%s: layer %d: %s mHC phi and alpha must be both set or both NULL", op, li, sub);
+    if (phi && (phi->dtype != NC_F32 || phi->device != NC_CPU || phi->ndim != 2 || phi->shape[0] != K ||
+                phi->shape[1] != n * d || !nc_tensor_is_contiguous(phi) || al->dtype != NC_F32 ||
+                nc_tensor_numel(al) != 3 || !nc_tensor_is_contiguous(al)))
+        return nc_fail(NC_ERR_SHAPE, "%s: layer %d: the %s mHC phi must be f32 (%lld, %lld) and alpha (3), contiguous",
+                       op, li, sub, (long long)K, (long long)(n * d));
+    *Kout = K;
+    return NC_OK;
+}
+
 nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t n_layers, const nc_engine_cfg *cfg,
                            int64_t pos, const nc_tensor *cos_t, const nc_tensor *sin_t) {
     static const char *op = "engine_decode";
@@ -124,8 +179,10 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
     /* R rows = B sequences x P consecutive positions (row r: sequence r / P at position pos + r % P) */
     const int64_t R = x->shape[0], P = cfg->n_pos > 0 ? cfg->n_pos : 1, d = cfg->d, H = cfg->n_head,
                   Hkv = cfg->n_kv_head, hd = cfg->head_dim, ff = cfg->d_ff;
-    if (x->shape[1] != d) return nc_fail(NC_ERR_SHAPE, "%s: x must be (B, %lld), got last dim %lld", op, (long long)d,
-                                         (long long)x->shape[1]);
+    const int64_t mn = cfg->mhc_n, W = mn > 0 ? mn * d : d;   /* W: the row width of x (mHC: n streams) */
+    if (mn < 0 || mn > 16) return nc_fail(NC_ERR_ARG, "%s: cfg mhc_n must be in 0..16, got %lld", op, (long long)mn);
+    if (x->shape[1] != W) return nc_fail(NC_ERR_SHAPE, "%s: x must be (B, %lld)%s, got last dim %lld", op, (long long)W,
+                                         mn > 0 ? " (mHC: n streams x d)" : "", (long long)x->shape[1]);
     if (R % P) return nc_fail(NC_ERR_SHAPE, "%s: x has %lld rows, not a multiple of n_pos %lld", op, (long long)R,
                               (long long)P);
     const int64_t B = R / P;
@@ -169,6 +226,7 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
         return nc_fail(NC_ERR_SHAPE, "%s: cos/sin must be (>= %lld, %lld) tables, positions %lld..%lld", op,
                        (long long)pend, (long long)(hd / 2), (long long)p0, (long long)(pend - 1));
     const int64_t Nq = H * hd, Nkv = Hkv * hd;
+    int64_t mK = 0;   /* mHC: the largest K = 2n + R of any sublayer */
     for (int li = 0; li < n_layers; li++) {
         const nc_engine_layer *L = &layers[li];
         static const char *names[7] = {"wq", "wk", "wv", "wo", "w1", "w3", "w2"};
@@ -190,6 +248,12 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
                                (long long)(c && c->ndim == 4 ? c->shape[2] : -1),
                                (long long)(c && c->ndim == 4 ? c->shape[3] : -1));
         }
+        if (mn > 0)
+            for (int j = 0; j < 2; j++) {
+                int64_t K = 0;
+                NC_TRY(check_mhc(op, li, j, L, mn, d, cfg->mhc_iters, &K));
+                if (K > mK) mK = K;
+            }
         const nc_tensor *gains[2] = {L->attn_gain, L->mlp_gain};
         const int64_t glen[2] = {Nq, ff};
         for (int j = 0; j < 2; j++)
@@ -210,6 +274,12 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
                  (int64_t)nt * S + 3 * R;
     int64_t by = R * (kpd + kpq + kpf) + fl * (int64_t)sizeof(float) + 3 * R * (int64_t)(sizeof(float) + 4) +
                  2 * B * (int64_t)sizeof(int64_t) + 256;
+    /* mHC: branch inputs h (R, d), the mixed state (R, n d), coefficients (R, 2n + n n), projections
+     * (R, K), lite weights / Sinkhorn half-steps (R, max(K, 2 iters n n)) */
+    const int64_t mC = 2 * mn + mn * mn, mWk = mn > 0 ? (mK > 2 * (int64_t)cfg->mhc_iters * mn * mn ? mK
+                                                        : 2 * (int64_t)cfg->mhc_iters * mn * mn) : 0;
+    const int64_t mfl = mn > 0 ? R * (d + W + mC + mK + mWk) + 16 : 0;
+    by += mfl * (int64_t)sizeof(float);
     char *mem = nc_host_alloc(by);
     if (!mem) return NC_ERR_OOM;
     char *p = mem;
@@ -239,8 +309,21 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
         bpos[b] = spos ? spos[b] : pos;
         brow[b] = sslot ? sslot[b] : b;
     }
+    float *mh = NULL, *mx = NULL, *mc = NULL, *mp = NULL, *mw = NULL;
+    if (mn > 0) {
+        mh = (float *)(((uintptr_t)(brow + B) + 63) & ~(uintptr_t)63);
+        mx = mh + R * d;
+        mc = mx + R * W;
+        mp = mc + R * mC;
+        mw = mp + R * mK;
+    }
+    const int32_t iters = cfg->mhc_iters;
+    void (*post_row)(float *, const float *, const float *, const float *, const float *, int64_t, int64_t) =
+        nc_cpu_avx2() ? nc_k_mhc_post_row_avx2 : nc_k_mhc_post_row_base;
+    float *IN = mn > 0 ? mh : NULL;   /* the branch inputs: the pre-mixed h (mHC) or the residual X */
 
     float *X = nc_f32p(x);
+    if (!IN) IN = X;
     const float *cos0 = nc_f32p(cos_t), *sin0 = nc_f32p(sin_t);
     const int avx2 = nc_cpu_avx2(), qkn = cfg->qk_norm, swiglu = cfg->swiglu;
     const double eps = cfg->eps;
@@ -260,8 +343,14 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
             const nc_engine_layer *L = &layers[li];
             float *K = nc_f32p(L->kc), *V = nc_f32p(L->vc);
             const int64_t cT = L->kc->shape[1];
+            if (mn > 0) {   /* attention sublayer's coefficients and pre-mix, a token per thread */
+#pragma omp for schedule(static)
+                for (int64_t b = 0; b < R; b++)
+                    mhc_pre_tok(L, 0, X + b * W, mh + b * d, mc + b * mC, mp + b * mK, mw + b * mWk, mn, d, iters,
+                                eps, avx2);
+            }
 #pragma omp single
-            for (int64_t b = 0; b < R; b++) norm_quant(&qa, b, row, X + b * d, NULL, d, eps, avx2);
+            for (int64_t b = 0; b < R; b++) norm_quant(&qa, b, row, IN + b * d, NULL, d, eps, avx2);
             gemv(qo_, &qa, R, L->w[0], L->s[0], tid, T, avx2);
             gemv(ko_, &qa, R, L->w[1], L->s[1], tid, T, avx2);
             gemv(vo_, &qa, R, L->w[2], L->s[2], tid, T, avx2);
@@ -308,10 +397,23 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
 #pragma omp barrier
 #pragma omp single
             for (int64_t b = 0; b < R; b++) norm_quant(&qo, b, row, att + b * Nq, L->attn_gain, Nq, eps, avx2);
-            gemv_residual(X, yo, &qo, R, d, L->w[3], L->s[3], tid, T, avx2);
+            if (mn > 0) {   /* branch output, then post-mix + residual mixing of the streams */
+                gemv(yo, &qo, R, L->w[3], L->s[3], tid, T, avx2);
 #pragma omp barrier
+#pragma omp for schedule(static)
+                for (int64_t b = 0; b < R; b++) {
+                    const float *c = mc + b * mC;
+                    post_row(mx + b * W, X + b * W, yo + b * d, c + 2 * mn, c + mn, mn, d);
+                    memcpy(X + b * W, mx + b * W, (size_t)W * sizeof(float));
+                    mhc_pre_tok(L, 1, X + b * W, mh + b * d, mc + b * mC, mp + b * mK, mw + b * mWk, mn, d, iters,
+                                eps, avx2);
+                }
+            } else {
+                gemv_residual(X, yo, &qo, R, d, L->w[3], L->s[3], tid, T, avx2);
+#pragma omp barrier
+            }
 #pragma omp single
-            for (int64_t b = 0; b < R; b++) norm_quant(&qa, b, row, X + b * d, NULL, d, eps, avx2);
+            for (int64_t b = 0; b < R; b++) norm_quant(&qa, b, row, IN + b * d, NULL, d, eps, avx2);
             gemv(u1, &qa, R, L->w[4], L->s[4], tid, T, avx2);
             if (swiglu) gemv(u3, &qa, R, L->w[5], L->s[5], tid, T, avx2);
 #pragma omp barrier
@@ -326,8 +428,19 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
                 }
                 norm_quant(&qf, b, row, u, L->mlp_gain, ff, eps, avx2);
             }
-            gemv_residual(X, yo, &qf, R, d, L->w[6], L->s[6], tid, T, avx2);
+            if (mn > 0) {
+                gemv(yo, &qf, R, L->w[6], L->s[6], tid, T, avx2);
 #pragma omp barrier
+#pragma omp for schedule(static)
+                for (int64_t b = 0; b < R; b++) {
+                    const float *c = mc + b * mC;
+                    post_row(mx + b * W, X + b * W, yo + b * d, c + 2 * mn, c + mn, mn, d);
+                    memcpy(X + b * W, mx + b * W, (size_t)W * sizeof(float));
+                }
+            } else {
+                gemv_residual(X, yo, &qf, R, d, L->w[6], L->s[6], tid, T, avx2);
+#pragma omp barrier
+            }
         }
     }
     nc_host_free(mem, by);

@@ -463,25 +463,10 @@ static void sum_over_tokens(nc_tensor *gbias, nc_tensor *galpha, const float *gz
     }
 }
 
-nc_status nc_mhc_coef_lite(nc_tensor *coef, nc_tensor *w, const nc_tensor *proj, const nc_tensor *alpha,
-                           const nc_tensor *bias, const nc_tensor *perms) {
-    static const char *op = "mhc_coef_lite";
-    int64_t n, R, rows;
-    NC_TRY(lite_dims(op, perms, bias, coef, &n, &R, &rows));
-    int64_t K = 2 * n + R, C = 2 * n + n * n;
-    NC_TRY(lite_rows_of(op, "w", w, rows, R));
-    if (proj) {
-        NC_TRY(lite_rows_of(op, "proj", proj, rows, K));
-        NC_TRY(check_t(op, "alpha", alpha));
-        if (nc_tensor_numel(alpha) != 3) return nc_fail(NC_ERR_SHAPE, "%s: expected alpha (3)", op);
-    }
-    const float *P = nc_f32p(perms), *b = nc_f32p(bias), *pr = proj ? nc_f32p(proj) : NULL;
-    const float *al = proj ? nc_f32p(alpha) : NULL;
-    float *cf = nc_f32p(coef), *wd = nc_f32p(w);
-#pragma omp parallel for schedule(static) if (rows * R * n * n >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
-    for (int64_t r = 0; r < rows; r++) {
-        float *c = cf + r * C, *wr = wd + r * R;
-        const float *pj = pr ? pr + r * K : NULL;
+/* one token's lite coefficients: c (2n + n n) and w (R) from pj (K) or NULL (z = bias); the row
+ * kernel of nc_mhc_coef_lite, shared with the fused decode (engine.c) */
+void nc_k_mhc_coef_lite_row(float *c, float *wr, const float *pj, const float *al, const float *b, const float *P,
+                            int64_t n, int64_t R) {
         for (int64_t j = 0; j < 2 * n; j++) {
             float z = b[j] + (pj ? pj[j] * al[j < n ? 0 : 1] : 0.0f);
             float s = 1.0f / (1.0f + expf(-z));
@@ -504,7 +489,26 @@ nc_status nc_mhc_coef_lite(nc_tensor *coef, nc_tensor *w, const nc_tensor *proj,
             float wk = wr[k];
             for (int64_t e = 0; e < n * n; e++) H[e] += wk * Pk[e];
         }
+}
+
+nc_status nc_mhc_coef_lite(nc_tensor *coef, nc_tensor *w, const nc_tensor *proj, const nc_tensor *alpha,
+                           const nc_tensor *bias, const nc_tensor *perms) {
+    static const char *op = "mhc_coef_lite";
+    int64_t n, R, rows;
+    NC_TRY(lite_dims(op, perms, bias, coef, &n, &R, &rows));
+    int64_t K = 2 * n + R, C = 2 * n + n * n;
+    NC_TRY(lite_rows_of(op, "w", w, rows, R));
+    if (proj) {
+        NC_TRY(lite_rows_of(op, "proj", proj, rows, K));
+        NC_TRY(check_t(op, "alpha", alpha));
+        if (nc_tensor_numel(alpha) != 3) return nc_fail(NC_ERR_SHAPE, "%s: expected alpha (3)", op);
     }
+    const float *P = nc_f32p(perms), *b = nc_f32p(bias), *pr = proj ? nc_f32p(proj) : NULL;
+    const float *al = proj ? nc_f32p(alpha) : NULL;
+    float *cf = nc_f32p(coef), *wd = nc_f32p(w);
+#pragma omp parallel for schedule(static) if (rows * R * n * n >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
+    for (int64_t r = 0; r < rows; r++)
+        nc_k_mhc_coef_lite_row(cf + r * C, wd + r * R, pr ? pr + r * K : NULL, al, b, P, n, R);
     return NC_OK;
 }
 
@@ -587,6 +591,42 @@ static void sk_lse_step(float *L, int64_t n, int by_col) {
     }
 }
 
+/* one token's Sinkhorn coefficients: c (2n + n n) from pj (K) or NULL (z = bias); Y (2 iters, n, n)
+ * receives every half-step; the row kernel of nc_mhc_coef_sinkhorn, shared with engine.c */
+void nc_k_mhc_coef_sinkhorn_row(float *c, float *Y, const float *pj, const float *al, const float *b, int64_t n,
+                                int32_t iters) {
+        const int64_t nn = n * n;
+        for (int64_t j = 0; j < 2 * n; j++) {
+            float z = b[j] + (pj ? pj[j] * al[j < n ? 0 : 1] : 0.0f);
+            float sg = 1.0f / (1.0f + expf(-z));
+            c[j] = j < n ? sg : 2.0f * sg;
+        }
+        float *L = c + 2 * n;   /* work in place, exponentiated at the end */
+        for (int64_t e = 0; e < nn; e++) L[e] = b[2 * n + e] + (pj ? pj[2 * n + e] * al[2] : 0.0f);
+        for (int32_t t = 0; t < iters; t++) {
+            sk_lse_step(L, n, 1);
+            memcpy(Y + (2 * t) * nn, L, (size_t)nn * sizeof(float));
+            sk_lse_step(L, n, 0);
+            memcpy(Y + (2 * t + 1) * nn, L, (size_t)nn * sizeof(float));
+        }
+        for (int64_t e = 0; e < nn; e++) L[e] = expf(L[e]);
+}
+
+/* one token's dynamic projection (the fused decode's, engine.c): out (K) = rstd (x phi^T), x (M),
+ * rstd = 1 / sqrt(mean(x^2) + eps) with the sum of squares in double (as nc_mhc_proj); the K dots
+ * accumulate in f32 in index order (nc_mhc_proj uses sgemm: equal up to float rounding) */
+void nc_k_mhc_proj_row(float *out, const float *x, const float *phi, int64_t M, int64_t K, double eps) {
+    double ss = 0.0;
+    for (int64_t k = 0; k < M; k++) ss += (double)x[k] * x[k];
+    float inv = (float)(1.0 / sqrt(ss / (double)(M ? M : 1) + eps));
+    for (int64_t j = 0; j < K; j++) {
+        const float *pj = phi + j * M;
+        float acc = 0.0f;
+        for (int64_t k = 0; k < M; k++) acc += x[k] * pj[k];
+        out[j] = acc * inv;
+    }
+}
+
 nc_status nc_mhc_coef_sinkhorn(nc_tensor *coef, nc_tensor *ys, const nc_tensor *proj, const nc_tensor *alpha,
                                const nc_tensor *bias, int64_t n, int32_t iters) {
     static const char *op = "mhc_coef_sinkhorn";
@@ -608,25 +648,8 @@ nc_status nc_mhc_coef_sinkhorn(nc_tensor *coef, nc_tensor *ys, const nc_tensor *
     const float *b = nc_f32p(bias), *pr = proj ? nc_f32p(proj) : NULL, *al = proj ? nc_f32p(alpha) : NULL;
     float *cf = nc_f32p(coef), *yd = nc_f32p(ys);
 #pragma omp parallel for schedule(static) if (rows * iters * nn >= NC_PAR_MIN / 8 && rows > 1) num_threads(nc_threads())
-    for (int64_t r = 0; r < rows; r++) {
-        float *c = cf + r * C;
-        const float *pj = pr ? pr + r * K : NULL;
-        for (int64_t j = 0; j < 2 * n; j++) {
-            float z = b[j] + (pj ? pj[j] * al[j < n ? 0 : 1] : 0.0f);
-            float sg = 1.0f / (1.0f + expf(-z));
-            c[j] = j < n ? sg : 2.0f * sg;
-        }
-        float *L = c + 2 * n;   /* work in place, exponentiated at the end */
-        for (int64_t e = 0; e < nn; e++) L[e] = b[2 * n + e] + (pj ? pj[2 * n + e] * al[2] : 0.0f);
-        float *Y = yd + r * 2 * iters * nn;
-        for (int32_t t = 0; t < iters; t++) {
-            sk_lse_step(L, n, 1);
-            memcpy(Y + (2 * t) * nn, L, (size_t)nn * sizeof(float));
-            sk_lse_step(L, n, 0);
-            memcpy(Y + (2 * t + 1) * nn, L, (size_t)nn * sizeof(float));
-        }
-        for (int64_t e = 0; e < nn; e++) L[e] = expf(L[e]);
-    }
+    for (int64_t r = 0; r < rows; r++)
+        nc_k_mhc_coef_sinkhorn_row(cf + r * C, yd + r * 2 * iters * nn, pr ? pr + r * K : NULL, al, b, n, iters);
     return NC_OK;
 }
 

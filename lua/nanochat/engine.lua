@@ -278,6 +278,13 @@ local function fill_layer(s, L, kc, vc)
     end
     if L.attn_gain then s.attn_gain = L.attn_gain._c end
     if L.mlp_gain then s.mlp_gain = L.mlp_gain._c end
+    if L.mhc_attn then   -- the mHC layers' coefficients (nc_engine_cfg mhc_n > 0 reads them)
+        for j, ml in ipairs { L.mhc_attn, L.mhc_mlp } do
+            s.mhc_bias[j - 1] = ml.bias._c
+            if ml.dynamic then s.mhc_phi[j - 1], s.mhc_alpha[j - 1] = ml.phi._c, ml.alpha._c end
+            if ml.kind == 'lite' then s.mhc_perms[j - 1] = ml.perms._c end
+        end
+    end
     s.kc, s.vc = kc._c, vc._c
 end
 
@@ -322,13 +329,15 @@ function Engine:new_cache(B, max_T, opts)
     return cache
 end
 
--- the nc_engine_cfg of this engine
-local function decode_cfg(c)
+-- the nc_engine_cfg of this engine (with_mhc: the trunk's blocks of an mHC model, x = n streams;
+-- the MTP modules' blocks are plain)
+local function decode_cfg(c, with_mhc)
     local s = ffi.new('nc_engine_cfg')
     s.d, s.n_head, s.n_kv_head, s.head_dim, s.d_ff = c.d_model, c.n_head, c.n_kv_head, c.head_dim, c.d_ff
     s.qk_norm = c.qk_norm and 1 or 0
     s.swiglu = c.mlp == 'swiglu' and 1 or 0
     s.eps = c.norm_eps
+    if with_mhc and c.mhc then s.mhc_n, s.mhc_iters = c.mhc.n, c.mhc.iters end
     return s
 end
 
@@ -351,25 +360,34 @@ end
 -- region, on a copy of x); longer prefills op by op (threaded GEMMs) (mHC models always: x is the (B, T, n, d)
 -- stream state and the stream mixing is nanochat.mhc's own layer forward).
 -- nl layers of arr (nc_engine_layer) on x (B, T, d) at positions pos .. pos + T - 1 in one C call
-local function fused_call(e, arr, nl, x, pos, cos_t, sin_t)
+-- (mhc: x is the (B, T, n, d) stream state of an mHC trunk)
+local function fused_call(e, arr, nl, x, pos, cos_t, sin_t, mhc)
     local c = e.cfg
     local B, T = x:size(0), x:size(1)
-    e._cfg_c = e._cfg_c or decode_cfg(c)
-    e._cfg_c.n_pos = T
-    local y = x:reshape { B * T, c.d_model }:clone()
-    check(C.nc_engine_decode(y._c, arr, nl, e._cfg_c, pos, cos_t._c, sin_t._c), 'engine decode')
-    return y:view { B, T, c.d_model }
+    local cf
+    if mhc then
+        e._cfg_m = e._cfg_m or decode_cfg(c, true)
+        cf = e._cfg_m
+    else
+        e._cfg_c = e._cfg_c or decode_cfg(c)
+        cf = e._cfg_c
+    end
+    cf.n_pos = T
+    local shape = x:shape()
+    local y = x:reshape { B * T, -1 }:clone()
+    check(C.nc_engine_decode(y._c, arr, nl, cf, pos, cos_t._c, sin_t._c), 'engine decode')
+    return y:view(shape)
 end
 
 function Engine:run_blocks(x, cos, sin, cache, seg)
     local c = self.cfg
-    if x:size(1) <= M.FUSED_MAX_T and self.fused ~= false and not c.mhc and getmetatable(cache) == Cache then
+    if x:size(1) <= M.FUSED_MAX_T and self.fused ~= false and getmetatable(cache) == Cache then
         local arr = cache.seg_c[seg.key]
         if not arr then
             arr = decode_layers(self, cache, seg)
             cache.seg_c[seg.key] = arr
         end
-        return fused_call(self, arr, #seg, x, cache.pos, cache.cos, cache.sin)
+        return fused_call(self, arr, #seg, x, cache.pos, cache.cos, cache.sin, c.mhc ~= nil)
     end
     for _, bs in ipairs(seg) do x = block_ops(c, self.layers[bs[1]], x, cos, sin, cache, bs[2]) end
     return x
@@ -481,11 +499,10 @@ function Engine:cache_row(cache, r, opts)
 end
 
 -- true when decode_rows can run: the fused path (engine.fused ~= false). Plain GPT, MTP (their
--- trunk is plain) and LoopLM models (each sequence runs loops until its own q-exit: the loop
--- segments run on the rows still active) qualify; mHC models not yet (their stream mixing runs op by op)
+-- trunk is plain), LoopLM (each sequence runs loops until its own q-exit: the loop segments run on
+-- the rows still active) and mHC models (the stream mixing runs inside nc_engine_decode) qualify
 function Engine:batchable()
-    local c = self.cfg
-    return self.fused ~= false and not c.mhc
+    return self.fused ~= false
 end
 
 -- Engine:run_rows(x, cache, seg, rows, positions) -> x': the blocks of segment seg ({ {layer, KV
@@ -503,7 +520,7 @@ function Engine:run_rows(x, cache, seg, rows, positions)
     local shape = x:shape()
     local y = x:reshape { m, -1 }:clone()
     local pos_c, row_c = ffi.new('int64_t[?]', m, positions), ffi.new('int32_t[?]', m, rows)
-    local cfg_c = decode_cfg(self.cfg)
+    local cfg_c = decode_cfg(self.cfg, true)
     cfg_c.n_pos, cfg_c.seq_pos, cfg_c.seq_slot = 1, pos_c, row_c
     cache._rows_c = { pos_c, row_c, cfg_c }   -- cfg_c holds raw pointers: keep the arrays alive past the call
     check(C.nc_engine_decode(y._c, arr, #seg, cfg_c, 0, cache.cos._c, cache.sin._c), 'engine decode_rows')
@@ -525,7 +542,7 @@ end
 function Engine:decode_rows(ids, cache, rows, positions, seqs)
     local n, c = nc(), self.cfg
     if not self:batchable() then
-        error('engine: decode_rows: needs the fused path of a model without cfg.mhc (use forward_cached on a cache_row)', 2)
+        error('engine: decode_rows: needs the fused path (engine.fused = false: use forward_cached on a cache_row)', 2)
     end
     if getmetatable(cache) ~= Cache or cache.parent then
         error('engine: decode_rows: expected a cache from engine:new_cache', 2)
@@ -565,7 +582,7 @@ function Engine:decode_rows(ids, cache, rows, positions, seqs)
     return n.no_grad(function()
         local x = self:_embed(n.tensor({ ids }, { dtype = 'i64' }):view { nb, 1 })   -- (nb, 1, d)
         if c.loop then return (require('nanochat.looplm').decode_rows(self, x, cache, rows, positions, seqs)) end
-        local h = self:_final(self:run_rows(x, cache, all_layers(self), rows, positions):view { nb, c.d_model })
+        local h = self:_final(self:run_rows(x, cache, all_layers(self), rows, positions)):view { nb, c.d_model }
         if nb <= 8 then return self:_logits(h) end
         local out = n.empty { nb, c.vocab_size }
         for r0 = 0, nb - 1, 8 do

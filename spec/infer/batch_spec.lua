@@ -207,16 +207,29 @@ local function loop_model(over)
     return m
 end
 
+-- random dynamic mHC coefficients (phi, alpha), so the streams differ and the projection matters
+local function mhc_random(m)
+    for k, pl in ipairs(require('nanochat.mhc').layers(m)) do
+        local l = pl[2]
+        if l.phi then
+            l.phi:copy_(nc.randn(l.phi:shape(), { std = 0.5, generator = nc.generator(10 + k) }))
+            l.alpha:fill_(0.3)
+        end
+    end
+    return m
+end
+
 local function check_rows_vs_alone(e, qs)
     local nseq = #qs
+    local loop = e.cfg.loop ~= nil
     local cache = e:new_cache(nseq + 1, 32)
     local rows = {}
     for i = 1, nseq do rows[i] = nseq + 1 - i end   -- reversed rows, row 0 unused
     local solo, views, next_id, pos = {}, {}, {}, {}
     for i = 1, nseq do
         local p = PROMPTS[(i - 1) % #PROMPTS + 1]
-        views[i] = e:cache_row(cache, rows[i], { exit_q = qs[i] })
-        solo[i] = e:new_cache(1, 32, { exit_q = qs[i] })
+        views[i] = e:cache_row(cache, rows[i], loop and { exit_q = qs[i] } or nil)
+        solo[i] = e:new_cache(1, 32, loop and { exit_q = qs[i] } or nil)
         local lv = e:forward_cached(ids(p), views[i])
         local ls = e:forward_cached(ids(p), solo[i])
         assert.are.equal(0, max_diff(lv, ls))
@@ -228,14 +241,14 @@ local function check_rows_vs_alone(e, qs)
         local tok, rw, ps, before = {}, {}, {}, {}
         for i = 1, nseq do
             tok[i], rw[i], ps[i] = next_id[i], rows[i], pos[i]
-            before[i] = views[i].loop_stats.decode_loops
+            before[i] = loop and views[i].loop_stats.decode_loops or 0
         end
         local lg = e:decode_rows(tok, cache, rw, ps, views)
         local exits = {}
         for i = 1, nseq do
             local alone = e:forward_cached(ids({ next_id[i] }), solo[i]):reshape { -1 }
             assert.are.equal(0, max_diff(lg:select(0, i - 1), alone))
-            exits[views[i].loop_stats.decode_loops - before[i]] = true
+            if loop then exits[views[i].loop_stats.decode_loops - before[i]] = true end
             next_id[i] = lg:select(0, i - 1):argmax():item()
             pos[i] = pos[i] + 1
             views[i].pos = pos[i]
@@ -245,7 +258,7 @@ local function check_rows_vs_alone(e, qs)
         if k > 1 then mixed = mixed + 1 end
     end
     for i = 1, nseq do
-        assert.same(nc.looplm.stats(solo[i]), nc.looplm.stats(views[i]))
+        if loop then assert.same(nc.looplm.stats(solo[i]), nc.looplm.stats(views[i])) end
         for sl = 1, #cache.k do   -- every slot, the reuse fill included
             assert.are.equal(0, max_diff(solo[i].k[sl]:narrow(1, 0, pos[i]), views[i].k[sl]:narrow(1, 0, pos[i])))
             assert.are.equal(0, max_diff(solo[i].v[sl]:narrow(1, 0, pos[i]), views[i].v[sl]:narrow(1, 0, pos[i])))
@@ -271,6 +284,55 @@ describe('engine:decode_rows on LoopLM models (per-sequence q-exit)', function()
         local qs = {}
         for i = 1, 10 do qs[i] = (i - 1) / 9 end
         check_rows_vs_alone(nc.pack(loop_model()), qs)
+    end)
+
+    it('mHC alone (lite n = 4 dynamic, Sinkhorn, static) equals each sequence alone', function()
+        for _, mc in ipairs { { n = 4, kind = 'lite' }, { n = 3, kind = 'sinkhorn', iters = 5 },
+                              { n = 2, kind = 'lite', dynamic = false } } do
+            check_rows_vs_alone(nc.pack(mhc_random(model { mhc = mc })), { 0, 0, 0 })
+        end
+    end)
+
+    it('e3-style LoopLM + mHC-lite (4 streams) + MTP: mixed exits equal each alone', function()
+        local m = mhc_random(loop_model { mhc = { n = 4, kind = 'lite' }, mtp = { depth = 1 } })
+        local e = nc.pack(m)
+        assert.is_true(e:batchable())
+        local mixed = check_rows_vs_alone(e, { 0.3, 0.6, 1, 0 })
+        assert.is_true(mixed > 0, 'no call had sequences exiting at different loops')
+    end)
+
+    it('the fused mHC decode (nc_engine_decode, mhc_n) matches the op path within 1e-5 relative', function()
+        -- the op path (engine.fused = false: nanochat.mhc's layer forward) is the reference; the
+        -- fused projection sums its dot products in another order than sgemm (float rounding only)
+        for _, mc in ipairs { { n = 4, kind = 'lite' }, { n = 3, kind = 'sinkhorn', iters = 5 },
+                              { n = 2, kind = 'lite', dynamic = false } } do
+            local e = nc.pack(mhc_random(model { mhc = mc, mlp = 'swiglu', subln = true }))
+            local function run()
+                local cache = e:new_cache(1, 16)
+                local out = { e:forward_cached(ids { 1, 5, 9, 3, 7 }, cache) }   -- a fused chunk (T <= 8)
+                for _, t in ipairs { 4, 200, 17 } do out[#out + 1] = e:forward_cached(ids { t }, cache) end
+                return out
+            end
+            local fused = run()
+            e.fused = false
+            local ref = run()
+            for i = 1, #ref do
+                local rel = max_diff(fused[i], ref[i]) / ref[i]:abs():max():item()
+                assert.is_true(rel <= 1e-5, require('dkjson').encode(mc) .. ': relative difference ' .. rel)
+            end
+        end
+    end)
+
+    it('nc_engine_decode rejects bad mHC parameters', function()
+        local e = nc.pack(model { mhc = { n = 2, kind = 'lite' } })
+        local cache = e:new_cache(1, 8)
+        e:forward_cached(ids { 1 }, cache)   -- builds the fused layer array
+        local arr = cache.seg_c.all
+        local saved = arr[0].mhc_bias[1]
+        arr[0].mhc_bias[1] = arr[0].mhc_alpha[1]   -- (3) where (2n + R) = 6 is expected
+        local msg = errmsg(function() e:forward_cached(ids { 2 }, cache) end)
+        arr[0].mhc_bias[1] = saved
+        assert.truthy(msg:find('layer 0: the MLP mHC bias must be f32 (6) contiguous', 1, true), msg)
     end)
 
     it('rejects a bad per-sequence table', function()
@@ -457,8 +519,15 @@ describe('engine:batch on the e3 architectures', function()
         assert.are.equal(3, nc.looplm.stats(views[2]).avg_decode_loops)
     end)
 
-    it('mHC: one sequence at a time, same ids as alone', function()
-        check(packed({ mhc = { n = 2, kind = 'lite' } }, {}), false)
+    it('mHC: batched (stream mixing inside nc_engine_decode), same ids as alone', function()
+        local bd = check(nc.pack(mhc_random(model { mhc = { n = 2, kind = 'lite' } })), true)
+        assert.is_true(bd.stats.fused_calls > 0)
+    end)
+
+    it('e3-style LoopLM + mHC + MTP with q-exit: batched, same ids as alone', function()
+        local e = nc.pack(mhc_random(loop_model { mhc = { n = 4, kind = 'lite' }, mtp = { depth = 1 } }))
+        local bd = check(e, true, { max_tokens = 8, temperature = 0, exit_q = 0.5 })
+        assert.is_true(bd.stats.fused_calls > 0)
     end)
 
     it('engine.fused = false: one sequence at a time through the op-by-op path', function()
