@@ -20,6 +20,12 @@
  * Every row's arithmetic depends only on its own sequence (the GEMV reads each weight row once for
  * all rows but sums each row's int32 dot exactly), so a sequence decoded in a batch of others, at
  * any positions, gets bit-identical results to the same sequence decoded alone.
+ * mHC (cfg->mhc_n = n > 0): x holds each row's n residual streams (n d floats); each sublayer's
+ * branch input is the pre-mixed h = sum_j H_pre[j] x[j] and its output y is mixed back as
+ * x'[i] = sum_j H_res[i][j] x[j] + H_post[i] y (nanochat.mhc's Layer:forward), with the coefficients
+ * from the dynamic projection + lite / Sinkhorn — all per token with mhc.c's row kernels (a token
+ * per thread, 2 more barriers per sublayer). Only the projection's summation order differs from
+ * the op path (sgemm there): equal up to float rounding; still row-wise exact.
  */
 #include "nn_common.h"
 #include <stdlib.h>

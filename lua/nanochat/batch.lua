@@ -19,13 +19,15 @@
 -- (add) and leave (stop token, stop string, max_tokens, context full, remove) at any step; a
 -- finished sequence frees its row at once, and a later add reuses it.
 --
--- Architectures: plain GPT and MTP models (their trunk is the plain one; batched decoding samples
--- the main head token by token, i.e. no MTP drafting — nc.mtp.generate drafts for one greedy
--- sequence) are batched. LoopLM (per-token q-exit early stop over loop segments) and mHC (stream
--- mixing runs op by op), and any engine with engine.fused = false, fall back to decoding each
--- sequence on its own row view, one forward_cached per sequence per step: same results, no
--- batching speed-up (bd.batched tells which path is used). LoopLM sequences keep their own exit_q
--- (sample option exit_q) and statistics (opts.on_cache(view): nc.looplm.stats(view)).
+-- Architectures: all of them are batched — plain GPT, MTP models (batched decoding samples the
+-- main head token by token, i.e. no MTP drafting — nc.mtp.generate drafts for one greedy
+-- sequence), mHC (the stream mixing runs inside nc_engine_decode) and LoopLM (each sequence runs
+-- loops until its own q-exit: each loop segment runs on the sequences still active, then each gets
+-- the reuse fill of its own exit loop; looplm.decode_rows), e3 = all three. LoopLM sequences keep
+-- their own exit_q (sample option exit_q) and statistics (opts.on_cache(view):
+-- nc.looplm.stats(view)). An engine with engine.fused = false falls back to decoding each sequence
+-- on its own row view, one forward_cached per sequence per step: same results, no batching
+-- speed-up (bd.batched tells which path is used).
 --
 -- API:
 --   M.new(engine, { slots = 4, max_T = cfg.seq_len })  (= engine:batch(opts))

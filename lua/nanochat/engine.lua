@@ -35,7 +35,9 @@
 -- the coda) in ONE C call with one OpenMP parallel region (nc_engine_decode, kernels/cpu/engine.c:
 -- threads split GEMV rows and attention heads, 6 barriers per layer, no Lua per op);
 -- `engine.fused = false` selects the op-by-op path everywhere (the reference the specs compare
--- against). mHC models always run op by op (the stream mixing is not in engine.c).
+-- against). mHC models run the stream mixing inside the same call (nc_engine_cfg mhc_n: x is the
+-- (rows, n d) stream state; per sublayer mhc.c's row kernels) — equal to the op path (the model's
+-- nanochat.mhc layers) up to float rounding in the dynamic projection.
 --
 -- Checkpoint dirs: DIR/model.safetensors (the model's state_dict) + DIR/meta.json whose `model`
 -- or `config` key holds the model cfg table (nc.models.gpt.new(cfg)). M.load_model(dir) builds it.
@@ -354,11 +356,11 @@ function Engine:_embed(idx)
     return x
 end
 
--- Blocks seg = { {layer, slot}, ... } on x (B, T, d) at positions cache.pos ... Decode and short
--- chunks (T <= M.FUSED_MAX_T, e.g. an MTP verify of 1 + D tokens; an engine cache, engine.fused ~=
--- false, no mHC): the whole segment in ONE C call (nc_engine_decode with n_pos = T: one OpenMP
--- region, on a copy of x); longer prefills op by op (threaded GEMMs) (mHC models always: x is the (B, T, n, d)
--- stream state and the stream mixing is nanochat.mhc's own layer forward).
+-- Blocks seg = { {layer, slot}, ... } on x (B, T, d) (mHC: the (B, T, n, d) stream state) at
+-- positions cache.pos ... Decode and short chunks (T <= M.FUSED_MAX_T, e.g. an MTP verify of 1 + D
+-- tokens; an engine cache, engine.fused ~= false): the whole segment in ONE C call
+-- (nc_engine_decode with n_pos = T: one OpenMP region, on a copy of x; mHC mixing included);
+-- longer prefills op by op (threaded GEMMs; mHC: nanochat.mhc's own layer forward).
 -- nl layers of arr (nc_engine_layer) on x (B, T, d) at positions pos .. pos + T - 1 in one C call
 -- (mhc: x is the (B, T, n, d) stream state of an mHC trunk)
 local function fused_call(e, arr, nl, x, pos, cos_t, sin_t, mhc)

@@ -9,8 +9,9 @@
 --     each sequence's own options; a finished or removed sequence frees its row and a new one
 --     reusing it is correct; the pull iterator streams the same ids;
 --   * LoopLM (per-sequence q-exit: sequences exiting at different loops in one call; logits, stats
---     and every KV slot equal to each alone) and MTP models are batched; mHC falls back to one
---     sequence at a time (same ids as alone);
+--     and every KV slot equal to each alone), mHC (stream mixing inside nc_engine_decode: batched =
+--     alone bit for bit, fused vs the op path within 1e-5 relative), e3-style loop + mHC + MTP and
+--     MTP models are batched (same ids as alone); engine.fused = false falls back;
 --   * bad input (too many sequences, cache overflow, bad ids / rows / positions, at the Lua API and
 --     at nc_engine_decode itself) gives clear errors.
 package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
