@@ -23,8 +23,9 @@
  * mHC (cfg->mhc_n = n > 0): x holds each row's n residual streams (n d floats); each sublayer's
  * branch input is the pre-mixed h = sum_j H_pre[j] x[j] and its output y is mixed back as
  * x'[i] = sum_j H_res[i][j] x[j] + H_post[i] y (nanochat.mhc's Layer:forward), with the coefficients
- * from the dynamic projection + lite / Sinkhorn — all per token with mhc.c's row kernels (a token
- * per thread, 2 more barriers per sublayer). Only the projection's summation order differs from
+ * from the dynamic projection + lite / Sinkhorn — with mhc.c's row kernels (threads split the
+ * projection's outputs, then a token per thread; 3 more barriers per sublayer). Only the
+ * projection's summation order differs from
  * the op path (sgemm there): equal up to float rounding; still row-wise exact.
  */
 #include "nn_common.h"
@@ -49,7 +50,12 @@ void nc_k_mhc_coef_lite_row(float *c, float *wr, const float *pj, const float *a
                             int64_t n, int64_t R);
 void nc_k_mhc_coef_sinkhorn_row(float *c, float *Y, const float *pj, const float *al, const float *b, int64_t n,
                                 int32_t iters);
-void nc_k_mhc_proj_row(float *out, const float *x, const float *phi, int64_t M, int64_t K, double eps);
+void nc_k_mhc_proj_dots_base(float *, int64_t, const float *, int64_t, int64_t, const float *, int64_t, int64_t,
+                             int64_t);
+void nc_k_mhc_proj_dots_avx2(float *, int64_t, const float *, int64_t, int64_t, const float *, int64_t, int64_t,
+                             int64_t);
+float nc_k_mhc_rstd_base(const float *, int64_t, double);
+float nc_k_mhc_rstd_avx2(const float *, int64_t, double);
 
 #define QEPS 1e-5f   /* nc.quant_act / infer.quant_act default */
 
@@ -131,18 +137,35 @@ static nc_status check_packed_w(const char *op, const char *name, int li, const 
     return NC_OK;
 }
 
-/* mHC sublayer j of layer L, one token: coefficients (c: [H_pre | H_post | H_res], 2n + n n) from the
- * stream state x (n d) — the dynamic projection (proj scratch, K) when the layer has phi — and the
- * branch input h (d) = sum_j H_pre[j] x[j] (wk: the lite weights (R) or Sinkhorn half-steps) */
-static void mhc_pre_tok(const nc_engine_layer *L, int j, const float *x, float *h, float *c, float *proj, float *wk,
-                        int64_t n, int64_t d, int32_t iters, double eps, int avx2) {
+/* mHC sublayer j of layer L, inside the parallel region (every thread calls it): the branch inputs
+ * h (R, d) = sum_j H_pre[j] x[j] of every row, with the coefficients (c: [H_pre | H_post | H_res],
+ * row stride cs) from the stream state X (R, W = n d). Dynamic layers: the projection's dots first
+ * (threads split its K outputs; pr: (R, ps)), then per token (a token per thread) the rstd factor,
+ * the lite / Sinkhorn coefficients (wk: the lite weights or Sinkhorn half-steps, stride ws) and the
+ * pre-mix. Ends with the barrier of its omp for. */
+static void mhc_pre(const nc_engine_layer *L, int j, const float *X, int64_t R, int64_t n, int64_t d, float *h,
+                    float *c, int64_t cs, float *pr, int64_t ps, float *wk, int64_t ws, int32_t iters, double eps,
+                    int avx2, int tid, int nt) {
     const nc_tensor *phi = L->mhc_phi[j], *perms = L->mhc_perms[j];
-    const int64_t Rp = perms ? perms->shape[0] : n * n, K = 2 * n + Rp;
+    const int64_t W = n * d, Rp = perms ? perms->shape[0] : n * n, K = 2 * n + Rp;
     const float *al = phi ? nc_f32p(L->mhc_alpha[j]) : NULL, *b = nc_f32p(L->mhc_bias[j]);
-    if (phi) nc_k_mhc_proj_row(proj, x, nc_f32p(phi), n * d, K, eps);
-    if (perms) nc_k_mhc_coef_lite_row(c, wk, phi ? proj : NULL, al, b, nc_f32p(perms), n, Rp);
-    else nc_k_mhc_coef_sinkhorn_row(c, wk, phi ? proj : NULL, al, b, n, iters);
-    (avx2 ? nc_k_mhc_pre_row_avx2 : nc_k_mhc_pre_row_base)(h, x, c, n, d);
+    if (phi) {
+        int64_t j0 = K * tid / nt, j1 = K * (tid + 1) / nt;
+        (avx2 ? nc_k_mhc_proj_dots_avx2 : nc_k_mhc_proj_dots_base)(pr, ps, X, R, W, nc_f32p(phi), W, j0, j1);
+#pragma omp barrier
+    }
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < R; r++) {
+        const float *x = X + r * W;
+        float *cr = c + r * cs, *p = pr + r * ps;
+        if (phi) {
+            float inv = (avx2 ? nc_k_mhc_rstd_avx2 : nc_k_mhc_rstd_base)(x, W, eps);
+            for (int64_t k = 0; k < K; k++) p[k] *= inv;
+        }
+        if (perms) nc_k_mhc_coef_lite_row(cr, wk + r * ws, phi ? p : NULL, al, b, nc_f32p(perms), n, Rp);
+        else nc_k_mhc_coef_sinkhorn_row(cr, wk + r * ws, phi ? p : NULL, al, b, n, iters);
+        (avx2 ? nc_k_mhc_pre_row_avx2 : nc_k_mhc_pre_row_base)(h + r * d, x, cr, n, d);
+    }
 }
 
 /* the mHC parameters of layer li, sublayer j: K = 2n + R (R = perms rows, or n n for Sinkhorn) */
@@ -349,12 +372,8 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
             const nc_engine_layer *L = &layers[li];
             float *K = nc_f32p(L->kc), *V = nc_f32p(L->vc);
             const int64_t cT = L->kc->shape[1];
-            if (mn > 0) {   /* attention sublayer's coefficients and pre-mix, a token per thread */
-#pragma omp for schedule(static)
-                for (int64_t b = 0; b < R; b++)
-                    mhc_pre_tok(L, 0, X + b * W, mh + b * d, mc + b * mC, mp + b * mK, mw + b * mWk, mn, d, iters,
-                                eps, avx2);
-            }
+            if (mn > 0)   /* the attention sublayer's coefficients and pre-mix */
+                mhc_pre(L, 0, X, R, mn, d, mh, mc, mC, mp, mK, mw, mWk, iters, eps, avx2, tid, T);
 #pragma omp single
             for (int64_t b = 0; b < R; b++) norm_quant(&qa, b, row, IN + b * d, NULL, d, eps, avx2);
             gemv(qo_, &qa, R, L->w[0], L->s[0], tid, T, avx2);
@@ -411,9 +430,8 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
                     const float *c = mc + b * mC;
                     post_row(mx + b * W, X + b * W, yo + b * d, c + 2 * mn, c + mn, mn, d);
                     memcpy(X + b * W, mx + b * W, (size_t)W * sizeof(float));
-                    mhc_pre_tok(L, 1, X + b * W, mh + b * d, mc + b * mC, mp + b * mK, mw + b * mWk, mn, d, iters,
-                                eps, avx2);
                 }
+                mhc_pre(L, 1, X, R, mn, d, mh, mc, mC, mp, mK, mw, mWk, iters, eps, avx2, tid, T);
             } else {
                 gemv_residual(X, yo, &qo, R, d, L->w[3], L->s[3], tid, T, avx2);
 #pragma omp barrier

@@ -126,6 +126,33 @@ void KFN(nc_k_mhc_post_bwd_row)(float *gx, float *gy, float *gR, float *gp, cons
     }
 }
 
+/* the dynamic projection of the fused decode (engine.c), in two steps: the raw dots for outputs
+ * j in [j0, j1) of nr rows, out[b os + j] = sum_k x[b xs + k] phi[j M + k] (each phi row read once
+ * for all rows; the dots accumulate in f32 vector lanes, the order set by the build, never by the
+ * rows decoded together or the j split), then per row the factor rstd = 1 / sqrt(mean(x^2) + eps)
+ * with the sum of squares in double (as nc_mhc_proj; it uses sgemm for the dots: the two agree up
+ * to float rounding). */
+void KFN(nc_k_mhc_proj_dots)(float *out, int64_t os, const float *x, int64_t nr, int64_t xs, const float *phi,
+                             int64_t M, int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; j++) {
+        const float *pj = phi + j * M;
+        for (int64_t b = 0; b < nr; b++) {
+            const float *xb = x + b * xs;
+            float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+            for (int64_t k = 0; k < M; k++) acc += xb[k] * pj[k];
+            out[b * os + j] = acc;
+        }
+    }
+}
+
+float KFN(nc_k_mhc_rstd)(const float *x, int64_t M, double eps) {
+    double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t k = 0; k < M; k++) ss += (double)x[k] * x[k];
+    return (float)(1.0 / sqrt(ss / (double)(M ? M : 1) + eps));
+}
+
 #ifdef NC_KPRIMARY
 void nc_k_mhc_pre_row_avx2(float *, const float *, const float *, int64_t, int64_t);
 void nc_k_mhc_pre_bwd_row_avx2(float *, float *, const float *, const float *, const float *, int64_t, int64_t);
@@ -610,21 +637,6 @@ void nc_k_mhc_coef_sinkhorn_row(float *c, float *Y, const float *pj, const float
             memcpy(Y + (2 * t + 1) * nn, L, (size_t)nn * sizeof(float));
         }
         for (int64_t e = 0; e < nn; e++) L[e] = expf(L[e]);
-}
-
-/* one token's dynamic projection (the fused decode's, engine.c): out (K) = rstd (x phi^T), x (M),
- * rstd = 1 / sqrt(mean(x^2) + eps) with the sum of squares in double (as nc_mhc_proj); the K dots
- * accumulate in f32 in index order (nc_mhc_proj uses sgemm: equal up to float rounding) */
-void nc_k_mhc_proj_row(float *out, const float *x, const float *phi, int64_t M, int64_t K, double eps) {
-    double ss = 0.0;
-    for (int64_t k = 0; k < M; k++) ss += (double)x[k] * x[k];
-    float inv = (float)(1.0 / sqrt(ss / (double)(M ? M : 1) + eps));
-    for (int64_t j = 0; j < K; j++) {
-        const float *pj = phi + j * M;
-        float acc = 0.0f;
-        for (int64_t k = 0; k < M; k++) acc += x[k] * pj[k];
-        out[j] = acc * inv;
-    }
 }
 
 nc_status nc_mhc_coef_sinkhorn(nc_tensor *coef, nc_tensor *ys, const nc_tensor *proj, const nc_tensor *alpha,

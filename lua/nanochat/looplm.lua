@@ -425,7 +425,8 @@ end
 -- subset of the rows (one fused call). Per loop t the shared stack runs on the sequences still
 -- active; each decides its exit with its own q (seqs[i].exit_q, default cache.exit_q) exactly as
 -- forward_cached decoding it alone (the gate evaluated row by row, the same ops as B = 1); the coda
--- at loop t runs on the sequences exiting there, the head on chunks of <= 8 rows; afterwards each
+-- at loop t runs on the sequences exiting there, the head once at the end for all (chunks of <= 8
+-- rows, one pass over the head's weights instead of one per exit loop); afterwards each
 -- sequence's KV gets the reuse fill from its own exit loop and its statistics go to
 -- seqs[i].loop_stats (default cache.loop_stats). Returns logits (nb, V) and the exit loops.
 function M.decode_rows(model, x, cache, rows, positions, seqs)
@@ -440,7 +441,7 @@ function M.decode_rows(model, x, cache, rows, positions, seqs)
     x = model:run_rows(x, cache, M.segment(lc, 'prelude'), rows, positions)
     local act = {}                       -- act[k]: the sequence of x's row k
     for i = 1, nb do act[i] = i end
-    local out = {}
+    local hs, order = {}, {}   -- the normed final states of the exiting rows, per exit loop; their sequences
     local t = 0
     while #act > 0 do
         t = t + 1
@@ -464,9 +465,9 @@ function M.decode_rows(model, x, cache, rows, positions, seqs)
             local re, pe = {}, {}
             for j, k in ipairs(ex) do re[j], pe[j] = r[k], p[k] end
             local xe = model:run_rows(pick_rows(x, ex), cache, M.segment(lc, 'coda', t), re, pe)
-            local lg = logits_rows(model, model:_final(xe))
-            for j, k in ipairs(ex) do
-                out[act[k]] = lg:narrow(0, j - 1, 1)
+            hs[#hs + 1] = model:_final(xe)   -- (the head runs once, after the last loop)
+            for _, k in ipairs(ex) do
+                order[#order + 1] = act[k]
                 exit_at[act[k]] = t
             end
             local nact = {}
@@ -475,10 +476,16 @@ function M.decode_rows(model, x, cache, rows, positions, seqs)
             act = nact
         end
     end
+    -- the head once for all rows (one pass over its weights, not one per exit loop; chunks of <= 8
+    -- rows: each row's bits do not depend on its neighbours)
     local V = model.cfg.vocab_size
-    local logits = nc().empty { nb, V }
+    local lg = logits_rows(model, #hs == 1 and hs[1] or nc().cat(hs, 0)):reshape { nb, V }
+    local logits = lg
+    if #hs > 1 then
+        logits = nc().empty { nb, V }
+        for j, i in ipairs(order) do logits:narrow(0, i - 1, 1):copy_(lg:narrow(0, j - 1, 1)) end
+    end
     for i = 1, nb do
-        logits:narrow(0, i - 1, 1):copy_(out[i]:reshape { 1, V })
         if q[i] < 1 then fill_reuse(cache, lc, rows[i], exit_at[i], positions[i], 1, false) end
         local st = seqs and seqs[i] and seqs[i].loop_stats or cache.loop_stats
         local e = exit_at[i]
