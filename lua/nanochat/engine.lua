@@ -268,6 +268,19 @@ end
 local ffi = require('nanochat.core').ffi
 local C = require('nanochat.core').C
 local check = require('nanochat.core').check
+
+-- LoopLM's reuse fill (looplm.lua copy_slot): K/V of slot src -> slot dst for cache row b (0-based;
+-- a row view: 0) at positions pos .. pos + Tn - 1, one memcpy per tensor (the K/V tensors are f32
+-- contiguous (B, max_T, Hkv, hd) on the CPU, a row view's a contiguous slice of its parent's)
+function Cache:copy_kv(dst, src, b, pos, Tn)
+    for _, kv in ipairs { self.k, self.v } do
+        local d, s = kv[dst], kv[src]
+        local T, row = d:size(1), d:size(2) * d:size(3)
+        local off = (b * T + pos) * row
+        ffi.copy(ffi.cast('float *', C.nc_tensor_data(d._c)) + off, ffi.cast('float *', C.nc_tensor_data(s._c)) + off,
+            Tn * row * 4)
+    end
+end
 local WNAMES = { 'wq', 'wk', 'wv', 'wo', 'w1', 'w3', 'w2' }
 
 -- the nc_engine_layer array for nc_engine_decode: seg = list of { layer index, KV slot } (weights

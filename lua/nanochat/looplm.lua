@@ -378,6 +378,7 @@ end
 
 -- copy KV slot src -> dst for batch row b at positions pos .. pos+Tn-1
 local function copy_slot(cache, dst, src, b, pos, Tn)
+    if cache.copy_kv then return cache:copy_kv(dst, src, b, pos, Tn) end   -- (the packed engine's: one memcpy each)
     for _, kv in ipairs { cache.k, cache.v } do
         local d, s = kv[dst], kv[src]
         if cache.B ~= 1 then d, s = d:narrow(0, b, 1), s:narrow(0, b, 1) end   -- (B = 1: fewer views per token)
