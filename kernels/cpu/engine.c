@@ -25,8 +25,8 @@
  * x'[i] = sum_j H_res[i][j] x[j] + H_post[i] y (nanochat.mhc's Layer:forward), with the coefficients
  * from the dynamic projection + lite / Sinkhorn — with mhc.c's row kernels (threads split the
  * projection's outputs, then a token per thread; 3 more barriers per sublayer). Only the
- * projection's summation order differs from
- * the op path (sgemm there): equal up to float rounding; still row-wise exact.
+ * projection's summation order differs from the op path (sgemm there): equal up to float
+ * rounding; still row-wise exact.
  */
 #include "nn_common.h"
 #include <stdlib.h>
