@@ -682,6 +682,9 @@ typedef struct nc_engine_layer {
     const nc_tensor *s[7];
     const nc_tensor *attn_gain, *mlp_gain;
     nc_tensor *kc, *vc;
+    /* mHC (cfg->mhc_n > 0), per sublayer [0] attention, [1] MLP: the layer's phi (K, n d) f32 and
+     * alpha (3) (both NULL: static coefficients), bias (K), perms (R, n n) (lite; NULL: Sinkhorn) */
+    const nc_tensor *mhc_phi[2], *mhc_alpha[2], *mhc_bias[2], *mhc_perms[2];
 } nc_engine_layer;
 typedef struct nc_engine_cfg {
     int64_t d, n_head, n_kv_head, head_dim, d_ff;
@@ -697,6 +700,12 @@ typedef struct nc_engine_cfg {
      * caches and the RoPE tables. */
     const int64_t *seq_pos;
     const int32_t *seq_slot;
+    /* mHC (0 = none): x holds (rows, mhc_n * d), the n-stream state; each sublayer pre-mixes its
+     * branch input, post-mixes and residual-mixes the streams (nanochat.mhc's Layer:forward, its row
+     * kernels: the dynamic projection accumulates in f32 where the op path uses sgemm — equal up to
+     * float rounding). mhc_iters: Sinkhorn iterations (layers without perms). */
+    int64_t mhc_n;
+    int32_t mhc_iters;
 } nc_engine_cfg;
 nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t n_layers, const nc_engine_cfg *cfg,
                            int64_t pos, const nc_tensor *cos, const nc_tensor *sin);

@@ -20,6 +20,13 @@
  * Every row's arithmetic depends only on its own sequence (the GEMV reads each weight row once for
  * all rows but sums each row's int32 dot exactly), so a sequence decoded in a batch of others, at
  * any positions, gets bit-identical results to the same sequence decoded alone.
+ * mHC (cfg->mhc_n = n > 0): x holds each row's n residual streams (n d floats); each sublayer's
+ * branch input is the pre-mixed h = sum_j H_pre[j] x[j] and its output y is mixed back as
+ * x'[i] = sum_j H_res[i][j] x[j] + H_post[i] y (nanochat.mhc's Layer:forward), with the coefficients
+ * from the dynamic projection + lite / Sinkhorn — with mhc.c's row kernels (threads split the
+ * projection's outputs, then a token per thread; 3 more barriers per sublayer). Only the
+ * projection's summation order differs from the op path (sgemm there): equal up to float
+ * rounding; still row-wise exact.
  */
 #include "nn_common.h"
 #include <stdlib.h>
@@ -33,6 +40,22 @@ void nc_k_ternary_rows(float *y, int64_t M, int64_t N, const int8_t *q, const fl
                        const uint8_t *w, const float *gamma, int64_t kp, int64_t n0, int64_t n1, int avx2);
 int32_t nc_k_ternary_quant_row(int8_t *q, float *s, const float *x, int64_t xs, int64_t k, int64_t kp, float eps,
                                int avx2);
+
+/* mhc.c: the mHC row kernels (the same ones nc_mhc_pre / _post / _coef_* run per token) */
+void nc_k_mhc_pre_row_base(float *, const float *, const float *, int64_t, int64_t);
+void nc_k_mhc_pre_row_avx2(float *, const float *, const float *, int64_t, int64_t);
+void nc_k_mhc_post_row_base(float *, const float *, const float *, const float *, const float *, int64_t, int64_t);
+void nc_k_mhc_post_row_avx2(float *, const float *, const float *, const float *, const float *, int64_t, int64_t);
+void nc_k_mhc_coef_lite_row(float *c, float *wr, const float *pj, const float *al, const float *b, const float *P,
+                            int64_t n, int64_t R);
+void nc_k_mhc_coef_sinkhorn_row(float *c, float *Y, const float *pj, const float *al, const float *b, int64_t n,
+                                int32_t iters);
+void nc_k_mhc_proj_dots_base(float *, int64_t, const float *, int64_t, int64_t, const float *, int64_t, int64_t,
+                             int64_t);
+void nc_k_mhc_proj_dots_avx2(float *, int64_t, const float *, int64_t, int64_t, const float *, int64_t, int64_t,
+                             int64_t);
+float nc_k_mhc_rstd_base(const float *, int64_t, double);
+float nc_k_mhc_rstd_avx2(const float *, int64_t, double);
 
 #define QEPS 1e-5f   /* nc.quant_act / infer.quant_act default */
 
@@ -114,6 +137,67 @@ static nc_status check_packed_w(const char *op, const char *name, int li, const 
     return NC_OK;
 }
 
+/* mHC sublayer j of layer L, inside the parallel region (every thread calls it): the branch inputs
+ * h (R, d) = sum_j H_pre[j] x[j] of every row, with the coefficients (c: [H_pre | H_post | H_res],
+ * row stride cs) from the stream state X (R, W = n d). Dynamic layers: the projection's dots first
+ * (threads split its K outputs; pr: (R, ps)), then per token (a token per thread) the rstd factor,
+ * the lite / Sinkhorn coefficients (wk: the lite weights or Sinkhorn half-steps, stride ws) and the
+ * pre-mix. Ends with the barrier of its omp for. */
+static void mhc_pre(const nc_engine_layer *L, int j, const float *X, int64_t R, int64_t n, int64_t d, float *h,
+                    float *c, int64_t cs, float *pr, int64_t ps, float *wk, int64_t ws, int32_t iters, double eps,
+                    int avx2, int tid, int nt) {
+    const nc_tensor *phi = L->mhc_phi[j], *perms = L->mhc_perms[j];
+    const int64_t W = n * d, Rp = perms ? perms->shape[0] : n * n, K = 2 * n + Rp;
+    const float *al = phi ? nc_f32p(L->mhc_alpha[j]) : NULL, *b = nc_f32p(L->mhc_bias[j]);
+    if (phi) {
+        int64_t j0 = K * tid / nt, j1 = K * (tid + 1) / nt;
+        (avx2 ? nc_k_mhc_proj_dots_avx2 : nc_k_mhc_proj_dots_base)(pr, ps, X, R, W, nc_f32p(phi), W, j0, j1);
+#pragma omp barrier
+    }
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < R; r++) {
+        const float *x = X + r * W;
+        float *cr = c + r * cs, *p = pr + r * ps;
+        if (phi) {
+            float inv = (avx2 ? nc_k_mhc_rstd_avx2 : nc_k_mhc_rstd_base)(x, W, eps);
+            for (int64_t k = 0; k < K; k++) p[k] *= inv;
+        }
+        if (perms) nc_k_mhc_coef_lite_row(cr, wk + r * ws, phi ? p : NULL, al, b, nc_f32p(perms), n, Rp);
+        else nc_k_mhc_coef_sinkhorn_row(cr, wk + r * ws, phi ? p : NULL, al, b, n, iters);
+        (avx2 ? nc_k_mhc_pre_row_avx2 : nc_k_mhc_pre_row_base)(h + r * d, x, cr, n, d);
+    }
+}
+
+/* the mHC parameters of layer li, sublayer j: K = 2n + R (R = perms rows, or n n for Sinkhorn) */
+static nc_status check_mhc(const char *op, int li, int j, const nc_engine_layer *L, int64_t n, int64_t d,
+                           int32_t iters, int64_t *Kout) {
+    const char *sub = j ? "MLP" : "attention";
+    const nc_tensor *phi = L->mhc_phi[j], *al = L->mhc_alpha[j], *b = L->mhc_bias[j], *P = L->mhc_perms[j];
+    int64_t R = n * n;
+    if (P) {
+        if (P->dtype != NC_F32 || P->device != NC_CPU || P->ndim != 2 || P->shape[1] != n * n ||
+            !nc_tensor_is_contiguous(P) || P->shape[0] < 1)
+            return nc_fail(NC_ERR_SHAPE, "%s: layer %d: the %s mHC perms must be f32 (R, %lld) contiguous", op, li, sub,
+                           (long long)(n * n));
+        R = P->shape[0];
+    } else if (iters < 1)
+        return nc_fail(NC_ERR_ARG, "%s: layer %d: %s mHC without perms (Sinkhorn) needs cfg mhc_iters >= 1, got %d",
+                       op, li, sub, (int)iters);
+    const int64_t K = 2 * n + R;
+    if (!b || b->dtype != NC_F32 || b->device != NC_CPU || nc_tensor_numel(b) != K || !nc_tensor_is_contiguous(b))
+        return nc_fail(NC_ERR_SHAPE, "%s: layer %d: the %s mHC bias must be f32 (%lld) contiguous", op, li, sub,
+                       (long long)K);
+    if ((phi == NULL) != (al == NULL))
+        return nc_fail(NC_ERR_ARG, "%s: layer %d: %s mHC phi and alpha must be both set or both NULL", op, li, sub);
+    if (phi && (phi->dtype != NC_F32 || phi->device != NC_CPU || phi->ndim != 2 || phi->shape[0] != K ||
+                phi->shape[1] != n * d || !nc_tensor_is_contiguous(phi) || al->dtype != NC_F32 ||
+                nc_tensor_numel(al) != 3 || !nc_tensor_is_contiguous(al)))
+        return nc_fail(NC_ERR_SHAPE, "%s: layer %d: the %s mHC phi must be f32 (%lld, %lld) and alpha (3), contiguous",
+                       op, li, sub, (long long)K, (long long)(n * d));
+    *Kout = K;
+    return NC_OK;
+}
+
 nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t n_layers, const nc_engine_cfg *cfg,
                            int64_t pos, const nc_tensor *cos_t, const nc_tensor *sin_t) {
     static const char *op = "engine_decode";
@@ -124,8 +208,10 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
     /* R rows = B sequences x P consecutive positions (row r: sequence r / P at position pos + r % P) */
     const int64_t R = x->shape[0], P = cfg->n_pos > 0 ? cfg->n_pos : 1, d = cfg->d, H = cfg->n_head,
                   Hkv = cfg->n_kv_head, hd = cfg->head_dim, ff = cfg->d_ff;
-    if (x->shape[1] != d) return nc_fail(NC_ERR_SHAPE, "%s: x must be (B, %lld), got last dim %lld", op, (long long)d,
-                                         (long long)x->shape[1]);
+    const int64_t mn = cfg->mhc_n, W = mn > 0 ? mn * d : d;   /* W: the row width of x (mHC: n streams) */
+    if (mn < 0 || mn > 16) return nc_fail(NC_ERR_ARG, "%s: cfg mhc_n must be in 0..16, got %lld", op, (long long)mn);
+    if (x->shape[1] != W) return nc_fail(NC_ERR_SHAPE, "%s: x must be (B, %lld)%s, got last dim %lld", op, (long long)W,
+                                         mn > 0 ? " (mHC: n streams x d)" : "", (long long)x->shape[1]);
     if (R % P) return nc_fail(NC_ERR_SHAPE, "%s: x has %lld rows, not a multiple of n_pos %lld", op, (long long)R,
                               (long long)P);
     const int64_t B = R / P;
@@ -169,6 +255,7 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
         return nc_fail(NC_ERR_SHAPE, "%s: cos/sin must be (>= %lld, %lld) tables, positions %lld..%lld", op,
                        (long long)pend, (long long)(hd / 2), (long long)p0, (long long)(pend - 1));
     const int64_t Nq = H * hd, Nkv = Hkv * hd;
+    int64_t mK = 0;   /* mHC: the largest K = 2n + R of any sublayer */
     for (int li = 0; li < n_layers; li++) {
         const nc_engine_layer *L = &layers[li];
         static const char *names[7] = {"wq", "wk", "wv", "wo", "w1", "w3", "w2"};
@@ -190,6 +277,12 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
                                (long long)(c && c->ndim == 4 ? c->shape[2] : -1),
                                (long long)(c && c->ndim == 4 ? c->shape[3] : -1));
         }
+        if (mn > 0)
+            for (int j = 0; j < 2; j++) {
+                int64_t K = 0;
+                NC_TRY(check_mhc(op, li, j, L, mn, d, cfg->mhc_iters, &K));
+                if (K > mK) mK = K;
+            }
         const nc_tensor *gains[2] = {L->attn_gain, L->mlp_gain};
         const int64_t glen[2] = {Nq, ff};
         for (int j = 0; j < 2; j++)
@@ -210,6 +303,12 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
                  (int64_t)nt * S + 3 * R;
     int64_t by = R * (kpd + kpq + kpf) + fl * (int64_t)sizeof(float) + 3 * R * (int64_t)(sizeof(float) + 4) +
                  2 * B * (int64_t)sizeof(int64_t) + 256;
+    /* mHC: branch inputs h (R, d), the mixed state (R, n d), coefficients (R, 2n + n n), projections
+     * (R, K), lite weights / Sinkhorn half-steps (R, max(K, 2 iters n n)) */
+    const int64_t mC = 2 * mn + mn * mn, mWk = mn > 0 ? (mK > 2 * (int64_t)cfg->mhc_iters * mn * mn ? mK
+                                                        : 2 * (int64_t)cfg->mhc_iters * mn * mn) : 0;
+    const int64_t mfl = mn > 0 ? R * (d + W + mC + mK + mWk) + 16 : 0;
+    by += mfl * (int64_t)sizeof(float);
     char *mem = nc_host_alloc(by);
     if (!mem) return NC_ERR_OOM;
     char *p = mem;
@@ -239,8 +338,21 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
         bpos[b] = spos ? spos[b] : pos;
         brow[b] = sslot ? sslot[b] : b;
     }
+    float *mh = NULL, *mx = NULL, *mc = NULL, *mp = NULL, *mw = NULL;
+    if (mn > 0) {
+        mh = (float *)(((uintptr_t)(brow + B) + 63) & ~(uintptr_t)63);
+        mx = mh + R * d;
+        mc = mx + R * W;
+        mp = mc + R * mC;
+        mw = mp + R * mK;
+    }
+    const int32_t iters = cfg->mhc_iters;
+    void (*post_row)(float *, const float *, const float *, const float *, const float *, int64_t, int64_t) =
+        nc_cpu_avx2() ? nc_k_mhc_post_row_avx2 : nc_k_mhc_post_row_base;
+    float *IN = mn > 0 ? mh : NULL;   /* the branch inputs: the pre-mixed h (mHC) or the residual X */
 
     float *X = nc_f32p(x);
+    if (!IN) IN = X;
     const float *cos0 = nc_f32p(cos_t), *sin0 = nc_f32p(sin_t);
     const int avx2 = nc_cpu_avx2(), qkn = cfg->qk_norm, swiglu = cfg->swiglu;
     const double eps = cfg->eps;
@@ -260,8 +372,10 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
             const nc_engine_layer *L = &layers[li];
             float *K = nc_f32p(L->kc), *V = nc_f32p(L->vc);
             const int64_t cT = L->kc->shape[1];
+            if (mn > 0)   /* the attention sublayer's coefficients and pre-mix */
+                mhc_pre(L, 0, X, R, mn, d, mh, mc, mC, mp, mK, mw, mWk, iters, eps, avx2, tid, T);
 #pragma omp single
-            for (int64_t b = 0; b < R; b++) norm_quant(&qa, b, row, X + b * d, NULL, d, eps, avx2);
+            for (int64_t b = 0; b < R; b++) norm_quant(&qa, b, row, IN + b * d, NULL, d, eps, avx2);
             gemv(qo_, &qa, R, L->w[0], L->s[0], tid, T, avx2);
             gemv(ko_, &qa, R, L->w[1], L->s[1], tid, T, avx2);
             gemv(vo_, &qa, R, L->w[2], L->s[2], tid, T, avx2);
@@ -308,10 +422,22 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
 #pragma omp barrier
 #pragma omp single
             for (int64_t b = 0; b < R; b++) norm_quant(&qo, b, row, att + b * Nq, L->attn_gain, Nq, eps, avx2);
-            gemv_residual(X, yo, &qo, R, d, L->w[3], L->s[3], tid, T, avx2);
+            if (mn > 0) {   /* branch output, then post-mix + residual mixing of the streams */
+                gemv(yo, &qo, R, L->w[3], L->s[3], tid, T, avx2);
 #pragma omp barrier
+#pragma omp for schedule(static)
+                for (int64_t b = 0; b < R; b++) {
+                    const float *c = mc + b * mC;
+                    post_row(mx + b * W, X + b * W, yo + b * d, c + 2 * mn, c + mn, mn, d);
+                    memcpy(X + b * W, mx + b * W, (size_t)W * sizeof(float));
+                }
+                mhc_pre(L, 1, X, R, mn, d, mh, mc, mC, mp, mK, mw, mWk, iters, eps, avx2, tid, T);
+            } else {
+                gemv_residual(X, yo, &qo, R, d, L->w[3], L->s[3], tid, T, avx2);
+#pragma omp barrier
+            }
 #pragma omp single
-            for (int64_t b = 0; b < R; b++) norm_quant(&qa, b, row, X + b * d, NULL, d, eps, avx2);
+            for (int64_t b = 0; b < R; b++) norm_quant(&qa, b, row, IN + b * d, NULL, d, eps, avx2);
             gemv(u1, &qa, R, L->w[4], L->s[4], tid, T, avx2);
             if (swiglu) gemv(u3, &qa, R, L->w[5], L->s[5], tid, T, avx2);
 #pragma omp barrier
@@ -326,8 +452,19 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
                 }
                 norm_quant(&qf, b, row, u, L->mlp_gain, ff, eps, avx2);
             }
-            gemv_residual(X, yo, &qf, R, d, L->w[6], L->s[6], tid, T, avx2);
+            if (mn > 0) {
+                gemv(yo, &qf, R, L->w[6], L->s[6], tid, T, avx2);
 #pragma omp barrier
+#pragma omp for schedule(static)
+                for (int64_t b = 0; b < R; b++) {
+                    const float *c = mc + b * mC;
+                    post_row(mx + b * W, X + b * W, yo + b * d, c + 2 * mn, c + mn, mn, d);
+                    memcpy(X + b * W, mx + b * W, (size_t)W * sizeof(float));
+                }
+            } else {
+                gemv_residual(X, yo, &qf, R, d, L->w[6], L->s[6], tid, T, avx2);
+#pragma omp barrier
+            }
         }
     }
     nc_host_free(mem, by);

@@ -126,6 +126,33 @@ void KFN(nc_k_mhc_post_bwd_row)(float *gx, float *gy, float *gR, float *gp, cons
     }
 }
 
+/* the dynamic projection of the fused decode (engine.c), in two steps: the raw dots for outputs
+ * j in [j0, j1) of nr rows, out[b os + j] = sum_k x[b xs + k] phi[j M + k] (each phi row read once
+ * for all rows; the dots accumulate in f32 vector lanes, the order set by the build, never by the
+ * rows decoded together or the j split), then per row the factor rstd = 1 / sqrt(mean(x^2) + eps)
+ * with the sum of squares in double (as nc_mhc_proj; it uses sgemm for the dots: the two agree up
+ * to float rounding). */
+void KFN(nc_k_mhc_proj_dots)(float *out, int64_t os, const float *x, int64_t nr, int64_t xs, const float *phi,
+                             int64_t M, int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; j++) {
+        const float *pj = phi + j * M;
+        for (int64_t b = 0; b < nr; b++) {
+            const float *xb = x + b * xs;
+            float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+            for (int64_t k = 0; k < M; k++) acc += xb[k] * pj[k];
+            out[b * os + j] = acc;
+        }
+    }
+}
+
+float KFN(nc_k_mhc_rstd)(const float *x, int64_t M, double eps) {
+    double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t k = 0; k < M; k++) ss += (double)x[k] * x[k];
+    return (float)(1.0 / sqrt(ss / (double)(M ? M : 1) + eps));
+}
+
 #ifdef NC_KPRIMARY
 void nc_k_mhc_pre_row_avx2(float *, const float *, const float *, int64_t, int64_t);
 void nc_k_mhc_pre_bwd_row_avx2(float *, float *, const float *, const float *, const float *, int64_t, int64_t);
@@ -463,25 +490,10 @@ static void sum_over_tokens(nc_tensor *gbias, nc_tensor *galpha, const float *gz
     }
 }
 
-nc_status nc_mhc_coef_lite(nc_tensor *coef, nc_tensor *w, const nc_tensor *proj, const nc_tensor *alpha,
-                           const nc_tensor *bias, const nc_tensor *perms) {
-    static const char *op = "mhc_coef_lite";
-    int64_t n, R, rows;
-    NC_TRY(lite_dims(op, perms, bias, coef, &n, &R, &rows));
-    int64_t K = 2 * n + R, C = 2 * n + n * n;
-    NC_TRY(lite_rows_of(op, "w", w, rows, R));
-    if (proj) {
-        NC_TRY(lite_rows_of(op, "proj", proj, rows, K));
-        NC_TRY(check_t(op, "alpha", alpha));
-        if (nc_tensor_numel(alpha) != 3) return nc_fail(NC_ERR_SHAPE, "%s: expected alpha (3)", op);
-    }
-    const float *P = nc_f32p(perms), *b = nc_f32p(bias), *pr = proj ? nc_f32p(proj) : NULL;
-    const float *al = proj ? nc_f32p(alpha) : NULL;
-    float *cf = nc_f32p(coef), *wd = nc_f32p(w);
-#pragma omp parallel for schedule(static) if (rows * R * n * n >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
-    for (int64_t r = 0; r < rows; r++) {
-        float *c = cf + r * C, *wr = wd + r * R;
-        const float *pj = pr ? pr + r * K : NULL;
+/* one token's lite coefficients: c (2n + n n) and w (R) from pj (K) or NULL (z = bias); the row
+ * kernel of nc_mhc_coef_lite, shared with the fused decode (engine.c) */
+void nc_k_mhc_coef_lite_row(float *c, float *wr, const float *pj, const float *al, const float *b, const float *P,
+                            int64_t n, int64_t R) {
         for (int64_t j = 0; j < 2 * n; j++) {
             float z = b[j] + (pj ? pj[j] * al[j < n ? 0 : 1] : 0.0f);
             float s = 1.0f / (1.0f + expf(-z));
@@ -504,7 +516,26 @@ nc_status nc_mhc_coef_lite(nc_tensor *coef, nc_tensor *w, const nc_tensor *proj,
             float wk = wr[k];
             for (int64_t e = 0; e < n * n; e++) H[e] += wk * Pk[e];
         }
+}
+
+nc_status nc_mhc_coef_lite(nc_tensor *coef, nc_tensor *w, const nc_tensor *proj, const nc_tensor *alpha,
+                           const nc_tensor *bias, const nc_tensor *perms) {
+    static const char *op = "mhc_coef_lite";
+    int64_t n, R, rows;
+    NC_TRY(lite_dims(op, perms, bias, coef, &n, &R, &rows));
+    int64_t K = 2 * n + R, C = 2 * n + n * n;
+    NC_TRY(lite_rows_of(op, "w", w, rows, R));
+    if (proj) {
+        NC_TRY(lite_rows_of(op, "proj", proj, rows, K));
+        NC_TRY(check_t(op, "alpha", alpha));
+        if (nc_tensor_numel(alpha) != 3) return nc_fail(NC_ERR_SHAPE, "%s: expected alpha (3)", op);
     }
+    const float *P = nc_f32p(perms), *b = nc_f32p(bias), *pr = proj ? nc_f32p(proj) : NULL;
+    const float *al = proj ? nc_f32p(alpha) : NULL;
+    float *cf = nc_f32p(coef), *wd = nc_f32p(w);
+#pragma omp parallel for schedule(static) if (rows * R * n * n >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
+    for (int64_t r = 0; r < rows; r++)
+        nc_k_mhc_coef_lite_row(cf + r * C, wd + r * R, pr ? pr + r * K : NULL, al, b, P, n, R);
     return NC_OK;
 }
 
@@ -587,6 +618,27 @@ static void sk_lse_step(float *L, int64_t n, int by_col) {
     }
 }
 
+/* one token's Sinkhorn coefficients: c (2n + n n) from pj (K) or NULL (z = bias); Y (2 iters, n, n)
+ * receives every half-step; the row kernel of nc_mhc_coef_sinkhorn, shared with engine.c */
+void nc_k_mhc_coef_sinkhorn_row(float *c, float *Y, const float *pj, const float *al, const float *b, int64_t n,
+                                int32_t iters) {
+        const int64_t nn = n * n;
+        for (int64_t j = 0; j < 2 * n; j++) {
+            float z = b[j] + (pj ? pj[j] * al[j < n ? 0 : 1] : 0.0f);
+            float sg = 1.0f / (1.0f + expf(-z));
+            c[j] = j < n ? sg : 2.0f * sg;
+        }
+        float *L = c + 2 * n;   /* work in place, exponentiated at the end */
+        for (int64_t e = 0; e < nn; e++) L[e] = b[2 * n + e] + (pj ? pj[2 * n + e] * al[2] : 0.0f);
+        for (int32_t t = 0; t < iters; t++) {
+            sk_lse_step(L, n, 1);
+            memcpy(Y + (2 * t) * nn, L, (size_t)nn * sizeof(float));
+            sk_lse_step(L, n, 0);
+            memcpy(Y + (2 * t + 1) * nn, L, (size_t)nn * sizeof(float));
+        }
+        for (int64_t e = 0; e < nn; e++) L[e] = expf(L[e]);
+}
+
 nc_status nc_mhc_coef_sinkhorn(nc_tensor *coef, nc_tensor *ys, const nc_tensor *proj, const nc_tensor *alpha,
                                const nc_tensor *bias, int64_t n, int32_t iters) {
     static const char *op = "mhc_coef_sinkhorn";
@@ -608,25 +660,8 @@ nc_status nc_mhc_coef_sinkhorn(nc_tensor *coef, nc_tensor *ys, const nc_tensor *
     const float *b = nc_f32p(bias), *pr = proj ? nc_f32p(proj) : NULL, *al = proj ? nc_f32p(alpha) : NULL;
     float *cf = nc_f32p(coef), *yd = nc_f32p(ys);
 #pragma omp parallel for schedule(static) if (rows * iters * nn >= NC_PAR_MIN / 8 && rows > 1) num_threads(nc_threads())
-    for (int64_t r = 0; r < rows; r++) {
-        float *c = cf + r * C;
-        const float *pj = pr ? pr + r * K : NULL;
-        for (int64_t j = 0; j < 2 * n; j++) {
-            float z = b[j] + (pj ? pj[j] * al[j < n ? 0 : 1] : 0.0f);
-            float sg = 1.0f / (1.0f + expf(-z));
-            c[j] = j < n ? sg : 2.0f * sg;
-        }
-        float *L = c + 2 * n;   /* work in place, exponentiated at the end */
-        for (int64_t e = 0; e < nn; e++) L[e] = b[2 * n + e] + (pj ? pj[2 * n + e] * al[2] : 0.0f);
-        float *Y = yd + r * 2 * iters * nn;
-        for (int32_t t = 0; t < iters; t++) {
-            sk_lse_step(L, n, 1);
-            memcpy(Y + (2 * t) * nn, L, (size_t)nn * sizeof(float));
-            sk_lse_step(L, n, 0);
-            memcpy(Y + (2 * t + 1) * nn, L, (size_t)nn * sizeof(float));
-        }
-        for (int64_t e = 0; e < nn; e++) L[e] = expf(L[e]);
-    }
+    for (int64_t r = 0; r < rows; r++)
+        nc_k_mhc_coef_sinkhorn_row(cf + r * C, yd + r * 2 * iters * nn, pr ? pr + r * K : NULL, al, b, n, iters);
     return NC_OK;
 }
 

@@ -19,13 +19,15 @@
 -- (add) and leave (stop token, stop string, max_tokens, context full, remove) at any step; a
 -- finished sequence frees its row at once, and a later add reuses it.
 --
--- Architectures: plain GPT and MTP models (their trunk is the plain one; batched decoding samples
--- the main head token by token, i.e. no MTP drafting — nc.mtp.generate drafts for one greedy
--- sequence) are batched. LoopLM (per-token q-exit early stop over loop segments) and mHC (stream
--- mixing runs op by op), and any engine with engine.fused = false, fall back to decoding each
--- sequence on its own row view, one forward_cached per sequence per step: same results, no
--- batching speed-up (bd.batched tells which path is used). LoopLM sequences keep their own exit_q
--- (sample option exit_q) and statistics (opts.on_cache(view): nc.looplm.stats(view)).
+-- Architectures: all of them are batched — plain GPT, MTP models (batched decoding samples the
+-- main head token by token, i.e. no MTP drafting — nc.mtp.generate drafts for one greedy
+-- sequence), mHC (the stream mixing runs inside nc_engine_decode) and LoopLM (each sequence runs
+-- loops until its own q-exit: each loop segment runs on the sequences still active, then each gets
+-- the reuse fill of its own exit loop; looplm.decode_rows), e3 = all three. LoopLM sequences keep
+-- their own exit_q (sample option exit_q) and statistics (opts.on_cache(view):
+-- nc.looplm.stats(view)). An engine with engine.fused = false falls back to decoding each sequence
+-- on its own row view, one forward_cached per sequence per step: same results, no batching
+-- speed-up (bd.batched tells which path is used).
 --
 -- API:
 --   M.new(engine, { slots = 4, max_T = cfg.seq_len })  (= engine:batch(opts))
@@ -175,11 +177,12 @@ function Batch:step()
         self.stats.rows_decoded = self.stats.rows_decoded + #live
         self.batched = self.engine:batchable()   -- (engine.fused may have been switched since)
         if self.batched then
-            local ids, rows, pos = {}, {}, {}
+            local ids, rows, pos, views = {}, {}, {}, {}
             for i, rec in ipairs(live) do
-                ids[i], rows[i], pos[i] = rec.seq.pending[1], rec.row, rec.seq.fed
+                ids[i], rows[i], pos[i], views[i] = rec.seq.pending[1], rec.row, rec.seq.fed, rec.view
             end
-            local logits = self.engine:decode_rows(ids, self.cache, rows, pos)   -- (nb, V)
+            -- (views: a LoopLM sequence's exit_q and statistics)
+            local logits = self.engine:decode_rows(ids, self.cache, rows, pos, views)   -- (nb, V)
             self.stats.fused_calls = self.stats.fused_calls + 1
             for i, rec in ipairs(live) do
                 rec.seq:push(logits:select(0, i - 1):tolist())

@@ -35,7 +35,9 @@
 -- the coda) in ONE C call with one OpenMP parallel region (nc_engine_decode, kernels/cpu/engine.c:
 -- threads split GEMV rows and attention heads, 6 barriers per layer, no Lua per op);
 -- `engine.fused = false` selects the op-by-op path everywhere (the reference the specs compare
--- against). mHC models always run op by op (the stream mixing is not in engine.c).
+-- against). mHC models run the stream mixing inside the same call (nc_engine_cfg mhc_n: x is the
+-- (rows, n d) stream state; per sublayer mhc.c's row kernels) — equal to the op path (the model's
+-- nanochat.mhc layers) up to float rounding in the dynamic projection.
 --
 -- Checkpoint dirs: DIR/model.safetensors (the model's state_dict) + DIR/meta.json whose `model`
 -- or `config` key holds the model cfg table (nc.models.gpt.new(cfg)). M.load_model(dir) builds it.
@@ -266,6 +268,19 @@ end
 local ffi = require('nanochat.core').ffi
 local C = require('nanochat.core').C
 local check = require('nanochat.core').check
+
+-- LoopLM's reuse fill (looplm.lua copy_slot): K/V of slot src -> slot dst for cache row b (0-based;
+-- a row view: 0) at positions pos .. pos + Tn - 1, one memcpy per tensor (the K/V tensors are f32
+-- contiguous (B, max_T, Hkv, hd) on the CPU, a row view's a contiguous slice of its parent's)
+function Cache:copy_kv(dst, src, b, pos, Tn)
+    for _, kv in ipairs { self.k, self.v } do
+        local d, s = kv[dst], kv[src]
+        local T, row = d:size(1), d:size(2) * d:size(3)
+        local off = (b * T + pos) * row
+        ffi.copy(ffi.cast('float *', C.nc_tensor_data(d._c)) + off, ffi.cast('float *', C.nc_tensor_data(s._c)) + off,
+            Tn * row * 4)
+    end
+end
 local WNAMES = { 'wq', 'wk', 'wv', 'wo', 'w1', 'w3', 'w2' }
 
 -- the nc_engine_layer array for nc_engine_decode: seg = list of { layer index, KV slot } (weights
@@ -278,6 +293,13 @@ local function fill_layer(s, L, kc, vc)
     end
     if L.attn_gain then s.attn_gain = L.attn_gain._c end
     if L.mlp_gain then s.mlp_gain = L.mlp_gain._c end
+    if L.mhc_attn then   -- the mHC layers' coefficients (nc_engine_cfg mhc_n > 0 reads them)
+        for j, ml in ipairs { L.mhc_attn, L.mhc_mlp } do
+            s.mhc_bias[j - 1] = ml.bias._c
+            if ml.dynamic then s.mhc_phi[j - 1], s.mhc_alpha[j - 1] = ml.phi._c, ml.alpha._c end
+            if ml.kind == 'lite' then s.mhc_perms[j - 1] = ml.perms._c end
+        end
+    end
     s.kc, s.vc = kc._c, vc._c
 end
 
@@ -322,13 +344,15 @@ function Engine:new_cache(B, max_T, opts)
     return cache
 end
 
--- the nc_engine_cfg of this engine
-local function decode_cfg(c)
+-- the nc_engine_cfg of this engine (with_mhc: the trunk's blocks of an mHC model, x = n streams;
+-- the MTP modules' blocks are plain)
+local function decode_cfg(c, with_mhc)
     local s = ffi.new('nc_engine_cfg')
     s.d, s.n_head, s.n_kv_head, s.head_dim, s.d_ff = c.d_model, c.n_head, c.n_kv_head, c.head_dim, c.d_ff
     s.qk_norm = c.qk_norm and 1 or 0
     s.swiglu = c.mlp == 'swiglu' and 1 or 0
     s.eps = c.norm_eps
+    if with_mhc and c.mhc then s.mhc_n, s.mhc_iters = c.mhc.n, c.mhc.iters end
     return s
 end
 
@@ -345,31 +369,40 @@ function Engine:_embed(idx)
     return x
 end
 
--- Blocks seg = { {layer, slot}, ... } on x (B, T, d) at positions cache.pos ... Decode and short
--- chunks (T <= M.FUSED_MAX_T, e.g. an MTP verify of 1 + D tokens; an engine cache, engine.fused ~=
--- false, no mHC): the whole segment in ONE C call (nc_engine_decode with n_pos = T: one OpenMP
--- region, on a copy of x); longer prefills op by op (threaded GEMMs) (mHC models always: x is the (B, T, n, d)
--- stream state and the stream mixing is nanochat.mhc's own layer forward).
+-- Blocks seg = { {layer, slot}, ... } on x (B, T, d) (mHC: the (B, T, n, d) stream state) at
+-- positions cache.pos ... Decode and short chunks (T <= M.FUSED_MAX_T, e.g. an MTP verify of 1 + D
+-- tokens; an engine cache, engine.fused ~= false): the whole segment in ONE C call
+-- (nc_engine_decode with n_pos = T: one OpenMP region, on a copy of x; mHC mixing included);
+-- longer prefills op by op (threaded GEMMs; mHC: nanochat.mhc's own layer forward).
 -- nl layers of arr (nc_engine_layer) on x (B, T, d) at positions pos .. pos + T - 1 in one C call
-local function fused_call(e, arr, nl, x, pos, cos_t, sin_t)
+-- (mhc: x is the (B, T, n, d) stream state of an mHC trunk)
+local function fused_call(e, arr, nl, x, pos, cos_t, sin_t, mhc)
     local c = e.cfg
     local B, T = x:size(0), x:size(1)
-    e._cfg_c = e._cfg_c or decode_cfg(c)
-    e._cfg_c.n_pos = T
-    local y = x:reshape { B * T, c.d_model }:clone()
-    check(C.nc_engine_decode(y._c, arr, nl, e._cfg_c, pos, cos_t._c, sin_t._c), 'engine decode')
-    return y:view { B, T, c.d_model }
+    local cf
+    if mhc then
+        e._cfg_m = e._cfg_m or decode_cfg(c, true)
+        cf = e._cfg_m
+    else
+        e._cfg_c = e._cfg_c or decode_cfg(c)
+        cf = e._cfg_c
+    end
+    cf.n_pos = T
+    local shape = x:shape()
+    local y = x:reshape { B * T, -1 }:clone()
+    check(C.nc_engine_decode(y._c, arr, nl, cf, pos, cos_t._c, sin_t._c), 'engine decode')
+    return y:view(shape)
 end
 
 function Engine:run_blocks(x, cos, sin, cache, seg)
     local c = self.cfg
-    if x:size(1) <= M.FUSED_MAX_T and self.fused ~= false and not c.mhc and getmetatable(cache) == Cache then
+    if x:size(1) <= M.FUSED_MAX_T and self.fused ~= false and getmetatable(cache) == Cache then
         local arr = cache.seg_c[seg.key]
         if not arr then
             arr = decode_layers(self, cache, seg)
             cache.seg_c[seg.key] = arr
         end
-        return fused_call(self, arr, #seg, x, cache.pos, cache.cos, cache.sin)
+        return fused_call(self, arr, #seg, x, cache.pos, cache.cos, cache.sin, c.mhc ~= nil)
     end
     for _, bs in ipairs(seg) do x = block_ops(c, self.layers[bs[1]], x, cos, sin, cache, bs[2]) end
     return x
@@ -480,24 +513,51 @@ function Engine:cache_row(cache, r, opts)
     return v
 end
 
--- true when decode_rows can run: the fused path (engine.fused ~= false) of a model without LoopLM
--- loops (per-token early exit) or mHC streams (op by op); MTP models qualify (their trunk is plain)
+-- true when decode_rows can run: the fused path (engine.fused ~= false). Plain GPT, MTP (their
+-- trunk is plain), LoopLM (each sequence runs loops until its own q-exit: the loop segments run on
+-- the rows still active) and mHC models (the stream mixing runs inside nc_engine_decode) qualify
 function Engine:batchable()
-    local c = self.cfg
-    return self.fused ~= false and not c.loop and not c.mhc
+    return self.fused ~= false
 end
 
--- Engine:decode_rows(ids, cache, rows, positions) -> logits (nb, V): one token per sequence, nb
--- sequences that may each be at its own position and in its own row of `cache` (an engine cache of
--- B >= nb rows), in ONE nc_engine_decode call (cfg seq_pos / seq_slot). ids, rows (0-based cache
--- rows, distinct) and positions (0-based: where each id goes) are Lua arrays of nb numbers. Each
--- row's logits are bit-identical to decoding that sequence alone (B = 1) at that position: the
--- kernel is row-wise exact, and the f32 / int8 heads run on chunks of <= 8 rows, the path a single
--- sequence takes (f16 head: one sgemm, equal up to float rounding). Does not move cache.pos.
-function Engine:decode_rows(ids, cache, rows, positions)
+-- Engine:run_rows(x, cache, seg, rows, positions) -> x': the blocks of segment seg ({ {layer, KV
+-- slot}, ... }) on x (m, 1, d) — m sequences, sequence k at position positions[k] in row rows[k]
+-- of every K/V slot of `cache` (an engine cache, not a row view) — in ONE nc_engine_decode call
+-- (cfg seq_pos / seq_slot). Row-wise exact: each row gets the bits it gets decoded alone.
+function Engine:run_rows(x, cache, seg, rows, positions)
+    if #seg == 0 then return x end
+    local m = #rows
+    local arr = cache.seg_c[seg.key]
+    if not arr then
+        arr = decode_layers(self, cache, seg)
+        cache.seg_c[seg.key] = arr
+    end
+    local shape = x:shape()
+    local y = x:reshape { m, -1 }:clone()
+    local pos_c, row_c = ffi.new('int64_t[?]', m, positions), ffi.new('int32_t[?]', m, rows)
+    local cfg_c = decode_cfg(self.cfg, true)
+    cfg_c.n_pos, cfg_c.seq_pos, cfg_c.seq_slot = 1, pos_c, row_c
+    cache._rows_c = { pos_c, row_c, cfg_c }   -- cfg_c holds raw pointers: keep the arrays alive past the call
+    check(C.nc_engine_decode(y._c, arr, #seg, cfg_c, 0, cache.cos._c, cache.sin._c), 'engine decode_rows')
+    return y:view(shape)
+end
+
+-- Engine:decode_rows(ids, cache, rows, positions[, seqs]) -> logits (nb, V): one token per
+-- sequence, nb sequences that may each be at its own position and in its own row of `cache` (an
+-- engine cache of B >= nb rows), in ONE nc_engine_decode call per segment (cfg seq_pos /
+-- seq_slot; plain / MTP models: one call for all layers). ids, rows (0-based cache rows, distinct)
+-- and positions (0-based: where each id goes) are Lua arrays of nb numbers. LoopLM: each sequence
+-- runs loops until its own q-exit (looplm.decode_rows: the loop segments run on the sequences
+-- still active, the coda on those exiting, then each gets the reuse fill of its exit loop);
+-- seqs[i] (optional: a cache_row view, or any table) gives sequence i's exit_q and receives its
+-- loop_stats (default: the cache's). Each row's logits are bit-identical to decoding that sequence
+-- alone (B = 1) at that position: the kernel is row-wise exact, the exit gate runs row by row, and
+-- the f32 / int8 heads run on chunks of <= 8 rows, the path a single sequence takes (f16 head: one
+-- sgemm, equal up to float rounding). Does not move cache.pos.
+function Engine:decode_rows(ids, cache, rows, positions, seqs)
     local n, c = nc(), self.cfg
     if not self:batchable() then
-        error('engine: decode_rows: needs the fused path of a model without cfg.loop / cfg.mhc (use forward_cached on a cache_row)', 2)
+        error('engine: decode_rows: needs the fused path (engine.fused = false: use forward_cached on a cache_row)', 2)
     end
     if getmetatable(cache) ~= Cache or cache.parent then
         error('engine: decode_rows: expected a cache from engine:new_cache', 2)
@@ -508,6 +568,7 @@ function Engine:decode_rows(ids, cache, rows, positions)
     end
     if nb == 0 then error('engine: decode_rows: no sequences', 2) end
     if nb > cache.B then error(string.format('engine: decode_rows: %d sequences, the cache has %d rows', nb, cache.B), 2) end
+    if seqs ~= nil and type(seqs) ~= 'table' then error('engine: decode_rows: seqs must be a table of per-sequence tables', 2) end
     local seen = {}
     for i = 1, nb do
         local id, r, p = ids[i], rows[i], positions[i]
@@ -525,17 +586,18 @@ function Engine:decode_rows(ids, cache, rows, positions)
             error(string.format('engine: decode_rows: sequence %d: position %s is outside the cache (max_T %d)', i,
                 tostring(p), cache.max_T), 2)
         end
+        if c.loop and seqs and seqs[i] ~= nil then
+            local s = seqs[i]
+            local q = type(s) == 'table' and s.exit_q
+            if type(q) ~= 'number' or q < 0 or q > 1 or type(s.loop_stats) ~= 'table' then
+                error(string.format('engine: decode_rows: seqs[%d] needs exit_q in [0, 1] and loop_stats (a cache_row view)', i), 2)
+            end
+        end
     end
-    local d = c.d_model
-    local pos_c, row_c = ffi.new('int64_t[?]', nb, positions), ffi.new('int32_t[?]', nb, rows)
-    local cfg_c = decode_cfg(c)
-    cfg_c.n_pos, cfg_c.seq_pos, cfg_c.seq_slot = 1, pos_c, row_c
-    cache._rows_c = { pos_c, row_c, cfg_c }   -- cfg_c holds raw pointers: keep the arrays alive past the call
     return n.no_grad(function()
-        local y = self:_embed(n.tensor({ ids }, { dtype = 'i64' }):view { nb, 1 }):reshape { nb, d }:clone()
-        check(C.nc_engine_decode(y._c, cache.layers_c, #self.layers, cfg_c, 0, cache.cos._c, cache.sin._c),
-            'engine decode_rows')
-        local h = self:_final(y)
+        local x = self:_embed(n.tensor({ ids }, { dtype = 'i64' }):view { nb, 1 })   -- (nb, 1, d)
+        if c.loop then return (require('nanochat.looplm').decode_rows(self, x, cache, rows, positions, seqs)) end
+        local h = self:_final(self:run_rows(x, cache, all_layers(self), rows, positions)):view { nb, c.d_model }
         if nb <= 8 then return self:_logits(h) end
         local out = n.empty { nb, c.vocab_size }
         for r0 = 0, nb - 1, 8 do

@@ -378,6 +378,7 @@ end
 
 -- copy KV slot src -> dst for batch row b at positions pos .. pos+Tn-1
 local function copy_slot(cache, dst, src, b, pos, Tn)
+    if cache.copy_kv then return cache:copy_kv(dst, src, b, pos, Tn) end   -- (the packed engine's: one memcpy each)
     for _, kv in ipairs { cache.k, cache.v } do
         local d, s = kv[dst], kv[src]
         if cache.B ~= 1 then d, s = d:narrow(0, b, 1), s:narrow(0, b, 1) end   -- (B = 1: fewer views per token)
@@ -397,6 +398,105 @@ local function fill_reuse(cache, lc, b, e, pos, Tn, coda_all)
             end
         end
     end
+end
+
+M.fill_reuse = fill_reuse
+
+-- h (m, 1, d) normed -> logits (m, 1, V) in chunks of <= 8 rows (the engine's decode head path:
+-- each row gets the bits it gets alone)
+local function logits_rows(model, h)
+    local m = h:size(0)
+    if m <= 8 then return model:_logits(h) end
+    local parts = {}
+    for r0 = 0, m - 1, 8 do parts[#parts + 1] = model:_logits(h:narrow(0, r0, math.min(8, m - r0))) end
+    return nc().cat(parts, 0)
+end
+
+-- rows of x (dim 0) picked by the 1-based list ks
+local function pick_rows(x, ks)
+    if #ks == x:size(0) then return x end
+    local idx = {}
+    for j, k in ipairs(ks) do idx[j] = k - 1 end
+    return nc().index_select(x, 0, nc().tensor(idx, { dtype = 'i64' }))
+end
+
+-- Batched decode (continuous batching, engine:decode_rows): nb sequences, one token each, sequence
+-- i in cache row rows[i] (dim 0 of every K/V slot of `cache`) at position positions[i]; x (nb, 1,
+-- ...) the embedded tokens. model:run_rows(x, cache, seg, rows, positions) runs a segment on a
+-- subset of the rows (one fused call). Per loop t the shared stack runs on the sequences still
+-- active; each decides its exit with its own q (seqs[i].exit_q, default cache.exit_q) exactly as
+-- forward_cached decoding it alone (the gate evaluated row by row, the same ops as B = 1); the coda
+-- at loop t runs on the sequences exiting there, the head once at the end for all (chunks of <= 8
+-- rows, one pass over the head's weights instead of one per exit loop); afterwards each
+-- sequence's KV gets the reuse fill from its own exit loop and its statistics go to
+-- seqs[i].loop_stats (default cache.loop_stats). Returns logits (nb, V) and the exit loops.
+function M.decode_rows(model, x, cache, rows, positions, seqs)
+    local lc = model.cfg.loop
+    local T = lc.T
+    local nb = #rows
+    local q, S, cum, exit_at = {}, {}, {}, {}
+    for i = 1, nb do
+        q[i] = seqs and seqs[i] and seqs[i].exit_q or cache.exit_q
+        S[i], cum[i] = 1.0, 0.0
+    end
+    x = model:run_rows(x, cache, M.segment(lc, 'prelude'), rows, positions)
+    local act = {}                       -- act[k]: the sequence of x's row k
+    for i = 1, nb do act[i] = i end
+    local hs, order = {}, {}   -- the normed final states of the exiting rows, per exit loop; their sequences
+    local t = 0
+    while #act > 0 do
+        t = t + 1
+        local r, p = {}, {}
+        for k, i in ipairs(act) do r[k], p[k] = rows[i], positions[i] end
+        x = model:run_rows(x, cache, M.segment(lc, 'shared', t), r, p)
+        local ex, keep = {}, {}          -- row indices (1-based) of x exiting / continuing
+        for k, i in ipairs(act) do
+            local done = t == T or q[i] <= 0
+            if not done and q[i] < 1 then
+                local z = model.exit_gate(model:_final(x:narrow(0, k - 1, 1))):tolist()
+                local zc = math.max(-M.LOGIT_CLAMP, math.min(M.LOGIT_CLAMP, z[1]))
+                local lam = 1 / (1 + math.exp(-zc))
+                cum[i] = cum[i] + lam * S[i]
+                S[i] = S[i] * (1 - lam)
+                done = cum[i] >= q[i]
+            end
+            if done then ex[#ex + 1] = k else keep[#keep + 1] = k end
+        end
+        if #ex > 0 then
+            local re, pe = {}, {}
+            for j, k in ipairs(ex) do re[j], pe[j] = r[k], p[k] end
+            local xe = model:run_rows(pick_rows(x, ex), cache, M.segment(lc, 'coda', t), re, pe)
+            hs[#hs + 1] = model:_final(xe)   -- (the head runs once, after the last loop)
+            for _, k in ipairs(ex) do
+                order[#order + 1] = act[k]
+                exit_at[act[k]] = t
+            end
+            local nact = {}
+            for j, k in ipairs(keep) do nact[j] = act[k] end
+            if #keep > 0 then x = pick_rows(x, keep) end
+            act = nact
+        end
+    end
+    -- the head once for all rows (one pass over its weights, not one per exit loop; chunks of <= 8
+    -- rows: each row's bits do not depend on its neighbours)
+    local V = model.cfg.vocab_size
+    local lg = logits_rows(model, #hs == 1 and hs[1] or nc().cat(hs, 0)):reshape { nb, V }
+    local logits = lg
+    if #hs > 1 then
+        logits = nc().empty { nb, V }
+        for j, i in ipairs(order) do logits:narrow(0, i - 1, 1):copy_(lg:narrow(0, j - 1, 1)) end
+    end
+    for i = 1, nb do
+        if q[i] < 1 then fill_reuse(cache, lc, rows[i], exit_at[i], positions[i], 1, false) end
+        local st = seqs and seqs[i] and seqs[i].loop_stats or cache.loop_stats
+        local e = exit_at[i]
+        st.hist[e] = (st.hist[e] or 0) + 1
+        st.decode_loops = st.decode_loops + e
+        st.loops = st.loops + e
+        st.tokens = st.tokens + 1
+        st.decode_tokens = st.decode_tokens + 1
+    end
+    return logits, exit_at
 end
 
 -- GPT:forward_cached with cfg.loop (runs under no_grad; the caller advances cache.pos)

@@ -8,7 +8,10 @@
 --     joining at different steps give exactly nc.generate's ids alone — greedy, and sampled with
 --     each sequence's own options; a finished or removed sequence frees its row and a new one
 --     reusing it is correct; the pull iterator streams the same ids;
---   * LoopLM / mHC fall back to one sequence at a time (same ids as alone), MTP models are batched;
+--   * LoopLM (per-sequence q-exit: sequences exiting at different loops in one call; logits, stats
+--     and every KV slot equal to each alone), mHC (stream mixing inside nc_engine_decode: batched =
+--     alone bit for bit, fused vs the op path within 1e-5 relative), e3-style loop + mHC + MTP and
+--     MTP models are batched (same ids as alone); engine.fused = false falls back;
 --   * bad input (too many sequences, cache overflow, bad ids / rows / positions, at the Lua API and
 --     at nc_engine_decode itself) gives clear errors.
 package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
@@ -149,8 +152,9 @@ describe('engine:decode_rows (nc_engine_decode with seq_pos / seq_slot)', functi
         has(function() e:decode_rows({ 1, 2, 3 }, cache, { 0, 1, 2 }, { 0, 0, 0 }) end, '3 sequences, the cache has 2 rows')
         has(function() e:decode_rows({ 1 }, cache, { 0, 1 }, { 0 }) end, '1 ids, 2 rows, 1 positions')
         has(function() e:cache_row(cache, 2) end, 'row 2 is not in 0..1')
-        local el = nc.pack(model { loop = { prelude = 1, shared = 1, coda = 0, T = 2 }, n_layer = 2 })
-        has(function() el:decode_rows({ 1 }, el:new_cache(1, 8), { 0 }, { 0 }) end, 'without cfg.loop / cfg.mhc')
+        local el = packed({}, {})
+        el.fused = false
+        has(function() el:decode_rows({ 1 }, el:new_cache(1, 8), { 0 }, { 0 }) end, 'needs the fused path')
     end)
 
     it('nc_engine_decode validates seq_pos / seq_slot itself', function()
@@ -190,6 +194,153 @@ describe('engine:decode_rows (nc_engine_decode with seq_pos / seq_slot)', functi
         assert.is_false(ok); assert.truthy(err:find('the K cache must be f32 (2,', 1, true), err)
         ok, err = call(1, { 40 }, { 0 })   -- beyond the RoPE tables too
         assert.is_false(ok)
+    end)
+end)
+
+-- Batched LoopLM (+ mHC / MTP) decode_rows against each sequence alone: sequences with their own
+-- exit_q exit at different loops in the same call; logits, statistics and every K/V slot (the reuse
+-- fill) equal the B = 1 path's bit for bit.
+local function loop_model(over)
+    local o = { loop = { prelude = 1, shared = 1, coda = 1, T = 3 }, n_layer = 3 }
+    for k, v in pairs(over or {}) do o[k] = v end
+    local m = model(o)
+    m.exit_gate.weight:copy_(nc.randn({ 1, m.cfg.d_model }, { generator = nc.generator(2), std = 1.0 }))
+    return m
+end
+
+-- random dynamic mHC coefficients (phi, alpha), so the streams differ and the projection matters
+local function mhc_random(m)
+    for k, pl in ipairs(require('nanochat.mhc').layers(m)) do
+        local l = pl[2]
+        if l.phi then
+            l.phi:copy_(nc.randn(l.phi:shape(), { std = 0.5, generator = nc.generator(10 + k) }))
+            l.alpha:fill_(0.3)
+        end
+    end
+    return m
+end
+
+local function check_rows_vs_alone(e, qs)
+    local nseq = #qs
+    local loop = e.cfg.loop ~= nil
+    local cache = e:new_cache(nseq + 1, 32)
+    local rows = {}
+    for i = 1, nseq do rows[i] = nseq + 1 - i end   -- reversed rows, row 0 unused
+    local solo, views, next_id, pos = {}, {}, {}, {}
+    for i = 1, nseq do
+        local p = PROMPTS[(i - 1) % #PROMPTS + 1]
+        views[i] = e:cache_row(cache, rows[i], loop and { exit_q = qs[i] } or nil)
+        solo[i] = e:new_cache(1, 32, loop and { exit_q = qs[i] } or nil)
+        local lv = e:forward_cached(ids(p), views[i])
+        local ls = e:forward_cached(ids(p), solo[i])
+        assert.are.equal(0, max_diff(lv, ls))
+        next_id[i] = lv:select(1, #p - 1):argmax():item()
+        pos[i] = #p
+    end
+    local mixed = 0   -- calls where the sequences exited at different loops
+    for _ = 1, 6 do
+        local tok, rw, ps, before = {}, {}, {}, {}
+        for i = 1, nseq do
+            tok[i], rw[i], ps[i] = next_id[i], rows[i], pos[i]
+            before[i] = loop and views[i].loop_stats.decode_loops or 0
+        end
+        local lg = e:decode_rows(tok, cache, rw, ps, views)
+        local exits = {}
+        for i = 1, nseq do
+            local alone = e:forward_cached(ids({ next_id[i] }), solo[i]):reshape { -1 }
+            assert.are.equal(0, max_diff(lg:select(0, i - 1), alone))
+            if loop then exits[views[i].loop_stats.decode_loops - before[i]] = true end
+            next_id[i] = lg:select(0, i - 1):argmax():item()
+            pos[i] = pos[i] + 1
+            views[i].pos = pos[i]
+        end
+        local k = 0
+        for _ in pairs(exits) do k = k + 1 end
+        if k > 1 then mixed = mixed + 1 end
+    end
+    for i = 1, nseq do
+        if loop then assert.same(nc.looplm.stats(solo[i]), nc.looplm.stats(views[i])) end
+        for sl = 1, #cache.k do   -- every slot, the reuse fill included
+            assert.are.equal(0, max_diff(solo[i].k[sl]:narrow(1, 0, pos[i]), views[i].k[sl]:narrow(1, 0, pos[i])))
+            assert.are.equal(0, max_diff(solo[i].v[sl]:narrow(1, 0, pos[i]), views[i].v[sl]:narrow(1, 0, pos[i])))
+        end
+    end
+    return mixed
+end
+
+describe('engine:decode_rows on LoopLM models (per-sequence q-exit)', function()
+    it('sequences exiting at different loops in one call equal each alone (logits, stats, KV fill)', function()
+        local e = nc.pack(loop_model())
+        assert.is_true(e:batchable())
+        local mixed = check_rows_vs_alone(e, { 0.3, 0.6, 1, 0 })
+        assert.is_true(mixed > 0, 'no call had sequences exiting at different loops')
+    end)
+
+    it('LoopLM + MTP (SwiGLU, QK-norm, GQA, int8 head) equals alone', function()
+        local m = loop_model { mtp = { depth = 1 }, mlp = 'swiglu', qk_norm = true, n_kv_head = 4 }
+        check_rows_vs_alone(nc.pack(m, { head_dtype = 'i8' }), { 0.5, 0.2, 0.9 })
+    end)
+
+    it('more than 8 sequences (coda / head in chunks) equal each alone', function()
+        local qs = {}
+        for i = 1, 10 do qs[i] = (i - 1) / 9 end
+        check_rows_vs_alone(nc.pack(loop_model()), qs)
+    end)
+
+    it('mHC alone (lite n = 4 dynamic, Sinkhorn, static) equals each sequence alone', function()
+        for _, mc in ipairs { { n = 4, kind = 'lite' }, { n = 3, kind = 'sinkhorn', iters = 5 },
+                              { n = 2, kind = 'lite', dynamic = false } } do
+            check_rows_vs_alone(nc.pack(mhc_random(model { mhc = mc })), { 0, 0, 0 })
+        end
+    end)
+
+    it('e3-style LoopLM + mHC-lite (4 streams) + MTP: mixed exits equal each alone', function()
+        local m = mhc_random(loop_model { mhc = { n = 4, kind = 'lite' }, mtp = { depth = 1 } })
+        local e = nc.pack(m)
+        assert.is_true(e:batchable())
+        local mixed = check_rows_vs_alone(e, { 0.3, 0.6, 1, 0 })
+        assert.is_true(mixed > 0, 'no call had sequences exiting at different loops')
+    end)
+
+    it('the fused mHC decode (nc_engine_decode, mhc_n) matches the op path within 1e-5 relative', function()
+        -- the op path (engine.fused = false: nanochat.mhc's layer forward) is the reference; the
+        -- fused projection sums its dot products in another order than sgemm (float rounding only)
+        for _, mc in ipairs { { n = 4, kind = 'lite' }, { n = 3, kind = 'sinkhorn', iters = 5 },
+                              { n = 2, kind = 'lite', dynamic = false } } do
+            local e = nc.pack(mhc_random(model { mhc = mc, mlp = 'swiglu', subln = true }))
+            local function run()
+                local cache = e:new_cache(1, 16)
+                local out = { e:forward_cached(ids { 1, 5, 9, 3, 7 }, cache) }   -- a fused chunk (T <= 8)
+                for _, t in ipairs { 4, 200, 17 } do out[#out + 1] = e:forward_cached(ids { t }, cache) end
+                return out
+            end
+            local fused = run()
+            e.fused = false
+            local ref = run()
+            for i = 1, #ref do
+                local rel = max_diff(fused[i], ref[i]) / ref[i]:abs():max():item()
+                assert.is_true(rel <= 1e-5, require('dkjson').encode(mc) .. ': relative difference ' .. rel)
+            end
+        end
+    end)
+
+    it('nc_engine_decode rejects bad mHC parameters', function()
+        local e = nc.pack(model { mhc = { n = 2, kind = 'lite' } })
+        local cache = e:new_cache(1, 8)
+        e:forward_cached(ids { 1 }, cache)   -- builds the fused layer array
+        local arr = cache.seg_c.all
+        local saved = arr[0].mhc_bias[1]
+        arr[0].mhc_bias[1] = arr[0].mhc_alpha[1]   -- (3) where (2n + R) = 6 is expected
+        local msg = errmsg(function() e:forward_cached(ids { 2 }, cache) end)
+        arr[0].mhc_bias[1] = saved
+        assert.truthy(msg:find('layer 0: the MLP mHC bias must be f32 (6) contiguous', 1, true), msg)
+    end)
+
+    it('rejects a bad per-sequence table', function()
+        local e = nc.pack(loop_model())
+        local cache = e:new_cache(2, 8)
+        local msg = errmsg(function() e:decode_rows({ 1 }, cache, { 0 }, { 0 }, { { exit_q = 2 } }) end)
+        assert.truthy(msg:find('seqs[1] needs exit_q in [0, 1]', 1, true), msg)
     end)
 end)
 
@@ -352,12 +503,10 @@ describe('engine:batch on the e3 architectures', function()
         assert.is_true(bd.stats.fused_calls > 0)
     end)
 
-    it('LoopLM with q-exit: one sequence at a time, each with its own exit_q and statistics', function()
-        local m = model { loop = { prelude = 1, shared = 1, coda = 1, T = 3 }, n_layer = 3 }
-        m.exit_gate.weight:copy_(nc.randn({ 1, m.cfg.d_model }, { generator = nc.generator(2), std = 1.0 }))
-        local e = nc.pack(m)
-        local bd = check(e, false, { max_tokens = 8, temperature = 0, exit_q = 0.5 })
-        assert.are.equal(0, bd.stats.fused_calls)
+    it('LoopLM with q-exit: batched, each sequence with its own exit_q and statistics', function()
+        local e = nc.pack(loop_model())
+        local bd = check(e, true, { max_tokens = 8, temperature = 0, exit_q = 0.5 })
+        assert.is_true(bd.stats.fused_calls > 0)
         -- exit_q per sequence: the row view's statistics equal those of a solo generation
         local views = {}
         local bd2 = e:batch { slots = 2, max_T = 32 }
@@ -371,8 +520,15 @@ describe('engine:batch on the e3 architectures', function()
         assert.are.equal(3, nc.looplm.stats(views[2]).avg_decode_loops)
     end)
 
-    it('mHC: one sequence at a time, same ids as alone', function()
-        check(packed({ mhc = { n = 2, kind = 'lite' } }, {}), false)
+    it('mHC: batched (stream mixing inside nc_engine_decode), same ids as alone', function()
+        local bd = check(nc.pack(mhc_random(model { mhc = { n = 2, kind = 'lite' } })), true)
+        assert.is_true(bd.stats.fused_calls > 0)
+    end)
+
+    it('e3-style LoopLM + mHC + MTP with q-exit: batched, same ids as alone', function()
+        local e = nc.pack(mhc_random(loop_model { mhc = { n = 4, kind = 'lite' }, mtp = { depth = 1 } }))
+        local bd = check(e, true, { max_tokens = 8, temperature = 0, exit_q = 0.5 })
+        assert.is_true(bd.stats.fused_calls > 0)
     end)
 
     it('engine.fused = false: one sequence at a time through the op-by-op path', function()

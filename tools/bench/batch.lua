@@ -17,7 +17,12 @@
 -- and head work and the Lua sampling grow with nb).
 -- Prints a table and, standalone, as the LAST line one JSON object.
 --
+-- arch=e3: the e3 model instead (configs/models/e3.lua: LoopLM + mHC-lite 4 streams + MTP, d 256,
+-- random weights, a random exit gate), every sequence with q-exit q= (default 0.5), head=f32|i8:
+-- LoopLM sequences exit at their own loops, the loop segments run on the rows still active.
+--
 -- Usage: ./nanochat tools/bench/batch.lua [reps=5] [ndec=8] [threads=2 | threads=1,2] [d=768] [layers=12] [vocab=32768]
+--        ./nanochat tools/bench/batch.lua arch=e3 [q=0.5] [head=f32|i8] [threads=1,2]
 -- As a module: dofile returns run(opts) -> { rows = {...}, headers = {...}, json = {...} } (prints nothing).
 if not package.path:find('lua/?/init.lua', 1, true) then
     package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
@@ -37,6 +42,19 @@ local function run(opts)
     local threads = opts.threads or { nc.get_num_threads() }
     if type(threads) == 'number' then threads = { threads } end
     local e = opts.engine
+    local q = tonumber(opts.q)   -- LoopLM: the q-exit threshold of every sequence (arch=e3: default 0.5)
+    if not e and opts.arch == 'e3' then
+        -- configs/models/e3.lua (LoopLM + mHC-lite 4 streams + MTP), random weights; a random exit
+        -- gate (logit std 1) so that sequences exit at different loops
+        local m = nc.models.gpt.new(nc.models.config('e3'))
+        m:eval()
+        m.exit_gate.weight:copy_(nc.randn({ 1, m.cfg.d_model }, { generator = nc.generator(2), std = 1.0 }))
+        e = nc.pack(m, { head_dtype = opts.head or 'f32' })
+        q = q or 0.5
+    elseif opts.arch and opts.arch ~= 'gpt' then
+        error('bench/batch: arch must be gpt or e3, got ' .. tostring(opts.arch))
+    end
+    local qo = (e and e.cfg.loop and q) and { exit_q = q } or nil
     if not e then
         local d = tonumber(opts.d) or 768
         local m = nc.models.gpt.new { vocab_size = tonumber(opts.vocab) or 32768, d_model = d,
@@ -52,8 +70,8 @@ local function run(opts)
         return p
     end
     -- one cache, rows prefilled at different lengths (positions 64, 48, 32, 16)
-    local cache = e:new_cache(4, max_T)
-    for k = 1, 4 do e:forward_cached(nc.tensor({ prompt(k) }, { dtype = 'i64' }), e:cache_row(cache, k - 1)) end
+    local cache = e:new_cache(4, max_T, qo)
+    for k = 1, 4 do e:forward_cached(nc.tensor({ prompt(k) }, { dtype = 'i64' }), e:cache_row(cache, k - 1, qo)) end
     local function median(fn)
         local _, st = L.time(fn, { inner = 1, reps = reps, warmup = 1 })
         return st.median
@@ -63,7 +81,7 @@ local function run(opts)
         nc.set_num_threads(th)
         local base_f, base_s
         -- the single-sequence path (nc.generate's): B = 1 cache after the 64-token prompt
-        local solo_c = e:new_cache(1, max_T)
+        local solo_c = e:new_cache(1, max_T, qo)
         e:forward_cached(nc.tensor({ prompt(1) }, { dtype = 'i64' }), solo_c)
         local one = nc.tensor({ { 5 } }, { dtype = 'i64' })
         local solo = ndec / median(function()
@@ -78,7 +96,9 @@ local function run(opts)
             end)
             -- the batcher: nb greedy sequences (enough max_tokens for warmup + reps samples)
             local bd = e:batch { slots = nb, max_T = max_T }
-            for k = 1, nb do bd:add(prompt(k), { temperature = 0, max_tokens = (reps + 2) * ndec + 1 }) end
+            for k = 1, nb do
+                bd:add(prompt(k), { temperature = 0, max_tokens = (reps + 2) * ndec + 1, exit_q = qo and q or nil })
+            end
             local step = nb * ndec / median(function()
                 for _ = 1, ndec do bd:step() end
             end)
@@ -92,7 +112,9 @@ local function run(opts)
         json['batch_solo_tok_s_' .. th .. 't'] = L.round(solo, 1)
         collectgarbage()
     end
-    json.batch_model = string.format('d%d_L%d_V%d', e.cfg.d_model, e.cfg.n_layer, V)
+    json.batch_model = string.format('%sd%d_L%d_V%d', e.cfg.loop and e.cfg.mhc and 'e3_' or '', e.cfg.d_model,
+        e.cfg.n_layer, V)
+    if e.cfg.loop then json.batch_exit_q = q or e.cfg.loop.exit_q end
     return { rows = rows, headers = HEADERS, json = json, fmts = { '%d', '%d', '%.1f', '%.2fx', '%.1f', '%.2fx', '%s' } }
 end
 
@@ -109,7 +131,8 @@ if is_main then
         a.threads = tonumber(a.threads) or math.min(L.ncpus(), 2)
     end
     local res = run(a)
-    print('Continuous batching: aggregate decode tokens/s, sequences at positions 64 / 48 / 32 / 16')
+    print('Continuous batching: aggregate decode tokens/s, sequences at positions 64 / 48 / 32 / 16' ..
+        (a.arch == 'e3' and ' (e3: LoopLM + mHC-lite + MTP, q-exit ' .. tostring(res.json.batch_exit_q) .. ')' or ''))
     L.print_table(res.headers, res.rows, res.fmts)
     res.json.bench = 'batch'
     print(L.json(res.json))
