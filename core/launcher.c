@@ -490,10 +490,19 @@ int main(int argc, char **argv) {
      * so the pool that runs next competes with the other's spinning threads for the cores; on 2
      * cores that cost the tiny model's training step ~35% (README "Thread pools"). Both runtimes
      * read these once, when loaded; a value the user set wins, and NC_POOL_DEFAULTS=1 keeps the
-     * runtimes' own defaults. Same rule as lua/nanochat/core.lua. */
+     * runtimes' own defaults. NC_POOL_APPLIED lists the variables set here, so that a benchmark
+     * can start a peer (PyTorch) with the environment the user gave. Same rule as
+     * lua/nanochat/core.lua. */
     if (!getenv("NC_POOL_DEFAULTS") || strcmp(getenv("NC_POOL_DEFAULTS"), "1") != 0) {
-        setenv("OPENBLAS_THREAD_TIMEOUT", "4", 0);
-        setenv("GOMP_SPINCOUNT", "10000", 0);
+        static const char *pool_env[][2] = {{"OPENBLAS_THREAD_TIMEOUT", "4"}, {"GOMP_SPINCOUNT", "10000"}};
+        char applied[128] = "";
+        for (size_t i = 0; i < sizeof pool_env / sizeof pool_env[0]; i++) {
+            if (getenv(pool_env[i][0])) continue;
+            setenv(pool_env[i][0], pool_env[i][1], 0);
+            if (applied[0]) strncat(applied, " ", sizeof applied - strlen(applied) - 1);
+            strncat(applied, pool_env[i][0], sizeof applied - strlen(applied) - 1);
+        }
+        if (applied[0] && !getenv("NC_POOL_APPLIED")) setenv("NC_POOL_APPLIED", applied, 0);
     }
     char libpath[PATH_BUF + 32];
     snprintf(libpath, sizeof libpath, "%s/libnanochat.so", libdir);

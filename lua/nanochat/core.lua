@@ -78,9 +78,27 @@ end
 -- spinning after its work, competing with the other pool's next call (~35% of a tiny training step
 -- on 2 cores). Both read these once, when loaded; a value the user set wins, NC_POOL_DEFAULTS=1
 -- keeps the runtimes' defaults (core/launcher.c applies the same rule before it loads the library).
-M.THREAD_ENV = { OPENBLAS_THREAD_TIMEOUT = '4', GOMP_SPINCOUNT = '10000' }
+-- NC_POOL_APPLIED lists what was set here (a benchmark starts its PyTorch peer without them).
+M.THREAD_ENV = { { 'OPENBLAS_THREAD_TIMEOUT', '4' }, { 'GOMP_SPINCOUNT', '10000' } }
 if os.getenv('NC_POOL_DEFAULTS') ~= '1' then
-    for k, v in pairs(M.THREAD_ENV) do ffi.C.setenv(k, v, 0) end
+    local applied = {}
+    for _, kv in ipairs(M.THREAD_ENV) do
+        if not os.getenv(kv[1]) then
+            ffi.C.setenv(kv[1], kv[2], 0)
+            applied[#applied + 1] = kv[1]
+        end
+    end
+    if #applied > 0 then ffi.C.setenv('NC_POOL_APPLIED', table.concat(applied, ' '), 0) end
+end
+-- 'env -u VAR ...' that removes the variables set above (for starting a non-nanochat peer, or a
+-- nanochat child that should see the runtimes' defaults); '' when none were set
+function M.unset_pool_env()
+    local names = os.getenv('NC_POOL_APPLIED')
+    if not names or names == '' then return '' end
+    local parts = { 'env' }
+    for name in names:gmatch('%S+') do parts[#parts + 1] = '-u ' .. name end
+    parts[#parts + 1] = '-u NC_POOL_APPLIED'
+    return table.concat(parts, ' ')
 end
 
 ffi.cdef(M.ffi_region())

@@ -11,7 +11,9 @@
 --              300000 spins before sleeping)
 --   nanochat : what the launcher sets (OPENBLAS_THREAD_TIMEOUT=4, GOMP_SPINCOUNT=10000)
 --   passive  : OPENBLAS_THREAD_TIMEOUT=4, OMP_WAIT_POLICY=passive (libgomp threads sleep at once)
--- Training: tools/bench/train.lua (forward + backward + AdamW, B 8, T 256, torch=0), tokens/s.
+-- Training: tools/bench/train.lua (forward + backward + AdamW, B 8, T 256, torch=0), tokens/s of
+-- its f32 row (BitLinear through OpenBLAS sgemm) and, on AMX machines, its AMX row (BitLinear on
+-- the tile unit; only the LM head uses sgemm).
 -- Decode (decode=1): the packed engine (nc.pack of a random 50M-shape model: d 512, 10 layers)
 -- decoding 32 tokens after a 64-token prompt, tokens/s (this script with child=decode).
 -- Reported: the median over rounds per setting and the ratio to `defaults`. Last line: JSON
@@ -26,6 +28,9 @@ local config = args.config or 'tiny'
 local steps = tonumber(args.steps) or 3
 local threads = tonumber(args.threads) or 2
 local exe = (arg and arg[-1]) or './nanochat'
+-- every child starts from the user's environment: this process's launcher already set its pool
+-- variables, which the children would otherwise inherit
+local clean = require('nanochat.core').unset_pool_env()
 
 if args.child == 'decode' then   -- one decode measurement in this process's pool settings
     local nc = require 'nanochat'
@@ -76,34 +81,39 @@ local function median(t)
     return n % 2 == 1 and s[(n + 1) / 2] or (s[n / 2] + s[n / 2 + 1]) / 2
 end
 
-local train, decode = {}, {}
-for _, s in ipairs(SETTINGS) do train[s.name], decode[s.name] = {}, {} end
+local train, amx, decode = {}, {}, {}
+for _, s in ipairs(SETTINGS) do train[s.name], amx[s.name], decode[s.name] = {}, {}, {} end
 for r = 1, rounds do
     for _, s in ipairs(SETTINGS) do
-        local o = last_json(string.format('env %s %s tools/bench/train.lua configs=%s steps=%d warmup=1 threads=%d torch=0',
+        local o = last_json(string.format(clean .. ' env %s %s tools/bench/train.lua configs=%s steps=%d warmup=1 threads=%d torch=0',
             s.env, exe, config, steps, threads))
-        train[s.name][r] = o.tokens_per_s
+        local c = o.configs or {}
+        train[s.name][r] = (c[config] or o).tokens_per_s
+        amx[s.name][r] = c[config .. '+amx'] and c[config .. '+amx'].tokens_per_s or 0 / 0
         if tostring(args.decode) ~= '0' then
-            local d = last_json(string.format('env %s %s tools/bench/pools.lua child=decode threads=%d', s.env, exe, threads))
+            local d = last_json(string.format(clean .. ' env %s %s tools/bench/pools.lua child=decode threads=%d', s.env, exe, threads))
             decode[s.name][r] = d.decode_tok_s
         end
-        io.stderr:write(string.format('round %d %-9s train %.0f tok/s  decode %s tok/s\n', r, s.name,
-            train[s.name][r], tostring(decode[s.name][r])))
+        io.stderr:write(string.format('round %d %-9s train f32 %.0f / amx %.0f tok/s  decode %s tok/s\n', r, s.name,
+            train[s.name][r], amx[s.name][r], tostring(decode[s.name][r])))
     end
 end
 
 local rows = {}
-local base_t, base_d = median(train.defaults), median(decode.defaults)
+local base_t, base_a, base_d = median(train.defaults), median(amx.defaults), median(decode.defaults)
 for _, s in ipairs(SETTINGS) do
-    local t, d = median(train[s.name]), median(decode[s.name])
-    rows[#rows + 1] = { s.name, s.env == '' and '(launcher default)' or s.env, t, t / base_t, d, d / base_d }
+    local t, a, d = median(train[s.name]), median(amx[s.name]), median(decode[s.name])
+    rows[#rows + 1] = { s.name, s.env == '' and '(launcher default)' or s.env, t, t / base_t, a, a / base_a, d, d / base_d }
 end
 print(string.format('Thread-pool settings, %d interleaved rounds (medians): train = %s step (B 8, T 256, %d threads), '
     .. 'decode = 50M packed engine', rounds, config, threads))
-L.print_table({ 'setting', 'environment', 'train tok/s', 'vs defaults', 'decode tok/s', 'vs defaults' }, rows,
-    { nil, nil, '%.0f', '%.2f', '%.1f', '%.2f' })
+L.print_table({ 'setting', 'environment', 'train f32 tok/s', 'vs defaults', 'train AMX tok/s', 'vs defaults',
+                'decode tok/s', 'vs defaults' }, rows, { nil, nil, '%.0f', '%.2f', '%.0f', '%.2f', '%.1f', '%.2f' })
 print(L.json {
     train_speedup = L.round(median(train.nanochat) / base_t, 3),
+    train_amx_speedup = base_a == base_a and L.round(median(amx.nanochat) / base_a, 3) or nil,
+    train_amx_tok_s = base_a == base_a and { defaults = L.round(base_a, 1), nanochat = L.round(median(amx.nanochat), 1),
+                      passive = L.round(median(amx.passive), 1) } or nil,
     decode_speedup = base_d == base_d and L.round(median(decode.nanochat) / base_d, 3) or nil,
     train_tok_s = { defaults = L.round(base_t, 1), nanochat = L.round(median(train.nanochat), 1),
                     passive = L.round(median(train.passive), 1) },

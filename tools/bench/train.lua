@@ -72,7 +72,8 @@ local function torch_bench(name)
     if tostring(args.torch) == '0' then return nil end
     local ok = os.execute('python3 -c "import torch, safetensors" >/dev/null 2>&1')
     if ok ~= 0 and ok ~= true then return nil end
-    local cmd = string.format('python3 tools/torch_ref.py --bench --config %s --B %d --T %d --threads %d --steps %d --warmup %d 2>/dev/null',
+    -- PyTorch runs with the environment the user gave (without the launcher's thread-pool settings)
+    local cmd = string.format(require('nanochat.core').unset_pool_env() .. ' python3 tools/torch_ref.py --bench --config %s --B %d --T %d --threads %d --steps %d --warmup %d 2>/dev/null',
         name, B, T, threads, steps, warmup)
     local p = io.popen(cmd)
     local last
