@@ -19,6 +19,7 @@ local function model_of(name, over)
     -- int arithmetic with another float rounding order, which can flip a rare activation code at a
     -- rounding tie and so move a logit by more than TOL; spec/ops/amx_spec.lua covers that path)
     cfg.matmul = 'fp32'
+    cfg.head_matmul = 'fp32'   -- (the default 'auto' is f32 outside training steps anyway)
     for k, v in pairs(over or {}) do cfg[k] = v end
     local m = nc.models.gpt.new(cfg)
     m:eval()

@@ -47,6 +47,7 @@ local function model_from(tensors, cfg, over)
     -- the f32 composite BitLinear path, as PyTorch computes it (cfg.matmul = 'auto' would run the
     -- AMX int8 / bf16 GEMMs where available; spec/ops/amx_spec.lua compares those to this path)
     if c.matmul == nil then c.matmul = 'fp32' end
+    if c.head_matmul == nil then c.head_matmul = 'fp32' end   -- the f32 head (not bf16 during training steps)
     local m = nc.models.gpt.new(c)
     local sd = {}
     for name, t in pairs(tensors) do

@@ -426,7 +426,7 @@ describe('GPT with cfg.matmul', function()
         assert.has_error(function() nc.models.gpt.config(micro { matmul = 'bf16x' }) end)
         assert.has_error(function() nc.models.gpt.config(micro { matmul = 3 }) end)
         assert.has_error(function() require('nanochat.layers.bitlinear')(4, 4, { matmul = 'int4' }) end)
-        assert.are.equal('fp32', nc.models.gpt.config(micro()).head_matmul)
+        assert.are.equal('auto', nc.models.gpt.config(micro()).head_matmul)
         assert.has_error(function() nc.models.gpt.config(micro { head_matmul = 'int8' }) end)
     end)
 

@@ -12,8 +12,9 @@
 -- bytes in use after the last step minus after the first timed step (0 = nothing leaks).
 -- amx (default both when nc.cpu_amx(), else off): each config runs with the model's matmul = 'fp32'
 -- (sgemm) and/or 'auto' (the BitLinear matmuls on Intel AMX: int8 forward, bf16 backward;
--- layers/bitlinear.lua), same process; head=bf16 adds a row with cfg.head_matmul = 'bf16' as well
--- (the fp32 LM head through nc.linear_bf16). MFU keeps its definition against the sgemm peak; the AMX
+-- layers/bitlinear.lua) with the head in f32 (head_matmul = 'fp32'), same process; head=bf16 (the
+-- default with AMX) adds the row `amx+head` = the model defaults (matmul = 'auto', head_matmul =
+-- 'auto': during training steps the fp32 LM head runs through nc.linear_bf16 as well). MFU keeps its definition against the sgemm peak; the AMX
 -- rows also print "MFU vs AMX bf16 peak": the same FLOPs against the median GFLOP/s of a raw
 -- 1024^3 nc_gemm_bf16 (packing included) measured here, the honest ceiling for that path.
 -- Last line: JSON with tokens_per_s, mfu (the first config; its AMX run when there is one),
@@ -35,14 +36,14 @@ if amx_mode ~= 'both' and amx_mode ~= 'on' and amx_mode ~= 'off' then
     error('train bench: amx must be both, on or off, got ' .. amx_mode)
 end
 if amx_mode ~= 'off' and not nc.cpu_amx() then error('train bench: amx=' .. amx_mode .. ' but ' .. nc.amx_status()) end
-local head = tostring(args.head or 'fp32')
+local head = tostring(args.head or (nc.cpu_amx() and 'bf16' or 'fp32'))
 if head ~= 'fp32' and head ~= 'bf16' then error('train bench: head must be fp32 or bf16, got ' .. head) end
 -- { label, cfg.matmul, cfg.head_matmul }; head=bf16 adds an AMX row with the LM head in bf16 too
 local variants = {}
 if amx_mode ~= 'on' then variants[#variants + 1] = { 'fp32', 'fp32', 'fp32' } end
 if amx_mode ~= 'off' then
     variants[#variants + 1] = { 'amx', 'auto', 'fp32' }
-    if head == 'bf16' then variants[#variants + 1] = { 'amx+head', 'auto', 'bf16' } end
+    if head == 'bf16' then variants[#variants + 1] = { 'amx+head', 'auto', 'auto' } end
 end
 
 local function peak_rss_mb()

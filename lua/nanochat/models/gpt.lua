@@ -111,11 +111,13 @@ function M.config(cfg)
     if not BitLinear.MATMUL[c.matmul] then
         error("gpt: cfg.matmul must be 'auto', 'amx' or 'fp32', got " .. c.matmul, 2)
     end
-    -- the fp32 LM head: 'fp32' (default) or 'bf16' (nc.linear_bf16: bf16 operands, f32 accumulation
-    -- on AMX; fp32 without AMX or under a Collider row filter)
-    c.head_matmul = c.head_matmul or 'fp32'
-    if c.head_matmul ~= 'fp32' and c.head_matmul ~= 'bf16' then
-        error("gpt: cfg.head_matmul must be 'fp32' or 'bf16', got " .. c.head_matmul, 2)
+    -- the fp32 LM head: 'bf16' = nc.linear_bf16 (bf16 operands, f32 accumulation on AMX; fp32
+    -- without AMX); 'fp32' = nc.linear (sgemm); 'auto' (default) = bf16 while gradients are
+    -- recorded (training steps: mixed precision, as on GPUs) and fp32 otherwise (validation,
+    -- sampling, eval: the logits the packed engine reproduces, README "Train = serve")
+    c.head_matmul = c.head_matmul or 'auto'
+    if c.head_matmul ~= 'fp32' and c.head_matmul ~= 'bf16' and c.head_matmul ~= 'auto' then
+        error("gpt: cfg.head_matmul must be 'auto', 'fp32' or 'bf16', got " .. c.head_matmul, 2)
     end
     if c.subln == nil then c.subln = false end
     if c.embed_norm == nil then c.embed_norm = true end
@@ -367,7 +369,9 @@ end
 
 function GPT:_logits(h)
     local n = nc()
-    local logits = self.cfg.head_matmul == 'bf16' and n.linear_bf16(h, self:head_weight()) or n.linear(h, self:head_weight())
+    local hm = self.cfg.head_matmul
+    local bf16 = hm == 'bf16' or (hm == 'auto' and n.grad_enabled())
+    local logits = bf16 and n.linear_bf16(h, self:head_weight()) or n.linear(h, self:head_weight())
     local cap = self.cfg.logit_softcap
     if cap then logits = n.tanh(logits * (1 / cap)) * cap end
     return logits
