@@ -203,7 +203,9 @@ describe('finite-difference gradients of the whole model (ternary = false)', fun
     }
     for _, v in ipairs(variants) do
         it(v.name, function()
-            local over = { ternary = false, init_std = 0.3, head_std = 0.3, embed_std = 1, seed = 11, seq_len = 8 }
+            -- (head_matmul = 'fp32': finite differences need the f32 head in the training step too)
+            local over = { ternary = false, init_std = 0.3, head_std = 0.3, embed_std = 1, seed = 11, seq_len = 8,
+                           head_matmul = 'fp32' }
             for k, val in pairs(v.over) do over[k] = val end
             local m = gpt.new(micro(over))
             for _, nv in ipairs(m:named_parameters()) do   -- gains away from 1 so they matter
@@ -332,7 +334,7 @@ describe('KV cache', function()
     end
 
     it('rejects overflow and mismatched batches; reset() reuses the buffers', function()
-        local m = gpt.new(micro())
+        local m = gpt.new(micro { head_matmul = 'fp32' })   -- m:forward below is a training-mode forward
         local cache = m:new_cache(1, 4)
         local x = batch(1, 4, 256)
         local a = m:forward_cached(x, cache)

@@ -122,7 +122,8 @@ describe('gpt vs tools/torch_ref.py live (every option)', function()
     local run = torch_ok and it or pending
     run('swiglu + SubLN + QK-norm + softcap + tied embeddings, fp32 network vs float64', function()
         local cfg = nc.models.config('micro', { mlp = 'swiglu', d_ff = 64, subln = true, qk_norm = true,
-            logit_softcap = 4, tie_embeddings = true, ternary = false, init_std = 0.2, seed = 9, seq_len = 16 })
+            logit_softcap = 4, tie_embeddings = true, ternary = false, init_std = 0.2, seed = 9, seq_len = 16,
+            head_matmul = 'fp32' })
         local m = nc.models.gpt.new(cfg)
         for _, nv in ipairs(m:named_parameters()) do   -- SubLN gains away from 1 so they matter
             if nv[2]:dim() == 1 then nv[2]:copy_(nc.rand(nv[2]:shape(), { lo = 0.5, hi = 1.5, generator = nc.generator(4) })) end

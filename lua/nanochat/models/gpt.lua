@@ -112,9 +112,9 @@ function M.config(cfg)
         error("gpt: cfg.matmul must be 'auto', 'amx' or 'fp32', got " .. c.matmul, 2)
     end
     -- the fp32 LM head: 'bf16' = nc.linear_bf16 (bf16 operands, f32 accumulation on AMX; fp32
-    -- without AMX); 'fp32' = nc.linear (sgemm); 'auto' (default) = bf16 while gradients are
-    -- recorded (training steps: mixed precision, as on GPUs) and fp32 otherwise (validation,
-    -- sampling, eval: the logits the packed engine reproduces, README "Train = serve")
+    -- without AMX); 'fp32' = nc.linear (sgemm); 'auto' (default) = bf16 in training steps (train
+    -- mode with gradients recorded: mixed precision, as on GPUs) and fp32 otherwise (eval mode or
+    -- no_grad: validation, sampling, the logits the packed engine reproduces, "Train = serve")
     c.head_matmul = c.head_matmul or 'auto'
     if c.head_matmul ~= 'fp32' and c.head_matmul ~= 'bf16' and c.head_matmul ~= 'auto' then
         error("gpt: cfg.head_matmul must be 'auto', 'fp32' or 'bf16', got " .. c.head_matmul, 2)
@@ -370,7 +370,7 @@ end
 function GPT:_logits(h)
     local n = nc()
     local hm = self.cfg.head_matmul
-    local bf16 = hm == 'bf16' or (hm == 'auto' and n.grad_enabled())
+    local bf16 = hm == 'bf16' or (hm == 'auto' and self.training and n.grad_enabled())
     local logits = bf16 and n.linear_bf16(h, self:head_weight()) or n.linear(h, self:head_weight())
     local cap = self.cfg.logit_softcap
     if cap then logits = n.tanh(logits * (1 / cap)) * cap end
