@@ -21,6 +21,9 @@ local function loop_cfg(over, loop)
     local cfg = nc.models.config('micro')
     cfg.n_layer = 3
     cfg.loop = loop or { prelude = 1, shared = 1, coda = 1, T = 3, beta = 0.1 }
+    -- the f32 head in training-mode forwards too: these specs compare them bitwise with
+    -- no_grad / cached ones (head_matmul = 'auto' runs it in bf16 during training steps)
+    cfg.head_matmul = 'fp32'
     for k, v in pairs(over or {}) do cfg[k] = v end
     return cfg
 end
