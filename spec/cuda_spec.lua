@@ -7,7 +7,7 @@
 -- batched, 2-D b, alpha/beta), plus the mixed-device error. Without a GPU each test is pending
 -- (inside its `it`, never at describe level) with the reason from nc.cuda_status(), and one test
 -- checks that asking for a CUDA tensor is then a clean Lua error, not a crash.
-package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
+package.path = 'lua/?.lua;lua/?/init.lua;spec/helpers/?.lua;' .. package.path
 local nc = require 'nanochat'
 local core = require 'nanochat.core'
 local Tensor = require 'nanochat.tensor'
@@ -18,19 +18,10 @@ local ffi = core.ffi
 local ELEMENTWISE_RTOL = 1e-5   -- f32 elementwise: CUDA libm and glibc differ by a few ulp
 local MATMUL_RTOL = 1e-4        -- f32 sgemm: cuBLAS and OpenBLAS sum in different orders
 
-local HAVE_CUDA = nc.cuda_available()
-local WHY = nc.cuda_status()
+local CU = require 'cuda_helpers'
+local HAVE_CUDA, WHY = CU.HAVE_CUDA, CU.WHY
 
--- `it` that is pending (inside the test) when there is no GPU
-local function gpu_it(name, fn)
-    it(name, function()
-        if not HAVE_CUDA then
-            pending('no CUDA GPU: ' .. WHY)
-            return
-        end
-        fn()
-    end)
-end
+local gpu_it = CU.gpu_it   -- pending (inside the test) without a GPU
 
 local seed = 4321
 local function randn(shape, std)

@@ -35,18 +35,10 @@ local ATTN_RTOL = 1e-4     -- attention: f32 dot products, softmax sums and D = 
 local E2E_LOSS_RTOL = 1e-3
 local E2E_GRAD_REL = 2e-2  -- ||g_cuda - g_cpu|| / ||g_cpu|| per parameter tensor
 
-local HAVE_CUDA = nc.cuda_available()
-local WHY = nc.cuda_status()
+local CU = require 'cuda_helpers'
+local HAVE_CUDA, WHY = CU.HAVE_CUDA, CU.WHY
 
-local function gpu_it(name, fn)
-    it(name, function()
-        if not HAVE_CUDA then
-            pending('no CUDA GPU: ' .. WHY)
-            return
-        end
-        fn()
-    end)
-end
+local gpu_it = CU.gpu_it   -- pending (inside the test) without a GPU
 
 local function last_error() return ffi.string(C.nc_last_error()) end
 
@@ -104,17 +96,9 @@ local function both(what, inputs, fn, rtol, grad_rtol)
 end
 
 -- ---- without a GPU: device checks -----------------------------------------------------------------
--- A header that claims `device` over t's host storage (kept alive in `keep`). Only ever passed to
+-- A header that claims `device` over t's host storage (cuda_helpers.claim). Only ever passed to
 -- entry points whose device check fails before any data is read.
-local keep = {}
-local function claim(t, device)
-    local h = ffi.new('nc_tensor[1]')
-    ffi.copy(h, t._c, ffi.sizeof('nc_tensor'))
-    h[0].device = device
-    h[0].refcount = 1
-    keep[#keep + 1] = { h, t }
-    return h
-end
+local claim = CU.claim
 
 describe('CUDA nn ops without a GPU: dispatch and device errors', function()
     local B, T, H, Hkv, D, V, E = 2, 5, 4, 2, 8, 11, 6

@@ -14,7 +14,7 @@
 --    GaLore (cuBLAS sgemm) agree within NS_RTOL; the rSVD refresh equals the CPU bitwise; the Lua
 --    optimizers run unchanged on CUDA parameters (state on the device, same state_bytes), AdamW's
 --    trajectory equals the CPU's bitwise and Muon / 8-bit Muon lower a least-squares loss.
-package.path = 'spec/optim/?.lua;lua/?.lua;lua/?/init.lua;' .. package.path
+package.path = 'spec/optim/?.lua;lua/?.lua;lua/?/init.lua;spec/helpers/?.lua;' .. package.path
 local nc = require 'nanochat'
 local core = require 'nanochat.core'
 local H = require 'optim_helpers'
@@ -27,18 +27,10 @@ local C, ffi = core.C, core.ffi
 -- transposition or coefficient (those are O(1)).
 local NS_RTOL = 2e-5
 
-local HAVE_CUDA = nc.cuda_available()
-local WHY = nc.cuda_status()
+local CU = require 'cuda_helpers'
+local HAVE_CUDA, WHY = CU.HAVE_CUDA, CU.WHY
 
-local function gpu_it(name, fn)
-    it(name, function()
-        if not HAVE_CUDA then
-            pending('no CUDA GPU: ' .. WHY)
-            return
-        end
-        fn()
-    end)
-end
+local gpu_it = CU.gpu_it   -- pending (inside the test) without a GPU
 
 local function last_error() return ffi.string(C.nc_last_error()) end
 
@@ -58,17 +50,9 @@ local function hp_new(t)
 end
 
 -- ---- device checks without a GPU -------------------------------------------------------------------
--- A header that claims `device` over t's host storage (kept alive in `keep`). Only ever passed to
+-- A header that claims `device` over t's host storage (cuda_helpers.claim). Only ever passed to
 -- entry points whose device check fails before any data is read.
-local keep = {}
-local function claim(t, device)
-    local h = ffi.new('nc_tensor[1]')
-    ffi.copy(h, t._c, ffi.sizeof('nc_tensor'))
-    h[0].device = device
-    h[0].refcount = 1
-    keep[#keep + 1] = { h, t }
-    return h
-end
+local claim = CU.claim
 
 describe('optimizer steps without a GPU: device checks and the NS tolerance', function()
     local p = H.randn({ 6, 8 })
