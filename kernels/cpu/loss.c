@@ -301,17 +301,7 @@ static nc_status ce_backward_check(const char *op, const nc_tensor *glogits, con
         *count = -1;
         return NC_OK;
     }
-    int64_t N = logits->shape[0], V = logits->shape[1];
-    *count = 0;
-    for (int64_t r = 0; r < N; r++) {
-        int64_t t = target_at(targets, r);
-        if (t == ignore_index) continue;
-        if (t < 0 || t >= V)
-            return nc_fail(NC_ERR_INDEX, "%s: target %lld at row %lld is outside [0, %lld) and is not ignore_index (%lld)",
-                           op, (long long)t, (long long)r, (long long)V, (long long)ignore_index);
-        (*count)++;
-    }
-    return NC_OK;
+    return ce_count(op, targets, logits->shape[1], ignore_index, count);
 }
 
 /* glogits[r] += scale_r (d loss_r / d logits[r]) for every non-ignored row: scale_r = grows[r]
