@@ -34,6 +34,9 @@
  * attention (the same online softmax and backward formulas; head dim <= NC_CUDA_ATTN_MAXD).
  */
 #include "nn_common.h"
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #ifndef NC_KSUFFIX
 #define NC_KSUFFIX _base
@@ -89,6 +92,131 @@ static inline void load_rows_t(float *dst, const float *base, const int64_t *st,
     }
 }
 
+#if defined(__AVX512F__)
+/* AVX-512 build: the same three helpers as explicit zmm register tiles with FMA (one rounding per
+ * multiply-add instead of two; every element still summed over d, resp. j, in ascending order, and
+ * dot_row and dot4 give the same bits). Columns past jn are computed from whatever kt holds and
+ * not stored (masked stores). */
+static inline __mmask16 att_mask(int64_t n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u); }
+
+static inline void dot_row(float *restrict row, const float *restrict qi, const float *restrict kt, int64_t D,
+                           int64_t jn) {
+    int64_t nt = (jn + 15) >> 4;
+    __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+    for (int64_t d = 0; d < D; d++) {
+        const float *kr = kt + d * ATT_BC;
+        __m512 a = _mm512_set1_ps(qi[d]);
+        c0 = _mm512_fmadd_ps(a, _mm512_loadu_ps(kr), c0);
+        if (nt > 1) c1 = _mm512_fmadd_ps(a, _mm512_loadu_ps(kr + 16), c1);
+        if (nt > 2) c2 = _mm512_fmadd_ps(a, _mm512_loadu_ps(kr + 32), c2);
+        if (nt > 3) c3 = _mm512_fmadd_ps(a, _mm512_loadu_ps(kr + 48), c3);
+    }
+    _mm512_mask_storeu_ps(row, att_mask(jn), c0);
+    if (nt > 1) _mm512_mask_storeu_ps(row + 16, att_mask(jn - 16), c1);
+    if (nt > 2) _mm512_mask_storeu_ps(row + 32, att_mask(jn - 32), c2);
+    if (nt > 3) _mm512_mask_storeu_ps(row + 48, att_mask(jn - 48), c3);
+}
+
+/* 4 rows x NT key tiles of 16 (NT constant after inlining) */
+static inline __attribute__((always_inline)) void dot4_nt(float *restrict out, const float *restrict q,
+                                                          const float *restrict kt, int64_t D, int64_t jn,
+                                                          const int NT) {
+    __m512 c[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) c[r][t] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; d++) {
+        const float *kr = kt + d * ATT_BC;
+        __m512 kv[4];
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) kv[t] = _mm512_loadu_ps(kr + 16 * t);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            __m512 a = _mm512_set1_ps(q[r * D + d]);
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) c[r][t] = _mm512_fmadd_ps(a, kv[t], c[r][t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) _mm512_mask_storeu_ps(out + r * ATT_BC + 16 * t, att_mask(jn - 16 * t), c[r][t]);
+}
+
+static inline void dot4(float *restrict out, const float *restrict q, const float *restrict kt, int64_t D, int64_t jn) {
+    switch ((jn + 15) >> 4) {
+    case 1: dot4_nt(out, q, kt, D, jn, 1); break;
+    case 2: dot4_nt(out, q, kt, D, jn, 2); break;
+    case 3: dot4_nt(out, q, kt, D, jn, 3); break;
+    default: dot4_nt(out, q, kt, D, jn, 4); break;
+    }
+}
+
+/* acc[d] += sum_j p[j] * vb[j][d] (j ascending per element; acc chunk held in a register) */
+static inline void axpy_rows(float *restrict acc, const float *restrict p, const float *restrict vb, int64_t D,
+                             int64_t jn) {
+    if (jn <= 0) return;
+    int64_t d0 = 0;
+    for (; d0 + 64 <= D; d0 += 64) {
+        __m512 x0 = _mm512_loadu_ps(acc + d0), x1 = _mm512_loadu_ps(acc + d0 + 16);
+        __m512 x2 = _mm512_loadu_ps(acc + d0 + 32), x3 = _mm512_loadu_ps(acc + d0 + 48);
+        for (int64_t j = 0; j < jn; j++) {
+            __m512 pj = _mm512_set1_ps(p[j]);
+            const float *vr = vb + j * D + d0;
+            x0 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vr), x0);
+            x1 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vr + 16), x1);
+            x2 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vr + 32), x2);
+            x3 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vr + 48), x3);
+        }
+        _mm512_storeu_ps(acc + d0, x0);
+        _mm512_storeu_ps(acc + d0 + 16, x1);
+        _mm512_storeu_ps(acc + d0 + 32, x2);
+        _mm512_storeu_ps(acc + d0 + 48, x3);
+    }
+    for (; d0 < D; d0 += 16) {
+        __mmask16 m = att_mask(D - d0);
+        __m512 x = _mm512_maskz_loadu_ps(m, acc + d0);
+        for (int64_t j = 0; j < jn; j++)
+            x = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_maskz_loadu_ps(m, vb + j * D + d0), x);
+        _mm512_mask_storeu_ps(acc + d0, m, x);
+    }
+}
+
+/* dv[d] += p * o[d], dk[d] += s * q[d] (one row's terms; FMA as in the 4-row sweep) */
+static inline void kv_axpy(float *restrict dv, float *restrict dk, float p, const float *restrict o, float s,
+                           const float *restrict q, int64_t D) {
+    __m512 pv = _mm512_set1_ps(p), sv = _mm512_set1_ps(s);
+    for (int64_t d0 = 0; d0 < D; d0 += 16) {
+        __mmask16 m = att_mask(D - d0);
+        _mm512_mask_storeu_ps(dv + d0, m,
+                              _mm512_fmadd_ps(pv, _mm512_maskz_loadu_ps(m, o + d0), _mm512_maskz_loadu_ps(m, dv + d0)));
+        _mm512_mask_storeu_ps(dk + d0, m,
+                              _mm512_fmadd_ps(sv, _mm512_maskz_loadu_ps(m, q + d0), _mm512_maskz_loadu_ps(m, dk + d0)));
+    }
+}
+
+/* the 4-row term of one dK/dV row: dv += p0 o0 + .. + p3 o3, dk += s0 q0 + .. + s3 q3 (row order) */
+static inline void kv_axpy4(float *restrict dv, float *restrict dk, const float *p, const float *const *o,
+                            const float *s, const float *const *q, int64_t D) {
+    __m512 p0 = _mm512_set1_ps(p[0]), p1 = _mm512_set1_ps(p[1]), p2 = _mm512_set1_ps(p[2]), p3 = _mm512_set1_ps(p[3]);
+    __m512 s0 = _mm512_set1_ps(s[0]), s1 = _mm512_set1_ps(s[1]), s2 = _mm512_set1_ps(s[2]), s3 = _mm512_set1_ps(s[3]);
+    for (int64_t d0 = 0; d0 < D; d0 += 16) {
+        __mmask16 m = att_mask(D - d0);
+        __m512 x = _mm512_maskz_loadu_ps(m, dv + d0), y = _mm512_maskz_loadu_ps(m, dk + d0);
+        x = _mm512_fmadd_ps(p0, _mm512_maskz_loadu_ps(m, o[0] + d0), x);
+        y = _mm512_fmadd_ps(s0, _mm512_maskz_loadu_ps(m, q[0] + d0), y);
+        x = _mm512_fmadd_ps(p1, _mm512_maskz_loadu_ps(m, o[1] + d0), x);
+        y = _mm512_fmadd_ps(s1, _mm512_maskz_loadu_ps(m, q[1] + d0), y);
+        x = _mm512_fmadd_ps(p2, _mm512_maskz_loadu_ps(m, o[2] + d0), x);
+        y = _mm512_fmadd_ps(s2, _mm512_maskz_loadu_ps(m, q[2] + d0), y);
+        x = _mm512_fmadd_ps(p3, _mm512_maskz_loadu_ps(m, o[3] + d0), x);
+        y = _mm512_fmadd_ps(s3, _mm512_maskz_loadu_ps(m, q[3] + d0), y);
+        _mm512_mask_storeu_ps(dv + d0, m, x);
+        _mm512_mask_storeu_ps(dk + d0, m, y);
+    }
+}
+#else
 /* row[j] = sum_d qi[d] * kt[d][j] for j < jn */
 static inline void dot_row(float *restrict row, const float *restrict qi, const float *restrict kt, int64_t D,
                            int64_t jn) {
@@ -142,6 +270,39 @@ static inline void axpy_rows(float *restrict acc, const float *restrict p, const
         for (int64_t d = 0; d < D; d++) acc[d] += pj * vr[d];
     }
 }
+
+
+/* dv[d] += p * o[d], dk[d] += s * q[d] */
+static inline void kv_axpy(float *restrict dv, float *restrict dk, float p, const float *restrict o, float s,
+                           const float *restrict q, int64_t D) {
+#pragma omp simd
+    for (int64_t d = 0; d < D; d++) {
+        dv[d] += p * o[d];
+        dk[d] += s * q[d];
+    }
+}
+
+/* the 4-row term of one dK/dV row, in row order */
+static inline void kv_axpy4(float *restrict dv, float *restrict dk, const float *p, const float *const *o,
+                            const float *s, const float *const *q, int64_t D) {
+    float p0 = p[0], p1 = p[1], p2 = p[2], p3 = p[3], s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];
+    const float *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3], *q0 = q[0], *q1 = q[1], *q2 = q[2], *q3 = q[3];
+#pragma omp simd
+    for (int64_t d = 0; d < D; d++) {
+        float x = dv[d], y = dk[d];
+        x += p0 * o0[d];
+        y += s0 * q0[d];
+        x += p1 * o1[d];
+        y += s1 * q1[d];
+        x += p2 * o2[d];
+        y += s2 * q2[d];
+        x += p3 * o3[d];
+        y += s3 * q3[d];
+        dv[d] = x;
+        dk[d] = y;
+    }
+}
+#endif
 
 /* number of keys of block [s0, s0+nk) visible to query t */
 static inline int64_t visible(const attn_args *a, int64_t t, int64_t s0, int64_t nk) {
@@ -300,37 +461,19 @@ static void KFN(bwd_kv_block)(const attn_args *a, int64_t b, int64_t hk, int64_t
                     if (dqloc)   /* fused: dQ_i += dS_i K (blocks ascending, as in pass 2) */
                         axpy_rows(dqloc + ((h - hk * G) * T + t0 + i) * D, dS + r * ATT_BC, Kb, D, jn);
                 }
-                const float *q0 = Qs + i0 * D, *q1 = q0 + D, *q2 = q1 + D, *q3 = q2 + D;
-                const float *o0 = dO + i0 * D, *o1 = o0 + D, *o2 = o1 + D, *o3 = o2 + D;
+                const float *qr[4] = {Qs + i0 * D, Qs + (i0 + 1) * D, Qs + (i0 + 2) * D, Qs + (i0 + 3) * D};
+                const float *orow[4] = {dO + i0 * D, dO + (i0 + 1) * D, dO + (i0 + 2) * D, dO + (i0 + 3) * D};
                 for (int64_t j = 0; j < jmax; j++) {
                     float *dv = dV + j * D, *dk = dK + j * D;
                     if (jns[0] > j && jns[1] > j && jns[2] > j && jns[3] > j) {
-                        float p0 = P[j], p1 = P[ATT_BC + j], p2 = P[2 * ATT_BC + j], p3 = P[3 * ATT_BC + j];
-                        float s0_ = dS[j], s1 = dS[ATT_BC + j], s2 = dS[2 * ATT_BC + j], s3 = dS[3 * ATT_BC + j];
-#pragma omp simd
-                        for (int64_t d = 0; d < D; d++) {
-                            float x = dv[d], y = dk[d];
-                            x += p0 * o0[d];
-                            y += s0_ * q0[d];
-                            x += p1 * o1[d];
-                            y += s1 * q1[d];
-                            x += p2 * o2[d];
-                            y += s2 * q2[d];
-                            x += p3 * o3[d];
-                            y += s3 * q3[d];
-                            dv[d] = x;
-                            dk[d] = y;
-                        }
+                        float pj[4] = {P[j], P[ATT_BC + j], P[2 * ATT_BC + j], P[3 * ATT_BC + j]};
+                        float sj[4] = {dS[j], dS[ATT_BC + j], dS[2 * ATT_BC + j], dS[3 * ATT_BC + j]};
+                        kv_axpy4(dv, dk, pj, orow, sj, qr, D);
                     } else {
                         for (int64_t r = 0; r < ng; r++) {
                             if (jns[r] <= j) continue;
-                            float pj = P[r * ATT_BC + j], sj = dS[r * ATT_BC + j];
-                            const float *qi = Qs + (i0 + r) * D, *doi = dO + (i0 + r) * D;
-#pragma omp simd
-                            for (int64_t d = 0; d < D; d++) {
-                                dv[d] += pj * doi[d];
-                                dk[d] += sj * qi[d];
-                            }
+                            kv_axpy(dv, dk, P[r * ATT_BC + j], dO + (i0 + r) * D, dS[r * ATT_BC + j],
+                                    Qs + (i0 + r) * D, D);
                         }
                     }
                 }
@@ -422,6 +565,13 @@ void nc_k_attn_fwd_item_avx2(const attn_args *a, int64_t item, float *scratch);
 void nc_k_attn_bwd_kv_item_avx2(const attn_args *a, int64_t item, float *scratch);
 void nc_k_attn_bwd_q_item_avx2(const attn_args *a, int64_t item, float *scratch);
 void nc_k_attn_bwd_fused_item_avx2(const attn_args *a, int64_t item, float *scratch);
+void nc_k_attn_fwd_item_avx512(const attn_args *a, int64_t item, float *scratch);
+void nc_k_attn_bwd_kv_item_avx512(const attn_args *a, int64_t item, float *scratch);
+void nc_k_attn_bwd_q_item_avx512(const attn_args *a, int64_t item, float *scratch);
+void nc_k_attn_bwd_fused_item_avx512(const attn_args *a, int64_t item, float *scratch);
+
+/* the build of an item kernel the kernel selection picks (scalar / avx2 / avx512) */
+#define ATT_PICK(name) (nc_cpu_avx512() ? name##_avx512 : nc_cpu_avx2() ? name##_avx2 : name##_base)
 
 typedef void (*attn_item_fn)(const attn_args *, int64_t, float *);
 
@@ -531,7 +681,7 @@ nc_status nc_attention(nc_tensor *out, nc_tensor *lse, const nc_tensor *q, const
     }
     int64_t items = a.B * a.H * ((a.T + ATT_BR - 1) / ATT_BR);
     double flops = 4.0 * a.B * a.H * a.T * a.S * a.D;
-    return run_items(op, nc_cpu_avx2() ? nc_k_attn_fwd_item_avx2 : nc_k_attn_fwd_item_base, &a, items, flops, 0);
+    return run_items(op, ATT_PICK(nc_k_attn_fwd_item), &a, items, flops, 0);
 }
 
 static nc_status attn_bwd(const char *op, nc_tensor *gq, nc_tensor *gk, nc_tensor *gv, const nc_tensor *out,
@@ -611,24 +761,23 @@ static nc_status attn_bwd(const char *op, nc_tensor *gq, nc_tensor *gk, nc_tenso
     }
     a.dvec = dvec;
     double flops = 4.0 * a.B * a.H * a.T * a.S * a.D;
-    int avx2 = nc_cpu_avx2();
     nc_status st = NC_OK;
     int64_t G = a.H / a.Hkv, fitems = a.B * a.Hkv;
     int64_t nth = nc_threads();
     if (gq && (gk || gv) && (nth == 1 || fitems >= 4 * nth)) {
         /* one thread, or enough (b, kv head) items to keep the threads busy: one fused pass computes
          * P and dS once (scratch O(T D) per thread: the group's dQ rows) */
-        st = run_items(op, avx2 ? nc_k_attn_bwd_fused_item_avx2 : nc_k_attn_bwd_fused_item_base, &a, fitems, flops,
+        st = run_items(op, ATT_PICK(nc_k_attn_bwd_fused_item), &a, fitems, flops,
                        G * a.T * a.D);
         gq = NULL; gk = NULL; gv = NULL;
     }
     if (gk || gv) {
         int64_t items = a.B * a.Hkv * ((a.S + ATT_BC - 1) / ATT_BC);
-        st = run_items(op, avx2 ? nc_k_attn_bwd_kv_item_avx2 : nc_k_attn_bwd_kv_item_base, &a, items, flops, 0);
+        st = run_items(op, ATT_PICK(nc_k_attn_bwd_kv_item), &a, items, flops, 0);
     }
     if (st == NC_OK && gq) {
         int64_t items = a.B * a.H * ((a.T + ATT_BR - 1) / ATT_BR);
-        st = run_items(op, avx2 ? nc_k_attn_bwd_q_item_avx2 : nc_k_attn_bwd_q_item_base, &a, items, flops, 0);
+        st = run_items(op, ATT_PICK(nc_k_attn_bwd_q_item), &a, items, flops, 0);
     }
     nc_host_free(dvec, nrow * (int64_t)sizeof(float));
     return st;
