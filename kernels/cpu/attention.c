@@ -64,7 +64,8 @@ typedef struct {
 
 /* floats of per-thread scratch */
 static inline int64_t attn_scratch_floats(int64_t D) {
-    return 4 * (int64_t)ATT_BR * D + 6 * (int64_t)ATT_BC * D + 12 * (int64_t)ATT_BC + 2 * (int64_t)ATT_BR + 64;
+    return 4 * (int64_t)ATT_BR * D + 6 * (int64_t)ATT_BC * D + 2 * (int64_t)ATT_BR * ATT_BC + 12 * (int64_t)ATT_BC +
+           2 * (int64_t)ATT_BR + 64;
 }
 #endif
 
@@ -183,6 +184,38 @@ static inline void axpy_rows(float *restrict acc, const float *restrict p, const
     }
 }
 
+/* acc rows r < 4 (stride D) += sum_j p[r][j] * vb[j] (p rows stride ATT_BC, j < jn ascending): four
+ * axpy_rows with one load of each vb row; zero entries of p add +-0, which leaves every sum unchanged */
+static inline void axpy4_rows(float *restrict acc, const float *restrict p, const float *restrict vb, int64_t D,
+                              int64_t jn) {
+    if (D != 64) {
+        for (int r = 0; r < 4; r++) axpy_rows(acc + r * D, p + r * ATT_BC, vb, D, jn);
+        return;
+    }
+    __m512 x[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; t++) x[r][t] = _mm512_loadu_ps(acc + r * 64 + 16 * t);
+    for (int64_t j = 0; j < jn; j++) {
+        const float *vr = vb + j * 64;
+        __m512 v0 = _mm512_loadu_ps(vr), v1 = _mm512_loadu_ps(vr + 16), v2 = _mm512_loadu_ps(vr + 32),
+               v3 = _mm512_loadu_ps(vr + 48);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            __m512 pj = _mm512_set1_ps(p[r * ATT_BC + j]);
+            x[r][0] = _mm512_fmadd_ps(pj, v0, x[r][0]);
+            x[r][1] = _mm512_fmadd_ps(pj, v1, x[r][1]);
+            x[r][2] = _mm512_fmadd_ps(pj, v2, x[r][2]);
+            x[r][3] = _mm512_fmadd_ps(pj, v3, x[r][3]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; t++) _mm512_storeu_ps(acc + r * 64 + 16 * t, x[r][t]);
+}
+
 /* dv[d] += p * o[d], dk[d] += s * q[d] (one row's terms; FMA as in the 4-row sweep) */
 static inline void kv_axpy(float *restrict dv, float *restrict dk, float p, const float *restrict o, float s,
                            const float *restrict q, int64_t D) {
@@ -214,6 +247,65 @@ static inline void kv_axpy4(float *restrict dv, float *restrict dk, const float 
         y = _mm512_fmadd_ps(s3, _mm512_maskz_loadu_ps(m, q[3] + d0), y);
         _mm512_mask_storeu_ps(dv + d0, m, x);
         _mm512_mask_storeu_ps(dk + d0, m, y);
+    }
+}
+
+/* dK/dV of a key block += the query block's terms: dv_j += sum_i P[i][j] o_i, dk_j += sum_i dS[i][j] q_i,
+ * rows i ascending from the first row that sees key j (P, dS are zero past each row's jns[i]).
+ * Keys in pairs, a 64-float slice of the head dim of both dK and dV rows held in 16 zmm registers. */
+static inline void kv_sweep(float *restrict dV, float *restrict dK, const float *restrict P, const float *restrict dS,
+                            const float *restrict dO, const float *restrict Qs, const int64_t *jns, int64_t nq,
+                            int64_t jcap, int64_t D) {
+    int64_t ifirst = 0;
+    for (int64_t j = 0; j < jcap; j += 2) {
+        while (ifirst < nq && jns[ifirst] <= j) ifirst++;
+        int two = j + 1 < jcap;
+        for (int64_t d0 = 0; d0 < D; d0 += 64) {
+            __mmask16 m0 = att_mask(D - d0), m1 = att_mask(D - d0 - 16), m2 = att_mask(D - d0 - 32),
+                      m3 = att_mask(D - d0 - 48);
+            float *v0 = dV + j * D + d0, *k0 = dK + j * D + d0, *v1 = v0 + D, *k1 = k0 + D;
+            __m512 a0 = _mm512_maskz_loadu_ps(m0, v0), a1 = _mm512_maskz_loadu_ps(m1, v0 + 16);
+            __m512 a2 = _mm512_maskz_loadu_ps(m2, v0 + 32), a3 = _mm512_maskz_loadu_ps(m3, v0 + 48);
+            __m512 b0 = _mm512_maskz_loadu_ps(m0, k0), b1 = _mm512_maskz_loadu_ps(m1, k0 + 16);
+            __m512 b2 = _mm512_maskz_loadu_ps(m2, k0 + 32), b3 = _mm512_maskz_loadu_ps(m3, k0 + 48);
+            __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, e0 = c0, e1 = c0, e2 = c0, e3 = c0;
+            if (two) {
+                c0 = _mm512_maskz_loadu_ps(m0, v1); c1 = _mm512_maskz_loadu_ps(m1, v1 + 16);
+                c2 = _mm512_maskz_loadu_ps(m2, v1 + 32); c3 = _mm512_maskz_loadu_ps(m3, v1 + 48);
+                e0 = _mm512_maskz_loadu_ps(m0, k1); e1 = _mm512_maskz_loadu_ps(m1, k1 + 16);
+                e2 = _mm512_maskz_loadu_ps(m2, k1 + 32); e3 = _mm512_maskz_loadu_ps(m3, k1 + 48);
+            }
+            for (int64_t i = ifirst; i < nq; i++) {
+                const float *o = dO + i * D + d0, *q = Qs + i * D + d0;
+                __m512 o0 = _mm512_maskz_loadu_ps(m0, o), o1 = _mm512_maskz_loadu_ps(m1, o + 16);
+                __m512 o2 = _mm512_maskz_loadu_ps(m2, o + 32), o3 = _mm512_maskz_loadu_ps(m3, o + 48);
+                __m512 q0 = _mm512_maskz_loadu_ps(m0, q), q1 = _mm512_maskz_loadu_ps(m1, q + 16);
+                __m512 q2 = _mm512_maskz_loadu_ps(m2, q + 32), q3 = _mm512_maskz_loadu_ps(m3, q + 48);
+                __m512 p = _mm512_set1_ps(P[i * ATT_BC + j]), g = _mm512_set1_ps(dS[i * ATT_BC + j]);
+                a0 = _mm512_fmadd_ps(p, o0, a0); a1 = _mm512_fmadd_ps(p, o1, a1);
+                a2 = _mm512_fmadd_ps(p, o2, a2); a3 = _mm512_fmadd_ps(p, o3, a3);
+                b0 = _mm512_fmadd_ps(g, q0, b0); b1 = _mm512_fmadd_ps(g, q1, b1);
+                b2 = _mm512_fmadd_ps(g, q2, b2); b3 = _mm512_fmadd_ps(g, q3, b3);
+                if (two) {
+                    p = _mm512_set1_ps(P[i * ATT_BC + j + 1]);
+                    g = _mm512_set1_ps(dS[i * ATT_BC + j + 1]);
+                    c0 = _mm512_fmadd_ps(p, o0, c0); c1 = _mm512_fmadd_ps(p, o1, c1);
+                    c2 = _mm512_fmadd_ps(p, o2, c2); c3 = _mm512_fmadd_ps(p, o3, c3);
+                    e0 = _mm512_fmadd_ps(g, q0, e0); e1 = _mm512_fmadd_ps(g, q1, e1);
+                    e2 = _mm512_fmadd_ps(g, q2, e2); e3 = _mm512_fmadd_ps(g, q3, e3);
+                }
+            }
+            _mm512_mask_storeu_ps(v0, m0, a0); _mm512_mask_storeu_ps(v0 + 16, m1, a1);
+            _mm512_mask_storeu_ps(v0 + 32, m2, a2); _mm512_mask_storeu_ps(v0 + 48, m3, a3);
+            _mm512_mask_storeu_ps(k0, m0, b0); _mm512_mask_storeu_ps(k0 + 16, m1, b1);
+            _mm512_mask_storeu_ps(k0 + 32, m2, b2); _mm512_mask_storeu_ps(k0 + 48, m3, b3);
+            if (two) {
+                _mm512_mask_storeu_ps(v1, m0, c0); _mm512_mask_storeu_ps(v1 + 16, m1, c1);
+                _mm512_mask_storeu_ps(v1 + 32, m2, c2); _mm512_mask_storeu_ps(v1 + 48, m3, c3);
+                _mm512_mask_storeu_ps(k1, m0, e0); _mm512_mask_storeu_ps(k1 + 16, m1, e1);
+                _mm512_mask_storeu_ps(k1 + 32, m2, e2); _mm512_mask_storeu_ps(k1 + 48, m3, e3);
+            }
+        }
     }
 }
 #else
@@ -272,6 +364,12 @@ static inline void axpy_rows(float *restrict acc, const float *restrict p, const
 }
 
 
+/* acc rows r < 4 (stride D) += sum_j p[r][j] * vb[j] (zero entries of p leave the sums unchanged) */
+static inline void axpy4_rows(float *restrict acc, const float *restrict p, const float *restrict vb, int64_t D,
+                              int64_t jn) {
+    for (int r = 0; r < 4; r++) axpy_rows(acc + r * D, p + r * ATT_BC, vb, D, jn);
+}
+
 /* dv[d] += p * o[d], dk[d] += s * q[d] */
 static inline void kv_axpy(float *restrict dv, float *restrict dk, float p, const float *restrict o, float s,
                            const float *restrict q, int64_t D) {
@@ -300,6 +398,28 @@ static inline void kv_axpy4(float *restrict dv, float *restrict dk, const float 
         y += s3 * q3[d];
         dv[d] = x;
         dk[d] = y;
+    }
+}
+
+/* dK/dV of a key block += the query block's terms (see the AVX-512 version); 4 rows per sweep of a
+ * dK/dV row where all 4 see the key */
+static inline void kv_sweep(float *restrict dV, float *restrict dK, const float *restrict P, const float *restrict dS,
+                            const float *restrict dO, const float *restrict Qs, const int64_t *jns, int64_t nq,
+                            int64_t jcap, int64_t D) {
+    int64_t ifirst = 0;
+    for (int64_t j = 0; j < jcap; j++) {
+        while (ifirst < nq && jns[ifirst] <= j) ifirst++;
+        float *dv = dV + j * D, *dk = dK + j * D;
+        int64_t i = ifirst;
+        for (; i + 4 <= nq; i += 4) {
+            float pj[4] = {P[i * ATT_BC + j], P[(i + 1) * ATT_BC + j], P[(i + 2) * ATT_BC + j], P[(i + 3) * ATT_BC + j]};
+            float sj[4] = {dS[i * ATT_BC + j], dS[(i + 1) * ATT_BC + j], dS[(i + 2) * ATT_BC + j],
+                           dS[(i + 3) * ATT_BC + j]};
+            const float *orow[4] = {dO + i * D, dO + (i + 1) * D, dO + (i + 2) * D, dO + (i + 3) * D};
+            const float *qr[4] = {Qs + i * D, Qs + (i + 1) * D, Qs + (i + 2) * D, Qs + (i + 3) * D};
+            kv_axpy4(dv, dk, pj, orow, sj, qr, D);
+        }
+        for (; i < nq; i++) kv_axpy(dv, dk, P[i * ATT_BC + j], dO + i * D, dS[i * ATT_BC + j], Qs + i * D, D);
     }
 }
 #endif
@@ -419,7 +539,7 @@ static void KFN(bwd_kv_block)(const attn_args *a, int64_t b, int64_t hk, int64_t
     int64_t s0 = kb * ATT_BC, nk = S - s0 < ATT_BC ? S - s0 : ATT_BC;
     float *Qs = scratch, *dO = Qs + ATT_BR * D, *Kt = dO + ATT_BR * D, *Vt = Kt + ATT_BC * D;
     float *dK = Vt + ATT_BC * D, *dV = dK + ATT_BC * D, *Kb = dV + ATT_BC * D, *P = Kb + ATT_BC * D;
-    float *dS = P + 4 * ATT_BC;
+    float *dS = P + ATT_BR * ATT_BC;
     if (dqloc) load_rows(Kb, a->k, a->ks, b, s0, nk, hk, D, a->scale);
     load_rows_t(Kt, a->k, a->ks, b, s0, nk, hk, D);
     load_rows_t(Vt, a->v, a->vs, b, s0, nk, hk, D);
@@ -433,51 +553,44 @@ static void KFN(bwd_kv_block)(const attn_args *a, int64_t b, int64_t hk, int64_t
             int64_t nq = T - t0 < ATT_BR ? T - t0 : ATT_BR;
             load_rows(Qs, a->q, a->qs, b, t0, nq, h, D, a->scale);
             load_rows(dO, a->go, a->gs, b, t0, nq, h, D, 1.0f);
-            /* rows in groups of 4: P and dS of the group first, then one pass over each dK/dV row
-             * adds the group's 4 terms in row order (the same per-element order as row by row) */
-            for (int64_t i0 = 0; i0 < nq; i0 += 4) {
-                int64_t ng = nq - i0 < 4 ? nq - i0 : 4, jmax = 0, jns[4] = {0, 0, 0, 0};
-                for (int64_t r = 0; r < ng; r++) {
-                    jns[r] = row_jn(a, b, h, t0 + i0 + r, s0, nk);
-                    if (jns[r] > jmax) jmax = jns[r];
-                }
-                if (jmax == 0) continue;
-                /* P and dS rows as prob_row computes them (same per-element arithmetic) */
-                if (ng == 4) {
-                    dot4(P, Qs + i0 * D, Kt, D, jmax);
-                    dot4(dS, dO + i0 * D, Vt, D, jmax);
-                } else {
-                    for (int64_t r = 0; r < ng; r++) {
-                        if (jns[r] <= 0) continue;
-                        dot_row(P + r * ATT_BC, Qs + (i0 + r) * D, Kt, D, jns[r]);
-                        dot_row(dS + r * ATT_BC, dO + (i0 + r) * D, Vt, D, jns[r]);
-                    }
-                }
-                for (int64_t r = 0; r < ng; r++) {
-                    int64_t i = i0 + r, jn = jns[r];
-                    if (jn <= 0) continue;
-                    int64_t ri = (b * H + h) * T + t0 + i;
-                    prob_finish(P + r * ATT_BC, dS + r * ATT_BC, a->lse_in[ri], a->dvec[ri], jn);
-                    if (dqloc)   /* fused: dQ_i += dS_i K (blocks ascending, as in pass 2) */
-                        axpy_rows(dqloc + ((h - hk * G) * T + t0 + i) * D, dS + r * ATT_BC, Kb, D, jn);
-                }
-                const float *qr[4] = {Qs + i0 * D, Qs + (i0 + 1) * D, Qs + (i0 + 2) * D, Qs + (i0 + 3) * D};
-                const float *orow[4] = {dO + i0 * D, dO + (i0 + 1) * D, dO + (i0 + 2) * D, dO + (i0 + 3) * D};
-                for (int64_t j = 0; j < jmax; j++) {
-                    float *dv = dV + j * D, *dk = dK + j * D;
-                    if (jns[0] > j && jns[1] > j && jns[2] > j && jns[3] > j) {
-                        float pj[4] = {P[j], P[ATT_BC + j], P[2 * ATT_BC + j], P[3 * ATT_BC + j]};
-                        float sj[4] = {dS[j], dS[ATT_BC + j], dS[2 * ATT_BC + j], dS[3 * ATT_BC + j]};
-                        kv_axpy4(dv, dk, pj, orow, sj, qr, D);
-                    } else {
-                        for (int64_t r = 0; r < ng; r++) {
-                            if (jns[r] <= j) continue;
-                            kv_axpy(dv, dk, P[r * ATT_BC + j], dO + (i0 + r) * D, dS[r * ATT_BC + j],
-                                    Qs + (i0 + r) * D, D);
-                        }
-                    }
-                }
+            /* P and dS of the whole query block first (rows in groups of 4 as 4 x 16 register tiles),
+             * zero past each row's visible keys; then dK/dV take the block's terms row by row in
+             * ascending order (the per-element order of the row-at-a-time loop) */
+            int64_t jcap = 0, jns[ATT_BR];
+            for (int64_t i = 0; i < nq; i++) {
+                jns[i] = row_jn(a, b, h, t0 + i, s0, nk);
+                if (jns[i] > jcap) jcap = jns[i];
             }
+            if (jcap == 0) continue;
+            for (int64_t i0 = 0; i0 < nq; i0 += 4) {
+                int64_t ng = nq - i0 < 4 ? nq - i0 : 4, jmax = 0;
+                for (int64_t r = 0; r < ng; r++) jmax = jns[i0 + r] > jmax ? jns[i0 + r] : jmax;
+                float *Pg = P + i0 * ATT_BC, *dSg = dS + i0 * ATT_BC;
+                if (jmax > 0 && ng == 4) {
+                    dot4(Pg, Qs + i0 * D, Kt, D, jmax);
+                    dot4(dSg, dO + i0 * D, Vt, D, jmax);
+                }
+                for (int64_t r = 0; r < ng; r++) {
+                    int64_t i = i0 + r, jn = jns[i];
+                    float *Pi = Pg + r * ATT_BC, *dSi = dSg + r * ATT_BC;
+                    if (jn > 0) {
+                        if (ng < 4) {
+                            dot_row(Pi, Qs + i * D, Kt, D, jn);
+                            dot_row(dSi, dO + i * D, Vt, D, jn);
+                        }
+                        int64_t ri = (b * H + h) * T + t0 + i;
+                        prob_finish(Pi, dSi, a->lse_in[ri], a->dvec[ri], jn);
+                        if (dqloc && ng < 4)   /* fused: dQ_i += dS_i K (blocks ascending, as in pass 2) */
+                            axpy_rows(dqloc + ((h - hk * G) * T + t0 + i) * D, dSi, Kb, D, jn);
+                    }
+                    for (int64_t j = jn < 0 ? 0 : jn; j < jcap; j++) Pi[j] = dSi[j] = 0.0f;
+                }
+                /* a full group's dQ rows together (its zero dS entries past a row's keys add +-0 to
+                 * sums that start at +0 and never are -0: the same bits as pass 2's row at a time) */
+                if (dqloc && ng == 4 && jmax > 0)
+                    axpy4_rows(dqloc + ((h - hk * G) * T + t0 + i0) * D, dSg, Kb, D, jmax);
+            }
+            kv_sweep(dV, dK, P, dS, dO, Qs, jns, nq, jcap, D);
         }
     }
     for (int64_t j = 0; j < nk; j++) {
