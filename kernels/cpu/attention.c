@@ -98,7 +98,10 @@ static inline void load_rows_t(float *dst, const float *base, const int64_t *st,
  * multiply-add instead of two; every element still summed over d, resp. j, in ascending order, and
  * dot_row and dot4 give the same bits). Columns past jn are computed from whatever kt holds and
  * not stored (masked stores). */
-static inline __mmask16 att_mask(int64_t n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u); }
+/* lanes [0, n) of 16 (n may be <= 0 or >= 16) */
+static inline __mmask16 att_mask(int64_t n) {
+    return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
+}
 
 static inline void dot_row(float *restrict row, const float *restrict qi, const float *restrict kt, int64_t D,
                            int64_t jn) {
