@@ -455,37 +455,46 @@ void KFN(nc_k_attn_fwd_item)(const attn_args *a, int64_t item, float *scratch) {
         int64_t nk = kend - s0 < ATT_BC ? kend - s0 : ATT_BC;
         load_rows_t(Kt, a->k, a->ks, b, s0, nk, hk, D);
         load_rows(Vb, a->v, a->vs, b, s0, nk, hk, D, 1.0f);
-        for (int64_t i = 0; i < nq; i++) {
+        for (int64_t i0 = 0; i0 < nq; i0 += 4) {
             /* full groups of 4 rows: their scores as 4 x 16 register tiles (the same sums as dot_row),
-             * over the last row's visible keys (visibility grows with t) */
-            if ((i & 3) == 0 && i + 4 <= nq) {
-                int64_t j3 = visible(a, t0 + i + 3, s0, nk);
-                if (j3 > 0) dot4(rows, Qs + i * D, Kt, D, j3);
+             * over the last row's visible keys (visibility grows with t), and P V of the 4 rows
+             * together, each P row zero past its visible keys (adds +-0: the same sums as row by row) */
+            int64_t ng = nq - i0 < 4 ? nq - i0 : 4, jmax = 0;
+            if (ng == 4) {
+                jmax = visible(a, t0 + i0 + 3, s0, nk);
+                if (jmax > 0) dot4(rows, Qs + i0 * D, Kt, D, jmax);
             }
-            int64_t jn = visible(a, t0 + i, s0, nk);
-            if (jn <= 0) continue;
-            float *row = rows + (i & 3) * ATT_BC;
-            if (i - (i & 3) + 4 > nq) dot_row(row, Qs + i * D, Kt, D, jn);
-            float mx = -INFINITY;
+            for (int64_t r = 0; r < ng; r++) {
+                int64_t i = i0 + r, jn = visible(a, t0 + i, s0, nk);
+                float *row = rows + r * ATT_BC;
+                if (jn <= 0) {
+                    for (int64_t j = 0; j < jmax; j++) row[j] = 0.0f;
+                    continue;
+                }
+                if (ng < 4) dot_row(row, Qs + i * D, Kt, D, jn);
+                float mx = -INFINITY;
 #pragma omp simd reduction(max : mx)
-            for (int64_t j = 0; j < jn; j++) mx = row[j] > mx ? row[j] : mx;
-            float mnew = mx > m[i] ? mx : m[i];
-            float corr = m[i] == -INFINITY ? 0.0f : nc_expf_fast(m[i] - mnew);
-            float ps = 0.0f;
+                for (int64_t j = 0; j < jn; j++) mx = row[j] > mx ? row[j] : mx;
+                float mnew = mx > m[i] ? mx : m[i];
+                float corr = m[i] == -INFINITY ? 0.0f : nc_expf_fast(m[i] - mnew);
+                float ps = 0.0f;
 #pragma omp simd reduction(+ : ps)
-            for (int64_t j = 0; j < jn; j++) {
-                float p = nc_expf_fast(row[j] - mnew);
-                row[j] = p;
-                ps += p;
-            }
-            l[i] = l[i] * corr + ps;
-            m[i] = mnew;
-            float *ai = acc + i * D;
-            if (corr != 1.0f) {
+                for (int64_t j = 0; j < jn; j++) {
+                    float p = nc_expf_fast(row[j] - mnew);
+                    row[j] = p;
+                    ps += p;
+                }
+                for (int64_t j = jn; j < jmax; j++) row[j] = 0.0f;
+                l[i] = l[i] * corr + ps;
+                m[i] = mnew;
+                float *ai = acc + i * D;
+                if (corr != 1.0f) {
 #pragma omp simd
-                for (int64_t d = 0; d < D; d++) ai[d] *= corr;
+                    for (int64_t d = 0; d < D; d++) ai[d] *= corr;
+                }
+                if (ng < 4) axpy_rows(ai, row, Vb, D, jn);
             }
-            axpy_rows(ai, row, Vb, D, jn);
+            if (jmax > 0) axpy4_rows(acc + i0 * D, rows, Vb, D, jmax);
         }
     }
     for (int64_t i = 0; i < nq; i++) {
