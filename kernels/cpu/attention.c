@@ -21,15 +21,19 @@
  * a per-thread copy of its group's dQ rows (G x T x D floats), so P and dS are computed once, not
  * twice; every dQ element is summed in pass 2's order, so both paths give bit-identical results.
  * Pass 1 (and the fused pass) handle query rows in groups of 4: the scores Q K^T and dP = dO V^T
- * of the group are 4 x 16 register tiles over the head dim (dot4), and each dK/dV row takes the
- * group's 4 terms in one sweep (in row order, so the per-element arithmetic is unchanged).
+ * of the group are 4 x 16 register tiles over the head dim (dot4); after the whole query block's P
+ * and dS, kv_sweep adds the block's terms to each dK/dV row in row order.
  * Collider (algorithms.md §8.4): nc_attention_backward_masked takes a kept-query mask qkeep (B, T);
  * a masked query row contributes nothing anywhere (it is skipped in both passes; its dQ row is left
  * untouched), which equals the dense backward with that row of dO set to zero (then P (dP - D) = 0
  * and P dO = 0 exactly). Without a mask the arithmetic is the dense backward's, bit for bit.
  *
- * Compiled twice: as itself (portable baseline, the reference) and from attention_avx2.c with
- * AVX2/FMA; nc_cpu_avx2() picks one. Inner loops are `omp simd` over keys or over head dims.
+ * Compiled three times: as itself (portable baseline, the reference), from attention_avx2.c with
+ * AVX2/FMA and from attention_avx512.c with AVX-512F; ATT_PICK follows the kernel selection. Inner
+ * loops are `omp simd` over keys or over head dims; the AVX-512 build replaces the score tiles (dot4,
+ * dot_row), P V / dS K (axpy_rows, axpy4_rows) and the dK/dV sweep (kv_sweep) by zmm register tiles
+ * with FMA. Pass 1 computes P and dS of a whole query block before the dK/dV sweep; P and dS are
+ * zero past a row's visible keys, and a +-0 term leaves every sum (which starts at +0) unchanged.
  * CUDA tensors (all on one device, any strides for q, k, v, out, gout) run kernels/cuda/nn.cu's
  * attention (the same online softmax and backward formulas; head dim <= NC_CUDA_ATTN_MAXD).
  */
