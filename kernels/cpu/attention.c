@@ -661,7 +661,7 @@ void KFN(nc_k_attn_bwd_q_item)(const attn_args *a, int64_t item, float *scratch)
     int64_t hk = h / (H / a->Hkv);
     int64_t t0 = qb * ATT_BR, nq = T - t0 < ATT_BR ? T - t0 : ATT_BR;
     float *Qs = scratch, *dO = Qs + ATT_BR * D, *dQ = dO + ATT_BR * D, *Kt = dQ + ATT_BR * D;
-    float *Vt = Kt + ATT_BC * D, *Kb = Vt + ATT_BC * D, *P = Kb + ATT_BC * D, *dS = P + ATT_BC;
+    float *Vt = Kt + ATT_BC * D, *Kb = Vt + ATT_BC * D, *P = Kb + ATT_BC * D, *dS = P + 4 * ATT_BC;
     load_rows(Qs, a->q, a->qs, b, t0, nq, h, D, a->scale);
     load_rows(dO, a->go, a->gs, b, t0, nq, h, D, 1.0f);
     memset(dQ, 0, (size_t)(nq * D) * sizeof(float));
@@ -675,9 +675,32 @@ void KFN(nc_k_attn_bwd_q_item)(const attn_args *a, int64_t item, float *scratch)
         load_rows(Kb, a->k, a->ks, b, s0, nk, hk, D, a->scale);
         load_rows_t(Kt, a->k, a->ks, b, s0, nk, hk, D);
         load_rows_t(Vt, a->v, a->vs, b, s0, nk, hk, D);
-        for (int64_t i = 0; i < nq; i++) {
-            int64_t jn = prob_row(a, b, h, t0 + i, s0, nk, Qs + i * D, dO + i * D, Kt, Vt, P, dS);
-            axpy_rows(dQ + i * D, dS, Kb, D, jn);
+        for (int64_t i0 = 0; i0 < nq; i0 += 4) {
+            if (i0 + 4 > nq) {   /* a partial group: row at a time */
+                for (int64_t i = i0; i < nq; i++) {
+                    int64_t jn = prob_row(a, b, h, t0 + i, s0, nk, Qs + i * D, dO + i * D, Kt, Vt, P, dS);
+                    axpy_rows(dQ + i * D, dS, Kb, D, jn);
+                }
+                continue;
+            }
+            /* 4 rows: the same P, dS bits as prob_row (dot4 == dot_row), zero past each row's keys */
+            int64_t jns[4], jmax = 0;
+            for (int r = 0; r < 4; r++) {
+                jns[r] = row_jn(a, b, h, t0 + i0 + r, s0, nk);
+                jmax = jns[r] > jmax ? jns[r] : jmax;
+            }
+            if (jmax == 0) continue;
+            dot4(P, Qs + i0 * D, Kt, D, jmax);
+            dot4(dS, dO + i0 * D, Vt, D, jmax);
+            for (int r = 0; r < 4; r++) {
+                float *Pr = P + r * ATT_BC, *dSr = dS + r * ATT_BC;
+                if (jns[r] > 0) {
+                    int64_t ri = (b * H + h) * T + t0 + i0 + r;
+                    prob_finish(Pr, dSr, a->lse_in[ri], a->dvec[ri], jns[r]);
+                }
+                for (int64_t j = jns[r]; j < jmax; j++) Pr[j] = dSr[j] = 0.0f;
+            }
+            axpy4_rows(dQ + i0 * D, dS, Kb, D, jmax);
         }
     }
     for (int64_t i = 0; i < nq; i++) {
