@@ -40,6 +40,10 @@
 #include "nn_common.h"
 #if defined(__AVX512F__)
 #include <immintrin.h>
+/* lanes [0, n) of 16 (n may be <= 0 or >= 16) */
+static inline __mmask16 att_mask(int64_t n) {
+    return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
+}
 #endif
 
 #ifndef NC_KSUFFIX
@@ -91,6 +95,21 @@ static inline void load_rows(float *dst, const float *base, const int64_t *st, i
 /* the same rows transposed into dst (D x ATT_BC) */
 static inline void load_rows_t(float *dst, const float *base, const int64_t *st, int64_t b, int64_t r0, int64_t n,
                                int64_t hx, int64_t D) {
+#if defined(__AVX512F__)
+    if (st[1] > 0 && st[1] * 16 < ((int64_t)1 << 31)) {   /* 16 rows per gather, one per head dim */
+        const float *src0 = base + b * st[0] + r0 * st[1] + hx * st[2];
+        __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                         _mm512_set1_epi32((int32_t)st[1]));
+        for (int64_t j = 0; j < n; j += 16) {
+            __mmask16 k = att_mask(n - j);
+            const float *src = src0 + j * st[1];
+            for (int64_t e = 0; e < D; e++)
+                _mm512_mask_storeu_ps(dst + e * ATT_BC + j, k,
+                                      _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, idx, src + e * st[3], 4));
+        }
+        return;
+    }
+#endif
     for (int64_t j = 0; j < n; j++) {
         const float *src = base + b * st[0] + (r0 + j) * st[1] + hx * st[2];
         for (int64_t e = 0; e < D; e++) dst[e * ATT_BC + j] = src[e * st[3]];
@@ -102,10 +121,6 @@ static inline void load_rows_t(float *dst, const float *base, const int64_t *st,
  * multiply-add instead of two; every element still summed over d, resp. j, in ascending order, and
  * dot_row and dot4 give the same bits). Columns past jn are computed from whatever kt holds and
  * not stored (masked stores). */
-/* lanes [0, n) of 16 (n may be <= 0 or >= 16) */
-static inline __mmask16 att_mask(int64_t n) {
-    return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
-}
 
 static inline void dot_row(float *restrict row, const float *restrict qi, const float *restrict kt, int64_t D,
                            int64_t jn) {
@@ -431,6 +446,89 @@ static inline void kv_sweep(float *restrict dV, float *restrict dK, const float 
 }
 #endif
 
+#if defined(__AVX512F__)
+/* nc_expf_fast's algorithm on 16 lanes (round-to-nearest n, ln2 split, degree-7 Taylor in Horner
+ * form with FMA, 2^n by vscalefps); 0 below -87.3, inf above 88.7, NaN stays NaN */
+static inline __m512 att_exp16(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-87.3f), hi = _mm512_set1_ps(88.7f);
+    __m512 xc = _mm512_min_ps(hi, _mm512_max_ps(lo, x));
+    __m512 nf = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(nf, _mm512_set1_ps(0.693145751953125f), xc);
+    r = _mm512_fnmadd_ps(nf, _mm512_set1_ps(1.428606765330187e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    __m512 y = _mm512_scalef_ps(p, nf);
+    y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), _mm512_setzero_ps());
+    return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ), _mm512_set1_ps(INFINITY));
+}
+
+/* max of row[0, jn) (jn >= 1) */
+static inline float att_row_max(const float *row, int64_t jn) {
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < jn; j += 16)
+        mx = _mm512_mask_max_ps(mx, att_mask(jn - j), mx, _mm512_maskz_loadu_ps(att_mask(jn - j), row + j));
+    return _mm512_reduce_max_ps(mx);
+}
+
+/* row[j] = exp(row[j] - m) for j < jn; returns their sum */
+static inline float att_row_exp(float *row, int64_t jn, float m) {
+    __m512 mv = _mm512_set1_ps(m), acc = _mm512_setzero_ps();
+    for (int64_t j = 0; j < jn; j += 16) {
+        __mmask16 k = att_mask(jn - j);
+        __m512 p = att_exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, row + j), mv));
+        _mm512_mask_storeu_ps(row + j, k, p);
+        acc = _mm512_mask_add_ps(acc, k, acc, p);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+/* P = exp(P - L), dS = P * (dS - Di) for j < jn */
+static inline void prob_finish(float *restrict P, float *restrict dS, float L, float Di, int64_t jn) {
+    __m512 lv = _mm512_set1_ps(L), dv = _mm512_set1_ps(Di);
+    for (int64_t j = 0; j < jn; j += 16) {
+        __mmask16 k = att_mask(jn - j);
+        __m512 p = att_exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, P + j), lv));
+        _mm512_mask_storeu_ps(P + j, k, p);
+        _mm512_mask_storeu_ps(dS + j, k, _mm512_mul_ps(p, _mm512_sub_ps(_mm512_maskz_loadu_ps(k, dS + j), dv)));
+    }
+}
+#else
+static inline float att_row_max(const float *row, int64_t jn) {
+    float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+    for (int64_t j = 0; j < jn; j++) mx = row[j] > mx ? row[j] : mx;
+    return mx;
+}
+
+static inline float att_row_exp(float *row, int64_t jn, float m) {
+    float ps = 0.0f;
+#pragma omp simd reduction(+ : ps)
+    for (int64_t j = 0; j < jn; j++) {
+        float p = nc_expf_fast(row[j] - m);
+        row[j] = p;
+        ps += p;
+    }
+    return ps;
+}
+
+/* P = exp(P - L), dS = P * (dS - Di) for j < jn */
+static inline void prob_finish(float *restrict P, float *restrict dS, float L, float Di, int64_t jn) {
+#pragma omp simd
+    for (int64_t j = 0; j < jn; j++) {
+        float p = nc_expf_fast(P[j] - L);
+        P[j] = p;
+        dS[j] = p * (dS[j] - Di);
+    }
+}
+#endif
+
 /* number of keys of block [s0, s0+nk) visible to query t */
 static inline int64_t visible(const attn_args *a, int64_t t, int64_t s0, int64_t nk) {
     if (!a->causal) return nk;
@@ -476,18 +574,10 @@ void KFN(nc_k_attn_fwd_item)(const attn_args *a, int64_t item, float *scratch) {
                     continue;
                 }
                 if (ng < 4) dot_row(row, Qs + i * D, Kt, D, jn);
-                float mx = -INFINITY;
-#pragma omp simd reduction(max : mx)
-                for (int64_t j = 0; j < jn; j++) mx = row[j] > mx ? row[j] : mx;
+                float mx = att_row_max(row, jn);
                 float mnew = mx > m[i] ? mx : m[i];
                 float corr = m[i] == -INFINITY ? 0.0f : nc_expf_fast(m[i] - mnew);
-                float ps = 0.0f;
-#pragma omp simd reduction(+ : ps)
-                for (int64_t j = 0; j < jn; j++) {
-                    float p = nc_expf_fast(row[j] - mnew);
-                    row[j] = p;
-                    ps += p;
-                }
+                float ps = att_row_exp(row, jn, mnew);
                 for (int64_t j = jn; j < jmax; j++) row[j] = 0.0f;
                 l[i] = l[i] * corr + ps;
                 m[i] = mnew;
@@ -512,9 +602,6 @@ void KFN(nc_k_attn_fwd_item)(const attn_args *a, int64_t item, float *scratch) {
     }
 }
 
-/* P (jn) = exp(Qs_i K^T - lse_i), dS (jn) = P * (dO_i V^T - D_i); returns jn (0 = nothing) */
-static inline void prob_finish(float *restrict P, float *restrict dS, float L, float Di, int64_t jn);
-
 /* keys of block [s0, s0+nk) that carry gradient for query row t of head h (0 = none) */
 static inline int64_t row_jn(const attn_args *a, int64_t b, int64_t h, int64_t t, int64_t s0, int64_t nk) {
     if (a->qkeep && !a->qkeep[b * a->T + t]) return 0;   /* a filtered query: no gradient flows */
@@ -535,16 +622,6 @@ static inline int64_t prob_row(const attn_args *a, int64_t b, int64_t h, int64_t
     dot_row(dS, doi, Vt, a->D, jn);
     prob_finish(P, dS, L, Di, jn);
     return jn;
-}
-
-/* P = exp(P - L), dS = P * (dS - Di) for j < jn */
-static inline void prob_finish(float *restrict P, float *restrict dS, float L, float Di, int64_t jn) {
-#pragma omp simd
-    for (int64_t j = 0; j < jn; j++) {
-        float p = nc_expf_fast(P[j] - L);
-        P[j] = p;
-        dS[j] = p * (dS[j] - Di);
-    }
 }
 
 /* ---- backward pass 1: one (b, kv head, key block) owns its dK and dV rows -------------------- */
