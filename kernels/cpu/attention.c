@@ -39,7 +39,7 @@
  */
 #include "nn_common.h"
 #if defined(__AVX512F__)
-#include <immintrin.h>
+#include "simd_avx512.h"
 /* lanes [0, n) of 16 (n may be <= 0 or >= 16) */
 static inline __mmask16 att_mask(int64_t n) {
     return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
@@ -447,28 +447,6 @@ static inline void kv_sweep(float *restrict dV, float *restrict dK, const float 
 #endif
 
 #if defined(__AVX512F__)
-/* nc_expf_fast's algorithm on 16 lanes (round-to-nearest n, ln2 split, degree-7 Taylor in Horner
- * form with FMA, 2^n by vscalefps); 0 below -87.3, inf above 88.7, NaN stays NaN */
-static inline __m512 att_exp16(__m512 x) {
-    const __m512 lo = _mm512_set1_ps(-87.3f), hi = _mm512_set1_ps(88.7f);
-    __m512 xc = _mm512_min_ps(hi, _mm512_max_ps(lo, x));
-    __m512 nf = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(nf, _mm512_set1_ps(0.693145751953125f), xc);
-    r = _mm512_fnmadd_ps(nf, _mm512_set1_ps(1.428606765330187e-06f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    __m512 y = _mm512_scalef_ps(p, nf);
-    y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), _mm512_setzero_ps());
-    return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ), _mm512_set1_ps(INFINITY));
-}
-
 /* max of row[0, jn) (jn >= 1) */
 static inline float att_row_max(const float *row, int64_t jn) {
     __m512 mx = _mm512_set1_ps(-INFINITY);
@@ -482,7 +460,7 @@ static inline float att_row_exp(float *row, int64_t jn, float m) {
     __m512 mv = _mm512_set1_ps(m), acc = _mm512_setzero_ps();
     for (int64_t j = 0; j < jn; j += 16) {
         __mmask16 k = att_mask(jn - j);
-        __m512 p = att_exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, row + j), mv));
+        __m512 p = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, row + j), mv));
         _mm512_mask_storeu_ps(row + j, k, p);
         acc = _mm512_mask_add_ps(acc, k, acc, p);
     }
@@ -494,7 +472,7 @@ static inline void prob_finish(float *restrict P, float *restrict dS, float L, f
     __m512 lv = _mm512_set1_ps(L), dv = _mm512_set1_ps(Di);
     for (int64_t j = 0; j < jn; j += 16) {
         __mmask16 k = att_mask(jn - j);
-        __m512 p = att_exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, P + j), lv));
+        __m512 p = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, P + j), lv));
         _mm512_mask_storeu_ps(P + j, k, p);
         _mm512_mask_storeu_ps(dS + j, k, _mm512_mul_ps(p, _mm512_sub_ps(_mm512_maskz_loadu_ps(k, dS + j), dv)));
     }
