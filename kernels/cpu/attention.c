@@ -21,19 +21,30 @@
  * a per-thread copy of its group's dQ rows (G x T x D floats), so P and dS are computed once, not
  * twice; every dQ element is summed in pass 2's order, so both paths give bit-identical results.
  * Pass 1 (and the fused pass) handle query rows in groups of 4: the scores Q K^T and dP = dO V^T
- * of the group are 4 x 16 register tiles over the head dim (dot4), and each dK/dV row takes the
- * group's 4 terms in one sweep (in row order, so the per-element arithmetic is unchanged).
+ * of the group are 4 x 16 register tiles over the head dim (dot4); after the whole query block's P
+ * and dS, kv_sweep adds the block's terms to each dK/dV row in row order.
  * Collider (algorithms.md §8.4): nc_attention_backward_masked takes a kept-query mask qkeep (B, T);
  * a masked query row contributes nothing anywhere (it is skipped in both passes; its dQ row is left
  * untouched), which equals the dense backward with that row of dO set to zero (then P (dP - D) = 0
  * and P dO = 0 exactly). Without a mask the arithmetic is the dense backward's, bit for bit.
  *
- * Compiled twice: as itself (portable baseline, the reference) and from attention_avx2.c with
- * AVX2/FMA; nc_cpu_avx2() picks one. Inner loops are `omp simd` over keys or over head dims.
+ * Compiled three times: as itself (portable baseline, the reference), from attention_avx2.c with
+ * AVX2/FMA and from attention_avx512.c with AVX-512F; ATT_PICK follows the kernel selection. Inner
+ * loops are `omp simd` over keys or over head dims; the AVX-512 build replaces the score tiles (dot4,
+ * dot_row), P V / dS K (axpy_rows, axpy4_rows) and the dK/dV sweep (kv_sweep) by zmm register tiles
+ * with FMA. Pass 1 computes P and dS of a whole query block before the dK/dV sweep; P and dS are
+ * zero past a row's visible keys, and a +-0 term leaves every sum (which starts at +0) unchanged.
  * CUDA tensors (all on one device, any strides for q, k, v, out, gout) run kernels/cuda/nn.cu's
  * attention (the same online softmax and backward formulas; head dim <= NC_CUDA_ATTN_MAXD).
  */
 #include "nn_common.h"
+#if defined(__AVX512F__)
+#include "simd_avx512.h"
+/* lanes [0, n) of 16 (n may be <= 0 or >= 16) */
+static inline __mmask16 att_mask(int64_t n) {
+    return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
+}
+#endif
 
 #ifndef NC_KSUFFIX
 #define NC_KSUFFIX _base
@@ -61,7 +72,8 @@ typedef struct {
 
 /* floats of per-thread scratch */
 static inline int64_t attn_scratch_floats(int64_t D) {
-    return 4 * (int64_t)ATT_BR * D + 6 * (int64_t)ATT_BC * D + 12 * (int64_t)ATT_BC + 2 * (int64_t)ATT_BR + 64;
+    return 4 * (int64_t)ATT_BR * D + 6 * (int64_t)ATT_BC * D + 2 * (int64_t)ATT_BR * ATT_BC + 12 * (int64_t)ATT_BC +
+           2 * (int64_t)ATT_BR + 64;
 }
 #endif
 
@@ -83,12 +95,242 @@ static inline void load_rows(float *dst, const float *base, const int64_t *st, i
 /* the same rows transposed into dst (D x ATT_BC) */
 static inline void load_rows_t(float *dst, const float *base, const int64_t *st, int64_t b, int64_t r0, int64_t n,
                                int64_t hx, int64_t D) {
+#if defined(__AVX512F__)
+    if (st[1] > 0 && st[1] * 16 < ((int64_t)1 << 31)) {   /* 16 rows per gather, one per head dim */
+        const float *src0 = base + b * st[0] + r0 * st[1] + hx * st[2];
+        __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                         _mm512_set1_epi32((int32_t)st[1]));
+        for (int64_t j = 0; j < n; j += 16) {
+            __mmask16 k = att_mask(n - j);
+            const float *src = src0 + j * st[1];
+            for (int64_t e = 0; e < D; e++)
+                _mm512_mask_storeu_ps(dst + e * ATT_BC + j, k,
+                                      _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, idx, src + e * st[3], 4));
+        }
+        return;
+    }
+#endif
     for (int64_t j = 0; j < n; j++) {
         const float *src = base + b * st[0] + (r0 + j) * st[1] + hx * st[2];
         for (int64_t e = 0; e < D; e++) dst[e * ATT_BC + j] = src[e * st[3]];
     }
 }
 
+#if defined(__AVX512F__)
+/* AVX-512 build: the same three helpers as explicit zmm register tiles with FMA (one rounding per
+ * multiply-add instead of two; every element still summed over d, resp. j, in ascending order, and
+ * dot_row and dot4 give the same bits). Columns past jn are computed from whatever kt holds and
+ * not stored (masked stores). */
+
+static inline void dot_row(float *restrict row, const float *restrict qi, const float *restrict kt, int64_t D,
+                           int64_t jn) {
+    int64_t nt = (jn + 15) >> 4;
+    __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+    for (int64_t d = 0; d < D; d++) {
+        const float *kr = kt + d * ATT_BC;
+        __m512 a = _mm512_set1_ps(qi[d]);
+        c0 = _mm512_fmadd_ps(a, _mm512_loadu_ps(kr), c0);
+        if (nt > 1) c1 = _mm512_fmadd_ps(a, _mm512_loadu_ps(kr + 16), c1);
+        if (nt > 2) c2 = _mm512_fmadd_ps(a, _mm512_loadu_ps(kr + 32), c2);
+        if (nt > 3) c3 = _mm512_fmadd_ps(a, _mm512_loadu_ps(kr + 48), c3);
+    }
+    _mm512_mask_storeu_ps(row, att_mask(jn), c0);
+    if (nt > 1) _mm512_mask_storeu_ps(row + 16, att_mask(jn - 16), c1);
+    if (nt > 2) _mm512_mask_storeu_ps(row + 32, att_mask(jn - 32), c2);
+    if (nt > 3) _mm512_mask_storeu_ps(row + 48, att_mask(jn - 48), c3);
+}
+
+/* 4 rows x NT key tiles of 16 (NT constant after inlining) */
+static inline __attribute__((always_inline)) void dot4_nt(float *restrict out, const float *restrict q,
+                                                          const float *restrict kt, int64_t D, int64_t jn,
+                                                          const int NT) {
+    __m512 c[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) c[r][t] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; d++) {
+        const float *kr = kt + d * ATT_BC;
+        __m512 kv[4];
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) kv[t] = _mm512_loadu_ps(kr + 16 * t);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            __m512 a = _mm512_set1_ps(q[r * D + d]);
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) c[r][t] = _mm512_fmadd_ps(a, kv[t], c[r][t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) _mm512_mask_storeu_ps(out + r * ATT_BC + 16 * t, att_mask(jn - 16 * t), c[r][t]);
+}
+
+static inline void dot4(float *restrict out, const float *restrict q, const float *restrict kt, int64_t D, int64_t jn) {
+    switch ((jn + 15) >> 4) {
+    case 1: dot4_nt(out, q, kt, D, jn, 1); break;
+    case 2: dot4_nt(out, q, kt, D, jn, 2); break;
+    case 3: dot4_nt(out, q, kt, D, jn, 3); break;
+    default: dot4_nt(out, q, kt, D, jn, 4); break;
+    }
+}
+
+/* acc[d] += sum_j p[j] * vb[j][d] (j ascending per element; acc chunk held in a register) */
+static inline void axpy_rows(float *restrict acc, const float *restrict p, const float *restrict vb, int64_t D,
+                             int64_t jn) {
+    if (jn <= 0) return;
+    int64_t d0 = 0;
+    for (; d0 + 64 <= D; d0 += 64) {
+        __m512 x0 = _mm512_loadu_ps(acc + d0), x1 = _mm512_loadu_ps(acc + d0 + 16);
+        __m512 x2 = _mm512_loadu_ps(acc + d0 + 32), x3 = _mm512_loadu_ps(acc + d0 + 48);
+        for (int64_t j = 0; j < jn; j++) {
+            __m512 pj = _mm512_set1_ps(p[j]);
+            const float *vr = vb + j * D + d0;
+            x0 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vr), x0);
+            x1 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vr + 16), x1);
+            x2 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vr + 32), x2);
+            x3 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vr + 48), x3);
+        }
+        _mm512_storeu_ps(acc + d0, x0);
+        _mm512_storeu_ps(acc + d0 + 16, x1);
+        _mm512_storeu_ps(acc + d0 + 32, x2);
+        _mm512_storeu_ps(acc + d0 + 48, x3);
+    }
+    for (; d0 < D; d0 += 16) {
+        __mmask16 m = att_mask(D - d0);
+        __m512 x = _mm512_maskz_loadu_ps(m, acc + d0);
+        for (int64_t j = 0; j < jn; j++)
+            x = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_maskz_loadu_ps(m, vb + j * D + d0), x);
+        _mm512_mask_storeu_ps(acc + d0, m, x);
+    }
+}
+
+/* acc rows r < 4 (stride D) += sum_j p[r][j] * vb[j] (p rows stride ATT_BC, j < jn ascending): four
+ * axpy_rows with one load of each vb row; zero entries of p add +-0, which leaves every sum unchanged */
+static inline void axpy4_rows(float *restrict acc, const float *restrict p, const float *restrict vb, int64_t D,
+                              int64_t jn) {
+    if (D != 64) {
+        for (int r = 0; r < 4; r++) axpy_rows(acc + r * D, p + r * ATT_BC, vb, D, jn);
+        return;
+    }
+    __m512 x[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; t++) x[r][t] = _mm512_loadu_ps(acc + r * 64 + 16 * t);
+    for (int64_t j = 0; j < jn; j++) {
+        const float *vr = vb + j * 64;
+        __m512 v0 = _mm512_loadu_ps(vr), v1 = _mm512_loadu_ps(vr + 16), v2 = _mm512_loadu_ps(vr + 32),
+               v3 = _mm512_loadu_ps(vr + 48);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            __m512 pj = _mm512_set1_ps(p[r * ATT_BC + j]);
+            x[r][0] = _mm512_fmadd_ps(pj, v0, x[r][0]);
+            x[r][1] = _mm512_fmadd_ps(pj, v1, x[r][1]);
+            x[r][2] = _mm512_fmadd_ps(pj, v2, x[r][2]);
+            x[r][3] = _mm512_fmadd_ps(pj, v3, x[r][3]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; t++) _mm512_storeu_ps(acc + r * 64 + 16 * t, x[r][t]);
+}
+
+/* dv[d] += p * o[d], dk[d] += s * q[d] (one row's terms; FMA as in the 4-row sweep) */
+static inline void kv_axpy(float *restrict dv, float *restrict dk, float p, const float *restrict o, float s,
+                           const float *restrict q, int64_t D) {
+    __m512 pv = _mm512_set1_ps(p), sv = _mm512_set1_ps(s);
+    for (int64_t d0 = 0; d0 < D; d0 += 16) {
+        __mmask16 m = att_mask(D - d0);
+        _mm512_mask_storeu_ps(dv + d0, m,
+                              _mm512_fmadd_ps(pv, _mm512_maskz_loadu_ps(m, o + d0), _mm512_maskz_loadu_ps(m, dv + d0)));
+        _mm512_mask_storeu_ps(dk + d0, m,
+                              _mm512_fmadd_ps(sv, _mm512_maskz_loadu_ps(m, q + d0), _mm512_maskz_loadu_ps(m, dk + d0)));
+    }
+}
+
+/* the 4-row term of one dK/dV row: dv += p0 o0 + .. + p3 o3, dk += s0 q0 + .. + s3 q3 (row order) */
+static inline void kv_axpy4(float *restrict dv, float *restrict dk, const float *p, const float *const *o,
+                            const float *s, const float *const *q, int64_t D) {
+    __m512 p0 = _mm512_set1_ps(p[0]), p1 = _mm512_set1_ps(p[1]), p2 = _mm512_set1_ps(p[2]), p3 = _mm512_set1_ps(p[3]);
+    __m512 s0 = _mm512_set1_ps(s[0]), s1 = _mm512_set1_ps(s[1]), s2 = _mm512_set1_ps(s[2]), s3 = _mm512_set1_ps(s[3]);
+    for (int64_t d0 = 0; d0 < D; d0 += 16) {
+        __mmask16 m = att_mask(D - d0);
+        __m512 x = _mm512_maskz_loadu_ps(m, dv + d0), y = _mm512_maskz_loadu_ps(m, dk + d0);
+        x = _mm512_fmadd_ps(p0, _mm512_maskz_loadu_ps(m, o[0] + d0), x);
+        y = _mm512_fmadd_ps(s0, _mm512_maskz_loadu_ps(m, q[0] + d0), y);
+        x = _mm512_fmadd_ps(p1, _mm512_maskz_loadu_ps(m, o[1] + d0), x);
+        y = _mm512_fmadd_ps(s1, _mm512_maskz_loadu_ps(m, q[1] + d0), y);
+        x = _mm512_fmadd_ps(p2, _mm512_maskz_loadu_ps(m, o[2] + d0), x);
+        y = _mm512_fmadd_ps(s2, _mm512_maskz_loadu_ps(m, q[2] + d0), y);
+        x = _mm512_fmadd_ps(p3, _mm512_maskz_loadu_ps(m, o[3] + d0), x);
+        y = _mm512_fmadd_ps(s3, _mm512_maskz_loadu_ps(m, q[3] + d0), y);
+        _mm512_mask_storeu_ps(dv + d0, m, x);
+        _mm512_mask_storeu_ps(dk + d0, m, y);
+    }
+}
+
+/* dK/dV of a key block += the query block's terms: dv_j += sum_i P[i][j] o_i, dk_j += sum_i dS[i][j] q_i,
+ * rows i ascending from the first row that sees key j (P, dS are zero past each row's jns[i]).
+ * Keys in pairs, a 64-float slice of the head dim of both dK and dV rows held in 16 zmm registers. */
+static inline void kv_sweep(float *restrict dV, float *restrict dK, const float *restrict P, const float *restrict dS,
+                            const float *restrict dO, const float *restrict Qs, const int64_t *jns, int64_t nq,
+                            int64_t jcap, int64_t D) {
+    int64_t ifirst = 0;
+    for (int64_t j = 0; j < jcap; j += 2) {
+        while (ifirst < nq && jns[ifirst] <= j) ifirst++;
+        int two = j + 1 < jcap;
+        for (int64_t d0 = 0; d0 < D; d0 += 64) {
+            __mmask16 m0 = att_mask(D - d0), m1 = att_mask(D - d0 - 16), m2 = att_mask(D - d0 - 32),
+                      m3 = att_mask(D - d0 - 48);
+            float *v0 = dV + j * D + d0, *k0 = dK + j * D + d0, *v1 = v0 + D, *k1 = k0 + D;
+            __m512 a0 = _mm512_maskz_loadu_ps(m0, v0), a1 = _mm512_maskz_loadu_ps(m1, v0 + 16);
+            __m512 a2 = _mm512_maskz_loadu_ps(m2, v0 + 32), a3 = _mm512_maskz_loadu_ps(m3, v0 + 48);
+            __m512 b0 = _mm512_maskz_loadu_ps(m0, k0), b1 = _mm512_maskz_loadu_ps(m1, k0 + 16);
+            __m512 b2 = _mm512_maskz_loadu_ps(m2, k0 + 32), b3 = _mm512_maskz_loadu_ps(m3, k0 + 48);
+            __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, e0 = c0, e1 = c0, e2 = c0, e3 = c0;
+            if (two) {
+                c0 = _mm512_maskz_loadu_ps(m0, v1); c1 = _mm512_maskz_loadu_ps(m1, v1 + 16);
+                c2 = _mm512_maskz_loadu_ps(m2, v1 + 32); c3 = _mm512_maskz_loadu_ps(m3, v1 + 48);
+                e0 = _mm512_maskz_loadu_ps(m0, k1); e1 = _mm512_maskz_loadu_ps(m1, k1 + 16);
+                e2 = _mm512_maskz_loadu_ps(m2, k1 + 32); e3 = _mm512_maskz_loadu_ps(m3, k1 + 48);
+            }
+            for (int64_t i = ifirst; i < nq; i++) {
+                const float *o = dO + i * D + d0, *q = Qs + i * D + d0;
+                __m512 o0 = _mm512_maskz_loadu_ps(m0, o), o1 = _mm512_maskz_loadu_ps(m1, o + 16);
+                __m512 o2 = _mm512_maskz_loadu_ps(m2, o + 32), o3 = _mm512_maskz_loadu_ps(m3, o + 48);
+                __m512 q0 = _mm512_maskz_loadu_ps(m0, q), q1 = _mm512_maskz_loadu_ps(m1, q + 16);
+                __m512 q2 = _mm512_maskz_loadu_ps(m2, q + 32), q3 = _mm512_maskz_loadu_ps(m3, q + 48);
+                __m512 p = _mm512_set1_ps(P[i * ATT_BC + j]), g = _mm512_set1_ps(dS[i * ATT_BC + j]);
+                a0 = _mm512_fmadd_ps(p, o0, a0); a1 = _mm512_fmadd_ps(p, o1, a1);
+                a2 = _mm512_fmadd_ps(p, o2, a2); a3 = _mm512_fmadd_ps(p, o3, a3);
+                b0 = _mm512_fmadd_ps(g, q0, b0); b1 = _mm512_fmadd_ps(g, q1, b1);
+                b2 = _mm512_fmadd_ps(g, q2, b2); b3 = _mm512_fmadd_ps(g, q3, b3);
+                if (two) {
+                    p = _mm512_set1_ps(P[i * ATT_BC + j + 1]);
+                    g = _mm512_set1_ps(dS[i * ATT_BC + j + 1]);
+                    c0 = _mm512_fmadd_ps(p, o0, c0); c1 = _mm512_fmadd_ps(p, o1, c1);
+                    c2 = _mm512_fmadd_ps(p, o2, c2); c3 = _mm512_fmadd_ps(p, o3, c3);
+                    e0 = _mm512_fmadd_ps(g, q0, e0); e1 = _mm512_fmadd_ps(g, q1, e1);
+                    e2 = _mm512_fmadd_ps(g, q2, e2); e3 = _mm512_fmadd_ps(g, q3, e3);
+                }
+            }
+            _mm512_mask_storeu_ps(v0, m0, a0); _mm512_mask_storeu_ps(v0 + 16, m1, a1);
+            _mm512_mask_storeu_ps(v0 + 32, m2, a2); _mm512_mask_storeu_ps(v0 + 48, m3, a3);
+            _mm512_mask_storeu_ps(k0, m0, b0); _mm512_mask_storeu_ps(k0 + 16, m1, b1);
+            _mm512_mask_storeu_ps(k0 + 32, m2, b2); _mm512_mask_storeu_ps(k0 + 48, m3, b3);
+            if (two) {
+                _mm512_mask_storeu_ps(v1, m0, c0); _mm512_mask_storeu_ps(v1 + 16, m1, c1);
+                _mm512_mask_storeu_ps(v1 + 32, m2, c2); _mm512_mask_storeu_ps(v1 + 48, m3, c3);
+                _mm512_mask_storeu_ps(k1, m0, e0); _mm512_mask_storeu_ps(k1 + 16, m1, e1);
+                _mm512_mask_storeu_ps(k1 + 32, m2, e2); _mm512_mask_storeu_ps(k1 + 48, m3, e3);
+            }
+        }
+    }
+}
+#else
 /* row[j] = sum_d qi[d] * kt[d][j] for j < jn */
 static inline void dot_row(float *restrict row, const float *restrict qi, const float *restrict kt, int64_t D,
                            int64_t jn) {
@@ -143,6 +385,128 @@ static inline void axpy_rows(float *restrict acc, const float *restrict p, const
     }
 }
 
+
+/* acc rows r < 4 (stride D) += sum_j p[r][j] * vb[j] (zero entries of p leave the sums unchanged) */
+static inline void axpy4_rows(float *restrict acc, const float *restrict p, const float *restrict vb, int64_t D,
+                              int64_t jn) {
+    for (int r = 0; r < 4; r++) axpy_rows(acc + r * D, p + r * ATT_BC, vb, D, jn);
+}
+
+/* dv[d] += p * o[d], dk[d] += s * q[d] */
+static inline void kv_axpy(float *restrict dv, float *restrict dk, float p, const float *restrict o, float s,
+                           const float *restrict q, int64_t D) {
+#pragma omp simd
+    for (int64_t d = 0; d < D; d++) {
+        dv[d] += p * o[d];
+        dk[d] += s * q[d];
+    }
+}
+
+/* the 4-row term of one dK/dV row, in row order */
+static inline void kv_axpy4(float *restrict dv, float *restrict dk, const float *p, const float *const *o,
+                            const float *s, const float *const *q, int64_t D) {
+    float p0 = p[0], p1 = p[1], p2 = p[2], p3 = p[3], s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];
+    const float *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3], *q0 = q[0], *q1 = q[1], *q2 = q[2], *q3 = q[3];
+#pragma omp simd
+    for (int64_t d = 0; d < D; d++) {
+        float x = dv[d], y = dk[d];
+        x += p0 * o0[d];
+        y += s0 * q0[d];
+        x += p1 * o1[d];
+        y += s1 * q1[d];
+        x += p2 * o2[d];
+        y += s2 * q2[d];
+        x += p3 * o3[d];
+        y += s3 * q3[d];
+        dv[d] = x;
+        dk[d] = y;
+    }
+}
+
+/* dK/dV of a key block += the query block's terms (see the AVX-512 version); 4 rows per sweep of a
+ * dK/dV row where all 4 see the key */
+static inline void kv_sweep(float *restrict dV, float *restrict dK, const float *restrict P, const float *restrict dS,
+                            const float *restrict dO, const float *restrict Qs, const int64_t *jns, int64_t nq,
+                            int64_t jcap, int64_t D) {
+    int64_t ifirst = 0;
+    for (int64_t j = 0; j < jcap; j++) {
+        while (ifirst < nq && jns[ifirst] <= j) ifirst++;
+        float *dv = dV + j * D, *dk = dK + j * D;
+        int64_t i = ifirst;
+        for (; i + 4 <= nq; i += 4) {
+            float pj[4] = {P[i * ATT_BC + j], P[(i + 1) * ATT_BC + j], P[(i + 2) * ATT_BC + j], P[(i + 3) * ATT_BC + j]};
+            float sj[4] = {dS[i * ATT_BC + j], dS[(i + 1) * ATT_BC + j], dS[(i + 2) * ATT_BC + j],
+                           dS[(i + 3) * ATT_BC + j]};
+            const float *orow[4] = {dO + i * D, dO + (i + 1) * D, dO + (i + 2) * D, dO + (i + 3) * D};
+            const float *qr[4] = {Qs + i * D, Qs + (i + 1) * D, Qs + (i + 2) * D, Qs + (i + 3) * D};
+            kv_axpy4(dv, dk, pj, orow, sj, qr, D);
+        }
+        for (; i < nq; i++) kv_axpy(dv, dk, P[i * ATT_BC + j], dO + i * D, dS[i * ATT_BC + j], Qs + i * D, D);
+    }
+}
+#endif
+
+#if defined(__AVX512F__)
+/* max of row[0, jn) (jn >= 1) */
+static inline float att_row_max(const float *row, int64_t jn) {
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < jn; j += 16)
+        mx = _mm512_mask_max_ps(mx, att_mask(jn - j), mx, _mm512_maskz_loadu_ps(att_mask(jn - j), row + j));
+    return _mm512_reduce_max_ps(mx);
+}
+
+/* row[j] = exp(row[j] - m) for j < jn; returns their sum */
+static inline float att_row_exp(float *row, int64_t jn, float m) {
+    __m512 mv = _mm512_set1_ps(m), acc = _mm512_setzero_ps();
+    for (int64_t j = 0; j < jn; j += 16) {
+        __mmask16 k = att_mask(jn - j);
+        __m512 p = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, row + j), mv));
+        _mm512_mask_storeu_ps(row + j, k, p);
+        acc = _mm512_mask_add_ps(acc, k, acc, p);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+/* P = exp(P - L), dS = P * (dS - Di) for j < jn */
+static inline void prob_finish(float *restrict P, float *restrict dS, float L, float Di, int64_t jn) {
+    __m512 lv = _mm512_set1_ps(L), dv = _mm512_set1_ps(Di);
+    for (int64_t j = 0; j < jn; j += 16) {
+        __mmask16 k = att_mask(jn - j);
+        __m512 p = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, P + j), lv));
+        _mm512_mask_storeu_ps(P + j, k, p);
+        _mm512_mask_storeu_ps(dS + j, k, _mm512_mul_ps(p, _mm512_sub_ps(_mm512_maskz_loadu_ps(k, dS + j), dv)));
+    }
+}
+#else
+static inline float att_row_max(const float *row, int64_t jn) {
+    float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+    for (int64_t j = 0; j < jn; j++) mx = row[j] > mx ? row[j] : mx;
+    return mx;
+}
+
+static inline float att_row_exp(float *row, int64_t jn, float m) {
+    float ps = 0.0f;
+#pragma omp simd reduction(+ : ps)
+    for (int64_t j = 0; j < jn; j++) {
+        float p = nc_expf_fast(row[j] - m);
+        row[j] = p;
+        ps += p;
+    }
+    return ps;
+}
+
+/* P = exp(P - L), dS = P * (dS - Di) for j < jn */
+static inline void prob_finish(float *restrict P, float *restrict dS, float L, float Di, int64_t jn) {
+#pragma omp simd
+    for (int64_t j = 0; j < jn; j++) {
+        float p = nc_expf_fast(P[j] - L);
+        P[j] = p;
+        dS[j] = p * (dS[j] - Di);
+    }
+}
+#endif
+
 /* number of keys of block [s0, s0+nk) visible to query t */
 static inline int64_t visible(const attn_args *a, int64_t t, int64_t s0, int64_t nk) {
     if (!a->causal) return nk;
@@ -171,37 +535,38 @@ void KFN(nc_k_attn_fwd_item)(const attn_args *a, int64_t item, float *scratch) {
         int64_t nk = kend - s0 < ATT_BC ? kend - s0 : ATT_BC;
         load_rows_t(Kt, a->k, a->ks, b, s0, nk, hk, D);
         load_rows(Vb, a->v, a->vs, b, s0, nk, hk, D, 1.0f);
-        for (int64_t i = 0; i < nq; i++) {
+        for (int64_t i0 = 0; i0 < nq; i0 += 4) {
             /* full groups of 4 rows: their scores as 4 x 16 register tiles (the same sums as dot_row),
-             * over the last row's visible keys (visibility grows with t) */
-            if ((i & 3) == 0 && i + 4 <= nq) {
-                int64_t j3 = visible(a, t0 + i + 3, s0, nk);
-                if (j3 > 0) dot4(rows, Qs + i * D, Kt, D, j3);
+             * over the last row's visible keys (visibility grows with t), and P V of the 4 rows
+             * together, each P row zero past its visible keys (adds +-0: the same sums as row by row) */
+            int64_t ng = nq - i0 < 4 ? nq - i0 : 4, jmax = 0;
+            if (ng == 4) {
+                jmax = visible(a, t0 + i0 + 3, s0, nk);
+                if (jmax > 0) dot4(rows, Qs + i0 * D, Kt, D, jmax);
             }
-            int64_t jn = visible(a, t0 + i, s0, nk);
-            if (jn <= 0) continue;
-            float *row = rows + (i & 3) * ATT_BC;
-            if (i - (i & 3) + 4 > nq) dot_row(row, Qs + i * D, Kt, D, jn);
-            float mx = -INFINITY;
-#pragma omp simd reduction(max : mx)
-            for (int64_t j = 0; j < jn; j++) mx = row[j] > mx ? row[j] : mx;
-            float mnew = mx > m[i] ? mx : m[i];
-            float corr = m[i] == -INFINITY ? 0.0f : nc_expf_fast(m[i] - mnew);
-            float ps = 0.0f;
-#pragma omp simd reduction(+ : ps)
-            for (int64_t j = 0; j < jn; j++) {
-                float p = nc_expf_fast(row[j] - mnew);
-                row[j] = p;
-                ps += p;
-            }
-            l[i] = l[i] * corr + ps;
-            m[i] = mnew;
-            float *ai = acc + i * D;
-            if (corr != 1.0f) {
+            for (int64_t r = 0; r < ng; r++) {
+                int64_t i = i0 + r, jn = visible(a, t0 + i, s0, nk);
+                float *row = rows + r * ATT_BC;
+                if (jn <= 0) {
+                    for (int64_t j = 0; j < jmax; j++) row[j] = 0.0f;
+                    continue;
+                }
+                if (ng < 4) dot_row(row, Qs + i * D, Kt, D, jn);
+                float mx = att_row_max(row, jn);
+                float mnew = mx > m[i] ? mx : m[i];
+                float corr = m[i] == -INFINITY ? 0.0f : nc_expf_fast(m[i] - mnew);
+                float ps = att_row_exp(row, jn, mnew);
+                for (int64_t j = jn; j < jmax; j++) row[j] = 0.0f;
+                l[i] = l[i] * corr + ps;
+                m[i] = mnew;
+                float *ai = acc + i * D;
+                if (corr != 1.0f) {
 #pragma omp simd
-                for (int64_t d = 0; d < D; d++) ai[d] *= corr;
+                    for (int64_t d = 0; d < D; d++) ai[d] *= corr;
+                }
+                if (ng < 4) axpy_rows(ai, row, Vb, D, jn);
             }
-            axpy_rows(ai, row, Vb, D, jn);
+            if (jmax > 0) axpy4_rows(acc + i0 * D, rows, Vb, D, jmax);
         }
     }
     for (int64_t i = 0; i < nq; i++) {
@@ -214,9 +579,6 @@ void KFN(nc_k_attn_fwd_item)(const attn_args *a, int64_t item, float *scratch) {
         a->lse[(b * H + h) * T + t] = l[i] > 0.0f ? m[i] + logf(l[i]) : -INFINITY;
     }
 }
-
-/* P (jn) = exp(Qs_i K^T - lse_i), dS (jn) = P * (dO_i V^T - D_i); returns jn (0 = nothing) */
-static inline void prob_finish(float *restrict P, float *restrict dS, float L, float Di, int64_t jn);
 
 /* keys of block [s0, s0+nk) that carry gradient for query row t of head h (0 = none) */
 static inline int64_t row_jn(const attn_args *a, int64_t b, int64_t h, int64_t t, int64_t s0, int64_t nk) {
@@ -240,16 +602,6 @@ static inline int64_t prob_row(const attn_args *a, int64_t b, int64_t h, int64_t
     return jn;
 }
 
-/* P = exp(P - L), dS = P * (dS - Di) for j < jn */
-static inline void prob_finish(float *restrict P, float *restrict dS, float L, float Di, int64_t jn) {
-#pragma omp simd
-    for (int64_t j = 0; j < jn; j++) {
-        float p = nc_expf_fast(P[j] - L);
-        P[j] = p;
-        dS[j] = p * (dS[j] - Di);
-    }
-}
-
 /* ---- backward pass 1: one (b, kv head, key block) owns its dK and dV rows -------------------- */
 /* key block kb of (b, kv head hk): its dK, dV rows; with dqloc (G x T x D, the group's dQ rows)
  * also dQ += dS K for every row it visits (the fused single pass) */
@@ -258,7 +610,7 @@ static void KFN(bwd_kv_block)(const attn_args *a, int64_t b, int64_t hk, int64_t
     int64_t s0 = kb * ATT_BC, nk = S - s0 < ATT_BC ? S - s0 : ATT_BC;
     float *Qs = scratch, *dO = Qs + ATT_BR * D, *Kt = dO + ATT_BR * D, *Vt = Kt + ATT_BC * D;
     float *dK = Vt + ATT_BC * D, *dV = dK + ATT_BC * D, *Kb = dV + ATT_BC * D, *P = Kb + ATT_BC * D;
-    float *dS = P + 4 * ATT_BC;
+    float *dS = P + ATT_BR * ATT_BC;
     if (dqloc) load_rows(Kb, a->k, a->ks, b, s0, nk, hk, D, a->scale);
     load_rows_t(Kt, a->k, a->ks, b, s0, nk, hk, D);
     load_rows_t(Vt, a->v, a->vs, b, s0, nk, hk, D);
@@ -272,69 +624,44 @@ static void KFN(bwd_kv_block)(const attn_args *a, int64_t b, int64_t hk, int64_t
             int64_t nq = T - t0 < ATT_BR ? T - t0 : ATT_BR;
             load_rows(Qs, a->q, a->qs, b, t0, nq, h, D, a->scale);
             load_rows(dO, a->go, a->gs, b, t0, nq, h, D, 1.0f);
-            /* rows in groups of 4: P and dS of the group first, then one pass over each dK/dV row
-             * adds the group's 4 terms in row order (the same per-element order as row by row) */
-            for (int64_t i0 = 0; i0 < nq; i0 += 4) {
-                int64_t ng = nq - i0 < 4 ? nq - i0 : 4, jmax = 0, jns[4] = {0, 0, 0, 0};
-                for (int64_t r = 0; r < ng; r++) {
-                    jns[r] = row_jn(a, b, h, t0 + i0 + r, s0, nk);
-                    if (jns[r] > jmax) jmax = jns[r];
-                }
-                if (jmax == 0) continue;
-                /* P and dS rows as prob_row computes them (same per-element arithmetic) */
-                if (ng == 4) {
-                    dot4(P, Qs + i0 * D, Kt, D, jmax);
-                    dot4(dS, dO + i0 * D, Vt, D, jmax);
-                } else {
-                    for (int64_t r = 0; r < ng; r++) {
-                        if (jns[r] <= 0) continue;
-                        dot_row(P + r * ATT_BC, Qs + (i0 + r) * D, Kt, D, jns[r]);
-                        dot_row(dS + r * ATT_BC, dO + (i0 + r) * D, Vt, D, jns[r]);
-                    }
-                }
-                for (int64_t r = 0; r < ng; r++) {
-                    int64_t i = i0 + r, jn = jns[r];
-                    if (jn <= 0) continue;
-                    int64_t ri = (b * H + h) * T + t0 + i;
-                    prob_finish(P + r * ATT_BC, dS + r * ATT_BC, a->lse_in[ri], a->dvec[ri], jn);
-                    if (dqloc)   /* fused: dQ_i += dS_i K (blocks ascending, as in pass 2) */
-                        axpy_rows(dqloc + ((h - hk * G) * T + t0 + i) * D, dS + r * ATT_BC, Kb, D, jn);
-                }
-                const float *q0 = Qs + i0 * D, *q1 = q0 + D, *q2 = q1 + D, *q3 = q2 + D;
-                const float *o0 = dO + i0 * D, *o1 = o0 + D, *o2 = o1 + D, *o3 = o2 + D;
-                for (int64_t j = 0; j < jmax; j++) {
-                    float *dv = dV + j * D, *dk = dK + j * D;
-                    if (jns[0] > j && jns[1] > j && jns[2] > j && jns[3] > j) {
-                        float p0 = P[j], p1 = P[ATT_BC + j], p2 = P[2 * ATT_BC + j], p3 = P[3 * ATT_BC + j];
-                        float s0_ = dS[j], s1 = dS[ATT_BC + j], s2 = dS[2 * ATT_BC + j], s3 = dS[3 * ATT_BC + j];
-#pragma omp simd
-                        for (int64_t d = 0; d < D; d++) {
-                            float x = dv[d], y = dk[d];
-                            x += p0 * o0[d];
-                            y += s0_ * q0[d];
-                            x += p1 * o1[d];
-                            y += s1 * q1[d];
-                            x += p2 * o2[d];
-                            y += s2 * q2[d];
-                            x += p3 * o3[d];
-                            y += s3 * q3[d];
-                            dv[d] = x;
-                            dk[d] = y;
-                        }
-                    } else {
-                        for (int64_t r = 0; r < ng; r++) {
-                            if (jns[r] <= j) continue;
-                            float pj = P[r * ATT_BC + j], sj = dS[r * ATT_BC + j];
-                            const float *qi = Qs + (i0 + r) * D, *doi = dO + (i0 + r) * D;
-#pragma omp simd
-                            for (int64_t d = 0; d < D; d++) {
-                                dv[d] += pj * doi[d];
-                                dk[d] += sj * qi[d];
-                            }
-                        }
-                    }
-                }
+            /* P and dS of the whole query block first (rows in groups of 4 as 4 x 16 register tiles),
+             * zero past each row's visible keys; then dK/dV take the block's terms row by row in
+             * ascending order (the per-element order of the row-at-a-time loop) */
+            int64_t jcap = 0, jns[ATT_BR];
+            for (int64_t i = 0; i < nq; i++) {
+                jns[i] = row_jn(a, b, h, t0 + i, s0, nk);
+                if (jns[i] > jcap) jcap = jns[i];
             }
+            if (jcap == 0) continue;
+            for (int64_t i0 = 0; i0 < nq; i0 += 4) {
+                int64_t ng = nq - i0 < 4 ? nq - i0 : 4, jmax = 0;
+                for (int64_t r = 0; r < ng; r++) jmax = jns[i0 + r] > jmax ? jns[i0 + r] : jmax;
+                float *Pg = P + i0 * ATT_BC, *dSg = dS + i0 * ATT_BC;
+                if (jmax > 0 && ng == 4) {
+                    dot4(Pg, Qs + i0 * D, Kt, D, jmax);
+                    dot4(dSg, dO + i0 * D, Vt, D, jmax);
+                }
+                for (int64_t r = 0; r < ng; r++) {
+                    int64_t i = i0 + r, jn = jns[i];
+                    float *Pi = Pg + r * ATT_BC, *dSi = dSg + r * ATT_BC;
+                    if (jn > 0) {
+                        if (ng < 4) {
+                            dot_row(Pi, Qs + i * D, Kt, D, jn);
+                            dot_row(dSi, dO + i * D, Vt, D, jn);
+                        }
+                        int64_t ri = (b * H + h) * T + t0 + i;
+                        prob_finish(Pi, dSi, a->lse_in[ri], a->dvec[ri], jn);
+                        if (dqloc && ng < 4)   /* fused: dQ_i += dS_i K (blocks ascending, as in pass 2) */
+                            axpy_rows(dqloc + ((h - hk * G) * T + t0 + i) * D, dSi, Kb, D, jn);
+                    }
+                    for (int64_t j = jn < 0 ? 0 : jn; j < jcap; j++) Pi[j] = dSi[j] = 0.0f;
+                }
+                /* a full group's dQ rows together (its zero dS entries past a row's keys add +-0 to
+                 * sums that start at +0 and never are -0: the same bits as pass 2's row at a time) */
+                if (dqloc && ng == 4 && jmax > 0)
+                    axpy4_rows(dqloc + ((h - hk * G) * T + t0 + i0) * D, dSg, Kb, D, jmax);
+            }
+            kv_sweep(dV, dK, P, dS, dO, Qs, jns, nq, jcap, D);
         }
     }
     for (int64_t j = 0; j < nk; j++) {
@@ -389,7 +716,7 @@ void KFN(nc_k_attn_bwd_q_item)(const attn_args *a, int64_t item, float *scratch)
     int64_t hk = h / (H / a->Hkv);
     int64_t t0 = qb * ATT_BR, nq = T - t0 < ATT_BR ? T - t0 : ATT_BR;
     float *Qs = scratch, *dO = Qs + ATT_BR * D, *dQ = dO + ATT_BR * D, *Kt = dQ + ATT_BR * D;
-    float *Vt = Kt + ATT_BC * D, *Kb = Vt + ATT_BC * D, *P = Kb + ATT_BC * D, *dS = P + ATT_BC;
+    float *Vt = Kt + ATT_BC * D, *Kb = Vt + ATT_BC * D, *P = Kb + ATT_BC * D, *dS = P + 4 * ATT_BC;
     load_rows(Qs, a->q, a->qs, b, t0, nq, h, D, a->scale);
     load_rows(dO, a->go, a->gs, b, t0, nq, h, D, 1.0f);
     memset(dQ, 0, (size_t)(nq * D) * sizeof(float));
@@ -403,9 +730,32 @@ void KFN(nc_k_attn_bwd_q_item)(const attn_args *a, int64_t item, float *scratch)
         load_rows(Kb, a->k, a->ks, b, s0, nk, hk, D, a->scale);
         load_rows_t(Kt, a->k, a->ks, b, s0, nk, hk, D);
         load_rows_t(Vt, a->v, a->vs, b, s0, nk, hk, D);
-        for (int64_t i = 0; i < nq; i++) {
-            int64_t jn = prob_row(a, b, h, t0 + i, s0, nk, Qs + i * D, dO + i * D, Kt, Vt, P, dS);
-            axpy_rows(dQ + i * D, dS, Kb, D, jn);
+        for (int64_t i0 = 0; i0 < nq; i0 += 4) {
+            if (i0 + 4 > nq) {   /* a partial group: row at a time */
+                for (int64_t i = i0; i < nq; i++) {
+                    int64_t jn = prob_row(a, b, h, t0 + i, s0, nk, Qs + i * D, dO + i * D, Kt, Vt, P, dS);
+                    axpy_rows(dQ + i * D, dS, Kb, D, jn);
+                }
+                continue;
+            }
+            /* 4 rows: the same P, dS bits as prob_row (dot4 == dot_row), zero past each row's keys */
+            int64_t jns[4], jmax = 0;
+            for (int r = 0; r < 4; r++) {
+                jns[r] = row_jn(a, b, h, t0 + i0 + r, s0, nk);
+                jmax = jns[r] > jmax ? jns[r] : jmax;
+            }
+            if (jmax == 0) continue;
+            dot4(P, Qs + i0 * D, Kt, D, jmax);
+            dot4(dS, dO + i0 * D, Vt, D, jmax);
+            for (int r = 0; r < 4; r++) {
+                float *Pr = P + r * ATT_BC, *dSr = dS + r * ATT_BC;
+                if (jns[r] > 0) {
+                    int64_t ri = (b * H + h) * T + t0 + i0 + r;
+                    prob_finish(Pr, dSr, a->lse_in[ri], a->dvec[ri], jns[r]);
+                }
+                for (int64_t j = jns[r]; j < jmax; j++) Pr[j] = dSr[j] = 0.0f;
+            }
+            axpy4_rows(dQ + i0 * D, dS, Kb, D, jmax);
         }
     }
     for (int64_t i = 0; i < nq; i++) {
@@ -422,6 +772,13 @@ void nc_k_attn_fwd_item_avx2(const attn_args *a, int64_t item, float *scratch);
 void nc_k_attn_bwd_kv_item_avx2(const attn_args *a, int64_t item, float *scratch);
 void nc_k_attn_bwd_q_item_avx2(const attn_args *a, int64_t item, float *scratch);
 void nc_k_attn_bwd_fused_item_avx2(const attn_args *a, int64_t item, float *scratch);
+void nc_k_attn_fwd_item_avx512(const attn_args *a, int64_t item, float *scratch);
+void nc_k_attn_bwd_kv_item_avx512(const attn_args *a, int64_t item, float *scratch);
+void nc_k_attn_bwd_q_item_avx512(const attn_args *a, int64_t item, float *scratch);
+void nc_k_attn_bwd_fused_item_avx512(const attn_args *a, int64_t item, float *scratch);
+
+/* the build of an item kernel the kernel selection picks (scalar / avx2 / avx512) */
+#define ATT_PICK(name) (nc_cpu_avx512() ? name##_avx512 : nc_cpu_avx2() ? name##_avx2 : name##_base)
 
 typedef void (*attn_item_fn)(const attn_args *, int64_t, float *);
 
@@ -531,7 +888,7 @@ nc_status nc_attention(nc_tensor *out, nc_tensor *lse, const nc_tensor *q, const
     }
     int64_t items = a.B * a.H * ((a.T + ATT_BR - 1) / ATT_BR);
     double flops = 4.0 * a.B * a.H * a.T * a.S * a.D;
-    return run_items(op, nc_cpu_avx2() ? nc_k_attn_fwd_item_avx2 : nc_k_attn_fwd_item_base, &a, items, flops, 0);
+    return run_items(op, ATT_PICK(nc_k_attn_fwd_item), &a, items, flops, 0);
 }
 
 static nc_status attn_bwd(const char *op, nc_tensor *gq, nc_tensor *gk, nc_tensor *gv, const nc_tensor *out,
@@ -611,24 +968,23 @@ static nc_status attn_bwd(const char *op, nc_tensor *gq, nc_tensor *gk, nc_tenso
     }
     a.dvec = dvec;
     double flops = 4.0 * a.B * a.H * a.T * a.S * a.D;
-    int avx2 = nc_cpu_avx2();
     nc_status st = NC_OK;
     int64_t G = a.H / a.Hkv, fitems = a.B * a.Hkv;
     int64_t nth = nc_threads();
     if (gq && (gk || gv) && (nth == 1 || fitems >= 4 * nth)) {
         /* one thread, or enough (b, kv head) items to keep the threads busy: one fused pass computes
          * P and dS once (scratch O(T D) per thread: the group's dQ rows) */
-        st = run_items(op, avx2 ? nc_k_attn_bwd_fused_item_avx2 : nc_k_attn_bwd_fused_item_base, &a, fitems, flops,
+        st = run_items(op, ATT_PICK(nc_k_attn_bwd_fused_item), &a, fitems, flops,
                        G * a.T * a.D);
         gq = NULL; gk = NULL; gv = NULL;
     }
     if (gk || gv) {
         int64_t items = a.B * a.Hkv * ((a.S + ATT_BC - 1) / ATT_BC);
-        st = run_items(op, avx2 ? nc_k_attn_bwd_kv_item_avx2 : nc_k_attn_bwd_kv_item_base, &a, items, flops, 0);
+        st = run_items(op, ATT_PICK(nc_k_attn_bwd_kv_item), &a, items, flops, 0);
     }
     if (st == NC_OK && gq) {
         int64_t items = a.B * a.H * ((a.T + ATT_BR - 1) / ATT_BR);
-        st = run_items(op, avx2 ? nc_k_attn_bwd_q_item_avx2 : nc_k_attn_bwd_q_item_base, &a, items, flops, 0);
+        st = run_items(op, ATT_PICK(nc_k_attn_bwd_q_item), &a, items, flops, 0);
     }
     nc_host_free(dvec, nrow * (int64_t)sizeof(float));
     return st;
