@@ -6,6 +6,7 @@
  * move data between devices. Random fills are a pure function of (seed, offset, logical index).
  */
 #include "internal.h"
+#include "philox.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -854,20 +855,8 @@ nc_status nc_tensor_randn(nc_tensor *t, uint64_t seed, uint64_t offset, double m
     return generate("randn", t, &g);
 }
 
-/* ---- Philox4x32-10 (Salmon et al., SC'11) ------------------------------------------------- */
-void nc_philox4x32(uint64_t seed, uint64_t counter, uint32_t out[4]) {
-    uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32), c2 = 0, c3 = 0;
-    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-    for (int r = 0; r < 10; r++) {
-        uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
-        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n1 = (uint32_t)p1;
-        uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1, n3 = (uint32_t)p0;
-        c0 = n0; c1 = n1; c2 = n2; c3 = n3;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-    out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
-}
+/* ---- Philox4x32-10 (Salmon et al., SC'11; core/philox.h, shared with the CUDA kernels) -------- */
+void nc_philox4x32(uint64_t seed, uint64_t counter, uint32_t out[4]) { nc_philox4x32_10(seed, counter, out); }
 
 /* uniform in (0, 1): 24 random bits, never exactly 0 or 1 */
 static double u01(uint32_t x) { return ((double)(x >> 8) + 0.5) * (1.0 / 16777216.0); }

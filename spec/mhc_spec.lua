@@ -39,20 +39,7 @@ end
 -- max |sum over dim - 1| of (..., n, n) matrices; dim -1 = rows, -2 = columns
 local function sum_err(Hm, dim) return max_abs(Hm:sum(dim) - 1) end
 
--- perturb every mHC parameter (seeded) so the dynamic and static paths matter
-local function perturb_mhc(model, seed, scale)
-    local g = nc.generator(seed)
-    for _, nl in ipairs(mhc.layers(model)) do
-        local l = nl[2]
-        nc.no_grad(function()
-            l.bias:add_scaled_(nc.randn(l.bias:shape(), { generator = g }), scale or 1)
-            if l.phi then
-                l.phi:copy_(nc.randn(l.phi:shape(), { generator = g, std = 0.3 }))
-                l.alpha:copy_(nc.rand({ 3 }, { generator = g, lo = 0.3, hi = 0.8 }))
-            end
-        end)
-    end
-end
+local perturb_mhc = Fx.perturb_mhc   -- seeded random mHC coefficients
 
 describe('nc.mhc config', function()
     it('fills defaults and is what gpt.config validates', function()

@@ -30,6 +30,7 @@
 #include <mutex>
 
 #include "common.cuh"
+#include "philox.h"
 
 namespace {
 
@@ -101,19 +102,9 @@ __global__ void apply_update_kernel(float *p, const float *u, int64_t n, float d
 }
 
 /* ---- 8-bit codes ------------------------------------------------------------------------------ */
-/* Philox-4x32-10, bit-identical to core/tensor.c nc_philox4x32 */
+/* Philox-4x32-10: core/philox.h, the same code as the host's nc_philox4x32 */
 __device__ __forceinline__ void philox4x32(uint64_t seed, uint64_t counter, uint32_t out[4]) {
-    uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32), c2 = 0, c3 = 0;
-    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-    for (int r = 0; r < 10; r++) {
-        uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
-        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n1 = (uint32_t)p1;
-        uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1, n3 = (uint32_t)p0;
-        c0 = n0; c1 = n1; c2 = n2; c3 = n3;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-    out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+    nc_philox4x32_10(seed, counter, out);
 }
 
 /* kernels/cpu/optim.c sr_uniform: uniform [0, 1) for element i */

@@ -7,7 +7,7 @@
 --     training model's), drafting with the packed modules the same tokens as the training modules.
 --   Checkpoints: a saved micro e3-style checkpoint (loop + mtp) packs from its dir, and
 --     `nanochat generate CKPT` runs it.
-package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
+package.path = 'lua/?.lua;lua/?/init.lua;spec/helpers/?.lua;' .. package.path
 local nc = require 'nanochat'
 local LM = nc.looplm
 
@@ -123,20 +123,8 @@ describe('engine: LoopLM', function()
     end)
 end)
 
--- random mHC coefficients (as spec/mhc_spec.lua's perturb_mhc): streams that really differ
-local function perturb_mhc(m, seed)
-    local g = nc.generator(seed)
-    nc.no_grad(function()
-        for _, nl in ipairs(nc.mhc.layers(m)) do
-            local l = nl[2]
-            l.bias:add_scaled_(nc.randn(l.bias:shape(), { generator = g }), 1)
-            if l.phi then
-                l.phi:copy_(nc.randn(l.phi:shape(), { generator = g, std = 0.3 }))
-                l.alpha:copy_(nc.rand({ 3 }, { generator = g, lo = 0.3, hi = 0.8 }))
-            end
-        end
-    end)
-end
+-- random mHC coefficients: streams that really differ
+local perturb_mhc = require('model_fixtures').perturb_mhc
 
 describe('engine: mHC (and the whole e3 combination)', function()
     local cases = {

@@ -15,7 +15,7 @@
 --    (sequential depth 2, parallel heads depth 2); e3 unrolled (loop=unroll) keeps mHC + MTP;
 --  - a truncated or corrupted e3 file (tensor name, key name, key value) gives a clear error;
 --  - `nanochat export` on an e3_micro checkpoint dir, engine.open and `nanochat generate` on the file.
-package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
+package.path = 'lua/?.lua;lua/?/init.lua;spec/helpers/?.lua;' .. package.path
 local nc = require 'nanochat'
 local LM = nc.looplm
 
@@ -28,16 +28,8 @@ local PROMPT = { 1, 5, 9, 3, 200, 17, 8, 2, 77, 31, 4, 250 }   -- 12 positions: 
 -- random mHC coefficients (streams that really differ) and a N(0, 1) exit gate (tokens exit at
 -- different loops with q < 1), so that every exported parameter matters to the logits
 local function perturb(m, seed)
-    local g = nc.generator(seed)
+    local g = require('model_fixtures').perturb_mhc(m, seed)
     nc.no_grad(function()
-        for _, nl in ipairs(nc.mhc.layers(m)) do
-            local l = nl[2]
-            l.bias:add_scaled_(nc.randn(l.bias:shape(), { generator = g }), 1)
-            if l.phi then
-                l.phi:copy_(nc.randn(l.phi:shape(), { generator = g, std = 0.3 }))
-                l.alpha:copy_(nc.rand({ 3 }, { generator = g, lo = 0.3, hi = 0.8 }))
-            end
-        end
         if m.exit_gate then m.exit_gate.weight:copy_(nc.randn(m.exit_gate.weight:shape(), { generator = g, std = 1.0 })) end
     end)
 end
