@@ -1,12 +1,15 @@
 -- tools/bench/attention.lua — CPU time of the attention kernels (nc_attention forward and
 -- nc_attention_backward, causal GQA) at the tiny model's shape and at T = 1024.
 --
--- Timing is PROCESS CPU time (os.clock) on ONE thread, so that a loaded machine does not distort it
+-- Timing is PROCESS CPU time (os.clock) on ONE thread by default, so that a loaded machine does not distort it
 -- (wall time would). Each row: median over `reps` samples of the bare C call on preallocated tensors.
 -- There is no in-run baseline: the old kernel is gone after the change, so README records the numbers
 -- measured on the commit before (see "Training performance"). Also prints GFLOP/s counting the useful
 -- causal FLOPs (forward 4 B H D T(T+1)/2, backward 2.5x that).
--- Usage: ./nanochat tools/bench/attention.lua [reps=5] [long=1] [masked=1]
+-- threads=N (default 1) times the kernels on N threads instead (still process CPU time, summed over
+-- the threads: the work done, not the latency; e.g. threads=2 for the two-pass backward path that
+-- B 1, T 1024 takes with several threads and few (b, kv head) items).
+-- Usage: ./nanochat tools/bench/attention.lua [reps=5] [long=1] [masked=1] [threads=1]
 if not package.path:find('lua/?/init.lua', 1, true) then
     package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
 end
@@ -18,7 +21,8 @@ local C = require('nanochat.core').C
 
 local reps = tonumber(args.reps) or 5
 local long = args.long == nil or tonumber(args.long) == 1
-nc.set_num_threads(1)
+local threads = tonumber(args.threads) or 1
+nc.set_num_threads(threads)
 
 local function median(xs) table.sort(xs); return xs[math.floor((#xs + 1) / 2)] end
 
@@ -33,7 +37,7 @@ end
 
 local shapes = { { B = 8, T = 256, H = 4, Hkv = 2, D = 64 } }
 if long then shapes[2] = { B = 1, T = 1024, H = 4, Hkv = 2, D = 64 } end
-local rows, out = {}, { threads = 1, clock = 'process cpu', reps = reps, shapes = {} }
+local rows, out = {}, { threads = threads, clock = 'process cpu', reps = reps, shapes = {} }
 for _, s in ipairs(shapes) do
     local q = nc.randn { s.B, s.T, s.H, s.D }
     local k = nc.randn { s.B, s.T, s.Hkv, s.D }
