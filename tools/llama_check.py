@@ -11,6 +11,7 @@ and as the LAST line one JSON object:
 spec/models/llama_cpp_spec.lua compares that with our engine. Exit 2 when llama_cpp is missing.
 """
 import argparse
+import time
 import json
 import sys
 
@@ -32,6 +33,8 @@ def main():
     ap.add_argument("--tokenize-file", help="a file whose bytes are tokenized (as --tokenize)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--kv-f32", action="store_true", help="F32 K/V cache instead of llama.cpp's default F16")
+    ap.add_argument("--bench", type=int, default=0,
+                    help="after the prompt: time this many single-token greedy evals (decode_tok_s in the JSON)")
     a = ap.parse_args()
 
     kw = {}
@@ -68,6 +71,11 @@ def main():
         out["greedy"] = greedy
         if greedy:
             print("greedy:", greedy)
+        if a.bench > 0:   # decode speed: one token per eval, wall clock (the prompt already in the cache)
+            t0 = time.perf_counter()
+            for _ in range(a.bench):
+                llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+            out["decode_tok_s"] = a.bench / (time.perf_counter() - t0)
     print(json.dumps(out))
 
 
