@@ -26,6 +26,15 @@ nc_status nc_check_dtype(const char *op, const char *arg, const nc_tensor *t, in
 nc_status nc_check_index_dtype(const char *op, const char *arg, const nc_tensor *t); /* i32 or i64 */
 nc_status nc_check_device(const char *op, const char *arg, const nc_tensor *t, int32_t device);
 nc_status nc_check_cpu(const char *op, const char *arg, const nc_tensor *t);
+/* The one device rule of every op that runs on CPU or CUDA: the call runs on CUDA when any of its
+ * tensors is a CUDA tensor, and every other tensor must then be on CUDA too. nc_check_one_device
+ * sets *dev to that device (NC_CPU when all entries are NULL; NULL entries are skipped, the argument
+ * checks name them) and otherwise fails like nc_check_device, naming the first tensor on the other
+ * device: "op: expected g on cuda, got (4, 4) f32 cpu". */
+int32_t nc_dev_of(int n, const nc_tensor *const *ts);
+#define NC_DEV_OF(...) nc_dev_of((int)(sizeof((const nc_tensor *[]){ __VA_ARGS__ }) / sizeof(const nc_tensor *)), \
+                                 (const nc_tensor *const[]){ __VA_ARGS__ })
+nc_status nc_check_one_device(const char *op, int32_t *dev, int n, const char *const *names, const nc_tensor *const *ts);
 nc_status nc_check_contiguous(const char *op, const char *arg, const nc_tensor *t);
 nc_status nc_check_ndim(const char *op, const char *arg, const nc_tensor *t, int32_t ndim);
 nc_status nc_check_same_shape(const char *op, const char *an, const nc_tensor *a, const char *bn, const nc_tensor *b);
@@ -90,5 +99,14 @@ bool nc_cpu_vnni512(void);           /* "avx512" selected and AVX-512 BW/VL/VNNI
 /* Returns the CUDA vtable, loading lib/libnanochat_cuda.so on first use; NULL (with
  * nc_last_error set) when the library or a GPU is missing. */
 const nc_cuda_api *nc_cuda(void);
+/* For ops whose tensors are on the GPU (one rule and message for every subsystem): the backend, or
+ * NULL with "op: the tensors are on cuda but <why>" (NC_ERR_DEVICE); nc_cuda_err returns st with
+ * "op: CUDA: <the backend's last error>"; nc_cuda_buffer is a fresh contiguous 1-D CUDA workspace
+ * of n (>= 1) elements, or NULL with NC_ERR_OOM set. */
+const nc_cuda_api *nc_cuda_for(const char *op);
+nc_status nc_cuda_err(const char *op, const nc_cuda_api *cu, nc_status st);
+nc_tensor *nc_cuda_buffer(const char *op, int32_t dtype, int64_t n);
+/* "op: no CUDA kernel for <what, or 'this op'>; move the tensors to the CPU with :to('cpu')" */
+nc_status nc_no_cuda(const char *op, const char *what);
 
 #endif

@@ -127,6 +127,19 @@ nc_status nc_check_cpu(const char *op, const char *arg, const nc_tensor *t) {
     return nc_check_device(op, arg, t, NC_CPU);
 }
 
+int32_t nc_dev_of(int n, const nc_tensor *const *ts) {
+    for (int i = 0; i < n; i++)
+        if (ts[i] && ts[i]->device == NC_CUDA) return NC_CUDA;
+    return NC_CPU;
+}
+
+nc_status nc_check_one_device(const char *op, int32_t *dev, int n, const char *const *names, const nc_tensor *const *ts) {
+    *dev = nc_dev_of(n, ts);
+    for (int i = 0; i < n; i++)
+        if (ts[i]) NC_TRY(nc_check_device(op, names[i], ts[i], *dev));
+    return NC_OK;
+}
+
 nc_status nc_check_contiguous(const char *op, const char *arg, const nc_tensor *t) {
     NC_TRY(nc_check_not_null(op, arg, t));
     if (nc_tensor_is_contiguous(t)) return NC_OK;
@@ -537,6 +550,32 @@ const nc_cuda_api *nc_cuda(void) {
 }
 
 int32_t nc_cuda_available(void) { return nc_cuda() != NULL; }
+
+const nc_cuda_api *nc_cuda_for(const char *op) {
+    const nc_cuda_api *cu = nc_cuda();
+    if (!cu) nc_fail(NC_ERR_DEVICE, "%s: the tensors are on cuda but %s", op, nc_cuda_status());
+    return cu;
+}
+
+nc_status nc_cuda_err(const char *op, const nc_cuda_api *cu, nc_status st) {
+    return nc_fail(st, "%s: CUDA: %s", op, cu && cu->last_error ? cu->last_error() : "unknown error");
+}
+
+nc_status nc_no_cuda(const char *op, const char *what) {
+    return nc_fail(NC_ERR_UNSUPPORTED, "%s: no CUDA kernel for %s; move the tensors to the CPU with :to('cpu')", op,
+                   what ? what : "this op");
+}
+
+nc_tensor *nc_cuda_buffer(const char *op, int32_t dtype, int64_t n) {
+    int64_t shp[1] = { n > 0 ? n : 1 };
+    nc_tensor *t = nc_tensor_new(dtype, NC_CUDA, 1, shp);
+    if (!t) {
+        char cause[512];
+        snprintf(cause, sizeof cause, "%s", nc_last_error());
+        nc_fail(NC_ERR_OOM, "%s: cannot allocate a %lld-element CUDA workspace: %s", op, (long long)shp[0], cause);
+    }
+    return t;
+}
 
 const char *nc_cuda_status(void) {
     (void)nc_cuda();

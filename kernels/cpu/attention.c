@@ -865,7 +865,7 @@ nc_status nc_attention(nc_tensor *out, nc_tensor *lse, const nc_tensor *q, const
     a.out = nc_f32p(out);
     a.lse = nc_f32p(lse);
     if (dev == NC_CUDA) {
-        const nc_cuda_api *cu = nc_nn_cuda(op);
+        const nc_cuda_api *cu = nc_cuda_for(op);
         if (!cu) return NC_ERR_DEVICE;
         if (a.B * a.T * a.H == 0) return NC_OK;
         nc_status st;
@@ -877,7 +877,7 @@ nc_status nc_attention(nc_tensor *out, nc_tensor *lse, const nc_tensor *q, const
             nc_cuda_attn g = cuda_geo(&a, NULL, NULL);
             st = cu->attention(a.out, a.lse, a.q, a.k, a.v, &g);
         }
-        return st == NC_OK ? NC_OK : nc_nn_cuda_err(op, cu, st);
+        return st == NC_OK ? NC_OK : nc_cuda_err(op, cu, st);
     }
     if (a.B * a.T * a.H == 0) return NC_OK;
     if (a.D == 0 || a.S == 0) {
@@ -931,17 +931,17 @@ static nc_status attn_bwd(const char *op, nc_tensor *gq, nc_tensor *gk, nc_tenso
     fill_args(&a, q, k, v, causal, scale);
     a.qkeep = qkeep ? (const uint8_t *)nc_ptr(qkeep) : NULL;
     if (dev == NC_CUDA) {
-        const nc_cuda_api *cu = nc_nn_cuda(op);
+        const nc_cuda_api *cu = nc_cuda_for(op);
         if (!cu) return NC_ERR_DEVICE;
         if (a.B * a.T * a.H == 0 || a.S == 0 || a.D == 0) return NC_OK;
-        nc_tensor *dv = nc_nn_cuda_buffer(op, NC_F32, a.B * a.H * a.T);
+        nc_tensor *dv = nc_cuda_buffer(op, NC_F32, a.B * a.H * a.T);
         if (!dv) return NC_ERR_OOM;
         nc_cuda_attn g = cuda_geo(&a, out, gout);
         nc_status st = cu->attention_backward(gq ? nc_f32p(gq) : NULL, gk ? nc_f32p(gk) : NULL, gv ? nc_f32p(gv) : NULL,
                                               nc_f32p(out), nc_f32p(lse), a.q, a.k, a.v, nc_f32p(gout), a.qkeep, &g,
                                               nc_f32p(dv));
         nc_tensor_release(dv);
-        return st == NC_OK ? NC_OK : nc_nn_cuda_err(op, cu, st);
+        return st == NC_OK ? NC_OK : nc_cuda_err(op, cu, st);
     }
     if (a.B * a.T * a.H == 0 || a.S == 0 || a.D == 0) return NC_OK;
     a.o = nc_f32p(out);

@@ -416,13 +416,6 @@ static nc_status check_writable(const char *op, const char *arg, const nc_tensor
     return NC_OK;
 }
 
-static nc_status check_all_device(const char *op, int32_t dev, int n, const nc_tensor *const *ts,
-                                  const char *const *names) {
-    for (int i = 0; i < n; i++)
-        if (ts[i]) NC_TRY(nc_check_device(op, names[i], ts[i], dev));
-    return NC_OK;
-}
-
 /* ---- strided engine ------------------------------------------------------------------------ */
 enum { EW_MAXOPS = 4, EW_CHUNK = 16384 };
 
@@ -629,11 +622,6 @@ static nc_status cuda_err(const char *op, const nc_cuda_api *cu, nc_status s) {
     return nc_fail(s, "%s: CUDA: %s", op, cu->last_error ? cu->last_error() : "unknown error");
 }
 
-static nc_status no_cuda(const char *op) {
-    return nc_fail(NC_ERR_UNSUPPORTED, "%s: no CUDA kernel for this op; move the tensors to the CPU with :to('cpu')",
-                   op);
-}
-
 /* ---- a temporary contiguous f32 CPU tensor (for gradients of broadcast operands) -------------- */
 static nc_tensor *tmp_zeros(int32_t nd, const int64_t *shape) {
     return nc_tensor_new_zeros(NC_F32, NC_CPU, nd, shape);
@@ -807,7 +795,8 @@ nc_status nc_binary(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int3
     NC_TRY(nc_check_not_null(name, "b", b));
     const nc_tensor *ts[3] = { out, a, b };
     static const char *const tn[3] = { "out", "a", "b" };
-    NC_TRY(check_all_device(name, out->device, 3, ts, tn));
+    int32_t dev;
+    NC_TRY(nc_check_one_device(name, &dev, 3, tn, ts));
     {
         const nc_tensor *ab[3] = { a, b, out };
         static const char *const abn[3] = { "a", "b", "out" };
@@ -825,7 +814,7 @@ nc_status nc_binary(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int3
     NC_TRY(check_writable(name, "out", out));
     if (ew_is_int(a->dtype)) return int_binary(name, out, a, b, op, nd, shape);
     if (out->device == NC_CUDA) {
-        const nc_cuda_api *cu = nc_cuda();
+        const nc_cuda_api *cu = nc_cuda_for(name);
         if (!cu) return NC_ERR_DEVICE;
         nc_strided3 g;
         fill_s3(&g, out, a, b);
@@ -938,7 +927,8 @@ nc_status nc_binary_backward(nc_tensor *ga, nc_tensor *gb, const nc_tensor *out,
     NC_TRY(nc_check_not_null(name, "gout", gout));
     const nc_tensor *ts[5] = { ga, gb, a, b, gout };
     static const char *const tn[5] = { "ga", "gb", "a", "b", "gout" };
-    NC_TRY(check_all_device(name, gout->device, 5, ts, tn));
+    int32_t dev;
+    NC_TRY(nc_check_one_device(name, &dev, 5, tn, ts));
     for (int i = 0; i < 5; i++)
         if (ts[i]) NC_TRY(nc_check_dtype(name, tn[i], ts[i], NC_F32));
     int32_t nd;
@@ -987,7 +977,7 @@ nc_status nc_binary_scalar(nc_tensor *out, const nc_tensor *a, double s, int32_t
     NC_TRY(nc_check_same_shape(name, "out", out, "a", a));
     NC_TRY(check_writable(name, "out", out));
     if (out->device == NC_CUDA) {
-        const nc_cuda_api *cu = nc_cuda();
+        const nc_cuda_api *cu = nc_cuda_for(name);
         if (!cu) return NC_ERR_DEVICE;
         nc_strided3 g;
         fill_s3(&g, out, a, NULL);
@@ -1020,7 +1010,8 @@ nc_status nc_binary_scalar_backward(nc_tensor *ga, const nc_tensor *a, const nc_
     const nc_tensor *ts[3] = { ga, a, gout };
     static const char *const tn[3] = { "ga", "a", "gout" };
     if (ga->device == NC_CUDA) {   /* the linear ops: ga += c * gout (add_scaled on the device) */
-        NC_TRY(check_all_device(name, NC_CUDA, 3, ts, tn));
+        int32_t dev;
+        NC_TRY(nc_check_one_device(name, &dev, 3, tn, ts));
         for (int i = 0; i < 3; i++) NC_TRY(nc_check_dtype(name, tn[i], ts[i], NC_F32));
         NC_TRY(nc_check_same_shape(name, "ga", ga, "a", a));
         NC_TRY(nc_check_same_shape(name, "gout", gout, "a", a));
@@ -1030,7 +1021,8 @@ nc_status nc_binary_scalar_backward(nc_tensor *ga, const nc_tensor *a, const nc_
                            "compute it on the CPU with :to('cpu')", name);
         return nc_add_scaled(ga, gout, c);
     }
-    NC_TRY(check_all_device(name, NC_CPU, 3, ts, tn));
+    int32_t dev;
+    NC_TRY(nc_check_one_device(name, &dev, 3, tn, ts));
     for (int i = 0; i < 3; i++) NC_TRY(nc_check_dtype(name, tn[i], ts[i], NC_F32));
     NC_TRY(nc_check_same_shape(name, "ga", ga, "a", a));
     NC_TRY(nc_check_same_shape(name, "gout", gout, "a", a));
@@ -1073,7 +1065,7 @@ nc_status nc_unary(nc_tensor *out, const nc_tensor *a, int32_t op) {
     NC_TRY(nc_check_same_shape(name, "out", out, "a", a));
     NC_TRY(check_writable(name, "out", out));
     if (out->device == NC_CUDA) {
-        const nc_cuda_api *cu = nc_cuda();
+        const nc_cuda_api *cu = nc_cuda_for(name);
         if (!cu) return NC_ERR_DEVICE;
         nc_strided3 g;
         fill_s3(&g, out, a, NULL);
@@ -1107,7 +1099,8 @@ nc_status nc_unary_backward(nc_tensor *ga, const nc_tensor *out, const nc_tensor
     if (op != NC_OP_NEG) NC_TRY(nc_check_not_null(name, uo ? "out" : "a", src));
     const nc_tensor *ts[4] = { ga, out, a, gout };
     static const char *const tn[4] = { "ga", "out", "a", "gout" };
-    NC_TRY(check_all_device(name, ga->device, 4, ts, tn));
+    int32_t dev;
+    NC_TRY(nc_check_one_device(name, &dev, 4, tn, ts));
     for (int i = 0; i < 4; i++)
         if (ts[i]) NC_TRY(nc_check_dtype(name, tn[i], ts[i], NC_F32));
     NC_TRY(nc_check_same_shape(name, "ga", ga, "gout", gout));
@@ -1117,7 +1110,7 @@ nc_status nc_unary_backward(nc_tensor *ga, const nc_tensor *out, const nc_tensor
         if (!nc_tensor_is_contiguous(ga) || !nc_tensor_is_contiguous(gout) || (src && !nc_tensor_is_contiguous(src)))
             return nc_fail(NC_ERR_UNSUPPORTED, "%s: the CUDA kernel needs contiguous ga, gout and %s; call "
                            ":contiguous() first", name, uo ? "out" : "a");
-        const nc_cuda_api *cu = nc_cuda();
+        const nc_cuda_api *cu = nc_cuda_for(name);
         if (!cu) return NC_ERR_DEVICE;
         nc_status st = cu->unary_backward(nc_f32p(ga), uo ? nc_f32p(out) : NULL, (!uo && src) ? nc_f32p(a) : NULL,
                                           nc_f32p(gout), nc_tensor_numel(ga), op);
@@ -1159,7 +1152,7 @@ nc_status nc_add_scaled(nc_tensor *dst, const nc_tensor *src, double alpha) {
     }
     NC_TRY(check_writable(name, "dst", dst));
     if (dst->device == NC_CUDA) {
-        const nc_cuda_api *cu = nc_cuda();
+        const nc_cuda_api *cu = nc_cuda_for(name);
         if (!cu) return NC_ERR_DEVICE;
         nc_strided3 g;
         fill_s3(&g, dst, src, NULL);
@@ -1207,9 +1200,10 @@ static void row_clamp_bwd(const void *cv, char *const *p, const int64_t *s, int6
 static nc_status cpu_f32_args(const char *name, int n, const nc_tensor *const *ts, const char *const *tn) {
     for (int i = 0; i < n; i++) {
         if (!ts[i]) continue;
-        if (ts[i]->device == NC_CUDA) return no_cuda(name);
+        if (ts[i]->device == NC_CUDA) return nc_no_cuda(name, NULL);
     }
-    NC_TRY(check_all_device(name, NC_CPU, n, ts, tn));
+    int32_t dev;
+    NC_TRY(nc_check_one_device(name, &dev, n, tn, ts));
     for (int i = 0; i < n; i++)
         if (ts[i]) NC_TRY(nc_check_dtype(name, tn[i], ts[i], NC_F32));
     return NC_OK;
@@ -1312,10 +1306,11 @@ nc_status nc_where(nc_tensor *out, const nc_tensor *cond, const nc_tensor *a, co
     NC_TRY(nc_check_not_null(name, "b", b));
     const nc_tensor *fs[3] = { a, b, out };
     static const char *const fn[3] = { "a", "b", "out" };
-    if (cond->device == NC_CUDA) return no_cuda(name);
+    if (cond->device == NC_CUDA) return nc_no_cuda(name, NULL);
     for (int i = 0; i < 3; i++)
-        if (fs[i]->device == NC_CUDA) return no_cuda(name);
-    NC_TRY(check_all_device(name, NC_CPU, 3, fs, fn));
+        if (fs[i]->device == NC_CUDA) return nc_no_cuda(name, NULL);
+    int32_t dev;
+    NC_TRY(nc_check_one_device(name, &dev, 3, fn, fs));
     NC_TRY(same_dtypes(name, 3, fs, fn));
     {
         const nc_dtype_traits *tr = nc_dtype_info(a->dtype);
@@ -1382,7 +1377,7 @@ nc_status nc_where_backward(nc_tensor *ga, nc_tensor *gb, const nc_tensor *cond,
     NC_TRY(nc_check_not_null(name, "gout", gout));
     const nc_tensor *fs[3] = { ga, gb, gout };
     static const char *const fn[3] = { "ga", "gb", "gout" };
-    if (cond->device == NC_CUDA) return no_cuda(name);
+    if (cond->device == NC_CUDA) return nc_no_cuda(name, NULL);
     NC_TRY(cpu_f32_args(name, 3, fs, fn));
     NC_TRY(nc_check_cpu(name, "cond", cond));
     NC_TRY(nc_check_dtype(name, "cond", cond, NC_U8));
@@ -1475,8 +1470,9 @@ nc_status nc_compare(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int
     const nc_tensor *ts[3] = { out, a, b };
     static const char *const tn[3] = { "out", "a", "b" };
     for (int i = 0; i < 3; i++)
-        if (ts[i]->device == NC_CUDA) return no_cuda(name);
-    NC_TRY(check_all_device(name, NC_CPU, 3, ts, tn));
+        if (ts[i]->device == NC_CUDA) return nc_no_cuda(name, NULL);
+    int32_t dev;
+    NC_TRY(nc_check_one_device(name, &dev, 3, tn, ts));
     NC_TRY(nc_check_dtype(name, "out", out, NC_U8));
     for (int i = 1; i < 3; i++) {
         const nc_dtype_traits *tr = nc_dtype_info(ts[i]->dtype);

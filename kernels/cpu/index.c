@@ -21,11 +21,6 @@
 #include <stdio.h>
 #include <string.h>
 
-static nc_status no_cuda(const char *op) {   /* the ops below without a CUDA kernel yet */
-    return nc_fail(NC_ERR_UNSUPPORTED, "%s: no CUDA kernel for this op; move the tensors to the CPU with :to('cpu')",
-                   op);
-}
-
 static inline int64_t load_index(const void *base, int32_t dtype, int64_t off) {
     return dtype == NC_I64 ? ((const int64_t *)base)[off] : (int64_t)((const int32_t *)base)[off];
 }
@@ -65,7 +60,7 @@ static nc_status check_writable(const char *op, const char *arg, const nc_tensor
 
 static nc_status cpu_only(const char *op, int n, const nc_tensor *const *ts, const char *const *names) {
     for (int i = 0; i < n; i++)
-        if (ts[i] && ts[i]->device == NC_CUDA) return no_cuda(op);
+        if (ts[i] && ts[i]->device == NC_CUDA) return nc_no_cuda(op, NULL);
     for (int i = 0; i < n; i++)
         if (ts[i]) NC_TRY(nc_check_cpu(op, names[i], ts[i]));
     return NC_OK;
@@ -109,7 +104,7 @@ static nc_status on_device(const char *op, int32_t dev, int n, const nc_tensor *
  * forward (gout NULL): out = weight[idx] rows; backward (weight NULL): gw (out) += scatter of gout */
 static nc_status embedding_cuda(const char *op, nc_tensor *out, const nc_tensor *weight, const nc_tensor *idx,
                                 const nc_tensor *gout) {
-    const nc_cuda_api *cu = nc_nn_cuda(op);
+    const nc_cuda_api *cu = nc_cuda_for(op);
     if (!cu) return NC_ERR_DEVICE;
     int64_t n = nc_tensor_numel(idx), V = weight ? weight->shape[0] : out->shape[0];
     int64_t D = weight ? weight->shape[1] : out->shape[1];
@@ -124,7 +119,7 @@ static nc_status embedding_cuda(const char *op, nc_tensor *out, const nc_tensor 
     if (ic && xc) {
         st = weight ? cu->embedding(nc_f32p(out), nc_f32p(xc), nc_ptr(ic), idx->dtype, n, D)
                     : cu->embedding_backward(nc_f32p(out), nc_ptr(ic), idx->dtype, nc_f32p(xc), n, D);
-        if (st != NC_OK) nc_nn_cuda_err(op, cu, st);
+        if (st != NC_OK) nc_cuda_err(op, cu, st);
     }
     nc_tensor_release(ti);
     nc_tensor_release(tx);

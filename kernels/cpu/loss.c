@@ -153,7 +153,7 @@ static void ce_dev_free(ce_dev *d) {
 static nc_status ce_dev_open(const char *op, ce_dev *d, const nc_tensor *logits, const nc_tensor *targets,
                              int64_t ignore_index) {
     memset(d, 0, sizeof *d);
-    d->cu = nc_nn_cuda(op);
+    d->cu = nc_cuda_for(op);
     if (!d->cu) return NC_ERR_DEVICE;
     d->host = nc_nn_to_host(op, targets);
     if (!d->host) return NC_ERR_DEVICE;
@@ -171,11 +171,11 @@ static nc_status ce_cuda(const char *op, nc_tensor *loss, nc_tensor *lse, const 
     int64_t N = logits->shape[0], V = logits->shape[1];
     nc_tensor *rl = NULL, *hrl = NULL;
     if (st == NC_OK && N > 0) {
-        rl = nc_nn_cuda_buffer(op, NC_F64, N);
+        rl = nc_cuda_buffer(op, NC_F64, N);
         st = rl ? d.cu->cross_entropy(nc_f32p(lse), (double *)nc_tensor_data(rl), nc_f32p(d.l), nc_tensor_data(d.t),
                                       targets->dtype, N, V, ignore_index, ls, z)
                 : NC_ERR_OOM;
-        if (rl && st != NC_OK) nc_nn_cuda_err(op, d.cu, st);
+        if (rl && st != NC_OK) nc_cuda_err(op, d.cu, st);
         if (st == NC_OK) {
             hrl = nc_nn_to_host(op, rl);
             if (!hrl) st = NC_ERR_DEVICE;
@@ -189,7 +189,7 @@ static nc_status ce_cuda(const char *op, nc_tensor *loss, nc_tensor *lse, const 
             if (target_at(d.host, r) != ignore_index) total += row[r];
         float v = d.count ? (float)(total / (double)d.count) : 0.0f;
         st = d.cu->fill(nc_tensor_data(loss), 1, NC_F32, (double)v);
-        if (st != NC_OK) nc_nn_cuda_err(op, d.cu, st);
+        if (st != NC_OK) nc_cuda_err(op, d.cu, st);
     }
     nc_tensor_release(rl);
     nc_tensor_release(hrl);
@@ -213,7 +213,7 @@ static nc_status ce_backward_cuda(const char *op, nc_tensor *glogits, const nc_t
         st = d.cu->cross_entropy_backward(nc_f32p(glogits), nc_f32p(d.l), nc_f32p(lse), nc_tensor_data(d.t),
                                           targets->dtype, gc ? nc_f32p(gc) : NULL, logits->shape[0], logits->shape[1],
                                           scale_all, ignore_index, ls, z);
-        if (st != NC_OK) nc_nn_cuda_err(op, d.cu, st);
+        if (st != NC_OK) nc_cuda_err(op, d.cu, st);
     }
     nc_tensor_release(tg);
     ce_dev_free(&d);

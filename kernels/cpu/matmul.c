@@ -79,13 +79,13 @@ nc_status nc_matmul(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int3
     NC_TRY(nc_check_dtype(op, "a", a, NC_F32));
     NC_TRY(nc_check_dtype(op, "b", b, NC_F32));
     NC_TRY(nc_check_contiguous(op, "out", out));
-    char ba[NC_DESC_LEN], bb[NC_DESC_LEN], bo[NC_DESC_LEN];
+    char ba[NC_DESC_LEN], bb[NC_DESC_LEN];
     if (a->ndim < 2 || b->ndim < 2)
         return nc_fail(NC_ERR_SHAPE, "%s: expected a and b with at least 2 dims, got a %s and b %s", op,
                        nc_describe(a, ba, sizeof ba), nc_describe(b, bb, sizeof bb));
-    if (a->device != b->device || a->device != out->device)
-        return nc_fail(NC_ERR_DEVICE, "%s: expected out, a and b on one device, got out %s, a %s, b %s", op,
-                       nc_describe(out, bo, sizeof bo), nc_describe(a, ba, sizeof ba), nc_describe(b, bb, sizeof bb));
+    int32_t dev;
+    NC_TRY(nc_check_one_device(op, &dev, 3, (const char *const[]){ "out", "a", "b" },
+                               (const nc_tensor *const[]){ out, a, b }));
     int32_t na = a->ndim, nbd = b->ndim, nb = na - 2;   /* nb: number of batch dims */
     int64_t M = trans_a ? a->shape[na - 1] : a->shape[na - 2];
     int64_t Ka = trans_a ? a->shape[na - 2] : a->shape[na - 1];
@@ -149,7 +149,7 @@ nc_status nc_matmul(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int3
     }
 
     if (out->device == NC_CUDA) {
-        const nc_cuda_api *cu = nc_cuda();
+        const nc_cuda_api *cu = nc_cuda_for(op);
         if (!cu) { st = NC_ERR_DEVICE; goto done; }
         int64_t sa = 0, sb = 0;
         if (gbatch > 1) {

@@ -76,34 +76,18 @@ static inline nc_status nc_check_f32_cpu(const char *op, const char *arg, const 
 }
 
 /* ---- devices of the nn ops (kernels/cpu/nn_cuda.c; CUDA kernels in kernels/cuda/nn.cu) --------- */
-/* An nn op runs on CUDA when any of its tensors is a CUDA tensor; every other tensor must then be
- * on CUDA too (nc_check_f32_on / nc_check_device name the one that is not). */
-static inline int32_t nc_dev_of(int n, const nc_tensor *const *ts) {
-    for (int i = 0; i < n; i++)
-        if (ts[i] && ts[i]->device == NC_CUDA) return NC_CUDA;
-    return NC_CPU;
-}
-#define NC_DEV_OF(...) nc_dev_of((int)(sizeof((const nc_tensor *[]){ __VA_ARGS__ }) / sizeof(const nc_tensor *)), \
-                                 (const nc_tensor *const[]){ __VA_ARGS__ })
-
+/* The device rule is core/internal.h's (nc_check_one_device, NC_DEV_OF): an nn op runs on CUDA when
+ * any of its tensors is a CUDA tensor; nc_check_f32_on names a tensor that is not on it. */
 /* f32 and on the op's device dev */
 static inline nc_status nc_check_f32_on(const char *op, const char *arg, const nc_tensor *t, int32_t dev) {
     NC_TRY(nc_check_dtype(op, arg, t, NC_F32));
     return nc_check_device(op, arg, t, dev);
 }
 
-/* the loaded CUDA backend, or NULL with "op: the tensors are on cuda but <why>" (NC_ERR_DEVICE) */
-const nc_cuda_api *nc_nn_cuda(const char *op);
-/* st (not NC_OK) with "op: CUDA: <backend message>" */
-nc_status nc_nn_cuda_err(const char *op, const nc_cuda_api *cu, nc_status st);
 /* t itself when contiguous, else a contiguous clone on t's device stored in *tmp (release it);
  * NULL (NC_ERR_OOM set) when the clone cannot be made */
 const nc_tensor *nc_nn_contig(const char *op, const nc_tensor *t, nc_tensor **tmp);
 /* a host copy of a (small) device tensor, or NULL with the error set; release it */
 nc_tensor *nc_nn_to_host(const char *op, const nc_tensor *t);
-/* a fresh contiguous CUDA tensor of dtype with n elements, or NULL with the error set */
-nc_tensor *nc_nn_cuda_buffer(const char *op, int32_t dtype, int64_t n);
-/* "op: no CUDA kernel for <what>; move the tensors to the CPU with :to('cpu')" (NC_ERR_UNSUPPORTED) */
-nc_status nc_nn_no_cuda(const char *op, const char *what);
 
 #endif

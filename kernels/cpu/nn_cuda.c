@@ -9,16 +9,6 @@
 
 #include <stdio.h>
 
-const nc_cuda_api *nc_nn_cuda(const char *op) {
-    const nc_cuda_api *cu = nc_cuda();
-    if (!cu) nc_fail(NC_ERR_DEVICE, "%s: the tensors are on cuda but %s", op, nc_cuda_status());
-    return cu;
-}
-
-nc_status nc_nn_cuda_err(const char *op, const nc_cuda_api *cu, nc_status st) {
-    return nc_fail(st, "%s: CUDA: %s", op, cu && cu->last_error ? cu->last_error() : "unknown error");
-}
-
 /* "op: <what>: <the error left by the failed call>" */
 static void fail_with_cause(nc_status st, const char *op, const char *what) {
     char cause[512];
@@ -40,14 +30,3 @@ nc_tensor *nc_nn_to_host(const char *op, const nc_tensor *t) {
     return h;
 }
 
-nc_tensor *nc_nn_cuda_buffer(const char *op, int32_t dtype, int64_t n) {
-    int64_t shp[1] = { n > 0 ? n : 1 };
-    nc_tensor *t = nc_tensor_new(dtype, NC_CUDA, 1, shp);
-    if (!t) fail_with_cause(NC_ERR_OOM, op, "cannot allocate a CUDA workspace");
-    return t;
-}
-
-nc_status nc_nn_no_cuda(const char *op, const char *what) {
-    return nc_fail(NC_ERR_UNSUPPORTED, "%s: no CUDA kernel for %s; move the tensors to the CPU with :to('cpu')", op,
-                   what);
-}

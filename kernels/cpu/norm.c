@@ -149,7 +149,7 @@ nc_status nc_rmsnorm(nc_tensor *out, nc_tensor *rstd, const nc_tensor *x, const 
         }
     }
     if (dev == NC_CUDA) {
-        const nc_cuda_api *cu = nc_nn_cuda(op);
+        const nc_cuda_api *cu = nc_cuda_for(op);
         if (!cu) return NC_ERR_DEVICE;
         if (rows == 0) return NC_OK;
         nc_tensor *tx, *tw;
@@ -157,7 +157,7 @@ nc_status nc_rmsnorm(nc_tensor *out, nc_tensor *rstd, const nc_tensor *x, const 
         nc_status st = NC_ERR_OOM;
         if (xc && (wc || !weight)) {
             st = cu->rmsnorm(nc_f32p(out), rstd ? nc_f32p(rstd) : NULL, nc_f32p(xc), wc ? nc_f32p(wc) : NULL, rows, D, eps);
-            if (st != NC_OK) nc_nn_cuda_err(op, cu, st);
+            if (st != NC_OK) nc_cuda_err(op, cu, st);
         }
         nc_tensor_release(tx);
         nc_tensor_release(tw);
@@ -230,8 +230,8 @@ static nc_status rmsnorm_bwd(const char *op, nc_tensor *gx, nc_tensor *gweight, 
         NC_TRY(nc_check_same_shape(op, "gweight", gweight, "weight", weight));
     }
     if (dev == NC_CUDA) {
-        if (keep) return nc_nn_no_cuda(op, "the kept-rows (Collider) backward");
-        const nc_cuda_api *cu = nc_nn_cuda(op);
+        if (keep) return nc_no_cuda(op, "the kept-rows (Collider) backward");
+        const nc_cuda_api *cu = nc_cuda_for(op);
         if (!cu) return NC_ERR_DEVICE;
         if (rows == 0 || D == 0 || (!gx && !gweight)) return NC_OK;
         nc_tensor *tx, *tw, *tg;
@@ -241,7 +241,7 @@ static nc_status rmsnorm_bwd(const char *op, nc_tensor *gx, nc_tensor *gweight, 
         if (xc && gc && (wc || !weight)) {
             st = cu->rmsnorm_backward(gx ? nc_f32p(gx) : NULL, gweight ? nc_f32p(gweight) : NULL, nc_f32p(xc),
                                       wc ? nc_f32p(wc) : NULL, nc_f32p(rstd), nc_f32p(gc), rows, D);
-            if (st != NC_OK) nc_nn_cuda_err(op, cu, st);
+            if (st != NC_OK) nc_cuda_err(op, cu, st);
         }
         nc_tensor_release(tx);
         nc_tensor_release(tw);

@@ -31,50 +31,10 @@
 #define NC_OPTIM_PAR_MIN (1 << 20)
 
 /* ---- devices (helpers declared in optim_internal.h) -------------------------------------------- */
-static const char *dev_name(int32_t d) { return d == NC_CPU ? "cpu" : d == NC_CUDA ? "cuda" : "an unknown device"; }
-
-nc_status nc_optim_one_device(const char *op, int32_t *dev, int n, const char *const *names, const nc_tensor *const *ts) {
-    int32_t d = -1;
-    int mixed = 0;
-    for (int i = 0; i < n; i++) {
-        if (!ts[i]) continue;
-        if (d < 0) d = ts[i]->device;
-        else if (ts[i]->device != d) mixed = 1;
-    }
-    if (mixed) {
-        char list[512];
-        size_t k = 0;
-        for (int i = 0; i < n && k < sizeof list; i++)
-            if (ts[i]) k += snprintf(list + k, sizeof list - k, "%s%s on %s", k ? ", " : "", names[i], dev_name(ts[i]->device));
-        return nc_fail(NC_ERR_DEVICE, "%s: all tensors must be on one device (all cpu or all cuda), got %s", op, list);
-    }
-    *dev = d < 0 ? NC_CPU : d;
-    if (*dev != NC_CPU && *dev != NC_CUDA) return nc_fail(NC_ERR_DEVICE, "%s: unknown device %d", op, *dev);
-    return NC_OK;
-}
-
-const nc_cuda_api *nc_optim_cuda(const char *op) {
-    const nc_cuda_api *cu = nc_cuda();
-    if (!cu) nc_fail(NC_ERR_DEVICE, "%s: the tensors are on cuda but %s", op, nc_cuda_status());
-    return cu;
-}
-
-nc_status nc_optim_cuda_err(const char *op, const nc_cuda_api *cu, nc_status st) {
-    return nc_fail(st, "%s: %s", op, cu->last_error());
-}
-
-nc_tensor *nc_optim_cuda_buffer(const char *op, int64_t n) {
-    int64_t shp[1] = { n > 0 ? n : 1 };
-    nc_tensor *t = nc_tensor_new(NC_F32, NC_CUDA, 1, shp);
-    if (!t) nc_fail(NC_ERR_OOM, "%s: cannot allocate a %lld-float CUDA workspace (%s)", op, (long long)shp[0],
-                    nc_last_error());
-    return t;
-}
-
-#define DEV2(a, b) nc_optim_one_device(op, &dev, 2, (const char *const[]){ #a, #b }, (const nc_tensor *const[]){ a, b })
-#define DEV3(a, b, c) nc_optim_one_device(op, &dev, 3, (const char *const[]){ #a, #b, #c }, (const nc_tensor *const[]){ a, b, c })
+#define DEV2(a, b) nc_check_one_device(op, &dev, 2, (const char *const[]){ #a, #b }, (const nc_tensor *const[]){ a, b })
+#define DEV3(a, b, c) nc_check_one_device(op, &dev, 3, (const char *const[]){ #a, #b, #c }, (const nc_tensor *const[]){ a, b, c })
 #define DEV4(a, b, c, d) \
-    nc_optim_one_device(op, &dev, 4, (const char *const[]){ #a, #b, #c, #d }, (const nc_tensor *const[]){ a, b, c, d })
+    nc_check_one_device(op, &dev, 4, (const char *const[]){ #a, #b, #c, #d }, (const nc_tensor *const[]){ a, b, c, d })
 
 /* ---- argument checks ---------------------------------------------------------------------- */
 static nc_status want_f32(const char *op, const char *arg, const nc_tensor *t, int32_t dev) {
@@ -184,11 +144,11 @@ nc_status nc_adamw_step(nc_tensor *p, const nc_tensor *g, nc_tensor *m, nc_tenso
     NC_TRY(want_numel(op, "v", v, n));
     NC_TRY(check_hp_adam(op, hp));
     if (dev == NC_CUDA) {
-        const nc_cuda_api *cu = nc_optim_cuda(op);
+        const nc_cuda_api *cu = nc_cuda_for(op);
         if (!cu) return NC_ERR_DEVICE;
         nc_cuda_optc c = optc_of(hp);
         nc_status st = cu->adam(nc_f32p(p), NULL, nc_f32p(g), nc_f32p(m), nc_f32p(v), n, &c);
-        return st == NC_OK ? NC_OK : nc_optim_cuda_err(op, cu, st);
+        return st == NC_OK ? NC_OK : nc_cuda_err(op, cu, st);
     }
     adam_c c = adam_consts(hp);
     float decay = (float)(1.0 - hp->lr * hp->weight_decay), lr = (float)hp->lr;
@@ -221,11 +181,11 @@ nc_status nc_lion_step(nc_tensor *p, const nc_tensor *g, nc_tensor *m, const nc_
     NC_TRY(want_f32(op, "m", m, dev));
     NC_TRY(want_numel(op, "m", m, n));
     if (dev == NC_CUDA) {
-        const nc_cuda_api *cu = nc_optim_cuda(op);
+        const nc_cuda_api *cu = nc_cuda_for(op);
         if (!cu) return NC_ERR_DEVICE;
         nc_cuda_optc c = optc_of(hp);
         nc_status st = cu->lion(nc_f32p(p), NULL, nc_f32p(g), nc_f32p(m), n, &c);
-        return st == NC_OK ? NC_OK : nc_optim_cuda_err(op, cu, st);
+        return st == NC_OK ? NC_OK : nc_cuda_err(op, cu, st);
     }
     float b1 = (float)hp->beta1, b2 = (float)hp->beta2;
     float decay = (float)(1.0 - hp->lr * hp->weight_decay), lr = (float)hp->lr;
@@ -426,7 +386,7 @@ nc_status nc_quant8_block_map(nc_tensor *codes, nc_tensor *scales, const nc_tens
     int64_t n = nc_tensor_numel(x);
     NC_TRY(check_codes(op, codes, scales, n, block, dev));
     if (dev == NC_CUDA) {
-        const nc_cuda_api *cu = nc_optim_cuda(op);
+        const nc_cuda_api *cu = nc_cuda_for(op);
         if (!cu) return NC_ERR_DEVICE;
         nc_cuda_optc c;
         memset(&c, 0, sizeof c);
@@ -436,7 +396,7 @@ nc_status nc_quant8_block_map(nc_tensor *codes, nc_tensor *scales, const nc_tens
         c.counter = counter;
         c.map = map;
         nc_status st = cu->quant8((int8_t *)nc_tensor_data(codes), nc_f32p(scales), nc_f32p(x), n, &c, get_map(map));
-        return st == NC_OK ? NC_OK : nc_optim_cuda_err(op, cu, st);
+        return st == NC_OK ? NC_OK : nc_cuda_err(op, cu, st);
     }
     const float *X = nc_f32p(x);
     int8_t *Cd = (int8_t *)nc_tensor_data(codes);
@@ -464,11 +424,11 @@ nc_status nc_dequant8_block_map(nc_tensor *out, const nc_tensor *codes, const nc
     int64_t n = nc_tensor_numel(out);
     NC_TRY(check_codes(op, codes, scales, n, block, dev));
     if (dev == NC_CUDA) {
-        const nc_cuda_api *cu = nc_optim_cuda(op);
+        const nc_cuda_api *cu = nc_cuda_for(op);
         if (!cu) return NC_ERR_DEVICE;
         nc_status st = cu->dequant8(nc_f32p(out), (const int8_t *)nc_tensor_data(codes), nc_f32p(scales), n, block, map,
                                     get_map(map));
-        return st == NC_OK ? NC_OK : nc_optim_cuda_err(op, cu, st);
+        return st == NC_OK ? NC_OK : nc_cuda_err(op, cu, st);
     }
     float *O = nc_f32p(out);
     const int8_t *Cd = (const int8_t *)nc_tensor_data(codes);
@@ -540,10 +500,10 @@ static void apply_update(float *P, const float *U, int64_t n, float decay, float
  * the NS workspace are one transient device tensor. */
 static nc_status muon_cuda(const char *op, nc_tensor *p, const nc_tensor *g, nc_tensor *m, nc_tensor *codes,
                            nc_tensor *scales, const nc_optim_hp *hp, int64_t rows, int64_t cols, int64_t n) {
-    const nc_cuda_api *cu = nc_optim_cuda(op);
+    const nc_cuda_api *cu = nc_cuda_for(op);
     if (!cu) return NC_ERR_DEVICE;
     int64_t nsf = nc_cuda_ns_ws_floats(rows, cols);   /* even: U stays 8-byte aligned too */
-    nc_tensor *ws = nc_optim_cuda_buffer(op, nsf + n);
+    nc_tensor *ws = nc_cuda_buffer(op, NC_F32, nsf + n);
     if (!ws) return NC_ERR_OOM;
     float *W = nc_f32p(ws), *U = W + nsf;
     nc_cuda_optc c = optc_of(hp);
@@ -553,7 +513,7 @@ static nc_status muon_cuda(const char *op, nc_tensor *p, const nc_tensor *g, nc_
     if (st == NC_OK) st = cu->newton_schulz(U, rows, cols, hp->ns_steps, nc_ns_quintic, 1, 1.0, 1e-7, W);
     if (st == NC_OK)
         st = cu->apply_update(nc_f32p(p), U, n, (float)(1.0 - hp->lr * hp->weight_decay), (float)(hp->lr * hp->scale));
-    if (st != NC_OK) st = nc_optim_cuda_err(op, cu, st);
+    if (st != NC_OK) st = nc_cuda_err(op, cu, st);
     nc_tensor_release(ws);
     return st;
 }
@@ -606,12 +566,12 @@ nc_status nc_muon8_step(nc_tensor *p, const nc_tensor *g, nc_tensor *codes, nc_t
 static nc_status galore_cuda(const char *op, nc_tensor *p, const nc_tensor *g, const nc_tensor *proj, int32_t side,
                              int32_t inner, nc_tensor *s0, nc_tensor *s1, const nc_optim_hp *hp, int64_t m, int64_t n,
                              int64_t r, int64_t lr_rows, int64_t lr_cols) {
-    const nc_cuda_api *cu = nc_optim_cuda(op);
+    const nc_cuda_api *cu = nc_cuda_for(op);
     if (!cu) return NC_ERR_DEVICE;
     int64_t ln = lr_rows * lr_cols;
     int muon = inner == NC_OPTIM_MUON || inner == NC_OPTIM_MUON8;
     int64_t nsf = muon ? nc_cuda_ns_ws_floats(lr_rows, lr_cols) : 0;   /* even */
-    nc_tensor *ws = nc_optim_cuda_buffer(op, nsf + 2 * ln);
+    nc_tensor *ws = nc_cuda_buffer(op, NC_F32, nsf + 2 * ln);
     if (!ws) return NC_ERR_OOM;
     float *W = nc_f32p(ws), *R = W + nsf, *D = R + ln, *P = nc_f32p(p);
     const float *G = nc_f32p(g), *Pj = nc_f32p(proj);
@@ -642,7 +602,7 @@ static nc_status galore_cuda(const char *op, nc_tensor *p, const nc_tensor *g, c
     }
     float decay = (float)(1.0 - hp->lr * hp->weight_decay);
     if (st == NC_OK && decay != 1.0f) st = cu->apply_update(P, NULL, m * n, decay, 0.0f);
-    if (st != NC_OK) st = nc_optim_cuda_err(op, cu, st);
+    if (st != NC_OK) st = nc_cuda_err(op, cu, st);
     nc_tensor_release(ws);
     return st;
 }
@@ -651,7 +611,7 @@ nc_status nc_galore_step(nc_tensor *p, const nc_tensor *g, const nc_tensor *proj
                          nc_tensor *s0, nc_tensor *s1, const nc_optim_hp *hp) {
     static const char *op = "galore_step";
     int32_t dev;
-    NC_TRY(nc_optim_one_device(op, &dev, 5, (const char *const[]){ "p", "g", "proj", "s0", "s1" },
+    NC_TRY(nc_check_one_device(op, &dev, 5, (const char *const[]){ "p", "g", "proj", "s0", "s1" },
                       (const nc_tensor *const[]){ p, g, proj, s0, s1 }));
     NC_TRY(check_pg(op, p, g, hp, dev));
     NC_TRY(nc_check_ndim(op, "p", p, 2));

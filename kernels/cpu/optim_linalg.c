@@ -138,7 +138,7 @@ nc_status nc_newton_schulz(nc_tensor *out, const nc_tensor *x, int32_t steps, co
                            double fro_mult, double eps) {
     static const char *op = "newton_schulz";
     int32_t dev;
-    NC_TRY(nc_optim_one_device(op, &dev, 2, (const char *const[]){ "out", "x" }, (const nc_tensor *const[]){ out, x }));
+    NC_TRY(nc_check_one_device(op, &dev, 2, (const char *const[]){ "out", "x" }, (const nc_tensor *const[]){ out, x }));
     NC_TRY(nc_check_not_null(op, "out", out));
     NC_TRY(nc_check_dtype(op, "out", out, NC_F32));
     NC_TRY(nc_check_contiguous(op, "out", out));
@@ -152,13 +152,13 @@ nc_status nc_newton_schulz(nc_tensor *out, const nc_tensor *x, int32_t steps, co
                        op, steps, n_abc);
     if (out != x) NC_TRY(nc_tensor_copy(out, x));
     if (dev == NC_CUDA) {
-        const nc_cuda_api *cu = nc_optim_cuda(op);
+        const nc_cuda_api *cu = nc_cuda_for(op);
         if (!cu) return NC_ERR_DEVICE;
         if (rows <= 0 || cols <= 0) return NC_OK;
-        nc_tensor *ws = nc_optim_cuda_buffer(op, nc_cuda_ns_ws_floats(rows, cols));
+        nc_tensor *ws = nc_cuda_buffer(op, NC_F32, nc_cuda_ns_ws_floats(rows, cols));
         if (!ws) return NC_ERR_OOM;
         nc_status st = cu->newton_schulz(nc_f32p(out), rows, cols, steps, abc, n_abc, fro_mult, eps, nc_f32p(ws));
-        if (st != NC_OK) st = nc_optim_cuda_err(op, cu, st);
+        if (st != NC_OK) st = nc_cuda_err(op, cu, st);
         nc_tensor_release(ws);
         return st;
     }
@@ -247,7 +247,7 @@ nc_status nc_rsvd_projector(nc_tensor *proj, const nc_tensor *g, int32_t side, i
                             int32_t power_iters, uint64_t seed, uint64_t counter) {
     static const char *op = "rsvd_projector";
     int32_t dev;
-    NC_TRY(nc_optim_one_device(op, &dev, 2, (const char *const[]){ "proj", "g" }, (const nc_tensor *const[]){ proj, g }));
+    NC_TRY(nc_check_one_device(op, &dev, 2, (const char *const[]){ "proj", "g" }, (const nc_tensor *const[]){ proj, g }));
     if (dev == NC_CUDA) {
         /* The refresh runs on the CPU (it is rare: once per update_gap steps, and QR / SVD are
          * LAPACK): download g, run this function on host copies, upload proj. */

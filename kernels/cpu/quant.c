@@ -121,19 +121,19 @@ nc_status nc_quant_weight_absmean(nc_tensor *out, nc_tensor *scale, const nc_ten
         }
     }
     if (dev == NC_CUDA) {
-        const nc_cuda_api *cu = nc_nn_cuda(op);
+        const nc_cuda_api *cu = nc_cuda_for(op);
         if (!cu) return NC_ERR_DEVICE;
         if (n == 0) {
             nc_status st = scale && ngroups ? cu->fill(nc_f32p(scale), 1, NC_F32, (double)(float)eps) : NC_OK;
-            return st == NC_OK ? NC_OK : nc_nn_cuda_err(op, cu, st);
+            return st == NC_OK ? NC_OK : nc_cuda_err(op, cu, st);
         }
         nc_tensor *tw, *ts = NULL;
         const nc_tensor *wc = nc_nn_contig(op, w, &tw);
-        if (!scale) ts = nc_nn_cuda_buffer(op, NC_F32, ngroups);
+        if (!scale) ts = nc_cuda_buffer(op, NC_F32, ngroups);
         nc_status st = NC_ERR_OOM;
         if (wc && (scale || ts)) {
             st = cu->quant_weight(nc_f32p(out), nc_f32p(scale ? scale : ts), nc_f32p(wc), n, group_size, eps);
-            if (st != NC_OK) nc_nn_cuda_err(op, cu, st);
+            if (st != NC_OK) nc_cuda_err(op, cu, st);
         }
         nc_tensor_release(tw);
         nc_tensor_release(ts);
@@ -221,16 +221,16 @@ nc_status nc_quant_act_absmax(nc_tensor *out, nc_tensor *scale, const nc_tensor 
         }
     }
     if (dev == NC_CUDA) {
-        const nc_cuda_api *cu = nc_nn_cuda(op);
+        const nc_cuda_api *cu = nc_cuda_for(op);
         if (!cu) return NC_ERR_DEVICE;
         if (rows == 0) return NC_OK;
         nc_tensor *tx, *ts = NULL;
         const nc_tensor *xc = nc_nn_contig(op, x, &tx);
-        if (!scale) ts = nc_nn_cuda_buffer(op, NC_F32, rows);
+        if (!scale) ts = nc_cuda_buffer(op, NC_F32, rows);
         nc_status st = NC_ERR_OOM;
         if (xc && (scale || ts)) {
             st = cu->quant_act(nc_f32p(out), nc_f32p(scale ? scale : ts), nc_f32p(xc), rows, D, eps);
-            if (st != NC_OK) nc_nn_cuda_err(op, cu, st);
+            if (st != NC_OK) nc_cuda_err(op, cu, st);
         }
         nc_tensor_release(tx);
         nc_tensor_release(ts);

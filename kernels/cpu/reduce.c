@@ -141,11 +141,6 @@ static nc_status red_sum(const red_geo *g, float *dst, const float *src, double 
     return NC_OK;
 }
 
-static nc_status no_cuda(const char *op) {
-    return nc_fail(NC_ERR_UNSUPPORTED, "%s: no CUDA kernel for this op; move the tensors to the CPU with :to('cpu')",
-                   op);
-}
-
 static nc_status check_writable(const char *op, const char *arg, const nc_tensor *t) {
     for (int32_t d = 0; d < t->ndim; d++)
         if (t->strides[d] == 0 && t->shape[d] > 1) {
@@ -204,7 +199,7 @@ nc_status nc_sum_to(nc_tensor *dst, const nc_tensor *src, double alpha) {
     }
     if (nc_tensor_numel(src) == 0) return NC_OK;   /* dst += 0 */
     if (cuda) {
-        const nc_cuda_api *cu = nc_cuda();
+        const nc_cuda_api *cu = nc_cuda_for(name);
         if (!cu) return NC_ERR_DEVICE;
         nc_status st = cu->sum_to(nc_f32p(dst), nc_f32p(src), &g, alpha);
         if (st != NC_OK)
@@ -270,7 +265,7 @@ nc_status nc_reduce_dim(nc_tensor *out, nc_tensor *index, const nc_tensor *a, in
     NC_TRY(nc_check_not_null(name, "a", a));
     if (out->device == NC_CUDA || a->device == NC_CUDA || (index && index->device == NC_CUDA)) {
         /* sum / mean on the device: out = 0, then the CUDA sum_to onto out's keepdim shape */
-        if (op != NC_RED_SUM && op != NC_RED_MEAN) return no_cuda(name);
+        if (op != NC_RED_SUM && op != NC_RED_MEAN) return nc_no_cuda(name, NULL);
         NC_TRY(nc_check_device(name, "out", out, NC_CUDA));
         NC_TRY(nc_check_device(name, "a", a, NC_CUDA));
         NC_TRY(nc_check_dtype(name, "out", out, NC_F32));
@@ -401,7 +396,7 @@ nc_status nc_reduce_dim_backward(nc_tensor *ga, const nc_tensor *index, const nc
     if (!ga) return NC_OK;
     NC_TRY(nc_check_not_null(name, "gout", gout));
     int cuda = ga->device == NC_CUDA || gout->device == NC_CUDA;
-    if (cuda && op != NC_RED_SUM && op != NC_RED_MEAN) return no_cuda(name);   /* max/min need scatter_add */
+    if (cuda && op != NC_RED_SUM && op != NC_RED_MEAN) return nc_no_cuda(name, NULL);   /* max/min need scatter_add */
     NC_TRY(nc_check_device(name, "ga", ga, cuda ? NC_CUDA : NC_CPU));
     NC_TRY(nc_check_device(name, "gout", gout, cuda ? NC_CUDA : NC_CPU));
     NC_TRY(nc_check_dtype(name, "ga", ga, NC_F32));

@@ -77,7 +77,7 @@ static void rope_apply(float *out, const nc_tensor *x, const nc_tensor *cos_t, c
 /* the CUDA path of both directions: out (contiguous) = / += rotate(x, sign) */
 static nc_status rope_cuda(const char *op, float *out, const nc_tensor *x, const nc_tensor *cos_t,
                            const nc_tensor *sin_t, float sign, int acc) {
-    const nc_cuda_api *cu = nc_nn_cuda(op);
+    const nc_cuda_api *cu = nc_cuda_for(op);
     if (!cu) return NC_ERR_DEVICE;
     if (nc_tensor_numel(x) == 0) return NC_OK;
     nc_tensor *tx, *tc, *ts;
@@ -86,7 +86,7 @@ static nc_status rope_cuda(const char *op, float *out, const nc_tensor *x, const
     if (xc && cc && sc) {
         int64_t B = x->shape[0], T = x->shape[1], H = x->shape[2], D = x->shape[3];
         st = cu->rope(out, nc_f32p(xc), nc_f32p(cc), nc_f32p(sc), B * T * H, T, H, D, sign, acc);
-        if (st != NC_OK) nc_nn_cuda_err(op, cu, st);
+        if (st != NC_OK) nc_cuda_err(op, cu, st);
     }
     nc_tensor_release(tx);
     nc_tensor_release(tc);

@@ -160,13 +160,13 @@ nc_status nc_softmax(nc_tensor *out, const nc_tensor *a, int32_t log) {
     if (a->ndim < 1) return nc_fail(NC_ERR_SHAPE, "%s: expected a tensor with at least 1 dim, got a scalar", op);
     int64_t rows = nc_rows_of(a), n = nc_last_dim(a);
     if (dev == NC_CUDA) {
-        const nc_cuda_api *cu = nc_nn_cuda(op);
+        const nc_cuda_api *cu = nc_cuda_for(op);
         if (!cu) return NC_ERR_DEVICE;
         if (rows == 0 || n == 0) return NC_OK;
         nc_tensor *ta;
         const nc_tensor *ac = nc_nn_contig(op, a, &ta);
         nc_status st = ac ? cu->softmax(nc_f32p(out), nc_f32p(ac), rows, n, log) : NC_ERR_OOM;
-        if (ac && st != NC_OK) nc_nn_cuda_err(op, cu, st);
+        if (ac && st != NC_OK) nc_cuda_err(op, cu, st);
         nc_tensor_release(ta);
         return st;
     }
@@ -213,13 +213,13 @@ nc_status nc_softmax_backward(nc_tensor *ga, const nc_tensor *out, const nc_tens
     if (out->ndim < 1) return nc_fail(NC_ERR_SHAPE, "%s: expected a tensor with at least 1 dim, got a scalar", op);
     int64_t rows = nc_rows_of(out), n = nc_last_dim(out);
     if (dev == NC_CUDA) {
-        const nc_cuda_api *cu = nc_nn_cuda(op);
+        const nc_cuda_api *cu = nc_cuda_for(op);
         if (!cu) return NC_ERR_DEVICE;
         if (rows == 0 || n == 0) return NC_OK;
         nc_tensor *ty, *tg;
         const nc_tensor *yc = nc_nn_contig(op, out, &ty), *gc = nc_nn_contig(op, gout, &tg);
         nc_status st = yc && gc ? cu->softmax_backward(nc_f32p(ga), nc_f32p(yc), nc_f32p(gc), rows, n, log) : NC_ERR_OOM;
-        if (yc && gc && st != NC_OK) nc_nn_cuda_err(op, cu, st);
+        if (yc && gc && st != NC_OK) nc_cuda_err(op, cu, st);
         nc_tensor_release(ty);
         nc_tensor_release(tg);
         return st;
