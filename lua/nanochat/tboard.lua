@@ -137,41 +137,36 @@ function Writer:close()
 end
 
 -- ---- reader -----------------------------------------------------------------------------------
+-- a base-128 varint at s[i]: its value and the index after it (what names the kind in errors)
+local function varint(s, i, what, kind)
+    local v, sh = 0, 1
+    repeat
+        local b = s:byte(i)
+        if not b then error(what .. ': truncated ' .. kind, 0) end
+        v = v + (b % 128) * sh
+        sh = sh * 128
+        i = i + 1
+    until b < 128
+    return v, i
+end
+
 -- minimal protobuf walker: calls fn(field, wire, value, start, stop) for each field of s[i..j]
 local function fields(s, i, j, fn, what)
     while i <= j do
-        local key, shift = 0, 1
-        repeat
-            local b = s:byte(i)
-            if not b then error(what .. ': truncated varint', 0) end
-            key = key + (b % 128) * shift
-            shift = shift * 128
-            i = i + 1
-        until b < 128
+        local key
+        key, i = varint(s, i, what, 'varint')
         local field, wire = math.floor(key / 8), key % 8
         if wire == 0 then
-            local v, sh = 0, 1
-            repeat
-                local b = s:byte(i)
-                if not b then error(what .. ': truncated varint', 0) end
-                v = v + (b % 128) * sh
-                sh = sh * 128
-                i = i + 1
-            until b < 128
+            local v
+            v, i = varint(s, i, what, 'varint')
             fn(field, wire, v)
         elseif wire == 1 then
             fn(field, wire, s:sub(i, i + 7)); i = i + 8
         elseif wire == 5 then
             fn(field, wire, s:sub(i, i + 3)); i = i + 4
         elseif wire == 2 then
-            local n, sh = 0, 1
-            repeat
-                local b = s:byte(i)
-                if not b then error(what .. ': truncated length', 0) end
-                n = n + (b % 128) * sh
-                sh = sh * 128
-                i = i + 1
-            until b < 128
+            local n
+            n, i = varint(s, i, what, 'length')
             fn(field, wire, nil, i, i + n - 1); i = i + n
         else
             error(what .. ': unsupported wire type ' .. wire, 0)
