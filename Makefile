@@ -93,7 +93,7 @@ cuda: lib/libnanochat_cuda.so
 build/kernels/cuda/optim.o: NVCCFLAGS += -fmad=false
 # nn.cu: the CPU reference kernels' f32 operations without contraction (no FMA)
 build/kernels/cuda/nn.o: NVCCFLAGS += -fmad=false
-build/kernels/cuda/%.o: kernels/cuda/%.cu kernels/cuda/common.cuh core/backend.h core/nanochat.h
+build/kernels/cuda/%.o: kernels/cuda/%.cu kernels/cuda/common.cuh core/backend.h core/nanochat.h core/dtype_conv.h core/philox.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 

@@ -6,6 +6,7 @@
  * move data between devices. Random fills are a pure function of (seed, offset, logical index).
  */
 #include "internal.h"
+#include "dtype_conv.h"
 #include "philox.h"
 
 #include <math.h>
@@ -17,96 +18,13 @@
 extern _Atomic int64_t nc_tensors_live;
 
 /* ---- half-precision conversions ------------------------------------------------------------ */
-float nc_bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-uint16_t nc_f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);   /* quiet NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);                                            /* nearest even */
-    return (uint16_t)(u >> 16);
-}
-
-float nc_f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, u;
-    if (exp == 0) {
-        if (man == 0) u = sign;
-        else {   /* subnormal: normalize */
-            int e = -1;
-            do { e++; man <<= 1; } while (!(man & 0x400u));
-            u = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ffu) << 13);
-        }
-    } else if (exp == 31) {
-        u = sign | 0x7f800000u | (man << 13);
-    } else {
-        u = sign | ((exp + 112u) << 23) | (man << 13);
-    }
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-uint16_t nc_f32_to_f16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
-    uint32_t a = u & 0x7fffffffu;
-    if (a > 0x7f800000u) return sign | 0x7e00u;                 /* NaN */
-    if (a >= 0x477ff000u) return sign | 0x7c00u;                /* >= 65520 rounds to inf */
-    if (a < 0x38800000u) {                                      /* below f16 normal range */
-        if (a < 0x33000000u) return sign;                       /* < 2^-25: zero */
-        uint32_t e = a >> 23, m = (a & 0x7fffffu) | 0x800000u;
-        uint32_t shift = 126 - e;                               /* 14..24 */
-        uint32_t half = 1u << (shift - 1), rem = m & ((1u << shift) - 1), q = m >> shift;
-        if (rem > half || (rem == half && (q & 1u))) q++;
-        return sign | (uint16_t)q;
-    }
-    uint32_t q = (a - 0x38000000u) >> 13, rem = a & 0x1fffu;
-    if (rem > 0x1000u || (rem == 0x1000u && (q & 1u))) q++;
-    return sign | (uint16_t)q;
-}
-
-double nc_load_as_f64(const void *base, int32_t dtype, int64_t off) {
-    switch (dtype) {
-    case NC_F32: return ((const float *)base)[off];
-    case NC_F64: return ((const double *)base)[off];
-    case NC_BF16: return nc_bf16_to_f32(((const uint16_t *)base)[off]);
-    case NC_F16: return nc_f16_to_f32(((const uint16_t *)base)[off]);
-    case NC_I8: return ((const int8_t *)base)[off];
-    case NC_I32: return ((const int32_t *)base)[off];
-    case NC_I64: return (double)((const int64_t *)base)[off];
-    case NC_U8: return ((const uint8_t *)base)[off];
-    default: return 0.0;
-    }
-}
-
-/* Float -> integer conversions truncate toward zero and saturate (no UB on overflow/NaN). */
-static int64_t sat_i64(double v, double lo, double hi) {
-    if (v != v) return 0;
-    if (v <= lo) return (int64_t)lo;
-    if (v >= hi) return (int64_t)hi;
-    return (int64_t)v;
-}
-
-void nc_store_from_f64(void *base, int32_t dtype, int64_t off, double v) {
-    switch (dtype) {
-    case NC_F32: ((float *)base)[off] = (float)v; break;
-    case NC_F64: ((double *)base)[off] = v; break;
-    case NC_BF16: ((uint16_t *)base)[off] = nc_f32_to_bf16((float)v); break;
-    case NC_F16: ((uint16_t *)base)[off] = nc_f32_to_f16((float)v); break;
-    case NC_I8: ((int8_t *)base)[off] = (int8_t)sat_i64(v, -128, 127); break;
-    case NC_I32: ((int32_t *)base)[off] = (int32_t)sat_i64(v, -2147483648.0, 2147483647.0); break;
-    case NC_I64: ((int64_t *)base)[off] = sat_i64(v, -9223372036854775808.0, 9223372036854774784.0); break;
-    case NC_U8: ((uint8_t *)base)[off] = (uint8_t)sat_i64(v, 0, 255); break;
-    default: break;
-    }
-}
+/* The conversions themselves: core/dtype_conv.h (shared with the CUDA backend). */
+float nc_bf16_to_f32(uint16_t h) { return nc_conv_bf16_f32(h); }
+uint16_t nc_f32_to_bf16(float f) { return nc_conv_f32_bf16(f); }
+float nc_f16_to_f32(uint16_t h) { return nc_conv_f16_f32(h); }
+uint16_t nc_f32_to_f16(float f) { return nc_conv_f32_f16(f); }
+double nc_load_as_f64(const void *base, int32_t dtype, int64_t off) { return nc_conv_load_f64(base, dtype, off); }
+void nc_store_from_f64(void *base, int32_t dtype, int64_t off, double v) { nc_conv_store_f64(base, dtype, off, v); }
 
 /* ---- storage ------------------------------------------------------------------------------ */
 static nc_storage *storage_new(int64_t nbytes, int32_t device, int zero) {

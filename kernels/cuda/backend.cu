@@ -31,6 +31,7 @@
 #include <mutex>
 
 #include "backend.h"
+#include "dtype_conv.h"
 #include "common.cuh"
 
 namespace {
@@ -76,108 +77,7 @@ nc_status launch_check(const char *op, int64_t n) {
     return cuda_fail(e, what);
 }
 
-/* ---- dtype conversions (bit-identical to core/tensor.c) ---------------------------------- */
-__host__ __device__ inline float bits_to_f32(uint32_t u) {
-#ifdef __CUDA_ARCH__
-    return __uint_as_float(u);
-#else
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-#endif
-}
-
-__host__ __device__ inline uint32_t f32_to_bits(float f) {
-#ifdef __CUDA_ARCH__
-    return __float_as_uint(f);
-#else
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-#endif
-}
-
-__host__ __device__ inline float bf16_to_f32(uint16_t h) { return bits_to_f32((uint32_t)h << 16); }
-
-__host__ __device__ inline uint16_t f32_to_bf16(float f) {
-    uint32_t u = f32_to_bits(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);   /* quiet NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);                                            /* nearest even */
-    return (uint16_t)(u >> 16);
-}
-
-__host__ __device__ inline float f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t ex = (h >> 10) & 0x1fu, man = h & 0x3ffu, u;
-    if (ex == 0) {
-        if (man == 0) u = sign;
-        else {   /* subnormal: normalize */
-            int e = -1;
-            do { e++; man <<= 1; } while (!(man & 0x400u));
-            u = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ffu) << 13);
-        }
-    } else if (ex == 31) {
-        u = sign | 0x7f800000u | (man << 13);
-    } else {
-        u = sign | ((ex + 112u) << 23) | (man << 13);
-    }
-    return bits_to_f32(u);
-}
-
-__host__ __device__ inline uint16_t f32_to_f16(float f) {
-    uint32_t u = f32_to_bits(f);
-    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
-    uint32_t a = u & 0x7fffffffu;
-    if (a > 0x7f800000u) return sign | 0x7e00u;                 /* NaN */
-    if (a >= 0x477ff000u) return sign | 0x7c00u;                /* >= 65520 rounds to inf */
-    if (a < 0x38800000u) {                                      /* below the f16 normal range */
-        if (a < 0x33000000u) return sign;                       /* < 2^-25: zero */
-        uint32_t e = a >> 23, m = (a & 0x7fffffu) | 0x800000u;
-        uint32_t shift = 126 - e;                               /* 14..24 */
-        uint32_t half = 1u << (shift - 1), rem = m & ((1u << shift) - 1), q = m >> shift;
-        if (rem > half || (rem == half && (q & 1u))) q++;
-        return sign | (uint16_t)q;
-    }
-    uint32_t q = (a - 0x38000000u) >> 13, rem = a & 0x1fffu;
-    if (rem > 0x1000u || (rem == 0x1000u && (q & 1u))) q++;
-    return sign | (uint16_t)q;
-}
-
-/* float -> integer: truncate toward zero, saturate, NaN -> 0 (as the CPU) */
-__host__ __device__ inline int64_t sat_i64(double v, double lo, double hi) {
-    if (v != v) return 0;
-    if (v <= lo) return (int64_t)lo;
-    if (v >= hi) return (int64_t)hi;
-    return (int64_t)v;
-}
-
-__device__ inline double load_f64(const void *base, int32_t dtype, int64_t off) {
-    switch (dtype) {
-    case NC_F32: return ((const float *)base)[off];
-    case NC_F64: return ((const double *)base)[off];
-    case NC_BF16: return bf16_to_f32(((const uint16_t *)base)[off]);
-    case NC_F16: return f16_to_f32(((const uint16_t *)base)[off]);
-    case NC_I8: return ((const int8_t *)base)[off];
-    case NC_I32: return ((const int32_t *)base)[off];
-    case NC_I64: return (double)((const int64_t *)base)[off];
-    case NC_U8: return ((const uint8_t *)base)[off];
-    default: return 0.0;
-    }
-}
-
-__device__ inline void store_f64(void *base, int32_t dtype, int64_t off, double v) {
-    switch (dtype) {
-    case NC_F32: ((float *)base)[off] = (float)v; break;
-    case NC_F64: ((double *)base)[off] = v; break;
-    case NC_BF16: ((uint16_t *)base)[off] = f32_to_bf16((float)v); break;
-    case NC_F16: ((uint16_t *)base)[off] = f32_to_f16((float)v); break;
-    case NC_I8: ((int8_t *)base)[off] = (int8_t)sat_i64(v, -128, 127); break;
-    case NC_I32: ((int32_t *)base)[off] = (int32_t)sat_i64(v, -2147483648.0, 2147483647.0); break;
-    case NC_I64: ((int64_t *)base)[off] = sat_i64(v, -9223372036854775808.0, 9223372036854774784.0); break;
-    case NC_U8: ((uint8_t *)base)[off] = (uint8_t)sat_i64(v, 0, 255); break;
-    default: break;
-    }
-}
+/* ---- dtype conversions: core/dtype_conv.h (the same code core/tensor.c runs) ------------- */
 
 /* element size of a plain dtype, 0 for packed / unknown */
 int elem_size(int32_t dtype) {
@@ -443,7 +343,7 @@ struct CopyConvF {
     const void *a;
     int32_t dto, dta;
     template <typename I> __device__ void operator()(const I *off) const {
-        store_f64(o, dto, (int64_t)off[0], load_f64(a, dta, (int64_t)off[1]));
+        nc_conv_store_f64(o, dto, (int64_t)off[0], nc_conv_load_f64(a, dta, (int64_t)off[1]));
     }
 };
 
@@ -624,15 +524,15 @@ nc_status api_fill(void *p, int64_t n, int32_t dtype, double value) {
     if (n == 0) return NC_OK;
     if (!p) return fail(NC_ERR_ARG, "fill: pointer is NULL");
     switch (dtype) {   /* the value is converted once on the host, exactly as the CPU stores it */
-    case NC_F32: { float v = (float)value; return fill_as<uint32_t>(p, n, f32_to_bits(v)); }
+    case NC_F32: { float v = (float)value; return fill_as<uint32_t>(p, n, nc_conv_f32_bits(v)); }
     case NC_F64: { uint64_t u; memcpy(&u, &value, 8); return fill_as<uint64_t>(p, n, u); }
-    case NC_BF16: return fill_as<uint16_t>(p, n, f32_to_bf16((float)value));
-    case NC_F16: return fill_as<uint16_t>(p, n, f32_to_f16((float)value));
-    case NC_I8: return fill_as<uint8_t>(p, n, (uint8_t)(int8_t)sat_i64(value, -128, 127));
-    case NC_I32: return fill_as<uint32_t>(p, n, (uint32_t)(int32_t)sat_i64(value, -2147483648.0, 2147483647.0));
+    case NC_BF16: return fill_as<uint16_t>(p, n, nc_conv_f32_bf16((float)value));
+    case NC_F16: return fill_as<uint16_t>(p, n, nc_conv_f32_f16((float)value));
+    case NC_I8: return fill_as<uint8_t>(p, n, (uint8_t)(int8_t)nc_conv_sat_i64(value, -128, 127));
+    case NC_I32: return fill_as<uint32_t>(p, n, (uint32_t)(int32_t)nc_conv_sat_i64(value, -2147483648.0, 2147483647.0));
     case NC_I64:
-        return fill_as<uint64_t>(p, n, (uint64_t)sat_i64(value, -9223372036854775808.0, 9223372036854774784.0));
-    case NC_U8: return fill_as<uint8_t>(p, n, (uint8_t)sat_i64(value, 0, 255));
+        return fill_as<uint64_t>(p, n, (uint64_t)nc_conv_sat_i64(value, -9223372036854775808.0, 9223372036854774784.0));
+    case NC_U8: return fill_as<uint8_t>(p, n, (uint8_t)nc_conv_sat_i64(value, 0, 255));
     default: return fail(NC_ERR_DTYPE, "fill: unsupported dtype %s", dtype_name(dtype));
     }
 }
