@@ -36,6 +36,8 @@ int32_t nc_dev_of(int n, const nc_tensor *const *ts);
                                  (const nc_tensor *const[]){ __VA_ARGS__ })
 nc_status nc_check_one_device(const char *op, int32_t *dev, int n, const char *const *names, const nc_tensor *const *ts);
 nc_status nc_check_contiguous(const char *op, const char *arg, const nc_tensor *t);
+/* a written tensor must not repeat elements (stride 0 on a dim longer than 1) */
+nc_status nc_check_writable(const char *op, const char *arg, const nc_tensor *t);
 nc_status nc_check_ndim(const char *op, const char *arg, const nc_tensor *t, int32_t ndim);
 nc_status nc_check_same_shape(const char *op, const char *an, const nc_tensor *a, const char *bn, const nc_tensor *b);
 /* shape must equal `shape` (entries < 0 are wildcards) */

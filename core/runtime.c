@@ -127,6 +127,16 @@ nc_status nc_check_cpu(const char *op, const char *arg, const nc_tensor *t) {
     return nc_check_device(op, arg, t, NC_CPU);
 }
 
+nc_status nc_check_writable(const char *op, const char *arg, const nc_tensor *t) {
+    for (int32_t d = 0; d < t->ndim; d++)
+        if (t->strides[d] == 0 && t->shape[d] > 1) {
+            char b[NC_DESC_LEN];
+            return nc_fail(NC_ERR_ARG, "%s: %s is written but is a broadcast view (stride 0 on dim %d) %s", op, arg,
+                           d, nc_describe(t, b, sizeof b));
+        }
+    return NC_OK;
+}
+
 int32_t nc_dev_of(int n, const nc_tensor *const *ts) {
     for (int i = 0; i < n; i++)
         if (ts[i] && ts[i]->device == NC_CUDA) return NC_CUDA;

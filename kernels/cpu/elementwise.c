@@ -405,16 +405,6 @@ static nc_status check_out_shape(const char *op, const nc_tensor *out, int32_t n
                    nc_describe(out, got, sizeof got));
 }
 
-/* a written tensor must not repeat elements (stride 0 on a dim longer than 1) */
-static nc_status check_writable(const char *op, const char *arg, const nc_tensor *t) {
-    for (int32_t d = 0; d < t->ndim; d++)
-        if (t->strides[d] == 0 && t->shape[d] > 1) {
-            char b[NC_DESC_LEN];
-            return nc_fail(NC_ERR_ARG, "%s: %s is written but is a broadcast view (stride 0 on dim %d) %s", op, arg,
-                           d, nc_describe(t, b, sizeof b));
-        }
-    return NC_OK;
-}
 
 /* ---- strided engine ------------------------------------------------------------------------ */
 enum { EW_MAXOPS = 4, EW_CHUNK = 16384 };
@@ -811,7 +801,7 @@ nc_status nc_binary(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int3
     int64_t shape[NC_MAX_DIMS];
     NC_TRY(bcast2(name, &nd, shape, a, "a", b, "b"));
     NC_TRY(check_out_shape(name, out, nd, shape, "the broadcast of a and b"));
-    NC_TRY(check_writable(name, "out", out));
+    NC_TRY(nc_check_writable(name, "out", out));
     if (ew_is_int(a->dtype)) return int_binary(name, out, a, b, op, nd, shape);
     if (out->device == NC_CUDA) {
         const nc_cuda_api *cu = nc_cuda_for(name);
@@ -845,7 +835,7 @@ static nc_status grad_into(const char *name, nc_tensor *dst, int32_t nd, const i
         if (!tmp) return NC_ERR_OOM;
         target = tmp;
     } else {
-        NC_TRY(check_writable(name, "grad", dst));
+        NC_TRY(nc_check_writable(name, "grad", dst));
     }
     const nc_tensor *ts[EW_MAXOPS] = { target };
     char *base[EW_MAXOPS] = { (char *)nc_f32p(target) };
@@ -967,7 +957,7 @@ nc_status nc_binary_scalar(nc_tensor *out, const nc_tensor *a, double s, int32_t
         static const char *const aon[2] = { "a", "out" };
         NC_TRY(same_dtypes(name, 2, ao, aon));
         NC_TRY(nc_check_same_shape(name, "out", out, "a", a));
-        NC_TRY(check_writable(name, "out", out));
+        NC_TRY(nc_check_writable(name, "out", out));
         return int_binary_scalar(name, out, a, s, op);
     }
     NC_TRY(nc_check_dtype(name, "out", out, NC_F32));
@@ -975,7 +965,7 @@ nc_status nc_binary_scalar(nc_tensor *out, const nc_tensor *a, double s, int32_t
     if (op == NC_OP_FLOOR_DIV)
         return nc_fail(NC_ERR_DTYPE, "floor_div: defined for i32/i64 tensors only, got f32 (use a / s for floats)");
     NC_TRY(nc_check_same_shape(name, "out", out, "a", a));
-    NC_TRY(check_writable(name, "out", out));
+    NC_TRY(nc_check_writable(name, "out", out));
     if (out->device == NC_CUDA) {
         const nc_cuda_api *cu = nc_cuda_for(name);
         if (!cu) return NC_ERR_DEVICE;
@@ -1026,7 +1016,7 @@ nc_status nc_binary_scalar_backward(nc_tensor *ga, const nc_tensor *a, const nc_
     for (int i = 0; i < 3; i++) NC_TRY(nc_check_dtype(name, tn[i], ts[i], NC_F32));
     NC_TRY(nc_check_same_shape(name, "ga", ga, "a", a));
     NC_TRY(nc_check_same_shape(name, "gout", gout, "a", a));
-    NC_TRY(check_writable(name, "ga", ga));
+    NC_TRY(nc_check_writable(name, "ga", ga));
     ew_geo g;
     geo_build(&g, a->ndim, a->shape, 3, ts);
     char *base[3] = { (char *)nc_f32p(ga), (char *)nc_f32p(a), (char *)nc_f32p(gout) };
@@ -1057,13 +1047,13 @@ nc_status nc_unary(nc_tensor *out, const nc_tensor *a, int32_t op) {
         static const char *const aon[2] = { "a", "out" };
         NC_TRY(same_dtypes(name, 2, ao, aon));
         NC_TRY(nc_check_same_shape(name, "out", out, "a", a));
-        NC_TRY(check_writable(name, "out", out));
+        NC_TRY(nc_check_writable(name, "out", out));
         return int_unary(name, out, a, op);
     }
     NC_TRY(nc_check_dtype(name, "out", out, NC_F32));
     NC_TRY(nc_check_dtype(name, "a", a, NC_F32));
     NC_TRY(nc_check_same_shape(name, "out", out, "a", a));
-    NC_TRY(check_writable(name, "out", out));
+    NC_TRY(nc_check_writable(name, "out", out));
     if (out->device == NC_CUDA) {
         const nc_cuda_api *cu = nc_cuda_for(name);
         if (!cu) return NC_ERR_DEVICE;
@@ -1105,7 +1095,7 @@ nc_status nc_unary_backward(nc_tensor *ga, const nc_tensor *out, const nc_tensor
         if (ts[i]) NC_TRY(nc_check_dtype(name, tn[i], ts[i], NC_F32));
     NC_TRY(nc_check_same_shape(name, "ga", ga, "gout", gout));
     if (src) NC_TRY(nc_check_same_shape(name, uo ? "out" : "a", src, "gout", gout));
-    NC_TRY(check_writable(name, "ga", ga));
+    NC_TRY(nc_check_writable(name, "ga", ga));
     if (ga->device == NC_CUDA) {
         if (!nc_tensor_is_contiguous(ga) || !nc_tensor_is_contiguous(gout) || (src && !nc_tensor_is_contiguous(src)))
             return nc_fail(NC_ERR_UNSUPPORTED, "%s: the CUDA kernel needs contiguous ga, gout and %s; call "
@@ -1150,7 +1140,7 @@ nc_status nc_add_scaled(nc_tensor *dst, const nc_tensor *src, double alpha) {
         return nc_fail(NC_ERR_SHAPE, "%s: expected src to broadcast to dst's shape, got dst %s and src %s", name,
                        nc_describe(dst, bd, sizeof bd), nc_describe(src, bs, sizeof bs));
     }
-    NC_TRY(check_writable(name, "dst", dst));
+    NC_TRY(nc_check_writable(name, "dst", dst));
     if (dst->device == NC_CUDA) {
         const nc_cuda_api *cu = nc_cuda_for(name);
         if (!cu) return NC_ERR_DEVICE;
@@ -1220,7 +1210,7 @@ nc_status nc_clamp(nc_tensor *out, const nc_tensor *a, double lo, double hi) {
         NC_TRY(int_cpu_only(name, 2, ts));
         NC_TRY(same_dtypes(name, 2, ts, aon));
         NC_TRY(nc_check_same_shape(name, "out", out, "a", a));
-        NC_TRY(check_writable(name, "out", out));
+        NC_TRY(nc_check_writable(name, "out", out));
         if (lo > hi || lo != lo || hi != hi)
             return nc_fail(NC_ERR_ARG, "clamp: expected lo <= hi, got lo %g and hi %g", lo, hi);
         double mn = a->dtype == NC_I32 ? -2147483648.0 : -9223372036854775808.0, mx = -mn;
@@ -1237,7 +1227,7 @@ nc_status nc_clamp(nc_tensor *out, const nc_tensor *a, double lo, double hi) {
     }
     NC_TRY(cpu_f32_args(name, 2, ts, tn));
     NC_TRY(nc_check_same_shape(name, "out", out, "a", a));
-    NC_TRY(check_writable(name, "out", out));
+    NC_TRY(nc_check_writable(name, "out", out));
     if (lo > hi) return nc_fail(NC_ERR_ARG, "clamp: expected lo <= hi, got lo %g and hi %g", lo, hi);
     float lh[2] = { (float)lo, (float)hi };
     ew_geo g;
@@ -1258,7 +1248,7 @@ nc_status nc_clamp_backward(nc_tensor *ga, const nc_tensor *a, const nc_tensor *
     NC_TRY(cpu_f32_args(name, 3, ts, tn));
     NC_TRY(nc_check_same_shape(name, "ga", ga, "a", a));
     NC_TRY(nc_check_same_shape(name, "gout", gout, "a", a));
-    NC_TRY(check_writable(name, "ga", ga));
+    NC_TRY(nc_check_writable(name, "ga", ga));
     float lh[2] = { (float)lo, (float)hi };
     ew_geo g;
     geo_build(&g, a->ndim, a->shape, 3, ts);
@@ -1331,7 +1321,7 @@ nc_status nc_where(nc_tensor *out, const nc_tensor *cond, const nc_tensor *a, co
                        nc_describe(cond, bc, sizeof bc), ws);
     }
     NC_TRY(check_out_shape(name, out, nd, shape, "the broadcast of cond, a and b"));
-    NC_TRY(check_writable(name, "out", out));
+    NC_TRY(nc_check_writable(name, "out", out));
     const nc_tensor *ts[4] = { out, cond, a, b };
     ew_geo g;
     geo_build(&g, nd, shape, 4, ts);
@@ -1353,7 +1343,7 @@ static nc_status where_grad(nc_tensor *dst, const nc_tensor *cond, const nc_tens
         if (!tmp) return NC_ERR_OOM;
         target = tmp;
     } else {
-        NC_TRY(check_writable("where backward", which ? "gb" : "ga", dst));
+        NC_TRY(nc_check_writable("where backward", which ? "gb" : "ga", dst));
     }
     const nc_tensor *ts[3] = { target, cond, gout };
     ew_geo g;
@@ -1486,7 +1476,7 @@ nc_status nc_compare(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int
     int64_t shape[NC_MAX_DIMS];
     NC_TRY(bcast2(name, &nd, shape, a, "a", b, "b"));
     NC_TRY(check_out_shape(name, out, nd, shape, "the broadcast of a and b"));
-    NC_TRY(check_writable(name, "out", out));
+    NC_TRY(nc_check_writable(name, "out", out));
     ew_geo g;
     geo_build(&g, nd, shape, 3, ts);
     char *base[3] = { nc_ptr(out), nc_ptr(a), nc_ptr(b) };

@@ -48,16 +48,6 @@ static nc_status check_indices(const char *op, const nc_tensor *idx, int64_t bou
                    (long long)v, (long long)bound, what, (long long)bad, nc_describe(idx, b, sizeof b));
 }
 
-static nc_status check_writable(const char *op, const char *arg, const nc_tensor *t) {
-    for (int32_t d = 0; d < t->ndim; d++)
-        if (t->strides[d] == 0 && t->shape[d] > 1) {
-            char b[NC_DESC_LEN];
-            return nc_fail(NC_ERR_ARG, "%s: %s is written but is a broadcast view (stride 0 on dim %d) %s", op, arg,
-                           d, nc_describe(t, b, sizeof b));
-        }
-    return NC_OK;
-}
-
 static nc_status cpu_only(const char *op, int n, const nc_tensor *const *ts, const char *const *names) {
     for (int i = 0; i < n; i++)
         if (ts[i] && ts[i]->device == NC_CUDA) return nc_no_cuda(op, NULL);
@@ -179,7 +169,7 @@ nc_status nc_embedding_backward(nc_tensor *gweight, const nc_tensor *idx, const 
     NC_TRY(nc_check_dtype(op, "gout", gout, NC_F32));
     NC_TRY(nc_check_index_dtype(op, "idx", idx));
     NC_TRY(nc_check_ndim(op, "gweight", gweight, 2));
-    NC_TRY(check_writable(op, "gweight", gweight));
+    NC_TRY(nc_check_writable(op, "gweight", gweight));
     int64_t V = gweight->shape[0], D = gweight->shape[1];
     int64_t want[NC_MAX_DIMS];
     if (idx->ndim + 1 > NC_MAX_DIMS)
@@ -299,7 +289,7 @@ nc_status nc_gather(nc_tensor *out, const nc_tensor *a, int32_t dim, const nc_te
                            d, d, dim, nc_describe(idx, b1, sizeof b1), nc_describe(a, b2, sizeof b2));
         }
     NC_TRY(nc_check_same_shape(op, "out", out, "idx", idx));
-    NC_TRY(check_writable(op, "out", out));
+    NC_TRY(nc_check_writable(op, "out", out));
     NC_TRY(check_indices(op, idx, a->shape[dim], "dim of a"));
     return gather_core(op, out, a, dim, idx);
 }
@@ -328,7 +318,7 @@ nc_status nc_scatter_add(nc_tensor *dst, int32_t dim, const nc_tensor *idx, cons
                            d, d, dim, d, nc_describe(idx, b1, sizeof b1), nc_describe(src, b2, sizeof b2),
                            nc_describe(dst, b3, sizeof b3));
         }
-    NC_TRY(check_writable(op, "dst", dst));
+    NC_TRY(nc_check_writable(op, "dst", dst));
     NC_TRY(check_indices(op, idx, dst->shape[dim], "dim of dst"));
     scatter_core(dst, dim, idx, src);
     return NC_OK;
@@ -363,7 +353,7 @@ nc_status nc_index_select(nc_tensor *out, const nc_tensor *a, int32_t dim, const
     memcpy(want, a->shape, sizeof(int64_t) * (size_t)a->ndim);
     want[dim] = idx->shape[0];
     NC_TRY(nc_check_shape(op, "out", out, a->ndim, want));
-    NC_TRY(check_writable(op, "out", out));
+    NC_TRY(nc_check_writable(op, "out", out));
     NC_TRY(check_indices(op, idx, a->shape[dim], "dim of a"));
     nc_tensor v;
     broadcast_index(&v, idx, out, dim);
@@ -388,7 +378,7 @@ nc_status nc_index_add(nc_tensor *dst, int32_t dim, const nc_tensor *idx, const 
     memcpy(want, dst->shape, sizeof(int64_t) * (size_t)dst->ndim);
     want[dim] = idx->shape[0];
     NC_TRY(nc_check_shape(op, "src", src, dst->ndim, want));
-    NC_TRY(check_writable(op, "dst", dst));
+    NC_TRY(nc_check_writable(op, "dst", dst));
     NC_TRY(check_indices(op, idx, dst->shape[dim], "dim of dst"));
     nc_tensor v;
     broadcast_index(&v, idx, src, dim);
@@ -427,7 +417,7 @@ nc_status nc_cat(nc_tensor *out, int32_t n, const nc_tensor *const *inputs, int3
         return nc_fail(NC_ERR_SHAPE, "cat: expected out.shape[%d] = %lld (the sum of the inputs' sizes), got out %s", dim,
                        (long long)total, nc_describe(out, b, sizeof b));
     }
-    NC_TRY(check_writable(op, "out", out));
+    NC_TRY(nc_check_writable(op, "out", out));
     int64_t start = 0;
     for (int32_t i = 0; i < n; i++) {
         const nc_tensor *t = inputs[i];
@@ -489,7 +479,7 @@ nc_status nc_rows_gather(nc_tensor *out, const nc_tensor *src, const nc_tensor *
     int64_t k = rows->shape[0], D = src->shape[1];
     int64_t want[2] = { k, D };
     NC_TRY(nc_check_shape(op, "out", out, 2, want));
-    NC_TRY(check_writable(op, "out", out));
+    NC_TRY(nc_check_writable(op, "out", out));
     if (k == 0 || D == 0) return NC_OK;
     const int64_t *r = (const int64_t *)nc_ptr(rows);
     const float *s = nc_f32p(src);
@@ -509,7 +499,7 @@ nc_status nc_rows_scatter(nc_tensor *dst, const nc_tensor *src, const nc_tensor 
     int64_t k = rows->shape[0], N = dst->shape[0], D = dst->shape[1];
     int64_t want[2] = { k, D };
     NC_TRY(nc_check_shape(op, "src", src, 2, want));
-    NC_TRY(check_writable(op, "dst", dst));
+    NC_TRY(nc_check_writable(op, "dst", dst));
     if (D == 0) return NC_OK;
     const int64_t *r = (const int64_t *)nc_ptr(rows);
     const float *s = nc_f32p(src);

@@ -141,16 +141,6 @@ static nc_status red_sum(const red_geo *g, float *dst, const float *src, double 
     return NC_OK;
 }
 
-static nc_status check_writable(const char *op, const char *arg, const nc_tensor *t) {
-    for (int32_t d = 0; d < t->ndim; d++)
-        if (t->strides[d] == 0 && t->shape[d] > 1) {
-            char b[NC_DESC_LEN];
-            return nc_fail(NC_ERR_ARG, "%s: %s is written but is a broadcast view (stride 0 on dim %d) %s", op, arg,
-                           d, nc_describe(t, b, sizeof b));
-        }
-    return NC_OK;
-}
-
 /* ---- sum_to ----------------------------------------------------------------------------------- */
 nc_status nc_sum_to(nc_tensor *dst, const nc_tensor *src, double alpha) {
     static const char *name = "sum_to";
@@ -171,7 +161,7 @@ nc_status nc_sum_to(nc_tensor *dst, const nc_tensor *src, double alpha) {
         return nc_fail(NC_ERR_SHAPE, "%s: expected dst's shape to broadcast to src's, got dst %s and src %s", name,
                        nc_describe(dst, b1, sizeof b1), nc_describe(src, b2, sizeof b2));
     }
-    NC_TRY(check_writable(name, "dst", dst));
+    NC_TRY(nc_check_writable(name, "dst", dst));
     red_geo g;
     memset(&g, 0, sizeof g);
     g.nkept = g.nred = 1;
@@ -276,7 +266,7 @@ nc_status nc_reduce_dim(nc_tensor *out, nc_tensor *index, const nc_tensor *a, in
         memcpy(want, a->shape, sizeof(int64_t) * (size_t)a->ndim);
         want[dim] = 1;
         NC_TRY(nc_check_shape(name, "out", out, a->ndim, want));
-        NC_TRY(check_writable(name, "out", out));
+        NC_TRY(nc_check_writable(name, "out", out));
         int64_t n = a->shape[dim];
         if (n == 0) return nc_tensor_fill(out, op == NC_RED_SUM ? 0.0 : NAN);
         NC_TRY(nc_tensor_fill(out, 0.0));
@@ -309,10 +299,10 @@ nc_status nc_reduce_dim(nc_tensor *out, nc_tensor *index, const nc_tensor *a, in
     memcpy(want, a->shape, sizeof(int64_t) * (size_t)a->ndim);
     want[dim] = 1;
     NC_TRY(nc_check_shape(name, "out", out, a->ndim, want));
-    NC_TRY(check_writable(name, "out", out));
+    NC_TRY(nc_check_writable(name, "out", out));
     if (index) {
         NC_TRY(nc_check_shape(name, "index", index, a->ndim, want));
-        NC_TRY(check_writable(name, "index", index));
+        NC_TRY(nc_check_writable(name, "index", index));
     }
     int64_t n = a->shape[dim];
     if (n == 0 && (op == NC_RED_MAX || op == NC_RED_MIN))
