@@ -204,20 +204,30 @@ static inline float sr_uniform(uint64_t seed, uint64_t counter, int64_t i) {
     return (float)(r[i & 3] >> 8) * (1.0f / 16777216.0f);
 }
 
-/* quantize x[0..len) (global element offset base) into codes; returns the block scale */
-static inline float quant_block(int8_t *codes, const float *x, int64_t len, int64_t base, int stochastic,
-                                uint64_t seed, uint64_t counter) {
+/* The block's absmax scale. 0 when it is all zero, inf / NaN when it holds a non-finite value:
+ * then the codes are already written (all 0) and the caller returns the scale as it is — a
+ * non-finite block keeps its inf / NaN scale, so the corruption is visible instead of silently
+ * zeroed. Returns 1 when the caller must quantize. */
+static inline int block_scale(int8_t *codes, const float *x, int64_t len, float *scale) {
     float amax = 0.0f;
     for (int64_t i = 0; i < len; i++) {
         float a = fabsf(x[i]);
         amax = a > amax ? a : amax;
     }
     if (!(amax > 0.0f) || !isfinite(amax)) {
-        /* all-zero block: scale 0, codes 0. A non-finite block keeps NaN as its scale, so the
-         * corruption is visible instead of silently zeroed. */
         if (len > 0) memset(codes, 0, (size_t)len);
-        return amax > 0.0f || amax != amax ? amax : 0.0f;
+        *scale = amax > 0.0f || amax != amax ? amax : 0.0f;
+        return 0;
     }
+    *scale = amax;
+    return 1;
+}
+
+/* quantize x[0..len) (global element offset base) into codes; returns the block scale */
+static inline float quant_block(int8_t *codes, const float *x, int64_t len, int64_t base, int stochastic,
+                                uint64_t seed, uint64_t counter) {
+    float amax;
+    if (!block_scale(codes, x, len, &amax)) return amax;
     float inv = 127.0f / amax;
     if (stochastic) {
         for (int64_t i = 0; i < len; i++) {
@@ -316,15 +326,8 @@ static inline float map_decode(const code_map *cm, int8_t c) {
 static inline float quant_block_map(int8_t *codes, const float *x, int64_t len, int64_t base, int stochastic,
                                     uint64_t seed, uint64_t counter, int32_t map) {
     if (map != NC_QUANT8_DYNAMIC) return quant_block(codes, x, len, base, stochastic, seed, counter);
-    float amax = 0.0f;
-    for (int64_t i = 0; i < len; i++) {
-        float a = fabsf(x[i]);
-        amax = a > amax ? a : amax;
-    }
-    if (!(amax > 0.0f) || !isfinite(amax)) {
-        if (len > 0) memset(codes, 0, (size_t)len);
-        return amax > 0.0f || amax != amax ? amax : 0.0f;
-    }
+    float amax;
+    if (!block_scale(codes, x, len, &amax)) return amax;
     const code_map *cm = get_map(map);
     float inv = 1.0f / amax;
     for (int64_t i = 0; i < len; i++) {
