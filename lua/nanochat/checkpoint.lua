@@ -107,17 +107,7 @@ local function dirname(p) return p:match('^(.*)/[^/]*$') or '.' end
 local function basename(p) return p:match('([^/]*)$') end
 local function strip_slash(p) return (#p > 1 and p:gsub('/+$', '')) or p end
 
-function M.write_file(path, text)
-    if C.nc_fs_write_file(path, text, #text) ~= 0 then error(cerr(), 0) end
-end
-
-local function read_file(path)
-    local f = io.open(path, 'rb')
-    if not f then return nil end
-    local s = f:read('*a')
-    f:close()
-    return s
-end
+local read_file = require('nanochat.io').read_file
 
 local function mkdir_p(path)
     if C.nc_fs_kind(path) == 2 then return end
@@ -182,7 +172,7 @@ function M.save(dir, objs)
             put('optim.safetensors', sd.tensors or {}, { format = M.FORMAT })
             meta.optimizer = sd.meta or {}
         end
-        M.write_file(tmp .. '/meta.json', M.json_encode(meta) .. '\n')
+        require('nanochat.io').write_file(tmp .. '/meta.json', M.json_encode(meta) .. '\n')
         if C.nc_fs_fsync(tmp) ~= 0 then error(cerr(), 0) end
         -- an existing checkpoint at dir is replaced only once the new one is complete
         local old

@@ -71,19 +71,9 @@ local function mkdir_p(path)
     return path
 end
 
-local function read_file(path)
-    local f, err = io.open(path, 'rb')
-    if not f then return nil, err end
-    local s = f:read('*a')
-    f:close()
-    return s
-end
+local files = require 'nanochat.io'
+local read_file, write_file = files.read_file, files.write_file
 
-local function write_file(path, s)
-    local f = assert(io.open(path, 'wb'))
-    f:write(s)
-    f:close()
-end
 
 local function obj(t) return setmetatable(t or {}, { __jsontype = 'object' }) end
 

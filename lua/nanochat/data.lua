@@ -333,10 +333,8 @@ M.Loader = Loader
 
 -- ---- corpus tokenization -------------------------------------------------------------------
 local function read_file(path)
-    local f, err = io.open(path, 'rb')
-    if not f then error('tokenize: cannot open ' .. path .. ': ' .. tostring(err), 0) end
-    local s = f:read('*a')
-    f:close()
+    local s, err = require('nanochat.io').read_file(path)
+    if not s then error('tokenize: cannot open ' .. path .. ': ' .. tostring(err), 0) end
     return s
 end
 

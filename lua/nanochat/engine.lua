@@ -54,13 +54,7 @@ M.Engine = Engine
 -- chunks of at most this many positions run fused (nc_engine_decode); longer prefills op by op
 M.FUSED_MAX_T = 8
 
-local function read_file(path)
-    local f, err = io.open(path, 'rb')
-    if not f then return nil, err end
-    local s = f:read('*a')
-    f:close()
-    return s
-end
+local read_file = require('nanochat.io').read_file
 
 -- dir -> model (nc.models.gpt), meta table
 function M.load_model(dir)

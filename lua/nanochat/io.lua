@@ -1,4 +1,5 @@
--- lua/nanochat/io.lua — nc.save / nc.load: tensors to and from safetensors files.
+-- lua/nanochat/io.lua — nc.save / nc.load: tensors to and from safetensors files; nc.io.read_file /
+-- write_file: the one pair of whole-file helpers the library uses for its small files.
 --
 -- Promise:
 --  - nc.save(path, {name = tensor, ...}, metadata) writes one safetensors file atomically (the C
@@ -199,6 +200,22 @@ function M.load(path, opts)
         out[en.name] = t
     end
     return out, metadata
+end
+
+-- ---- whole small files (metadata, manifests, markers) ------------------------------------------
+-- read_file(path) -> the bytes, or nil and the reason. write_file(path, text) creates or truncates,
+-- writes and fsyncs (a Lua error naming the path and strerror; atomicity is the caller's: write
+-- into a temporary name and rename, as the checkpoint and corpus writers do).
+function M.read_file(path)
+    local f, err = io.open(path, 'rb')
+    if not f then return nil, err end
+    local s = f:read('*a')
+    f:close()
+    return s
+end
+
+function M.write_file(path, text)
+    if C.nc_fs_write_file(path, text, #text) ~= 0 then error(ffi.string(C.nc_last_error()), 0) end
 end
 
 return M
