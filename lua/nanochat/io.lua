@@ -1,4 +1,4 @@
--- lua/nanochat/io.lua — nc.save / nc.load: tensors to and from safetensors files; nc.io.read_file /
+-- lua/nanochat/io.lua — nc.save / nc.load: tensors to and from safetensors files; nc.read_file /
 -- write_file: the one pair of whole-file helpers the library uses for its small files.
 --
 -- Promise:
