@@ -344,6 +344,23 @@ function Engine:new_cache(B, max_T, opts)
     return cache
 end
 
+-- the parallel split of the fused decode (nc_engine_cfg split / o_full / barrier; every choice
+-- gives bit-identical results): engine.split = 'heads' | 'rows' (default: heads when the thread
+-- count divides n_kv_head), engine.o_full = true (every thread computes the whole o-projection:
+-- one sync fewer per layer), engine.barrier = 'omp' (omp barrier instead of the spin barrier)
+local SPLITS = { heads = 2, rows = 1 }
+local function set_par(e, s)
+    local sp = e.split
+    if sp ~= nil and not SPLITS[sp] then
+        error("engine: split must be 'heads' or 'rows' (or nil), got " .. tostring(sp), 3)
+    end
+    local b = e.barrier
+    if b ~= nil and b ~= 'omp' and b ~= 'spin' then
+        error("engine: barrier must be 'spin' or 'omp' (or nil), got " .. tostring(b), 3)
+    end
+    s.split, s.o_full, s.barrier = sp and SPLITS[sp] or 0, e.o_full and 2 or 0, b == 'omp' and 1 or 0
+end
+
 -- the nc_engine_cfg of this engine (with_mhc: the trunk's blocks of an mHC model, x = n streams;
 -- the MTP modules' blocks are plain)
 local function decode_cfg(c, with_mhc)
@@ -388,6 +405,7 @@ local function fused_call(e, arr, nl, x, pos, cos_t, sin_t, mhc)
         cf = e._cfg_c
     end
     cf.n_pos = T
+    set_par(e, cf)
     local shape = x:shape()
     local y = x:reshape { B * T, -1 }:clone()
     check(C.nc_engine_decode(y._c, arr, nl, cf, pos, cos_t._c, sin_t._c), 'engine decode')
@@ -537,6 +555,7 @@ function Engine:run_rows(x, cache, seg, rows, positions)
     local pos_c, row_c = ffi.new('int64_t[?]', m, positions), ffi.new('int32_t[?]', m, rows)
     local cfg_c = decode_cfg(self.cfg, true)
     cfg_c.n_pos, cfg_c.seq_pos, cfg_c.seq_slot = 1, pos_c, row_c
+    set_par(self, cfg_c)
     cache._rows_c = { pos_c, row_c, cfg_c }   -- cfg_c holds raw pointers: keep the arrays alive past the call
     check(C.nc_engine_decode(y._c, arr, #seg, cfg_c, 0, cache.cos._c, cache.sin._c), 'engine decode_rows')
     return y:view(shape)
