@@ -1,0 +1,166 @@
+-- tools/bench/barrier.lua — the syncs of the fused decode (kernels/cpu/engine.c), measured in one run:
+--   1. the barrier alone: ns per barrier of the engine's spin barrier (one cache line, bounded spin
+--      then sched_yield) vs `#pragma omp barrier`, a 2-thread region doing nothing else
+--      (nc_engine_barrier_bench), samples alternating;
+--   2. decode tokens/s of the packed engine at the 10M / 50M / 125M shapes of tools/bench/infer.lua
+--      (random weights, f32 head, one token at a time after a 64-token prompt), 1 and 2 threads, per
+--      parallel split, samples interleaved so every setting sees the same machine load:
+--        heads      — q/k/v by whole KV-head groups, spin barrier (the default; 4 syncs per layer)
+--        heads_omp  — the same with omp barriers
+--        rows       — q/k/v by 16-row chunks (5 syncs per layer)
+--        o_full     — heads + every thread computes the whole o-projection (3 syncs per layer)
+--      (1 thread: only `heads`; the split does not matter there).
+--   3. LoopLM's per-row exit gate in engine:decode_rows (e3 model, q = 0.5, 4 sequences, 1 thread):
+--      gate evaluations per step x the time of one (_final + the fp32 gate on a row) / step time.
+--   ./nanochat tools/bench/barrier.lua [reps=5] [ndec=16] [shapes=10M,50M,125M] [settings=all|default] [loop=0]
+--   settings=default times only the default path — with another checkout's ./nanochat (an older
+--   engine) this gives paired before/after runs of the same script.
+-- Last line: one JSON object (barrier_ns_{spin,omp}, decode_tok_s_<shape>_<setting>_<t>t,
+-- looplm_step_ms, looplm_gate_evals_per_step, looplm_gate_us, looplm_gate_share).
+if not package.path:find('lua/?/init.lua', 1, true) then
+    package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
+end
+local here = (debug.getinfo(1, 'S').source:match('^@(.*/)') or './')
+local L = dofile(here .. 'lib.lua')
+local args = L.parse_args()
+local nc = require 'nanochat'
+local C = nc.C
+
+local reps = tonumber(args.reps) or 5
+local ndec = tonumber(args.ndec) or 16
+local only_default = args.settings == 'default'
+local want = {}
+for s in tostring(args.shapes or '10M,50M,125M'):gmatch('[^,]+') do want[s] = true end
+local out = {}
+
+-- ---- 1. the barrier alone ------------------------------------------------------------------------
+local has_bench = pcall(function() return C.nc_engine_barrier_bench end)
+if has_bench and not only_default then
+    local N = 20000
+    local spin, omp = {}, {}
+    C.nc_engine_barrier_bench(0, N, 2)
+    for _ = 1, reps do
+        spin[#spin + 1] = C.nc_engine_barrier_bench(0, N, 2)
+        omp[#omp + 1] = C.nc_engine_barrier_bench(1, N, 2)
+    end
+    print(string.format('barrier alone, 2 threads, %d barriers per sample, %d samples alternating', N, reps))
+    L.print_table({ 'barrier', 'ns median', 'ns best' }, {
+        { 'spin (engine)', L.median(spin), L.min(spin) }, { 'omp barrier', L.median(omp), L.min(omp) },
+    }, { '%s', '%.0f', '%.0f' })
+    print()
+    out.barrier_ns_spin, out.barrier_ns_omp = L.round(L.median(spin), 0), L.round(L.median(omp), 0)
+end
+
+-- ---- 2. decode per split ---------------------------------------------------------------------------
+local SETTINGS = {
+    { 'heads', {} }, { 'heads_omp', { barrier = 'omp' } }, { 'rows', { split = 'rows' } },
+    { 'o_full', { split = 'heads', o_full = true } },
+}
+if only_default then SETTINGS = { SETTINGS[1] } end
+local SHAPES = {
+    { name = '10M', vocab_size = 8192, d_model = 256, n_layer = 6, n_head = 4 },
+    { name = '50M', vocab_size = 8192, d_model = 512, n_layer = 10, n_head = 8 },
+    { name = '125M', vocab_size = 32768, d_model = 768, n_layer = 12, n_head = 12 },
+}
+local P = 64
+local rows = {}
+for _, sh in ipairs(SHAPES) do
+    if want[sh.name] then
+        local model = nc.models.gpt.new { vocab_size = sh.vocab_size, d_model = sh.d_model, n_layer = sh.n_layer,
+            n_head = sh.n_head, seq_len = 256, seed = 1 }
+        model:eval()
+        local e = nc.pack(model)
+        model = nil
+        collectgarbage('collect')
+        local prompt = {}
+        for i = 1, P do prompt[i] = (i * 37) % sh.vocab_size end
+        local pidx, one = nc.tensor({ prompt }, { dtype = 'i64' }), nc.tensor({ { 5 } }, { dtype = 'i64' })
+        for _, th in ipairs { 1, 2 } do
+            nc.set_num_threads(th)
+            local cache = e:new_cache(1, 256)
+            e:forward_cached(pidx, cache)
+            local sets = th == 1 and { SETTINGS[1] } or SETTINGS
+            local function sample(s)
+                e.split, e.o_full, e.barrier = s[2].split, s[2].o_full, s[2].barrier
+                cache.pos = P
+                local t0 = L.now()
+                for _ = 1, ndec do e:forward_cached(one, cache) end
+                return ndec / (L.now() - t0)
+            end
+            for _, s in ipairs(sets) do sample(s) end   -- warm-up
+            local got = {}
+            for _ = 1, reps do
+                for _, s in ipairs(sets) do
+                    got[s[1]] = got[s[1]] or {}
+                    table.insert(got[s[1]], sample(s))
+                end
+            end
+            for _, s in ipairs(sets) do
+                local med = L.median(got[s[1]])
+                local best = -math.huge
+                for _, v in ipairs(got[s[1]]) do best = math.max(best, v) end
+                rows[#rows + 1] = { sh.name, th, s[1], med, best, med / L.median(got.heads) }
+                out[string.format('decode_tok_s_%s_%s_%dt', sh.name:lower(), s[1], th)] = L.round(med, 1)
+            end
+        end
+        e.split, e.o_full, e.barrier = nil, nil, nil
+        e = nil
+        collectgarbage('collect')
+    end
+end
+-- ---- 3. LoopLM's exit gate in engine:decode_rows: what share of a step is it? -------------------
+-- configs/models/e3.lua (LoopLM + mHC-lite + MTP), random weights and a random exit gate (logit
+-- std 1, as tools/bench/batch.lua arch=e3), q = 0.5, 4 sequences, 1 thread. The gate runs in Lua
+-- (looplm.decode_rows: _final + the fp32 gate, row by row); counted per step, timed alone on a row.
+if not only_default and args.loop ~= 0 then
+    nc.set_num_threads(1)
+    local m = nc.models.gpt.new(nc.models.config('e3'))
+    m:eval()
+    m.exit_gate.weight:copy_(nc.randn({ 1, m.cfg.d_model }, { generator = nc.generator(2), std = 1.0 }))
+    local e = nc.pack(m)
+    m = nil
+    local cache = e:new_cache(4, 256, { exit_q = 0.5 })
+    local calls = 0
+    local g = e.exit_gate
+    e.exit_gate = setmetatable({}, { __call = function(_, h) calls = calls + 1 return g(h) end })
+    local pos, steps = 0, 0
+    local function sample()
+        local n = 8
+        local t0 = L.now()
+        for _ = 1, n do
+            if pos >= 250 then pos = 0 end
+            e:decode_rows({ 5, 6, 7, 8 }, cache, { 0, 1, 2, 3 }, { pos, pos, pos, pos })
+            pos, steps = pos + 1, steps + 1
+        end
+        return (L.now() - t0) / n
+    end
+    sample()
+    calls, steps = 0, 0
+    local st, gt = {}, {}
+    local x1 = nc.randn { 1, 1, e.cfg.mhc and e.cfg.mhc.n or 1, e.cfg.d_model }
+    if not e.cfg.mhc then x1 = x1:view { 1, 1, e.cfg.d_model } end
+    for _ = 1, reps do
+        st[#st + 1] = sample()
+        local t0 = L.now()
+        for _ = 1, 200 do g(e:_final(x1)):tolist() end
+        gt[#gt + 1] = (L.now() - t0) / 200
+    end
+    e.exit_gate = g
+    local per_step = calls / steps
+    local share = per_step * L.median(gt) / L.median(st)
+    print(string.format('LoopLM (e3, q = 0.5, 4 sequences, decode_rows, 1 thread): %.2f ms per step, %.2f gate '
+        .. 'evaluations per step x %.1f us = %.2f%% of the step', L.median(st) * 1e3, per_step, L.median(gt) * 1e6,
+        100 * share))
+    print()
+    out.looplm_step_ms = L.round(L.median(st) * 1e3, 3)
+    out.looplm_gate_evals_per_step = L.round(per_step, 2)
+    out.looplm_gate_us = L.round(L.median(gt) * 1e6, 1)
+    out.looplm_gate_share = L.round(share, 4)
+end
+
+nc.set_num_threads(2)
+print(string.format('decode tokens/s (1 token after a %d-token prompt, %d tokens per sample, %d samples interleaved)',
+    P, ndec, reps))
+L.print_table({ 'shape', 'thr', 'setting', 'tok/s median', 'tok/s best', 'vs heads' }, rows,
+    { '%s', '%d', '%s', '%.1f', '%.1f', '%.3f' })
+print(L.json(out))
