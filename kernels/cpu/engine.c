@@ -10,13 +10,26 @@
  * (double-accumulated mean square), per-token int8 activations with exactly nc_ternary_quant_act's
  * codes, the packed GEMV kernels of ternary*.c, optional QK-norm, half-split RoPE, causal
  * attention over the cache with GQA, ReLU² or SwiGLU, optional SubLN gains — with one OpenMP
- * parallel region for the whole step instead of one fork-join per op and no Lua per op. Threads
- * split the output rows of every GEMV (16-row chunks, the same row kernel as nc_ternary_matmul) and
- * the (sequence, head) pairs of attention; a layer has 6 barriers (after the q/k/v GEMVs, the K/V
- * cache write, attention, the output GEMV + residual, the MLP up GEMV(s), the down GEMV +
- * residual); the small per-token steps between them (norm + quantize a row of d or d_ff floats)
- * run on one thread. The GEMV results are bit-identical to nc_ternary_matmul's; norm, attention
- * and activation arithmetic differ from the op path only in summation order (float rounding).
+ * parallel region for the whole step instead of one fork-join per op and no Lua per op.
+ * Split and syncs: the q/k/v GEMVs by whole KV-head groups (thread t: KV heads
+ * [Hkv t / T, Hkv (t + 1) / T) with their query heads; the default when T divides n_kv_head), so
+ * the thread that computed a head's q/k/v also writes its K/V to the cache and runs its attention,
+ * with no sync in between; the o, up and down GEMVs by 16-row chunks of their outputs (the same
+ * row kernel as nc_ternary_matmul). The small per-token steps between the GEMVs (norm + int8
+ * quantization of a row of d, n_head head_dim or d_ff floats, the MLP activation) run on EVERY
+ * thread for every row, each into its own buffers: the same arithmetic, so every thread gets the
+ * same codes, and no single-thread section with its second barrier. So a layer has 4 syncs, one
+ * per GEMV stage (after attention, after o + residual, after up, after down + residual): with
+ * exact per-token absmax quantization each GEMV's input needs the whole output row of the stage
+ * before, i.e. every other thread's rows — the minimum while all 4 GEMVs are split (README).
+ * Options (nc_engine_cfg split / o_full / barrier): the q/k/v by rows (the fallback when T does
+ * not divide n_kv_head: one more sync, then each (sequence, KV head) pair's cache write +
+ * attention on one thread), the o-projection whole on every thread (one sync fewer, its weights
+ * read T times), `omp barrier` instead of the spin barrier below. Every option gives the same
+ * bits: the GEMV rows come from the same kernel, and each norm, attention head and activation
+ * runs the same code on the same values whichever thread runs it. The GEMV results are
+ * bit-identical to nc_ternary_matmul's; norm, attention and activation arithmetic differ from the
+ * op path only in summation order (float rounding).
  * Every row's arithmetic depends only on its own sequence (the GEMV reads each weight row once for
  * all rows but sums each row's int32 dot exactly), so a sequence decoded in a batch of others, at
  * any positions, gets bit-identical results to the same sequence decoded alone.
@@ -24,7 +37,8 @@
  * branch input is the pre-mixed h = sum_j H_pre[j] x[j] and its output y is mixed back as
  * x'[i] = sum_j H_res[i][j] x[j] + H_post[i] y (nanochat.mhc's Layer:forward), with the coefficients
  * from the dynamic projection + lite / Sinkhorn — with mhc.c's row kernels (threads split the
- * projection's outputs, then a token per thread; 3 more barriers per sublayer). Only the
+ * projection's outputs, then a token per thread; 3 more syncs per sublayer with dynamic
+ * coefficients, 2 with static ones). Only the
  * projection's summation order differs from the op path (sgemm there): equal up to float
  * rounding; still row-wise exact.
  */
