@@ -10,9 +10,12 @@
 --        rows       — q/k/v by 16-row chunks (5 syncs per layer)
 --        o_full     — heads + every thread computes the whole o-projection (3 syncs per layer)
 --      (1 thread: only `heads`; the split does not matter there).
+--   2b. old=PATH/libnanochat.so: the layers alone (nc_engine_decode, no embedding / head), another
+--      build's library vs this one in the same process, interleaved; also whether the bits agree.
 --   3. LoopLM's per-row exit gate in engine:decode_rows (e3 model, q = 0.5, 4 sequences, 1 thread):
 --      gate evaluations per step x the time of one (_final + the fp32 gate on a row) / step time.
 --   ./nanochat tools/bench/barrier.lua [reps=5] [ndec=16] [shapes=10M,50M,125M] [settings=all|default] [loop=0]
+--                                    [old=/path/to/older/lib/libnanochat.so]
 --   settings=default times only the default path — with another checkout's ./nanochat (an older
 --   engine) this gives paired before/after runs of the same script.
 -- Last line: one JSON object (barrier_ns_{spin,omp}, decode_tok_s_<shape>_<setting>_<t>t,
@@ -108,6 +111,76 @@ for _, sh in ipairs(SHAPES) do
         collectgarbage('collect')
     end
 end
+-- ---- 2b. (old=PATH) the layers alone, this library vs another build's, in the same process ------
+-- old=/path/to/an/older/lib/libnanochat.so: its nc_engine_decode (same nc_tensor / nc_engine_layer
+-- ABI; it ignores the nc_engine_cfg fields it does not know) and ours on the same layers, cache and
+-- input, samples interleaved — a before/after pair free of the machine's load swings between
+-- processes; also checks that both give the same bits. Only the C call: no embedding, no head.
+if args.old then
+    local ffi = require 'ffi'
+    local OLD = ffi.load(tostring(args.old))
+    local lrows = {}
+    for _, sh in ipairs(SHAPES) do
+        if want[sh.name] then
+            local model = nc.models.gpt.new { vocab_size = sh.vocab_size, d_model = sh.d_model, n_layer = sh.n_layer,
+                n_head = sh.n_head, seq_len = 256, seed = 1 }
+            model:eval()
+            local e = nc.pack(model)
+            model = nil
+            collectgarbage('collect')
+            local prompt = {}
+            for i = 1, P do prompt[i] = (i * 37) % sh.vocab_size end
+            local cache = e:new_cache(1, 256)
+            e:forward_cached(nc.tensor({ prompt }, { dtype = 'i64' }), cache)
+            e.split, e.o_full, e.barrier = nil, nil, nil
+            e:forward_cached(nc.tensor({ { 5 } }, { dtype = 'i64' }), cache)   -- sets e._cfg_c
+            local cf = e._cfg_c
+            cf.n_pos = 1
+            local x0 = nc.randn({ 1, sh.d_model }, { generator = nc.generator(5) })
+            local function call(lib, y)
+                local st = lib.nc_engine_decode(y._c, cache.layers_c, sh.n_layer, cf, P, cache.cos._c, cache.sin._c)
+                assert(st == 0, 'engine decode failed')
+            end
+            for _, th in ipairs { 1, 2 } do
+                nc.set_num_threads(th)
+                OLD.nc_set_num_threads(th)
+                local ya, yb = x0:clone(), x0:clone()
+                call(C, ya)
+                call(OLD, yb)
+                local same = (ya - yb):abs():max():item() == 0
+                local function sample(lib)
+                    local y = x0:clone()
+                    local t0 = L.now()
+                    for _ = 1, ndec do
+                        y:copy_(x0)
+                        call(lib, y)
+                    end
+                    return ndec / (L.now() - t0)
+                end
+                local a, b = {}, {}
+                for _ = 1, reps do
+                    a[#a + 1] = sample(OLD)
+                    b[#b + 1] = sample(C)
+                end
+                local ma, mb = L.median(a), L.median(b)
+                lrows[#lrows + 1] = { sh.name, th, ma, mb, mb / ma, same and 'yes' or 'NO' }
+                local k = string.format('layers_tok_s_%s_%dt', sh.name:lower(), th)
+                out[k .. '_old'], out[k .. '_new'] = L.round(ma, 1), L.round(mb, 1)
+                out[k:gsub('tok_s', 'new_vs_old')] = L.round(mb / ma, 3)
+                out['layers_same_bits_' .. sh.name:lower() .. '_' .. th .. 't'] = same
+            end
+            e = nil
+            collectgarbage('collect')
+        end
+    end
+    nc.set_num_threads(2)
+    print(string.format('the layers alone (one nc_engine_decode per token, position %d), %s vs this build, '
+        .. '%d calls per sample, %d samples interleaved', P, tostring(args.old), ndec, reps))
+    L.print_table({ 'shape', 'thr', 'old tok/s', 'new tok/s', 'new/old', 'same bits' }, lrows,
+        { '%s', '%d', '%.1f', '%.1f', '%.3f', '%s' })
+    print()
+end
+
 -- ---- 3. LoopLM's exit gate in engine:decode_rows: what share of a step is it? -------------------
 -- configs/models/e3.lua (LoopLM + mHC-lite + MTP), random weights and a random exit gate (logit
 -- std 1, as tools/bench/batch.lua arch=e3), q = 0.5, 4 sequences, 1 thread. The gate runs in Lua
