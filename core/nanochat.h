@@ -728,6 +728,10 @@ nc_status nc_engine_head_f32(nc_tensor *y, const nc_tensor *x, const nc_tensor *
 int32_t nc_engine_barriers_per_layer(const nc_engine_cfg *cfg, int32_t threads);
 int64_t nc_engine_last_syncs(void);
 double nc_engine_barrier_bench(int32_t kind, int64_t iters, int32_t threads);
+/* The LoopLM exit-gate logits of R decode rows: z (R) = rmsnorm(mean of the n streams of x (R, n d))
+ * . w (d) + bias (1), f32 contiguous; row-wise (a row's z does not depend on the others). */
+nc_status nc_engine_exit_gate(nc_tensor *z, const nc_tensor *x, const nc_tensor *w, const nc_tensor *bias,
+                              int64_t n_streams, double eps);
 
 /* int8 weights, per-row absmax scale (the engine's int8 LM head option): w f32 (N, K) -> w8 i8
  * (N, Kp) with codes nearbyint(w * 127 / max|row|) in [-127, 127] (zero padding to Kp = kpad(K)) and

@@ -692,3 +692,56 @@ nc_status nc_engine_head_f32(nc_tensor *y, const nc_tensor *x, const nc_tensor *
     }
     return NC_OK;
 }
+
+/* norm.c: the row kernel of nc_rmsnorm (scalar reference / AVX2) */
+float nc_k_rmsnorm_row_base(float *y, const float *x, const float *w, int64_t D, double eps, int nt);
+float nc_k_rmsnorm_row_avx2(float *y, const float *x, const float *w, int64_t D, double eps, int nt);
+
+/* The LoopLM exit gate of R decode rows in one call (the engine's decode; looplm.gate_z): per row
+ * h = rmsnorm(mean of the n streams of x) (n = 1: x itself; nc_rmsnorm's row kernel), then
+ * z = h . w + bias with the dot product accumulated in double. Each row's z depends only on that
+ * row (batched = alone, bit for bit); vs the op path (nc.mean + nc.rmsnorm + nc.linear) the
+ * stream mean and the dot differ in summation order only (float rounding). */
+nc_status nc_engine_exit_gate(nc_tensor *z, const nc_tensor *x, const nc_tensor *w, const nc_tensor *bias,
+                              int64_t n_streams, double eps) {
+    static const char *op = "engine_exit_gate";
+    NC_TRY(nc_check_f32_cpu(op, "x", x));
+    NC_TRY(nc_check_f32_cpu(op, "w", w));
+    NC_TRY(nc_check_f32_cpu(op, "bias", bias));
+    NC_TRY(nc_check_f32_cpu(op, "z", z));
+    NC_TRY(nc_check_contiguous(op, "x", x));
+    NC_TRY(nc_check_contiguous(op, "w", w));
+    NC_TRY(nc_check_contiguous(op, "z", z));
+    NC_TRY(nc_check_ndim(op, "x", x, 2));
+    const int64_t R = x->shape[0], d = nc_tensor_numel(w), n = n_streams;
+    if (n < 1 || n > 16 || d < 1 || x->shape[1] != n * d || nc_tensor_numel(bias) != 1 || nc_tensor_numel(z) != R)
+        return nc_fail(NC_ERR_SHAPE, "%s: expected x (R, n d) with n = %lld streams in 1..16, w (d), bias (1), z (R); "
+                       "got x (%lld, %lld), w %lld, bias %lld, z %lld", op, (long long)n, (long long)R,
+                       (long long)x->shape[1], (long long)d, (long long)nc_tensor_numel(bias),
+                       (long long)nc_tensor_numel(z));
+    float *h = nc_host_alloc(2 * d * (int64_t)sizeof(float));
+    if (!h) return NC_ERR_OOM;
+    float *m = h + d;
+    const float *X = nc_f32p(x), *Wt = nc_f32p(w);
+    const float b = nc_f32p(bias)[0];
+    float *Z = nc_f32p(z);
+    float (*rms)(float *, const float *, const float *, int64_t, double, int) =
+        nc_cpu_avx2() ? nc_k_rmsnorm_row_avx2 : nc_k_rmsnorm_row_base;
+    for (int64_t r = 0; r < R; r++) {
+        const float *xr = X + r * n * d, *src = xr;
+        if (n > 1) {
+            for (int64_t j = 0; j < d; j++) {
+                float s = 0.0f;
+                for (int64_t i = 0; i < n; i++) s += xr[i * d + j];
+                m[j] = s / (float)n;
+            }
+            src = m;
+        }
+        rms(h, src, NULL, d, eps, 0);
+        double acc = 0.0;
+        for (int64_t j = 0; j < d; j++) acc += (double)h[j] * (double)Wt[j];
+        Z[r] = (float)acc + b;
+    }
+    nc_host_free(h, 2 * d * (int64_t)sizeof(float));
+    return NC_OK;
+}

@@ -449,6 +449,17 @@ function Engine:_final(x)
     return nc().rmsnorm(x, nil, self.cfg.norm_eps)
 end
 
+-- LoopLM: the exit-gate logits of x's rows (B, 1, d) (mHC: (B, 1, n, d)) as a Lua list, ONE C call
+-- (nc_engine_exit_gate: _final + the gate per row, row-wise exact; looplm.gate_z calls it in decode)
+function Engine:exit_logits(x)
+    local c, g = self.cfg, self.exit_gate
+    local B = x:size(0) * x:size(1)
+    local z = nc().empty { B }
+    check(C.nc_engine_exit_gate(z._c, x:contiguous():reshape({ B, -1 })._c, g.weight._c, g.bias._c,
+        c.mhc and c.mhc.n or 1, c.norm_eps), 'engine exit gate')
+    return z:tolist()
+end
+
 -- h (..., d) normed -> logits (..., V): the head (f32 / f16 widened / int8 with int8 activations) + softcap
 function Engine:_logits(h)
     local n, c = nc(), self.cfg

@@ -148,3 +148,38 @@ describe('fused decode split: syncs per layer', function()
         assert.equal(cfg2.n_layer * (4 + 4), n)
     end)
 end)
+
+describe('LoopLM exit gate in C (engine:exit_logits, nc_engine_exit_gate)', function()
+    for _, over in ipairs { {}, { mhc = { n = 4, kind = 'lite' } } } do
+        it('equals the op path (exit_gate(_final(x))) within 1e-5 and is row-wise exact' ..
+            (over.mhc and ' (mHC streams)' or ''), function()
+            local cfg = nc.models.config('micro', { head_std = 0.3 })
+            cfg.loop = { prelude = 1, shared = 1, coda = 0, T = 2 }
+            for k, v in pairs(over) do cfg[k] = v end
+            local m = nc.models.gpt.new(cfg)
+            m.exit_gate.weight:copy_(nc.randn({ 1, cfg.d_model }, { generator = nc.generator(3), std = 1.0 }))
+            m.exit_gate.bias:fill_(0.25)
+            m:eval()
+            local e = nc.pack(m)
+            local n = over.mhc and over.mhc.n or 1
+            local shape = n > 1 and { 5, 1, n, cfg.d_model } or { 5, 1, cfg.d_model }
+            local x = nc.randn(shape, { generator = nc.generator(4) }) * 3
+            local got = e:exit_logits(x)
+            local ref = e.exit_gate(e:_final(x)):tolist()
+            assert.equal(5, #got)
+            for k = 1, 5 do
+                assert.is_true(math.abs(got[k] - ref[k]) <= 1e-5 * math.max(1, math.abs(ref[k])),
+                    string.format('row %d: %.9g vs op path %.9g', k, got[k], ref[k]))
+                assert.equal(got[k], e:exit_logits(x:narrow(0, k - 1, 1))[1])   -- alone: the same bits
+            end
+        end)
+    end
+
+    it('a bad shape is a clear error', function()
+        local e = packed {}
+        e.exit_gate = { weight = nc.zeros { 1, 32 }, bias = nc.zeros { 1 } }
+        local ok, err = pcall(function() return e:exit_logits(nc.zeros { 2, 1, 31 }) end)
+        assert.is_false(ok)
+        assert.truthy(tostring(err):find('engine_exit_gate: expected x (R, n d)', 1, true), tostring(err))
+    end)
+end)

@@ -13,13 +13,15 @@
 --   2b. old=PATH/libnanochat.so: the layers alone (nc_engine_decode, no embedding / head), another
 --      build's library vs this one in the same process, interleaved; also whether the bits agree.
 --   3. LoopLM's per-row exit gate in engine:decode_rows (e3 model, q = 0.5, 4 sequences, 1 thread):
---      gate evaluations per step x the time of one (_final + the fp32 gate on a row) / step time.
+--      the time in the gate and _final calls inside the steps / the step time (an upper bound), and
+--      the step time with the gate as one C call (engine:exit_logits, the default) vs the ops, interleaved.
 --   ./nanochat tools/bench/barrier.lua [reps=5] [ndec=16] [shapes=10M,50M,125M] [settings=all|default] [loop=0]
 --                                    [old=/path/to/older/lib/libnanochat.so]
 --   settings=default times only the default path — with another checkout's ./nanochat (an older
 --   engine) this gives paired before/after runs of the same script.
 -- Last line: one JSON object (barrier_ns_{spin,omp}, decode_tok_s_<shape>_<setting>_<t>t,
--- looplm_step_ms, looplm_gate_evals_per_step, looplm_gate_us, looplm_gate_share).
+-- looplm_step_ms, looplm_gate_evals_per_step, looplm_gate_share, looplm_step_ms_gate_{c,ops},
+-- looplm_gate_c_speedup).
 if not package.path:find('lua/?/init.lua', 1, true) then
     package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
 end
@@ -184,7 +186,8 @@ end
 -- ---- 3. LoopLM's exit gate in engine:decode_rows: what share of a step is it? -------------------
 -- configs/models/e3.lua (LoopLM + mHC-lite + MTP), random weights and a random exit gate (logit
 -- std 1, as tools/bench/batch.lua arch=e3), q = 0.5, 4 sequences, 1 thread. The gate runs in Lua
--- (looplm.decode_rows: _final + the fp32 gate, row by row); counted per step, timed alone on a row.
+-- (looplm.decode_rows: _final + the fp32 gate + tolist, row by row). Timed in place: the gate calls
+-- and every _final call (those before the head too: an upper bound) inside the steps.
 if not only_default and args.loop ~= 0 then
     nc.set_num_threads(1)
     local m = nc.models.gpt.new(nc.models.config('e3'))
@@ -193,42 +196,68 @@ if not only_default and args.loop ~= 0 then
     local e = nc.pack(m)
     m = nil
     local cache = e:new_cache(4, 256, { exit_q = 0.5 })
-    local calls = 0
-    local g = e.exit_gate
-    e.exit_gate = setmetatable({}, { __call = function(_, h) calls = calls + 1 return g(h) end })
-    local pos, steps = 0, 0
+    local calls, tin = 0, 0
+    local g, fin = e.exit_gate, e._final
+    local function timed(f)
+        return function(...)
+            local t0 = L.now()
+            local r = f(...)
+            tin = tin + (L.now() - t0)
+            return r
+        end
+    end
+    local pos = 0
     local function sample()
         local n = 8
         local t0 = L.now()
         for _ = 1, n do
             if pos >= 250 then pos = 0 end
             e:decode_rows({ 5, 6, 7, 8 }, cache, { 0, 1, 2, 3 }, { pos, pos, pos, pos })
-            pos, steps = pos + 1, steps + 1
+            pos = pos + 1
         end
         return (L.now() - t0) / n
     end
+    -- the gate as one C call (engine:exit_logits, the default) vs the gate ops row by row, interleaved
+    local has_c = e.exit_logits ~= nil
+    local sc, so = {}, {}
+    e.exit_logits = false
     sample()
-    calls, steps = 0, 0
-    local st, gt = {}, {}
-    local x1 = nc.randn { 1, 1, e.cfg.mhc and e.cfg.mhc.n or 1, e.cfg.d_model }
-    if not e.cfg.mhc then x1 = x1:view { 1, 1, e.cfg.d_model } end
+    e.exit_logits = nil
+    sample()
     for _ = 1, reps do
-        st[#st + 1] = sample()
-        local t0 = L.now()
-        for _ = 1, 200 do g(e:_final(x1)):tolist() end
-        gt[#gt + 1] = (L.now() - t0) / 200
+        if has_c then
+            e.exit_logits = nil
+            sc[#sc + 1] = sample()
+        end
+        e.exit_logits = false
+        so[#so + 1] = sample()
     end
-    e.exit_gate = g
-    local per_step = calls / steps
-    local share = per_step * L.median(gt) / L.median(st)
-    print(string.format('LoopLM (e3, q = 0.5, 4 sequences, decode_rows, 1 thread): %.2f ms per step, %.2f gate '
-        .. 'evaluations per step x %.1f us = %.2f%% of the step', L.median(st) * 1e3, per_step, L.median(gt) * 1e6,
-        100 * share))
+    local st, share = {}, {}
+    local gcall = timed(function(h) calls = calls + 1 return g(h) end)
+    e.exit_gate = setmetatable({}, { __call = function(_, h) return gcall(h) end })
+    e._final = timed(fin)
+    local ncalls = 0
+    for _ = 1, reps do
+        tin, calls = 0, 0
+        local dt = sample()
+        st[#st + 1] = dt
+        share[#share + 1] = tin / (dt * 8)
+        ncalls = calls / 8
+    end
+    e.exit_gate, e._final, e.exit_logits = g, nil, nil
+    print(string.format('LoopLM (e3, q = 0.5, 4 sequences, decode_rows, 1 thread): gate ops row by row: %.2f ms per '
+        .. 'step, %.1f gate evaluations per step; the gate + every _final call: %.2f%% of the step (median of %d)',
+        L.median(st) * 1e3, ncalls, 100 * L.median(share), reps))
+    if has_c then
+        print(string.format('  interleaved: gate in C (engine:exit_logits) %.3f ms per step vs gate ops %.3f ms: %.3fx',
+            L.median(sc) * 1e3, L.median(so) * 1e3, L.median(so) / L.median(sc)))
+        out.looplm_step_ms_gate_c, out.looplm_step_ms_gate_ops = L.round(L.median(sc) * 1e3, 3), L.round(L.median(so) * 1e3, 3)
+        out.looplm_gate_c_speedup = L.round(L.median(so) / L.median(sc), 3)
+    end
     print()
     out.looplm_step_ms = L.round(L.median(st) * 1e3, 3)
-    out.looplm_gate_evals_per_step = L.round(per_step, 2)
-    out.looplm_gate_us = L.round(L.median(gt) * 1e6, 1)
-    out.looplm_gate_share = L.round(share, 4)
+    out.looplm_gate_evals_per_step = L.round(ncalls, 2)
+    out.looplm_gate_share = L.round(L.median(share), 4)
 end
 
 nc.set_num_threads(2)
