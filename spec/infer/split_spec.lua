@@ -1,8 +1,8 @@
 -- spec/infer/split_spec.lua — the parallel split of the fused decode (kernels/cpu/engine.c).
 -- Every split (q/k/v by whole KV-head groups or by 16-row chunks, the o-projection split or whole
 -- on every thread, spin or omp barrier) on 1..4 threads gives logits bit-identical to the
--- 1-thread decode — for MHA, GQA, MQA and an odd n_kv_head (3 heads on 2 and 4 threads: uneven
--- head groups, or the rows fallback), SwiGLU + SubLN + QK-norm, short chunks (n_pos > 1), batched
+-- 1-thread decode (the layers alone: also to the scalar reference kernel's on 1 thread) — for MHA,
+-- GQA, MQA and an odd n_kv_head (3 heads on 2 and 4 threads: uneven head groups, or the rows fallback), SwiGLU + SubLN + QK-norm, short chunks (n_pos > 1), batched
 -- rows at their own positions (decode_rows), and mHC; and the syncs the decode call actually
 -- passed (counted by the barrier itself) are n_layer * nc_engine_barriers_per_layer: 4 per plain
 -- layer with the heads split, 5 with rows, 3 with heads + o_full.
@@ -78,6 +78,45 @@ describe('fused decode split: bit-identical on any thread count and split', func
             e.split, e.o_full, e.barrier = nil, nil, nil
         end)
     end
+
+    -- the layers alone (nc_engine_decode on the engine's layer array: no embedding norm, no head —
+    -- the f32 head's FMA kernel sums in another order than its scalar reference)
+    it('the layers: the scalar reference kernel on 1 thread gives the same bits as the selected kernel on 2 and 3 threads',
+        function()
+            local e, cfg = packed { d_model = 48, n_head = 6, n_kv_head = 3, mlp = 'swiglu', subln = true, qk_norm = true }
+            e:forward_cached(nc.tensor({ { 1 }, { 2 } }, { dtype = 'i64' }), e:new_cache(2, 8))   -- builds e._cfg_c
+            local cf = e._cfg_c
+            local x0 = nc.randn({ 2, cfg.d_model }, { generator = nc.generator(9) })
+            local function layers_run()
+                local cache = e:new_cache(2, 8)
+                cf.n_pos = 1
+                local outs, y = {}, x0
+                for pos = 0, 3 do
+                    y = y:clone()
+                    local st = C.nc_engine_decode(y._c, cache.layers_c, cfg.n_layer, cf, pos, cache.cos._c, cache.sin._c)
+                    assert.equal(0, st)
+                    outs[#outs + 1] = y
+                    y = y * 0.5   -- the next step's input
+                end
+                return nc.cat(outs, 0)
+            end
+            local before = nc.cpu_kernel()
+            local ref
+            nc.set_cpu_kernel('scalar')
+            local ok, err = pcall(with_threads, 1, function()
+                cf.split, cf.o_full, cf.barrier = 0, 0, 0
+                ref = layers_run()
+            end)
+            nc.set_cpu_kernel(before)
+            if not ok then error(err, 0) end
+            for _, T in ipairs { 2, 3 } do
+                for _, s in ipairs(SETTINGS) do
+                    cf.split = s.split == 'heads' and 2 or s.split == 'rows' and 1 or 0
+                    cf.o_full, cf.barrier = s.o_full and 2 or 0, s.barrier == 'omp' and 1 or 0
+                    with_threads(T, function() same_bits(ref, layers_run(), before .. ', ' .. T .. ' threads, ' .. label(s)) end)
+                end
+            end
+        end)
 
     it('decode_rows (sequences at their own positions and cache rows) on 1 vs 3 threads, every split', function()
         local e = packed { d_model = 48, n_head = 6, n_kv_head = 3 }
