@@ -33,7 +33,8 @@
 -- (nc_ternary_matmul, ...). Decode and short chunks (T <= FUSED_MAX_T: a speculative verify, an MTP
 -- module step) run a whole segment of layers (every layer; LoopLM: the prelude, one shared loop or
 -- the coda) in ONE C call with one OpenMP parallel region (nc_engine_decode, kernels/cpu/engine.c:
--- threads split GEMV rows and attention heads, 6 barriers per layer, no Lua per op);
+-- q/k/v + attention split by KV-head groups, the other GEMVs by rows, 4 syncs per layer, no Lua
+-- per op; engine.split / .o_full / .barrier choose other splits, same bits);
 -- `engine.fused = false` selects the op-by-op path everywhere (the reference the specs compare
 -- against). mHC models run the stream mixing inside the same call (nc_engine_cfg mhc_n: x is the
 -- (rows, n d) stream state; per sublayer mhc.c's row kernels) — equal to the op path (the model's
