@@ -671,9 +671,10 @@ nc_status nc_ternary_matmul_rows(nc_tensor *y, const nc_tensor *q, const nc_tens
 
 /* One decode step of a packed GPT (kernels/cpu/engine.c): B sequences, one token each (or
  * cfg->n_pos consecutive tokens each: a short chunk, e.g. a speculative verify), all at position pos
- * (or each at its own position and cache row: cfg->seq_pos / seq_slot), through n_layers layers in ONE OpenMP parallel region (threads split the q/k/v GEMVs by
- * KV-head groups and the other GEMVs by rows; 4 barriers per layer, nc_engine_barriers_per_layer). x (B, d) f32: the embedded (normed) token in, the
- * residual stream after the last layer out. Per layer: packed codes w[j] (u8 (N, Kp/4)) and row
+ * (or each at its own position and cache row: cfg->seq_pos / seq_slot), through n_layers layers in
+ * ONE OpenMP parallel region (threads split the q/k/v GEMVs by KV-head groups and the other GEMVs
+ * by rows; 4 syncs per layer, nc_engine_barriers_per_layer). x (B, d) f32: the embedded (normed)
+ * token in, the residual stream after the last layer out. Per layer: packed codes w[j] (u8 (N, Kp/4)) and row
  * scales s[j] (f32 (N)) of wq, wk, wv, wo, w1, w3 (SwiGLU only, else NULL), w2; SubLN gains or
  * NULL; K/V caches (B, max_T, n_kv_head, head_dim) f32 contiguous, written at pos. cos/sin: the
  * RoPE tables (>= pos + 1, head_dim / 2). Same math as the op-by-op engine path. */

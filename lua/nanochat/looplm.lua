@@ -420,16 +420,6 @@ local function pick_rows(x, ks)
     return nc().index_select(x, 0, nc().tensor(idx, { dtype = 'i64' }))
 end
 
--- Batched decode (continuous batching, engine:decode_rows): nb sequences, one token each, sequence
--- i in cache row rows[i] (dim 0 of every K/V slot of `cache`) at position positions[i]; x (nb, 1,
--- ...) the embedded tokens. model:run_rows(x, cache, seg, rows, positions) runs a segment on a
--- subset of the rows (one fused call). Per loop t the shared stack runs on the sequences still
--- active; each decides its exit with its own q (seqs[i].exit_q, default cache.exit_q) exactly as
--- forward_cached decoding it alone (the gate evaluated row by row, the same ops as B = 1); the coda
--- at loop t runs on the sequences exiting there, the head once at the end for all (chunks of <= 8
--- rows, one pass over the head's weights instead of one per exit loop); afterwards each
--- sequence's KV gets the reuse fill from its own exit loop and its statistics go to
--- seqs[i].loop_stats (default cache.loop_stats). Returns logits (nb, V) and the exit loops.
 -- the exit-gate logits of every row of x (B, 1, ...) as a Lua list of B numbers: the model's
 -- batched kernel when it has one (the packed engine's exit_logits: nc_engine_exit_gate, ONE C call,
 -- each row's value independent of the others), else the gate on _final — all rows at once
@@ -443,6 +433,16 @@ local function gate_z(model, x, per_row)
 end
 M.gate_z = gate_z
 
+-- Batched decode (continuous batching, engine:decode_rows): nb sequences, one token each, sequence
+-- i in cache row rows[i] (dim 0 of every K/V slot of `cache`) at position positions[i]; x (nb, 1,
+-- ...) the embedded tokens. model:run_rows(x, cache, seg, rows, positions) runs a segment on a
+-- subset of the rows (one fused call). Per loop t the shared stack runs on the sequences still
+-- active; each decides its exit with its own q (seqs[i].exit_q, default cache.exit_q) exactly as
+-- forward_cached decoding it alone (gate_z: row-wise exact, one C call on the engine); the coda
+-- at loop t runs on the sequences exiting there, the head once at the end for all (chunks of <= 8
+-- rows, one pass over the head's weights instead of one per exit loop); afterwards each
+-- sequence's KV gets the reuse fill from its own exit loop and its statistics go to
+-- seqs[i].loop_stats (default cache.loop_stats). Returns logits (nb, V) and the exit loops.
 function M.decode_rows(model, x, cache, rows, positions, seqs)
     local lc = model.cfg.loop
     local T = lc.T
