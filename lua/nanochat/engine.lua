@@ -583,8 +583,8 @@ end
 -- seqs[i] (optional: a cache_row view, or any table) gives sequence i's exit_q and receives its
 -- loop_stats (default: the cache's). Each row's logits are bit-identical to decoding that sequence
 -- alone (B = 1) at that position: the kernel and the exit gate (one nc_engine_exit_gate call) are
--- row-wise exact, and the f32 / int8 heads run on chunks of <= 8 rows, the path a single sequence takes (f16 head: one
--- sgemm, equal up to float rounding). Does not move cache.pos.
+-- row-wise exact, and the f32 / int8 heads run on chunks of <= 8 rows, the path a single sequence
+-- takes (f16 head: one sgemm, equal up to float rounding). Does not move cache.pos.
 function Engine:decode_rows(ids, cache, rows, positions, seqs)
     local n, c = nc(), self.cfg
     if not self:batchable() then
