@@ -671,9 +671,10 @@ nc_status nc_ternary_matmul_rows(nc_tensor *y, const nc_tensor *q, const nc_tens
 
 /* One decode step of a packed GPT (kernels/cpu/engine.c): B sequences, one token each (or
  * cfg->n_pos consecutive tokens each: a short chunk, e.g. a speculative verify), all at position pos
- * (or each at its own position and cache row: cfg->seq_pos / seq_slot), through n_layers layers in ONE OpenMP parallel region (threads split GEMV rows and
- * (sequence, head) pairs; 6 barriers per layer). x (B, d) f32: the embedded (normed) token in, the
- * residual stream after the last layer out. Per layer: packed codes w[j] (u8 (N, Kp/4)) and row
+ * (or each at its own position and cache row: cfg->seq_pos / seq_slot), through n_layers layers in
+ * ONE OpenMP parallel region (threads split the q/k/v GEMVs by KV-head groups and the other GEMVs
+ * by rows; 4 syncs per layer, nc_engine_barriers_per_layer). x (B, d) f32: the embedded (normed)
+ * token in, the residual stream after the last layer out. Per layer: packed codes w[j] (u8 (N, Kp/4)) and row
  * scales s[j] (f32 (N)) of wq, wk, wv, wo, w1, w3 (SwiGLU only, else NULL), w2; SubLN gains or
  * NULL; K/V caches (B, max_T, n_kv_head, head_dim) f32 contiguous, written at pos. cos/sin: the
  * RoPE tables (>= pos + 1, head_dim / 2). Same math as the op-by-op engine path. */
@@ -706,12 +707,32 @@ typedef struct nc_engine_cfg {
      * float rounding). mhc_iters: Sinkhorn iterations (layers without perms). */
     int64_t mhc_n;
     int32_t mhc_iters;
+    /* The parallel split (0 = the defaults; every choice gives bit-identical results). split: the
+     * q/k/v GEMVs by whole KV-head groups (2; each thread then writes its heads' K/V and runs their
+     * attention with no sync in between) or by 16-row chunks (1; one more sync per layer); 0 = heads
+     * when the thread count divides n_kv_head, else rows. o_full = 2: every thread computes the whole
+     * o-projection (one sync fewer per layer, the o weights read by every thread; not with mHC);
+     * 0 / 1: threads split its rows. barrier = 1: `omp barrier` instead of the engine's spin barrier. */
+    int32_t split, o_full, barrier;
 } nc_engine_cfg;
 nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t n_layers, const nc_engine_cfg *cfg,
                            int64_t pos, const nc_tensor *cos, const nc_tensor *sin);
 /* y (R, N) = x (R, K) w^T for R <= 8 rows, f32, contiguous: the decode LM head (threads split w's
  * rows; no OpenBLAS). */
 nc_status nc_engine_head_f32(nc_tensor *y, const nc_tensor *x, const nc_tensor *w);
+/* syncs (barriers) per layer of nc_engine_decode with this cfg on `threads` threads (0 for 1 thread):
+ * plain layers 4 (heads split) or 5 (rows split), one fewer with o_full; mHC layers 6 more (pre-
+ * and post-mix of each sublayer; dynamic coefficients as counted, static ones 1 fewer per sublayer).
+ * nc_engine_last_syncs: the syncs the last nc_engine_decode call passed (counted by the barrier
+ * itself). nc_engine_barrier_bench: ns per barrier (kind 0 the engine's spin barrier, 1 omp
+ * barrier) over iters barriers of a `threads`-thread region (a benchmark; -1 on bad arguments). */
+int32_t nc_engine_barriers_per_layer(const nc_engine_cfg *cfg, int32_t threads);
+int64_t nc_engine_last_syncs(void);
+double nc_engine_barrier_bench(int32_t kind, int64_t iters, int32_t threads);
+/* The LoopLM exit-gate logits of R decode rows: z (R) = rmsnorm(mean of the n streams of x (R, n d))
+ * . w (d) + bias (1), f32 contiguous; row-wise (a row's z does not depend on the others). */
+nc_status nc_engine_exit_gate(nc_tensor *z, const nc_tensor *x, const nc_tensor *w, const nc_tensor *bias,
+                              int64_t n_streams, double eps);
 
 /* int8 weights, per-row absmax scale (the engine's int8 LM head option): w f32 (N, K) -> w8 i8
  * (N, Kp) with codes nearbyint(w * 127 / max|row|) in [-127, 127] (zero padding to Kp = kpad(K)) and

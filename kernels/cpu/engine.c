@@ -10,13 +10,26 @@
  * (double-accumulated mean square), per-token int8 activations with exactly nc_ternary_quant_act's
  * codes, the packed GEMV kernels of ternary*.c, optional QK-norm, half-split RoPE, causal
  * attention over the cache with GQA, ReLU² or SwiGLU, optional SubLN gains — with one OpenMP
- * parallel region for the whole step instead of one fork-join per op and no Lua per op. Threads
- * split the output rows of every GEMV (16-row chunks, the same row kernel as nc_ternary_matmul) and
- * the (sequence, head) pairs of attention; a layer has 6 barriers (after the q/k/v GEMVs, the K/V
- * cache write, attention, the output GEMV + residual, the MLP up GEMV(s), the down GEMV +
- * residual); the small per-token steps between them (norm + quantize a row of d or d_ff floats)
- * run on one thread. The GEMV results are bit-identical to nc_ternary_matmul's; norm, attention
- * and activation arithmetic differ from the op path only in summation order (float rounding).
+ * parallel region for the whole step instead of one fork-join per op and no Lua per op.
+ * Split and syncs: the q/k/v GEMVs by whole KV-head groups (thread t: KV heads
+ * [Hkv t / T, Hkv (t + 1) / T) with their query heads; the default when T divides n_kv_head), so
+ * the thread that computed a head's q/k/v also writes its K/V to the cache and runs its attention,
+ * with no sync in between; the o, up and down GEMVs by 16-row chunks of their outputs (the same
+ * row kernel as nc_ternary_matmul). The small per-token steps between the GEMVs (norm + int8
+ * quantization of a row of d, n_head head_dim or d_ff floats, the MLP activation) run on EVERY
+ * thread for every row, each into its own buffers: the same arithmetic, so every thread gets the
+ * same codes, and no single-thread section with its second barrier. So a layer has 4 syncs, one
+ * per GEMV stage (after attention, after o + residual, after up, after down + residual): with
+ * exact per-token absmax quantization each GEMV's input needs the whole output row of the stage
+ * before, i.e. every other thread's rows — the minimum while all 4 GEMVs are split (README).
+ * Options (nc_engine_cfg split / o_full / barrier): the q/k/v by rows (the fallback when T does
+ * not divide n_kv_head: one more sync, then each (sequence, KV head) pair's cache write +
+ * attention on one thread), the o-projection whole on every thread (one sync fewer, its weights
+ * read T times), `omp barrier` instead of the spin barrier below. Every option gives the same
+ * bits: the GEMV rows come from the same kernel, and each norm, attention head and activation
+ * runs the same code on the same values whichever thread runs it. The GEMV results are
+ * bit-identical to nc_ternary_matmul's; norm, attention and activation arithmetic differ from the
+ * op path only in summation order (float rounding).
  * Every row's arithmetic depends only on its own sequence (the GEMV reads each weight row once for
  * all rows but sums each row's int32 dot exactly), so a sequence decoded in a batch of others, at
  * any positions, gets bit-identical results to the same sequence decoded alone.
@@ -24,12 +37,16 @@
  * branch input is the pre-mixed h = sum_j H_pre[j] x[j] and its output y is mixed back as
  * x'[i] = sum_j H_res[i][j] x[j] + H_post[i] y (nanochat.mhc's Layer:forward), with the coefficients
  * from the dynamic projection + lite / Sinkhorn — with mhc.c's row kernels (threads split the
- * projection's outputs, then a token per thread; 3 more barriers per sublayer). Only the
+ * projection's outputs, then a token per thread; 3 more syncs per sublayer with dynamic
+ * coefficients, 2 with static ones). Only the
  * projection's summation order differs from the op path (sgemm there): equal up to float
  * rounding; still row-wise exact.
  */
 #include "nn_common.h"
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -102,6 +119,20 @@ static void gemv(float *y, const qbuf *a, int64_t B, const nc_tensor *w, const n
                           avx2);
 }
 
+/* rows [n0, n1) of y (R, N) = a W^T on the calling thread */
+static void rows_range(float *y, const qbuf *a, int64_t B, const nc_tensor *w, const nc_tensor *g, int64_t n0,
+                       int64_t n1, int avx2) {
+    if (n0 < n1)
+        nc_k_ternary_rows(y, B, w->shape[0], a->q, a->inv, a->sum, (const uint8_t *)nc_tensor_data(w), nc_f32p(g),
+                          a->kp, n0, n1, avx2);
+}
+
+static double nc_now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 /* row b of a: codes of rmsnorm(x) (* gain) */
 static void norm_quant(qbuf *a, int64_t b, float *row, const float *x, const nc_tensor *gain, int64_t k, double eps,
                        int avx2) {
@@ -137,25 +168,124 @@ static nc_status check_packed_w(const char *op, const char *name, int li, const 
     return NC_OK;
 }
 
+/* ---- the syncs of the parallel region ----
+ * A sense-reversing (generation-counting) spin barrier on one cache line: a thread reads the
+ * generation, arrives (atomic add on the count); the last to arrive resets the count and bumps the
+ * generation (release), the others spin on it (acquire) with a pause, then yield the CPU after
+ * NC_SPIN_PAUSES pauses (an oversubscribed machine: the thread we wait for may need our core).
+ * The acq_rel arrival + release bump + acquire spin order every write before the barrier before
+ * every read after it. cfg->barrier = 1 uses `#pragma omp barrier` at the same places instead. */
+#define NC_SPIN_PAUSES 4000
+typedef struct {
+    _Alignas(64) atomic_int count;
+    atomic_uint gen;
+    char pad[64 - sizeof(atomic_int) - sizeof(atomic_uint)];
+} spin_bar;
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static void spin_bar_wait(spin_bar *b, int T) {
+    unsigned g = atomic_load_explicit(&b->gen, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&b->count, 1, memory_order_acq_rel) == T - 1) {
+        atomic_store_explicit(&b->count, 0, memory_order_relaxed);
+        atomic_store_explicit(&b->gen, g + 1u, memory_order_release);
+        return;
+    }
+    for (int i = 0; atomic_load_explicit(&b->gen, memory_order_acquire) == g; i++) {
+        if (i < NC_SPIN_PAUSES) cpu_relax();
+        else sched_yield();
+    }
+}
+
+/* one thread's view of the region's syncs; n counts the syncs this thread passed */
+typedef struct {
+    spin_bar *bar;
+    int T, omp;
+    int64_t n;
+} syncer;
+
+static void sync_all(syncer *s) {
+    if (s->T < 2) return;
+    s->n++;
+    if (s->omp) {
+#pragma omp barrier
+    } else
+        spin_bar_wait(s->bar, s->T);
+}
+
+static int64_t last_syncs;   /* syncs of the last nc_engine_decode call (thread 0's count) */
+int64_t nc_engine_last_syncs(void) { return last_syncs; }
+
+/* the q/k/v split of T threads: 1 = heads (each thread the q/k/v rows of whole KV-head groups,
+ * [Hkv t / T, Hkv (t + 1) / T)), 0 = rows (16-row chunks of each projection). Auto: heads when T
+ * divides n_kv_head (balanced), rows otherwise. */
+static int heads_split(const nc_engine_cfg *cfg, int T) {
+    if (cfg->split == 1) return 0;
+    if (cfg->split == 2) return 1;
+    return cfg->n_kv_head % T == 0;
+}
+/* the o-projection computed whole on every thread (drops the sync between o and the MLP up);
+ * only without mHC (its post-mix needs the whole branch output) */
+static int o_full(const nc_engine_cfg *cfg) { return cfg->o_full == 2 && cfg->mhc_n == 0; }
+
+int32_t nc_engine_barriers_per_layer(const nc_engine_cfg *cfg, int32_t threads) {
+    if (!cfg || threads < 2) return 0;
+    int32_t n = heads_split(cfg, threads) ? 4 : 5;   /* [q/k/v rows], attention, o, up, down */
+    if (cfg->mhc_n > 0) n += 2 + 2 * 2;              /* 2 post-mixes + 2 pre-mixes (dynamic: projection + coefficients) */
+    else if (o_full(cfg)) n -= 1;
+    return n;
+}
+
+/* nanoseconds per barrier of `kind` (0 spin, 1 omp) over iters barriers of a `threads` region */
+double nc_engine_barrier_bench(int32_t kind, int64_t iters, int32_t threads) {
+    spin_bar *bar = nc_host_alloc((int64_t)sizeof(spin_bar));
+    if (!bar || threads < 1 || iters < 1) {
+        if (bar) nc_host_free(bar, (int64_t)sizeof(spin_bar));
+        return -1.0;
+    }
+    atomic_init(&bar->count, 0);
+    atomic_init(&bar->gen, 0u);
+    double t0 = 0, t1 = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        int T = 1;
+#ifdef _OPENMP
+        T = omp_get_num_threads();
+#endif
+        syncer sy = {bar, T, kind == 1, 0};
+        sync_all(&sy);
+#pragma omp master
+        t0 = nc_now_s();
+        for (int64_t i = 0; i < iters; i++) sync_all(&sy);
+#pragma omp master
+        t1 = nc_now_s();
+    }
+    nc_host_free(bar, (int64_t)sizeof(spin_bar));
+    return (t1 - t0) * 1e9 / (double)iters;
+}
+
 /* mHC sublayer j of layer L, inside the parallel region (every thread calls it): the branch inputs
  * h (R, d) = sum_j H_pre[j] x[j] of every row, with the coefficients (c: [H_pre | H_post | H_res],
  * row stride cs) from the stream state X (R, W = n d). Dynamic layers: the projection's dots first
  * (threads split its K outputs; pr: (R, ps)), then per token (a token per thread) the rstd factor,
  * the lite / Sinkhorn coefficients (wk: the lite weights or Sinkhorn half-steps, stride ws) and the
- * pre-mix. Ends with the barrier of its omp for. */
+ * pre-mix (rows round robin). Ends with a sync (every thread quantizes every row of h). */
 static void mhc_pre(const nc_engine_layer *L, int j, const float *X, int64_t R, int64_t n, int64_t d, float *h,
                     float *c, int64_t cs, float *pr, int64_t ps, float *wk, int64_t ws, int32_t iters, double eps,
-                    int avx2, int tid, int nt) {
+                    int avx2, int tid, int nt, syncer *sy) {
     const nc_tensor *phi = L->mhc_phi[j], *perms = L->mhc_perms[j];
     const int64_t W = n * d, Rp = perms ? perms->shape[0] : n * n, K = 2 * n + Rp;
     const float *al = phi ? nc_f32p(L->mhc_alpha[j]) : NULL, *b = nc_f32p(L->mhc_bias[j]);
     if (phi) {
         int64_t j0 = K * tid / nt, j1 = K * (tid + 1) / nt;
         (avx2 ? nc_k_mhc_proj_dots_avx2 : nc_k_mhc_proj_dots_base)(pr, ps, X, R, W, nc_f32p(phi), W, j0, j1);
-#pragma omp barrier
+        sync_all(sy);
     }
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < R; r++) {
+    for (int64_t r = tid; r < R; r += nt) {
         const float *x = X + r * W;
         float *cr = c + r * cs, *p = pr + r * ps;
         if (phi) {
@@ -166,6 +296,7 @@ static void mhc_pre(const nc_engine_layer *L, int j, const float *X, int64_t R, 
         else nc_k_mhc_coef_sinkhorn_row(cr, wk + r * ws, phi ? p : NULL, al, b, n, iters);
         (avx2 ? nc_k_mhc_pre_row_avx2 : nc_k_mhc_pre_row_base)(h + r * d, x, cr, n, d);
     }
+    sync_all(sy);
 }
 
 /* the mHC parameters of layer li, sublayer j: K = 2n + R (R = perms rows, or n n for Sinkhorn) */
@@ -293,16 +424,22 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
     }
     if (R == 0 || n_layers == 0) return NC_OK;
 
-    /* scratch: quantized inputs of width d / Nq / ff, q|k|v, attention output, MLP hidden, GEMV out,
-     * a normed row, per-thread attention scores */
+    /* scratch, shared: q|k|v, attention output, MLP hidden (2), GEMV out, the spin barrier;
+     * per thread (every thread quantizes every GEMV input itself: no single-thread section and no
+     * second sync per stage): quantized inputs of width d / Nq / ff with their 1/s and sums, a
+     * normed row, attention scores, and (o_full) the whole o-projection output */
     const int64_t kpd = nc_ternary_kpad(d), kpq = nc_ternary_kpad(Nq), kpf = nc_ternary_kpad(ff);
     int nt = nc_threads();
     if (nt < 1) nt = 1;
     const int64_t S = pend;   /* the longest attention span (the last position) */
-    int64_t fl = R * (Nq + 2 * Nkv) + R * Nq + 2 * R * ff + R * d + (ff > Nq ? ff : Nq) + (d > 0 ? d : 1) +
-                 (int64_t)nt * S + 3 * R;
-    int64_t by = R * (kpd + kpq + kpf) + fl * (int64_t)sizeof(float) + 3 * R * (int64_t)(sizeof(float) + 4) +
-                 2 * B * (int64_t)sizeof(int64_t) + 256;
+    const int ofull = o_full(cfg);
+    const int64_t rowlen = (ff > Nq ? ff : Nq) > d ? (ff > Nq ? ff : Nq) : d;
+    const int64_t tby = ((R * (kpd + kpq + kpf) + 63) / 64 * 64) +
+                        ((3 * R * (int64_t)(sizeof(float) + sizeof(int32_t)) + (rowlen + S) * (int64_t)sizeof(float) +
+                          (ofull ? R * d * (int64_t)sizeof(float) : 0) + 63) / 64 * 64);
+    int64_t fl = R * (Nq + 2 * Nkv) + R * Nq + 2 * R * ff + R * d;
+    int64_t by = fl * (int64_t)sizeof(float) + 2 * B * (int64_t)sizeof(int64_t) + (int64_t)sizeof(spin_bar) +
+                 (int64_t)nt * tby + 256;
     /* mHC: branch inputs h (R, d), the mixed state (R, n d), coefficients (R, 2n + n n), projections
      * (R, K), lite weights / Sinkhorn half-steps (R, max(K, 2 iters n n)) */
     const int64_t mC = 2 * mn + mn * mn, mWk = mn > 0 ? (mK > 2 * (int64_t)cfg->mhc_iters * mn * mn ? mK
@@ -311,29 +448,18 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
     by += mfl * (int64_t)sizeof(float);
     char *mem = nc_host_alloc(by);
     if (!mem) return NC_ERR_OOM;
-    char *p = mem;
-    qbuf qa = {(int8_t *)p, NULL, NULL, kpd};
-    p += R * kpd;
-    qbuf qo = {(int8_t *)p, NULL, NULL, kpq};
-    p += R * kpq;
-    qbuf qf = {(int8_t *)p, NULL, NULL, kpf};
-    p += R * kpf;
-    p = (char *)(((uintptr_t)p + 63) & ~(uintptr_t)63);
-    float *f = (float *)p;
+    spin_bar *bar = (spin_bar *)mem;   /* 64-aligned */
+    atomic_init(&bar->count, 0);
+    atomic_init(&bar->gen, 0u);
+    char *tmem = mem + sizeof(spin_bar);   /* nt blocks of tby bytes, 64-aligned */
+    float *f = (float *)(tmem + (int64_t)nt * tby);
     float *qkv = f;                  f += R * (Nq + 2 * Nkv);
     float *att = f;                  f += R * Nq;
     float *u1 = f;                   f += R * ff;
     float *u3 = f;                   f += R * ff;
     float *yo = f;                   f += R * d;
-    float *row = f;                  f += (ff > Nq ? ff : Nq) > d ? (ff > Nq ? ff : Nq) : d;
-    float *scores = f;               f += (int64_t)nt * S;
-    qa.inv = f; f += R;
-    qo.inv = f; f += R;
-    qf.inv = f; f += R;
-    int32_t *ip = (int32_t *)f;
-    qa.sum = ip; qo.sum = ip + R; qf.sum = ip + 2 * R;
     /* sequence b: first position bpos[b], cache row brow[b] (pos and b without seq_pos / seq_slot) */
-    int64_t *bpos = (int64_t *)(((uintptr_t)(ip + 3 * R) + 7) & ~(uintptr_t)7), *brow = bpos + B;
+    int64_t *bpos = (int64_t *)(((uintptr_t)f + 7) & ~(uintptr_t)7), *brow = bpos + B;
     for (int64_t b = 0; b < B; b++) {
         bpos[b] = spos ? spos[b] : pos;
         brow[b] = sslot ? sslot[b] : b;
@@ -354,11 +480,12 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
     float *X = nc_f32p(x);
     if (!IN) IN = X;
     const float *cos0 = nc_f32p(cos_t), *sin0 = nc_f32p(sin_t);
-    const int avx2 = nc_cpu_avx2(), qkn = cfg->qk_norm, swiglu = cfg->swiglu;
+    const int avx2 = nc_cpu_avx2(), qkn = cfg->qk_norm, swiglu = cfg->swiglu, use_omp = cfg->barrier == 1;
     const double eps = cfg->eps;
     const float scale = 1.0f / sqrtf((float)hd);
     const int64_t group = H / Hkv;
     float *qo_ = qkv, *ko_ = qkv + R * Nq, *vo_ = qkv + R * (Nq + Nkv);   /* (R, Nq), (R, Nkv), (R, Nkv) */
+    last_syncs = 0;
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
@@ -367,105 +494,150 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
         tid = omp_get_thread_num();
         T = omp_get_num_threads();
 #endif
-        float *sc = scores + (int64_t)tid * S;
+        syncer sy = {bar, T, use_omp, 0};
+        /* this thread's scratch */
+        char *tp = tmem + (int64_t)tid * tby;
+        qbuf qa = {(int8_t *)tp, NULL, NULL, kpd}, qo = {(int8_t *)tp + R * kpd, NULL, NULL, kpq},
+             qf = {(int8_t *)tp + R * (kpd + kpq), NULL, NULL, kpf};
+        float *tf = (float *)(tp + (R * (kpd + kpq + kpf) + 63) / 64 * 64);
+        float *row = tf, *sc = tf + rowlen, *yt = tf + rowlen + S;
+        tf += rowlen + S + (ofull ? R * d : 0);
+        qa.inv = tf; qo.inv = tf + R; qf.inv = tf + 2 * R;
+        int32_t *ti = (int32_t *)(tf + 3 * R);
+        qa.sum = ti; qo.sum = ti + R; qf.sum = ti + 2 * R;
+        /* q/k/v: the KV heads [g0, g1) this thread computes (heads split) — it then owns their
+         * cache writes and attention; rows split: (sequence, KV head) pairs round robin after a sync */
+        const int hs = heads_split(cfg, T);
+        const int64_t g0 = Hkv * tid / T, g1 = Hkv * (tid + 1) / T;
         for (int li = 0; li < n_layers; li++) {
             const nc_engine_layer *L = &layers[li];
             float *K = nc_f32p(L->kc), *V = nc_f32p(L->vc);
             const int64_t cT = L->kc->shape[1];
             if (mn > 0)   /* the attention sublayer's coefficients and pre-mix */
-                mhc_pre(L, 0, X, R, mn, d, mh, mc, mC, mp, mK, mw, mWk, iters, eps, avx2, tid, T);
-#pragma omp single
+                mhc_pre(L, 0, X, R, mn, d, mh, mc, mC, mp, mK, mw, mWk, iters, eps, avx2, tid, T, &sy);
             for (int64_t b = 0; b < R; b++) norm_quant(&qa, b, row, IN + b * d, NULL, d, eps, avx2);
-            gemv(qo_, &qa, R, L->w[0], L->s[0], tid, T, avx2);
-            gemv(ko_, &qa, R, L->w[1], L->s[1], tid, T, avx2);
-            gemv(vo_, &qa, R, L->w[2], L->s[2], tid, T, avx2);
-#pragma omp barrier
-            /* K/V of the new tokens into the cache (QK-norm, RoPE on K) */
-            for (int64_t r = tid; r < R * Hkv; r += T) {
-                int64_t i = r / Hkv, h = r % Hkv, b = i / P, ps = bpos[b] + i % P, cb = brow[b];
-                float *kr = ko_ + i * Nkv + h * hd;
-                if (qkn) rms_row(kr, kr, NULL, hd, eps);
-                rope_row(kr, cos0 + ps * (hd / 2), sin0 + ps * (hd / 2), hd);
-                float *kd = K + ((cb * cT + ps) * Hkv + h) * hd, *vd = V + ((cb * cT + ps) * Hkv + h) * hd;
-                memcpy(kd, kr, (size_t)hd * sizeof(float));
-                memcpy(vd, vo_ + i * Nkv + h * hd, (size_t)hd * sizeof(float));
+            if (hs) {
+                rows_range(qo_, &qa, R, L->w[0], L->s[0], g0 * group * hd, g1 * group * hd, avx2);
+                rows_range(ko_, &qa, R, L->w[1], L->s[1], g0 * hd, g1 * hd, avx2);
+                rows_range(vo_, &qa, R, L->w[2], L->s[2], g0 * hd, g1 * hd, avx2);
+            } else {
+                gemv(qo_, &qa, R, L->w[0], L->s[0], tid, T, avx2);
+                gemv(ko_, &qa, R, L->w[1], L->s[1], tid, T, avx2);
+                gemv(vo_, &qa, R, L->w[2], L->s[2], tid, T, avx2);
+                sync_all(&sy);
             }
-#pragma omp barrier
-            /* attention of each (row, query head) over positions 0..its own (causal) */
-            for (int64_t r = tid; r < R * H; r += T) {
-                int64_t i = r / H, h = r % H, kh = h / group, b = i / P, ps = bpos[b] + i % P, cb = brow[b];
-                const int64_t Sr = ps + 1;
-                float *q = qo_ + i * Nq + h * hd;
-                if (qkn) rms_row(q, q, NULL, hd, eps);
-                rope_row(q, cos0 + ps * (hd / 2), sin0 + ps * (hd / 2), hd);
-                float m = -INFINITY;
-                for (int64_t j = 0; j < Sr; j++) {
-                    const float *kr = K + ((cb * cT + j) * Hkv + kh) * hd;
-                    float dot = 0.0f;
-                    for (int64_t e = 0; e < hd; e++) dot += q[e] * kr[e];
-                    sc[j] = dot * scale;
-                    m = sc[j] > m ? sc[j] : m;
-                }
-                float l = 0.0f;
-                for (int64_t j = 0; j < Sr; j++) {
-                    sc[j] = expf(sc[j] - m);
-                    l += sc[j];
-                }
-                float *o = att + i * Nq + h * hd;
-                for (int64_t e = 0; e < hd; e++) o[e] = 0.0f;
-                for (int64_t j = 0; j < Sr; j++) {
-                    const float *vr = V + ((cb * cT + j) * Hkv + kh) * hd;
-                    float pj = sc[j] / l;
-                    for (int64_t e = 0; e < hd; e++) o[e] += pj * vr[e];
+            /* K/V of the new tokens of this thread's (sequence, KV head) pairs into the cache
+             * (QK-norm, RoPE on K): every row of a pair first, so a chunk's rows see each other */
+            for (int64_t i = 0; i < R; i++) {
+                const int64_t b = i / P, ps = bpos[b] + i % P, cb = brow[b];
+                for (int64_t h = 0; h < Hkv; h++) {
+                    if (hs ? (h < g0 || h >= g1) : (b * Hkv + h) % T != tid) continue;
+                    float *kr = ko_ + i * Nkv + h * hd;
+                    if (qkn) rms_row(kr, kr, NULL, hd, eps);
+                    rope_row(kr, cos0 + ps * (hd / 2), sin0 + ps * (hd / 2), hd);
+                    float *kd = K + ((cb * cT + ps) * Hkv + h) * hd, *vd = V + ((cb * cT + ps) * Hkv + h) * hd;
+                    memcpy(kd, kr, (size_t)hd * sizeof(float));
+                    memcpy(vd, vo_ + i * Nkv + h * hd, (size_t)hd * sizeof(float));
                 }
             }
-#pragma omp barrier
-#pragma omp single
+            /* attention of each (row, query head) of those pairs over positions 0..its own (causal) */
+            for (int64_t i = 0; i < R; i++) {
+                const int64_t b = i / P, ps = bpos[b] + i % P, cb = brow[b], Sr = ps + 1;
+                for (int64_t kh = 0; kh < Hkv; kh++) {
+                    if (hs ? (kh < g0 || kh >= g1) : (b * Hkv + kh) % T != tid) continue;
+                    for (int64_t h = kh * group; h < (kh + 1) * group; h++) {
+                        float *q = qo_ + i * Nq + h * hd;
+                        if (qkn) rms_row(q, q, NULL, hd, eps);
+                        rope_row(q, cos0 + ps * (hd / 2), sin0 + ps * (hd / 2), hd);
+                        float m = -INFINITY;
+                        for (int64_t j = 0; j < Sr; j++) {
+                            const float *kr = K + ((cb * cT + j) * Hkv + kh) * hd;
+                            float dot = 0.0f;
+                            for (int64_t e = 0; e < hd; e++) dot += q[e] * kr[e];
+                            sc[j] = dot * scale;
+                            m = sc[j] > m ? sc[j] : m;
+                        }
+                        float l = 0.0f;
+                        for (int64_t j = 0; j < Sr; j++) {
+                            sc[j] = expf(sc[j] - m);
+                            l += sc[j];
+                        }
+                        float *o = att + i * Nq + h * hd;
+                        for (int64_t e = 0; e < hd; e++) o[e] = 0.0f;
+                        for (int64_t j = 0; j < Sr; j++) {
+                            const float *vr = V + ((cb * cT + j) * Hkv + kh) * hd;
+                            float pj = sc[j] / l;
+                            for (int64_t e = 0; e < hd; e++) o[e] += pj * vr[e];
+                        }
+                    }
+                }
+            }
+            sync_all(&sy);   /* every head's attention output: the o input's norm and absmax need the whole row */
             for (int64_t b = 0; b < R; b++) norm_quant(&qo, b, row, att + b * Nq, L->attn_gain, Nq, eps, avx2);
             if (mn > 0) {   /* branch output, then post-mix + residual mixing of the streams */
                 gemv(yo, &qo, R, L->w[3], L->s[3], tid, T, avx2);
-#pragma omp barrier
-#pragma omp for schedule(static)
-                for (int64_t b = 0; b < R; b++) {
+                sync_all(&sy);
+                for (int64_t b = tid; b < R; b += T) {
                     const float *c = mc + b * mC;
                     post_row(mx + b * W, X + b * W, yo + b * d, c + 2 * mn, c + mn, mn, d);
                     memcpy(X + b * W, mx + b * W, (size_t)W * sizeof(float));
                 }
-                mhc_pre(L, 1, X, R, mn, d, mh, mc, mC, mp, mK, mw, mWk, iters, eps, avx2, tid, T);
+                sync_all(&sy);
+                mhc_pre(L, 1, X, R, mn, d, mh, mc, mC, mp, mK, mw, mWk, iters, eps, avx2, tid, T, &sy);
+            } else if (ofull) {   /* the whole o output on this thread: the MLP input X + o needs no sync */
+                rows_range(yt, &qo, R, L->w[3], L->s[3], 0, d, avx2);
             } else {
                 gemv_residual(X, yo, &qo, R, d, L->w[3], L->s[3], tid, T, avx2);
-#pragma omp barrier
+                sync_all(&sy);
             }
-#pragma omp single
-            for (int64_t b = 0; b < R; b++) norm_quant(&qa, b, row, IN + b * d, NULL, d, eps, avx2);
+            for (int64_t b = 0; b < R; b++) {
+                const float *in = IN + b * d;
+                if (ofull) {   /* X + o, the sum gemv_residual stores (added to X with the down output) */
+                    for (int64_t j = 0; j < d; j++) row[j] = in[j] + yt[b * d + j];
+                    in = row;
+                }
+                norm_quant(&qa, b, row, in, NULL, d, eps, avx2);
+            }
             gemv(u1, &qa, R, L->w[4], L->s[4], tid, T, avx2);
             if (swiglu) gemv(u3, &qa, R, L->w[5], L->s[5], tid, T, avx2);
-#pragma omp barrier
-#pragma omp single
-            for (int64_t b = 0; b < R; b++) {
-                float *u = u1 + b * ff;
+            sync_all(&sy);
+            for (int64_t b = 0; b < R; b++) {   /* the activation into this thread's row, then its codes */
+                const float *u = u1 + b * ff;
                 if (swiglu) {
                     const float *g3 = u3 + b * ff;
-                    for (int64_t j = 0; j < ff; j++) u[j] = u[j] / (1.0f + expf(-u[j])) * g3[j];
+                    for (int64_t j = 0; j < ff; j++) row[j] = u[j] / (1.0f + expf(-u[j])) * g3[j];
                 } else {
-                    for (int64_t j = 0; j < ff; j++) u[j] = u[j] > 0.0f ? u[j] * u[j] : 0.0f;
+                    for (int64_t j = 0; j < ff; j++) row[j] = u[j] > 0.0f ? u[j] * u[j] : 0.0f;
                 }
-                norm_quant(&qf, b, row, u, L->mlp_gain, ff, eps, avx2);
+                norm_quant(&qf, b, row, row, L->mlp_gain, ff, eps, avx2);
             }
             if (mn > 0) {
                 gemv(yo, &qf, R, L->w[6], L->s[6], tid, T, avx2);
-#pragma omp barrier
-#pragma omp for schedule(static)
-                for (int64_t b = 0; b < R; b++) {
+                sync_all(&sy);
+                for (int64_t b = tid; b < R; b += T) {
                     const float *c = mc + b * mC;
                     post_row(mx + b * W, X + b * W, yo + b * d, c + 2 * mn, c + mn, mn, d);
                     memcpy(X + b * W, mx + b * W, (size_t)W * sizeof(float));
                 }
+                sync_all(&sy);
+            } else if (ofull) {
+                int64_t n0, n1;
+                split(d, tid, T, &n0, &n1);
+                if (n0 < n1) {
+                    rows_range(yo, &qf, R, L->w[6], L->s[6], n0, n1, avx2);
+                    for (int64_t b = 0; b < R; b++)
+                        for (int64_t n = n0; n < n1; n++) {
+                            float xo = X[b * d + n] + yt[b * d + n];
+                            X[b * d + n] = xo + yo[b * d + n];
+                        }
+                }
+                sync_all(&sy);
             } else {
                 gemv_residual(X, yo, &qf, R, d, L->w[6], L->s[6], tid, T, avx2);
-#pragma omp barrier
+                sync_all(&sy);
             }
         }
+        if (tid == 0) last_syncs = sy.n;
     }
     nc_host_free(mem, by);
     return NC_OK;
@@ -518,5 +690,58 @@ nc_status nc_engine_head_f32(nc_tensor *y, const nc_tensor *x, const nc_tensor *
             Y[r * N + n] = acc;
         }
     }
+    return NC_OK;
+}
+
+/* norm.c: the row kernel of nc_rmsnorm (scalar reference / AVX2) */
+float nc_k_rmsnorm_row_base(float *y, const float *x, const float *w, int64_t D, double eps, int nt);
+float nc_k_rmsnorm_row_avx2(float *y, const float *x, const float *w, int64_t D, double eps, int nt);
+
+/* The LoopLM exit gate of R decode rows in one call (the engine's decode; looplm.gate_z): per row
+ * h = rmsnorm(mean of the n streams of x) (n = 1: x itself; nc_rmsnorm's row kernel), then
+ * z = h . w + bias with the dot product accumulated in double. Each row's z depends only on that
+ * row (batched = alone, bit for bit); vs the op path (nc.mean + nc.rmsnorm + nc.linear) the
+ * stream mean and the dot differ in summation order only (float rounding). */
+nc_status nc_engine_exit_gate(nc_tensor *z, const nc_tensor *x, const nc_tensor *w, const nc_tensor *bias,
+                              int64_t n_streams, double eps) {
+    static const char *op = "engine_exit_gate";
+    NC_TRY(nc_check_f32_cpu(op, "x", x));
+    NC_TRY(nc_check_f32_cpu(op, "w", w));
+    NC_TRY(nc_check_f32_cpu(op, "bias", bias));
+    NC_TRY(nc_check_f32_cpu(op, "z", z));
+    NC_TRY(nc_check_contiguous(op, "x", x));
+    NC_TRY(nc_check_contiguous(op, "w", w));
+    NC_TRY(nc_check_contiguous(op, "z", z));
+    NC_TRY(nc_check_ndim(op, "x", x, 2));
+    const int64_t R = x->shape[0], d = nc_tensor_numel(w), n = n_streams;
+    if (n < 1 || n > 16 || d < 1 || x->shape[1] != n * d || nc_tensor_numel(bias) != 1 || nc_tensor_numel(z) != R)
+        return nc_fail(NC_ERR_SHAPE, "%s: expected x (R, n d) with n = %lld streams in 1..16, w (d), bias (1), z (R); "
+                       "got x (%lld, %lld), w %lld, bias %lld, z %lld", op, (long long)n, (long long)R,
+                       (long long)x->shape[1], (long long)d, (long long)nc_tensor_numel(bias),
+                       (long long)nc_tensor_numel(z));
+    float *h = nc_host_alloc(2 * d * (int64_t)sizeof(float));
+    if (!h) return NC_ERR_OOM;
+    float *m = h + d;
+    const float *X = nc_f32p(x), *Wt = nc_f32p(w);
+    const float b = nc_f32p(bias)[0];
+    float *Z = nc_f32p(z);
+    float (*rms)(float *, const float *, const float *, int64_t, double, int) =
+        nc_cpu_avx2() ? nc_k_rmsnorm_row_avx2 : nc_k_rmsnorm_row_base;
+    for (int64_t r = 0; r < R; r++) {
+        const float *xr = X + r * n * d, *src = xr;
+        if (n > 1) {
+            for (int64_t j = 0; j < d; j++) {
+                float s = 0.0f;
+                for (int64_t i = 0; i < n; i++) s += xr[i * d + j];
+                m[j] = s / (float)n;
+            }
+            src = m;
+        }
+        rms(h, src, NULL, d, eps, 0);
+        double acc = 0.0;
+        for (int64_t j = 0; j < d; j++) acc += (double)h[j] * (double)Wt[j];
+        Z[r] = (float)acc + b;
+    }
+    nc_host_free(h, 2 * d * (int64_t)sizeof(float));
     return NC_OK;
 }

@@ -33,7 +33,8 @@
 -- (nc_ternary_matmul, ...). Decode and short chunks (T <= FUSED_MAX_T: a speculative verify, an MTP
 -- module step) run a whole segment of layers (every layer; LoopLM: the prelude, one shared loop or
 -- the coda) in ONE C call with one OpenMP parallel region (nc_engine_decode, kernels/cpu/engine.c:
--- threads split GEMV rows and attention heads, 6 barriers per layer, no Lua per op);
+-- q/k/v + attention split by KV-head groups, the other GEMVs by rows, 4 syncs per layer, no Lua
+-- per op; engine.split / .o_full / .barrier choose other splits, same bits);
 -- `engine.fused = false` selects the op-by-op path everywhere (the reference the specs compare
 -- against). mHC models run the stream mixing inside the same call (nc_engine_cfg mhc_n: x is the
 -- (rows, n d) stream state; per sublayer mhc.c's row kernels) — equal to the op path (the model's
@@ -338,6 +339,23 @@ function Engine:new_cache(B, max_T, opts)
     return cache
 end
 
+-- the parallel split of the fused decode (nc_engine_cfg split / o_full / barrier; every choice
+-- gives bit-identical results): engine.split = 'heads' | 'rows' (default: heads when the thread
+-- count divides n_kv_head), engine.o_full = true (every thread computes the whole o-projection:
+-- one sync fewer per layer), engine.barrier = 'omp' (omp barrier instead of the spin barrier)
+local SPLITS = { heads = 2, rows = 1 }
+local function set_par(e, s)
+    local sp = e.split
+    if sp ~= nil and not SPLITS[sp] then
+        error("engine: split must be 'heads' or 'rows' (or nil), got " .. tostring(sp), 3)
+    end
+    local b = e.barrier
+    if b ~= nil and b ~= 'omp' and b ~= 'spin' then
+        error("engine: barrier must be 'spin' or 'omp' (or nil), got " .. tostring(b), 3)
+    end
+    s.split, s.o_full, s.barrier = sp and SPLITS[sp] or 0, e.o_full and 2 or 0, b == 'omp' and 1 or 0
+end
+
 -- the nc_engine_cfg of this engine (with_mhc: the trunk's blocks of an mHC model, x = n streams;
 -- the MTP modules' blocks are plain)
 local function decode_cfg(c, with_mhc)
@@ -382,6 +400,7 @@ local function fused_call(e, arr, nl, x, pos, cos_t, sin_t, mhc)
         cf = e._cfg_c
     end
     cf.n_pos = T
+    set_par(e, cf)
     local shape = x:shape()
     local y = x:reshape { B * T, -1 }:clone()
     check(C.nc_engine_decode(y._c, arr, nl, cf, pos, cos_t._c, sin_t._c), 'engine decode')
@@ -423,6 +442,17 @@ end
 function Engine:_final(x)
     if self.cfg.mhc then x = require('nanochat.mhc').reduce(x) end   -- mean of the n streams
     return nc().rmsnorm(x, nil, self.cfg.norm_eps)
+end
+
+-- LoopLM: the exit-gate logits of x's rows (B, 1, d) (mHC: (B, 1, n, d)) as a Lua list, ONE C call
+-- (nc_engine_exit_gate: _final + the gate per row, row-wise exact; looplm.gate_z calls it in decode)
+function Engine:exit_logits(x)
+    local c, g = self.cfg, self.exit_gate
+    local B = x:size(0) * x:size(1)
+    local z = nc().empty { B }
+    check(C.nc_engine_exit_gate(z._c, x:contiguous():reshape({ B, -1 })._c, g.weight._c, g.bias._c,
+        c.mhc and c.mhc.n or 1, c.norm_eps), 'engine exit gate')
+    return z:tolist()
 end
 
 -- h (..., d) normed -> logits (..., V): the head (f32 / f16 widened / int8 with int8 activations) + softcap
@@ -531,6 +561,7 @@ function Engine:run_rows(x, cache, seg, rows, positions)
     local pos_c, row_c = ffi.new('int64_t[?]', m, positions), ffi.new('int32_t[?]', m, rows)
     local cfg_c = decode_cfg(self.cfg, true)
     cfg_c.n_pos, cfg_c.seq_pos, cfg_c.seq_slot = 1, pos_c, row_c
+    set_par(self, cfg_c)
     cache._rows_c = { pos_c, row_c, cfg_c }   -- cfg_c holds raw pointers: keep the arrays alive past the call
     check(C.nc_engine_decode(y._c, arr, #seg, cfg_c, 0, cache.cos._c, cache.sin._c), 'engine decode_rows')
     return y:view(shape)
@@ -545,9 +576,9 @@ end
 -- still active, the coda on those exiting, then each gets the reuse fill of its exit loop);
 -- seqs[i] (optional: a cache_row view, or any table) gives sequence i's exit_q and receives its
 -- loop_stats (default: the cache's). Each row's logits are bit-identical to decoding that sequence
--- alone (B = 1) at that position: the kernel is row-wise exact, the exit gate runs row by row, and
--- the f32 / int8 heads run on chunks of <= 8 rows, the path a single sequence takes (f16 head: one
--- sgemm, equal up to float rounding). Does not move cache.pos.
+-- alone (B = 1) at that position: the kernel and the exit gate (one nc_engine_exit_gate call) are
+-- row-wise exact, and the f32 / int8 heads run on chunks of <= 8 rows, the path a single sequence
+-- takes (f16 head: one sgemm, equal up to float rounding). Does not move cache.pos.
 function Engine:decode_rows(ids, cache, rows, positions, seqs)
     local n, c = nc(), self.cfg
     if not self:batchable() then

@@ -420,12 +420,25 @@ local function pick_rows(x, ks)
     return nc().index_select(x, 0, nc().tensor(idx, { dtype = 'i64' }))
 end
 
+-- the exit-gate logits of every row of x (B, 1, ...) as a Lua list of B numbers: the model's
+-- batched kernel when it has one (the packed engine's exit_logits: nc_engine_exit_gate, ONE C call,
+-- each row's value independent of the others), else the gate on _final — all rows at once
+-- (forward_cached) or, per_row, row by row (B = 1 ops: every row gets the bits it gets alone)
+local function gate_z(model, x, per_row)
+    if model.exit_logits then return model:exit_logits(x) end
+    if not per_row or x:size(0) == 1 then return model.exit_gate(model:_final(x)):tolist() end
+    local z = {}
+    for k = 1, x:size(0) do z[k] = model.exit_gate(model:_final(x:narrow(0, k - 1, 1))):tolist()[1] end
+    return z
+end
+M.gate_z = gate_z
+
 -- Batched decode (continuous batching, engine:decode_rows): nb sequences, one token each, sequence
 -- i in cache row rows[i] (dim 0 of every K/V slot of `cache`) at position positions[i]; x (nb, 1,
 -- ...) the embedded tokens. model:run_rows(x, cache, seg, rows, positions) runs a segment on a
 -- subset of the rows (one fused call). Per loop t the shared stack runs on the sequences still
 -- active; each decides its exit with its own q (seqs[i].exit_q, default cache.exit_q) exactly as
--- forward_cached decoding it alone (the gate evaluated row by row, the same ops as B = 1); the coda
+-- forward_cached decoding it alone (gate_z: row-wise exact, one C call on the engine); the coda
 -- at loop t runs on the sequences exiting there, the head once at the end for all (chunks of <= 8
 -- rows, one pass over the head's weights instead of one per exit loop); afterwards each
 -- sequence's KV gets the reuse fill from its own exit loop and its statistics go to
@@ -450,11 +463,12 @@ function M.decode_rows(model, x, cache, rows, positions, seqs)
         for k, i in ipairs(act) do r[k], p[k] = rows[i], positions[i] end
         x = model:run_rows(x, cache, M.segment(lc, 'shared', t), r, p)
         local ex, keep = {}, {}          -- row indices (1-based) of x exiting / continuing
+        local z                          -- the gate of every active row, evaluated once (when needed)
         for k, i in ipairs(act) do
             local done = t == T or q[i] <= 0
             if not done and q[i] < 1 then
-                local z = model.exit_gate(model:_final(x:narrow(0, k - 1, 1))):tolist()
-                local zc = math.max(-M.LOGIT_CLAMP, math.min(M.LOGIT_CLAMP, z[1]))
+                z = z or gate_z(model, x, true)
+                local zc = math.max(-M.LOGIT_CLAMP, math.min(M.LOGIT_CLAMP, z[k]))
                 local lam = 1 / (1 + math.exp(-zc))
                 cum[i] = cum[i] + lam * S[i]
                 S[i] = S[i] * (1 - lam)
@@ -554,7 +568,7 @@ function M.forward_cached(model, idx, cache, cos, sin)
         if t == T or q <= 0 then
             for b = 1, B do if not exit_at[b] then newly[#newly + 1] = b end end
         elseif q < 1 then
-            local z = model.exit_gate(model:_final(x)):tolist()   -- B values
+            local z = gate_z(model, x)   -- B values
             for b = 1, B do
                 if not exit_at[b] then
                     local zc = math.max(-M.LOGIT_CLAMP, math.min(M.LOGIT_CLAMP, z[b]))
