@@ -326,6 +326,13 @@ nc_status nc_quant_act_absmax(nc_tensor *out, nc_tensor *scale, const nc_tensor 
  *   accumulation; op = transpose when trans_*; a, b f32 or i8, 2-D, any strides; kscale (K or 1
  *   elements, may be NULL) multiplies (kscale_div = 1: divides) op(a)'s reduction columns in f32
  *   before the bf16 rounding (nearest even). Without AMX: the reference (double accumulation).
+ * nc_gemm_bf16_rows: nc_gemm_bf16 on a subset of rows, without gathered copies (Collider's kept
+ *   rows): rows_m (may be NULL; i64 or i32, 1-D, strictly increasing, in [0, M)) selects the rows
+ *   of op(a) computed and the out rows written: out[rows_m[i]] = alpha * (...) + beta *
+ *   out[rows_m[i]], other out rows untouched, or set to 0 when zero_rest (needs rows_m). rows_k
+ *   (may be NULL; same rules, in [0, K)) restricts the reduction to those k (op(a) columns, op(b)
+ *   rows, kscale entries), summed in list order. Bitwise equal to gathering the rows / k-slices
+ *   into compact buffers, nc_gemm_bf16, and scattering the rows back (AMX and reference alike).
  * nc_gemm_s8: out (M, N) = op(a) op(b) over int8 codes (a, b i8 or f32 holding integers in
  *   [-128, 127]); i32 out: the exact sums; f32 out: ((float)sum * col_scale[n]) * row_scale[m]
  *   (row_div = 1: / row_scale[m]); scales f32 with N / M or 1 elements, may be NULL. K <= 131072.
@@ -337,6 +344,9 @@ const char *nc_amx_status(void);
 nc_status nc_set_amx(int32_t mode);
 nc_status nc_gemm_bf16(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t trans_a, int32_t trans_b,
                        const nc_tensor *kscale, int32_t kscale_div, double alpha, double beta);
+nc_status nc_gemm_bf16_rows(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t trans_a, int32_t trans_b,
+                            const nc_tensor *kscale, int32_t kscale_div, double alpha, double beta,
+                            const nc_tensor *rows_m, const nc_tensor *rows_k, int32_t zero_rest);
 nc_status nc_gemm_s8(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t trans_a, int32_t trans_b,
                      const nc_tensor *col_scale, const nc_tensor *row_scale, int32_t row_div);
 nc_status nc_quant_codes(nc_tensor *codes, const nc_tensor *x, const nc_tensor *scale, int32_t div, int32_t lo, int32_t hi);
