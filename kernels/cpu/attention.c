@@ -92,6 +92,21 @@ static inline void load_rows(float *dst, const float *base, const int64_t *st, i
     }
 }
 
+/* rows r0 + idx[i], i < n, of a (B, L, Hx, D) tensor at (b, hx), scaled, into dst (n x D) */
+static inline void load_rows_idx(float *dst, const float *base, const int64_t *st, int64_t b, int64_t r0,
+                                 const int64_t *idx, int64_t n, int64_t hx, int64_t D, float mul) {
+    for (int64_t i = 0; i < n; i++) load_rows(dst + i * D, base, st, b, r0 + idx[i], 1, hx, D, mul);
+}
+
+/* Collider: the kept rows of query block [t0, t0 + nq) of batch b as offsets into rowi (ascending);
+ * their count */
+static inline int64_t kept_rows(const uint8_t *qkeep, int64_t T, int64_t b, int64_t t0, int64_t nq, int64_t *rowi) {
+    int64_t n = 0;
+    for (int64_t i = 0; i < nq; i++)
+        if (qkeep[b * T + t0 + i]) rowi[n++] = i;
+    return n;
+}
+
 /* the same rows transposed into dst (D x ATT_BC) */
 static inline void load_rows_t(float *dst, const float *base, const int64_t *st, int64_t b, int64_t r0, int64_t n,
                                int64_t hx, int64_t D) {
@@ -619,17 +634,34 @@ static void KFN(bwd_kv_block)(const attn_args *a, int64_t b, int64_t hk, int64_t
     /* first query that sees key s0: S - T + t >= s0 */
     int64_t tfirst = a->causal ? s0 - (S - T) : 0;
     if (tfirst < 0) tfirst = 0;
+    /* Collider (qkeep): a query block holds only its kept rows, compacted (rowi[i] = the row's offset
+     * in the block), so filtered rows cost nothing; in the fused pass dqloc then holds the kept rows
+     * only, in order (row rank0 + i), from rank0 = the kept rows before the block */
+    int64_t rowi[ATT_BR], rank_first = 0;
+    int64_t tstart = (tfirst / ATT_BR) * ATT_BR;
+    if (a->qkeep)
+        for (int64_t t = 0; t < tstart; t++) rank_first += a->qkeep[b * T + t];
     for (int64_t h = hk * G; h < (hk + 1) * G; h++) {
-        for (int64_t t0 = (tfirst / ATT_BR) * ATT_BR; t0 < T; t0 += ATT_BR) {
-            int64_t nq = T - t0 < ATT_BR ? T - t0 : ATT_BR;
-            load_rows(Qs, a->q, a->qs, b, t0, nq, h, D, a->scale);
-            load_rows(dO, a->go, a->gs, b, t0, nq, h, D, 1.0f);
+        int64_t rank0 = rank_first;
+        for (int64_t t0 = tstart; t0 < T; t0 += ATT_BR) {
+            int64_t nq = T - t0 < ATT_BR ? T - t0 : ATT_BR, dqb = t0;
+            if (a->qkeep) {
+                dqb = rank0;
+                nq = kept_rows(a->qkeep, T, b, t0, nq, rowi);
+                rank0 += nq;
+                if (nq == 0) continue;
+                load_rows_idx(Qs, a->q, a->qs, b, t0, rowi, nq, h, D, a->scale);
+                load_rows_idx(dO, a->go, a->gs, b, t0, rowi, nq, h, D, 1.0f);
+            } else {
+                load_rows(Qs, a->q, a->qs, b, t0, nq, h, D, a->scale);
+                load_rows(dO, a->go, a->gs, b, t0, nq, h, D, 1.0f);
+            }
             /* P and dS of the whole query block first (rows in groups of 4 as 4 x 16 register tiles),
              * zero past each row's visible keys; then dK/dV take the block's terms row by row in
              * ascending order (the per-element order of the row-at-a-time loop) */
             int64_t jcap = 0, jns[ATT_BR];
             for (int64_t i = 0; i < nq; i++) {
-                jns[i] = row_jn(a, b, h, t0 + i, s0, nk);
+                jns[i] = row_jn(a, b, h, t0 + (a->qkeep ? rowi[i] : i), s0, nk);
                 if (jns[i] > jcap) jcap = jns[i];
             }
             if (jcap == 0) continue;
@@ -649,17 +681,17 @@ static void KFN(bwd_kv_block)(const attn_args *a, int64_t b, int64_t hk, int64_t
                             dot_row(Pi, Qs + i * D, Kt, D, jn);
                             dot_row(dSi, dO + i * D, Vt, D, jn);
                         }
-                        int64_t ri = (b * H + h) * T + t0 + i;
+                        int64_t ri = (b * H + h) * T + t0 + (a->qkeep ? rowi[i] : i);
                         prob_finish(Pi, dSi, a->lse_in[ri], a->dvec[ri], jn);
                         if (dqloc && ng < 4)   /* fused: dQ_i += dS_i K (blocks ascending, as in pass 2) */
-                            axpy_rows(dqloc + ((h - hk * G) * T + t0 + i) * D, dSi, Kb, D, jn);
+                            axpy_rows(dqloc + ((h - hk * G) * T + dqb + i) * D, dSi, Kb, D, jn);
                     }
                     for (int64_t j = jn < 0 ? 0 : jn; j < jcap; j++) Pi[j] = dSi[j] = 0.0f;
                 }
                 /* a full group's dQ rows together (its zero dS entries past a row's keys add +-0 to
                  * sums that start at +0 and never are -0: the same bits as pass 2's row at a time) */
                 if (dqloc && ng == 4 && jmax > 0)
-                    axpy4_rows(dqloc + ((h - hk * G) * T + t0 + i0) * D, dSg, Kb, D, jmax);
+                    axpy4_rows(dqloc + ((h - hk * G) * T + dqb + i0) * D, dSg, Kb, D, jmax);
             }
             kv_sweep(dV, dK, P, dS, dO, Qs, jns, nq, jcap, D);
         }
@@ -698,10 +730,10 @@ void KFN(nc_k_attn_bwd_fused_item)(const attn_args *a, int64_t item, float *scra
     if (!a->gq) return;
     for (int64_t g = 0; g < G; g++) {
         int64_t h = hk * G + g;
-        for (int64_t t = 0; t < T; t++) {
+        for (int64_t t = 0, r = 0; t < T; t++) {   /* with qkeep, dqloc row r = the r-th kept row */
             if (a->qkeep && !a->qkeep[b * T + t]) continue;
             float *dst = a->gq + ((b * T + t) * H + h) * D;
-            const float *src = dqloc + (g * T + t) * D;
+            const float *src = dqloc + (g * T + (a->qkeep ? r++ : t)) * D;
 #pragma omp simd
             for (int64_t d = 0; d < D; d++) dst[d] += src[d];
         }
@@ -717,14 +749,24 @@ void KFN(nc_k_attn_bwd_q_item)(const attn_args *a, int64_t item, float *scratch)
     int64_t t0 = qb * ATT_BR, nq = T - t0 < ATT_BR ? T - t0 : ATT_BR;
     float *Qs = scratch, *dO = Qs + ATT_BR * D, *dQ = dO + ATT_BR * D, *Kt = dQ + ATT_BR * D;
     float *Vt = Kt + ATT_BC * D, *Kb = Vt + ATT_BC * D, *P = Kb + ATT_BC * D, *dS = P + 4 * ATT_BC;
-    load_rows(Qs, a->q, a->qs, b, t0, nq, h, D, a->scale);
-    load_rows(dO, a->go, a->gs, b, t0, nq, h, D, 1.0f);
-    memset(dQ, 0, (size_t)(nq * D) * sizeof(float));
     int64_t kend = S;
     if (a->causal) {
         kend = S - T + t0 + nq;
         if (kend > S) kend = S;
     }
+    /* Collider (qkeep): the block's kept rows only, compacted (row i is t0 + rowi[i]) */
+    int64_t rowi[ATT_BR];
+    if (a->qkeep) {
+        nq = kept_rows(a->qkeep, T, b, t0, nq, rowi);
+        if (nq == 0) return;
+        load_rows_idx(Qs, a->q, a->qs, b, t0, rowi, nq, h, D, a->scale);
+        load_rows_idx(dO, a->go, a->gs, b, t0, rowi, nq, h, D, 1.0f);
+    } else {
+        for (int64_t i = 0; i < nq; i++) rowi[i] = i;
+        load_rows(Qs, a->q, a->qs, b, t0, nq, h, D, a->scale);
+        load_rows(dO, a->go, a->gs, b, t0, nq, h, D, 1.0f);
+    }
+    memset(dQ, 0, (size_t)(nq * D) * sizeof(float));
     for (int64_t s0 = 0; s0 < kend; s0 += ATT_BC) {
         int64_t nk = kend - s0 < ATT_BC ? kend - s0 : ATT_BC;
         load_rows(Kb, a->k, a->ks, b, s0, nk, hk, D, a->scale);
@@ -733,7 +775,7 @@ void KFN(nc_k_attn_bwd_q_item)(const attn_args *a, int64_t item, float *scratch)
         for (int64_t i0 = 0; i0 < nq; i0 += 4) {
             if (i0 + 4 > nq) {   /* a partial group: row at a time */
                 for (int64_t i = i0; i < nq; i++) {
-                    int64_t jn = prob_row(a, b, h, t0 + i, s0, nk, Qs + i * D, dO + i * D, Kt, Vt, P, dS);
+                    int64_t jn = prob_row(a, b, h, t0 + rowi[i], s0, nk, Qs + i * D, dO + i * D, Kt, Vt, P, dS);
                     axpy_rows(dQ + i * D, dS, Kb, D, jn);
                 }
                 continue;
@@ -741,7 +783,7 @@ void KFN(nc_k_attn_bwd_q_item)(const attn_args *a, int64_t item, float *scratch)
             /* 4 rows: the same P, dS bits as prob_row (dot4 == dot_row), zero past each row's keys */
             int64_t jns[4], jmax = 0;
             for (int r = 0; r < 4; r++) {
-                jns[r] = row_jn(a, b, h, t0 + i0 + r, s0, nk);
+                jns[r] = row_jn(a, b, h, t0 + rowi[i0 + r], s0, nk);
                 jmax = jns[r] > jmax ? jns[r] : jmax;
             }
             if (jmax == 0) continue;
@@ -750,7 +792,7 @@ void KFN(nc_k_attn_bwd_q_item)(const attn_args *a, int64_t item, float *scratch)
             for (int r = 0; r < 4; r++) {
                 float *Pr = P + r * ATT_BC, *dSr = dS + r * ATT_BC;
                 if (jns[r] > 0) {
-                    int64_t ri = (b * H + h) * T + t0 + i0 + r;
+                    int64_t ri = (b * H + h) * T + t0 + rowi[i0 + r];
                     prob_finish(Pr, dSr, a->lse_in[ri], a->dvec[ri], jns[r]);
                 }
                 for (int64_t j = jns[r]; j < jmax; j++) Pr[j] = dSr[j] = 0.0f;
@@ -759,8 +801,7 @@ void KFN(nc_k_attn_bwd_q_item)(const attn_args *a, int64_t item, float *scratch)
         }
     }
     for (int64_t i = 0; i < nq; i++) {
-        if (a->qkeep && !a->qkeep[b * T + t0 + i]) continue;
-        float *g = a->gq + ((b * T + t0 + i) * H + h) * D;
+        float *g = a->gq + ((b * T + t0 + rowi[i]) * H + h) * D;
         const float *src = dQ + i * D;
 #pragma omp simd
         for (int64_t d = 0; d < D; d++) g[d] += src[d];
