@@ -15,6 +15,12 @@
  *    count). Bf16 has 8 significant bits, so integers |v| <= 256 (int8 codes, ternary codes) pass
  *    exactly. AMX treats bf16 denormals as zero (|v| < 1.2e-38).
  *    Reference (scalar kernel or no AMX): the same rounded inputs, products summed in double.
+ *  - nc_gemm_bf16_rows: the same GEMM through row lists (Collider's kept rows): rows_m picks the
+ *    rows of op(a) and the out rows written (the others untouched, or zeroed with zero_rest),
+ *    rows_k the reduction's k (op(a) columns, op(b) rows, kscale entries). The packers read the
+ *    listed rows in place (the index maps of `mat`, the out row map of the epilogue), so no
+ *    gathered copy exists; the packed tiles hold the same values as packing gathered copies, so the
+ *    result is bitwise that of gather + nc_gemm_bf16 + scatter (reference: the same).
  *  - nc_gemm_s8: out (M, N) = op(a) op(b) as exact int32 sums of int8 codes (a and b f32 holding
  *    integers in [-128, 127], or i8); into an i32 out the raw sums (bit-exact to the reference),
  *    into an f32 out ((float)sum * col_scale[n]) * (or /) row_scale[m] (each scale optional,
