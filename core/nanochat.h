@@ -215,6 +215,10 @@ nc_status nc_binary_scalar_backward(nc_tensor *ga, const nc_tensor *a, const nc_
 /* out = f(a). CUDA: yes. Backward uses out when cheaper (exp, tanh, sigmoid, sqrt, rsqrt, recip). */
 nc_status nc_unary(nc_tensor *out, const nc_tensor *a, int32_t op);
 nc_status nc_unary_backward(nc_tensor *ga, const nc_tensor *out, const nc_tensor *a, const nc_tensor *gout, int32_t op);
+/* The same on the rows listed in keep only (rows = the last dim; keep 1-D contiguous i64, strictly
+ * increasing; ga, gout and the operand read contiguous, CPU; Collider): other rows of ga untouched. */
+nc_status nc_unary_backward_rows(nc_tensor *ga, const nc_tensor *out, const nc_tensor *a, const nc_tensor *gout,
+                                 int32_t op, const nc_tensor *keep);
 /* dst += alpha * src, src broadcast to dst's shape; dst may be a strided view. CUDA: yes. */
 nc_status nc_add_scaled(nc_tensor *dst, const nc_tensor *src, double alpha);
 /* dst += alpha * sum of src over the dims where dst is broadcast (dst.shape broadcasts to src.shape;
@@ -291,6 +295,10 @@ nc_status nc_rmsnorm_backward_rows(nc_tensor *gx, nc_tensor *gweight, const nc_t
 nc_status nc_rope_tables(nc_tensor *cos, nc_tensor *sin, int64_t pos0, double base);
 nc_status nc_rope(nc_tensor *out, const nc_tensor *x, const nc_tensor *cos, const nc_tensor *sin);
 nc_status nc_rope_backward(nc_tensor *gx, const nc_tensor *gout, const nc_tensor *cos, const nc_tensor *sin);
+/* The same on the tokens (b, t) with qkeep[b, t] != 0 only (qkeep (B, T) u8 contiguous; CPU; Collider):
+ * the rows of other tokens in gx are untouched. */
+nc_status nc_rope_backward_masked(nc_tensor *gx, const nc_tensor *gout, const nc_tensor *cos, const nc_tensor *sin,
+                                  const nc_tensor *qkeep);
 
 /* Attention with GQA, memory-efficient (online softmax over key blocks; never a full T x S matrix).
  * q (B, T, H, D), k and v (B, S, Hkv, D), H % Hkv == 0; out (B, T, H, D); lse (B, H, T) saved.

@@ -3,8 +3,9 @@
 -- filtered rows of dY and X zeroed; exactly round((1 - rho) N) tokens kept, the top scores, and the
 -- loss a mean over them (float64 recomputation); filtered activation-gradient rows exactly 0 at
 -- every layer (retained gradients of a block-by-block replica of the model's forward) while plain
--- loss masking leaves them non-zero; masked attention and row-subset rmsnorm backward against the
--- dense kernels with zeroed dO rows (both CPU kernel variants); the row gather / scatter kernels;
+-- loss masking leaves them non-zero; masked attention (bitwise; fused and two-pass, both CPU kernel
+-- variants), row-subset rmsnorm, elementwise unary and RoPE backward bitwise against the dense
+-- kernels with zeroed dO rows; the row gather / scatter kernels;
 -- score = 'excess' through a reference model; clear errors on bad input; nc.train with a filter.
 package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
 local nc = require 'nanochat'
@@ -306,6 +307,62 @@ describe('nc.collider', function()
         nc.rmsnorm(xd, wd, 1e-6):backward((gy:reshape { 15, 24 } * rowmask):reshape { 3, 5, 24 })
         assert.is_true(same_bits(x.grad, xd.grad))
         assert.is_true(same_bits(w.grad, wd.grad))
+    end)
+
+    it('elementwise unary backward on the kept rows equals the dense one with filtered dY rows zeroed', function()
+        local g = nc.generator(6)
+        local x0 = nc.randn({ 3, 5, 40 }, { generator = g })
+        local gy = nc.randn({ 3, 5, 40 }, { generator = g })
+        local keep = { 0, 3, 4, 9, 13 }
+        local rowmask = nc.zeros({ 15, 1 })
+        for _, r in ipairs(keep) do rowmask:set(r, 0, 1) end
+        local gz = (gy:reshape { 15, 40 } * rowmask):reshape { 3, 5, 40 }
+        for _, name in ipairs { 'relu2', 'silu', 'sigmoid', 'exp', 'square' } do   -- sigmoid / exp read the output
+            local x = x0:clone():requires_grad_()
+            local _, y = with_rows(15, keep, function() return nc[name](x) end)
+            y:backward(gy)
+            local xd = x0:clone():requires_grad_()
+            nc[name](xd):backward(gz)
+            assert.is_true(same_bits(x.grad, xd.grad), name)
+            local z = zero_rows(x.grad:reshape { 15, 40 })
+            local m = rowmask:totable()
+            for r = 0, 14 do assert.are.equal(m[r + 1][1] == 0, z[r] == true, name .. ' row ' .. r) end
+        end
+        -- another row count: dense
+        local x = x0:clone():requires_grad_()
+        local _, y = with_rows(16, { 0 }, function() return nc.relu2(x) end)
+        y:backward(gy)
+        local xd = x0:clone():requires_grad_()
+        nc.relu2(xd):backward(gy)
+        assert.is_true(same_bits(x.grad, xd.grad))
+        local ga, gk = nc.zeros { 15, 40 }, nc.tensor({ 2, 1 }, { dtype = 'i64' })
+        assert.has_error(function()
+            core.check(C.nc_unary_backward_rows(ga._c, nil, x0:reshape { 15, 40 }._c, gy:reshape { 15, 40 }._c,
+                C.NC_OP_RELU2, gk._c), 'unary_backward_rows')
+        end, 'unary_backward_rows: relu2 backward (rows): keep must list strictly increasing rows in [0, 15), got 1 at position 1')
+    end)
+
+    it('rope backward on the kept tokens equals the dense one with filtered dY rows zeroed', function()
+        local g = nc.generator(8)
+        local B, T, H, D = 2, 7, 3, 8
+        local x0, gy = nc.randn({ B, T, H, D }, { generator = g }), nc.randn({ B, T, H, D }, { generator = g })
+        local cos, sin = nc.rope_tables(T, D)
+        local keep = { 0, 2, 3, 8, 12, 13 }
+        local rowmask = nc.zeros({ B * T, 1 })
+        for _, r in ipairs(keep) do rowmask:set(r, 0, 1) end
+        local x = x0:clone():requires_grad_()
+        local _, y = with_rows(B * T, keep, function() return nc.rope(x, cos, sin) end)
+        y:backward(gy)
+        local xd = x0:clone():requires_grad_()
+        nc.rope(xd, cos, sin):backward((gy:reshape { B * T, -1 } * rowmask):reshape(gy:shape()))
+        assert.is_true(same_bits(x.grad, xd.grad))
+        local z = zero_rows(x.grad:reshape { B * T, H * D })
+        local m = rowmask:totable()
+        for r = 0, B * T - 1 do assert.are.equal(m[r + 1][1] == 0, z[r] == true) end
+        assert.has_error(function()
+            core.check(C.nc_rope_backward_masked(nc.zeros({ B, T, H, D })._c, gy._c, cos._c, sin._c,
+                nc.ones({ B, T + 1 }, { dtype = 'u8' })._c), 'rope_backward_masked')
+        end)
     end)
 
     it('row gather / scatter kernels copy exactly and reject bad row lists', function()

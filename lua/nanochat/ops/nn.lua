@@ -338,9 +338,17 @@ function M.rope(x, cos, sin)
     local out = empty_like_shape(x:shape(), x)
     check(C.nc_rope(out._c, x._c, cos._c, sin._c), 'rope')
     if ag.needs(x) then
+        local flt = x:dim() == 4 and row_filter_for(x, x:size(0) * x:size(1)) or nil
         ag.record(out, { x }, function(g)
             local gx = ag.grad_of(x)
-            if gx then check(C.nc_rope_backward(gx._c, g._c, cos._c, sin._c), 'rope backward') end
+            if not gx then return end
+            local mask = flt and flt.keep and flt.mask
+            if mask then   -- Collider: the kept tokens' rows only (the others stay 0)
+                check(C.nc_rope_backward_masked(gx._c, g._c, cos._c, sin._c, mask:reshape { x:size(0), x:size(1) }._c),
+                    'rope backward (collider)')
+            else
+                check(C.nc_rope_backward(gx._c, g._c, cos._c, sin._c), 'rope backward')
+            end
         end)
     end
     return out
