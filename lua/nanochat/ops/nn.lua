@@ -6,9 +6,10 @@
 -- whose closure accumulates (+=) into the inputs' gradients with the C backward kernels.
 -- Matmul-shaped gradients are sgemm calls with beta = 1; when a 2-D weight is shared across a
 -- batch its gradient is ONE gemm over the flattened (rows, features) views.
--- Collider (algorithms.md §8, nanochat.collider): linear, attention and rmsnorm recorded while an
--- autograd row filter is active, on CPU tensors with the filter's N rows (tokens), run their
--- backward on the filter's kept rows only (see kept_rows below); otherwise the dense code runs.
+-- Collider (algorithms.md §8, nanochat.collider): linear, bitlinear, linear_bf16, attention, rmsnorm
+-- and rope recorded while an autograd row filter is active, on CPU tensors with the filter's N rows
+-- (tokens), run their backward on the filter's kept rows only (see row_filter_for below); otherwise
+-- the dense code runs.
 local core = require 'nanochat.core'
 local Tensor = require 'nanochat.tensor'
 local ag = require 'nanochat.autograd'
