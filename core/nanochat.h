@@ -310,7 +310,8 @@ nc_status nc_attention_backward(nc_tensor *gq, nc_tensor *gk, nc_tensor *gv, con
                                 const nc_tensor *v, const nc_tensor *gout, int32_t causal, double scale);
 /* The same with a kept-query mask qkeep u8 (B, T) contiguous (Collider, algorithms.md §8.4): masked
  * query rows are skipped in both passes (their gq rows untouched); equals the dense backward with those
- * rows of gout zeroed. */
+ * rows of gout zeroed. On the CPU with S == T (self-attention) the mask also marks keys: the gk / gv
+ * rows of masked keys are not computed (left untouched; the kept keys' rows as above, bitwise). */
 nc_status nc_attention_backward_masked(nc_tensor *gq, nc_tensor *gk, nc_tensor *gv, const nc_tensor *out,
                                        const nc_tensor *lse, const nc_tensor *q, const nc_tensor *k,
                                        const nc_tensor *v, const nc_tensor *gout, const nc_tensor *qkeep,

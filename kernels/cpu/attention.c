@@ -24,9 +24,12 @@
  * of the group are 4 x 16 register tiles over the head dim (dot4); after the whole query block's P
  * and dS, kv_sweep adds the block's terms to each dK/dV row in row order.
  * Collider (algorithms.md §8.4): nc_attention_backward_masked takes a kept-query mask qkeep (B, T);
- * a masked query row contributes nothing anywhere (it is skipped in both passes; its dQ row is left
- * untouched), which equals the dense backward with that row of dO set to zero (then P (dP - D) = 0
- * and P dO = 0 exactly). Without a mask the arithmetic is the dense backward's, bit for bit.
+ * a masked query row contributes nothing anywhere (each query block holds only its kept rows,
+ * compacted; its dQ row is left untouched), which equals the dense backward with that row of dO
+ * set to zero (then P (dP - D) = 0 and P dO = 0 exactly). For self-attention (S == T) the mask
+ * also marks keys: dK / dV rows of masked keys are not computed (left untouched; Centrifuge), the
+ * kept keys' rows equal the dense ones bit for bit. Without a mask the arithmetic is the dense
+ * backward's, bit for bit.
  *
  * Compiled three times: as itself (portable baseline, the reference), from attention_avx2.c with
  * AVX2/FMA and from attention_avx512.c with AVX-512F; ATT_PICK follows the kernel selection. Inner
@@ -68,6 +71,7 @@ typedef struct {
     const float *lse_in, *dvec;            /* backward: saved lse and D = rowsum(dO * O), (B, H, T) */
     float *gq, *gk, *gv;                   /* backward outputs (contiguous, accumulate), may be NULL */
     const uint8_t *qkeep;                  /* backward: kept-query mask (B, T) contiguous, or NULL = all */
+    const uint8_t *kkeep;                  /* backward: kept-key mask (B, S): qkeep when S == T, else NULL */
 } attn_args;
 
 /* floats of per-thread scratch */
@@ -289,18 +293,23 @@ static inline void kv_axpy4(float *restrict dv, float *restrict dk, const float 
 
 /* dK/dV of a key block += the query block's terms: dv_j += sum_i P[i][j] o_i, dk_j += sum_i dS[i][j] q_i,
  * rows i ascending from the first row that sees key j (P, dS are zero past each row's jns[i]).
- * Keys in pairs, a 64-float slice of the head dim of both dK and dV rows held in 16 zmm registers. */
+ * Keys in pairs, a 64-float slice of the head dim of both dK and dV rows held in 16 zmm registers.
+ * kj (may be NULL = every key < jcap): only the keys kj[0 .. nkj) (ascending; Collider's kept keys);
+ * a pair (j, j2) starts at j's first row, and the rows before j2's add exact zeros. */
 static inline void kv_sweep(float *restrict dV, float *restrict dK, const float *restrict P, const float *restrict dS,
                             const float *restrict dO, const float *restrict Qs, const int64_t *jns, int64_t nq,
-                            int64_t jcap, int64_t D) {
-    int64_t ifirst = 0;
-    for (int64_t j = 0; j < jcap; j += 2) {
+                            int64_t jcap, int64_t D, const int64_t *kj, int64_t nkj) {
+    int64_t ifirst = 0, n = jcap;
+    if (kj) for (n = 0; n < nkj && kj[n] < jcap; n++) {}
+    for (int64_t u = 0; u < n; u += 2) {
+        int64_t j = kj ? kj[u] : u;
+        int two = u + 1 < n;
+        int64_t j2 = two ? (kj ? kj[u + 1] : u + 1) : j;
         while (ifirst < nq && jns[ifirst] <= j) ifirst++;
-        int two = j + 1 < jcap;
         for (int64_t d0 = 0; d0 < D; d0 += 64) {
             __mmask16 m0 = att_mask(D - d0), m1 = att_mask(D - d0 - 16), m2 = att_mask(D - d0 - 32),
                       m3 = att_mask(D - d0 - 48);
-            float *v0 = dV + j * D + d0, *k0 = dK + j * D + d0, *v1 = v0 + D, *k1 = k0 + D;
+            float *v0 = dV + j * D + d0, *k0 = dK + j * D + d0, *v1 = dV + j2 * D + d0, *k1 = dK + j2 * D + d0;
             __m512 a0 = _mm512_maskz_loadu_ps(m0, v0), a1 = _mm512_maskz_loadu_ps(m1, v0 + 16);
             __m512 a2 = _mm512_maskz_loadu_ps(m2, v0 + 32), a3 = _mm512_maskz_loadu_ps(m3, v0 + 48);
             __m512 b0 = _mm512_maskz_loadu_ps(m0, k0), b1 = _mm512_maskz_loadu_ps(m1, k0 + 16);
@@ -324,8 +333,8 @@ static inline void kv_sweep(float *restrict dV, float *restrict dK, const float 
                 b0 = _mm512_fmadd_ps(g, q0, b0); b1 = _mm512_fmadd_ps(g, q1, b1);
                 b2 = _mm512_fmadd_ps(g, q2, b2); b3 = _mm512_fmadd_ps(g, q3, b3);
                 if (two) {
-                    p = _mm512_set1_ps(P[i * ATT_BC + j + 1]);
-                    g = _mm512_set1_ps(dS[i * ATT_BC + j + 1]);
+                    p = _mm512_set1_ps(P[i * ATT_BC + j2]);
+                    g = _mm512_set1_ps(dS[i * ATT_BC + j2]);
                     c0 = _mm512_fmadd_ps(p, o0, c0); c1 = _mm512_fmadd_ps(p, o1, c1);
                     c2 = _mm512_fmadd_ps(p, o2, c2); c3 = _mm512_fmadd_ps(p, o3, c3);
                     e0 = _mm512_fmadd_ps(g, q0, e0); e1 = _mm512_fmadd_ps(g, q1, e1);
@@ -442,9 +451,11 @@ static inline void kv_axpy4(float *restrict dv, float *restrict dk, const float 
  * dK/dV row where all 4 see the key */
 static inline void kv_sweep(float *restrict dV, float *restrict dK, const float *restrict P, const float *restrict dS,
                             const float *restrict dO, const float *restrict Qs, const int64_t *jns, int64_t nq,
-                            int64_t jcap, int64_t D) {
-    int64_t ifirst = 0;
-    for (int64_t j = 0; j < jcap; j++) {
+                            int64_t jcap, int64_t D, const int64_t *kj, int64_t nkj) {
+    int64_t ifirst = 0, n = jcap;
+    if (kj) for (n = 0; n < nkj && kj[n] < jcap; n++) {}
+    for (int64_t u = 0; u < n; u++) {
+        int64_t j = kj ? kj[u] : u;
         while (ifirst < nq && jns[ifirst] <= j) ifirst++;
         float *dv = dV + j * D, *dk = dK + j * D;
         int64_t i = ifirst;
@@ -626,6 +637,15 @@ static void KFN(bwd_kv_block)(const attn_args *a, int64_t b, int64_t hk, int64_t
     float *Qs = scratch, *dO = Qs + ATT_BR * D, *Kt = dO + ATT_BR * D, *Vt = Kt + ATT_BC * D;
     float *dK = Vt + ATT_BC * D, *dV = dK + ATT_BC * D, *Kb = dV + ATT_BC * D, *P = Kb + ATT_BC * D;
     float *dS = P + ATT_BR * ATT_BC;
+    /* Collider, self-attention (kkeep): dK / dV rows only for the kept keys (Centrifuge, algorithms.md
+     * §8.4; the K/V projections drop the filtered rows anyway); those of filtered keys stay untouched */
+    int64_t kj[ATT_BC], nkj = nk;
+    if (a->kkeep) {
+        nkj = 0;
+        for (int64_t j = 0; j < nk; j++)
+            if (a->kkeep[b * S + s0 + j]) kj[nkj++] = j;
+        if (nkj == 0 && !dqloc) return;   /* nothing to compute for this key block */
+    }
     if (dqloc) load_rows(Kb, a->k, a->ks, b, s0, nk, hk, D, a->scale);
     load_rows_t(Kt, a->k, a->ks, b, s0, nk, hk, D);
     load_rows_t(Vt, a->v, a->vs, b, s0, nk, hk, D);
@@ -693,10 +713,11 @@ static void KFN(bwd_kv_block)(const attn_args *a, int64_t b, int64_t hk, int64_t
                 if (dqloc && ng == 4 && jmax > 0)
                     axpy4_rows(dqloc + ((h - hk * G) * T + dqb + i0) * D, dSg, Kb, D, jmax);
             }
-            kv_sweep(dV, dK, P, dS, dO, Qs, jns, nq, jcap, D);
+            kv_sweep(dV, dK, P, dS, dO, Qs, jns, nq, jcap, D, a->kkeep ? kj : NULL, nkj);
         }
     }
     for (int64_t j = 0; j < nk; j++) {
+        if (a->kkeep && !a->kkeep[b * S + s0 + j]) continue;
         int64_t off = ((b * S + s0 + j) * Hkv + hk) * D;
         if (a->gk) {
             float *g = a->gk + off;
@@ -971,6 +992,7 @@ static nc_status attn_bwd(const char *op, nc_tensor *gq, nc_tensor *gk, nc_tenso
     attn_args a;
     fill_args(&a, q, k, v, causal, scale);
     a.qkeep = qkeep ? (const uint8_t *)nc_ptr(qkeep) : NULL;
+    a.kkeep = a.qkeep && a.S == a.T && dev == NC_CPU ? a.qkeep : NULL;   /* self-attention: key s is token s */
     if (dev == NC_CUDA) {
         const nc_cuda_api *cu = nc_nn_cuda(op);
         if (!cu) return NC_ERR_DEVICE;

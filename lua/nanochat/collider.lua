@@ -24,8 +24,8 @@
 --    gathered rows, attention on each query block's kept rows, rmsnorm, RoPE and the elementwise
 --    unary ops (ops/elementwise.lua) on kept rows. So every activation-gradient row of a filtered
 --    token below the head is exactly 0: Collider's "backward activation filtering", an
---    approximation that drops the gradient paths through filtered tokens' hidden states (their K/V
---    get gradient from kept queries; RoPE and the K/V projections drop it). Other ops (binary
+--    approximation that drops the gradient paths through filtered tokens' hidden states (the
+--    attention backward computes no dK / dV for filtered keys). Other ops (binary
 --    elementwise, views, quantizer STEs) stay dense; the zeros pass through them unchanged.
 --  - rho = 0 keeps every valid token; the backward is then bitwise the dense one (spec).
 local ag = require 'nanochat.autograd'
