@@ -215,6 +215,10 @@ nc_status nc_binary_scalar_backward(nc_tensor *ga, const nc_tensor *a, const nc_
 /* out = f(a). CUDA: yes. Backward uses out when cheaper (exp, tanh, sigmoid, sqrt, rsqrt, recip). */
 nc_status nc_unary(nc_tensor *out, const nc_tensor *a, int32_t op);
 nc_status nc_unary_backward(nc_tensor *ga, const nc_tensor *out, const nc_tensor *a, const nc_tensor *gout, int32_t op);
+/* The same on the rows listed in keep only (rows = the last dim; keep 1-D contiguous i64, strictly
+ * increasing; ga, gout and the operand read contiguous, CPU; Collider): other rows of ga untouched. */
+nc_status nc_unary_backward_rows(nc_tensor *ga, const nc_tensor *out, const nc_tensor *a, const nc_tensor *gout,
+                                 int32_t op, const nc_tensor *keep);
 /* dst += alpha * src, src broadcast to dst's shape; dst may be a strided view. CUDA: yes. */
 nc_status nc_add_scaled(nc_tensor *dst, const nc_tensor *src, double alpha);
 /* dst += alpha * sum of src over the dims where dst is broadcast (dst.shape broadcasts to src.shape;
@@ -291,6 +295,10 @@ nc_status nc_rmsnorm_backward_rows(nc_tensor *gx, nc_tensor *gweight, const nc_t
 nc_status nc_rope_tables(nc_tensor *cos, nc_tensor *sin, int64_t pos0, double base);
 nc_status nc_rope(nc_tensor *out, const nc_tensor *x, const nc_tensor *cos, const nc_tensor *sin);
 nc_status nc_rope_backward(nc_tensor *gx, const nc_tensor *gout, const nc_tensor *cos, const nc_tensor *sin);
+/* The same on the tokens (b, t) with qkeep[b, t] != 0 only (qkeep (B, T) u8 contiguous; CPU; Collider):
+ * the rows of other tokens in gx are untouched. */
+nc_status nc_rope_backward_masked(nc_tensor *gx, const nc_tensor *gout, const nc_tensor *cos, const nc_tensor *sin,
+                                  const nc_tensor *qkeep);
 
 /* Attention with GQA, memory-efficient (online softmax over key blocks; never a full T x S matrix).
  * q (B, T, H, D), k and v (B, S, Hkv, D), H % Hkv == 0; out (B, T, H, D); lse (B, H, T) saved.
@@ -302,7 +310,8 @@ nc_status nc_attention_backward(nc_tensor *gq, nc_tensor *gk, nc_tensor *gv, con
                                 const nc_tensor *v, const nc_tensor *gout, int32_t causal, double scale);
 /* The same with a kept-query mask qkeep u8 (B, T) contiguous (Collider, algorithms.md §8.4): masked
  * query rows are skipped in both passes (their gq rows untouched); equals the dense backward with those
- * rows of gout zeroed. */
+ * rows of gout zeroed. On the CPU with S == T (self-attention) the mask also marks keys: the gk / gv
+ * rows of masked keys are not computed (left untouched; the kept keys' rows as above, bitwise). */
 nc_status nc_attention_backward_masked(nc_tensor *gq, nc_tensor *gk, nc_tensor *gv, const nc_tensor *out,
                                        const nc_tensor *lse, const nc_tensor *q, const nc_tensor *k,
                                        const nc_tensor *v, const nc_tensor *gout, const nc_tensor *qkeep,
@@ -326,6 +335,17 @@ nc_status nc_quant_act_absmax(nc_tensor *out, nc_tensor *scale, const nc_tensor 
  *   accumulation; op = transpose when trans_*; a, b f32 or i8, 2-D, any strides; kscale (K or 1
  *   elements, may be NULL) multiplies (kscale_div = 1: divides) op(a)'s reduction columns in f32
  *   before the bf16 rounding (nearest even). Without AMX: the reference (double accumulation).
+ * nc_gemm_bf16_rows: nc_gemm_bf16 on a subset of rows, without gathered copies (Collider's kept
+ *   rows): rows_m (may be NULL; i64 or i32, 1-D, strictly increasing, in [0, M)) selects the rows
+ *   of op(a) computed and the out rows written: out[rows_m[i]] = alpha * (...) + beta *
+ *   out[rows_m[i]], other out rows untouched, or set to 0 when zero_rest (needs rows_m). rows_k
+ *   (may be NULL; same rules, in [0, K)) restricts the reduction to those k (op(a) columns, op(b)
+ *   rows, kscale entries), summed in list order. Bitwise equal to gathering the rows / k-slices
+ *   into compact buffers, nc_gemm_bf16, and scattering the rows back (AMX and reference alike).
+ *   packed_b (may be NULL; not with rows_k): op(b) packed once by nc_gemm_bf16_pack_b, read by every
+ *   thread instead of each packing its own copy (same bits; ignored by the reference path).
+ * nc_gemm_bf16_pack_b: op(b) (K, N) into the AMX bf16 B layout, packed = a contiguous bf16 tensor of
+ *   nc_gemm_bf16_packed_size(K, N) elements; fails when AMX is off (the layout is AMX's).
  * nc_gemm_s8: out (M, N) = op(a) op(b) over int8 codes (a, b i8 or f32 holding integers in
  *   [-128, 127]); i32 out: the exact sums; f32 out: ((float)sum * col_scale[n]) * row_scale[m]
  *   (row_div = 1: / row_scale[m]); scales f32 with N / M or 1 elements, may be NULL. K <= 131072.
@@ -337,6 +357,12 @@ const char *nc_amx_status(void);
 nc_status nc_set_amx(int32_t mode);
 nc_status nc_gemm_bf16(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t trans_a, int32_t trans_b,
                        const nc_tensor *kscale, int32_t kscale_div, double alpha, double beta);
+nc_status nc_gemm_bf16_rows(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t trans_a, int32_t trans_b,
+                            const nc_tensor *kscale, int32_t kscale_div, double alpha, double beta,
+                            const nc_tensor *rows_m, const nc_tensor *rows_k, int32_t zero_rest,
+                            const nc_tensor *packed_b);
+int64_t nc_gemm_bf16_packed_size(int64_t K, int64_t N);
+nc_status nc_gemm_bf16_pack_b(nc_tensor *packed, const nc_tensor *b, int32_t trans_b);
 nc_status nc_gemm_s8(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t trans_a, int32_t trans_b,
                      const nc_tensor *col_scale, const nc_tensor *row_scale, int32_t row_div);
 nc_status nc_quant_codes(nc_tensor *codes, const nc_tensor *x, const nc_tensor *scale, int32_t div, int32_t lo, int32_t hi);

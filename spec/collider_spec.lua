@@ -3,8 +3,9 @@
 -- filtered rows of dY and X zeroed; exactly round((1 - rho) N) tokens kept, the top scores, and the
 -- loss a mean over them (float64 recomputation); filtered activation-gradient rows exactly 0 at
 -- every layer (retained gradients of a block-by-block replica of the model's forward) while plain
--- loss masking leaves them non-zero; masked attention and row-subset rmsnorm backward against the
--- dense kernels with zeroed dO rows (both CPU kernel variants); the row gather / scatter kernels;
+-- loss masking leaves them non-zero; masked attention (bitwise, filtered keys' dK / dV rows 0;
+-- fused and two-pass, both CPU kernel variants), row-subset rmsnorm, elementwise unary and RoPE backward bitwise against the dense
+-- kernels with zeroed dO rows; the row gather / scatter kernels;
 -- score = 'excess' through a reference model; clear errors on bad input; nc.train with a filter.
 package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
 local nc = require 'nanochat'
@@ -15,7 +16,6 @@ local core = require 'nanochat.core'
 local ffi, C = core.ffi, core.C
 
 local LOSS_RTOL = 1e-6    -- f32 mean of ~20 losses vs the float64 mean of the same f32 losses
-local ATTN_ATOL = 1e-6    -- masked vs dense attention backward (same arithmetic: expected exact)
 
 local micro = Fx.micro
 
@@ -262,21 +262,33 @@ describe('nc.collider', function()
         for _, r in ipairs(keep) do rowmask:set(r, 0, 1) end
         local kernels = { prev_kernel }
         if prev_kernel ~= 'scalar' then kernels[2] = 'scalar' end
-        for _, kern in ipairs(kernels) do
+        local threads0 = nc.get_num_threads()
+        for _, run in ipairs { { prev_kernel, 1 }, { prev_kernel, 2 }, { kernels[2], 1 } } do   -- fused pass / two passes
+            local kern = run[1]
             nc.set_cpu_kernel(kern)
+            nc.set_num_threads(run[2])
             local q, k, v = q0:clone():requires_grad_(), k0:clone():requires_grad_(), v0:clone():requires_grad_()
             local _, o = with_rows(B * T, keep, function() return (nc.attention(q, k, v)) end)
             o:backward(go)
             local qd, kd, vd = q0:clone():requires_grad_(), k0:clone():requires_grad_(), v0:clone():requires_grad_()
             local od = nc.attention(qd, kd, vd)
             od:backward((go:reshape { B * T, -1 } * rowmask):reshape(go:shape()))
-            for _, p in ipairs { { q.grad, qd.grad, 'dq' }, { k.grad, kd.grad, 'dk' }, { v.grad, vd.grad, 'dv' } } do
-                assert.is_true((p[1] - p[2]):abs():max():item() <= ATTN_ATOL, kern .. ' ' .. p[3])
+            -- bitwise: the kernel skips the filtered query rows (compacting each block's kept rows), the
+            -- dense one adds their exact +-0 terms, which leave every sum unchanged; dK / dV rows of
+            -- filtered keys are not computed (Centrifuge: 0 here), the kept keys' rows are the dense ones
+            assert.is_true(same_bits(q.grad, qd.grad), kern .. ' dq')
+            local kidx = nc.tensor(keep, { dtype = 'i64' })
+            for _, p in ipairs { { k.grad, kd.grad, 'dk' }, { v.grad, vd.grad, 'dv' } } do
+                local a2, b2 = p[1]:reshape { B * T, -1 }, p[2]:reshape { B * T, -1 }
+                assert.is_true(same_bits(nc.index_select(a2, 0, kidx), nc.index_select(b2, 0, kidx)), kern .. ' ' .. p[3])
+                local zk = zero_rows(a2)
+                for r = 0, B * T - 1 do if (r * 7) % 5 >= 3 then assert.is_true(zk[r], p[3] .. ' row ' .. r) end end
             end
             local z = zero_rows(q.grad:reshape { B * T, H * D })
             for r = 0, B * T - 1 do if (r * 7) % 5 >= 3 then assert.is_true(z[r]) end end
         end
         nc.set_cpu_kernel(prev_kernel)
+        nc.set_num_threads(threads0)
         -- a filter for another row count leaves attention dense (no mask)
         local q, k, v = q0:clone():requires_grad_(), k0:clone():requires_grad_(), v0:clone():requires_grad_()
         local _, o = with_rows(B * T + 1, { 0 }, function() return (nc.attention(q, k, v)) end)
@@ -301,6 +313,62 @@ describe('nc.collider', function()
         nc.rmsnorm(xd, wd, 1e-6):backward((gy:reshape { 15, 24 } * rowmask):reshape { 3, 5, 24 })
         assert.is_true(same_bits(x.grad, xd.grad))
         assert.is_true(same_bits(w.grad, wd.grad))
+    end)
+
+    it('elementwise unary backward on the kept rows equals the dense one with filtered dY rows zeroed', function()
+        local g = nc.generator(6)
+        local x0 = nc.randn({ 3, 5, 40 }, { generator = g })
+        local gy = nc.randn({ 3, 5, 40 }, { generator = g })
+        local keep = { 0, 3, 4, 9, 13 }
+        local rowmask = nc.zeros({ 15, 1 })
+        for _, r in ipairs(keep) do rowmask:set(r, 0, 1) end
+        local gz = (gy:reshape { 15, 40 } * rowmask):reshape { 3, 5, 40 }
+        for _, name in ipairs { 'relu2', 'silu', 'sigmoid', 'exp', 'square' } do   -- sigmoid / exp read the output
+            local x = x0:clone():requires_grad_()
+            local _, y = with_rows(15, keep, function() return nc[name](x) end)
+            y:backward(gy)
+            local xd = x0:clone():requires_grad_()
+            nc[name](xd):backward(gz)
+            assert.is_true(same_bits(x.grad, xd.grad), name)
+            local z = zero_rows(x.grad:reshape { 15, 40 })
+            local m = rowmask:totable()
+            for r = 0, 14 do assert.are.equal(m[r + 1][1] == 0, z[r] == true, name .. ' row ' .. r) end
+        end
+        -- another row count: dense
+        local x = x0:clone():requires_grad_()
+        local _, y = with_rows(16, { 0 }, function() return nc.relu2(x) end)
+        y:backward(gy)
+        local xd = x0:clone():requires_grad_()
+        nc.relu2(xd):backward(gy)
+        assert.is_true(same_bits(x.grad, xd.grad))
+        local ga, gk = nc.zeros { 15, 40 }, nc.tensor({ 2, 1 }, { dtype = 'i64' })
+        assert.has_error(function()
+            core.check(C.nc_unary_backward_rows(ga._c, nil, x0:reshape { 15, 40 }._c, gy:reshape { 15, 40 }._c,
+                C.NC_OP_RELU2, gk._c), 'unary_backward_rows')
+        end, 'unary_backward_rows: relu2 backward (rows): keep must list strictly increasing rows in [0, 15), got 1 at position 1')
+    end)
+
+    it('rope backward on the kept tokens equals the dense one with filtered dY rows zeroed', function()
+        local g = nc.generator(8)
+        local B, T, H, D = 2, 7, 3, 8
+        local x0, gy = nc.randn({ B, T, H, D }, { generator = g }), nc.randn({ B, T, H, D }, { generator = g })
+        local cos, sin = nc.rope_tables(T, D)
+        local keep = { 0, 2, 3, 8, 12, 13 }
+        local rowmask = nc.zeros({ B * T, 1 })
+        for _, r in ipairs(keep) do rowmask:set(r, 0, 1) end
+        local x = x0:clone():requires_grad_()
+        local _, y = with_rows(B * T, keep, function() return nc.rope(x, cos, sin) end)
+        y:backward(gy)
+        local xd = x0:clone():requires_grad_()
+        nc.rope(xd, cos, sin):backward((gy:reshape { B * T, -1 } * rowmask):reshape(gy:shape()))
+        assert.is_true(same_bits(x.grad, xd.grad))
+        local z = zero_rows(x.grad:reshape { B * T, H * D })
+        local m = rowmask:totable()
+        for r = 0, B * T - 1 do assert.are.equal(m[r + 1][1] == 0, z[r] == true) end
+        assert.has_error(function()
+            core.check(C.nc_rope_backward_masked(nc.zeros({ B, T, H, D })._c, gy._c, cos._c, sin._c,
+                nc.ones({ B, T + 1 }, { dtype = 'u8' })._c), 'rope_backward_masked')
+        end)
     end)
 
     it('row gather / scatter kernels copy exactly and reject bad row lists', function()

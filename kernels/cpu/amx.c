@@ -15,6 +15,14 @@
  *    count). Bf16 has 8 significant bits, so integers |v| <= 256 (int8 codes, ternary codes) pass
  *    exactly. AMX treats bf16 denormals as zero (|v| < 1.2e-38).
  *    Reference (scalar kernel or no AMX): the same rounded inputs, products summed in double.
+ *  - nc_gemm_bf16_rows: the same GEMM through row lists (Collider's kept rows): rows_m picks the
+ *    rows of op(a) and the out rows written (the others untouched, or zeroed with zero_rest),
+ *    rows_k the reduction's k (op(a) columns, op(b) rows, kscale entries). The packers read the
+ *    listed rows in place (the index maps of `mat`, the out row map of the epilogue), so no
+ *    gathered copy exists; the packed tiles hold the same values as packing gathered copies, so the
+ *    result is bitwise that of gather + nc_gemm_bf16 + scatter (reference: the same). packed_b:
+ *    op(b) packed once beforehand (nc_gemm_bf16_pack_b; nc.bitlinear packs its ternary codes in
+ *    the forward for the backward's dX), read by every thread instead of a private copy each.
  *  - nc_gemm_s8: out (M, N) = op(a) op(b) as exact int32 sums of int8 codes (a and b f32 holding
  *    integers in [-128, 127], or i8); into an i32 out the raw sums (bit-exact to the reference),
  *    into an f32 out ((float)sum * col_scale[n]) * (or /) row_scale[m] (each scale optional,
@@ -111,17 +119,21 @@ nc_status nc_set_amx(int32_t mode) {
 }
 
 /* ---- operands ------------------------------------------------------------------------------- */
-/* op(t) as a logical (rows, cols) matrix: element (i, k) at p[i * si + k * sk] */
-typedef struct { const void *p; int64_t rows, cols, si, sk; int32_t dtype; } mat;
+/* op(t) as a logical (rows, cols) matrix: element (i, k) at p[RI(i) * si + CI(k) * sk], where the
+ * optional index maps ri / ci (nc_gemm_bf16_rows' row lists) pick rows / columns of the stored
+ * matrix (rows = the map's length); NULL = the identity */
+typedef struct { const void *p; int64_t rows, cols, si, sk; int32_t dtype; const int64_t *ri, *ci; } mat;
+#define RI(m, i) ((m)->ri ? (m)->ri[i] : (i))
+#define CI(m, k) ((m)->ci ? (m)->ci[k] : (k))
 
 static mat mat_of(const nc_tensor *t, int trans) {
-    mat m = { nc_ptr(t), t->shape[0], t->shape[1], t->strides[0], t->strides[1], t->dtype };
+    mat m = { nc_ptr(t), t->shape[0], t->shape[1], t->strides[0], t->strides[1], t->dtype, NULL, NULL };
     if (trans) { int64_t r = m.rows; m.rows = m.cols; m.cols = r; r = m.si; m.si = m.sk; m.sk = r; }
     return m;
 }
 
 static inline float mat_at(const mat *m, int64_t i, int64_t k) {
-    int64_t o = i * m->si + k * m->sk;
+    int64_t o = RI(m, i) * m->si + CI(m, k) * m->sk;
     return m->dtype == NC_I8 ? (float)((const int8_t *)m->p)[o] : ((const float *)m->p)[o];
 }
 
@@ -143,7 +155,7 @@ static inline double bf16_val(uint16_t h) {
 /* the value op(a)' (i, k) feeds the bf16 GEMM: kscale applied in f32, then bf16 */
 static inline uint16_t a_bf16(const mat *a, int64_t i, int64_t k, const float *ks, int64_t nks, int div) {
     float v = mat_at(a, i, k);
-    if (ks) { float s = ks[nks == 1 ? 0 : k]; v = div ? v / s : v * s; }
+    if (ks) { float s = ks[nks == 1 ? 0 : CI(a, k)]; v = div ? v / s : v * s; }
     return bf16_rne(v);
 }
 
@@ -153,7 +165,7 @@ static inline int8_t s8_of(float v) {
 }
 
 static inline int8_t mat_s8(const mat *m, int64_t i, int64_t k) {
-    int64_t o = i * m->si + k * m->sk;
+    int64_t o = RI(m, i) * m->si + CI(m, k) * m->sk;
     return m->dtype == NC_I8 ? ((const int8_t *)m->p)[o] : s8_of(((const float *)m->p)[o]);
 }
 
@@ -220,16 +232,6 @@ static inline int64_t rup(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 /* Packing. Padding (rows >= M, columns >= N, k >= K) must be zero: the buffer is cleared first
  * when padding exists. Each layout is filled in the order that reads the source contiguously
  * (row-major or transposed), so strided reads never hop across rows per element. */
-static inline float ld(const mat *m, int64_t off) {
-    return m->dtype == NC_I8 ? (float)((const int8_t *)m->p)[off] : ((const float *)m->p)[off];
-}
-
-static inline float kscaled(float v, const float *ks, int64_t nks, int div, int64_t k) {
-    if (!ks) return v;
-    float s = ks[nks == 1 ? 0 : k];
-    return div ? v / s : v * s;
-}
-
 /* The packers below run only on AMX machines, which all have AVX-512 F/BW/VL/DQ: compiled for it
  * (the rest of this file, incl. the references, stays baseline x86-64). */
 #define NC_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
@@ -298,17 +300,17 @@ NC_AVX512 static void pack_a_bf16(uint16_t *dst, const mat *a, int64_t Mp, int64
     int64_t M = a->rows, K = a->cols, KB = Kp / 32;
     if (Mp != M || Kp != K) memset(dst, 0, (size_t)(Mp * Kp * 2));
     int par = M * K >= NC_PAR_MIN;
-    if (a->dtype == NC_F32 && a->sk == 1) {          /* rows contiguous: one row at a time */
+    if (a->dtype == NC_F32 && a->sk == 1 && !a->ci) {          /* rows contiguous: one row at a time */
         int mode = !ks ? 0 : nks == 1 ? (div ? 4 : 3) : (div ? 2 : 1);
         float s1 = ks ? ks[0] : 1.0f;
 #pragma omp parallel for schedule(static) num_threads(nc_threads()) if (par)
         for (int64_t i = 0; i < M; i++) {
             uint16_t *row = dst + (i / 16) * KB * 512 + (i % 16) * 32;
-            const float *src = (const float *)a->p + i * a->si;
+            const float *src = (const float *)a->p + RI(a, i) * a->si;
             for (int64_t k0 = 0; k0 < K; k0 += 32)
                 cvt_run(row + (k0 / 32) * 512, src + k0, K - k0 < 32 ? K - k0 : 32, ks ? ks + k0 : NULL, s1, mode);
         }
-    } else if (a->dtype == NC_F32 && a->si == 1) {   /* columns contiguous: pairs of k rows, 16 x 16 word transpose */
+    } else if (a->dtype == NC_F32 && a->si == 1 && !a->ri) {   /* columns contiguous: pairs of k rows, 16 x 16 word transpose */
         int64_t MBt = (M + 15) / 16, nk = (K + 31) / 32;
         int mode = !ks ? 0 : (div ? 4 : 3);
 #pragma omp parallel for schedule(static) num_threads(nc_threads()) if (par)
@@ -321,12 +323,14 @@ NC_AVX512 static void pack_a_bf16(uint16_t *dst, const mat *a, int64_t Mp, int64
                     int64_t k = kb * 32 + 2 * r;
                     __m512i lo = _mm512_setzero_si512(), hi = lo;
                     if (k < K) {
-                        __m512 s0 = _mm512_set1_ps(ks ? ks[nks == 1 ? 0 : k] : 1.0f);
-                        lo = rne16(scaled16((const float *)a->p + k * a->sk + i0, NULL, s0, mode, m));
+                        int64_t kk = CI(a, k);
+                        __m512 s0 = _mm512_set1_ps(ks ? ks[nks == 1 ? 0 : kk] : 1.0f);
+                        lo = rne16(scaled16((const float *)a->p + kk * a->sk + i0, NULL, s0, mode, m));
                     }
                     if (k + 1 < K) {
-                        __m512 s1 = _mm512_set1_ps(ks ? ks[nks == 1 ? 0 : k + 1] : 1.0f);
-                        hi = rne16(scaled16((const float *)a->p + (k + 1) * a->sk + i0, NULL, s1, mode, m));
+                        int64_t kk = CI(a, k + 1);
+                        __m512 s1 = _mm512_set1_ps(ks ? ks[nks == 1 ? 0 : kk] : 1.0f);
+                        hi = rne16(scaled16((const float *)a->p + kk * a->sk + i0, NULL, s1, mode, m));
                     }
                     w[r] = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));   /* lane i: pair (k, k + 1) of row i0 + i */
                 }
@@ -340,7 +344,7 @@ NC_AVX512 static void pack_a_bf16(uint16_t *dst, const mat *a, int64_t Mp, int64
         for (int64_t i = 0; i < M; i++) {
             uint16_t *row = dst + (i / 16) * KB * 512 + (i % 16) * 32;
             for (int64_t k = 0; k < K; k++)
-                row[(k / 32) * 512 + k % 32] = bf16_rne(kscaled(ld(a, i * a->si + k * a->sk), ks, nks, div, k));
+                row[(k / 32) * 512 + k % 32] = a_bf16(a, i, k, ks, nks, div);
         }
     }
 }
@@ -352,13 +356,13 @@ NC_AVX512 static void pack_b_bf16(uint16_t *dst, const mat *b, int64_t Np, int64
     if (Np != N || Kp != K) memset(dst, 0, (size_t)(Np * Kp * 2));
     uint32_t *w = (uint32_t *)dst;
     int par = N * K >= NC_PAR_MIN;
-    if (b->dtype == NC_F32 && b->sk == 1) {          /* b stored (K, N): two rows of op(b) per pair */
+    if (b->dtype == NC_F32 && b->sk == 1 && !b->ci) {          /* b stored (K, N): two rows of op(b) per pair */
 #pragma omp parallel for schedule(static) num_threads(nc_threads()) if (par)
         for (int64_t p = 0; p < P; p++) {
             int64_t k = 2 * p;
             uint32_t *pw = w + (k / 32) * 256 + (p % 16) * 16;
-            const float *r0 = (const float *)b->p + k * b->si, *r1 = r0 + b->si;
             int odd = k + 1 >= K;
+            const float *r0 = (const float *)b->p + RI(b, k) * b->si, *r1 = odd ? r0 : (const float *)b->p + RI(b, k + 1) * b->si;
             for (int64_t n0 = 0; n0 < N; n0 += 16) {
                 __mmask16 m = tail16(N - n0);
                 __m512i lo = rne16(_mm512_maskz_loadu_ps(m, r0 + n0));
@@ -366,7 +370,7 @@ NC_AVX512 static void pack_b_bf16(uint16_t *dst, const mat *b, int64_t Np, int64
                 _mm512_mask_storeu_epi32(pw + (n0 / 16) * KB * 256, m, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
             }
         }
-    } else if (b->dtype == NC_F32 && b->si == 1) {   /* b stored (N, K): 16 columns x 32 k through a transpose */
+    } else if (b->dtype == NC_F32 && b->si == 1 && !b->ri && !b->ci) {   /* b stored (N, K): 16 columns x 32 k through a transpose */
         int64_t NBt = (N + 15) / 16;
 #pragma omp parallel for schedule(static) num_threads(nc_threads()) if (par)
         for (int64_t nb = 0; nb < NBt; nb++) {
@@ -388,8 +392,8 @@ NC_AVX512 static void pack_b_bf16(uint16_t *dst, const mat *b, int64_t Np, int64
             int64_t k = 2 * p;
             uint32_t *pw = w + (k / 32) * 256 + (p % 16) * 16;
             for (int64_t n = 0; n < N; n++) {
-                uint32_t lo = bf16_rne(ld(b, k * b->si + n * b->sk));
-                uint32_t hi = k + 1 < K ? bf16_rne(ld(b, (k + 1) * b->si + n * b->sk)) : 0;
+                uint32_t lo = bf16_rne(mat_at(b, k, n));
+                uint32_t hi = k + 1 < K ? bf16_rne(mat_at(b, k + 1, n)) : 0;
                 pw[(n / 16) * KB * 256 + n % 16] = lo | hi << 16;
             }
         }
@@ -489,6 +493,9 @@ typedef struct {
     int64_t so_m, so_n, M, N;
     int32_t dtype;
     float alpha, beta;                 /* bf16: out = alpha * acc + beta * out (beta 0: no read) */
+    const int64_t *mo;                 /* bf16: logical row m is out row mo[m] (NULL: m) */
+    int64_t M_out;                     /* bf16 with mo: out's row count */
+    int zero_rest;                     /* bf16 with mo: out rows not in mo are set to 0 */
     const float *cs, *rs;              /* s8 f32: ((float)acc * cs[n]) * or / rs[m] */
     int64_t ncs, nrs;
     int rdiv;
@@ -506,7 +513,7 @@ NC_AVX512 static void store_f32(const epi *e, const float *c, int64_t m0, int64_
                 int64_t nb = n0 + tj * 16;
                 int nn = e->N - nb < 16 ? (int)(e->N - nb) : 16;
                 if (nn <= 0) break;
-                float *dst = o + m * e->so_m + nb * e->so_n;
+                float *dst = o + (e->mo ? e->mo[m] : m) * e->so_m + nb * e->so_n;
                 if (e->so_n == 1) {
                     __mmask16 mk = tail16(nn);
                     __m512 v = _mm512_mul_ps(_mm512_set1_ps(e->alpha), _mm512_load_ps(src));
@@ -578,9 +585,26 @@ static int64_t chunk_nb(int64_t bytes_per_col) {
 /* rows [r0, r1) of a as a matrix of their own */
 static mat mat_rows(const mat *a, int64_t r0, int64_t r1) {
     mat s = *a;
-    s.p = (const char *)a->p + r0 * a->si * (a->dtype == NC_I8 ? 1 : 4);
+    if (a->ri) s.ri = a->ri + r0;
+    else s.p = (const char *)a->p + r0 * a->si * (a->dtype == NC_I8 ? 1 : 4);
     s.rows = r1 - r0;
     return s;
+}
+
+/* zero_rest of nc_gemm_bf16_rows: set to 0 the out rows that the sorted row list mo does not name
+ * between its entries r0 - 1 and r1 - 1 (from row 0 when r0 = 0, through the last out row when
+ * r1 = n, the list's length); threads owning consecutive entry ranges cover every gap once */
+static void zero_gaps(const epi *e, int64_t M_out, const int64_t *mo, int64_t n, int64_t r0, int64_t r1) {
+    int64_t lo = r0 == 0 ? 0 : mo[r0 - 1] + 1;
+    for (int64_t r = r0; r <= r1; r++) {
+        int64_t hi = r < r1 ? mo[r] : (r1 == n ? M_out : lo);
+        for (int64_t m = lo; m < hi; m++) {
+            float *d = (float *)e->p + m * e->so_m;
+            if (e->so_n == 1) memset(d, 0, (size_t)e->N * sizeof(float));
+            else for (int64_t j = 0; j < e->N; j++) d[j * e->so_n] = 0.0f;
+        }
+        if (r < r1) lo = mo[r] + 1;
+    }
 }
 
 /* One parallel region per GEMM (a single join; no barrier between packing and compute): thread
@@ -595,23 +619,28 @@ static int amx_threads(int64_t MB, int64_t M, int64_t N, int64_t K) {
     return nt < 1 ? 1 : (int)nt;
 }
 
-static nc_status amx_bf16(const epi *e, const mat *a, const mat *b, const float *ks, int64_t nks, int div) {
+/* packed (may be NULL): op(b) already in the packed B layout (nc_gemm_bf16_pack_b), shared by the
+ * threads instead of each packing its own copy */
+static nc_status amx_bf16(const epi *e, const mat *a, const mat *b, const float *ks, int64_t nks, int div,
+                          const uint16_t *packed) {
     int64_t M = a->rows, N = b->cols, K = a->cols;
     int64_t Mp = rup(M, 32), Np = rup(N, 32), Kp = rup(K, 32), KB = Kp / 32;
     int64_t MB = Mp / 32, NB = Np / 32, NBc = chunk_nb(Kp * 2);
     int nt = amx_threads(MB, M, N, K);
-    int64_t abytes = Mp * Kp * 2, bbytes = Np * Kp * 2;
-    uint16_t *ap = nc_host_alloc(abytes), *bp = ap ? nc_host_alloc(bbytes * nt) : NULL;
-    if (!bp) { if (ap) nc_host_free(ap, abytes); return NC_ERR_OOM; }
+    int64_t abytes = Mp * Kp * 2, bbytes = Np * Kp * 2, balloc = packed ? 0 : bbytes * nt;
+    uint16_t *ap = nc_host_alloc(abytes), *bp = NULL;
+    if (ap && !packed) bp = nc_host_alloc(balloc);
+    if (!ap || (!packed && !bp)) { if (ap) nc_host_free(ap, abytes); return NC_ERR_OOM; }
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         int tid = omp_get_thread_num(), nth = omp_get_num_threads();
         int64_t mb0 = MB * tid / nth, mb1 = MB * (tid + 1) / nth;
-        uint16_t *bpt = bp + (int64_t)tid * (bbytes / 2);
+        const uint16_t *bpt = packed ? packed : bp + (int64_t)tid * (bbytes / 2);
         if (mb1 > mb0) {
             mat as = mat_rows(a, mb0 * 32, mb1 * 32 < M ? mb1 * 32 : M);
+            if (e->zero_rest) zero_gaps(e, e->M_out, e->mo, M, mb0 * 32, mb1 * 32 < M ? mb1 * 32 : M);
             pack_a_bf16(ap + mb0 * 2 * KB * 512, &as, (mb1 - mb0) * 32, Kp, ks, nks, div);
-            pack_b_bf16(bpt, b, Np, Kp);
+            if (!packed) pack_b_bf16(bp + (int64_t)tid * (bbytes / 2), b, Np, Kp);
             tiles_config();
             float c[1024] __attribute__((aligned(64)));
             for (int64_t n0 = 0; n0 < NB; n0 += NBc) {
@@ -639,7 +668,7 @@ static nc_status amx_bf16(const epi *e, const mat *a, const mat *b, const float 
             _tile_release();
         }
     }
-    nc_host_free(bp, bbytes * nt);
+    if (bp) nc_host_free(bp, balloc);
     nc_host_free(ap, abytes);
     return NC_OK;
 }
@@ -697,13 +726,14 @@ static nc_status amx_s8(const epi *e, const mat *a, const mat *b) {
 static void ref_bf16(const epi *e, const mat *a, const mat *b, const float *ks, int64_t nks, int div) {
     int64_t M = a->rows, N = b->cols, K = a->cols;
     float *o = (float *)e->p;
+    if (e->zero_rest) zero_gaps(e, e->M_out, e->mo, M, 0, M);
 #pragma omp parallel for schedule(static) num_threads(nc_threads()) if (M * N * K >= NC_PAR_MIN)
     for (int64_t m = 0; m < M; m++)
         for (int64_t n = 0; n < N; n++) {
             double s = 0.0;
             for (int64_t k = 0; k < K; k++)
                 s += bf16_val(a_bf16(a, m, k, ks, nks, div)) * bf16_val(bf16_rne(mat_at(b, k, n)));
-            float *d = o + m * e->so_m + n * e->so_n;
+            float *d = o + (e->mo ? e->mo[m] : m) * e->so_m + n * e->so_n;
             *d = e->beta == 0.0f ? (float)(e->alpha * s) : (float)(e->alpha * s + e->beta * (double)*d);
         }
 }
@@ -722,31 +752,122 @@ static void ref_s8(const epi *e, const mat *a, const mat *b) {
 }
 
 /* ---- public GEMMs --------------------------------------------------------------------------- */
-nc_status nc_gemm_bf16(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t trans_a, int32_t trans_b,
-                       const nc_tensor *kscale, int32_t kscale_div, double alpha, double beta) {
+/* A row list of nc_gemm_bf16_rows as int64 (rows_* i32 or i64, 1-D, contiguous, strictly
+ * increasing, each in [0, bound)); *tmp is set when an i32 list was widened (free it with
+ * nc_host_free(*tmp, n * 8)). */
+static nc_status row_list(const char *op, const char *name, const nc_tensor *t, int64_t bound, const int64_t **out,
+                          int64_t *n, int64_t **tmp) {
+    *out = NULL; *n = 0; *tmp = NULL;
+    if (!t) return NC_OK;
+    NC_TRY(nc_check_cpu(op, name, t));
+    NC_TRY(nc_check_contiguous(op, name, t));
+    char b[NC_DESC_LEN];
+    if ((t->dtype != NC_I64 && t->dtype != NC_I32) || t->ndim != 1)
+        return nc_fail(NC_ERR_DTYPE, "%s: expected %s a 1-D i64 or i32 row list, got %s", op, name, nc_describe(t, b, sizeof b));
+    int64_t len = t->shape[0];
+    const int64_t *p = (const int64_t *)nc_ptr(t);
+    if (t->dtype == NC_I32) {
+        int64_t *w = len ? nc_host_alloc(len * 8) : NULL;
+        if (len && !w) return nc_fail(NC_ERR_OOM, "%s: out of memory widening %s", op, name);
+        const int32_t *q = (const int32_t *)nc_ptr(t);
+        for (int64_t i = 0; i < len; i++) w[i] = q[i];
+        p = w;
+        *tmp = w;
+    }
+    for (int64_t i = 0; i < len; i++) {
+        if (p[i] < 0 || p[i] >= bound || (i > 0 && p[i] <= p[i - 1])) {
+            nc_status st = p[i] < 0 || p[i] >= bound
+                ? nc_fail(NC_ERR_INDEX, "%s: %s[%lld] = %lld is out of range [0, %lld)", op, name, (long long)i,
+                          (long long)p[i], (long long)bound)
+                : nc_fail(NC_ERR_INDEX, "%s: %s must be strictly increasing, got %s[%lld] = %lld after %lld", op, name,
+                          name, (long long)i, (long long)p[i], (long long)p[i - 1]);
+            if (*tmp) { nc_host_free(*tmp, len * 8); *tmp = NULL; }
+            return st;
+        }
+    }
+    *out = p;
+    *n = len;
+    return NC_OK;
+}
+
+int64_t nc_gemm_bf16_packed_size(int64_t K, int64_t N) { return K <= 0 || N <= 0 ? 0 : rup(N, 32) * rup(K, 32); }
+
+/* packed: a contiguous bf16 tensor of nc_gemm_bf16_packed_size(K, N) elements for op(b) (K, N) */
+static nc_status check_packed(const char *op, const nc_tensor *packed, int64_t K, int64_t N) {
+    NC_TRY(nc_check_cpu(op, "packed_b", packed));
+    NC_TRY(nc_check_dtype(op, "packed_b", packed, NC_BF16));
+    NC_TRY(nc_check_contiguous(op, "packed_b", packed));
+    if (nc_tensor_numel(packed) != nc_gemm_bf16_packed_size(K, N)) {
+        char b[NC_DESC_LEN];
+        return nc_fail(NC_ERR_SHAPE, "%s: packed_b for op(b) (%lld, %lld) needs %lld elements, got %s", op, (long long)K,
+                       (long long)N, (long long)nc_gemm_bf16_packed_size(K, N), nc_describe(packed, b, sizeof b));
+    }
+    return NC_OK;
+}
+
+nc_status nc_gemm_bf16_pack_b(nc_tensor *packed, const nc_tensor *b, int32_t trans_b) {
+    static const char *op = "gemm_bf16_pack_b";
+    NC_TRY(check_operand(op, "b", b, 1));
+    NC_TRY(nc_check_not_null(op, "packed", packed));
+    mat mb = mat_of(b, trans_b);
+    NC_TRY(check_packed(op, packed, mb.rows, mb.cols));
+    if (!nc_cpu_amx()) return nc_fail(NC_ERR_UNSUPPORTED, "%s: the packed layout is AMX's; %s", op, nc_amx_status());
+    if (mb.rows > 0 && mb.cols > 0) pack_b_bf16((uint16_t *)nc_ptr(packed), &mb, rup(mb.cols, 32), rup(mb.rows, 32));
+    return NC_OK;
+}
+
+nc_status nc_gemm_bf16_rows(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t trans_a, int32_t trans_b,
+                            const nc_tensor *kscale, int32_t kscale_div, double alpha, double beta,
+                            const nc_tensor *rows_m, const nc_tensor *rows_k, int32_t zero_rest,
+                            const nc_tensor *packed_b) {
     static const char *op = "gemm_bf16";
     NC_TRY(check_operand(op, "a", a, 1));
     NC_TRY(check_operand(op, "b", b, 1));
     mat ma = mat_of(a, trans_a), mb = mat_of(b, trans_b);
     NC_TRY(check_gemm(op, out, &ma, &mb, 0));
     NC_TRY(check_scale(op, "kscale", kscale, ma.cols));
+    if (zero_rest && !rows_m) return nc_fail(NC_ERR_ARG, "%s: zero_rest needs rows_m (the out rows written)", op);
+    if (packed_b) {
+        if (rows_k) return nc_fail(NC_ERR_ARG, "%s: packed_b holds every k of op(b); it cannot be used with rows_k", op);
+        NC_TRY(check_packed(op, packed_b, mb.rows, mb.cols));
+    }
+    const int64_t *rm, *rk;
+    int64_t nm, nk, *tm, *tk;
+    NC_TRY(row_list(op, "rows_m", rows_m, ma.rows, &rm, &nm, &tm));
+    nc_status st = row_list(op, "rows_k", rows_k, ma.cols, &rk, &nk, &tk);
+    if (st != NC_OK) { if (tm) nc_host_free(tm, nm * 8); return st; }
     epi e = epi_of(out);
     e.alpha = (float)alpha;
     e.beta = (float)beta;
+    e.M_out = e.M;
+    if (rows_m) { ma.ri = rm; ma.rows = nm; e.mo = rm; e.M = nm; e.zero_rest = zero_rest != 0; }
+    if (rows_k) { ma.ci = rk; ma.cols = nk; mb.ri = rk; mb.rows = nk; }
     int64_t M = ma.rows, N = mb.cols, K = ma.cols;
-    if (M == 0 || N == 0) return NC_OK;
-    if (K == 0) {   /* out = beta * out */
+    st = NC_OK;
+    if (N == 0) {
+    } else if (M == 0) {   /* nothing computed; zero_rest clears every out row */
+        if (e.zero_rest) zero_gaps(&e, e.M_out, e.mo, 0, 0, 0);
+    } else if (K == 0) {   /* out = beta * out on the computed rows */
+        if (e.zero_rest) zero_gaps(&e, e.M_out, e.mo, M, 0, M);
         for (int64_t m = 0; m < M; m++)
             for (int64_t n = 0; n < N; n++) {
-                float *d = (float *)e.p + m * e.so_m + n * e.so_n;
+                float *d = (float *)e.p + (e.mo ? e.mo[m] : m) * e.so_m + n * e.so_n;
                 *d = e.beta == 0.0f ? 0.0f : e.beta * *d;
             }
-        return NC_OK;
+    } else {
+        const float *ks = kscale ? nc_f32p(kscale) : NULL;
+        int64_t nks = kscale ? nc_tensor_numel(kscale) : 0;
+        if (!nc_cpu_amx()) ref_bf16(&e, &ma, &mb, ks, nks, kscale_div);
+        else st = amx_bf16(&e, &ma, &mb, ks, nks, kscale_div, packed_b ? (const uint16_t *)nc_ptr(packed_b) : NULL);
     }
-    const float *ks = kscale ? nc_f32p(kscale) : NULL;
-    int64_t nks = kscale ? nc_tensor_numel(kscale) : 0;
-    if (!nc_cpu_amx()) { ref_bf16(&e, &ma, &mb, ks, nks, kscale_div); return NC_OK; }
-    return amx_bf16(&e, &ma, &mb, ks, nks, kscale_div);
+    if (tm) nc_host_free(tm, nm * 8);
+    if (tk) nc_host_free(tk, nk * 8);
+    return st;
+}
+
+nc_status nc_gemm_bf16(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t trans_a, int32_t trans_b,
+                       const nc_tensor *kscale, int32_t kscale_div, double alpha, double beta) {
+    return nc_gemm_bf16_rows(out, a, b, trans_a, trans_b, kscale, kscale_div, alpha, beta, NULL, NULL, 0, NULL);
 }
 
 nc_status nc_gemm_s8(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t trans_a, int32_t trans_b,

@@ -24,9 +24,12 @@
  * of the group are 4 x 16 register tiles over the head dim (dot4); after the whole query block's P
  * and dS, kv_sweep adds the block's terms to each dK/dV row in row order.
  * Collider (algorithms.md §8.4): nc_attention_backward_masked takes a kept-query mask qkeep (B, T);
- * a masked query row contributes nothing anywhere (it is skipped in both passes; its dQ row is left
- * untouched), which equals the dense backward with that row of dO set to zero (then P (dP - D) = 0
- * and P dO = 0 exactly). Without a mask the arithmetic is the dense backward's, bit for bit.
+ * a masked query row contributes nothing anywhere (each query block holds only its kept rows,
+ * compacted; its dQ row is left untouched), which equals the dense backward with that row of dO
+ * set to zero (then P (dP - D) = 0 and P dO = 0 exactly). For self-attention (S == T) the mask
+ * also marks keys: dK / dV rows of masked keys are not computed (left untouched; Centrifuge), the
+ * kept keys' rows equal the dense ones bit for bit. Without a mask the arithmetic is the dense
+ * backward's, bit for bit.
  *
  * Compiled three times: as itself (portable baseline, the reference), from attention_avx2.c with
  * AVX2/FMA and from attention_avx512.c with AVX-512F; ATT_PICK follows the kernel selection. Inner
@@ -68,6 +71,7 @@ typedef struct {
     const float *lse_in, *dvec;            /* backward: saved lse and D = rowsum(dO * O), (B, H, T) */
     float *gq, *gk, *gv;                   /* backward outputs (contiguous, accumulate), may be NULL */
     const uint8_t *qkeep;                  /* backward: kept-query mask (B, T) contiguous, or NULL = all */
+    const uint8_t *kkeep;                  /* backward: kept-key mask (B, S): qkeep when S == T, else NULL */
 } attn_args;
 
 /* floats of per-thread scratch */
@@ -90,6 +94,21 @@ static inline void load_rows(float *dst, const float *base, const int64_t *st, i
             for (int64_t e = 0; e < D; e++) d[e] = src[e * st[3]] * mul;
         }
     }
+}
+
+/* rows r0 + idx[i], i < n, of a (B, L, Hx, D) tensor at (b, hx), scaled, into dst (n x D) */
+static inline void load_rows_idx(float *dst, const float *base, const int64_t *st, int64_t b, int64_t r0,
+                                 const int64_t *idx, int64_t n, int64_t hx, int64_t D, float mul) {
+    for (int64_t i = 0; i < n; i++) load_rows(dst + i * D, base, st, b, r0 + idx[i], 1, hx, D, mul);
+}
+
+/* Collider: the kept rows of query block [t0, t0 + nq) of batch b as offsets into rowi (ascending);
+ * their count */
+static inline int64_t kept_rows(const uint8_t *qkeep, int64_t T, int64_t b, int64_t t0, int64_t nq, int64_t *rowi) {
+    int64_t n = 0;
+    for (int64_t i = 0; i < nq; i++)
+        if (qkeep[b * T + t0 + i]) rowi[n++] = i;
+    return n;
 }
 
 /* the same rows transposed into dst (D x ATT_BC) */
@@ -274,18 +293,23 @@ static inline void kv_axpy4(float *restrict dv, float *restrict dk, const float 
 
 /* dK/dV of a key block += the query block's terms: dv_j += sum_i P[i][j] o_i, dk_j += sum_i dS[i][j] q_i,
  * rows i ascending from the first row that sees key j (P, dS are zero past each row's jns[i]).
- * Keys in pairs, a 64-float slice of the head dim of both dK and dV rows held in 16 zmm registers. */
+ * Keys in pairs, a 64-float slice of the head dim of both dK and dV rows held in 16 zmm registers.
+ * kj (may be NULL = every key < jcap): only the keys kj[0 .. nkj) (ascending; Collider's kept keys);
+ * a pair (j, j2) starts at j's first row, and the rows before j2's add exact zeros. */
 static inline void kv_sweep(float *restrict dV, float *restrict dK, const float *restrict P, const float *restrict dS,
                             const float *restrict dO, const float *restrict Qs, const int64_t *jns, int64_t nq,
-                            int64_t jcap, int64_t D) {
-    int64_t ifirst = 0;
-    for (int64_t j = 0; j < jcap; j += 2) {
+                            int64_t jcap, int64_t D, const int64_t *kj, int64_t nkj) {
+    int64_t ifirst = 0, n = jcap;
+    if (kj) for (n = 0; n < nkj && kj[n] < jcap; n++) {}
+    for (int64_t u = 0; u < n; u += 2) {
+        int64_t j = kj ? kj[u] : u;
+        int two = u + 1 < n;
+        int64_t j2 = two ? (kj ? kj[u + 1] : u + 1) : j;
         while (ifirst < nq && jns[ifirst] <= j) ifirst++;
-        int two = j + 1 < jcap;
         for (int64_t d0 = 0; d0 < D; d0 += 64) {
             __mmask16 m0 = att_mask(D - d0), m1 = att_mask(D - d0 - 16), m2 = att_mask(D - d0 - 32),
                       m3 = att_mask(D - d0 - 48);
-            float *v0 = dV + j * D + d0, *k0 = dK + j * D + d0, *v1 = v0 + D, *k1 = k0 + D;
+            float *v0 = dV + j * D + d0, *k0 = dK + j * D + d0, *v1 = dV + j2 * D + d0, *k1 = dK + j2 * D + d0;
             __m512 a0 = _mm512_maskz_loadu_ps(m0, v0), a1 = _mm512_maskz_loadu_ps(m1, v0 + 16);
             __m512 a2 = _mm512_maskz_loadu_ps(m2, v0 + 32), a3 = _mm512_maskz_loadu_ps(m3, v0 + 48);
             __m512 b0 = _mm512_maskz_loadu_ps(m0, k0), b1 = _mm512_maskz_loadu_ps(m1, k0 + 16);
@@ -309,8 +333,8 @@ static inline void kv_sweep(float *restrict dV, float *restrict dK, const float 
                 b0 = _mm512_fmadd_ps(g, q0, b0); b1 = _mm512_fmadd_ps(g, q1, b1);
                 b2 = _mm512_fmadd_ps(g, q2, b2); b3 = _mm512_fmadd_ps(g, q3, b3);
                 if (two) {
-                    p = _mm512_set1_ps(P[i * ATT_BC + j + 1]);
-                    g = _mm512_set1_ps(dS[i * ATT_BC + j + 1]);
+                    p = _mm512_set1_ps(P[i * ATT_BC + j2]);
+                    g = _mm512_set1_ps(dS[i * ATT_BC + j2]);
                     c0 = _mm512_fmadd_ps(p, o0, c0); c1 = _mm512_fmadd_ps(p, o1, c1);
                     c2 = _mm512_fmadd_ps(p, o2, c2); c3 = _mm512_fmadd_ps(p, o3, c3);
                     e0 = _mm512_fmadd_ps(g, q0, e0); e1 = _mm512_fmadd_ps(g, q1, e1);
@@ -427,9 +451,11 @@ static inline void kv_axpy4(float *restrict dv, float *restrict dk, const float 
  * dK/dV row where all 4 see the key */
 static inline void kv_sweep(float *restrict dV, float *restrict dK, const float *restrict P, const float *restrict dS,
                             const float *restrict dO, const float *restrict Qs, const int64_t *jns, int64_t nq,
-                            int64_t jcap, int64_t D) {
-    int64_t ifirst = 0;
-    for (int64_t j = 0; j < jcap; j++) {
+                            int64_t jcap, int64_t D, const int64_t *kj, int64_t nkj) {
+    int64_t ifirst = 0, n = jcap;
+    if (kj) for (n = 0; n < nkj && kj[n] < jcap; n++) {}
+    for (int64_t u = 0; u < n; u++) {
+        int64_t j = kj ? kj[u] : u;
         while (ifirst < nq && jns[ifirst] <= j) ifirst++;
         float *dv = dV + j * D, *dk = dK + j * D;
         int64_t i = ifirst;
@@ -611,6 +637,15 @@ static void KFN(bwd_kv_block)(const attn_args *a, int64_t b, int64_t hk, int64_t
     float *Qs = scratch, *dO = Qs + ATT_BR * D, *Kt = dO + ATT_BR * D, *Vt = Kt + ATT_BC * D;
     float *dK = Vt + ATT_BC * D, *dV = dK + ATT_BC * D, *Kb = dV + ATT_BC * D, *P = Kb + ATT_BC * D;
     float *dS = P + ATT_BR * ATT_BC;
+    /* Collider, self-attention (kkeep): dK / dV rows only for the kept keys (Centrifuge, algorithms.md
+     * §8.4; the K/V projections drop the filtered rows anyway); those of filtered keys stay untouched */
+    int64_t kj[ATT_BC], nkj = nk;
+    if (a->kkeep) {
+        nkj = 0;
+        for (int64_t j = 0; j < nk; j++)
+            if (a->kkeep[b * S + s0 + j]) kj[nkj++] = j;
+        if (nkj == 0 && !dqloc) return;   /* nothing to compute for this key block */
+    }
     if (dqloc) load_rows(Kb, a->k, a->ks, b, s0, nk, hk, D, a->scale);
     load_rows_t(Kt, a->k, a->ks, b, s0, nk, hk, D);
     load_rows_t(Vt, a->v, a->vs, b, s0, nk, hk, D);
@@ -619,17 +654,34 @@ static void KFN(bwd_kv_block)(const attn_args *a, int64_t b, int64_t hk, int64_t
     /* first query that sees key s0: S - T + t >= s0 */
     int64_t tfirst = a->causal ? s0 - (S - T) : 0;
     if (tfirst < 0) tfirst = 0;
+    /* Collider (qkeep): a query block holds only its kept rows, compacted (rowi[i] = the row's offset
+     * in the block), so filtered rows cost nothing; in the fused pass dqloc then holds the kept rows
+     * only, in order (row rank0 + i), from rank0 = the kept rows before the block */
+    int64_t rowi[ATT_BR], rank_first = 0;
+    int64_t tstart = (tfirst / ATT_BR) * ATT_BR;
+    if (a->qkeep)
+        for (int64_t t = 0; t < tstart; t++) rank_first += a->qkeep[b * T + t];
     for (int64_t h = hk * G; h < (hk + 1) * G; h++) {
-        for (int64_t t0 = (tfirst / ATT_BR) * ATT_BR; t0 < T; t0 += ATT_BR) {
-            int64_t nq = T - t0 < ATT_BR ? T - t0 : ATT_BR;
-            load_rows(Qs, a->q, a->qs, b, t0, nq, h, D, a->scale);
-            load_rows(dO, a->go, a->gs, b, t0, nq, h, D, 1.0f);
+        int64_t rank0 = rank_first;
+        for (int64_t t0 = tstart; t0 < T; t0 += ATT_BR) {
+            int64_t nq = T - t0 < ATT_BR ? T - t0 : ATT_BR, dqb = t0;
+            if (a->qkeep) {
+                dqb = rank0;
+                nq = kept_rows(a->qkeep, T, b, t0, nq, rowi);
+                rank0 += nq;
+                if (nq == 0) continue;
+                load_rows_idx(Qs, a->q, a->qs, b, t0, rowi, nq, h, D, a->scale);
+                load_rows_idx(dO, a->go, a->gs, b, t0, rowi, nq, h, D, 1.0f);
+            } else {
+                load_rows(Qs, a->q, a->qs, b, t0, nq, h, D, a->scale);
+                load_rows(dO, a->go, a->gs, b, t0, nq, h, D, 1.0f);
+            }
             /* P and dS of the whole query block first (rows in groups of 4 as 4 x 16 register tiles),
              * zero past each row's visible keys; then dK/dV take the block's terms row by row in
              * ascending order (the per-element order of the row-at-a-time loop) */
             int64_t jcap = 0, jns[ATT_BR];
             for (int64_t i = 0; i < nq; i++) {
-                jns[i] = row_jn(a, b, h, t0 + i, s0, nk);
+                jns[i] = row_jn(a, b, h, t0 + (a->qkeep ? rowi[i] : i), s0, nk);
                 if (jns[i] > jcap) jcap = jns[i];
             }
             if (jcap == 0) continue;
@@ -649,22 +701,23 @@ static void KFN(bwd_kv_block)(const attn_args *a, int64_t b, int64_t hk, int64_t
                             dot_row(Pi, Qs + i * D, Kt, D, jn);
                             dot_row(dSi, dO + i * D, Vt, D, jn);
                         }
-                        int64_t ri = (b * H + h) * T + t0 + i;
+                        int64_t ri = (b * H + h) * T + t0 + (a->qkeep ? rowi[i] : i);
                         prob_finish(Pi, dSi, a->lse_in[ri], a->dvec[ri], jn);
                         if (dqloc && ng < 4)   /* fused: dQ_i += dS_i K (blocks ascending, as in pass 2) */
-                            axpy_rows(dqloc + ((h - hk * G) * T + t0 + i) * D, dSi, Kb, D, jn);
+                            axpy_rows(dqloc + ((h - hk * G) * T + dqb + i) * D, dSi, Kb, D, jn);
                     }
                     for (int64_t j = jn < 0 ? 0 : jn; j < jcap; j++) Pi[j] = dSi[j] = 0.0f;
                 }
                 /* a full group's dQ rows together (its zero dS entries past a row's keys add +-0 to
                  * sums that start at +0 and never are -0: the same bits as pass 2's row at a time) */
                 if (dqloc && ng == 4 && jmax > 0)
-                    axpy4_rows(dqloc + ((h - hk * G) * T + t0 + i0) * D, dSg, Kb, D, jmax);
+                    axpy4_rows(dqloc + ((h - hk * G) * T + dqb + i0) * D, dSg, Kb, D, jmax);
             }
-            kv_sweep(dV, dK, P, dS, dO, Qs, jns, nq, jcap, D);
+            kv_sweep(dV, dK, P, dS, dO, Qs, jns, nq, jcap, D, a->kkeep ? kj : NULL, nkj);
         }
     }
     for (int64_t j = 0; j < nk; j++) {
+        if (a->kkeep && !a->kkeep[b * S + s0 + j]) continue;
         int64_t off = ((b * S + s0 + j) * Hkv + hk) * D;
         if (a->gk) {
             float *g = a->gk + off;
@@ -698,10 +751,10 @@ void KFN(nc_k_attn_bwd_fused_item)(const attn_args *a, int64_t item, float *scra
     if (!a->gq) return;
     for (int64_t g = 0; g < G; g++) {
         int64_t h = hk * G + g;
-        for (int64_t t = 0; t < T; t++) {
+        for (int64_t t = 0, r = 0; t < T; t++) {   /* with qkeep, dqloc row r = the r-th kept row */
             if (a->qkeep && !a->qkeep[b * T + t]) continue;
             float *dst = a->gq + ((b * T + t) * H + h) * D;
-            const float *src = dqloc + (g * T + t) * D;
+            const float *src = dqloc + (g * T + (a->qkeep ? r++ : t)) * D;
 #pragma omp simd
             for (int64_t d = 0; d < D; d++) dst[d] += src[d];
         }
@@ -717,14 +770,24 @@ void KFN(nc_k_attn_bwd_q_item)(const attn_args *a, int64_t item, float *scratch)
     int64_t t0 = qb * ATT_BR, nq = T - t0 < ATT_BR ? T - t0 : ATT_BR;
     float *Qs = scratch, *dO = Qs + ATT_BR * D, *dQ = dO + ATT_BR * D, *Kt = dQ + ATT_BR * D;
     float *Vt = Kt + ATT_BC * D, *Kb = Vt + ATT_BC * D, *P = Kb + ATT_BC * D, *dS = P + 4 * ATT_BC;
-    load_rows(Qs, a->q, a->qs, b, t0, nq, h, D, a->scale);
-    load_rows(dO, a->go, a->gs, b, t0, nq, h, D, 1.0f);
-    memset(dQ, 0, (size_t)(nq * D) * sizeof(float));
     int64_t kend = S;
     if (a->causal) {
         kend = S - T + t0 + nq;
         if (kend > S) kend = S;
     }
+    /* Collider (qkeep): the block's kept rows only, compacted (row i is t0 + rowi[i]) */
+    int64_t rowi[ATT_BR];
+    if (a->qkeep) {
+        nq = kept_rows(a->qkeep, T, b, t0, nq, rowi);
+        if (nq == 0) return;
+        load_rows_idx(Qs, a->q, a->qs, b, t0, rowi, nq, h, D, a->scale);
+        load_rows_idx(dO, a->go, a->gs, b, t0, rowi, nq, h, D, 1.0f);
+    } else {
+        for (int64_t i = 0; i < nq; i++) rowi[i] = i;
+        load_rows(Qs, a->q, a->qs, b, t0, nq, h, D, a->scale);
+        load_rows(dO, a->go, a->gs, b, t0, nq, h, D, 1.0f);
+    }
+    memset(dQ, 0, (size_t)(nq * D) * sizeof(float));
     for (int64_t s0 = 0; s0 < kend; s0 += ATT_BC) {
         int64_t nk = kend - s0 < ATT_BC ? kend - s0 : ATT_BC;
         load_rows(Kb, a->k, a->ks, b, s0, nk, hk, D, a->scale);
@@ -733,7 +796,7 @@ void KFN(nc_k_attn_bwd_q_item)(const attn_args *a, int64_t item, float *scratch)
         for (int64_t i0 = 0; i0 < nq; i0 += 4) {
             if (i0 + 4 > nq) {   /* a partial group: row at a time */
                 for (int64_t i = i0; i < nq; i++) {
-                    int64_t jn = prob_row(a, b, h, t0 + i, s0, nk, Qs + i * D, dO + i * D, Kt, Vt, P, dS);
+                    int64_t jn = prob_row(a, b, h, t0 + rowi[i], s0, nk, Qs + i * D, dO + i * D, Kt, Vt, P, dS);
                     axpy_rows(dQ + i * D, dS, Kb, D, jn);
                 }
                 continue;
@@ -741,7 +804,7 @@ void KFN(nc_k_attn_bwd_q_item)(const attn_args *a, int64_t item, float *scratch)
             /* 4 rows: the same P, dS bits as prob_row (dot4 == dot_row), zero past each row's keys */
             int64_t jns[4], jmax = 0;
             for (int r = 0; r < 4; r++) {
-                jns[r] = row_jn(a, b, h, t0 + i0 + r, s0, nk);
+                jns[r] = row_jn(a, b, h, t0 + rowi[i0 + r], s0, nk);
                 jmax = jns[r] > jmax ? jns[r] : jmax;
             }
             if (jmax == 0) continue;
@@ -750,7 +813,7 @@ void KFN(nc_k_attn_bwd_q_item)(const attn_args *a, int64_t item, float *scratch)
             for (int r = 0; r < 4; r++) {
                 float *Pr = P + r * ATT_BC, *dSr = dS + r * ATT_BC;
                 if (jns[r] > 0) {
-                    int64_t ri = (b * H + h) * T + t0 + i0 + r;
+                    int64_t ri = (b * H + h) * T + t0 + rowi[i0 + r];
                     prob_finish(Pr, dSr, a->lse_in[ri], a->dvec[ri], jns[r]);
                 }
                 for (int64_t j = jns[r]; j < jmax; j++) Pr[j] = dSr[j] = 0.0f;
@@ -759,8 +822,7 @@ void KFN(nc_k_attn_bwd_q_item)(const attn_args *a, int64_t item, float *scratch)
         }
     }
     for (int64_t i = 0; i < nq; i++) {
-        if (a->qkeep && !a->qkeep[b * T + t0 + i]) continue;
-        float *g = a->gq + ((b * T + t0 + i) * H + h) * D;
+        float *g = a->gq + ((b * T + t0 + rowi[i]) * H + h) * D;
         const float *src = dQ + i * D;
 #pragma omp simd
         for (int64_t d = 0; d < D; d++) g[d] += src[d];
@@ -930,6 +992,7 @@ static nc_status attn_bwd(const char *op, nc_tensor *gq, nc_tensor *gk, nc_tenso
     attn_args a;
     fill_args(&a, q, k, v, causal, scale);
     a.qkeep = qkeep ? (const uint8_t *)nc_ptr(qkeep) : NULL;
+    a.kkeep = a.qkeep && a.S == a.T && dev == NC_CPU ? a.qkeep : NULL;   /* self-attention: key s is token s */
     if (dev == NC_CUDA) {
         const nc_cuda_api *cu = nc_cuda_for(op);
         if (!cu) return NC_ERR_DEVICE;

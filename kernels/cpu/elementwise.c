@@ -1122,6 +1122,53 @@ nc_status nc_unary_backward(nc_tensor *ga, const nc_tensor *out, const nc_tensor
     return NC_OK;
 }
 
+
+/* Collider: the same on the rows (last dim = a row) listed in keep only; ga, gout and the operand
+ * the derivative reads contiguous (CPU). Other rows of ga are untouched: with a filter their gout
+ * rows are zero, so a zero-initialised ga ends bitwise as the full backward leaves it. */
+nc_status nc_unary_backward_rows(nc_tensor *ga, const nc_tensor *out, const nc_tensor *a, const nc_tensor *gout,
+                                 int32_t op, const nc_tensor *keep) {
+    if (op < NC_OP_NEG || op > NC_OP_COS)
+        return nc_fail(NC_ERR_ARG, "unary_backward_rows: expected op in [0, %d] (enum nc_unary_op), got %d", NC_OP_COS,
+                       op);
+    char name[64];
+    snprintf(name, sizeof name, "%s backward (rows)", un_names[op]);
+    if (!ga) return NC_OK;
+    NC_TRY(nc_check_not_null(name, "gout", gout));
+    NC_TRY(nc_check_not_null(name, "keep", keep));
+    int uo = ew_uses_out(op);
+    const nc_tensor *src = uo ? out : a;
+    if (op != NC_OP_NEG) NC_TRY(nc_check_not_null(name, uo ? "out" : "a", src));
+    const nc_tensor *ts[4] = { ga, gout, src, keep };
+    static const char *const tn[4] = { "ga", "gout", "operand", "keep" };
+    for (int i = 0; i < 4; i++) {
+        if (!ts[i]) continue;
+        NC_TRY(nc_check_cpu(name, tn[i], ts[i]));
+        NC_TRY(nc_check_contiguous(name, tn[i], ts[i]));
+        if (i < 3) NC_TRY(nc_check_dtype(name, tn[i], ts[i], NC_F32));
+    }
+    NC_TRY(nc_check_same_shape(name, "ga", ga, "gout", gout));
+    if (src) NC_TRY(nc_check_same_shape(name, uo ? "out" : "a", src, "gout", gout));
+    NC_TRY(nc_check_dtype(name, "keep", keep, NC_I64));
+    NC_TRY(nc_check_ndim(name, "keep", keep, 1));
+    int64_t D = ga->ndim ? ga->shape[ga->ndim - 1] : 1, n = nc_tensor_numel(ga);
+    int64_t rows = D ? n / D : 0, nk = keep->shape[0];
+    const int64_t *kr = (const int64_t *)nc_ptr(keep);
+    for (int64_t i = 0; i < nk; i++)
+        if (kr[i] < 0 || kr[i] >= rows || (i > 0 && kr[i] <= kr[i - 1]))
+            return nc_fail(NC_ERR_INDEX, "%s: keep must list strictly increasing rows in [0, %lld), got %lld at position %lld",
+                           name, (long long)rows, (long long)kr[i], (long long)i);
+    if (nk == 0 || D == 0) return NC_OK;
+    float *g = nc_f32p(ga);
+    const float *go = nc_f32p(gout), *sp = src ? nc_f32p(src) : go;
+#pragma omp parallel for schedule(static) if (nk * D >= NC_PAR_MIN && nk > 1) num_threads(nc_threads())
+    for (int64_t i = 0; i < nk; i++) {
+        int64_t o = kr[i] * D;
+        k_unary_bwd(g + o, uo ? sp + o : NULL, uo ? NULL : sp + o, go + o, D, op, 0);
+    }
+    return NC_OK;
+}
+
 /* ---- add_scaled ----------------------------------------------------------------------------- */
 nc_status nc_add_scaled(nc_tensor *dst, const nc_tensor *src, double alpha) {
     static const char *name = "add_scaled";

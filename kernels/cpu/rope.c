@@ -50,8 +50,9 @@ static nc_status check_rope(const char *op, const nc_tensor *x, const char *xn, 
 }
 
 /* out (contiguous) = rotate(x, sign): sign +1 forward, -1 inverse; accumulate when acc */
+/* mask (B * T, may be NULL): only the tokens with mask[b * T + t] != 0 (Collider) */
 static void rope_apply(float *out, const nc_tensor *x, const nc_tensor *cos_t, const nc_tensor *sin_t, float sign,
-                       int acc) {
+                       int acc, const uint8_t *mask) {
     int64_t B = x->shape[0], T = x->shape[1], H = x->shape[2], D = x->shape[3], h = D / 2;
     const float *xp = nc_f32p(x), *cp = nc_f32p(cos_t), *sp = nc_f32p(sin_t);
     int64_t s0 = x->strides[0], s1 = x->strides[1], s2 = x->strides[2], s3 = x->strides[3];
@@ -60,6 +61,7 @@ static void rope_apply(float *out, const nc_tensor *x, const nc_tensor *cos_t, c
 #pragma omp parallel for schedule(static) if (rows * D >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
     for (int64_t r = 0; r < rows; r++) {
         int64_t hh = r % H, t = (r / H) % T, b = r / (H * T);
+        if (mask && !mask[r / H]) continue;
         const float *xr = xp + b * s0 + t * s1 + hh * s2;
         const float *cr = cp + t * c0, *sr = sp + t * n0;
         float *o = out + r * D;
@@ -103,7 +105,7 @@ nc_status nc_rope(nc_tensor *out, const nc_tensor *x, const nc_tensor *cos_t, co
     NC_TRY(nc_check_same_shape(op, "out", out, "x", x));
     if (dev == NC_CUDA) return rope_cuda(op, nc_f32p(out), x, cos_t, sin_t, 1.0f, 0);
     if (nc_tensor_numel(x) == 0) return NC_OK;
-    rope_apply(nc_f32p(out), x, cos_t, sin_t, 1.0f, 0);
+    rope_apply(nc_f32p(out), x, cos_t, sin_t, 1.0f, 0, NULL);
     return NC_OK;
 }
 
@@ -117,6 +119,25 @@ nc_status nc_rope_backward(nc_tensor *gx, const nc_tensor *gout, const nc_tensor
     NC_TRY(nc_check_same_shape(op, "gx", gx, "gout", gout));
     if (dev == NC_CUDA) return rope_cuda(op, nc_f32p(gx), gout, cos_t, sin_t, -1.0f, 1);
     if (nc_tensor_numel(gout) == 0) return NC_OK;
-    rope_apply(nc_f32p(gx), gout, cos_t, sin_t, -1.0f, 1);
+    rope_apply(nc_f32p(gx), gout, cos_t, sin_t, -1.0f, 1, NULL);
+    return NC_OK;
+}
+
+nc_status nc_rope_backward_masked(nc_tensor *gx, const nc_tensor *gout, const nc_tensor *cos_t, const nc_tensor *sin_t,
+                                  const nc_tensor *qkeep) {
+    static const char *op = "rope_backward_masked";
+    if (!gx) return NC_OK;
+    NC_TRY(check_rope(op, gout, "gout", cos_t, sin_t, NC_CPU));
+    NC_TRY(nc_check_f32_on(op, "gx", gx, NC_CPU));
+    NC_TRY(nc_check_contiguous(op, "gx", gx));
+    NC_TRY(nc_check_same_shape(op, "gx", gx, "gout", gout));
+    NC_TRY(nc_check_not_null(op, "qkeep", qkeep));
+    NC_TRY(nc_check_cpu(op, "qkeep", qkeep));
+    NC_TRY(nc_check_dtype(op, "qkeep", qkeep, NC_U8));
+    NC_TRY(nc_check_contiguous(op, "qkeep", qkeep));
+    int64_t want[2] = { gout->shape[0], gout->shape[1] };
+    NC_TRY(nc_check_shape(op, "qkeep", qkeep, 2, want));
+    if (nc_tensor_numel(gout) == 0) return NC_OK;
+    rope_apply(nc_f32p(gx), gout, cos_t, sin_t, -1.0f, 1, (const uint8_t *)nc_ptr(qkeep));
     return NC_OK;
 }

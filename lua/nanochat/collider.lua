@@ -18,14 +18,15 @@
 --    context, activates it as the autograd row filter (nanochat.autograd.set_row_filter) while
 --    model:forward(x, y, opts + { collider = ctx }) runs, and the model calls ctx:select(logits,
 --    targets, idx) on its final logits (models/gpt.lua _loss). Ops recorded meanwhile whose row
---    count is N (ops/nn.lua: linear, self-attention, rmsnorm; CPU) backpropagate through the kept
---    rows only: linear as dense sgemms on gathered rows (dX[K] = dY[K] W scattered into dX,
---    dW += dY[K]^T X[K]), attention skipping filtered query rows, rmsnorm on kept rows. So every
---    activation-gradient row of a filtered token below the head is exactly 0: Collider's
---    "backward activation filtering", an approximation that drops the gradient paths through
---    filtered tokens' hidden states (their K/V get gradient from kept queries; the K/V projections
---    drop it by gathering). Other ops (elementwise, views, quantizer STEs) stay dense; the zeros
---    pass through them unchanged.
+--    count is N (CPU) backpropagate through the kept rows K only: the AMX BitLinear and bf16 head
+--    (ops/nn.lua bitlinear, linear_bf16) as row-indexed AMX GEMMs reading / writing the kept rows in
+--    place (dX[K] = dY[K] W, dW += dY[K]^T X[K]; nc_gemm_bf16_rows), the fp32 linear as sgemms on
+--    gathered rows, attention on each query block's kept rows, rmsnorm, RoPE and the elementwise
+--    unary ops (ops/elementwise.lua) on kept rows. So every activation-gradient row of a filtered
+--    token below the head is exactly 0: Collider's "backward activation filtering", an
+--    approximation that drops the gradient paths through filtered tokens' hidden states (the
+--    attention backward computes no dK / dV for filtered keys). Other ops (binary
+--    elementwise, views, quantizer STEs) stay dense; the zeros pass through them unchanged.
 --  - rho = 0 keeps every valid token; the backward is then bitwise the dense one (spec).
 local ag = require 'nanochat.autograd'
 

@@ -10,7 +10,9 @@
 -- gradients against the composite path within the bf16 bound (2^-8 * (|dY| |Wq|) elementwise, see
 -- below), per-row quant groups, the composite fallback for other groups and with AMX off (bitwise
 -- the composite), gradient accumulation through a shared activation, Collider keep-all bitwise equal
--- to dense inside the AMX path; the micro GPT with matmul = 'auto' vs 'fp32' (same loss at init up
+-- to dense inside the AMX path; nc_gemm_bf16_rows (row lists for op(a)'s rows / out rows and the
+-- reduction) bitwise equal to gather + nc_gemm_bf16 + scatter (AMX and reference), against float64,
+-- zero_rest, empty lists, i32 lists, bad lists; the micro GPT with matmul = 'auto' vs 'fp32' (same loss at init up
 -- to float rounding, a few AdamW steps lower it and stay close); cfg validation.
 -- Without AMX the comparisons that need it are pending with the reason (nc.amx_status()).
 package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
@@ -246,6 +248,209 @@ describe('AMX GEMMs', function()
         assert.is_false(ok)
         assert.truthy(tostring(err):find('kscale'))
         assert.has_error(function() nc.bitlinear(a, nc.randn { 3, 4 }) end)
+    end)
+end)
+
+describe('nc_gemm_bf16_rows (row-indexed bf16 GEMM: Collider kept rows without gathered copies)', function()
+    -- a strictly increasing subset of [0, n): every row r with (r * 7 + seed) % 5 < 3, at least one
+    local function subset(n, seed)
+        local out = {}
+        for r = 0, n - 1 do if (r * 7 + seed) % 5 < 3 then out[#out + 1] = r end end
+        if #out == 0 then out[1] = n - 1 end
+        return out
+    end
+    local function idx(list, dtype) return nc.tensor(list, { dtype = dtype or 'i64' }) end
+    local function sel(t, dim, list) return nc.index_select(t, dim, idx(list)):contiguous() end
+
+    -- gather (rows of op(a) by rm, the reduction by rk) + nc_gemm_bf16 + scatter of the rows, on out0
+    local function gathered(out0, a, b, ta, tb, ks, div, alpha, beta, rm, rk, zero_rest)
+        local a2, b2, ks2 = a, b, ks
+        if rm then a2 = sel(a2, ta == 1 and 1 or 0, rm) end
+        if rk then
+            a2 = sel(a2, ta == 1 and 0 or 1, rk)
+            b2 = sel(b2, tb == 1 and 1 or 0, rk)
+            if ks and ks:numel() > 1 then ks2 = sel(ks, 0, rk) end
+        end
+        local out = out0:clone()
+        if not rm then
+            check(C.nc_gemm_bf16(out._c, a2._c, b2._c, ta, tb, ks2 and ks2._c or nil, div, alpha, beta), 'gemm_bf16')
+            return out
+        end
+        local comp = sel(out0, 0, rm)
+        check(C.nc_gemm_bf16(comp._c, a2._c, b2._c, ta, tb, ks2 and ks2._c or nil, div, alpha, beta), 'gemm_bf16')
+        if zero_rest then out = nc.zeros(out0:shape()) end
+        check(C.nc_rows_scatter(out._c, comp._c, idx(rm)._c, 0), 'rows_scatter')
+        return out
+    end
+
+    -- op(b) packed once (nc_gemm_bf16_pack_b, AMX only)
+    local function pack(b, tb)
+        local K, N = tb == 1 and b:size(1) or b:size(0), tb == 1 and b:size(0) or b:size(1)
+        local p = nc.empty({ tonumber(C.nc_gemm_bf16_packed_size(K, N)) }, { dtype = 'bf16' })
+        check(C.nc_gemm_bf16_pack_b(p._c, b._c, tb), 'gemm_bf16_pack_b')
+        return p
+    end
+
+    local function indexed(out0, a, b, ta, tb, ks, div, alpha, beta, rm, rk, zero_rest, dtype, packed)
+        local out = out0:clone()
+        check(C.nc_gemm_bf16_rows(out._c, a._c, b._c, ta, tb, ks and ks._c or nil, div, alpha, beta,
+            rm and idx(rm, dtype)._c or nil, rk and idx(rk, dtype)._c or nil, zero_rest and 1 or 0,
+            packed and packed._c or nil), 'gemm_bf16_rows')
+        return out
+    end
+
+    local function each_case(fn)
+        local g = nc.generator(41)
+        -- the last shape keeps >= 2^20 multiply-adds after filtering rows: several threads, each
+        -- zeroing the gaps of its own range of the row list
+        for si, s in ipairs { { 1, 1, 1 }, { 15, 17, 33 }, { 33, 100, 70 }, { 70, 33, 100 }, { 100, 40, 257 },
+                              { 300, 70, 90 } } do
+            local M, N, K = s[1], s[2], s[3]
+            for ta = 0, 1 do
+                for tb = 0, 1 do
+                    local a = ta == 1 and nc.randn({ K, M }, { generator = g }) or nc.randn({ M, K }, { generator = g })
+                    local b = tb == 1 and nc.randn({ N, K }, { generator = g }) or nc.randn({ K, N }, { generator = g })
+                    local variant = (si + ta + tb) % 3
+                    local ks, div = nil, 0
+                    if variant == 1 then ks = nc.rand({ K }, { generator = g, lo = 0.25, hi = 4 })
+                    elseif variant == 2 then ks, div = nc.full({ 1 }, 3), 1 end
+                    fn(M, N, K, a, b, ta, tb, ks, div, nc.randn({ M, N }, { generator = g }), si)
+                end
+            end
+        end
+    end
+
+    local function bitwise_vs_gathered()
+        each_case(function(M, N, K, a, b, ta, tb, ks, div, init, si)
+            local rm, rk = subset(M, si), subset(K, si + 1)
+            for _, c in ipairs { { rm, nil, false, 0 }, { rm, nil, true, 0 }, { rm, nil, false, 1 }, { nil, rk, false, 1 },
+                                 { rm, rk, true, 0 }, { rm, rk, false, 1 } } do
+                local got = indexed(init, a, b, ta, tb, ks, div, 1.5, c[4], c[1], c[2], c[3])
+                local want = gathered(init, a, b, ta, tb, ks, div, 1.5, c[4], c[1], c[2], c[3])
+                local ok, at = same_bits(got, want)
+                assert.is_true(ok, string.format('M=%d N=%d K=%d ta=%d tb=%d rows_m %s rows_k %s zero_rest %s beta %d: '
+                    .. 'element %s differs', M, N, K, ta, tb, tostring(c[1] ~= nil), tostring(c[2] ~= nil),
+                    tostring(c[3]), c[4], tostring(at)))
+                if nc.cpu_amx() and not c[2] then   -- a pre-packed op(b), shared by the threads: the same bits
+                    local gp = indexed(init, a, b, ta, tb, ks, div, 1.5, c[4], c[1], nil, c[3], nil, pack(b, tb))
+                    assert.is_true(same_bits(gp, want), string.format('packed_b M=%d N=%d K=%d ta=%d tb=%d', M, N, K, ta, tb))
+                end
+            end
+            -- an i32 list gives the same bits as an i64 one
+            assert.is_true(same_bits(indexed(init, a, b, ta, tb, ks, div, 1, 1, rm, rk, true, 'i32'),
+                indexed(init, a, b, ta, tb, ks, div, 1, 1, rm, rk, true)))
+        end)
+    end
+
+    local function threaded(fn)
+        return function()
+            local prev = nc.get_num_threads()
+            nc.set_num_threads(math.max(prev, 2))
+            local ok, err = pcall(fn)
+            nc.set_num_threads(prev)
+            if not ok then error(err, 0) end
+        end
+    end
+    it('reference (AMX off): bitwise gather + gemm + scatter, odd shapes, transposes, kscale, beta, zero_rest',
+        threaded(function() without_amx(bitwise_vs_gathered) end))
+    amx_it('AMX: bitwise gather + gemm + scatter, odd shapes, transposes, kscale, beta, zero_rest',
+        threaded(bitwise_vs_gathered))
+
+    it('against float64: out[rm] = alpha sum_{k in rk} bf16(op(a)[m, k] / ks[k]) bf16(op(b)[k]) + beta out[rm]; '
+        .. 'zero_rest zeroes the rest, else untouched', function()
+        local g = nc.generator(43)
+        local M, N, K = 37, 19, 45
+        local a, b = nc.randn({ K, M }, { generator = g }), nc.randn({ K, N }, { generator = g })   -- ta = 1: dW's layout
+        local ks = nc.rand({ K }, { generator = g, lo = 0.5, hi = 2 })
+        local init = nc.randn({ M, N }, { generator = g })
+        local rm, rk = subset(M, 2), subset(K, 4)
+        local at, bt, ksl, prev = optab(a, 1), optab(bf16(b), 0), ks:totable(), init:totable()
+        local inm = {}
+        for _, r in ipairs(rm) do inm[r + 1] = true end
+        local function check_against(got, zero_rest, tol_of)
+            local gt = got:totable()
+            for i = 1, M do
+                for j = 1, N do
+                    if inm[i] then
+                        local acc, mag = 0, 0
+                        for _, k0 in ipairs(rk) do
+                            local k = k0 + 1
+                            local av = bf16(nc.tensor({ f32(at[i][k] / ksl[k]) })):item()
+                            acc, mag = acc + av * bt[k][j], mag + math.abs(av * bt[k][j])
+                        end
+                        local want = 0.5 * acc + prev[i][j]
+                        assert.is_true(math.abs(gt[i][j] - want) <= tol_of(mag, want),
+                            string.format('(%d, %d): %.9g vs %.9g', i, j, gt[i][j], want))
+                    else
+                        assert.are.equal(zero_rest and 0 or prev[i][j], gt[i][j])
+                    end
+                end
+            end
+        end
+        for _, zr in ipairs { false, true } do
+            -- the reference sums in double: one f32 rounding of the result (plus beta's term)
+            local r = without_amx(function() return indexed(init, a, b, 1, 0, ks, 1, 0.5, 1, rm, rk, zr) end)
+            check_against(r, zr, function(_, want) return 2 * U * (math.abs(want) + 1e-30) + 1e-12 end)
+            if HAVE then   -- f32 accumulation: within 2 K' 2^-24 sum|a b|
+                local x = indexed(init, a, b, 1, 0, ks, 1, 0.5, 1, rm, rk, zr)
+                check_against(x, zr, function(mag, want) return 0.5 * mag * 2 * #rk * U + 2 * U * math.abs(want) + 1e-12 end)
+            end
+        end
+    end)
+
+    it('empty row lists: rows_m empty leaves out untouched (zero_rest: all 0); rows_k empty gives beta * out', function()
+        for _, amx in ipairs { false, true } do
+            local function go()
+                local a, b, init = nc.randn { 9, 5 }, nc.randn { 5, 7 }, nc.randn { 9, 7 }
+                local e = nc.empty({ 0 }, { dtype = 'i64' })
+                local o = init:clone()
+                check(C.nc_gemm_bf16_rows(o._c, a._c, b._c, 0, 0, nil, 0, 1, 0, e._c, nil, 0, nil), 'gemm_bf16_rows')
+                assert.is_true(same_bits(o, init))
+                check(C.nc_gemm_bf16_rows(o._c, a._c, b._c, 0, 0, nil, 0, 1, 0, e._c, nil, 1, nil), 'gemm_bf16_rows')
+                assert.are.equal(0, o:abs():max():item())
+                o = init:clone()
+                check(C.nc_gemm_bf16_rows(o._c, a._c, b._c, 0, 0, nil, 0, 1, 0.5, nil, e._c, 0, nil), 'gemm_bf16_rows')
+                assert.is_true(same_bits(o, init * 0.5))
+                o = init:clone()
+                check(C.nc_gemm_bf16_rows(o._c, a._c, b._c, 0, 0, nil, 0, 1, 0, idx({ 2, 4 })._c, e._c, 1, nil), 'gemm_bf16_rows')
+                assert.are.equal(0, o:abs():max():item())
+            end
+            if amx then if HAVE then go() end else without_amx(go) end
+        end
+    end)
+
+    it('bad row lists give clear errors naming the list and the value', function()
+        local a, b, o = nc.randn { 6, 5 }, nc.randn { 5, 4 }, nc.zeros { 6, 4 }
+        local function err(rm, rk, zr)
+            local ok, e = pcall(check, C.nc_gemm_bf16_rows(o._c, a._c, b._c, 0, 0, nil, 0, 1, 0, rm and rm._c or nil,
+                rk and rk._c or nil, zr or 0, nil), 'gemm_bf16_rows')
+            assert.is_false(ok)
+            return tostring(e)
+        end
+        assert.truthy(err(idx { 0, 6 }):find('rows_m%[1%] = 6 is out of range %[0, 6%)'))
+        assert.truthy(err(idx { -1 }):find('rows_m%[0%] = %-1'))
+        assert.truthy(err(nil, idx { 1, 5 }):find('rows_k%[1%] = 5 is out of range %[0, 5%)'))
+        assert.truthy(err(idx { 3, 2 }):find('rows_m must be strictly increasing'))
+        assert.truthy(err(nil, idx { 1, 1 }):find('rows_k must be strictly increasing'))
+        assert.truthy(err(nc.tensor { 1, 2 }):find('rows_m a 1%-D i64 or i32'))             -- f32
+        assert.truthy(err(nc.tensor({ { 1, 2 } }, { dtype = 'i64' })):find('1%-D'))
+        assert.truthy(err(nil, nil, 1):find('zero_rest needs rows_m'))
+        assert.truthy(err(idx({ 0, 9 }, 'i32')):find('rows_m%[1%] = 9'))
+        assert.are.equal(0, o:abs():max():item())   -- nothing written by a failed call
+        -- packed_b: the size must match op(b), not with rows_k; packing needs AMX
+        local ok, e = pcall(check, C.nc_gemm_bf16_rows(o._c, a._c, b._c, 0, 0, nil, 0, 1, 0, nil, nil, 0,
+            nc.empty({ 7 }, { dtype = 'bf16' })._c), 'gemm_bf16_rows')
+        assert.is_false(ok)
+        assert.truthy(tostring(e):find('packed_b for op%(b%) %(5, 4%) needs 1024 elements'))
+        ok, e = pcall(check, C.nc_gemm_bf16_rows(o._c, a._c, b._c, 0, 0, nil, 0, 1, 0, nil, idx({ 1 })._c, 0,
+            nc.empty({ 1024 }, { dtype = 'bf16' })._c), 'gemm_bf16_rows')
+        assert.is_false(ok)
+        assert.truthy(tostring(e):find('cannot be used with rows_k'))
+        without_amx(function()
+            ok, e = pcall(check, C.nc_gemm_bf16_pack_b(nc.empty({ 1024 }, { dtype = 'bf16' })._c, b._c, 0), 'pack_b')
+        end)
+        assert.is_false(ok)
+        assert.truthy(tostring(e):find('gemm_bf16_pack_b: the packed layout is AMX'))
     end)
 end)
 

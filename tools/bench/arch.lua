@@ -3,7 +3,7 @@
 --   ./nanochat tools/bench/arch.lua [only=collider,mhc,mtp,loop] [threads=0] [<feature>.<option>=v ...]
 --
 -- A feature module's own options go through with its name as prefix (mhc.steps=5, mtp.steps=200,
--- collider.reps=5, loop.q=0.5); see each module's header for them.
+-- collider.reps=9, loop.q=0.5); see each module's header for them.
 --
 -- One module per feature (tools/bench/arch_<feature>.lua) returns run(opts) ->
 -- { rows = { {feature, metric, value, baseline, note}, ... }, json = { key = number, ... } };

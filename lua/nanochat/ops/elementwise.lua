@@ -151,10 +151,30 @@ local UN = { neg = C.NC_OP_NEG, exp = C.NC_OP_EXP, log = C.NC_OP_LOG, tanh = C.N
              sqrt = C.NC_OP_SQRT, rsqrt = C.NC_OP_RSQRT, abs = C.NC_OP_ABS, square = C.NC_OP_SQUARE,
              reciprocal = C.NC_OP_RECIP, sin = C.NC_OP_SIN, cos = C.NC_OP_COS }
 
+-- Collider (nanochat.collider): the active row filter when a (CPU) has its N token rows (rows = the
+-- last dim), else nil; the backward then runs on the kept rows only (the others' gout rows are 0)
+local function unary_filter(a)
+    local f = ag.row_filter()
+    if not f then return nil end
+    local ac = a._c
+    local D = ac.ndim > 0 and ac.shape[ac.ndim - 1] or 0
+    if ac.device ~= C.NC_CPU or D == 0 or a:numel() ~= f.N * D then return nil end
+    return f
+end
+
+local function contig(t) return C.nc_tensor_is_contiguous(t._c) == 1 end
+
 local function record_unary(name, op, a, out)
+    local flt = unary_filter(a)
     ag.record(out, { a }, function(gout)
         local ga = ag.grad_of(a)
-        if ga then check(C.nc_unary_backward(ga._c, out._c, a._c, gout._c, op), name .. ' backward') end
+        if not ga then return end
+        local keep = flt and flt.keep
+        if keep and contig(ga) and contig(gout) and contig(a) and contig(out) then
+            check(C.nc_unary_backward_rows(ga._c, out._c, a._c, gout._c, op, keep._c), name .. ' backward (collider)')
+        else
+            check(C.nc_unary_backward(ga._c, out._c, a._c, gout._c, op), name .. ' backward')
+        end
     end)
 end
 

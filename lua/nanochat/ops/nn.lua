@@ -6,9 +6,10 @@
 -- whose closure accumulates (+=) into the inputs' gradients with the C backward kernels.
 -- Matmul-shaped gradients are sgemm calls with beta = 1; when a 2-D weight is shared across a
 -- batch its gradient is ONE gemm over the flattened (rows, features) views.
--- Collider (algorithms.md §8, nanochat.collider): linear, attention and rmsnorm recorded while an
--- autograd row filter is active, on CPU tensors with the filter's N rows (tokens), run their
--- backward on the filter's kept rows only (see kept_rows below); otherwise the dense code runs.
+-- Collider (algorithms.md §8, nanochat.collider): linear, bitlinear, linear_bf16, attention, rmsnorm
+-- and rope recorded while an autograd row filter is active, on CPU tensors with the filter's N rows
+-- (tokens), run their backward on the filter's kept rows only (see row_filter_for below); otherwise
+-- the dense code runs.
 local core = require 'nanochat.core'
 local Tensor = require 'nanochat.tensor'
 local ag = require 'nanochat.autograd'
@@ -70,10 +71,10 @@ local function sgemm(out, a, b, ta, tb, beta, what)
     check(C.nc_matmul(out._c, a._c, b._c, ta, tb, 1, beta), what)
 end
 
--- mm (default sgemm): the GEMM used, mm(out, a, b, trans_a, trans_b, beta, what) (nc.linear_bf16
--- passes its bf16 one)
-local function linear_backward_kept(g, x, w, bias, keep, mm)
-    mm = mm or sgemm
+-- (The AMX ops, nc.bitlinear and nc.linear_bf16, read and write the kept rows in place instead:
+-- nc_gemm_bf16_rows.)
+local function linear_backward_kept(g, x, w, bias, keep)
+    local mm = sgemm
     local g2 = rows2d(g)
     local gk = gather_rows(g2, keep)
     local k = keep:size(0)
@@ -338,9 +339,17 @@ function M.rope(x, cos, sin)
     local out = empty_like_shape(x:shape(), x)
     check(C.nc_rope(out._c, x._c, cos._c, sin._c), 'rope')
     if ag.needs(x) then
+        local flt = x:dim() == 4 and row_filter_for(x, x:size(0) * x:size(1)) or nil
         ag.record(out, { x }, function(g)
             local gx = ag.grad_of(x)
-            if gx then check(C.nc_rope_backward(gx._c, g._c, cos._c, sin._c), 'rope backward') end
+            if not gx then return end
+            local mask = flt and flt.keep and flt.mask
+            if mask then   -- Collider: the kept tokens' rows only (the others stay 0)
+                check(C.nc_rope_backward_masked(gx._c, g._c, cos._c, sin._c, mask:reshape { x:size(0), x:size(1) }._c),
+                    'rope backward (collider)')
+            else
+                check(C.nc_rope_backward(gx._c, g._c, cos._c, sin._c), 'rope backward')
+            end
         end)
     end
     return out
@@ -427,6 +436,15 @@ end
 
 local function amx_ok(t) return C.nc_cpu_amx() == 1 and t._c.device == C.NC_CPU end
 
+-- b (K, N) packed into the AMX bf16 B layout (nc_gemm_bf16_pack_b) for a later nc_gemm_bf16_rows:
+-- the backward's dX GEMM then reads one copy instead of every thread packing its own
+local function packed_b(b)
+    local n = C.nc_gemm_bf16_packed_size(b:size(0), b:size(1))
+    local p = Tensor.empty({ tonumber(n) }, 'bf16', 'cpu')
+    check(C.nc_gemm_bf16_pack_b(p._c, b._c, 0), 'gemm_bf16_pack_b')
+    return p
+end
+
 -- The shared activation of one or more bitlinear calls (like quant_act's output shared by q/k/v):
 -- { x = x, q = codes f32 (rows, K) contiguous, s = scale (rows), amx = true }; no autograd node of its
 -- own (each bitlinear call passes its dX to x). opts: eps (1e-5, as quant_act). On a machine without
@@ -481,37 +499,23 @@ function M.bitlinear(a, w, opts)
     check(C.nc_gemm_s8(rows2d(out)._c, q._c, t._c, 0, 1, gamma._c, s._c, 1), 'bitlinear')
     if ag.needs(x, w) then
         local flt = row_filter_for(x, q:size(0))
+        local tp = ag.needs(x) and packed_b(t) or nil   -- the codes in dX's B layout, packed once here
         ag.record(out, { x, w }, function(g)
             local g2 = rows2d(g)
+            -- Collider (algorithms.md §8.3): only the kept rows K, read and written in place by the
+            -- row-indexed GEMM (dX[K] = dY[K] t, the other rows of a fresh dX zeroed; dW over k in K)
             local keep = flt and flt.keep
-            local gq, qq, sq = g2, q, s
-            if keep then   -- Collider (algorithms.md §8.3): only the kept rows, on compact buffers
-                gq, qq = gather_rows(g2, keep), gather_rows(q, keep)
-                sq = gather_rows(s:view { -1, 1 }, keep):view { -1 }
-            end
+            local kc = keep and keep._c or nil
             local gx, fx = ag.grad_buf(x)
             if gx then
-                local gx2 = rows2d(gx)
-                if keep then
-                    local tt
-                    if fx then
-                        tt = Tensor.empty({ keep:size(0), K }, 'f32', 'cpu')
-                        check(C.nc_gemm_bf16(tt._c, gq._c, t._c, 0, 0, gamma._c, 0, 1, 0), 'bitlinear backward')
-                    else
-                        tt = gather_rows(gx2, keep)
-                        check(C.nc_gemm_bf16(tt._c, gq._c, t._c, 0, 0, gamma._c, 0, 1, 1), 'bitlinear backward')
-                    end
-                    check(C.nc_rows_scatter(gx2._c, tt._c, keep._c, fx and 1 or 0), 'bitlinear backward')
-                    free_now(tt)
-                else
-                    check(C.nc_gemm_bf16(gx2._c, gq._c, t._c, 0, 0, gamma._c, 0, 1, fx and 0 or 1), 'bitlinear backward')
-                end
+                check(C.nc_gemm_bf16_rows(rows2d(gx)._c, g2._c, t._c, 0, 0, gamma._c, 0, 1, fx and 0 or 1, kc, nil,
+                    (keep and fx) and 1 or 0, cptr(tp)), 'bitlinear backward')
             end
             local gw, fw = ag.grad_buf(w)
             if gw then
-                check(C.nc_gemm_bf16(gw._c, gq._c, qq._c, 1, 0, sq._c, 1, 1, fw and 0 or 1), 'bitlinear backward')
+                check(C.nc_gemm_bf16_rows(gw._c, g2._c, q._c, 1, 0, s._c, 1, 1, fw and 0 or 1, nil, kc, 0, nil),
+                    'bitlinear backward')
             end
-            if keep then free_now(gq); free_now(qq) end
         end)
     end
     return out
@@ -521,9 +525,6 @@ end
 -- fp32 layers, e.g. the LM head): backward dX = bf16(dY) bf16(W), dW = bf16(dY)^T bf16(X); under a
 -- Collider row filter on the kept rows only (as nc.linear). Without AMX or on a non-CPU tensor it
 -- is nc.linear (fp32).
-local function bf16_mm(out, a, b, ta, tb, beta, what)
-    check(C.nc_gemm_bf16(out._c, a._c, b._c, ta, tb, nil, 0, 1, beta), what)
-end
 
 function M.linear_bf16(x, w)
     if not (Tensor.is(x) and Tensor.is(w)) then error('linear_bf16: expected tensors x and w', 2) end
@@ -541,14 +542,21 @@ function M.linear_bf16(x, w)
     check(C.nc_gemm_bf16(rows2d(out)._c, x2._c, w._c, 0, 1, nil, 0, 1, 0), 'linear_bf16')
     if ag.needs(x, w) then
         local flt = row_filter_for(x, x2:size(0))
+        local wp = ag.needs(x) and packed_b(w) or nil   -- W in dX's B layout, packed once here
         ag.record(out, { x, w }, function(g)
-            local keep = flt and flt.keep
-            if keep then return linear_backward_kept(g, x, w, nil, keep, bf16_mm) end
+            local keep = flt and flt.keep   -- Collider: the kept rows only, in place (as nc.bitlinear)
+            local kc = keep and keep._c or nil
             local g2 = rows2d(g)
             local gx, fx = ag.grad_buf(x)
-            if gx then check(C.nc_gemm_bf16(rows2d(gx)._c, g2._c, w._c, 0, 0, nil, 0, 1, fx and 0 or 1), 'linear_bf16 backward') end
+            if gx then
+                check(C.nc_gemm_bf16_rows(rows2d(gx)._c, g2._c, w._c, 0, 0, nil, 0, 1, fx and 0 or 1, kc, nil,
+                    (keep and fx) and 1 or 0, cptr(wp)), 'linear_bf16 backward')
+            end
             local gw, fw = ag.grad_buf(w)
-            if gw then check(C.nc_gemm_bf16(gw._c, g2._c, x2._c, 1, 0, nil, 0, 1, fw and 0 or 1), 'linear_bf16 backward') end
+            if gw then
+                check(C.nc_gemm_bf16_rows(gw._c, g2._c, x2._c, 1, 0, nil, 0, 1, fw and 0 or 1, nil, kc, 0, nil),
+                    'linear_bf16 backward')
+            end
         end)
     end
     return out
