@@ -143,7 +143,7 @@ static inline __m512 gelu_tanh_d512(__m512 x) {
 }
 
 static inline __m512 gelu_d512(__m512 x) {   /* Phi(x) + x phi(x) */
-    __m512 e = exp512(_mm512_mul_ps(_mm512_set1_ps(-0.5f), _mm512_mul_ps(x, x)));
+    __m512 e = exp512_le(_mm512_mul_ps(_mm512_set1_ps(-0.5f), _mm512_mul_ps(x, x)));
     return _mm512_fmadd_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.39894228040143268f)), e, phi512(x));
 }
 
@@ -249,8 +249,8 @@ static float rowexpsum512(float *y, const float *x, int64_t n, float m) {
     __m512d acc = _mm512_setzero_pd();
     int64_t j = 0;
     for (; j + 32 <= n; j += 32) {
-        __m512 e0 = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + j), vm));
-        __m512 e1 = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + j + 16), vm));
+        __m512 e0 = exp512_le(_mm512_sub_ps(_mm512_loadu_ps(x + j), vm));
+        __m512 e1 = exp512_le(_mm512_sub_ps(_mm512_loadu_ps(x + j + 16), vm));
         if (y) {
             _mm512_storeu_ps(y + j, e0);
             _mm512_storeu_ps(y + j + 16, e1);
@@ -264,7 +264,7 @@ static float rowexpsum512(float *y, const float *x, int64_t n, float m) {
     }
     for (; j < n; j += 16) {
         __mmask16 mk = tail16(n - j);
-        __m512 e = _mm512_maskz_mov_ps(mk, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + j), vm)));
+        __m512 e = _mm512_maskz_mov_ps(mk, exp512_le(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + j), vm)));
         if (y) _mm512_mask_storeu_ps(y + j, mk, e);
         s0 = _mm512_add_ps(s0, e);
     }
@@ -331,7 +331,7 @@ void nc_k_ce_backward_row_avx512(float *g, const float *x, int64_t V, float lse,
     __m512 vl = _mm512_set1_ps(lse), va = _mm512_set1_ps(a), vc = _mm512_set1_ps(c);
     for (int64_t j = 0; j < V; j += 16) {
         __mmask16 mk = tail16(V - j);
-        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + j), vl));
+        __m512 e = exp512_le(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + j), vl));
         _mm512_mask_storeu_ps(g + j, mk, _mm512_sub_ps(_mm512_fmadd_ps(va, e, _mm512_maskz_loadu_ps(mk, g + j)), vc));
     }
 }
