@@ -244,11 +244,16 @@ static inline __m512d fold512d(__m512d acc, __m512 s) {
     return _mm512_add_pd(acc, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1))));
 }
 
-static float rowexpsum512(float *y, const float *x, int64_t n, float m) {
+/* pf: NULL, or the next row (n floats) to prefetch into L1 while this one computes */
+static float rowexpsum512(float *y, const float *x, int64_t n, float m, const float *pf) {
     __m512 vm = _mm512_set1_ps(m), s0 = _mm512_setzero_ps(), s1 = s0;
     __m512d acc = _mm512_setzero_pd();
     int64_t j = 0;
     for (; j + 32 <= n; j += 32) {
+        if (pf) {
+            _mm_prefetch((const char *)(pf + j), _MM_HINT_T0);
+            _mm_prefetch((const char *)(pf + j + 16), _MM_HINT_T0);
+        }
         __m512 e0 = exp512_le(_mm512_sub_ps(_mm512_loadu_ps(x + j), vm));
         __m512 e1 = exp512_le(_mm512_sub_ps(_mm512_loadu_ps(x + j + 16), vm));
         if (y) {
@@ -272,13 +277,16 @@ static float rowexpsum512(float *y, const float *x, int64_t n, float m) {
 }
 
 /* y = softmax / log-softmax of x (n); tmp: NULL, or a scratch row (then y gets streaming stores
- * where 64-byte aligned; the caller fences) */
-void nc_k_softmax_row_avx512(float *y, const float *x, int64_t n, int log, float *tmp) {
+ * where 64-byte aligned; the caller fences); next: NULL, or the row the caller does next, which the
+ * exp pass prefetches (one line per 16 exps): the next row's reads then overlap this row's
+ * arithmetic instead of following it (a row of 1024 floats is one 4 KiB page, where the hardware
+ * stream prefetcher stops). */
+void nc_k_softmax_row_avx512(float *y, const float *x, int64_t n, int log, float *tmp, const float *next) {
     float m = rowmax512(x, n);
     if (m == -INFINITY) m = 0.0f;
     int64_t j = 0;
     if (log) {
-        float lse = m + logf(rowexpsum512(NULL, x, n, m));
+        float lse = m + logf(rowexpsum512(NULL, x, n, m, next));
         __m512 vl = _mm512_set1_ps(lse);
         if (tmp) {   /* large outputs: streaming stores from the first 64-byte boundary */
             for (; j < n && ((uintptr_t)(y + j) & 63); j++) y[j] = x[j] - lse;
@@ -292,7 +300,7 @@ void nc_k_softmax_row_avx512(float *y, const float *x, int64_t n, int log, float
         return;
     }
     float *e = tmp ? tmp : y;
-    float inv = 1.0f / rowexpsum512(e, x, n, m);
+    float inv = 1.0f / rowexpsum512(e, x, n, m, next);
     __m512 vi = _mm512_set1_ps(inv);
     if (tmp) {
         for (; j < n && ((uintptr_t)(y + j) & 63); j++) y[j] = e[j] * inv;
@@ -323,7 +331,7 @@ void nc_k_ce_row_avx512(const float *x, int64_t V, float *lse, float *sum) {
     }
     float m = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
     *sum = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-    *lse = m + logf(rowexpsum512(NULL, x, V, m));
+    *lse = m + logf(rowexpsum512(NULL, x, V, m, NULL));
 }
 
 /* g (V) += a exp(x - lse) - c */
