@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "simd_avx512.h"
+#include "sched.h"
 
 /* 1 / d for d >= 1: rcp14 + one Newton step (error ~2^-28 before rounding; 1 / 1 = 1) */
 static inline __m512 rcp512(__m512 d) {
@@ -169,9 +170,10 @@ static inline __mmask16 tail16(int64_t n) { return n >= 16 ? (__mmask16)0xffff :
     do {                                                                                             \
         int64_t nv_ = (N + 15) / 16;                                                                 \
         if ((PAR) && (N) >= NC_PAR_MIN) {                                                            \
+            int64_t ch_ = nc_dyn_chunk(nv_, 256, 4096);                                              \
             _Pragma("omp parallel")                                                                  \
             {                                                                                        \
-                _Pragma("omp for schedule(static) nowait")                                           \
+                _Pragma("omp for schedule(dynamic, ch_) nowait")                                     \
                 for (int64_t k_ = 0; k_ < nv_; k_++) ACT_FWD_BODY(N, NT, VEXPR)                      \
                 if (NT) _mm_sfence();   /* each thread orders its own streaming stores */            \
             }                                                                                        \
@@ -208,7 +210,8 @@ int nc_ew_unary_avx512(float *o, const float *a, int64_t n, int32_t op, int par)
     do {                                                                                             \
         int64_t nv_ = (N + 15) / 16;                                                                 \
         if ((PAR) && (N) >= NC_PAR_MIN) {                                                            \
-            _Pragma("omp parallel for schedule(static)")                                             \
+            int64_t ch_ = nc_dyn_chunk(nv_, 256, 4096);                                              \
+            _Pragma("omp parallel for schedule(dynamic, ch_)")                                       \
             for (int64_t k_ = 0; k_ < nv_; k_++) ACT_BWD_BODY(N, DEXPR)                              \
         } else {                                                                                     \
             for (int64_t k_ = 0; k_ < nv_; k_++) ACT_BWD_BODY(N, DEXPR)                              \

@@ -21,6 +21,7 @@
 
 #include "internal.h"
 #include "simd_avx2.h"
+#include "sched.h"
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -115,7 +116,8 @@ static inline int ew_uses_out(int32_t op) {
 #define EW_LOOP(N, PAR, BODY)                                                                  \
     do {                                                                                       \
         if ((PAR) && (N) >= NC_PAR_MIN) {                                                      \
-            _Pragma("omp parallel for simd schedule(static)")                                  \
+            int64_t ch_ = nc_dyn_chunk(N, 4096, 65536);                                        \
+            _Pragma("omp parallel for simd schedule(dynamic, ch_)")                            \
             for (int64_t i = 0; i < N; i++) { BODY; }                                          \
         } else {                                                                               \
             _Pragma("omp simd")                                                                \
@@ -130,7 +132,8 @@ enum { EW_NT_CHUNK = 2048 };
 #define EW_NT_RUN(N, CALL_INTO_TMP)                                                                \
     do {                                                                                           \
         int64_t nch_ = (N + EW_NT_CHUNK - 1) / EW_NT_CHUNK;                                        \
-        _Pragma("omp parallel for schedule(static)")                                               \
+        int64_t ch_ = nc_dyn_chunk(nch_, 1, 32);                                                   \
+        _Pragma("omp parallel for schedule(dynamic, ch_)")                                         \
         for (int64_t c_ = 0; c_ < nch_; c_++) {                                                    \
             float tmp[EW_NT_CHUNK] __attribute__((aligned(32)));                                   \
             int64_t i0 = c_ * EW_NT_CHUNK, len = N - i0 < EW_NT_CHUNK ? N - i0 : EW_NT_CHUNK;     \
@@ -158,7 +161,8 @@ enum { EW_NT_CHUNK = 2048 };
     do {                                                                                           \
         int64_t nv_ = (N + 7) / 8;                                                                 \
         if ((PAR) && (N) >= NC_PAR_MIN) {                                                          \
-            _Pragma("omp parallel for schedule(static)")                                           \
+            int64_t ch_ = nc_dyn_chunk(nv_, 512, 8192);                                            \
+            _Pragma("omp parallel for schedule(dynamic, ch_)")                                     \
             for (int64_t k_ = 0; k_ < nv_; k_++) EW_V1_BODY(N, VEXPR)                             \
         } else {                                                                                   \
             for (int64_t k_ = 0; k_ < nv_; k_++) EW_V1_BODY(N, VEXPR)                             \
@@ -257,7 +261,8 @@ void KFN(nc_ew_unary)(float *o, const float *a, int64_t n, int32_t op, int par) 
     do {                                                                                           \
         int64_t nv_ = (N + 7) / 8;                                                                 \
         if ((PAR) && (N) >= NC_PAR_MIN) {                                                          \
-            _Pragma("omp parallel for schedule(static)")                                           \
+            int64_t ch_ = nc_dyn_chunk(nv_, 512, 8192);                                            \
+            _Pragma("omp parallel for schedule(dynamic, ch_)")                                     \
             for (int64_t k_ = 0; k_ < nv_; k_++) EW_BWD_BODY(N, __VA_ARGS__)                       \
         } else {                                                                                   \
             for (int64_t k_ = 0; k_ < nv_; k_++) EW_BWD_BODY(N, __VA_ARGS__)                       \

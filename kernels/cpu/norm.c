@@ -16,6 +16,7 @@
  */
 #include "nn_common.h"
 #include "simd_avx2.h"
+#include "sched.h"
 
 #ifndef NC_KSUFFIX
 #define NC_KSUFFIX _base
@@ -178,7 +179,8 @@ nc_status nc_rmsnorm(nc_tensor *out, nc_tensor *rstd, const nc_tensor *x, const 
         float (*row)(float *, const float *, const float *, int64_t, double, int, const float *) =
             nc_cpu_avx2() ? nc_k_rmsnorm_row_avx2 : nc_k_rmsnorm_row_base;
         int nt = rows * D * (int64_t)sizeof(float) >= nc_nt_bytes();
-#pragma omp parallel for schedule(static) if (rows * D >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
+        int64_t rch = nc_dyn_chunk(rows, 1, 65536 / (D > 0 ? D : 1) > 1 ? 65536 / (D > 0 ? D : 1) : 1);
+#pragma omp parallel for schedule(dynamic, rch) if (rows * D >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
         for (int64_t r = 0; r < rows; r++) {
             const float *next = r + 1 < rows ? nc_f32p(x) + nc_row_offset(x, r + 1) : NULL;
             float inv = row(y + r * D, nc_f32p(x) + nc_row_offset(x, r), w, D, eps, nt, next);

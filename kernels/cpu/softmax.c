@@ -13,6 +13,7 @@
  */
 #include "nn_common.h"
 #include "simd_avx2.h"
+#include "sched.h"
 
 #ifndef NC_KSUFFIX
 #define NC_KSUFFIX _base
@@ -178,6 +179,7 @@ nc_status nc_softmax(nc_tensor *out, const nc_tensor *a, int32_t log) {
     /* large outputs: streaming stores through a per-thread scratch row (second half of buf) */
     int nt = avx2 && rows * n * (int64_t)sizeof(float) >= nc_nt_bytes();
     int64_t nbuf = (need_buf ? n : 0) + (nt ? n : 0);
+    int64_t rch = nc_dyn_chunk(rows, 1, 65536 / n > 1 ? 65536 / n : 1);   /* rows per chunk: <= 256 KiB */
     int oom = 0;
 #pragma omp parallel if (rows * n >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
     {
@@ -188,13 +190,13 @@ nc_status nc_softmax(nc_tensor *out, const nc_tensor *a, int32_t log) {
         } else {
             float *tmp = nt ? buf + (need_buf ? n : 0) : NULL;
             if (avx512) {   /* the AVX-512 rows prefetch the next row of contiguous input */
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, rch)
                 for (int64_t r = 0; r < rows; r++) {
                     const float *next = !need_buf && r + 1 < rows ? nc_f32p(a) + nc_row_offset(a, r + 1) : NULL;
                     nc_k_softmax_row_avx512(y + r * n, row_in(a, r, buf), n, log, tmp, next);
                 }
             } else {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, rch)
                 for (int64_t r = 0; r < rows; r++) row(y + r * n, row_in(a, r, buf), n, log, tmp);
             }
 #if defined(__SSE2__)

@@ -669,3 +669,36 @@ describe('gelu (erf form) table path vs float64', function()
         end
     end)
 end)
+
+-- ---- schedule independence ---------------------------------------------------------------------------
+-- The streaming loops hand out chunks dynamically (kernels/cpu/sched.h); every element / row is
+-- computed on its own, so 1 and 2 threads (and any interleaving) must give the same bits, on the
+-- plain and the streaming-store paths.
+describe('streaming kernels: results independent of the thread count and schedule', function()
+    for _, k in ipairs(KERNELS) do
+        it('unary ops, binary ops, softmax, log-softmax, rmsnorm, 1 vs 2 threads (' .. k .. ')', function()
+            with_kernel(k, function()
+                local x = rand({ 97, 1031 }, -6, 6)   -- 100007 elements: above NC_PAR_MIN
+                local y = rand({ 97, 1031 }, -2, 2)
+                local function run()
+                    return { nc.exp(x), nc.tanh(x), nc.gelu(x), nc.silu(x), nc.relu(x), x + y, x * 0.5,
+                             nc.softmax(x, -1), nc.log_softmax(x, -1), nc.rmsnorm(x, nil, 1e-6) }
+                end
+                local prev = nc.get_num_threads()
+                local res = {}
+                for _, th in ipairs { 1, 2 } do
+                    nc.set_num_threads(th)
+                    for _, nt in ipairs { 0, 1 } do
+                        with_nt(nt, function() res[#res + 1] = run() end)
+                    end
+                end
+                nc.set_num_threads(prev)
+                for i = 2, #res do
+                    for j = 1, #res[1] do
+                        assert.are.equal(0, nc.sum(nc.ne(res[1][j], res[i][j]):to('f32')):item(), 'result ' .. j .. ' run ' .. i)
+                    end
+                end
+            end)
+        end)
+    end
+end)
