@@ -156,6 +156,7 @@ static inline __mmask16 tail16(int64_t n) { return n >= 16 ? (__mmask16)0xffff :
 #define ACT_FWD_BODY(N, NT, VEXPR)                                                                   \
     {                                                                                                \
         int64_t i = k_ * 16;                                                                         \
+        if (NT) _mm_prefetch((const char *)(a + i + 2048), _MM_HINT_T1);   /* 8 KiB ahead, into L2 */ \
         if (i + 16 <= N) {                                                                           \
             __m512 v = _mm512_loadu_ps(a + i);                                                       \
             if (NT) _mm512_stream_ps(o + i, VEXPR);                                                  \
@@ -193,6 +194,54 @@ int nc_ew_unary_avx512(float *o, const float *a, int64_t n, int32_t op, int par)
     case NC_OP_TANH: ACT_FWD(n, par, nt, tanh512(v)); return 1;
     case NC_OP_GELU: ACT_FWD(n, par, nt, gelu_erf512(v)); return 1;
     case NC_OP_GELU_TANH: ACT_FWD(n, par, nt, gelu_tanh512(v)); return 1;
+    default: break;
+    }
+    if (!nt) return 0;   /* the exact ops below: only the large streaming case comes here */
+    switch (op) {
+    /* max(v, 0) returns its second operand for NaN and for -0: the reference's x > 0 ? x : 0 bits */
+    case NC_OP_RELU: ACT_FWD(n, par, nt, _mm512_max_ps(v, _mm512_setzero_ps())); return 1;
+    case NC_OP_RELU2: ACT_FWD(n, par, nt, _mm512_mul_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_max_ps(v, _mm512_setzero_ps()))); return 1;
+    default: return 0;
+    }
+}
+
+/* ---- exact binary ops on large contiguous tensors: one pass, streaming stores, inputs prefetched
+ * 8 KiB ahead (the AVX2 build's chunked path goes through an L1 buffer). IEEE add / sub / mul / div
+ * round the same on every path: the results are the reference's bits. Returns 0 (nothing done) for
+ * other ops and for outputs below nc_nt_bytes(). */
+#define BIN_FWD(N, VEXPR)                                                                             \
+    do {                                                                                              \
+        int64_t nv_ = (N + 15) / 16, ch_ = nc_dyn_chunk(nv_, 256, 4096);                              \
+        _Pragma("omp parallel")                                                                       \
+        {                                                                                             \
+            _Pragma("omp for schedule(dynamic, ch_) nowait")                                          \
+            for (int64_t k_ = 0; k_ < nv_; k_++) {                                                    \
+                int64_t i = k_ * 16;                                                                  \
+                _mm_prefetch((const char *)(a + i + 2048), _MM_HINT_T1);                              \
+                if (B_) _mm_prefetch((const char *)(B_ + i + 2048), _MM_HINT_T1);                    \
+                if (i + 16 <= N) {                                                                    \
+                    __m512 v = _mm512_loadu_ps(a + i), w = B_ ? _mm512_loadu_ps(B_ + i) : vs;         \
+                    _mm512_stream_ps(o + i, VEXPR);                                                   \
+                } else {                                                                              \
+                    __mmask16 mk_ = tail16(N - i);                                                    \
+                    __m512 v = _mm512_maskz_loadu_ps(mk_, a + i), w = B_ ? _mm512_maskz_loadu_ps(mk_, B_ + i) : vs; \
+                    _mm512_mask_storeu_ps(o + i, mk_, VEXPR);                                         \
+                }                                                                                     \
+            }                                                                                         \
+            _mm_sfence();                                                                             \
+        }                                                                                             \
+    } while (0)
+
+/* o = a op b (b != NULL) or a op s (b == NULL) */
+int nc_ew_binary_avx512(float *o, const float *a, const float *b, float s, int64_t n, int32_t op, int par) {
+    if (!par || n < NC_PAR_MIN || n * (int64_t)sizeof(float) < nc_nt_bytes() || ((uintptr_t)o & 63)) return 0;
+    const float *B_ = b;
+    __m512 vs = _mm512_set1_ps(s);
+    switch (op) {
+    case NC_OP_ADD: BIN_FWD(n, _mm512_add_ps(v, w)); return 1;
+    case NC_OP_SUB: BIN_FWD(n, _mm512_sub_ps(v, w)); return 1;
+    case NC_OP_MUL: BIN_FWD(n, _mm512_mul_ps(v, w)); return 1;
+    case NC_OP_DIV: BIN_FWD(n, _mm512_div_ps(v, w)); return 1;
     default: return 0;
     }
 }

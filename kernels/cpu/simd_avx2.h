@@ -237,6 +237,22 @@ static inline void nc_stream_store(float *dst, const float *src, int64_t n) {
     for (; j < n; j++) dst[j] = src[j];
 }
 
+/* nc_stream_store that also prefetches n floats at pa (and pb unless NULL) into L1, one line per
+ * 16 floats stored: a chunked streaming loop prefetches its next chunk's inputs while it writes
+ * this one out (measured on one core of the 2-vCPU VM: 11.5 -> 14.5 GB/s for a copy-like op) */
+static inline void nc_stream_store_pf(float *dst, const float *src, int64_t n, const float *pa, const float *pb) {
+    int64_t j = 0;
+    while (j < n && ((uintptr_t)(dst + j) & 31)) { dst[j] = src[j]; j++; }
+    for (; j + 16 <= n; j += 16) {
+        _mm_prefetch((const char *)(pa + j), _MM_HINT_T0);
+        if (pb) _mm_prefetch((const char *)(pb + j), _MM_HINT_T0);
+        _mm256_stream_ps(dst + j, _mm256_loadu_ps(src + j));
+        _mm256_stream_ps(dst + j + 8, _mm256_loadu_ps(src + j + 8));
+    }
+    for (; j + 8 <= n; j += 8) _mm256_stream_ps(dst + j, _mm256_loadu_ps(src + j));
+    for (; j < n; j++) dst[j] = src[j];
+}
+
 /* ---- row helpers (softmax, cross-entropy) ---- */
 static inline float nc_rowmax_avx2(const float *x, int64_t n) {
     __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0, m2 = m0, m3 = m0;

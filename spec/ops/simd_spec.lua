@@ -367,7 +367,8 @@ describe('streaming stores in elementwise kernels', function()
         local n = 100003
         local a, b = rand({ n }, -3, 3), rand({ n }, -3, 3)
         local function run()
-            return { a + b, a * 0.25, nc.relu(a), nc.silu(a), nc.gelu(a), nc.maximum(a, b) }
+            return { a + b, a * 0.25, nc.relu(a), nc.silu(a), nc.gelu(a), nc.maximum(a, b),
+                     a - b, a / b, a / 3, a + 0.5, nc.relu2(a) }
         end
         local plain, streamed
         with_nt(0, function() plain = run() end)
