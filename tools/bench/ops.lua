@@ -29,7 +29,7 @@
 -- other jobs run), `util` the kernel's CPU / wall (about the thread count on a quiet machine).
 -- Prints readable tables and, as the LAST line, one JSON object.
 --
--- Usage: ./nanochat tools/bench/ops.lua [reps=7] [threads=N] [quick=1] [mb=N] [only=S[,S]] [kernels=K[,K]]
+-- Usage: ./nanochat tools/bench/ops.lua [reps=7] [gemm_reps=15] [threads=N] [quick=1] [mb=N] [only=S[,S]] [kernels=K[,K]]
 --    only=ffi: section 3 alone (a few seconds), its table and JSON keys
 --    only=gemm | amx | stream | ce (comma-separated): those sections (JSON keys of the others absent)
 --    kernels=gelu,tanh: only these rows of the streaming section
@@ -176,6 +176,9 @@ end
 local function main()
     local quick = args.quick == 1 or args.quick == true or args.quick == 'true'
     local reps = tonumber(args.reps) or (quick and 3 or 7)
+    -- GEMM rows: more repeats (each sample is ~50 ms; the paired ratios of 7 spread by +-15% on the
+    -- shared VM, and the reported number is the worst of five shapes)
+    local gemm_reps = tonumber(args.gemm_reps) or (quick and reps or math.max(reps, 15))
     local warmup = tonumber(args.warmup) or (quick and 1 or 2)
     local threads = tonumber(args.threads) or L.ncpus()
     -- streaming tensors: each larger than the L3 (1.25x, at least 64 MiB); quick mode: 16 MiB
@@ -272,7 +275,7 @@ local function main()
     local function gemm_case(name, desc, flops, raw_fn, lua_fn, c_fn)
         local fns = { raw_fn, lua_fn }
         if c_fn then fns[3] = c_fn end
-        local res, ratio, cratio = L.compare(fns, { warmup = warmup, reps = reps, target = target_s, cpu = true })
+        local res, ratio, cratio = L.compare(fns, { warmup = warmup, reps = gemm_reps, target = target_s, cpu = true })
         local t_raw, t_lua, t_c = res[1].median, res[2].median, c_fn and res[3].median
         local r = {
             name = name, desc = desc,
@@ -385,8 +388,8 @@ local function main()
         note('AMX rows skipped: ' .. nc.amx_status())
     end
 
-    print(string.format('nanochat ops benchmark: %d thread(s), cpu kernel %s, OpenBLAS core %s, reps %d (median), %s mode',
-        threads, nc.cpu_kernel(), blas_core, reps, quick and 'quick' or 'full'))
+    print(string.format('nanochat ops benchmark: %d thread(s), cpu kernel %s, OpenBLAS core %s, reps %d (GEMM %d; median), %s mode',
+        threads, nc.cpu_kernel(), blas_core, reps, gemm_reps, quick and 'quick' or 'full'))
     print('')
     if #gemm_rows > 0 then
         print('GEMM (GFLOP/s; ratio = ours / raw cblas_sgemm, target >= 0.90)')
@@ -709,6 +712,7 @@ local function main()
         openblas_core = blas_core,
         quick = quick,
         reps = reps,
+        gemm_reps = gemm_reps,
         stream_mib = L.round(MiB, 1),
         l3_mib = l3_mib and L.round(l3_mib, 1),
         only = next(only) and args.only or nil,
