@@ -26,12 +26,15 @@ static inline __m512 rcp512(__m512 d) {
     return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0f)), r);
 }
 
-/* sigmoid(x) = 1 / (1 + e), e = exp(-x), -x capped at 88 (1 + e finite); 0 below x = -87.33
- * (the true value is below FLT_MIN; as the AVX2 path); *e_out = e */
+/* sigmoid(x) = 1 / (1 + e), e = exp(-x), -x clamped to [-104, 88] (1 + e finite; exp's own
+ * clamps and zero mask are not needed: below -104, 2^n p rounds to 0 or a denormal that 1 + e
+ * absorbs); 0 below x = -87.33 (the true value is below FLT_MIN; as the AVX2 path); *e_out = e */
 static inline __m512 sigmoid_e512(__m512 x, __m512 *e_out) {
     __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.33654475f), _CMP_NLT_UQ);   /* NaN: kept */
-    __m512 nx = _mm512_min_ps(_mm512_set1_ps(88.0f), _mm512_sub_ps(_mm512_setzero_ps(), x));   /* keeps NaN */
-    __m512 e = exp512(nx);
+    __m512 nx = _mm512_max_ps(_mm512_set1_ps(-104.0f),
+                              _mm512_min_ps(_mm512_set1_ps(88.0f), _mm512_sub_ps(_mm512_setzero_ps(), x)));   /* keeps NaN */
+    __m512 n, p = poly512(nx, &n);
+    __m512 e = _mm512_scalef_ps(p, n);
     *e_out = e;
     return _mm512_maskz_mov_ps(keep, rcp512(_mm512_add_ps(_mm512_set1_ps(1.0f), e)));
 }
