@@ -332,38 +332,65 @@ static float rowexpsum512(float *y, const float *x, int64_t n, float m, const fl
 }
 
 /* y = softmax / log-softmax of x (n); tmp: NULL, or a scratch row (then y gets streaming stores
- * where 64-byte aligned; the caller fences); next: NULL, or the row the caller does next, which the
- * exp pass prefetches (one line per 16 exps): the next row's reads then overlap this row's
+ * where 64-byte aligned; the caller fences); next: NULL, or the row the caller does next (n
+ * floats): the exp pass prefetches it (one line per 16 exps), so its reads overlap this row's
  * arithmetic instead of following it (a row of 1024 floats is one 4 KiB page, where the hardware
- * stream prefetcher stops). */
-void nc_k_softmax_row_avx512(float *y, const float *x, int64_t n, int log, float *tmp, const float *next) {
-    float m = rowmax512(x, n);
+ * stream prefetcher stops), and the final pass computes its max into *next_max (so the next call,
+ * given it as *xmax, skips its max pass). xmax: NULL, or the max of x. */
+void nc_k_softmax_row_avx512(float *y, const float *x, int64_t n, int log, float *tmp, const float *next,
+                             const float *xmax, float *next_max) {
+    float m = xmax ? *xmax : rowmax512(x, n);
     if (m == -INFINITY) m = 0.0f;
-    int64_t j = 0;
+    __m512 nm = _mm512_set1_ps(-INFINITY);
+    int64_t j = 0, j0;
     if (log) {
         float lse = m + logf(rowexpsum512(NULL, x, n, m, next));
         __m512 vl = _mm512_set1_ps(lse);
         if (tmp) {   /* large outputs: streaming stores from the first 64-byte boundary */
             for (; j < n && ((uintptr_t)(y + j) & 63); j++) y[j] = x[j] - lse;
-            for (; j + 16 <= n; j += 16) _mm512_stream_ps(y + j, _mm512_sub_ps(_mm512_loadu_ps(x + j), vl));
         }
-        for (; j + 16 <= n; j += 16) _mm512_storeu_ps(y + j, _mm512_sub_ps(_mm512_loadu_ps(x + j), vl));
+        j0 = j;
+        if (tmp) {
+            for (; j + 16 <= n; j += 16) {
+                if (next) nm = _mm512_max_ps(nm, _mm512_loadu_ps(next + j));
+                _mm512_stream_ps(y + j, _mm512_sub_ps(_mm512_loadu_ps(x + j), vl));
+            }
+        } else {
+            for (; j + 16 <= n; j += 16) {
+                if (next) nm = _mm512_max_ps(nm, _mm512_loadu_ps(next + j));
+                _mm512_storeu_ps(y + j, _mm512_sub_ps(_mm512_loadu_ps(x + j), vl));
+            }
+        }
         if (j < n) {
             __mmask16 mk = tail16(n - j);
             _mm512_mask_storeu_ps(y + j, mk, _mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + j), vl));
         }
-        return;
-    }
-    float *e = tmp ? tmp : y;
-    float inv = 1.0f / rowexpsum512(e, x, n, m, next);
-    __m512 vi = _mm512_set1_ps(inv);
-    if (tmp) {
-        for (; j < n && ((uintptr_t)(y + j) & 63); j++) y[j] = e[j] * inv;
-        for (; j + 16 <= n; j += 16) _mm512_stream_ps(y + j, _mm512_mul_ps(_mm512_loadu_ps(e + j), vi));
     } else {
-        for (; j + 16 <= n; j += 16) _mm512_storeu_ps(y + j, _mm512_mul_ps(_mm512_loadu_ps(y + j), vi));
+        float *e = tmp ? tmp : y;
+        float inv = 1.0f / rowexpsum512(e, x, n, m, next);
+        __m512 vi = _mm512_set1_ps(inv);
+        if (tmp) {
+            for (; j < n && ((uintptr_t)(y + j) & 63); j++) y[j] = e[j] * inv;
+            j0 = j;
+            for (; j + 16 <= n; j += 16) {
+                if (next) nm = _mm512_max_ps(nm, _mm512_loadu_ps(next + j));
+                _mm512_stream_ps(y + j, _mm512_mul_ps(_mm512_loadu_ps(e + j), vi));
+            }
+        } else {
+            j0 = 0;
+            for (; j + 16 <= n; j += 16) {
+                if (next) nm = _mm512_max_ps(nm, _mm512_loadu_ps(next + j));
+                _mm512_storeu_ps(y + j, _mm512_mul_ps(_mm512_loadu_ps(y + j), vi));
+            }
+        }
+        for (int64_t k = j; k < n; k++) y[k] = e[k] * inv;
     }
-    for (; j < n; j++) y[j] = e[j] * inv;
+    if (next && next_max) {   /* the next row's max: the vector body above, plus head and tail */
+        float mn = _mm512_reduce_max_ps(nm);
+        for (int64_t k = 0; k < j0; k++) mn = next[k] > mn ? next[k] : mn;
+        for (int64_t k = j; k < n; k++) mn = next[k] > mn ? next[k] : mn;
+        *next_max = mn;
+    }
 }
 
 /* ---- fused cross-entropy rows (loss.c picks these when nc_cpu_avx512()) ------------------------ */

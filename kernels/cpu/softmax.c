@@ -138,7 +138,8 @@ void KFN(nc_k_softmax_backward_row)(float *ga, const float *y, const float *g, i
 
 #ifdef NC_KPRIMARY
 void nc_k_softmax_row_avx2(float *y, const float *x, int64_t n, int log, float *tmp);
-void nc_k_softmax_row_avx512(float *y, const float *x, int64_t n, int log, float *tmp, const float *next);   /* act_avx512.c */
+void nc_k_softmax_row_avx512(float *y, const float *x, int64_t n, int log, float *tmp, const float *next,
+                             const float *xmax, float *next_max);   /* act_avx512.c */
 void nc_k_softmax_backward_row_avx2(float *ga, const float *y, const float *g, int64_t n, int log);
 
 /* Pointer to row r of t as a contiguous float row: t's own memory when its last dim has unit
@@ -189,11 +190,16 @@ nc_status nc_softmax(nc_tensor *out, const nc_tensor *a, int32_t log) {
             oom = 1;
         } else {
             float *tmp = nt ? buf + (need_buf ? n : 0) : NULL;
-            if (avx512) {   /* the AVX-512 rows prefetch the next row of contiguous input */
+            if (avx512) {   /* the AVX-512 rows prefetch the next row of contiguous input and find its max */
+                int64_t carried_for = -1;   /* the row whose max this thread's last call left in carried */
+                float carried = 0.0f;
 #pragma omp for schedule(dynamic, rch)
                 for (int64_t r = 0; r < rows; r++) {
                     const float *next = !need_buf && r + 1 < rows ? nc_f32p(a) + nc_row_offset(a, r + 1) : NULL;
-                    nc_k_softmax_row_avx512(y + r * n, row_in(a, r, buf), n, log, tmp, next);
+                    float xm = carried;
+                    nc_k_softmax_row_avx512(y + r * n, row_in(a, r, buf), n, log, tmp, next,
+                                            carried_for == r ? &xm : NULL, &carried);
+                    carried_for = next ? r + 1 : -1;
                 }
             } else {
 #pragma omp for schedule(dynamic, rch)

@@ -703,3 +703,39 @@ describe('streaming kernels: results independent of the thread count and schedul
         end)
     end
 end)
+
+-- ---- softmax rows: the AVX-512 driver carries each row's max from the previous call ------------------
+describe('softmax rows with large logits: the max is the right one for every row', function()
+    for _, k in ipairs(KERNELS) do
+        it('contiguous and strided (transposed) inputs, rows far apart in scale, 1 and 2 threads (' .. k .. ')', function()
+            with_kernel(k, function()
+                local rows, n = 40, 1031
+                local x = rand({ rows, n }, -3, 3)
+                -- shift each row by its own large offset: a wrong max overflows exp or underflows the sum
+                local off = {}
+                for r = 1, rows do off[r] = ((r * 37) % 11 - 5) * 60 end
+                local xl = x:tolist()
+                for r = 1, rows do for j = 1, n do xl[(r - 1) * n + j] = xl[(r - 1) * n + j] + off[r] end end
+                local xs = nc.tensor(xl):reshape { rows, n }
+                local xt = xs:t():contiguous():t()   -- same values, last dim strided
+                local prev = nc.get_num_threads()
+                for _, th in ipairs { 1, 2 } do
+                    nc.set_num_threads(th)
+                    for _, nt in ipairs { 0, 1 } do
+                        with_nt(nt, function()
+                            for _, log in ipairs { false, true } do
+                                local want = softmax_ref(rows, n, f32list(xs), log)
+                                for _, inp in ipairs { xs, xt } do
+                                    local f = log and nc.log_softmax or nc.softmax
+                                    close(f(inp, -1):contiguous():tolist(), want, ROW_RTOL, log and 1e-4 or ROW_ATOL,
+                                        string.format('%s %s th=%d nt=%d', log and 'log_softmax' or 'softmax', k, th, nt))
+                                end
+                            end
+                        end)
+                    end
+                end
+                nc.set_num_threads(prev)
+            end)
+        end)
+    end
+end)
