@@ -1,16 +1,20 @@
 /* kernels/cpu/act_avx512.c — AVX-512F versions of the exp-bound kernels: exp, sigmoid, silu, gelu
  * (erf and tanh forms), tanh forward; silu / gelu / gelu_tanh backward; softmax / log-softmax rows;
- * fused cross-entropy rows.
+ * fused cross-entropy rows; and one-pass streaming paths for large exact ops (add / sub / mul / div,
+ * relu / relu2).
  *
  * Promise: used only when the CPU has AVX-512F and the kernel selection is "avx512" (the default
  * "auto" on such CPUs; NC_KERNEL=avx2 or scalar select the other paths). Same algorithms as the
- * AVX2 helpers in simd_avx2.h, 16 lanes wide; the AVX-512 instructions remove most special-value
- * work: vscalefps applies 2^n with correct overflow to inf and correctly rounded denormal results,
- * vrcp14ps + one Newton step replaces the division, masks replace blends. Bounds (checked by
- * spec/ops/simd_spec.lua, which runs every AVX2 check on this path too): exp <= 2 ulp over the
- * whole range incl. denormal results; sigmoid, tanh, silu, gelu_tanh <= 4 ulp (gelu_tanh times its
- * argument's condition number); gelu (erf) relative 1.3e-6. Large outputs (>= nc_nt_bytes()) are
- * written with streaming stores. Results never depend on the thread count.
+ * AVX2 helpers in simd_avx2.h, 16 lanes wide, except the erf-form GELU, which takes Phi from a
+ * table of polynomials on [-4, 5.45) (gelu_table.h; the erfc fit outside, per lane); the AVX-512
+ * instructions remove most special-value work: vscalefps applies 2^n with correct overflow to inf
+ * and correctly rounded denormal results, vrcp14ps + one Newton step replaces the division, masks
+ * replace blends. Bounds (checked by spec/ops/simd_spec.lua, which runs every AVX2 check on this
+ * path too): exp <= 2 ulp over the whole range incl. denormal results; sigmoid, tanh, silu,
+ * gelu_tanh <= 4 ulp (gelu_tanh times its argument's condition number); gelu (erf) <= 4 ulp on the
+ * table's range, relative 1.3e-6 (2e-5 in the far left tail) outside. The exact ops give the
+ * reference's bits. Large outputs (>= nc_nt_bytes()) are written with streaming stores, inputs
+ * prefetched ahead. Results never depend on the thread count or the (dynamic) schedule.
  */
 #include "internal.h"
 #include <immintrin.h>
