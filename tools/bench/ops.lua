@@ -31,7 +31,8 @@
 --
 -- Usage: ./nanochat tools/bench/ops.lua [reps=7] [gemm_reps=15] [threads=N] [quick=1] [mb=N] [only=S[,S]] [kernels=K[,K]]
 --    only=ffi: section 3 alone (a few seconds), its table and JSON keys
---    only=gemm | amx | stream | ce (comma-separated): those sections (JSON keys of the others absent)
+--    only=gemm | amx | stream | compute | ce (comma-separated): those sections (JSON keys of the
+--    others absent); compute: each streaming kernel's arithmetic alone (L2-resident, 1 thread, CPU time)
 --    kernels=gelu,tanh: only these rows of the streaming section
 --    or: LUA_PATH='lua/?.lua;lua/?/init.lua;;' luajit tools/bench/ops.lua ...
 if not package.path:find('lua/?/init.lua', 1, true) then
@@ -620,6 +621,52 @@ local function main()
 
 
     -- =============================================================================================
+    -- 2c. Arithmetic cost of the streaming kernels, without the memory system: one thread, a
+    -- (64, 1024) tensor that stays in L2, this thread's CPU time per element (best of `reps`
+    -- samples of 200 calls). What a core spends on the arithmetic; a kernel keeps up with a copy on
+    -- the same threads while this is below 8 bytes / (copy GB/s per thread).
+    -- =============================================================================================
+    local compute_json = {}
+    if section('compute') then
+        local CR, CN = 64, 1024
+        local ca = nc.rand({ CR, CN }, { lo = -2, hi = 2 })
+        local cb = nc.rand({ CR, CN }, { lo = -2, hi = 2 })
+        local co, crs = nc.empty { CR, CN }, nc.empty { CR }
+        local cases = {
+            { 'relu', function() return C.nc_unary(co._c, ca._c, C.NC_OP_RELU) end },
+            { 'add', function() return C.nc_binary(co._c, ca._c, cb._c, C.NC_OP_ADD) end },
+            { 'exp', function() return C.nc_unary(co._c, ca._c, C.NC_OP_EXP) end },
+            { 'tanh', function() return C.nc_unary(co._c, ca._c, C.NC_OP_TANH) end },
+            { 'silu', function() return C.nc_unary(co._c, ca._c, C.NC_OP_SILU) end },
+            { 'gelu', function() return C.nc_unary(co._c, ca._c, C.NC_OP_GELU) end },
+            { 'softmax', function() return C.nc_softmax(co._c, ca._c, 0) end },
+            { 'log_softmax', function() return C.nc_softmax(co._c, ca._c, 1) end },
+            { 'rmsnorm', function() return C.nc_rmsnorm(co._c, crs._c, ca._c, nil, 1e-6) end },
+        }
+        local prev = nc.get_num_threads()
+        nc.set_num_threads(1)
+        local rows = {}
+        for _, c in ipairs(cases) do
+            if not kernel_filter or kernel_filter[c[1]] then
+                local best = math.huge
+                for _ = 1, reps do
+                    local u0 = thread_cpu()
+                    for _ = 1, 200 do c[2]() end
+                    best = math.min(best, (thread_cpu() - u0) / 200 / (CR * CN))
+                end
+                local ns = best * 1e9
+                rows[#rows + 1] = { c[1], ns, 8 / ns }
+                compute_json[c[1]] = L.round(ns, 3)
+            end
+        end
+        nc.set_num_threads(prev)
+        print(string.format('Arithmetic cost: (%d, %d) f32 in L2, 1 thread, CPU time (best of %d x 200 calls)', CR, CN, reps))
+        L.print_table({ 'kernel', 'ns / elem', 'GB/s per core at 8 B/elem' }, rows, { nil, '%.3f', '%.1f' })
+        print('  a kernel keeps up with a copy on the same threads while its GB/s per core exceeds the copy\'s per thread.')
+        print('')
+    end
+
+    -- =============================================================================================
     -- 2b. Fused cross-entropy over a large vocab (the hot loop of training)
     -- =============================================================================================
     local ce_json = {}
@@ -731,6 +778,7 @@ local function main()
             return o
         end)(),
         elementwise = stream_json,
+        compute_ns_per_elem = compute_json,
         elementwise_included = included,
         cross_entropy = ce_json,
     })
