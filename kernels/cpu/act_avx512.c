@@ -5,8 +5,9 @@
  *
  * Promise: used only when the CPU has AVX-512F and the kernel selection is "avx512" (the default
  * "auto" on such CPUs; NC_KERNEL=avx2 or scalar select the other paths). Same algorithms as the
- * AVX2 helpers in simd_avx2.h, 16 lanes wide, except the erf-form GELU, which takes Phi from a
- * table of polynomials on [-4, 5.45) (gelu_table.h; the erfc fit outside, per lane); the AVX-512
+ * AVX2 helpers in simd_avx2.h, 16 lanes wide, except the erf-form GELU and the sigmoid / SiLU
+ * forward, which take Phi and sigmoid from tables of polynomials on [-4, 5.45) and [-8, 8)
+ * (act_tables.h; the exp-based paths outside, per lane); the AVX-512
  * instructions remove most special-value work: vscalefps applies 2^n with correct overflow to inf
  * and correctly rounded denormal results, vrcp14ps + one Newton step replaces the division, masks
  * replace blends. Bounds (checked by spec/ops/simd_spec.lua, which runs every AVX2 check on this
@@ -102,36 +103,47 @@ static inline __m512 phi512(__m512 x) {
     return _mm512_mask_mov_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), h), neg, h);
 }
 
-/* GELU, erf form, x Phi(x). On x in [-4, 5.45) Phi comes from a table of 32 degree-6 polynomials
- * (gelu_table.h, fitted by tools/fit_gelu_table.py for relative error: <= 1.5e-7 in f32): the
- * interval index from one FMA + the 1.5 * 2^23 shifter (its low 5 bits pick the coefficient with
- * vpermi2ps from two registers), u = x - center exactly (the centers have few mantissa bits), 6
- * FMAs. No exp, no division: about a third of the erfc path's instructions. Above 5.45 Phi rounds to
- * 1 (gelu = x); lanes below -4, NaN and -inf take the erfc path (phi512), which is exact to
- * 1.3e-6 everywhere: per lane, so a result never depends on its neighbours. */
-#include "gelu_table.h"
-static inline __m512 gelu_erf512(__m512 x) {
+/* Tables of polynomials (act_tables.h, fitted by tools/fit_act_tables.py for relative error:
+ * <= 1.5e-7 in f32): the interval index from one FMA + the 1.5 * 2^23 shifter (its low 5 bits pick
+ * the coefficient with vpermi2ps from two registers), u = x - center exactly (the centers have few
+ * mantissa bits), 6 FMAs. No exp, no division: about half the instructions of the exp paths. Only
+ * for x in the table's range (the callers check; other lanes get garbage). */
+#include "act_tables.h"
+static inline __m512 tab512(__m512 x, const float (*tab)[32], float a, float h) {
     const __m512 sh = _mm512_set1_ps(12582912.0f);
-    __m512 v = _mm512_fmadd_ps(x, _mm512_set1_ps(1.0f / NC_GELU_TAB_H),
-                               _mm512_set1_ps(-NC_GELU_TAB_A / NC_GELU_TAB_H - 0.5f));
+    __m512 v = _mm512_fmadd_ps(x, _mm512_set1_ps(1.0f / h), _mm512_set1_ps(-a / h - 0.5f));
     __m512 f = _mm512_add_ps(v, sh);                              /* low bits: j = round(v) */
-    __m512 c = _mm512_fmadd_ps(_mm512_sub_ps(f, sh), _mm512_set1_ps(NC_GELU_TAB_H),
-                               _mm512_set1_ps(NC_GELU_TAB_A + 0.5f * NC_GELU_TAB_H));   /* exact */
+    __m512 c = _mm512_fmadd_ps(_mm512_sub_ps(f, sh), _mm512_set1_ps(h), _mm512_set1_ps(a + 0.5f * h));   /* exact */
     __m512 u = _mm512_sub_ps(x, c);
     __m512i j = _mm512_castps_si512(f);
-#define GT_(k) _mm512_permutex2var_ps(_mm512_load_ps(NC_GELU_TAB[k]), j, _mm512_load_ps(NC_GELU_TAB[k] + 16))
+#define GT_(k) _mm512_permutex2var_ps(_mm512_load_ps(tab[k]), j, _mm512_load_ps(tab[k] + 16))
     __m512 p = _mm512_fmadd_ps(GT_(6), u, GT_(5));
     p = _mm512_fmadd_ps(p, u, GT_(4));
     p = _mm512_fmadd_ps(p, u, GT_(3));
     p = _mm512_fmadd_ps(p, u, GT_(2));
     p = _mm512_fmadd_ps(p, u, GT_(1));
-    p = _mm512_fmadd_ps(p, u, GT_(0));
+    return _mm512_fmadd_ps(p, u, GT_(0));
 #undef GT_
-    __m512 g = _mm512_mul_ps(x, p);
+}
+
+/* GELU, erf form, x Phi(x): Phi from the table on [-4, 5.45); above 5.45 Phi rounds to 1 (gelu =
+ * x); lanes below -4, NaN and -inf take the erfc path (phi512), which is exact to 1.3e-6 (2e-5 in
+ * the far tail): per lane, so a result never depends on its neighbours. */
+static inline __m512 gelu_erf512(__m512 x) {
+    __m512 g = _mm512_mul_ps(x, tab512(x, NC_GELU_TAB, NC_GELU_TAB_A, NC_GELU_TAB_H));
     g = _mm512_mask_mov_ps(g, _mm512_cmp_ps_mask(x, _mm512_set1_ps(5.45f), _CMP_GE_OQ), x);
     __mmask16 in = _mm512_cmp_ps_mask(x, _mm512_set1_ps(NC_GELU_TAB_A), _CMP_GE_OQ);   /* NaN: out */
     if (__builtin_expect(in != (__mmask16)0xffff, 0)) g = _mm512_mask_mov_ps(g, (__mmask16)~in, _mm512_mul_ps(x, phi512(x)));
     return g;
+}
+
+/* sigmoid from the table on [-8, 8), the exp path (sigmoid512) for the other lanes, per lane */
+static inline __m512 sigmoid_tab512(__m512 x) {
+    __m512 s = tab512(x, NC_SIGMOID_TAB, NC_SIGMOID_TAB_A, NC_SIGMOID_TAB_H);
+    __mmask16 in = _mm512_cmp_ps_mask(x, _mm512_set1_ps(NC_SIGMOID_TAB_A), _CMP_GE_OQ) &
+                   _mm512_cmp_ps_mask(x, _mm512_set1_ps(NC_SIGMOID_TAB_HI), _CMP_LT_OQ);   /* NaN: out */
+    if (__builtin_expect(in != (__mmask16)0xffff, 0)) s = _mm512_mask_mov_ps(s, (__mmask16)~in, sigmoid512(x));
+    return s;
 }
 
 #define GC2 1.59576912160573072f     /* 2 sqrt(2/pi) */
@@ -196,8 +208,8 @@ int nc_ew_unary_avx512(float *o, const float *a, int64_t n, int32_t op, int par)
     int nt = par && n * (int64_t)sizeof(float) >= nc_nt_bytes() && ((uintptr_t)o & 63) == 0;
     switch (op) {
     case NC_OP_EXP: ACT_FWD(n, par, nt, exp512(v)); return 1;
-    case NC_OP_SIGMOID: ACT_FWD(n, par, nt, sigmoid512(v)); return 1;
-    case NC_OP_SILU: ACT_FWD(n, par, nt, _mm512_mul_ps(v, sigmoid512(v))); return 1;
+    case NC_OP_SIGMOID: ACT_FWD(n, par, nt, sigmoid_tab512(v)); return 1;
+    case NC_OP_SILU: ACT_FWD(n, par, nt, _mm512_mul_ps(v, sigmoid_tab512(v))); return 1;
     case NC_OP_TANH: ACT_FWD(n, par, nt, tanh512(v)); return 1;
     case NC_OP_GELU: ACT_FWD(n, par, nt, gelu_erf512(v)); return 1;
     case NC_OP_GELU_TANH: ACT_FWD(n, par, nt, gelu_tanh512(v)); return 1;
