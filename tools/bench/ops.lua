@@ -434,6 +434,7 @@ local function main()
     local stream_rows, stream_json = {}, {}
     local included = setmetatable({}, L.array_mt)   -- kernels that enter elementwise_vs_memcpy
     local worst_stream, worst_stream_kernel, worst_stream_cpu, worst_stream_same = math.huge, math.huge, math.huge, math.huge
+    local worst_stream_quiet, quiet_missing = math.huge, setmetatable({}, L.array_mt)
     local worst_stream_name
     if section('stream') then
     local a = nc.rand({ ROWS, ROW }, { lo = -2, hi = 2 })
@@ -541,22 +542,39 @@ local function main()
             -- bandwidth ratio of kernel k vs baseline j in repeat r: (bytes / t_k) / (base_bytes / t_j);
             -- the median over repeats per baseline, then the smaller over the baselines
             -- (also returned: the ratio against the last paired baseline, par_memcpy: same threads)
-            local function paired_ratio(k, key)
+            -- quiet repeats: every sample of the repeat (both copies and the kernel) had CPU / wall of
+            -- at least 0.85 x the threads it runs on, i.e. no thread waited long for a core
+            local quiet = {}
+            for rr = 1, reps do
+                local ok = true
+                for k = 1, #fns do
+                    local want = (k <= nb and paired[k].name == 'memcpy') and 1 or threads
+                    if res[k].cpu_samples[rr] / res[k].samples[rr] < 0.85 * want then ok = false end
+                end
+                if ok then quiet[#quiet + 1] = rr end
+            end
+            local function paired_ratio(k, key, only_rr)
                 local worst, v
                 for j = 1, nb do
                     local rs = {}
-                    for rr = 1, reps do rs[rr] = res[j][key][rr] / res[k][key][rr] end
+                    if only_rr then
+                        for _, rr in ipairs(only_rr) do rs[#rs + 1] = res[j][key][rr] / res[k][key][rr] end
+                    else
+                        for rr = 1, reps do rs[rr] = res[j][key][rr] / res[k][key][rr] end
+                    end
                     v = L.median(rs) * nt / paired[j].streams
                     if not worst or v < worst then worst = v end
                 end
                 return worst, v
             end
+            r.quiet_n = #quiet
             local bg = 0
             for j = 1, nb do bg = math.max(bg, gbps(paired[j].streams * bytes1, res[j].median)) end
             r.base_gbps = bg
             if idx.lua then
                 r.gbps = gbps(bytes, res[idx.lua].median)
                 r.ratio, r.ratio_same = paired_ratio(idx.lua, 'samples')
+                if #quiet >= 3 then r.ratio_quiet = paired_ratio(idx.lua, 'samples', quiet) end
                 r.cpu_ratio = paired_ratio(idx.lua, 'cpu_samples')
                 r.ms = res[idx.lua].median * 1e3
                 r.util = res[idx.lua].util
@@ -574,6 +592,7 @@ local function main()
             gbps = r.gbps and L.round(r.gbps, 2), kernel_gbps = r.kernel_gbps and L.round(r.kernel_gbps, 2),
             ratio = r.ratio and L.round(r.ratio, 3), kernel_ratio = r.kernel_ratio and L.round(r.kernel_ratio, 3),
             ratio_same_threads = r.ratio_same and L.round(r.ratio_same, 3),
+            ratio_quiet = r.ratio_quiet and L.round(r.ratio_quiet, 3), quiet_repeats = r.quiet_n,
             cpu_ratio = r.cpu_ratio and L.round(r.cpu_ratio, 3),
             kernel_cpu_ratio = r.kernel_cpu_ratio and L.round(r.kernel_cpu_ratio, 3),
             ms = r.ms and L.round(r.ms, 3), base_gbps = r.base_gbps and L.round(r.base_gbps, 2),
@@ -584,6 +603,11 @@ local function main()
             if r.kernel_ratio and r.kernel_ratio < worst_stream_kernel then worst_stream_kernel = r.kernel_ratio end
             if r.cpu_ratio and r.cpu_ratio < worst_stream_cpu then worst_stream_cpu = r.cpu_ratio end
             if r.ratio_same and r.ratio_same < worst_stream_same then worst_stream_same = r.ratio_same end
+            if r.ratio_quiet then
+                if r.ratio_quiet < worst_stream_quiet then worst_stream_quiet = r.ratio_quiet end
+            else
+                quiet_missing[#quiet_missing + 1] = name
+            end
         end
         end
     end
@@ -602,16 +626,19 @@ local function main()
     do
         local rows = {}
         for _, r in ipairs(stream_rows) do
-            rows[#rows + 1] = { r.name, r.bytes_per_elem, r.gbps, r.ratio, r.ratio_same, r.cpu_ratio, r.kernel_gbps,
+            rows[#rows + 1] = { r.name, r.bytes_per_elem, r.gbps, r.ratio, r.ratio_same, r.ratio_quiet,
+                                r.quiet_n and string.format('%d/%d', r.quiet_n, reps), r.cpu_ratio, r.kernel_gbps,
                                 r.kernel_ratio, r.kernel_cpu_ratio, r.base_gbps, r.util, r.ms }
         end
-        L.print_table({ 'kernel', 'B/elem', 'nc (Lua) GB/s', 'ratio', 'same thr', 'cpu ratio', 'C call GB/s', 'ratio C',
-                        'cpu ratio C', 'copy GB/s', 'util', 'Lua ms' }, rows,
-            { nil, '%d', '%.2f', '%.3f', '%.3f', '%.3f', '%.2f', '%.3f', '%.3f', '%.2f', '%.2f', '%.2f' })
+        L.print_table({ 'kernel', 'B/elem', 'nc (Lua) GB/s', 'ratio', 'same thr', 'quiet', 'quiet n', 'cpu ratio',
+                        'C call GB/s', 'ratio C', 'cpu ratio C', 'copy GB/s', 'util', 'Lua ms' }, rows,
+            { nil, '%d', '%.2f', '%.3f', '%.3f', '%.3f', nil, '%.3f', '%.2f', '%.3f', '%.3f', '%.2f', '%.2f', '%.2f' })
     end
     print('  nc (Lua): the op as a user calls it (allocates its output); C call: bare kernel into a preallocated output.')
     print('  same thr: the Lua ratio against ' .. pnames[#pnames] .. ' alone (the copy on the same threads; on a busy')
     print('  machine a 1-thread memcpy loses less to a stolen core than any 2-thread loop, kernel or copy).')
+    print('  quiet: the ratio over the repeats (quiet n of them) in which every sample had CPU / wall >= 0.85 x its')
+    print('  threads (no thread kept off its core); shown from 3 such repeats.')
     print('  copy GB/s: the faster paired copy in those samples; cpu ratio: the Lua ratio of process CPU times;')
     print('  util: CPU / wall of the kernel (~threads when no thread waited for a core).')
     print('  scale = x * 0.5; rmsnorm without weight, rows of 1024; softmax over rows of 1024.')
@@ -749,6 +776,8 @@ local function main()
         elementwise_kernel_vs_memcpy = num(worst_stream_kernel, 3),
         elementwise_cpu_vs_memcpy = num(worst_stream_cpu, 3),
         elementwise_vs_memcpy_same_threads = num(worst_stream_same, 3),
+        elementwise_vs_memcpy_quiet = num(worst_stream_quiet, 3),
+        elementwise_quiet_missing = quiet_missing,
         ffi_us_per_call = fj.ffi_us_per_call,
         ffi_cpu_us_per_call = fj.ffi_cpu_us_per_call,
         ffi_kernel_us_per_call = fj.ffi_kernel_us_per_call,
