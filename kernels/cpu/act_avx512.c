@@ -315,8 +315,9 @@ static inline __m512d fold512d(__m512d acc, __m512 s) {
     return _mm512_add_pd(acc, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1))));
 }
 
-/* pf: NULL, or the next row (n floats) to prefetch into L1 while this one computes */
-static float rowexpsum512(float *y, const float *x, int64_t n, float m, const float *pf) {
+/* pf: NULL, or the next row (n floats) to prefetch into L1 while this one computes; pf2: NULL, or the
+ * row after it, into L2 */
+static float rowexpsum512(float *y, const float *x, int64_t n, float m, const float *pf, const float *pf2) {
     __m512 vm = _mm512_set1_ps(m), s0 = _mm512_setzero_ps(), s1 = s0;
     __m512d acc = _mm512_setzero_pd();
     int64_t j = 0;
@@ -324,6 +325,10 @@ static float rowexpsum512(float *y, const float *x, int64_t n, float m, const fl
         if (pf) {
             _mm_prefetch((const char *)(pf + j), _MM_HINT_T0);
             _mm_prefetch((const char *)(pf + j + 16), _MM_HINT_T0);
+            if (pf2) {
+                _mm_prefetch((const char *)(pf2 + j), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pf2 + j + 16), _MM_HINT_T1);
+            }
         }
         __m512 e0 = exp512_le(_mm512_sub_ps(_mm512_loadu_ps(x + j), vm));
         __m512 e1 = exp512_le(_mm512_sub_ps(_mm512_loadu_ps(x + j + 16), vm));
@@ -352,15 +357,16 @@ static float rowexpsum512(float *y, const float *x, int64_t n, float m, const fl
  * floats): the exp pass prefetches it (one line per 16 exps), so its reads overlap this row's
  * arithmetic instead of following it (a row of 1024 floats is one 4 KiB page, where the hardware
  * stream prefetcher stops), and the final pass computes its max into *next_max (so the next call,
- * given it as *xmax, skips its max pass). xmax: NULL, or the max of x. */
+ * given it as *xmax, skips its max pass); next2: NULL, or the row after next, prefetched into L2 in
+ * the same loop (two rows of lead for the memory system). xmax: NULL, or the max of x. */
 void nc_k_softmax_row_avx512(float *y, const float *x, int64_t n, int log, float *tmp, const float *next,
-                             const float *xmax, float *next_max) {
+                             const float *next2, const float *xmax, float *next_max) {
     float m = xmax ? *xmax : rowmax512(x, n);
     if (m == -INFINITY) m = 0.0f;
     __m512 nm = _mm512_set1_ps(-INFINITY);
     int64_t j = 0, j0;
     if (log) {
-        float lse = m + logf(rowexpsum512(NULL, x, n, m, next));
+        float lse = m + logf(rowexpsum512(NULL, x, n, m, next, next2));
         __m512 vl = _mm512_set1_ps(lse);
         if (tmp) {   /* large outputs: streaming stores from the first 64-byte boundary */
             for (; j < n && ((uintptr_t)(y + j) & 63); j++) y[j] = x[j] - lse;
@@ -383,7 +389,7 @@ void nc_k_softmax_row_avx512(float *y, const float *x, int64_t n, int log, float
         }
     } else {
         float *e = tmp ? tmp : y;
-        float inv = 1.0f / rowexpsum512(e, x, n, m, next);
+        float inv = 1.0f / rowexpsum512(e, x, n, m, next, next2);
         __m512 vi = _mm512_set1_ps(inv);
         if (tmp) {
             for (; j < n && ((uintptr_t)(y + j) & 63); j++) y[j] = e[j] * inv;
@@ -429,7 +435,7 @@ void nc_k_ce_row_avx512(const float *x, int64_t V, float *lse, float *sum) {
     }
     float m = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
     *sum = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-    *lse = m + logf(rowexpsum512(NULL, x, V, m, NULL));
+    *lse = m + logf(rowexpsum512(NULL, x, V, m, NULL, NULL));
 }
 
 /* g (V) += a exp(x - lse) - c */

@@ -139,7 +139,7 @@ void KFN(nc_k_softmax_backward_row)(float *ga, const float *y, const float *g, i
 #ifdef NC_KPRIMARY
 void nc_k_softmax_row_avx2(float *y, const float *x, int64_t n, int log, float *tmp);
 void nc_k_softmax_row_avx512(float *y, const float *x, int64_t n, int log, float *tmp, const float *next,
-                             const float *xmax, float *next_max);   /* act_avx512.c */
+                             const float *next2, const float *xmax, float *next_max);   /* act_avx512.c */
 void nc_k_softmax_backward_row_avx2(float *ga, const float *y, const float *g, int64_t n, int log);
 
 /* Pointer to row r of t as a contiguous float row: t's own memory when its last dim has unit
@@ -196,8 +196,9 @@ nc_status nc_softmax(nc_tensor *out, const nc_tensor *a, int32_t log) {
 #pragma omp for schedule(dynamic, rch)
                 for (int64_t r = 0; r < rows; r++) {
                     const float *next = !need_buf && r + 1 < rows ? nc_f32p(a) + nc_row_offset(a, r + 1) : NULL;
+                    const float *next2 = next && r + 2 < rows ? nc_f32p(a) + nc_row_offset(a, r + 2) : NULL;
                     float xm = carried;
-                    nc_k_softmax_row_avx512(y + r * n, row_in(a, r, buf), n, log, tmp, next,
+                    nc_k_softmax_row_avx512(y + r * n, row_in(a, r, buf), n, log, tmp, next, next2,
                                             carried_for == r ? &xm : NULL, &carried);
                     carried_for = next ? r + 1 : -1;
                 }
