@@ -9,9 +9,10 @@ local json = require 'dkjson'
 
 local REQUIRED_NUMBERS = {
     'matmul_vs_sgemm', 'elementwise_vs_memcpy', 'ffi_us_per_call', 'ffi_raw_us_per_call', 'threads',
+    'matmul_cpu_vs_sgemm', 'elementwise_cpu_vs_memcpy', 'stream_mib',
 }
 local GEMM_SHAPES = { 'linear_fwd', 'linear_bwd_dx', 'linear_bwd_dw', 'square_1024', 'linear_autograd' }
-local STREAM_KERNELS = { 'add', 'mul', 'relu', 'silu', 'gelu', 'scale', 'rmsnorm', 'softmax' }
+local STREAM_KERNELS = { 'add', 'mul', 'relu', 'silu', 'gelu', 'exp', 'tanh', 'scale', 'rmsnorm', 'softmax', 'log_softmax' }
 local SUBPROCESS_TIMEOUT_S = 300
 
 local function shell_ok(cmd)
@@ -80,7 +81,7 @@ describe('tools/bench/ops.lua (quick mode)', function()
         for _, name in ipairs(GEMM_SHAPES) do
             local r = report.matmul[name]
             assert.are.equal('table', type(r), 'matmul.' .. name .. ' missing')
-            for _, k in ipairs { 'raw_gflops', 'gflops', 'ratio' } do
+            for _, k in ipairs { 'raw_gflops', 'gflops', 'ratio', 'cpu_ratio', 'util' } do
                 assert.is_true(is_positive_finite(r[k]), 'matmul.' .. name .. '.' .. k .. ' = ' .. tostring(r[k]))
             end
         end
@@ -91,7 +92,7 @@ describe('tools/bench/ops.lua (quick mode)', function()
         for _, name in ipairs(STREAM_KERNELS) do
             local r = report.elementwise[name]
             assert.are.equal('table', type(r), 'elementwise.' .. name .. ' missing')
-            for _, k in ipairs { 'gbps', 'ratio', 'kernel_gbps', 'kernel_ratio' } do
+            for _, k in ipairs { 'gbps', 'ratio', 'kernel_gbps', 'kernel_ratio', 'cpu_ratio', 'base_gbps', 'util' } do
                 assert.is_true(is_positive_finite(r[k]), 'elementwise.' .. name .. '.' .. k .. ' = ' .. tostring(r[k]))
             end
         end

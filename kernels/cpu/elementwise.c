@@ -21,6 +21,7 @@
 
 #include "internal.h"
 #include "simd_avx2.h"
+#include "sched.h"
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -115,7 +116,8 @@ static inline int ew_uses_out(int32_t op) {
 #define EW_LOOP(N, PAR, BODY)                                                                  \
     do {                                                                                       \
         if ((PAR) && (N) >= NC_PAR_MIN) {                                                      \
-            _Pragma("omp parallel for simd schedule(static)")                                  \
+            int64_t ch_ = nc_dyn_chunk(N, 4096, 65536);                                        \
+            _Pragma("omp parallel for simd schedule(dynamic, ch_)")                            \
             for (int64_t i = 0; i < N; i++) { BODY; }                                          \
         } else {                                                                               \
             _Pragma("omp simd")                                                                \
@@ -127,15 +129,18 @@ static inline int ew_uses_out(int32_t op) {
  * buffer by the very same loop (serial), then streamed out; in-place calls (o == a) are safe. */
 #if NC_SIMD_AVX2
 enum { EW_NT_CHUNK = 2048 };
-#define EW_NT_RUN(N, CALL_INTO_TMP)                                                                \
+/* PA, PB: the inputs (PB NULL for one): the next chunk of each is prefetched while this one is stored */
+#define EW_NT_RUN(N, PA, PB, CALL_INTO_TMP)                                                        \
     do {                                                                                           \
         int64_t nch_ = (N + EW_NT_CHUNK - 1) / EW_NT_CHUNK;                                        \
-        _Pragma("omp parallel for schedule(static)")                                               \
+        int64_t ch_ = nc_dyn_chunk(nch_, 1, 32);                                                   \
+        _Pragma("omp parallel for schedule(dynamic, ch_)")                                         \
         for (int64_t c_ = 0; c_ < nch_; c_++) {                                                    \
             float tmp[EW_NT_CHUNK] __attribute__((aligned(32)));                                   \
             int64_t i0 = c_ * EW_NT_CHUNK, len = N - i0 < EW_NT_CHUNK ? N - i0 : EW_NT_CHUNK;     \
             CALL_INTO_TMP;                                                                         \
-            nc_stream_store(o + i0, tmp, len);                                                     \
+            const float *pb_ = (PB);                                                               \
+            nc_stream_store_pf(o + i0, tmp, len, (PA) + i0 + EW_NT_CHUNK, pb_ ? pb_ + i0 + EW_NT_CHUNK : NULL); \
         }                                                                                          \
         _mm_sfence();                                                                              \
     } while (0)
@@ -158,7 +163,8 @@ enum { EW_NT_CHUNK = 2048 };
     do {                                                                                           \
         int64_t nv_ = (N + 7) / 8;                                                                 \
         if ((PAR) && (N) >= NC_PAR_MIN) {                                                          \
-            _Pragma("omp parallel for schedule(static)")                                           \
+            int64_t ch_ = nc_dyn_chunk(nv_, 512, 8192);                                            \
+            _Pragma("omp parallel for schedule(dynamic, ch_)")                                     \
             for (int64_t k_ = 0; k_ < nv_; k_++) EW_V1_BODY(N, VEXPR)                             \
         } else {                                                                                   \
             for (int64_t k_ = 0; k_ < nv_; k_++) EW_V1_BODY(N, VEXPR)                             \
@@ -181,7 +187,7 @@ static void KFN(ew_binary_body)(float *o, const float *a, const float *b, int64_
 void KFN(nc_ew_binary)(float *o, const float *a, const float *b, int64_t n, int32_t op, int par) {
 #if NC_SIMD_AVX2
     if (EW_USE_NT(n, par)) {
-        EW_NT_RUN(n, KFN(ew_binary_body)(tmp, a + i0, b + i0, len, op, 0));
+        EW_NT_RUN(n, a, b, KFN(ew_binary_body)(tmp, a + i0, b + i0, len, op, 0));
         return;
     }
 #endif
@@ -203,7 +209,7 @@ static void KFN(ew_binary_scalar_body)(float *o, const float *a, float s, int64_
 void KFN(nc_ew_binary_scalar)(float *o, const float *a, float s, int64_t n, int32_t op, int par) {
 #if NC_SIMD_AVX2
     if (EW_USE_NT(n, par)) {
-        EW_NT_RUN(n, KFN(ew_binary_scalar_body)(tmp, a + i0, s, len, op, 0));
+        EW_NT_RUN(n, a, (const float *)NULL, KFN(ew_binary_scalar_body)(tmp, a + i0, s, len, op, 0));
         return;
     }
 #endif
@@ -235,7 +241,7 @@ static void KFN(ew_unary_body)(float *o, const float *a, int64_t n, int32_t op, 
 void KFN(nc_ew_unary)(float *o, const float *a, int64_t n, int32_t op, int par) {
 #if NC_SIMD_AVX2
     if (EW_USE_NT(n, par)) {
-        EW_NT_RUN(n, KFN(ew_unary_body)(tmp, a + i0, len, op, 0));
+        EW_NT_RUN(n, a, (const float *)NULL, KFN(ew_unary_body)(tmp, a + i0, len, op, 0));
         return;
     }
 #endif
@@ -257,7 +263,8 @@ void KFN(nc_ew_unary)(float *o, const float *a, int64_t n, int32_t op, int par) 
     do {                                                                                           \
         int64_t nv_ = (N + 7) / 8;                                                                 \
         if ((PAR) && (N) >= NC_PAR_MIN) {                                                          \
-            _Pragma("omp parallel for schedule(static)")                                           \
+            int64_t ch_ = nc_dyn_chunk(nv_, 512, 8192);                                            \
+            _Pragma("omp parallel for schedule(dynamic, ch_)")                                     \
             for (int64_t k_ = 0; k_ < nv_; k_++) EW_BWD_BODY(N, __VA_ARGS__)                       \
         } else {                                                                                   \
             for (int64_t k_ = 0; k_ < nv_; k_++) EW_BWD_BODY(N, __VA_ARGS__)                       \
@@ -321,11 +328,15 @@ void nc_ew_unary_bwd_avx2(float *ga, const float *y, const float *x, const float
                           int par);
 void nc_ew_add_scaled_avx2(float *o, const float *a, float alpha, int64_t n, int par);
 
+int nc_ew_binary_avx512(float *o, const float *a, const float *b, float s, int64_t n, int32_t op, int par);
+
 static void k_binary(float *o, const float *a, const float *b, int64_t n, int32_t op, int par) {
+    if (nc_cpu_avx512() && nc_ew_binary_avx512(o, a, b, 0.0f, n, op, par)) return;
     if (nc_cpu_avx2()) nc_ew_binary_avx2(o, a, b, n, op, par);
     else nc_ew_binary_base(o, a, b, n, op, par);
 }
 static void k_binary_scalar(float *o, const float *a, float s, int64_t n, int32_t op, int par) {
+    if (nc_cpu_avx512() && nc_ew_binary_avx512(o, a, NULL, s, n, op, par)) return;
     if (nc_cpu_avx2()) nc_ew_binary_scalar_avx2(o, a, s, n, op, par);
     else nc_ew_binary_scalar_base(o, a, s, n, op, par);
 }

@@ -16,6 +16,7 @@
  */
 #include "nn_common.h"
 #include "simd_avx2.h"
+#include "sched.h"
 
 #ifndef NC_KSUFFIX
 #define NC_KSUFFIX _base
@@ -25,12 +26,19 @@
 #define NC_CAT(a, b) NC_CAT2(a, b)
 #define KFN(name) NC_CAT(name, NC_KSUFFIX)
 
-/* y (D) = x * rstd (* w); returns rstd. Contiguous x, y, w (w may be NULL). nt: streaming stores. */
-float KFN(nc_k_rmsnorm_row)(float *y, const float *x, const float *w, int64_t D, double eps, int nt) {
+/* y (D) = x * rstd (* w); returns rstd. Contiguous x, y, w (w may be NULL). nt: streaming stores.
+ * next, next2: NULL, or the rows (D floats) the caller does next and after it: the vector build
+ * prefetches them (into L1 and L2), one line each per 16 elements, so their reads overlap this
+ * row's work (a row of 1024 floats is one 4 KiB page,
+ * where the hardware stream prefetcher stops). */
+float KFN(nc_k_rmsnorm_row)(float *y, const float *x, const float *w, int64_t D, double eps, int nt,
+                            const float *next, const float *next2) {
 #if NC_SIMD_AVX2
     __m256d s0 = _mm256_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
     int64_t j = 0;
     for (; j + 16 <= D; j += 16) {
+        if (next) _mm_prefetch((const char *)(next + j), _MM_HINT_T0);
+        if (next2) _mm_prefetch((const char *)(next2 + j), _MM_HINT_T1);
         __m256 a = _mm256_loadu_ps(x + j), b = _mm256_loadu_ps(x + j + 8);
         __m256d a0 = _mm256_cvtps_pd(_mm256_castps256_ps128(a)), a1 = _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1));
         __m256d b0 = _mm256_cvtps_pd(_mm256_castps256_ps128(b)), b1 = _mm256_cvtps_pd(_mm256_extractf128_ps(b, 1));
@@ -58,6 +66,8 @@ float KFN(nc_k_rmsnorm_row)(float *y, const float *x, const float *w, int64_t D,
     return inv;
 #else
     (void)nt;
+    (void)next;
+    (void)next2;
     double ss = 0.0;
 #pragma omp simd reduction(+ : ss)
     for (int64_t j = 0; j < D; j++) ss += (double)x[j] * (double)x[j];
@@ -117,7 +127,8 @@ void KFN(nc_k_rmsnorm_bwd_row)(float *gx, const float *x, const float *w, const 
 }
 
 #ifdef NC_KPRIMARY
-float nc_k_rmsnorm_row_avx2(float *y, const float *x, const float *w, int64_t D, double eps, int nt);
+float nc_k_rmsnorm_row_avx2(float *y, const float *x, const float *w, int64_t D, double eps, int nt,
+                            const float *next, const float *next2);
 void nc_k_rmsnorm_bwd_row_avx2(float *gx, const float *x, const float *w, const float *g, int64_t D, float inv);
 
 static nc_status check_x(const char *op, const nc_tensor *x, const nc_tensor *weight, int32_t dev) {
@@ -168,12 +179,15 @@ nc_status nc_rmsnorm(nc_tensor *out, nc_tensor *rstd, const nc_tensor *x, const 
     const float *w = weight ? nc_f32p(weight) : NULL;
     int64_t ws = weight && D > 1 ? weight->strides[0] : 1;
     if (xs == 1 && ws == 1) {
-        float (*row)(float *, const float *, const float *, int64_t, double, int) =
+        float (*row)(float *, const float *, const float *, int64_t, double, int, const float *, const float *) =
             nc_cpu_avx2() ? nc_k_rmsnorm_row_avx2 : nc_k_rmsnorm_row_base;
         int nt = rows * D * (int64_t)sizeof(float) >= nc_nt_bytes();
-#pragma omp parallel for schedule(static) if (rows * D >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
+        int64_t rch = nc_dyn_chunk(rows, 1, 65536 / (D > 0 ? D : 1) > 1 ? 65536 / (D > 0 ? D : 1) : 1);
+#pragma omp parallel for schedule(dynamic, rch) if (rows * D >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
         for (int64_t r = 0; r < rows; r++) {
-            float inv = row(y + r * D, nc_f32p(x) + nc_row_offset(x, r), w, D, eps, nt);
+            const float *next = r + 1 < rows ? nc_f32p(x) + nc_row_offset(x, r + 1) : NULL;
+            const float *next2 = r + 2 < rows ? nc_f32p(x) + nc_row_offset(x, r + 2) : NULL;
+            float inv = row(y + r * D, nc_f32p(x) + nc_row_offset(x, r), w, D, eps, nt, next, next2);
             if (rs) rs[r] = inv;
         }
 #if defined(__SSE2__)

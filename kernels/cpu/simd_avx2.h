@@ -158,23 +158,29 @@ static inline __m256 nc_silu_d256(__m256 x) {
     return _mm256_mul_ps(s, _mm256_fmadd_ps(x, _mm256_mul_ps(e, s), _mm256_set1_ps(1.0f)));
 }
 
-/* tanh(x): |x| < 0.625 by x + x^3 P(x^2) (P a degree-5 least-squares fit on Chebyshev nodes,
- * relative error 3e-9), else sign(x) (1 - e) / (1 + e) with e = exp(-2|x|) <= 0.29 (no
- * cancellation). +-inf -> +-1, NaN -> NaN. */
+/* tanh(x) = sign(x) (1 - e) / (1 + e), e = exp(-2|x|), both sides from exp's own reduction
+ * (2^n (1 + t), t = r + r^2 q(r)): e - 1 = 2^n t + (2^n - 1) and e + 1 = 2^n t + (2^n + 1), one FMA
+ * each with 2^n -+ 1 exact, so 1 - e does not cancel at small |x| (n = 0: it is -t) and no second
+ * polynomial or blend is needed (act_avx512.c's tanh512 is the same algorithm). |x| is capped at
+ * 9.5 (tanh rounds to 1 from 9.01; 2^n stays normal). +-inf -> +-1, NaN -> NaN, -0 -> -0. */
 static inline __m256 nc_tanh256(__m256 x) {
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    __m256 ax = _mm256_andnot_ps(sign, x);
-    __m256 e = nc_exp256_le(_mm256_mul_ps(ax, _mm256_set1_ps(-2.0f)));
-    __m256 big = _mm256_mul_ps(_mm256_sub_ps(_mm256_set1_ps(1.0f), e),
-                               nc_rcp256(_mm256_add_ps(_mm256_set1_ps(1.0f), e)));
-    __m256 u = _mm256_mul_ps(ax, ax), u2 = _mm256_mul_ps(u, u);
-    __m256 c0 = _mm256_fmadd_ps(_mm256_set1_ps(0.1333320140838623f), u, _mm256_set1_ps(-0.3333333134651184f));
-    __m256 c1 = _mm256_fmadd_ps(_mm256_set1_ps(0.021698201075196266f), u, _mm256_set1_ps(-0.053946252912282944f));
-    __m256 c2 = _mm256_fmadd_ps(_mm256_set1_ps(0.002138207433745265f), u, _mm256_set1_ps(-0.008171768859028816f));
-    __m256 p = _mm256_fmadd_ps(_mm256_fmadd_ps(c2, u2, c1), u2, c0);
-    __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(ax, u), p, ax);
-    __m256 y = _mm256_blendv_ps(big, small, _mm256_cmp_ps(ax, _mm256_set1_ps(0.625f), _CMP_LT_OQ));
-    return _mm256_or_ps(y, _mm256_and_ps(sign, x));
+    const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f), sh = _mm256_set1_ps(NC_EXP_SHIFT);
+    __m256 ax = _mm256_min_ps(_mm256_set1_ps(9.5f), _mm256_andnot_ps(sign, x));   /* NaN stays */
+    __m256 y = _mm256_mul_ps(ax, _mm256_set1_ps(-2.0f));
+    __m256 tt = _mm256_fmadd_ps(y, _mm256_set1_ps(1.44269504088896341f), sh);
+    __m256 n = _mm256_sub_ps(tt, sh);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), y);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 r2 = _mm256_mul_ps(r, r), r4 = _mm256_mul_ps(r2, r2);
+    __m256 q0 = _mm256_fmadd_ps(_mm256_set1_ps(1.6666665459e-1f), r, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 q1 = _mm256_fmadd_ps(_mm256_set1_ps(8.3334519073e-3f), r, _mm256_set1_ps(4.1665795894e-2f));
+    __m256 q2 = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500e-4f), r, _mm256_set1_ps(1.3981999507e-3f));
+    __m256 t = _mm256_fmadd_ps(_mm256_fmadd_ps(q2, r4, _mm256_fmadd_ps(q1, r2, q0)), r2, r);
+    __m256 s = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(tt), 23));   /* 2^n, n in [-28, 0] */
+    __m256 em = _mm256_fmadd_ps(s, t, _mm256_sub_ps(s, one));                        /* e - 1 <= 0 */
+    __m256 ep = _mm256_fmadd_ps(s, t, _mm256_add_ps(s, one));                        /* e + 1 in (1, 2] */
+    __m256 q = _mm256_mul_ps(em, nc_rcp256(ep));                                     /* -tanh|x| */
+    return _mm256_or_ps(_mm256_andnot_ps(sign, q), _mm256_and_ps(sign, x));
 }
 
 /* GELU, tanh form: 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3): the
@@ -227,6 +233,22 @@ static inline __m256i nc_tailmask256(int64_t n) {
 static inline void nc_stream_store(float *dst, const float *src, int64_t n) {
     int64_t j = 0;
     while (j < n && ((uintptr_t)(dst + j) & 31)) { dst[j] = src[j]; j++; }
+    for (; j + 8 <= n; j += 8) _mm256_stream_ps(dst + j, _mm256_loadu_ps(src + j));
+    for (; j < n; j++) dst[j] = src[j];
+}
+
+/* nc_stream_store that also prefetches n floats at pa (and pb unless NULL) into L1, one line per
+ * 16 floats stored: a chunked streaming loop prefetches its next chunk's inputs while it writes
+ * this one out (measured on one core of the 2-vCPU VM: 11.5 -> 14.5 GB/s for a copy-like op) */
+static inline void nc_stream_store_pf(float *dst, const float *src, int64_t n, const float *pa, const float *pb) {
+    int64_t j = 0;
+    while (j < n && ((uintptr_t)(dst + j) & 31)) { dst[j] = src[j]; j++; }
+    for (; j + 16 <= n; j += 16) {
+        _mm_prefetch((const char *)(pa + j), _MM_HINT_T0);
+        if (pb) _mm_prefetch((const char *)(pb + j), _MM_HINT_T0);
+        _mm256_stream_ps(dst + j, _mm256_loadu_ps(src + j));
+        _mm256_stream_ps(dst + j + 8, _mm256_loadu_ps(src + j + 8));
+    }
     for (; j + 8 <= n; j += 8) _mm256_stream_ps(dst + j, _mm256_loadu_ps(src + j));
     for (; j < n; j++) dst[j] = src[j];
 }

@@ -32,4 +32,13 @@ static inline __m512 exp512(__m512 x) {
     return _mm512_maskz_scalef_ps(keep, p, n);
 }
 
+/* exp for x <= 0 (softmax and cross-entropy rows: x - max, x - lse; also -inf and NaN): exp512
+ * without the upper clamp, same results */
+static inline __m512 exp512_le(__m512 x) {
+    __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(X_LO), _CMP_NLT_UQ);   /* NaN: kept */
+    __m512 xc = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);                       /* keeps NaN */
+    __m512 n, p = poly512(xc, &n);
+    return _mm512_maskz_scalef_ps(keep, p, n);
+}
+
 #endif

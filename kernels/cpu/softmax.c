@@ -13,6 +13,7 @@
  */
 #include "nn_common.h"
 #include "simd_avx2.h"
+#include "sched.h"
 
 #ifndef NC_KSUFFIX
 #define NC_KSUFFIX _base
@@ -137,7 +138,8 @@ void KFN(nc_k_softmax_backward_row)(float *ga, const float *y, const float *g, i
 
 #ifdef NC_KPRIMARY
 void nc_k_softmax_row_avx2(float *y, const float *x, int64_t n, int log, float *tmp);
-void nc_k_softmax_row_avx512(float *y, const float *x, int64_t n, int log, float *tmp);   /* act_avx512.c */
+void nc_k_softmax_row_avx512(float *y, const float *x, int64_t n, int log, float *tmp, const float *next,
+                             const float *next2, const float *xmax, float *next_max);   /* act_avx512.c */
 void nc_k_softmax_backward_row_avx2(float *ga, const float *y, const float *g, int64_t n, int log);
 
 /* Pointer to row r of t as a contiguous float row: t's own memory when its last dim has unit
@@ -171,14 +173,14 @@ nc_status nc_softmax(nc_tensor *out, const nc_tensor *a, int32_t log) {
         return st;
     }
     if (rows == 0 || n == 0) return NC_OK;
-    int avx2 = nc_cpu_avx2();
-    void (*row)(float *, const float *, int64_t, int, float *) =
-        nc_cpu_avx512() ? nc_k_softmax_row_avx512 : avx2 ? nc_k_softmax_row_avx2 : nc_k_softmax_row_base;
+    int avx2 = nc_cpu_avx2(), avx512 = nc_cpu_avx512();
+    void (*row)(float *, const float *, int64_t, int, float *) = avx2 ? nc_k_softmax_row_avx2 : nc_k_softmax_row_base;
     float *y = nc_f32p(out);
     int need_buf = nc_last_stride(a) != 1;
     /* large outputs: streaming stores through a per-thread scratch row (second half of buf) */
     int nt = avx2 && rows * n * (int64_t)sizeof(float) >= nc_nt_bytes();
     int64_t nbuf = (need_buf ? n : 0) + (nt ? n : 0);
+    int64_t rch = nc_dyn_chunk(rows, 1, 65536 / n > 1 ? 65536 / n : 1);   /* rows per chunk: <= 256 KiB */
     int oom = 0;
 #pragma omp parallel if (rows * n >= NC_PAR_MIN && rows > 1) num_threads(nc_threads())
     {
@@ -188,8 +190,22 @@ nc_status nc_softmax(nc_tensor *out, const nc_tensor *a, int32_t log) {
             oom = 1;
         } else {
             float *tmp = nt ? buf + (need_buf ? n : 0) : NULL;
-#pragma omp for schedule(static)
-            for (int64_t r = 0; r < rows; r++) row(y + r * n, row_in(a, r, buf), n, log, tmp);
+            if (avx512) {   /* the AVX-512 rows prefetch the next row of contiguous input and find its max */
+                int64_t carried_for = -1;   /* the row whose max this thread's last call left in carried */
+                float carried = 0.0f;
+#pragma omp for schedule(dynamic, rch)
+                for (int64_t r = 0; r < rows; r++) {
+                    const float *next = !need_buf && r + 1 < rows ? nc_f32p(a) + nc_row_offset(a, r + 1) : NULL;
+                    const float *next2 = next && r + 2 < rows ? nc_f32p(a) + nc_row_offset(a, r + 2) : NULL;
+                    float xm = carried;
+                    nc_k_softmax_row_avx512(y + r * n, row_in(a, r, buf), n, log, tmp, next, next2,
+                                            carried_for == r ? &xm : NULL, &carried);
+                    carried_for = next ? r + 1 : -1;
+                }
+            } else {
+#pragma omp for schedule(dynamic, rch)
+                for (int64_t r = 0; r < rows; r++) row(y + r * n, row_in(a, r, buf), n, log, tmp);
+            }
 #if defined(__SSE2__)
             if (nt) __builtin_ia32_sfence();
 #endif

@@ -28,6 +28,12 @@ function L.now()
     return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
 end
 
+-- CPU seconds used by the whole process (all threads: OpenMP and OpenBLAS workers included)
+function L.process_cpu()
+    clock_fn(2, ts)   -- CLOCK_PROCESS_CPUTIME_ID
+    return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
+end
+
 -- online CPUs (sysconf(_SC_NPROCESSORS_ONLN), 84 on Linux/glibc)
 function L.ncpus()
     local ok, n = pcall(function() return tonumber(ffi.C.sysconf(84)) end)
@@ -105,6 +111,12 @@ end
 -- true). Returns a list of {median=, min=, samples=, inner=} (seconds per call) and a list of
 -- paired ratios: ratio[i] = median over repeats of (time of fns[1] / time of fns[i]), i.e. how
 -- fast fns[i] is relative to fns[1] (> 1 = faster).
+-- opts.cpu: also take the process CPU time of every sample (all threads); then each result has
+-- cpu_median (CPU seconds per call) and util (median CPU / wall: ~threads when no thread waited for
+-- a core), and a third list holds the paired ratios of CPU times. A thread that another process
+-- keeps off its core adds wall time but no CPU time, so the CPU ratios show what the code costs
+-- on a busy machine (waiting threads must not spin long: the launcher sets GOMP_SPINCOUNT=10000
+-- and OPENBLAS_THREAD_TIMEOUT=4).
 function L.compare(fns, opts)
     opts = opts or {}
     local warmup = opts.warmup or 2
@@ -117,9 +129,10 @@ function L.compare(fns, opts)
         c.inner = c.inner or (c.setup and 1) or L.calibrate(c.fn, opts.target)
         cases[i] = c
     end
-    local samples = {}
+    local samples, csamples = {}, {}
+    local cpu = opts.cpu
     for i, c in ipairs(cases) do
-        samples[i] = {}
+        samples[i], csamples[i] = {}, {}
         for _ = 1, warmup do
             if c.setup then c.setup() end
             for _ = 1, c.inner do c.fn() end
@@ -133,19 +146,31 @@ function L.compare(fns, opts)
             if c.setup then c.setup() end
             if gc then L.collect() end
             local fn, inner = c.fn, c.inner
+            local u0 = cpu and L.process_cpu()
             local t0 = L.now()
             for _ = 1, inner do fn() end
             samples[i][r] = (L.now() - t0) / inner
+            if cpu then csamples[i][r] = (L.process_cpu() - u0) / inner end
         end
     end
-    local res, ratios = {}, {}
+    local res, ratios, cratios = {}, {}, cpu and {} or nil
     for i = 1, n do
         res[i] = { median = L.median(samples[i]), min = L.min(samples[i]), samples = samples[i], inner = cases[i].inner }
         local rs = {}
         for r = 1, reps do rs[r] = samples[1][r] / samples[i][r] end
         ratios[i] = L.median(rs)
+        if cpu then
+            local cs, us = {}, {}
+            for r = 1, reps do
+                cs[r] = csamples[1][r] / csamples[i][r]
+                us[r] = csamples[i][r] / samples[i][r]
+            end
+            cratios[i] = L.median(cs)
+            res[i].cpu_median, res[i].cpu_samples = L.median(csamples[i]), csamples[i]
+            res[i].util = L.median(us)
+        end
     end
-    return res, ratios
+    return res, ratios, cratios
 end
 
 -- A multi-threaded memcpy baseline: libc memcpy is single-threaded, and no library at hand

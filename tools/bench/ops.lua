@@ -5,11 +5,15 @@
 --      our nc.linear / nc.matmul through the whole Lua + FFI + C path (and the bare C nc_matmul
 --      call the autograd backward makes, beta = 1), for a linear layer x (512, 512), W (2048, 512)
 --      forward, its two backward GEMMs, one real autograd forward+backward, and a 1024^3 matmul.
---   2. Streaming kernels on tensors larger than the L3 the design assumes (16M floats = 64 MiB
---      each): add, mul, relu, silu, gelu, exp, tanh, scale, rmsnorm, softmax, log_softmax — GB/s counting bytes read +
---      written, through the Lua op and as a bare C kernel call into a preallocated output, vs
---      copy baselines: libc memcpy (1 thread), nc copy_ (contiguous -> memcpy; and a row-strided
---      source that takes the OpenMP path), OpenBLAS saxpy (threaded, y += a x).
+--   2. Streaming kernels on tensors larger than this machine's L3 (sysconf; default 1.25x L3,
+--      at least 64 MiB each): add, mul, relu, silu, gelu, exp, tanh, scale, rmsnorm, softmax,
+--      log_softmax — GB/s counting bytes read + written (a unary op or a softmax row: N read + N
+--      written, like a copy of N), through the Lua op and as a bare C kernel call into a
+--      preallocated output. Each kernel is timed interleaved with TWO copy baselines, libc memcpy
+--      (1 thread) and memcpy split over the same threads as the kernel; its ratio is against the
+--      faster of the two (the smaller paired ratio), so a swing of the machine hits both sides.
+--      Info baselines (first table): nc copy_ (contiguous, and a row-strided source that takes
+--      the OpenMP path), OpenBLAS saxpy (threaded, y += a x).
 --      Also (info rows, not in the worst ratio) the rmsnorm and softmax backward kernels, and the
 --      fused cross-entropy forward/backward over logits (1024, 32768) with its speedup over the
 --      scalar reference kernel.
@@ -19,11 +23,17 @@
 --      old way (ffi.gc finalizer per tensor) and the new way (tensor.lua's registry), and nc.add
 --      on a 65-float tensor (above NC_SMALL_DATA: header, storage and data malloc'd apart).
 --      Wall time and this thread's CPU time (the latter is what the calls cost on a busy machine).
--- Every number is the median of `reps` samples after warmup (wall clock, CLOCK_MONOTONIC).
+-- Every number is the median of `reps` samples after warmup (wall clock, CLOCK_MONOTONIC). GEMM and
+-- streaming rows also take the process CPU time of every sample (all threads): `cpu ratio` is the
+-- paired ratio of CPU times (what the code costs, unaffected by threads waiting for a core while
+-- other jobs run), `util` the kernel's CPU / wall (about the thread count on a quiet machine).
 -- Prints readable tables and, as the LAST line, one JSON object.
 --
--- Usage: ./nanochat tools/bench/ops.lua [reps=7] [threads=N] [quick=1] [mb=64] [only=ffi]
+-- Usage: ./nanochat tools/bench/ops.lua [reps=7] [gemm_reps=15] [threads=N] [quick=1] [mb=N] [only=S[,S]] [kernels=K[,K]]
 --    only=ffi: section 3 alone (a few seconds), its table and JSON keys
+--    only=gemm | amx | stream | compute | ce (comma-separated): those sections (JSON keys of the
+--    others absent); compute: each streaming kernel's arithmetic alone (L2-resident, 1 thread, CPU time)
+--    kernels=gelu,tanh: only these rows of the streaming section
 --    or: LUA_PATH='lua/?.lua;lua/?/init.lua;;' luajit tools/bench/ops.lua ...
 if not package.path:find('lua/?/init.lua', 1, true) then
     package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
@@ -167,9 +177,26 @@ end
 local function main()
     local quick = args.quick == 1 or args.quick == true or args.quick == 'true'
     local reps = tonumber(args.reps) or (quick and 3 or 7)
+    -- GEMM rows: more repeats (each sample is ~50 ms; the paired ratios of 7 spread by +-15% on the
+    -- shared VM, and the reported number is the worst of five shapes)
+    local gemm_reps = tonumber(args.gemm_reps) or (quick and reps or math.max(reps, 15))
     local warmup = tonumber(args.warmup) or (quick and 1 or 2)
     local threads = tonumber(args.threads) or L.ncpus()
-    local stream_mb = tonumber(args.mb) or (quick and 16 or 64)
+    -- streaming tensors: each larger than the L3 (1.25x, at least 64 MiB); quick mode: 16 MiB
+    pcall(ffi.cdef, 'long sysconf(int name);')
+    local okl3, l3 = pcall(function() return tonumber(ffi.C.sysconf(194)) end)   -- _SC_LEVEL3_CACHE_SIZE
+    local l3_mib = okl3 and l3 and l3 > 0 and l3 / 2 ^ 20 or nil
+    local stream_mb = tonumber(args.mb) or (quick and 16 or math.max(64, math.ceil((l3_mib or 0) * 1.25 / 16) * 16))
+    local only = {}
+    if args.only and args.only ~= 'ffi' then
+        for w in tostring(args.only):gmatch('[^,]+') do only[w] = true end
+    end
+    local function section(name) return next(only) == nil or only[name] == true end
+    local kernel_filter
+    if args.kernels then
+        kernel_filter = {}
+        for w in tostring(args.kernels):gmatch('[^,]+') do kernel_filter[w] = true end
+    end
     local target_s = quick and 0.01 or 0.05      -- each timed sample lasts at least this long
     nc.set_num_threads(threads)
     threads = nc.get_num_threads()
@@ -249,7 +276,7 @@ local function main()
     local function gemm_case(name, desc, flops, raw_fn, lua_fn, c_fn)
         local fns = { raw_fn, lua_fn }
         if c_fn then fns[3] = c_fn end
-        local res, ratio = L.compare(fns, { warmup = warmup, reps = reps, target = target_s })
+        local res, ratio, cratio = L.compare(fns, { warmup = warmup, reps = gemm_reps, target = target_s, cpu = true })
         local t_raw, t_lua, t_c = res[1].median, res[2].median, c_fn and res[3].median
         local r = {
             name = name, desc = desc,
@@ -258,6 +285,8 @@ local function main()
             c_gflops = t_c and flops / t_c / 1e9 or nil,
             raw_ms = t_raw * 1e3, lua_ms = t_lua * 1e3, c_ms = t_c and t_c * 1e3 or nil,
             ratio = ratio[2], c_ratio = c_fn and ratio[3] or nil,
+            cpu_ratio = cratio[2], c_cpu_ratio = c_fn and cratio[3] or nil,
+            raw_util = res[1].util, util = res[2].util,
         }
         gemm_rows[#gemm_rows + 1] = r
         return r
@@ -274,7 +303,7 @@ local function main()
         blas.cblas_sgemm(RowMajor, Trans, NoTrans, OUT, IN, M_, 1, rdy, OUT, rx, IN, 1, rgw, IN)
     end
 
-    nc.no_grad(function()
+    if section('gemm') then nc.no_grad(function()
         gemm_case('linear_fwd', 'y = x W^T  x(512,512) W(2048,512)', lin_flops, fwd_raw,
             function() return nc.linear(x, W) end,
             function()
@@ -294,11 +323,11 @@ local function main()
                 local c = nc.empty { SQ, SQ }
                 core.check(C.nc_matmul(c._c, sa._c, sb._c, 0, 0, 1, 0), 'matmul')
             end)
-    end)
+    end) end
 
     -- one real autograd step of nc.linear: forward + backward (fresh leaf grads each time, as after
     -- zero_grad), against the three raw sgemm calls it amounts to
-    do
+    if section('gemm') then
         local xg = x:clone():requires_grad_(true)
         local Wg = W:clone():requires_grad_(true)
         local ok, err = pcall(function()
@@ -318,7 +347,7 @@ local function main()
     -- and 1024^3; the int8 GEMM (codes x ternary codes, scaled f32 out) for the linear forward;
     -- and the fused training op nc.bitlinear fwd + bwd vs the composite fp32 autograd path.
     local amx_rows = {}
-    if nc.cpu_amx() then
+    if section('amx') and nc.cpu_amx() then
         local function amx_case(name, desc, flops, raw_fn, fn)
             local res, ratio = L.compare({ raw_fn, fn }, { warmup = warmup, reps = reps, target = target_s })
             amx_rows[#amx_rows + 1] = { name = name, desc = desc, raw_gflops = flops / res[1].median / 1e9,
@@ -356,26 +385,29 @@ local function main()
                 xg.grad, Wg.grad = nil, nil
                 nc.backward(nc.bitlinear(nc.bitlinear_act(xg), Wg), dy)
             end)
-    else
+    elseif section('amx') then
         note('AMX rows skipped: ' .. nc.amx_status())
     end
 
-    print(string.format('nanochat ops benchmark: %d thread(s), cpu kernel %s, OpenBLAS core %s, reps %d (median), %s mode',
-        threads, nc.cpu_kernel(), blas_core, reps, quick and 'quick' or 'full'))
+    print(string.format('nanochat ops benchmark: %d thread(s), cpu kernel %s, OpenBLAS core %s, reps %d (GEMM %d; median), %s mode',
+        threads, nc.cpu_kernel(), blas_core, reps, gemm_reps, quick and 'quick' or 'full'))
     print('')
-    print('GEMM (GFLOP/s; ratio = ours / raw cblas_sgemm, target >= 0.90)')
-    do
+    if #gemm_rows > 0 then
+        print('GEMM (GFLOP/s; ratio = ours / raw cblas_sgemm, target >= 0.90)')
         local rows = {}
         for _, r in ipairs(gemm_rows) do
-            rows[#rows + 1] = { r.name, r.raw_gflops, r.lua_gflops, r.ratio, r.c_gflops, r.c_ratio, r.desc }
+            rows[#rows + 1] = { r.name, r.raw_gflops, r.lua_gflops, r.ratio, r.cpu_ratio, r.c_gflops, r.c_ratio,
+                                r.c_cpu_ratio, r.util, r.desc }
         end
-        L.print_table({ 'shape', 'raw sgemm', 'nc (Lua)', 'ratio', 'nc_matmul (C)', 'ratio C', 'what' }, rows,
-            { nil, '%.1f', '%.1f', '%.3f', '%.1f', '%.3f' })
+        L.print_table({ 'shape', 'raw sgemm', 'nc (Lua)', 'ratio', 'cpu ratio', 'nc_matmul (C)', 'ratio C',
+                        'cpu ratio C', 'util', 'what' }, rows,
+            { nil, '%.1f', '%.1f', '%.3f', '%.3f', '%.1f', '%.3f', '%.3f', '%.2f' })
+        print('  nc (Lua): nc.linear / nc.matmul (fresh output, beta 0; dW via a transposed view dY:t());')
+        print('  nc_matmul (C): the bare C call; for the bwd rows exactly the call autograd makes (beta 1 into a')
+        print('  preallocated gradient), for fwd/square into a fresh nc.empty output. Ratios are paired medians;')
+        print('  cpu ratio: of process CPU times (all threads); util: CPU / wall of the nc (Lua) row.')
+        print('')
     end
-    print('  nc (Lua): nc.linear / nc.matmul (fresh output, beta 0; dW via a transposed view dY:t());')
-    print('  nc_matmul (C): the bare C call; for the bwd rows exactly the call autograd makes (beta 1 into a')
-    print('  preallocated gradient), for fwd/square into a fresh nc.empty output. Ratios are paired medians.')
-    print('')
     if #amx_rows > 0 then
         print('AMX GEMMs (GFLOP/s; ratio = AMX / raw cblas_sgemm f32 of this run; bf16 rounds the inputs, int8 is exact)')
         local rows = {}
@@ -395,51 +427,58 @@ local function main()
     local ROWS = math.floor(N / ROW)
     local MiB = N * 4 / (1024 * 1024)
     local function gbps(bytes, t) return bytes / t / 1e9 end
+    local par_memcpy, why = L.par_memcpy()
+    if not par_memcpy then note('no multi-threaded memcpy baseline: ' .. tostring(why)) end
 
+    local base, base_order = {}, {}
+    local stream_rows, stream_json = {}, {}
+    local included = setmetatable({}, L.array_mt)   -- kernels that enter elementwise_vs_memcpy
+    local worst_stream, worst_stream_kernel, worst_stream_cpu, worst_stream_same = math.huge, math.huge, math.huge, math.huge
+    local worst_stream_quiet, quiet_missing = math.huge, setmetatable({}, L.array_mt)
+    local worst_stream_name
+    if section('stream') then
     local a = nc.rand({ ROWS, ROW }, { lo = -2, hi = 2 })
     local b = nc.rand({ ROWS, ROW }, { lo = -2, hi = 2 })
     local out = nc.empty { ROWS, ROW }
     local rstd = nc.empty { ROWS }
     local bytes1 = N * 4
 
-    -- baselines, timed interleaved; the best one is then re-timed paired with every kernel
+    -- copy baselines. memcpy (1 thread) and par_memcpy (memcpy split over the kernel's threads) are
+    -- timed interleaved with every kernel below; the first table times all of them once, with the
+    -- nc copies and saxpy for information
     local src_p, dst_p = fdata(a), fdata(out)
     local wide = nc.rand { ROWS, ROW + 1 }
     local strided = wide:narrow(1, 0, ROW)   -- rows of 1024 with stride 1025: nc copy's OpenMP loop
     local yax = nc.zeros { ROWS, ROW }
     local yax_p = fdata(yax)
     local baselines = {
-        { name = 'memcpy', streams = 2, fn = function() ffi.C.memcpy(dst_p, src_p, bytes1) end,
+        { name = 'memcpy', streams = 2, fn = function() ffi.C.memcpy(dst_p, src_p, bytes1) end, paired = true,
           what = 'libc memcpy via FFI, 1 thread (read + write)' },
         { name = 'nc_copy', streams = 2, fn = function() out:copy_(a) end,
-          what = 'dst:copy_(src), contiguous: memcpy inside tensor.c (1 thread)' },
+          what = 'dst:copy_(src), contiguous (info)' },
         { name = 'nc_copy_omp', streams = 2, fn = function() out:copy_(strided) end,
-          what = 'dst:copy_(row-strided src): the OpenMP copy loop' },
+          what = 'dst:copy_(row-strided src): the OpenMP copy loop (info)' },
         { name = 'saxpy', streams = 3, fn = function() blas.cblas_saxpy(N, 1e-7, src_p, 1, yax_p, 1) end,
-          what = 'OpenBLAS cblas_saxpy y += a x, threaded; in place (no write-allocate), info only',
-          info_only = true },
+          what = 'OpenBLAS cblas_saxpy y += a x, threaded; in place (no write-allocate) (info)' },
     }
-    local par_memcpy, why = L.par_memcpy()
     if par_memcpy then
-        table.insert(baselines, 2, { name = 'par_memcpy', streams = 2,
+        table.insert(baselines, 2, { name = 'par_memcpy', streams = 2, paired = true,
             fn = function() par_memcpy(dst_p, src_p, bytes1, threads) end,
             what = string.format('memcpy split over %d OpenMP threads (helper compiled at run time)', threads) })
-    else
-        note('no multi-threaded memcpy baseline: ' .. tostring(why))
     end
-    local base = {}
-    local best
+    local paired = {}
+    for _, bl in ipairs(baselines) do if bl.paired then paired[#paired + 1] = bl end end
     do
         local fns = {}
         for i, bl in ipairs(baselines) do fns[i] = bl.fn end
-        local res = L.compare(fns, { warmup = warmup, reps = reps, target = target_s })
+        local res = L.compare(fns, { warmup = warmup, reps = reps, target = target_s, cpu = true })
         for i, bl in ipairs(baselines) do
             bl.gbps = gbps(bl.streams * bytes1, res[i].median)
+            bl.util = res[i].util
             base[bl.name] = bl.gbps
-            if not bl.info_only and (not best or bl.gbps > best.gbps) then best = bl end
+            base_order[#base_order + 1] = bl
         end
     end
-    local best_base, best_name = best.gbps, best.name
 
     -- the Lua op for each kernel: probe candidates on a tiny tensor, use the first that works
     local tiny = nc.rand { 4 }
@@ -478,77 +517,187 @@ local function main()
     }
     C.nc_rmsnorm(out._c, rstd._c, a._c, nil, 1e-6)
 
-    local stream_rows, stream_json = {}, {}
-    local included = setmetatable({}, L.array_mt)   -- kernels that enter elementwise_vs_memcpy
-    for _, c in ipairs(stream_cases) do if not c[6] then included[#included + 1] = c[1] end end
-    local worst_stream, worst_stream_kernel = math.huge, math.huge
-    local worst_stream_name
+    for _, c in ipairs(stream_cases) do
+        if not c[6] and (not kernel_filter or kernel_filter[c[1]]) then included[#included + 1] = c[1] end
+    end
     for _, c in ipairs(stream_cases) do
         local name, nt, cands, sym, cfn, info = c[1], c[2], c[3], c[4], c[5], c[6]
+        if not kernel_filter or kernel_filter[name] then
         local bytes = nt * bytes1
         local lua_f = pick(cands)
         if not lua_f and not info then note(name .. ': no working Lua op (nc.' .. name .. ') yet') end
         local c_ok = has_sym(sym)
         if not c_ok then note(name .. ': C symbol ' .. sym .. ' not in the library yet') end
-        local fns, idx = { best.fn }, {}
+        local fns, idx = {}, {}
+        for i, bl in ipairs(paired) do fns[i] = bl.fn end
+        local nb = #fns
         if lua_f then fns[#fns + 1] = function() return lua_f(a, b) end; idx.lua = #fns end
         if c_ok then fns[#fns + 1] = function() core.check(cfn(), sym) end; idx.c = #fns end
         local r = { name = name .. (info and ' (info)' or ''), bytes_per_elem = nt * 4 }
-        if #fns > 1 then
-            local res, ratio = L.compare(fns, { warmup = warmup, reps = reps, target = target_s })
+        if #fns > nb then
+            -- L.compare's ratios are against its first function: run it once per baseline order
+            -- would double the time, so take the paired ratios from the raw samples instead
+            local res = L.compare(fns, { warmup = warmup, reps = reps, target = target_s, cpu = true })
             collectgarbage('collect')
-            -- bandwidth ratio = (bytes / t_kernel) / (base_bytes / t_base), paired per repeat
-            local scale = nt / best.streams
-            r.base_gbps = gbps(best.streams * bytes1, res[1].median)
+            -- bandwidth ratio of kernel k vs baseline j in repeat r: (bytes / t_k) / (base_bytes / t_j);
+            -- the median over repeats per baseline, then the smaller over the baselines
+            -- (also returned: the ratio against the last paired baseline, par_memcpy: same threads)
+            -- quiet repeats: every sample of the repeat (both copies and the kernel) had CPU / wall of
+            -- at least 0.85 x the threads it runs on, i.e. no thread waited long for a core
+            local quiet = {}
+            for rr = 1, reps do
+                local ok = true
+                for k = 1, #fns do
+                    local want = (k <= nb and paired[k].name == 'memcpy') and 1 or threads
+                    if res[k].cpu_samples[rr] / res[k].samples[rr] < 0.85 * want then ok = false end
+                end
+                if ok then quiet[#quiet + 1] = rr end
+            end
+            local function paired_ratio(k, key, only_rr)
+                local worst, v
+                for j = 1, nb do
+                    local rs = {}
+                    if only_rr then
+                        for _, rr in ipairs(only_rr) do rs[#rs + 1] = res[j][key][rr] / res[k][key][rr] end
+                    else
+                        for rr = 1, reps do rs[rr] = res[j][key][rr] / res[k][key][rr] end
+                    end
+                    v = L.median(rs) * nt / paired[j].streams
+                    if not worst or v < worst then worst = v end
+                end
+                return worst, v
+            end
+            r.quiet_n = #quiet
+            local bg = 0
+            for j = 1, nb do bg = math.max(bg, gbps(paired[j].streams * bytes1, res[j].median)) end
+            r.base_gbps = bg
             if idx.lua then
                 r.gbps = gbps(bytes, res[idx.lua].median)
-                r.ratio = ratio[idx.lua] * scale
+                r.ratio, r.ratio_same = paired_ratio(idx.lua, 'samples')
+                if #quiet >= 3 then r.ratio_quiet = paired_ratio(idx.lua, 'samples', quiet) end
+                r.cpu_ratio = paired_ratio(idx.lua, 'cpu_samples')
                 r.ms = res[idx.lua].median * 1e3
+                r.util = res[idx.lua].util
             end
             if idx.c then
                 r.kernel_gbps = gbps(bytes, res[idx.c].median)
-                r.kernel_ratio = ratio[idx.c] * scale
+                r.kernel_ratio = paired_ratio(idx.c, 'samples')
+                r.kernel_cpu_ratio = paired_ratio(idx.c, 'cpu_samples')
                 r.kernel_ms = res[idx.c].median * 1e3
+                r.util = r.util or res[idx.c].util
             end
         end
         stream_rows[#stream_rows + 1] = r
         stream_json[name] = {
             gbps = r.gbps and L.round(r.gbps, 2), kernel_gbps = r.kernel_gbps and L.round(r.kernel_gbps, 2),
             ratio = r.ratio and L.round(r.ratio, 3), kernel_ratio = r.kernel_ratio and L.round(r.kernel_ratio, 3),
+            ratio_same_threads = r.ratio_same and L.round(r.ratio_same, 3),
+            ratio_quiet = r.ratio_quiet and L.round(r.ratio_quiet, 3), quiet_repeats = r.quiet_n,
+            cpu_ratio = r.cpu_ratio and L.round(r.cpu_ratio, 3),
+            kernel_cpu_ratio = r.kernel_cpu_ratio and L.round(r.kernel_cpu_ratio, 3),
             ms = r.ms and L.round(r.ms, 3), base_gbps = r.base_gbps and L.round(r.base_gbps, 2),
+            util = r.util and L.round(r.util, 2),
         }
         if not info then
             if r.ratio and r.ratio < worst_stream then worst_stream, worst_stream_name = r.ratio, name end
             if r.kernel_ratio and r.kernel_ratio < worst_stream_kernel then worst_stream_kernel = r.kernel_ratio end
+            if r.cpu_ratio and r.cpu_ratio < worst_stream_cpu then worst_stream_cpu = r.cpu_ratio end
+            if r.ratio_same and r.ratio_same < worst_stream_same then worst_stream_same = r.ratio_same end
+            if r.ratio_quiet then
+                if r.ratio_quiet < worst_stream_quiet then worst_stream_quiet = r.ratio_quiet end
+            else
+                quiet_missing[#quiet_missing + 1] = name
+            end
+        end
         end
     end
 
-    print(string.format('Streaming kernels on (%d, %d) f32 = %.0f MiB per tensor (GB/s counting bytes read + written)', ROWS, ROW, MiB))
+    local pnames = {}
+    for _, bl in ipairs(paired) do pnames[#pnames + 1] = bl.name end
+    print(string.format('Streaming kernels on (%d, %d) f32 = %.0f MiB per tensor (L3 %s MiB; GB/s counting bytes read + written)',
+        ROWS, ROW, MiB, l3_mib and string.format('%.0f', l3_mib) or '?'))
     do
         local rows = {}
-        for i, bl in ipairs(baselines) do rows[i] = { bl.name, bl.gbps, bl.what } end
-        L.print_table({ 'baseline', 'GB/s', 'what' }, rows, { nil, '%.2f' })
+        for i, bl in ipairs(base_order) do rows[i] = { bl.name, bl.gbps, bl.util, bl.what } end
+        L.print_table({ 'baseline', 'GB/s', 'util', 'what' }, rows, { nil, '%.2f', '%.2f' })
     end
-    print(string.format('ratios below: against the best copy baseline (%s; saxpy excluded: in place), re-timed interleaved with each kernel; target >= 0.70', best_name))
+    print(string.format('ratios below: each kernel timed interleaved with %s; ratio = against the faster of them '
+        .. '(the smaller paired ratio); target >= 0.70', table.concat(pnames, ' and ')))
     do
         local rows = {}
         for _, r in ipairs(stream_rows) do
-            rows[#rows + 1] = { r.name, r.bytes_per_elem, r.gbps, r.ratio, r.kernel_gbps, r.kernel_ratio, r.base_gbps, r.ms }
+            rows[#rows + 1] = { r.name, r.bytes_per_elem, r.gbps, r.ratio, r.ratio_same, r.ratio_quiet,
+                                r.quiet_n and string.format('%d/%d', r.quiet_n, reps), r.cpu_ratio, r.kernel_gbps,
+                                r.kernel_ratio, r.kernel_cpu_ratio, r.base_gbps, r.util, r.ms }
         end
-        L.print_table({ 'kernel', 'B/elem', 'nc (Lua) GB/s', 'ratio', 'C call GB/s', 'ratio C', best_name .. ' GB/s', 'Lua ms' }, rows,
-            { nil, '%d', '%.2f', '%.3f', '%.2f', '%.3f', '%.2f', '%.2f' })
+        L.print_table({ 'kernel', 'B/elem', 'nc (Lua) GB/s', 'ratio', 'same thr', 'quiet', 'quiet n', 'cpu ratio',
+                        'C call GB/s', 'ratio C', 'cpu ratio C', 'copy GB/s', 'util', 'Lua ms' }, rows,
+            { nil, '%d', '%.2f', '%.3f', '%.3f', '%.3f', nil, '%.3f', '%.2f', '%.3f', '%.3f', '%.2f', '%.2f', '%.2f' })
     end
     print('  nc (Lua): the op as a user calls it (allocates its output); C call: bare kernel into a preallocated output.')
+    print('  same thr: the Lua ratio against ' .. pnames[#pnames] .. ' alone (the copy on the same threads; on a busy')
+    print('  machine a 1-thread memcpy loses less to a stolen core than any 2-thread loop, kernel or copy).')
+    print('  quiet: the ratio over the repeats (quiet n of them) in which every sample had CPU / wall >= 0.85 x its')
+    print('  threads (no thread kept off its core); shown from 3 such repeats.')
+    print('  copy GB/s: the faster paired copy in those samples; cpu ratio: the Lua ratio of process CPU times;')
+    print('  util: CPU / wall of the kernel (~threads when no thread waited for a core).')
     print('  scale = x * 0.5; rmsnorm without weight, rows of 1024; softmax over rows of 1024.')
     print('  (info) rows: backward kernels ga += ..., 4 streams (x or y, gout, ga read + written); not in the worst ratio.')
     print('')
+    end
 
+
+    -- =============================================================================================
+    -- 2c. Arithmetic cost of the streaming kernels, without the memory system: one thread, a
+    -- (64, 1024) tensor that stays in L2, this thread's CPU time per element (best of `reps`
+    -- samples of 200 calls). What a core spends on the arithmetic; a kernel keeps up with a copy on
+    -- the same threads while this is below 8 bytes / (copy GB/s per thread).
+    -- =============================================================================================
+    local compute_json = {}
+    if section('compute') then
+        local CR, CN = 64, 1024
+        local ca = nc.rand({ CR, CN }, { lo = -2, hi = 2 })
+        local cb = nc.rand({ CR, CN }, { lo = -2, hi = 2 })
+        local co, crs = nc.empty { CR, CN }, nc.empty { CR }
+        local cases = {
+            { 'relu', function() return C.nc_unary(co._c, ca._c, C.NC_OP_RELU) end },
+            { 'add', function() return C.nc_binary(co._c, ca._c, cb._c, C.NC_OP_ADD) end },
+            { 'exp', function() return C.nc_unary(co._c, ca._c, C.NC_OP_EXP) end },
+            { 'tanh', function() return C.nc_unary(co._c, ca._c, C.NC_OP_TANH) end },
+            { 'silu', function() return C.nc_unary(co._c, ca._c, C.NC_OP_SILU) end },
+            { 'gelu', function() return C.nc_unary(co._c, ca._c, C.NC_OP_GELU) end },
+            { 'softmax', function() return C.nc_softmax(co._c, ca._c, 0) end },
+            { 'log_softmax', function() return C.nc_softmax(co._c, ca._c, 1) end },
+            { 'rmsnorm', function() return C.nc_rmsnorm(co._c, crs._c, ca._c, nil, 1e-6) end },
+        }
+        local prev = nc.get_num_threads()
+        nc.set_num_threads(1)
+        local rows = {}
+        for _, c in ipairs(cases) do
+            if not kernel_filter or kernel_filter[c[1]] then
+                local best = math.huge
+                for _ = 1, reps do
+                    local u0 = thread_cpu()
+                    for _ = 1, 200 do c[2]() end
+                    best = math.min(best, (thread_cpu() - u0) / 200 / (CR * CN))
+                end
+                local ns = best * 1e9
+                rows[#rows + 1] = { c[1], ns, 8 / ns }
+                compute_json[c[1]] = L.round(ns, 3)
+            end
+        end
+        nc.set_num_threads(prev)
+        print(string.format('Arithmetic cost: (%d, %d) f32 in L2, 1 thread, CPU time (best of %d x 200 calls)', CR, CN, reps))
+        L.print_table({ 'kernel', 'ns / elem', 'GB/s per core at 8 B/elem' }, rows, { nil, '%.3f', '%.1f' })
+        print('  a kernel keeps up with a copy on the same threads while its GB/s per core exceeds the copy\'s per thread.')
+        print('')
+    end
 
     -- =============================================================================================
     -- 2b. Fused cross-entropy over a large vocab (the hot loop of training)
     -- =============================================================================================
     local ce_json = {}
-    do
+    if section('ce') then
         local CN, CV = quick and 256 or 1024, 32768
         local logits = nc.rand({ CN, CV }, { lo = -4, hi = 4 })
         local tl = {}
@@ -557,11 +706,15 @@ local function main()
         local lse, loss = nc.empty { CN }, nc.empty {}
         local glog = nc.zeros { CN, CV }
         local bytes = CN * CV * 4
+        local lp, gp = fdata(logits), fdata(glog)
+        -- baseline: a copy of the logits (same bytes), over the same threads when the helper exists
+        local copy = par_memcpy and function() par_memcpy(gp, lp, bytes, threads) end
+            or function() ffi.C.memcpy(gp, lp, bytes) end
         local fwd = function() core.check(C.nc_cross_entropy(loss._c, lse._c, logits._c, tgt._c, -100, 0.0, 0.0), 'ce') end
         local bwd = function()
             core.check(C.nc_cross_entropy_backward(glog._c, lse._c, logits._c, tgt._c, 1.0, -100, 0.0, 0.0), 'ce bwd')
         end
-        local res, ratio = L.compare({ best.fn, fwd, bwd }, { warmup = warmup, reps = reps, target = target_s })
+        local res, ratio = L.compare({ copy, fwd, bwd }, { warmup = warmup, reps = reps, target = target_s })
         local sc = {}
         if nc.cpu_kernel() ~= 'scalar' then
             nc.set_cpu_kernel('scalar')
@@ -572,7 +725,7 @@ local function main()
         local rows = {}
         for i, c in ipairs { { 'ce_fwd', 1, res[2].median, sc.fwd }, { 'ce_bwd', 3, res[3].median, sc.bwd } } do
             local gb = gbps(c[2] * bytes, c[3])
-            local rr = ratio[i + 1] * c[2] / best.streams
+            local rr = ratio[i + 1] * c[2] / 2   -- the copy moves 2 x bytes
             rows[#rows + 1] = { c[1], c[2] * 4, gb, rr, c[3] * 1e3, c[4] and c[4] / c[3] or nil }
             ce_json[c[1]] = { gbps = L.round(gb, 2), ratio = L.round(rr, 3), ms = L.round(c[3] * 1e3, 3),
                               speedup_vs_scalar = c[4] and L.round(c[4] / c[3], 2) or nil }
@@ -581,30 +734,34 @@ local function main()
         L.print_table({ 'kernel', 'B/elem', 'GB/s', 'ratio', 'ms', 'x scalar' }, rows,
             { nil, '%d', '%.2f', '%.3f', '%.2f', '%.2f' })
         print('  ce_fwd reads the logits once (lse per row); ce_bwd: glogits += softmax - onehot (reads logits, read+write grad).')
-        print('  ratio vs ' .. best_name .. ' as above; x scalar = speedup over NC_KERNEL=scalar (the reference rows). Info only.')
+        print(string.format('  ratio: vs a copy of the logits (%s, paired); x scalar = speedup over NC_KERNEL=scalar. Info only.',
+            par_memcpy and 'par_memcpy' or 'memcpy'))
         print('')
         logits, glog = nil, nil
     end
-    a, b, out, rstd, wide, strided, yax, gacc = nil, nil, nil, nil, nil, nil, nil, nil
     collectgarbage('collect')
 
     -- =============================================================================================
     -- 3. FFI / call overhead (ffi_overhead above)
     -- =============================================================================================
-    local ffi_res = ffi_overhead(quick and 20000 or 100000, reps, warmup)
+    local ffi_res = section('ffi') and ffi_overhead(quick and 20000 or 100000, reps, warmup) or {}
     for _, s in ipairs(notes) do print('note: ' .. s) end
 
     -- =============================================================================================
     -- JSON (last line)
     -- =============================================================================================
-    local worst_gemm, worst_gemm_c = math.huge, math.huge
+    local worst_gemm, worst_gemm_c, worst_gemm_cpu = math.huge, math.huge, math.huge
+    local worst_gemm_name
     local gemm_json = {}
     for _, r in ipairs(gemm_rows) do
-        if r.ratio < worst_gemm then worst_gemm = r.ratio end
+        if r.ratio < worst_gemm then worst_gemm, worst_gemm_name = r.ratio, r.name end
         if r.c_ratio and r.c_ratio < worst_gemm_c then worst_gemm_c = r.c_ratio end
+        if r.cpu_ratio and r.cpu_ratio < worst_gemm_cpu then worst_gemm_cpu = r.cpu_ratio end
         gemm_json[r.name] = {
             raw_gflops = L.round(r.raw_gflops, 2), gflops = L.round(r.lua_gflops, 2), ratio = L.round(r.ratio, 3),
             c_gflops = r.c_gflops and L.round(r.c_gflops, 2), c_ratio = r.c_ratio and L.round(r.c_ratio, 3),
+            cpu_ratio = r.cpu_ratio and L.round(r.cpu_ratio, 3), c_cpu_ratio = r.c_cpu_ratio and L.round(r.c_cpu_ratio, 3),
+            util = r.util and L.round(r.util, 2),
         }
     end
     local function num(v, d) if v == nil or v == math.huge then return nil end return L.round(v, d or 4) end
@@ -612,9 +769,15 @@ local function main()
     print(L.json {
         matmul_vs_sgemm = num(worst_gemm, 3),
         matmul_c_vs_sgemm = num(worst_gemm_c, 3),
+        matmul_cpu_vs_sgemm = num(worst_gemm_cpu, 3),
+        matmul_worst = worst_gemm_name,
         elementwise_vs_memcpy = num(worst_stream, 3),
         elementwise_worst = worst_stream_name,
         elementwise_kernel_vs_memcpy = num(worst_stream_kernel, 3),
+        elementwise_cpu_vs_memcpy = num(worst_stream_cpu, 3),
+        elementwise_vs_memcpy_same_threads = num(worst_stream_same, 3),
+        elementwise_vs_memcpy_quiet = num(worst_stream_quiet, 3),
+        elementwise_quiet_missing = quiet_missing,
         ffi_us_per_call = fj.ffi_us_per_call,
         ffi_cpu_us_per_call = fj.ffi_cpu_us_per_call,
         ffi_kernel_us_per_call = fj.ffi_kernel_us_per_call,
@@ -625,11 +788,15 @@ local function main()
         openblas_core = blas_core,
         quick = quick,
         reps = reps,
+        gemm_reps = gemm_reps,
         stream_mib = L.round(MiB, 1),
+        l3_mib = l3_mib and L.round(l3_mib, 1),
+        only = next(only) and args.only or nil,
+        kernels = args.kernels,
         baseline_gbps = { memcpy = num(base.memcpy, 2), nc_copy = num(base.nc_copy, 2),
                           nc_copy_omp = num(base.nc_copy_omp, 2), par_memcpy = num(base.par_memcpy, 2),
                           saxpy = num(base.saxpy, 2) },
-        baseline_best = best_name,
+        baseline_paired = 'min over memcpy (1 thread) and par_memcpy (threads)',
         matmul = gemm_json,
         amx = (function()
             if #amx_rows == 0 then return nil end
@@ -640,6 +807,7 @@ local function main()
             return o
         end)(),
         elementwise = stream_json,
+        compute_ns_per_elem = compute_json,
         elementwise_included = included,
         cross_entropy = ce_json,
     })
