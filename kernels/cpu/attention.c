@@ -49,13 +49,7 @@ static inline __mmask16 att_mask(int64_t n) {
 }
 #endif
 
-#ifndef NC_KSUFFIX
-#define NC_KSUFFIX _base
-#define NC_KPRIMARY 1
-#endif
-#define NC_CAT2(a, b) a##b
-#define NC_CAT(a, b) NC_CAT2(a, b)
-#define KFN(name) NC_CAT(name, NC_KSUFFIX)
+#include "kvariant.h"
 
 #ifndef NC_ATTN_TYPES
 #define NC_ATTN_TYPES

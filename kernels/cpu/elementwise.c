@@ -26,13 +26,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#ifndef NC_KSUFFIX
-#define NC_KSUFFIX _base
-#define NC_KPRIMARY 1
-#endif
-#define NC_EW_CAT2(a, b) a##b
-#define NC_EW_CAT(a, b) NC_EW_CAT2(a, b)
-#define KFN(name) NC_EW_CAT(name, NC_KSUFFIX)
+#include "kvariant.h"
 
 /* ---- scalar math shared by every path (identical expressions on both builds) --------------- */
 #define EW_SQRT1_2 0.70710678118654752f      /* 1/sqrt(2) */

@@ -19,13 +19,7 @@
 #include "nn_common.h"
 #include "simd_avx2.h"
 
-#ifndef NC_KSUFFIX
-#define NC_KSUFFIX _base
-#define NC_KPRIMARY 1
-#endif
-#define NC_CAT2(a, b) a##b
-#define NC_CAT(a, b) NC_CAT2(a, b)
-#define KFN(name) NC_CAT(name, NC_KSUFFIX)
+#include "kvariant.h"
 
 /* lse and sum of one contiguous row of V logits */
 void KFN(nc_k_ce_row)(const float *x, int64_t V, float *lse, float *sum) {

@@ -19,13 +19,7 @@
 
 #include <cblas.h>
 
-#ifndef NC_KSUFFIX
-#define NC_KSUFFIX _base
-#define NC_KPRIMARY 1
-#endif
-#define NC_CAT2(a, b) a##b
-#define NC_CAT(a, b) NC_CAT2(a, b)
-#define KFN(name) NC_CAT(name, NC_KSUFFIX)
+#include "kvariant.h"
 
 /* h (d) = sum_j hp[j] x[j] ; x (n, d) */
 void KFN(nc_k_mhc_pre_row)(float *h, const float *x, const float *hp, int64_t n, int64_t d) {

@@ -18,13 +18,7 @@
 #include "simd_avx2.h"
 #include "sched.h"
 
-#ifndef NC_KSUFFIX
-#define NC_KSUFFIX _base
-#define NC_KPRIMARY 1
-#endif
-#define NC_CAT2(a, b) a##b
-#define NC_CAT(a, b) NC_CAT2(a, b)
-#define KFN(name) NC_CAT(name, NC_KSUFFIX)
+#include "kvariant.h"
 
 /* y (D) = x * rstd (* w); returns rstd. Contiguous x, y, w (w may be NULL). nt: streaming stores.
  * next, next2: NULL, or the rows (D floats) the caller does next and after it: the vector build

@@ -17,13 +17,7 @@
  * (divide or multiply, round half to even, clamp, multiply or divide) and max is exact, so the
  * AVX2 rows are bit-identical to the reference (spec/ops/quant_spec.lua checks it); the absmean
  * sums stay scalar double in a fixed order. */
-#ifndef NC_KSUFFIX
-#define NC_KSUFFIX _base
-#define NC_KPRIMARY 1
-#endif
-#define NC_CAT2(a, b) a##b
-#define NC_CAT(a, b) NC_CAT2(a, b)
-#define KFN(name) NC_CAT(name, NC_KSUFFIX)
+#include "kvariant.h"
 
 /* o = gamma * clamp(round(w / gamma), -1, 1) over n contiguous elements */
 void KFN(nc_k_ternary_run)(float *o, const float *w, int64_t n, float gamma) {

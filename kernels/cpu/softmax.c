@@ -15,13 +15,7 @@
 #include "simd_avx2.h"
 #include "sched.h"
 
-#ifndef NC_KSUFFIX
-#define NC_KSUFFIX _base
-#define NC_KPRIMARY 1
-#endif
-#define NC_CAT2(a, b) a##b
-#define NC_CAT(a, b) NC_CAT2(a, b)
-#define KFN(name) NC_CAT(name, NC_KSUFFIX)
+#include "kvariant.h"
 
 /* y (n) = softmax or log-softmax of x (n); contiguous rows */
 
