@@ -117,6 +117,7 @@ void nc_mem_reset_peak(void);                  /* peaks := current live bytes (p
  * most NC_SMALL_CACHE_MB (default 8) MiB (host_cached counts both); nc_mem_trim returns both caches
  * to the system. */
 void nc_mem_trim(void);
+int64_t nc_host_cache_limit(void);             /* that cap in bytes (0: the cache is off) */
 
 /* threads and kernels */
 void nc_set_num_threads(int32_t n);

@@ -240,6 +240,8 @@ static int64_t cache_limit(void) {
     return cache_cap;
 }
 
+int64_t nc_host_cache_limit(void) { return cache_limit(); }
+
 void *nc_host_alloc(int64_t nbytes) {
     if (nbytes < 0) { nc_fail(NC_ERR_ARG, "alloc: negative size %lld", (long long)nbytes); return NULL; }
     size_t n = (size_t)((nbytes + 63) / 64 * 64);

@@ -181,9 +181,15 @@ Tensor._closer = closer   -- reachable for the state's lifetime
 --    whole block): 2320 (0) / 4200 (0) / 4760 (0.4) — more marking; the old ffi.gc path:
 --    5050 (2.6) / 4240 (6.3) / 4090 (6.4).
 --  * large ones: once enough bytes were allocated since the last forced collection (more than
---    what was live after it, and at least 64 MiB) a full collection runs.
+--    what was live after it or half the host block cache, whichever is less, and at least 64 MiB)
+--    a full collection runs. The cache bound matters for big transients: with 384 MiB outputs and
+--    a few GiB live, waiting for "more than live" let five or more dead outputs pile up, the
+--    1 GiB cache kept two, and every other allocation came fresh from the system, page faults and
+--    kernel zeroing included (`nc.relu` on 384 MiB ran at 0.38 of memcpy, its bare kernel at 1.10:
+--    tools/bench/ops.lua); collecting every half cache lets each output reuse a dead one's block.
 local since_gc, live_after_gc = 0, 0
 local GC_MIN = 64 * 1024 * 1024
+local CACHE_HALF = tonumber(C.nc_host_cache_limit()) / 2
 local SMALL_DATA = C.NC_SMALL_DATA
 local SMALL_STEP_N, SMALL_STEP_KB = 1024, 128
 local small_n = 0
@@ -199,7 +205,7 @@ local function pressure(nbytes)
         return
     end
     since_gc = since_gc + nbytes
-    if since_gc > GC_MIN and since_gc > live_after_gc then
+    if since_gc > GC_MIN and (since_gc > live_after_gc or (CACHE_HALF > 0 and since_gc > CACHE_HALF)) then
         collectgarbage('collect')
         release_dead()
         C.nc_mem_stats_get(stats)

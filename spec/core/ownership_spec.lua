@@ -158,3 +158,42 @@ describe('tensor ownership', function()
         same_as(before, snapshot(), 'errors')
     end)
 end)
+
+-- tensor.lua's pressure(): a forced collection once the large allocations since the last one
+-- exceed min(live after it, half the host block cache) (and 64 MiB), so dead transients go back
+-- to the cache instead of piling up to the live size. A child process with a 64 MiB cache keeps
+-- 256 MiB live and makes 40 dead 16 MiB outputs: the peak above the end's live bytes stays near
+-- the 64 MiB floor (the rule "more than live" alone let ~270 MiB of dead outputs pile up).
+describe('memory pressure pacing', function()
+    local function excess_mib(cache_mb)
+        local code = [[
+local keep = nc.zeros { 64, 1024, 1024 }
+local x = nc.zeros { 4, 1024, 1024 }
+collectgarbage('collect'); collectgarbage('collect')
+nc.mem_reset_peak()
+for i = 1, 40 do local y = x:relu() end
+local s = nc.mem_stats()
+print(string.format('excess_mib=%.1f', (s.host_peak - s.host_bytes) / 1048576))]]
+        local path = os.tmpname()
+        local f = assert(io.open(path, 'wb'))
+        f:write("local nc = require 'nanochat'\n", code, '\n')
+        f:close()
+        local p = assert(io.popen(string.format('NC_HOST_CACHE_MB=%d ./nanochat %s 2>&1', cache_mb, path)))
+        local out = p:read('*a')
+        p:close()
+        os.remove(path)
+        local v = tonumber(out:match('excess_mib=([%d.]+)'))
+        assert(v, 'child output: ' .. out)
+        return v
+    end
+
+    it('collects every half cache: dead 16 MiB outputs do not pile up to the live size', function()
+        local v = excess_mib(64)
+        assert(v <= 96, string.format('%.1f MiB of dead outputs above the live set (want <= 96)', v))
+    end)
+
+    it('the live-size rule still bounds the pile when the cache is off', function()
+        local v = excess_mib(0)
+        assert(v <= 300, string.format('%.1f MiB above the live set', v))
+    end)
+end)
