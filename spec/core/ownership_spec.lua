@@ -165,15 +165,8 @@ end)
 -- 256 MiB live and makes 40 dead 16 MiB outputs: the peak above the end's live bytes stays near
 -- the 64 MiB floor (the rule "more than live" alone let ~270 MiB of dead outputs pile up).
 describe('memory pressure pacing', function()
-    local function excess_mib(cache_mb)
-        local code = [[
-local keep = nc.zeros { 64, 1024, 1024 }
-local x = nc.zeros { 4, 1024, 1024 }
-collectgarbage('collect'); collectgarbage('collect')
-nc.mem_reset_peak()
-for i = 1, 40 do local y = x:relu() end
-local s = nc.mem_stats()
-print(string.format('excess_mib=%.1f', (s.host_peak - s.host_bytes) / 1048576))]]
+    -- runs code in a child nanochat with NC_HOST_CACHE_MB=cache_mb; the number it prints as value=
+    local function child(cache_mb, code)
         local path = os.tmpname()
         local f = assert(io.open(path, 'wb'))
         f:write("local nc = require 'nanochat'\n", code, '\n')
@@ -182,10 +175,34 @@ print(string.format('excess_mib=%.1f', (s.host_peak - s.host_bytes) / 1048576))]
         local out = p:read('*a')
         p:close()
         os.remove(path)
-        local v = tonumber(out:match('excess_mib=([%d.]+)'))
+        local v = tonumber(out:match('value=([%d.-]+)'))
         assert(v, 'child output: ' .. out)
         return v
     end
+
+    local function excess_mib(cache_mb)
+        return child(cache_mb, [[
+local keep = nc.zeros { 64, 1024, 1024 }
+local x = nc.zeros { 4, 1024, 1024 }
+collectgarbage('collect'); collectgarbage('collect')
+nc.mem_reset_peak()
+for i = 1, 40 do local y = x:relu() end
+local s = nc.mem_stats()
+print(string.format('value=%.1f', (s.host_peak - s.host_bytes) / 1048576))]])
+    end
+
+    it('the host block cache makes room for the block just freed (evicting other sizes)', function()
+        -- 64 MiB cap: a dead 40 MiB block is cached; freeing a 48 MiB one evicts it (both do not
+        -- fit) instead of sending the new one to the system
+        local v = child(64, [[
+local function cached() return nc.mem_stats().host_cached / 1048576 end
+local function make_and_free(mib) nc.Tensor._free_now(nc.empty { mib / 4, 1024, 1024 }) end
+make_and_free(40)
+local c1 = cached()
+make_and_free(48)
+print(string.format('value=%.3f', cached() - c1 + 40))]])
+        assert(v >= 48 and v < 48.5, string.format('cached %.3f MiB after the 48 MiB free (want the 48 MiB block)', v))
+    end)
 
     it('collects every half cache: dead 16 MiB outputs do not pile up to the live size', function()
         local v = excess_mib(64)
