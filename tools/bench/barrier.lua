@@ -68,17 +68,24 @@ local SHAPES = {
     { name = '125M', vocab_size = 32768, d_model = 768, n_layer = 12, n_head = 12 },
 }
 local P = 64
+
+-- the packed engine of a random model of shape sh, and a P-token prompt for it
+local function packed(sh)
+    local model = nc.models.gpt.new { vocab_size = sh.vocab_size, d_model = sh.d_model, n_layer = sh.n_layer,
+        n_head = sh.n_head, seq_len = 256, seed = 1 }
+    model:eval()
+    local e = nc.pack(model)
+    model = nil
+    collectgarbage('collect')
+    local prompt = {}
+    for i = 1, P do prompt[i] = (i * 37) % sh.vocab_size end
+    return e, prompt
+end
+
 local rows = {}
 for _, sh in ipairs(SHAPES) do
     if want[sh.name] then
-        local model = nc.models.gpt.new { vocab_size = sh.vocab_size, d_model = sh.d_model, n_layer = sh.n_layer,
-            n_head = sh.n_head, seq_len = 256, seed = 1 }
-        model:eval()
-        local e = nc.pack(model)
-        model = nil
-        collectgarbage('collect')
-        local prompt = {}
-        for i = 1, P do prompt[i] = (i * 37) % sh.vocab_size end
+        local e, prompt = packed(sh)
         local pidx, one = nc.tensor({ prompt }, { dtype = 'i64' }), nc.tensor({ { 5 } }, { dtype = 'i64' })
         for _, th in ipairs { 1, 2 } do
             nc.set_num_threads(th)
@@ -124,14 +131,7 @@ if args.old then
     local lrows = {}
     for _, sh in ipairs(SHAPES) do
         if want[sh.name] then
-            local model = nc.models.gpt.new { vocab_size = sh.vocab_size, d_model = sh.d_model, n_layer = sh.n_layer,
-                n_head = sh.n_head, seq_len = 256, seed = 1 }
-            model:eval()
-            local e = nc.pack(model)
-            model = nil
-            collectgarbage('collect')
-            local prompt = {}
-            for i = 1, P do prompt[i] = (i * 37) % sh.vocab_size end
+            local e, prompt = packed(sh)
             local cache = e:new_cache(1, 256)
             e:forward_cached(nc.tensor({ prompt }, { dtype = 'i64' }), cache)
             e.split, e.o_full, e.barrier = nil, nil, nil
