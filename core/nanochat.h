@@ -113,7 +113,7 @@ int32_t nc_dtype_from_name(const char *name);          /* -1 if unknown */
 void nc_mem_stats_get(nc_mem_stats *out);
 void nc_mem_reset_peak(void);                  /* peaks := current live bytes (per-phase peaks) */
 /* Large host blocks (>= 64 KiB) are recycled through a size-class cache capped at
- * NC_HOST_CACHE_MB (default 1024; 0 disables), small tensors' blocks through a free list of at
+ * NC_HOST_CACHE_MB (default: 1/8 of physical memory, clamped to 1-8 GiB; 0 disables), small tensors' blocks through a free list of at
  * most NC_SMALL_CACHE_MB (default 8) MiB (host_cached counts both); nc_mem_trim returns both caches
  * to the system. */
 void nc_mem_trim(void);

@@ -15,6 +15,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <string.h>
 
 /* ---- version / ABI ------------------------------------------------------------------------ */
@@ -240,10 +241,20 @@ static int size_class(int64_t n, int64_t *rounded) {
 /* the bytes of every block of class c (the inverse of size_class) */
 static int64_t class_bytes(int c) { return (int64_t)(8 + c % 8) << (c / 8 + 16 - 3); }
 
+/* The cap: NC_HOST_CACHE_MB, else an eighth of physical memory clamped to [1, 8] GiB (2.9 GiB on
+ * the 23 GiB build machine). A fixed 1 GiB kept two 384 MiB blocks, too few for an op loop on big
+ * tensors (tools/bench/ops.lua); the cap only bounds what freed memory waits, and an allocation
+ * that fails empties the cache and retries (nc_host_alloc). */
 static int64_t cache_limit(void) {
     if (cache_cap < 0) {
         const char *e = getenv("NC_HOST_CACHE_MB");
-        cache_cap = (e ? atoll(e) : 1024) * 1048576LL;
+        if (e) cache_cap = atoll(e) * 1048576LL;
+        else {
+            long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+            int64_t ram = pages > 0 && psz > 0 ? (int64_t)pages * psz : 0;
+            int64_t cap = ram / 8, lo = 1LL << 30, hi = 8LL << 30;
+            cache_cap = cap < lo ? lo : cap > hi ? hi : cap;
+        }
     }
     return cache_cap;
 }
