@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """tools/fit_act_tables.py — writes kernels/cpu/act_tables.h, the piecewise polynomials act_avx512.c
-uses for the erf-form GELU (the normal CDF Phi on [-4, 5.5): gelu = x Phi(x)) and for sigmoid / SiLU
-(sigmoid on [-8, 8): silu = x sigmoid(x)).
+uses for the erf-form GELU (the normal CDF Phi on [-4, 5.5): gelu = x Phi(x)), for sigmoid / SiLU
+(sigmoid on [-8, 8): silu = x sigmoid(x)) and for tanh (g(x) = tanh(x) / x on [0, 9): tanh = x g(|x|),
+even and free of cancellation, so the relative error near 0 stays that of g).
 
 Each table: 32 intervals of width H from A (H has few mantissa bits, so every center
 A + (j + 1/2) H is exact in f32 and u = x - center is exact), one degree-6 polynomial in u per
@@ -10,7 +11,7 @@ the function (the left tails matter), then reweighted towards minimax (Lawson); 
 beyond each interval (an index rounded the other way at a boundary still lands in a valid
 polynomial). Prints the worst relative error of the f32 coefficients evaluated in f32 (Horner, no
 FMA) over a dense grid. Usage: python3 tools/fit_act_tables.py > kernels/cpu/act_tables.h
-Needs numpy; Phi from math.erfc, sigmoid from math.exp (double precision)."""
+Needs numpy; Phi from math.erfc, sigmoid from math.exp, tanh from math.tanh (double precision)."""
 import math
 import sys
 import numpy as np
@@ -26,9 +27,14 @@ def sigmoid(x):
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
-TABLES = [   # name, f, A, H
-    ('GELU', phi, -4.0, 19.0 / 64.0),
-    ('SIGMOID', sigmoid, -8.0, 0.5),
+def tanh_over_x(x):
+    return math.tanh(x) / x if x != 0.0 else 1.0
+
+
+TABLES = [   # name, f, A, H, what the table holds
+    ('GELU', phi, -4.0, 19.0 / 64.0, 'Phi'),
+    ('SIGMOID', sigmoid, -8.0, 0.5, 'sigmoid'),
+    ('TANH', tanh_over_x, 0.0, 9.0 / 32.0, 'tanh(x) / x'),
 ]
 
 
@@ -68,7 +74,7 @@ def main():
     out.write(' * Per table: interval j = round((x - A) / H - 1/2), u = x - (A + (j + 1/2) H),\n')
     out.write(' * f(x) = sum_k NC_<NAME>_TAB[k][j] u^k (degree %d, %d intervals). */\n' % (DEG, K))
     out.write('#ifndef NC_ACT_TABLES_H\n#define NC_ACT_TABLES_H\n')
-    for name, f, A, H in TABLES:
+    for name, f, A, H, what in TABLES:
         table, worst = [], 0.0
         for j in range(K):
             c = A + (j + 0.5) * H
@@ -76,7 +82,7 @@ def main():
             worst = max(worst, worst_rel(f, c, H, cf))
             table.append(cf)
         out.write('\n/* %s on [%g, %g): worst relative error of the f32 coefficients in f32 (Horner): %.3g */\n'
-                  % ('Phi' if name == 'GELU' else 'sigmoid', A, A + K * H, worst))
+                  % (what, A, A + K * H, worst))
         out.write('#define NC_%s_TAB_A %sf\n#define NC_%s_TAB_H %sf\n#define NC_%s_TAB_HI %sf\n'
                   % (name, cfloat(A), name, cfloat(H), name, cfloat(A + K * H)))
         out.write('static const float NC_%s_TAB[%d][%d] __attribute__((aligned(64))) = {\n' % (name, DEG + 1, K))
