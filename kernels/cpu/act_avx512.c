@@ -5,9 +5,9 @@
  *
  * Promise: used only when the CPU has AVX-512F and the kernel selection is "avx512" (the default
  * "auto" on such CPUs; NC_KERNEL=avx2 or scalar select the other paths). Same algorithms as the
- * AVX2 helpers in simd_avx2.h, 16 lanes wide, except the erf-form GELU and the sigmoid / SiLU
- * forward, which take Phi and sigmoid from tables of polynomials on [-4, 5.45) and [-8, 8)
- * (act_tables.h; the exp-based paths outside, per lane); the AVX-512
+ * AVX2 helpers in simd_avx2.h, 16 lanes wide, except the erf-form GELU, the sigmoid / SiLU
+ * forward and tanh, which take Phi, sigmoid and tanh(x)/x from tables of polynomials on
+ * [-4, 5.45), [-8, 8) and [0, 9) (act_tables.h; the exp-based paths or +-1 outside, per lane); the AVX-512
  * instructions remove most special-value work: vscalefps applies 2^n with correct overflow to inf
  * and correctly rounded denormal results, vrcp14ps + one Newton step replaces the division, masks
  * replace blends. Bounds (checked by spec/ops/simd_spec.lua, which runs every AVX2 check on this
