@@ -343,10 +343,6 @@ nc_status nc_quant_act_absmax(nc_tensor *out, nc_tensor *scale, const nc_tensor 
  *   (may be NULL; same rules, in [0, K)) restricts the reduction to those k (op(a) columns, op(b)
  *   rows, kscale entries), summed in list order. Bitwise equal to gathering the rows / k-slices
  *   into compact buffers, nc_gemm_bf16, and scattering the rows back (AMX and reference alike).
- *   packed_b (may be NULL; not with rows_k): op(b) packed once by nc_gemm_bf16_pack_b, read by every
- *   thread instead of each packing its own copy (same bits; ignored by the reference path).
- * nc_gemm_bf16_pack_b: op(b) (K, N) into the AMX bf16 B layout, packed = a contiguous bf16 tensor of
- *   nc_gemm_bf16_packed_size(K, N) elements; fails when AMX is off (the layout is AMX's).
  * nc_gemm_s8: out (M, N) = op(a) op(b) over int8 codes (a, b i8 or f32 holding integers in
  *   [-128, 127]); i32 out: the exact sums; f32 out: ((float)sum * col_scale[n]) * row_scale[m]
  *   (row_div = 1: / row_scale[m]); scales f32 with N / M or 1 elements, may be NULL. K <= 131072.
@@ -360,10 +356,7 @@ nc_status nc_gemm_bf16(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, i
                        const nc_tensor *kscale, int32_t kscale_div, double alpha, double beta);
 nc_status nc_gemm_bf16_rows(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t trans_a, int32_t trans_b,
                             const nc_tensor *kscale, int32_t kscale_div, double alpha, double beta,
-                            const nc_tensor *rows_m, const nc_tensor *rows_k, int32_t zero_rest,
-                            const nc_tensor *packed_b);
-int64_t nc_gemm_bf16_packed_size(int64_t K, int64_t N);
-nc_status nc_gemm_bf16_pack_b(nc_tensor *packed, const nc_tensor *b, int32_t trans_b);
+                            const nc_tensor *rows_m, const nc_tensor *rows_k, int32_t zero_rest);
 nc_status nc_gemm_s8(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t trans_a, int32_t trans_b,
                      const nc_tensor *col_scale, const nc_tensor *row_scale, int32_t row_div);
 nc_status nc_quant_codes(nc_tensor *codes, const nc_tensor *x, const nc_tensor *scale, int32_t div, int32_t lo, int32_t hi);

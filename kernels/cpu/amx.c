@@ -20,9 +20,7 @@
  *    rows_k the reduction's k (op(a) columns, op(b) rows, kscale entries). The packers read the
  *    listed rows in place (the index maps of `mat`, the out row map of the epilogue), so no
  *    gathered copy exists; the packed tiles hold the same values as packing gathered copies, so the
- *    result is bitwise that of gather + nc_gemm_bf16 + scatter (reference: the same). packed_b:
- *    op(b) packed once beforehand (nc_gemm_bf16_pack_b; nc.bitlinear packs its ternary codes in
- *    the forward for the backward's dX), read by every thread instead of a private copy each.
+ *    result is bitwise that of gather + nc_gemm_bf16 + scatter (reference: the same).
  *  - nc_gemm_s8: out (M, N) = op(a) op(b) as exact int32 sums of int8 codes (a and b f32 holding
  *    integers in [-128, 127], or i8); into an i32 out the raw sums (bit-exact to the reference),
  *    into an f32 out ((float)sum * col_scale[n]) * (or /) row_scale[m] (each scale optional,
@@ -619,28 +617,24 @@ static int amx_threads(int64_t MB, int64_t M, int64_t N, int64_t K) {
     return nt < 1 ? 1 : (int)nt;
 }
 
-/* packed (may be NULL): op(b) already in the packed B layout (nc_gemm_bf16_pack_b), shared by the
- * threads instead of each packing its own copy */
-static nc_status amx_bf16(const epi *e, const mat *a, const mat *b, const float *ks, int64_t nks, int div,
-                          const uint16_t *packed) {
+static nc_status amx_bf16(const epi *e, const mat *a, const mat *b, const float *ks, int64_t nks, int div) {
     int64_t M = a->rows, N = b->cols, K = a->cols;
     int64_t Mp = rup(M, 32), Np = rup(N, 32), Kp = rup(K, 32), KB = Kp / 32;
     int64_t MB = Mp / 32, NB = Np / 32, NBc = chunk_nb(Kp * 2);
     int nt = amx_threads(MB, M, N, K);
-    int64_t abytes = Mp * Kp * 2, bbytes = Np * Kp * 2, balloc = packed ? 0 : bbytes * nt;
-    uint16_t *ap = nc_host_alloc(abytes), *bp = NULL;
-    if (ap && !packed) bp = nc_host_alloc(balloc);
-    if (!ap || (!packed && !bp)) { if (ap) nc_host_free(ap, abytes); return NC_ERR_OOM; }
+    int64_t abytes = Mp * Kp * 2, bbytes = Np * Kp * 2, balloc = bbytes * nt;
+    uint16_t *ap = nc_host_alloc(abytes), *bp = ap ? nc_host_alloc(balloc) : NULL;
+    if (!bp) { if (ap) nc_host_free(ap, abytes); return NC_ERR_OOM; }
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         int tid = omp_get_thread_num(), nth = omp_get_num_threads();
         int64_t mb0 = MB * tid / nth, mb1 = MB * (tid + 1) / nth;
-        const uint16_t *bpt = packed ? packed : bp + (int64_t)tid * (bbytes / 2);
+        uint16_t *bpt = bp + (int64_t)tid * (bbytes / 2);
         if (mb1 > mb0) {
             mat as = mat_rows(a, mb0 * 32, mb1 * 32 < M ? mb1 * 32 : M);
             if (e->zero_rest) zero_gaps(e, e->M_out, e->mo, M, mb0 * 32, mb1 * 32 < M ? mb1 * 32 : M);
             pack_a_bf16(ap + mb0 * 2 * KB * 512, &as, (mb1 - mb0) * 32, Kp, ks, nks, div);
-            if (!packed) pack_b_bf16(bp + (int64_t)tid * (bbytes / 2), b, Np, Kp);
+            pack_b_bf16(bpt, b, Np, Kp);
             tiles_config();
             float c[1024] __attribute__((aligned(64)));
             for (int64_t n0 = 0; n0 < NB; n0 += NBc) {
@@ -668,7 +662,7 @@ static nc_status amx_bf16(const epi *e, const mat *a, const mat *b, const float 
             _tile_release();
         }
     }
-    if (bp) nc_host_free(bp, balloc);
+    nc_host_free(bp, balloc);
     nc_host_free(ap, abytes);
     return NC_OK;
 }
@@ -790,36 +784,9 @@ static nc_status row_list(const char *op, const char *name, const nc_tensor *t, 
     return NC_OK;
 }
 
-int64_t nc_gemm_bf16_packed_size(int64_t K, int64_t N) { return K <= 0 || N <= 0 ? 0 : rup(N, 32) * rup(K, 32); }
-
-/* packed: a contiguous bf16 tensor of nc_gemm_bf16_packed_size(K, N) elements for op(b) (K, N) */
-static nc_status check_packed(const char *op, const nc_tensor *packed, int64_t K, int64_t N) {
-    NC_TRY(nc_check_cpu(op, "packed_b", packed));
-    NC_TRY(nc_check_dtype(op, "packed_b", packed, NC_BF16));
-    NC_TRY(nc_check_contiguous(op, "packed_b", packed));
-    if (nc_tensor_numel(packed) != nc_gemm_bf16_packed_size(K, N)) {
-        char b[NC_DESC_LEN];
-        return nc_fail(NC_ERR_SHAPE, "%s: packed_b for op(b) (%lld, %lld) needs %lld elements, got %s", op, (long long)K,
-                       (long long)N, (long long)nc_gemm_bf16_packed_size(K, N), nc_describe(packed, b, sizeof b));
-    }
-    return NC_OK;
-}
-
-nc_status nc_gemm_bf16_pack_b(nc_tensor *packed, const nc_tensor *b, int32_t trans_b) {
-    static const char *op = "gemm_bf16_pack_b";
-    NC_TRY(check_operand(op, "b", b, 1));
-    NC_TRY(nc_check_not_null(op, "packed", packed));
-    mat mb = mat_of(b, trans_b);
-    NC_TRY(check_packed(op, packed, mb.rows, mb.cols));
-    if (!nc_cpu_amx()) return nc_fail(NC_ERR_UNSUPPORTED, "%s: the packed layout is AMX's; %s", op, nc_amx_status());
-    if (mb.rows > 0 && mb.cols > 0) pack_b_bf16((uint16_t *)nc_ptr(packed), &mb, rup(mb.cols, 32), rup(mb.rows, 32));
-    return NC_OK;
-}
-
 nc_status nc_gemm_bf16_rows(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t trans_a, int32_t trans_b,
                             const nc_tensor *kscale, int32_t kscale_div, double alpha, double beta,
-                            const nc_tensor *rows_m, const nc_tensor *rows_k, int32_t zero_rest,
-                            const nc_tensor *packed_b) {
+                            const nc_tensor *rows_m, const nc_tensor *rows_k, int32_t zero_rest) {
     static const char *op = "gemm_bf16";
     NC_TRY(check_operand(op, "a", a, 1));
     NC_TRY(check_operand(op, "b", b, 1));
@@ -827,10 +794,6 @@ nc_status nc_gemm_bf16_rows(nc_tensor *out, const nc_tensor *a, const nc_tensor 
     NC_TRY(check_gemm(op, out, &ma, &mb, 0));
     NC_TRY(check_scale(op, "kscale", kscale, ma.cols));
     if (zero_rest && !rows_m) return nc_fail(NC_ERR_ARG, "%s: zero_rest needs rows_m (the out rows written)", op);
-    if (packed_b) {
-        if (rows_k) return nc_fail(NC_ERR_ARG, "%s: packed_b holds every k of op(b); it cannot be used with rows_k", op);
-        NC_TRY(check_packed(op, packed_b, mb.rows, mb.cols));
-    }
     const int64_t *rm, *rk;
     int64_t nm, nk, *tm, *tk;
     NC_TRY(row_list(op, "rows_m", rows_m, ma.rows, &rm, &nm, &tm));
@@ -858,7 +821,7 @@ nc_status nc_gemm_bf16_rows(nc_tensor *out, const nc_tensor *a, const nc_tensor 
         const float *ks = kscale ? nc_f32p(kscale) : NULL;
         int64_t nks = kscale ? nc_tensor_numel(kscale) : 0;
         if (!nc_cpu_amx()) ref_bf16(&e, &ma, &mb, ks, nks, kscale_div);
-        else st = amx_bf16(&e, &ma, &mb, ks, nks, kscale_div, packed_b ? (const uint16_t *)nc_ptr(packed_b) : NULL);
+        else st = amx_bf16(&e, &ma, &mb, ks, nks, kscale_div);
     }
     if (tm) nc_host_free(tm, nm * 8);
     if (tk) nc_host_free(tk, nk * 8);
@@ -867,7 +830,7 @@ nc_status nc_gemm_bf16_rows(nc_tensor *out, const nc_tensor *a, const nc_tensor 
 
 nc_status nc_gemm_bf16(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t trans_a, int32_t trans_b,
                        const nc_tensor *kscale, int32_t kscale_div, double alpha, double beta) {
-    return nc_gemm_bf16_rows(out, a, b, trans_a, trans_b, kscale, kscale_div, alpha, beta, NULL, NULL, 0, NULL);
+    return nc_gemm_bf16_rows(out, a, b, trans_a, trans_b, kscale, kscale_div, alpha, beta, NULL, NULL, 0);
 }
 
 nc_status nc_gemm_s8(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t trans_a, int32_t trans_b,

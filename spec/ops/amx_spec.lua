@@ -283,19 +283,10 @@ describe('nc_gemm_bf16_rows (row-indexed bf16 GEMM: Collider kept rows without g
         return out
     end
 
-    -- op(b) packed once (nc_gemm_bf16_pack_b, AMX only)
-    local function pack(b, tb)
-        local K, N = tb == 1 and b:size(1) or b:size(0), tb == 1 and b:size(0) or b:size(1)
-        local p = nc.empty({ tonumber(C.nc_gemm_bf16_packed_size(K, N)) }, { dtype = 'bf16' })
-        check(C.nc_gemm_bf16_pack_b(p._c, b._c, tb), 'gemm_bf16_pack_b')
-        return p
-    end
-
-    local function indexed(out0, a, b, ta, tb, ks, div, alpha, beta, rm, rk, zero_rest, dtype, packed)
+    local function indexed(out0, a, b, ta, tb, ks, div, alpha, beta, rm, rk, zero_rest, dtype)
         local out = out0:clone()
         check(C.nc_gemm_bf16_rows(out._c, a._c, b._c, ta, tb, ks and ks._c or nil, div, alpha, beta,
-            rm and idx(rm, dtype)._c or nil, rk and idx(rk, dtype)._c or nil, zero_rest and 1 or 0,
-            packed and packed._c or nil), 'gemm_bf16_rows')
+            rm and idx(rm, dtype)._c or nil, rk and idx(rk, dtype)._c or nil, zero_rest and 1 or 0), 'gemm_bf16_rows')
         return out
     end
 
@@ -331,10 +322,6 @@ describe('nc_gemm_bf16_rows (row-indexed bf16 GEMM: Collider kept rows without g
                 assert.is_true(ok, string.format('M=%d N=%d K=%d ta=%d tb=%d rows_m %s rows_k %s zero_rest %s beta %d: '
                     .. 'element %s differs', M, N, K, ta, tb, tostring(c[1] ~= nil), tostring(c[2] ~= nil),
                     tostring(c[3]), c[4], tostring(at)))
-                if nc.cpu_amx() and not c[2] then   -- a pre-packed op(b), shared by the threads: the same bits
-                    local gp = indexed(init, a, b, ta, tb, ks, div, 1.5, c[4], c[1], nil, c[3], nil, pack(b, tb))
-                    assert.is_true(same_bits(gp, want), string.format('packed_b M=%d N=%d K=%d ta=%d tb=%d', M, N, K, ta, tb))
-                end
             end
             -- an i32 list gives the same bits as an i64 one
             assert.is_true(same_bits(indexed(init, a, b, ta, tb, ks, div, 1, 1, rm, rk, true, 'i32'),
@@ -404,15 +391,15 @@ describe('nc_gemm_bf16_rows (row-indexed bf16 GEMM: Collider kept rows without g
                 local a, b, init = nc.randn { 9, 5 }, nc.randn { 5, 7 }, nc.randn { 9, 7 }
                 local e = nc.empty({ 0 }, { dtype = 'i64' })
                 local o = init:clone()
-                check(C.nc_gemm_bf16_rows(o._c, a._c, b._c, 0, 0, nil, 0, 1, 0, e._c, nil, 0, nil), 'gemm_bf16_rows')
+                check(C.nc_gemm_bf16_rows(o._c, a._c, b._c, 0, 0, nil, 0, 1, 0, e._c, nil, 0), 'gemm_bf16_rows')
                 assert.is_true(same_bits(o, init))
-                check(C.nc_gemm_bf16_rows(o._c, a._c, b._c, 0, 0, nil, 0, 1, 0, e._c, nil, 1, nil), 'gemm_bf16_rows')
+                check(C.nc_gemm_bf16_rows(o._c, a._c, b._c, 0, 0, nil, 0, 1, 0, e._c, nil, 1), 'gemm_bf16_rows')
                 assert.are.equal(0, o:abs():max():item())
                 o = init:clone()
-                check(C.nc_gemm_bf16_rows(o._c, a._c, b._c, 0, 0, nil, 0, 1, 0.5, nil, e._c, 0, nil), 'gemm_bf16_rows')
+                check(C.nc_gemm_bf16_rows(o._c, a._c, b._c, 0, 0, nil, 0, 1, 0.5, nil, e._c, 0), 'gemm_bf16_rows')
                 assert.is_true(same_bits(o, init * 0.5))
                 o = init:clone()
-                check(C.nc_gemm_bf16_rows(o._c, a._c, b._c, 0, 0, nil, 0, 1, 0, idx({ 2, 4 })._c, e._c, 1, nil), 'gemm_bf16_rows')
+                check(C.nc_gemm_bf16_rows(o._c, a._c, b._c, 0, 0, nil, 0, 1, 0, idx({ 2, 4 })._c, e._c, 1), 'gemm_bf16_rows')
                 assert.are.equal(0, o:abs():max():item())
             end
             if amx then if HAVE then go() end else without_amx(go) end
@@ -423,7 +410,7 @@ describe('nc_gemm_bf16_rows (row-indexed bf16 GEMM: Collider kept rows without g
         local a, b, o = nc.randn { 6, 5 }, nc.randn { 5, 4 }, nc.zeros { 6, 4 }
         local function err(rm, rk, zr)
             local ok, e = pcall(check, C.nc_gemm_bf16_rows(o._c, a._c, b._c, 0, 0, nil, 0, 1, 0, rm and rm._c or nil,
-                rk and rk._c or nil, zr or 0, nil), 'gemm_bf16_rows')
+                rk and rk._c or nil, zr or 0), 'gemm_bf16_rows')
             assert.is_false(ok)
             return tostring(e)
         end
@@ -437,20 +424,6 @@ describe('nc_gemm_bf16_rows (row-indexed bf16 GEMM: Collider kept rows without g
         assert.truthy(err(nil, nil, 1):find('zero_rest needs rows_m'))
         assert.truthy(err(idx({ 0, 9 }, 'i32')):find('rows_m%[1%] = 9'))
         assert.are.equal(0, o:abs():max():item())   -- nothing written by a failed call
-        -- packed_b: the size must match op(b), not with rows_k; packing needs AMX
-        local ok, e = pcall(check, C.nc_gemm_bf16_rows(o._c, a._c, b._c, 0, 0, nil, 0, 1, 0, nil, nil, 0,
-            nc.empty({ 7 }, { dtype = 'bf16' })._c), 'gemm_bf16_rows')
-        assert.is_false(ok)
-        assert.truthy(tostring(e):find('packed_b for op%(b%) %(5, 4%) needs 1024 elements'))
-        ok, e = pcall(check, C.nc_gemm_bf16_rows(o._c, a._c, b._c, 0, 0, nil, 0, 1, 0, nil, idx({ 1 })._c, 0,
-            nc.empty({ 1024 }, { dtype = 'bf16' })._c), 'gemm_bf16_rows')
-        assert.is_false(ok)
-        assert.truthy(tostring(e):find('cannot be used with rows_k'))
-        without_amx(function()
-            ok, e = pcall(check, C.nc_gemm_bf16_pack_b(nc.empty({ 1024 }, { dtype = 'bf16' })._c, b._c, 0), 'pack_b')
-        end)
-        assert.is_false(ok)
-        assert.truthy(tostring(e):find('gemm_bf16_pack_b: the packed layout is AMX'))
     end)
 end)
 

@@ -436,15 +436,6 @@ end
 
 local function amx_ok(t) return C.nc_cpu_amx() == 1 and t._c.device == C.NC_CPU end
 
--- b (K, N) packed into the AMX bf16 B layout (nc_gemm_bf16_pack_b) for a later nc_gemm_bf16_rows:
--- the backward's dX GEMM then reads one copy instead of every thread packing its own
-local function packed_b(b)
-    local n = C.nc_gemm_bf16_packed_size(b:size(0), b:size(1))
-    local p = Tensor.empty({ tonumber(n) }, 'bf16', 'cpu')
-    check(C.nc_gemm_bf16_pack_b(p._c, b._c, 0), 'gemm_bf16_pack_b')
-    return p
-end
-
 -- The shared activation of one or more bitlinear calls (like quant_act's output shared by q/k/v):
 -- { x = x, q = codes f32 (rows, K) contiguous, s = scale (rows), amx = true }; no autograd node of its
 -- own (each bitlinear call passes its dX to x). opts: eps (1e-5, as quant_act). On a machine without
@@ -499,7 +490,6 @@ function M.bitlinear(a, w, opts)
     check(C.nc_gemm_s8(rows2d(out)._c, q._c, t._c, 0, 1, gamma._c, s._c, 1), 'bitlinear')
     if ag.needs(x, w) then
         local flt = row_filter_for(x, q:size(0))
-        local tp = ag.needs(x) and packed_b(t) or nil   -- the codes in dX's B layout, packed once here
         ag.record(out, { x, w }, function(g)
             local g2 = rows2d(g)
             -- Collider (algorithms.md §8.3): only the kept rows K, read and written in place by the
@@ -509,11 +499,11 @@ function M.bitlinear(a, w, opts)
             local gx, fx = ag.grad_buf(x)
             if gx then
                 check(C.nc_gemm_bf16_rows(rows2d(gx)._c, g2._c, t._c, 0, 0, gamma._c, 0, 1, fx and 0 or 1, kc, nil,
-                    (keep and fx) and 1 or 0, cptr(tp)), 'bitlinear backward')
+                    (keep and fx) and 1 or 0), 'bitlinear backward')
             end
             local gw, fw = ag.grad_buf(w)
             if gw then
-                check(C.nc_gemm_bf16_rows(gw._c, g2._c, q._c, 1, 0, s._c, 1, 1, fw and 0 or 1, nil, kc, 0, nil),
+                check(C.nc_gemm_bf16_rows(gw._c, g2._c, q._c, 1, 0, s._c, 1, 1, fw and 0 or 1, nil, kc, 0),
                     'bitlinear backward')
             end
         end)
@@ -542,7 +532,6 @@ function M.linear_bf16(x, w)
     check(C.nc_gemm_bf16(rows2d(out)._c, x2._c, w._c, 0, 1, nil, 0, 1, 0), 'linear_bf16')
     if ag.needs(x, w) then
         local flt = row_filter_for(x, x2:size(0))
-        local wp = ag.needs(x) and packed_b(w) or nil   -- W in dX's B layout, packed once here
         ag.record(out, { x, w }, function(g)
             local keep = flt and flt.keep   -- Collider: the kept rows only, in place (as nc.bitlinear)
             local kc = keep and keep._c or nil
@@ -550,11 +539,11 @@ function M.linear_bf16(x, w)
             local gx, fx = ag.grad_buf(x)
             if gx then
                 check(C.nc_gemm_bf16_rows(rows2d(gx)._c, g2._c, w._c, 0, 0, nil, 0, 1, fx and 0 or 1, kc, nil,
-                    (keep and fx) and 1 or 0, cptr(wp)), 'linear_bf16 backward')
+                    (keep and fx) and 1 or 0), 'linear_bf16 backward')
             end
             local gw, fw = ag.grad_buf(w)
             if gw then
-                check(C.nc_gemm_bf16_rows(gw._c, g2._c, x2._c, 1, 0, nil, 0, 1, fw and 0 or 1, nil, kc, 0, nil),
+                check(C.nc_gemm_bf16_rows(gw._c, g2._c, x2._c, 1, 0, nil, 0, 1, fw and 0 or 1, nil, kc, 0),
                     'linear_bf16 backward')
             end
         end)
