@@ -96,6 +96,15 @@ int64_t nc_nt_bytes(void);
 bool nc_cpu_avx2(void);
 bool nc_cpu_avx512(void);            /* AVX-512F versions of the exp-bound kernels */
 bool nc_cpu_vnni512(void);           /* "avx512" selected and AVX-512 BW/VL/VNNI + GFNI: the ternary VNNI kernel */
+/* kernels/cpu/amx.c: nc_gemm_bf16 on raw row-major f32 buffers: C (M x N, row stride ldc) = alpha *
+ * bf16(op(A)) bf16(op(B)) + beta C with f32 accumulation; op(A) is A (M x K, row stride lda) or, with
+ * trans_a, the transpose of A stored K x M (likewise B: K x N, or N x K with trans_b). Runs on AMX,
+ * else the AVX-512 BF16 kernel, else the (slow, double) reference; nc_gemm_bf16_hw says whether a
+ * hardware path runs. C must not alias A or B. */
+nc_status nc_gemm_bf16_f32p(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, int32_t trans_a,
+                            const float *B, int64_t ldb, int32_t trans_b, float alpha, float beta, float *C,
+                            int64_t ldc);
+int32_t nc_gemm_bf16_hw(void);
 
 /* ---- CUDA backend (optional, dlopen'ed) -------------------------------------------------- */
 /* Returns the CUDA vtable, loading lib/libnanochat_cuda.so on first use; NULL (with

@@ -351,6 +351,17 @@ nc_status nc_quant_act_absmax(nc_tensor *out, nc_tensor *scale, const nc_tensor 
  *   count, s_r = scale[r / (rows / G)]). In place (codes == x) is fine. */
 int32_t nc_cpu_amx(void);
 const char *nc_amx_status(void);
+/* nc_cpu_gemm_fast: 1 when nc_gemm_bf16 and nc_gemm_s8 both run on hardware: AMX tiles, or (no AMX,
+ * or AMX disabled) the AVX-512 BF16 (VDPBF16PS) and VNNI (VPDPBUSD) block kernels under the "avx512"
+ * kernel selection. nc_gemm_backend names what runs: "amx", "avx512-bf16-vnni", "reference", or a
+ * mixed case such as "avx512-vnni (bf16: reference)". The s8 results are exact on every backend;
+ * bf16 backends differ only in the order of the f32 sums (the reference sums in double). */
+int32_t nc_cpu_gemm_fast(void);
+const char *nc_gemm_backend(void);
+/* nc_set_gemm_backend: "auto" (AMX, else the AVX-512 kernels, else the reference; $NC_GEMM sets the
+ * start value), "amx", "avx512" (fails when unavailable; "avx512" on an AMX machine runs the block
+ * kernels with AMX idle) or "reference" (the scalar code; the specs' oracle). */
+nc_status nc_set_gemm_backend(const char *name);
 nc_status nc_set_amx(int32_t mode);
 nc_status nc_gemm_bf16(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t trans_a, int32_t trans_b,
                        const nc_tensor *kscale, int32_t kscale_div, double alpha, double beta);

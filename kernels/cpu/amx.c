@@ -93,14 +93,82 @@ static int amx_available(void) {
     return amx_hw;
 }
 
+static int gemm_mode_now(void);
+
 int32_t nc_cpu_amx(void) {
     if (!amx_available() || !nc_cpu_avx2()) return 0;   /* NC_KERNEL=scalar disables it */
+    int g = gemm_mode_now();
+    if (g == 2 || g == 3) return 0;                       /* nc_set_gemm_backend avx512 / reference */
     int m = __atomic_load_n(&amx_mode, __ATOMIC_RELAXED);
     if (m < 0) {
         const char *e = getenv("NC_AMX");
         return !(e && (!strcmp(e, "0") || !strcmp(e, "off") || !strcmp(e, "false")));
     }
     return m;
+}
+
+/* nc_set_gemm_backend / $NC_GEMM: 0 auto, 1 amx only, 2 avx512 only, 3 reference */
+static int gemm_mode = -1;
+static const char *const gemm_modes[] = { "auto", "amx", "avx512", "reference" };
+
+static int gemm_mode_now(void) {
+    int m = __atomic_load_n(&gemm_mode, __ATOMIC_RELAXED);
+    if (m >= 0) return m;
+    const char *e = getenv("NC_GEMM");
+    for (int i = 1; e && i < 4; i++)
+        if (!strcmp(e, gemm_modes[i])) return i;
+    return 0;
+}
+
+/* The AVX-512 block kernels (no AMX, or AMX disabled): BF16 for nc_gemm_bf16, VNNI for nc_gemm_s8,
+ * under the "avx512" kernel selection (NC_KERNEL=avx2 / scalar turn them off like the others). */
+static int vec_bf16(void) {
+    static int has = -1;
+    if (has < 0)
+        has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+              __builtin_cpu_supports("avx512bf16");
+    int m = gemm_mode_now();
+    return has && nc_cpu_avx512() && (m == 2 || (m == 0 && !nc_cpu_amx()));
+}
+
+static int vec_vnni(void) {
+    static int has = -1;
+    if (has < 0)
+        has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+              __builtin_cpu_supports("avx512vnni");
+    int m = gemm_mode_now();
+    return has && nc_cpu_avx512() && (m == 2 || (m == 0 && !nc_cpu_amx()));
+}
+
+int32_t nc_cpu_gemm_fast(void) { return nc_cpu_amx() || (vec_bf16() && vec_vnni()); }
+
+const char *nc_gemm_backend(void) {
+    if (nc_cpu_amx()) return "amx";
+    if (vec_bf16() && vec_vnni()) return "avx512-bf16-vnni";
+    if (vec_vnni()) return "avx512-vnni (bf16: reference)";
+    if (vec_bf16()) return "avx512-bf16 (s8: reference)";
+    return "reference";
+}
+
+nc_status nc_set_gemm_backend(const char *name) {
+    static const char *op = "set_gemm_backend";
+    if (!name) return nc_fail(NC_ERR_ARG, "%s: name is NULL", op);
+    int m = -1;
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(name, gemm_modes[i])) m = i;
+    if (m < 0) return nc_fail(NC_ERR_ARG, "%s: expected \"auto\", \"amx\", \"avx512\" or \"reference\", got \"%s\"", op, name);
+    int old = __atomic_exchange_n(&gemm_mode, m, __ATOMIC_RELAXED);
+    const char *why = NULL;
+    if (m == 1 && !nc_cpu_amx()) why = nc_amx_status();
+    if (m == 2 && !(vec_bf16() && vec_vnni()))
+        why = "the CPU lacks AVX-512 BF16 or VNNI, or the kernel selection is not \"avx512\"";
+    if (why) {
+        __atomic_store_n(&gemm_mode, old, __ATOMIC_RELAXED);
+        return nc_fail(NC_ERR_UNSUPPORTED, "%s: \"%s\" is not available: %s", op, name, why);
+    }
+    return NC_OK;
 }
 
 const char *nc_amx_status(void) {
@@ -571,6 +639,114 @@ static epi epi_of(const nc_tensor *out) {
     return e;
 }
 
+/* ---- AVX-512 block kernels (no AMX) ----------------------------------------------------------
+ * The same packed buffers and the same 32 x 32 output block as the tile code (c: 4 tiles of 16 x 16,
+ * order (0,0) (0,1) (1,0) (1,1)), computed with AVX512-BF16 VDPBF16PS and AVX512-VNNI VPDPBUSD.
+ * The packed B is already the pair / quad layout both instructions read (one zmm = 16 columns x
+ * 2 bf16 or 4 int8 k); packed A rows give the broadcast pair / quad. Eight rows x 32 columns per
+ * pass: 16 accumulators, each B row loaded once per 8 x 2 multiply-adds.
+ * bf16: lane j of VDPBF16PS adds a[2k] b[2k][j] + a[2k+1] b[2k+1][j] (exact bf16 products) to the
+ * f32 accumulator; the order of the f32 sums differs from AMX and from the double reference, so
+ * results agree with them to f32 rounding, not bitwise. s8: VPDPBUSD multiplies unsigned by signed
+ * bytes, so A goes in as a + 128 (sign bit flipped) and each output loses 128 * (column sum of B),
+ * computed from the packed B once per thread; int32 arithmetic wraps, so the difference is the
+ * exact sum whenever the true sum fits in int32 (the K <= 131072 rule): bitwise the AMX result. */
+#define NC_BF16VEC __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+#define NC_VNNIVEC __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+
+static inline int32_t load_pair(const void *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+NC_BF16VEC static void block_bf16_vec(const uint16_t *a0, const uint16_t *a1, const uint16_t *b0, const uint16_t *b1,
+                                      int64_t KB, float *c) {
+    for (int ti = 0; ti < 2; ti++)
+        for (int h = 0; h < 2; h++) {
+            const uint16_t *at = (ti ? a1 : a0) + h * 8 * 32;
+            __m512 x0 = _mm512_setzero_ps(), x1 = x0, x2 = x0, x3 = x0, x4 = x0, x5 = x0, x6 = x0, x7 = x0;
+            __m512 y0 = x0, y1 = x0, y2 = x0, y3 = x0, y4 = x0, y5 = x0, y6 = x0, y7 = x0;
+            for (int64_t kb = 0; kb < KB; kb++) {
+                const uint16_t *ak = at + kb * 512, *bk0 = b0 + kb * 512, *bk1 = b1 + kb * 512;
+                for (int kr = 0; kr < 16; kr++) {
+                    __m512bh B0 = (__m512bh)_mm512_loadu_si512(bk0 + kr * 32);
+                    __m512bh B1 = (__m512bh)_mm512_loadu_si512(bk1 + kr * 32);
+                    const uint16_t *ap = ak + 2 * kr;
+#define NC_ROW(r, X, Y)                                                                  \
+    do {                                                                                 \
+        __m512bh A = (__m512bh)_mm512_set1_epi32(load_pair(ap + (r) * 32));              \
+        X = _mm512_dpbf16_ps(X, A, B0);                                                  \
+        Y = _mm512_dpbf16_ps(Y, A, B1);                                                  \
+    } while (0)
+                    NC_ROW(0, x0, y0); NC_ROW(1, x1, y1); NC_ROW(2, x2, y2); NC_ROW(3, x3, y3);
+                    NC_ROW(4, x4, y4); NC_ROW(5, x5, y5); NC_ROW(6, x6, y6); NC_ROW(7, x7, y7);
+#undef NC_ROW
+                }
+            }
+            float *c0 = c + (ti * 2) * 256 + h * 8 * 16, *c1 = c0 + 256;
+            _mm512_store_ps(c0 + 0 * 16, x0); _mm512_store_ps(c1 + 0 * 16, y0);
+            _mm512_store_ps(c0 + 1 * 16, x1); _mm512_store_ps(c1 + 1 * 16, y1);
+            _mm512_store_ps(c0 + 2 * 16, x2); _mm512_store_ps(c1 + 2 * 16, y2);
+            _mm512_store_ps(c0 + 3 * 16, x3); _mm512_store_ps(c1 + 3 * 16, y3);
+            _mm512_store_ps(c0 + 4 * 16, x4); _mm512_store_ps(c1 + 4 * 16, y4);
+            _mm512_store_ps(c0 + 5 * 16, x5); _mm512_store_ps(c1 + 5 * 16, y5);
+            _mm512_store_ps(c0 + 6 * 16, x6); _mm512_store_ps(c1 + 6 * 16, y6);
+            _mm512_store_ps(c0 + 7 * 16, x7); _mm512_store_ps(c1 + 7 * 16, y7);
+        }
+}
+
+/* sum[n] = sum over k of the packed B's column n (NB blocks of 32 columns, KB k-blocks of 64) */
+NC_VNNIVEC static void colsum_s8(int32_t *sum, const int8_t *bp, int64_t NB, int64_t KB) {
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (int64_t nb = 0; nb < NB; nb++)
+        for (int tj = 0; tj < 2; tj++) {
+            const int8_t *bt = bp + (2 * nb + tj) * KB * 1024;
+            __m512i s = _mm512_setzero_si512();
+            for (int64_t r = 0; r < KB * 16; r++) s = _mm512_dpbusd_epi32(s, ones, _mm512_loadu_si512(bt + r * 64));
+            _mm512_storeu_si512(sum + nb * 32 + tj * 16, s);
+        }
+}
+
+NC_VNNIVEC static void block_s8_vec(const int8_t *a0, const int8_t *a1, const int8_t *b0, const int8_t *b1, int64_t KB,
+                                    const int32_t *bsum, int32_t *c) {
+    const __m512i flip = _mm512_set1_epi32((int32_t)0x80808080u);
+    const __m512i s0 = _mm512_slli_epi32(_mm512_loadu_si512(bsum), 7), s1 = _mm512_slli_epi32(_mm512_loadu_si512(bsum + 16), 7);
+    for (int ti = 0; ti < 2; ti++)
+        for (int h = 0; h < 2; h++) {
+            const int8_t *at = (ti ? a1 : a0) + h * 8 * 64;
+            __m512i x0 = _mm512_sub_epi32(_mm512_setzero_si512(), s0), x1 = x0, x2 = x0, x3 = x0, x4 = x0, x5 = x0,
+                    x6 = x0, x7 = x0;
+            __m512i y0 = _mm512_sub_epi32(_mm512_setzero_si512(), s1), y1 = y0, y2 = y0, y3 = y0, y4 = y0, y5 = y0,
+                    y6 = y0, y7 = y0;
+            for (int64_t kb = 0; kb < KB; kb++) {
+                const int8_t *ak = at + kb * 1024, *bk0 = b0 + kb * 1024, *bk1 = b1 + kb * 1024;
+                for (int kr = 0; kr < 16; kr++) {
+                    __m512i B0 = _mm512_loadu_si512(bk0 + kr * 64), B1 = _mm512_loadu_si512(bk1 + kr * 64);
+                    const int8_t *ap = ak + 4 * kr;
+#define NC_ROW(r, X, Y)                                                                  \
+    do {                                                                                 \
+        __m512i A = _mm512_xor_si512(_mm512_set1_epi32(load_pair(ap + (r) * 64)), flip); \
+        X = _mm512_dpbusd_epi32(X, A, B0);                                               \
+        Y = _mm512_dpbusd_epi32(Y, A, B1);                                               \
+    } while (0)
+                    NC_ROW(0, x0, y0); NC_ROW(1, x1, y1); NC_ROW(2, x2, y2); NC_ROW(3, x3, y3);
+                    NC_ROW(4, x4, y4); NC_ROW(5, x5, y5); NC_ROW(6, x6, y6); NC_ROW(7, x7, y7);
+#undef NC_ROW
+                }
+            }
+            int32_t *c0 = c + (ti * 2) * 256 + h * 8 * 16, *c1 = c0 + 256;
+            _mm512_store_si512(c0 + 0 * 16, x0); _mm512_store_si512(c1 + 0 * 16, y0);
+            _mm512_store_si512(c0 + 1 * 16, x1); _mm512_store_si512(c1 + 1 * 16, y1);
+            _mm512_store_si512(c0 + 2 * 16, x2); _mm512_store_si512(c1 + 2 * 16, y2);
+            _mm512_store_si512(c0 + 3 * 16, x3); _mm512_store_si512(c1 + 3 * 16, y3);
+            _mm512_store_si512(c0 + 4 * 16, x4); _mm512_store_si512(c1 + 4 * 16, y4);
+            _mm512_store_si512(c0 + 5 * 16, x5); _mm512_store_si512(c1 + 5 * 16, y5);
+            _mm512_store_si512(c0 + 6 * 16, x6); _mm512_store_si512(c1 + 6 * 16, y6);
+            _mm512_store_si512(c0 + 7 * 16, x7); _mm512_store_si512(c1 + 7 * 16, y7);
+        }
+}
+
 /* ---- AMX drivers ---------------------------------------------------------------------------- */
 /* Cache blocking: a thread's output blocks run in chunks of NBc column blocks (a B panel of at
  * most ~512 KiB, L2-resident), all its row blocks for a chunk before the next chunk. */
@@ -617,7 +793,7 @@ static int amx_threads(int64_t MB, int64_t M, int64_t N, int64_t K) {
     return nt < 1 ? 1 : (int)nt;
 }
 
-static nc_status amx_bf16(const epi *e, const mat *a, const mat *b, const float *ks, int64_t nks, int div) {
+static nc_status tiled_bf16(const epi *e, const mat *a, const mat *b, const float *ks, int64_t nks, int div, int amx) {
     int64_t M = a->rows, N = b->cols, K = a->cols;
     int64_t Mp = rup(M, 32), Np = rup(N, 32), Kp = rup(K, 32), KB = Kp / 32;
     int64_t MB = Mp / 32, NB = Np / 32, NBc = chunk_nb(Kp * 2);
@@ -635,7 +811,7 @@ static nc_status amx_bf16(const epi *e, const mat *a, const mat *b, const float 
             if (e->zero_rest) zero_gaps(e, e->M_out, e->mo, M, mb0 * 32, mb1 * 32 < M ? mb1 * 32 : M);
             pack_a_bf16(ap + mb0 * 2 * KB * 512, &as, (mb1 - mb0) * 32, Kp, ks, nks, div);
             pack_b_bf16(bpt, b, Np, Kp);
-            tiles_config();
+            if (amx) tiles_config();
             float c[1024] __attribute__((aligned(64)));
             for (int64_t n0 = 0; n0 < NB; n0 += NBc) {
                 int64_t n1 = n0 + NBc < NB ? n0 + NBc : NB;
@@ -643,6 +819,11 @@ static nc_status amx_bf16(const epi *e, const mat *a, const mat *b, const float 
                     for (int64_t nb = n0; nb < n1; nb++) {
                         const uint16_t *a0 = ap + (2 * mb) * KB * 512, *a1 = a0 + KB * 512;
                         const uint16_t *b0 = bpt + (2 * nb) * KB * 512, *b1 = b0 + KB * 512;
+                        if (!amx) {
+                            block_bf16_vec(a0, a1, b0, b1, KB, c);
+                            store_f32(e, c, mb * 32, nb * 32);
+                            continue;
+                        }
                         _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
                         for (int64_t kb = 0; kb < KB; kb++) {
                             _tile_loadd(4, a0 + kb * 512, 64);
@@ -659,7 +840,7 @@ static nc_status amx_bf16(const epi *e, const mat *a, const mat *b, const float 
                         store_f32(e, c, mb * 32, nb * 32);
                     }
             }
-            _tile_release();
+            if (amx) _tile_release();
         }
     }
     nc_host_free(bp, balloc);
@@ -667,14 +848,19 @@ static nc_status amx_bf16(const epi *e, const mat *a, const mat *b, const float 
     return NC_OK;
 }
 
-static nc_status amx_s8(const epi *e, const mat *a, const mat *b) {
+static nc_status tiled_s8(const epi *e, const mat *a, const mat *b, int amx) {
     int64_t M = a->rows, N = b->cols, K = a->cols;
     int64_t Mp = rup(M, 32), Np = rup(N, 32), Kp = rup(K, 64), KB = Kp / 64;
     int64_t MB = Mp / 32, NB = Np / 32, NBc = chunk_nb(Kp);
     int nt = amx_threads(MB, M, N, K);
-    int64_t abytes = Mp * Kp, bbytes = Np * Kp;
+    int64_t abytes = Mp * Kp, bbytes = Np * Kp, sbytes = amx ? 0 : Np * 4 * nt;
     int8_t *ap = nc_host_alloc(abytes), *bp = ap ? nc_host_alloc(bbytes * nt) : NULL;
-    if (!bp) { if (ap) nc_host_free(ap, abytes); return NC_ERR_OOM; }
+    int32_t *csum = sbytes && bp ? nc_host_alloc(sbytes) : NULL;
+    if (!bp || (sbytes && !csum)) {
+        if (bp) nc_host_free(bp, bbytes * nt);
+        if (ap) nc_host_free(ap, abytes);
+        return NC_ERR_OOM;
+    }
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         int tid = omp_get_thread_num(), nth = omp_get_num_threads();
@@ -684,7 +870,9 @@ static nc_status amx_s8(const epi *e, const mat *a, const mat *b) {
             mat as = mat_rows(a, mb0 * 32, mb1 * 32 < M ? mb1 * 32 : M);
             pack_a_s8(ap + mb0 * 2 * KB * 1024, &as, (mb1 - mb0) * 32, Kp);
             pack_b_s8(bpt, b, Np, Kp);
-            tiles_config();
+            int32_t *bsum = csum + (int64_t)tid * Np;
+            if (amx) tiles_config();
+            else colsum_s8(bsum, bpt, NB, KB);
             int32_t c[1024] __attribute__((aligned(64)));
             for (int64_t n0 = 0; n0 < NB; n0 += NBc) {
                 int64_t n1 = n0 + NBc < NB ? n0 + NBc : NB;
@@ -692,6 +880,11 @@ static nc_status amx_s8(const epi *e, const mat *a, const mat *b) {
                     for (int64_t nb = n0; nb < n1; nb++) {
                         const int8_t *a0 = ap + (2 * mb) * KB * 1024, *a1 = a0 + KB * 1024;
                         const int8_t *b0 = bpt + (2 * nb) * KB * 1024, *b1 = b0 + KB * 1024;
+                        if (!amx) {
+                            block_s8_vec(a0, a1, b0, b1, KB, bsum + nb * 32, c);
+                            store_s32(e, c, mb * 32, nb * 32);
+                            continue;
+                        }
                         _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
                         for (int64_t kb = 0; kb < KB; kb++) {
                             _tile_loadd(4, a0 + kb * 1024, 64);
@@ -708,9 +901,10 @@ static nc_status amx_s8(const epi *e, const mat *a, const mat *b) {
                         store_s32(e, c, mb * 32, nb * 32);
                     }
             }
-            _tile_release();
+            if (amx) _tile_release();
         }
     }
+    if (csum) nc_host_free(csum, sbytes);
     nc_host_free(bp, bbytes * nt);
     nc_host_free(ap, abytes);
     return NC_OK;
@@ -820,13 +1014,44 @@ nc_status nc_gemm_bf16_rows(nc_tensor *out, const nc_tensor *a, const nc_tensor 
     } else {
         const float *ks = kscale ? nc_f32p(kscale) : NULL;
         int64_t nks = kscale ? nc_tensor_numel(kscale) : 0;
-        if (!nc_cpu_amx()) ref_bf16(&e, &ma, &mb, ks, nks, kscale_div);
-        else st = amx_bf16(&e, &ma, &mb, ks, nks, kscale_div);
+        if (nc_cpu_amx()) st = tiled_bf16(&e, &ma, &mb, ks, nks, kscale_div, 1);
+        else if (vec_bf16()) st = tiled_bf16(&e, &ma, &mb, ks, nks, kscale_div, 0);
+        else ref_bf16(&e, &ma, &mb, ks, nks, kscale_div);
     }
     if (tm) nc_host_free(tm, nm * 8);
     if (tk) nc_host_free(tk, nk * 8);
     return st;
 }
+
+/* internal.h: nc_gemm_bf16 on raw row-major f32 buffers (the optimizers' Newton-Schulz) */
+nc_status nc_gemm_bf16_f32p(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, int32_t trans_a,
+                            const float *B, int64_t ldb, int32_t trans_b, float alpha, float beta, float *C,
+                            int64_t ldc) {
+    if (M <= 0 || N <= 0) return NC_OK;
+    mat ma = { A, M, K, trans_a ? 1 : lda, trans_a ? lda : 1, NC_F32, NULL, NULL };
+    mat mb = { B, K, N, trans_b ? 1 : ldb, trans_b ? ldb : 1, NC_F32, NULL, NULL };
+    epi e;
+    memset(&e, 0, sizeof e);
+    e.p = (char *)C;
+    e.M = e.M_out = M;
+    e.N = N;
+    e.so_m = ldc;
+    e.so_n = 1;
+    e.dtype = NC_F32;
+    e.alpha = alpha;
+    e.beta = beta;
+    if (K <= 0) {
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t n = 0; n < N; n++) C[m * ldc + n] = beta == 0.0f ? 0.0f : beta * C[m * ldc + n];
+        return NC_OK;
+    }
+    if (nc_cpu_amx()) return tiled_bf16(&e, &ma, &mb, NULL, 0, 0, 1);
+    if (vec_bf16()) return tiled_bf16(&e, &ma, &mb, NULL, 0, 0, 0);
+    ref_bf16(&e, &ma, &mb, NULL, 0, 0);
+    return NC_OK;
+}
+
+int32_t nc_gemm_bf16_hw(void) { return nc_cpu_amx() || vec_bf16(); }
 
 nc_status nc_gemm_bf16(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t trans_a, int32_t trans_b,
                        const nc_tensor *kscale, int32_t kscale_div, double alpha, double beta) {
@@ -853,8 +1078,10 @@ nc_status nc_gemm_s8(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int
     e.nrs = row_scale ? nc_tensor_numel(row_scale) : 0;
     e.rdiv = row_div;
     if (ma.rows == 0 || mb.cols == 0) return NC_OK;
-    if (ma.cols == 0 || !nc_cpu_amx()) { ref_s8(&e, &ma, &mb); return NC_OK; }
-    return amx_s8(&e, &ma, &mb);
+    if (nc_cpu_amx() && ma.cols > 0) return tiled_s8(&e, &ma, &mb, 1);
+    if (vec_vnni() && ma.cols > 0) return tiled_s8(&e, &ma, &mb, 0);
+    ref_s8(&e, &ma, &mb);
+    return NC_OK;
 }
 
 /* ---- codes ---------------------------------------------------------------------------------- */

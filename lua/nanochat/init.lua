@@ -25,6 +25,12 @@ function nc.set_cpu_kernel(name) core.check(C.nc_set_cpu_kernel(name), 'set_cpu_
 function nc.cpu_amx() return C.nc_cpu_amx() == 1 end
 function nc.amx_status() return ffi.string(C.nc_amx_status()) end
 function nc.set_amx(on) core.check(C.nc_set_amx(on == nil and -1 or (on and 1 or 0)), 'set_amx') end
+-- cpu_gemm_fast: true when nc_gemm_bf16 / nc_gemm_s8 (the bitlinear training GEMMs) run on hardware:
+-- AMX, or AVX-512 BF16 + VNNI without AMX; gemm_backend names it ('amx', 'avx512-bf16-vnni', ...)
+function nc.cpu_gemm_fast() return C.nc_cpu_gemm_fast() == 1 end
+function nc.gemm_backend() return ffi.string(C.nc_gemm_backend()) end
+-- set_gemm_backend('auto' | 'amx' | 'avx512' | 'reference'): an error when unavailable
+function nc.set_gemm_backend(name) core.check(C.nc_set_gemm_backend(name or 'auto'), 'set_gemm_backend') end
 function nc.cuda_available() return C.nc_cuda_available() == 1 end
 function nc.cuda_status() return ffi.string(C.nc_cuda_status()) end
 -- these first release the tensors whose Lua side was collected (tensor.lua's registry), so
