@@ -444,6 +444,15 @@ static void int8_job_rows(void *ctx, int64_t n0, int64_t n1) {
     else int8_gemm_scalar(j->y, j->M, j->N, j->q, j->inv, j->w, j->wscale, j->kp, n0, n1);
 }
 
+/* the decode GEMVs' software prefetch of the next weight rows (ternary_avx2.c, ternary_vnni.c) */
+int nc_k_gemv_pf = 1;
+
+int32_t nc_gemv_prefetch(int32_t on) {
+    int32_t was = __atomic_load_n(&nc_k_gemv_pf, __ATOMIC_RELAXED);
+    if (on == 0 || on == 1) __atomic_store_n(&nc_k_gemv_pf, on, __ATOMIC_RELAXED);
+    return was;
+}
+
 nc_status nc_int8_matmul(nc_tensor *y, const nc_tensor *q, const nc_tensor *act_scale, const nc_tensor *w8,
                          const nc_tensor *wscale) {
     static const char *op = "int8_matmul";
