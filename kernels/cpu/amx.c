@@ -666,34 +666,28 @@ NC_BF16VEC static void block_bf16_vec(const uint16_t *a0, const uint16_t *a1, co
     for (int ti = 0; ti < 2; ti++)
         for (int h = 0; h < 2; h++) {
             const uint16_t *at = (ti ? a1 : a0) + h * 8 * 32;
-            __m512 x0 = _mm512_setzero_ps(), x1 = x0, x2 = x0, x3 = x0, x4 = x0, x5 = x0, x6 = x0, x7 = x0;
-            __m512 y0 = x0, y1 = x0, y2 = x0, y3 = x0, y4 = x0, y5 = x0, y6 = x0, y7 = x0;
+            __m512 x[8], y[8];   /* fully unrolled: the arrays live in registers */
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++) x[r] = y[r] = _mm512_setzero_ps();
             for (int64_t kb = 0; kb < KB; kb++) {
                 const uint16_t *ak = at + kb * 512, *bk0 = b0 + kb * 512, *bk1 = b1 + kb * 512;
                 for (int kr = 0; kr < 16; kr++) {
                     __m512bh B0 = (__m512bh)_mm512_loadu_si512(bk0 + kr * 32);
                     __m512bh B1 = (__m512bh)_mm512_loadu_si512(bk1 + kr * 32);
-                    const uint16_t *ap = ak + 2 * kr;
-#define NC_ROW(r, X, Y)                                                                  \
-    do {                                                                                 \
-        __m512bh A = (__m512bh)_mm512_set1_epi32(load_pair(ap + (r) * 32));              \
-        X = _mm512_dpbf16_ps(X, A, B0);                                                  \
-        Y = _mm512_dpbf16_ps(Y, A, B1);                                                  \
-    } while (0)
-                    NC_ROW(0, x0, y0); NC_ROW(1, x1, y1); NC_ROW(2, x2, y2); NC_ROW(3, x3, y3);
-                    NC_ROW(4, x4, y4); NC_ROW(5, x5, y5); NC_ROW(6, x6, y6); NC_ROW(7, x7, y7);
-#undef NC_ROW
+#pragma GCC unroll 8
+                    for (int r = 0; r < 8; r++) {
+                        __m512bh A = (__m512bh)_mm512_set1_epi32(load_pair(ak + r * 32 + 2 * kr));
+                        x[r] = _mm512_dpbf16_ps(x[r], A, B0);
+                        y[r] = _mm512_dpbf16_ps(y[r], A, B1);
+                    }
                 }
             }
             float *c0 = c + (ti * 2) * 256 + h * 8 * 16, *c1 = c0 + 256;
-            _mm512_store_ps(c0 + 0 * 16, x0); _mm512_store_ps(c1 + 0 * 16, y0);
-            _mm512_store_ps(c0 + 1 * 16, x1); _mm512_store_ps(c1 + 1 * 16, y1);
-            _mm512_store_ps(c0 + 2 * 16, x2); _mm512_store_ps(c1 + 2 * 16, y2);
-            _mm512_store_ps(c0 + 3 * 16, x3); _mm512_store_ps(c1 + 3 * 16, y3);
-            _mm512_store_ps(c0 + 4 * 16, x4); _mm512_store_ps(c1 + 4 * 16, y4);
-            _mm512_store_ps(c0 + 5 * 16, x5); _mm512_store_ps(c1 + 5 * 16, y5);
-            _mm512_store_ps(c0 + 6 * 16, x6); _mm512_store_ps(c1 + 6 * 16, y6);
-            _mm512_store_ps(c0 + 7 * 16, x7); _mm512_store_ps(c1 + 7 * 16, y7);
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++) {
+                _mm512_store_ps(c0 + r * 16, x[r]);
+                _mm512_store_ps(c1 + r * 16, y[r]);
+            }
         }
 }
 
@@ -711,40 +705,32 @@ NC_VNNIVEC static void colsum_s8(int32_t *sum, const int8_t *bp, int64_t NB, int
 
 NC_VNNIVEC static void block_s8_vec(const int8_t *a0, const int8_t *a1, const int8_t *b0, const int8_t *b1, int64_t KB,
                                     const int32_t *bsum, int32_t *c) {
-    const __m512i flip = _mm512_set1_epi32((int32_t)0x80808080u);
+    const __m512i flip = _mm512_set1_epi32((int32_t)0x80808080u), z = _mm512_setzero_si512();
     const __m512i s0 = _mm512_slli_epi32(_mm512_loadu_si512(bsum), 7), s1 = _mm512_slli_epi32(_mm512_loadu_si512(bsum + 16), 7);
     for (int ti = 0; ti < 2; ti++)
         for (int h = 0; h < 2; h++) {
             const int8_t *at = (ti ? a1 : a0) + h * 8 * 64;
-            __m512i x0 = _mm512_sub_epi32(_mm512_setzero_si512(), s0), x1 = x0, x2 = x0, x3 = x0, x4 = x0, x5 = x0,
-                    x6 = x0, x7 = x0;
-            __m512i y0 = _mm512_sub_epi32(_mm512_setzero_si512(), s1), y1 = y0, y2 = y0, y3 = y0, y4 = y0, y5 = y0,
-                    y6 = y0, y7 = y0;
+            __m512i x[8], y[8];   /* start at -128 * colsum: the a + 128 bias comes off as it accumulates */
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++) { x[r] = _mm512_sub_epi32(z, s0); y[r] = _mm512_sub_epi32(z, s1); }
             for (int64_t kb = 0; kb < KB; kb++) {
                 const int8_t *ak = at + kb * 1024, *bk0 = b0 + kb * 1024, *bk1 = b1 + kb * 1024;
                 for (int kr = 0; kr < 16; kr++) {
                     __m512i B0 = _mm512_loadu_si512(bk0 + kr * 64), B1 = _mm512_loadu_si512(bk1 + kr * 64);
-                    const int8_t *ap = ak + 4 * kr;
-#define NC_ROW(r, X, Y)                                                                  \
-    do {                                                                                 \
-        __m512i A = _mm512_xor_si512(_mm512_set1_epi32(load_pair(ap + (r) * 64)), flip); \
-        X = _mm512_dpbusd_epi32(X, A, B0);                                               \
-        Y = _mm512_dpbusd_epi32(Y, A, B1);                                               \
-    } while (0)
-                    NC_ROW(0, x0, y0); NC_ROW(1, x1, y1); NC_ROW(2, x2, y2); NC_ROW(3, x3, y3);
-                    NC_ROW(4, x4, y4); NC_ROW(5, x5, y5); NC_ROW(6, x6, y6); NC_ROW(7, x7, y7);
-#undef NC_ROW
+#pragma GCC unroll 8
+                    for (int r = 0; r < 8; r++) {
+                        __m512i A = _mm512_xor_si512(_mm512_set1_epi32(load_pair(ak + r * 64 + 4 * kr)), flip);
+                        x[r] = _mm512_dpbusd_epi32(x[r], A, B0);
+                        y[r] = _mm512_dpbusd_epi32(y[r], A, B1);
+                    }
                 }
             }
             int32_t *c0 = c + (ti * 2) * 256 + h * 8 * 16, *c1 = c0 + 256;
-            _mm512_store_si512(c0 + 0 * 16, x0); _mm512_store_si512(c1 + 0 * 16, y0);
-            _mm512_store_si512(c0 + 1 * 16, x1); _mm512_store_si512(c1 + 1 * 16, y1);
-            _mm512_store_si512(c0 + 2 * 16, x2); _mm512_store_si512(c1 + 2 * 16, y2);
-            _mm512_store_si512(c0 + 3 * 16, x3); _mm512_store_si512(c1 + 3 * 16, y3);
-            _mm512_store_si512(c0 + 4 * 16, x4); _mm512_store_si512(c1 + 4 * 16, y4);
-            _mm512_store_si512(c0 + 5 * 16, x5); _mm512_store_si512(c1 + 5 * 16, y5);
-            _mm512_store_si512(c0 + 6 * 16, x6); _mm512_store_si512(c1 + 6 * 16, y6);
-            _mm512_store_si512(c0 + 7 * 16, x7); _mm512_store_si512(c1 + 7 * 16, y7);
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++) {
+                _mm512_store_si512(c0 + r * 16, x[r]);
+                _mm512_store_si512(c1 + r * 16, y[r]);
+            }
         }
 }
 
