@@ -43,6 +43,7 @@
  * rounding; still row-wise exact.
  */
 #include "nn_common.h"
+#include "engine_attn.h"
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -84,6 +85,45 @@ static void rms_row(float *y, const float *x, const float *w, int64_t D, double 
         for (int64_t j = 0; j < D; j++) y[j] = x[j] * inv * w[j];
     else
         for (int64_t j = 0; j < D; j++) y[j] = x[j] * inv;
+}
+
+/* engine_avx2.c: the AVX2 twin of attn_head below (the same bits) */
+void nc_k_engine_attn_avx2(float *o, const float *q, const float *K, const float *V, int64_t stride, int64_t S,
+                           int64_t hd, float scale, float *sc);
+
+/* o (hd) = attention of query q over S cached positions, key / value row j at K / V + j * stride,
+ * in engine_attn.h's lane-8 arithmetic; sc: S floats of scratch. The scalar reference; with AVX2
+ * the kernel in engine_avx2.c (bit-identical). */
+static void attn_head(float *o, const float *q, const float *K, const float *V, int64_t stride, int64_t S, int64_t hd,
+                      float scale, float *sc, int avx2) {
+    if (avx2) {
+        nc_k_engine_attn_avx2(o, q, K, V, stride, S, hd, scale, sc);
+        return;
+    }
+    float m = -INFINITY;
+    for (int64_t j = 0; j < S; j++) {
+        const float *kr = K + j * stride;
+        float a[8] = { 0 };
+        for (int64_t e0 = 0; e0 < hd; e0 += 8)
+            for (int l = 0; l < 8; l++) {
+                int64_t e = e0 + l;
+                a[l] = e < hd ? fmaf(q[e], kr[e], a[l]) : fmaf(0.0f, 0.0f, a[l]);
+            }
+        sc[j] = nc_attn_hsum8(a) * scale;
+        m = sc[j] > m ? sc[j] : m;
+    }
+    float a[8] = { 0 };
+    for (int64_t j = 0; j < S; j++) {
+        sc[j] = nc_attn_exp(sc[j] - m);
+        a[j % 8] += sc[j];
+    }
+    float l = nc_attn_hsum8(a);
+    for (int64_t e = 0; e < hd; e++) o[e] = 0.0f;
+    for (int64_t j = 0; j < S; j++) {
+        const float *vr = V + j * stride;
+        float pj = sc[j] / l;
+        for (int64_t e = 0; e < hd; e++) o[e] = fmaf(pj, vr[e], o[e]);
+    }
 }
 
 static void rope_row(float *x, const float *c, const float *s, int64_t D) {
@@ -549,26 +589,8 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
                         float *q = qo_ + i * Nq + h * hd;
                         if (qkn) rms_row(q, q, NULL, hd, eps);
                         rope_row(q, cos0 + ps * (hd / 2), sin0 + ps * (hd / 2), hd);
-                        float m = -INFINITY;
-                        for (int64_t j = 0; j < Sr; j++) {
-                            const float *kr = K + ((cb * cT + j) * Hkv + kh) * hd;
-                            float dot = 0.0f;
-                            for (int64_t e = 0; e < hd; e++) dot += q[e] * kr[e];
-                            sc[j] = dot * scale;
-                            m = sc[j] > m ? sc[j] : m;
-                        }
-                        float l = 0.0f;
-                        for (int64_t j = 0; j < Sr; j++) {
-                            sc[j] = expf(sc[j] - m);
-                            l += sc[j];
-                        }
-                        float *o = att + i * Nq + h * hd;
-                        for (int64_t e = 0; e < hd; e++) o[e] = 0.0f;
-                        for (int64_t j = 0; j < Sr; j++) {
-                            const float *vr = V + ((cb * cT + j) * Hkv + kh) * hd;
-                            float pj = sc[j] / l;
-                            for (int64_t e = 0; e < hd; e++) o[e] += pj * vr[e];
-                        }
+                        const int64_t base = (cb * cT * Hkv + kh) * hd;
+                        attn_head(att + i * Nq + h * hd, q, K + base, V + base, Hkv * hd, Sr, hd, scale, sc, avx2);
                     }
                 }
             }
@@ -654,6 +676,30 @@ void nc_k_engine_head_avx2(float *Y, const float *X, const float *W, int64_t R, 
  * (R activation rows in groups of 4 per weight row: several sequences decoded together cost about
  * one pass over the head); the loop below is the scalar reference (NC_KERNEL=scalar). Either way a
  * row's result does not depend on R (batched decode = decode alone, bit for bit). */
+nc_status nc_engine_attn_head(nc_tensor *o, const nc_tensor *q, const nc_tensor *k, const nc_tensor *v, double scale) {
+    static const char *op = "engine_attn_head";
+    NC_TRY(nc_check_f32_cpu(op, "o", o));
+    NC_TRY(nc_check_f32_cpu(op, "q", q));
+    NC_TRY(nc_check_f32_cpu(op, "k", k));
+    NC_TRY(nc_check_f32_cpu(op, "v", v));
+    NC_TRY(nc_check_contiguous(op, "q", q));
+    NC_TRY(nc_check_contiguous(op, "o", o));
+    NC_TRY(nc_check_ndim(op, "k", k, 2));
+    NC_TRY(nc_check_ndim(op, "v", v, 2));
+    const int64_t S = k->shape[0], hd = k->shape[1];
+    if (v->shape[0] != S || v->shape[1] != hd || nc_tensor_numel(q) != hd || nc_tensor_numel(o) != hd || S < 1 ||
+        k->strides[1] != 1 || v->strides[1] != 1 || k->strides[0] != v->strides[0])
+        return nc_fail(NC_ERR_SHAPE, "%s: expected q, o (hd), k, v (S >= 1, hd) with the same contiguous-row layout, "
+                       "got q %lld, o %lld, k (%lld, %lld), v (%lld, %lld)", op, (long long)nc_tensor_numel(q),
+                       (long long)nc_tensor_numel(o), (long long)S, (long long)hd, (long long)v->shape[0],
+                       (long long)v->shape[1]);
+    float *sc = nc_host_alloc(S * (int64_t)sizeof(float));
+    if (!sc) return nc_fail(NC_ERR_OOM, "%s: cannot allocate %lld scores", op, (long long)S);
+    attn_head(nc_f32p(o), nc_f32p(q), nc_f32p(k), nc_f32p(v), k->strides[0], S, hd, (float)scale, sc, nc_cpu_avx2());
+    nc_host_free(sc, S * (int64_t)sizeof(float));
+    return NC_OK;
+}
+
 nc_status nc_engine_head_f32(nc_tensor *y, const nc_tensor *x, const nc_tensor *w) {
     static const char *op = "engine_head_f32";
     NC_TRY(nc_check_f32_cpu(op, "x", x));

@@ -9,6 +9,7 @@
  * the K % 8 tail in order), so a sequence's logits are bit-identical decoded alone or in a batch.
  */
 #include "nn_common.h"
+#include "engine_attn.h"
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 
@@ -117,4 +118,113 @@ void nc_k_engine_head_avx2(float *Y, const float *X, const float *W, int64_t R, 
         if (r < R) Y[r * N + n] = dot1(w, X + r * K, K);
     }
 }
+/* ---- attention of one query head (engine_attn.h's lane-8 arithmetic; engine.c attn_head is the
+ * scalar twin): scores four key rows at a time (independent FMA chains, each row summed as alone),
+ * the exp on 8 scores per vector, the weighted sum of the value rows in hd / 8 accumulators. */
+static inline __m256 attn_exp8(__m256 x) {
+    x = _mm256_max_ps(_mm256_set1_ps(NC_ATTN_LO), x);   /* lo > x ? lo : x — the scalar's select, NaN kept */
+    const __m256 sh = _mm256_set1_ps(NC_ATTN_SHIFT);
+    __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(NC_ATTN_LOG2E), sh);
+    __m256 n = _mm256_sub_ps(t, sh);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(NC_ATTN_LN2_HI), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(NC_ATTN_LN2_LO), r);
+    __m256 r2 = _mm256_mul_ps(r, r), r4 = _mm256_mul_ps(r2, r2);
+    __m256 q0 = _mm256_fmadd_ps(_mm256_set1_ps(NC_ATTN_C1), r, _mm256_set1_ps(NC_ATTN_C0));
+    __m256 q1 = _mm256_fmadd_ps(_mm256_set1_ps(NC_ATTN_C3), r, _mm256_set1_ps(NC_ATTN_C2));
+    __m256 q2 = _mm256_fmadd_ps(_mm256_set1_ps(NC_ATTN_C5), r, _mm256_set1_ps(NC_ATTN_C4));
+    __m256 p = _mm256_fmadd_ps(q2, r4, _mm256_fmadd_ps(q1, r2, q0));
+    __m256 y = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23)));
+}
+
+static inline __m256 tail_load(const float *p, int64_t n) {   /* n in 1..7 floats, zeros after */
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), idx));
+}
+
+void nc_k_engine_attn_avx2(float *o, const float *q, const float *K, const float *V, int64_t stride, int64_t S,
+                           int64_t hd, float scale, float *sc) {
+    const int64_t hd8 = hd & ~(int64_t)7, rest = hd - hd8;
+    __m256 vm = _mm256_set1_ps(-INFINITY);
+    int64_t j = 0;
+    for (; j + 4 <= S; j += 4) {
+        const float *k0 = K + j * stride, *k1 = k0 + stride, *k2 = k1 + stride, *k3 = k2 + stride;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t e = 0; e < hd8; e += 8) {
+            __m256 qv = _mm256_loadu_ps(q + e);
+            a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + e), a0);
+            a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1 + e), a1);
+            a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2 + e), a2);
+            a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3 + e), a3);
+        }
+        if (rest) {
+            __m256 qv = tail_load(q + hd8, rest);
+            a0 = _mm256_fmadd_ps(qv, tail_load(k0 + hd8, rest), a0);
+            a1 = _mm256_fmadd_ps(qv, tail_load(k1 + hd8, rest), a1);
+            a2 = _mm256_fmadd_ps(qv, tail_load(k2 + hd8, rest), a2);
+            a3 = _mm256_fmadd_ps(qv, tail_load(k3 + hd8, rest), a3);
+        }
+        sc[j] = hsum8(a0) * scale;
+        sc[j + 1] = hsum8(a1) * scale;
+        sc[j + 2] = hsum8(a2) * scale;
+        sc[j + 3] = hsum8(a3) * scale;
+    }
+    for (; j < S; j++) {
+        const float *k0 = K + j * stride;
+        __m256 a0 = _mm256_setzero_ps();
+        for (int64_t e = 0; e < hd8; e += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + e), _mm256_loadu_ps(k0 + e), a0);
+        if (rest) a0 = _mm256_fmadd_ps(tail_load(q + hd8, rest), tail_load(k0 + hd8, rest), a0);
+        sc[j] = hsum8(a0) * scale;
+    }
+    float m = -INFINITY;
+    for (j = 0; j + 8 <= S; j += 8) vm = _mm256_max_ps(_mm256_loadu_ps(sc + j), vm);   /* s > m ? s : m */
+    float mv[8];
+    _mm256_storeu_ps(mv, vm);
+    for (int l = 0; l < 8; l++) m = mv[l] > m ? mv[l] : m;
+    for (; j < S; j++) m = sc[j] > m ? sc[j] : m;
+    /* exps and their lane sums: lane l of the vector sum holds j = l, l + 8, ...; the tail's lanes
+     * continue the same lanes (j % 8) */
+    __m256 vs = _mm256_setzero_ps();
+    const __m256 vmax = _mm256_set1_ps(m);
+    for (j = 0; j + 8 <= S; j += 8) {
+        __m256 ev = attn_exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + j), vmax));
+        _mm256_storeu_ps(sc + j, ev);
+        vs = _mm256_add_ps(vs, ev);
+    }
+    float ls[8];
+    _mm256_storeu_ps(ls, vs);
+    for (; j < S; j++) {
+        sc[j] = nc_attn_exp(sc[j] - m);
+        ls[j % 8] += sc[j];
+    }
+    const float l = nc_attn_hsum8(ls);
+    /* o = sum_j (e_j / l) v_j: fmaf chains in j order, 8 columns per vector; up to 64 columns per
+     * pass over the value rows (one pass for the usual head_dim 64: each row read once) */
+    for (j = 0; j < S; j++) sc[j] = sc[j] / l;
+    int64_t e = 0;
+    for (; e + 64 <= hd; e += 64) {
+        __m256 acc[8];
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_ps();
+        for (j = 0; j < S; j++) {
+            const float *vr = V + j * stride + e;
+            __m256 p = _mm256_set1_ps(sc[j]);
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; c++) acc[c] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 8 * c), acc[c]);
+        }
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) _mm256_storeu_ps(o + e + 8 * c, acc[c]);
+    }
+    for (; e + 8 <= hd; e += 8) {
+        __m256 o0 = _mm256_setzero_ps();
+        for (j = 0; j < S; j++) o0 = _mm256_fmadd_ps(_mm256_set1_ps(sc[j]), _mm256_loadu_ps(V + j * stride + e), o0);
+        _mm256_storeu_ps(o + e, o0);
+    }
+    for (; e < hd; e++) {
+        float acc = 0.0f;
+        for (j = 0; j < S; j++) acc = fmaf(sc[j], V[j * stride + e], acc);
+        o[e] = acc;
+    }
+}
+
 #endif

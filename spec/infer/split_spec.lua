@@ -81,17 +81,21 @@ describe('fused decode split: bit-identical on any thread count and split', func
 
     -- the layers alone (nc_engine_decode on the engine's layer array: no embedding norm, no head —
     -- the f32 head's FMA kernel sums in another order than its scalar reference)
+    -- (head_dim 8, and head_dim 10: the attention kernel's masked tail of a partial 8-lane group;
+    -- long enough that the attention covers full 8-lane groups of positions and a tail)
     it('the layers: the scalar reference kernel on 1 thread gives the same bits as the selected kernel on 2 and 3 threads',
         function()
-            local e, cfg = packed { d_model = 48, n_head = 6, n_kv_head = 3, mlp = 'swiglu', subln = true, qk_norm = true }
+          for _, over in ipairs { { d_model = 48, n_head = 6, n_kv_head = 3, mlp = 'swiglu', subln = true, qk_norm = true },
+                                  { d_model = 60, n_head = 6, n_kv_head = 3 } } do
+            local e, cfg = packed(over)
             e:forward_cached(nc.tensor({ { 1 }, { 2 } }, { dtype = 'i64' }), e:new_cache(2, 8))   -- builds e._cfg_c
             local cf = e._cfg_c
             local x0 = nc.randn({ 2, cfg.d_model }, { generator = nc.generator(9) })
             local function layers_run()
-                local cache = e:new_cache(2, 8)
+                local cache = e:new_cache(2, 24)
                 cf.n_pos = 1
                 local outs, y = {}, x0
-                for pos = 0, 3 do
+                for pos = 0, 19 do
                     y = y:clone()
                     local st = C.nc_engine_decode(y._c, cache.layers_c, cfg.n_layer, cf, pos, cache.cos._c, cache.sin._c)
                     assert.equal(0, st)
@@ -116,6 +120,7 @@ describe('fused decode split: bit-identical on any thread count and split', func
                     with_threads(T, function() same_bits(ref, layers_run(), before .. ', ' .. T .. ' threads, ' .. label(s)) end)
                 end
             end
+          end
         end)
 
     it('decode_rows (sequences at their own positions and cache rows) on 1 vs 3 threads, every split', function()
