@@ -439,7 +439,11 @@ typedef struct {
 } int8_job;
 static void int8_job_rows(void *ctx, int64_t n0, int64_t n1) {
     int8_job *j = ctx;
-    if (j->avx2 && nc_cpu_vnni512()) nc_k_int8_gemm_vnni(j->y, j->M, j->N, j->q, j->inv, j->w, j->wscale, j->kp, n0, n1);
+    /* one activation row (decode): the AVX2 kernel streams the weights faster (Zen 4, -O2 build: 19.3
+     * vs 14.6 GB/s from DRAM; 125M int8-head decode 335-371 vs 265-279 tok/s); two or more rows: VNNI
+     * (20.2 vs 18.0 GB/s at M = 2, 8.7 vs 5.8 at M = 8). Both are exact: the same bits either way. */
+    if (j->avx2 && nc_cpu_vnni512() && j->M > 1)
+        nc_k_int8_gemm_vnni(j->y, j->M, j->N, j->q, j->inv, j->w, j->wscale, j->kp, n0, n1);
     else if (j->avx2) nc_k_int8_gemm_avx2(j->y, j->M, j->N, j->q, j->inv, j->w, j->wscale, j->kp, n0, n1);
     else int8_gemm_scalar(j->y, j->M, j->N, j->q, j->inv, j->w, j->wscale, j->kp, n0, n1);
 }
