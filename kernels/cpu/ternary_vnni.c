@@ -217,7 +217,7 @@ void nc_k_ternary_gemm_vnni(float *y, int64_t M, int64_t N, const int8_t *q, con
 }
 
 /* ---- int8 weights (the LM head option): y = (sum_k w q) * act_inv[m] * wscale[n] -----------------
- * Used for two or more activation rows (ternary.c: one row streams faster through the AVX2 kernel). */
+ * Used for two or more activation rows (ternary.c: one row streams faster through the AVX2 kernel).
  * vpdpbusd wants one unsigned operand: the weight bytes enter flipped (w ^ 0x80 = w + 128 as u8)
  * against the s8 activations, and each total loses 128 * sum_k q (once per activation row). Lane
  * sums are partial sums of exact int32 arithmetic (|w + 128| <= 255, |q| <= 127: < 2^31 for any
