@@ -12,9 +12,14 @@
 /* ||x||_F over n floats, summed in fixed 4096-element chunks (double) in chunk order. */
 double nc_optim_fro_norm(const float *x, int64_t n);
 
-/* In-place Newton-Schulz on x (rows, cols) row-major; see nc_newton_schulz for the rule. */
+/* In-place Newton-Schulz on x (rows, cols) row-major; see nc_newton_schulz for the rule. ns_dtype
+ * (enum nc_ns_dtype) picks the products: F32 = OpenBLAS sgemm, BF16 = nc_gemm_bf16_f32p, AUTO =
+ * BF16 when nc_gemm_bf16_hw(), else F32. */
 nc_status nc_optim_ns_inplace(float *x, int64_t rows, int64_t cols, int32_t steps, const double *abc,
-                              int32_t n_abc, double fro_mult, double eps);
+                              int32_t n_abc, double fro_mult, double eps, int32_t ns_dtype);
+
+/* NC_OK when ns_dtype is an enum nc_ns_dtype value, else NC_ERR_ARG naming op. */
+nc_status nc_optim_check_ns_dtype(const char *op, int32_t ns_dtype);
 
 /* Devices: core/internal.h's nc_check_one_device (one rule and message for every op). */
 /* CUDA: core/internal.h's nc_cuda_for / nc_cuda_err / nc_cuda_buffer. */
