@@ -561,6 +561,8 @@ typedef struct nc_optim_hp {
  * reference of nc_gemm_bf16), as the reference Muon casts X to bfloat16. AUTO: BF16 when a
  * hardware bf16 GEMM runs on this CPU, else F32. CUDA tensors always use f32 (cuBLAS sgemm). */
 enum nc_ns_dtype { NC_NS_AUTO = 0, NC_NS_F32 = 1, NC_NS_BF16 = 2 };
+/* What NC_NS_AUTO means on this CPU now: NC_NS_BF16 or NC_NS_F32. */
+int32_t nc_ns_dtype_auto(void);
 
 /* 8-bit blockwise code maps. Every code c is an int8 in [-127, 127] (-128 is never written;
  * LINEAR would decode it as -128/127 s_b, DYNAMIC as -map[127] s_b); value = sign(c) * map[|c|] * s_b

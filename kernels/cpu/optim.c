@@ -608,7 +608,7 @@ nc_status nc_muon_step_many(int32_t count, nc_tensor *const *p, const nc_tensor 
         j.cost = 2 * r * r * c + r * r * r;
         /* in the shared pass: CPU matrices whose NS runs through the bf16 GEMM (thread-count
          * independent, no OpenBLAS threads); the others (CUDA, f32 sgemm) cost 0 = run alone */
-        int bf16 = hp[i].ns_dtype == NC_NS_BF16 || (hp[i].ns_dtype == NC_NS_AUTO && nc_gemm_bf16_hw());
+        int bf16 = hp[i].ns_dtype == NC_NS_BF16 || (hp[i].ns_dtype == NC_NS_AUTO && nc_ns_dtype_auto() == NC_NS_BF16);
         if (j.dev != NC_CPU || !bf16 || hp[i].ns_steps == 0) j.cost = -1;
         else total += j.cost;
         jobs[nj++] = j;

@@ -80,6 +80,8 @@ nc_status nc_optim_check_ns_dtype(const char *op, int32_t ns_dtype) {
     return NC_OK;
 }
 
+int32_t nc_ns_dtype_auto(void) { return nc_gemm_bf16_hw() ? NC_NS_BF16 : NC_NS_F32; }
+
 /* the f32 (sgemm) iteration on X (r, c), r <= c; Y (r, c), A, Bm (r, r) workspaces; returns the
  * buffer holding the result (X or Y) */
 static float *ns_f32(float *X, float *Y, float *A, float *Bm, int64_t r, int64_t c, int32_t steps, const double *abc,
@@ -111,11 +113,12 @@ static float *ns_f32(float *X, float *Y, float *A, float *Bm, int64_t r, int64_t
     return X;
 }
 
-/* Row panel of the symmetric products (a multiple of 32, the bf16 GEMM's block; see ns_bf16). */
-static int64_t sym_panel(void) {
-    const char *e = getenv("NC_NS_PANEL");
-    return e ? atoll(e) : 64;
-}
+/* Row panel of the symmetric products (ns_bf16; a multiple of 32, the bf16 GEMM's block). Each
+ * panel call packs its share of the shared operand again, so narrow panels lose what they save:
+ * one Muon step over the tiny config's 36 matrices (tools/bench/optim_ns.lua's set, one matrix per
+ * thread, 2 threads, medians of 21 interleaved runs) took 83.4 ms with full products, 80.9 ms
+ * with 64-row panels, 79.9 ms with 128 and 93.2 ms with 32. */
+#define NS_SYM_PANEL 128
 
 /* C (n, n) = alpha op(P) op(Q) + beta C for a product known to be symmetric (X X^T, A A with A
  * symmetric): row panels [i0, i0 + panel) compute only the columns j >= i0 through
@@ -149,7 +152,7 @@ static nc_status sym_bf16(int64_t n, int64_t K, const float *P, int64_t ldp, int
  * (B X)^T = Xt B^T. Y (same storage), A, Bm (r, r): workspaces. */
 static nc_status ns_bf16(float **out, float *X, float *Y, float *A, float *Bm, int64_t r, int64_t c, int tall,
                          int32_t steps, const double *abc, int32_t n_abc) {
-    int64_t n = r * c, panel = sym_panel();
+    int64_t n = r * c, panel = NS_SYM_PANEL;
     for (int32_t k = 0; k < steps; k++) {
         const double *q = abc + 3 * (k < n_abc ? k : n_abc - 1);
         float a = (float)q[0], b = (float)q[1], cc = (float)q[2];
@@ -173,7 +176,7 @@ static nc_status ns_bf16(float **out, float *X, float *Y, float *A, float *Bm, i
 nc_status nc_optim_ns_inplace(float *x, int64_t rows, int64_t cols, int32_t steps, const double *abc,
                               int32_t n_abc, double fro_mult, double eps, int32_t ns_dtype) {
     if (rows <= 0 || cols <= 0) return NC_OK;
-    int bf16 = ns_dtype == NC_NS_BF16 || (ns_dtype == NC_NS_AUTO && nc_gemm_bf16_hw());
+    int bf16 = ns_dtype == NC_NS_BF16 || (ns_dtype == NC_NS_AUTO && nc_ns_dtype_auto() == NC_NS_BF16);
     int tall = rows > cols;
     int64_t r = tall ? cols : rows, c = tall ? rows : cols, n = r * c;
     if (bf16) {

@@ -7,6 +7,7 @@
 --        dtype: the products' precision (nanochat.h enum nc_ns_dtype): 'f32' = sgemm (default
 --        here: FIRE's cubic iteration needs it), 'bf16' = bf16 inputs / f32 accumulation,
 --        'auto' = bf16 where a hardware bf16 GEMM runs (AMX, AVX-512 BF16), else f32
+--   ns_dtype_auto() -> 'bf16' | 'f32': what 'auto' means on this CPU now
 --   svd(a) -> u (m, k), s (k), vt (k, n)            (f32 or f64, LAPACK gesdd)
 --   rsvd(g, r, {side = 'left'|'right', oversample = 8, power_iters = 2, seed = 0, counter = 0})
 --        -> proj (d, r) with orthonormal columns
@@ -39,6 +40,9 @@ local function coef_array(coefs)
 end
 
 M.NS_DTYPES = { auto = C.NC_NS_AUTO, f32 = C.NC_NS_F32, bf16 = C.NC_NS_BF16 }
+
+-- what ns_dtype = 'auto' means on this CPU now: 'bf16' (AMX or AVX-512 BF16) or 'f32'
+function M.ns_dtype_auto() return C.nc_ns_dtype_auto() == C.NC_NS_BF16 and 'bf16' or 'f32' end
 
 -- 'auto' | 'f32' | 'bf16' -> enum nc_ns_dtype (nil means dflt)
 function M.ns_dtype(fn, d, dflt, level)
