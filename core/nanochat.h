@@ -794,6 +794,11 @@ nc_status nc_engine_exit_gate(nc_tensor *z, const nc_tensor *x, const nc_tensor 
  * wscale[n], isum the exact int32 dot of the activation codes q (nc_ternary_quant_act, in
  * [-127, 127]) with w8; AVX2 and scalar give bit-identical y. */
 nc_status nc_int8_quant_rows(nc_tensor *w8, nc_tensor *wscale, const nc_tensor *w);
+/* nc_gemv_prefetch: the one-activation-row kernels (ternary and int8, AVX2 and VNNI) prefetch the
+ * next 4 weight rows in software (default on; without it one Zen 4 core streamed a 134 MB ternary
+ * matrix at 8 GB/s instead of 23). on = 1 / 0 sets, anything else only queries; returns the old
+ * value. For benchmarks (tools/bench/infer.lua measures both in one run); results are identical. */
+int32_t nc_gemv_prefetch(int32_t on);
 nc_status nc_int8_matmul(nc_tensor *y, const nc_tensor *q, const nc_tensor *act_scale, const nc_tensor *w8,
                          const nc_tensor *wscale);
 

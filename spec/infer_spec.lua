@@ -354,15 +354,15 @@ describe('infer.int8 (the int8 head option)', function()
         end
     end)
 
-    it('AVX2 equals the scalar reference bitwise, and both equal float64 integer math', function()
-        for _, sh in ipairs { { 1, 37, 768 }, { 3, 5, 33 }, { 5, 64, 1000 }, { 1, 4, 1 }, { 2, 130, 300 } } do
+    it('AVX2 and AVX-512 VNNI equal the scalar reference bitwise, and all equal float64 integer math', function()
+        for _, sh in ipairs { { 1, 37, 768 }, { 3, 5, 33 }, { 5, 64, 1000 }, { 1, 4, 1 }, { 2, 130, 300 }, { 18, 9, 200 } } do
             local M, N, K = sh[1], sh[2], sh[3]
             local W8 = infer.int8(randn({ N, K }, 0.05))
             local a = infer.quant_act(randn { M, K })
             local ys = with_kernel('scalar', function() return infer.matmul(a, W8) end)
-            if has_avx2 then
-                local yv = with_kernel('avx2', function() return infer.matmul(a, W8) end)
-                assert.is_true(bytes_equal(ys, yv), string.format('M=%d N=%d K=%d differ', M, N, K))
+            for _, kname in ipairs(FAST) do   -- avx512 runs the VNNI kernel where the CPU has it
+                local yv = with_kernel(kname, function() return infer.matmul(a, W8) end)
+                assert.is_true(bytes_equal(ys, yv), string.format('%s: M=%d N=%d K=%d differ', kname, M, N, K))
             end
             local q, c, s, sc = a.q:totable(), W8.codes:totable(), a.scale:totable(), W8.scale:totable()
             local y = ys:totable()
@@ -372,6 +372,44 @@ describe('infer.int8 (the int8 head option)', function()
                     for k = 1, #q[m] do acc = acc + q[m][k] * c[n][k] end
                     local want = acc / s[m] * sc[n]
                     assert.is_true(math.abs(y[m][n] - want) <= 5e-7 * math.abs(want) + 1e-30)
+                end
+            end
+        end
+    end)
+
+    it('nc_int8_matmul with a padded K that is not a multiple of 64 (the kernels\' half-block tail): all kernels equal', function()
+        for _, sh in ipairs { { 1, 7, 96 }, { 3, 9, 32 }, { 20, 5, 160 } } do   -- M = 20: more rows than the bias stack
+            local M, N, kp = sh[1], sh[2], sh[3]
+            local st = M * 7 + kp
+            local function ints(R, Cn)   -- a seeded LCG: integers in [-127, 127]
+                local rows = {}
+                for i = 1, R do
+                    rows[i] = {}
+                    for j = 1, Cn do
+                        st = (st * 1103515245 + 12345) % 2147483648
+                        rows[i][j] = math.floor(st / 2147483648 * 255) - 127
+                    end
+                end
+                return nc.tensor(rows, { dtype = 'i8' })
+            end
+            local q, w = ints(M, kp), ints(N, kp)
+            local s, ws = nc.rand({ M }, { lo = 0.5, hi = 2 }), nc.rand({ N }, { lo = 0.5, hi = 2 })
+            local function run()
+                local y = nc.empty { M, N }
+                assert(nc.C.nc_int8_matmul(y._c, q._c, s._c, w._c, ws._c) == 0, 'int8_matmul failed')
+                return y
+            end
+            local ys = with_kernel('scalar', run)
+            for _, kname in ipairs(FAST) do
+                assert.is_true(bytes_equal(ys, with_kernel(kname, run)), string.format('%s: M=%d N=%d kp=%d', kname, M, N, kp))
+            end
+            local qt, wt, yt, st, wst = q:to('f32'):totable(), w:to('f32'):totable(), ys:totable(), s:totable(), ws:totable()
+            for m = 1, M do
+                for n = 1, N do
+                    local acc = 0
+                    for k = 1, kp do acc = acc + qt[m][k] * wt[n][k] end
+                    local want = acc / st[m] * wst[n]
+                    assert.is_true(math.abs(yt[m][n] - want) <= 5e-7 * math.abs(want) + 1e-30)
                 end
             end
         end

@@ -377,6 +377,8 @@ nc_status nc_ternary_matmul(nc_tensor *y, const nc_tensor *q, const nc_tensor *a
 /* ---- int8 weights with a per-row absmax scale (LM head / embeddings option) -------------------- */
 void nc_k_int8_gemm_avx2(float *y, int64_t M, int64_t N, const int8_t *q, const float *act_inv, const int8_t *w,
                          const float *wscale, int64_t kp, int64_t n0, int64_t n1);
+void nc_k_int8_gemm_vnni(float *y, int64_t M, int64_t N, const int8_t *q, const float *act_inv, const int8_t *w,
+                         const float *wscale, int64_t kp, int64_t n0, int64_t n1);
 
 nc_status nc_int8_quant_rows(nc_tensor *w8, nc_tensor *wscale, const nc_tensor *w) {
     static const char *op = "int8_quant_rows";
@@ -437,8 +439,18 @@ typedef struct {
 } int8_job;
 static void int8_job_rows(void *ctx, int64_t n0, int64_t n1) {
     int8_job *j = ctx;
-    if (j->avx2) nc_k_int8_gemm_avx2(j->y, j->M, j->N, j->q, j->inv, j->w, j->wscale, j->kp, n0, n1);
+    if (j->avx2 && nc_cpu_vnni512()) nc_k_int8_gemm_vnni(j->y, j->M, j->N, j->q, j->inv, j->w, j->wscale, j->kp, n0, n1);
+    else if (j->avx2) nc_k_int8_gemm_avx2(j->y, j->M, j->N, j->q, j->inv, j->w, j->wscale, j->kp, n0, n1);
     else int8_gemm_scalar(j->y, j->M, j->N, j->q, j->inv, j->w, j->wscale, j->kp, n0, n1);
+}
+
+/* the decode GEMVs' software prefetch of the next weight rows (ternary_avx2.c, ternary_vnni.c) */
+int nc_k_gemv_pf = 1;
+
+int32_t nc_gemv_prefetch(int32_t on) {
+    int32_t was = __atomic_load_n(&nc_k_gemv_pf, __ATOMIC_RELAXED);
+    if (on == 0 || on == 1) __atomic_store_n(&nc_k_gemv_pf, on, __ATOMIC_RELAXED);
+    return was;
 }
 
 nc_status nc_int8_matmul(nc_tensor *y, const nc_tensor *q, const nc_tensor *act_scale, const nc_tensor *w8,

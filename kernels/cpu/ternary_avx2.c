@@ -15,6 +15,9 @@
 #include <stdint.h>
 
 #define TB 128
+
+extern int nc_k_gemv_pf;   /* ternary.c: nc_gemv_prefetch */
+#define NC_PF_MIN_ROW 256   /* prefetch only rows longer than this (bytes): see ternary_vnni.c */
 #define WIDEN 8     /* blocks accumulated in int16 before widening to int32 */
 
 static inline __m128i hsum4(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
@@ -46,16 +49,17 @@ static inline __m256i block_dot(const uint8_t *w, const int8_t *x, __m256i mask)
 static inline __m128i dot_a1_w4(const uint8_t *w, int64_t rs, const int8_t *x, int64_t nb) {
     const __m256i mask = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
     __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0;
+    const int pf = nc_k_gemv_pf && rs > NC_PF_MIN_ROW;
     for (int64_t b0 = 0; b0 < nb; b0 += WIDEN) {
         int64_t b1 = b0 + WIDEN < nb ? b0 + WIDEN : nb;
         __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
         for (int64_t b = b0; b < b1; b++) {
             const uint8_t *wb = w + b * 32;
             const int8_t *xb = x + b * TB;
-            // _mm_prefetch((const char *)(wb + 512), _MM_HINT_T0);
-            // _mm_prefetch((const char *)(wb + rs + 512), _MM_HINT_T0);
-            // _mm_prefetch((const char *)(wb + 2 * rs + 512), _MM_HINT_T0);
-            // _mm_prefetch((const char *)(wb + 3 * rs + 512), _MM_HINT_T0);
+            if (pf) {   /* the next 4 rows (contiguous after these), 128 bytes per block */
+                _mm_prefetch((const char *)(w + 4 * rs + b * 128), _MM_HINT_T0);
+                _mm_prefetch((const char *)(w + 4 * rs + b * 128 + 64), _MM_HINT_T0);
+            }
             s0 = _mm256_add_epi16(s0, block_dot(wb, xb, mask));
             s1 = _mm256_add_epi16(s1, block_dot(wb + rs, xb, mask));
             s2 = _mm256_add_epi16(s2, block_dot(wb + 2 * rs, xb, mask));
@@ -221,6 +225,10 @@ void nc_k_int8_gemm_avx2(float *y, int64_t M, int64_t N, const int8_t *q, const 
             const int8_t *x = q + m * kp;
             __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0;
             for (int64_t k = 0; k < kp; k += 32) {
+                if (nc_k_gemv_pf && m == 0 && kp > NC_PF_MIN_ROW) {   /* the next 4 rows, 128 bytes per step */
+                    _mm_prefetch((const char *)(w0 + 4 * kp + 4 * k), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(w0 + 4 * kp + 4 * k + 64), _MM_HINT_T0);
+                }
                 __m256i xv = _mm256_loadu_si256((const __m256i *)(x + k));
                 c0 = _mm256_add_epi32(c0, i8_dot32(_mm256_loadu_si256((const __m256i *)(w0 + k)), xv));
                 c1 = _mm256_add_epi32(c1, i8_dot32(_mm256_loadu_si256((const __m256i *)(w0 + kp + k)), xv));

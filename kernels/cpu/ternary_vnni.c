@@ -17,7 +17,9 @@
  * the format's documented bound), so the totals are equal and the epilogue
  * y = (float)isum * (1.0f / s) * gamma uses the same float operations.
  * Decode (one activation row): 4 weight rows per pass share each activation load (two
- * accumulators per row so the vpdpbusd chains overlap). Several activation rows (prefill, batched
+ * accumulators per row so the vpdpbusd chains overlap), and software-prefetch the next 4 rows when
+ * rows are long (NC_PF_MIN_ROW, nc_gemv_prefetch: the hardware prefetcher alone left one Zen 4
+ * thread at ~7 GB/s from DRAM on 768-byte rows). Several activation rows (prefill, batched
  * decode): tiles of 4, 3 or 2 activation rows x 2 weight rows, each block unpacked once for all of
  * them and the matrix read once per tile rather than once per row; a last single row is a GEMV.
  */
@@ -26,6 +28,14 @@
 #include <stdint.h>
 
 #define TB 128
+
+extern int nc_k_gemv_pf;   /* ternary.c: nc_gemv_prefetch */
+/* Software prefetch of the next 4 weight rows only for rows longer than this many bytes. Zen 4, one
+ * thread, ring of cold matrices (interleaved C timing): rows of 192 / 256 bytes stream faster
+ * without it (20.6 vs 16.2, 19.8 vs 16.7 GB/s: the four short rows are one sequential region the
+ * hardware prefetcher follows), rows of 320 / 384 / 512 / 768 bytes faster with it (16.1 vs 12.5,
+ * 14.1 vs 11.3, 19.5 vs 7.6, 17.2 vs 6.7 GB/s: four interleaved row streams too short to train it). */
+#define NC_PF_MIN_ROW 256
 
 /* bit matrix of vgf2p8affineqb taking bits 2g, 2g+1 of a byte to bits 0, 1: output bit i is the
  * parity of (matrix byte 7 - i) & x */
@@ -76,8 +86,13 @@ static inline __m128i hsum4x16(__m512i s0, __m512i s1, __m512i s2, __m512i s3) {
 /* one activation row x 4 weight rows (stride rs bytes) -> 4 code sums */
 static inline __m128i dot_a1_w4(const uint8_t *w, int64_t rs, const int8_t *x, int64_t nb, unpackers u) {
     __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, d0 = c0, d1 = c0, d2 = c0, d3 = c0;
+    const int pf = nc_k_gemv_pf && rs > NC_PF_MIN_ROW;
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *wb = w + b * 32;
+        if (pf) {   /* the next 4 rows (contiguous after these), 128 bytes per block */
+            _mm_prefetch((const char *)(w + 4 * rs + b * 128), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w + 4 * rs + b * 128 + 64), _MM_HINT_T0);
+        }
         __m512i x01 = _mm512_loadu_si512((const void *)(x + b * TB));
         __m512i x23 = _mm512_loadu_si512((const void *)(x + b * TB + 64));
         __m512i v0 = bcast_block(wb), v1 = bcast_block(wb + rs), v2 = bcast_block(wb + 2 * rs),
@@ -199,4 +214,82 @@ void nc_k_ternary_gemm_vnni(float *y, int64_t M, int64_t N, const int8_t *q, con
         }
         for (; n < n1; n++) y[m * N + n] = finish(dot_a1_w1(w + n * rs, x, nb, u), act_sum[m], act_inv[m], gamma[n]);
     }
+}
+
+/* ---- int8 weights (the LM head option): y = (sum_k w q) * act_inv[m] * wscale[n] -----------------
+ * vpdpbusd wants one unsigned operand: the weight bytes enter flipped (w ^ 0x80 = w + 128 as u8)
+ * against the s8 activations, and each total loses 128 * sum_k q (once per activation row). Lane
+ * sums are partial sums of exact int32 arithmetic (|w + 128| <= 255, |q| <= 127: < 2^31 for any
+ * realistic K), so the result equals the scalar and AVX2 kernels' bit for bit. kp is a multiple of
+ * 32; a last half block of 32 loads masked (zero activations add nothing). Four weight rows per
+ * pass share each activation load, two accumulators per row keep the vpdpbusd chains overlapped. */
+static inline __m512i i8_load(const int8_t *p, __mmask64 m) { return _mm512_maskz_loadu_epi8(m, p); }
+
+static inline void int8_dot_w4(int32_t out[4], const int8_t *w, int64_t kp, const int8_t *x) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, d0 = c0, d1 = c0, d2 = c0, d3 = c0;
+    int64_t k = 0;
+    const char *pf = (const char *)(w + 4 * kp);   /* the next 4 rows, 512 bytes per step */
+    const int pfon = nc_k_gemv_pf && kp > NC_PF_MIN_ROW;
+    for (; k + 128 <= kp; k += 128) {
+        if (pfon)
+            for (int l = 0; l < 8; l++) _mm_prefetch(pf + 4 * k + 64 * l, _MM_HINT_T0);
+        __m512i xa = _mm512_loadu_si512((const void *)(x + k)), xb = _mm512_loadu_si512((const void *)(x + k + 64));
+        c0 = dpbusd(c0, _mm512_xor_si512(_mm512_loadu_si512((const void *)(w + k)), flip), xa);
+        d0 = dpbusd(d0, _mm512_xor_si512(_mm512_loadu_si512((const void *)(w + k + 64)), flip), xb);
+        c1 = dpbusd(c1, _mm512_xor_si512(_mm512_loadu_si512((const void *)(w + kp + k)), flip), xa);
+        d1 = dpbusd(d1, _mm512_xor_si512(_mm512_loadu_si512((const void *)(w + kp + k + 64)), flip), xb);
+        c2 = dpbusd(c2, _mm512_xor_si512(_mm512_loadu_si512((const void *)(w + 2 * kp + k)), flip), xa);
+        d2 = dpbusd(d2, _mm512_xor_si512(_mm512_loadu_si512((const void *)(w + 2 * kp + k + 64)), flip), xb);
+        c3 = dpbusd(c3, _mm512_xor_si512(_mm512_loadu_si512((const void *)(w + 3 * kp + k)), flip), xa);
+        d3 = dpbusd(d3, _mm512_xor_si512(_mm512_loadu_si512((const void *)(w + 3 * kp + k + 64)), flip), xb);
+    }
+    for (; k < kp; k += 64) {
+        __mmask64 m = kp - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (kp - k)) - 1);
+        __m512i xa = i8_load(x + k, m);
+        c0 = dpbusd(c0, _mm512_xor_si512(i8_load(w + k, m), flip), xa);
+        c1 = dpbusd(c1, _mm512_xor_si512(i8_load(w + kp + k, m), flip), xa);
+        c2 = dpbusd(c2, _mm512_xor_si512(i8_load(w + 2 * kp + k, m), flip), xa);
+        c3 = dpbusd(c3, _mm512_xor_si512(i8_load(w + 3 * kp + k, m), flip), xa);
+    }
+    _mm_storeu_si128((__m128i *)out, hsum4x16(_mm512_add_epi32(c0, d0), _mm512_add_epi32(c1, d1),
+                                              _mm512_add_epi32(c2, d2), _mm512_add_epi32(c3, d3)));
+}
+
+static inline int32_t int8_dot_w1(const int8_t *w, int64_t kp, const int8_t *x) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    __m512i c = _mm512_setzero_si512();
+    for (int64_t k = 0; k < kp; k += 64) {
+        __mmask64 m = kp - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (kp - k)) - 1);
+        c = dpbusd(c, _mm512_xor_si512(i8_load(w + k, m), flip), i8_load(x + k, m));
+    }
+    return _mm512_reduce_add_epi32(c);
+}
+
+/* rows [n0, n1) of y (M, N); the contract of nc_k_int8_gemm_avx2 */
+void nc_k_int8_gemm_vnni(float *y, int64_t M, int64_t N, const int8_t *q, const float *act_inv, const int8_t *w,
+                         const float *wscale, int64_t kp, int64_t n0, int64_t n1) {
+    int32_t bias_stack[16];
+    int32_t *bias = M <= 16 ? bias_stack : NULL;   /* 128 * sum_k q[m], per activation row */
+    for (int64_t m = 0; m < M && bias; m++) {
+        int32_t s = 0;
+        for (int64_t k = 0; k < kp; k++) s += q[m * kp + k];
+        bias[m] = 128 * s;
+    }
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4)
+        for (int64_t m = 0; m < M; m++) {
+            int32_t r[4], b;
+            if (bias) b = bias[m];
+            else { b = 0; for (int64_t k = 0; k < kp; k++) b += q[m * kp + k]; b *= 128; }
+            int8_dot_w4(r, w + n * kp, kp, q + m * kp);
+            for (int i = 0; i < 4; i++) y[m * N + n + i] = (float)(r[i] - b) * act_inv[m] * wscale[n + i];
+        }
+    for (; n < n1; n++)
+        for (int64_t m = 0; m < M; m++) {
+            int32_t b = 0;
+            if (bias) b = bias[m];
+            else { for (int64_t k = 0; k < kp; k++) b += q[m * kp + k]; b *= 128; }
+            y[m * N + n] = (float)(int8_dot_w1(w + n * kp, kp, q + m * kp) - b) * act_inv[m] * wscale[n];
+        }
 }

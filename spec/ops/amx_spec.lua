@@ -14,29 +14,43 @@
 -- reduction) bitwise equal to gather + nc_gemm_bf16 + scatter (AMX and reference), against float64,
 -- zero_rest, empty lists, i32 lists, bad lists; the micro GPT with matmul = 'auto' vs 'fp32' (same loss at init up
 -- to float rounding, a few AdamW steps lower it and stay close); cfg validation.
--- Without AMX the comparisons that need it are pending with the reason (nc.amx_status()).
+-- "AMX" in the test names means the hardware GEMM path: every test marked so runs once per backend
+-- available here, AMX tiles and the AVX-512 BF16 / VNNI block kernels (nc.set_gemm_backend), so an
+-- AMX machine checks both; without either they are pending with the reason.
 package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
 local nc = require 'nanochat'
 local ag = require 'nanochat.autograd'
 local core = require 'nanochat.core'
 local ffi, C, check = core.ffi, core.C, core.check
 
-local HAVE = nc.cpu_amx()
-local WHY = nc.amx_status()
+local HAVE = nc.cpu_gemm_fast()
+local WHY = nc.gemm_backend() .. '; ' .. nc.amx_status()
 local U = 2 ^ -24   -- f32 unit roundoff
+
+-- the hardware backends present: 'amx' and / or 'avx512'
+local BACKENDS = {}
+for _, b in ipairs { 'amx', 'avx512' } do
+    if pcall(nc.set_gemm_backend, b) then BACKENDS[#BACKENDS + 1] = b end
+end
+nc.set_gemm_backend('auto')
 
 local function amx_it(name, fn)
     it(name, function()
-        if not HAVE then pending('no AMX: ' .. WHY) return end
-        fn()
+        if not HAVE then pending('no hardware GEMM: ' .. WHY) return end
+        for _, b in ipairs(BACKENDS) do
+            nc.set_gemm_backend(b)
+            local ok, err = pcall(fn)
+            nc.set_gemm_backend('auto')
+            if not ok then error('[' .. b .. '] ' .. tostring(err), 0) end
+        end
     end)
 end
 
--- run fn with AMX forced off (the scalar reference / composite path), restoring the default
+-- run fn on the scalar reference (the composite path for nc.bitlinear), restoring the default
 local function without_amx(fn, ...)
-    nc.set_amx(false)
+    nc.set_gemm_backend('reference')
     local ok, a, b, c = pcall(fn, ...)
-    nc.set_amx(nil)
+    nc.set_gemm_backend('auto')
     if not ok then error(a, 0) end
     return a, b, c
 end
@@ -82,15 +96,37 @@ local SHAPES = { { 1, 1, 1 }, { 15, 17, 33 }, { 17, 33, 15 }, { 33, 100, 257 }, 
 
 describe('AMX GEMMs', function()
     it('detection: cpu_amx is a boolean with a status line; set_amx validates', function()
-        assert.is_boolean(nc.cpu_amx())
+        local had = nc.cpu_amx()
+        assert.is_boolean(had)
         assert.is_string(nc.amx_status())
         assert.is_true(#nc.amx_status() > 0)
         assert.has_error(function() check(C.nc_set_amx(5), 'set_amx') end)
-        if WHY:find('unavailable') then assert.has_error(function() nc.set_amx(true) end) end
+        if nc.amx_status():find('unavailable') then assert.has_error(function() nc.set_amx(true) end) end
         nc.set_amx(false)
         assert.is_false(nc.cpu_amx())
         nc.set_amx(nil)
-        assert.are.equal(HAVE, nc.cpu_amx())
+        assert.are.equal(had, nc.cpu_amx())
+    end)
+
+    it('backend selection: gemm_backend names it, set_gemm_backend validates and switches', function()
+        assert.is_boolean(nc.cpu_gemm_fast())
+        local name = nc.gemm_backend()
+        assert.is_true(name == 'amx' or name == 'reference' or name:find('avx512') ~= nil, name)
+        assert.are.equal(HAVE, name == 'amx' or name == 'avx512-bf16-vnni')
+        local ok, err = pcall(nc.set_gemm_backend, 'tiles')
+        assert.is_false(ok)
+        assert.truthy(tostring(err):find('expected "auto", "amx", "avx512" or "reference", got "tiles"', 1, true))
+        nc.set_gemm_backend('reference')
+        assert.are.equal('reference', nc.gemm_backend())
+        assert.is_false(nc.cpu_gemm_fast())
+        assert.is_false(nc.cpu_amx())
+        nc.set_gemm_backend('auto')
+        assert.are.equal(name, nc.gemm_backend())
+        for _, b in ipairs { 'amx', 'avx512' } do
+            local okb, e = pcall(nc.set_gemm_backend, b)
+            nc.set_gemm_backend('auto')
+            if not okb then assert.truthy(tostring(e):find('is not available', 1, true), tostring(e)) end
+        end
     end)
 
     it('the bf16 reference equals a float64 recomputation from bf16-rounded inputs (scaled, transposed)', function()

@@ -238,10 +238,15 @@ for _, sh in ipairs(shapes) do
             med = on_avx2(function() return timeit(function() C.nc_ternary_matmul(yc, qc, sc, smc, pc, gc) end) end)
             r.in_avx2 = N * K / med / 1e9
         end
-        med, best = timeit(function()
-            for i = 1, copies do C.nc_ternary_matmul(yc, qc, sc, smc, vc[i], gc) end
-        end, 1)
+        -- out of cache: the kernel as shipped (software prefetch of the next rows) and without it
+        -- (nc_gemv_prefetch(0)), samples interleaved so both see the same machine
+        local function ring() for i = 1, copies do C.nc_ternary_matmul(yc, qc, sc, smc, vc[i], gc) end end
+        local pres = L.compare({ { fn = ring, inner = 1 },
+                                 { fn = function() C.nc_gemv_prefetch(0); ring(); C.nc_gemv_prefetch(1) end, inner = 1 } },
+                               { reps = reps, warmup = 1 })
+        med, best = pres[1].median, pres[1].min
         r['out_' .. th] = { N * K * copies / med / 1e9, N * K * copies / best / 1e9 }
+        r['outnopf_' .. th] = N * K * copies / pres[2].median / 1e9
         med = timeit(function() C.cblas_sgemv(101, 111, N, K, 1, w32, K, x32, 1, 0, y32, 1) end)
         r['f32in_' .. th] = N * K / med / 1e9
         med = timeit(function()
@@ -251,7 +256,7 @@ for _, sh in ipairs(shapes) do
         r['roof_' .. th] = r['out_' .. th][1] * 1e9 * (pbytes / (N * K)) / (bw[th].median * 1e9)
         rows[#rows + 1] = { label, th, r['in_' .. th][1], r['in_' .. th][2],
                             th == 1 and r.in_avx2 or nil,
-                            r['out_' .. th][1], r['out_' .. th][2],
+                            r['out_' .. th][1], r['out_' .. th][2], r['outnopf_' .. th],
                             r['roof_' .. th], r['f32in_' .. th], r['f32out_' .. th],
                             r['out_' .. th][1] / r['f32out_' .. th] }
     end
@@ -260,9 +265,11 @@ for _, sh in ipairs(shapes) do
     collectgarbage('collect')
 end
 print(string.format('Ternary GEMV (%s row kernel), G weights/s (median, best); in avx2 = the AVX2 row kernel in cache, '
-    .. '1 thread, same run; out of cache = ring of cold copies; roof = out / DRAM bw', TKERNEL))
-L.print_table({ 'shape', 'thr', 'in med', 'in best', 'in avx2', 'out med', 'out best', 'roof', 'f32 in', 'f32 out',
-    'out vs f32' }, rows, { '%s', '%d', '%.1f', '%.1f', '%.1f', '%.1f', '%.1f', '%.2f', '%.1f', '%.1f', '%.1fx' })
+    .. '1 thread, same run; out of cache = ring of cold copies (no pf: software prefetch off, interleaved); '
+    .. 'roof = out / DRAM bw', TKERNEL))
+L.print_table({ 'shape', 'thr', 'in med', 'in best', 'in avx2', 'out med', 'out best', 'out no pf', 'roof', 'f32 in',
+    'f32 out', 'out vs f32' }, rows,
+    { '%s', '%d', '%.1f', '%.1f', '%.1f', '%.1f', '%.1f', '%.1f', '%.2f', '%.1f', '%.1f', '%.1fx' })
 print()
 
 -- ---- 5. prefill GEMM (64 activation rows), 125M FFN up shape, vs OpenBLAS sgemm -------------------------
@@ -453,6 +460,10 @@ local out = {
     gemv_2048_gw_per_s_core = L.round(by['2048x2048'].in_1[1], 2),
     gemv_out_of_cache_gw_per_s_1t = L.round(hm(up.out_1[1], down.out_1[1]), 2),
     gemv_out_of_cache_gw_per_s_2t = L.round(hm(up.out_2[1], down.out_2[1]), 2),
+    gemv_out_of_cache_no_prefetch_gw_per_s_1t = L.round(hm(up.outnopf_1, down.outnopf_1), 2),
+    gemv_out_of_cache_no_prefetch_gw_per_s_2t = L.round(hm(up.outnopf_2, down.outnopf_2), 2),
+    gemv_prefetch_speedup_1t = L.round(hm(up.out_1[1], down.out_1[1]) / hm(up.outnopf_1, down.outnopf_1), 2),
+    gemv_prefetch_speedup_2t = L.round(hm(up.out_2[1], down.out_2[1]) / hm(up.outnopf_2, down.outnopf_2), 2),
     gemv_roofline_frac_1t = L.round(hm(up.roof_1, down.roof_1), 3),
     gemv_roofline_frac_2t = L.round(hm(up.roof_2, down.roof_2), 3),
     dram_gb_s_1t = L.round(bw[1].median, 2), dram_gb_s_2t = L.round(bw[2].median, 2),

@@ -347,7 +347,8 @@ local function main()
     -- and 1024^3; the int8 GEMM (codes x ternary codes, scaled f32 out) for the linear forward;
     -- and the fused training op nc.bitlinear fwd + bwd vs the composite fp32 autograd path.
     local amx_rows = {}
-    if section('amx') and nc.cpu_amx() then
+    if section('amx') and nc.cpu_gemm_fast() then
+        local pre = nc.cpu_amx() and 'amx' or 'avx512'   -- the hardware backend's row prefix
         local function amx_case(name, desc, flops, raw_fn, fn)
             local res, ratio = L.compare({ raw_fn, fn }, { warmup = warmup, reps = reps, target = target_s })
             amx_rows[#amx_rows + 1] = { name = name, desc = desc, raw_gflops = flops / res[1].median / 1e9,
@@ -358,25 +359,25 @@ local function main()
         core.check(C.nc_quant_weight_absmean(wt._c, gam._c, W._c, 0, 1e-5), 'quant_weight')
         core.check(C.nc_quant_codes(wt._c, wt._c, gam._c, 1, -1, 1), 'quant_codes')
         local y = nc.empty { M_, OUT }
-        amx_case('amx_s8_linear_fwd', 'int8 codes x ternary codes, scaled (512,512)x(2048,512)^T', lin_flops, fwd_raw,
+        amx_case(pre .. '_s8_linear_fwd', 'int8 codes x ternary codes, scaled (512,512)x(2048,512)^T', lin_flops, fwd_raw,
             function() core.check(C.nc_gemm_s8(y._c, a.q._c, wt._c, 0, 1, gam._c, a.s._c, 1), 'gemm_s8') end)
-        amx_case('amx_bf16_linear_fwd', 'y = x W^T  x(512,512) W(2048,512)', lin_flops, fwd_raw,
+        amx_case(pre .. '_bf16_linear_fwd', 'y = x W^T  x(512,512) W(2048,512)', lin_flops, fwd_raw,
             function() core.check(C.nc_gemm_bf16(y._c, x._c, W._c, 0, 1, nil, 0, 1, 0), 'gemm_bf16') end)
-        amx_case('amx_bf16_linear_bwd_dx', 'dX += dY W  (512,2048)x(2048,512)', lin_flops, dx_raw,
+        amx_case(pre .. '_bf16_linear_bwd_dx', 'dX += dY W  (512,2048)x(2048,512)', lin_flops, dx_raw,
             function() core.check(C.nc_gemm_bf16(gx._c, dy._c, W._c, 0, 0, nil, 0, 1, 1), 'gemm_bf16') end)
-        amx_case('amx_bf16_linear_bwd_dw', 'dW += dY^T X  (2048,512)x(512,512)', lin_flops, dw_raw,
+        amx_case(pre .. '_bf16_linear_bwd_dw', 'dW += dY^T X  (2048,512)x(512,512)', lin_flops, dw_raw,
             function() core.check(C.nc_gemm_bf16(gw._c, dy._c, x._c, 1, 0, nil, 0, 1, 1), 'gemm_bf16') end)
         local sc = nc.empty { SQ, SQ }
-        amx_case('amx_bf16_square_1024', 'C = A B  1024^3', 2 * SQ * SQ * SQ,
+        amx_case(pre .. '_bf16_square_1024', 'C = A B  1024^3', 2 * SQ * SQ * SQ,
             function() blas.cblas_sgemm(RowMajor, NoTrans, NoTrans, SQ, SQ, SQ, 1, rsa, SQ, rsb, SQ, 0, rsc, SQ) end,
             function() core.check(C.nc_gemm_bf16(sc._c, sa._c, sb._c, 0, 0, nil, 0, 1, 0), 'gemm_bf16') end)
         -- the fused op (quantizers included) vs the composite fp32 autograd of the same layer
         local xg, Wg = x:clone():requires_grad_(true), W:clone():requires_grad_(true)
         local function composite()
             xg.grad, Wg.grad = nil, nil
-            nc.set_amx(false)
+            nc.set_gemm_backend('reference')
             local yy = nc.bitlinear(nc.bitlinear_act(xg), Wg)
-            nc.set_amx(nil)
+            nc.set_gemm_backend('auto')
             nc.backward(yy, dy)
         end
         amx_case('bitlinear_fwd_bwd', 'nc.bitlinear fwd + bwd (x 512x512, W 2048x512) vs composite fp32', 3 * lin_flops,
@@ -386,7 +387,7 @@ local function main()
                 nc.backward(nc.bitlinear(nc.bitlinear_act(xg), Wg), dy)
             end)
     elseif section('amx') then
-        note('AMX rows skipped: ' .. nc.amx_status())
+        note('AMX / AVX-512 BF16 GEMM rows skipped: backend ' .. nc.gemm_backend() .. '; ' .. nc.amx_status())
     end
 
     print(string.format('nanochat ops benchmark: %d thread(s), cpu kernel %s, OpenBLAS core %s, reps %d (GEMM %d; median), %s mode',
@@ -409,10 +410,10 @@ local function main()
         print('')
     end
     if #amx_rows > 0 then
-        print('AMX GEMMs (GFLOP/s; ratio = AMX / raw cblas_sgemm f32 of this run; bf16 rounds the inputs, int8 is exact)')
+        print('Hardware GEMMs, backend ' .. nc.gemm_backend() .. ' (GFLOP/s; ratio = it / raw cblas_sgemm f32 of this run; bf16 rounds the inputs, int8 is exact)')
         local rows = {}
         for _, r in ipairs(amx_rows) do rows[#rows + 1] = { r.name, r.raw_gflops, r.gflops, r.ratio, r.desc } end
-        L.print_table({ 'shape', 'raw sgemm', 'AMX', 'ratio', 'what' }, rows, { nil, '%.1f', '%.1f', '%.2f' })
+        L.print_table({ 'shape', 'raw sgemm', nc.cpu_amx() and 'AMX' or 'AVX-512', 'ratio', 'what' }, rows, { nil, '%.1f', '%.1f', '%.2f' })
         print('  bitlinear_fwd_bwd: its "raw sgemm" column is the composite fp32 path (quantizers + 3 sgemm + STE),')
         print('  both counted as 3 linear GEMMs of FLOPs.')
         print('')

@@ -10,9 +10,10 @@
 -- MFU = tokens/s * model:flops_per_token(T) / peak, peak = the median GFLOP/s of a raw
 -- 1024 x 1024 x 1024 sgemm (nc.matmul on contiguous f32) in this process. Byte growth: nc's host
 -- bytes in use after the last step minus after the first timed step (0 = nothing leaks).
--- amx (default both when nc.cpu_amx(), else off): each config runs with the model's matmul = 'fp32'
--- (sgemm) and/or 'auto' (the BitLinear matmuls on Intel AMX: int8 forward, bf16 backward;
--- layers/bitlinear.lua) with the head in f32 (head_matmul = 'fp32'), same process; head=bf16 (the
+-- amx (default both when nc.cpu_gemm_fast(), else off): each config runs with the model's matmul =
+-- 'fp32' (sgemm) and/or 'auto' (the BitLinear matmuls as int8 forward, bf16 backward on the hardware
+-- GEMM backend, nc.gemm_backend(): AMX tiles, or the AVX-512 BF16 / VNNI kernels; rows labelled
+-- 'amx' or 'avx512' after it; layers/bitlinear.lua) with the head in f32 (head_matmul = 'fp32'), same process; head=bf16 (the
 -- default with AMX) adds the row `amx+head` = the model defaults (matmul = 'auto', head_matmul =
 -- 'auto': during training steps the fp32 LM head runs through nc.linear_bf16 as well). MFU keeps its definition against the sgemm peak; the AMX
 -- rows also print "MFU vs AMX bf16 peak": the same FLOPs against the median GFLOP/s of a raw
@@ -31,19 +32,22 @@ local threads = tonumber(args.threads) or 2
 local configs = {}
 for c in tostring(args.configs or 'tiny,small'):gmatch('[^,]+') do configs[#configs + 1] = c end
 nc.set_num_threads(threads)
-local amx_mode = tostring(args.amx or (nc.cpu_amx() and 'both' or 'off'))
+local amx_mode = tostring(args.amx or (nc.cpu_gemm_fast() and 'both' or 'off'))
 if amx_mode ~= 'both' and amx_mode ~= 'on' and amx_mode ~= 'off' then
     error('train bench: amx must be both, on or off, got ' .. amx_mode)
 end
-if amx_mode ~= 'off' and not nc.cpu_amx() then error('train bench: amx=' .. amx_mode .. ' but ' .. nc.amx_status()) end
-local head = tostring(args.head or (nc.cpu_amx() and 'bf16' or 'fp32'))
+if amx_mode ~= 'off' and not nc.cpu_gemm_fast() then
+    error('train bench: amx=' .. amx_mode .. ' but the GEMM backend is ' .. nc.gemm_backend() .. ' (' .. nc.amx_status() .. ')')
+end
+local lp = nc.cpu_amx() and 'amx' or 'avx512'   -- the row label of the hardware GEMM path
+local head = tostring(args.head or (nc.cpu_gemm_fast() and 'bf16' or 'fp32'))
 if head ~= 'fp32' and head ~= 'bf16' then error('train bench: head must be fp32 or bf16, got ' .. head) end
 -- { label, cfg.matmul, cfg.head_matmul }; head=bf16 adds an AMX row with the LM head in bf16 too
 local variants = {}
 if amx_mode ~= 'on' then variants[#variants + 1] = { 'fp32', 'fp32', 'fp32' } end
 if amx_mode ~= 'off' then
-    variants[#variants + 1] = { 'amx', 'auto', 'fp32' }
-    if head == 'bf16' then variants[#variants + 1] = { 'amx+head', 'auto', 'auto' } end
+    variants[#variants + 1] = { lp, 'auto', 'fp32' }
+    if head == 'bf16' then variants[#variants + 1] = { lp .. '+head', 'auto', 'auto' } end
 end
 
 local function peak_rss_mb()
@@ -132,13 +136,13 @@ end
 
 print(string.format('training step (forward + backward + AdamW), B=%d T=%d, %d threads, kernel %s; sgemm peak %.1f GFLOP/s%s',
     B, T, threads, nc.cpu_kernel(), peak / 1e9,
-    amx_peak and string.format('; AMX bf16 peak %.1f GFLOP/s (raw 1024^3 nc_gemm_bf16)', amx_peak / 1e9) or ''))
-L.print_table({ 'config', 'matmul', 'M params', 'step s', 'tok/s', 'MFU % (sgemm peak)', 'MFU % (AMX bf16 peak)',
+    amx_peak and string.format('; %s bf16 peak %.1f GFLOP/s (raw 1024^3 nc_gemm_bf16)', nc.gemm_backend(), amx_peak / 1e9) or ''))
+L.print_table({ 'config', 'matmul', 'M params', 'step s', 'tok/s', 'MFU % (sgemm peak)', 'MFU % (bf16 peak)',
                 'torch tok/s', 'vs torch', 'byte growth' }, rows,
     { '%s', '%s', '%.2f', '%.3f', '%.0f', '%.1f', '%.1f', '%.0f', '%.2f', '%d' })
 print(L.json {
     bench = 'train', B = B, T = T, threads = threads, peak_gflops = L.round(peak / 1e9, 1),
-    amx_peak_gflops = amx_peak and L.round(amx_peak / 1e9, 1) or nil,
+    amx_peak_gflops = amx_peak and L.round(amx_peak / 1e9, 1) or nil, gemm_backend = nc.gemm_backend(),
     tokens_per_s = first.tokens_per_s, mfu = first.mfu, vs_torch = first.vs_torch,
     peak_rss_mb = L.round(peak_rss_mb() or 0, 1), byte_growth = first.byte_growth, configs = results,
 })

@@ -19,9 +19,11 @@
 -- learnable SubLN RMSNorm in front of them.
 --
 -- Matmul backend (opts.matmul, gpt cfg.matmul): 'fp32' (the composite path above: fake-quantized
--- f32 tensors through sgemm), 'auto' (nc.bitlinear on Intel AMX when nc.cpu_amx(): the forward as
--- an exact int8 x ternary GEMM, dX and dW as bf16 GEMMs with f32 accumulation; fp32 otherwise) or
--- 'amx' (as 'auto', plus a one-time note on stderr when AMX is unavailable and fp32 runs instead).
+-- f32 tensors through sgemm), 'auto' (nc.bitlinear when nc.cpu_gemm_fast(): Intel AMX tiles, or the
+-- AVX-512 BF16 + VNNI kernels without AMX (AMD Zen 4, Intel Cooper Lake ...): the forward as an
+-- exact int8 x ternary GEMM, dX and dW as bf16 GEMMs with f32 accumulation; fp32 otherwise) or
+-- 'amx' (as 'auto', plus a one-time note on stderr when neither exists and fp32 runs instead; the
+-- name predates the AVX-512 kernels).
 -- Inference with a weight snapshot (snap) always takes the composite path.
 --
 -- Init: W ~ N(0, opts.std) (default 0.02) from opts.generator (an nc.generator) or the global one.
@@ -65,10 +67,11 @@ local warned_amx = false
 -- true when layers with matmul backend m run on AMX now
 function BitLinear.use_amx(m)
     if m == 'fp32' or m == nil then return false end
-    if nc().cpu_amx() then return true end
+    if nc().cpu_gemm_fast() then return true end
     if m == 'amx' and not warned_amx then
         warned_amx = true
-        io.stderr:write('nanochat: matmul = amx requested, running fp32: ' .. nc().amx_status() .. '\n')
+        io.stderr:write('nanochat: matmul = amx requested, running fp32: GEMM backend ' .. nc().gemm_backend() ..
+            '; ' .. nc().amx_status() .. '\n')
     end
     return false
 end

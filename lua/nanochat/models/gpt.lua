@@ -104,9 +104,9 @@ function M.config(cfg)
     if c.tie_embeddings == nil then c.tie_embeddings = false end
     if c.ternary == nil then c.ternary = true end
     c.quant_group = c.quant_group or 0
-    -- BitLinear matmul backend (layers/bitlinear.lua): 'auto' = Intel AMX (int8 forward, bf16
-    -- backward) when nc.cpu_amx(), else fp32; 'fp32' = the f32 composite path; 'amx' = 'auto' + a
-    -- note when AMX is missing
+    -- BitLinear matmul backend (layers/bitlinear.lua): 'auto' = int8 forward, bf16 backward on AMX
+    -- or the AVX-512 BF16 / VNNI kernels when nc.cpu_gemm_fast(), else fp32; 'fp32' = the f32
+    -- composite path; 'amx' = 'auto' + a note when neither exists
     c.matmul = c.matmul or 'auto'
     if not BitLinear.MATMUL[c.matmul] then
         error("gpt: cfg.matmul must be 'auto', 'amx' or 'fp32', got " .. c.matmul, 2)

@@ -431,10 +431,12 @@ end
 --   dW = bf16(dY[m] / s[m])^T q               (STE: dW = dWq)
 -- Only dY is rounded to bf16 (the per-row 1/s and per-column gamma are folded into it first); q and
 -- t are integers |v| <= 128, exact in bf16. Composite path: the same math through f32 sgemm on the
--- fake-quantized tensors. Without AMX (nc.cpu_amx() false), with an unsupported group (not 0 and
--- not a multiple of in_features), or on a non-CPU tensor, bitlinear runs that composite path.
+-- fake-quantized tensors. The GEMMs run on AMX tiles, or without AMX on the AVX-512 BF16 / VNNI
+-- kernels (kernels/cpu/amx.c; the int8 forward is exact on both). Without either (nc.cpu_gemm_fast()
+-- false), with an unsupported group (not 0 and not a multiple of in_features), or on a non-CPU
+-- tensor, bitlinear runs that composite path. ("amx" in the names below predates the AVX-512 path.)
 
-local function amx_ok(t) return C.nc_cpu_amx() == 1 and t._c.device == C.NC_CPU end
+local function amx_ok(t) return C.nc_cpu_gemm_fast() == 1 and t._c.device == C.NC_CPU end
 
 -- The shared activation of one or more bitlinear calls (like quant_act's output shared by q/k/v):
 -- { x = x, q = codes f32 (rows, K) contiguous, s = scale (rows), amx = true }; no autograd node of its
