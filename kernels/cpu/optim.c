@@ -597,7 +597,7 @@ nc_status nc_muon_step_many(int32_t count, nc_tensor *const *p, const nc_tensor 
     int32_t nj = 0;
     /* every check first, so that a bad argument changes no state */
     for (int32_t i = 0; i < count && st == NC_OK; i++) {
-        nc_tensor *mi = m ? m[i] : NULL, *ci = mi ? NULL : codes[i], *si = mi ? NULL : scales[i];
+        nc_tensor *mi = m ? m[i] : NULL, *ci = mi || !codes ? NULL : codes[i], *si = mi || !scales ? NULL : scales[i];
         const char *opi = mi ? "muon_step" : "muon8_step";
         muon_job j = { 0, 0, 0, 0, i, 0, 0 };
         if (!mi && (!ci || !si)) st = nc_fail(NC_ERR_ARG, "%s: entry %d has neither m nor codes and scales", op, i);
@@ -626,7 +626,7 @@ nc_status nc_muon_step_many(int32_t count, nc_tensor *const *p, const nc_tensor 
         j->alone = j->cost < 0 || j->cost * nt > total;
         if (!j->alone) { nshared++; continue; }
         int32_t i = j->i;
-        nc_tensor *mi = m ? m[i] : NULL, *ci = mi ? NULL : codes[i], *si = mi ? NULL : scales[i];
+        nc_tensor *mi = m ? m[i] : NULL, *ci = mi || !codes ? NULL : codes[i], *si = mi || !scales ? NULL : scales[i];
         const char *opi = mi ? "muon_step" : "muon8_step";
         st = j->dev == NC_CUDA ? muon_cuda(opi, p[i], g[i], mi, ci, si, &hp[i], j->rows, j->cols, j->n)
                                : muon_cpu(opi, p[i], g[i], mi, ci, si, &hp[i], j->rows, j->cols, j->n);
@@ -639,7 +639,7 @@ nc_status nc_muon_step_many(int32_t count, nc_tensor *const *p, const nc_tensor 
         for (int32_t k = 0; k < nj; k++) {
             if (jobs[k].alone) continue;
             int32_t i = jobs[k].i;
-            nc_tensor *mi = m ? m[i] : NULL, *ci = mi ? NULL : codes[i], *si = mi ? NULL : scales[i];
+            nc_tensor *mi = m ? m[i] : NULL, *ci = mi || !codes ? NULL : codes[i], *si = mi || !scales ? NULL : scales[i];
             nc_status s1 = muon_cpu(mi ? "muon_step" : "muon8_step", p[i], g[i], mi, ci, si, &hp[i], jobs[k].rows,
                                     jobs[k].cols, jobs[k].n);
             if (s1 != NC_OK) {

@@ -332,5 +332,26 @@ describe('nc_muon_step_many', function()
         assert(not ok and tostring(err):find('muon (p2)', 1, true) and tostring(err):find('g must have 64 elements', 1, true),
             tostring(err))
         assert(A:abs():sum():item() == 0, 'the first matrix was updated before the check of the second')
+        -- the C entry: an entry with neither m nor codes / scales, a NULL p, a bad count
+        local ffi, C = require 'ffi', require('nanochat.core').C
+        local P, G = ffi.new('nc_tensor *[2]', { A._c, Bp._c }), ffi.new('const nc_tensor *[2]', { A.grad._c, A.grad._c })
+        local m0, m1 = nc.zeros { 8, 8 }, nc.zeros { 8, 8 }   -- kept referenced: the arrays hold raw pointers
+        local M = ffi.new('nc_tensor *[2]')   -- (a one-element initializer would be replicated)
+        M[0] = m0._c
+        local HP = ffi.new('nc_optim_hp[2]')
+        for i = 0, 1 do HP[i].lr, HP[i].momentum, HP[i].ns_steps = 0.01, 0.9, 5 end
+        local failed = ffi.new('int32_t[1]')
+        local rc = C.nc_muon_step_many(2, P, G, M, nil, nil, HP, failed)
+        local msg = ffi.string(C.nc_last_error())
+        assert(rc ~= 0 and failed[0] == 1, msg .. ' rc ' .. rc .. ' failed ' .. failed[0])
+        assert(msg:find('muon_step_many: entry 1 has neither m nor codes and scales', 1, true), msg)
+        M[1] = m1._c
+        P[0] = nil
+        local rc0 = C.nc_muon_step_many(2, P, G, M, nil, nil, HP, failed)
+        assert(rc0 ~= 0 and failed[0] == 0, ffi.string(C.nc_last_error()) .. " rc " .. rc0 .. " failed " .. failed[0])
+        msg = ffi.string(C.nc_last_error())
+        assert(msg:find('muon_step: p is NULL', 1, true) or msg:find('muon_step: expected p', 1, true), msg)
+        assert(C.nc_muon_step_many(-1, P, G, M, nil, nil, HP, failed) ~= 0 and failed[0] == -1)
+        assert(A:abs():sum():item() == 0 and Bp:abs():sum():item() == 0, 'a failed call changed a parameter')
     end)
 end)
