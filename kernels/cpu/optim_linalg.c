@@ -187,7 +187,9 @@ nc_status nc_optim_ns_inplace(float *x, int64_t rows, int64_t cols, int32_t step
         float *Y = ws, *A = ws + n, *Bm = A + r * r, *res = x;
         scale_copy(x, x, n, (float)(1.0 / (fro_mult * nc_optim_fro_norm(x, n) + eps)));
         nc_status st = ns_bf16(&res, x, Y, A, Bm, r, c, tall, steps, abc, n_abc);
-        if (st == NC_OK && res != x) memcpy(x, res, (size_t)n * sizeof(float));
+        if (st != NC_OK)   /* the GEMM's only failure is its packing buffers: say so here */
+            st = nc_fail(st, "newton_schulz: the bf16 GEMM failed (out of memory for its packed operands)");
+        else if (res != x) memcpy(x, res, (size_t)n * sizeof(float));
         nc_host_free(ws, bytes);
         return st;
     }
