@@ -14,7 +14,9 @@
  * same argument checks run here, the constants are computed here exactly as for the CPU, and the
  * work goes to the CUDA backend (core/backend.h optimizer entries, kernels/cuda/optim.cu):
  * elementwise results are the CPU's bits; Newton-Schulz and GaLore's projections use cuBLAS sgemm
- * (agreement within f32 tolerance). Transient CUDA buffers are device tensors freed on return.
+ * (agreement within f32 tolerance; the CPU's bf16 Newton-Schulz, hp->ns_dtype, has no CUDA
+ * version: CUDA tensors always get f32). Transient CUDA buffers are device tensors freed on return.
+ * nc_muon_step_many: a step's matrices in one call (CPU + bf16 NS: one matrix per thread).
  */
 #pragma GCC optimize("no-math-errno", "no-trapping-math")
 
