@@ -6,7 +6,7 @@
 --
 --   ./nanochat tools/bench/optim.lua [steps=150] [d=96] [layers=2] [heads=4] [seq=64] [batch=16]
 --        [lr_scale=1] [threads=0] [evals=6] [only=muon,muon8] [factory=path/to/factory.lua]
---        [tiny_steps=10] [tiny_batch=8] [ns_dtype=auto]
+--        [tiny_steps=10] [tiny_batch=8] [tiny_dtypes=auto,f32] [ns_dtype=auto]
 --
 -- The model/data factory is swappable: `factory=FILE` names a Lua file returning
 -- function(cfg) -> { model = <nc.nn.Module with param_roles()>, train_batch = function(step) -> x, y,
@@ -32,7 +32,7 @@
 -- ((val 8-bit - val Muon) / val Muon; muon8_dynamic_loss_rel the same for quant = 'dynamic'),
 -- galore2_state_ratio (GaLore 2 + AdamW state / AdamW state, projected matrices only),
 -- muon_step_frac (the tiny phase's fraction, above; absent with tiny_steps=0), muon_step_frac_f32
--- (the same with the f32 Newton-Schulz), tiny = {opt_ms, step_ms per ns_dtype, ns_dtype_auto},
+-- (the same with the f32 Newton-Schulz), tiny = {ms = {[ns_dtype] = {opt_ms, step_ms, frac}}, ns_dtype_auto},
 -- muon_step_frac_bench_model (the suite's own model: Muon optimizer step / full training step of
 -- the 'muon (hybrid default)' combination), and the per-combination numbers.
 local nc = require 'nanochat'
@@ -41,7 +41,8 @@ local L = dofile(here .. 'lib.lua')
 
 local args = L.parse_args()
 local cfg = { steps = 150, d = 96, layers = 2, heads = 4, kv_heads = 2, seq = 64, batch = 16, lr_scale = 1,
-              threads = 0, evals = 6, seed = 1, val_batches = 8, tiny_steps = 10, tiny_batch = 8, ns_dtype = 'auto' }
+              threads = 0, evals = 6, seed = 1, val_batches = 8, tiny_steps = 10, tiny_batch = 8, ns_dtype = 'auto',
+              tiny_dtypes = 'auto,f32' }
 for k, v in pairs(args) do if cfg[k] ~= nil then cfg[k] = v end end
 if cfg.threads > 0 then nc.set_num_threads(cfg.threads) end
 
@@ -270,7 +271,8 @@ if cfg.tiny_steps > 0 then
     local tc = { d = mc.d_model, layers = mc.n_layer, heads = mc.n_head, kv_heads = mc.n_kv_head, seq = mc.seq_len,
                  batch = cfg.tiny_batch, seed = cfg.seed, val_batches = 1 }
     local gpt = dofile(here .. 'optim_gpt.lua')
-    local DT, runs, WARM = { 'auto', 'f32' }, {}, 2
+    local DT, runs, WARM = {}, {}, 2
+    for w in tostring(cfg.tiny_dtypes):gmatch('[^,]+') do DT[#DT + 1] = w end
     for _, dt in ipairs(DT) do
         local f = gpt(tc)
         runs[dt] = { f = f, step = {}, opt = {},
@@ -290,7 +292,7 @@ if cfg.tiny_steps > 0 then
             if st >= WARM then r.step[#r.step + 1], r.opt[#r.opt + 1] = t2 - t0, t2 - t1 end
         end
     end
-    tiny = { describe = runs.auto.f.describe, ns_dtype_auto = require('nanochat.optim.linalg').ns_dtype_auto(), ms = {} }
+    tiny = { describe = runs[DT[1]].f.describe, ns_dtype_auto = require('nanochat.optim.linalg').ns_dtype_auto(), ms = {} }
     print(string.format('tiny phase: %s, hybrid Muon default, %d timed steps (+%d warmup), ns_dtype auto and f32 '
         .. 'alternating step by step', tiny.describe, cfg.tiny_steps, WARM))
     local rows = {}
@@ -311,11 +313,10 @@ local out = {
     muon8_dynamic_loss_rel = by.muon and by['muon8-dynamic']
         and L.round((by['muon8-dynamic'].val - by.muon.val) / by.muon.val, 5),
     galore2_state_ratio = adam and by['galore2+adamw'] and L.round(ratio(by['galore2+adamw'].mat_state, adam.mat_state), 4),
-    muon_step_frac = tiny and tiny.ms.auto.frac,
-    muon_step_frac_f32 = tiny and tiny.ms.f32.frac,
-    tiny = tiny and { opt_ms = { auto = tiny.ms.auto.opt_ms, f32 = tiny.ms.f32.opt_ms },
-                      step_ms = { auto = tiny.ms.auto.step_ms, f32 = tiny.ms.f32.step_ms },
-                      ns_dtype_auto = tiny.ns_dtype_auto, steps = cfg.tiny_steps },
+    muon_step_frac = tiny and tiny.ms.auto and tiny.ms.auto.frac,
+    muon_step_frac_f32 = tiny and tiny.ms.f32 and tiny.ms.f32.frac,
+    tiny = tiny and { ms = tiny.ms, ns_dtype_auto = tiny.ns_dtype_auto, steps = cfg.tiny_steps,
+                      order = cfg.tiny_dtypes },
     muon_step_frac_bench_model = by.muon and L.round(by.muon.opt_ms / by.muon.step_ms, 4),
     equal_wallclock_winner = best, budget_s = L.round(budget, 2),
     results = {},
