@@ -75,10 +75,7 @@ static nc_status as_matrix(const char *op, const nc_tensor *p, int64_t *rows, in
 }
 
 /* ---- AdamW --------------------------------------------------------------------------------- */
-typedef struct {
-    float b1, b2, eps, coef, bc2s;   /* coef: multiplies m / denom; bc2s = sqrt(bc2) (torch mode) */
-    int galore;
-} adam_c;
+typedef nc_adam_c adam_c;   /* and adam_elem: optim_internal.h (shared with optim_avx512.c) */
 
 static adam_c adam_consts(const nc_optim_hp *hp) {
     double t = (double)(hp->step < 1 ? 1 : hp->step);
@@ -91,16 +88,6 @@ static adam_c adam_consts(const nc_optim_hp *hp) {
     c.bc2s = (float)sqrt(bc2);
     c.coef = (float)(c.galore ? sqrt(bc2) / bc1 : 1.0 / bc1);
     return c;
-}
-
-/* updates m, v for one element; returns the direction (update / lr) */
-static inline float adam_elem(float g, float *m, float *v, const adam_c *c) {
-    float mi = c->b1 * *m + (1.0f - c->b1) * g;
-    float vi = c->b2 * *v + (1.0f - c->b2) * (g * g);
-    *m = mi;
-    *v = vi;
-    float denom = c->galore ? sqrtf(vi) + c->eps : sqrtf(vi) / c->bc2s + c->eps;
-    return c->coef * (mi / denom);
 }
 
 static nc_status check_hp_adam(const char *op, const nc_optim_hp *hp) {
@@ -157,6 +144,10 @@ nc_status nc_adamw_step(nc_tensor *p, const nc_tensor *g, nc_tensor *m, nc_tenso
     float decay = (float)(1.0 - hp->lr * hp->weight_decay), lr = (float)hp->lr;
     float *P = nc_f32p(p), *M = nc_f32p(m), *V = nc_f32p(v);
     const float *G = nc_f32p(g);
+    if (nc_cpu_avx512()) {   /* the same loop in AVX-512 (bitwise equal; see optim_avx512.c) */
+        nc_optim_adamw_avx512(P, G, M, V, n, &c, decay, lr);
+        return NC_OK;
+    }
 #pragma omp parallel for simd schedule(static) if (n >= NC_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         float d = adam_elem(G[i], &M[i], &V[i], &c);
