@@ -1,5 +1,7 @@
-/* kernels/cpu/amx.c — Intel AMX GEMMs for training: bf16 x bf16 -> f32 (TDPBF16PS) and
- * s8 x s8 -> s32 (TDPBSSD), with packing from f32 (or i8) tensors of any 2-D strides.
+/* kernels/cpu/amx.c — the training GEMMs: bf16 x bf16 -> f32 and s8 x s8 -> s32, on Intel AMX tiles
+ * (TDPBF16PS, TDPBSSD) or, without AMX, on AVX-512 BF16 / VNNI block kernels (VDPBF16PS, VPDPBUSD:
+ * AMD Zen 4+, Intel Cooper Lake+), with packing from f32 (or i8) tensors of any 2-D strides.
+ * Backend: nc_gemm_backend() / nc_set_gemm_backend() ($NC_GEMM); the scalar references otherwise.
  *
  * Promise:
  *  - Detection (once, thread-safe): CPUID.(7,0):EDX bits 24 (AMX-TILE), 22 (AMX-BF16), 25

@@ -488,7 +488,51 @@ end
 -- idx (B, T) at positions cache.pos .. -> logits (B, T, V); advances cache.pos.
 -- LoopLM: looplm.forward_cached itself (prefill: every loop; decode: q-exit early stop per token,
 -- the reuse fill, statistics in cache.loop_stats) over these hooks.
+-- engine:set_threads(t): nil = the global thread count (nc.set_num_threads), a number = that many
+-- threads for this engine's calls, 'auto' = decode steps (T = 1, and decode_rows) pick 1 .. the
+-- global count at the time of the call by measured time per step (nanochat.adapt_threads: under
+-- load, 2-thread decode can be slower than 1 thread); prefill uses the maximum. Outputs do not
+-- depend on the count. engine.adapt is the controller (tostring shows its state).
+function Engine:set_threads(t)
+    if t == nil then
+        self.threads, self.adapt = nil, nil
+    elseif t == 'auto' then
+        self.threads, self.adapt = 'auto', require('nanochat.adapt_threads').new(nc().get_num_threads())
+    elseif type(t) == 'number' and t >= 1 and t == math.floor(t) then
+        self.threads, self.adapt = t, nil
+    else
+        error("engine:set_threads: expected nil, a thread count >= 1 or 'auto', got " .. tostring(t), 2)
+    end
+    return self
+end
+
+-- fn() on this engine's thread count (see set_threads); decode: 0 (not a decode step) or the number
+-- of tokens the step decodes, for the 'auto' controller's time per token
+local function on_threads(e, decode, fn)
+    local t = e.threads
+    if not t then return fn() end
+    local n = nc()
+    local before = n.get_num_threads()
+    local ad = t == 'auto' and e.adapt or nil
+    local k = ad and (decode > 0 and ad:pick() or ad.max) or t
+    n.set_num_threads(k)
+    local t0 = ad and decode > 0 and C.nc_monotonic_time()
+    local ok, r = pcall(fn)
+    if t0 and ok then ad:record(k, (C.nc_monotonic_time() - t0) / decode) end
+    n.set_num_threads(before)
+    if not ok then error(r, 0) end
+    return r
+end
+
 function Engine:forward_cached(idx, cache)
+    if self.threads then
+        local decode = idx:size(1) == 1 and idx:size(0) or 0
+        return on_threads(self, decode, function() return self:_forward_cached(idx, cache) end)
+    end
+    return self:_forward_cached(idx, cache)
+end
+
+function Engine:_forward_cached(idx, cache)
     local n, c = nc(), self.cfg
     if getmetatable(cache) ~= Cache then error('engine: forward_cached: expected a cache from engine:new_cache', 2) end
     local B, T = idx:size(0), idx:size(1)
@@ -619,7 +663,7 @@ function Engine:decode_rows(ids, cache, rows, positions, seqs)
             end
         end
     end
-    return n.no_grad(function()
+    return on_threads(self, nb, function() return n.no_grad(function()
         local x = self:_embed(n.tensor({ ids }, { dtype = 'i64' }):view { nb, 1 })   -- (nb, 1, d)
         if c.loop then return (require('nanochat.looplm').decode_rows(self, x, cache, rows, positions, seqs)) end
         local h = self:_final(self:run_rows(x, cache, all_layers(self), rows, positions)):view { nb, c.d_model }
@@ -630,7 +674,7 @@ function Engine:decode_rows(ids, cache, rows, positions, seqs)
             out:narrow(0, r0, m):copy_(self:_logits(h:narrow(0, r0, m)))
         end
         return out
-    end)
+    end) end)
 end
 
 -- engine:batch{ slots = 4, max_T = cfg.seq_len } -> a continuous-batching decoder (nanochat.batch)
@@ -678,6 +722,20 @@ end
 function M.open(path, opts)
     if type(path) == 'string' and path:match('%.gguf$') then return (require('nanochat.export').load(path)) end
     return M.pack(path, opts)
+end
+
+-- threads=N | auto from command-line key=values onto the engine (engine:set_threads); absent: unchanged
+function M.apply_threads(engine, kv)
+    local t = kv.threads
+    if t == nil then return engine end
+    if t ~= 'auto' then
+        t = tonumber(t)
+        if not t or t < 1 or t ~= math.floor(t) then
+            error("nanochat: threads must be a count >= 1 or 'auto', got " .. tostring(kv.threads), 0)
+        end
+        nc().set_num_threads(t)   -- the maximum for everything else too (prefill, sampling)
+    end
+    return engine:set_threads(t)
 end
 
 -- sampling options from command-line key=values (strings or numbers); exit_q: a LoopLM model's

@@ -1,4 +1,4 @@
--- lua/nanochat/cmd/chat.lua — `nanochat chat CKPT [temperature=0.8 top_k=50 n=512 tok=FILE system="..."]`
+-- lua/nanochat/cmd/chat.lua — `nanochat chat CKPT [temperature=0.8 top_k=50 n=512 tok=FILE system="..." threads=N|auto]`
 --
 -- Interactive chat over the packed engine: each user line is appended to the conversation, the
 -- whole conversation is rendered with tok:render_chat (+ '<|assistant_start|>'), and the reply
@@ -41,9 +41,9 @@ function M.run(kv, pos)
     local nc = require 'nanochat'
     local E = require 'nanochat.engine'
     local ckpt = pos[1]
-    if not ckpt then error('usage: nanochat chat CKPT [temperature= top_k= n= tok=FILE system="..."]', 0) end
+    if not ckpt then error('usage: nanochat chat CKPT [temperature= top_k= n= tok=FILE system="..." threads=N|auto]', 0) end
     local tok = E.tokenizer_for(ckpt, { tok = kv.tok })
-    local engine = E.open(ckpt)
+    local engine = E.apply_threads(E.open(ckpt), kv)
     local opts = E.sample_opts(kv)
     if opts.temperature == nil then opts.temperature = 0.8 end
     if opts.top_k == nil then opts.top_k = 50 end

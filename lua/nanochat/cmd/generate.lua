@@ -1,5 +1,6 @@
 -- lua/nanochat/cmd/generate.lua — `nanochat generate CKPT prompt="fn main() {" n=200
---   [temperature=0.8 top_k=50 top_p= min_p= repetition_penalty= seed=0 tok=FILE bos=1 exit_q=]`
+--   [temperature=0.8 top_k=50 top_p= min_p= repetition_penalty= seed=0 tok=FILE bos=1 exit_q=
+--   threads=N|auto]` (threads=auto: decode picks 1..N threads by measured speed, engine:set_threads)
 --   several prompts, decoded as one batch: `prompt=A prompt2=B prompt3=C ...` or `prompts=FILE`
 --   (one prompt per line, empty lines skipped) [batch=SLOTS]
 --
@@ -16,7 +17,7 @@
 -- alone with the same options.
 local function usage()
     return 'usage: nanochat generate CKPT prompt="..." [prompt2="..." ... | prompts=FILE] [batch=SLOTS n=200 ' ..
-        'temperature= top_k= top_p= min_p= repetition_penalty= seed= tok=FILE exit_q=]'
+        'temperature= top_k= top_p= min_p= repetition_penalty= seed= tok=FILE exit_q= threads=N|auto]'
 end
 
 -- the prompts of kv: prompt, prompt2, prompt3, ... (consecutive) or the lines of prompts=FILE
@@ -55,7 +56,7 @@ return function(kv, pos)
     if not ckpt then error(usage(), 0) end
     local prompts = prompt_list(kv)
     local tok = E.tokenizer_for(ckpt, { tok = kv.tok })
-    local engine = E.open(ckpt)
+    local engine = E.apply_threads(E.open(ckpt), kv)
     local function encode(text)
         local ids = {}
         if kv.bos ~= 0 and kv.bos ~= false then ids[1] = tok.bos_id end
