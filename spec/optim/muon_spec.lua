@@ -332,6 +332,7 @@ describe('nc_muon_step_many', function()
         assert(not ok and tostring(err):find('muon (p2)', 1, true) and tostring(err):find('g must have 64 elements', 1, true),
             tostring(err))
         assert(A:abs():sum():item() == 0, 'the first matrix was updated before the check of the second')
+        assert(opt.t == 0 and opt.state[A].meta.step == 0, 'the failed step was counted')
         -- the C entry: an entry with neither m nor codes / scales, a NULL p, a bad count
         local ffi, C = require 'ffi', require('nanochat.core').C
         local P, G = ffi.new('nc_tensor *[2]', { A._c, Bp._c }), ffi.new('const nc_tensor *[2]', { A.grad._c, A.grad._c })

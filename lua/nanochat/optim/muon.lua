@@ -166,6 +166,14 @@ function Muon:step(mult)
     local failed = ffi.new('int32_t[1]', -1)
     local rc = C.nc_muon_step_many(n, P, G, M, CD, SC, HP, failed)
     if rc ~= 0 then
+        -- the C call checks every entry before changing any state: undo this step's bookkeeping
+        -- (not after running out of memory, which can come midway, with earlier matrices updated)
+        for _, it in ipairs(rc == C.NC_ERR_OOM and {} or list) do
+            local st = it[3]
+            st.meta.step = st.meta.step - 1
+            if it[1].group.state_bits == 8 then st.meta.counter = st.meta.counter - math.ceil(it[1].param:numel() / 4) end
+        end
+        if rc ~= C.NC_ERR_OOM then self.t = self.t - 1 end
         local bad = list[failed[0] + 1]
         check(rc, self.kind .. (bad and ' (' .. bad[1].name .. ')' or ''))
     end
