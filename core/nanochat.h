@@ -552,8 +552,17 @@ typedef struct nc_optim_hp {
     double alpha;          /* GaLore back-projection scale */
     /* fields below were added after the first release of the struct (appended, ABI-compatible) */
     int32_t quant;         /* 8-bit state code map, enum nc_quant8_map: 0 = linear, 1 = dynamic */
-    int32_t reserved0;     /* 0 */
+    int32_t ns_dtype;      /* Muon / 8-bit Muon / GaLore's inner Muon: enum nc_ns_dtype; 0 = auto */
 } nc_optim_hp;
+
+/* Precision of the matrix products of Muon's quintic Newton-Schulz (nc_optim_hp.ns_dtype).
+ * F32: OpenBLAS sgemm (the reference). BF16: every product's inputs rounded to bf16 (nearest
+ * even), f32 accumulation and f32 outputs (AMX or AVX-512 BF16; on other CPUs the slow scalar
+ * reference of nc_gemm_bf16), as the reference Muon casts X to bfloat16. AUTO: BF16 when a
+ * hardware bf16 GEMM runs on this CPU, else F32. CUDA tensors always use f32 (cuBLAS sgemm). */
+enum nc_ns_dtype { NC_NS_AUTO = 0, NC_NS_F32 = 1, NC_NS_BF16 = 2 };
+/* What NC_NS_AUTO means on this CPU now: NC_NS_BF16 or NC_NS_F32. */
+int32_t nc_ns_dtype_auto(void);
 
 /* 8-bit blockwise code maps. Every code c is an int8 in [-127, 127] (-128 is never written;
  * LINEAR would decode it as -128/127 s_b, DYNAMIC as -map[127] s_b); value = sign(c) * map[|c|] * s_b
@@ -591,6 +600,17 @@ nc_status nc_muon_step(nc_tensor *p, const nc_tensor *g, nc_tensor *m, const nc_
  * (absmax scale; nearest or stochastic rounding) and writes the full-precision u into the
  * transient NS input buffer; no f32 copy of the state outlives the call. */
 nc_status nc_muon8_step(nc_tensor *p, const nc_tensor *g, nc_tensor *codes, nc_tensor *scales, const nc_optim_hp *hp);
+/* Muon over count matrices in one call: entry i is nc_muon_step(p[i], g[i], m[i], &hp[i]) when
+ * m[i] is non-NULL, else nc_muon8_step(p[i], g[i], codes[i], scales[i], &hp[i]) (m, or codes and
+ * scales, may be NULL when no entry uses them); the results are those of the separate calls, bit
+ * for bit. Every entry is checked before any state changes (a failure sets *failed, when given, to
+ * the entry's index, else -1; out of memory midway can leave earlier entries updated). CPU entries
+ * with a bf16 Newton-Schulz (ns_dtype) share the threads, one matrix per thread, largest first;
+ * the others (CUDA, f32 sgemm, or a matrix costing more than a thread's share) run in turn, each
+ * on every thread. */
+nc_status nc_muon_step_many(int32_t count, nc_tensor *const *p, const nc_tensor *const *g, nc_tensor *const *m,
+                            nc_tensor *const *codes, nc_tensor *const *scales, const nc_optim_hp *hp,
+                            int32_t *failed);
 /* GaLore: R = project(g) with proj (see nc_galore_side), the inner optimizer (ADAMW: s0 = m,
  * s1 = v; MUON: s0 = m; MUON8: s0 = codes, s1 = scales; LION: s0 = m) runs on R with state of
  * R's shape, then p -= lr alpha backproject(N) (AdamW: N = its update / lr; Muon: scale NS5(u)),
@@ -605,6 +625,9 @@ nc_status nc_galore_step(nc_tensor *p, const nc_tensor *g, const nc_tensor *proj
  * x 5; cubic (FIRE): (1.5, -0.5, 0). Matrix products run through OpenBLAS sgemm. */
 nc_status nc_newton_schulz(nc_tensor *out, const nc_tensor *x, int32_t steps, const double *abc, int32_t n_abc,
                            double fro_mult, double eps);
+/* The same with the products' precision chosen (enum nc_ns_dtype; nc_newton_schulz = NC_NS_F32). */
+nc_status nc_newton_schulz_dtype(nc_tensor *out, const nc_tensor *x, int32_t steps, const double *abc,
+                                 int32_t n_abc, double fro_mult, double eps, int32_t ns_dtype);
 /* Thin SVD (LAPACK gesdd) of a (m, n), f32 or f64: u (m, k), s (k), vt (k, n), k = min(m, n),
  * all of a's dtype, singular values descending. */
 nc_status nc_svd(nc_tensor *u, nc_tensor *s, nc_tensor *vt, const nc_tensor *a);

@@ -14,7 +14,9 @@
  * same argument checks run here, the constants are computed here exactly as for the CPU, and the
  * work goes to the CUDA backend (core/backend.h optimizer entries, kernels/cuda/optim.cu):
  * elementwise results are the CPU's bits; Newton-Schulz and GaLore's projections use cuBLAS sgemm
- * (agreement within f32 tolerance). Transient CUDA buffers are device tensors freed on return.
+ * (agreement within f32 tolerance; the CPU's bf16 Newton-Schulz, hp->ns_dtype, has no CUDA
+ * version: CUDA tensors always get f32). Transient CUDA buffers are device tensors freed on return.
+ * nc_muon_step_many: a step's matrices in one call (CPU + bf16 NS: one matrix per thread).
  */
 #pragma GCC optimize("no-math-errno", "no-trapping-math")
 
@@ -22,6 +24,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Elementwise passes next to OpenBLAS calls (Muon, 8-bit Muon, GaLore) go parallel only from
@@ -72,10 +75,7 @@ static nc_status as_matrix(const char *op, const nc_tensor *p, int64_t *rows, in
 }
 
 /* ---- AdamW --------------------------------------------------------------------------------- */
-typedef struct {
-    float b1, b2, eps, coef, bc2s;   /* coef: multiplies m / denom; bc2s = sqrt(bc2) (torch mode) */
-    int galore;
-} adam_c;
+typedef nc_adam_c adam_c;   /* and adam_elem: optim_internal.h (shared with optim_avx512.c) */
 
 static adam_c adam_consts(const nc_optim_hp *hp) {
     double t = (double)(hp->step < 1 ? 1 : hp->step);
@@ -88,16 +88,6 @@ static adam_c adam_consts(const nc_optim_hp *hp) {
     c.bc2s = (float)sqrt(bc2);
     c.coef = (float)(c.galore ? sqrt(bc2) / bc1 : 1.0 / bc1);
     return c;
-}
-
-/* updates m, v for one element; returns the direction (update / lr) */
-static inline float adam_elem(float g, float *m, float *v, const adam_c *c) {
-    float mi = c->b1 * *m + (1.0f - c->b1) * g;
-    float vi = c->b2 * *v + (1.0f - c->b2) * (g * g);
-    *m = mi;
-    *v = vi;
-    float denom = c->galore ? sqrtf(vi) + c->eps : sqrtf(vi) / c->bc2s + c->eps;
-    return c->coef * (mi / denom);
 }
 
 static nc_status check_hp_adam(const char *op, const nc_optim_hp *hp) {
@@ -154,6 +144,10 @@ nc_status nc_adamw_step(nc_tensor *p, const nc_tensor *g, nc_tensor *m, nc_tenso
     float decay = (float)(1.0 - hp->lr * hp->weight_decay), lr = (float)hp->lr;
     float *P = nc_f32p(p), *M = nc_f32p(m), *V = nc_f32p(v);
     const float *G = nc_f32p(g);
+    if (nc_cpu_avx512()) {   /* the same loop in AVX-512 (bitwise equal; see optim_avx512.c) */
+        nc_optim_adamw_avx512(P, G, M, V, n, &c, decay, lr);
+        return NC_OK;
+    }
 #pragma omp parallel for simd schedule(static) if (n >= NC_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         float d = adam_elem(G[i], &M[i], &V[i], &c);
@@ -454,7 +448,7 @@ static nc_status check_hp_muon(const char *op, const nc_optim_hp *hp) {
     NC_TRY(check_map(op, hp->quant));
     if (hp->ns_steps < 0 || hp->ns_steps > 100)
         return nc_fail(NC_ERR_ARG, "%s: ns_steps must lie in [0, 100], got %d", op, hp->ns_steps);
-    return NC_OK;
+    return nc_optim_check_ns_dtype(op, hp->ns_dtype);
 }
 
 /* f32 momentum: M = mu M + damp G; U = nesterov ? damp G + mu M : M */
@@ -521,32 +515,137 @@ static nc_status muon_cuda(const char *op, nc_tensor *p, const nc_tensor *g, nc_
     return st;
 }
 
-static nc_status muon_common(const char *op, nc_tensor *p, const nc_tensor *g, nc_tensor *m, nc_tensor *codes,
-                             nc_tensor *scales, const nc_optim_hp *hp) {
+/* the checks of a Muon step; *dev, *rows, *cols, *n of p */
+static nc_status muon_check(const char *op, const nc_tensor *p, const nc_tensor *g, const nc_tensor *m,
+                            const nc_tensor *codes, const nc_tensor *scales, const nc_optim_hp *hp, int32_t *devp,
+                            int64_t *rows, int64_t *cols, int64_t *n) {
     int32_t dev;
     if (m) NC_TRY(DEV3(p, g, m));
     else NC_TRY(DEV4(p, g, codes, scales));
     NC_TRY(check_pg(op, p, g, hp, dev));
     NC_TRY(check_hp_muon(op, hp));
-    int64_t rows = 0, cols = 0, n = nc_tensor_numel(p);
-    NC_TRY(as_matrix(op, p, &rows, &cols));
+    *n = nc_tensor_numel(p);
+    NC_TRY(as_matrix(op, p, rows, cols));
     if (m) {
         NC_TRY(want_f32(op, "m", m, dev));
-        NC_TRY(want_numel(op, "m", m, n));
+        NC_TRY(want_numel(op, "m", m, *n));
     } else {
-        NC_TRY(check_codes(op, codes, scales, n, hp->block, dev));
+        NC_TRY(check_codes(op, codes, scales, *n, hp->block, dev));
     }
-    if (n == 0) return NC_OK;
-    if (dev == NC_CUDA) return muon_cuda(op, p, g, m, codes, scales, hp, rows, cols, n);
+    *devp = dev;
+    return NC_OK;
+}
+
+/* the CPU step of checked arguments: momentum into the transient U, NS, the update */
+static nc_status muon_cpu(const char *op, nc_tensor *p, const nc_tensor *g, nc_tensor *m, nc_tensor *codes,
+                          nc_tensor *scales, const nc_optim_hp *hp, int64_t rows, int64_t cols, int64_t n) {
     int64_t bytes = n * (int64_t)sizeof(float);
     float *U = nc_host_alloc(bytes);   /* the NS input buffer: transient */
     if (!U) return nc_fail(NC_ERR_OOM, "%s: cannot allocate the %lld-byte update buffer", op, (long long)bytes);
     if (m) muon_momentum(U, nc_f32p(m), nc_f32p(g), n, hp);
     else muon8_momentum(U, (int8_t *)nc_tensor_data(codes), nc_f32p(scales), nc_f32p(g), n, hp);
-    nc_status st = nc_optim_ns_inplace(U, rows, cols, hp->ns_steps, nc_ns_quintic, 1, 1.0, 1e-7);
+    nc_status st = nc_optim_ns_inplace(U, rows, cols, hp->ns_steps, nc_ns_quintic, 1, 1.0, 1e-7, hp->ns_dtype);
     if (st == NC_OK)
         apply_update(nc_f32p(p), U, n, (float)(1.0 - hp->lr * hp->weight_decay), (float)(hp->lr * hp->scale));
     nc_host_free(U, bytes);
+    return st;
+}
+
+static nc_status muon_common(const char *op, nc_tensor *p, const nc_tensor *g, nc_tensor *m, nc_tensor *codes,
+                             nc_tensor *scales, const nc_optim_hp *hp) {
+    int32_t dev;
+    int64_t rows = 0, cols = 0, n = 0;
+    NC_TRY(muon_check(op, p, g, m, codes, scales, hp, &dev, &rows, &cols, &n));
+    if (n == 0) return NC_OK;
+    if (dev == NC_CUDA) return muon_cuda(op, p, g, m, codes, scales, hp, rows, cols, n);
+    return muon_cpu(op, p, g, m, codes, scales, hp, rows, cols, n);
+}
+
+/* ---- Muon over many matrices ------------------------------------------------------------------ */
+typedef struct {
+    int64_t cost, rows, cols, n;   /* cost: the NS multiply-adds per iteration, 2 r^2 c + r^3 */
+    int32_t i, dev, alone;
+} muon_job;
+
+static int job_cmp(const void *x, const void *y) {
+    const muon_job *a = x, *b = y;
+    if (a->cost != b->cost) return a->cost > b->cost ? -1 : 1;   /* largest first */
+    return a->i < b->i ? -1 : a->i > b->i;
+}
+
+nc_status nc_muon_step_many(int32_t count, nc_tensor *const *p, const nc_tensor *const *g, nc_tensor *const *m,
+                            nc_tensor *const *codes, nc_tensor *const *scales, const nc_optim_hp *hp,
+                            int32_t *failed) {
+    static const char *op = "muon_step_many";
+    if (failed) *failed = -1;
+    if (count < 0) return nc_fail(NC_ERR_ARG, "%s: count must be >= 0, got %d", op, count);
+    if (count == 0) return NC_OK;
+    if (!p || !g || !hp || (!m && (!codes || !scales)))
+        return nc_fail(NC_ERR_ARG, "%s: p, g, hp and m (or codes and scales) must be arrays of %d entries", op, count);
+    int64_t jbytes = (int64_t)sizeof(muon_job) * count;
+    muon_job *jobs = nc_host_alloc(jbytes);
+    if (!jobs) return nc_fail(NC_ERR_OOM, "%s: out of memory", op);
+    nc_status st = NC_OK;
+    int64_t total = 0;
+    int32_t nj = 0;
+    /* every check first, so that a bad argument changes no state */
+    for (int32_t i = 0; i < count && st == NC_OK; i++) {
+        nc_tensor *mi = m ? m[i] : NULL, *ci = mi || !codes ? NULL : codes[i], *si = mi || !scales ? NULL : scales[i];
+        const char *opi = mi ? "muon_step" : "muon8_step";
+        muon_job j = { 0, 0, 0, 0, i, 0, 0 };
+        if (!mi && (!ci || !si)) st = nc_fail(NC_ERR_ARG, "%s: entry %d has neither m nor codes and scales", op, i);
+        else st = muon_check(opi, p[i], g[i], mi, ci, si, &hp[i], &j.dev, &j.rows, &j.cols, &j.n);
+        if (st != NC_OK) { if (failed) *failed = i; break; }
+        if (j.n == 0) continue;
+        int64_t r = j.rows < j.cols ? j.rows : j.cols, c = j.rows < j.cols ? j.cols : j.rows;
+        j.cost = 2 * r * r * c + r * r * r;
+        /* in the shared pass: CPU matrices whose NS runs through the bf16 GEMM (thread-count
+         * independent, no OpenBLAS threads); the others (CUDA, f32 sgemm) cost 0 = run alone */
+        int bf16 = hp[i].ns_dtype == NC_NS_BF16 || (hp[i].ns_dtype == NC_NS_AUTO && nc_ns_dtype_auto() == NC_NS_BF16);
+        if (j.dev != NC_CPU || !bf16 || hp[i].ns_steps == 0) j.cost = -1;
+        else total += j.cost;
+        jobs[nj++] = j;
+    }
+    if (st != NC_OK) { nc_host_free(jobs, jbytes); return st; }
+    qsort(jobs, (size_t)nj, sizeof(muon_job), job_cmp);
+    /* Alone (every thread on one matrix, in turn): the jobs marked -1 and a matrix costing more
+     * than a thread's share (its GEMMs are threaded). The rest: one matrix per thread, largest
+     * first (products this small use 2 threads poorly: barriers, per-thread packing of the
+     * shared operand); a thread-count independent GEMM keeps the results those of separate calls. */
+    int nt = nc_threads();
+    int32_t nshared = 0;
+    for (int32_t k = 0; k < nj && st == NC_OK; k++) {
+        muon_job *j = &jobs[k];
+        j->alone = j->cost < 0 || j->cost * nt > total;
+        if (!j->alone) { nshared++; continue; }
+        int32_t i = j->i;
+        nc_tensor *mi = m ? m[i] : NULL, *ci = mi || !codes ? NULL : codes[i], *si = mi || !scales ? NULL : scales[i];
+        const char *opi = mi ? "muon_step" : "muon8_step";
+        st = j->dev == NC_CUDA ? muon_cuda(opi, p[i], g[i], mi, ci, si, &hp[i], j->rows, j->cols, j->n)
+                               : muon_cpu(opi, p[i], g[i], mi, ci, si, &hp[i], j->rows, j->cols, j->n);
+        if (st != NC_OK && failed) *failed = i;
+    }
+    if (st == NC_OK && nshared > 0) {
+        int32_t bad = -1;
+        nc_status bst = NC_OK;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1 && nshared > 1)
+        for (int32_t k = 0; k < nj; k++) {
+            if (jobs[k].alone) continue;
+            int32_t i = jobs[k].i;
+            nc_tensor *mi = m ? m[i] : NULL, *ci = mi || !codes ? NULL : codes[i], *si = mi || !scales ? NULL : scales[i];
+            nc_status s1 = muon_cpu(mi ? "muon_step" : "muon8_step", p[i], g[i], mi, ci, si, &hp[i], jobs[k].rows,
+                                    jobs[k].cols, jobs[k].n);
+            if (s1 != NC_OK) {
+#pragma omp critical(nc_muon_many)
+                if (bad < 0 || i < bad) { bad = i; bst = s1; }
+            }
+        }
+        if (bad >= 0) {   /* the worker's message is thread-local: restate it here */
+            if (failed) *failed = bad;
+            st = nc_fail(bst, "%s: matrix %d: out of memory in the Muon step", op, bad);
+        }
+    }
+    nc_host_free(jobs, jbytes);
     return st;
 }
 
@@ -679,7 +778,7 @@ nc_status nc_galore_step(nc_tensor *p, const nc_tensor *g, const nc_tensor *proj
     } else {
         if (inner == NC_OPTIM_MUON) muon_momentum(D, nc_f32p(s0), R, ln, hp);
         else muon8_momentum(D, (int8_t *)nc_tensor_data(s0), nc_f32p(s1), R, ln, hp);
-        st = nc_optim_ns_inplace(D, lr_rows, lr_cols, hp->ns_steps, nc_ns_quintic, 1, 1.0, 1e-7);
+        st = nc_optim_ns_inplace(D, lr_rows, lr_cols, hp->ns_steps, nc_ns_quintic, 1, 1.0, 1e-7, hp->ns_dtype);
         step = (float)(hp->lr * hp->alpha * hp->scale);
     }
     if (st == NC_OK) {

@@ -2,7 +2,10 @@
  * orthogonalization (Muon's quintic, FIRE's cubic), thin SVD and the randomized SVD projector of
  * GaLore 2 (algorithms.md §2.2, §4.4, §6.2).
  *
- * Promise: every matrix product goes through OpenBLAS sgemm; the small factorizations use the
+ * Promise: every matrix product goes through OpenBLAS sgemm, except Muon's Newton-Schulz with
+ * ns_dtype bf16 (or auto on a CPU with a hardware bf16 GEMM), whose products go through
+ * nc_gemm_bf16_f32p (bf16 inputs, f32 accumulation and outputs; the result does not depend on the
+ * thread count, so nc_muon_step_many may run one matrix per thread); the small factorizations use the
  * LAPACK inside OpenBLAS (sgeqrf/sorgqr/sgesdd/dgesdd; Debian's libopenblas-dev ships no
  * lapacke.h, so the Fortran symbols are declared here). Results are deterministic for a given
  * thread count; workspaces are freed before returning; failures are nc_status with a message.
@@ -73,20 +76,20 @@ static void scale_copy(float *dst, const float *src, int64_t n, float s) {
     for (int64_t i = 0; i < n; i++) dst[i] = s * src[i];
 }
 
-nc_status nc_optim_ns_inplace(float *x, int64_t rows, int64_t cols, int32_t steps, const double *abc,
-                              int32_t n_abc, double fro_mult, double eps) {
-    if (rows <= 0 || cols <= 0) return NC_OK;
-    int tall = rows > cols;
-    int64_t r = tall ? cols : rows, c = tall ? rows : cols, n = r * c;
-    /* X, Y (r, c) ping-pong, A, B (r, r) */
-    int64_t bytes = (int64_t)sizeof(float) * (2 * n + 2 * r * r);
-    float *ws = nc_host_alloc(bytes);
-    if (!ws) return nc_fail(NC_ERR_OOM, "newton_schulz: cannot allocate a %lld-byte workspace", (long long)bytes);
-    float *X = ws, *Y = ws + n, *A = ws + 2 * n, *Bm = A + r * r;
-    if (tall) transpose(X, x, rows, cols);
-    else memcpy(X, x, (size_t)n * sizeof(float));
-    double nrm = nc_optim_fro_norm(X, n);
-    scale_copy(X, X, n, (float)(1.0 / (fro_mult * nrm + eps)));
+nc_status nc_optim_check_ns_dtype(const char *op, int32_t ns_dtype) {
+    if (ns_dtype != NC_NS_AUTO && ns_dtype != NC_NS_F32 && ns_dtype != NC_NS_BF16)
+        return nc_fail(NC_ERR_ARG, "%s: ns_dtype must be NC_NS_AUTO (0), NC_NS_F32 (1) or NC_NS_BF16 (2), got %d", op,
+                       ns_dtype);
+    return NC_OK;
+}
+
+int32_t nc_ns_dtype_auto(void) { return nc_gemm_bf16_hw() ? NC_NS_BF16 : NC_NS_F32; }
+
+/* the f32 (sgemm) iteration on X (r, c), r <= c; Y (r, c), A, Bm (r, r) workspaces; returns the
+ * buffer holding the result (X or Y) */
+static float *ns_f32(float *X, float *Y, float *A, float *Bm, int64_t r, int64_t c, int32_t steps, const double *abc,
+                     int32_t n_abc) {
+    int64_t n = r * c;
     int serial = r * r * c <= NC_NS_SERIAL_MACS && nc_threads() > 1;
     if (serial) openblas_set_num_threads(1);
     for (int32_t k = 0; k < steps; k++) {
@@ -110,6 +113,99 @@ nc_status nc_optim_ns_inplace(float *x, int64_t rows, int64_t cols, int32_t step
         float *t = X; X = Y; Y = t;
     }
     if (serial) openblas_set_num_threads(nc_threads());
+    return X;
+}
+
+/* Row panel of the symmetric products (ns_bf16; a multiple of 32, the bf16 GEMM's block). Each
+ * panel call packs its share of the shared operand again, so narrow panels lose what they save:
+ * one Muon step over the tiny config's 36 matrices (tools/bench/optim_ns.lua's set, one matrix per
+ * thread, 2 threads, medians of 21 interleaved runs) took 83.4 ms with full products, 80.9 ms
+ * with 64-row panels, 79.9 ms with 128 and 93.2 ms with 32. */
+#define NS_SYM_PANEL 128
+
+/* C (n, n) = alpha op(P) op(Q) + beta C for a product known to be symmetric (X X^T, A A with A
+ * symmetric): row panels [i0, i0 + panel) compute only the columns j >= i0 through
+ * nc_gemm_bf16_f32p; the strict lower triangle is then copied from the upper one. The kernel sums
+ * each element's K products in a fixed order, and element (j, i) has the same products as (i, j),
+ * so the mirrored values are the ones a full product would hold there. panel <= 0: the full product. */
+static nc_status sym_bf16(int64_t n, int64_t K, const float *P, int64_t ldp, int32_t tp, const float *Q, int64_t ldq,
+                          int32_t tq, float alpha, float beta, float *C, int64_t ldc, int64_t panel) {
+    if (panel <= 0 || panel >= n)
+        return nc_gemm_bf16_f32p(n, n, K, P, ldp, tp, Q, ldq, tq, alpha, beta, C, ldc);
+    for (int64_t i0 = 0; i0 < n; i0 += panel) {
+        int64_t m = i0 + panel < n ? panel : n - i0;
+        const float *Pi = tp ? P + i0 : P + i0 * ldp;   /* rows i0.. of op(P) */
+        const float *Qj = tq ? Q + i0 * ldq : Q + i0;   /* columns i0.. of op(Q) */
+        NC_TRY(nc_gemm_bf16_f32p(m, n - i0, K, Pi, ldp, tp, Qj, ldq, tq, alpha, beta, C + i0 * ldc + i0, ldc));
+    }
+    const int64_t B = 32;
+    for (int64_t i0 = 0; i0 < n; i0 += B)
+        for (int64_t j0 = 0; j0 <= i0; j0 += B) {
+            int64_t ie = i0 + B < n ? i0 + B : n, je = j0 + B < n ? j0 + B : n;
+            for (int64_t i = i0; i < ie; i++)
+                for (int64_t j = j0; j < je && j < i; j++) C[i * ldc + j] = C[j * ldc + i];
+        }
+    return NC_OK;
+}
+
+/* The bf16 iteration: the f32 sequence with every product through nc_gemm_bf16_f32p (inputs
+ * rounded to bf16, f32 accumulation and outputs). X is the (r, c) iterate, r <= c, stored as is
+ * (tall = 0) or as its transpose Xt (c, r) (tall = 1: the caller's tall matrix, used in place of
+ * transposing it, since the GEMM reads either orientation): A = X X^T = Xt^T Xt, and
+ * (B X)^T = Xt B^T. Y (same storage), A, Bm (r, r): workspaces. */
+static nc_status ns_bf16(float **out, float *X, float *Y, float *A, float *Bm, int64_t r, int64_t c, int tall,
+                         int32_t steps, const double *abc, int32_t n_abc) {
+    int64_t n = r * c, panel = NS_SYM_PANEL;
+    for (int32_t k = 0; k < steps; k++) {
+        const double *q = abc + 3 * (k < n_abc ? k : n_abc - 1);
+        float a = (float)q[0], b = (float)q[1], cc = (float)q[2];
+        if (tall) NC_TRY(sym_bf16(r, c, X, r, 1, X, r, 0, 1.0f, 0.0f, A, r, panel));
+        else NC_TRY(sym_bf16(r, c, X, c, 0, X, c, 1, 1.0f, 0.0f, A, r, panel));
+        if (cc != 0.0f) {
+            memcpy(Bm, A, (size_t)(r * r) * sizeof(float));
+            NC_TRY(sym_bf16(r, r, A, r, 0, A, r, 0, cc, b, Bm, r, panel));
+        } else {
+            scale_copy(Bm, A, r * r, b);
+        }
+        memcpy(Y, X, (size_t)n * sizeof(float));
+        if (tall) NC_TRY(nc_gemm_bf16_f32p(c, r, r, X, r, 0, Bm, r, 1, 1.0f, a, Y, r));
+        else NC_TRY(nc_gemm_bf16_f32p(r, c, r, Bm, r, 0, X, c, 0, 1.0f, a, Y, c));
+        float *t = X; X = Y; Y = t;
+    }
+    *out = X;
+    return NC_OK;
+}
+
+nc_status nc_optim_ns_inplace(float *x, int64_t rows, int64_t cols, int32_t steps, const double *abc,
+                              int32_t n_abc, double fro_mult, double eps, int32_t ns_dtype) {
+    if (rows <= 0 || cols <= 0) return NC_OK;
+    int bf16 = ns_dtype == NC_NS_BF16 || (ns_dtype == NC_NS_AUTO && nc_ns_dtype_auto() == NC_NS_BF16);
+    int tall = rows > cols;
+    int64_t r = tall ? cols : rows, c = tall ? rows : cols, n = r * c;
+    if (bf16) {
+        /* x itself is the first iterate (scaled in place, either orientation); Y, A, Bm workspace */
+        int64_t bytes = (int64_t)sizeof(float) * (n + 2 * r * r);
+        float *ws = nc_host_alloc(bytes);
+        if (!ws) return nc_fail(NC_ERR_OOM, "newton_schulz: cannot allocate a %lld-byte workspace", (long long)bytes);
+        float *Y = ws, *A = ws + n, *Bm = A + r * r, *res = x;
+        scale_copy(x, x, n, (float)(1.0 / (fro_mult * nc_optim_fro_norm(x, n) + eps)));
+        nc_status st = ns_bf16(&res, x, Y, A, Bm, r, c, tall, steps, abc, n_abc);
+        if (st != NC_OK)   /* the GEMM's only failure is its packing buffers: say so here */
+            st = nc_fail(st, "newton_schulz: the bf16 GEMM failed (out of memory for its packed operands)");
+        else if (res != x) memcpy(x, res, (size_t)n * sizeof(float));
+        nc_host_free(ws, bytes);
+        return st;
+    }
+    /* X, Y (r, c) ping-pong, A, B (r, r) */
+    int64_t bytes = (int64_t)sizeof(float) * (2 * n + 2 * r * r);
+    float *ws = nc_host_alloc(bytes);
+    if (!ws) return nc_fail(NC_ERR_OOM, "newton_schulz: cannot allocate a %lld-byte workspace", (long long)bytes);
+    float *X = ws, *Y = ws + n, *A = ws + 2 * n, *Bm = A + r * r;
+    if (tall) transpose(X, x, rows, cols);
+    else memcpy(X, x, (size_t)n * sizeof(float));
+    double nrm = nc_optim_fro_norm(X, n);
+    scale_copy(X, X, n, (float)(1.0 / (fro_mult * nrm + eps)));
+    X = ns_f32(X, Y, A, Bm, r, c, steps, abc, n_abc);
     if (tall) transpose(x, X, r, c);
     else memcpy(x, X, (size_t)n * sizeof(float));
     nc_host_free(ws, bytes);
@@ -134,8 +230,8 @@ static nc_status check_f32_cpu_contig(const char *op, const char *arg, const nc_
     return nc_check_contiguous(op, arg, t);
 }
 
-nc_status nc_newton_schulz(nc_tensor *out, const nc_tensor *x, int32_t steps, const double *abc, int32_t n_abc,
-                           double fro_mult, double eps) {
+nc_status nc_newton_schulz_dtype(nc_tensor *out, const nc_tensor *x, int32_t steps, const double *abc,
+                                 int32_t n_abc, double fro_mult, double eps, int32_t ns_dtype) {
     static const char *op = "newton_schulz";
     int32_t dev;
     NC_TRY(nc_check_one_device(op, &dev, 2, (const char *const[]){ "out", "x" }, (const nc_tensor *const[]){ out, x }));
@@ -150,8 +246,9 @@ nc_status nc_newton_schulz(nc_tensor *out, const nc_tensor *x, int32_t steps, co
     if (steps < 0 || (steps > 0 && (!abc || n_abc < 1)))
         return nc_fail(NC_ERR_ARG, "%s: expected steps >= 0 and at least one (a, b, c) triple, got steps %d, %d triples",
                        op, steps, n_abc);
+    NC_TRY(nc_optim_check_ns_dtype(op, ns_dtype));
     if (out != x) NC_TRY(nc_tensor_copy(out, x));
-    if (dev == NC_CUDA) {
+    if (dev == NC_CUDA) {   /* f32 (cuBLAS sgemm) whatever ns_dtype says */
         const nc_cuda_api *cu = nc_cuda_for(op);
         if (!cu) return NC_ERR_DEVICE;
         if (rows <= 0 || cols <= 0) return NC_OK;
@@ -162,7 +259,12 @@ nc_status nc_newton_schulz(nc_tensor *out, const nc_tensor *x, int32_t steps, co
         nc_tensor_release(ws);
         return st;
     }
-    return nc_optim_ns_inplace(nc_f32p(out), rows, cols, steps, abc, n_abc, fro_mult, eps);
+    return nc_optim_ns_inplace(nc_f32p(out), rows, cols, steps, abc, n_abc, fro_mult, eps, ns_dtype);
+}
+
+nc_status nc_newton_schulz(nc_tensor *out, const nc_tensor *x, int32_t steps, const double *abc, int32_t n_abc,
+                           double fro_mult, double eps) {
+    return nc_newton_schulz_dtype(out, x, steps, abc, n_abc, fro_mult, eps, NC_NS_F32);
 }
 
 /* ---- SVD -------------------------------------------------------------------------------------- */

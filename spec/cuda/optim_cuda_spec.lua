@@ -45,6 +45,7 @@ local function hp_new(t)
     hp.lr, hp.weight_decay, hp.beta1, hp.beta2, hp.eps, hp.step = 0.01, 0.1, 0.9, 0.95, 1e-8, 1
     hp.momentum, hp.dampening, hp.nesterov, hp.ns_steps, hp.scale = 0.95, 0.05, 1, 5, 1.0
     hp.block, hp.alpha, hp.seed, hp.counter = 64, 1.0, 11, 0
+    hp.ns_dtype = C.NC_NS_F32   -- the CPU side in f32 like CUDA's cuBLAS sgemm (auto = bf16 on AVX-512 BF16 / AMX)
     for k, v in pairs(t or {}) do hp[k] = v end
     return hp
 end
@@ -361,7 +362,8 @@ describe('Lua optimizers on CUDA parameters', function()
     end)
 
     gpu_it('Muon (f32 and 8-bit dynamic) lowers the loss on CUDA and tracks the CPU run', function()
-        for _, o in ipairs { { lr = 0.2 }, { lr = 0.2, state_bits = 8, block = 32, quant = 'dynamic' } } do
+        -- ns_dtype f32: CUDA's Newton-Schulz is f32 (cuBLAS sgemm); the CPU's default is bf16 on AVX-512 BF16 / AMX
+        for _, o in ipairs { { lr = 0.2, ns_dtype = 'f32' }, { lr = 0.2, state_bits = 8, block = 32, quant = 'dynamic', ns_dtype = 'f32' } } do
             local prob = H.lstsq(16, 24, 64)
             local w0 = H.randn({ 16, 24 }, 0.1)
             local make = function(p) return nc.optim.muon(p, o) end

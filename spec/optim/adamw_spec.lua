@@ -66,4 +66,31 @@ describe('nc.optim.adamw', function()
             H.close(b, st.after.b, 3e-7, 1e-6, 'b after step ' .. i)
         end
     end)
+
+    it('the AVX-512 loop is bitwise the baseline loop (both eps placements, tails, threaded sizes)', function()
+        if nc.cpu_kernel() ~= 'avx512' then
+            pending('no AVX-512 here: only the baseline loop runs')
+            return
+        end
+        for _, mode in ipairs { 'torch', 'galore' } do
+            for _, n in ipairs { 1, 15, 17, 1000, 70001 } do   -- 70001 >= NC_PAR_MIN: 2 threads
+                local P0 = H.randn { n }
+                local grads = {}
+                for t = 1, 3 do grads[t] = H.randn({ n }, 0.1) end
+                local out = {}
+                for _, kern in ipairs { 'avx512', 'scalar' } do
+                    nc.set_cpu_kernel(kern)
+                    local P = P0:clone():requires_grad_(true)
+                    local opt = nc.optim.adamw({ P }, { lr = 1e-2, betas = { 0.9, 0.95 }, eps = 1e-3, weight_decay = 0.1,
+                        eps_mode = mode })
+                    for t = 1, 3 do P.grad = grads[t]; opt:step(1 / t) end
+                    out[kern] = { P, opt:state_dict().tensors['p1.m'], opt:state_dict().tensors['p1.v'] }
+                end
+                nc.set_cpu_kernel('avx512')
+                for k, what in ipairs { 'p', 'm', 'v' } do
+                    H.bitwise(out.avx512[k], out.scalar[k], string.format('%s n=%d %s', mode, n, what))
+                end
+            end
+        end
+    end)
 end)

@@ -1,33 +1,48 @@
 -- tools/bench/optim.lua — the optimizer suite on one model, same data, same init, same schedule:
 -- per optimizer combination the optimizer state bytes (all / block matrices only), the median
 -- optimizer-step and full-training-step times, and the val loss after a fixed number of steps,
--- plus the val loss every combination reaches within the same wall-clock budget.
+-- plus the val loss every combination reaches within the same wall-clock budget; then a short
+-- timing phase on the tiny config itself (issue 5's muon_step_frac).
 --
 --   ./nanochat tools/bench/optim.lua [steps=150] [d=96] [layers=2] [heads=4] [seq=64] [batch=16]
 --        [lr_scale=1] [threads=0] [evals=6] [only=muon,muon8] [factory=path/to/factory.lua]
+--        [tiny_steps=10] [tiny_batch=8] [tiny_dtypes=auto,f32] [ns_dtype=auto]
 --
 -- The model/data factory is swappable: `factory=FILE` names a Lua file returning
 -- function(cfg) -> { model = <nc.nn.Module with param_roles()>, train_batch = function(step) -> x, y,
 -- val_batches = { {x, y}, ... }, loss = function(model, x, y) -> scalar loss }. The built-in one
 -- (below) is a 2-layer byte-level transformer (RMSNorm, RoPE, causal GQA attention, ReLU^2 MLP,
 -- untied head; as in recipes/quickstart.lua) trained on this repository's own C sources
--- (core/*.c, kernels/cpu/*.c; last 10% of the bytes held out). After the merge the tiny GPT of
--- recipes/tiny.lua plugs in through the same table.
+-- (core/*.c, kernels/cpu/*.c; last 10% of the bytes held out); tools/bench/optim_gpt.lua plugs in
+-- the ternary GPT of configs/models/tiny.lua on the tiny recipe's data.
+--
+-- ns_dtype (auto | f32 | bf16) is the Newton-Schulz precision of the suite's Muon-family combinations.
+--
+-- Tiny phase (tiny_steps > 0; tiny_steps=0 skips it): the GPT of configs/models/tiny.lua at its own
+-- shapes (d_model, n_layer, heads, seq_len from the file; batch tiny_batch = 8 as recipes/tiny.lua)
+-- through tools/bench/optim_gpt.lua's factory, trained with the hybrid Muon default twice in
+-- alternation, step by step (same init, same batches): Newton-Schulz with ns_dtype = 'auto' (the
+-- default: bf16 on AMX / AVX-512 BF16 CPUs, else f32) and with ns_dtype = 'f32' (sgemm), after 2
+-- untimed warmup steps. muon_step_frac = median optimizer step (opt:step + zero_grad) / median
+-- full training step (forward + backward + optimizer) of the 'auto' run.
 --
 -- Baselines in the same run: AdamW is the reference for state bytes and loss; the Muon step time
 -- is measured against the full training step (forward + backward + optimizer) of the same run.
 -- Last line: JSON with muon8_state_ratio (8-bit / fp32 Muon momentum bytes), muon8_loss_rel
 -- ((val 8-bit - val Muon) / val Muon; muon8_dynamic_loss_rel the same for quant = 'dynamic'),
--- galore2_state_ratio (GaLore 2 + AdamW state / AdamW state,
--- projected matrices only), muon_step_frac (Muon optimizer step / full training step), and the
--- per-combination numbers.
+-- galore2_state_ratio (GaLore 2 + AdamW state / AdamW state, projected matrices only),
+-- muon_step_frac (the tiny phase's fraction, above; absent with tiny_steps=0), muon_step_frac_f32
+-- (the same with the f32 Newton-Schulz), tiny = {ms = {[ns_dtype] = {opt_ms, step_ms, frac}}, ns_dtype_auto},
+-- muon_step_frac_bench_model (the suite's own model: Muon optimizer step / full training step of
+-- the 'muon (hybrid default)' combination), and the per-combination numbers.
 local nc = require 'nanochat'
 local here = debug.getinfo(1, 'S').source:match('^@(.*/)') or './'
 local L = dofile(here .. 'lib.lua')
 
 local args = L.parse_args()
 local cfg = { steps = 150, d = 96, layers = 2, heads = 4, kv_heads = 2, seq = 64, batch = 16, lr_scale = 1,
-              threads = 0, evals = 6, seed = 1, val_batches = 8 }
+              threads = 0, evals = 6, seed = 1, val_batches = 8, tiny_steps = 10, tiny_batch = 8, ns_dtype = 'auto',
+              tiny_dtypes = 'auto,f32' }
 for k, v in pairs(args) do if cfg[k] ~= nil then cfg[k] = v end end
 if cfg.threads > 0 then nc.set_num_threads(cfg.threads) end
 
@@ -136,20 +151,21 @@ if args.factory then factory = dofile(args.factory) end
 -- ---- optimizer combinations -------------------------------------------------------------------
 local s = cfg.lr_scale
 local ADAM_LR, MUON_LR, LION_LR = 3e-3 * s, 0.02 * s, 3e-4 * s
+local NSD = tostring(cfg.ns_dtype)
 local COMBOS = {
     { name = 'adamw', make = function(m) return nc.optim.adamw(m, { lr = ADAM_LR }) end },
     { name = 'lion', make = function(m) return nc.optim.lion(m, { lr = LION_LR }) end },
     { name = 'muon (hybrid default)', key = 'muon', make = function(m)
-        return nc.optim.hybrid { model = m, rules = { matrix = { optim = 'muon', lr = MUON_LR } } } end },
+        return nc.optim.hybrid { model = m, rules = { matrix = { optim = 'muon', lr = MUON_LR, ns_dtype = NSD } } } end },
     { name = 'muon8', make = function(m)
-        return nc.optim.hybrid { model = m, rules = { matrix = { optim = 'muon8', lr = MUON_LR } } } end },
+        return nc.optim.hybrid { model = m, rules = { matrix = { optim = 'muon8', lr = MUON_LR, ns_dtype = NSD } } } end },
     { name = 'muon8-dynamic', make = function(m)
-        return nc.optim.hybrid { model = m, rules = { matrix = { optim = 'muon8', lr = MUON_LR, quant = 'dynamic' } } } end },
+        return nc.optim.hybrid { model = m, rules = { matrix = { optim = 'muon8', lr = MUON_LR, quant = 'dynamic', ns_dtype = NSD } } } end },
     { name = 'galore2+adamw', make = function(m)
         return nc.optim.hybrid { model = m, rules = { matrix = { optim = 'adamw', lr = ADAM_LR * 4,
             galore = { rank_frac = 0.25, update_gap = 50, alpha = 0.25 } } } } end },
     { name = 'galore2+muon8', make = function(m)
-        return nc.optim.hybrid { model = m, rules = { matrix = { optim = 'muon8', lr = MUON_LR,
+        return nc.optim.hybrid { model = m, rules = { matrix = { optim = 'muon8', lr = MUON_LR, ns_dtype = NSD,
             galore = { rank_frac = 0.25, update_gap = 50 } } } } end },
 }
 local only
@@ -233,8 +249,8 @@ end
 local by = {}
 for _, r in ipairs(results) do by[r.key] = r end
 local adam = by.adamw
-print(string.format('optimizer suite: %s, %d steps, WSD schedule, %d threads, kernel %s', describe or '?', cfg.steps,
-    nc.get_num_threads(), nc.cpu_kernel()))
+print(string.format('optimizer suite: %s, %d steps, WSD schedule, %d threads, kernel %s, Muon ns_dtype %s', describe or '?',
+    cfg.steps, nc.get_num_threads(), nc.cpu_kernel(), NSD))
 local rows = {}
 for _, r in ipairs(results) do
     rows[#rows + 1] = { r.name, r.state / 1024, r.mat_state / 1024,
@@ -248,15 +264,60 @@ local best, best_v = nil, math.huge
 for _, r in ipairs(results) do if r.val_at_budget < best_v then best, best_v = r.name, r.val_at_budget end end
 print(string.format('equal wall-clock winner (%.1f s of training each): %s (val %.4f)', budget, best or '-', best_v))
 
+-- ---- tiny phase: muon_step_frac on configs/models/tiny.lua ----------------------------------------
+local tiny
+if cfg.tiny_steps > 0 then
+    local mc = dofile(nc.core.root .. '/configs/models/tiny.lua')
+    local tc = { d = mc.d_model, layers = mc.n_layer, heads = mc.n_head, kv_heads = mc.n_kv_head, seq = mc.seq_len,
+                 batch = cfg.tiny_batch, seed = cfg.seed, val_batches = 1 }
+    local gpt = dofile(here .. 'optim_gpt.lua')
+    local DT, runs, WARM = {}, {}, 2
+    for w in tostring(cfg.tiny_dtypes):gmatch('[^,]+') do DT[#DT + 1] = w end
+    for _, dt in ipairs(DT) do
+        local f = gpt(tc)
+        runs[dt] = { f = f, step = {}, opt = {},
+            o = nc.optim.hybrid { model = f.model, rules = { matrix = { optim = 'muon', lr = MUON_LR, ns_dtype = dt } } } }
+    end
+    for st = 0, WARM + cfg.tiny_steps - 1 do
+        for _, dt in ipairs(DT) do
+            local r = runs[dt]
+            local x, y = r.f.train_batch(st)
+            collectgarbage('step')
+            local t0 = L.now()
+            r.f.loss(r.f.model, x, y):backward()
+            local t1 = L.now()
+            r.o:step(sched(math.min(st, cfg.steps - 1)))
+            r.o:zero_grad()
+            local t2 = L.now()
+            if st >= WARM then r.step[#r.step + 1], r.opt[#r.opt + 1] = t2 - t0, t2 - t1 end
+        end
+    end
+    tiny = { describe = runs[DT[1]].f.describe, ns_dtype_auto = require('nanochat.optim.linalg').ns_dtype_auto(), ms = {} }
+    print(string.format('tiny phase: %s, hybrid Muon default, %d timed steps (+%d warmup), ns_dtype auto and f32 '
+        .. 'alternating step by step', tiny.describe, cfg.tiny_steps, WARM))
+    local rows = {}
+    for _, dt in ipairs(DT) do
+        local r = runs[dt]
+        local o, s_ = 1e3 * L.median(r.opt), 1e3 * L.median(r.step)
+        tiny.ms[dt] = { opt_ms = L.round(o, 2), step_ms = L.round(s_, 2), frac = L.round(o / s_, 4) }
+        rows[#rows + 1] = { dt == 'auto' and ('auto (' .. tiny.ns_dtype_auto .. ')') or dt, o, s_, o / s_ }
+    end
+    L.print_table({ 'ns_dtype', 'opt ms', 'step ms', 'muon_step_frac' }, rows, { nil, '%.1f', '%.1f', '%.3f' })
+end
+
 local function ratio(a, b) if a and b and b ~= 0 then return a / b end end
 local out = {
-    bench = 'optim', steps = cfg.steps, d = cfg.d, layers = cfg.layers, threads = nc.get_num_threads(),
+    bench = 'optim', steps = cfg.steps, d = cfg.d, layers = cfg.layers, threads = nc.get_num_threads(), ns_dtype = NSD,
     muon8_state_ratio = by.muon and by.muon8 and L.round(ratio(by.muon8.mat_state, by.muon.mat_state), 4),
     muon8_loss_rel = by.muon and by.muon8 and L.round((by.muon8.val - by.muon.val) / by.muon.val, 5),
     muon8_dynamic_loss_rel = by.muon and by['muon8-dynamic']
         and L.round((by['muon8-dynamic'].val - by.muon.val) / by.muon.val, 5),
     galore2_state_ratio = adam and by['galore2+adamw'] and L.round(ratio(by['galore2+adamw'].mat_state, adam.mat_state), 4),
-    muon_step_frac = by.muon and L.round(by.muon.opt_ms / by.muon.step_ms, 4),
+    muon_step_frac = tiny and tiny.ms.auto and tiny.ms.auto.frac,
+    muon_step_frac_f32 = tiny and tiny.ms.f32 and tiny.ms.f32.frac,
+    tiny = tiny and { ms = tiny.ms, ns_dtype_auto = tiny.ns_dtype_auto, steps = cfg.tiny_steps,
+                      order = cfg.tiny_dtypes },
+    muon_step_frac_bench_model = by.muon and L.round(by.muon.opt_ms / by.muon.step_ms, 4),
     equal_wallclock_winner = best, budget_s = L.round(budget, 2),
     results = {},
 }

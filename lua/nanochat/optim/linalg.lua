@@ -3,7 +3,11 @@
 -- Promise: thin wrappers over the C kernels (kernels/cpu/optim_linalg.c, optim.c) that allocate
 -- outputs and raise Lua errors carrying the C message:
 --   newton_schulz(x, {steps = 5, coefs = 'quintic' | 'cubic' | {{a, b, c}, ...}, fro_mult = 1,
---                 eps = 1e-7}) -> new tensor (rows, cols)
+--                 eps = 1e-7, dtype = 'f32' | 'bf16' | 'auto'}) -> new tensor (rows, cols)
+--        dtype: the products' precision (nanochat.h enum nc_ns_dtype): 'f32' = sgemm (default
+--        here: FIRE's cubic iteration needs it), 'bf16' = bf16 inputs / f32 accumulation,
+--        'auto' = bf16 where a hardware bf16 GEMM runs (AMX, AVX-512 BF16), else f32
+--   ns_dtype_auto() -> 'bf16' | 'f32': what 'auto' means on this CPU now
 --   svd(a) -> u (m, k), s (k), vt (k, n)            (f32 or f64, LAPACK gesdd)
 --   rsvd(g, r, {side = 'left'|'right', oversample = 8, power_iters = 2, seed = 0, counter = 0})
 --        -> proj (d, r) with orthonormal columns
@@ -35,13 +39,27 @@ local function coef_array(coefs)
     return buf, #coefs
 end
 
+M.NS_DTYPES = { auto = C.NC_NS_AUTO, f32 = C.NC_NS_F32, bf16 = C.NC_NS_BF16 }
+
+-- what ns_dtype = 'auto' means on this CPU now: 'bf16' (AMX or AVX-512 BF16) or 'f32'
+function M.ns_dtype_auto() return C.nc_ns_dtype_auto() == C.NC_NS_BF16 and 'bf16' or 'f32' end
+
+-- 'auto' | 'f32' | 'bf16' -> enum nc_ns_dtype (nil means dflt)
+function M.ns_dtype(fn, d, dflt, level)
+    if d == nil then d = dflt end
+    local v = M.NS_DTYPES[d]
+    if not v then error(fn .. ": ns_dtype must be 'auto', 'f32' or 'bf16', got " .. tostring(d), (level or 2) + 1) end
+    return v
+end
+
 function M.newton_schulz(x, opts)
     opts = opts or {}
     local abc, n = coef_array(opts.coefs)
+    local dt = M.ns_dtype('newton_schulz', opts.dtype, 'f32', 2)
     local xc = x:contiguous()
     local out = Tensor.empty(xc:shape(), 'f32', xc:device())
-    core.check(C.nc_newton_schulz(out._c, xc._c, opts.steps or 5, abc, n, opts.fro_mult or 1, opts.eps or 1e-7),
-        'newton_schulz')
+    core.check(C.nc_newton_schulz_dtype(out._c, xc._c, opts.steps or 5, abc, n, opts.fro_mult or 1, opts.eps or 1e-7,
+        dt), 'newton_schulz')
     return out
 end
 

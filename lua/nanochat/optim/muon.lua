@@ -12,6 +12,10 @@
 --   rounding = 'nearest' | 'stochastic' (8-bit requantization; Philox, seeded by `seed`),
 --   quant = 'linear' (code = round(127 m / s_b)) | 'dynamic' (nearest entry of a fixed codebook
 --           denser near 0, nanochat.h enum nc_quant8_map; nc.optim.codebook('dynamic') lists it),
+--   ns_dtype = 'auto' | 'f32' | 'bf16': the Newton-Schulz products (nanochat.h enum nc_ns_dtype):
+--           'bf16' rounds each product's inputs to bf16 and accumulates in f32 (the reference
+--           Muon runs NS in bfloat16), 'f32' is OpenBLAS sgemm, 'auto' (default) = 'bf16' where a
+--           hardware bf16 GEMM runs (AMX, AVX-512 BF16), else 'f32'. CUDA tensors: always f32.
 --   momentum warmup / cooldown (algorithms.md §2.5; off by default): momentum_warmup = N ramps the
 --           momentum linearly from momentum_start (0.85) at the parameter's step 0 to `momentum`
 --           at step N (modded-nanogpt: 0.85 -> 0.95 over 300); momentum_cooldown = K with
@@ -25,11 +29,12 @@
 local B = require 'nanochat.optim.base'
 local linalg = require 'nanochat.optim.linalg'
 local C, check = B.C, B.check
+local ffi = require 'ffi'
 
 local Muon = B.class('muon', {
     lr = 0.02, momentum = 0.95, nesterov = true, ns_steps = 5, weight_decay = 0.0, scale = 'spectral',
     momentum_form = 'ema', state_bits = 32, block = 2048, rounding = 'nearest', seed = 0, quant = 'linear',
-    momentum_warmup = 0, momentum_start = 0.85, momentum_cooldown = 0, momentum_end = 0.85, total_steps = 0,
+    ns_dtype = 'auto', momentum_warmup = 0, momentum_start = 0.85, momentum_cooldown = 0, momentum_end = 0.85, total_steps = 0,
 })
 
 
@@ -44,6 +49,7 @@ local function check_muon_group(kind, g)
         error(kind .. ": rounding must be 'nearest' or 'stochastic', got " .. tostring(g.rounding), 5)
     end
     linalg.quant_map(kind, g.quant, 4)
+    linalg.ns_dtype(kind, g.ns_dtype, 'auto', 4)
     local function int_ge0(k)
         local v = g[k]
         if type(v) ~= 'number' or v < 0 or v ~= math.floor(v) then
@@ -116,11 +122,60 @@ function Muon.fill_hp(hp, g, lr, rows, cols, st, index, n)
     hp.block = g.block
     hp.stochastic = g.rounding == 'stochastic' and 1 or 0
     hp.quant = linalg.quant_map('muon', g.quant)
+    hp.ns_dtype = linalg.ns_dtype('muon', g.ns_dtype, 'auto')
     if g.state_bits == 8 then
         -- a distinct Philox stream per parameter; the counter advances by the draws of each step
         hp.seed = (g.seed or 0) * 65536 + index
         hp.counter = st.meta.counter
         st.meta.counter = st.meta.counter + math.ceil(n / 4)
+    end
+end
+
+-- One C call for every matrix with a gradient (nc_muon_step_many: the results of one
+-- nc_muon_step / nc_muon8_step per matrix, bit for bit; with the bf16 Newton-Schulz the
+-- matrices share the threads one per thread). Same bookkeeping as Optimizer.step.
+function Muon:step(mult)
+    mult = mult or 1
+    if type(mult) ~= 'number' or mult ~= mult or mult < 0 then
+        error(self.kind .. ':step: mult must be a number >= 0, got ' .. tostring(mult), 2)
+    end
+    self.t = self.t + 1
+    local list = {}
+    for _, e in ipairs(self.entries) do
+        local grad = rawget(e.param, 'grad')
+        if grad then
+            local st = self.state[e.param]
+            st.meta.step = st.meta.step + 1
+            list[#list + 1] = { e, grad, st }
+        end
+    end
+    local n = #list
+    if n == 0 then return end
+    local P, G = ffi.new('nc_tensor *[?]', n), ffi.new('const nc_tensor *[?]', n)
+    local M, CD, SC = ffi.new('nc_tensor *[?]', n), ffi.new('nc_tensor *[?]', n), ffi.new('nc_tensor *[?]', n)
+    local HP = ffi.new('nc_optim_hp[?]', n)
+    for k, it in ipairs(list) do
+        local e, grad, st = it[1], it[2], it[3]
+        local p, g = e.param, e.group
+        local rows, cols = B.matrix_dims(p)
+        Muon.fill_hp(HP[k - 1], g, g.lr * mult, rows, cols, st, e.index, p:numel())
+        P[k - 1], G[k - 1] = p._c, grad._c
+        if g.state_bits == 8 then CD[k - 1], SC[k - 1] = st.slots.codes._c, st.slots.scales._c
+        else M[k - 1] = st.slots.m._c end
+    end
+    local failed = ffi.new('int32_t[1]', -1)
+    local rc = C.nc_muon_step_many(n, P, G, M, CD, SC, HP, failed)
+    if rc ~= 0 then
+        -- the C call checks every entry before changing any state: undo this step's bookkeeping
+        -- (not after running out of memory, which can come midway, with earlier matrices updated)
+        for _, it in ipairs(rc == C.NC_ERR_OOM and {} or list) do
+            local st = it[3]
+            st.meta.step = st.meta.step - 1
+            if it[1].group.state_bits == 8 then st.meta.counter = st.meta.counter - math.ceil(it[1].param:numel() / 4) end
+        end
+        if rc ~= C.NC_ERR_OOM then self.t = self.t - 1 end
+        local bad = list[failed[0] + 1]
+        check(rc, self.kind .. (bad and ' (' .. bad[1].name .. ')' or ''))
     end
 end
 
