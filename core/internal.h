@@ -105,6 +105,11 @@ nc_status nc_gemm_bf16_f32p(int64_t M, int64_t N, int64_t K, const float *A, int
                             const float *B, int64_t ldb, int32_t trans_b, float alpha, float beta, float *C,
                             int64_t ldc);
 int32_t nc_gemm_bf16_hw(void);
+/* nc_gemm_bf16_f32p for an n x n product, writing only the 32 x 32 output blocks on or above the
+ * diagonal (the rest of C untouched; without a hardware backend: the whole product) — for products
+ * known to be symmetric, whose lower blocks the caller mirrors */
+nc_status nc_gemm_bf16_f32p_upper(int64_t n, int64_t K, const float *A, int64_t lda, int32_t trans_a, const float *B,
+                                  int64_t ldb, int32_t trans_b, float alpha, float beta, float *C, int64_t ldc);
 
 /* ---- CUDA backend (optional, dlopen'ed) -------------------------------------------------- */
 /* Returns the CUDA vtable, loading lib/libnanochat_cuda.so on first use; NULL (with

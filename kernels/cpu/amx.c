@@ -565,6 +565,7 @@ typedef struct {
     const int64_t *mo;                 /* bf16: logical row m is out row mo[m] (NULL: m) */
     int64_t M_out;                     /* bf16 with mo: out's row count */
     int zero_rest;                     /* bf16 with mo: out rows not in mo are set to 0 */
+    int upper;                         /* bf16, M == N: only the 32 x 32 blocks on or above the diagonal */
     const float *cs, *rs;              /* s8 f32: ((float)acc * cs[n]) * or / rs[m] */
     int64_t ncs, nrs;
     int rdiv;
@@ -799,12 +800,25 @@ static nc_status tiled_bf16(const epi *e, const mat *a, const mat *b, const floa
     int64_t MB = Mp / 32, NB = Np / 32, NBc = chunk_nb(Kp * 2);
     int nt = amx_threads(MB, M, N, K);
     int64_t abytes = Mp * Kp * 2, balloc = Np * Kp * 2;
+    /* upper: row block mb holds NB - mb blocks; split the rows by that work */
+    int64_t upper_total = e->upper ? NB * (NB + 1) / 2 : 0;
     uint16_t *ap = nc_host_alloc(abytes), *bp = ap ? nc_host_alloc(balloc) : NULL;
     if (!bp) { if (ap) nc_host_free(ap, abytes); return NC_ERR_OOM; }
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         int tid = omp_get_thread_num(), nth = omp_get_num_threads();
         int64_t mb0 = MB * tid / nth, mb1 = MB * (tid + 1) / nth;
+        if (e->upper) {   /* the first row block whose cumulative work reaches tid / nth of the total */
+            int64_t w = 0, want0 = upper_total * tid / nth, want1 = upper_total * (tid + 1) / nth;
+            mb0 = mb1 = MB;
+            for (int64_t mb = 0; mb < MB; mb++) {
+                if (w >= want0 && mb0 == MB) mb0 = mb;
+                if (w >= want1) { mb1 = mb; break; }
+                w += NB - mb;
+            }
+            if (tid == nth - 1) mb1 = MB;
+            if (mb0 > mb1) mb0 = mb1;
+        }
         const uint16_t *bpt = bp;
         {   /* B once, shared: thread tid packs column blocks [NB tid / nth, NB (tid + 1) / nth) */
             int64_t nb0 = NB * tid / nth, nb1 = NB * (tid + 1) / nth;
@@ -823,7 +837,7 @@ static nc_status tiled_bf16(const epi *e, const mat *a, const mat *b, const floa
             for (int64_t n0 = 0; n0 < NB; n0 += NBc) {
                 int64_t n1 = n0 + NBc < NB ? n0 + NBc : NB;
                 for (int64_t mb = mb0; mb < mb1; mb++)
-                    for (int64_t nb = n0; nb < n1; nb++) {
+                    for (int64_t nb = n0 > mb || !e->upper ? n0 : mb; nb < n1; nb++) {
                         const uint16_t *a0 = ap + (2 * mb) * KB * 512, *a1 = a0 + KB * 512;
                         const uint16_t *b0 = bpt + (2 * nb) * KB * 512, *b1 = b0 + KB * 512;
                         if (!amx) {
@@ -1068,6 +1082,26 @@ nc_status nc_gemm_bf16_f32p(int64_t M, int64_t N, int64_t K, const float *A, int
 }
 
 int32_t nc_gemm_bf16_hw(void) { return nc_cpu_amx() || vec_bf16(); }
+
+nc_status nc_gemm_bf16_f32p_upper(int64_t n, int64_t K, const float *A, int64_t lda, int32_t trans_a, const float *B,
+                                  int64_t ldb, int32_t trans_b, float alpha, float beta, float *C, int64_t ldc) {
+    if (n <= 0) return NC_OK;
+    if (K <= 0 || !nc_gemm_bf16_hw())   /* the whole product (the reference has no block structure) */
+        return nc_gemm_bf16_f32p(n, n, K, A, lda, trans_a, B, ldb, trans_b, alpha, beta, C, ldc);
+    mat ma = { A, n, K, trans_a ? 1 : lda, trans_a ? lda : 1, NC_F32, NULL, NULL };
+    mat mb = { B, K, n, trans_b ? 1 : ldb, trans_b ? ldb : 1, NC_F32, NULL, NULL };
+    epi e;
+    memset(&e, 0, sizeof e);
+    e.p = (char *)C;
+    e.M = e.M_out = e.N = n;
+    e.so_m = ldc;
+    e.so_n = 1;
+    e.dtype = NC_F32;
+    e.alpha = alpha;
+    e.beta = beta;
+    e.upper = 1;
+    return tiled_bf16(&e, &ma, &mb, NULL, 0, 0, nc_cpu_amx());
+}
 
 nc_status nc_gemm_bf16(nc_tensor *out, const nc_tensor *a, const nc_tensor *b, int32_t trans_a, int32_t trans_b,
                        const nc_tensor *kscale, int32_t kscale_div, double alpha, double beta) {

@@ -116,28 +116,19 @@ static float *ns_f32(float *X, float *Y, float *A, float *Bm, int64_t r, int64_t
     return X;
 }
 
-/* Row panel of the symmetric products (ns_bf16; a multiple of 32, the bf16 GEMM's block). Each
- * panel call packs its share of the shared operand again, so narrow panels lose what they save:
- * one Muon step over the tiny config's 36 matrices (tools/bench/optim_ns.lua's set, one matrix per
- * thread, 2 threads, medians of 21 interleaved runs) took 83.4 ms with full products, 80.9 ms
- * with 64-row panels, 79.9 ms with 128 and 93.2 ms with 32. */
-#define NS_SYM_PANEL 128
-
 /* C (n, n) = alpha op(P) op(Q) + beta C for a product known to be symmetric (X X^T, A A with A
- * symmetric): row panels [i0, i0 + panel) compute only the columns j >= i0 through
- * nc_gemm_bf16_f32p; the strict lower triangle is then copied from the upper one. The kernel sums
- * each element's K products in a fixed order, and element (j, i) has the same products as (i, j),
- * so the mirrored values are the ones a full product would hold there. panel <= 0: the full product. */
+ * symmetric): nc_gemm_bf16_f32p_upper computes only the 32 x 32 blocks on or above the diagonal
+ * (one call: each operand packed once), then the strict lower triangle is copied from the upper
+ * one. The kernel sums each element's K products in a fixed order, and element (j, i) has the same
+ * products as (i, j), so the mirrored values are the ones a full product would hold there. One
+ * Muon step over the tiny config's 36 matrices (tools/bench/optim_ns.lua, 2 threads, one matrix
+ * per thread) took 83.4 ms with full products, 79.9 ms with 128-row panels (a GEMM call per
+ * panel, each packing its share of the shared operand again; 64 / 32-row panels: 80.9 / 93.2 ms)
+ * and 63.5-64.6 ms with the upper blocks in one call (vs 71.7-72.8 for the 128-row panels, same
+ * session, alternating). */
 static nc_status sym_bf16(int64_t n, int64_t K, const float *P, int64_t ldp, int32_t tp, const float *Q, int64_t ldq,
-                          int32_t tq, float alpha, float beta, float *C, int64_t ldc, int64_t panel) {
-    if (panel <= 0 || panel >= n)
-        return nc_gemm_bf16_f32p(n, n, K, P, ldp, tp, Q, ldq, tq, alpha, beta, C, ldc);
-    for (int64_t i0 = 0; i0 < n; i0 += panel) {
-        int64_t m = i0 + panel < n ? panel : n - i0;
-        const float *Pi = tp ? P + i0 : P + i0 * ldp;   /* rows i0.. of op(P) */
-        const float *Qj = tq ? Q + i0 * ldq : Q + i0;   /* columns i0.. of op(Q) */
-        NC_TRY(nc_gemm_bf16_f32p(m, n - i0, K, Pi, ldp, tp, Qj, ldq, tq, alpha, beta, C + i0 * ldc + i0, ldc));
-    }
+                          int32_t tq, float alpha, float beta, float *C, int64_t ldc) {
+    NC_TRY(nc_gemm_bf16_f32p_upper(n, K, P, ldp, tp, Q, ldq, tq, alpha, beta, C, ldc));
     const int64_t B = 32;
     for (int64_t i0 = 0; i0 < n; i0 += B)
         for (int64_t j0 = 0; j0 <= i0; j0 += B) {
@@ -155,15 +146,15 @@ static nc_status sym_bf16(int64_t n, int64_t K, const float *P, int64_t ldp, int
  * (B X)^T = Xt B^T. Y (same storage), A, Bm (r, r): workspaces. */
 static nc_status ns_bf16(float **out, float *X, float *Y, float *A, float *Bm, int64_t r, int64_t c, int tall,
                          int32_t steps, const double *abc, int32_t n_abc) {
-    int64_t n = r * c, panel = NS_SYM_PANEL;
+    int64_t n = r * c;
     for (int32_t k = 0; k < steps; k++) {
         const double *q = abc + 3 * (k < n_abc ? k : n_abc - 1);
         float a = (float)q[0], b = (float)q[1], cc = (float)q[2];
-        if (tall) NC_TRY(sym_bf16(r, c, X, r, 1, X, r, 0, 1.0f, 0.0f, A, r, panel));
-        else NC_TRY(sym_bf16(r, c, X, c, 0, X, c, 1, 1.0f, 0.0f, A, r, panel));
+        if (tall) NC_TRY(sym_bf16(r, c, X, r, 1, X, r, 0, 1.0f, 0.0f, A, r));
+        else NC_TRY(sym_bf16(r, c, X, c, 0, X, c, 1, 1.0f, 0.0f, A, r));
         if (cc != 0.0f) {
             memcpy(Bm, A, (size_t)(r * r) * sizeof(float));
-            NC_TRY(sym_bf16(r, r, A, r, 0, A, r, 0, cc, b, Bm, r, panel));
+            NC_TRY(sym_bf16(r, r, A, r, 0, A, r, 0, cc, b, Bm, r));
         } else {
             scale_copy(Bm, A, r * r, b);
         }
