@@ -100,7 +100,9 @@ bool nc_cpu_vnni512(void);           /* "avx512" selected and AVX-512 BW/VL/VNNI
  * bf16(op(A)) bf16(op(B)) + beta C with f32 accumulation; op(A) is A (M x K, row stride lda) or, with
  * trans_a, the transpose of A stored K x M (likewise B: K x N, or N x K with trans_b). Runs on AMX,
  * else the AVX-512 BF16 kernel, else the (slow, double) reference; nc_gemm_bf16_hw says whether a
- * hardware path runs. C must not alias A or B. */
+ * hardware path runs. C may alias A or B only when nc_gemm_bf16_hw(): the tile and AVX-512 drivers
+ * pack both operands before any output is written (one barrier apart); the reference reads them
+ * while it writes. */
 nc_status nc_gemm_bf16_f32p(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, int32_t trans_a,
                             const float *B, int64_t ldb, int32_t trans_b, float alpha, float beta, float *C,
                             int64_t ldc);

@@ -780,7 +780,9 @@ static void zero_gaps(const epi *e, int64_t M_out, const int64_t *mo, int64_t n,
     }
 }
 
-/* One parallel region per GEMM with one barrier: thread tid packs column blocks [NB tid / nt,
+/* (The packing finishes before the barrier and no output is written before it, so C may alias an
+ * operand: the optimizers' Newton-Schulz runs X' = a X + B X in place.)
+ * One parallel region per GEMM with one barrier: thread tid packs column blocks [NB tid / nt,
  * NB (tid + 1) / nt) of the one shared packed B and the rows of A it owns, row blocks [MB tid / nt,
  * MB (tid + 1) / nt); after the barrier it computes its output blocks in L2 chunks of NBc column
  * blocks. (Each thread used to pack its own copy of the whole B to avoid the barrier: O(N K) work

@@ -147,21 +147,27 @@ static nc_status sym_bf16(int64_t n, int64_t K, const float *P, int64_t ldp, int
 static nc_status ns_bf16(float **out, float *X, float *Y, float *A, float *Bm, int64_t r, int64_t c, int tall,
                          int32_t steps, const double *abc, int32_t n_abc) {
     int64_t n = r * c;
+    /* on the hardware backends the operands are packed before any output is written (amx.c), so
+     * B = b A + c A A and X' = a X + B X run in place (C = an operand, beta = b / a): no copies of
+     * A and X per iteration; the reference backend reads its operands while it writes, so it copies */
+    const int inplace = nc_gemm_bf16_hw();
     for (int32_t k = 0; k < steps; k++) {
         const double *q = abc + 3 * (k < n_abc ? k : n_abc - 1);
         float a = (float)q[0], b = (float)q[1], cc = (float)q[2];
         if (tall) NC_TRY(sym_bf16(r, c, X, r, 1, X, r, 0, 1.0f, 0.0f, A, r));
         else NC_TRY(sym_bf16(r, c, X, c, 0, X, c, 1, 1.0f, 0.0f, A, r));
+        float *B = inplace ? A : Bm;
         if (cc != 0.0f) {
-            memcpy(Bm, A, (size_t)(r * r) * sizeof(float));
-            NC_TRY(sym_bf16(r, r, A, r, 0, A, r, 0, cc, b, Bm, r));
+            if (!inplace) memcpy(Bm, A, (size_t)(r * r) * sizeof(float));
+            NC_TRY(sym_bf16(r, r, A, r, 0, A, r, 0, cc, b, B, r));
         } else {
-            scale_copy(Bm, A, r * r, b);
+            scale_copy(B, A, r * r, b);
         }
-        memcpy(Y, X, (size_t)n * sizeof(float));
-        if (tall) NC_TRY(nc_gemm_bf16_f32p(c, r, r, X, r, 0, Bm, r, 1, 1.0f, a, Y, r));
-        else NC_TRY(nc_gemm_bf16_f32p(r, c, r, Bm, r, 0, X, c, 0, 1.0f, a, Y, c));
-        float *t = X; X = Y; Y = t;
+        float *Z = inplace ? X : Y;
+        if (!inplace) memcpy(Y, X, (size_t)n * sizeof(float));
+        if (tall) NC_TRY(nc_gemm_bf16_f32p(c, r, r, X, r, 0, B, r, 1, 1.0f, a, Z, r));
+        else NC_TRY(nc_gemm_bf16_f32p(r, c, r, B, r, 0, X, c, 0, 1.0f, a, Z, c));
+        if (!inplace) { float *t = X; X = Y; Y = t; }
     }
     *out = X;
     return NC_OK;
