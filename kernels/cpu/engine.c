@@ -669,13 +669,6 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
 void nc_k_engine_head_avx2(float *Y, const float *X, const float *W, int64_t R, int64_t K, int64_t N, int64_t n0,
                            int64_t n1);
 
-/* y (R, N) = x (R, K) W^T for a few rows (decode's LM head, f32 weights): threads split the N
- * weight rows, each row read once for all R activation rows. A plain OpenMP loop, no OpenBLAS:
- * at R = 1 sgemm runs far below memory bandwidth, and OpenBLAS's own spinning threads would fight
- * the engine's OpenMP threads for the cores. With AVX2 the rows go to engine_avx2.c's FMA kernel
- * (R activation rows in groups of 4 per weight row: several sequences decoded together cost about
- * one pass over the head); the loop below is the scalar reference (NC_KERNEL=scalar). Either way a
- * row's result does not depend on R (batched decode = decode alone, bit for bit). */
 nc_status nc_engine_attn_head(nc_tensor *o, const nc_tensor *q, const nc_tensor *k, const nc_tensor *v, double scale) {
     static const char *op = "engine_attn_head";
     NC_TRY(nc_check_f32_cpu(op, "o", o));
@@ -700,6 +693,13 @@ nc_status nc_engine_attn_head(nc_tensor *o, const nc_tensor *q, const nc_tensor 
     return NC_OK;
 }
 
+/* y (R, N) = x (R, K) W^T for a few rows (decode's LM head, f32 weights): threads split the N
+ * weight rows, each row read once for all R activation rows. A plain OpenMP loop, no OpenBLAS:
+ * at R = 1 sgemm runs far below memory bandwidth, and OpenBLAS's own spinning threads would fight
+ * the engine's OpenMP threads for the cores. With AVX2 the rows go to engine_avx2.c's FMA kernel
+ * (R activation rows in groups of 4 per weight row: several sequences decoded together cost about
+ * one pass over the head); the loop below is the scalar reference (NC_KERNEL=scalar). Either way a
+ * row's result does not depend on R (batched decode = decode alone, bit for bit). */
 nc_status nc_engine_head_f32(nc_tensor *y, const nc_tensor *x, const nc_tensor *w) {
     static const char *op = "engine_head_f32";
     NC_TRY(nc_check_f32_cpu(op, "x", x));

@@ -18,13 +18,7 @@ local L = dofile(here .. 'lib.lua')
 local core = require 'nanochat.core'
 local C = core.C
 local args = L.parse_args()
-local SHAPES = {
-    ['10M'] = { d_model = 256, n_layer = 6, n_head = 4 },
-    ['50M'] = { d_model = 512, n_layer = 10, n_head = 8 },
-    ['125M'] = { d_model = 768, n_layer = 12, n_head = 12 },
-}
 local shape = tostring(args.shape or '125M')
-local sh = SHAPES[shape] or error('decode_ctx: shape must be 10M, 50M or 125M, got ' .. shape)
 local function list(s, d)
     local t = {}
     for x in tostring(s or d):gmatch('[^,]+') do t[#t + 1] = tonumber(x) end
@@ -32,13 +26,7 @@ local function list(s, d)
 end
 local threads, ctxs, reps = list(args.threads, '1,2'), list(args.ctx, '64,512,1024,2000'), tonumber(args.reps) or 5
 
-local cfg = { vocab_size = 8192, seq_len = 2048, seed = 1 }
-for k, v in pairs(sh) do cfg[k] = v end
-local model = nc.models.gpt.new(cfg)
-model:eval()
-local e = nc.pack(model)
-model = nil
-collectgarbage()
+local e, cfg = L.packed_engine(shape, { vocab_size = 8192, seq_len = 2048 })
 local hd = cfg.d_model / cfg.n_head
 local one = nc.tensor({ { 5 } }, { dtype = 'i64' })
 

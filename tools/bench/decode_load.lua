@@ -16,25 +16,13 @@ local nc = require 'nanochat'
 local here = debug.getinfo(1, 'S').source:match('^@(.*/)') or './'
 local L = dofile(here .. 'lib.lua')
 local args = L.parse_args()
-local SHAPES = {
-    ['10M'] = { vocab_size = 8192, d_model = 256, n_layer = 6, n_head = 4 },
-    ['50M'] = { vocab_size = 8192, d_model = 512, n_layer = 10, n_head = 8 },
-    ['125M'] = { vocab_size = 32768, d_model = 768, n_layer = 12, n_head = 12 },
-}
 local shape = tostring(args.shape or '50M')
-local sh = SHAPES[shape] or error('decode_load: shape must be 10M, 50M or 125M, got ' .. shape)
 local T = tonumber(args.threads) or 2
 local ntok = tonumber(args.tokens) or 192
 local rounds = tonumber(args.rounds) or 3
 local hogs = tonumber(args.hogs) or 1
 
-local cfg = { seq_len = 256, seed = 1 }
-for k, v in pairs(sh) do cfg[k] = v end
-local model = nc.models.gpt.new(cfg)
-model:eval()
-local e = nc.pack(model)
-model = nil
-collectgarbage()
+local e, cfg = L.packed_engine(shape)
 local prompt = {}
 for i = 1, 16 do prompt[i] = (i * 37) % cfg.vocab_size end
 

@@ -308,11 +308,12 @@ end
 -- time after a 64-token prompt (attention over ~64-80 positions), 1 and 2 threads. The 125M
 -- model is also decoded with the fp32 training model's forward_cached (nc.generate's path) for
 -- decode_vs_fp32; decode_roofline_frac = engine weight bytes per token / DRAM bandwidth (2 threads).
-local ENGINE_SHAPES = {
-    { name = '10M', vocab_size = 8192, d_model = 256, n_layer = 6, n_head = 4 },
-    { name = '50M', vocab_size = 8192, d_model = 512, n_layer = 10, n_head = 8 },
-    { name = '125M', vocab_size = 32768, d_model = 768, n_layer = 12, n_head = 12 },
-}
+local ENGINE_SHAPES = {}   -- lib.lua's, in size order, each with its name
+for _, name in ipairs { '10M', '50M', '125M' } do
+    local t = { name = name }
+    for k, v in pairs(L.ENGINE_SHAPES[name]) do t[k] = v end
+    ENGINE_SHAPES[#ENGINE_SHAPES + 1] = t
+end
 local prefill_T = 64
 local eng = {}
 print(string.format('%-6s %6s %4s %12s %12s %10s', 'shape', 'params', 'thr', 'decode tok/s', 'prefill tok/s', 'MB/token'))

@@ -324,6 +324,30 @@ function L.json(v)
     return table.concat(out)
 end
 
+-- ---- random-weight packed GPTs of the benchmarks' model sizes -------------------------------------
+-- (tools/bench/infer.lua's engine shapes: vocab 32768 for 125M as GPT-2 small, 8192 otherwise)
+L.ENGINE_SHAPES = {
+    ['10M'] = { vocab_size = 8192, d_model = 256, n_layer = 6, n_head = 4 },
+    ['50M'] = { vocab_size = 8192, d_model = 512, n_layer = 10, n_head = 8 },
+    ['125M'] = { vocab_size = 32768, d_model = 768, n_layer = 12, n_head = 12 },
+}
+
+-- nc.pack of a random GPT of shape name (L.ENGINE_SHAPES), cfg fields from `over` on top
+-- (seq_len 256, seed 1 by default); returns the engine and the cfg. The fp32 model is dropped.
+function L.packed_engine(name, over)
+    local nc = require 'nanochat'
+    local sh = L.ENGINE_SHAPES[name] or error('bench: shape must be 10M, 50M or 125M, got ' .. tostring(name), 2)
+    local cfg = { seq_len = 256, seed = 1 }
+    for k, v in pairs(sh) do cfg[k] = v end
+    for k, v in pairs(over or {}) do cfg[k] = v end
+    local model = nc.models.gpt.new(cfg)
+    model:eval()
+    local e = nc.pack(model)
+    model = nil
+    collectgarbage()
+    return e, cfg
+end
+
 -- round to `digits` significant decimals for readable JSON
 function L.round(x, digits)
     if x ~= x or x == math.huge or x == -math.huge then return x end
