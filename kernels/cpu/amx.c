@@ -448,11 +448,15 @@ NC_AVX512 static void pack_b_bf16(uint16_t *dst, const mat *b, int64_t Np, int64
             for (int64_t kb = 0; kb < KB; kb++) {
                 int64_t k0 = kb * 32, kn = K - k0 < 32 ? K - k0 : 32;
                 if (kn <= 0) break;
-                if (kn < 32) memset(tmp, 0, sizeof tmp);
+                if (kn < 32 || nn < 16) memset(tmp, 0, sizeof tmp);
                 for (int64_t j = 0; j < nn; j++) cvt_run(tmp[j], (const float *)b->p + (n0 + j) * b->sk + k0, kn, NULL, 1.0f, 0);
+                /* row j of tmp = 16 (k, k + 1) pairs of column n0 + j; the tile wants row r = pair r of
+                 * the 16 columns: a 16 x 16 transpose of 32-bit elements */
+                __m512i v[16];
+                for (int j = 0; j < 16; j++) v[j] = _mm512_load_si512(tmp[j]);
+                transpose16(v);
                 uint32_t *t = w + (nb * KB + kb) * 256;
-                for (int r = 0; r < 16; r++)
-                    for (int64_t j = 0; j < nn; j++) t[r * 16 + j] = (uint32_t)tmp[j][2 * r] | (uint32_t)tmp[j][2 * r + 1] << 16;
+                for (int r = 0; r < 16; r++) _mm512_storeu_si512(t + r * 16, v[r]);
             }
         }
     } else {

@@ -51,6 +51,7 @@ double nc_optim_fro_norm(const float *x, int64_t n) {
     for (int64_t c = 0; c < n; c += FRO_CHUNK) {
         double s = 0;
         int64_t e = c + FRO_CHUNK < n ? c + FRO_CHUNK : n;
+#pragma omp simd reduction(+ : s)   /* one thread, vector lanes: a fixed order for a given build */
         for (int64_t i = c; i < e; i++) s += (double)x[i] * x[i];
         tot += s;
     }
@@ -73,6 +74,7 @@ static void transpose(float *dst, const float *src, int64_t rows, int64_t cols) 
 }
 
 static void scale_copy(float *dst, const float *src, int64_t n, float s) {
+#pragma omp simd
     for (int64_t i = 0; i < n; i++) dst[i] = s * src[i];
 }
 
