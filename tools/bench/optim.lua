@@ -23,8 +23,10 @@
 -- through tools/bench/optim_gpt.lua's factory, trained with the hybrid Muon default twice in
 -- alternation, step by step (same init, same batches): Newton-Schulz with ns_dtype = 'auto' (the
 -- default: bf16 on AMX / AVX-512 BF16 CPUs, else f32) and with ns_dtype = 'f32' (sgemm), after 2
--- untimed warmup steps. muon_step_frac = median optimizer step (opt:step + zero_grad) / median
--- full training step (forward + backward + optimizer) of the 'auto' run.
+-- untimed warmup steps. muon_step_frac = median time of the hybrid's Muon part (its step over the
+-- block matrices, Newton-Schulz included: hybrid.time_parts) / median full training step (forward
+-- + backward + optimizer) of the 'auto' run; opt_step_frac = the same with the whole optimizer step
+-- (Muon + AdamW on the embedding, head and norms + zero_grad).
 --
 -- Baselines in the same run: AdamW is the reference for state bytes and loss; the Muon step time
 -- is measured against the full training step (forward + backward + optimizer) of the same run.
@@ -32,7 +34,8 @@
 -- ((val 8-bit - val Muon) / val Muon; muon8_dynamic_loss_rel the same for quant = 'dynamic'),
 -- galore2_state_ratio (GaLore 2 + AdamW state / AdamW state, projected matrices only),
 -- muon_step_frac (the tiny phase's fraction, above; absent with tiny_steps=0), muon_step_frac_f32
--- (the same with the f32 Newton-Schulz), tiny = {ms = {[ns_dtype] = {opt_ms, step_ms, frac}}, ns_dtype_auto},
+-- (the same with the f32 Newton-Schulz), opt_step_frac, tiny = {ms = {[ns_dtype] = {muon_ms, opt_ms, step_ms,
+-- frac, opt_frac}}, ns_dtype_auto},
 -- muon_step_frac_bench_model (the suite's own model: Muon optimizer step / full training step of
 -- the 'muon (hybrid default)' combination), and the per-combination numbers.
 local nc = require 'nanochat'
@@ -275,8 +278,9 @@ if cfg.tiny_steps > 0 then
     for w in tostring(cfg.tiny_dtypes):gmatch('[^,]+') do DT[#DT + 1] = w end
     for _, dt in ipairs(DT) do
         local f = gpt(tc)
-        runs[dt] = { f = f, step = {}, opt = {},
+        runs[dt] = { f = f, step = {}, opt = {}, muon = {},
             o = nc.optim.hybrid { model = f.model, rules = { matrix = { optim = 'muon', lr = MUON_LR, ns_dtype = dt } } } }
+        runs[dt].o.time_parts = L.now   -- the Muon part's own time (hybrid.part_s.muon)
     end
     for st = 0, WARM + cfg.tiny_steps - 1 do
         for _, dt in ipairs(DT) do
@@ -289,7 +293,10 @@ if cfg.tiny_steps > 0 then
             r.o:step(sched(math.min(st, cfg.steps - 1)))
             r.o:zero_grad()
             local t2 = L.now()
-            if st >= WARM then r.step[#r.step + 1], r.opt[#r.opt + 1] = t2 - t0, t2 - t1 end
+            if st >= WARM then
+                r.step[#r.step + 1], r.opt[#r.opt + 1] = t2 - t0, t2 - t1
+                r.muon[#r.muon + 1] = r.o.part_s.muon
+            end
         end
     end
     tiny = { describe = runs[DT[1]].f.describe, ns_dtype_auto = require('nanochat.optim.linalg').ns_dtype_auto(), ms = {} }
@@ -298,11 +305,15 @@ if cfg.tiny_steps > 0 then
     local rows = {}
     for _, dt in ipairs(DT) do
         local r = runs[dt]
-        local o, s_ = 1e3 * L.median(r.opt), 1e3 * L.median(r.step)
-        tiny.ms[dt] = { opt_ms = L.round(o, 2), step_ms = L.round(s_, 2), frac = L.round(o / s_, 4) }
-        rows[#rows + 1] = { dt == 'auto' and ('auto (' .. tiny.ns_dtype_auto .. ')') or dt, o, s_, o / s_ }
+        local o, s_, mu = 1e3 * L.median(r.opt), 1e3 * L.median(r.step), 1e3 * L.median(r.muon)
+        tiny.ms[dt] = { opt_ms = L.round(o, 2), muon_ms = L.round(mu, 2), step_ms = L.round(s_, 2),
+                        frac = L.round(mu / s_, 4), opt_frac = L.round(o / s_, 4) }
+        rows[#rows + 1] = { dt == 'auto' and ('auto (' .. tiny.ns_dtype_auto .. ')') or dt, mu, o, s_, mu / s_, o / s_ }
     end
-    L.print_table({ 'ns_dtype', 'opt ms', 'step ms', 'muon_step_frac' }, rows, { nil, '%.1f', '%.1f', '%.3f' })
+    L.print_table({ 'ns_dtype', 'muon ms', 'opt ms', 'step ms', 'muon_step_frac', 'opt_step_frac' }, rows,
+        { nil, '%.1f', '%.1f', '%.1f', '%.3f', '%.3f' })
+    print('  muon = the hybrid\'s Muon part (the block matrices; NS included); opt = the whole optimizer step '
+        .. '(+ AdamW on embedding / head / norms, + zero_grad); step = forward + backward + opt')
 end
 
 local function ratio(a, b) if a and b and b ~= 0 then return a / b end end
@@ -314,6 +325,7 @@ local out = {
         and L.round((by['muon8-dynamic'].val - by.muon.val) / by.muon.val, 5),
     galore2_state_ratio = adam and by['galore2+adamw'] and L.round(ratio(by['galore2+adamw'].mat_state, adam.mat_state), 4),
     muon_step_frac = tiny and tiny.ms.auto and tiny.ms.auto.frac,
+    opt_step_frac = tiny and tiny.ms.auto and tiny.ms.auto.opt_frac,
     muon_step_frac_f32 = tiny and tiny.ms.f32 and tiny.ms.f32.frac,
     tiny = tiny and { ms = tiny.ms, ns_dtype_auto = tiny.ns_dtype_auto, steps = cfg.tiny_steps,
                       order = cfg.tiny_dtypes },

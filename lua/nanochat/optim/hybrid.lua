@@ -104,9 +104,17 @@ function Hybrid.new(opts)
     return self
 end
 
+-- hybrid.time_parts = a clock function (seconds): each step records its parts' times in
+-- hybrid.part_s[key] (key: 'muon', 'adamw', ...; benchmarks use it)
 function Hybrid:step(mult)
     self.t = self.t + 1
-    for _, key in ipairs(self.part_order) do self.parts[key]:step(mult) end
+    local clock = self.time_parts
+    if clock then self.part_s = self.part_s or {} end
+    for _, key in ipairs(self.part_order) do
+        local t0 = clock and clock()
+        self.parts[key]:step(mult)
+        if clock then self.part_s[key] = clock() - t0 end
+    end
 end
 
 function Hybrid:zero_grad()
