@@ -62,7 +62,7 @@ function M:pick()
         local k = self.next_probe
         if k == self.cur then k = k % self.max + 1 end
         self.next_probe = k % self.max + 1
-        self.probing = k
+        self.probing, self.psum, self.pn = k, 0, 0
         self.samples[k] = {}   -- judged on this probe's own samples only
         return k
     end
@@ -77,11 +77,15 @@ function M:record(k, seconds)
     local s = self.samples[k]
     if not settle then
         s[#s + 1] = seconds
-        if #s > 4096 then table.remove(s, 1) end
+        if #s > 4096 then   -- keep the newest half (amortized O(1); far more than a span of steps)
+            local t = {}
+            for i = 2049, #s do t[#t + 1] = s[i] end
+            self.samples[k] = t
+        end
+        if self.probing then self.psum, self.pn = self.psum + seconds, self.pn + 1 end
     end
     if self.probing then
-        local _, tot, n = self:time(k)
-        if tot >= self.span and n >= self.min_steps then
+        if self.psum >= self.span and self.pn >= self.min_steps then
             local p, c = self:time(k), self:time(self.cur)
             if p and (not c or p < c * (1 - self.margin)) then
                 self.cur = k
