@@ -93,7 +93,7 @@ describe('adapt_threads', function()
         assert.are.equal(50, count(p1, 1))
         drive(one, 5000, function() return 1e-3 end)   -- the sample list stays bounded
         assert.is_true(#one.samples[1] <= 4096, #one.samples[1])
-        assert.are.equal(1e-3, one:time(1))
+        assert.is_true(math.abs(one:time(1) - 1e-3) < 1e-12)
         local four = A.new(4, O)
         local p4 = drive(four, 600, function(k) return 1e-3 * (5 - k) end)   -- 4 threads fastest
         assert.are.equal(4, four.cur)
