@@ -4,7 +4,7 @@
 -- not a multiple of the block, int16 widening, the VNNI 4 x 2 and 1 x 4 tiles and their tails), the
 -- kernel selection reports what runs, the integer path equals float64 math and the training path's
 -- fake-quantized linear within named tolerances, and bad input gives clear errors.
-package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
+package.path = 'lua/?.lua;lua/?/init.lua;spec/helpers/?.lua;' .. package.path
 local nc = require 'nanochat'
 local ffi = require 'ffi'
 local infer = nc.infer
@@ -22,14 +22,7 @@ local function randn(shape, std)
     return nc.randn(shape, { generator = nc.generator(seed), std = std or 1 })
 end
 
-local function with_kernel(name, fn)
-    local before = nc.cpu_kernel()
-    nc.set_cpu_kernel(name)
-    local ok, a, b = pcall(fn)
-    nc.set_cpu_kernel(before)
-    if not ok then error(a, 0) end
-    return a, b
-end
+local with_kernel = require('settings').with_kernel
 
 local initial_kernel = nc.cpu_kernel()   -- NC_KERNEL=scalar stays in force for later specs
 local has_avx2 = pcall(nc.set_cpu_kernel, 'avx2')

@@ -11,7 +11,7 @@
 #include "nn_common.h"
 #include "engine_attn.h"
 #if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
+#include "simd_avx2.h"
 
 static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -121,26 +121,11 @@ void nc_k_engine_head_avx2(float *Y, const float *X, const float *W, int64_t R, 
 /* ---- attention of one query head (engine_attn.h's lane-8 arithmetic; engine.c attn_head is the
  * scalar twin): scores four key rows at a time (independent FMA chains, each row summed as alone),
  * the exp on 8 scores per vector, the weighted sum of the value rows in hd / 8 accumulators. */
-static inline __m256 attn_exp8(__m256 x) {
-    x = _mm256_max_ps(_mm256_set1_ps(NC_ATTN_LO), x);   /* lo > x ? lo : x — the scalar's select, NaN kept */
-    const __m256 sh = _mm256_set1_ps(NC_ATTN_SHIFT);
-    __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(NC_ATTN_LOG2E), sh);
-    __m256 n = _mm256_sub_ps(t, sh);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(NC_ATTN_LN2_HI), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(NC_ATTN_LN2_LO), r);
-    __m256 r2 = _mm256_mul_ps(r, r), r4 = _mm256_mul_ps(r2, r2);
-    __m256 q0 = _mm256_fmadd_ps(_mm256_set1_ps(NC_ATTN_C1), r, _mm256_set1_ps(NC_ATTN_C0));
-    __m256 q1 = _mm256_fmadd_ps(_mm256_set1_ps(NC_ATTN_C3), r, _mm256_set1_ps(NC_ATTN_C2));
-    __m256 q2 = _mm256_fmadd_ps(_mm256_set1_ps(NC_ATTN_C5), r, _mm256_set1_ps(NC_ATTN_C4));
-    __m256 p = _mm256_fmadd_ps(q2, r4, _mm256_fmadd_ps(q1, r2, q0));
-    __m256 y = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23)));
-}
+/* e^x for x <= 0: nc_exp256_in with the argument clamped at ln(FLT_MIN) as nc_attn_exp clamps it
+ * (lo > x ? lo : x keeps NaN like the scalar select) */
+static inline __m256 attn_exp8(__m256 x) { return nc_exp256_in(_mm256_max_ps(_mm256_set1_ps(NC_EXP_LO_IN), x)); }
 
-static inline __m256 tail_load(const float *p, int64_t n) {   /* n in 1..7 floats, zeros after */
-    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), idx));
-}
+static inline __m256 tail_load(const float *p, int64_t n) { return _mm256_maskload_ps(p, nc_tailmask256(n)); }
 
 void nc_k_engine_attn_avx2(float *o, const float *q, const float *K, const float *V, int64_t stride, int64_t S,
                            int64_t hd, float scale, float *sc) {

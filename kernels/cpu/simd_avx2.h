@@ -18,6 +18,7 @@
 
 #if defined(__AVX2__) && defined(__FMA__)
 #define NC_SIMD_AVX2 1
+#include "exp_poly.h"
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -39,23 +40,26 @@
  *                  low end only.
  * Accuracy (spec/ops/simd_spec.lua measures it against math.exp in float64): <= 2 ulp for
  * normal results, NaN -> NaN, +inf -> +inf, -inf -> 0, denormal results within 1 denormal ulp. */
-#define NC_EXP_SHIFT 12583039.0f          /* 1.5 * 2^23 + 127 */
-#define NC_EXP_LO_IN -87.33654475f        /* ln(FLT_MIN): below, 2^n is not a normal float */
-#define NC_EXP_HI_IN 88.3762626647949f    /* 127.5 ln2: above, n = 128 */
-#define NC_EXP_ZERO -103.972077f          /* ln(2^-150): exp rounds to 0 below */
+/* the argument reduction and p(r) (exp_poly.h): returns p, with t (the shifter sum), r and r^2;
+ * exp(r) = fma(p, r^2, r + 1), expm1(r) = fma(p, r^2, r) */
+static inline __m256 nc_exp256_red(__m256 x, __m256 *t_out, __m256 *r_out, __m256 *r2_out) {
+    const __m256 sh = _mm256_set1_ps(NC_EXP_SHIFT);
+    __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(NC_EXP_LOG2E), sh);
+    __m256 n = _mm256_sub_ps(t, sh);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(NC_EXP_LN2_HI), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(NC_EXP_LN2_LO), r);
+    __m256 r2 = _mm256_mul_ps(r, r), r4 = _mm256_mul_ps(r2, r2);
+    __m256 q0 = _mm256_fmadd_ps(_mm256_set1_ps(NC_EXP_C1), r, _mm256_set1_ps(NC_EXP_C0));
+    __m256 q1 = _mm256_fmadd_ps(_mm256_set1_ps(NC_EXP_C3), r, _mm256_set1_ps(NC_EXP_C2));
+    __m256 q2 = _mm256_fmadd_ps(_mm256_set1_ps(NC_EXP_C5), r, _mm256_set1_ps(NC_EXP_C4));
+    *t_out = t;
+    *r_out = r;
+    *r2_out = r2;
+    return _mm256_fmadd_ps(q2, r4, _mm256_fmadd_ps(q1, r2, q0));
+}
 
 static inline __m256 nc_exp256_poly(__m256 x, __m256 *t_out) {
-    const __m256 sh = _mm256_set1_ps(NC_EXP_SHIFT);
-    __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), sh);
-    __m256 n = _mm256_sub_ps(t, sh);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 r2 = _mm256_mul_ps(r, r), r4 = _mm256_mul_ps(r2, r2);
-    __m256 q0 = _mm256_fmadd_ps(_mm256_set1_ps(1.6666665459e-1f), r, _mm256_set1_ps(5.0000001201e-1f));
-    __m256 q1 = _mm256_fmadd_ps(_mm256_set1_ps(8.3334519073e-3f), r, _mm256_set1_ps(4.1665795894e-2f));
-    __m256 q2 = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500e-4f), r, _mm256_set1_ps(1.3981999507e-3f));
-    __m256 p = _mm256_fmadd_ps(q2, r4, _mm256_fmadd_ps(q1, r2, q0));
-    *t_out = t;
+    __m256 r, r2, p = nc_exp256_red(x, t_out, &r, &r2);
     return _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
 }
 
@@ -164,18 +168,11 @@ static inline __m256 nc_silu_d256(__m256 x) {
  * polynomial or blend is needed (act_avx512.c's tanh512 is the same algorithm). |x| is capped at
  * 9.5 (tanh rounds to 1 from 9.01; 2^n stays normal). +-inf -> +-1, NaN -> NaN, -0 -> -0. */
 static inline __m256 nc_tanh256(__m256 x) {
-    const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f), sh = _mm256_set1_ps(NC_EXP_SHIFT);
+    const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
     __m256 ax = _mm256_min_ps(_mm256_set1_ps(9.5f), _mm256_andnot_ps(sign, x));   /* NaN stays */
     __m256 y = _mm256_mul_ps(ax, _mm256_set1_ps(-2.0f));
-    __m256 tt = _mm256_fmadd_ps(y, _mm256_set1_ps(1.44269504088896341f), sh);
-    __m256 n = _mm256_sub_ps(tt, sh);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), y);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 r2 = _mm256_mul_ps(r, r), r4 = _mm256_mul_ps(r2, r2);
-    __m256 q0 = _mm256_fmadd_ps(_mm256_set1_ps(1.6666665459e-1f), r, _mm256_set1_ps(5.0000001201e-1f));
-    __m256 q1 = _mm256_fmadd_ps(_mm256_set1_ps(8.3334519073e-3f), r, _mm256_set1_ps(4.1665795894e-2f));
-    __m256 q2 = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500e-4f), r, _mm256_set1_ps(1.3981999507e-3f));
-    __m256 t = _mm256_fmadd_ps(_mm256_fmadd_ps(q2, r4, _mm256_fmadd_ps(q1, r2, q0)), r2, r);
+    __m256 tt, r, r2, p = nc_exp256_red(y, &tt, &r, &r2);
+    __m256 t = _mm256_fmadd_ps(p, r2, r);                                            /* expm1(r) */
     __m256 s = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(tt), 23));   /* 2^n, n in [-28, 0] */
     __m256 em = _mm256_fmadd_ps(s, t, _mm256_sub_ps(s, one));                        /* e - 1 <= 0 */
     __m256 ep = _mm256_fmadd_ps(s, t, _mm256_add_ps(s, one));                        /* e + 1 in (1, 2] */

@@ -4,20 +4,21 @@
  * range incl. denormal results. */
 #ifndef NC_SIMD_AVX512_H
 #define NC_SIMD_AVX512_H
+#include "exp_poly.h"
 #include <immintrin.h>
 
-#define X_LO -103.972077f   /* ln(2^-150): exp rounds to 0 below */
+#define X_LO NC_EXP_ZERO   /* ln(2^-150): exp rounds to 0 below */
 
 /* exp(r) polynomial on x (|x log2 e| < 2^22); *n_out = round(x log2 e) as float */
 static inline __m512 poly512(__m512 x, __m512 *n_out) {
     const __m512 sh = _mm512_set1_ps(12582912.0f);   /* 1.5 * 2^23 */
-    __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), sh), sh);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(NC_EXP_LOG2E), sh), sh);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(NC_EXP_LN2_HI), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(NC_EXP_LN2_LO), r);
     __m512 r2 = _mm512_mul_ps(r, r), r4 = _mm512_mul_ps(r2, r2);
-    __m512 q0 = _mm512_fmadd_ps(_mm512_set1_ps(1.6666665459e-1f), r, _mm512_set1_ps(5.0000001201e-1f));
-    __m512 q1 = _mm512_fmadd_ps(_mm512_set1_ps(8.3334519073e-3f), r, _mm512_set1_ps(4.1665795894e-2f));
-    __m512 q2 = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
+    __m512 q0 = _mm512_fmadd_ps(_mm512_set1_ps(NC_EXP_C1), r, _mm512_set1_ps(NC_EXP_C0));
+    __m512 q1 = _mm512_fmadd_ps(_mm512_set1_ps(NC_EXP_C3), r, _mm512_set1_ps(NC_EXP_C2));
+    __m512 q2 = _mm512_fmadd_ps(_mm512_set1_ps(NC_EXP_C5), r, _mm512_set1_ps(NC_EXP_C4));
     __m512 p = _mm512_fmadd_ps(q2, r4, _mm512_fmadd_ps(q1, r2, q0));
     *n_out = n;
     return _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));

@@ -3,8 +3,9 @@
 -- same bits for head sizes with and without a partial 8-lane group, any number of positions (full
 -- groups of 8 and a tail), strided cache rows (all heads of a position side by side, as in the KV
 -- cache) and scores far apart (the exp's clamp); and both agree with a float64 softmax-attention.
-package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
+package.path = 'lua/?.lua;lua/?/init.lua;spec/helpers/?.lua;' .. package.path
 local nc = require 'nanochat'
+local on_kernel = require('settings').with_kernel
 local core = require 'nanochat.core'
 local C, check = core.C, core.check
 
@@ -12,15 +13,6 @@ local function attn(q, k, v, scale)
     local o = nc.empty { q:numel() }
     check(C.nc_engine_attn_head(o._c, q._c, k._c, v._c, scale), 'engine_attn_head')
     return o
-end
-
-local function on_kernel(name, fn)
-    local before = nc.cpu_kernel()
-    nc.set_cpu_kernel(name)
-    local ok, r = pcall(fn)
-    nc.set_cpu_kernel(before)
-    if not ok then error(r, 0) end
-    return r
 end
 
 local function bits_equal(a, b)

@@ -6,7 +6,7 @@
 -- rows at their own positions (decode_rows), and mHC; and the syncs the decode call actually
 -- passed (counted by the barrier itself) are n_layer * nc_engine_barriers_per_layer: 4 per plain
 -- layer with the heads split, 5 with rows, 3 with heads + o_full.
-package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
+package.path = 'lua/?.lua;lua/?/init.lua;spec/helpers/?.lua;' .. package.path
 local nc = require 'nanochat'
 local ffi = require 'ffi'
 local C = nc.C or ffi.C
@@ -45,13 +45,7 @@ local function label(s)
     return string.format('split=%s o_full=%s barrier=%s', tostring(s.split), tostring(s.o_full), tostring(s.barrier))
 end
 
-local function with_threads(n, f)
-    local old = nc.get_num_threads()
-    nc.set_num_threads(n)
-    local ok, err = pcall(f)
-    nc.set_num_threads(old)
-    if not ok then error(err, 0) end
-end
+local with_threads = require('settings').with_threads
 
 describe('fused decode split: bit-identical on any thread count and split', function()
     local variants = {

@@ -6,7 +6,7 @@
 -- results, the overflow edge); the ulp bounds simd_avx2.h / act_avx512.c state; scalar-vs-vector
 -- agreement; softmax rows summing to 1 within 1e-6; and bit-equality of the streaming and the
 -- plain store paths (same arithmetic).
-package.path = 'lua/?.lua;lua/?/init.lua;' .. package.path
+package.path = 'lua/?.lua;lua/?/init.lua;spec/helpers/?.lua;' .. package.path
 local nc = require 'nanochat'
 local ffi = require 'ffi'
 local C = nc.C
@@ -25,12 +25,7 @@ if has_avx512 then KERNELS[#KERNELS + 1] = 'avx512' end
 local VECTOR_KERNELS = {}
 for _, k in ipairs(KERNELS) do if k ~= 'scalar' then VECTOR_KERNELS[#VECTOR_KERNELS + 1] = k end end
 
-local function with_kernel(k, f)
-    nc.set_cpu_kernel(k)
-    local ok, err = pcall(f)
-    nc.set_cpu_kernel('auto')
-    if not ok then error(err, 0) end
-end
+local with_kernel = require('settings').with_kernel
 
 local function with_nt(bytes, f)
     local prev = tonumber(C.nc_get_nt_bytes())
