@@ -267,30 +267,27 @@ static inline int32_t int8_dot_w1(const int8_t *w, int64_t kp, const int8_t *x) 
     return _mm512_reduce_add_epi32(c);
 }
 
-/* rows [n0, n1) of y (M, N); the contract of nc_k_int8_gemm_avx2 */
+/* rows [n0, n1) of y (M, N); the contract of nc_k_int8_gemm_avx2. Activation rows in chunks of 16
+ * with their 128 * sum_k q on the stack (each computed once); weight rows in groups of 4. */
 void nc_k_int8_gemm_vnni(float *y, int64_t M, int64_t N, const int8_t *q, const float *act_inv, const int8_t *w,
                          const float *wscale, int64_t kp, int64_t n0, int64_t n1) {
-    int32_t bias_stack[16];
-    int32_t *bias = M <= 16 ? bias_stack : NULL;   /* 128 * sum_k q[m], per activation row */
-    for (int64_t m = 0; m < M && bias; m++) {
-        int32_t s = 0;
-        for (int64_t k = 0; k < kp; k++) s += q[m * kp + k];
-        bias[m] = 128 * s;
+    for (int64_t m0 = 0; m0 < M; m0 += 16) {
+        const int64_t m1 = m0 + 16 < M ? m0 + 16 : M;
+        int32_t bias[16];
+        for (int64_t m = m0; m < m1; m++) {
+            int32_t s = 0;
+            for (int64_t k = 0; k < kp; k++) s += q[m * kp + k];
+            bias[m - m0] = 128 * s;
+        }
+        int64_t n = n0;
+        for (; n + 4 <= n1; n += 4)
+            for (int64_t m = m0; m < m1; m++) {
+                int32_t r[4];
+                int8_dot_w4(r, w + n * kp, kp, q + m * kp);
+                for (int i = 0; i < 4; i++) y[m * N + n + i] = (float)(r[i] - bias[m - m0]) * act_inv[m] * wscale[n + i];
+            }
+        for (; n < n1; n++)
+            for (int64_t m = m0; m < m1; m++)
+                y[m * N + n] = (float)(int8_dot_w1(w + n * kp, kp, q + m * kp) - bias[m - m0]) * act_inv[m] * wscale[n];
     }
-    int64_t n = n0;
-    for (; n + 4 <= n1; n += 4)
-        for (int64_t m = 0; m < M; m++) {
-            int32_t r[4], b;
-            if (bias) b = bias[m];
-            else { b = 0; for (int64_t k = 0; k < kp; k++) b += q[m * kp + k]; b *= 128; }
-            int8_dot_w4(r, w + n * kp, kp, q + m * kp);
-            for (int i = 0; i < 4; i++) y[m * N + n + i] = (float)(r[i] - b) * act_inv[m] * wscale[n + i];
-        }
-    for (; n < n1; n++)
-        for (int64_t m = 0; m < M; m++) {
-            int32_t b = 0;
-            if (bias) b = bias[m];
-            else { for (int64_t k = 0; k < kp; k++) b += q[m * kp + k]; b *= 128; }
-            y[m * N + n] = (float)(int8_dot_w1(w + n * kp, kp, q + m * kp) - b) * act_inv[m] * wscale[n];
-        }
 }
