@@ -553,6 +553,7 @@ typedef struct nc_optim_hp {
     /* fields below were added after the first release of the struct (appended, ABI-compatible) */
     int32_t quant;         /* 8-bit state code map, enum nc_quant8_map: 0 = linear, 1 = dynamic */
     int32_t ns_dtype;      /* Muon / 8-bit Muon / GaLore's inner Muon: enum nc_ns_dtype; 0 = auto */
+    int32_t ns_form;       /* the same: enum nc_ns_form; 0 = auto */
 } nc_optim_hp;
 
 /* Precision of the matrix products of Muon's quintic Newton-Schulz (nc_optim_hp.ns_dtype).
@@ -563,6 +564,14 @@ typedef struct nc_optim_hp {
 enum nc_ns_dtype { NC_NS_AUTO = 0, NC_NS_F32 = 1, NC_NS_BF16 = 2 };
 /* What NC_NS_AUTO means on this CPU now: NC_NS_BF16 or NC_NS_F32. */
 int32_t nc_ns_dtype_auto(void);
+/* The form of that iteration (nc_optim_hp.ns_form) for an (r, c) matrix, r <= c (tall ones are
+ * transposed). STANDARD: X = a X + (b A + c A^2) X with A = X X^T each step. GRAM: the same
+ * polynomial run on the (r, r) side, X_k = Q_k X_s, restarting (X_s := Q X_s) every 3 steps
+ * (kernels/cpu/optim_linalg.c; cheaper once c >= ~2.5 r; same result in exact arithmetic, within
+ * bf16 rounding otherwise: README "Gram Newton-Schulz"); needs bf16 products (ns_dtype BF16, or
+ * AUTO on a CPU with a hardware bf16 GEMM): GRAM with f32 products is NC_ERR_ARG. AUTO: GRAM where
+ * the products are bf16 and c >= 3 r, else STANDARD. CUDA tensors: always STANDARD (f32). */
+enum nc_ns_form { NC_NS_FORM_AUTO = 0, NC_NS_FORM_STANDARD = 1, NC_NS_FORM_GRAM = 2 };
 
 /* 8-bit blockwise code maps. Every code c is an int8 in [-127, 127] (-128 is never written;
  * LINEAR would decode it as -128/127 s_b, DYNAMIC as -map[127] s_b); value = sign(c) * map[|c|] * s_b
@@ -628,6 +637,10 @@ nc_status nc_newton_schulz(nc_tensor *out, const nc_tensor *x, int32_t steps, co
 /* The same with the products' precision chosen (enum nc_ns_dtype; nc_newton_schulz = NC_NS_F32). */
 nc_status nc_newton_schulz_dtype(nc_tensor *out, const nc_tensor *x, int32_t steps, const double *abc,
                                  int32_t n_abc, double fro_mult, double eps, int32_t ns_dtype);
+/* The same with the iteration's form chosen too (enum nc_ns_form; nc_newton_schulz_dtype =
+ * NC_NS_FORM_STANDARD). */
+nc_status nc_newton_schulz_form(nc_tensor *out, const nc_tensor *x, int32_t steps, const double *abc,
+                                int32_t n_abc, double fro_mult, double eps, int32_t ns_dtype, int32_t ns_form);
 /* Thin SVD (LAPACK gesdd) of a (m, n), f32 or f64: u (m, k), s (k), vt (k, n), k = min(m, n),
  * all of a's dtype, singular values descending. */
 nc_status nc_svd(nc_tensor *u, nc_tensor *s, nc_tensor *vt, const nc_tensor *a);

@@ -442,13 +442,13 @@ nc_status nc_dequant8_block_map(nc_tensor *out, const nc_tensor *codes, const nc
 }
 
 /* ---- Muon ------------------------------------------------------------------------------------ */
-static nc_status check_hp_muon(const char *op, const nc_optim_hp *hp) {
+static nc_status check_hp_muon(const char *op, const nc_optim_hp *hp, int32_t dev) {
     if (!(hp->momentum >= 0 && hp->momentum < 1))
         return nc_fail(NC_ERR_ARG, "%s: momentum must lie in [0, 1), got %g", op, hp->momentum);
     NC_TRY(check_map(op, hp->quant));
     if (hp->ns_steps < 0 || hp->ns_steps > 100)
         return nc_fail(NC_ERR_ARG, "%s: ns_steps must lie in [0, 100], got %d", op, hp->ns_steps);
-    return nc_optim_check_ns_dtype(op, hp->ns_dtype);
+    return nc_optim_check_ns(op, hp->ns_dtype, hp->ns_form, dev);
 }
 
 /* f32 momentum: M = mu M + damp G; U = nesterov ? damp G + mu M : M */
@@ -523,7 +523,7 @@ static nc_status muon_check(const char *op, const nc_tensor *p, const nc_tensor 
     if (m) NC_TRY(DEV3(p, g, m));
     else NC_TRY(DEV4(p, g, codes, scales));
     NC_TRY(check_pg(op, p, g, hp, dev));
-    NC_TRY(check_hp_muon(op, hp));
+    NC_TRY(check_hp_muon(op, hp, dev));
     *n = nc_tensor_numel(p);
     NC_TRY(as_matrix(op, p, rows, cols));
     if (m) {
@@ -544,7 +544,8 @@ static nc_status muon_cpu(const char *op, nc_tensor *p, const nc_tensor *g, nc_t
     if (!U) return nc_fail(NC_ERR_OOM, "%s: cannot allocate the %lld-byte update buffer", op, (long long)bytes);
     if (m) muon_momentum(U, nc_f32p(m), nc_f32p(g), n, hp);
     else muon8_momentum(U, (int8_t *)nc_tensor_data(codes), nc_f32p(scales), nc_f32p(g), n, hp);
-    nc_status st = nc_optim_ns_inplace(U, rows, cols, hp->ns_steps, nc_ns_quintic, 1, 1.0, 1e-7, hp->ns_dtype);
+    nc_status st = nc_optim_ns_inplace(U, rows, cols, hp->ns_steps, nc_ns_quintic, 1, 1.0, 1e-7, hp->ns_dtype,
+                                         hp->ns_form);
     if (st == NC_OK)
         apply_update(nc_f32p(p), U, n, (float)(1.0 - hp->lr * hp->weight_decay), (float)(hp->lr * hp->scale));
     nc_host_free(U, bytes);
@@ -741,11 +742,11 @@ nc_status nc_galore_step(nc_tensor *p, const nc_tensor *g, const nc_tensor *proj
         NC_TRY(want_f32(op, "s0 (m)", s0, dev)); NC_TRY(want_numel(op, "s0 (m)", s0, ln));
         break;
     case NC_OPTIM_MUON:
-        NC_TRY(check_hp_muon(op, hp));
+        NC_TRY(check_hp_muon(op, hp, dev));
         NC_TRY(want_f32(op, "s0 (m)", s0, dev)); NC_TRY(want_numel(op, "s0 (m)", s0, ln));
         break;
     case NC_OPTIM_MUON8:
-        NC_TRY(check_hp_muon(op, hp));
+        NC_TRY(check_hp_muon(op, hp, dev));
         NC_TRY(check_codes(op, s0, s1, ln, hp->block, dev));
         break;
     default:
@@ -778,7 +779,8 @@ nc_status nc_galore_step(nc_tensor *p, const nc_tensor *g, const nc_tensor *proj
     } else {
         if (inner == NC_OPTIM_MUON) muon_momentum(D, nc_f32p(s0), R, ln, hp);
         else muon8_momentum(D, (int8_t *)nc_tensor_data(s0), nc_f32p(s1), R, ln, hp);
-        st = nc_optim_ns_inplace(D, lr_rows, lr_cols, hp->ns_steps, nc_ns_quintic, 1, 1.0, 1e-7, hp->ns_dtype);
+        st = nc_optim_ns_inplace(D, lr_rows, lr_cols, hp->ns_steps, nc_ns_quintic, 1, 1.0, 1e-7, hp->ns_dtype,
+                                 hp->ns_form);
         step = (float)(hp->lr * hp->alpha * hp->scale);
     }
     if (st == NC_OK) {

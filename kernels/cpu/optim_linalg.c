@@ -87,6 +87,18 @@ nc_status nc_optim_check_ns_dtype(const char *op, int32_t ns_dtype) {
 
 int32_t nc_ns_dtype_auto(void) { return nc_gemm_bf16_hw() ? NC_NS_BF16 : NC_NS_F32; }
 
+nc_status nc_optim_check_ns(const char *op, int32_t ns_dtype, int32_t ns_form, int32_t dev) {
+    NC_TRY(nc_optim_check_ns_dtype(op, ns_dtype));
+    if (ns_form != NC_NS_FORM_AUTO && ns_form != NC_NS_FORM_STANDARD && ns_form != NC_NS_FORM_GRAM)
+        return nc_fail(NC_ERR_ARG, "%s: ns_form must be NC_NS_FORM_AUTO (0), NC_NS_FORM_STANDARD (1) or NC_NS_FORM_GRAM (2), got %d",
+                       op, ns_form);
+    int bf16 = ns_dtype == NC_NS_BF16 || (ns_dtype == NC_NS_AUTO && nc_ns_dtype_auto() == NC_NS_BF16);
+    if (ns_form == NC_NS_FORM_GRAM && !bf16 && dev == NC_CPU)
+        return nc_fail(NC_ERR_ARG, "%s: ns_form gram needs bf16 products (ns_dtype bf16, or auto on a CPU with a "
+                       "hardware bf16 GEMM; this one %s)", op, nc_gemm_bf16_hw() ? "has one" : "has none");
+    return NC_OK;
+}
+
 /* the f32 (sgemm) iteration on X (r, c), r <= c; Y (r, c), A, Bm (r, r) workspaces; returns the
  * buffer holding the result (X or Y) */
 static float *ns_f32(float *X, float *Y, float *A, float *Bm, int64_t r, int64_t c, int32_t steps, const double *abc,
@@ -175,20 +187,138 @@ static nc_status ns_bf16(float **out, float *X, float *Y, float *A, float *Bm, i
     return NC_OK;
 }
 
+/* ---- Gram Newton-Schulz (ns_form) --------------------------------------------------------------
+ * Every NS iterate is X_k = Q_k X_s, with X_s the iterate at the last restart and Q_k an (r, r)
+ * polynomial in R_s = X_s X_s^T, so the iteration can run on the small side:
+ *     P_k = a I + b R_k + c R_k^2,  Q_{k+1} = P_k Q_k,  R_{k+1} = P_k R_k P_k,
+ * and the (r, c) matrix is touched only to form R_s (a symmetric product) and to apply Q (one
+ * product) at each restart and at the end. Per 3-iteration block that is 2.12 r^2 c + ~9 r^3
+ * multiply-adds (upper-block symmetric products counted at ~0.56) against 3 (1.56 r^2 c + 0.56 r^3)
+ * for the standard form: fewer once c >= ~2.5 r. Restarting every GRAM_BLOCK iterations (X_s := Q X_s,
+ * R recomputed from it) keeps the rounding errors of the r x r recursion from compounding.
+ * Precision: every product rounds its inputs to bf16. Near convergence R_k and P_k are close to
+ * multiples of I, and bf16 keeps 8 significant bits of the whole entry, so the recursion keeps
+ * scalar multiples of I out of the products: R = rho I + R', P = pi I + M' (rho, mu = the mean
+ * diagonals), Q = s I + Q'; only the primed parts go through bf16, the scalar terms are exact f32
+ * arithmetic. Measured against the f32 standard iteration (README "Gram Newton-Schulz"): cosine
+ * 0.99995-0.99997 on Gaussian inputs and 0.99993 (worst of the tiny model's 36 momentum matrices)
+ * where the bf16 standard form gives 0.99974-0.99987 and 0.99982; rank-deficient inputs keep
+ * their null directions at <= 4e-3 (standard: <= 3e-4). */
+#define GRAM_BLOCK 3
+
+static float mean_diag(const float *A, int64_t r) {
+    double t = 0;
+    for (int64_t i = 0; i < r; i++) t += A[i * r + i];
+    return (float)(t / (double)r);
+}
+
+static void add_diag(float *A, int64_t r, float v) {
+    for (int64_t i = 0; i < r; i++) A[i * r + i] += v;
+}
+
+/* X := (s I + Q) X for X (r, c), or its transpose Xt (c, r) when tall: Xt (s I + Q)^T. Y (r c
+ * floats) holds a copy of X on the reference backend, which reads operands while it writes. */
+static nc_status gram_apply(float *X, float *Y, const float *Q, float s, int64_t r, int64_t c, int tall) {
+    const float *src = X;
+    if (Y) { memcpy(Y, X, (size_t)(r * c) * sizeof(float)); src = Y; }
+    if (tall) return nc_gemm_bf16_f32p(c, r, r, src, r, 0, Q, r, 1, 1.0f, s, X, r);
+    return nc_gemm_bf16_f32p(r, c, r, Q, r, 0, src, c, 0, 1.0f, s, X, c);
+}
+
+/* the Gram iteration on X (r, c) or Xt (c, r) (tall), r <= c; R, M, Q, T (r, r) workspaces; Y (r c)
+ * the reference backend's copy (NULL on the hardware backends) */
+static nc_status ns_gram_bf16(float *X, float *Y, float *R, float *M, float *Q, float *T, int64_t r, int64_t c,
+                              int tall, int32_t steps, const double *abc, int32_t n_abc) {
+    int64_t rr = r * r;
+    int fresh = 1;   /* Q' = 0, s = 1: X is X_s */
+    float s = 1.0f;
+    for (int32_t k = 0; k < steps; k++) {
+        const double *q = abc + 3 * (k < n_abc ? k : n_abc - 1);
+        float a = (float)q[0], b = (float)q[1], cc = (float)q[2];
+        if (k % GRAM_BLOCK == 0) {   /* restart: X_s := (s I + Q') X_s, R = X_s X_s^T */
+            if (!fresh) NC_TRY(gram_apply(X, Y, Q, s, r, c, tall));
+            fresh = 1;
+            s = 1.0f;
+            if (tall) NC_TRY(sym_bf16(r, c, X, r, 1, X, r, 0, 1.0f, 0.0f, R, r));
+            else NC_TRY(sym_bf16(r, c, X, c, 0, X, c, 1, 1.0f, 0.0f, R, r));
+        }
+        /* M = b R + c R^2 with R = rho I + R': c R'^2 + (b + 2 c rho) R' + (b rho + c rho^2) I */
+        float rho = mean_diag(R, r);
+        add_diag(R, r, -rho);   /* R holds R' until the end of the iteration */
+        memcpy(M, R, (size_t)rr * sizeof(float));
+        NC_TRY(sym_bf16(r, r, R, r, 0, R, r, 0, cc, b + 2.0f * cc * rho, M, r));
+        add_diag(M, r, b * rho + cc * rho * rho);
+        /* P = a I + M = pi I + M' */
+        float mu = mean_diag(M, r), pi = a + mu;
+        add_diag(M, r, -mu);   /* M holds M' */
+        /* Q_{k+1} = P (s I + Q') = t I + Q'_{k+1}, Q'_{k+1} = pi Q' + M'Q' + s M' + (pi s - t) I. The
+         * scalar t decides which directions the final bf16 product X_s -> Q X_s gets exactly
+         * (its rounding error of X_s is multiplied by Q - t I): in the first block t = a s, Q's
+         * eigenvalue on the null space of R_s (rank-deficient inputs keep near-null directions
+         * near 0); later, with the spectrum clustered, t = pi s, the mean (measured cosines in
+         * the README: either choice alone loses one of the two cases). */
+        float t = k < GRAM_BLOCK ? a * s : pi * s;
+        if (fresh) {
+            memcpy(Q, M, (size_t)rr * sizeof(float));
+            fresh = 0;
+        } else {
+            const float *Qsrc = Q;
+            if (Y) { memcpy(T, Q, (size_t)rr * sizeof(float)); Qsrc = T; }
+            NC_TRY(nc_gemm_bf16_f32p(r, r, r, M, r, 0, Qsrc, r, 0, 1.0f, pi, Q, r));
+            for (int64_t i = 0; i < rr; i++) Q[i] += s * M[i];
+        }
+        add_diag(Q, r, pi * s - t);
+        s = t;
+        if (k + 1 < steps && (k + 1) % GRAM_BLOCK != 0) {
+            /* R = P R P = pi^2 R + pi (M'R + R M') + M'R M', with T = M'R' and M'R = rho M' + T */
+            NC_TRY(nc_gemm_bf16_f32p(r, r, r, M, r, 0, R, r, 0, 1.0f, 0.0f, T, r));
+            for (int64_t i = 0; i < r; i++)
+                for (int64_t j = i; j < r; j++) {
+                    float rv = R[i * r + j] + (i == j ? rho : 0.0f);
+                    float v = pi * pi * rv + pi * (2.0f * rho * M[i * r + j] + T[i * r + j] + T[j * r + i]);
+                    R[i * r + j] = v;
+                    R[j * r + i] = v;
+                }
+            for (int64_t i = 0; i < rr; i++) T[i] += rho * M[i];   /* T = M'R */
+            NC_TRY(sym_bf16(r, r, T, r, 0, M, r, 0, 1.0f, 1.0f, R, r));
+        }
+    }
+    if (!fresh) NC_TRY(gram_apply(X, Y, Q, s, r, c, tall));
+    return NC_OK;
+}
+
+/* does this (r <= c) iteration run in Gram form? GRAM: whenever c > r (nothing to gain on a
+ * square matrix); AUTO: once c >= 3 r (measured, one thread, ms per NS5: 128 x 256 0.69 standard /
+ * 0.72 Gram, 256 x 768 5.13 / 4.48, 256 x 1024 6.74 / 5.14, 512 x 2048 52.4 / 38.3) */
+static int use_gram(int32_t ns_form, int64_t r, int64_t c) {
+    if (ns_form == NC_NS_FORM_GRAM) return c > r;
+    return ns_form == NC_NS_FORM_AUTO && c >= 3 * r;
+}
+
 nc_status nc_optim_ns_inplace(float *x, int64_t rows, int64_t cols, int32_t steps, const double *abc,
-                              int32_t n_abc, double fro_mult, double eps, int32_t ns_dtype) {
+                              int32_t n_abc, double fro_mult, double eps, int32_t ns_dtype, int32_t ns_form) {
     if (rows <= 0 || cols <= 0) return NC_OK;
     int bf16 = ns_dtype == NC_NS_BF16 || (ns_dtype == NC_NS_AUTO && nc_ns_dtype_auto() == NC_NS_BF16);
     int tall = rows > cols;
     int64_t r = tall ? cols : rows, c = tall ? rows : cols, n = r * c;
     if (bf16) {
-        /* x itself is the first iterate (scaled in place, either orientation); Y, A, Bm workspace */
-        int64_t bytes = (int64_t)sizeof(float) * (n + 2 * r * r);
+        /* x itself is the first iterate (scaled in place, either orientation). Workspace: standard
+         * Y (n), A, Bm (r, r); Gram R, M, Q, T (r, r) and, on the reference backend, Y (n) */
+        int gram = use_gram(ns_form, r, c) && steps > 0, inplace = nc_gemm_bf16_hw();
+        int64_t floats = gram ? 4 * r * r + (inplace ? 0 : n) : n + 2 * r * r;
+        int64_t bytes = (int64_t)sizeof(float) * floats;
         float *ws = nc_host_alloc(bytes);
         if (!ws) return nc_fail(NC_ERR_OOM, "newton_schulz: cannot allocate a %lld-byte workspace", (long long)bytes);
-        float *Y = ws, *A = ws + n, *Bm = A + r * r, *res = x;
         scale_copy(x, x, n, (float)(1.0 / (fro_mult * nc_optim_fro_norm(x, n) + eps)));
-        nc_status st = ns_bf16(&res, x, Y, A, Bm, r, c, tall, steps, abc, n_abc);
+        nc_status st;
+        float *res = x;
+        if (gram) {
+            float *R = ws, *M = R + r * r, *Q = M + r * r, *T = Q + r * r;
+            st = ns_gram_bf16(x, inplace ? NULL : T + r * r, R, M, Q, T, r, c, tall, steps, abc, n_abc);
+        } else {
+            float *Y = ws, *A = ws + n, *Bm = A + r * r;
+            st = ns_bf16(&res, x, Y, A, Bm, r, c, tall, steps, abc, n_abc);
+        }
         if (st != NC_OK)   /* the GEMM's only failure is its packing buffers: say so here */
             st = nc_fail(st, "newton_schulz: the bf16 GEMM failed (out of memory for its packed operands)");
         else if (res != x) memcpy(x, res, (size_t)n * sizeof(float));
@@ -229,8 +359,8 @@ static nc_status check_f32_cpu_contig(const char *op, const char *arg, const nc_
     return nc_check_contiguous(op, arg, t);
 }
 
-nc_status nc_newton_schulz_dtype(nc_tensor *out, const nc_tensor *x, int32_t steps, const double *abc,
-                                 int32_t n_abc, double fro_mult, double eps, int32_t ns_dtype) {
+nc_status nc_newton_schulz_form(nc_tensor *out, const nc_tensor *x, int32_t steps, const double *abc,
+                                int32_t n_abc, double fro_mult, double eps, int32_t ns_dtype, int32_t ns_form) {
     static const char *op = "newton_schulz";
     int32_t dev;
     NC_TRY(nc_check_one_device(op, &dev, 2, (const char *const[]){ "out", "x" }, (const nc_tensor *const[]){ out, x }));
@@ -245,7 +375,7 @@ nc_status nc_newton_schulz_dtype(nc_tensor *out, const nc_tensor *x, int32_t ste
     if (steps < 0 || (steps > 0 && (!abc || n_abc < 1)))
         return nc_fail(NC_ERR_ARG, "%s: expected steps >= 0 and at least one (a, b, c) triple, got steps %d, %d triples",
                        op, steps, n_abc);
-    NC_TRY(nc_optim_check_ns_dtype(op, ns_dtype));
+    NC_TRY(nc_optim_check_ns(op, ns_dtype, ns_form, dev));   /* CUDA: f32 standard whatever they say */
     if (out != x) NC_TRY(nc_tensor_copy(out, x));
     if (dev == NC_CUDA) {   /* f32 (cuBLAS sgemm) whatever ns_dtype says */
         const nc_cuda_api *cu = nc_cuda_for(op);
@@ -258,7 +388,12 @@ nc_status nc_newton_schulz_dtype(nc_tensor *out, const nc_tensor *x, int32_t ste
         nc_tensor_release(ws);
         return st;
     }
-    return nc_optim_ns_inplace(nc_f32p(out), rows, cols, steps, abc, n_abc, fro_mult, eps, ns_dtype);
+    return nc_optim_ns_inplace(nc_f32p(out), rows, cols, steps, abc, n_abc, fro_mult, eps, ns_dtype, ns_form);
+}
+
+nc_status nc_newton_schulz_dtype(nc_tensor *out, const nc_tensor *x, int32_t steps, const double *abc,
+                                 int32_t n_abc, double fro_mult, double eps, int32_t ns_dtype) {
+    return nc_newton_schulz_form(out, x, steps, abc, n_abc, fro_mult, eps, ns_dtype, NC_NS_FORM_STANDARD);
 }
 
 nc_status nc_newton_schulz(nc_tensor *out, const nc_tensor *x, int32_t steps, const double *abc, int32_t n_abc,

@@ -3,14 +3,17 @@
 -- with the exact polar factor, Moonlight RMS scaling, Keller vs Moonlight momentum conventions,
 -- and the fused C step against a float64 Lua reference. The §2.7 unit tests are stated for fp32:
 -- they run with ns_dtype = 'f32' (sgemm). The bf16 Newton-Schulz (ns_dtype = 'bf16', the default
--- 'auto' on AMX / AVX-512 BF16 CPUs) has its own tests below with bf16-sized tolerances, and
--- nc_muon_step_many (what Muon:step calls) is checked bitwise against one C call per matrix.
+-- 'auto' on AMX / AVX-512 BF16 CPUs) has its own tests below with bf16-sized tolerances, the Gram
+-- form of the iteration (ns_form = 'gram', the default for bf16 products on matrices with one side
+-- >= 3x the other) too, and nc_muon_step_many (what Muon:step calls) is checked bitwise against
+-- one C call per matrix.
 package.path = 'spec/optim/?.lua;lua/?.lua;lua/?/init.lua;' .. package.path
 local nc = require 'nanochat'
 local H = require 'optim_helpers'
 
 local function ns(x) return nc.optim.newton_schulz(x, { dtype = 'f32' }) end
-local function ns16(x) return nc.optim.newton_schulz(x, { dtype = 'bf16' }) end
+local function ns16(x) return nc.optim.newton_schulz(x, { dtype = 'bf16', form = 'standard' }) end
+local function gram16(x) return nc.optim.newton_schulz(x, { dtype = 'bf16', form = 'gram' }) end
 local QUINTIC = { 3.4445, -4.7750, 2.0315 }
 
 local function svals(x) local _, s = nc.optim.svd(x); return s:tolist() end
@@ -286,6 +289,155 @@ describe('bf16 Newton-Schulz (ns_dtype = bf16)', function()
             end, loss, 3)
             H.bitwise(a[1][2], c[1][2], o[1] .. ' ' .. o[2] .. ' resumed')
         end
+    end)
+end)
+
+-- Gram form: the same quintic polynomial run on the small (r x r) side, restarting every 3 steps.
+-- Explicit dtype = 'bf16' runs on every CPU (the scalar reference GEMM where no hardware one is).
+describe('Gram Newton-Schulz (ns_form = gram)', function()
+    local function cosine(a, b)
+        local d = (a * b):sum():item()
+        return d / math.sqrt((a * a):sum():item() * (b * b):sum():item())
+    end
+    -- U diag(fn(i)) V^T with random orthonormal U, V
+    local function with_svals(m, n, fn)
+        local k = math.min(m, n)
+        local U, V = nc.optim.svd(H.randn { m, k }), nc.optim.svd(H.randn { n, k })
+        local sv = {}
+        for i = 1, k do sv[i] = fn(i, k) end
+        return (U * nc.tensor(sv):reshape { 1, k }):matmul(V:t())
+    end
+
+    it('agrees with the f32 standard iteration, closer than the bf16 standard form on full-rank inputs', function()
+        -- measured (gram / bf16 standard): Gaussian 128x512 0.99996 / 0.99987, 512x128 0.99996 /
+        -- 0.99984; log-spaced singular values 1e-4..1: 0.9999 / 0.99998. The gram form keeps the
+        -- mean diagonal of R, P and Q out of the bf16 products; without that it measured 0.9994.
+        local G = H.randn { 128, 512 }
+        for _, x in ipairs { G, G:t():contiguous() } do
+            local ref = ns(x)
+            local cg, cs = cosine(gram16(x), ref), cosine(ns16(x), ref)
+            assert(cg > 0.9999, 'gram cosine ' .. cg)
+            assert(cg > cs, string.format('gram %.6f not closer than standard bf16 %.6f', cg, cs))
+            for i, v in ipairs(svals(gram16(x))) do
+                assert(v >= 0.6 and v <= 1.25, string.format('singular value %d = %.4f', i, v))
+            end
+        end
+        local L = with_svals(96, 384, function(i, k) return 10 ^ (-4 * (i - 1) / (k - 1)) end)
+        local c = cosine(gram16(L), ns(L))
+        assert(c > 0.9995, 'log-spaced spectrum: cosine ' .. c)
+    end)
+
+    it('keeps the null directions of rank-deficient inputs small', function()
+        -- measured: rank 32 of 512 x 128: null singular values <= 3.6e-3 (bf16 standard 3.2e-4),
+        -- cosine to f32 0.9999; rank 5 of 40 x 128: 3.3e-4, cosine 0.99948
+        for _, k in ipairs { { 512, 32, 128 }, { 40, 5, 128 } } do
+            local G = H.randn({ k[1], k[2] }):matmul(H.randn { k[2], k[3] })
+            local O = gram16(G)
+            local c = cosine(O, ns(G))
+            assert(c > 0.999, string.format('rank %d of %dx%d: cosine %.5f', k[2], k[1], k[3], c))
+            for i, v in ipairs(svals(O)) do
+                if i <= k[2] then assert(v > 0.5, string.format('rank %d: s[%d] = %.4g', k[2], i, v))
+                else assert(v < 1e-2, string.format('rank %d: s[%d] = %.4g should stay near 0', k[2], i, v)) end
+            end
+        end
+    end)
+
+    it('is the same polynomial: the f32 iterate up to bf16 rounding for any step count', function()
+        -- measured cosine to f32 (gram / bf16 standard), 48 x 200: 1 step 1.0 / 1.0, 3: 0.99986 /
+        -- 0.99980, 5: 0.99968 / 0.99933, 7: 0.99939 / 0.99858 (both drift as steps accumulate
+        -- rounding; restarts at steps 3 and 6 exercise the block boundaries)
+        local G = H.randn { 48, 200 }
+        for _, steps in ipairs { 1, 2, 3, 4, 5, 6, 7 } do
+            local b = nc.optim.newton_schulz(G, { dtype = 'f32', steps = steps })
+            local cg = cosine(nc.optim.newton_schulz(G, { dtype = 'bf16', form = 'gram', steps = steps }), b)
+            local cs = cosine(nc.optim.newton_schulz(G, { dtype = 'bf16', form = 'standard', steps = steps }), b)
+            assert(cg > 0.999 and cg > cs - 1e-4, string.format('%d steps: cosine gram %.6f, standard %.6f', steps, cg, cs))
+        end
+        local z = nc.optim.newton_schulz(G, { dtype = 'bf16', form = 'gram', steps = 0 })
+        H.close(z, (G / math.sqrt((G * G):sum():item())):tolist(), 1e-5, 1e-6, 'zero steps: the normalized input')
+    end)
+
+    it("'auto' picks gram for bf16 products when the long side is >= 3x the short one", function()
+        local B = require('nanochat.optim.base')
+        for _, sh in ipairs { { 32, 96 }, { 96, 32 }, { 32, 95 }, { 48, 48 } } do
+            local G = H.randn(sh)
+            local auto = nc.optim.newton_schulz(G, { dtype = 'bf16' })
+            local want = math.max(sh[1], sh[2]) >= 3 * math.min(sh[1], sh[2]) and 'gram' or 'standard'
+            H.bitwise(auto, nc.optim.newton_schulz(G, { dtype = 'bf16', form = want }), table.concat(sh, 'x') .. ' auto')
+        end
+        -- a square matrix has nothing to gain: gram runs the standard form there
+        local S = H.randn { 40, 40 }
+        H.bitwise(gram16(S), ns16(S), 'square')
+    end)
+
+    it('gives the same result on the reference GEMM and the hardware one', function()
+        if not nc.cpu_gemm_fast() then pending('no hardware bf16 GEMM: ' .. nc.gemm_backend()) return end
+        local G = H.randn { 64, 256 }
+        local hw = gram16(G)
+        nc.set_gemm_backend('reference')
+        local ok, ref = pcall(gram16, G)
+        nc.set_gemm_backend('auto')
+        assert(ok, tostring(ref))
+        -- the two GEMMs sum each element's products in different orders (f32): not bitwise
+        H.close(ref, hw:tolist(), 1e-4, 1e-3, 'reference vs hardware GEMM')
+    end)
+
+    it('Muon with ns_form = gram lowers a least-squares loss like f32, and resumes bitwise', function()
+        local prob = H.lstsq(24, 96, 128)
+        local X0 = H.randn({ 24, 96 }, 0.05)
+        local final = {}
+        for _, o in ipairs { { 'f32', 'standard' }, { 'bf16', 'gram' } } do
+            local X = X0:clone():requires_grad_(true)
+            local opt = nc.optim.muon({ X }, { lr = 0.1, ns_dtype = o[1], ns_form = o[2] })
+            for st = 0, 149 do
+                prob.loss(X):backward()
+                opt:step(1 - st / 150)
+                opt:zero_grad()
+            end
+            final[o[2]] = prob.loss(X):item()
+        end
+        local l0 = prob.loss(X0):item()
+        assert(final.gram < 0.02 * l0, 'gram Muon did not converge: ' .. final.gram .. ' from ' .. l0)
+        assert(math.abs(final.gram - final.standard) <= 0.05 * final.standard,
+            string.format('final loss gram %.5g vs f32 %.5g', final.gram, final.standard))
+        local function make() return { { 'x', X0:clone():requires_grad_(true) } } end
+        local function loss(named) return prob.loss(named[1][2]) end
+        for _, kind in ipairs { 'muon', 'muon8' } do
+            local a, c = H.resume_pair(make, function(named)
+                return nc.optim[kind]({ named[1][2] }, { lr = 0.02, ns_dtype = 'bf16', ns_form = 'gram' })
+            end, loss, 3)
+            H.bitwise(a[1][2], c[1][2], kind .. ' gram resumed')
+        end
+    end)
+
+    it('rejects a bad ns_form, and gram with f32 products, with a clear error', function()
+        local X = nc.zeros({ 4, 8 }, { requires_grad = true })
+        local bad = "ns_form must be 'auto', 'standard' or 'gram', got fast"
+        local f32 = "ns_form = 'gram' needs bf16 products"
+        for _, c in ipairs {
+            { function() return nc.optim.muon({ X }, { ns_form = 'fast' }) end, bad },
+            { function() return nc.optim.galore({ X }, { inner = 'muon8', ns_form = 'fast' }) end, bad },
+            { function() return nc.optim.newton_schulz(X, { form = 'fast' }) end, bad },
+            { function() return nc.optim.muon({ X }, { ns_dtype = 'f32', ns_form = 'gram' }) end, f32 },
+            { function() return nc.optim.hybrid { named_params = { { 'w', X } }, rules = { matrix = { optim = 'muon', ns_dtype = 'f32', ns_form = 'gram' } } } end, f32 },
+            { function() return nc.optim.newton_schulz(X, { dtype = 'f32', form = 'gram' }) end, 'ns_form gram needs bf16 products' },
+        } do
+            local ok, err = pcall(c[1])
+            assert(not ok and tostring(err):find(c[2], 1, true), tostring(err))
+        end
+        local ffi, C = require 'ffi', require('nanochat.core').C
+        local g, m = nc.zeros { 4, 8 }, nc.zeros { 4, 8 }
+        for _, hpv in ipairs {
+            { { ns_form = 7 }, 'muon_step: ns_form must be NC_NS_FORM_AUTO (0), NC_NS_FORM_STANDARD (1) or NC_NS_FORM_GRAM (2), got 7' },
+            { { ns_form = 2, ns_dtype = 1 }, 'muon_step: ns_form gram needs bf16 products' },
+        } do
+            local hp = ffi.new('nc_optim_hp', { lr = 0.01, momentum = 0.9, ns_steps = 5 })
+            for k, v in pairs(hpv[1]) do hp[k] = v end
+            assert(C.nc_muon_step(X._c, g._c, m._c, hp) ~= 0)
+            local msg = ffi.string(C.nc_last_error())
+            assert(msg:find(hpv[2], 1, true), msg)
+        end
+        assert(X:abs():sum():item() == 0 and m:abs():sum():item() == 0, 'a rejected step changed state')
     end)
 end)
 

@@ -16,7 +16,7 @@
 -- 1 for Muon), svd = 'randomized' | 'exact' | 'identity' (projector forced to I, for tests),
 -- oversample = 8, power_iters = 2, seed = 0, and the inner optimizer's options (betas, eps,
 -- eps_mode = 'galore', weight_decay, momentum, nesterov, ns_steps, scale, momentum_form, block,
--- rounding, quant, ns_dtype, momentum_warmup/_start/_cooldown/_end, total_steps).
+-- rounding, quant, ns_dtype, ns_form, momentum_warmup/_start/_cooldown/_end, total_steps).
 local B = require 'nanochat.optim.base'
 local linalg = require 'nanochat.optim.linalg'
 local AdamW = require 'nanochat.optim.adamw'
@@ -29,7 +29,7 @@ local Galore = B.class('galore', {
     svd = 'randomized', oversample = 8, power_iters = 2, seed = 0,
     betas = { 0.9, 0.95 }, eps = 1e-8, eps_mode = 'galore', weight_decay = 0.0,
     momentum = 0.95, nesterov = true, ns_steps = 5, scale = 'spectral', momentum_form = 'ema', block = 2048,
-    rounding = 'nearest', quant = 'linear', ns_dtype = 'auto',
+    rounding = 'nearest', quant = 'linear', ns_dtype = 'auto', ns_form = 'auto',
     momentum_warmup = 0, momentum_start = 0.85, momentum_cooldown = 0, momentum_end = 0.85, total_steps = 0,
 })
 

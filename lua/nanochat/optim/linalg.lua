@@ -3,10 +3,14 @@
 -- Promise: thin wrappers over the C kernels (kernels/cpu/optim_linalg.c, optim.c) that allocate
 -- outputs and raise Lua errors carrying the C message:
 --   newton_schulz(x, {steps = 5, coefs = 'quintic' | 'cubic' | {{a, b, c}, ...}, fro_mult = 1,
---                 eps = 1e-7, dtype = 'f32' | 'bf16' | 'auto'}) -> new tensor (rows, cols)
+--                 eps = 1e-7, dtype = 'f32' | 'bf16' | 'auto', form = 'auto' | 'standard' | 'gram'})
+--        -> new tensor (rows, cols)
 --        dtype: the products' precision (nanochat.h enum nc_ns_dtype): 'f32' = sgemm (default
 --        here: FIRE's cubic iteration needs it), 'bf16' = bf16 inputs / f32 accumulation,
 --        'auto' = bf16 where a hardware bf16 GEMM runs (AMX, AVX-512 BF16), else f32
+--        form: the iteration (enum nc_ns_form): 'standard', 'gram' (run on the small r x r side,
+--        restarting every 3 steps; needs bf16 products), 'auto' (default: 'gram' when the products
+--        are bf16 and the long side is >= 3x the short one, as Muon does)
 --   ns_dtype_auto() -> 'bf16' | 'f32': what 'auto' means on this CPU now
 --   svd(a) -> u (m, k), s (k), vt (k, n)            (f32 or f64, LAPACK gesdd)
 --   rsvd(g, r, {side = 'left'|'right', oversample = 8, power_iters = 2, seed = 0, counter = 0})
@@ -52,14 +56,24 @@ function M.ns_dtype(fn, d, dflt, level)
     return v
 end
 
+M.NS_FORMS = { auto = C.NC_NS_FORM_AUTO, standard = C.NC_NS_FORM_STANDARD, gram = C.NC_NS_FORM_GRAM }
+
+-- 'auto' | 'standard' | 'gram' -> enum nc_ns_form (nil means 'auto')
+function M.ns_form(fn, f, level)
+    local v = M.NS_FORMS[f == nil and 'auto' or f]
+    if not v then error(fn .. ": ns_form must be 'auto', 'standard' or 'gram', got " .. tostring(f), (level or 2) + 1) end
+    return v
+end
+
 function M.newton_schulz(x, opts)
     opts = opts or {}
     local abc, n = coef_array(opts.coefs)
     local dt = M.ns_dtype('newton_schulz', opts.dtype, 'f32', 2)
+    local form = M.ns_form('newton_schulz', opts.form, 2)
     local xc = x:contiguous()
     local out = Tensor.empty(xc:shape(), 'f32', xc:device())
-    core.check(C.nc_newton_schulz_dtype(out._c, xc._c, opts.steps or 5, abc, n, opts.fro_mult or 1, opts.eps or 1e-7,
-        dt), 'newton_schulz')
+    core.check(C.nc_newton_schulz_form(out._c, xc._c, opts.steps or 5, abc, n, opts.fro_mult or 1, opts.eps or 1e-7,
+        dt, form), 'newton_schulz')
     return out
 end
 

@@ -16,6 +16,11 @@
 --           'bf16' rounds each product's inputs to bf16 and accumulates in f32 (the reference
 --           Muon runs NS in bfloat16), 'f32' is OpenBLAS sgemm, 'auto' (default) = 'bf16' where a
 --           hardware bf16 GEMM runs (AMX, AVX-512 BF16), else 'f32'. CUDA tensors: always f32.
+--   ns_form = 'auto' | 'standard' | 'gram': the Newton-Schulz iteration (nanochat.h enum
+--           nc_ns_form): 'gram' runs the same polynomial on the small (r x r) side of an (r, c)
+--           matrix and restarts every 3 steps (fewer multiply-adds once c >= ~2.5 r; needs bf16
+--           products), 'standard' the textbook form, 'auto' (default) = 'gram' where the products
+--           are bf16 and c >= 3 r, else 'standard'. README "Gram Newton-Schulz". CUDA: standard.
 --   momentum warmup / cooldown (algorithms.md §2.5; off by default): momentum_warmup = N ramps the
 --           momentum linearly from momentum_start (0.85) at the parameter's step 0 to `momentum`
 --           at step N (modded-nanogpt: 0.85 -> 0.95 over 300); momentum_cooldown = K with
@@ -34,7 +39,7 @@ local ffi = require 'ffi'
 local Muon = B.class('muon', {
     lr = 0.02, momentum = 0.95, nesterov = true, ns_steps = 5, weight_decay = 0.0, scale = 'spectral',
     momentum_form = 'ema', state_bits = 32, block = 2048, rounding = 'nearest', seed = 0, quant = 'linear',
-    ns_dtype = 'auto', momentum_warmup = 0, momentum_start = 0.85, momentum_cooldown = 0, momentum_end = 0.85, total_steps = 0,
+    ns_dtype = 'auto', ns_form = 'auto', momentum_warmup = 0, momentum_start = 0.85, momentum_cooldown = 0, momentum_end = 0.85, total_steps = 0,
 })
 
 
@@ -50,6 +55,11 @@ local function check_muon_group(kind, g)
     end
     linalg.quant_map(kind, g.quant, 4)
     linalg.ns_dtype(kind, g.ns_dtype, 'auto', 4)
+    linalg.ns_form(kind, g.ns_form, 4)
+    if g.ns_form == 'gram' and (g.ns_dtype == 'f32' or (g.ns_dtype == 'auto' and linalg.ns_dtype_auto() == 'f32')) then
+        error(kind .. ": ns_form = 'gram' needs bf16 products (ns_dtype = 'bf16', or 'auto' on a CPU with a "
+            .. "hardware bf16 GEMM; ns_dtype is '" .. tostring(g.ns_dtype) .. "')", 5)
+    end
     local function int_ge0(k)
         local v = g[k]
         if type(v) ~= 'number' or v < 0 or v ~= math.floor(v) then
@@ -123,6 +133,7 @@ function Muon.fill_hp(hp, g, lr, rows, cols, st, index, n)
     hp.stochastic = g.rounding == 'stochastic' and 1 or 0
     hp.quant = linalg.quant_map('muon', g.quant)
     hp.ns_dtype = linalg.ns_dtype('muon', g.ns_dtype, 'auto')
+    hp.ns_form = linalg.ns_form('muon', g.ns_form)
     if g.state_bits == 8 then
         -- a distinct Philox stream per parameter; the counter advances by the draws of each step
         hp.seed = (g.seed or 0) * 65536 + index
