@@ -216,6 +216,12 @@ static void add_diag(float *A, int64_t r, float v) {
     for (int64_t i = 0; i < r; i++) A[i * r + i] += v;
 }
 
+/* y += a x */
+static void axpy(float *restrict y, const float *restrict x, float a, int64_t n) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
 /* X := (s I + Q) X for X (r, c), or its transpose Xt (c, r) when tall: Xt (s I + Q)^T. Y (r c
  * floats) holds a copy of X on the reference backend, which reads operands while it writes. */
 static nc_status gram_apply(float *X, float *Y, const float *Q, float s, int64_t r, int64_t c, int tall) {
@@ -265,21 +271,25 @@ static nc_status ns_gram_bf16(float *X, float *Y, float *R, float *M, float *Q, 
             const float *Qsrc = Q;
             if (Y) { memcpy(T, Q, (size_t)rr * sizeof(float)); Qsrc = T; }
             NC_TRY(nc_gemm_bf16_f32p(r, r, r, M, r, 0, Qsrc, r, 0, 1.0f, pi, Q, r));
-            for (int64_t i = 0; i < rr; i++) Q[i] += s * M[i];
+            axpy(Q, M, s, rr);
         }
         add_diag(Q, r, pi * s - t);
         s = t;
         if (k + 1 < steps && (k + 1) % GRAM_BLOCK != 0) {
             /* R = P R P = pi^2 R + pi (M'R + R M') + M'R M', with T = M'R' and M'R = rho M' + T */
             NC_TRY(nc_gemm_bf16_f32p(r, r, r, M, r, 0, R, r, 0, 1.0f, 0.0f, T, r));
-            for (int64_t i = 0; i < r; i++)
-                for (int64_t j = i; j < r; j++) {
-                    float rv = R[i * r + j] + (i == j ? rho : 0.0f);
-                    float v = pi * pi * rv + pi * (2.0f * rho * M[i * r + j] + T[i * r + j] + T[j * r + i]);
-                    R[i * r + j] = v;
-                    R[j * r + i] = v;
+            add_diag(R, r, rho);
+            for (int64_t i0 = 0; i0 < r; i0 += 32)   /* 32 x 32 blocks on and above the diagonal */
+                for (int64_t j0 = i0; j0 < r; j0 += 32) {
+                    int64_t ie = i0 + 32 < r ? i0 + 32 : r, je = j0 + 32 < r ? j0 + 32 : r;
+                    for (int64_t i = i0; i < ie; i++)
+                        for (int64_t j = j0 > i ? j0 : i; j < je; j++) {
+                            float v = pi * pi * R[i * r + j] + pi * (2.0f * rho * M[i * r + j] + T[i * r + j] + T[j * r + i]);
+                            R[i * r + j] = v;
+                            R[j * r + i] = v;
+                        }
                 }
-            for (int64_t i = 0; i < rr; i++) T[i] += rho * M[i];   /* T = M'R */
+            axpy(T, M, rho, rr);   /* T = M'R */
             NC_TRY(sym_bf16(r, r, T, r, 0, M, r, 0, 1.0f, 1.0f, R, r));
         }
     }

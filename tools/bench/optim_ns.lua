@@ -1,19 +1,24 @@
 -- tools/bench/optim_ns.lua — one Muon step over the matrices of a GPT config (default
--- configs/models/tiny.lua: per layer wq, wk, wv, wo, w1, w2), timed with the Newton-Schulz
--- products in f32 (OpenBLAS sgemm) and in bf16 (nc_gemm_bf16: AMX / AVX-512 BF16), interleaved
--- in the same run (rep k times f32 then bf16), medians; plus the agreement of the two updates.
+-- configs/models/tiny.lua: per layer wq, wk, wv, wo, w1, w2), timed per Newton-Schulz variant,
+-- interleaved in the same run (rep k: every variant in turn), medians; plus each variant's
+-- agreement with the f32 update.
 --
 --   ./nanochat tools/bench/optim_ns.lua [config=configs/models/tiny.lua] [reps=15] [threads=0]
---        [dtypes=f32,bf16]
+--        [variants=f32,bf16-standard,bf16]
 --
--- Last line: JSON with the median ms per step per dtype, bf16_speedup (f32 ms / bf16 ms) and
--- update_cos (cosine of the bf16 and f32 parameter updates of one step from the same state).
+-- Variants: f32 = ns_dtype 'f32' (OpenBLAS sgemm, standard form); bf16-standard = bf16 products
+-- (nc_gemm_bf16: AMX / AVX-512 BF16), standard form; bf16-gram = bf16, Gram form on every
+-- non-square matrix; bf16 = bf16 with ns_form 'auto' (what Muon runs by default on such a CPU:
+-- Gram where the long side is >= 3x the short one).
+-- Last line: JSON with the median ms per step per variant, bf16_speedup (f32 ms / bf16 ms),
+-- gram_speedup (bf16-standard ms / bf16 ms) and cos (per variant: cosine of its parameter update
+-- to the f32 one, one step from the same state).
 local nc = require 'nanochat'
 local here = debug.getinfo(1, 'S').source:match('^@(.*/)') or './'
 local L = dofile(here .. 'lib.lua')
 
 local args = L.parse_args()
-local cfg = { config = 'configs/models/tiny.lua', reps = 15, threads = 0, dtypes = 'f32,bf16' }
+local cfg = { config = 'configs/models/tiny.lua', reps = 15, threads = 0, variants = 'f32,bf16-standard,bf16' }
 for k, v in pairs(args) do if cfg[k] ~= nil then cfg[k] = v end end
 if cfg.threads > 0 then nc.set_num_threads(cfg.threads) end
 local mc = dofile(cfg.config)
@@ -25,8 +30,17 @@ for _ = 1, mc.n_layer do
         shapes[#shapes + 1] = s
     end
 end
-local dtypes = {}
-for w in tostring(cfg.dtypes):gmatch('[^,]+') do dtypes[#dtypes + 1] = w end
+local VARIANTS = {
+    f32 = { ns_dtype = 'f32', ns_form = 'standard' },
+    ['bf16-standard'] = { ns_dtype = 'bf16', ns_form = 'standard' },
+    ['bf16-gram'] = { ns_dtype = 'bf16', ns_form = 'gram' },
+    bf16 = { ns_dtype = 'bf16', ns_form = 'auto' },
+}
+local dtypes = {}   -- the variant names, in order
+for w in tostring(cfg.variants):gmatch('[^,]+') do
+    if not VARIANTS[w] then error('optim_ns: unknown variant ' .. w .. ' (f32, bf16-standard, bf16-gram, bf16)') end
+    dtypes[#dtypes + 1] = w
+end
 
 nc.manual_seed(1)
 local params, grads = {}, {}
@@ -34,8 +48,12 @@ for i, s in ipairs(shapes) do
     params[i] = nc.randn(s, { std = 0.02 }):requires_grad_(true)
     grads[i] = nc.randn(s)
 end
+local function make(dt)
+    local v = VARIANTS[dt]
+    return nc.optim.muon(params, { lr = 0.02, ns_dtype = v.ns_dtype, ns_form = v.ns_form })
+end
 local opts = {}
-for _, dt in ipairs(dtypes) do opts[dt] = nc.optim.muon(params, { lr = 0.02, ns_dtype = dt }) end
+for _, dt in ipairs(dtypes) do opts[dt] = make(dt) end
 
 local function step(opt)
     for i, p in ipairs(params) do p.grad = grads[i] end
@@ -44,25 +62,28 @@ local function step(opt)
     return L.now() - t0
 end
 
--- agreement: one step of each dtype from the same parameters and zero momentum
-local cos
-if opts.f32 and opts.bf16 then
+-- agreement: one step of each variant from the same parameters and zero momentum, against f32
+local cos = {}
+do
     local p0 = {}
     for i, p in ipairs(params) do p0[i] = p:clone() end
     local delta = {}
-    for _, dt in ipairs { 'f32', 'bf16' } do
-        local o = nc.optim.muon(params, { lr = 0.02, ns_dtype = dt })
-        step(o)
-        delta[dt] = {}
-        for i, p in ipairs(params) do delta[dt][i] = (p - p0[i]); p:copy_(p0[i]) end
+    for _, dt in ipairs { 'f32', unpack(dtypes) } do
+        if not delta[dt] then
+            step(make(dt))
+            delta[dt] = {}
+            for i, p in ipairs(params) do delta[dt][i] = (p - p0[i]); p:copy_(p0[i]) end
+        end
     end
-    local dot, na, nb = 0, 0, 0
-    for i = 1, #params do
-        dot = dot + (delta.f32[i] * delta.bf16[i]):sum():item()
-        na = na + (delta.f32[i] * delta.f32[i]):sum():item()
-        nb = nb + (delta.bf16[i] * delta.bf16[i]):sum():item()
+    for _, dt in ipairs(dtypes) do
+        local dot, na, nb = 0, 0, 0
+        for i = 1, #params do
+            dot = dot + (delta.f32[i] * delta[dt][i]):sum():item()
+            na = na + (delta.f32[i] * delta.f32[i]):sum():item()
+            nb = nb + (delta[dt][i] * delta[dt][i]):sum():item()
+        end
+        cos[dt] = dot / math.sqrt(na * nb)
     end
-    cos = dot / math.sqrt(na * nb)
 end
 
 local times = {}
@@ -77,12 +98,14 @@ end
 print(string.format('Muon step over %d matrices of %s (d=%d L=%d d_ff=%d), %d threads, %d reps interleaved',
     #shapes, cfg.config, d, mc.n_layer, dff, nc.get_num_threads(), cfg.reps))
 local rows, out = {}, { bench = 'optim_ns', config = cfg.config, threads = nc.get_num_threads(), ms = {} }
+out.cos = {}
 for _, dt in ipairs(dtypes) do
     local ms = 1e3 * L.median(times[dt])
     out.ms[dt] = L.round(ms, 3)
-    rows[#rows + 1] = { dt, ms, 1e3 * math.min(unpack(times[dt])) }
+    out.cos[dt] = L.round(cos[dt], 6)
+    rows[#rows + 1] = { dt, ms, 1e3 * math.min(unpack(times[dt])), cos[dt] }
 end
-L.print_table({ 'ns_dtype', 'median ms', 'min ms' }, rows, { nil, '%.2f', '%.2f' })
+L.print_table({ 'variant', 'median ms', 'min ms', 'update cos to f32' }, rows, { nil, '%.2f', '%.2f', '%.6f' })
 if out.ms.f32 and out.ms.bf16 then out.bf16_speedup = L.round(out.ms.f32 / out.ms.bf16, 3) end
-if cos then out.update_cos = L.round(cos, 6); print(string.format('update cosine bf16 vs f32: %.6f', cos)) end
+if out.ms['bf16-standard'] and out.ms.bf16 then out.gram_speedup = L.round(out.ms['bf16-standard'] / out.ms.bf16, 3) end
 print(L.json(out))
