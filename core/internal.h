@@ -107,11 +107,15 @@ nc_status nc_gemm_bf16_f32p(int64_t M, int64_t N, int64_t K, const float *A, int
                             const float *B, int64_t ldb, int32_t trans_b, float alpha, float beta, float *C,
                             int64_t ldc);
 int32_t nc_gemm_bf16_hw(void);
-/* nc_gemm_bf16_f32p for an n x n product, writing only the 32 x 32 output blocks on or above the
- * diagonal (the rest of C untouched; without a hardware backend: the whole product) — for products
- * known to be symmetric, whose lower blocks the caller mirrors */
-nc_status nc_gemm_bf16_f32p_upper(int64_t n, int64_t K, const float *A, int64_t lda, int32_t trans_a, const float *B,
-                                  int64_t ldb, int32_t trans_b, float alpha, float beta, float *C, int64_t ldc);
+/* nc_gemm_bf16_f32p for an n x n product known to be symmetric (X X^T, A A with A symmetric, and
+ * products symmetric in exact arithmetic only): the hardware backends compute only the 32 x 32
+ * output blocks on or above the diagonal and store each above-diagonal block transposed below it
+ * as well, in the epilogue (diagonal blocks: their lower triangle mirrored from the upper); the
+ * reference computes the whole product, then mirrors. Either way C[j][i] = alpha P[i][j] +
+ * beta C[j][i] for i < j, with P[i][j] the computed upper entry: with beta 0, or C symmetric on
+ * input, C comes out exactly symmetric. */
+nc_status nc_gemm_bf16_f32p_sym(int64_t n, int64_t K, const float *A, int64_t lda, int32_t trans_a, const float *B,
+                                int64_t ldb, int32_t trans_b, float alpha, float beta, float *C, int64_t ldc);
 
 /* ---- CUDA backend (optional, dlopen'ed) -------------------------------------------------- */
 /* Returns the CUDA vtable, loading lib/libnanochat_cuda.so on first use; NULL (with

@@ -569,15 +569,59 @@ typedef struct {
     const int64_t *mo;                 /* bf16: logical row m is out row mo[m] (NULL: m) */
     int64_t M_out;                     /* bf16 with mo: out's row count */
     int zero_rest;                     /* bf16 with mo: out rows not in mo are set to 0 */
-    int upper;                         /* bf16, M == N: only the 32 x 32 blocks on or above the diagonal */
+    int upper;                         /* bf16, M == N: only the 32 x 32 blocks on or above the diagonal,
+                                          each also stored transposed into the lower triangle (so_n 1, no mo) */
     const float *cs, *rs;              /* s8 f32: ((float)acc * cs[n]) * or / rs[m] */
     int64_t ncs, nrs;
     int rdiv;
 } epi;
 
-/* block tiles c (4 tiles of 16 x 16, order (0,0) (0,1) (1,0) (1,1)) at output (m0, n0) */
-NC_AVX512 static void store_f32(const epi *e, const float *c, int64_t m0, int64_t n0) {
+/* the upper epilogue's mirror: block c (as in store_f32) of output (m0, n0), n0 > m0, transposed
+ * into (n0, m0): out[n][m] = alpha c[m][n] + beta out[n][m], 16 x 16 quarters through transpose16 */
+NC_AVX512 static void store_f32_t(const epi *e, const float *c, int64_t m0, int64_t n0) {
     float *o = (float *)e->p;
+    __m512 va = _mm512_set1_ps(e->alpha), vb = _mm512_set1_ps(e->beta);
+    for (int ti = 0; ti < 2; ti++) {
+        int64_t mb = m0 + ti * 16;
+        if (mb >= e->M) return;
+        __mmask16 mk = tail16(e->M - mb);
+        for (int tj = 0; tj < 2; tj++) {
+            __m512i w[16];
+            const float *q = c + (ti * 2 + tj) * 256;
+            for (int i = 0; i < 16; i++) w[i] = _mm512_load_si512(q + i * 16);
+            transpose16(w);   /* w[j] lane i = c[ti 16 + i][tj 16 + j] */
+            for (int j = 0; j < 16; j++) {
+                int64_t n = n0 + tj * 16 + j;
+                if (n >= e->N) break;
+                float *dst = o + n * e->so_m + mb;
+                __m512 v = _mm512_mul_ps(va, _mm512_castsi512_ps(w[j]));
+                if (e->beta != 0.0f) v = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(mk, dst), v);
+                _mm512_mask_storeu_ps(dst, mk, v);
+            }
+        }
+    }
+}
+
+/* block tiles c (4 tiles of 16 x 16, order (0,0) (0,1) (1,0) (1,1)) at output (m0, n0); with
+ * e->upper, a block above the diagonal is also stored transposed below it, and a diagonal block's
+ * lower triangle is made the mirror of its upper one first (the kernel's (i, j) and (j, i) sums
+ * differ when the product is symmetric only in exact arithmetic) */
+NC_AVX512 static void store_f32(const epi *e, float *c, int64_t m0, int64_t n0) {
+    float *o = (float *)e->p;
+    if (e->upper && n0 > m0) store_f32_t(e, c, m0, n0);
+    else if (e->upper) {   /* tile (1,0) = tile (0,1)^T; tiles (0,0), (1,1): lanes j < i of row i from the transpose */
+        __m512i w[16];
+        for (int i = 0; i < 16; i++) w[i] = _mm512_load_si512(c + 256 + i * 16);
+        transpose16(w);
+        for (int i = 0; i < 16; i++) _mm512_store_si512(c + 512 + i * 16, w[i]);
+        for (int t = 0; t < 4; t += 3) {
+            float *q = c + t * 256;
+            for (int i = 0; i < 16; i++) w[i] = _mm512_load_si512(q + i * 16);
+            transpose16(w);
+            for (int i = 1; i < 16; i++)
+                _mm512_mask_store_ps(q + i * 16, (__mmask16)((1u << i) - 1), _mm512_castsi512_ps(w[i]));
+        }
+    }
     for (int ti = 0; ti < 2; ti++)
         for (int i = 0; i < 16; i++) {
             int64_t m = m0 + ti * 16 + i;
@@ -1089,11 +1133,15 @@ nc_status nc_gemm_bf16_f32p(int64_t M, int64_t N, int64_t K, const float *A, int
 
 int32_t nc_gemm_bf16_hw(void) { return nc_cpu_amx() || vec_bf16(); }
 
-nc_status nc_gemm_bf16_f32p_upper(int64_t n, int64_t K, const float *A, int64_t lda, int32_t trans_a, const float *B,
-                                  int64_t ldb, int32_t trans_b, float alpha, float beta, float *C, int64_t ldc) {
+nc_status nc_gemm_bf16_f32p_sym(int64_t n, int64_t K, const float *A, int64_t lda, int32_t trans_a, const float *B,
+                                int64_t ldb, int32_t trans_b, float alpha, float beta, float *C, int64_t ldc) {
     if (n <= 0) return NC_OK;
-    if (K <= 0 || !nc_gemm_bf16_hw())   /* the whole product (the reference has no block structure) */
-        return nc_gemm_bf16_f32p(n, n, K, A, lda, trans_a, B, ldb, trans_b, alpha, beta, C, ldc);
+    if (K <= 0 || !nc_gemm_bf16_hw()) {   /* the whole product (the reference has no block structure), mirrored */
+        NC_TRY(nc_gemm_bf16_f32p(n, n, K, A, lda, trans_a, B, ldb, trans_b, alpha, beta, C, ldc));
+        for (int64_t i = 1; i < n; i++)
+            for (int64_t j = 0; j < i; j++) C[i * ldc + j] = C[j * ldc + i];
+        return NC_OK;
+    }
     mat ma = { A, n, K, trans_a ? 1 : lda, trans_a ? lda : 1, NC_F32, NULL, NULL };
     mat mb = { B, K, n, trans_b ? 1 : ldb, trans_b ? ldb : 1, NC_F32, NULL, NULL };
     epi e;

@@ -131,26 +131,17 @@ static float *ns_f32(float *X, float *Y, float *A, float *Bm, int64_t r, int64_t
 }
 
 /* C (n, n) = alpha op(P) op(Q) + beta C for a product known to be symmetric (X X^T, A A with A
- * symmetric): nc_gemm_bf16_f32p_upper computes only the 32 x 32 blocks on or above the diagonal
- * (one call: each operand packed once), then the strict lower triangle is copied from the upper
- * one. The kernel sums each element's K products in a fixed order, and element (j, i) has the same
- * products as (i, j), so the mirrored values are the ones a full product would hold there. One
- * Muon step over the tiny config's 36 matrices (tools/bench/optim_ns.lua, 2 threads, one matrix
- * per thread) took 83.4 ms with full products, 79.9 ms with 128-row panels (a GEMM call per
- * panel, each packing its share of the shared operand again; 64 / 32-row panels: 80.9 / 93.2 ms)
- * and 63.5-64.6 ms with the upper blocks in one call (vs 71.7-72.8 for the 128-row panels, same
- * session, alternating). */
+ * symmetric, Gram's M'R M'): nc_gemm_bf16_f32p_sym computes only the 32 x 32 blocks on or above the
+ * diagonal (one call: each operand packed once) and its epilogue stores each block's transpose
+ * below the diagonal too, so C comes out exactly symmetric. One Muon step over the tiny config's 36
+ * matrices (tools/bench/optim_ns.lua, 2 threads, one matrix per thread) took 83.4 ms with full
+ * products, 79.9 ms with 128-row panels (a GEMM call per panel, each packing its share of the shared
+ * operand again; 64 / 32-row panels: 80.9 / 93.2 ms) and 63.5-64.6 ms with the upper blocks in one
+ * call (vs 71.7-72.8 for the 128-row panels, same session, alternating); the lower triangle was then
+ * a scalar copy after the product (~5% of the step) until the epilogue took it over. */
 static nc_status sym_bf16(int64_t n, int64_t K, const float *P, int64_t ldp, int32_t tp, const float *Q, int64_t ldq,
                           int32_t tq, float alpha, float beta, float *C, int64_t ldc) {
-    NC_TRY(nc_gemm_bf16_f32p_upper(n, K, P, ldp, tp, Q, ldq, tq, alpha, beta, C, ldc));
-    const int64_t B = 32;
-    for (int64_t i0 = 0; i0 < n; i0 += B)
-        for (int64_t j0 = 0; j0 <= i0; j0 += B) {
-            int64_t ie = i0 + B < n ? i0 + B : n, je = j0 + B < n ? j0 + B : n;
-            for (int64_t i = i0; i < ie; i++)
-                for (int64_t j = j0; j < je && j < i; j++) C[i * ldc + j] = C[j * ldc + i];
-        }
-    return NC_OK;
+    return nc_gemm_bf16_f32p_sym(n, K, P, ldp, tp, Q, ldq, tq, alpha, beta, C, ldc);
 }
 
 /* The bf16 iteration: the f32 sequence with every product through nc_gemm_bf16_f32p (inputs

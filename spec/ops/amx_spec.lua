@@ -287,6 +287,58 @@ describe('AMX GEMMs', function()
     end)
 end)
 
+-- the symmetric product of the optimizers' Newton-Schulz (core/internal.h; not in nanochat.h)
+pcall(ffi.cdef, [[
+int32_t nc_gemm_bf16_f32p(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, int32_t trans_a,
+    const float *B, int64_t ldb, int32_t trans_b, float alpha, float beta, float *C, int64_t ldc);
+int32_t nc_gemm_bf16_f32p_sym(int64_t n, int64_t K, const float *A, int64_t lda, int32_t trans_a, const float *B,
+    int64_t ldb, int32_t trans_b, float alpha, float beta, float *C, int64_t ldc);
+]])
+
+describe('nc_gemm_bf16_f32p_sym (upper blocks + mirror, for products known to be symmetric)', function()
+    -- C = alpha P Q + beta C: the entries on and above the diagonal are the full product's bit for
+    -- bit (same kernel, same sums); the ones below are their mirror, also when P Q is symmetric only
+    -- in exact arithmetic (U M, U not symmetric); C's input symmetric (beta != 0 reads it)
+    local function run(n, K, nonsym)
+        local X = nc.randn { n, K }
+        local P, tp, Q, tq, ldp, ldq
+        if nonsym then   -- P = U (n, n) not symmetric, Q = S (n, n) symmetric
+            P, Q = nc.randn { n, n }, nc.randn { n, n }
+            Q = Q + Q:t():contiguous()
+            tp, tq, ldp, ldq, K = 0, 0, n, n, n
+        else             -- X X^T through (X, X transposed)
+            P, Q, tp, tq, ldp, ldq = X, X, 0, 1, K, K
+        end
+        local C0 = nc.randn { n, n }
+        C0 = C0 + C0:t():contiguous()
+        local full, sym = C0:clone(), C0:clone()
+        local fp = function(t) return ffi.cast('float *', C.nc_tensor_data(t._c)) end
+        assert(C.nc_gemm_bf16_f32p(n, n, K, fp(P), ldp, tp, fp(Q), ldq, tq, 0.75, 0.5, fp(full), n) == 0)
+        assert(C.nc_gemm_bf16_f32p_sym(n, K, fp(P), ldp, tp, fp(Q), ldq, tq, 0.75, 0.5, fp(sym), n) == 0)
+        local f, g = full:tolist(), sym:tolist()
+        for i = 1, n do
+            for j = 1, n do
+                local want = j >= i and f[(i - 1) * n + j] or g[(j - 1) * n + i]
+                if j >= i then assert(g[(i - 1) * n + j] == want, string.format('n %d: upper (%d, %d) %.9g vs full %.9g', n, i, j, g[(i - 1) * n + j], want))
+                else assert(g[(i - 1) * n + j] == want, string.format('n %d: (%d, %d) is not the mirror', n, i, j)) end
+            end
+        end
+    end
+    local function all()
+        for _, n in ipairs { 1, 5, 16, 32, 45, 64, 100 } do
+            run(n, 37, false)
+            run(n, 0, true)
+        end
+    end
+    it('on the reference GEMM', function()
+        nc.set_gemm_backend('reference')
+        local ok, err = pcall(all)
+        nc.set_gemm_backend('auto')
+        assert(ok, err)
+    end)
+    amx_it('AMX: on the hardware GEMM', all)
+end)
+
 describe('nc_gemm_bf16_rows (row-indexed bf16 GEMM: Collider kept rows without gathered copies)', function()
     -- a strictly increasing subset of [0, n): every row r with (r * 7 + seed) % 5 < 3, at least one
     local function subset(n, seed)

@@ -6,7 +6,7 @@
 --
 --   ./nanochat tools/bench/optim.lua [steps=150] [d=96] [layers=2] [heads=4] [seq=64] [batch=16]
 --        [lr_scale=1] [threads=0] [evals=6] [only=muon,muon8] [factory=path/to/factory.lua]
---        [tiny_steps=10] [tiny_batch=8] [tiny_dtypes=auto,f32] [ns_dtype=auto]
+--        [tiny_steps=10] [tiny_batch=8] [tiny_dtypes=auto,f32] [ns_dtype=auto] [ns_form=auto]
 --
 -- The model/data factory is swappable: `factory=FILE` names a Lua file returning
 -- function(cfg) -> { model = <nc.nn.Module with param_roles()>, train_batch = function(step) -> x, y,
@@ -16,7 +16,8 @@
 -- (core/*.c, kernels/cpu/*.c; last 10% of the bytes held out); tools/bench/optim_gpt.lua plugs in
 -- the ternary GPT of configs/models/tiny.lua on the tiny recipe's data.
 --
--- ns_dtype (auto | f32 | bf16) is the Newton-Schulz precision of the suite's Muon-family combinations.
+-- ns_dtype (auto | f32 | bf16) is the Newton-Schulz precision of the suite's Muon-family combinations,
+-- ns_form (auto | standard | gram) its iteration (also the tiny phase's bf16 runs; gram needs bf16).
 --
 -- Tiny phase (tiny_steps > 0; tiny_steps=0 skips it): the GPT of configs/models/tiny.lua at its own
 -- shapes (d_model, n_layer, heads, seq_len from the file; batch tiny_batch = 8 as recipes/tiny.lua)
@@ -44,7 +45,7 @@ local L = dofile(here .. 'lib.lua')
 
 local args = L.parse_args()
 local cfg = { steps = 150, d = 96, layers = 2, heads = 4, kv_heads = 2, seq = 64, batch = 16, lr_scale = 1,
-              threads = 0, evals = 6, seed = 1, val_batches = 8, tiny_steps = 10, tiny_batch = 8, ns_dtype = 'auto',
+              threads = 0, evals = 6, seed = 1, val_batches = 8, tiny_steps = 10, tiny_batch = 8, ns_dtype = 'auto', ns_form = 'auto',
               tiny_dtypes = 'auto,f32' }
 for k, v in pairs(args) do if cfg[k] ~= nil then cfg[k] = v end end
 if cfg.threads > 0 then nc.set_num_threads(cfg.threads) end
@@ -155,20 +156,21 @@ if args.factory then factory = dofile(args.factory) end
 local s = cfg.lr_scale
 local ADAM_LR, MUON_LR, LION_LR = 3e-3 * s, 0.02 * s, 3e-4 * s
 local NSD = tostring(cfg.ns_dtype)
+local NSF = tostring(cfg.ns_form)
 local COMBOS = {
     { name = 'adamw', make = function(m) return nc.optim.adamw(m, { lr = ADAM_LR }) end },
     { name = 'lion', make = function(m) return nc.optim.lion(m, { lr = LION_LR }) end },
     { name = 'muon (hybrid default)', key = 'muon', make = function(m)
-        return nc.optim.hybrid { model = m, rules = { matrix = { optim = 'muon', lr = MUON_LR, ns_dtype = NSD } } } end },
+        return nc.optim.hybrid { model = m, rules = { matrix = { optim = 'muon', lr = MUON_LR, ns_dtype = NSD, ns_form = NSF } } } end },
     { name = 'muon8', make = function(m)
-        return nc.optim.hybrid { model = m, rules = { matrix = { optim = 'muon8', lr = MUON_LR, ns_dtype = NSD } } } end },
+        return nc.optim.hybrid { model = m, rules = { matrix = { optim = 'muon8', lr = MUON_LR, ns_dtype = NSD, ns_form = NSF } } } end },
     { name = 'muon8-dynamic', make = function(m)
-        return nc.optim.hybrid { model = m, rules = { matrix = { optim = 'muon8', lr = MUON_LR, quant = 'dynamic', ns_dtype = NSD } } } end },
+        return nc.optim.hybrid { model = m, rules = { matrix = { optim = 'muon8', lr = MUON_LR, quant = 'dynamic', ns_dtype = NSD, ns_form = NSF } } } end },
     { name = 'galore2+adamw', make = function(m)
         return nc.optim.hybrid { model = m, rules = { matrix = { optim = 'adamw', lr = ADAM_LR * 4,
             galore = { rank_frac = 0.25, update_gap = 50, alpha = 0.25 } } } } end },
     { name = 'galore2+muon8', make = function(m)
-        return nc.optim.hybrid { model = m, rules = { matrix = { optim = 'muon8', lr = MUON_LR, ns_dtype = NSD,
+        return nc.optim.hybrid { model = m, rules = { matrix = { optim = 'muon8', lr = MUON_LR, ns_dtype = NSD, ns_form = NSF,
             galore = { rank_frac = 0.25, update_gap = 50 } } } } end },
 }
 local only
@@ -252,8 +254,8 @@ end
 local by = {}
 for _, r in ipairs(results) do by[r.key] = r end
 local adam = by.adamw
-print(string.format('optimizer suite: %s, %d steps, WSD schedule, %d threads, kernel %s, Muon ns_dtype %s', describe or '?',
-    cfg.steps, nc.get_num_threads(), nc.cpu_kernel(), NSD))
+print(string.format('optimizer suite: %s, %d steps, WSD schedule, %d threads, kernel %s, Muon ns_dtype %s ns_form %s', describe or '?',
+    cfg.steps, nc.get_num_threads(), nc.cpu_kernel(), NSD, NSF))
 local rows = {}
 for _, r in ipairs(results) do
     rows[#rows + 1] = { r.name, r.state / 1024, r.mat_state / 1024,
@@ -279,7 +281,8 @@ if cfg.tiny_steps > 0 then
     for _, dt in ipairs(DT) do
         local f = gpt(tc)
         runs[dt] = { f = f, step = {}, opt = {}, muon = {},
-            o = nc.optim.hybrid { model = f.model, rules = { matrix = { optim = 'muon', lr = MUON_LR, ns_dtype = dt } } } }
+            o = nc.optim.hybrid { model = f.model, rules = { matrix = { optim = 'muon', lr = MUON_LR, ns_dtype = dt,
+                ns_form = dt == 'f32' and 'standard' or NSF } } } }
         runs[dt].o.time_parts = L.now   -- the Muon part's own time (hybrid.part_s.muon)
     end
     for st = 0, WARM + cfg.tiny_steps - 1 do
@@ -318,7 +321,7 @@ end
 
 local function ratio(a, b) if a and b and b ~= 0 then return a / b end end
 local out = {
-    bench = 'optim', steps = cfg.steps, d = cfg.d, layers = cfg.layers, threads = nc.get_num_threads(), ns_dtype = NSD,
+    bench = 'optim', steps = cfg.steps, d = cfg.d, layers = cfg.layers, threads = nc.get_num_threads(), ns_dtype = NSD, ns_form = NSF,
     muon8_state_ratio = by.muon and by.muon8 and L.round(ratio(by.muon8.mat_state, by.muon.mat_state), 4),
     muon8_loss_rel = by.muon and by.muon8 and L.round((by.muon8.val - by.muon.val) / by.muon.val, 5),
     muon8_dynamic_loss_rel = by.muon and by['muon8-dynamic']
