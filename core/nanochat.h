@@ -567,10 +567,10 @@ int32_t nc_ns_dtype_auto(void);
 /* The form of that iteration (nc_optim_hp.ns_form) for an (r, c) matrix, r <= c (tall ones are
  * transposed). STANDARD: X = a X + (b A + c A^2) X with A = X X^T each step. GRAM: the same
  * polynomial run on the (r, r) side, X_k = Q_k X_s, restarting (X_s := Q X_s) every 3 steps
- * (kernels/cpu/optim_linalg.c; cheaper once c >= ~2.5 r; same result in exact arithmetic, within
- * bf16 rounding otherwise: README "Gram Newton-Schulz"); needs bf16 products (ns_dtype BF16, or
- * AUTO on a CPU with a hardware bf16 GEMM): GRAM with f32 products is NC_ERR_ARG. AUTO: GRAM where
- * the products are bf16 and c >= 3 r, else STANDARD. CUDA tensors: always STANDARD (f32). */
+ * (kernels/cpu/optim_linalg.c; fewer multiply-adds once c >= ~2.5 r; the same result in exact
+ * arithmetic, within rounding otherwise: README "Gram Newton-Schulz"), with bf16 or f32 products;
+ * on a square matrix it is STANDARD. AUTO: GRAM once c >= 3 r, else STANDARD. CUDA tensors: always
+ * STANDARD (f32). */
 enum nc_ns_form { NC_NS_FORM_AUTO = 0, NC_NS_FORM_STANDARD = 1, NC_NS_FORM_GRAM = 2 };
 
 /* 8-bit blockwise code maps. Every code c is an int8 in [-127, 127] (-128 is never written;

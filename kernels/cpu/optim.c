@@ -448,7 +448,8 @@ static nc_status check_hp_muon(const char *op, const nc_optim_hp *hp, int32_t de
     NC_TRY(check_map(op, hp->quant));
     if (hp->ns_steps < 0 || hp->ns_steps > 100)
         return nc_fail(NC_ERR_ARG, "%s: ns_steps must lie in [0, 100], got %d", op, hp->ns_steps);
-    return nc_optim_check_ns(op, hp->ns_dtype, hp->ns_form, dev);
+    (void)dev;   /* CUDA runs the f32 standard Newton-Schulz whatever ns_dtype / ns_form say */
+    return nc_optim_check_ns(op, hp->ns_dtype, hp->ns_form);
 }
 
 /* f32 momentum: M = mu M + damp G; U = nesterov ? damp G + mu M : M */

@@ -17,15 +17,14 @@ double nc_optim_fro_norm(const float *x, int64_t n);
 /* In-place Newton-Schulz on x (rows, cols) row-major; see nc_newton_schulz for the rule. ns_dtype
  * (enum nc_ns_dtype) picks the products: F32 = OpenBLAS sgemm, BF16 = nc_gemm_bf16_f32p, AUTO =
  * BF16 when nc_gemm_bf16_hw(), else F32; ns_form (enum nc_ns_form, checked by the caller with
- * nc_optim_check_ns) the standard or the Gram iteration. */
+ * nc_optim_check_ns) the standard or the Gram iteration, with either. */
 nc_status nc_optim_ns_inplace(float *x, int64_t rows, int64_t cols, int32_t steps, const double *abc,
                               int32_t n_abc, double fro_mult, double eps, int32_t ns_dtype, int32_t ns_form);
 
 /* NC_OK when ns_dtype is an enum nc_ns_dtype value, else NC_ERR_ARG naming op. */
 nc_status nc_optim_check_ns_dtype(const char *op, int32_t ns_dtype);
-/* NC_OK when ns_dtype and ns_form are enum values that go together on device dev (on the CPU GRAM
- * needs bf16 products; CUDA runs the f32 standard form whatever they say), else NC_ERR_ARG naming op. */
-nc_status nc_optim_check_ns(const char *op, int32_t ns_dtype, int32_t ns_form, int32_t dev);
+/* NC_OK when ns_dtype and ns_form are enum nc_ns_dtype / nc_ns_form values, else NC_ERR_ARG naming op. */
+nc_status nc_optim_check_ns(const char *op, int32_t ns_dtype, int32_t ns_form);
 
 /* AdamW's per-step constants (optim.c adam_consts) and its per-element update, shared by the
  * baseline loop (optim.c) and its AVX-512 build (optim_avx512.c): one definition, so both compile

@@ -87,17 +87,16 @@ nc_status nc_optim_check_ns_dtype(const char *op, int32_t ns_dtype) {
 
 int32_t nc_ns_dtype_auto(void) { return nc_gemm_bf16_hw() ? NC_NS_BF16 : NC_NS_F32; }
 
-nc_status nc_optim_check_ns(const char *op, int32_t ns_dtype, int32_t ns_form, int32_t dev) {
+nc_status nc_optim_check_ns(const char *op, int32_t ns_dtype, int32_t ns_form) {
     NC_TRY(nc_optim_check_ns_dtype(op, ns_dtype));
     if (ns_form != NC_NS_FORM_AUTO && ns_form != NC_NS_FORM_STANDARD && ns_form != NC_NS_FORM_GRAM)
         return nc_fail(NC_ERR_ARG, "%s: ns_form must be NC_NS_FORM_AUTO (0), NC_NS_FORM_STANDARD (1) or NC_NS_FORM_GRAM (2), got %d",
                        op, ns_form);
-    int bf16 = ns_dtype == NC_NS_BF16 || (ns_dtype == NC_NS_AUTO && nc_ns_dtype_auto() == NC_NS_BF16);
-    if (ns_form == NC_NS_FORM_GRAM && !bf16 && dev == NC_CPU)
-        return nc_fail(NC_ERR_ARG, "%s: ns_form gram needs bf16 products (ns_dtype bf16, or auto on a CPU with a "
-                       "hardware bf16 GEMM; this one %s)", op, nc_gemm_bf16_hw() ? "has one" : "has none");
     return NC_OK;
 }
+
+static nc_status ns_sym(int bf16, int64_t n, int64_t K, const float *P, int64_t ldp, int32_t tp, const float *Q,
+                        int64_t ldq, int32_t tq, float alpha, float beta, float *C, int64_t ldc);
 
 /* the f32 (sgemm) iteration on X (r, c), r <= c; Y (r, c), A, Bm (r, r) workspaces; returns the
  * buffer holding the result (X or Y) */
@@ -109,14 +108,12 @@ static float *ns_f32(float *X, float *Y, float *A, float *Bm, int64_t r, int64_t
     for (int32_t k = 0; k < steps; k++) {
         const double *q = abc + 3 * (k < n_abc ? k : n_abc - 1);
         float a = (float)q[0], b = (float)q[1], cc = (float)q[2];
-        /* A = X X^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)r, (blasint)r, (blasint)c, 1.0f, X,
-                    (blasint)c, X, (blasint)c, 0.0f, A, (blasint)r);
-        /* B = b A + c A A (the b A term through sgemm's beta) */
+        /* A = X X^T (ssyrk) */
+        ns_sym(0, r, c, X, c, 0, X, c, 1, 1.0f, 0.0f, A, r);
+        /* B = b A + c A A (the b A term through beta; A A = A A^T: ssyrk) */
         if (cc != 0.0f) {
             memcpy(Bm, A, (size_t)(r * r) * sizeof(float));
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)r, (blasint)r, (blasint)r, cc, A,
-                        (blasint)r, A, (blasint)r, b, Bm, (blasint)r);
+            ns_sym(0, r, r, A, r, 0, A, r, 0, cc, b, Bm, r);
         } else {
             scale_copy(Bm, A, r * r, b);
         }
@@ -178,6 +175,38 @@ static nc_status ns_bf16(float **out, float *X, float *Y, float *A, float *Bm, i
     return NC_OK;
 }
 
+/* The Newton-Schulz products, bf16 (nc_gemm_bf16_f32p: C may alias an operand on the hardware
+ * backends) or f32 (OpenBLAS: C never aliases an operand). */
+static nc_status ns_mm(int bf16, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, int32_t ta,
+                       const float *B, int64_t ldb, int32_t tb, float alpha, float beta, float *C, int64_t ldc) {
+    if (bf16) return nc_gemm_bf16_f32p(M, N, K, A, lda, ta, B, ldb, tb, alpha, beta, C, ldc);
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (blasint)M, (blasint)N,
+                (blasint)K, alpha, A, (blasint)lda, B, (blasint)ldb, beta, C, (blasint)ldc);
+    return NC_OK;
+}
+
+/* C (n, n) = alpha op(P) op(Q) + beta C for a product known to be symmetric, C exactly symmetric
+ * on return (C's input symmetric when beta != 0): bf16 as sym_bf16; f32 through ssyrk when the
+ * product is op(P) op(P)^T (X X^T, or A A with A symmetric: half the multiply-adds), else sgemm,
+ * then the lower triangle copied from the upper one */
+static nc_status ns_sym(int bf16, int64_t n, int64_t K, const float *P, int64_t ldp, int32_t tp, const float *Q,
+                        int64_t ldq, int32_t tq, float alpha, float beta, float *C, int64_t ldc) {
+    if (bf16) return nc_gemm_bf16_f32p_sym(n, K, P, ldp, tp, Q, ldq, tq, alpha, beta, C, ldc);
+    if (P == Q && ldp == ldq && (tp != tq || tp == 0))   /* P P^T, P^T P, or P P with P symmetric */
+        cblas_ssyrk(CblasRowMajor, CblasUpper, tp ? CblasTrans : CblasNoTrans, (blasint)n, (blasint)K, alpha, P,
+                    (blasint)ldp, beta, C, (blasint)ldc);
+    else
+        cblas_sgemm(CblasRowMajor, tp ? CblasTrans : CblasNoTrans, tq ? CblasTrans : CblasNoTrans, (blasint)n,
+                    (blasint)n, (blasint)K, alpha, P, (blasint)ldp, Q, (blasint)ldq, beta, C, (blasint)ldc);
+    for (int64_t i0 = 0; i0 < n; i0 += 32)
+        for (int64_t j0 = 0; j0 <= i0; j0 += 32) {
+            int64_t ie = i0 + 32 < n ? i0 + 32 : n, je = j0 + 32 < n ? j0 + 32 : n;
+            for (int64_t i = i0; i < ie; i++)
+                for (int64_t j = j0; j < je && j < i; j++) C[i * ldc + j] = C[j * ldc + i];
+        }
+    return NC_OK;
+}
+
 /* ---- Gram Newton-Schulz (ns_form) --------------------------------------------------------------
  * Every NS iterate is X_k = Q_k X_s, with X_s the iterate at the last restart and Q_k an (r, r)
  * polynomial in R_s = X_s X_s^T, so the iteration can run on the small side:
@@ -215,16 +244,16 @@ static void axpy(float *restrict y, const float *restrict x, float a, int64_t n)
 
 /* X := (s I + Q) X for X (r, c), or its transpose Xt (c, r) when tall: Xt (s I + Q)^T. Y (r c
  * floats) holds a copy of X on the reference backend, which reads operands while it writes. */
-static nc_status gram_apply(float *X, float *Y, const float *Q, float s, int64_t r, int64_t c, int tall) {
+static nc_status gram_apply(int bf16, float *X, float *Y, const float *Q, float s, int64_t r, int64_t c, int tall) {
     const float *src = X;
     if (Y) { memcpy(Y, X, (size_t)(r * c) * sizeof(float)); src = Y; }
-    if (tall) return nc_gemm_bf16_f32p(c, r, r, src, r, 0, Q, r, 1, 1.0f, s, X, r);
-    return nc_gemm_bf16_f32p(r, c, r, Q, r, 0, src, c, 0, 1.0f, s, X, c);
+    if (tall) return ns_mm(bf16, c, r, r, src, r, 0, Q, r, 1, 1.0f, s, X, r);
+    return ns_mm(bf16, r, c, r, Q, r, 0, src, c, 0, 1.0f, s, X, c);
 }
 
 /* the Gram iteration on X (r, c) or Xt (c, r) (tall), r <= c; R, M, Q, T (r, r) workspaces; Y (r c)
  * the reference backend's copy (NULL on the hardware backends) */
-static nc_status ns_gram_bf16(float *X, float *Y, float *R, float *M, float *Q, float *T, int64_t r, int64_t c,
+static nc_status ns_gram(int bf16, float *X, float *Y, float *R, float *M, float *Q, float *T, int64_t r, int64_t c,
                               int tall, int32_t steps, const double *abc, int32_t n_abc) {
     int64_t rr = r * r;
     int fresh = 1;   /* Q' = 0, s = 1: X is X_s */
@@ -233,17 +262,17 @@ static nc_status ns_gram_bf16(float *X, float *Y, float *R, float *M, float *Q, 
         const double *q = abc + 3 * (k < n_abc ? k : n_abc - 1);
         float a = (float)q[0], b = (float)q[1], cc = (float)q[2];
         if (k % GRAM_BLOCK == 0) {   /* restart: X_s := (s I + Q') X_s, R = X_s X_s^T */
-            if (!fresh) NC_TRY(gram_apply(X, Y, Q, s, r, c, tall));
+            if (!fresh) NC_TRY(gram_apply(bf16, X, Y, Q, s, r, c, tall));
             fresh = 1;
             s = 1.0f;
-            if (tall) NC_TRY(sym_bf16(r, c, X, r, 1, X, r, 0, 1.0f, 0.0f, R, r));
-            else NC_TRY(sym_bf16(r, c, X, c, 0, X, c, 1, 1.0f, 0.0f, R, r));
+            if (tall) NC_TRY(ns_sym(bf16, r, c, X, r, 1, X, r, 0, 1.0f, 0.0f, R, r));
+            else NC_TRY(ns_sym(bf16, r, c, X, c, 0, X, c, 1, 1.0f, 0.0f, R, r));
         }
         /* M = b R + c R^2 with R = rho I + R': c R'^2 + (b + 2 c rho) R' + (b rho + c rho^2) I */
         float rho = mean_diag(R, r);
         add_diag(R, r, -rho);   /* R holds R' until the end of the iteration */
         memcpy(M, R, (size_t)rr * sizeof(float));
-        NC_TRY(sym_bf16(r, r, R, r, 0, R, r, 0, cc, b + 2.0f * cc * rho, M, r));
+        NC_TRY(ns_sym(bf16, r, r, R, r, 0, R, r, 0, cc, b + 2.0f * cc * rho, M, r));
         add_diag(M, r, b * rho + cc * rho * rho);
         /* P = a I + M = pi I + M' */
         float mu = mean_diag(M, r), pi = a + mu;
@@ -261,14 +290,14 @@ static nc_status ns_gram_bf16(float *X, float *Y, float *R, float *M, float *Q, 
         } else {
             const float *Qsrc = Q;
             if (Y) { memcpy(T, Q, (size_t)rr * sizeof(float)); Qsrc = T; }
-            NC_TRY(nc_gemm_bf16_f32p(r, r, r, M, r, 0, Qsrc, r, 0, 1.0f, pi, Q, r));
+            NC_TRY(ns_mm(bf16, r, r, r, M, r, 0, Qsrc, r, 0, 1.0f, pi, Q, r));
             axpy(Q, M, s, rr);
         }
         add_diag(Q, r, pi * s - t);
         s = t;
         if (k + 1 < steps && (k + 1) % GRAM_BLOCK != 0) {
             /* R = P R P = pi^2 R + pi (M'R + R M') + M'R M', with T = M'R' and M'R = rho M' + T */
-            NC_TRY(nc_gemm_bf16_f32p(r, r, r, M, r, 0, R, r, 0, 1.0f, 0.0f, T, r));
+            NC_TRY(ns_mm(bf16, r, r, r, M, r, 0, R, r, 0, 1.0f, 0.0f, T, r));
             add_diag(R, r, rho);
             for (int64_t i0 = 0; i0 < r; i0 += 32)   /* 32 x 32 blocks on and above the diagonal */
                 for (int64_t j0 = i0; j0 < r; j0 += 32) {
@@ -281,16 +310,18 @@ static nc_status ns_gram_bf16(float *X, float *Y, float *R, float *M, float *Q, 
                         }
                 }
             axpy(T, M, rho, rr);   /* T = M'R */
-            NC_TRY(sym_bf16(r, r, T, r, 0, M, r, 0, 1.0f, 1.0f, R, r));
+            NC_TRY(ns_sym(bf16, r, r, T, r, 0, M, r, 0, 1.0f, 1.0f, R, r));
         }
     }
-    if (!fresh) NC_TRY(gram_apply(X, Y, Q, s, r, c, tall));
+    if (!fresh) NC_TRY(gram_apply(bf16, X, Y, Q, s, r, c, tall));
     return NC_OK;
 }
 
 /* does this (r <= c) iteration run in Gram form? GRAM: whenever c > r (nothing to gain on a
- * square matrix); AUTO: once c >= 3 r (measured, one thread, ms per NS5: 128 x 256 0.69 standard /
- * 0.72 Gram, 256 x 768 5.13 / 4.48, 256 x 1024 6.74 / 5.14, 512 x 2048 52.4 / 38.3) */
+ * square matrix); AUTO: once c >= 3 r. Measured, one thread, ms per NS5 (standard / Gram), bf16:
+ * 128 x 256 0.69 / 0.65, 256 x 512 3.65 / 4.00, 256 x 768 5.08 / 4.42, 256 x 1024 6.61 / 5.10,
+ * 512 x 2048 56.8 / 40.2; f32 (ssyrk for the symmetric products of both forms): 128 x 256 1.01 /
+ * 1.00, 256 x 768 9.35 / 7.51, 256 x 1024 12.7 / 8.8, 512 x 2048 90.9 / 67.0 */
 static int use_gram(int32_t ns_form, int64_t r, int64_t c) {
     if (ns_form == NC_NS_FORM_GRAM) return c > r;
     return ns_form == NC_NS_FORM_AUTO && c >= 3 * r;
@@ -302,10 +333,12 @@ nc_status nc_optim_ns_inplace(float *x, int64_t rows, int64_t cols, int32_t step
     int bf16 = ns_dtype == NC_NS_BF16 || (ns_dtype == NC_NS_AUTO && nc_ns_dtype_auto() == NC_NS_BF16);
     int tall = rows > cols;
     int64_t r = tall ? cols : rows, c = tall ? rows : cols, n = r * c;
-    if (bf16) {
+    int gram = use_gram(ns_form, r, c) && steps > 0;
+    if (gram || bf16) {
         /* x itself is the first iterate (scaled in place, either orientation). Workspace: standard
-         * Y (n), A, Bm (r, r); Gram R, M, Q, T (r, r) and, on the reference backend, Y (n) */
-        int gram = use_gram(ns_form, r, c) && steps > 0, inplace = nc_gemm_bf16_hw();
+         * Y (n), A, Bm (r, r); Gram R, M, Q, T (r, r) and, unless the products may write over an
+         * operand (the hardware bf16 GEMM), Y (n) */
+        int inplace = bf16 && nc_gemm_bf16_hw();
         int64_t floats = gram ? 4 * r * r + (inplace ? 0 : n) : n + 2 * r * r;
         int64_t bytes = (int64_t)sizeof(float) * floats;
         float *ws = nc_host_alloc(bytes);
@@ -313,13 +346,16 @@ nc_status nc_optim_ns_inplace(float *x, int64_t rows, int64_t cols, int32_t step
         scale_copy(x, x, n, (float)(1.0 / (fro_mult * nc_optim_fro_norm(x, n) + eps)));
         nc_status st;
         float *res = x;
+        int serial = !bf16 && r * r * c <= NC_NS_SERIAL_MACS && nc_threads() > 1;
+        if (serial) openblas_set_num_threads(1);
         if (gram) {
             float *R = ws, *M = R + r * r, *Q = M + r * r, *T = Q + r * r;
-            st = ns_gram_bf16(x, inplace ? NULL : T + r * r, R, M, Q, T, r, c, tall, steps, abc, n_abc);
+            st = ns_gram(bf16, x, inplace ? NULL : T + r * r, R, M, Q, T, r, c, tall, steps, abc, n_abc);
         } else {
             float *Y = ws, *A = ws + n, *Bm = A + r * r;
             st = ns_bf16(&res, x, Y, A, Bm, r, c, tall, steps, abc, n_abc);
         }
+        if (serial) openblas_set_num_threads(nc_threads());
         if (st != NC_OK)   /* the GEMM's only failure is its packing buffers: say so here */
             st = nc_fail(st, "newton_schulz: the bf16 GEMM failed (out of memory for its packed operands)");
         else if (res != x) memcpy(x, res, (size_t)n * sizeof(float));
@@ -376,7 +412,7 @@ nc_status nc_newton_schulz_form(nc_tensor *out, const nc_tensor *x, int32_t step
     if (steps < 0 || (steps > 0 && (!abc || n_abc < 1)))
         return nc_fail(NC_ERR_ARG, "%s: expected steps >= 0 and at least one (a, b, c) triple, got steps %d, %d triples",
                        op, steps, n_abc);
-    NC_TRY(nc_optim_check_ns(op, ns_dtype, ns_form, dev));   /* CUDA: f32 standard whatever they say */
+    NC_TRY(nc_optim_check_ns(op, ns_dtype, ns_form));   /* CUDA: f32 standard whatever they say */
     if (out != x) NC_TRY(nc_tensor_copy(out, x));
     if (dev == NC_CUDA) {   /* f32 (cuBLAS sgemm) whatever ns_dtype says */
         const nc_cuda_api *cu = nc_cuda_for(op);

@@ -46,6 +46,7 @@ local function hp_new(t)
     hp.momentum, hp.dampening, hp.nesterov, hp.ns_steps, hp.scale = 0.95, 0.05, 1, 5, 1.0
     hp.block, hp.alpha, hp.seed, hp.counter = 64, 1.0, 11, 0
     hp.ns_dtype = C.NC_NS_F32   -- the CPU side in f32 like CUDA's cuBLAS sgemm (auto = bf16 on AVX-512 BF16 / AMX)
+    hp.ns_form = C.NC_NS_FORM_STANDARD   -- and in CUDA's form (auto = Gram on wide matrices)
     for k, v in pairs(t or {}) do hp[k] = v end
     return hp
 end
@@ -218,7 +219,7 @@ describe('optimizer steps on CUDA vs the CPU', function()
         for _, sh in ipairs { { 37, 53 }, { 64, 24 }, { 5, 200 }, { 3, 2, 4 } } do
             local x = H.randn(sh)
             for _, coefs in ipairs { 'quintic', 'cubic' } do
-                local a = nc.optim.newton_schulz(x, { coefs = coefs })
+                local a = nc.optim.newton_schulz(x, { coefs = coefs, form = 'standard' })
                 local b = nc.optim.newton_schulz(dev(x), { coefs = coefs })
                 assert.are.equal('cuda', b:device())
                 near(b:cpu(), a, NS_RTOL, string.format('NS %s (%s)', coefs, table.concat(sh, 'x')))
@@ -363,7 +364,8 @@ describe('Lua optimizers on CUDA parameters', function()
 
     gpu_it('Muon (f32 and 8-bit dynamic) lowers the loss on CUDA and tracks the CPU run', function()
         -- ns_dtype f32: CUDA's Newton-Schulz is f32 (cuBLAS sgemm); the CPU's default is bf16 on AVX-512 BF16 / AMX
-        for _, o in ipairs { { lr = 0.2, ns_dtype = 'f32' }, { lr = 0.2, state_bits = 8, block = 32, quant = 'dynamic', ns_dtype = 'f32' } } do
+        for _, o in ipairs { { lr = 0.2, ns_dtype = 'f32', ns_form = 'standard' },
+                             { lr = 0.2, state_bits = 8, block = 32, quant = 'dynamic', ns_dtype = 'f32', ns_form = 'standard' } } do
             local prob = H.lstsq(16, 24, 64)
             local w0 = H.randn({ 16, 24 }, 0.1)
             local make = function(p) return nc.optim.muon(p, o) end

@@ -18,9 +18,9 @@
 --           hardware bf16 GEMM runs (AMX, AVX-512 BF16), else 'f32'. CUDA tensors: always f32.
 --   ns_form = 'auto' | 'standard' | 'gram': the Newton-Schulz iteration (nanochat.h enum
 --           nc_ns_form): 'gram' runs the same polynomial on the small (r x r) side of an (r, c)
---           matrix and restarts every 3 steps (fewer multiply-adds once c >= ~2.5 r; needs bf16
---           products), 'standard' the textbook form, 'auto' (default) = 'gram' where the products
---           are bf16 and c >= 3 r, else 'standard'. README "Gram Newton-Schulz". CUDA: standard.
+--           matrix and restarts every 3 steps (fewer multiply-adds once c >= ~2.5 r; bf16 or f32
+--           products), 'standard' the textbook form, 'auto' (default) = 'gram' once c >= 3 r,
+--           else 'standard'. README "Gram Newton-Schulz". CUDA: standard.
 --   momentum warmup / cooldown (algorithms.md §2.5; off by default): momentum_warmup = N ramps the
 --           momentum linearly from momentum_start (0.85) at the parameter's step 0 to `momentum`
 --           at step N (modded-nanogpt: 0.85 -> 0.95 over 300); momentum_cooldown = K with
@@ -56,10 +56,6 @@ local function check_muon_group(kind, g)
     linalg.quant_map(kind, g.quant, 4)
     linalg.ns_dtype(kind, g.ns_dtype, 'auto', 4)
     linalg.ns_form(kind, g.ns_form, 4)
-    if g.ns_form == 'gram' and (g.ns_dtype == 'f32' or (g.ns_dtype == 'auto' and linalg.ns_dtype_auto() == 'f32')) then
-        error(kind .. ": ns_form = 'gram' needs bf16 products (ns_dtype = 'bf16', or 'auto' on a CPU with a "
-            .. "hardware bf16 GEMM; ns_dtype is '" .. tostring(g.ns_dtype) .. "')", 5)
-    end
     local function int_ge0(k)
         local v = g[k]
         if type(v) ~= 'number' or v < 0 or v ~= math.floor(v) then
