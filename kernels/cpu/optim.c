@@ -563,6 +563,8 @@ static nc_status muon_common(const char *op, nc_tensor *p, const nc_tensor *g, n
     return muon_cpu(op, p, g, m, codes, scales, hp, rows, cols, n);
 }
 
+extern void openblas_set_num_threads(int num_threads);
+
 /* ---- Muon over many matrices ------------------------------------------------------------------ */
 typedef struct {
     int64_t cost, rows, cols, n;   /* cost: the NS multiply-adds per iteration, 2 r^2 c + r^3 */
@@ -601,10 +603,11 @@ nc_status nc_muon_step_many(int32_t count, nc_tensor *const *p, const nc_tensor 
         if (j.n == 0) continue;
         int64_t r = j.rows < j.cols ? j.rows : j.cols, c = j.rows < j.cols ? j.cols : j.rows;
         j.cost = 2 * r * r * c + r * r * r;
-        /* in the shared pass: CPU matrices whose NS runs through the bf16 GEMM (thread-count
-         * independent, no OpenBLAS threads); the others (CUDA, f32 sgemm) cost 0 = run alone */
-        int bf16 = hp[i].ns_dtype == NC_NS_BF16 || (hp[i].ns_dtype == NC_NS_AUTO && nc_ns_dtype_auto() == NC_NS_BF16);
-        if (j.dev != NC_CPU || !bf16 || hp[i].ns_steps == 0) j.cost = -1;
+        /* in the shared pass: CPU matrices (bf16 GEMM: thread-count independent; f32: OpenBLAS on
+         * one thread per matrix for the pass, which gives the bits of its threaded calls, since
+         * OpenBLAS splits a product's outputs, never an output's sum, over its threads); CUDA
+         * matrices cost 0 = run alone */
+        if (j.dev != NC_CPU || hp[i].ns_steps == 0) j.cost = -1;
         else total += j.cost;
         jobs[nj++] = j;
     }
@@ -630,7 +633,9 @@ nc_status nc_muon_step_many(int32_t count, nc_tensor *const *p, const nc_tensor 
     if (st == NC_OK && nshared > 0) {
         int32_t bad = -1;
         nc_status bst = NC_OK;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1 && nshared > 1)
+        int par = nt > 1 && nshared > 1;
+        if (par) openblas_set_num_threads(1);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (par)
         for (int32_t k = 0; k < nj; k++) {
             if (jobs[k].alone) continue;
             int32_t i = jobs[k].i;
@@ -642,6 +647,7 @@ nc_status nc_muon_step_many(int32_t count, nc_tensor *const *p, const nc_tensor 
                 if (bad < 0 || i < bad) { bad = i; bst = s1; }
             }
         }
+        if (par) openblas_set_num_threads(nt);
         if (bad >= 0) {   /* the worker's message is thread-local: restate it here */
             if (failed) *failed = bad;
             st = nc_fail(bst, "%s: matrix %d: out of memory in the Muon step", op, bad);

@@ -19,6 +19,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -103,7 +104,7 @@ static nc_status ns_sym(int bf16, int64_t n, int64_t K, const float *P, int64_t 
 static float *ns_f32(float *X, float *Y, float *A, float *Bm, int64_t r, int64_t c, int32_t steps, const double *abc,
                      int32_t n_abc) {
     int64_t n = r * c;
-    int serial = r * r * c <= NC_NS_SERIAL_MACS && nc_threads() > 1;
+    int serial = r * r * c <= NC_NS_SERIAL_MACS && nc_threads() > 1 && !omp_in_parallel();
     if (serial) openblas_set_num_threads(1);
     for (int32_t k = 0; k < steps; k++) {
         const double *q = abc + 3 * (k < n_abc ? k : n_abc - 1);
@@ -346,7 +347,9 @@ nc_status nc_optim_ns_inplace(float *x, int64_t rows, int64_t cols, int32_t step
         scale_copy(x, x, n, (float)(1.0 / (fro_mult * nc_optim_fro_norm(x, n) + eps)));
         nc_status st;
         float *res = x;
-        int serial = !bf16 && r * r * c <= NC_NS_SERIAL_MACS && nc_threads() > 1;
+        /* (inside a parallel region, nc_muon_step_many's one matrix per thread, the caller has
+         * set OpenBLAS to one thread for the whole region) */
+        int serial = !bf16 && r * r * c <= NC_NS_SERIAL_MACS && nc_threads() > 1 && !omp_in_parallel();
         if (serial) openblas_set_num_threads(1);
         if (gram) {
             float *R = ws, *M = R + r * r, *Q = M + r * r, *T = Q + r * r;

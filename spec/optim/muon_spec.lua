@@ -479,6 +479,30 @@ describe('nc_muon_step_many', function()
         end
     end)
 
+    it('f32 products in the shared pass (OpenBLAS on one thread per matrix) give the bits of threaded calls', function()
+        -- three 192 x 768 matrices (above the serial threshold: one nc_muon_step runs OpenBLAS on
+        -- every thread) share the pass with two small ones; standard and Gram forms
+        local B = require 'nanochat.optim.base'
+        for _, form in ipairs { 'standard', 'auto' } do
+            local shapes = { { 192, 768 }, { 768, 192 }, { 192, 768 }, { 64, 32 }, { 16, 96 } }
+            local init, gs = {}, {}
+            for i, sh in ipairs(shapes) do init[i], gs[i] = H.randn(sh, 0.1), H.randn(sh) end
+            local function setup()
+                local ps = {}
+                for i, t in ipairs(init) do ps[i] = t:clone():requires_grad_(true) end
+                return ps, nc.optim.muon(ps, { lr = 0.02, ns_dtype = 'f32', ns_form = form })
+            end
+            local pa, oa = setup()
+            local pb, ob = setup()
+            for s = 1, 2 do
+                for i = 1, #shapes do pa[i].grad, pb[i].grad = gs[i], gs[i] end
+                oa:step(1 / s)
+                B.Optimizer.step(ob, 1 / s)
+            end
+            for i = 1, #shapes do H.bitwise(pa[i], pb[i], form .. ': matrix ' .. i) end
+        end
+    end)
+
     it('names the matrix at fault and changes no state on a bad entry', function()
         local A = nc.zeros({ 8, 8 }, { requires_grad = true })
         local Bp = nc.zeros({ 8, 8 }, { requires_grad = true })
