@@ -96,8 +96,44 @@ nc_status nc_optim_check_ns(const char *op, int32_t ns_dtype, int32_t ns_form) {
     return NC_OK;
 }
 
+/* The Newton-Schulz products, bf16 (nc_gemm_bf16_f32p: C may alias an operand on the hardware
+ * backends) or f32 (OpenBLAS: C never aliases an operand). */
+static nc_status ns_mm(int bf16, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, int32_t ta,
+                       const float *B, int64_t ldb, int32_t tb, float alpha, float beta, float *C, int64_t ldc) {
+    if (bf16) return nc_gemm_bf16_f32p(M, N, K, A, lda, ta, B, ldb, tb, alpha, beta, C, ldc);
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (blasint)M, (blasint)N,
+                (blasint)K, alpha, A, (blasint)lda, B, (blasint)ldb, beta, C, (blasint)ldc);
+    return NC_OK;
+}
+
+/* C (n, n) = alpha op(P) op(Q) + beta C for a product known to be symmetric (X X^T, A A with A
+ * symmetric, the Gram form's M'R M'), C exactly symmetric on return (C's input symmetric when
+ * beta != 0). bf16: nc_gemm_bf16_f32p_sym computes only the 32 x 32 blocks on or above the
+ * diagonal (one call: each operand packed once) and its epilogue stores each block's transpose
+ * below the diagonal too. One Muon step over the tiny config's 36 matrices (tools/bench/optim_ns.lua,
+ * 2 threads, one matrix per thread) took 83.4 ms with full products, 79.9 ms with 128-row panels
+ * (a GEMM call per panel, each packing its share of the shared operand again; 64 / 32-row panels:
+ * 80.9 / 93.2 ms) and 63.5-64.6 ms with the upper blocks in one call (vs 71.7-72.8 for the 128-row
+ * panels, same session, alternating). f32: ssyrk when the product is op(P) op(P)^T (X X^T, or A A
+ * with A symmetric: half the multiply-adds), else sgemm, then the lower triangle copied from the
+ * upper one. */
 static nc_status ns_sym(int bf16, int64_t n, int64_t K, const float *P, int64_t ldp, int32_t tp, const float *Q,
-                        int64_t ldq, int32_t tq, float alpha, float beta, float *C, int64_t ldc);
+                        int64_t ldq, int32_t tq, float alpha, float beta, float *C, int64_t ldc) {
+    if (bf16) return nc_gemm_bf16_f32p_sym(n, K, P, ldp, tp, Q, ldq, tq, alpha, beta, C, ldc);
+    if (P == Q && ldp == ldq && (tp != tq || tp == 0))   /* P P^T, P^T P, or P P with P symmetric */
+        cblas_ssyrk(CblasRowMajor, CblasUpper, tp ? CblasTrans : CblasNoTrans, (blasint)n, (blasint)K, alpha, P,
+                    (blasint)ldp, beta, C, (blasint)ldc);
+    else
+        cblas_sgemm(CblasRowMajor, tp ? CblasTrans : CblasNoTrans, tq ? CblasTrans : CblasNoTrans, (blasint)n,
+                    (blasint)n, (blasint)K, alpha, P, (blasint)ldp, Q, (blasint)ldq, beta, C, (blasint)ldc);
+    for (int64_t i0 = 0; i0 < n; i0 += 32)
+        for (int64_t j0 = 0; j0 <= i0; j0 += 32) {
+            int64_t ie = i0 + 32 < n ? i0 + 32 : n, je = j0 + 32 < n ? j0 + 32 : n;
+            for (int64_t i = i0; i < ie; i++)
+                for (int64_t j = j0; j < je && j < i; j++) C[i * ldc + j] = C[j * ldc + i];
+        }
+    return NC_OK;
+}
 
 /* the f32 (sgemm) iteration on X (r, c), r <= c; Y (r, c), A, Bm (r, r) workspaces; returns the
  * buffer holding the result (X or Y) */
@@ -128,20 +164,6 @@ static float *ns_f32(float *X, float *Y, float *A, float *Bm, int64_t r, int64_t
     return X;
 }
 
-/* C (n, n) = alpha op(P) op(Q) + beta C for a product known to be symmetric (X X^T, A A with A
- * symmetric, Gram's M'R M'): nc_gemm_bf16_f32p_sym computes only the 32 x 32 blocks on or above the
- * diagonal (one call: each operand packed once) and its epilogue stores each block's transpose
- * below the diagonal too, so C comes out exactly symmetric. One Muon step over the tiny config's 36
- * matrices (tools/bench/optim_ns.lua, 2 threads, one matrix per thread) took 83.4 ms with full
- * products, 79.9 ms with 128-row panels (a GEMM call per panel, each packing its share of the shared
- * operand again; 64 / 32-row panels: 80.9 / 93.2 ms) and 63.5-64.6 ms with the upper blocks in one
- * call (vs 71.7-72.8 for the 128-row panels, same session, alternating); the lower triangle was then
- * a scalar copy after the product (~5% of the step) until the epilogue took it over. */
-static nc_status sym_bf16(int64_t n, int64_t K, const float *P, int64_t ldp, int32_t tp, const float *Q, int64_t ldq,
-                          int32_t tq, float alpha, float beta, float *C, int64_t ldc) {
-    return nc_gemm_bf16_f32p_sym(n, K, P, ldp, tp, Q, ldq, tq, alpha, beta, C, ldc);
-}
-
 /* The bf16 iteration: the f32 sequence with every product through nc_gemm_bf16_f32p (inputs
  * rounded to bf16, f32 accumulation and outputs). X is the (r, c) iterate, r <= c, stored as is
  * (tall = 0) or as its transpose Xt (c, r) (tall = 1: the caller's tall matrix, used in place of
@@ -157,12 +179,12 @@ static nc_status ns_bf16(float **out, float *X, float *Y, float *A, float *Bm, i
     for (int32_t k = 0; k < steps; k++) {
         const double *q = abc + 3 * (k < n_abc ? k : n_abc - 1);
         float a = (float)q[0], b = (float)q[1], cc = (float)q[2];
-        if (tall) NC_TRY(sym_bf16(r, c, X, r, 1, X, r, 0, 1.0f, 0.0f, A, r));
-        else NC_TRY(sym_bf16(r, c, X, c, 0, X, c, 1, 1.0f, 0.0f, A, r));
+        if (tall) NC_TRY(ns_sym(1, r, c, X, r, 1, X, r, 0, 1.0f, 0.0f, A, r));
+        else NC_TRY(ns_sym(1, r, c, X, c, 0, X, c, 1, 1.0f, 0.0f, A, r));
         float *B = inplace ? A : Bm;
         if (cc != 0.0f) {
             if (!inplace) memcpy(Bm, A, (size_t)(r * r) * sizeof(float));
-            NC_TRY(sym_bf16(r, r, A, r, 0, A, r, 0, cc, b, B, r));
+            NC_TRY(ns_sym(1, r, r, A, r, 0, A, r, 0, cc, b, B, r));
         } else {
             scale_copy(B, A, r * r, b);
         }
@@ -173,38 +195,6 @@ static nc_status ns_bf16(float **out, float *X, float *Y, float *A, float *Bm, i
         if (!inplace) { float *t = X; X = Y; Y = t; }
     }
     *out = X;
-    return NC_OK;
-}
-
-/* The Newton-Schulz products, bf16 (nc_gemm_bf16_f32p: C may alias an operand on the hardware
- * backends) or f32 (OpenBLAS: C never aliases an operand). */
-static nc_status ns_mm(int bf16, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, int32_t ta,
-                       const float *B, int64_t ldb, int32_t tb, float alpha, float beta, float *C, int64_t ldc) {
-    if (bf16) return nc_gemm_bf16_f32p(M, N, K, A, lda, ta, B, ldb, tb, alpha, beta, C, ldc);
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (blasint)M, (blasint)N,
-                (blasint)K, alpha, A, (blasint)lda, B, (blasint)ldb, beta, C, (blasint)ldc);
-    return NC_OK;
-}
-
-/* C (n, n) = alpha op(P) op(Q) + beta C for a product known to be symmetric, C exactly symmetric
- * on return (C's input symmetric when beta != 0): bf16 as sym_bf16; f32 through ssyrk when the
- * product is op(P) op(P)^T (X X^T, or A A with A symmetric: half the multiply-adds), else sgemm,
- * then the lower triangle copied from the upper one */
-static nc_status ns_sym(int bf16, int64_t n, int64_t K, const float *P, int64_t ldp, int32_t tp, const float *Q,
-                        int64_t ldq, int32_t tq, float alpha, float beta, float *C, int64_t ldc) {
-    if (bf16) return nc_gemm_bf16_f32p_sym(n, K, P, ldp, tp, Q, ldq, tq, alpha, beta, C, ldc);
-    if (P == Q && ldp == ldq && (tp != tq || tp == 0))   /* P P^T, P^T P, or P P with P symmetric */
-        cblas_ssyrk(CblasRowMajor, CblasUpper, tp ? CblasTrans : CblasNoTrans, (blasint)n, (blasint)K, alpha, P,
-                    (blasint)ldp, beta, C, (blasint)ldc);
-    else
-        cblas_sgemm(CblasRowMajor, tp ? CblasTrans : CblasNoTrans, tq ? CblasTrans : CblasNoTrans, (blasint)n,
-                    (blasint)n, (blasint)K, alpha, P, (blasint)ldp, Q, (blasint)ldq, beta, C, (blasint)ldc);
-    for (int64_t i0 = 0; i0 < n; i0 += 32)
-        for (int64_t j0 = 0; j0 <= i0; j0 += 32) {
-            int64_t ie = i0 + 32 < n ? i0 + 32 : n, je = j0 + 32 < n ? j0 + 32 : n;
-            for (int64_t i = i0; i < ie; i++)
-                for (int64_t j = j0; j < je && j < i; j++) C[i * ldc + j] = C[j * ldc + i];
-        }
     return NC_OK;
 }
 
