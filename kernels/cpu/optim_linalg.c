@@ -2,10 +2,12 @@
  * orthogonalization (Muon's quintic, FIRE's cubic), thin SVD and the randomized SVD projector of
  * GaLore 2 (algorithms.md §2.2, §4.4, §6.2).
  *
- * Promise: every matrix product goes through OpenBLAS sgemm, except Muon's Newton-Schulz with
- * ns_dtype bf16 (or auto on a CPU with a hardware bf16 GEMM), whose products go through
- * nc_gemm_bf16_f32p (bf16 inputs, f32 accumulation and outputs; the result does not depend on the
- * thread count, so nc_muon_step_many may run one matrix per thread); the small factorizations use the
+ * Promise: every matrix product goes through OpenBLAS (sgemm; ssyrk for the symmetric products of
+ * Newton-Schulz), except Muon's Newton-Schulz with ns_dtype bf16 (or auto on a CPU with a hardware
+ * bf16 GEMM), whose products go through nc_gemm_bf16_f32p (bf16 inputs, f32 accumulation and
+ * outputs); either way the result does not depend on the thread count (OpenBLAS splits outputs, not
+ * sums), so nc_muon_step_many may run one matrix per thread. Newton-Schulz runs in the standard or
+ * the Gram form (ns_form, below). The small factorizations use the
  * LAPACK inside OpenBLAS (sgeqrf/sorgqr/sgesdd/dgesdd; Debian's libopenblas-dev ships no
  * lapacke.h, so the Fortran symbols are declared here). Results are deterministic for a given
  * thread count; workspaces are freed before returning; failures are nc_status with a message.
