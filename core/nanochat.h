@@ -569,7 +569,7 @@ int32_t nc_ns_dtype_auto(void);
  * polynomial run on the (r, r) side, X_k = Q_k X_s, restarting (X_s := Q X_s) every 3 steps
  * (kernels/cpu/optim_linalg.c; fewer multiply-adds once c >= ~2.5 r; the same result in exact
  * arithmetic, within rounding otherwise: README "Gram Newton-Schulz"), with bf16 or f32 products;
- * on a square matrix it is STANDARD. AUTO: GRAM once c >= 3 r, else STANDARD. CUDA tensors: always
+ * on a square matrix it is STANDARD. AUTO: GRAM once c >= 3 r and r >= 64, else STANDARD. CUDA tensors: always
  * STANDARD (f32). */
 enum nc_ns_form { NC_NS_FORM_AUTO = 0, NC_NS_FORM_STANDARD = 1, NC_NS_FORM_GRAM = 2 };
 

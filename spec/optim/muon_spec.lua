@@ -357,13 +357,15 @@ describe('Gram Newton-Schulz (ns_form = gram)', function()
         H.close(z, (G / math.sqrt((G * G):sum():item())):tolist(), 1e-5, 1e-6, 'zero steps: the normalized input')
     end)
 
-    it("'auto' picks gram for bf16 products when the long side is >= 3x the short one", function()
-        local B = require('nanochat.optim.base')
-        for _, sh in ipairs { { 32, 96 }, { 96, 32 }, { 32, 95 }, { 48, 48 } } do
+    it("'auto' picks gram when the long side is >= 3x the short one and the short one >= 64", function()
+        for _, sh in ipairs { { 64, 192 }, { 192, 64 }, { 64, 191 }, { 32, 96 }, { 63, 256 }, { 48, 48 } } do
             local G = H.randn(sh)
-            local auto = nc.optim.newton_schulz(G, { dtype = 'bf16' })
-            local want = math.max(sh[1], sh[2]) >= 3 * math.min(sh[1], sh[2]) and 'gram' or 'standard'
-            H.bitwise(auto, nc.optim.newton_schulz(G, { dtype = 'bf16', form = want }), table.concat(sh, 'x') .. ' auto')
+            local lo, hi = math.min(sh[1], sh[2]), math.max(sh[1], sh[2])
+            local want = hi >= 3 * lo and lo >= 64 and 'gram' or 'standard'
+            for _, dt in ipairs { 'bf16', 'f32' } do
+                local auto = nc.optim.newton_schulz(G, { dtype = dt })
+                H.bitwise(auto, nc.optim.newton_schulz(G, { dtype = dt, form = want }), table.concat(sh, 'x') .. ' auto ' .. dt)
+            end
         end
         -- a square matrix has nothing to gain: gram runs the standard form there
         local S = H.randn { 40, 40 }

@@ -10,7 +10,7 @@
 --        'auto' = bf16 where a hardware bf16 GEMM runs (AMX, AVX-512 BF16), else f32
 --        form: the iteration (enum nc_ns_form): 'standard', 'gram' (run on the small r x r side,
 --        restarting every 3 steps), 'auto' (default: 'gram' when the long side is >= 3x the short
---        one, as Muon does)
+--        one and the short one >= 64, as Muon does)
 --   ns_dtype_auto() -> 'bf16' | 'f32': what 'auto' means on this CPU now
 --   svd(a) -> u (m, k), s (k), vt (k, n)            (f32 or f64, LAPACK gesdd)
 --   rsvd(g, r, {side = 'left'|'right', oversample = 8, power_iters = 2, seed = 0, counter = 0})

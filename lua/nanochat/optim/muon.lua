@@ -19,7 +19,7 @@
 --   ns_form = 'auto' | 'standard' | 'gram': the Newton-Schulz iteration (nanochat.h enum
 --           nc_ns_form): 'gram' runs the same polynomial on the small (r x r) side of an (r, c)
 --           matrix and restarts every 3 steps (fewer multiply-adds once c >= ~2.5 r; bf16 or f32
---           products), 'standard' the textbook form, 'auto' (default) = 'gram' once c >= 3 r,
+--           products), 'standard' the textbook form, 'auto' (default) = 'gram' once c >= 3 r and r >= 64,
 --           else 'standard'. README "Gram Newton-Schulz". CUDA: standard.
 --   momentum warmup / cooldown (algorithms.md §2.5; off by default): momentum_warmup = N ramps the
 --           momentum linearly from momentum_start (0.85) at the parameter's step 0 to `momentum`
