@@ -787,9 +787,10 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
 /* y (R, N) = x (R, K) w^T for R <= 8 rows, f32, contiguous: the decode LM head (threads split w's
  * rows; no OpenBLAS). */
 nc_status nc_engine_head_f32(nc_tensor *y, const nc_tensor *x, const nc_tensor *w);
-/* One query head's attention as nc_engine_decode computes it (kernels/cpu/engine_attn.h: the same
- * bits from the scalar reference and the AVX2 kernel): o (hd) = sum_j softmax_j(scale q . k_j) v_j
- * over the S rows of k, v (S, hd), f32; q, o (hd) contiguous, k and v with contiguous rows. */
+/* The attention of G >= 1 query heads of one KV head as nc_engine_decode computes it
+ * (kernels/cpu/engine_attn.h: the same bits from the scalar reference and the AVX2 kernels, which
+ * take the heads in pairs): o_g (hd) = sum_j softmax_j(scale q_g . k_j) v_j over the S rows of k, v
+ * (S, hd), f32; q, o (G x hd elements, head g at g hd) contiguous, k and v with contiguous rows. */
 nc_status nc_engine_attn_head(nc_tensor *o, const nc_tensor *q, const nc_tensor *k, const nc_tensor *v, double scale);
 /* syncs (barriers) per layer of nc_engine_decode with this cfg on `threads` threads (0 for 1 thread):
  * plain layers 4 (heads split) or 5 (rows split), one fewer with o_full; mHC layers 6 more (pre-

@@ -87,9 +87,12 @@ static void rms_row(float *y, const float *x, const float *w, int64_t D, double 
         for (int64_t j = 0; j < D; j++) y[j] = x[j] * inv;
 }
 
-/* engine_avx2.c: the AVX2 twin of attn_head below (the same bits) */
+/* engine_avx2.c: the AVX2 twin of attn_head below (the same bits), and the same for two query heads
+ * of one KV head at once (each key and value row read once for both) */
 void nc_k_engine_attn_avx2(float *o, const float *q, const float *K, const float *V, int64_t stride, int64_t S,
                            int64_t hd, float scale, float *sc);
+void nc_k_engine_attn2_avx2(float *o0, float *o1, const float *q0, const float *q1, const float *K, const float *V,
+                            int64_t stride, int64_t S, int64_t hd, float scale, float *sc0, float *sc1);
 
 /* o (hd) = attention of query q over S cached positions, key / value row j at K / V + j * stride,
  * in engine_attn.h's lane-8 arithmetic; sc: S floats of scratch. The scalar reference; with AVX2
@@ -124,6 +127,20 @@ static void attn_head(float *o, const float *q, const float *K, const float *V, 
         float pj = sc[j] / l;
         for (int64_t e = 0; e < hd; e++) o[e] = fmaf(pj, vr[e], o[e]);
     }
+}
+
+/* the G query heads of one KV head (GQA): o, q (G, hd) rows; sc: 2 S floats of scratch. With AVX2
+ * the heads go in pairs through nc_k_engine_attn2_avx2 (at long context the cache reads dominate a
+ * decode step, and a pair reads each K / V row once); every head's result is attn_head's, bit for
+ * bit, whichever way it is computed. */
+static void attn_group(float *o, const float *q, const float *K, const float *V, int64_t stride, int64_t S, int64_t hd,
+                       float scale, float *sc, int64_t G, int avx2) {
+    int64_t g = 0;
+    if (avx2)
+        for (; g + 2 <= G; g += 2)
+            nc_k_engine_attn2_avx2(o + g * hd, o + (g + 1) * hd, q + g * hd, q + (g + 1) * hd, K, V, stride, S, hd,
+                                   scale, sc, sc + S);
+    for (; g < G; g++) attn_head(o + g * hd, q + g * hd, K, V, stride, S, hd, scale, sc, avx2);
 }
 
 static void rope_row(float *x, const float *c, const float *s, int64_t D) {
@@ -475,7 +492,7 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
     const int ofull = o_full(cfg);
     const int64_t rowlen = (ff > Nq ? ff : Nq) > d ? (ff > Nq ? ff : Nq) : d;
     const int64_t tby = ((R * (kpd + kpq + kpf) + 63) / 64 * 64) +
-                        ((3 * R * (int64_t)(sizeof(float) + sizeof(int32_t)) + (rowlen + S) * (int64_t)sizeof(float) +
+                        ((3 * R * (int64_t)(sizeof(float) + sizeof(int32_t)) + (rowlen + 2 * S) * (int64_t)sizeof(float) +
                           (ofull ? R * d * (int64_t)sizeof(float) : 0) + 63) / 64 * 64);
     int64_t fl = R * (Nq + 2 * Nkv) + R * Nq + 2 * R * ff + R * d;
     int64_t by = fl * (int64_t)sizeof(float) + 2 * B * (int64_t)sizeof(int64_t) + (int64_t)sizeof(spin_bar) +
@@ -540,8 +557,8 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
         qbuf qa = {(int8_t *)tp, NULL, NULL, kpd}, qo = {(int8_t *)tp + R * kpd, NULL, NULL, kpq},
              qf = {(int8_t *)tp + R * (kpd + kpq), NULL, NULL, kpf};
         float *tf = (float *)(tp + (R * (kpd + kpq + kpf) + 63) / 64 * 64);
-        float *row = tf, *sc = tf + rowlen, *yt = tf + rowlen + S;
-        tf += rowlen + S + (ofull ? R * d : 0);
+        float *row = tf, *sc = tf + rowlen, *yt = tf + rowlen + 2 * S;   /* sc: 2 S (attn_group) */
+        tf += rowlen + 2 * S + (ofull ? R * d : 0);
         qa.inv = tf; qo.inv = tf + R; qf.inv = tf + 2 * R;
         int32_t *ti = (int32_t *)(tf + 3 * R);
         qa.sum = ti; qo.sum = ti + R; qf.sum = ti + 2 * R;
@@ -589,9 +606,10 @@ nc_status nc_engine_decode(nc_tensor *x, const nc_engine_layer *layers, int32_t 
                         float *q = qo_ + i * Nq + h * hd;
                         if (qkn) rms_row(q, q, NULL, hd, eps);
                         rope_row(q, cos0 + ps * (hd / 2), sin0 + ps * (hd / 2), hd);
-                        const int64_t base = (cb * cT * Hkv + kh) * hd;
-                        attn_head(att + i * Nq + h * hd, q, K + base, V + base, Hkv * hd, Sr, hd, scale, sc, avx2);
                     }
+                    const int64_t base = (cb * cT * Hkv + kh) * hd, h0 = kh * group * hd;
+                    attn_group(att + i * Nq + h0, qo_ + i * Nq + h0, K + base, V + base, Hkv * hd, Sr, hd, scale, sc,
+                               group, avx2);
                 }
             }
             sync_all(&sy);   /* every head's attention output: the o input's norm and absmax need the whole row */
@@ -680,16 +698,19 @@ nc_status nc_engine_attn_head(nc_tensor *o, const nc_tensor *q, const nc_tensor 
     NC_TRY(nc_check_ndim(op, "k", k, 2));
     NC_TRY(nc_check_ndim(op, "v", v, 2));
     const int64_t S = k->shape[0], hd = k->shape[1];
-    if (v->shape[0] != S || v->shape[1] != hd || nc_tensor_numel(q) != hd || nc_tensor_numel(o) != hd || S < 1 ||
-        k->strides[1] != 1 || v->strides[1] != 1 || k->strides[0] != v->strides[0])
-        return nc_fail(NC_ERR_SHAPE, "%s: expected q, o (hd), k, v (S >= 1, hd) with the same contiguous-row layout, "
-                       "got q %lld, o %lld, k (%lld, %lld), v (%lld, %lld)", op, (long long)nc_tensor_numel(q),
+    const int64_t G = hd > 0 ? nc_tensor_numel(q) / hd : 0;
+    if (v->shape[0] != S || v->shape[1] != hd || G < 1 || nc_tensor_numel(q) != G * hd ||
+        nc_tensor_numel(o) != G * hd || S < 1 || k->strides[1] != 1 || v->strides[1] != 1 ||
+        k->strides[0] != v->strides[0])
+        return nc_fail(NC_ERR_SHAPE, "%s: expected q, o (G x hd), k, v (S >= 1, hd) with the same contiguous-row "
+                       "layout, got q %lld, o %lld, k (%lld, %lld), v (%lld, %lld)", op, (long long)nc_tensor_numel(q),
                        (long long)nc_tensor_numel(o), (long long)S, (long long)hd, (long long)v->shape[0],
                        (long long)v->shape[1]);
-    float *sc = nc_host_alloc(S * (int64_t)sizeof(float));
-    if (!sc) return nc_fail(NC_ERR_OOM, "%s: cannot allocate %lld scores", op, (long long)S);
-    attn_head(nc_f32p(o), nc_f32p(q), nc_f32p(k), nc_f32p(v), k->strides[0], S, hd, (float)scale, sc, nc_cpu_avx2());
-    nc_host_free(sc, S * (int64_t)sizeof(float));
+    float *sc = nc_host_alloc(2 * S * (int64_t)sizeof(float));
+    if (!sc) return nc_fail(NC_ERR_OOM, "%s: cannot allocate %lld scores", op, (long long)(2 * S));
+    attn_group(nc_f32p(o), nc_f32p(q), nc_f32p(k), nc_f32p(v), k->strides[0], S, hd, (float)scale, sc, G,
+               nc_cpu_avx2());
+    nc_host_free(sc, 2 * S * (int64_t)sizeof(float));
     return NC_OK;
 }
 

@@ -127,10 +127,10 @@ static inline __m256 attn_exp8(__m256 x) { return nc_exp256_in(_mm256_max_ps(_mm
 
 static inline __m256 tail_load(const float *p, int64_t n) { return _mm256_maskload_ps(p, nc_tailmask256(n)); }
 
-void nc_k_engine_attn_avx2(float *o, const float *q, const float *K, const float *V, int64_t stride, int64_t S,
-                           int64_t hd, float scale, float *sc) {
+/* the scaled scores sc[j] = (q . k_j) scale of one head (eight lanes per row, hsum8) */
+static inline void attn_scores1(float *sc, const float *q, const float *K, int64_t stride, int64_t S, int64_t hd,
+                                float scale) {
     const int64_t hd8 = hd & ~(int64_t)7, rest = hd - hd8;
-    __m256 vm = _mm256_set1_ps(-INFINITY);
     int64_t j = 0;
     for (; j + 4 <= S; j += 4) {
         const float *k0 = K + j * stride, *k1 = k0 + stride, *k2 = k1 + stride, *k3 = k2 + stride;
@@ -161,14 +161,65 @@ void nc_k_engine_attn_avx2(float *o, const float *q, const float *K, const float
         if (rest) a0 = _mm256_fmadd_ps(tail_load(q + hd8, rest), tail_load(k0 + hd8, rest), a0);
         sc[j] = hsum8(a0) * scale;
     }
+}
+
+/* attn_scores1 for two query heads of one KV head: each key row is read once for both, every
+ * score summed exactly as attn_scores1 sums it */
+static inline void attn_scores2(float *sc0, float *sc1, const float *q0, const float *q1, const float *K, int64_t stride,
+                                int64_t S, int64_t hd, float scale) {
+    const int64_t hd8 = hd & ~(int64_t)7, rest = hd - hd8;
+    int64_t j = 0;
+    for (; j + 4 <= S; j += 4) {
+        const float *k0 = K + j * stride, *k1 = k0 + stride, *k2 = k1 + stride, *k3 = k2 + stride;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        for (int64_t e = 0; e < hd8; e += 8) {
+            __m256 qa = _mm256_loadu_ps(q0 + e), qb = _mm256_loadu_ps(q1 + e), kv;
+            kv = _mm256_loadu_ps(k0 + e); a0 = _mm256_fmadd_ps(qa, kv, a0); b0 = _mm256_fmadd_ps(qb, kv, b0);
+            kv = _mm256_loadu_ps(k1 + e); a1 = _mm256_fmadd_ps(qa, kv, a1); b1 = _mm256_fmadd_ps(qb, kv, b1);
+            kv = _mm256_loadu_ps(k2 + e); a2 = _mm256_fmadd_ps(qa, kv, a2); b2 = _mm256_fmadd_ps(qb, kv, b2);
+            kv = _mm256_loadu_ps(k3 + e); a3 = _mm256_fmadd_ps(qa, kv, a3); b3 = _mm256_fmadd_ps(qb, kv, b3);
+        }
+        if (rest) {
+            __m256 qa = tail_load(q0 + hd8, rest), qb = tail_load(q1 + hd8, rest), kv;
+            kv = tail_load(k0 + hd8, rest); a0 = _mm256_fmadd_ps(qa, kv, a0); b0 = _mm256_fmadd_ps(qb, kv, b0);
+            kv = tail_load(k1 + hd8, rest); a1 = _mm256_fmadd_ps(qa, kv, a1); b1 = _mm256_fmadd_ps(qb, kv, b1);
+            kv = tail_load(k2 + hd8, rest); a2 = _mm256_fmadd_ps(qa, kv, a2); b2 = _mm256_fmadd_ps(qb, kv, b2);
+            kv = tail_load(k3 + hd8, rest); a3 = _mm256_fmadd_ps(qa, kv, a3); b3 = _mm256_fmadd_ps(qb, kv, b3);
+        }
+        sc0[j] = hsum8(a0) * scale; sc0[j + 1] = hsum8(a1) * scale;
+        sc0[j + 2] = hsum8(a2) * scale; sc0[j + 3] = hsum8(a3) * scale;
+        sc1[j] = hsum8(b0) * scale; sc1[j + 1] = hsum8(b1) * scale;
+        sc1[j + 2] = hsum8(b2) * scale; sc1[j + 3] = hsum8(b3) * scale;
+    }
+    for (; j < S; j++) {
+        const float *k0 = K + j * stride;
+        __m256 a0 = _mm256_setzero_ps(), b0 = a0;
+        for (int64_t e = 0; e < hd8; e += 8) {
+            __m256 kv = _mm256_loadu_ps(k0 + e);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + e), kv, a0);
+            b0 = _mm256_fmadd_ps(_mm256_loadu_ps(q1 + e), kv, b0);
+        }
+        if (rest) {
+            __m256 kv = tail_load(k0 + hd8, rest);
+            a0 = _mm256_fmadd_ps(tail_load(q0 + hd8, rest), kv, a0);
+            b0 = _mm256_fmadd_ps(tail_load(q1 + hd8, rest), kv, b0);
+        }
+        sc0[j] = hsum8(a0) * scale;
+        sc1[j] = hsum8(b0) * scale;
+    }
+}
+
+/* scores -> probabilities in place: the max, the exps and their lane sums (lane l of the vector sum
+ * holds j = l, l + 8, ...; the tail's lanes continue the same lanes, j % 8), then e_j / l */
+static inline void attn_probs(float *sc, int64_t S) {
+    __m256 vm = _mm256_set1_ps(-INFINITY);
     float m = -INFINITY;
+    int64_t j;
     for (j = 0; j + 8 <= S; j += 8) vm = _mm256_max_ps(_mm256_loadu_ps(sc + j), vm);   /* s > m ? s : m */
     float mv[8];
     _mm256_storeu_ps(mv, vm);
     for (int l = 0; l < 8; l++) m = mv[l] > m ? mv[l] : m;
     for (; j < S; j++) m = sc[j] > m ? sc[j] : m;
-    /* exps and their lane sums: lane l of the vector sum holds j = l, l + 8, ...; the tail's lanes
-     * continue the same lanes (j % 8) */
     __m256 vs = _mm256_setzero_ps();
     const __m256 vmax = _mm256_set1_ps(m);
     for (j = 0; j + 8 <= S; j += 8) {
@@ -183,33 +234,83 @@ void nc_k_engine_attn_avx2(float *o, const float *q, const float *K, const float
         ls[j % 8] += sc[j];
     }
     const float l = nc_attn_hsum8(ls);
-    /* o = sum_j (e_j / l) v_j: fmaf chains in j order, 8 columns per vector; up to 64 columns per
-     * pass over the value rows (one pass for the usual head_dim 64: each row read once) */
     for (j = 0; j < S; j++) sc[j] = sc[j] / l;
-    int64_t e = 0;
+}
+
+/* o = sum_j p_j v_j: every column one fmaf chain in j order (the vector FMAs and the scalar tail
+ * give the same bits), 8 columns per vector; up to 64 columns per pass over the value rows (one
+ * pass for the usual head_dim 64: each row read once) */
+static inline void attn_values1(float *o, const float *p, const float *V, int64_t stride, int64_t S, int64_t hd) {
+    int64_t e = 0, j;
     for (; e + 64 <= hd; e += 64) {
         __m256 acc[8];
 #pragma GCC unroll 8
         for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_ps();
         for (j = 0; j < S; j++) {
             const float *vr = V + j * stride + e;
-            __m256 p = _mm256_set1_ps(sc[j]);
+            __m256 pj = _mm256_set1_ps(p[j]);
 #pragma GCC unroll 8
-            for (int c = 0; c < 8; c++) acc[c] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 8 * c), acc[c]);
+            for (int c = 0; c < 8; c++) acc[c] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 8 * c), acc[c]);
         }
 #pragma GCC unroll 8
         for (int c = 0; c < 8; c++) _mm256_storeu_ps(o + e + 8 * c, acc[c]);
     }
     for (; e + 8 <= hd; e += 8) {
         __m256 o0 = _mm256_setzero_ps();
-        for (j = 0; j < S; j++) o0 = _mm256_fmadd_ps(_mm256_set1_ps(sc[j]), _mm256_loadu_ps(V + j * stride + e), o0);
+        for (j = 0; j < S; j++) o0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(V + j * stride + e), o0);
         _mm256_storeu_ps(o + e, o0);
     }
     for (; e < hd; e++) {
         float acc = 0.0f;
-        for (j = 0; j < S; j++) acc = fmaf(sc[j], V[j * stride + e], acc);
+        for (j = 0; j < S; j++) acc = fmaf(p[j], V[j * stride + e], acc);
         o[e] = acc;
     }
+}
+
+/* attn_values1 for two heads sharing the value rows: 32 columns of both per pass (each value row
+ * read once for the two), the same per-column chains */
+static inline void attn_values2(float *o0, float *o1, const float *p0, const float *p1, const float *V, int64_t stride,
+                                int64_t S, int64_t hd) {
+    int64_t e = 0, j;
+    for (; e + 32 <= hd; e += 32) {
+        __m256 x[4], y[4];
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) x[c] = y[c] = _mm256_setzero_ps();
+        for (j = 0; j < S; j++) {
+            const float *vr = V + j * stride + e;
+            __m256 pa = _mm256_set1_ps(p0[j]), pb = _mm256_set1_ps(p1[j]);
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) {
+                __m256 v = _mm256_loadu_ps(vr + 8 * c);
+                x[c] = _mm256_fmadd_ps(pa, v, x[c]);
+                y[c] = _mm256_fmadd_ps(pb, v, y[c]);
+            }
+        }
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            _mm256_storeu_ps(o0 + e + 8 * c, x[c]);
+            _mm256_storeu_ps(o1 + e + 8 * c, y[c]);
+        }
+    }
+    if (e < hd) {   /* the last hd % 32 columns, head by head */
+        attn_values1(o0 + e, p0, V + e, stride, S, hd - e);
+        attn_values1(o1 + e, p1, V + e, stride, S, hd - e);
+    }
+}
+
+void nc_k_engine_attn_avx2(float *o, const float *q, const float *K, const float *V, int64_t stride, int64_t S,
+                           int64_t hd, float scale, float *sc) {
+    attn_scores1(sc, q, K, stride, S, hd, scale);
+    attn_probs(sc, S);
+    attn_values1(o, sc, V, stride, S, hd);
+}
+
+void nc_k_engine_attn2_avx2(float *o0, float *o1, const float *q0, const float *q1, const float *K, const float *V,
+                            int64_t stride, int64_t S, int64_t hd, float scale, float *sc0, float *sc1) {
+    attn_scores2(sc0, sc1, q0, q1, K, stride, S, hd, scale);
+    attn_probs(sc0, S);
+    attn_probs(sc1, S);
+    attn_values2(o0, o1, sc0, sc1, V, stride, S, hd);
 }
 
 #endif

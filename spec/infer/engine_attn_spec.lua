@@ -1,8 +1,10 @@
--- spec/infer/engine_attn_spec.lua — the decode engine's attention of one query head
+-- spec/infer/engine_attn_spec.lua — the decode engine's attention of the query heads of one KV head
 -- (kernels/cpu/engine_attn.h, nc_engine_attn_head): the scalar reference and the AVX2 kernel give the
 -- same bits for head sizes with and without a partial 8-lane group, any number of positions (full
 -- groups of 8 and a tail), strided cache rows (all heads of a position side by side, as in the KV
 -- cache) and scores far apart (the exp's clamp); and both agree with a float64 softmax-attention.
+-- G query heads at once (GQA: the AVX2 kernel takes them in pairs, each K / V row read once for
+-- both) give every head the bits it gets alone.
 package.path = 'lua/?.lua;lua/?/init.lua;spec/helpers/?.lua;' .. package.path
 local nc = require 'nanochat'
 local on_kernel = require('settings').with_kernel
@@ -92,12 +94,43 @@ describe('engine attention head', function()
         end
     end)
 
+    it('G query heads of one KV head (pairs on AVX2): each head has its alone bits, on every kernel', function()
+        local seed = 500
+        for _, G in ipairs { 2, 3, 4 } do
+            for _, hd in ipairs { 64, 40, 10, 3 } do
+                for _, S in ipairs { 1, 7, 33 } do
+                    seed = seed + 1
+                    local g = function(i) return { generator = nc.generator(seed * 10 + i) } end
+                    local q = nc.randn({ G, hd }, g(1))
+                    local wide_k, wide_v = nc.randn({ S, 2 * hd }, g(2)), nc.randn({ S, 2 * hd }, g(3))
+                    local k, v = wide_k:narrow(1, 0, hd), wide_v:narrow(1, 0, hd)   -- row stride 2 hd
+                    local scale = 1 / math.sqrt(hd)
+                    for _, kname in ipairs(HAVE_AVX2 and { 'scalar', 'avx2' } or { 'scalar' }) do
+                        local og = on_kernel(kname, function() return attn(q, k, v, scale) end):tolist()
+                        for h = 1, G do
+                            local alone = on_kernel('scalar', function()
+                                return attn(q:narrow(0, h - 1, 1):contiguous(), k, v, scale)
+                            end):tolist()
+                            for e = 1, hd do
+                                local a, b = og[(h - 1) * hd + e], alone[e]
+                                assert.is_true(a == b, string.format('%s G %d hd %d S %d head %d e %d: %.9g vs alone %.9g',
+                                    kname, G, hd, S, h, e, a, b))
+                            end
+                        end
+                    end
+                end
+            end
+        end
+    end)
+
     it('bad shapes are clear errors', function()
         local q, k, v = nc.randn { 8 }, nc.randn { 4, 8 }, nc.randn { 5, 8 }
         local o = nc.empty { 8 }
         local ok, err = pcall(function() check(C.nc_engine_attn_head(o._c, q._c, k._c, v._c, 1), 'attn') end)
         assert.is_false(ok)
-        assert.truthy(tostring(err):find('engine_attn_head: expected q, o (hd), k, v (S >= 1, hd)', 1, true), err)
+        assert.truthy(tostring(err):find('engine_attn_head: expected q, o (G x hd), k, v (S >= 1, hd)', 1, true), err)
+        ok = pcall(function() check(C.nc_engine_attn_head(nc.empty { 16 }._c, nc.randn { 12 }._c, k._c, k._c, 1), 'attn') end)
+        assert.is_false(ok)   -- q of 12 = not a whole number of heads of 8
         ok = pcall(function() check(C.nc_engine_attn_head(o._c, q._c, k._c, nc.randn { 4, 7 }._c, 1), 'attn') end)
         assert.is_false(ok)
     end)

@@ -2,6 +2,7 @@
 -- over the KV cache grows with the position while the weights stay the same.
 --
 --   ./nanochat tools/bench/decode_ctx.lua [shape=125M|50M|10M] [threads=1,2] [ctx=64,512,1024,2000] [reps=5]
+--        [kv_heads=N] [old=/path/to/another/lib/libnanochat.so]
 --
 -- A random-weight GPT of the shape (as tools/bench/infer.lua, vocab 8192 so the head does not hide
 -- the attention; seq_len 2048) is packed; for each context P a prompt of P tokens is prefilled and
@@ -26,11 +27,16 @@ local function list(s, d)
 end
 local threads, ctxs, reps = list(args.threads, '1,2'), list(args.ctx, '64,512,1024,2000'), tonumber(args.reps) or 5
 
-local e, cfg = L.packed_engine(shape, { vocab_size = 8192, seq_len = 2048 })
+local over = { vocab_size = 8192, seq_len = 2048 }
+if args.kv_heads then over.n_kv_head = tonumber(args.kv_heads) end
+local e, cfg = L.packed_engine(shape, over)
+local OLD = args.old and require('ffi').load(tostring(args.old)) or nil
 local hd = cfg.d_model / cfg.n_head
 local one = nc.tensor({ { 5 } }, { dtype = 'i64' })
 
-local rows, json = {}, { bench = 'decode_ctx', shape = shape, kernel = nc.cpu_kernel(), results = {} }
+local rows, old_rows = {}, {}
+local json = { bench = 'decode_ctx', shape = shape, kv_heads = cfg.n_kv_head or cfg.n_head, kernel = nc.cpu_kernel(),
+               results = {} }
 local first = {}
 for _, P in ipairs(ctxs) do
     local prompt = {}
@@ -56,14 +62,49 @@ for _, P in ipairs(ctxs) do
         end, { reps = reps }) / 8
         first[th] = first[th] or t
         rows[#rows + 1] = { P, th, 1 / t, t * 1e3, (t - first[th]) * 1e3, t_head * 1e6, t_ref * 1e6, t_ref / t_head }
-        json.results[#json.results + 1] = { ctx = P, threads = th, tok_s = L.round(1 / t, 1),
+        local r = { ctx = P, threads = th, tok_s = L.round(1 / t, 1),
             ms_over_first = L.round((t - first[th]) * 1e3, 3), attn_head_us = L.round(t_head * 1e6, 2),
             attn_head_scalar_us = L.round(t_ref * 1e6, 2) }
+        if OLD then   -- the layers alone at position P: that build vs this one, interleaved
+            cache.pos = P
+            e:forward_cached(one, cache)   -- sets e._cfg_c
+            local cf = e._cfg_c
+            cf.n_pos = 1
+            OLD.nc_set_num_threads(th)
+            local x0 = nc.randn({ 1, cfg.d_model }, { generator = nc.generator(5) })
+            local function call(lib, y)
+                assert(lib.nc_engine_decode(y._c, cache.layers_c, cfg.n_layer, cf, P, cache.cos._c, cache.sin._c) == 0,
+                    'engine decode failed')
+            end
+            local ya, yb = x0:clone(), x0:clone()
+            call(C, ya)
+            call(OLD, yb)
+            local same = (ya - yb):abs():max():item() == 0
+            local function sample(lib)
+                local y = x0:clone()
+                local t0 = L.now()
+                for _ = 1, 8 do y:copy_(x0); call(lib, y) end
+                return (L.now() - t0) / 8 * 1e3
+            end
+            local a, b = {}, {}
+            for _ = 1, 2 * reps + 1 do a[#a + 1] = sample(OLD); b[#b + 1] = sample(C) end
+            r.layers_ms_old, r.layers_ms_new = L.round(L.median(a), 3), L.round(L.median(b), 3)
+            r.same_bits = same
+            old_rows[#old_rows + 1] = { P, th, r.layers_ms_old, r.layers_ms_new, r.layers_ms_old / r.layers_ms_new,
+                same and 'yes' or 'NO' }
+        end
+        json.results[#json.results + 1] = r
     end
 end
-print(string.format('%s engine decode vs context (vocab %d, kernel %s); attention head alone: head_dim %d, one query '
-    .. 'head over the context (L2-resident rows), selected kernel vs scalar reference', shape, cfg.vocab_size,
-    nc.cpu_kernel(), hd))
+print(string.format('%s engine decode vs context (vocab %d, %d KV heads for %d query heads, kernel %s); attention '
+    .. 'head alone: head_dim %d, one query head over the context (L2-resident rows), selected kernel vs scalar reference',
+    shape, cfg.vocab_size, cfg.n_kv_head or cfg.n_head, cfg.n_head, nc.cpu_kernel(), hd))
 L.print_table({ 'context', 'threads', 'tok/s', 'ms/token', 'over the first', 'attn head us', 'scalar ref us', 'vs scalar' },
     rows, { '%d', '%d', '%.1f', '%.2f', '%.2f', '%.1f', '%.1f', '%.1fx' })
+if OLD then
+    print(string.format('\nthe layers alone (one nc_engine_decode per token), %s vs this build, medians of %d '
+        .. 'interleaved samples of 8 calls', tostring(args.old), 2 * reps + 1))
+    L.print_table({ 'context', 'threads', 'old ms', 'new ms', 'old/new', 'same bits' }, old_rows,
+        { '%d', '%d', '%.2f', '%.2f', '%.2fx', '%s' })
+end
 print(L.json(json))
