@@ -139,32 +139,11 @@ if args.old then
             local cf = e._cfg_c
             cf.n_pos = 1
             local x0 = nc.randn({ 1, sh.d_model }, { generator = nc.generator(5) })
-            local function call(lib, y)
-                local st = lib.nc_engine_decode(y._c, cache.layers_c, sh.n_layer, cf, P, cache.cos._c, cache.sin._c)
-                assert(st == 0, 'engine decode failed')
-            end
             for _, th in ipairs { 1, 2 } do
                 nc.set_num_threads(th)
                 OLD.nc_set_num_threads(th)
-                local ya, yb = x0:clone(), x0:clone()
-                call(C, ya)
-                call(OLD, yb)
-                local same = (ya - yb):abs():max():item() == 0
-                local function sample(lib)
-                    local y = x0:clone()
-                    local t0 = L.now()
-                    for _ = 1, ndec do
-                        y:copy_(x0)
-                        call(lib, y)
-                    end
-                    return ndec / (L.now() - t0)
-                end
-                local a, b = {}, {}
-                for _ = 1, reps do
-                    a[#a + 1] = sample(OLD)
-                    b[#b + 1] = sample(C)
-                end
-                local ma, mb = L.median(a), L.median(b)
+                local ta, tb, same = L.decode_layers_vs(OLD, cache, cf, sh.n_layer, P, x0, ndec, reps)
+                local ma, mb = 1 / ta, 1 / tb
                 lrows[#lrows + 1] = { sh.name, th, ma, mb, mb / ma, same and 'yes' or 'NO' }
                 local k = string.format('layers_tok_s_%s_%dt', sh.name:lower(), th)
                 out[k .. '_old'], out[k .. '_new'] = L.round(ma, 1), L.round(mb, 1)

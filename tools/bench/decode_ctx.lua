@@ -72,23 +72,8 @@ for _, P in ipairs(ctxs) do
             cf.n_pos = 1
             OLD.nc_set_num_threads(th)
             local x0 = nc.randn({ 1, cfg.d_model }, { generator = nc.generator(5) })
-            local function call(lib, y)
-                assert(lib.nc_engine_decode(y._c, cache.layers_c, cfg.n_layer, cf, P, cache.cos._c, cache.sin._c) == 0,
-                    'engine decode failed')
-            end
-            local ya, yb = x0:clone(), x0:clone()
-            call(C, ya)
-            call(OLD, yb)
-            local same = (ya - yb):abs():max():item() == 0
-            local function sample(lib)
-                local y = x0:clone()
-                local t0 = L.now()
-                for _ = 1, 8 do y:copy_(x0); call(lib, y) end
-                return (L.now() - t0) / 8 * 1e3
-            end
-            local a, b = {}, {}
-            for _ = 1, 2 * reps + 1 do a[#a + 1] = sample(OLD); b[#b + 1] = sample(C) end
-            r.layers_ms_old, r.layers_ms_new = L.round(L.median(a), 3), L.round(L.median(b), 3)
+            local ta, tb, same = L.decode_layers_vs(OLD, cache, cf, cfg.n_layer, P, x0, 8, 2 * reps + 1)
+            r.layers_ms_old, r.layers_ms_new = L.round(ta * 1e3, 3), L.round(tb * 1e3, 3)
             r.same_bits = same
             old_rows[#old_rows + 1] = { P, th, r.layers_ms_old, r.layers_ms_new, r.layers_ms_old / r.layers_ms_new,
                 same and 'yes' or 'NO' }

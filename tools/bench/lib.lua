@@ -349,6 +349,39 @@ function L.packed_engine(name, over)
 end
 
 -- round to `digits` significant decimals for readable JSON
+-- The layers alone (one nc_engine_decode per token at position P: no embedding, no head) with
+-- another build's library `old` (ffi.load'ed; same nc_tensor / nc_engine_layer ABI) and with this
+-- one, on the same cache and input x0 (1, d), samples of ndec calls interleaved (`reps` each): a
+-- before / after pair free of the machine's load swings between processes. cf: the engine's
+-- nc_engine_cfg (e._cfg_c after a decode step, n_pos = 1). Returns the median seconds per call of
+-- old and of this build, and whether both gave the same bits. The caller sets the thread counts.
+function L.decode_layers_vs(old, cache, cf, n_layer, P, x0, ndec, reps)
+    local C = require('nanochat.core').C
+    local function call(lib, y)
+        assert(lib.nc_engine_decode(y._c, cache.layers_c, n_layer, cf, P, cache.cos._c, cache.sin._c) == 0,
+            'engine decode failed')
+    end
+    local ya, yb = x0:clone(), x0:clone()
+    call(C, ya)
+    call(old, yb)
+    local same = (ya - yb):abs():max():item() == 0
+    local function sample(lib)
+        local y = x0:clone()
+        local t0 = L.now()
+        for _ = 1, ndec do
+            y:copy_(x0)
+            call(lib, y)
+        end
+        return (L.now() - t0) / ndec
+    end
+    local a, b = {}, {}
+    for _ = 1, reps do
+        a[#a + 1] = sample(old)
+        b[#b + 1] = sample(C)
+    end
+    return L.median(a), L.median(b), same
+end
+
 function L.round(x, digits)
     if x ~= x or x == math.huge or x == -math.huge then return x end
     local m = 10 ^ (digits or 4)
