@@ -442,13 +442,13 @@ nc_status nc_dequant8_block_map(nc_tensor *out, const nc_tensor *codes, const nc
 }
 
 /* ---- Muon ------------------------------------------------------------------------------------ */
-static nc_status check_hp_muon(const char *op, const nc_optim_hp *hp, int32_t dev) {
+static nc_status check_hp_muon(const char *op, const nc_optim_hp *hp) {
     if (!(hp->momentum >= 0 && hp->momentum < 1))
         return nc_fail(NC_ERR_ARG, "%s: momentum must lie in [0, 1), got %g", op, hp->momentum);
     NC_TRY(check_map(op, hp->quant));
     if (hp->ns_steps < 0 || hp->ns_steps > 100)
         return nc_fail(NC_ERR_ARG, "%s: ns_steps must lie in [0, 100], got %d", op, hp->ns_steps);
-    (void)dev;   /* CUDA runs the f32 standard Newton-Schulz whatever ns_dtype / ns_form say */
+    /* (CUDA runs the f32 standard Newton-Schulz whatever ns_dtype / ns_form say; both are checked) */
     return nc_optim_check_ns(op, hp->ns_dtype, hp->ns_form);
 }
 
@@ -524,7 +524,7 @@ static nc_status muon_check(const char *op, const nc_tensor *p, const nc_tensor 
     if (m) NC_TRY(DEV3(p, g, m));
     else NC_TRY(DEV4(p, g, codes, scales));
     NC_TRY(check_pg(op, p, g, hp, dev));
-    NC_TRY(check_hp_muon(op, hp, dev));
+    NC_TRY(check_hp_muon(op, hp));
     *n = nc_tensor_numel(p);
     NC_TRY(as_matrix(op, p, rows, cols));
     if (m) {
@@ -606,7 +606,7 @@ nc_status nc_muon_step_many(int32_t count, nc_tensor *const *p, const nc_tensor 
         /* in the shared pass: CPU matrices (bf16 GEMM: thread-count independent; f32: OpenBLAS on
          * one thread per matrix for the pass, which gives the bits of its threaded calls, since
          * OpenBLAS splits a product's outputs, never an output's sum, over its threads); CUDA
-         * matrices cost 0 = run alone */
+         * matrices get cost -1 = run alone */
         if (j.dev != NC_CPU || hp[i].ns_steps == 0) j.cost = -1;
         else total += j.cost;
         jobs[nj++] = j;
@@ -749,11 +749,11 @@ nc_status nc_galore_step(nc_tensor *p, const nc_tensor *g, const nc_tensor *proj
         NC_TRY(want_f32(op, "s0 (m)", s0, dev)); NC_TRY(want_numel(op, "s0 (m)", s0, ln));
         break;
     case NC_OPTIM_MUON:
-        NC_TRY(check_hp_muon(op, hp, dev));
+        NC_TRY(check_hp_muon(op, hp));
         NC_TRY(want_f32(op, "s0 (m)", s0, dev)); NC_TRY(want_numel(op, "s0 (m)", s0, ln));
         break;
     case NC_OPTIM_MUON8:
-        NC_TRY(check_hp_muon(op, hp, dev));
+        NC_TRY(check_hp_muon(op, hp));
         NC_TRY(check_codes(op, s0, s1, ln, hp->block, dev));
         break;
     default:
