@@ -311,12 +311,12 @@ static nc_status ns_gram(int bf16, float *X, float *Y, float *R, float *M, float
 }
 
 /* does this (r <= c) iteration run in Gram form? GRAM: whenever c > r (nothing to gain on a
- * square matrix); AUTO: once c >= 3 r and r >= 64 (small matrices cost little either way, and
- * there a rank-deficient input's null directions fare worst: rank 1 of 16 x 64 comes out at
- * cosine 0.991 to f32, 0.9991 at 256 x 1024; README "Gram Newton-Schulz"). Measured, one thread,
- * ms per NS5 (standard / Gram), bf16: 128 x 256 0.69 / 0.65, 256 x 512 3.65 / 4.00, 256 x 768 5.08 / 4.42, 256 x 1024 6.61 / 5.10,
- * 512 x 2048 56.8 / 40.2; f32 (ssyrk for the symmetric products of both forms): 128 x 256 1.01 /
- * 1.00, 256 x 768 9.35 / 7.51, 256 x 1024 12.7 / 8.8, 512 x 2048 90.9 / 67.0 */
+ * square matrix); AUTO: once c >= 3 r and r >= 64: below 3x the gain is noise or a loss, and small
+ * matrices cost little either way and are where a rank-deficient input's null directions fare
+ * worst (tools/bench/ns_forms.lua: rank 1 of 16 x 64 at cosine 0.995 to f32, 0.9987 at
+ * 256 x 1024; one thread, ms per NS5 standard / Gram, bf16: 256 x 512 4.52 / 5.01, 256 x 768
+ * 7.18 / 6.41, 256 x 1024 6.51 / 4.80, 512 x 2048 49.0 / 36.3; f32: 256 x 768 11.2 / 9.8,
+ * 256 x 1024 12.5 / 9.4, 512 x 2048 91.1 / 67.4) */
 static int use_gram(int32_t ns_form, int64_t r, int64_t c) {
     if (ns_form == NC_NS_FORM_GRAM) return c > r;
     return ns_form == NC_NS_FORM_AUTO && c >= 3 * r && r >= 64;
