@@ -263,7 +263,9 @@ describe('nc.collider', function()
         local kernels = { prev_kernel }
         if prev_kernel ~= 'scalar' then kernels[2] = 'scalar' end
         local threads0 = nc.get_num_threads()
-        for _, run in ipairs { { prev_kernel, 1 }, { prev_kernel, 2 }, { kernels[2], 1 } } do   -- fused pass / two passes
+        local runs = { { prev_kernel, 1 }, { prev_kernel, 2 } }   -- fused pass / two passes
+        if kernels[2] then runs[3] = { kernels[2], 1 } end        -- (NC_KERNEL=scalar: already the scalar kernel)
+        for _, run in ipairs(runs) do
             local kern = run[1]
             nc.set_cpu_kernel(kern)
             nc.set_num_threads(run[2])

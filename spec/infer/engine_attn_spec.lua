@@ -48,7 +48,7 @@ local function ref(q, k, v, scale)
 end
 
 local HAVE_AVX2 = pcall(nc.set_cpu_kernel, 'avx2')
-nc.set_cpu_kernel('auto')
+nc.set_cpu_kernel(os.getenv('NC_KERNEL') or 'auto')
 
 describe('engine attention head', function()
     it('scalar and AVX2 give the same bits; both match float64 (head sizes 3..64, 1..100 positions, strided rows)', function()

@@ -23,6 +23,8 @@ local ag = require 'nanochat.autograd'
 local core = require 'nanochat.core'
 local ffi, C, check = core.ffi, core.C, core.check
 
+-- the backend to return to after a test switches: what $NC_GEMM asked for (the process default)
+local DEFAULT_GEMM = os.getenv('NC_GEMM') or 'auto'
 local HAVE = nc.cpu_gemm_fast()
 local WHY = nc.gemm_backend() .. '; ' .. nc.amx_status()
 local U = 2 ^ -24   -- f32 unit roundoff
@@ -32,7 +34,7 @@ local BACKENDS = {}
 for _, b in ipairs { 'amx', 'avx512' } do
     if pcall(nc.set_gemm_backend, b) then BACKENDS[#BACKENDS + 1] = b end
 end
-nc.set_gemm_backend('auto')
+nc.set_gemm_backend(DEFAULT_GEMM)
 
 local function amx_it(name, fn)
     it(name, function()
@@ -40,7 +42,7 @@ local function amx_it(name, fn)
         for _, b in ipairs(BACKENDS) do
             nc.set_gemm_backend(b)
             local ok, err = pcall(fn)
-            nc.set_gemm_backend('auto')
+            nc.set_gemm_backend(DEFAULT_GEMM)
             if not ok then error('[' .. b .. '] ' .. tostring(err), 0) end
         end
     end)
@@ -50,7 +52,7 @@ end
 local function without_amx(fn, ...)
     nc.set_gemm_backend('reference')
     local ok, a, b, c = pcall(fn, ...)
-    nc.set_gemm_backend('auto')
+    nc.set_gemm_backend(DEFAULT_GEMM)
     if not ok then error(a, 0) end
     return a, b, c
 end
@@ -120,11 +122,11 @@ describe('AMX GEMMs', function()
         assert.are.equal('reference', nc.gemm_backend())
         assert.is_false(nc.cpu_gemm_fast())
         assert.is_false(nc.cpu_amx())
-        nc.set_gemm_backend('auto')
+        nc.set_gemm_backend(DEFAULT_GEMM)
         assert.are.equal(name, nc.gemm_backend())
         for _, b in ipairs { 'amx', 'avx512' } do
             local okb, e = pcall(nc.set_gemm_backend, b)
-            nc.set_gemm_backend('auto')
+            nc.set_gemm_backend(DEFAULT_GEMM)
             if not okb then assert.truthy(tostring(e):find('is not available', 1, true), tostring(e)) end
         end
     end)
@@ -333,7 +335,7 @@ describe('nc_gemm_bf16_f32p_sym (upper blocks + mirror, for products known to be
     it('on the reference GEMM', function()
         nc.set_gemm_backend('reference')
         local ok, err = pcall(all)
-        nc.set_gemm_backend('auto')
+        nc.set_gemm_backend(DEFAULT_GEMM)
         assert(ok, err)
     end)
     amx_it('AMX: on the hardware GEMM', all)

@@ -678,7 +678,7 @@ end
 describe('NC_KERNEL=scalar and avx2 kernels', function()
     it('give bit-identical results for exact (and libm) ops on large tensors', function()
         local has_avx2 = pcall(nc.set_cpu_kernel, 'avx2')
-        nc.set_cpu_kernel('auto')
+        nc.set_cpu_kernel(os.getenv('NC_KERNEL') or 'auto')
         if not has_avx2 then
             pending('this CPU has no AVX2+FMA')
             return
@@ -719,7 +719,7 @@ describe('NC_KERNEL=scalar and avx2 kernels', function()
         nc.set_cpu_kernel('avx2')
         assert.are.equal('avx2', nc.cpu_kernel())
         local rv = run()
-        nc.set_cpu_kernel('auto')
+        nc.set_cpu_kernel(os.getenv('NC_KERNEL') or 'auto')
         for i = 1, #rs do same_bits(rs[i][2], rv[i][2], rs[i][1]) end
     end)
 end)

@@ -19,7 +19,7 @@ local LSM_ATOL = 2e-6                        -- log-softmax: x - lse rounds at t
 
 local has_avx2 = pcall(nc.set_cpu_kernel, 'avx2')
 local has_avx512 = pcall(nc.set_cpu_kernel, 'avx512')   -- AVX-512F versions of the exp-bound kernels
-nc.set_cpu_kernel('auto')
+nc.set_cpu_kernel(os.getenv('NC_KERNEL') or 'auto')
 local KERNELS = has_avx2 and { 'scalar', 'avx2' } or { 'scalar' }
 if has_avx512 then KERNELS[#KERNELS + 1] = 'avx512' end
 local VECTOR_KERNELS = {}
