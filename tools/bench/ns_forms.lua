@@ -51,6 +51,10 @@ local cases = {
 for _, k in ipairs { 1, 2, 4, 8, 16, 32, 64 } do cases[#cases + 1] = { 'rank ' .. k .. ' of 256x1024', rank_k(256, k, 1024), k } end
 cases[#cases + 1] = { 'rank 5 of 40x128', rank_k(40, 5, 128), 5 }
 cases[#cases + 1] = { 'rank 1 of 16x64', rank_k(16, 1, 64), 1 }
+-- very small matrices (forced gram; 'auto' keeps r < 64 on the standard form)
+for _, sh in ipairs { { 1, 50 }, { 2, 3 }, { 6, 10 }, { 33, 100 } } do
+    cases[#cases + 1] = { string.format('Gaussian %dx%d', sh[1], sh[2]), nc.randn(sh) }
+end
 local rows = {}
 for _, cs in ipairs(cases) do
     local name, G, k = cs[1], cs[2], cs[3]
