@@ -116,6 +116,8 @@ int32_t nc_gemm_bf16_hw(void);
  * input, C comes out exactly symmetric. */
 nc_status nc_gemm_bf16_f32p_sym(int64_t n, int64_t K, const float *A, int64_t lda, int32_t trans_a, const float *B,
                                 int64_t ldb, int32_t trans_b, float alpha, float beta, float *C, int64_t ldc);
+/* C (n x n, row stride ldc): the strict lower triangle := the transpose of the strict upper one */
+void nc_sym_mirror(float *C, int64_t n, int64_t ldc);
 
 /* ---- CUDA backend (optional, dlopen'ed) -------------------------------------------------- */
 /* Returns the CUDA vtable, loading lib/libnanochat_cuda.so on first use; NULL (with

@@ -1133,13 +1133,21 @@ nc_status nc_gemm_bf16_f32p(int64_t M, int64_t N, int64_t K, const float *A, int
 
 int32_t nc_gemm_bf16_hw(void) { return nc_cpu_amx() || vec_bf16(); }
 
+void nc_sym_mirror(float *C, int64_t n, int64_t ldc) {
+    for (int64_t i0 = 0; i0 < n; i0 += 32)   /* 32 x 32 blocks: the strided reads stay in L1 */
+        for (int64_t j0 = 0; j0 <= i0; j0 += 32) {
+            int64_t ie = i0 + 32 < n ? i0 + 32 : n, je = j0 + 32 < n ? j0 + 32 : n;
+            for (int64_t i = i0; i < ie; i++)
+                for (int64_t j = j0; j < je && j < i; j++) C[i * ldc + j] = C[j * ldc + i];
+        }
+}
+
 nc_status nc_gemm_bf16_f32p_sym(int64_t n, int64_t K, const float *A, int64_t lda, int32_t trans_a, const float *B,
                                 int64_t ldb, int32_t trans_b, float alpha, float beta, float *C, int64_t ldc) {
     if (n <= 0) return NC_OK;
     if (K <= 0 || !nc_gemm_bf16_hw()) {   /* the whole product (the reference has no block structure), mirrored */
         NC_TRY(nc_gemm_bf16_f32p(n, n, K, A, lda, trans_a, B, ldb, trans_b, alpha, beta, C, ldc));
-        for (int64_t i = 1; i < n; i++)
-            for (int64_t j = 0; j < i; j++) C[i * ldc + j] = C[j * ldc + i];
+        nc_sym_mirror(C, n, ldc);
         return NC_OK;
     }
     mat ma = { A, n, K, trans_a ? 1 : lda, trans_a ? lda : 1, NC_F32, NULL, NULL };

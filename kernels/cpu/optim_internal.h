@@ -21,8 +21,6 @@ double nc_optim_fro_norm(const float *x, int64_t n);
 nc_status nc_optim_ns_inplace(float *x, int64_t rows, int64_t cols, int32_t steps, const double *abc,
                               int32_t n_abc, double fro_mult, double eps, int32_t ns_dtype, int32_t ns_form);
 
-/* NC_OK when ns_dtype is an enum nc_ns_dtype value, else NC_ERR_ARG naming op. */
-nc_status nc_optim_check_ns_dtype(const char *op, int32_t ns_dtype);
 /* NC_OK when ns_dtype and ns_form are enum nc_ns_dtype / nc_ns_form values, else NC_ERR_ARG naming op. */
 nc_status nc_optim_check_ns(const char *op, int32_t ns_dtype, int32_t ns_form);
 

@@ -81,7 +81,7 @@ static void scale_copy(float *dst, const float *src, int64_t n, float s) {
     for (int64_t i = 0; i < n; i++) dst[i] = s * src[i];
 }
 
-nc_status nc_optim_check_ns_dtype(const char *op, int32_t ns_dtype) {
+static nc_status check_ns_dtype(const char *op, int32_t ns_dtype) {
     if (ns_dtype != NC_NS_AUTO && ns_dtype != NC_NS_F32 && ns_dtype != NC_NS_BF16)
         return nc_fail(NC_ERR_ARG, "%s: ns_dtype must be NC_NS_AUTO (0), NC_NS_F32 (1) or NC_NS_BF16 (2), got %d", op,
                        ns_dtype);
@@ -91,7 +91,7 @@ nc_status nc_optim_check_ns_dtype(const char *op, int32_t ns_dtype) {
 int32_t nc_ns_dtype_auto(void) { return nc_gemm_bf16_hw() ? NC_NS_BF16 : NC_NS_F32; }
 
 nc_status nc_optim_check_ns(const char *op, int32_t ns_dtype, int32_t ns_form) {
-    NC_TRY(nc_optim_check_ns_dtype(op, ns_dtype));
+    NC_TRY(check_ns_dtype(op, ns_dtype));
     if (ns_form != NC_NS_FORM_AUTO && ns_form != NC_NS_FORM_STANDARD && ns_form != NC_NS_FORM_GRAM)
         return nc_fail(NC_ERR_ARG, "%s: ns_form must be NC_NS_FORM_AUTO (0), NC_NS_FORM_STANDARD (1) or NC_NS_FORM_GRAM (2), got %d",
                        op, ns_form);
@@ -128,12 +128,7 @@ static nc_status ns_sym(int bf16, int64_t n, int64_t K, const float *P, int64_t 
     else
         cblas_sgemm(CblasRowMajor, tp ? CblasTrans : CblasNoTrans, tq ? CblasTrans : CblasNoTrans, (blasint)n,
                     (blasint)n, (blasint)K, alpha, P, (blasint)ldp, Q, (blasint)ldq, beta, C, (blasint)ldc);
-    for (int64_t i0 = 0; i0 < n; i0 += 32)
-        for (int64_t j0 = 0; j0 <= i0; j0 += 32) {
-            int64_t ie = i0 + 32 < n ? i0 + 32 : n, je = j0 + 32 < n ? j0 + 32 : n;
-            for (int64_t i = i0; i < ie; i++)
-                for (int64_t j = j0; j < je && j < i; j++) C[i * ldc + j] = C[j * ldc + i];
-        }
+    nc_sym_mirror(C, n, ldc);
     return NC_OK;
 }
 
